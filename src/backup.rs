@@ -1,0 +1,752 @@
+//! Backup: source paths in, one checkpoint out.
+//!
+//! The work is a bounded pipeline of threads joined by crossbeam channels:
+//!
+//! ```text
+//! walker ──file jobs──▶ file workers ──encoded blobs──▶ packer ──▶ packs + index files
+//!    └──dirs (post-order)──▶ tree builder ──tree blobs──┘
+//! ```
+//!
+//! The walker (the calling thread) reads directories in name order, compares each file with
+//! the parent checkpoint (the stat cache: same size, mtime, ctime and inode ⇒ reuse the old
+//! chunk list without opening the file) and hands the rest to the file workers, one per
+//! core, which read, chunk, hash and — for blobs the repository lacks — compress and encrypt.
+//! The tree builder receives each directory after its children, waits for its files and
+//! stores the tree bottom-up. The packer appends blobs to 16 MiB packs and writes an index
+//! file every few packs, so an interrupted backup leaves reusable work behind. Every queue
+//! is bounded, so memory stays flat whatever the size of the source. The checkpoint record
+//! is written last, after every pack and index file is durable (invariant 1).
+//!
+//! Source files that vanish or cannot be read are soft errors: they are listed, left out of
+//! the checkpoint, and the backup goes on.
+
+use crate::checkpoint::{self, Checkpoint, CheckpointStats};
+use crate::error::{Error, Result};
+use crate::fsmeta::{entry_from_metadata, read_xattrs};
+use crate::id::{BlobId, CheckpointId};
+use crate::repo::Repository;
+use crate::repo::index::{IndexedPacks, encode_index_file};
+use crate::repo::pack::{BlobKind, PackBuilder, pack_object_name};
+use crate::tree::{
+    ChunkRef, Content, Entry, EntryKind, INLINE_CHUNKS_MAX, Tree, encode_chunk_list, load_tree,
+};
+use crossbeam_channel::{Receiver, Sender, bounded};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use std::collections::HashSet;
+use std::fs::{self, Metadata};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+/// An index file is written after this many packs (and at the end of the run).
+const PACKS_PER_INDEX_FILE: usize = 32;
+
+/// Inputs of a backup.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub paths: Vec<PathBuf>,
+    pub tags: Vec<String>,
+    /// Glob patterns: without `/` they match a name anywhere, with `/` the whole path.
+    pub excludes: Vec<String>,
+    /// Scan, chunk and count, but write nothing to the repository.
+    pub dry_run: bool,
+    pub host: String,
+    /// The checkpoint whose stat cache to use; `None` picks the newest one of this host with
+    /// the same paths.
+    pub parent: Option<CheckpointId>,
+    /// File workers; defaults to the number of cores.
+    pub threads: usize,
+    /// Count files and bytes first (in parallel with the backup) so progress has an ETA.
+    pub count_first: bool,
+}
+
+impl BackupOptions {
+    pub fn new(paths: Vec<PathBuf>) -> Self {
+        BackupOptions {
+            paths,
+            tags: Vec::new(),
+            excludes: Vec::new(),
+            dry_run: false,
+            host: crate::host_name(),
+            parent: None,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            count_first: false,
+        }
+    }
+}
+
+/// Live counters a progress display reads while the backup runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Files and bytes found by the counting pass so far.
+    pub total_files: AtomicU64,
+    pub total_bytes: AtomicU64,
+    /// Set when the counting pass has finished, so the totals are final.
+    pub counted: AtomicBool,
+    pub files_done: AtomicU64,
+    /// Bytes of files done, read or reused from the parent.
+    pub bytes_done: AtomicU64,
+    pub bytes_read: AtomicU64,
+    /// Bytes of packs written (or, in a dry run, that would be written).
+    pub added_bytes: AtomicU64,
+}
+
+/// A source path that could not be backed up.
+#[derive(Debug, Clone)]
+pub struct SourceError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// What a backup produced.
+#[derive(Debug)]
+pub struct BackupOutcome {
+    /// The new checkpoint's id (`None` after a dry run).
+    pub id: Option<CheckpointId>,
+    pub checkpoint: Checkpoint,
+    pub errors: Vec<SourceError>,
+}
+
+/// Matches paths against the exclude patterns.
+struct Excludes {
+    by_name: GlobSet,
+    by_path: GlobSet,
+}
+
+impl Excludes {
+    fn new(patterns: &[String]) -> Result<Self> {
+        let mut by_name = GlobSetBuilder::new();
+        let mut by_path = GlobSetBuilder::new();
+        for pattern in patterns {
+            let glob = Glob::new(pattern).map_err(|e| {
+                Error::InvalidInput(format!("bad exclude pattern {pattern:?}: {e}"))
+            })?;
+            if pattern.contains('/') {
+                by_path.add(glob);
+            } else {
+                by_name.add(glob);
+            }
+        }
+        let build = |b: GlobSetBuilder| b.build().map_err(|e| Error::InvalidInput(e.to_string()));
+        Ok(Excludes {
+            by_name: build(by_name)?,
+            by_path: build(by_path)?,
+        })
+    }
+
+    fn matches(&self, path: &Path) -> bool {
+        path.file_name()
+            .is_some_and(|name| self.by_name.is_match(name))
+            || self.by_path.is_match(path)
+    }
+}
+
+/// An encoded blob on its way to the packer.
+enum PackerMessage {
+    Blob {
+        id: BlobId,
+        kind: BlobKind,
+        encoded: Vec<u8>,
+        raw_length: usize,
+    },
+    Finish,
+}
+
+/// Stores blobs the repository lacks: dedupes against the index and this run, encodes, and
+/// hands them to the packer.
+struct BlobSink<'a> {
+    repo: &'a Repository,
+    /// Blobs sent to the packer in this run and not yet in the index cache.
+    in_flight: &'a Mutex<HashSet<BlobId>>,
+    packer: Sender<PackerMessage>,
+}
+
+impl BlobSink<'_> {
+    fn store(&self, kind: BlobKind, plaintext: &[u8]) -> Result<BlobId> {
+        let id = BlobId(self.repo.codec().id_of(plaintext));
+        if self.repo.index().contains(&id)?
+            || !self.in_flight.lock().expect("not poisoned").insert(id)
+        {
+            return Ok(id);
+        }
+        let encoded = self.repo.codec().encode(plaintext, true);
+        let message = PackerMessage::Blob {
+            id,
+            kind,
+            encoded,
+            raw_length: plaintext.len(),
+        };
+        self.packer
+            .send(message)
+            .map_err(|_| Error::InvalidInput("the pack writer stopped".into()))?;
+        Ok(id)
+    }
+}
+
+/// Appends blobs to packs, stores them and writes index files. Returns the number of blobs.
+fn run_packer(
+    repo: &Repository,
+    messages: Receiver<PackerMessage>,
+    in_flight: &Mutex<HashSet<BlobId>>,
+    dry_run: bool,
+    progress: &Progress,
+) -> Result<u64> {
+    let mut builder = PackBuilder::default();
+    let mut unindexed: IndexedPacks = Vec::new();
+    let mut blobs = 0u64;
+    let flush_pack = |builder: &mut PackBuilder, unindexed: &mut IndexedPacks| -> Result<()> {
+        let (id, bytes, entries) = builder.finish(repo.codec());
+        if !dry_run {
+            repo.backend().put(&pack_object_name(&id), &bytes)?;
+        }
+        progress
+            .added_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        unindexed.push((id, entries));
+        Ok(())
+    };
+    let write_index = |unindexed: &mut IndexedPacks| -> Result<()> {
+        if dry_run || unindexed.is_empty() {
+            return Ok(());
+        }
+        let encoded = repo.codec().encode(&encode_index_file(unindexed), true);
+        let name = format!("index/{}", blake3::hash(&encoded).to_hex());
+        repo.backend().put(&name, &encoded)?;
+        repo.index().add_index_file(&name, unindexed)?;
+        let mut in_flight = in_flight.lock().expect("not poisoned");
+        for (_, entries) in unindexed.drain(..) {
+            for entry in entries {
+                in_flight.remove(&entry.id);
+            }
+        }
+        Ok(())
+    };
+    for message in messages {
+        match message {
+            PackerMessage::Blob {
+                id,
+                kind,
+                encoded,
+                raw_length,
+            } => {
+                builder.add(id, kind, &encoded, raw_length);
+                blobs += 1;
+                if builder.is_full() {
+                    flush_pack(&mut builder, &mut unindexed)?;
+                    if unindexed.len() >= PACKS_PER_INDEX_FILE {
+                        write_index(&mut unindexed)?;
+                    }
+                }
+            }
+            PackerMessage::Finish => break,
+        }
+    }
+    if !builder.is_empty() {
+        flush_pack(&mut builder, &mut unindexed)?;
+    }
+    write_index(&mut unindexed)?;
+    Ok(blobs)
+}
+
+/// Why a file could not be stored.
+enum FileError {
+    /// The source could not be read: a soft error.
+    Source(std::io::Error),
+    /// The repository could not be written: the backup fails.
+    Repository(Error),
+}
+
+impl From<std::io::Error> for FileError {
+    fn from(e: std::io::Error) -> Self {
+        FileError::Source(e)
+    }
+}
+
+/// A file for the workers.
+struct FileJob {
+    path: PathBuf,
+    result: Sender<Result<(Content, u64), FileError>>,
+}
+
+fn open_source(path: &Path) -> std::io::Result<fs::File> {
+    // O_NOATIME keeps the backup from touching access times; only the owner (or root) may
+    // ask for it, so fall back without it.
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME | libc::O_NOFOLLOW)
+        .open(path)
+        .or_else(|_| {
+            fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+        })
+}
+
+/// Reads, chunks and stores one file; returns its content and the bytes read.
+fn store_file(
+    sink: &BlobSink,
+    path: &Path,
+    buffer: &mut Vec<u8>,
+    progress: &Progress,
+) -> Result<(Content, u64), FileError> {
+    let file = open_source(path)?;
+    let mut chunks = Vec::new();
+    let read = sink.repo.chunker().for_each_chunk(file, buffer, |chunk| {
+        let id = sink
+            .store(BlobKind::Data, chunk)
+            .map_err(FileError::Repository)?;
+        chunks.push(ChunkRef {
+            id,
+            length: chunk.len() as u32,
+        });
+        progress
+            .bytes_read
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        Ok::<(), FileError>(())
+    })?;
+    let content = if chunks.len() > INLINE_CHUNKS_MAX {
+        let list = encode_chunk_list(&chunks);
+        Content::ChunkList(
+            sink.store(BlobKind::ChunkList, &list)
+                .map_err(FileError::Repository)?,
+        )
+    } else {
+        Content::Chunks(chunks)
+    };
+    Ok((content, read))
+}
+
+fn run_file_worker(sink: &BlobSink, jobs: Receiver<FileJob>, progress: &Progress) {
+    let mut buffer = Vec::new();
+    for job in jobs {
+        let result = store_file(sink, &job.path, &mut buffer, progress);
+        // The tree builder may have stopped after a fatal error; then nobody waits.
+        let _ = job.result.send(result);
+    }
+}
+
+/// One entry of a directory being built.
+enum PendingEntry {
+    Ready(Entry),
+    File(Entry, PathBuf, Receiver<Result<(Content, u64), FileError>>),
+    Dir(Entry, Receiver<BlobId>),
+}
+
+/// A directory whose children have all been scanned.
+struct PendingDir {
+    entries: Vec<PendingEntry>,
+    done: Sender<BlobId>,
+}
+
+/// Resolves the pending entries of each directory, in post-order, and stores its tree.
+fn run_tree_builder(
+    sink: &BlobSink,
+    dirs: Receiver<PendingDir>,
+    errors: &Mutex<Vec<SourceError>>,
+    progress: &Progress,
+) -> Result<CheckpointStats> {
+    let mut stats = CheckpointStats::default();
+    for dir in dirs {
+        let mut entries = Vec::with_capacity(dir.entries.len());
+        for pending in dir.entries {
+            let entry = match pending {
+                PendingEntry::Ready(entry) => entry,
+                PendingEntry::File(mut entry, path, result) => {
+                    match result.recv().expect("workers answer every job") {
+                        Ok((content, read)) => {
+                            entry.kind = EntryKind::File(content);
+                            entry.size = read;
+                            entry
+                        }
+                        Err(FileError::Repository(e)) => return Err(e),
+                        Err(FileError::Source(e)) => {
+                            errors.lock().expect("not poisoned").push(SourceError {
+                                path,
+                                message: e.to_string(),
+                            });
+                            continue;
+                        }
+                    }
+                }
+                PendingEntry::Dir(mut entry, tree) => {
+                    let id = tree
+                        .recv()
+                        .map_err(|_| Error::InvalidInput("tree builder lost a directory".into()))?;
+                    entry.kind = EntryKind::Dir(id);
+                    entry
+                }
+            };
+            match &entry.kind {
+                EntryKind::File(_) => {
+                    stats.files += 1;
+                    stats.bytes += entry.size;
+                    progress.files_done.fetch_add(1, Ordering::Relaxed);
+                    progress.bytes_done.fetch_add(entry.size, Ordering::Relaxed);
+                }
+                EntryKind::Dir(_) => stats.dirs += 1,
+                _ => {}
+            }
+            entries.push(entry);
+        }
+        let tree = Tree::from_entries(entries);
+        let id = sink.store(BlobKind::Tree, &tree.encode())?;
+        // The parent's receiver is gone only when the walk was abandoned.
+        let _ = dir.done.send(id);
+    }
+    Ok(stats)
+}
+
+/// Walks the source and feeds the workers and the tree builder.
+struct Walker<'a> {
+    repo: &'a Repository,
+    excludes: &'a Excludes,
+    files: Sender<FileJob>,
+    dirs: Sender<PendingDir>,
+    errors: &'a Mutex<Vec<SourceError>>,
+}
+
+fn abandoned() -> Error {
+    Error::InvalidInput("backup stopped".into())
+}
+
+impl Walker<'_> {
+    fn soft_error(&self, path: &Path, message: impl ToString) {
+        self.errors.lock().expect("not poisoned").push(SourceError {
+            path: path.to_owned(),
+            message: message.to_string(),
+        });
+    }
+
+    /// The parent checkpoint's tree for a directory, if there is a usable one.
+    fn parent_tree(&self, parent: Option<&Entry>) -> Option<Tree> {
+        let EntryKind::Dir(id) = parent?.kind else {
+            return None;
+        };
+        load_tree(self.repo, &id)
+            .map_err(|e| tracing::warn!("parent tree {id} unreadable, reading all files: {e}"))
+            .ok()
+    }
+
+    /// Scans directory `path` and everything below it; returns where its tree id will arrive.
+    fn scan_dir(&self, path: &Path, parent: Option<&Tree>) -> Result<Receiver<BlobId>> {
+        let mut names: Vec<_> = match fs::read_dir(path) {
+            Ok(entries) => entries
+                .filter_map(|e| match e {
+                    Ok(e) => Some(e.file_name()),
+                    Err(err) => {
+                        self.soft_error(path, err);
+                        None
+                    }
+                })
+                .collect(),
+            Err(e) => {
+                self.soft_error(path, e);
+                Vec::new()
+            }
+        };
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let mut entries = Vec::with_capacity(names.len());
+        for name in names {
+            let child = path.join(&name);
+            if let Some(pending) = self.scan_entry(&child, name.as_bytes().to_vec(), parent)? {
+                entries.push(pending);
+            }
+        }
+        let (done, receiver) = bounded(1);
+        self.dirs
+            .send(PendingDir { entries, done })
+            .map_err(|_| abandoned())?;
+        Ok(receiver)
+    }
+
+    /// Scans one path named `name` in its directory; `None` when it is excluded or unreadable.
+    fn scan_entry(
+        &self,
+        path: &Path,
+        name: Vec<u8>,
+        parent: Option<&Tree>,
+    ) -> Result<Option<PendingEntry>> {
+        if self.excludes.matches(path) {
+            return Ok(None);
+        }
+        let metadata = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) => {
+                self.soft_error(path, e);
+                return Ok(None);
+            }
+        };
+        let file_type = metadata.file_type();
+        if file_type.is_socket() {
+            tracing::info!("{}: skipping socket", path.display());
+            return Ok(None);
+        }
+        let xattrs = read_xattrs(path).unwrap_or_else(|e| {
+            tracing::warn!("{}: cannot read xattrs: {e}", path.display());
+            Vec::new()
+        });
+        let parent_entry = parent.and_then(|tree| tree.get(&name));
+        let placeholder = EntryKind::Fifo;
+        let entry = |kind| entry_from_metadata(name.clone(), &metadata, kind, xattrs.clone());
+        let pending = if file_type.is_dir() {
+            let parent_tree = self.parent_tree(parent_entry);
+            let tree = self.scan_dir(path, parent_tree.as_ref())?;
+            PendingEntry::Dir(entry(placeholder), tree)
+        } else if file_type.is_file() {
+            match reusable_content(parent_entry, &metadata) {
+                Some(content) => PendingEntry::Ready(entry(EntryKind::File(content))),
+                None => {
+                    let (result, receiver) = bounded(1);
+                    self.files
+                        .send(FileJob {
+                            path: path.to_owned(),
+                            result,
+                        })
+                        .map_err(|_| abandoned())?;
+                    PendingEntry::File(entry(placeholder), path.to_owned(), receiver)
+                }
+            }
+        } else if file_type.is_symlink() {
+            match fs::read_link(path) {
+                Ok(target) => PendingEntry::Ready(entry(EntryKind::Symlink(
+                    target.as_os_str().as_bytes().to_vec(),
+                ))),
+                Err(e) => {
+                    self.soft_error(path, e);
+                    return Ok(None);
+                }
+            }
+        } else if file_type.is_fifo() {
+            PendingEntry::Ready(entry(EntryKind::Fifo))
+        } else if file_type.is_char_device() {
+            PendingEntry::Ready(entry(EntryKind::CharDevice(metadata.rdev())))
+        } else if file_type.is_block_device() {
+            PendingEntry::Ready(entry(EntryKind::BlockDevice(metadata.rdev())))
+        } else {
+            self.soft_error(path, "unknown file type");
+            return Ok(None);
+        };
+        Ok(Some(pending))
+    }
+}
+
+/// The parent's chunk list when the file is unchanged: same size, mtime, ctime and inode.
+fn reusable_content(parent: Option<&Entry>, metadata: &Metadata) -> Option<Content> {
+    let parent = parent?;
+    let EntryKind::File(content) = &parent.kind else {
+        return None;
+    };
+    let unchanged = parent.size == metadata.len()
+        && parent.mtime_ns == metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec()
+        && parent.ctime_ns == metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec()
+        && parent.inode == metadata.ino();
+    unchanged.then(|| content.clone())
+}
+
+/// The absolute, normalised form of a source path as recorded in the checkpoint.
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(|e| Error::io(format!("resolving {}", path.display()), e))
+}
+
+/// Counts the files and bytes below `paths` into `progress` (the ETA's denominator).
+pub fn count(paths: &[PathBuf], excludes: &[String], progress: &Progress) -> Result<()> {
+    let excludes = Excludes::new(excludes)?;
+    let mut stack: Vec<PathBuf> = paths.to_vec();
+    while let Some(path) = stack.pop() {
+        if excludes.matches(&path) {
+            continue;
+        }
+        let Ok(metadata) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if metadata.is_dir() {
+            if let Ok(entries) = fs::read_dir(&path) {
+                stack.extend(entries.filter_map(|e| Some(e.ok()?.path())));
+            }
+        } else if metadata.is_file() {
+            progress.total_files.fetch_add(1, Ordering::Relaxed);
+            progress
+                .total_bytes
+                .fetch_add(metadata.len(), Ordering::Relaxed);
+        }
+    }
+    progress.counted.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The checkpoint whose stat cache a backup of `paths` from `host` uses.
+fn find_parent(
+    repo: &Repository,
+    host: &str,
+    paths: &[String],
+) -> Result<Option<(CheckpointId, Checkpoint)>> {
+    Ok(checkpoint::list(repo)?
+        .into_iter()
+        .rev()
+        .find(|(_, c)| c.host == host && c.paths == paths))
+}
+
+/// Backs up `options.paths` into `repo` and writes the checkpoint (unless a dry run).
+pub fn run(
+    repo: &Repository,
+    options: &BackupOptions,
+    progress: &Progress,
+) -> Result<BackupOutcome> {
+    let started = Instant::now();
+    let time = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
+    if options.paths.is_empty() {
+        return Err(Error::InvalidInput(
+            "nothing to back up: give at least one path".into(),
+        ));
+    }
+    let mut sources = Vec::new();
+    for path in &options.paths {
+        let absolute = absolute(path)?;
+        fs::symlink_metadata(&absolute)
+            .map_err(|e| Error::io(format!("cannot back up {}", path.display()), e))?;
+        sources.push(absolute);
+    }
+    if options.paths.len() > 1 {
+        let mut names = HashSet::new();
+        for source in &sources {
+            let name = source
+                .file_name()
+                .map(|n| n.as_bytes().to_vec())
+                .unwrap_or_default();
+            if !crate::tree::is_valid_name(&name) || !names.insert(name) {
+                return Err(Error::InvalidInput(format!(
+                    "{} cannot be one of several backup paths: each needs a distinct base name",
+                    source.display()
+                )));
+            }
+        }
+    }
+    let path_strings: Vec<String> = sources
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let parent = match options.parent {
+        Some(id) => Some((id, checkpoint::load(repo, &id)?)),
+        None => find_parent(repo, &options.host, &path_strings)?,
+    };
+    let parent_root = match &parent {
+        Some((_, c)) => Some(load_tree(repo, &c.tree)?),
+        None => None,
+    };
+    let excludes = Excludes::new(&options.excludes)?;
+    let _lock = if options.dry_run {
+        None
+    } else {
+        Some(crate::repo::lock::acquire(repo, false, "backup")?)
+    };
+
+    let errors = Mutex::new(Vec::new());
+    let in_flight = Mutex::new(HashSet::new());
+    let threads = options.threads.max(1);
+    let (packer_tx, packer_rx) = bounded(threads * 2);
+    let sink = BlobSink {
+        repo,
+        in_flight: &in_flight,
+        packer: packer_tx,
+    };
+    let (root, mut stats) = std::thread::scope(|scope| -> Result<(BlobId, CheckpointStats)> {
+        let packer =
+            scope.spawn(|| run_packer(repo, packer_rx, &in_flight, options.dry_run, progress));
+        if options.count_first {
+            let (paths, patterns) = (&sources, &options.excludes);
+            scope.spawn(move || count(paths, patterns, progress));
+        }
+        let (file_tx, file_rx) = bounded::<FileJob>(threads * 8);
+        let (dir_tx, dir_rx) = bounded(1024);
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let jobs = file_rx.clone();
+                let sink = &sink;
+                scope.spawn(move || run_file_worker(sink, jobs, progress))
+            })
+            .collect();
+        drop(file_rx);
+        let builder = scope.spawn(|| run_tree_builder(&sink, dir_rx, &errors, progress));
+        let walker = Walker {
+            repo,
+            excludes: &excludes,
+            files: file_tx,
+            dirs: dir_tx,
+            errors: &errors,
+        };
+        let walked = if let [single] = sources.as_slice()
+            && fs::symlink_metadata(single).is_ok_and(|m| m.is_dir())
+        {
+            walker.scan_dir(single, parent_root.as_ref())
+        } else {
+            let mut entries = Vec::new();
+            let mut failure = None;
+            for source in &sources {
+                let name = source
+                    .file_name()
+                    .map(|n| n.as_bytes().to_vec())
+                    .unwrap_or_default();
+                match walker.scan_entry(source, name, parent_root.as_ref()) {
+                    Ok(Some(pending)) => entries.push(pending),
+                    Ok(None) => {}
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            match failure {
+                Some(e) => Err(e),
+                None => {
+                    let (done, receiver) = bounded(1);
+                    walker
+                        .dirs
+                        .send(PendingDir { entries, done })
+                        .map_err(|_| abandoned())
+                        .map(|_| receiver)
+                }
+            }
+        };
+        drop(walker);
+        let built = builder.join().expect("tree builder does not panic");
+        for worker in workers {
+            worker.join().expect("file workers do not panic");
+        }
+        let _ = sink.packer.send(PackerMessage::Finish);
+        let packed = packer.join().expect("packer does not panic");
+        let mut stats = built?;
+        stats.added_blobs = packed?;
+        let root = walked?.recv().map_err(|_| abandoned())?;
+        Ok((root, stats))
+    })?;
+
+    let errors = errors.into_inner().expect("not poisoned");
+    stats.errors = errors.len() as u64;
+    stats.bytes_read = progress.bytes_read.load(Ordering::Relaxed);
+    stats.added_bytes = progress.added_bytes.load(Ordering::Relaxed);
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+    let checkpoint = Checkpoint {
+        time,
+        host: options.host.clone(),
+        paths: path_strings,
+        tags: options.tags.clone(),
+        tree: root,
+        parent: parent.map(|(id, _)| id),
+        stats,
+        program_version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let id = if options.dry_run {
+        None
+    } else {
+        Some(checkpoint::save(repo, &checkpoint)?)
+    };
+    Ok(BackupOutcome {
+        id,
+        checkpoint,
+        errors,
+    })
+}

@@ -1,0 +1,301 @@
+//! `cairn check`: proves a repository sound, or says exactly what is damaged. It reads the
+//! repository alone — index files, pack listing, checkpoints and trees — never the local
+//! cache. Every checkpoint's trees are walked (each distinct tree once) and every blob they
+//! reference must be indexed in a pack that exists and is long enough. With `read_data`,
+//! every pack is read whole: its id must match its bytes, and every blob must decrypt and
+//! hash to its id. Each damaged blob is reported with its pack and the paths it affects.
+
+use crate::checkpoint;
+use crate::error::{Error, Result};
+use crate::id::{BlobId, PackId};
+use crate::repo::Repository;
+use crate::repo::index::decode_index_file;
+use crate::repo::pack::{PackEntry, pack_object_name, read_header};
+use crate::tree::{ChunkRef, Content, EntryKind, Tree, decode_chunk_list};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// At most this many affected paths are listed per damaged blob.
+const PATHS_PER_PROBLEM: usize = 10;
+
+/// Inputs of a check.
+#[derive(Debug, Clone, Default)]
+pub struct CheckOptions {
+    /// Read, decrypt and verify every blob of every pack.
+    pub read_data: bool,
+}
+
+/// A blob that cannot be read back.
+#[derive(Debug, Clone)]
+pub struct DamagedBlob {
+    pub blob: BlobId,
+    pub pack: Option<PackId>,
+    pub reason: String,
+    /// `<checkpoint short id>:<path>` of entries that need this blob (capped).
+    pub paths: Vec<String>,
+    pub affected_paths: u64,
+}
+
+/// What a check found.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub checkpoints: u64,
+    pub trees: u64,
+    pub packs: u64,
+    pub blobs_read: u64,
+    pub damaged: Vec<DamagedBlob>,
+    /// Problems not tied to one blob: unreadable index files or checkpoints, bad packs.
+    pub problems: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn is_sound(&self) -> bool {
+        self.damaged.is_empty() && self.problems.is_empty()
+    }
+}
+
+struct Checker<'a> {
+    repo: &'a Repository,
+    /// Every indexed blob and where it is.
+    index: HashMap<BlobId, (PackId, PackEntry)>,
+    /// Size of every pack in the repository.
+    packs: HashMap<PackId, u64>,
+    /// Blobs known to be unreadable, with why.
+    bad: HashMap<BlobId, (Option<PackId>, String)>,
+    affected: BTreeMap<BlobId, (u64, Vec<String>)>,
+    trees_seen: HashSet<BlobId>,
+    report: CheckReport,
+}
+
+impl Checker<'_> {
+    fn load_index(&mut self) -> Result<()> {
+        for object in self.repo.backend().list("index/")? {
+            let location = || format!("index file {}", object.name);
+            let decoded = self
+                .repo
+                .read_object_plaintext(&object.name)
+                .and_then(|plain| decode_index_file(&plain, &location));
+            match decoded {
+                Ok(packs) => {
+                    for (pack, entries) in packs {
+                        for entry in entries {
+                            self.index.insert(entry.id, (pack, entry));
+                        }
+                    }
+                }
+                Err(e) => self.report.problems.push(format!("{e}")),
+            }
+        }
+        for object in self.repo.backend().list("data/")? {
+            let name = object.name.rsplit('/').next().unwrap_or_default();
+            match PackId::from_hex(name) {
+                Some(id) => {
+                    self.packs.insert(id, object.size);
+                }
+                None => self
+                    .report
+                    .problems
+                    .push(format!("unexpected object {}", object.name)),
+            }
+        }
+        self.report.packs = self.packs.len() as u64;
+        for (blob, (pack, entry)) in &self.index {
+            match self.packs.get(pack) {
+                None => {
+                    self.bad
+                        .insert(*blob, (Some(*pack), "its pack is missing".into()));
+                }
+                Some(size) if entry.offset as u64 + entry.length as u64 > *size => {
+                    self.bad.insert(
+                        *blob,
+                        (
+                            Some(*pack),
+                            format!("its pack is truncated to {size} bytes"),
+                        ),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn read_all_data(&mut self) -> Result<()> {
+        let mut by_pack: HashMap<PackId, Vec<PackEntry>> = HashMap::new();
+        for (pack, entry) in self.index.values() {
+            by_pack.entry(*pack).or_default().push(*entry);
+        }
+        let codec = self.repo.codec();
+        for pack in self.packs.keys().copied().collect::<Vec<_>>() {
+            let name = pack_object_name(&pack);
+            let bytes = match self.repo.backend().get(&name) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    self.report.problems.push(format!("pack {pack}: {e}"));
+                    continue;
+                }
+            };
+            if blake3::hash(&bytes).as_bytes() != &pack.0 {
+                self.report.problems.push(format!(
+                    "pack {pack}: content does not match its id (damaged)"
+                ));
+            }
+            if let Err(e) = read_header(&bytes, codec, &|| format!("pack {pack}")) {
+                self.report.problems.push(format!("{e}"));
+            }
+            for entry in by_pack.remove(&pack).unwrap_or_default() {
+                self.report.blobs_read += 1;
+                let where_ = || format!("pack {pack} blob {}", entry.id);
+                let start = entry.offset as usize;
+                let verdict = match bytes.get(start..start + entry.length as usize) {
+                    None => Err("lies past the end of the pack".to_owned()),
+                    Some(stored) => match codec.decode(stored, &where_) {
+                        Err(e) => Err(format!("{e}")),
+                        Ok(plain) if codec.id_of(&plain) != entry.id.0 => {
+                            Err("content does not match its id".into())
+                        }
+                        Ok(_) => Ok(()),
+                    },
+                };
+                if let Err(reason) = verdict {
+                    self.bad.insert(entry.id, (Some(pack), reason));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `blob` can be read; records `path` as affected when it cannot.
+    fn need(&mut self, blob: &BlobId, path: &str) -> bool {
+        if !self.index.contains_key(blob) {
+            self.bad
+                .entry(*blob)
+                .or_insert((None, "not listed in any index file".into()));
+        }
+        if !self.bad.contains_key(blob) {
+            return true;
+        }
+        let (count, paths) = self.affected.entry(*blob).or_default();
+        *count += 1;
+        if paths.len() < PATHS_PER_PROBLEM {
+            paths.push(path.to_owned());
+        }
+        false
+    }
+
+    fn read_verified(&self, blob: &BlobId) -> Result<Vec<u8>> {
+        let (pack, entry) = self.index[blob];
+        let stored = self.repo.backend().get_range(
+            &pack_object_name(&pack),
+            entry.offset as u64,
+            entry.length as u64,
+        )?;
+        let where_ = || format!("pack {pack} blob {blob}");
+        let plain = self.repo.codec().decode(&stored, &where_)?;
+        if self.repo.codec().id_of(&plain) != blob.0 {
+            return Err(Error::corrupt(where_(), "content does not match its id"));
+        }
+        Ok(plain)
+    }
+
+    /// Reads and decodes a tree or chunk list blob; when that fails the blob is recorded as
+    /// damaged, affecting `path`.
+    fn read_metadata_blob<T>(
+        &mut self,
+        id: BlobId,
+        path: &str,
+        decode: impl FnOnce(&[u8]) -> Result<T>,
+    ) -> Option<T> {
+        if !self.need(&id, path) {
+            return None;
+        }
+        match self.read_verified(&id).and_then(|bytes| decode(&bytes)) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                let pack = self.index.get(&id).map(|(p, _)| *p);
+                self.bad.insert(id, (pack, format!("{e}")));
+                self.need(&id, path);
+                None
+            }
+        }
+    }
+
+    fn walk_tree(&mut self, tree_id: BlobId, path: &str) {
+        if !self.trees_seen.insert(tree_id) {
+            self.need(&tree_id, path);
+            return;
+        }
+        let decode = |bytes: &[u8]| Tree::decode(bytes, &|| format!("tree {tree_id}"));
+        let Some(tree) = self.read_metadata_blob(tree_id, path, decode) else {
+            return;
+        };
+        self.report.trees += 1;
+        for entry in tree.entries {
+            let separator = if path.ends_with(':') { "" } else { "/" };
+            let child = format!("{path}{separator}{}", entry.name_lossy());
+            match entry.kind {
+                EntryKind::Dir(id) => self.walk_tree(id, &child),
+                EntryKind::File(Content::Chunks(chunks)) => self.need_chunks(&chunks, &child),
+                EntryKind::File(Content::ChunkList(list)) => {
+                    let decode = |bytes: &[u8]| decode_chunk_list(bytes, &list);
+                    if let Some(chunks) = self.read_metadata_blob(list, &child, decode) {
+                        self.need_chunks(&chunks, &child);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn need_chunks(&mut self, chunks: &[ChunkRef], path: &str) {
+        for chunk in chunks {
+            self.need(&chunk.id, path);
+        }
+    }
+}
+
+/// Checks `repo`; the report says what, if anything, is damaged.
+pub fn run(repo: &Repository, options: &CheckOptions) -> Result<CheckReport> {
+    let mut checker = Checker {
+        repo,
+        index: HashMap::new(),
+        packs: HashMap::new(),
+        bad: HashMap::new(),
+        affected: BTreeMap::new(),
+        trees_seen: HashSet::new(),
+        report: CheckReport::default(),
+    };
+    checker.load_index()?;
+    if options.read_data {
+        checker.read_all_data()?;
+    }
+    for id in checkpoint::list_ids(repo)? {
+        match checkpoint::load(repo, &id) {
+            Ok(record) => {
+                checker.report.checkpoints += 1;
+                checker.walk_tree(record.tree, &format!("{}:", id.short()));
+            }
+            Err(e) => checker
+                .report
+                .problems
+                .push(format!("checkpoint {id}: {e}")),
+        }
+    }
+    let Checker {
+        bad,
+        affected,
+        mut report,
+        ..
+    } = checker;
+    for (blob, (pack, reason)) in bad {
+        let (affected_paths, paths) = affected.get(&blob).cloned().unwrap_or_default();
+        report.damaged.push(DamagedBlob {
+            blob,
+            pack,
+            reason,
+            paths,
+            affected_paths,
+        });
+    }
+    report.damaged.sort_by_key(|d| (d.pack, d.blob));
+    Ok(report)
+}

@@ -1,0 +1,122 @@
+//! Checkpoint records and the catalogue. A checkpoint names the root tree of one backup with
+//! when, where and what was backed up, its parent and its statistics. It is stored as
+//! `checkpoints/<id>`, where the id is the (keyed) hash of the record's JSON, and it is written
+//! only after every blob it references is durable (invariant 1). References accepted
+//! everywhere: a full id, a unique prefix of 4 or more hex digits, or `latest`.
+
+use crate::error::{Error, Result};
+use crate::id::{BlobId, CheckpointId};
+use crate::repo::Repository;
+use serde::{Deserialize, Serialize};
+
+/// What a backup did, stored in its checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointStats {
+    pub files: u64,
+    pub dirs: u64,
+    /// Total size of the regular files in the checkpoint.
+    pub bytes: u64,
+    /// Bytes read from the source (files the stat cache skipped are not read).
+    pub bytes_read: u64,
+    /// Bytes of new packs written to the repository.
+    pub added_bytes: u64,
+    pub added_blobs: u64,
+    /// Files or directories that could not be read and are missing from the checkpoint.
+    pub errors: u64,
+    pub duration_ms: u64,
+}
+
+/// One checkpoint record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// RFC 3339 UTC with nanoseconds; sorts lexically in time order.
+    pub time: String,
+    pub host: String,
+    pub paths: Vec<String>,
+    pub tags: Vec<String>,
+    pub tree: BlobId,
+    pub parent: Option<CheckpointId>,
+    pub stats: CheckpointStats,
+    pub program_version: String,
+}
+
+fn object_name(id: &CheckpointId) -> String {
+    format!("checkpoints/{id}")
+}
+
+/// Stores `checkpoint` and returns its id.
+pub fn save(repo: &Repository, checkpoint: &Checkpoint) -> Result<CheckpointId> {
+    let json = serde_json::to_vec(checkpoint).expect("checkpoints serialize");
+    let id = CheckpointId(repo.codec().id_of(&json));
+    repo.backend()
+        .put(&object_name(&id), &repo.codec().encode(&json, true))?;
+    Ok(id)
+}
+
+/// Reads checkpoint `id` and checks it against its id.
+pub fn load(repo: &Repository, id: &CheckpointId) -> Result<Checkpoint> {
+    let name = object_name(id);
+    let plaintext = repo.read_object_plaintext(&name)?;
+    if repo.codec().id_of(&plaintext) != id.0 {
+        return Err(Error::corrupt(&name, "record does not match its id"));
+    }
+    serde_json::from_slice(&plaintext).map_err(|e| Error::corrupt(&name, e.to_string()))
+}
+
+/// The ids of every checkpoint in the repository.
+pub fn list_ids(repo: &Repository) -> Result<Vec<CheckpointId>> {
+    let mut ids: Vec<CheckpointId> = repo
+        .backend()
+        .list("checkpoints/")?
+        .into_iter()
+        .filter_map(|o| CheckpointId::from_hex(o.name.strip_prefix("checkpoints/")?))
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Every checkpoint, oldest first.
+pub fn list(repo: &Repository) -> Result<Vec<(CheckpointId, Checkpoint)>> {
+    let mut all = list_ids(repo)?
+        .into_iter()
+        .map(|id| Ok((id, load(repo, &id)?)))
+        .collect::<Result<Vec<_>>>()?;
+    all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+    Ok(all)
+}
+
+/// Resolves a reference: `latest`, a full id, or a unique prefix of at least 4 hex digits.
+pub fn resolve(repo: &Repository, reference: &str) -> Result<(CheckpointId, Checkpoint)> {
+    if reference == "latest" {
+        return list(repo)?.pop().ok_or_else(|| {
+            Error::NotFound(format!(
+                "repository {} has no checkpoints yet",
+                repo.backend().location()
+            ))
+        });
+    }
+    let reference = reference.to_ascii_lowercase();
+    if reference.len() < 4 || !reference.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(Error::InvalidInput(format!(
+            "{reference:?} is not a checkpoint reference: use `latest`, a full id or at least 4 hex digits of one"
+        )));
+    }
+    let matches: Vec<CheckpointId> = list_ids(repo)?
+        .into_iter()
+        .filter(|id| id.to_hex().starts_with(&reference))
+        .collect();
+    match matches.as_slice() {
+        [id] => Ok((*id, load(repo, id)?)),
+        [] => Err(Error::NotFound(format!(
+            "no checkpoint matches {reference:?}; `cairn list` shows them"
+        ))),
+        many => Err(Error::InvalidInput(format!(
+            "{reference:?} is ambiguous: it matches {} checkpoints ({}); give more digits",
+            many.len(),
+            many.iter()
+                .map(CheckpointId::short)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}

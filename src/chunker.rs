@@ -1,0 +1,258 @@
+//! Content-defined chunking with FastCDC (2020). The same bytes always give the same chunks,
+//! so an insertion in a large file changes only the chunks around it. Parameters are per
+//! repository; in encrypted repositories the gear table is keyed by a secret seed so chunk
+//! lengths do not reveal content. Streaming keeps one reusable buffer of twice the maximum
+//! chunk size per worker, whatever the size of the file.
+
+use crate::error::{Error, Result};
+use fastcdc::v2020::{Normalization, cut_gear, get_gear_with_seed, select_masks};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::io::Read;
+
+/// Chunk size bounds in bytes, stored in the repository config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    pub min_bytes: u32,
+    pub avg_bytes: u32,
+    pub max_bytes: u32,
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        ChunkerParams {
+            min_bytes: 512 * 1024,
+            avg_bytes: 1024 * 1024,
+            max_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl ChunkerParams {
+    pub fn validate(&self) -> Result<()> {
+        use fastcdc::v2020::{
+            AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN,
+        };
+        let (min, avg, max) = (
+            self.min_bytes as usize,
+            self.avg_bytes as usize,
+            self.max_bytes as usize,
+        );
+        let in_range = (MINIMUM_MIN..=MINIMUM_MAX).contains(&min)
+            && (AVERAGE_MIN..=AVERAGE_MAX).contains(&avg)
+            && (MAXIMUM_MIN..=MAXIMUM_MAX).contains(&max);
+        let even = min % 2 == 0 && avg % 2 == 0 && max % 2 == 0;
+        if in_range && even && min <= avg && avg <= max {
+            Ok(())
+        } else {
+            Err(Error::InvalidInput(format!(
+                "chunker sizes {min}/{avg}/{max} are out of range: need even sizes with \
+                 {MINIMUM_MIN}..={MINIMUM_MAX} <= {AVERAGE_MIN}..={AVERAGE_MAX} <= \
+                 {MAXIMUM_MIN}..={MAXIMUM_MAX} bytes"
+            )))
+        }
+    }
+}
+
+/// A FastCDC chunker with precomputed masks and gear tables.
+pub struct Chunker {
+    params: ChunkerParams,
+    mask_s: u64,
+    mask_l: u64,
+    gear: Cow<'static, [u64]>,
+    gear_ls: Cow<'static, [u64]>,
+}
+
+impl Chunker {
+    pub fn new(params: ChunkerParams, seed: u64) -> Result<Self> {
+        params.validate()?;
+        let (mask_s, mask_l) = select_masks(params.avg_bytes as usize, Normalization::Level1);
+        let (gear, gear_ls) = get_gear_with_seed(seed);
+        Ok(Chunker {
+            params,
+            mask_s,
+            mask_l,
+            gear,
+            gear_ls,
+        })
+    }
+
+    pub fn params(&self) -> ChunkerParams {
+        self.params
+    }
+
+    /// Length of the first chunk of `data`, which must hold at least `max_bytes` unless it
+    /// is the end of the input.
+    fn first_chunk_len(&self, data: &[u8]) -> usize {
+        let (_, len) = cut_gear(
+            data,
+            self.params.min_bytes as usize,
+            self.params.avg_bytes as usize,
+            self.params.max_bytes as usize,
+            self.mask_s,
+            self.mask_l,
+            self.mask_s << 1,
+            self.mask_l << 1,
+            &self.gear,
+            &self.gear_ls,
+        );
+        len
+    }
+
+    /// The chunks of an in-memory buffer.
+    pub fn chunks<'a>(&'a self, mut data: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        std::iter::from_fn(move || {
+            if data.is_empty() {
+                return None;
+            }
+            let (chunk, rest) = data.split_at(self.first_chunk_len(data));
+            data = rest;
+            Some(chunk)
+        })
+    }
+
+    /// Reads `reader` to its end and calls `on_chunk` with each chunk in order. `buffer` is
+    /// reused between calls; it grows to twice the maximum chunk size. Returns the bytes read.
+    pub fn for_each_chunk<R: Read, E>(
+        &self,
+        mut reader: R,
+        buffer: &mut Vec<u8>,
+        mut on_chunk: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<u64, E>
+    where
+        E: From<std::io::Error>,
+    {
+        let max = self.params.max_bytes as usize;
+        buffer.resize(2 * max, 0);
+        let (mut start, mut end, mut eof, mut total) = (0usize, 0usize, false, 0u64);
+        loop {
+            if !eof && end - start < max {
+                buffer.copy_within(start..end, 0);
+                end -= start;
+                start = 0;
+                while end < buffer.len() {
+                    match reader.read(&mut buffer[end..]) {
+                        Ok(0) => {
+                            eof = true;
+                            break;
+                        }
+                        Ok(n) => end += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            if start == end {
+                return Ok(total);
+            }
+            let len = self.first_chunk_len(&buffer[start..end]);
+            on_chunk(&buffer[start..start + len])?;
+            start += len;
+            total += len as u64;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn small_chunker() -> Chunker {
+        let params = ChunkerParams {
+            min_bytes: 256,
+            avg_bytes: 1024,
+            max_bytes: 4096,
+        };
+        Chunker::new(params, 7).unwrap()
+    }
+
+    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (state >> 33) as u8
+            })
+            .collect()
+    }
+
+    fn streamed(chunker: &Chunker, data: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buffer = Vec::new();
+        chunker
+            .for_each_chunk::<_, std::io::Error>(data, &mut buffer, |c| {
+                out.push(c.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn chunks_concatenate_to_the_input_within_bounds(len in 0usize..40_000, seed: u64) {
+            let chunker = small_chunker();
+            let data = pseudo_random(len, seed);
+            let chunks = streamed(&chunker, &data);
+            prop_assert_eq!(chunks.concat(), data.clone());
+            for (i, c) in chunks.iter().enumerate() {
+                prop_assert!(c.len() <= 4096);
+                prop_assert!(c.len() >= 256 || i + 1 == chunks.len());
+            }
+            let in_memory: Vec<Vec<u8>> = chunker.chunks(&data).map(|c| c.to_vec()).collect();
+            prop_assert_eq!(in_memory, chunks);
+        }
+
+        #[test]
+        fn boundaries_survive_an_insertion(seed: u64, at in 0usize..60_000, insert in proptest::collection::vec(any::<u8>(), 1..100)) {
+            let chunker = small_chunker();
+            let data = pseudo_random(60_000, seed);
+            let mut edited = data[..at].to_vec();
+            edited.extend_from_slice(&insert);
+            edited.extend_from_slice(&data[at..]);
+            let before: std::collections::HashSet<Vec<u8>> = streamed(&chunker, &data).into_iter().collect();
+            let after = streamed(&chunker, &edited);
+            // Chunks wholly before the edit are untouched; past the edit the chunker is back
+            // in step within two maximum-size chunks.
+            let resync_at = at + insert.len() + 2 * 4096;
+            let mut offset = 0;
+            for chunk in &after {
+                let end = offset + chunk.len();
+                if end <= at || offset >= resync_at {
+                    prop_assert!(before.contains(chunk), "chunk at {} changed (edit at {})", offset, at);
+                }
+                offset = end;
+            }
+        }
+    }
+
+    #[test]
+    fn seed_changes_boundaries() {
+        let data = pseudo_random(100_000, 1);
+        let params = small_chunker().params();
+        let a: Vec<usize> = Chunker::new(params, 1)
+            .unwrap()
+            .chunks(&data)
+            .map(<[u8]>::len)
+            .collect();
+        let b: Vec<usize> = Chunker::new(params, 2)
+            .unwrap()
+            .chunks(&data)
+            .map(<[u8]>::len)
+            .collect();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn rejects_bad_params() {
+        let params = ChunkerParams {
+            min_bytes: 10,
+            avg_bytes: 5,
+            max_bytes: 1,
+        };
+        assert!(Chunker::new(params, 0).is_err());
+    }
+}

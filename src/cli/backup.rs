@@ -1,0 +1,141 @@
+//! `cairn backup`: one new checkpoint of the given paths, with progress on a terminal and a
+//! cost summary (bytes read, bytes added, duration). Exit 3 when the checkpoint was saved but
+//! some files could not be read.
+
+use super::{GlobalArgs, print_json, show_progress};
+use anyhow::Result;
+use cairn::backup::{self, BackupOptions, Progress};
+use clap::Args;
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Paths to back up
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Tag the checkpoint (repeatable)
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Leave out paths matching this glob (repeatable); without `/` it matches names
+    #[arg(long = "exclude")]
+    excludes: Vec<String>,
+    /// Scan and chunk, write nothing, report what would be added
+    #[arg(long)]
+    dry_run: bool,
+    /// Print one JSON object instead of text
+    #[arg(long)]
+    json: bool,
+    /// Host name to record (default: this machine's)
+    #[arg(long)]
+    host: Option<String>,
+}
+
+/// Draws progress until `done` is set.
+fn draw_progress(progress: &Progress, done: &std::sync::atomic::AtomicBool) {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    while !done.load(Ordering::Relaxed) {
+        let counted = progress.counted.load(Ordering::Relaxed);
+        let total_files = progress.total_files.load(Ordering::Relaxed);
+        bar.set_length(progress.total_bytes.load(Ordering::Relaxed));
+        bar.set_position(progress.bytes_done.load(Ordering::Relaxed));
+        bar.set_message(format!(
+            "backup: {}/{}{} files, {} read, {} added",
+            progress.files_done.load(Ordering::Relaxed),
+            total_files,
+            if counted { "" } else { "+ (counting)" },
+            HumanBytes(progress.bytes_read.load(Ordering::Relaxed)),
+            HumanBytes(progress.added_bytes.load(Ordering::Relaxed)),
+        ));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bar.finish_and_clear();
+}
+
+pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
+    let repo = global.open()?;
+    let mut options = BackupOptions::new(args.paths);
+    options.tags = args.tags;
+    options.excludes = args.excludes;
+    options.dry_run = args.dry_run;
+    if let Some(host) = args.host {
+        options.host = host;
+    }
+    let progress = Progress::default();
+    let draw = show_progress(args.json);
+    options.count_first = draw;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let outcome = std::thread::scope(|scope| {
+        if draw {
+            scope.spawn(|| draw_progress(&progress, &done));
+        }
+        let outcome = backup::run(&repo, &options, &progress);
+        done.store(true, Ordering::Relaxed);
+        outcome
+    })?;
+    for error in &outcome.errors {
+        eprintln!(
+            "warning: {}: {} (not in the checkpoint)",
+            error.path.display(),
+            error.message
+        );
+    }
+    let stats = &outcome.checkpoint.stats;
+    if args.json {
+        print_json(&json!({
+            "id": outcome.id.map(|id| id.to_hex()),
+            "short_id": outcome.id.map(|id| id.short()),
+            "dry_run": args.dry_run,
+            "time": outcome.checkpoint.time,
+            "parent": outcome.checkpoint.parent,
+            "tree": outcome.checkpoint.tree,
+            "files": stats.files,
+            "dirs": stats.dirs,
+            "bytes": stats.bytes,
+            "bytes_read": stats.bytes_read,
+            "added_bytes": stats.added_bytes,
+            "added_blobs": stats.added_blobs,
+            "duration_ms": stats.duration_ms,
+            "errors": outcome.errors.iter().map(|e| json!({"path": e.path, "message": e.message})).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        let seconds = stats.duration_ms as f64 / 1000.0;
+        if let Some(id) = outcome.id {
+            println!("{id}");
+        }
+        eprintln!(
+            "{} {} files, {} dirs, {}: read {}, {} {} to the repository, in {seconds:.1}s",
+            if args.dry_run {
+                "dry run:"
+            } else {
+                "checkpoint saved:"
+            },
+            stats.files,
+            stats.dirs,
+            HumanBytes(stats.bytes),
+            HumanBytes(stats.bytes_read),
+            if args.dry_run { "would add" } else { "added" },
+            HumanBytes(stats.added_bytes),
+        );
+    }
+    if outcome.errors.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "{} paths could not be read and are missing from the checkpoint",
+            outcome.errors.len()
+        );
+        Ok(ExitCode::from(3))
+    }
+}

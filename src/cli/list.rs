@@ -1,0 +1,59 @@
+//! `cairn list`: one row per checkpoint, oldest first.
+
+use super::{GlobalArgs, print_json};
+use anyhow::Result;
+use cairn::checkpoint;
+use clap::Args;
+use indicatif::HumanBytes;
+use serde_json::json;
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print a JSON array instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(global: &GlobalArgs, args: ListArgs) -> Result<ExitCode> {
+    let repo = global.open()?;
+    let all = checkpoint::list(&repo)?;
+    if args.json {
+        let rows: Vec<_> = all
+            .iter()
+            .map(|(id, c)| {
+                json!({
+                    "id": id.to_hex(),
+                    "short_id": id.short(),
+                    "time": c.time,
+                    "host": c.host,
+                    "paths": c.paths,
+                    "tags": c.tags,
+                    "parent": c.parent,
+                    "tree": c.tree,
+                    "stats": c.stats,
+                })
+            })
+            .collect();
+        return print_json(&rows).map(|_| ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<8}  {:<19}  {:<12}  {:<12}  {:>8}  {:>10}  paths",
+        "id", "time", "host", "tags", "files", "size"
+    );
+    for (id, c) in &all {
+        let time = c.time.get(..19).unwrap_or(&c.time).replace('T', " ");
+        println!(
+            "{:<8}  {:<19}  {:<12}  {:<12}  {:>8}  {:>10}  {}",
+            id.short(),
+            time,
+            c.host,
+            c.tags.join(","),
+            c.stats.files,
+            HumanBytes(c.stats.bytes).to_string(),
+            c.paths.join(" ")
+        );
+    }
+    eprintln!("{} checkpoints", all.len());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,144 @@
+//! `cairn ls`: the entries of a directory in a checkpoint (`-r` for everything below it).
+
+use super::{GlobalArgs, format_time_ns, print_json, split_reference};
+use anyhow::Result;
+use cairn::checkpoint;
+use cairn::repo::Repository;
+use cairn::tree::{Entry, EntryKind, find_entry, load_tree};
+use clap::Args;
+use serde_json::{Value, json};
+use std::io::Write;
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// CKPT[:PATH] — a checkpoint reference (id, prefix or `latest`) and a path in it
+    reference: String,
+    /// List everything below the directory
+    #[arg(short, long)]
+    recursive: bool,
+    /// Print a JSON array instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+/// `rwxr-xr-x` for permission bits, with setuid/setgid/sticky.
+fn mode_string(entry: &Entry) -> String {
+    let mut out = String::with_capacity(10);
+    out.push(entry.type_char());
+    let special = [(0o4000, 's'), (0o2000, 's'), (0o1000, 't')];
+    for (i, (bit, letter)) in special.iter().enumerate() {
+        let shift = 6 - 3 * i;
+        let bits = (entry.mode >> shift) & 7;
+        out.push(if bits & 4 != 0 { 'r' } else { '-' });
+        out.push(if bits & 2 != 0 { 'w' } else { '-' });
+        let exec = bits & 1 != 0;
+        out.push(match (entry.mode & bit != 0, exec) {
+            (true, true) => *letter,
+            (true, false) => letter.to_ascii_uppercase(),
+            (false, true) => 'x',
+            (false, false) => '-',
+        });
+    }
+    out
+}
+
+fn entry_json(path: &str, entry: &Entry) -> Value {
+    let mut value = json!({
+        "path": path,
+        "name": entry.name_lossy(),
+        "type": match entry.kind {
+            EntryKind::File(_) => "file",
+            EntryKind::Dir(_) => "dir",
+            EntryKind::Symlink(_) => "symlink",
+            EntryKind::Fifo => "fifo",
+            EntryKind::CharDevice(_) => "chardev",
+            EntryKind::BlockDevice(_) => "blockdev",
+        },
+        "mode": entry.mode,
+        "uid": entry.uid,
+        "gid": entry.gid,
+        "user": entry.user,
+        "group": entry.group,
+        "size": entry.size,
+        "mtime": format_time_ns(entry.mtime_ns),
+    });
+    if let EntryKind::Symlink(target) = &entry.kind {
+        value["target"] = json!(String::from_utf8_lossy(target));
+    }
+    value
+}
+
+struct Lister<'a> {
+    repo: &'a Repository,
+    recursive: bool,
+    json: Option<Vec<Value>>,
+    out: std::io::StdoutLock<'static>,
+}
+
+impl Lister<'_> {
+    fn list_dir(&mut self, tree: &cairn::id::BlobId, prefix: &str) -> Result<()> {
+        for entry in load_tree(self.repo, tree)?.entries {
+            let path = format!("{prefix}{}", entry.name_lossy());
+            self.show(&path, &entry)?;
+            if let (true, EntryKind::Dir(subtree)) = (self.recursive, &entry.kind) {
+                self.list_dir(subtree, &format!("{path}/"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn show(&mut self, path: &str, entry: &Entry) -> Result<()> {
+        if let Some(rows) = &mut self.json {
+            rows.push(entry_json(path, entry));
+            return Ok(());
+        }
+        let owner = entry.user.clone().unwrap_or_else(|| entry.uid.to_string());
+        let group = entry.group.clone().unwrap_or_else(|| entry.gid.to_string());
+        let mtime = format_time_ns(entry.mtime_ns);
+        let target = match &entry.kind {
+            EntryKind::Symlink(t) => format!(" -> {}", String::from_utf8_lossy(t)),
+            _ => String::new(),
+        };
+        writeln!(
+            self.out,
+            "{} {:<8} {:<8} {:>12} {} {path}{target}",
+            mode_string(entry),
+            owner,
+            group,
+            entry.size,
+            mtime.get(..19).unwrap_or(&mtime).replace('T', " ")
+        )?;
+        Ok(())
+    }
+}
+
+pub fn run(global: &GlobalArgs, args: LsArgs) -> Result<ExitCode> {
+    let repo = global.open()?;
+    let (reference, path) = split_reference(&args.reference);
+    let (_, record) = checkpoint::resolve(&repo, reference)?;
+    let entry = find_entry(&repo, record.tree, path)?;
+    let mut lister = Lister {
+        repo: &repo,
+        recursive: args.recursive,
+        json: args.json.then(Vec::new),
+        out: std::io::stdout().lock(),
+    };
+    match &entry.kind {
+        EntryKind::Dir(tree) => {
+            let prefix = path.trim_matches('/');
+            let prefix = if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            };
+            lister.list_dir(tree, &prefix)?
+        }
+        _ => lister.show(path.trim_matches('/'), &entry)?,
+    }
+    if let Some(rows) = lister.json.take() {
+        drop(lister);
+        print_json(&rows)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

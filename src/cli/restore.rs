@@ -1,0 +1,107 @@
+//! `cairn restore`: a checkpoint, or a path in it, into a directory.
+
+use super::{GlobalArgs, print_json, show_progress, split_reference};
+use anyhow::{Result, bail};
+use cairn::checkpoint;
+use cairn::restore::{self, RestoreOptions, RestoreProgress};
+use cairn::tree::find_entry;
+use clap::Args;
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// CKPT[:PATH] — a checkpoint reference and optionally a path in it
+    reference: String,
+    /// The directory to restore into (created if missing; must be empty unless --overwrite)
+    #[arg(long)]
+    target: PathBuf,
+    /// Restore into a non-empty directory, replacing what is in the way
+    #[arg(long)]
+    overwrite: bool,
+    /// Print one JSON object instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+fn draw_progress(progress: &RestoreProgress, total_bytes: u64, done: &AtomicBool) {
+    let bar = ProgressBar::new(total_bytes);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} restore: {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    while !done.load(Ordering::Relaxed) {
+        bar.set_position(progress.bytes_done.load(Ordering::Relaxed));
+        bar.set_message(format!(
+            "{} files",
+            progress.files_done.load(Ordering::Relaxed)
+        ));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bar.finish_and_clear();
+}
+
+pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    let repo = global.open()?;
+    let (reference, path) = split_reference(&args.reference);
+    let (_, record) = checkpoint::resolve(&repo, reference)?;
+    let node = find_entry(&repo, record.tree, path)?;
+    let options = RestoreOptions {
+        overwrite: args.overwrite,
+        ..RestoreOptions::default()
+    };
+    let progress = RestoreProgress::default();
+    let done = AtomicBool::new(false);
+    let total = if path.trim_matches('/').is_empty() {
+        record.stats.bytes
+    } else {
+        node.size
+    };
+    let stats = std::thread::scope(|scope| {
+        if show_progress(args.json) {
+            scope.spawn(|| draw_progress(&progress, total, &done));
+        }
+        let stats = restore::run(&repo, &node, &args.target, &options, &progress);
+        done.store(true, Ordering::Relaxed);
+        stats
+    })?;
+    for skipped in &stats.skipped {
+        eprintln!("skipped: {skipped}");
+    }
+    for error in &stats.errors {
+        eprintln!("error: {}: {}", error.path.display(), error.message);
+    }
+    if args.json {
+        print_json(&json!({
+            "files": stats.files,
+            "dirs": stats.dirs,
+            "bytes": stats.bytes,
+            "skipped": stats.skipped,
+            "errors": stats.errors.iter().map(|e| json!({"path": e.path, "message": e.message})).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        eprintln!(
+            "restored {} files, {} dirs, {} into {} in {:.1}s",
+            stats.files,
+            stats.dirs,
+            HumanBytes(stats.bytes),
+            args.target.display(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    if !stats.errors.is_empty() {
+        bail!(
+            "{} files could not be restored (listed above); they were not written",
+            stats.errors.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,85 @@
+//! The library's error type. Every error carries the path, object or id it concerns, and
+//! `kind()` sorts it into the few classes callers act on. Integrity failures (a MAC or hash
+//! that does not match) are `Corrupt` and never folded into `Io`: they mean the repository
+//! holds wrong bytes, not that the disk said no.
+
+use std::path::PathBuf;
+
+/// The classes of failure a caller can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Io,
+    Corrupt,
+    Crypto,
+    NotFound,
+    InvalidInput,
+    Locked,
+}
+
+/// Everything the cairn library can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("corrupt data in {location}: {what}")]
+    Corrupt { location: String, what: String },
+    #[error("{0}")]
+    WrongKey(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("{0}")]
+    Locked(String),
+    #[error("local index cache {path}: {message}")]
+    Cache { path: PathBuf, message: String },
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                ErrorKind::NotFound
+            }
+            Error::Io { .. } | Error::Cache { .. } => ErrorKind::Io,
+            Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::WrongKey(_) => ErrorKind::Crypto,
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::InvalidInput(_) => ErrorKind::InvalidInput,
+            Error::Locked(_) => ErrorKind::Locked,
+        }
+    }
+
+    /// An I/O error with what was being done to what.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Wrong bytes found at `location` (a pack, blob or file name).
+    pub fn corrupt(location: impl Into<String>, what: impl Into<String>) -> Self {
+        Error::Corrupt {
+            location: location.into(),
+            what: what.into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Adds "what was being done" to `std::io::Result`s.
+pub trait IoContext<T> {
+    fn context_io(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn context_io(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::io(context(), source))
+    }
+}

@@ -1,0 +1,214 @@
+//! Where repository objects live. A backend stores named, immutable objects (`config`,
+//! `keys/<id>`, `data/<xx>/<id>`, `index/<id>`, `checkpoints/<id>`, `locks/<id>`) and offers
+//! only what an object store can: get, ranged get, atomic put, list by prefix and delete.
+//! Nothing above this trait assumes a local filesystem, so HTTP and S3-compatible stores plug
+//! in here. `LocalBackend` makes `put` atomic and durable with a temporary file, fsync and
+//! rename, so a killed process never leaves a half-written object under its real name.
+
+use crate::error::{Error, IoContext, Result};
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// One object as listed: its name and size in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub name: String,
+    pub size: u64,
+}
+
+/// Storage of named immutable objects.
+pub trait Backend: Send + Sync {
+    /// A human-readable location, for messages.
+    fn location(&self) -> String;
+    /// The whole object; `ErrorKind::NotFound` when it does not exist.
+    fn get(&self, name: &str) -> Result<Vec<u8>>;
+    /// `length` bytes from `offset`; fewer bytes than asked is a corrupt (truncated) object.
+    fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>>;
+    /// Stores the object atomically: afterwards it is complete and durable, or absent.
+    fn put(&self, name: &str, data: &[u8]) -> Result<()>;
+    /// Every object whose name starts with `prefix` (e.g. `"data/"`), in no particular order.
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    fn delete(&self, name: &str) -> Result<()>;
+    /// Whether the object exists.
+    fn exists(&self, name: &str) -> Result<bool>;
+}
+
+/// A repository in a local directory.
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalBackend { root: root.into() }
+    }
+
+    fn path_of(&self, name: &str) -> Result<PathBuf> {
+        let valid = !name.is_empty()
+            && name
+                .split('/')
+                .all(|part| !part.is_empty() && part != "." && part != "..");
+        if !valid {
+            return Err(Error::InvalidInput(format!("invalid object name {name:?}")));
+        }
+        Ok(self.root.join(name))
+    }
+
+    /// Every file below `dir` (named `rel/...`), skipping temporary files of puts.
+    fn walk(&self, dir: &Path, rel: &str, out: &mut Vec<ObjectInfo>) -> Result<()> {
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+        };
+        for entry in entries {
+            let entry = entry.context_io(|| format!("listing {}", dir.display()))?;
+            let Some(file_name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if file_name.starts_with('.') {
+                continue;
+            }
+            let name = if rel.is_empty() {
+                file_name
+            } else {
+                format!("{rel}/{file_name}")
+            };
+            let metadata = entry
+                .metadata()
+                .context_io(|| format!("reading {}", entry.path().display()))?;
+            if metadata.is_dir() {
+                self.walk(&entry.path(), &name, out)?;
+            } else {
+                out.push(ObjectInfo {
+                    name,
+                    size: metadata.len(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .context_io(|| format!("syncing directory {}", dir.display()))
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn get(&self, name: &str) -> Result<Vec<u8>> {
+        let path = self.path_of(name)?;
+        fs::read(&path).context_io(|| format!("reading {}", path.display()))
+    }
+
+    fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
+        let path = self.path_of(name)?;
+        let context = || format!("reading {}", path.display());
+        let mut file = fs::File::open(&path).context_io(context)?;
+        file.seek(SeekFrom::Start(offset)).context_io(context)?;
+        let mut out = Vec::with_capacity(length as usize);
+        file.take(length)
+            .read_to_end(&mut out)
+            .context_io(context)?;
+        if out.len() as u64 != length {
+            return Err(Error::corrupt(
+                path.display().to_string(),
+                format!(
+                    "truncated: wanted {length} bytes at offset {offset}, found {}",
+                    out.len()
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn put(&self, name: &str, data: &[u8]) -> Result<()> {
+        let path = self.path_of(name)?;
+        let dir = path.parent().expect("object paths are below the root");
+        fs::create_dir_all(dir).context_io(|| format!("creating {}", dir.display()))?;
+        let file_name = path.file_name().expect("object names are not empty");
+        let temp = dir.join(format!(
+            ".{}.tmp-{}",
+            file_name.to_string_lossy(),
+            hex::encode(crate::crypto::random_bytes::<6>())
+        ));
+        let write = || -> std::io::Result<()> {
+            let mut file = fs::File::create(&temp)?;
+            file.write_all(data)?;
+            file.sync_all()?;
+            fs::rename(&temp, &path)
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&temp);
+            return Err(Error::io(format!("writing {}", path.display()), e));
+        }
+        sync_dir(dir)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let dir = prefix.rsplit_once('/').map_or("", |(dir, _)| dir);
+        let mut out = Vec::new();
+        self.walk(&self.root.join(dir), dir, &mut out)?;
+        out.retain(|object| object.name.starts_with(prefix));
+        Ok(out)
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        let path = self.path_of(name)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("deleting {}", path.display()), e)),
+        }
+    }
+
+    fn exists(&self, name: &str) -> Result<bool> {
+        let path = self.path_of(name)?;
+        match fs::symlink_metadata(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_range_list_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = LocalBackend::new(dir.path());
+        backend.put("data/ab/abcd", b"hello world").unwrap();
+        backend.put("index/1", b"x").unwrap();
+        assert_eq!(backend.get("data/ab/abcd").unwrap(), b"hello world");
+        assert_eq!(backend.get_range("data/ab/abcd", 6, 5).unwrap(), b"world");
+        assert_eq!(
+            backend.get_range("data/ab/abcd", 6, 50).unwrap_err().kind(),
+            crate::error::ErrorKind::Corrupt
+        );
+        let listed = backend.list("data/").unwrap();
+        assert_eq!(
+            listed,
+            vec![ObjectInfo {
+                name: "data/ab/abcd".into(),
+                size: 11
+            }]
+        );
+        assert_eq!(backend.list("index/").unwrap().len(), 1);
+        backend.delete("data/ab/abcd").unwrap();
+        assert!(!backend.exists("data/ab/abcd").unwrap());
+        assert_eq!(
+            backend.get("data/ab/abcd").unwrap_err().kind(),
+            crate::error::ErrorKind::NotFound
+        );
+        assert!(backend.put("../escape", b"x").is_err());
+    }
+}

@@ -1,0 +1,261 @@
+//! The blob index: which pack holds each blob. The truth is the repository's `index/` files
+//! (each lists the packs of one run and their entries); the local sled database is only a
+//! cache of them, kept per repository id under the cache directory. On every open the cache
+//! is compared with the listing of `index/`: new files are imported, and when a file it had
+//! imported is gone the cache is rebuilt from scratch. A blob enters the cache only after the
+//! index file that lists it is durable in the repository, so the cache never claims a blob the
+//! repository could lack. This is the only module that names sled.
+
+use super::backend::Backend;
+use super::codec::Codec;
+use super::pack::{ENTRY_BYTES, PackEntry, parse_entries};
+use crate::error::{Error, Result};
+use crate::id::{BlobId, ID_BYTES, PackId};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// Version of the cache's own layout; a cache with another version is rebuilt.
+const CACHE_SCHEMA_VERSION: u32 = 1;
+
+/// Where a blob is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobLocation {
+    pub pack: PackId,
+    pub entry: PackEntry,
+}
+
+/// The packs one index file lists, with their entries.
+pub type IndexedPacks = Vec<(PackId, Vec<PackEntry>)>;
+
+/// Encodes the plaintext of an index file: per pack its id, entry count (u32 LE) and entries.
+pub fn encode_index_file(packs: &IndexedPacks) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (pack, entries) in packs {
+        out.extend_from_slice(&pack.0);
+        let count = u32::try_from(entries.len()).expect("a pack holds far fewer than 2^32 blobs");
+        out.extend_from_slice(&count.to_le_bytes());
+        for entry in entries {
+            entry.write_to(&mut out);
+        }
+    }
+    out
+}
+
+/// Parses the plaintext of an index file.
+pub fn decode_index_file(mut bytes: &[u8], location: &dyn Fn() -> String) -> Result<IndexedPacks> {
+    let mut packs = Vec::new();
+    while !bytes.is_empty() {
+        let truncated = || Error::corrupt(location(), "truncated index file");
+        if bytes.len() < ID_BYTES + 4 {
+            return Err(truncated());
+        }
+        let pack = PackId::from_slice(&bytes[..ID_BYTES]).expect("32 bytes");
+        let count = u32::from_le_bytes(bytes[ID_BYTES..ID_BYTES + 4].try_into().expect("4 bytes"));
+        let end = ID_BYTES + 4 + count as usize * ENTRY_BYTES;
+        let raw = bytes.get(ID_BYTES + 4..end).ok_or_else(truncated)?;
+        packs.push((pack, parse_entries(raw, location)?));
+        bytes = &bytes[end..];
+    }
+    Ok(packs)
+}
+
+/// The local sled cache of every index file of one repository.
+pub struct BlobIndex {
+    _db: sled::Db,
+    blobs: sled::Tree,
+    files: sled::Tree,
+    path: PathBuf,
+}
+
+fn cache_error(path: &Path, e: sled::Error) -> Error {
+    Error::Cache {
+        path: path.to_owned(),
+        message: format!("{e} (the cache can be deleted; it is rebuilt from the repository)"),
+    }
+}
+
+impl BlobIndex {
+    /// Opens the cache in `dir`. When another cairn process holds it, a private temporary
+    /// cache inside `dir` is used instead, so concurrent commands still work.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating cache {}", dir.display()), e))?;
+        let path = dir.join("index.sled");
+        let db = match sled::Config::new()
+            .path(&path)
+            .cache_capacity(32 << 20)
+            .open()
+        {
+            Ok(db) => db,
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
+            {
+                tracing::info!(
+                    "index cache {} is in use; using a temporary one",
+                    path.display()
+                );
+                let temporary = dir.join(format!("tmp-{}", std::process::id()));
+                sled::Config::new()
+                    .path(&temporary)
+                    .temporary(true)
+                    .open()
+                    .map_err(|e| cache_error(&temporary, e))?
+            }
+            Err(e) => return Err(cache_error(&path, e)),
+        };
+        let open_tree = |name: &str| db.open_tree(name).map_err(|e| cache_error(&path, e));
+        let meta = open_tree("meta")?;
+        let index = BlobIndex {
+            blobs: open_tree("blobs")?,
+            files: open_tree("index_files")?,
+            _db: db,
+            path,
+        };
+        let schema = meta
+            .get("schema")
+            .map_err(|e| cache_error(&index.path, e))?;
+        if schema.as_deref() != Some(&CACHE_SCHEMA_VERSION.to_le_bytes()[..]) {
+            index.clear()?;
+            meta.insert("schema", &CACHE_SCHEMA_VERSION.to_le_bytes())
+                .map_err(|e| cache_error(&index.path, e))?;
+        }
+        Ok(index)
+    }
+
+    fn clear(&self) -> Result<()> {
+        self.blobs.clear().map_err(|e| cache_error(&self.path, e))?;
+        self.files.clear().map_err(|e| cache_error(&self.path, e))
+    }
+
+    pub fn get(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
+        let value = self
+            .blobs
+            .get(id.0)
+            .map_err(|e| cache_error(&self.path, e))?;
+        Ok(value.and_then(|v| {
+            let pack = PackId::from_slice(v.get(..ID_BYTES)?)?;
+            let mut entry_bytes = id.0.to_vec();
+            entry_bytes.extend_from_slice(v.get(ID_BYTES..)?);
+            Some(BlobLocation {
+                pack,
+                entry: PackEntry::read_from(&entry_bytes)?,
+            })
+        }))
+    }
+
+    pub fn contains(&self, id: &BlobId) -> Result<bool> {
+        self.blobs
+            .contains_key(id.0)
+            .map_err(|e| cache_error(&self.path, e))
+    }
+
+    /// Records the blobs of index file `name`, which must already be durable in the repository.
+    pub fn add_index_file(&self, name: &str, packs: &IndexedPacks) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (pack, entries) in packs {
+            for entry in entries {
+                let mut value = Vec::with_capacity(ENTRY_BYTES);
+                value.extend_from_slice(&pack.0);
+                let mut entry_bytes = Vec::with_capacity(ENTRY_BYTES);
+                entry.write_to(&mut entry_bytes);
+                value.extend_from_slice(&entry_bytes[ID_BYTES..]);
+                batch.insert(&entry.id.0[..], value);
+            }
+        }
+        self.blobs
+            .apply_batch(batch)
+            .map_err(|e| cache_error(&self.path, e))?;
+        self.files
+            .insert(name, &[])
+            .map_err(|e| cache_error(&self.path, e))?;
+        Ok(())
+    }
+
+    /// Brings the cache up to date with the repository's `index/` files.
+    pub fn sync(&self, backend: &dyn Backend, codec: &Codec) -> Result<()> {
+        let listed: HashSet<String> = backend
+            .list("index/")?
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        let mut known = HashSet::new();
+        for key in self.files.iter().keys() {
+            let key = key.map_err(|e| cache_error(&self.path, e))?;
+            known.insert(String::from_utf8_lossy(&key).into_owned());
+        }
+        if !known.is_subset(&listed) {
+            tracing::info!(
+                "index files were removed from the repository; rebuilding the index cache"
+            );
+            self.clear()?;
+            known.clear();
+        }
+        for name in listed.difference(&known) {
+            let location = || format!("index file {name}");
+            let packs =
+                decode_index_file(&codec.decode(&backend.get(name)?, &location)?, &location)?;
+            self.add_index_file(name, &packs)?;
+        }
+        self.blobs.flush().map_err(|e| cache_error(&self.path, e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::backend::LocalBackend;
+    use crate::repo::pack::BlobKind;
+
+    fn entry(n: u8) -> PackEntry {
+        PackEntry {
+            id: BlobId([n; 32]),
+            kind: BlobKind::Data,
+            offset: n as u32 * 10,
+            length: 10,
+            raw_length: 20,
+        }
+    }
+
+    #[test]
+    fn index_files_round_trip() {
+        let packs = vec![
+            (PackId([1; 32]), vec![entry(1), entry(2)]),
+            (PackId([2; 32]), vec![]),
+        ];
+        let bytes = encode_index_file(&packs);
+        assert_eq!(decode_index_file(&bytes, &|| "i".into()).unwrap(), packs);
+        assert!(decode_index_file(&bytes[..bytes.len() - 1], &|| "i".into()).is_err());
+    }
+
+    #[test]
+    fn cache_follows_the_repository() {
+        let repo = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let backend = LocalBackend::new(repo.path());
+        let codec = Codec::new(None, 3);
+        let packs = vec![(PackId([9; 32]), vec![entry(1)])];
+        backend
+            .put("index/a", &codec.encode(&encode_index_file(&packs), true))
+            .unwrap();
+
+        let index = BlobIndex::open(cache.path()).unwrap();
+        assert!(!index.contains(&BlobId([1; 32])).unwrap());
+        index.sync(&backend, &codec).unwrap();
+        let found = index.get(&BlobId([1; 32])).unwrap().unwrap();
+        assert_eq!(
+            found,
+            BlobLocation {
+                pack: PackId([9; 32]),
+                entry: entry(1)
+            }
+        );
+
+        backend.delete("index/a").unwrap();
+        index.sync(&backend, &codec).unwrap();
+        assert!(
+            !index.contains(&BlobId([1; 32])).unwrap(),
+            "a removed index file empties the cache"
+        );
+    }
+}

@@ -1,0 +1,322 @@
+//! The repository: one type that opens a backend with its key, reads and verifies blobs, and
+//! reads and writes the small JSON objects (checkpoints, locks). Layers above see blobs by id
+//! and never a file path: the backend decides where bytes live.
+
+pub mod backend;
+pub mod codec;
+pub mod config;
+pub mod index;
+pub mod lock;
+pub mod pack;
+
+use crate::chunker::{Chunker, ChunkerParams};
+use crate::crypto::{KeyFile, MasterKey, PasswordKey};
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::BlobId;
+use backend::Backend;
+use codec::Codec;
+use config::{Config, DEFAULT_COMPRESSION_LEVEL, EncryptionMode, FORMAT_VERSION};
+use index::{BlobIndex, BlobLocation};
+use pack::pack_object_name;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The secret that opens a repository.
+pub enum Secret {
+    None,
+    Password(Vec<u8>),
+    KeyFile(PathBuf),
+}
+
+/// Inputs of `Repository::init`.
+pub struct InitOptions {
+    pub encryption: EncryptionMode,
+    /// The password (password mode).
+    pub password: Option<Vec<u8>>,
+    /// Where to write the new key file (keyfile mode); an existing file is never overwritten.
+    pub key_file: Option<PathBuf>,
+    pub chunker: ChunkerParams,
+    pub compression_level: i32,
+}
+
+impl InitOptions {
+    pub fn new(encryption: EncryptionMode) -> Self {
+        InitOptions {
+            encryption,
+            password: None,
+            key_file: None,
+            chunker: ChunkerParams::default(),
+            compression_level: DEFAULT_COMPRESSION_LEVEL,
+        }
+    }
+}
+
+/// An open repository.
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    config: Config,
+    codec: Codec,
+    chunker: Chunker,
+    index: BlobIndex,
+}
+
+fn write_key_file(path: &Path, key_file: &KeyFile) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let text = serde_json::to_vec_pretty(key_file).expect("key files serialize");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::InvalidInput(format!(
+                    "key file {} already exists: cairn never overwrites a key; choose another path",
+                    path.display()
+                ))
+            } else {
+                Error::io(format!("creating key file {}", path.display()), e)
+            }
+        })?;
+    file.write_all(&text)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| Error::io(format!("writing key file {}", path.display()), e))
+}
+
+impl Repository {
+    /// Creates a new repository. Writes the key (file or `keys/`) first and `config` last, so
+    /// a repository with a config is always complete.
+    pub fn init(backend: &dyn Backend, options: InitOptions) -> Result<Config> {
+        if backend.exists("config")? {
+            return Err(Error::InvalidInput(format!(
+                "{} already holds a cairn repository",
+                backend.location()
+            )));
+        }
+        options.chunker.validate()?;
+        if !(1..=22).contains(&options.compression_level) {
+            return Err(Error::InvalidInput(format!(
+                "compression level {} is out of range 1..=22",
+                options.compression_level
+            )));
+        }
+        let id = hex::encode(crate::crypto::random_bytes::<32>());
+        let master = (options.encryption != EncryptionMode::None).then(MasterKey::generate);
+        match options.encryption {
+            EncryptionMode::None => {}
+            EncryptionMode::Keyfile => {
+                let path = options.key_file.as_deref().ok_or_else(|| {
+                    Error::InvalidInput("keyfile mode needs --key-file PATH for the new key".into())
+                })?;
+                let master = master.as_ref().expect("made for encrypted modes");
+                write_key_file(path, &KeyFile::new(master, id.clone()))?;
+            }
+            EncryptionMode::Password => {
+                let password = options
+                    .password
+                    .as_deref()
+                    .ok_or_else(|| Error::InvalidInput("password mode needs a password".into()))?;
+                let master = master.as_ref().expect("made for encrypted modes");
+                let wrapped = PasswordKey::wrap(master, password, crate::host_name())?;
+                let bytes = serde_json::to_vec_pretty(&wrapped).expect("keys serialize");
+                let name = format!("keys/{}", blake3::hash(&bytes).to_hex());
+                backend.put(&name, &bytes)?;
+            }
+        }
+        let config = Config {
+            cairn_repository: FORMAT_VERSION,
+            key_check: master.as_ref().map(|m| hex::encode(m.seal(id.as_bytes()))),
+            id,
+            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            chunker: options.chunker,
+            compression_level: options.compression_level,
+            encryption: options.encryption,
+        };
+        backend.put(
+            "config",
+            &serde_json::to_vec_pretty(&config).expect("config serializes"),
+        )?;
+        Ok(config)
+    }
+
+    /// Reads the plaintext `config`, with a clear error when there is no repository.
+    pub fn read_config(backend: &dyn Backend) -> Result<Config> {
+        let bytes = backend.get("config").map_err(|e| {
+            if e.kind() == ErrorKind::NotFound {
+                Error::NotFound(format!(
+                    "no cairn repository at {} (no config file): create one with `cairn init --repo {}`",
+                    backend.location(),
+                    backend.location()
+                ))
+            } else {
+                e
+            }
+        })?;
+        let config: Config = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(format!("{}/config", backend.location()), e.to_string()))?;
+        if config.cairn_repository != FORMAT_VERSION {
+            return Err(Error::InvalidInput(format!(
+                "repository {} has format version {}; this cairn reads version {FORMAT_VERSION}",
+                backend.location(),
+                config.cairn_repository
+            )));
+        }
+        Ok(config)
+    }
+
+    /// Opens a repository. `secret` is asked for only when the repository is encrypted, with
+    /// its mode, so a password prompt appears only when one is needed. The local index cache
+    /// lives in `cache_root/<repository id>`.
+    pub fn open(
+        backend: Arc<dyn Backend>,
+        secret: impl FnOnce(EncryptionMode) -> Result<Secret>,
+        cache_root: &Path,
+    ) -> Result<Self> {
+        let config = Self::read_config(backend.as_ref())?;
+        let master = match config.encryption {
+            EncryptionMode::None => None,
+            mode => Some(Self::unlock(backend.as_ref(), &config, secret(mode)?)?),
+        };
+        let seed = master.as_ref().map_or(0, MasterKey::chunker_seed);
+        let chunker = Chunker::new(config.chunker, seed)?;
+        let codec = Codec::new(master, config.compression_level);
+        let index = BlobIndex::open(&cache_root.join(&config.id))?;
+        index.sync(backend.as_ref(), &codec)?;
+        Ok(Repository {
+            backend,
+            config,
+            codec,
+            chunker,
+            index,
+        })
+    }
+
+    fn unlock(backend: &dyn Backend, config: &Config, secret: Secret) -> Result<MasterKey> {
+        let location = backend.location();
+        let checks_out = |key: &MasterKey| {
+            config
+                .key_check
+                .as_deref()
+                .and_then(|check| hex::decode(check).ok())
+                .and_then(|sealed| key.open(&sealed))
+                .is_some_and(|id| id == config.id.as_bytes())
+        };
+        match (config.encryption, secret) {
+            (EncryptionMode::Password, Secret::Password(password)) => {
+                for object in backend.list("keys/")? {
+                    let bytes = backend.get(&object.name)?;
+                    let key: PasswordKey = serde_json::from_slice(&bytes)
+                        .map_err(|e| Error::corrupt(&object.name, e.to_string()))?;
+                    if let Some(master) = key.unwrap(&password)?.filter(checks_out) {
+                        return Ok(master);
+                    }
+                }
+                Err(Error::WrongKey(format!(
+                    "wrong password for repository {location}"
+                )))
+            }
+            (EncryptionMode::Keyfile, Secret::KeyFile(path)) => {
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| Error::io(format!("reading key file {}", path.display()), e))?;
+                let master = serde_json::from_slice::<KeyFile>(&bytes)
+                    .ok()
+                    .and_then(|file| file.master_key())
+                    .filter(checks_out);
+                master.ok_or_else(|| {
+                    Error::WrongKey(format!(
+                        "wrong key: {} is not the key file of repository {location}",
+                        path.display()
+                    ))
+                })
+            }
+            (mode, _) => Err(Error::InvalidInput(format!(
+                "repository {location} is in {mode} mode and needs its {}",
+                if mode == EncryptionMode::Password {
+                    "password"
+                } else {
+                    "key file (--key-file)"
+                }
+            ))),
+        }
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn codec(&self) -> &Codec {
+        &self.codec
+    }
+
+    pub fn chunker(&self) -> &Chunker {
+        &self.chunker
+    }
+
+    pub fn index(&self) -> &BlobIndex {
+        &self.index
+    }
+
+    /// Where blob `id` is stored. A blob the cache lacks may come from a run that finished
+    /// after this repository was opened, so the cache is synced once before giving up.
+    pub fn locate(&self, id: &BlobId) -> Result<BlobLocation> {
+        if let Some(location) = self.index.get(id)? {
+            return Ok(location);
+        }
+        self.index.sync(self.backend(), &self.codec)?;
+        self.index.get(id)?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "blob {id} is not in repository {}",
+                self.backend.location()
+            ))
+        })
+    }
+
+    /// Reads blob `id`, decrypts and decompresses it, and checks it against its id.
+    pub fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
+        let location = self.locate(id)?;
+        let pack_name = pack_object_name(&location.pack);
+        let where_ = || format!("pack {} blob {}", location.pack, id);
+        let stored = self
+            .backend
+            .get_range(
+                &pack_name,
+                location.entry.offset as u64,
+                location.entry.length as u64,
+            )
+            .map_err(|e| match e.kind() {
+                ErrorKind::NotFound => Error::NotFound(format!("{} is missing ({e})", where_())),
+                ErrorKind::Corrupt => Error::corrupt(where_(), e.to_string()),
+                _ => e,
+            })?;
+        let plaintext = self.codec.decode(&stored, &where_)?;
+        if self.codec.id_of(&plaintext) != id.0 {
+            return Err(Error::corrupt(where_(), "content does not match its id"));
+        }
+        Ok(plaintext)
+    }
+
+    /// Encodes `value` as JSON and stores it under `name`, sealed when encrypted.
+    pub fn write_json_object(&self, name: &str, value: &impl Serialize) -> Result<()> {
+        let json = serde_json::to_vec(value).expect("records serialize");
+        self.backend.put(name, &self.codec.encode(&json, true))
+    }
+
+    /// Reads what `write_json_object` stored.
+    pub fn read_json_object<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+        let plaintext = self.read_object_plaintext(name)?;
+        serde_json::from_slice(&plaintext).map_err(|e| Error::corrupt(name, e.to_string()))
+    }
+
+    /// The decoded plaintext of object `name`.
+    pub fn read_object_plaintext(&self, name: &str) -> Result<Vec<u8>> {
+        let stored = self.backend.get(name)?;
+        self.codec.decode(&stored, &|| name.to_owned())
+    }
+}

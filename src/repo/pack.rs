@@ -1,0 +1,201 @@
+//! Pack files: many encoded blobs appended one after another, then the encoded pack header
+//! listing every blob, then the header's length as a little-endian u32. A pack is built in
+//! memory up to `PACK_TARGET_BYTES` and stored with one atomic put; its id is the plain BLAKE3
+//! hash of its bytes, so a pack that was changed or truncated no longer matches its name.
+
+use super::codec::Codec;
+use crate::error::{Error, Result};
+use crate::id::{BlobId, ID_BYTES, PackId};
+use serde::{Deserialize, Serialize};
+
+/// A pack is closed once it holds this many bytes.
+pub const PACK_TARGET_BYTES: usize = 16 * 1024 * 1024;
+
+/// Bytes of one entry in a pack header or index file.
+pub const ENTRY_BYTES: usize = ID_BYTES + 1 + 4 + 4 + 4;
+
+/// What a blob holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BlobKind {
+    /// A chunk of a file.
+    Data,
+    /// A directory object.
+    Tree,
+    /// The chunk list of a very large file.
+    ChunkList,
+}
+
+impl BlobKind {
+    fn code(self) -> u8 {
+        match self {
+            BlobKind::Data => 0,
+            BlobKind::Tree => 1,
+            BlobKind::ChunkList => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(BlobKind::Data),
+            1 => Some(BlobKind::Tree),
+            2 => Some(BlobKind::ChunkList),
+            _ => None,
+        }
+    }
+}
+
+/// Where one blob sits inside its pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackEntry {
+    pub id: BlobId,
+    pub kind: BlobKind,
+    pub offset: u32,
+    /// Bytes as stored (encoded).
+    pub length: u32,
+    /// Bytes of the plaintext.
+    pub raw_length: u32,
+}
+
+impl PackEntry {
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.id.0);
+        out.push(self.kind.code());
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(&self.length.to_le_bytes());
+        out.extend_from_slice(&self.raw_length.to_le_bytes());
+    }
+
+    /// Parses one entry from exactly `ENTRY_BYTES` bytes.
+    pub fn read_from(bytes: &[u8]) -> Option<Self> {
+        let u32_at = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+        Some(PackEntry {
+            id: BlobId::from_slice(bytes.get(..ID_BYTES)?)?,
+            kind: BlobKind::from_code(*bytes.get(ID_BYTES)?)?,
+            offset: u32_at(ID_BYTES + 1)?,
+            length: u32_at(ID_BYTES + 5)?,
+            raw_length: u32_at(ID_BYTES + 9)?,
+        })
+    }
+}
+
+/// The storage name of a pack: `data/<first two hex digits>/<hex id>`.
+pub fn pack_object_name(id: &PackId) -> String {
+    let hex = id.to_hex();
+    format!("data/{}/{}", &hex[..2], hex)
+}
+
+/// A pack being filled.
+#[derive(Default)]
+pub struct PackBuilder {
+    bytes: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+impl PackBuilder {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.bytes.len() >= PACK_TARGET_BYTES
+    }
+
+    pub fn add(&mut self, id: BlobId, kind: BlobKind, encoded: &[u8], raw_length: usize) {
+        if self.bytes.capacity() == 0 {
+            self.bytes
+                .reserve(PACK_TARGET_BYTES + PACK_TARGET_BYTES / 2);
+        }
+        self.entries.push(PackEntry {
+            id,
+            kind,
+            offset: u32::try_from(self.bytes.len()).expect("packs stay far below 4 GiB"),
+            length: u32::try_from(encoded.len()).expect("blobs stay far below 4 GiB"),
+            raw_length: u32::try_from(raw_length).expect("blobs stay far below 4 GiB"),
+        });
+        self.bytes.extend_from_slice(encoded);
+    }
+
+    /// Appends the header and returns the pack's id, bytes and entries; the builder is empty
+    /// afterwards.
+    pub fn finish(&mut self, codec: &Codec) -> (PackId, Vec<u8>, Vec<PackEntry>) {
+        let mut header = Vec::with_capacity(self.entries.len() * ENTRY_BYTES);
+        for entry in &self.entries {
+            entry.write_to(&mut header);
+        }
+        let encoded_header = codec.encode(&header, false);
+        let mut bytes = std::mem::take(&mut self.bytes);
+        bytes.extend_from_slice(&encoded_header);
+        let header_len = u32::try_from(encoded_header.len()).expect("headers stay small");
+        bytes.extend_from_slice(&header_len.to_le_bytes());
+        let id = PackId(*blake3::hash(&bytes).as_bytes());
+        (id, bytes, std::mem::take(&mut self.entries))
+    }
+}
+
+/// Parses a sequence of entries (a decoded pack header).
+pub fn parse_entries(bytes: &[u8], location: &dyn Fn() -> String) -> Result<Vec<PackEntry>> {
+    if !bytes.len().is_multiple_of(ENTRY_BYTES) {
+        return Err(Error::corrupt(
+            location(),
+            "header length is not a whole number of entries",
+        ));
+    }
+    bytes
+        .chunks_exact(ENTRY_BYTES)
+        .map(|raw| {
+            PackEntry::read_from(raw).ok_or_else(|| Error::corrupt(location(), "bad header entry"))
+        })
+        .collect()
+}
+
+/// Reads the header at the end of a whole pack and checks that every entry lies inside it.
+pub fn read_header(
+    pack: &[u8],
+    codec: &Codec,
+    location: &dyn Fn() -> String,
+) -> Result<Vec<PackEntry>> {
+    let truncated = || Error::corrupt(location(), "truncated pack (no valid header)");
+    let len_at = pack.len().checked_sub(4).ok_or_else(truncated)?;
+    let header_len = u32::from_le_bytes(pack[len_at..].try_into().expect("4 bytes")) as usize;
+    let header_at = len_at.checked_sub(header_len).ok_or_else(truncated)?;
+    let header = codec.decode(&pack[header_at..len_at], location)?;
+    let entries = parse_entries(&header, location)?;
+    for entry in &entries {
+        if entry.offset as usize + entry.length as usize > header_at {
+            return Err(Error::corrupt(
+                location(),
+                format!("blob {} lies outside the pack", entry.id),
+            ));
+        }
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn packs_round_trip(blobs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 1..20), encrypted: bool) {
+            let key = encrypted.then(crate::crypto::MasterKey::generate);
+            let codec = Codec::new(key, 3);
+            let mut builder = PackBuilder::default();
+            for blob in &blobs {
+                builder.add(BlobId(codec.id_of(blob)), BlobKind::Data, &codec.encode(blob, true), blob.len());
+            }
+            let (id, bytes, entries) = builder.finish(&codec);
+            prop_assert!(builder.is_empty());
+            prop_assert_eq!(id.0, *blake3::hash(&bytes).as_bytes());
+            let header = read_header(&bytes, &codec, &|| "p".into()).unwrap();
+            prop_assert_eq!(&header, &entries);
+            for (entry, blob) in header.iter().zip(&blobs) {
+                let stored = &bytes[entry.offset as usize..(entry.offset + entry.length) as usize];
+                prop_assert_eq!(&codec.decode(stored, &|| "b".into()).unwrap(), blob);
+                prop_assert_eq!(entry.raw_length as usize, blob.len());
+            }
+            prop_assert!(read_header(&bytes[..bytes.len() - 1], &codec, &|| "p".into()).is_err());
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Restore: a checkpoint's tree (or one path in it) back into a directory, exactly.
+//!
+//! The planner (the calling thread) walks the tree in order, creating directories, symlinks,
+//! FIFOs and device nodes as it goes and handing regular files to worker threads, which
+//! fetch, verify and write their chunks. Blocks of zeros are skipped, so holes come back as
+//! holes. Hard links are made once their first path is written, and directory metadata is
+//! applied last, deepest first, so writing into a directory does not disturb its mtime.
+//!
+//! Nothing is ever written outside the target (invariant 4): names come from validated trees,
+//! and whatever already sits at a path — with `--overwrite` — is removed, never followed.
+//! A file whose chunk is missing or corrupt is deleted, never left with wrong bytes.
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsmeta::{apply_metadata, make_node, running_as_root};
+use crate::repo::Repository;
+use crate::tree::{Entry, EntryKind, file_chunks, load_tree};
+use crossbeam_channel::{Receiver, bounded};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Runs of zero bytes at least this long, aligned to it, are left as holes.
+const HOLE_BLOCK_BYTES: usize = 4096;
+
+/// Inputs of a restore.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Restore into a target that already has content, replacing what is in the way.
+    pub overwrite: bool,
+    /// File workers; defaults to twice the number of cores (they wait on I/O).
+    pub threads: usize,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            overwrite: false,
+            threads: std::thread::available_parallelism().map_or(4, |n| 2 * n.get()),
+        }
+    }
+}
+
+/// Live counters for a progress display.
+#[derive(Debug, Default)]
+pub struct RestoreProgress {
+    pub files_done: AtomicU64,
+    pub bytes_done: AtomicU64,
+}
+
+/// A path that could not be restored.
+#[derive(Debug, Clone)]
+pub struct RestoreError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// What a restore did.
+#[derive(Debug, Default)]
+pub struct RestoreStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub bytes: u64,
+    /// Entries not restored: device nodes without root, for example.
+    pub skipped: Vec<String>,
+    pub errors: Vec<RestoreError>,
+}
+
+/// Removes whatever is at `path` unless it is a directory and `keep_dir` is set. Never
+/// follows a symlink.
+fn clear_path(path: &Path, keep_dir: bool) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+        Ok(m) if m.is_dir() => {
+            if keep_dir {
+                Ok(())
+            } else {
+                fs::remove_dir_all(path).context_io(|| format!("removing {}", path.display()))
+            }
+        }
+        Ok(_) => fs::remove_file(path).context_io(|| format!("removing {}", path.display())),
+    }
+}
+
+/// Writes `data` at `offset`, skipping aligned all-zero blocks so they stay holes.
+fn write_sparse(file: &fs::File, offset: u64, data: &[u8]) -> std::io::Result<()> {
+    let mut run_start = None;
+    let mut at = 0;
+    while at < data.len() {
+        let end = (at + HOLE_BLOCK_BYTES).min(data.len());
+        let zero = end - at == HOLE_BLOCK_BYTES && data[at..end].iter().all(|&b| b == 0);
+        match (zero, run_start) {
+            (false, None) => run_start = Some(at),
+            (true, Some(start)) => {
+                file.write_all_at(&data[start..at], offset + start as u64)?;
+                run_start = None;
+            }
+            _ => {}
+        }
+        at = end;
+    }
+    if let Some(start) = run_start {
+        file.write_all_at(&data[start..], offset + start as u64)?;
+    }
+    Ok(())
+}
+
+/// Writes one regular file's content and metadata.
+fn restore_file(
+    repo: &Repository,
+    path: &Path,
+    entry: &Entry,
+    progress: &RestoreProgress,
+) -> Result<()> {
+    let EntryKind::File(content) = &entry.kind else {
+        unreachable!("only regular files are sent to workers");
+    };
+    let context = || format!("writing {}", path.display());
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(path)
+        .context_io(context)?;
+    let mut offset = 0u64;
+    for chunk in file_chunks(repo, content)? {
+        let data = repo.read_blob(&chunk.id)?;
+        if data.len() != chunk.length as usize {
+            return Err(Error::corrupt(
+                format!("blob {}", chunk.id),
+                format!(
+                    "holds {} bytes where the tree says {}",
+                    data.len(),
+                    chunk.length
+                ),
+            ));
+        }
+        write_sparse(&file, offset, &data).context_io(context)?;
+        offset += data.len() as u64;
+        progress
+            .bytes_done
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+    }
+    if offset != entry.size {
+        return Err(Error::corrupt(
+            path.display().to_string(),
+            format!(
+                "chunks hold {offset} bytes where the tree says {}",
+                entry.size
+            ),
+        ));
+    }
+    file.set_len(offset).context_io(context)?;
+    drop(file);
+    apply_metadata(path, entry).context_io(|| format!("setting metadata of {}", path.display()))?;
+    progress.files_done.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+struct FileJob {
+    path: PathBuf,
+    entry: Entry,
+}
+
+fn run_worker(
+    repo: &Repository,
+    jobs: Receiver<FileJob>,
+    errors: &Mutex<Vec<RestoreError>>,
+    progress: &RestoreProgress,
+) {
+    for job in jobs {
+        if let Err(e) = restore_file(repo, &job.path, &job.entry, progress) {
+            // Never leave a file with missing or wrong bytes under its real name.
+            let _ = fs::remove_file(&job.path);
+            errors.lock().expect("not poisoned").push(RestoreError {
+                path: job.path,
+                message: format!("{e}"),
+            });
+        }
+    }
+}
+
+/// Walks the tree, creating everything but regular files, which go to the workers.
+struct Planner<'a> {
+    repo: &'a Repository,
+    files: crossbeam_channel::Sender<FileJob>,
+    /// First restored path of each hard-link group.
+    link_targets: HashMap<(u64, u64), PathBuf>,
+    /// Hard links to make once the files exist: (new path, existing path).
+    links: Vec<(PathBuf, PathBuf)>,
+    /// Directories with their metadata, deepest first.
+    dirs: Vec<(PathBuf, Entry)>,
+    stats: RestoreStats,
+}
+
+impl Planner<'_> {
+    fn restore_dir_contents(&mut self, tree_id: &crate::id::BlobId, dir: &Path) -> Result<()> {
+        let tree = load_tree(self.repo, tree_id)?;
+        for entry in tree.entries {
+            let path = dir.join(OsStr::from_bytes(&entry.name));
+            self.restore_entry(path, entry)?;
+        }
+        Ok(())
+    }
+
+    fn restore_entry(&mut self, path: PathBuf, entry: Entry) -> Result<()> {
+        clear_path(&path, entry.is_dir())?;
+        let metadata_error = |e| Error::io(format!("setting metadata of {}", path.display()), e);
+        match &entry.kind {
+            EntryKind::Dir(tree) => {
+                if !path.is_dir() {
+                    fs::create_dir(&path).context_io(|| format!("creating {}", path.display()))?;
+                }
+                self.restore_dir_contents(tree, &path)?;
+                self.stats.dirs += 1;
+                self.dirs.push((path, entry));
+            }
+            EntryKind::File(_) => {
+                self.stats.files += 1;
+                self.stats.bytes += entry.size;
+                if let Some(key) = entry.hardlink_key() {
+                    if let Some(first) = self.link_targets.get(&key) {
+                        self.links.push((path, first.clone()));
+                        return Ok(());
+                    }
+                    self.link_targets.insert(key, path.clone());
+                }
+                self.files
+                    .send(FileJob { path, entry })
+                    .expect("restore workers outlive the planner");
+            }
+            EntryKind::Symlink(target) => {
+                std::os::unix::fs::symlink(OsStr::from_bytes(target), &path)
+                    .context_io(|| format!("creating symlink {}", path.display()))?;
+                apply_metadata(&path, &entry).map_err(metadata_error)?;
+            }
+            EntryKind::Fifo | EntryKind::CharDevice(_) | EntryKind::BlockDevice(_) => {
+                if !matches!(entry.kind, EntryKind::Fifo) && !running_as_root() {
+                    self.stats.skipped.push(format!(
+                        "{} (device node; only root can create it)",
+                        path.display()
+                    ));
+                    return Ok(());
+                }
+                make_node(&path, &entry.kind)
+                    .context_io(|| format!("creating {}", path.display()))?;
+                apply_metadata(&path, &entry).map_err(metadata_error)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks the target and creates it if needed.
+fn prepare_target(target: &Path, overwrite: bool) -> Result<()> {
+    match fs::symlink_metadata(target) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir_all(target)
+            .context_io(|| format!("creating restore target {}", target.display())),
+        Err(e) => Err(Error::io(
+            format!("reading restore target {}", target.display()),
+            e,
+        )),
+        Ok(m) if !m.is_dir() => Err(Error::InvalidInput(format!(
+            "restore target {} exists and is not a directory",
+            target.display()
+        ))),
+        Ok(_) => {
+            let non_empty = fs::read_dir(target)
+                .context_io(|| format!("reading restore target {}", target.display()))?
+                .next()
+                .is_some();
+            if non_empty && !overwrite {
+                return Err(Error::InvalidInput(format!(
+                    "restore target {} is not empty: choose an empty or new directory, or pass --overwrite",
+                    target.display()
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Restores `node` into `target`: a directory's contents go into `target`, any other entry
+/// becomes `target/<name>`.
+pub fn run(
+    repo: &Repository,
+    node: &Entry,
+    target: &Path,
+    options: &RestoreOptions,
+    progress: &RestoreProgress,
+) -> Result<RestoreStats> {
+    prepare_target(target, options.overwrite)?;
+    let errors = Mutex::new(Vec::new());
+    let threads = options.threads.max(1);
+    let (files, jobs) = bounded::<FileJob>(threads * 4);
+    let mut planner = Planner {
+        repo,
+        files,
+        link_targets: HashMap::new(),
+        links: Vec::new(),
+        dirs: Vec::new(),
+        stats: RestoreStats::default(),
+    };
+    let planned = std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let jobs = jobs.clone();
+            let errors = &errors;
+            scope.spawn(move || run_worker(repo, jobs, errors, progress));
+        }
+        let planned = match &node.kind {
+            EntryKind::Dir(tree) => planner.restore_dir_contents(tree, target),
+            _ => planner.restore_entry(target.join(OsStr::from_bytes(&node.name)), node.clone()),
+        };
+        // Closing the queue lets the workers finish; the scope waits for them.
+        planner.files = bounded(0).0;
+        planned
+    });
+    let mut stats = std::mem::take(&mut planner.stats);
+    stats.errors = errors.into_inner().expect("not poisoned");
+    let failed: std::collections::HashSet<PathBuf> =
+        stats.errors.iter().map(|e| e.path.clone()).collect();
+    for (path, first) in std::mem::take(&mut planner.links) {
+        if failed.contains(&first) {
+            stats.errors.push(RestoreError {
+                path,
+                message: format!("not linked: {} could not be restored", first.display()),
+            });
+            continue;
+        }
+        fs::hard_link(&first, &path)
+            .context_io(|| format!("linking {} to {}", path.display(), first.display()))?;
+        progress.files_done.fetch_add(1, Ordering::Relaxed);
+    }
+    for (path, entry) in &planner.dirs {
+        apply_metadata(path, entry)
+            .context_io(|| format!("setting metadata of {}", path.display()))?;
+    }
+    planned?;
+    Ok(stats)
+}

@@ -1,0 +1,322 @@
+//! Directory objects ("named dir objects") and chunk lists. A tree lists the entries of one
+//! directory sorted by their raw name bytes, with everything needed to recreate them. Its
+//! encoding is canonical (postcard of the structs below), so its id — the hash of the
+//! encoding — depends only on the content: an unchanged directory has the same id in every
+//! checkpoint and is stored once. Decoding rejects hostile names (empty, `.`, `..`, or
+//! containing `/` or NUL) and unsorted or repeated names, so a tree from storage can never
+//! steer a restore outside its target (invariant 4).
+
+use crate::error::{Error, Result};
+use crate::id::BlobId;
+use crate::repo::Repository;
+use serde::{Deserialize, Serialize};
+
+/// Files with more chunks than this keep their chunk list in a separate blob.
+pub const INLINE_CHUNKS_MAX: usize = 256;
+
+/// One chunk of a file: its blob id and plaintext length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub id: BlobId,
+    pub length: u32,
+}
+
+/// The content of a regular file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Content {
+    /// The chunks in order.
+    Chunks(Vec<ChunkRef>),
+    /// A `chunklist` blob holding the chunks (for very large files).
+    ChunkList(BlobId),
+}
+
+/// What an entry is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    File(Content),
+    Dir(BlobId),
+    Symlink(#[serde(with = "serde_bytes")] Vec<u8>),
+    Fifo,
+    CharDevice(u64),
+    BlockDevice(u64),
+}
+
+/// An extended attribute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Xattr {
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
+/// One directory entry and its metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    pub kind: EntryKind,
+    /// Permission bits (the low 12 bits of `st_mode`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    /// Bytes of a regular file (0 for other kinds).
+    pub size: u64,
+    pub device: u64,
+    pub inode: u64,
+    /// Hard-link count at backup time; entries of one checkpoint sharing `device` and `inode`
+    /// with a count above one are restored as hard links of each other.
+    pub links: u64,
+    pub xattrs: Vec<Xattr>,
+}
+
+impl Entry {
+    pub fn name_lossy(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.name)
+    }
+
+    pub fn is_dir(&self) -> bool {
+        matches!(self.kind, EntryKind::Dir(_))
+    }
+
+    /// A one-letter kind as `ls -l` shows it.
+    pub fn type_char(&self) -> char {
+        match self.kind {
+            EntryKind::File(_) => '-',
+            EntryKind::Dir(_) => 'd',
+            EntryKind::Symlink(_) => 'l',
+            EntryKind::Fifo => 'p',
+            EntryKind::CharDevice(_) => 'c',
+            EntryKind::BlockDevice(_) => 'b',
+        }
+    }
+
+    /// The `(device, inode)` hard-link group of a regular file linked more than once.
+    pub fn hardlink_key(&self) -> Option<(u64, u64)> {
+        (matches!(self.kind, EntryKind::File(_)) && self.links > 1)
+            .then_some((self.device, self.inode))
+    }
+}
+
+/// Whether `name` is safe as one path component.
+pub fn is_valid_name(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+}
+
+/// The entries of one directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tree {
+    pub entries: Vec<Entry>,
+}
+
+impl Tree {
+    /// Sorts entries into canonical order.
+    pub fn from_entries(mut entries: Vec<Entry>) -> Self {
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Tree { entries }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("trees serialize")
+    }
+
+    /// Decodes and validates a tree; `location` names it in errors.
+    pub fn decode(bytes: &[u8], location: &dyn Fn() -> String) -> Result<Self> {
+        let tree: Tree = postcard::from_bytes(bytes)
+            .map_err(|e| Error::corrupt(location(), format!("undecodable tree: {e}")))?;
+        for entry in &tree.entries {
+            if !is_valid_name(&entry.name) {
+                return Err(Error::corrupt(
+                    location(),
+                    format!("hostile entry name {:?}", entry.name_lossy()),
+                ));
+            }
+        }
+        if tree.entries.windows(2).any(|w| w[0].name >= w[1].name) {
+            return Err(Error::corrupt(
+                location(),
+                "entries are not sorted and unique",
+            ));
+        }
+        Ok(tree)
+    }
+
+    pub fn get(&self, name: &[u8]) -> Option<&Entry> {
+        self.entries
+            .binary_search_by(|e| e.name.as_slice().cmp(name))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+}
+
+/// Reads and validates tree `id`.
+pub fn load_tree(repo: &Repository, id: &BlobId) -> Result<Tree> {
+    let bytes = repo.read_blob(id)?;
+    Tree::decode(&bytes, &|| format!("tree {id}"))
+}
+
+/// The chunks of a file's content, reading its chunk list blob when it has one.
+pub fn file_chunks(repo: &Repository, content: &Content) -> Result<Vec<ChunkRef>> {
+    match content {
+        Content::Chunks(chunks) => Ok(chunks.clone()),
+        Content::ChunkList(id) => decode_chunk_list(&repo.read_blob(id)?, id),
+    }
+}
+
+/// Decodes chunk list blob `id`.
+pub fn decode_chunk_list(bytes: &[u8], id: &BlobId) -> Result<Vec<ChunkRef>> {
+    postcard::from_bytes(bytes)
+        .map_err(|e| Error::corrupt(format!("chunk list {id}"), e.to_string()))
+}
+
+/// Encodes a chunk list blob.
+pub fn encode_chunk_list(chunks: &[ChunkRef]) -> Vec<u8> {
+    postcard::to_stdvec(chunks).expect("chunk lists serialize")
+}
+
+/// The entry at `path` (components separated by `/`) below the tree `root`; an empty path
+/// gives a directory entry for the root itself.
+pub fn find_entry(repo: &Repository, root: BlobId, path: &str) -> Result<Entry> {
+    let mut current = root_entry(root);
+    let mut walked = String::new();
+    for component in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        let EntryKind::Dir(tree_id) = current.kind else {
+            return Err(Error::NotFound(format!("{walked} is not a directory")));
+        };
+        let tree = load_tree(repo, &tree_id)?;
+        walked = if walked.is_empty() {
+            component.to_owned()
+        } else {
+            format!("{walked}/{component}")
+        };
+        current = tree
+            .get(component.as_bytes())
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("no {walked} in this checkpoint")))?;
+    }
+    Ok(current)
+}
+
+/// A directory entry standing for the root of a checkpoint.
+pub fn root_entry(root: BlobId) -> Entry {
+    Entry {
+        name: Vec::new(),
+        kind: EntryKind::Dir(root),
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        user: None,
+        group: None,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        size: 0,
+        device: 0,
+        inode: 0,
+        links: 1,
+        xattrs: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub fn arb_entry() -> impl Strategy<Value = Entry> {
+        let kind = prop_oneof![
+            proptest::collection::vec((any::<[u8; 32]>(), any::<u32>()), 0..4).prop_map(|c| {
+                EntryKind::File(Content::Chunks(
+                    c.into_iter()
+                        .map(|(id, length)| ChunkRef {
+                            id: BlobId(id),
+                            length,
+                        })
+                        .collect(),
+                ))
+            }),
+            any::<[u8; 32]>().prop_map(|id| EntryKind::File(Content::ChunkList(BlobId(id)))),
+            any::<[u8; 32]>().prop_map(|id| EntryKind::Dir(BlobId(id))),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(EntryKind::Symlink),
+            Just(EntryKind::Fifo),
+            any::<u64>().prop_map(EntryKind::CharDevice),
+            any::<u64>().prop_map(EntryKind::BlockDevice),
+        ];
+        (
+            proptest::collection::vec(1u8..=255, 1..20).prop_filter("valid", |n| is_valid_name(n)),
+            kind,
+            any::<(u32, u32, u32, i64, i64, u64)>(),
+            proptest::option::of("[a-z]{1,8}"),
+            proptest::collection::vec(
+                (
+                    proptest::collection::vec(any::<u8>(), 1..10),
+                    proptest::collection::vec(any::<u8>(), 0..10),
+                ),
+                0..3,
+            ),
+        )
+            .prop_map(
+                |(name, kind, (mode, uid, gid, mtime_ns, ctime_ns, size), user, xattrs)| Entry {
+                    name,
+                    kind,
+                    mode,
+                    uid,
+                    gid,
+                    user: user.clone(),
+                    group: user,
+                    mtime_ns,
+                    ctime_ns,
+                    size,
+                    device: 1,
+                    inode: size,
+                    links: 1,
+                    xattrs: xattrs
+                        .into_iter()
+                        .map(|(name, value)| Xattr { name, value })
+                        .collect(),
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn trees_round_trip(entries in proptest::collection::vec(arb_entry(), 0..10)) {
+            let mut entries = entries;
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+            entries.dedup_by(|a, b| a.name == b.name);
+            let tree = Tree::from_entries(entries);
+            let bytes = tree.encode();
+            prop_assert_eq!(Tree::decode(&bytes, &|| "t".into()).unwrap(), tree.clone());
+            prop_assert_eq!(bytes, tree.encode(), "encoding is canonical");
+        }
+    }
+
+    #[test]
+    fn hostile_names_are_rejected() {
+        for name in [&b".."[..], b".", b"", b"a/b", b"a\0"] {
+            let mut entry = root_entry(BlobId([0; 32]));
+            entry.name = name.to_vec();
+            let bytes = Tree {
+                entries: vec![entry],
+            }
+            .encode();
+            assert!(Tree::decode(&bytes, &|| "t".into()).is_err(), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn unsorted_entries_are_rejected() {
+        let mut a = root_entry(BlobId([0; 32]));
+        a.name = b"b".to_vec();
+        let mut b = a.clone();
+        b.name = b"a".to_vec();
+        let bytes = Tree {
+            entries: vec![a, b],
+        }
+        .encode();
+        assert!(Tree::decode(&bytes, &|| "t".into()).is_err());
+    }
+}
