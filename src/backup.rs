@@ -718,8 +718,10 @@ pub fn run(
         }
         let _ = sink.packer.send(PackerMessage::Finish);
         let packed = packer.join().expect("packer does not panic");
+        // A failed write stops everything; report it rather than the stop it caused.
+        let added_blobs = packed?;
         let mut stats = built?;
-        stats.added_blobs = packed?;
+        stats.added_blobs = added_blobs;
         let root = walked?.recv().map_err(|_| abandoned())?;
         Ok((root, stats))
     })?;

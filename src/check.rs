@@ -30,7 +30,7 @@ pub struct DamagedBlob {
     pub blob: BlobId,
     pub pack: Option<PackId>,
     pub reason: String,
-    /// `<checkpoint short id>:<path>` of entries that need this blob (capped).
+    /// `<checkpoint short id>:/<path>` of entries that need this blob (capped).
     pub paths: Vec<String>,
     pub affected_paths: u64,
 }
@@ -230,7 +230,7 @@ impl Checker<'_> {
         };
         self.report.trees += 1;
         for entry in tree.entries {
-            let separator = if path.ends_with(':') { "" } else { "/" };
+            let separator = if path.ends_with('/') { "" } else { "/" };
             let child = format!("{path}{separator}{}", entry.name_lossy());
             match entry.kind {
                 EntryKind::Dir(id) => self.walk_tree(id, &child),
@@ -272,7 +272,7 @@ pub fn run(repo: &Repository, options: &CheckOptions) -> Result<CheckReport> {
         match checkpoint::load(repo, &id) {
             Ok(record) => {
                 checker.report.checkpoints += 1;
-                checker.walk_tree(record.tree, &format!("{}:", id.short()));
+                checker.walk_tree(record.tree, &format!("{}:/", id.short()));
             }
             Err(e) => checker
                 .report

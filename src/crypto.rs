@@ -16,6 +16,10 @@ pub const NONCE_BYTES: usize = 24;
 pub const TAG_BYTES: usize = 16;
 /// Bytes a sealed object is longer than its plaintext.
 pub const SEAL_OVERHEAD_BYTES: usize = NONCE_BYTES + TAG_BYTES;
+/// Largest argon2 memory cost accepted from a key (4 GiB).
+const KDF_MEMORY_KIB_MAX: u32 = 4 << 20;
+/// Largest argon2 iteration count accepted from a key.
+const KDF_ITERATIONS_MAX: u32 = 64;
 /// Bytes of a master key in its serialized form.
 const MASTER_KEY_BYTES: usize = 32 + 32 + 8;
 
@@ -128,6 +132,16 @@ impl KdfParams {
         if self.algorithm != "argon2id" {
             return Err(invalid(format!("unknown kdf {:?}", self.algorithm)));
         }
+        // A hostile repository must not make cairn allocate or spin without bound.
+        if self.memory_kib > KDF_MEMORY_KIB_MAX
+            || self.iterations > KDF_ITERATIONS_MAX
+            || self.parallelism > 64
+        {
+            return Err(invalid(format!(
+                "argon2 costs m={} KiB, t={}, p={} exceed the limits cairn accepts",
+                self.memory_kib, self.iterations, self.parallelism
+            )));
+        }
         let salt = hex::decode(&self.salt).map_err(|_| invalid("salt is not hex".into()))?;
         let params =
             argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
@@ -146,19 +160,17 @@ impl KdfParams {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PasswordKey {
     pub created: String,
-    pub host: String,
     pub kdf: KdfParams,
     /// Hex of `nonce || ciphertext || tag` of the master key.
     pub wrapped: String,
 }
 
 impl PasswordKey {
-    pub fn wrap(master: &MasterKey, password: &[u8], host: String) -> Result<Self> {
+    pub fn wrap(master: &MasterKey, password: &[u8]) -> Result<Self> {
         let kdf = KdfParams::new_random();
         let wrapping_key = kdf.derive(password)?;
         Ok(PasswordKey {
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            host,
             kdf,
             wrapped: hex::encode(seal_with(&wrapping_key, &master.to_bytes())),
         })
@@ -225,7 +237,7 @@ mod tests {
     #[test]
     fn password_wrap_round_trips_and_rejects_wrong_password() {
         let master = MasterKey::generate();
-        let wrapped = PasswordKey::wrap(&master, b"right", "host".into()).unwrap();
+        let wrapped = PasswordKey::wrap(&master, b"right").unwrap();
         let back = wrapped.unwrap(b"right").unwrap().unwrap();
         assert_eq!(back.to_bytes(), master.to_bytes());
         assert!(wrapped.unwrap(b"wrong").unwrap().is_none());

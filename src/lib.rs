@@ -17,7 +17,9 @@
 //! let repo = Repository::open(backend, |_| Ok(Secret::None), "/tmp/cache".as_ref())?;
 //! let options = cairn::backup::BackupOptions::new(vec!["/etc".into()]);
 //! let outcome = cairn::backup::run(&repo, &options, &cairn::backup::Progress::default())?;
-//! println!("checkpoint {}", outcome.id);
+//! if let Some(id) = outcome.id {
+//!     println!("checkpoint {id}");
+//! }
 //! # Ok::<(), cairn::error::Error>(())
 //! ```
 

@@ -51,7 +51,7 @@ pub fn run(global: &GlobalArgs, args: CheckArgs) -> Result<ExitCode> {
                 damaged.blob, damaged.reason
             );
             if damaged.affected_paths == 0 {
-                println!("  not used by any checkpoint");
+                println!("  not used by any readable tree");
             }
             for path in &damaged.paths {
                 println!("  affects {path}");

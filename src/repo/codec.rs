@@ -105,8 +105,14 @@ impl Codec {
             FLAG_ZSTD => {
                 let mut out = Vec::new();
                 zstd::stream::Decoder::new(payload)
-                    .and_then(|d| d.take(MAX_PLAINTEXT_BYTES).read_to_end(&mut out))
+                    .and_then(|d| d.take(MAX_PLAINTEXT_BYTES + 1).read_to_end(&mut out))
                     .map_err(|e| Error::corrupt(location(), format!("zstd: {e}")))?;
+                if out.len() as u64 > MAX_PLAINTEXT_BYTES {
+                    return Err(Error::corrupt(
+                        location(),
+                        "decompresses to more than 1 GiB",
+                    ));
+                }
                 Ok(out)
             }
             other => Err(Error::corrupt(

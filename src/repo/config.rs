@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 /// The repository format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// The zstd levels a repository may use.
+pub const COMPRESSION_LEVELS: std::ops::RangeInclusive<i32> = 1..=22;
+
 /// Default zstd level.
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
 

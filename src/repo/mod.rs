@@ -15,7 +15,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::id::BlobId;
 use backend::Backend;
 use codec::Codec;
-use config::{Config, DEFAULT_COMPRESSION_LEVEL, EncryptionMode, FORMAT_VERSION};
+use config::{
+    COMPRESSION_LEVELS, Config, DEFAULT_COMPRESSION_LEVEL, EncryptionMode, FORMAT_VERSION,
+};
 use index::{BlobIndex, BlobLocation};
 use pack::pack_object_name;
 use serde::Serialize;
@@ -97,7 +99,7 @@ impl Repository {
             )));
         }
         options.chunker.validate()?;
-        if !(1..=22).contains(&options.compression_level) {
+        if !COMPRESSION_LEVELS.contains(&options.compression_level) {
             return Err(Error::InvalidInput(format!(
                 "compression level {} is out of range 1..=22",
                 options.compression_level
@@ -120,7 +122,7 @@ impl Repository {
                     .as_deref()
                     .ok_or_else(|| Error::InvalidInput("password mode needs a password".into()))?;
                 let master = master.as_ref().expect("made for encrypted modes");
-                let wrapped = PasswordKey::wrap(master, password, crate::host_name())?;
+                let wrapped = PasswordKey::wrap(master, password)?;
                 let bytes = serde_json::to_vec_pretty(&wrapped).expect("keys serialize");
                 let name = format!("keys/{}", blake3::hash(&bytes).to_hex());
                 backend.put(&name, &bytes)?;
@@ -157,6 +159,15 @@ impl Repository {
         })?;
         let config: Config = serde_json::from_slice(&bytes)
             .map_err(|e| Error::corrupt(format!("{}/config", backend.location()), e.to_string()))?;
+        if !COMPRESSION_LEVELS.contains(&config.compression_level) {
+            return Err(Error::corrupt(
+                format!("{}/config", backend.location()),
+                format!(
+                    "compression level {} is out of range 1..=22",
+                    config.compression_level
+                ),
+            ));
+        }
         if config.cairn_repository != FORMAT_VERSION {
             return Err(Error::InvalidInput(format!(
                 "repository {} has format version {}; this cairn reads version {FORMAT_VERSION}",
@@ -208,10 +219,14 @@ impl Repository {
             (EncryptionMode::Password, Secret::Password(password)) => {
                 for object in backend.list("keys/")? {
                     let bytes = backend.get(&object.name)?;
-                    let key: PasswordKey = serde_json::from_slice(&bytes)
-                        .map_err(|e| Error::corrupt(&object.name, e.to_string()))?;
-                    if let Some(master) = key.unwrap(&password)?.filter(checks_out) {
-                        return Ok(master);
+                    let unwrapped = serde_json::from_slice::<PasswordKey>(&bytes)
+                        .map_err(|e| Error::corrupt(&object.name, e.to_string()))
+                        .and_then(|key| key.unwrap(&password));
+                    match unwrapped {
+                        Ok(Some(master)) if checks_out(&master) => return Ok(master),
+                        Ok(_) => {}
+                        // One unreadable key must not lock out the others.
+                        Err(e) => tracing::warn!("skipping key {}: {e}", object.name),
                     }
                 }
                 Err(Error::WrongKey(format!(

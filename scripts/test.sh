@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The one entry point for the test suite, locally and in CI: installs what the tests need,
+# then checks formatting, lints, and runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_install() {
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+    else
+        echo "scripts/test.sh: please install: $*" >&2
+        exit 1
+    fi
+}
+
+# setpriv (util-linux) runs one test as an unprivileged user when the suite runs as root.
+command -v setpriv >/dev/null || apt_install util-linux
+command -v cargo >/dev/null || { echo "scripts/test.sh: needs a Rust toolchain (rustup.rs)" >&2; exit 1; }
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --locked --all-targets
+cargo test --locked --doc

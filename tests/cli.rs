@@ -1,0 +1,532 @@
+//! End-to-end tests of the `cairn` binary on generated trees: round trips in every
+//! encryption mode, deduplication, cache loss, wrong secrets, damage detection, soft errors
+//! and the command-line contract.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::Path;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// Initialises a repository in `mode`; returns the extra arguments every command then needs.
+fn init(sandbox: &Sandbox, repo: &Path, mode: &str) -> Vec<String> {
+    let repo_arg = repo.to_str().unwrap().to_owned();
+    let mut args = vec!["--repo".to_owned(), repo_arg];
+    match mode {
+        "keyfile" => {
+            let key = sandbox.path("key.json");
+            args.extend(["--key-file".to_owned(), key.to_str().unwrap().to_owned()]);
+        }
+        "password" => {
+            let file = sandbox.path("password.txt");
+            fs::write(&file, format!("{PASSWORD}\n")).unwrap();
+            args.extend([
+                "--password-file".to_owned(),
+                file.to_str().unwrap().to_owned(),
+            ]);
+        }
+        _ => {}
+    }
+    let mut init_args: Vec<&str> = vec!["init", "--encryption", mode];
+    init_args.extend(args.iter().map(String::as_str));
+    sandbox.ok(&init_args);
+    args
+}
+
+fn with<'a>(command: &[&'a str], extra: &'a [String]) -> Vec<&'a str> {
+    let mut all = command.to_vec();
+    all.extend(extra.iter().map(String::as_str));
+    all
+}
+
+fn backup_json(sandbox: &Sandbox, extra: &[String], paths: &[&Path]) -> serde_json::Value {
+    let mut args = with(&["backup", "--json"], extra);
+    args.extend(paths.iter().map(|p| p.to_str().unwrap()));
+    serde_json::from_str(&sandbox.ok(&args)).unwrap()
+}
+
+#[test]
+fn round_trip_in_every_encryption_mode() {
+    for mode in ["none", "keyfile", "password"] {
+        let sandbox = Sandbox::new();
+        let source = sandbox.path("source");
+        make_tree(&source);
+        let extra = init(&sandbox, &sandbox.path("repo"), mode);
+        let first = backup_json(&sandbox, &extra, &[&source]);
+        assert_eq!(first["files"], 9, "{mode}: {first}");
+        assert!(first["id"].as_str().unwrap().len() == 64);
+        let target = sandbox.path("restored");
+        sandbox.ok(&with(
+            &["restore", "latest", "--target", target.to_str().unwrap()],
+            &extra,
+        ));
+        assert_same_tree(&source, &target);
+        // Holes stay holes: the 8 MiB sparse file holds two small writes.
+        assert!(
+            allocated_bytes(&target.join("sparse")) < 1 << 20,
+            "{mode}: sparse file was filled"
+        );
+        let hello = sandbox.ok(&with(&["cat", "latest:hello.txt"], &extra));
+        assert_eq!(hello, "hello, cairn\n");
+        let check = sandbox.run(&with(&["check", "--read-data"], &extra));
+        assert!(check.status.success(), "{mode}: {}", stderr(&check));
+        if mode != "none" {
+            // Encrypted: no plaintext in any object of the repository.
+            for (path, bytes) in file_contents(&sandbox.path("repo")) {
+                let leaked = bytes.windows(12).any(|w| w == b"hello, cairn");
+                assert!(!leaked, "{mode}: {} holds plaintext", path.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn unchanged_and_copied_data_add_almost_nothing() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    make_tree(&source);
+    fs::write(source.join("more.bin"), pseudo_random(6_000_000, 9)).unwrap();
+    let repo = sandbox.path("repo");
+    let extra = init(&sandbox, &repo, "none");
+    let first = backup_json(&sandbox, &extra, &[&source]);
+    let before = disk_usage(&repo);
+    let second = backup_json(&sandbox, &extra, &[&source]);
+    assert_eq!(second["parent"], first["id"]);
+    assert_eq!(
+        second["bytes_read"], 0,
+        "the stat cache should skip every file: {second}"
+    );
+    assert_eq!(
+        second["tree"], first["tree"],
+        "an unchanged tree keeps its id"
+    );
+    let growth = disk_usage(&repo) - before;
+    assert!(growth < 1 << 20, "unchanged backup added {growth} bytes");
+
+    let copy = sandbox.path("elsewhere/copy");
+    fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&source)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let before = disk_usage(&repo);
+    let third = backup_json(&sandbox, &extra, &[&copy]);
+    let growth = disk_usage(&repo) - before;
+    let size = third["bytes"].as_u64().unwrap();
+    assert!(
+        growth * 100 < size,
+        "a copy of {size} bytes added {growth} bytes"
+    );
+}
+
+#[test]
+fn index_cache_is_rebuilt_from_the_repository() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    make_tree(&source);
+    let extra = init(&sandbox, &sandbox.path("repo"), "password");
+    backup_json(&sandbox, &extra, &[&source]);
+    fs::remove_dir_all(sandbox.path("cache")).unwrap();
+    assert!(sandbox.ok(&with(&["list"], &extra)).lines().count() == 2);
+    fs::remove_dir_all(sandbox.path("cache")).unwrap();
+    let cat = sandbox.run(&with(&["cat", "latest:dir/nested/deeper/small"], &extra));
+    assert_eq!(cat.stdout, pseudo_random(777, 2));
+    fs::remove_dir_all(sandbox.path("cache")).unwrap();
+    let target = sandbox.path("restored");
+    sandbox.ok(&with(
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+        &extra,
+    ));
+    assert_same_tree(&source, &target);
+}
+
+#[test]
+fn wrong_password_or_key_changes_nothing() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    make_tree(&source);
+    let repo = sandbox.path("repo");
+    let extra = init(&sandbox, &repo, "password");
+    backup_json(&sandbox, &extra, &[&source]);
+    let before = file_contents(&repo);
+    let wrong = sandbox.path("wrong.txt");
+    fs::write(&wrong, "not it").unwrap();
+    let repo_arg = repo.to_str().unwrap();
+    for command in [
+        &["backup", source.to_str().unwrap()][..],
+        &["list"],
+        &["check"],
+    ] {
+        let mut args = command.to_vec();
+        args.extend([
+            "--repo",
+            repo_arg,
+            "--password-file",
+            wrong.to_str().unwrap(),
+        ]);
+        let output = sandbox.run(&args);
+        assert_eq!(output.status.code(), Some(1));
+        assert!(
+            stderr(&output).contains("wrong password"),
+            "{}",
+            stderr(&output)
+        );
+    }
+    let no_password = sandbox.run(&["list", "--repo", repo_arg]);
+    assert_eq!(no_password.status.code(), Some(1));
+    assert!(
+        stderr(&no_password).contains("CAIRN_PASSWORD"),
+        "{}",
+        stderr(&no_password)
+    );
+    assert_eq!(before, file_contents(&repo), "the repository changed");
+
+    let keyed = sandbox.path("keyed");
+    let key_extra = init(&sandbox, &keyed, "keyfile");
+    let other_key = sandbox.path("other-key.json");
+    sandbox.ok(&[
+        "init",
+        "--repo",
+        sandbox.path("other").to_str().unwrap(),
+        "--encryption",
+        "keyfile",
+        "--key-file",
+        other_key.to_str().unwrap(),
+    ]);
+    let output = sandbox.run(&[
+        "list",
+        "--repo",
+        keyed.to_str().unwrap(),
+        "--key-file",
+        other_key.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("wrong key"), "{}", stderr(&output));
+    // init never overwrites a key file.
+    let again = sandbox.run(&with(
+        &[
+            "init",
+            "--repo",
+            sandbox.path("third").to_str().unwrap(),
+            "--encryption",
+            "keyfile",
+        ],
+        &key_extra[2..],
+    ));
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    assert!(!sandbox.path("third/config").exists());
+}
+
+/// The pack objects of a repository.
+fn packs(repo: &Path) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<_> = file_contents(&repo.join("data")).into_keys().collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn check_names_damage_and_restore_fails_loudly() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("a.bin"), pseudo_random(2_000_000, 3)).unwrap();
+    let repo = sandbox.path("repo");
+    let extra = init(&sandbox, &repo, "keyfile");
+    backup_json(&sandbox, &extra, &[&source]);
+    fs::write(source.join("b.bin"), pseudo_random(2_000_000, 4)).unwrap();
+    backup_json(&sandbox, &extra, &[&source]);
+    let all = packs(&repo);
+    assert_eq!(all.len(), 2, "one pack per backup");
+
+    // Flip one byte in the middle of the second pack (inside b.bin's data).
+    let damaged = &all
+        .iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().modified().unwrap())
+        .unwrap()
+        .clone();
+    let mut bytes = fs::read(damaged).unwrap();
+    bytes[1000] ^= 0x40;
+    fs::write(damaged, &bytes).unwrap();
+    let pack_name = damaged.file_name().unwrap().to_str().unwrap().to_owned();
+
+    let check = sandbox.run(&with(&["check", "--read-data"], &extra));
+    assert_eq!(check.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(report.contains(&pack_name), "{report}");
+    assert!(report.contains("b.bin"), "{report}");
+    // Without --read-data the structure is intact.
+    assert!(sandbox.run(&with(&["check"], &extra)).status.success());
+
+    let target = sandbox.path("restored");
+    let restore = sandbox.run(&with(
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+        &extra,
+    ));
+    assert_eq!(restore.status.code(), Some(1));
+    assert!(stderr(&restore).contains("b.bin"), "{}", stderr(&restore));
+    assert!(
+        !target.join("b.bin").exists(),
+        "a damaged file must not be left behind"
+    );
+    assert_eq!(
+        fs::read(target.join("a.bin")).unwrap(),
+        fs::read(source.join("a.bin")).unwrap()
+    );
+    let cat = sandbox.run(&with(&["cat", "latest:b.bin"], &extra));
+    assert_eq!(cat.status.code(), Some(1));
+
+    // A deleted pack is named too, with the paths it takes down: the first pack holds
+    // a.bin, which both checkpoints use.
+    let first = all.iter().find(|p| *p != damaged).unwrap();
+    fs::remove_file(first).unwrap();
+    let check = sandbox.run(&with(&["check"], &extra));
+    assert_eq!(check.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&check.stdout);
+    let first_name = first.file_name().unwrap().to_str().unwrap();
+    assert!(
+        report.contains(first_name) && report.contains("missing"),
+        "{report}"
+    );
+    assert!(report.contains(":/a.bin"), "{report}");
+}
+
+#[test]
+fn unreadable_files_are_listed_and_exit_3() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("fine.txt"), b"fine").unwrap();
+    fs::write(source.join("secret.txt"), b"secret").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(source.join("secret.txt"), fs::Permissions::from_mode(0o000)).unwrap();
+    let repo = sandbox.path("repo");
+    let extra = init(&sandbox, &repo, "none");
+    // Root reads everything, so run the backup as an unprivileged user when we are root.
+    let mut command = if unsafe { libc::geteuid() } == 0 {
+        for dir in [
+            sandbox.dir.path().to_path_buf(),
+            repo.clone(),
+            source.clone(),
+        ] {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        fs::create_dir_all(sandbox.path("cache")).unwrap();
+        fs::set_permissions(sandbox.path("cache"), fs::Permissions::from_mode(0o777)).unwrap();
+        let mut c = std::process::Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_cairn"),
+        ]);
+        c.env("CAIRN_CACHE_DIR", sandbox.path("cache-nobody"));
+        c
+    } else {
+        sandbox.cairn()
+    };
+    let output = command
+        .args(with(&["backup"], &extra))
+        .arg(&source)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("secret.txt"),
+        "{}",
+        stderr(&output)
+    );
+    let listing = sandbox.ok(&with(&["ls", "latest"], &extra));
+    assert!(
+        listing.contains("fine.txt") && !listing.contains("secret.txt"),
+        "{listing}"
+    );
+}
+
+#[test]
+fn several_paths_excludes_and_dry_run() {
+    let sandbox = Sandbox::new();
+    let one = sandbox.path("one");
+    let two = sandbox.path("two");
+    fs::create_dir_all(one.join("cache")).unwrap();
+    fs::create_dir_all(&two).unwrap();
+    fs::write(one.join("keep.txt"), b"keep").unwrap();
+    fs::write(one.join("skip.tmp"), b"skip").unwrap();
+    fs::write(one.join("cache/blob"), b"cached").unwrap();
+    fs::write(two.join("file"), pseudo_random(100_000, 5)).unwrap();
+    let repo = sandbox.path("repo");
+    let extra = init(&sandbox, &repo, "none");
+
+    let before = file_contents(&repo);
+    let mut args = with(&["backup", "--json", "--dry-run"], &extra);
+    args.extend([one.to_str().unwrap(), two.to_str().unwrap()]);
+    let dry: serde_json::Value = serde_json::from_str(&sandbox.ok(&args)).unwrap();
+    assert!(dry["id"].is_null());
+    assert!(dry["added_bytes"].as_u64().unwrap() > 100_000, "{dry}");
+    assert_eq!(
+        before,
+        file_contents(&repo),
+        "a dry run wrote to the repository"
+    );
+
+    let mut args = with(
+        &[
+            "backup",
+            "--exclude",
+            "*.tmp",
+            "--exclude",
+            "**/one/cache",
+            "--tag",
+            "daily",
+        ],
+        &extra,
+    );
+    args.extend([one.to_str().unwrap(), two.to_str().unwrap()]);
+    sandbox.ok(&args);
+    let listing = sandbox.ok(&with(&["ls", "latest", "-r"], &extra));
+    let paths: Vec<&str> = listing
+        .lines()
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        ["one", "one/keep.txt", "two", "two/file"],
+        "{listing}"
+    );
+
+    let list: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&with(&["list", "--json"], &extra))).unwrap();
+    let row = &list[0];
+    for field in [
+        "id", "short_id", "time", "host", "paths", "tags", "parent", "tree", "stats",
+    ] {
+        assert!(row.get(field).is_some(), "list --json lacks {field}: {row}");
+    }
+    assert_eq!(row["tags"][0], "daily");
+    assert_eq!(row["paths"].as_array().unwrap().len(), 2);
+
+    // A path inside a checkpoint restores on its own; a prefix of 4+ digits names it.
+    let short = row["short_id"].as_str().unwrap();
+    let target = sandbox.path("part");
+    sandbox.ok(&with(
+        &[
+            "restore",
+            &format!("{}:two", &short[..6]),
+            "--target",
+            target.to_str().unwrap(),
+        ],
+        &extra,
+    ));
+    assert_eq!(
+        fs::read(target.join("file")).unwrap(),
+        fs::read(two.join("file")).unwrap()
+    );
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let sandbox = Sandbox::new();
+    let missing = sandbox.run(&["list", "--repo", sandbox.path("nowhere").to_str().unwrap()]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("cairn init"),
+        "{}",
+        stderr(&missing)
+    );
+
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("f"), b"x").unwrap();
+    let extra = init(&sandbox, &sandbox.path("repo"), "none");
+    let unknown = sandbox.run(&with(&["ls", "abcdef"], &extra));
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).contains("no checkpoint matches"),
+        "{}",
+        stderr(&unknown)
+    );
+    let empty = sandbox.run(&with(&["ls", "latest"], &extra));
+    assert!(
+        stderr(&empty).contains("no checkpoints"),
+        "{}",
+        stderr(&empty)
+    );
+
+    backup_json(&sandbox, &extra, &[&source]);
+    let no_path = sandbox.run(&with(&["cat", "latest:nope"], &extra));
+    assert!(stderr(&no_path).contains("no nope"), "{}", stderr(&no_path));
+
+    let occupied = sandbox.path("occupied");
+    fs::create_dir_all(&occupied).unwrap();
+    fs::write(occupied.join("mine"), b"keep me").unwrap();
+    let refused = sandbox.run(&with(
+        &["restore", "latest", "--target", occupied.to_str().unwrap()],
+        &extra,
+    ));
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("--overwrite"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(fs::read(occupied.join("mine")).unwrap(), b"keep me");
+    sandbox.ok(&with(
+        &[
+            "restore",
+            "latest",
+            "--overwrite",
+            "--target",
+            occupied.to_str().unwrap(),
+        ],
+        &extra,
+    ));
+    assert_eq!(fs::read(occupied.join("f")).unwrap(), b"x");
+
+    let gone = sandbox.run(&with(&["backup", "/definitely/not/here"], &extra));
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(
+        stderr(&gone).contains("/definitely/not/here"),
+        "{}",
+        stderr(&gone)
+    );
+}
+
+#[test]
+fn overwrite_replaces_symlinks_instead_of_following_them() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(source.join("sub")).unwrap();
+    fs::write(source.join("sub/file"), b"from backup").unwrap();
+    let extra = init(&sandbox, &sandbox.path("repo"), "none");
+    backup_json(&sandbox, &extra, &[&source]);
+    // The target has `sub` as a symlink to a directory outside it.
+    let outside = sandbox.path("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let target = sandbox.path("target");
+    fs::create_dir_all(&target).unwrap();
+    std::os::unix::fs::symlink(&outside, target.join("sub")).unwrap();
+    sandbox.ok(&with(
+        &[
+            "restore",
+            "latest",
+            "--overwrite",
+            "--target",
+            target.to_str().unwrap(),
+        ],
+        &extra,
+    ));
+    assert!(
+        fs::read_dir(&outside).unwrap().next().is_none(),
+        "restore wrote through a symlink"
+    );
+    assert_eq!(fs::read(target.join("sub/file")).unwrap(), b"from backup");
+}

@@ -1,0 +1,273 @@
+//! Helpers shared by the integration tests: running the real `cairn` binary, generating
+//! source trees with every file type, and comparing two trees entry by entry.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A scratch area with a cache directory every command shares.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        Sandbox {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `cairn` with the sandbox's cache and no inherited secrets.
+    pub fn cairn(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        command
+            .env("CAIRN_CACHE_DIR", self.path("cache"))
+            .env_remove("CAIRN_PASSWORD")
+            .env_remove("CAIRN_REPO")
+            .env_remove("CAIRN_KEY_FILE");
+        command
+    }
+
+    /// Runs `cairn args...` and returns its output, whatever the exit code.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cairn().args(args).output().unwrap()
+    }
+
+    /// Runs `cairn args...`, asserting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "cairn {args:?} failed: {}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// Whether this filesystem takes `user.` xattrs.
+pub fn xattrs_supported(dir: &Path) -> bool {
+    let probe = dir.join(".xattr-probe");
+    fs::write(&probe, b"").unwrap();
+    let ok = xattr::set(&probe, "user.probe", b"1").is_ok();
+    fs::remove_file(probe).unwrap();
+    ok
+}
+
+fn set_mtime(path: &Path, seconds: i64, nanos: i64) {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let t = libc::timespec {
+        tv_sec: seconds,
+        tv_nsec: nanos,
+    };
+    // SAFETY: c is a valid path and the array holds two timespecs.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            [t, t].as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(rc, 0);
+}
+
+/// Builds a tree with every kind of entry cairn keeps.
+pub fn make_tree(root: &Path) {
+    fs::create_dir_all(root.join("dir/nested/deeper")).unwrap();
+    fs::create_dir_all(root.join("empty-dir")).unwrap();
+    fs::write(root.join("hello.txt"), b"hello, cairn\n").unwrap();
+    fs::write(root.join("empty"), b"").unwrap();
+    fs::write(root.join("dir/big.bin"), pseudo_random(3_000_000, 1)).unwrap();
+    fs::write(root.join("dir/nested/text.txt"), "line\n".repeat(20_000)).unwrap();
+    fs::write(root.join("dir/nested/deeper/small"), pseudo_random(777, 2)).unwrap();
+    // A sparse file: 8 MiB with data at two places and holes elsewhere.
+    let sparse = fs::File::create(root.join("sparse")).unwrap();
+    sparse.set_len(8 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"middle", 4 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"end", (8 << 20) - 3).unwrap();
+    drop(sparse);
+    std::os::unix::fs::symlink("hello.txt", root.join("link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    fs::hard_link(root.join("hello.txt"), root.join("dir/hardlink")).unwrap();
+    let fifo = std::ffi::CString::new(root.join("fifo").as_os_str().as_bytes()).unwrap();
+    // SAFETY: fifo is a valid path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
+    fs::write(
+        root.join(OsStr::from_bytes(b"not-utf8-\xff\xfe")),
+        b"odd name",
+    )
+    .unwrap();
+    fs::write(root.join("script.sh"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(root.join("script.sh"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::set_permissions(root.join("dir/nested"), fs::Permissions::from_mode(0o750)).unwrap();
+    if xattrs_supported(root) {
+        xattr::set(root.join("hello.txt"), "user.color", b"blue").unwrap();
+        xattr::set(root.join("dir"), "user.kind", b"directory").unwrap();
+    }
+    set_mtime(&root.join("hello.txt"), 1_600_000_000, 123_456_789);
+    set_mtime(&root.join("link"), 1_500_000_000, 5);
+    set_mtime(&root.join("dir/nested"), 1_400_000_000, 999_999_999);
+}
+
+/// What is compared of one entry.
+#[derive(Debug, PartialEq)]
+pub struct Snapshot {
+    kind: &'static str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime_ns: i64,
+    size: u64,
+    content: Option<Vec<u8>>,
+    target: Option<PathBuf>,
+    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Index of the first path of this entry's hard-link group, in walk order.
+    link_group: Option<usize>,
+}
+
+/// Every entry below `root` (not `root` itself), keyed by relative path.
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Snapshot> {
+    let mut out = BTreeMap::new();
+    let mut groups: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    let mut order = 0;
+    let mut paths = Vec::new();
+    while let Some(dir) = stack.pop() {
+        let mut entries: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let m = fs::symlink_metadata(&path).unwrap();
+            if m.is_dir() {
+                stack.push(path.clone());
+            }
+            paths.push((path, m));
+        }
+    }
+    paths.sort_by(|a, b| a.0.cmp(&b.0));
+    for (path, m) in paths {
+        let ft = m.file_type();
+        use std::os::unix::fs::FileTypeExt;
+        let kind = if ft.is_dir() {
+            "dir"
+        } else if ft.is_file() {
+            "file"
+        } else if ft.is_symlink() {
+            "symlink"
+        } else if ft.is_fifo() {
+            "fifo"
+        } else {
+            "other"
+        };
+        let link_group = (ft.is_file() && m.nlink() > 1).then(|| {
+            order += 1;
+            *groups.entry((m.dev(), m.ino())).or_insert(order)
+        });
+        let xattrs = xattr::list(&path)
+            .map(|names| {
+                names
+                    .filter_map(|n| Some((n.as_bytes().to_vec(), xattr::get(&path, &n).ok()??)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.insert(
+            path.strip_prefix(root).unwrap().to_path_buf(),
+            Snapshot {
+                kind,
+                mode: m.mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+                mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+                size: if ft.is_file() { m.len() } else { 0 },
+                content: ft.is_file().then(|| fs::read(&path).unwrap()),
+                target: ft.is_symlink().then(|| fs::read_link(&path).unwrap()),
+                xattrs,
+                link_group,
+            },
+        );
+    }
+    out
+}
+
+/// Asserts that two trees hold the same entries with the same content and metadata.
+pub fn assert_same_tree(expected: &Path, actual: &Path) {
+    let a = snapshot(expected);
+    let b = snapshot(actual);
+    let a_keys: Vec<_> = a.keys().collect();
+    let b_keys: Vec<_> = b.keys().collect();
+    assert_eq!(a_keys, b_keys, "the trees hold different paths");
+    for (path, entry) in &a {
+        assert_eq!(Some(entry), b.get(path), "{} differs", path.display());
+    }
+}
+
+/// Total bytes of the files below `dir`.
+pub fn disk_usage(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+/// Every file below `dir` with its bytes, to prove a directory unchanged.
+pub fn file_contents(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.insert(e.path(), fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Allocated bytes of a file (to tell holes from written zeros).
+pub fn allocated_bytes(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().blocks() * 512
+}

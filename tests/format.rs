@@ -1,0 +1,51 @@
+//! Pins the repository format to `docs/FORMAT.md`: the worked example's bytes and ids there
+//! must be what this build writes, so the document and the code cannot drift apart.
+
+use cairn::id::BlobId;
+use cairn::repo::codec::Codec;
+use cairn::repo::index::encode_index_file;
+use cairn::repo::pack::{BlobKind, PackBuilder};
+use cairn::tree::{ChunkRef, Content, Entry, EntryKind, Tree};
+
+fn hex_id(text: &str) -> BlobId {
+    BlobId::from_hex(text).unwrap()
+}
+
+#[test]
+fn worked_example_of_format_md_holds() {
+    let codec = Codec::new(None, 3);
+    let blob = hex_id("ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f");
+    assert_eq!(codec.id_of(b"hello"), blob.0);
+    let stored = codec.encode(b"hello", true);
+    assert_eq!(stored, b"\x00hello");
+
+    let mut pack = PackBuilder::default();
+    pack.add(blob, BlobKind::Data, &stored, 5);
+    let (pack_id, bytes, entries) = pack.finish(&codec);
+    assert_eq!(bytes.len(), 56);
+    assert_eq!(pack_id.to_hex(), "ba8fcb51c26eb1812aca97b14ee2e1f6aff58fbc70c500de4182467e90d2a6ca");
+    assert_eq!(encode_index_file(&vec![(pack_id, entries)]).len(), 81);
+
+    let entry = Entry {
+        name: b"hello.txt".to_vec(),
+        kind: EntryKind::File(Content::Chunks(vec![ChunkRef { id: blob, length: 5 }])),
+        mode: 0o644,
+        uid: 1000,
+        gid: 1000,
+        user: Some("alice".into()),
+        group: None,
+        mtime_ns: 1_700_000_000_123_456_789,
+        ctime_ns: 1_700_000_000_123_456_789,
+        size: 5,
+        device: 2049,
+        inode: 131,
+        links: 1,
+        xattrs: Vec::new(),
+    };
+    let encoded = Tree::from_entries(vec![entry]).encode();
+    assert_eq!(encoded.len(), 86);
+    assert_eq!(
+        hex::encode(codec.id_of(&encoded)),
+        "1e21e4488700e70175c75939e601a68e3ad5b8ca3ec9c15507db719f2c5d4fc7"
+    );
+}
