@@ -23,12 +23,18 @@ fn worked_example_of_format_md_holds() {
     pack.add(blob, BlobKind::Data, &stored, 5);
     let (pack_id, bytes, entries) = pack.finish(&codec);
     assert_eq!(bytes.len(), 56);
-    assert_eq!(pack_id.to_hex(), "ba8fcb51c26eb1812aca97b14ee2e1f6aff58fbc70c500de4182467e90d2a6ca");
+    assert_eq!(
+        pack_id.to_hex(),
+        "ba8fcb51c26eb1812aca97b14ee2e1f6aff58fbc70c500de4182467e90d2a6ca"
+    );
     assert_eq!(encode_index_file(&vec![(pack_id, entries)]).len(), 81);
 
     let entry = Entry {
         name: b"hello.txt".to_vec(),
-        kind: EntryKind::File(Content::Chunks(vec![ChunkRef { id: blob, length: 5 }])),
+        kind: EntryKind::File(Content::Chunks(vec![ChunkRef {
+            id: blob,
+            length: 5,
+        }])),
         mode: 0o644,
         uid: 1000,
         gid: 1000,

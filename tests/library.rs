@@ -17,7 +17,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 fn open(backend: Arc<dyn Backend>, cache: &std::path::Path) -> Repository {
-    Repository::open(backend, |_| Ok(Secret::KeyFile(cache.parent().unwrap().join("key"))), cache).unwrap()
+    Repository::open(
+        backend,
+        |_| Ok(Secret::KeyFile(cache.parent().unwrap().join("key"))),
+        cache,
+    )
+    .unwrap()
 }
 
 /// A keyfile-mode repository in the sandbox, with the given chunk sizes.
@@ -44,14 +49,34 @@ fn files_with_many_chunks_use_a_chunk_list_blob() {
     let source = sandbox.path("source");
     std::fs::create_dir_all(&source).unwrap();
     std::fs::write(source.join("large"), pseudo_random(600_000, 11)).unwrap();
-    let outcome = backup::run(&repo, &BackupOptions::new(vec![source.clone()]), &Progress::default()).unwrap();
+    let outcome = backup::run(
+        &repo,
+        &BackupOptions::new(vec![source.clone()]),
+        &Progress::default(),
+    )
+    .unwrap();
     let entry = find_entry(&repo, outcome.checkpoint.tree, "large").unwrap();
-    assert!(matches!(entry.kind, EntryKind::File(Content::ChunkList(_))), "{:?}", entry.kind);
+    assert!(
+        matches!(entry.kind, EntryKind::File(Content::ChunkList(_))),
+        "{:?}",
+        entry.kind
+    );
     let target = sandbox.path("target");
     let node = root_entry(outcome.checkpoint.tree);
-    restore::run(&repo, &node, &target, &RestoreOptions::default(), &RestoreProgress::default()).unwrap();
+    restore::run(
+        &repo,
+        &node,
+        &target,
+        &RestoreOptions::default(),
+        &RestoreProgress::default(),
+    )
+    .unwrap();
     assert_same_tree(&source, &target);
-    assert!(check::run(&repo, &CheckOptions { read_data: true }).unwrap().is_sound());
+    assert!(
+        check::run(&repo, &CheckOptions { read_data: true })
+            .unwrap()
+            .is_sound()
+    );
 }
 
 /// A backend whose puts start failing after a set number, like a full disk or a killed
@@ -74,7 +99,10 @@ impl Backend for FailingBackend {
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
         let left = self.puts_left.load(Ordering::SeqCst);
         if left == 0 {
-            return Err(Error::io(format!("writing {name}"), std::io::Error::from_raw_os_error(libc::ENOSPC)));
+            return Err(Error::io(
+                format!("writing {name}"),
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            ));
         }
         self.puts_left.store(left - 1, Ordering::SeqCst);
         self.inner.put(name, data)
@@ -98,7 +126,11 @@ fn a_backup_stopped_at_any_write_leaves_a_sound_repository_and_resumes() {
     make_tree(&source);
     // Enough data for several packs, so the run can stop between any two of them.
     for i in 0..2 {
-        std::fs::write(source.join(format!("blob{i}")), pseudo_random(18_000_000, 100 + i)).unwrap();
+        std::fs::write(
+            source.join(format!("blob{i}")),
+            pseudo_random(18_000_000, 100 + i),
+        )
+        .unwrap();
     }
     let mut completed = false;
     for allowed_puts in 0.. {
@@ -107,9 +139,16 @@ fn a_backup_stopped_at_any_write_leaves_a_sound_repository_and_resumes() {
             puts_left: AtomicUsize::new(allowed_puts),
         });
         let repo = open(failing, &sandbox.path("cache"));
-        let result = backup::run(&repo, &BackupOptions::new(vec![source.clone()]), &Progress::default());
+        let result = backup::run(
+            &repo,
+            &BackupOptions::new(vec![source.clone()]),
+            &Progress::default(),
+        );
         // Whatever happened, the repository read through a healthy backend is sound.
-        let healthy = open(Arc::new(LocalBackend::new(sandbox.path("repo"))), &sandbox.path("cache"));
+        let healthy = open(
+            Arc::new(LocalBackend::new(sandbox.path("repo"))),
+            &sandbox.path("cache"),
+        );
         let report = check::run(&healthy, &CheckOptions { read_data: true }).unwrap();
         assert!(report.is_sound(), "after {allowed_puts} puts: {report:?}");
         match result {
@@ -124,9 +163,19 @@ fn a_backup_stopped_at_any_write_leaves_a_sound_repository_and_resumes() {
         assert!(healthy.backend().list("locks/").unwrap().is_empty());
     }
     assert!(completed);
-    let repo = open(Arc::new(LocalBackend::new(sandbox.path("repo"))), &sandbox.path("cache"));
+    let repo = open(
+        Arc::new(LocalBackend::new(sandbox.path("repo"))),
+        &sandbox.path("cache"),
+    );
     let (_, latest) = cairn::checkpoint::resolve(&repo, "latest").unwrap();
     let target = sandbox.path("target");
-    restore::run(&repo, &root_entry(latest.tree), &target, &RestoreOptions::default(), &RestoreProgress::default()).unwrap();
+    restore::run(
+        &repo,
+        &root_entry(latest.tree),
+        &target,
+        &RestoreOptions::default(),
+        &RestoreProgress::default(),
+    )
+    .unwrap();
     assert_same_tree(&source, &target);
 }
