@@ -62,8 +62,10 @@ pub struct RestoreError {
 /// What a restore did.
 #[derive(Debug, Default)]
 pub struct RestoreStats {
+    /// Regular files written or linked.
     pub files: u64,
     pub dirs: u64,
+    /// Bytes of content written.
     pub bytes: u64,
     /// Entries not restored: device nodes without root, for example.
     pub skipped: Vec<String>,
@@ -222,8 +224,6 @@ impl Planner<'_> {
                 self.dirs.push((path, entry));
             }
             EntryKind::File(_) => {
-                self.stats.files += 1;
-                self.stats.bytes += entry.size;
                 if let Some(key) = entry.hardlink_key() {
                     if let Some(first) = self.link_targets.get(&key) {
                         self.links.push((path, first.clone()));
@@ -342,5 +342,7 @@ pub fn run(
             .context_io(|| format!("setting metadata of {}", path.display()))?;
     }
     planned?;
+    stats.files = progress.files_done.load(Ordering::Relaxed);
+    stats.bytes = progress.bytes_done.load(Ordering::Relaxed);
     Ok(stats)
 }

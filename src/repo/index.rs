@@ -151,7 +151,6 @@ impl BlobIndex {
 
     /// Records the blobs of index file `name`, which must already be durable in the repository.
     pub fn add_index_file(&self, name: &str, packs: &IndexedPacks) -> Result<()> {
-        let mut batch = sled::Batch::default();
         for (pack, entries) in packs {
             for entry in entries {
                 let mut value = Vec::with_capacity(ENTRY_BYTES);
@@ -159,12 +158,11 @@ impl BlobIndex {
                 let mut entry_bytes = Vec::with_capacity(ENTRY_BYTES);
                 entry.write_to(&mut entry_bytes);
                 value.extend_from_slice(&entry_bytes[ID_BYTES..]);
-                batch.insert(&entry.id.0[..], value);
+                self.blobs
+                    .insert(&entry.id.0[..], value)
+                    .map_err(|e| cache_error(&self.path, e))?;
             }
         }
-        self.blobs
-            .apply_batch(batch)
-            .map_err(|e| cache_error(&self.path, e))?;
         self.files
             .insert(name, &[])
             .map_err(|e| cache_error(&self.path, e))?;
