@@ -482,7 +482,10 @@ impl Walker<'_> {
         };
         let file_type = metadata.file_type();
         if file_type.is_socket() {
-            tracing::info!("{}: skipping socket", path.display());
+            tracing::warn!(
+                "{}: skipping socket (sockets cannot be backed up)",
+                path.display()
+            );
             return Ok(None);
         }
         let xattrs = read_xattrs(path).unwrap_or_else(|e| {
@@ -638,6 +641,14 @@ pub fn run(
         None => None,
     };
     let excludes = Excludes::new(&options.excludes)?;
+    // One directory: the checkpoint's root is its contents, and its own metadata is kept.
+    let single_dir = match sources.as_slice() {
+        [single] => fs::symlink_metadata(single)
+            .ok()
+            .filter(Metadata::is_dir)
+            .map(|metadata| (single.clone(), metadata)),
+        _ => None,
+    };
     let _lock = if options.dry_run {
         None
     } else {
@@ -678,9 +689,7 @@ pub fn run(
             dirs: dir_tx,
             errors: &errors,
         };
-        let walked = if let [single] = sources.as_slice()
-            && fs::symlink_metadata(single).is_ok_and(|m| m.is_dir())
-        {
+        let walked = if let Some((single, _)) = &single_dir {
             walker.scan_dir(single, parent_root.as_ref())
         } else {
             let mut entries = Vec::new();
@@ -737,6 +746,14 @@ pub fn run(
         paths: path_strings,
         tags: options.tags.clone(),
         tree: root,
+        root: single_dir.map(|(path, metadata)| {
+            let name = path
+                .file_name()
+                .map(|n| n.as_bytes().to_vec())
+                .unwrap_or_default();
+            let xattrs = read_xattrs(&path).unwrap_or_default();
+            entry_from_metadata(name, &metadata, EntryKind::Dir(root), xattrs)
+        }),
         parent: parent.map(|(id, _)| id),
         stats,
         program_version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -7,6 +7,7 @@
 use crate::error::{Error, Result};
 use crate::id::{BlobId, CheckpointId};
 use crate::repo::Repository;
+use crate::tree::Entry;
 use serde::{Deserialize, Serialize};
 
 /// What a backup did, stored in its checkpoint.
@@ -35,9 +36,22 @@ pub struct Checkpoint {
     pub paths: Vec<String>,
     pub tags: Vec<String>,
     pub tree: BlobId,
+    /// The backed-up directory's own entry (name, mode, owner, times, xattrs) when the
+    /// checkpoint is of one directory; its kind is `Dir(tree)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<Entry>,
     pub parent: Option<CheckpointId>,
     pub stats: CheckpointStats,
     pub program_version: String,
+}
+
+impl Checkpoint {
+    /// The directory entry of the checkpoint's root.
+    pub fn root_entry(&self) -> Entry {
+        self.root
+            .clone()
+            .unwrap_or_else(|| crate::tree::root_entry(self.tree))
+    }
 }
 
 fn object_name(id: &CheckpointId) -> String {

@@ -337,6 +337,10 @@ pub fn run(
             .context_io(|| format!("linking {} to {}", path.display(), first.display()))?;
         progress.files_done.fetch_add(1, Ordering::Relaxed);
     }
+    if node.is_dir() && !node.name.is_empty() {
+        // The target becomes the restored directory itself: its mode, owner and times.
+        planner.dirs.push((target.to_owned(), node.clone()));
+    }
     for (path, entry) in &planner.dirs {
         apply_metadata(path, entry)
             .context_io(|| format!("setting metadata of {}", path.display()))?;

@@ -178,10 +178,10 @@ pub fn encode_chunk_list(chunks: &[ChunkRef]) -> Vec<u8> {
     postcard::to_stdvec(chunks).expect("chunk lists serialize")
 }
 
-/// The entry at `path` (components separated by `/`) below the tree `root`; an empty path
-/// gives a directory entry for the root itself.
-pub fn find_entry(repo: &Repository, root: BlobId, path: &str) -> Result<Entry> {
-    let mut current = root_entry(root);
+/// The entry at `path` (components separated by `/`) below the directory entry `root`; an
+/// empty path gives `root` itself.
+pub fn find_entry(repo: &Repository, root: Entry, path: &str) -> Result<Entry> {
+    let mut current = root;
     let mut walked = String::new();
     for component in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
         let EntryKind::Dir(tree_id) = current.kind else {
@@ -201,7 +201,8 @@ pub fn find_entry(repo: &Repository, root: BlobId, path: &str) -> Result<Entry> 
     Ok(current)
 }
 
-/// A directory entry standing for the root of a checkpoint.
+/// A nameless directory entry for a root tree that has no metadata of its own (the root of a
+/// checkpoint of several paths).
 pub fn root_entry(root: BlobId) -> Entry {
     Entry {
         name: Vec::new(),

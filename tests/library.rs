@@ -11,7 +11,7 @@ use cairn::repo::backend::{Backend, LocalBackend, ObjectInfo};
 use cairn::repo::config::EncryptionMode;
 use cairn::repo::{InitOptions, Repository, Secret};
 use cairn::restore::{self, RestoreOptions, RestoreProgress};
-use cairn::tree::{Content, EntryKind, find_entry, root_entry};
+use cairn::tree::{Content, EntryKind, find_entry};
 use common::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,14 +55,14 @@ fn files_with_many_chunks_use_a_chunk_list_blob() {
         &Progress::default(),
     )
     .unwrap();
-    let entry = find_entry(&repo, outcome.checkpoint.tree, "large").unwrap();
+    let entry = find_entry(&repo, outcome.checkpoint.root_entry(), "large").unwrap();
     assert!(
         matches!(entry.kind, EntryKind::File(Content::ChunkList(_))),
         "{:?}",
         entry.kind
     );
     let target = sandbox.path("target");
-    let node = root_entry(outcome.checkpoint.tree);
+    let node = outcome.checkpoint.root_entry();
     restore::run(
         &repo,
         &node,
@@ -171,7 +171,7 @@ fn a_backup_stopped_at_any_write_leaves_a_sound_repository_and_resumes() {
     let target = sandbox.path("target");
     restore::run(
         &repo,
-        &root_entry(latest.tree),
+        &latest.root_entry(),
         &target,
         &RestoreOptions::default(),
         &RestoreProgress::default(),

@@ -18,7 +18,7 @@ pub fn run(global: &GlobalArgs, args: CatArgs) -> Result<ExitCode> {
     let repo = global.open()?;
     let (reference, path) = split_reference(&args.reference);
     let (_, record) = checkpoint::resolve(&repo, reference)?;
-    let entry = find_entry(&repo, record.tree, path)?;
+    let entry = find_entry(&repo, record.root_entry(), path)?;
     let EntryKind::File(content) = &entry.kind else {
         bail!("{path:?} is not a regular file in checkpoint {reference}");
     };

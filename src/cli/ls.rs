@@ -117,7 +117,7 @@ pub fn run(global: &GlobalArgs, args: LsArgs) -> Result<ExitCode> {
     let repo = global.open()?;
     let (reference, path) = split_reference(&args.reference);
     let (_, record) = checkpoint::resolve(&repo, reference)?;
-    let entry = find_entry(&repo, record.tree, path)?;
+    let entry = find_entry(&repo, record.root_entry(), path)?;
     let mut lister = Lister {
         repo: &repo,
         recursive: args.recursive,

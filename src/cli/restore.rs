@@ -53,7 +53,7 @@ pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
     let repo = global.open()?;
     let (reference, path) = split_reference(&args.reference);
     let (_, record) = checkpoint::resolve(&repo, reference)?;
-    let node = find_entry(&repo, record.tree, path)?;
+    let node = find_entry(&repo, record.root_entry(), path)?;
     let options = RestoreOptions {
         overwrite: args.overwrite,
         ..RestoreOptions::default()

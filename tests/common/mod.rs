@@ -126,6 +126,15 @@ pub fn make_tree(root: &Path) {
         b"odd name",
     )
     .unwrap();
+    // Sockets are skipped with a notice, so `snapshot` leaves them out too.
+    std::os::unix::net::UnixListener::bind(root.join("socket")).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let null = std::ffi::CString::new(root.join("dev-null").as_os_str().as_bytes()).unwrap();
+        // SAFETY: null is a valid path; makedev(1, 3) is /dev/null's device number.
+        let rc = unsafe { libc::mknod(null.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
+        assert_eq!(rc, 0);
+    }
     fs::write(root.join("script.sh"), b"#!/bin/sh\n").unwrap();
     fs::set_permissions(root.join("script.sh"), fs::Permissions::from_mode(0o4755)).unwrap();
     fs::set_permissions(root.join("dir/nested"), fs::Permissions::from_mode(0o750)).unwrap();
@@ -154,13 +163,13 @@ pub struct Snapshot {
     link_group: Option<usize>,
 }
 
-/// Every entry below `root` (not `root` itself), keyed by relative path.
+/// `root` (as the empty path) and every entry below it, keyed by relative path.
 pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Snapshot> {
     let mut out = BTreeMap::new();
     let mut groups: HashMap<(u64, u64), usize> = HashMap::new();
     let mut stack = vec![root.to_path_buf()];
     let mut order = 0;
-    let mut paths = Vec::new();
+    let mut paths = vec![(root.to_path_buf(), fs::symlink_metadata(root).unwrap())];
     while let Some(dir) = stack.pop() {
         let mut entries: Vec<_> = fs::read_dir(&dir)
             .unwrap()
@@ -187,6 +196,10 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Snapshot> {
             "symlink"
         } else if ft.is_fifo() {
             "fifo"
+        } else if ft.is_char_device() {
+            "chardev"
+        } else if ft.is_socket() {
+            continue;
         } else {
             "other"
         };
@@ -209,7 +222,7 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Snapshot> {
                 uid: m.uid(),
                 gid: m.gid(),
                 mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-                size: if ft.is_file() { m.len() } else { 0 },
+                size: if ft.is_file() { m.len() } else { m.rdev() },
                 content: ft.is_file().then(|| fs::read(&path).unwrap()),
                 target: ft.is_symlink().then(|| fs::read_link(&path).unwrap()),
                 xattrs,
