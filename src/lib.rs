@@ -28,12 +28,16 @@ pub mod check;
 pub mod checkpoint;
 pub mod chunker;
 pub mod crypto;
+pub mod diff;
 pub mod error;
 pub mod fsmeta;
+pub mod history;
 pub mod id;
+pub mod mount;
 pub mod repo;
 pub mod restore;
 pub mod tree;
+pub mod vfs;
 
 /// This machine's host name, as recorded in checkpoints and locks.
 pub fn host_name() -> String {

@@ -530,3 +530,80 @@ fn overwrite_replaces_symlinks_instead_of_following_them() {
     );
     assert_eq!(fs::read(target.join("sub/file")).unwrap(), b"from backup");
 }
+
+#[test]
+fn diff_lists_added_removed_and_changed_paths() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(source.join("sub")).unwrap();
+    fs::write(source.join("changed.txt"), b"before").unwrap();
+    fs::write(source.join("removed.txt"), b"going away").unwrap();
+    fs::write(source.join("script.sh"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(source.join("script.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(source.join("sub/keep.txt"), b"kept").unwrap();
+    let extra = init(&sandbox, &sandbox.path("repo"), "none");
+    let first = backup_json(&sandbox, &extra, &[&source]);
+    let first_id = first["id"].as_str().unwrap();
+
+    fs::write(source.join("changed.txt"), b"after, and longer").unwrap();
+    fs::remove_file(source.join("removed.txt")).unwrap();
+    fs::set_permissions(source.join("script.sh"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(source.join("sub/added.txt"), b"new").unwrap();
+    fs::create_dir(source.join("newdir")).unwrap();
+    fs::write(source.join("newdir/inner"), b"inside").unwrap();
+    backup_json(&sandbox, &extra, &[&source]);
+
+    let output = sandbox.run(&with(&["diff", &first_id[..8], "latest"], &extra));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "M changed.txt\n\
+         + newdir/\n\
+         + newdir/inner\n\
+         - removed.txt\n\
+         m script.sh\n\
+         + sub/added.txt\n"
+    );
+    assert!(
+        stderr(&output).contains("3 added, 1 removed, 2 modified"),
+        "{}",
+        stderr(&output)
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&with(&["diff", first_id, "latest", "--json"], &extra)))
+            .unwrap();
+    let changes = json.as_array().unwrap();
+    let summary: Vec<(&str, &str)> = changes
+        .iter()
+        .map(|c| (c["path"].as_str().unwrap(), c["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("changed.txt", "modified"),
+            ("newdir", "added"),
+            ("newdir/inner", "added"),
+            ("removed.txt", "removed"),
+            ("script.sh", "modified"),
+            ("sub/added.txt", "added"),
+        ]
+    );
+    assert_eq!(changes[0]["content"], true);
+    assert_eq!(changes[1]["is_dir"], true);
+    assert_eq!(changes[2]["is_dir"], false);
+    assert_eq!(
+        changes[4],
+        serde_json::json!({
+            "path": "script.sh", "kind": "modified", "content": false, "metadata": true,
+            "is_dir": false,
+        })
+    );
+
+    // The same checkpoint twice: nothing changed.
+    let same = sandbox.run(&with(&["diff", "latest", "latest"], &extra));
+    assert!(same.status.success(), "{}", stderr(&same));
+    assert!(same.stdout.is_empty());
+    assert!(stderr(&same).contains("0 added, 0 removed, 0 modified"));
+}

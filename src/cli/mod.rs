@@ -6,9 +6,12 @@
 mod backup;
 mod cat;
 mod check;
+mod diff;
+mod history;
 mod init;
 mod list;
 mod ls;
+mod mount;
 mod restore;
 
 use anyhow::{Context, Result, bail};
@@ -64,6 +67,12 @@ enum Command {
     Restore(restore::RestoreArgs),
     /// Verify the repository: structure, and with --read-data every blob
     Check(check::CheckArgs),
+    /// Show what changed between two checkpoints
+    Diff(diff::DiffArgs),
+    /// Mount every checkpoint as a read-only filesystem
+    Mount(mount::MountArgs),
+    /// Show every version of a path across all checkpoints
+    History(history::HistoryArgs),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -76,6 +85,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Cat(args) => cat::run(global, args),
         Command::Restore(args) => restore::run(global, args),
         Command::Check(args) => check::run(global, args),
+        Command::Diff(args) => diff::run(global, args),
+        Command::Mount(args) => mount::run(global, args),
+        Command::History(args) => history::run(global, args),
     }
 }
 

@@ -1,0 +1,50 @@
+//! `cairn mount`: every checkpoint as a read-only tree, served in the foreground until the
+//! filesystem is unmounted (`fusermount3 -u`) or the process gets SIGINT/SIGTERM, on which it
+//! unmounts cleanly and exits 0.
+
+use super::GlobalArgs;
+use anyhow::{Context, Result};
+use cairn::mount::{MountOptions, MountedVfs};
+use cairn::vfs::Vfs;
+use clap::Args;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// An empty directory to mount on
+    mountpoint: PathBuf,
+    /// Let other users, and root, see the mount
+    #[arg(long)]
+    allow_other: bool,
+}
+
+pub fn run(global: &GlobalArgs, args: MountArgs) -> Result<ExitCode> {
+    let repo = Arc::new(global.open()?);
+    let vfs = Vfs::new(repo)?;
+    let options = MountOptions {
+        allow_other: args.allow_other,
+        ..MountOptions::default()
+    };
+    let mut mounted = MountedVfs::mount(vfs, &args.mountpoint, &options)?;
+    let mut unmounter = mounted.unmounter();
+    let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some()
+            && let Err(e) = unmounter.unmount()
+        {
+            eprintln!("error: {e:#}");
+        }
+    });
+    eprintln!(
+        "mounted at {}: browse checkpoints/, latest, tags/ and history/; unmount with `fusermount3 -u {}` or Ctrl-C",
+        args.mountpoint.display(),
+        args.mountpoint.display()
+    );
+    mounted.run()?;
+    eprintln!("unmounted {}", args.mountpoint.display());
+    Ok(ExitCode::SUCCESS)
+}

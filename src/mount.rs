@@ -1,0 +1,366 @@
+//! The FUSE adapter: serves a `Vfs` read-only through fuser. It owns only what FUSE needs —
+//! attribute conversion, directory handles, errno mapping and the mount session — and knows
+//! nothing of repositories. Checkpoint content is immutable, so entries get long TTLs and
+//! files are opened with `FOPEN_KEEP_CACHE`; the synthetic directories (`checkpoints/`,
+//! `tags/`, `history/`, `latest`) get short ones so new checkpoints show up. A failed blob
+//! read is logged with its pack and blob id and reported as EIO, never as wrong bytes.
+
+use crate::error::{Error, Result};
+use crate::vfs::{Attr, FileKind, Ino, Vfs, VfsError};
+use fuser::{
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen,
+    ReplyXattr, Request, Session, SessionACL,
+};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// How long the kernel may cache what never changes (checkpoint content).
+const IMMUTABLE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long the kernel may cache the synthetic directories.
+const CATALOGUE_TTL: Duration = Duration::from_secs(1);
+
+/// Inputs of a mount.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// Let other users (and root) see the mount (`allow_other`).
+    pub allow_other: bool,
+    /// Threads serving requests.
+    pub threads: usize,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            allow_other: false,
+            threads: std::thread::available_parallelism().map_or(4, |n| 2 * n.get()),
+        }
+    }
+}
+
+/// The entries of a directory: inode, kind, name.
+type Listing = Vec<(Ino, FileKind, Vec<u8>)>;
+
+struct CairnFs {
+    vfs: Vfs,
+    /// Listings of open directories, so a large directory is listed once per `opendir`.
+    dir_handles: Mutex<HashMap<u64, Arc<Listing>>>,
+    next_handle: AtomicU64,
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::Directory => FileType::Directory,
+        FileKind::RegularFile => FileType::RegularFile,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::NamedPipe => FileType::NamedPipe,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
+fn system_time(ns: i64) -> std::time::SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn file_attr(attr: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(attr.ino),
+        size: attr.size,
+        blocks: attr.size.div_ceil(512),
+        atime: system_time(attr.mtime_ns),
+        mtime: system_time(attr.mtime_ns),
+        ctime: system_time(attr.ctime_ns),
+        crtime: system_time(attr.mtime_ns),
+        kind: file_type(attr.kind),
+        perm: attr.perm,
+        nlink: attr.nlink,
+        uid: attr.uid,
+        gid: attr.gid,
+        rdev: attr.rdev as u32,
+        flags: 0,
+        blksize: 128 * 1024,
+    }
+}
+
+fn errno(error: VfsError) -> Errno {
+    match error {
+        VfsError::NotFound => Errno::ENOENT,
+        VfsError::NotDirectory => Errno::ENOTDIR,
+        VfsError::NotFile => Errno::EISDIR,
+        VfsError::NotSymlink => Errno::EINVAL,
+        VfsError::Repository(e) => {
+            tracing::error!("{e}");
+            Errno::EIO
+        }
+    }
+}
+
+impl CairnFs {
+    /// The TTL for an attribute: long for checkpoint content, short for the catalogue views.
+    fn ttl(&self, attr: &Attr) -> Duration {
+        if self.vfs.is_immutable(attr.ino) {
+            IMMUTABLE_TTL
+        } else {
+            CATALOGUE_TTL
+        }
+    }
+}
+
+/// Replies to an xattr request: the size when `size` is 0, the bytes when they fit.
+fn reply_xattr(reply: ReplyXattr, size: u32, bytes: &[u8]) {
+    if size == 0 {
+        reply.size(bytes.len() as u32);
+    } else if bytes.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(bytes);
+    }
+}
+
+impl Filesystem for CairnFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.vfs.lookup(parent.0, name.as_bytes()) {
+            Ok(attr) => reply.entry(&self.ttl(&attr), &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.vfs.getattr(ino.0) {
+            Ok(attr) => reply.attr(&self.ttl(&attr), &file_attr(&attr)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.vfs.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let flags = if self.vfs.is_immutable(ino.0) {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        reply.opened(FileHandle(0), flags);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.vfs.read(ino.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: fuser::ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.vfs.readdir(ino.0) {
+            Ok(entries) => {
+                let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+                self.dir_handles
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(handle, Arc::new(entries));
+                let flags = if self.vfs.is_immutable(ino.0) {
+                    FopenFlags::FOPEN_CACHE_DIR
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(handle), flags);
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(entries) = self
+            .dir_handles
+            .lock()
+            .expect("not poisoned")
+            .get(&fh.0)
+            .cloned()
+        else {
+            reply.error(Errno::EBADF);
+            return;
+        };
+        let dots = [
+            (ino.0, FileKind::Directory, b".".as_slice()),
+            (ino.0, FileKind::Directory, b".."),
+        ];
+        let all = dots
+            .into_iter()
+            .chain(entries.iter().map(|(i, k, n)| (*i, *k, n.as_slice())));
+        for (index, (child, kind, name)) in all.enumerate().skip(offset as usize) {
+            if reply.add(
+                INodeNo(child),
+                index as u64 + 1,
+                file_type(kind),
+                OsStr::from_bytes(name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: fuser::ReplyEmpty,
+    ) {
+        self.dir_handles.lock().expect("not poisoned").remove(&fh.0);
+        reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.vfs.xattrs(ino.0) {
+            Ok(xattrs) => match xattrs.iter().find(|x| x.name == name.as_bytes()) {
+                Some(x) => reply_xattr(reply, size, &x.value),
+                None => reply.error(Errno::ENODATA),
+            },
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.vfs.xattrs(ino.0) {
+            Ok(xattrs) => {
+                let mut names = Vec::new();
+                for x in &xattrs {
+                    names.extend_from_slice(&x.name);
+                    names.push(0);
+                }
+                reply_xattr(reply, size, &names);
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+/// Checks that `mountpoint` is an empty directory, with a clear error otherwise.
+pub fn check_mountpoint(mountpoint: &Path) -> Result<()> {
+    let shown = mountpoint.display();
+    let metadata = std::fs::metadata(mountpoint).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOTCONN) => Error::InvalidInput(format!(
+            "{shown} is a stale mount left by a process that died: run `fusermount3 -u {shown}` and try again"
+        )),
+        Some(libc::ENOENT) => Error::NotFound(format!("mountpoint {shown} does not exist: create it with `mkdir -p {shown}`")),
+        _ => Error::io(format!("checking mountpoint {shown}"), e),
+    })?;
+    if !metadata.is_dir() {
+        return Err(Error::InvalidInput(format!(
+            "mountpoint {shown} is not a directory"
+        )));
+    }
+    let mut entries = std::fs::read_dir(mountpoint)
+        .map_err(|e| Error::io(format!("reading mountpoint {shown}"), e))?;
+    if entries.next().is_some() {
+        return Err(Error::InvalidInput(format!(
+            "mountpoint {shown} is not empty (is something already mounted there? `fusermount3 -u {shown}` unmounts it)"
+        )));
+    }
+    Ok(())
+}
+
+/// A mounted filesystem, served until it is unmounted.
+pub struct MountedVfs {
+    session: Session<CairnFs>,
+}
+
+/// Unmounts a `MountedVfs` from another thread (on a signal).
+pub struct Unmounter(fuser::SessionUnmounter);
+
+impl Unmounter {
+    pub fn unmount(&mut self) -> Result<()> {
+        self.0.unmount().map_err(|e| Error::io("unmounting", e))
+    }
+}
+
+impl MountedVfs {
+    /// Mounts `vfs` read-only at `mountpoint`.
+    pub fn mount(vfs: Vfs, mountpoint: &Path, options: &MountOptions) -> Result<Self> {
+        check_mountpoint(mountpoint)?;
+        let mut config = Config::default();
+        config.mount_options = vec![
+            MountOption::RO,
+            MountOption::FSName("cairn".into()),
+            MountOption::Subtype("cairn".into()),
+            MountOption::DefaultPermissions,
+            MountOption::NoDev,
+            MountOption::NoSuid,
+        ];
+        if options.allow_other {
+            config.acl = SessionACL::All;
+        }
+        config.n_threads = Some(options.threads.max(1));
+        let fs = CairnFs {
+            vfs,
+            dir_handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+        };
+        let session = Session::new(fs, mountpoint, &config).map_err(|e| {
+            Error::io(
+                format!(
+                    "mounting at {} (is fuse3 installed and /dev/fuse usable?)",
+                    mountpoint.display()
+                ),
+                e,
+            )
+        })?;
+        Ok(MountedVfs { session })
+    }
+
+    pub fn unmounter(&mut self) -> Unmounter {
+        Unmounter(self.session.unmount_callable())
+    }
+
+    /// Serves requests until the filesystem is unmounted.
+    pub fn run(self) -> Result<()> {
+        self.session
+            .run()
+            .map_err(|e| Error::io("serving the mount", e))
+    }
+}

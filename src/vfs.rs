@@ -1,0 +1,688 @@
+//! The browsable view of a repository, independent of FUSE: an inode-numbered tree of
+//!
+//! ```text
+//! /checkpoints/<time>_<shortid>/…   every checkpoint's root tree
+//! /latest -> checkpoints/<newest>
+//! /tags/<tag>/<time>_<shortid> -> ../../checkpoints/<time>_<shortid>
+//! /history/<path…>                  the union of all paths; a non-directory becomes a
+//!                                   directory of its versions, <time>_<shortid>[.ext]
+//! ```
+//!
+//! Everything is loaded lazily: a directory's tree is read when it is first listed or looked
+//! up, a file's chunk list when it is first read. Decoded trees, chunk lists and chunks are
+//! kept in bounded caches, and a sequential read prefetches the next chunks in the
+//! background. The checkpoint catalogue is re-listed every few seconds, so checkpoints made
+//! while mounted appear. Hard-linked files of one checkpoint share one inode, so `cp -a`
+//! recreates the links.
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::error::Error;
+use crate::history::{PathHistory, child_history, versions};
+use crate::id::{BlobId, CheckpointId};
+use crate::repo::Repository;
+use crate::tree::{ChunkRef, Entry, EntryKind, Tree, Xattr, file_chunks, load_tree};
+use crossbeam_channel::{Sender, bounded};
+use quick_cache::sync::Cache;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// An inode number.
+pub type Ino = u64;
+/// The inode of the mount's root.
+pub const ROOT_INO: Ino = 1;
+
+/// The catalogue of checkpoints is re-listed when older than this.
+const CATALOGUE_TTL: Duration = Duration::from_secs(2);
+/// Bytes of decoded chunks kept in memory.
+const CHUNK_CACHE_BYTES: u64 = 256 << 20;
+/// Decoded trees kept in memory.
+const TREE_CACHE_ITEMS: usize = 4096;
+/// Chunks read ahead of a sequential reader.
+const PREFETCH_CHUNKS: usize = 2;
+/// Background threads that prefetch chunks.
+const PREFETCH_THREADS: usize = 2;
+
+/// What kind of file a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Directory,
+    RegularFile,
+    Symlink,
+    NamedPipe,
+    CharDevice,
+    BlockDevice,
+}
+
+/// The attributes of a node, as `stat` reports them.
+#[derive(Debug, Clone)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: FileKind,
+    pub size: u64,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub rdev: u64,
+}
+
+/// Why a VFS call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VfsError {
+    #[error("no such entry")]
+    NotFound,
+    #[error("not a directory")]
+    NotDirectory,
+    #[error("not a regular file")]
+    NotFile,
+    #[error("not a symlink")]
+    NotSymlink,
+    #[error(transparent)]
+    Repository(#[from] Error),
+}
+
+pub type VfsResult<T> = std::result::Result<T, VfsError>;
+
+/// The components of a path below `history/`.
+type HistoryPath = Arc<Vec<Vec<u8>>>;
+
+/// What a node stands for.
+#[derive(Debug, Clone)]
+enum NodeKind {
+    Root,
+    CheckpointsDir,
+    TagsDir,
+    Tag(String),
+    /// A symlink with a computed target (`latest`, tag links).
+    Link(Vec<u8>),
+    /// A directory under `history/`, named by its path components.
+    History(HistoryPath),
+    /// An entry of a checkpoint's tree (or a version in `history/`).
+    Entry {
+        entry: Arc<Entry>,
+        checkpoint: CheckpointId,
+    },
+}
+
+/// The checkpoints as last listed.
+struct Catalogue {
+    checkpoints: Vec<(CheckpointId, Arc<Checkpoint>)>,
+    names: Vec<String>,
+    listed: Instant,
+    generation: u64,
+}
+
+/// A file's chunks with their end offsets.
+struct ChunkIndex {
+    chunks: Vec<ChunkRef>,
+    ends: Vec<u64>,
+}
+
+#[derive(Clone)]
+struct ChunkWeight;
+
+impl quick_cache::Weighter<BlobId, Arc<Vec<u8>>> for ChunkWeight {
+    fn weight(&self, _key: &BlobId, value: &Arc<Vec<u8>>) -> u64 {
+        value.len() as u64 + 64
+    }
+}
+
+/// The virtual filesystem over one repository.
+pub struct Vfs {
+    repo: Arc<Repository>,
+    nodes: RwLock<Vec<NodeKind>>,
+    children: RwLock<HashMap<(Ino, Vec<u8>), Ino>>,
+    hardlinks: Mutex<HashMap<(CheckpointId, u64, u64), Ino>>,
+    catalogue: RwLock<Catalogue>,
+    trees: Cache<BlobId, Arc<Tree>>,
+    chunk_lists: Cache<Ino, Arc<ChunkIndex>>,
+    chunks: Arc<Cache<BlobId, Arc<Vec<u8>>, ChunkWeight>>,
+    /// Histories of `history/` paths, with the catalogue generation they were computed for.
+    histories: Cache<HistoryPath, (u64, Arc<PathHistory>)>,
+    prefetch: Sender<BlobId>,
+    generation: AtomicU64,
+}
+
+/// `2026-11-23T18:30:22.869866970Z` → `2026-11-23T183022Z`.
+fn compact_time(rfc3339: &str) -> String {
+    let (date, rest) = rfc3339.split_once('T').unwrap_or((rfc3339, ""));
+    let clock: String = rest.chars().take(8).filter(|c| *c != ':').collect();
+    format!("{date}T{clock}Z")
+}
+
+fn checkpoint_dir_name(id: &CheckpointId, record: &Checkpoint) -> String {
+    format!("{}_{}", compact_time(&record.time), id.short())
+}
+
+fn time_ns(rfc3339: &str) -> i64 {
+    humantime::parse_rfc3339(rfc3339)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+fn synthetic_dir(ino: Ino, mtime_ns: i64) -> Attr {
+    Attr {
+        ino,
+        kind: FileKind::Directory,
+        size: 0,
+        perm: 0o555,
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        mtime_ns,
+        ctime_ns: mtime_ns,
+        rdev: 0,
+    }
+}
+
+impl Vfs {
+    /// A view of `repo`; starts the prefetch threads.
+    pub fn new(repo: Arc<Repository>) -> VfsResult<Self> {
+        let chunks = Arc::new(Cache::with_weighter(4096, CHUNK_CACHE_BYTES, ChunkWeight));
+        let (prefetch, requests) = bounded::<BlobId>(64);
+        for _ in 0..PREFETCH_THREADS {
+            let (repo, chunks, requests) = (repo.clone(), chunks.clone(), requests.clone());
+            std::thread::spawn(move || {
+                for id in requests {
+                    if let Err(e) =
+                        chunks.get_or_insert_with(&id, || repo.read_blob(&id).map(Arc::new))
+                    {
+                        tracing::debug!("prefetch of {id} failed: {e}");
+                    }
+                }
+            });
+        }
+        let vfs = Vfs {
+            repo,
+            nodes: RwLock::new(vec![NodeKind::Root]),
+            children: RwLock::new(HashMap::new()),
+            hardlinks: Mutex::new(HashMap::new()),
+            catalogue: RwLock::new(Catalogue {
+                checkpoints: Vec::new(),
+                names: Vec::new(),
+                listed: Instant::now() - CATALOGUE_TTL * 2,
+                generation: 0,
+            }),
+            trees: Cache::new(TREE_CACHE_ITEMS),
+            chunk_lists: Cache::new(1024),
+            chunks,
+            histories: Cache::new(4096),
+            prefetch,
+            generation: AtomicU64::new(0),
+        };
+        vfs.refresh_catalogue()?;
+        Ok(vfs)
+    }
+
+    /// Re-lists the checkpoints when the last listing is older than `CATALOGUE_TTL`.
+    fn refresh_catalogue(&self) -> VfsResult<()> {
+        if self
+            .catalogue
+            .read()
+            .expect("not poisoned")
+            .listed
+            .elapsed()
+            < CATALOGUE_TTL
+        {
+            return Ok(());
+        }
+        let ids = checkpoint::list_ids(&self.repo)?;
+        let mut catalogue = self.catalogue.write().expect("not poisoned");
+        let known: HashMap<CheckpointId, Arc<Checkpoint>> =
+            catalogue.checkpoints.iter().cloned().collect();
+        let mut all = Vec::with_capacity(ids.len());
+        for id in ids {
+            let record = match known.get(&id) {
+                Some(record) => record.clone(),
+                None => match checkpoint::load(&self.repo, &id) {
+                    Ok(record) => Arc::new(record),
+                    Err(e) => {
+                        tracing::warn!("checkpoint {id} is unreadable: {e}");
+                        continue;
+                    }
+                },
+            };
+            all.push((id, record));
+        }
+        all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        let changed = all.len() != catalogue.checkpoints.len()
+            || all
+                .iter()
+                .zip(&catalogue.checkpoints)
+                .any(|(a, b)| a.0 != b.0);
+        if changed {
+            catalogue.generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+            catalogue.names = all
+                .iter()
+                .map(|(id, r)| checkpoint_dir_name(id, r))
+                .collect();
+            catalogue.checkpoints = all;
+        }
+        catalogue.listed = Instant::now();
+        Ok(())
+    }
+
+    fn node(&self, ino: Ino) -> VfsResult<NodeKind> {
+        let index = ino.checked_sub(1).ok_or(VfsError::NotFound)? as usize;
+        self.nodes
+            .read()
+            .expect("not poisoned")
+            .get(index)
+            .cloned()
+            .ok_or(VfsError::NotFound)
+    }
+
+    /// The inode of `name` in `parent`, allocating one for `kind` on first sight.
+    fn intern(&self, parent: Ino, name: &[u8], kind: NodeKind) -> Ino {
+        let key = (parent, name.to_vec());
+        if let Some(ino) = self.children.read().expect("not poisoned").get(&key) {
+            return *ino;
+        }
+        let mut children = self.children.write().expect("not poisoned");
+        if let Some(ino) = children.get(&key) {
+            return *ino;
+        }
+        let link_key = match &kind {
+            NodeKind::Entry { entry, checkpoint } => entry
+                .hardlink_key()
+                .map(|(dev, ino)| (*checkpoint, dev, ino)),
+            _ => None,
+        };
+        let mut hardlinks = self.hardlinks.lock().expect("not poisoned");
+        let ino = match link_key.as_ref().and_then(|k| hardlinks.get(k)) {
+            Some(ino) => *ino,
+            None => {
+                let mut nodes = self.nodes.write().expect("not poisoned");
+                nodes.push(kind);
+                let ino = nodes.len() as Ino;
+                if let Some(k) = link_key {
+                    hardlinks.insert(k, ino);
+                }
+                ino
+            }
+        };
+        children.insert(key, ino);
+        ino
+    }
+
+    fn tree(&self, id: &BlobId) -> crate::error::Result<Arc<Tree>> {
+        self.trees
+            .get_or_insert_with(id, || load_tree(&self.repo, id).map(Arc::new))
+    }
+
+    /// The history of a `history/` path in the current catalogue.
+    fn history(&self, path: &HistoryPath) -> VfsResult<Arc<PathHistory>> {
+        let generation = self.catalogue.read().expect("not poisoned").generation;
+        if let Some((g, history)) = self.histories.get(path)
+            && g == generation
+        {
+            return Ok(history);
+        }
+        let history = match path.split_last() {
+            None => {
+                let catalogue = self.catalogue.read().expect("not poisoned");
+                catalogue
+                    .checkpoints
+                    .iter()
+                    .map(|(_, r)| Some(r.root_entry()))
+                    .collect()
+            }
+            Some((name, parent)) => {
+                let parent = self.history(&Arc::new(parent.to_vec()))?;
+                child_history(&|id| self.tree(id), &parent, name)?
+            }
+        };
+        let history = Arc::new(history);
+        self.histories
+            .insert(path.clone(), (generation, history.clone()));
+        Ok(history)
+    }
+
+    /// Every child of a directory node: name and what it is.
+    fn list(&self, node: &NodeKind) -> VfsResult<Vec<(Vec<u8>, NodeKind)>> {
+        let catalogue_entries = || -> VfsResult<_> {
+            self.refresh_catalogue()?;
+            let catalogue = self.catalogue.read().expect("not poisoned");
+            Ok(catalogue
+                .checkpoints
+                .iter()
+                .cloned()
+                .zip(catalogue.names.clone())
+                .collect::<Vec<_>>())
+        };
+        Ok(match node {
+            NodeKind::Root => {
+                let mut out = vec![
+                    (b"checkpoints".to_vec(), NodeKind::CheckpointsDir),
+                    (b"history".to_vec(), NodeKind::History(Arc::new(Vec::new()))),
+                    (b"tags".to_vec(), NodeKind::TagsDir),
+                ];
+                if let Some(((_, _), name)) = catalogue_entries()?.pop() {
+                    out.push((
+                        b"latest".to_vec(),
+                        NodeKind::Link(format!("checkpoints/{name}").into_bytes()),
+                    ));
+                }
+                out
+            }
+            NodeKind::CheckpointsDir => catalogue_entries()?
+                .into_iter()
+                .map(|((id, record), name)| {
+                    let mut root = record.root_entry();
+                    if root.name.is_empty() {
+                        root.mtime_ns = time_ns(&record.time);
+                        root.ctime_ns = root.mtime_ns;
+                    }
+                    root.name = name.clone().into_bytes();
+                    let kind = NodeKind::Entry {
+                        entry: Arc::new(root),
+                        checkpoint: id,
+                    };
+                    (name.into_bytes(), kind)
+                })
+                .collect(),
+            NodeKind::TagsDir => {
+                let tags: BTreeSet<String> = catalogue_entries()?
+                    .into_iter()
+                    .flat_map(|((_, r), _)| r.tags.clone())
+                    .collect();
+                tags.into_iter()
+                    .map(|t| (t.clone().into_bytes(), NodeKind::Tag(t)))
+                    .collect()
+            }
+            NodeKind::Tag(tag) => catalogue_entries()?
+                .into_iter()
+                .filter(|((_, r), _)| r.tags.contains(tag))
+                .map(|(_, name)| {
+                    let target = format!("../../checkpoints/{name}").into_bytes();
+                    (name.into_bytes(), NodeKind::Link(target))
+                })
+                .collect(),
+            NodeKind::History(path) => self.list_history(path)?,
+            NodeKind::Entry { entry, checkpoint } => {
+                let EntryKind::Dir(tree) = &entry.kind else {
+                    return Err(VfsError::NotDirectory);
+                };
+                self.tree(tree)?
+                    .entries
+                    .iter()
+                    .map(|child| {
+                        let kind = NodeKind::Entry {
+                            entry: Arc::new(child.clone()),
+                            checkpoint: *checkpoint,
+                        };
+                        (child.name.clone(), kind)
+                    })
+                    .collect()
+            }
+            NodeKind::Link(_) => return Err(VfsError::NotDirectory),
+        })
+    }
+
+    /// The children of a `history/` directory: the union of the names below it in every
+    /// checkpoint where it is a directory, and one version file per distinct non-directory
+    /// version.
+    fn list_history(&self, path: &HistoryPath) -> VfsResult<Vec<(Vec<u8>, NodeKind)>> {
+        self.refresh_catalogue()?;
+        let history = self.history(path)?;
+        let mut names = BTreeSet::new();
+        let mut seen_trees = std::collections::HashSet::new();
+        for entry in history.iter().flatten() {
+            if let EntryKind::Dir(tree) = &entry.kind
+                && seen_trees.insert(*tree)
+            {
+                names.extend(self.tree(tree)?.entries.iter().map(|e| e.name.clone()));
+            }
+        }
+        let mut out: Vec<(Vec<u8>, NodeKind)> = names
+            .into_iter()
+            .map(|name| {
+                let mut child = path.as_ref().clone();
+                child.push(name.clone());
+                (name, NodeKind::History(Arc::new(child)))
+            })
+            .collect();
+        if path.is_empty() {
+            return Ok(out);
+        }
+        let catalogue = self.catalogue.read().expect("not poisoned");
+        for version in versions(&history) {
+            let Some(entry) = version.entry.filter(|e| !e.is_dir()) else {
+                continue;
+            };
+            let first = version.checkpoints[0];
+            let (id, record) = &catalogue.checkpoints[first];
+            let extension = std::path::Path::new(std::ffi::OsStr::new(&*entry.name_lossy()))
+                .extension()
+                .map(|e| format!(".{}", e.to_string_lossy()))
+                .unwrap_or_default();
+            let name =
+                format!("{}_{}{extension}", compact_time(&record.time), id.short()).into_bytes();
+            let mut entry = entry;
+            entry.name = name.clone();
+            out.push((
+                name,
+                NodeKind::Entry {
+                    entry: Arc::new(entry),
+                    checkpoint: *id,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    fn attr_of(&self, ino: Ino, node: &NodeKind) -> Attr {
+        let newest = || {
+            let catalogue = self.catalogue.read().expect("not poisoned");
+            catalogue
+                .checkpoints
+                .last()
+                .map_or(0, |(_, r)| time_ns(&r.time))
+        };
+        match node {
+            NodeKind::Root
+            | NodeKind::CheckpointsDir
+            | NodeKind::TagsDir
+            | NodeKind::Tag(_)
+            | NodeKind::History(_) => synthetic_dir(ino, newest()),
+            NodeKind::Link(target) => Attr {
+                kind: FileKind::Symlink,
+                size: target.len() as u64,
+                perm: 0o777,
+                ..synthetic_dir(ino, newest())
+            },
+            NodeKind::Entry { entry, .. } => {
+                let (kind, rdev) = match &entry.kind {
+                    EntryKind::File(_) => (FileKind::RegularFile, 0),
+                    EntryKind::Dir(_) => (FileKind::Directory, 0),
+                    EntryKind::Symlink(_) => (FileKind::Symlink, 0),
+                    EntryKind::Fifo => (FileKind::NamedPipe, 0),
+                    EntryKind::CharDevice(rdev) => (FileKind::CharDevice, *rdev),
+                    EntryKind::BlockDevice(rdev) => (FileKind::BlockDevice, *rdev),
+                };
+                let size = match &entry.kind {
+                    EntryKind::Symlink(target) => target.len() as u64,
+                    _ => entry.size,
+                };
+                Attr {
+                    ino,
+                    kind,
+                    size,
+                    perm: (entry.mode & 0o7777) as u16,
+                    nlink: if kind == FileKind::RegularFile {
+                        entry.links.max(1) as u32
+                    } else {
+                        1
+                    },
+                    uid: entry.uid,
+                    gid: entry.gid,
+                    mtime_ns: entry.mtime_ns,
+                    ctime_ns: entry.ctime_ns,
+                    rdev,
+                }
+            }
+        }
+    }
+
+    /// The child `name` of a directory node, if it has one.
+    fn find_child(&self, node: &NodeKind, name: &[u8]) -> VfsResult<Option<NodeKind>> {
+        if let NodeKind::Entry { entry, checkpoint } = node
+            && let EntryKind::Dir(tree) = &entry.kind
+        {
+            let child = self.tree(tree)?.get(name).cloned();
+            return Ok(child.map(|child| NodeKind::Entry {
+                entry: Arc::new(child),
+                checkpoint: *checkpoint,
+            }));
+        }
+        Ok(self
+            .list(node)?
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, kind)| kind))
+    }
+
+    /// Whether `ino` is checkpoint content (never changes), as opposed to a catalogue view.
+    pub fn is_immutable(&self, ino: Ino) -> bool {
+        matches!(self.node(ino), Ok(NodeKind::Entry { .. }))
+    }
+
+    /// The attributes of `ino`.
+    pub fn getattr(&self, ino: Ino) -> VfsResult<Attr> {
+        let node = self.node(ino)?;
+        Ok(self.attr_of(ino, &node))
+    }
+
+    /// The child `name` of directory `parent`.
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> VfsResult<Attr> {
+        let node = self.node(parent)?;
+        let known = self
+            .children
+            .read()
+            .expect("not poisoned")
+            .get(&(parent, name.to_vec()))
+            .copied();
+        // Synthetic directories can change (new checkpoints), so they are always listed anew.
+        let stable = matches!(node, NodeKind::Entry { .. });
+        if let (Some(ino), true) = (known, stable) {
+            return self.getattr(ino);
+        }
+        let kind = self.find_child(&node, name)?.ok_or(VfsError::NotFound)?;
+        let ino = self.intern(parent, name, kind.clone());
+        Ok(self.attr_of(ino, &self.node(ino)?))
+    }
+
+    /// The entries of directory `ino` (without `.` and `..`).
+    pub fn readdir(&self, ino: Ino) -> VfsResult<Vec<(Ino, FileKind, Vec<u8>)>> {
+        let node = self.node(ino)?;
+        self.list(&node)?
+            .into_iter()
+            .map(|(name, kind)| {
+                let child = self.intern(ino, &name, kind);
+                let attr = self.attr_of(child, &self.node(child)?);
+                Ok((child, attr.kind, name))
+            })
+            .collect()
+    }
+
+    /// The target of symlink `ino`.
+    pub fn readlink(&self, ino: Ino) -> VfsResult<Vec<u8>> {
+        match self.node(ino)? {
+            NodeKind::Link(target) => Ok(target),
+            NodeKind::Entry { entry, .. } => match &entry.kind {
+                EntryKind::Symlink(target) => Ok(target.clone()),
+                _ => Err(VfsError::NotSymlink),
+            },
+            _ => Err(VfsError::NotSymlink),
+        }
+    }
+
+    /// The extended attributes of `ino`.
+    pub fn xattrs(&self, ino: Ino) -> VfsResult<Vec<Xattr>> {
+        Ok(match self.node(ino)? {
+            NodeKind::Entry { entry, .. } => entry.xattrs.clone(),
+            _ => Vec::new(),
+        })
+    }
+
+    fn chunk_index(&self, ino: Ino) -> VfsResult<Arc<ChunkIndex>> {
+        let NodeKind::Entry { entry, .. } = self.node(ino)? else {
+            return Err(VfsError::NotFile);
+        };
+        let EntryKind::File(content) = &entry.kind else {
+            return Err(VfsError::NotFile);
+        };
+        Ok(self.chunk_lists.get_or_insert_with(&ino, || {
+            let chunks = file_chunks(&self.repo, content)?;
+            let ends = chunks
+                .iter()
+                .scan(0u64, |end, c| {
+                    *end += c.length as u64;
+                    Some(*end)
+                })
+                .collect();
+            Ok::<_, Error>(Arc::new(ChunkIndex { chunks, ends }))
+        })?)
+    }
+
+    fn chunk(&self, chunk: &ChunkRef) -> VfsResult<Arc<Vec<u8>>> {
+        let data = self
+            .chunks
+            .get_or_insert_with(&chunk.id, || self.repo.read_blob(&chunk.id).map(Arc::new))?;
+        if data.len() != chunk.length as usize {
+            return Err(VfsError::Repository(Error::corrupt(
+                format!("blob {}", chunk.id),
+                format!(
+                    "holds {} bytes where the tree says {}",
+                    data.len(),
+                    chunk.length
+                ),
+            )));
+        }
+        Ok(data)
+    }
+
+    /// Up to `size` bytes of file `ino` from `offset`; fewer only at the end of the file.
+    pub fn read(&self, ino: Ino, offset: u64, size: u32) -> VfsResult<Vec<u8>> {
+        let index = self.chunk_index(ino)?;
+        let file_size = index.ends.last().copied().unwrap_or(0);
+        let end = file_size.min(offset.saturating_add(size as u64));
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut position = offset;
+        let mut i = index.ends.partition_point(|&e| e <= offset);
+        while position < end {
+            let chunk = &index.chunks[i];
+            let start = index.ends[i] - chunk.length as u64;
+            let data = self.chunk(chunk)?;
+            let from = (position - start) as usize;
+            let to = ((end - start) as usize).min(data.len());
+            out.extend_from_slice(&data[from..to]);
+            position = start + to as u64;
+            i += 1;
+        }
+        for next in index.chunks.iter().skip(i).take(PREFETCH_CHUNKS) {
+            if !self.chunks.contains_key(&next.id) {
+                let _ = self.prefetch.try_send(next.id);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_times_sort_like_times() {
+        assert_eq!(
+            compact_time("2026-11-23T18:30:22.869866970Z"),
+            "2026-11-23T183022Z"
+        );
+    }
+}
