@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds cairn in release mode, backs up a sample tree into a local repository (demo
-# password), changes it, backs it up again, lists the checkpoints, browses the latest one and
-# restores it, and shows that the restored tree matches the source.
+# password), changes it, backs it up again, lists the checkpoints, mounts them and shows the
+# mount, restores the latest one, and shows that the restored tree matches the source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +36,7 @@ echo "== cairn init --repo $repo"
 "$cairn" init
 echo "== cairn backup $sample"
 "$cairn" backup --tag first "$sample"
+sleep 1   # checkpoint names in the mount have one-second resolution
 echo "call the plumber" >> "$sample/notes/todo.txt"
 echo "== cairn backup (again, after a change: only the change is stored)"
 "$cairn" backup --tag second "$sample"
@@ -45,6 +46,23 @@ echo "== cairn ls latest:notes"
 "$cairn" ls latest:notes
 echo "== cairn cat latest:notes/todo.txt"
 "$cairn" cat latest:notes/todo.txt
+if [ -e /dev/fuse ] && ! command -v fusermount3 >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3
+fi
+if [ -e /dev/fuse ] && command -v fusermount3 >/dev/null; then
+    mnt="$work/mnt"
+    mkdir -p "$mnt"
+    echo "== cairn mount $mnt"
+    "$cairn" mount "$mnt" &
+    mount_pid=$!
+    for _ in $(seq 50); do [ -d "$mnt/checkpoints" ] && break; sleep 0.1; done
+    echo "\$ ls $mnt/checkpoints"; ls "$mnt/checkpoints"
+    echo "\$ ls -l $mnt/latest/notes"; ls -l "$mnt/latest/notes"
+    echo "\$ ls $mnt/history/notes/todo.txt   (one file per version)"; ls "$mnt/history/notes/todo.txt"
+    kill -TERM "$mount_pid"; wait "$mount_pid"
+else
+    echo "== (skipping cairn mount: no FUSE on this machine)"
+fi
 echo "== cairn restore latest --target $work/restored"
 "$cairn" restore latest --target "$work/restored"
 diff -r --no-dereference "$sample" "$work/restored"

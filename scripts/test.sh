@@ -13,8 +13,10 @@ apt_install() {
     fi
 }
 
-# setpriv (util-linux) runs one test as an unprivileged user when the suite runs as root.
+# setpriv (util-linux) runs one test as an unprivileged user when the suite runs as root;
+# fuse3 gives fusermount3, which the mount tests need.
 command -v setpriv >/dev/null || apt_install util-linux
+command -v fusermount3 >/dev/null || apt_install fuse3
 command -v cargo >/dev/null || { echo "scripts/test.sh: needs a Rust toolchain (rustup.rs)" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 

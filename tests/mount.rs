@@ -1,0 +1,449 @@
+//! The mounted filesystem, for real: `cairn mount` runs as a child process over FUSE and the
+//! tests read it with ordinary file calls, `cp -a` and `tar`.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `cairn mount`; unmounted and reaped on drop.
+struct Mounted {
+    child: Option<Child>,
+    point: PathBuf,
+}
+
+impl Mounted {
+    fn start(sandbox: &Sandbox, repo: &Path) -> Self {
+        let point = sandbox.path("mnt");
+        fs::create_dir_all(&point).unwrap();
+        let child = sandbox
+            .cairn()
+            .args([
+                "mount",
+                "--repo",
+                repo.to_str().unwrap(),
+                point.to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mounted = Mounted {
+            child: Some(child),
+            point,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !mounted.point.join("checkpoints").exists() {
+            assert!(Instant::now() < deadline, "the mount did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        mounted
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.point.join(rel)
+    }
+
+    /// Sends SIGTERM and returns the exit status once the process is gone.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: kill with a valid pid and signal.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.point)
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn repo_with_two_checkpoints(sandbox: &Sandbox) -> (PathBuf, PathBuf) {
+    let source = sandbox.path("source");
+    make_tree(&source);
+    fs::write(source.join("changing.txt"), b"first version\n").unwrap();
+    let repo = sandbox.path("repo");
+    let repo_arg = repo.to_str().unwrap();
+    sandbox.ok(&["init", "--repo", repo_arg, "--encryption", "none"]);
+    sandbox.ok(&[
+        "backup",
+        "--repo",
+        repo_arg,
+        "--tag",
+        "first",
+        source.to_str().unwrap(),
+    ]);
+    // Checkpoint names have one-second resolution; keep the two apart so they sort by time.
+    std::thread::sleep(Duration::from_millis(1100));
+    fs::write(source.join("changing.txt"), b"second version, longer\n").unwrap();
+    sandbox.ok(&["backup", "--repo", repo_arg, source.to_str().unwrap()]);
+    (repo, source)
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn layout_metadata_and_cp_equal_restore() {
+    let sandbox = Sandbox::new();
+    let (repo, source) = repo_with_two_checkpoints(&sandbox);
+    let mount = Mounted::start(&sandbox, &repo);
+
+    assert_eq!(
+        names(&mount.point),
+        ["checkpoints", "history", "latest", "tags"]
+    );
+    let checkpoints = names(&mount.path("checkpoints"));
+    assert_eq!(checkpoints.len(), 2);
+    assert!(checkpoints[0] < checkpoints[1], "names sort in time order");
+    for name in &checkpoints {
+        let (time, short) = name.split_once('_').unwrap();
+        assert_eq!(time.len(), "2026-11-23T163000Z".len(), "{name}");
+        assert_eq!(short.len(), 8, "{name}");
+    }
+    let latest = fs::read_link(mount.path("latest")).unwrap();
+    assert_eq!(latest, Path::new("checkpoints").join(&checkpoints[1]));
+    assert_eq!(names(&mount.path("tags")), ["first"]);
+    let tagged = fs::read_link(mount.path("tags/first").join(&checkpoints[0])).unwrap();
+    assert_eq!(tagged, Path::new("../../checkpoints").join(&checkpoints[0]));
+    assert!(
+        mount
+            .path("tags/first")
+            .join(&checkpoints[0])
+            .join("hello.txt")
+            .exists()
+    );
+
+    // `cp -a` out of the mount gives the same tree as `cairn restore` (and as the source).
+    let copied = sandbox.path("copied");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(mount.path("latest/."))
+        .arg(&copied)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let restored = sandbox.path("restored");
+    sandbox.ok(&[
+        "restore",
+        "--repo",
+        repo.to_str().unwrap(),
+        "latest",
+        "--target",
+        restored.to_str().unwrap(),
+    ]);
+    let without_root = |tree: &Path| {
+        let mut s = snapshot(tree);
+        s.remove(Path::new(""));
+        s
+    };
+    let restored_entries = without_root(&restored);
+    let copied_entries = without_root(&copied);
+    assert_eq!(
+        restored_entries.keys().collect::<Vec<_>>(),
+        copied_entries.keys().collect::<Vec<_>>()
+    );
+    for (path, entry) in &restored_entries {
+        assert_eq!(
+            Some(entry),
+            copied_entries.get(path),
+            "{} differs between cp -a and restore",
+            path.display()
+        );
+    }
+    assert_same_tree(&source, &restored);
+
+    // Metadata as stat sees it through the mount.
+    use std::os::unix::fs::MetadataExt;
+    let through = fs::symlink_metadata(mount.path("latest/hello.txt")).unwrap();
+    let original = fs::symlink_metadata(source.join("hello.txt")).unwrap();
+    assert_eq!(
+        (through.mode(), through.uid(), through.gid(), through.size()),
+        (
+            original.mode(),
+            original.uid(),
+            original.gid(),
+            original.size()
+        )
+    );
+    assert_eq!(
+        (through.mtime(), through.mtime_nsec()),
+        (original.mtime(), original.mtime_nsec())
+    );
+    assert_eq!(through.nlink(), 2, "hello.txt has a hard link");
+    let linked = fs::symlink_metadata(mount.path("latest/dir/hardlink")).unwrap();
+    assert_eq!(linked.ino(), through.ino(), "hard links share an inode");
+    assert_eq!(
+        fs::read_link(mount.path("latest/dangling")).unwrap(),
+        Path::new("/nonexistent/target")
+    );
+    if xattrs_supported(&sandbox.path("")) {
+        assert_eq!(
+            xattr::get(mount.path("latest/hello.txt"), "user.color")
+                .unwrap()
+                .as_deref(),
+            Some(&b"blue"[..])
+        );
+        let listed: Vec<_> = xattr::list(mount.path("latest/hello.txt"))
+            .unwrap()
+            .collect();
+        assert_eq!(listed, ["user.color"]);
+    }
+}
+
+#[test]
+fn reads_at_any_offset_return_the_right_bytes() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    // Several chunks (default chunker: 512 KiB..8 MiB) and a sparse file.
+    let data = pseudo_random(9_000_000, 42);
+    fs::write(source.join("big"), &data).unwrap();
+    let sparse = fs::File::create(source.join("sparse")).unwrap();
+    sparse.set_len(3 << 20).unwrap();
+    sparse.write_all_at(b"island", 2 << 20).unwrap();
+    drop(sparse);
+    let repo = sandbox.path("repo");
+    sandbox.ok(&[
+        "init",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--encryption",
+        "none",
+    ]);
+    sandbox.ok(&[
+        "backup",
+        "--repo",
+        repo.to_str().unwrap(),
+        source.to_str().unwrap(),
+    ]);
+    let mount = Mounted::start(&sandbox, &repo);
+
+    let file = fs::File::open(mount.path("latest/big")).unwrap();
+    let mut state = 7u64;
+    for _ in 0..200 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let offset = (state >> 11) as usize % data.len();
+        let len = ((state >> 40) as usize % 3_000_000).min(data.len() - offset);
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset as u64).unwrap();
+        assert!(
+            buf == data[offset..offset + len],
+            "bytes differ at {offset}+{len}"
+        );
+    }
+    assert_eq!(fs::read(mount.path("latest/big")).unwrap(), data);
+    let sparse = fs::read(mount.path("latest/sparse")).unwrap();
+    assert_eq!(sparse.len(), 3 << 20);
+    assert_eq!(&sparse[2 << 20..(2 << 20) + 6], b"island");
+    assert!(sparse[..2 << 20].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn every_write_fails_with_erofs() {
+    let sandbox = Sandbox::new();
+    let (repo, _) = repo_with_two_checkpoints(&sandbox);
+    let mount = Mounted::start(&sandbox, &repo);
+    let erofs = |result: std::io::Result<()>, what: &str| {
+        let error = result.expect_err(what);
+        assert_eq!(error.raw_os_error(), Some(libc::EROFS), "{what}: {error}");
+    };
+    use std::os::unix::fs::PermissionsExt;
+    erofs(fs::write(mount.path("latest/new-file"), b"x"), "create");
+    erofs(
+        fs::OpenOptions::new()
+            .write(true)
+            .open(mount.path("latest/hello.txt"))
+            .map(drop),
+        "open for writing",
+    );
+    erofs(fs::create_dir(mount.path("latest/new-dir")), "mkdir");
+    erofs(fs::remove_file(mount.path("latest/hello.txt")), "unlink");
+    erofs(
+        fs::rename(mount.path("latest/hello.txt"), mount.path("latest/renamed")),
+        "rename",
+    );
+    erofs(
+        fs::set_permissions(
+            mount.path("latest/hello.txt"),
+            fs::Permissions::from_mode(0o777),
+        ),
+        "chmod",
+    );
+    erofs(
+        fs::create_dir(mount.path("checkpoints/new")),
+        "mkdir in checkpoints/",
+    );
+}
+
+#[test]
+fn history_collapses_versions_and_new_checkpoints_appear() {
+    let sandbox = Sandbox::new();
+    let (repo, source) = repo_with_two_checkpoints(&sandbox);
+    let mount = Mounted::start(&sandbox, &repo);
+    let checkpoints = names(&mount.path("checkpoints"));
+
+    // Unchanged in both checkpoints: one version. Changed: two, oldest first, with .txt kept.
+    let hello = names(&mount.path("history/hello.txt"));
+    assert_eq!(hello, [format!("{}.txt", checkpoints[0])]);
+    let changing = names(&mount.path("history/changing.txt"));
+    assert_eq!(
+        changing,
+        [
+            format!("{}.txt", checkpoints[0]),
+            format!("{}.txt", checkpoints[1])
+        ]
+    );
+    let first = fs::read(mount.path("history/changing.txt").join(&changing[0])).unwrap();
+    let second = fs::read(mount.path("history/changing.txt").join(&changing[1])).unwrap();
+    assert_eq!(
+        (first.as_slice(), second.as_slice()),
+        (&b"first version\n"[..], &b"second version, longer\n"[..])
+    );
+    assert!(mount.path("history/dir/nested/deeper/small").is_dir());
+
+    // A checkpoint made while mounted shows up within seconds, in history too.
+    std::thread::sleep(Duration::from_millis(1100));
+    fs::write(source.join("changing.txt"), b"third\n").unwrap();
+    sandbox.ok(&[
+        "backup",
+        "--repo",
+        repo.to_str().unwrap(),
+        source.to_str().unwrap(),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while names(&mount.path("checkpoints")).len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the new checkpoint did not appear"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let newest = names(&mount.path("checkpoints")).pop().unwrap();
+    assert_eq!(
+        fs::read_link(mount.path("latest")).unwrap(),
+        Path::new("checkpoints").join(&newest)
+    );
+    while names(&mount.path("history/changing.txt")).len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "history did not pick up the new checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // `cairn history` says the same.
+    let output = sandbox.ok(&[
+        "history",
+        "--repo",
+        repo.to_str().unwrap(),
+        "changing.txt",
+        "--json",
+    ]);
+    let versions: serde_json::Value = serde_json::from_str(&output).unwrap();
+    let changes: Vec<&str> = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["change"].as_str().unwrap())
+        .collect();
+    assert_eq!(changes, ["added", "changed", "changed"]);
+
+    let status = mount.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM should unmount cleanly and exit 0: {status}"
+    );
+    assert!(
+        names(&sandbox.path("mnt")).is_empty(),
+        "still mounted after SIGTERM"
+    );
+}
+
+#[test]
+fn a_corrupt_pack_gives_eio_not_wrong_bytes() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("data.bin"), pseudo_random(1_000_000, 5)).unwrap();
+    let repo = sandbox.path("repo");
+    sandbox.ok(&[
+        "init",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--encryption",
+        "none",
+    ]);
+    sandbox.ok(&[
+        "backup",
+        "--repo",
+        repo.to_str().unwrap(),
+        source.to_str().unwrap(),
+    ]);
+    let pack = file_contents(&repo.join("data"))
+        .into_keys()
+        .next()
+        .unwrap();
+    let mut bytes = fs::read(&pack).unwrap();
+    bytes[100] ^= 1;
+    fs::write(&pack, bytes).unwrap();
+    let mount = Mounted::start(&sandbox, &repo);
+    let error = fs::read(mount.path("latest/data.bin")).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::EIO), "{error}");
+}
+
+#[test]
+fn bad_mountpoints_get_clear_errors() {
+    let sandbox = Sandbox::new();
+    let repo = sandbox.path("repo");
+    sandbox.ok(&[
+        "init",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--encryption",
+        "none",
+    ]);
+    let missing = sandbox.run(&[
+        "mount",
+        "--repo",
+        repo.to_str().unwrap(),
+        sandbox.path("nope").to_str().unwrap(),
+    ]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("does not exist"),
+        "{}",
+        stderr(&missing)
+    );
+    let full = sandbox.path("full");
+    fs::create_dir_all(&full).unwrap();
+    fs::write(full.join("file"), b"x").unwrap();
+    let output = sandbox.run(&[
+        "mount",
+        "--repo",
+        repo.to_str().unwrap(),
+        full.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("not empty"), "{}", stderr(&output));
+}
