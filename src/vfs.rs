@@ -35,8 +35,9 @@ pub const ROOT_INO: Ino = 1;
 
 /// The catalogue of checkpoints is re-listed when older than this.
 const CATALOGUE_TTL: Duration = Duration::from_secs(2);
-/// Bytes of decoded chunks kept in memory.
-const CHUNK_CACHE_BYTES: u64 = 256 << 20;
+/// Bytes of decoded chunks kept in memory: enough for every request thread and the
+/// prefetcher to hold the largest chunks; the kernel's page cache keeps file content beyond.
+const CHUNK_CACHE_BYTES: u64 = 64 << 20;
 /// Decoded trees kept in memory.
 const TREE_CACHE_ITEMS: usize = 4096;
 /// Chunks read ahead of a sequential reader.
@@ -165,6 +166,13 @@ fn time_ns(rfc3339: &str) -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
+/// Reads a chunk for the cache, trimmed so its weight is what it holds.
+fn read_chunk(repo: &Repository, id: &BlobId) -> crate::error::Result<Arc<Vec<u8>>> {
+    let mut data = repo.read_blob(id)?;
+    data.shrink_to_fit();
+    Ok(Arc::new(data))
+}
+
 fn synthetic_dir(ino: Ino, mtime_ns: i64) -> Attr {
     Attr {
         ino,
@@ -189,9 +197,7 @@ impl Vfs {
             let (repo, chunks, requests) = (repo.clone(), chunks.clone(), requests.clone());
             std::thread::spawn(move || {
                 for id in requests {
-                    if let Err(e) =
-                        chunks.get_or_insert_with(&id, || repo.read_blob(&id).map(Arc::new))
-                    {
+                    if let Err(e) = chunks.get_or_insert_with(&id, || read_chunk(&repo, &id)) {
                         tracing::debug!("prefetch of {id} failed: {e}");
                     }
                 }
@@ -567,8 +573,10 @@ impl Vfs {
             .expect("not poisoned")
             .get(&(parent, name.to_vec()))
             .copied();
-        // Synthetic directories can change (new checkpoints), so they are always listed anew.
-        let stable = matches!(node, NodeKind::Entry { .. });
+        // Checkpoint content never changes, and a name under `history/` stays valid while the
+        // checkpoints it came from exist; the other views (new checkpoints, tags, `latest`)
+        // are listed anew.
+        let stable = matches!(node, NodeKind::Entry { .. } | NodeKind::History(_));
         if let (Some(ino), true) = (known, stable) {
             return self.getattr(ino);
         }
@@ -630,10 +638,16 @@ impl Vfs {
         })?)
     }
 
-    fn chunk(&self, chunk: &ChunkRef) -> VfsResult<Arc<Vec<u8>>> {
-        let data = self
-            .chunks
-            .get_or_insert_with(&chunk.id, || self.repo.read_blob(&chunk.id).map(Arc::new))?;
+    /// A chunk's bytes. A chunk read whole in one request (most small files) is not worth
+    /// caching; one that later requests will read more of is kept.
+    fn chunk(&self, chunk: &ChunkRef, read_whole: bool) -> VfsResult<Arc<Vec<u8>>> {
+        let data = match self.chunks.get(&chunk.id) {
+            Some(data) => data,
+            None if read_whole => read_chunk(&self.repo, &chunk.id)?,
+            None => self
+                .chunks
+                .get_or_insert_with(&chunk.id, || read_chunk(&self.repo, &chunk.id))?,
+        };
         if data.len() != chunk.length as usize {
             return Err(VfsError::Repository(Error::corrupt(
                 format!("blob {}", chunk.id),
@@ -658,8 +672,9 @@ impl Vfs {
         while position < end {
             let chunk = &index.chunks[i];
             let start = index.ends[i] - chunk.length as u64;
-            let data = self.chunk(chunk)?;
             let from = (position - start) as usize;
+            let read_whole = from == 0 && end >= index.ends[i];
+            let data = self.chunk(chunk, read_whole)?;
             let to = ((end - start) as usize).min(data.len());
             out.extend_from_slice(&data[from..to]);
             position = start + to as u64;
