@@ -221,20 +221,7 @@ fn reads_at_any_offset_return_the_right_bytes() {
     sparse.set_len(3 << 20).unwrap();
     sparse.write_all_at(b"island", 2 << 20).unwrap();
     drop(sparse);
-    let repo = sandbox.path("repo");
-    sandbox.ok(&[
-        "init",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--encryption",
-        "none",
-    ]);
-    sandbox.ok(&[
-        "backup",
-        "--repo",
-        repo.to_str().unwrap(),
-        source.to_str().unwrap(),
-    ]);
+    let repo = sandbox.plain_repo_with_backup_of(&source);
     let mount = Mounted::start(&sandbox, &repo);
 
     let file = fs::File::open(mount.path("latest/big")).unwrap();
@@ -386,20 +373,7 @@ fn a_corrupt_pack_gives_eio_not_wrong_bytes() {
     let source = sandbox.path("source");
     fs::create_dir_all(&source).unwrap();
     fs::write(source.join("data.bin"), pseudo_random(1_000_000, 5)).unwrap();
-    let repo = sandbox.path("repo");
-    sandbox.ok(&[
-        "init",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--encryption",
-        "none",
-    ]);
-    sandbox.ok(&[
-        "backup",
-        "--repo",
-        repo.to_str().unwrap(),
-        source.to_str().unwrap(),
-    ]);
+    let repo = sandbox.plain_repo_with_backup_of(&source);
     let pack = file_contents(&repo.join("data"))
         .into_keys()
         .next()

@@ -56,6 +56,17 @@ impl Sandbox {
     }
 }
 
+impl Sandbox {
+    /// Initialises an unencrypted repository at `<sandbox>/repo` and backs `source` up into it.
+    pub fn plain_repo_with_backup_of(&self, source: &Path) -> PathBuf {
+        let repo = self.path("repo");
+        let repo_arg = repo.to_str().unwrap();
+        self.ok(&["init", "--repo", repo_arg, "--encryption", "none"]);
+        self.ok(&["backup", "--repo", repo_arg, source.to_str().unwrap()]);
+        repo
+    }
+}
+
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
