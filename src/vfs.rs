@@ -166,6 +166,21 @@ fn time_ns(rfc3339: &str) -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
+/// The node of `checkpoints/<name>`: the checkpoint's root directory under that name (dated
+/// by the checkpoint when the root has no metadata of its own).
+fn checkpoint_node(id: CheckpointId, record: &Checkpoint, name: String) -> NodeKind {
+    let mut root = record.root_entry();
+    if root.name.is_empty() {
+        root.mtime_ns = time_ns(&record.time);
+        root.ctime_ns = root.mtime_ns;
+    }
+    root.name = name.into_bytes();
+    NodeKind::Entry {
+        entry: Arc::new(root),
+        checkpoint: id,
+    }
+}
+
 /// Reads a chunk for the cache, trimmed so its weight is what it holds.
 fn read_chunk(repo: &Repository, id: &BlobId) -> crate::error::Result<Arc<Vec<u8>>> {
     let mut data = repo.read_blob(id)?;
@@ -379,17 +394,10 @@ impl Vfs {
             NodeKind::CheckpointsDir => catalogue_entries()?
                 .into_iter()
                 .map(|((id, record), name)| {
-                    let mut root = record.root_entry();
-                    if root.name.is_empty() {
-                        root.mtime_ns = time_ns(&record.time);
-                        root.ctime_ns = root.mtime_ns;
-                    }
-                    root.name = name.clone().into_bytes();
-                    let kind = NodeKind::Entry {
-                        entry: Arc::new(root),
-                        checkpoint: id,
-                    };
-                    (name.into_bytes(), kind)
+                    (
+                        name.clone().into_bytes(),
+                        checkpoint_node(id, &record, name),
+                    )
                 })
                 .collect(),
             NodeKind::TagsDir => {
@@ -544,6 +552,16 @@ impl Vfs {
             return Ok(child.map(|child| NodeKind::Entry {
                 entry: Arc::new(child),
                 checkpoint: *checkpoint,
+            }));
+        }
+        if let NodeKind::CheckpointsDir = node {
+            // One lookup per entry of `ls -l`: find the name without building every node.
+            self.refresh_catalogue()?;
+            let catalogue = self.catalogue.read().expect("not poisoned");
+            let name = String::from_utf8_lossy(name);
+            return Ok(catalogue.names.iter().position(|n| *n == name).map(|i| {
+                let (id, record) = &catalogue.checkpoints[i];
+                checkpoint_node(*id, record, name.into_owned())
             }));
         }
         Ok(self
