@@ -243,6 +243,10 @@ impl Filesystem for CairnFs {
         reply.ok();
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.vfs.forget(ino.0, nlookup);
+    }
+
     fn releasedir(
         &self,
         _req: &Request,
@@ -251,7 +255,11 @@ impl Filesystem for CairnFs {
         _flags: OpenFlags,
         reply: fuser::ReplyEmpty,
     ) {
-        self.dir_handles.lock().expect("not poisoned").remove(&fh.0);
+        let listing = self.dir_handles.lock().expect("not poisoned").remove(&fh.0);
+        if let Some(listing) = listing {
+            self.vfs
+                .release_listing(listing.iter().map(|(ino, _, _)| *ino));
+        }
         reply.ok();
     }
 

@@ -109,6 +109,26 @@ enum NodeKind {
     },
 }
 
+/// One inode: what it is, the names it is known by, and how many lookups the kernel holds.
+/// Inode numbers are never reused, so a cache keyed by one cannot serve another node.
+struct Slot {
+    kind: NodeKind,
+    names: Vec<(Ino, Vec<u8>)>,
+    hardlink: Option<(CheckpointId, u64, u64)>,
+    lookups: u64,
+}
+
+impl Slot {
+    fn new(kind: NodeKind, hardlink: Option<(CheckpointId, u64, u64)>) -> Self {
+        Slot {
+            kind,
+            names: Vec::new(),
+            hardlink,
+            lookups: 0,
+        }
+    }
+}
+
 /// The checkpoints as last listed.
 struct Catalogue {
     checkpoints: Vec<(CheckpointId, Arc<Checkpoint>)>,
@@ -135,7 +155,9 @@ impl quick_cache::Weighter<BlobId, Arc<Vec<u8>>> for ChunkWeight {
 /// The virtual filesystem over one repository.
 pub struct Vfs {
     repo: Arc<Repository>,
-    nodes: RwLock<Vec<NodeKind>>,
+    /// Every inode the kernel may know. Lock order: `children`, `hardlinks`, `nodes`.
+    nodes: RwLock<HashMap<Ino, Slot>>,
+    next_ino: AtomicU64,
     children: RwLock<HashMap<(Ino, Vec<u8>), Ino>>,
     hardlinks: Mutex<HashMap<(CheckpointId, u64, u64), Ino>>,
     catalogue: RwLock<Catalogue>,
@@ -220,7 +242,8 @@ impl Vfs {
         }
         let vfs = Vfs {
             repo,
-            nodes: RwLock::new(vec![NodeKind::Root]),
+            nodes: RwLock::new(HashMap::from([(ROOT_INO, Slot::new(NodeKind::Root, None))])),
+            next_ino: AtomicU64::new(ROOT_INO + 1),
             children: RwLock::new(HashMap::new()),
             hardlinks: Mutex::new(HashMap::new()),
             catalogue: RwLock::new(Catalogue {
@@ -289,46 +312,86 @@ impl Vfs {
     }
 
     fn node(&self, ino: Ino) -> VfsResult<NodeKind> {
-        let index = ino.checked_sub(1).ok_or(VfsError::NotFound)? as usize;
-        self.nodes
-            .read()
-            .expect("not poisoned")
-            .get(index)
-            .cloned()
+        let nodes = self.nodes.read().expect("not poisoned");
+        nodes
+            .get(&ino)
+            .map(|slot| slot.kind.clone())
             .ok_or(VfsError::NotFound)
     }
 
-    /// The inode of `name` in `parent`, allocating one for `kind` on first sight.
-    fn intern(&self, parent: Ino, name: &[u8], kind: NodeKind) -> Ino {
+    /// The inode of `name` in `parent`. `kind`, what the name stands for now, is stored for
+    /// an existing inode too, which keeps catalogue views such as `latest` current; without
+    /// it only an existing inode is found. `hold` counts a kernel lookup. Hard-linked files of
+    /// one checkpoint share an inode.
+    fn intern(&self, parent: Ino, name: &[u8], kind: Option<NodeKind>, hold: bool) -> Option<Ino> {
         let key = (parent, name.to_vec());
-        if let Some(ino) = self.children.read().expect("not poisoned").get(&key) {
-            return *ino;
-        }
         let mut children = self.children.write().expect("not poisoned");
-        if let Some(ino) = children.get(&key) {
-            return *ino;
-        }
-        let link_key = match &kind {
-            NodeKind::Entry { entry, checkpoint } => entry
-                .hardlink_key()
-                .map(|(dev, ino)| (*checkpoint, dev, ino)),
-            _ => None,
-        };
         let mut hardlinks = self.hardlinks.lock().expect("not poisoned");
-        let ino = match link_key.as_ref().and_then(|k| hardlinks.get(k)) {
-            Some(ino) => *ino,
-            None => {
-                let mut nodes = self.nodes.write().expect("not poisoned");
-                nodes.push(kind);
-                let ino = nodes.len() as Ino;
-                if let Some(k) = link_key {
-                    hardlinks.insert(k, ino);
+        let mut nodes = self.nodes.write().expect("not poisoned");
+        let ino = match children.get(&key) {
+            Some(&ino) => {
+                if let (Some(kind), Some(slot)) = (kind, nodes.get_mut(&ino)) {
+                    slot.kind = kind;
                 }
                 ino
             }
+            None => {
+                let kind = kind?;
+                let link_key = match &kind {
+                    NodeKind::Entry { entry, checkpoint } => entry
+                        .hardlink_key()
+                        .map(|(dev, ino)| (*checkpoint, dev, ino)),
+                    _ => None,
+                };
+                let ino = match link_key.as_ref().and_then(|k| hardlinks.get(k)) {
+                    Some(&ino) => ino,
+                    None => {
+                        let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
+                        nodes.insert(ino, Slot::new(kind, link_key));
+                        if let Some(k) = link_key {
+                            hardlinks.insert(k, ino);
+                        }
+                        ino
+                    }
+                };
+                nodes
+                    .get_mut(&ino)
+                    .expect("inserted above")
+                    .names
+                    .push(key.clone());
+                children.insert(key, ino);
+                ino
+            }
         };
-        children.insert(key, ino);
-        ino
+        if hold {
+            nodes.get_mut(&ino).expect("present above").lookups += 1;
+        }
+        Some(ino)
+    }
+
+    /// Drops `count` kernel lookups of `ino` and forgets the inode when none are left, so
+    /// memory follows what the kernel holds, not everything ever browsed.
+    pub fn forget(&self, ino: Ino, count: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let mut children = self.children.write().expect("not poisoned");
+        let mut hardlinks = self.hardlinks.lock().expect("not poisoned");
+        let mut nodes = self.nodes.write().expect("not poisoned");
+        let Some(slot) = nodes.get_mut(&ino) else {
+            return;
+        };
+        slot.lookups = slot.lookups.saturating_sub(count);
+        if slot.lookups > 0 {
+            return;
+        }
+        let slot = nodes.remove(&ino).expect("present above");
+        for key in slot.names {
+            children.remove(&key);
+        }
+        if let Some(key) = slot.hardlink {
+            hardlinks.remove(&key);
+        }
     }
 
     fn tree(&self, id: &BlobId) -> crate::error::Result<Arc<Tree>> {
@@ -585,22 +648,18 @@ impl Vfs {
     /// The child `name` of directory `parent`.
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> VfsResult<Attr> {
         let node = self.node(parent)?;
-        let known = self
-            .children
-            .read()
-            .expect("not poisoned")
-            .get(&(parent, name.to_vec()))
-            .copied();
         // Checkpoint content never changes, and a name under `history/` stays valid while the
         // checkpoints it came from exist; the other views (new checkpoints, tags, `latest`)
         // are listed anew.
         let stable = matches!(node, NodeKind::Entry { .. } | NodeKind::History(_));
-        if let (Some(ino), true) = (known, stable) {
+        if stable && let Some(ino) = self.intern(parent, name, None, true) {
             return self.getattr(ino);
         }
         let kind = self.find_child(&node, name)?.ok_or(VfsError::NotFound)?;
-        let ino = self.intern(parent, name, kind.clone());
-        Ok(self.attr_of(ino, &self.node(ino)?))
+        let ino = self
+            .intern(parent, name, Some(kind), true)
+            .expect("a kind was given");
+        self.getattr(ino)
     }
 
     /// The entries of directory `ino` (without `.` and `..`).
@@ -609,11 +668,20 @@ impl Vfs {
         self.list(&node)?
             .into_iter()
             .map(|(name, kind)| {
-                let child = self.intern(ino, &name, kind);
+                let child = self
+                    .intern(ino, &name, Some(kind), false)
+                    .expect("a kind was given");
                 let attr = self.attr_of(child, &self.node(child)?);
                 Ok((child, attr.kind, name))
             })
             .collect()
+    }
+
+    /// Forgets the entries of a finished directory listing that the kernel never looked up.
+    pub fn release_listing(&self, inos: impl IntoIterator<Item = Ino>) {
+        for ino in inos {
+            self.forget(ino, 0);
+        }
     }
 
     /// The target of symlink `ino`.

@@ -309,7 +309,10 @@ fn history_collapses_versions_and_new_checkpoints_appear() {
     );
     assert!(mount.path("history/dir/nested/deeper/small").is_dir());
 
-    // A checkpoint made while mounted shows up within seconds, in history too.
+    // A checkpoint made while mounted shows up within seconds, in history too, and `latest`
+    // (already looked up once) moves to it.
+    let before = fs::read_link(mount.path("latest")).unwrap();
+    assert_eq!(before, Path::new("checkpoints").join(&checkpoints[1]));
     std::thread::sleep(Duration::from_millis(1100));
     fs::write(source.join("changing.txt"), b"third\n").unwrap();
     sandbox.ok(&[

@@ -22,7 +22,16 @@ pub struct MountArgs {
     allow_other: bool,
 }
 
+/// Chunk buffers at least this large are mapped and unmapped by malloc rather than carved
+/// from its heaps, so memory freed after a read goes back to the system.
+const MMAP_THRESHOLD_BYTES: libc::c_int = 256 * 1024;
+
 pub fn run(global: &GlobalArgs, args: MountArgs) -> Result<ExitCode> {
+    // A long-running mount serves chunks from many threads; with glibc's adaptive threshold
+    // their buffers fragment its heaps and the process keeps ~100 MiB it no longer uses.
+    // SAFETY: mallopt only changes a malloc tuning parameter; no allocation is in flight
+    // on other threads yet.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) };
     let repo = Arc::new(global.open()?);
     let vfs = Vfs::new(repo)?;
     let options = MountOptions {
