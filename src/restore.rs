@@ -299,33 +299,35 @@ pub fn run(
     let errors = Mutex::new(Vec::new());
     let threads = options.threads.max(1);
     let (files, jobs) = bounded::<FileJob>(threads * 4);
-    let mut planner = Planner {
-        repo,
-        files,
-        link_targets: HashMap::new(),
-        links: Vec::new(),
-        dirs: Vec::new(),
-        stats: RestoreStats::default(),
-    };
-    let planned = std::thread::scope(|scope| {
+    let (planned, links, mut dirs, mut stats) = std::thread::scope(|scope| {
         for _ in 0..threads {
             let jobs = jobs.clone();
             let errors = &errors;
             scope.spawn(move || run_worker(repo, jobs, errors, progress));
         }
+        let mut planner = Planner {
+            repo,
+            files,
+            link_targets: HashMap::new(),
+            links: Vec::new(),
+            dirs: Vec::new(),
+            stats: RestoreStats::default(),
+        };
         let planned = match &node.kind {
             EntryKind::Dir(tree) => planner.restore_dir_contents(tree, target),
             _ => planner.restore_entry(target.join(OsStr::from_bytes(&node.name)), node.clone()),
         };
-        // Closing the queue lets the workers finish; the scope waits for them.
-        planner.files = bounded(0).0;
-        planned
+        // Taking the planner apart drops its sender, which lets the workers finish; the
+        // scope waits for them.
+        let Planner {
+            links, dirs, stats, ..
+        } = planner;
+        (planned, links, dirs, stats)
     });
-    let mut stats = std::mem::take(&mut planner.stats);
     stats.errors = errors.into_inner().expect("not poisoned");
     let failed: std::collections::HashSet<PathBuf> =
         stats.errors.iter().map(|e| e.path.clone()).collect();
-    for (path, first) in std::mem::take(&mut planner.links) {
+    for (path, first) in links {
         if failed.contains(&first) {
             stats.errors.push(RestoreError {
                 path,
@@ -339,9 +341,9 @@ pub fn run(
     }
     if node.is_dir() && !node.name.is_empty() {
         // The target becomes the restored directory itself: its mode, owner and times.
-        planner.dirs.push((target.to_owned(), node.clone()));
+        dirs.push((target.to_owned(), node.clone()));
     }
-    for (path, entry) in &planner.dirs {
+    for (path, entry) in &dirs {
         apply_metadata(path, entry)
             .context_io(|| format!("setting metadata of {}", path.display()))?;
     }
