@@ -43,7 +43,9 @@ const TREE_CACHE_ITEMS: usize = 4096;
 /// Chunks read ahead of a sequential reader.
 const PREFETCH_CHUNKS: usize = 2;
 /// Background threads that prefetch chunks.
-const PREFETCH_THREADS: usize = 2;
+const PREFETCH_THREADS: usize = 4;
+/// Files of a directory listing whose first chunk is fetched ahead of the reader.
+const PREFETCH_LISTING_FILES: usize = 64;
 
 /// What kind of file a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,7 +231,7 @@ impl Vfs {
     /// A view of `repo`; starts the prefetch threads.
     pub fn new(repo: Arc<Repository>) -> VfsResult<Self> {
         let chunks = Arc::new(Cache::with_weighter(4096, CHUNK_CACHE_BYTES, ChunkWeight));
-        let (prefetch, requests) = bounded::<BlobId>(64);
+        let (prefetch, requests) = bounded::<BlobId>(2 * PREFETCH_LISTING_FILES);
         for _ in 0..PREFETCH_THREADS {
             let (repo, chunks, requests) = (repo.clone(), chunks.clone(), requests.clone());
             std::thread::spawn(move || {
@@ -665,7 +667,9 @@ impl Vfs {
     /// The entries of directory `ino` (without `.` and `..`).
     pub fn readdir(&self, ino: Ino) -> VfsResult<Vec<(Ino, FileKind, Vec<u8>)>> {
         let node = self.node(ino)?;
-        self.list(&node)?
+        let listing = self.list(&node)?;
+        self.prefetch_first_chunks(&listing);
+        listing
             .into_iter()
             .map(|(name, kind)| {
                 let child = self
@@ -675,6 +679,24 @@ impl Vfs {
                 Ok((child, attr.kind, name))
             })
             .collect()
+    }
+
+    /// Starts fetching the first chunk of the first files of a listing: a program that walks
+    /// a tree (tar, cp -r) reads files one at a time, and this keeps the repository busy
+    /// ahead of it. Small files are a single chunk, so they are then served from memory.
+    fn prefetch_first_chunks(&self, listing: &[(Vec<u8>, NodeKind)]) {
+        let first_chunks = listing.iter().filter_map(|(_, kind)| match kind {
+            NodeKind::Entry { entry, .. } => match &entry.kind {
+                EntryKind::File(crate::tree::Content::Chunks(chunks)) => chunks.first(),
+                _ => None,
+            },
+            _ => None,
+        });
+        for chunk in first_chunks.take(PREFETCH_LISTING_FILES) {
+            if !self.chunks.contains_key(&chunk.id) && self.prefetch.try_send(chunk.id).is_err() {
+                break;
+            }
+        }
     }
 
     /// Forgets the entries of a finished directory listing that the kernel never looked up.

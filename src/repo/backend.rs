@@ -7,8 +7,10 @@
 
 use crate::error::{Error, IoContext, Result};
 use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One object as listed: its name and size in bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,14 +36,22 @@ pub trait Backend: Send + Sync {
     fn exists(&self, name: &str) -> Result<bool>;
 }
 
+/// Open files kept for ranged reads; objects never change once written, so a handle stays
+/// valid until the object is deleted.
+const OPEN_FILES_KEPT: usize = 64;
+
 /// A repository in a local directory.
 pub struct LocalBackend {
     root: PathBuf,
+    open_files: quick_cache::sync::Cache<String, Arc<fs::File>>,
 }
 
 impl LocalBackend {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalBackend { root: root.into() }
+        LocalBackend {
+            root: root.into(),
+            open_files: quick_cache::sync::Cache::new(OPEN_FILES_KEPT),
+        }
     }
 
     fn path_of(&self, name: &str) -> Result<PathBuf> {
@@ -110,19 +120,24 @@ impl Backend for LocalBackend {
     fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
         let path = self.path_of(name)?;
         let context = || format!("reading {}", path.display());
-        let mut file = fs::File::open(&path).context_io(context)?;
-        file.seek(SeekFrom::Start(offset)).context_io(context)?;
-        let mut out = Vec::with_capacity(length as usize);
-        file.take(length)
-            .read_to_end(&mut out)
+        let file = self
+            .open_files
+            .get_or_insert_with(name, || fs::File::open(&path).map(Arc::new))
             .context_io(context)?;
-        if out.len() as u64 != length {
+        let mut out = vec![0u8; length as usize];
+        let mut filled = 0;
+        while filled < out.len() {
+            match file.read_at(&mut out[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(context(), e)),
+            }
+        }
+        if filled != out.len() {
             return Err(Error::corrupt(
                 path.display().to_string(),
-                format!(
-                    "truncated: wanted {length} bytes at offset {offset}, found {}",
-                    out.len()
-                ),
+                format!("truncated: wanted {length} bytes at offset {offset}, found {filled}"),
             ));
         }
         Ok(out)
@@ -161,6 +176,7 @@ impl Backend for LocalBackend {
 
     fn delete(&self, name: &str) -> Result<()> {
         let path = self.path_of(name)?;
+        self.open_files.remove(name);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
