@@ -1,0 +1,867 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of cairn against restic, borg, rustic and bupstash (each peer only
+# when installed): every tool backs up the same data in one sitting — a first backup of
+# version A, the same backup again unchanged, a backup of version B from the same path — then
+# restores the latest snapshot and reads it back through its FUSE mount. Each timed step runs
+# with a cold page cache under /usr/bin/time; the script prints one table (wall time, CPU
+# time, peak RSS, repository size, cairn/peer wall ratio; the median of --runs runs) and writes
+# it as Markdown to --out. Floors (cp -a, tar | wc -c cold and warm) put the numbers in scale.
+#
+#   scripts/bench.sh --quick            # small generated tree, one run: about a minute
+#   scripts/bench.sh                    # two Debian kernel source trees (6.1 -> 6.12), 3 runs
+#   scripts/bench.sh --data DIR         # DIR, then a copy of it with ~5% of files modified
+#   scripts/bench.sh --install-peers    # apt-get restic + borg, cargo install rustic + bupstash
+#
+# Needs root (it drops the page cache before every timed step, and mounts FUSE filesystems).
+set -euo pipefail
+
+# ---------------------------------------------------------------------------------------------
+# Options
+# ---------------------------------------------------------------------------------------------
+
+usage() {
+    cat <<'EOF'
+Usage: scripts/bench.sh [OPTIONS]
+
+  --quick            small generated tree (2,000 files, ~55 MB) and its modified copy; 1 run
+  --data DIR         benchmark DIR (version A) and a copy with ~5% of files modified (version B)
+                     (default: Debian's linux-source-6.1 -> linux-source-6.12, cached under
+                     ${CAIRN_BENCH_DATA:-/work/data})
+  --runs N           runs per tool; each cell is the median (default 3, with --quick 1)
+  --out FILE         Markdown results (default ./bench-results.md; the full log goes next to it
+                     as FILE with .log instead of .md)
+  --work DIR         where the work directory (repositories, caches, restores) is made: a new
+                     cairn-bench.XXXXXX inside DIR, removed at the end; a real disk, not tmpfs
+                     (default: under ${CAIRN_BENCH_DATA:-/work/data}, or /tmp)
+  --tools LIST       comma-separated subset of cairn,restic,borg,rustic,bupstash (default: all)
+  --cairn PATH       cairn binary to use (default: target/release/cairn, built when missing or
+                     older than the sources)
+  --timeout SECS     give up on one step after SECS (default 7200, with --quick 600)
+  --no-verify        skip the (untimed) check that the first run's restore matches the source
+  --keep             keep the work directory
+  --install-peers    install restic, borg (apt-get), rustic and bupstash (cargo install; these
+                     compile for several minutes), then exit
+  -h, --help         this text
+EOF
+}
+
+CMDLINE="$(printf '%q ' "$0" "$@")"
+CMDLINE="${CMDLINE% }"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+
+QUICK=0
+DATA_DIR=""
+RUNS=""
+OUT="bench-results.md"
+WORK=""          # the work directory, made below
+WORK_PARENT=""
+TOOLS_WANTED="cairn,restic,borg,rustic,bupstash"
+CAIRN=""
+STEP_TIMEOUT=""
+VERIFY=1
+KEEP=0
+INSTALL_PEERS=0
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --data) DATA_DIR="${2:?--data needs a directory}"; shift ;;
+        --runs) RUNS="${2:?--runs needs a number}"; shift ;;
+        --out) OUT="${2:?--out needs a file}"; shift ;;
+        --work) WORK_PARENT="${2:?--work needs a directory}"; shift ;;
+        --tools) TOOLS_WANTED="${2:?--tools needs a list}"; shift ;;
+        --cairn) CAIRN="${2:?--cairn needs a path}"; shift ;;
+        --timeout) STEP_TIMEOUT="${2:?--timeout needs seconds}"; shift ;;
+        --no-verify) VERIFY=0 ;;
+        --keep) KEEP=1 ;;
+        --install-peers) INSTALL_PEERS=1 ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "bench.sh: unknown option: $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if [ -z "$RUNS" ]; then
+    if [ "$QUICK" = 1 ]; then RUNS=1; else RUNS=3; fi
+fi
+if [ -z "$STEP_TIMEOUT" ]; then
+    if [ "$QUICK" = 1 ]; then STEP_TIMEOUT=600; else STEP_TIMEOUT=7200; fi
+fi
+case "$RUNS" in '' | *[!0-9]* | 0) echo "bench.sh: --runs must be a positive integer" >&2; exit 2 ;; esac
+if [ "$QUICK" = 1 ] && [ -n "$DATA_DIR" ]; then
+    echo "bench.sh: --quick and --data are exclusive" >&2
+    exit 2
+fi
+
+BENCH_DATA="${CAIRN_BENCH_DATA:-/work/data}"
+# cargo install puts rustic and bupstash here.
+export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "bench.sh: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "must run as root (drops the page cache before every step, mounts FUSE)"
+
+apt_install() {
+    command -v apt-get >/dev/null || die "please install: $*"
+    say "== apt-get install $*"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# ---------------------------------------------------------------------------------------------
+# --install-peers
+# ---------------------------------------------------------------------------------------------
+
+if [ "$INSTALL_PEERS" = 1 ]; then
+    # borg mount needs a FUSE binding (the Debian package only recommends one).
+    apt_install restic borgbackup python3-pyfuse3 fuse3
+    command -v cargo >/dev/null || die "cargo install needs a Rust toolchain (rustup.rs)"
+    say "== cargo install --locked rustic-rs (compiles for several minutes)"
+    cargo install --locked rustic-rs
+    # bupstash links libsodium through pkg-config.
+    apt_install pkg-config libsodium-dev
+    say "== cargo install --locked bupstash (compiles for several minutes)"
+    cargo install --locked bupstash
+    say "peers installed; now run scripts/bench.sh (or --quick)"
+    exit 0
+fi
+
+# What every run needs: GNU time, rsync (to put version B where A was), fusermount3 and
+# mountpoint (mount steps), python3 (generates and modifies data), xz (kernel tarballs).
+missing=()
+[ -x /usr/bin/time ] || missing+=(time)
+command -v rsync >/dev/null || missing+=(rsync)
+command -v fusermount3 >/dev/null || missing+=(fuse3)
+command -v mountpoint >/dev/null || missing+=(util-linux)
+command -v python3 >/dev/null || missing+=(python3)
+command -v xz >/dev/null || missing+=(xz-utils)
+[ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+
+# ---------------------------------------------------------------------------------------------
+# Work directory, log, cleanup
+# ---------------------------------------------------------------------------------------------
+
+# Mounts (and their daemons) that are up right now, so the exit trap can take them down.
+declare -A ACTIVE_MOUNTS=()   # mountpoint -> daemon pid
+
+cleanup() {
+    local mnt
+    for mnt in "${!ACTIVE_MOUNTS[@]}"; do
+        fusermount3 -u -z "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
+        kill "${ACTIVE_MOUNTS[$mnt]}" 2>/dev/null || true
+    done
+    if [ -n "$WORK" ] && [ "$KEEP" = 1 ]; then
+        say "work directory kept: $WORK"
+    elif [ -n "$WORK" ]; then
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# The work directory is always a new cairn-bench.XXXXXX (inside --work DIR when given), so
+# the exit trap removes exactly what this script made.
+if [ -n "$WORK_PARENT" ]; then
+    mkdir -p "$WORK_PARENT"
+elif mkdir -p "$BENCH_DATA" 2>/dev/null && [ -w "$BENCH_DATA" ]; then
+    WORK_PARENT="$BENCH_DATA"
+else
+    WORK_PARENT=/tmp
+fi
+fstype="$(stat -f -c %T "$WORK_PARENT")"
+case "$fstype" in
+    tmpfs | ramfs) die "$WORK_PARENT is on $fstype; pass --work DIR on a real disk" ;;
+esac
+WORK="$(mktemp -d "$(cd "$WORK_PARENT" && pwd)/cairn-bench.XXXXXX")"
+
+case "$OUT" in *.md) LOG="${OUT%.md}.log" ;; *) LOG="$OUT.log" ;; esac
+mkdir -p "$(dirname "$OUT")"
+: >"$OUT" || die "cannot write $OUT"
+: >"$LOG"
+OUT="$(cd "$(dirname "$OUT")" && pwd)/$(basename "$OUT")"
+LOG="$(cd "$(dirname "$LOG")" && pwd)/$(basename "$LOG")"
+TF="$WORK/time.out"   # /usr/bin/time -o target
+
+
+log() { printf '%s\n' "$*" >>"$LOG"; }
+
+# ---------------------------------------------------------------------------------------------
+# cairn binary
+# ---------------------------------------------------------------------------------------------
+
+if [ -z "$CAIRN" ]; then
+    CAIRN="$ROOT/target/release/cairn"
+    if [ ! -x "$CAIRN" ] || [ -n "$(find "$ROOT/src" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" -newer "$CAIRN" -print -quit)" ]; then
+        say "== cargo build --release (cairn is missing or older than its sources)"
+        (cd "$ROOT" && cargo build --release --locked >&2)
+    fi
+fi
+[ -x "$CAIRN" ] || die "no cairn binary at $CAIRN"
+# Run a private copy: a build during the benchmark must not swap the binary between steps.
+CAIRN_BUILT="$(date -u -r "$CAIRN" '+%Y-%m-%d %H:%M UTC')"
+mkdir -p "$WORK/bin"
+cp "$CAIRN" "$WORK/bin/cairn"
+CAIRN_ORIG="$CAIRN"
+CAIRN="$WORK/bin/cairn"
+CAIRN_COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+    CAIRN_COMMIT="$CAIRN_COMMIT (+ uncommitted changes in the working tree)"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Tools: which are wanted and installed, and their versions
+# ---------------------------------------------------------------------------------------------
+
+ALL_TOOLS=(cairn restic borg rustic bupstash)
+TOOLS=()
+declare -A VERSION=() SKIPPED=()
+for t in "${ALL_TOOLS[@]}"; do
+    case ",$TOOLS_WANTED," in *",$t,"*) ;; *) continue ;; esac
+    case "$t" in
+        cairn) VERSION[$t]="$("$CAIRN" --version 2>&1 | head -n1)" ;;
+        restic) command -v restic >/dev/null && VERSION[$t]="$(restic version 2>&1 | head -n1)" ;;
+        borg) command -v borg >/dev/null && VERSION[$t]="$(borg --version 2>&1 | head -n1)" ;;
+        rustic) command -v rustic >/dev/null && VERSION[$t]="$(rustic --version 2>&1 | head -n1)" ;;
+        bupstash) command -v bupstash >/dev/null && VERSION[$t]="$(bupstash version 2>&1 | head -n1)" ;;
+    esac
+    if [ -n "${VERSION[$t]:-}" ]; then
+        TOOLS+=("$t")
+    else
+        SKIPPED[$t]="not installed (scripts/bench.sh --install-peers)"
+        say "notice: skipping $t: not installed (scripts/bench.sh --install-peers installs it)"
+    fi
+done
+[ ${#TOOLS[@]} -gt 0 ] || die "no tool to benchmark"
+
+# Which tools can serve a FUSE mount here (rustic only when built with its `mount` feature).
+declare -A CAN_MOUNT=([cairn]=1 [restic]=1 [borg]=1)
+if [ -n "${VERSION[rustic]:-}" ] && rustic mount --help >/dev/null 2>&1; then CAN_MOUNT[rustic]=1; fi
+if [ -n "${VERSION[borg]:-}" ] && ! python3 -c 'import pyfuse3' 2>/dev/null && ! python3 -c 'import llfuse' 2>/dev/null \
+    && ! /usr/bin/python3 -c 'import pyfuse3' 2>/dev/null && ! /usr/bin/python3 -c 'import llfuse' 2>/dev/null; then
+    unset 'CAN_MOUNT[borg]'
+    say "notice: borg mount needs python3-pyfuse3 or python3-llfuse; skipping borg's mount steps"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Data: version A and version B
+# ---------------------------------------------------------------------------------------------
+
+# The deterministic data generator / modifier (Python, seeded; mtimes are fixed so that two
+# generations give identical trees).
+GEN_PY='
+import os, random, sys
+
+def logsize(rng, lo, hi):
+    import math
+    return int(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+def content(rng, corpus, n, random_frac=0.35):
+    if rng.random() < random_frac:
+        return rng.randbytes(n)                       # incompressible
+    off = rng.randrange(len(corpus) - n) if n < len(corpus) else 0
+    return (corpus * (n // len(corpus) + 1))[off:off + n] if n >= len(corpus) else corpus[off:off + n]
+
+def make_corpus(rng, size):
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz_") for _ in range(rng.randint(2, 10)))
+             for _ in range(5000)]
+    out, n = [], 0
+    while n < size:
+        line = " ".join(rng.choices(words, k=rng.randint(3, 14))) + ";\n"
+        out.append(line); n += len(line)
+    return "".join(out).encode()
+
+BASE = 1704067200  # 2024-01-01, fixed mtimes
+
+def gen(root, seed, nfiles=2000):
+    rng = random.Random(seed)
+    corpus = make_corpus(rng, 8 << 20)
+    dirs = [os.path.join(root, "d%02d" % i, "s%d" % j) for i in range(8) for j in range(5)]
+    for d in dirs:
+        os.makedirs(d, exist_ok=True)
+    paths = []
+    for i in range(nfiles):
+        p = os.path.join(rng.choice(dirs), "f%04d.%s" % (i, rng.choice(["c", "h", "txt", "bin", "dat"])))
+        if i < 20:
+            data = b""                                 # empty files
+        elif i < 24:
+            data = content(rng, corpus, 4 << 20, 0.5)  # a few large ones (several chunks)
+        else:
+            data = content(rng, corpus, logsize(rng, 256, 128 << 10))
+        with open(p, "wb") as f:
+            f.write(data)
+        os.utime(p, (BASE + i * 37, BASE + i * 37))
+        paths.append(p)
+    for i in range(20):                                # relative symlinks
+        target = rng.choice(paths)
+        link = os.path.join(os.path.dirname(target), "link%02d" % i)
+        if not os.path.lexists(link):
+            os.symlink(os.path.basename(target), link)
+    for k, (dirpath, _, _) in enumerate(sorted(os.walk(root), reverse=True)):
+        os.utime(dirpath, (BASE + k, BASE + k))
+
+def mutate(root, seed, pct):
+    """Modify pct% of the regular files (insert, overwrite or append), delete and add 0.5%."""
+    rng = random.Random(seed)
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for n in sorted(filenames):
+            p = os.path.join(dirpath, n)
+            if os.path.isfile(p) and not os.path.islink(p):
+                files.append(p)
+    files.sort()
+    k = max(1, round(len(files) * pct / 100))
+    chosen = rng.sample(files, k)
+    for idx, p in enumerate(chosen):
+        st = os.lstat(p)
+        kind = idx % 3
+        if st.st_size > (64 << 20) and kind != 2:
+            kind = 1                                   # large: overwrite in place, never read whole
+        if kind == 0 and st.st_size > 0:               # insert a few bytes in the middle
+            with open(p, "rb") as f:
+                data = f.read()
+            off = rng.randrange(len(data))
+            data = data[:off] + rng.randbytes(rng.randint(1, 200)) + data[off:]
+            with open(p, "wb") as f:
+                f.write(data)
+        elif kind == 1 and st.st_size > 4096:          # overwrite 4 KiB in place
+            with open(p, "r+b") as f:
+                f.seek(rng.randrange(st.st_size - 4096))
+                f.write(rng.randbytes(4096))
+        else:                                          # append
+            with open(p, "ab") as f:
+                f.write(rng.randbytes(rng.randint(1, 4096)))
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 86400 * 10**9))
+    rest = sorted(set(files) - set(chosen))
+    n = max(1, len(files) // 200)
+    for p in rng.sample(rest, min(n, len(rest))):
+        os.unlink(p)
+    for i in range(n):
+        d = os.path.dirname(rng.choice(files))
+        p = os.path.join(d, "bench-new-%05d.dat" % i)
+        with open(p, "wb") as f:
+            f.write(rng.randbytes(logsize(rng, 256, 64 << 10)))
+        os.utime(p, (BASE, BASE))
+    print("%d files modified, %d deleted, %d added" % (k, n, n))
+
+if sys.argv[1] == "gen":
+    gen(sys.argv[2], int(sys.argv[3]))
+else:
+    mutate(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+'
+
+# "N files, N dirs, N symlinks, N bytes (X MiB) in regular files" for a tree.
+describe_tree() {
+    find "$1" -mindepth 1 -printf '%y %s\n' | awk '
+        $1 == "f" { f++; b += $2 } $1 == "d" { d++ } $1 == "l" { l++ }
+        END { printf "%d files, %d dirs, %d symlinks, %d bytes (%.1f MiB) in files", f, d, l, b, b / 1048576 }'
+}
+
+# Unpack Debian's linux-source-V into $BENCH_DATA/linux-source-V once; later runs reuse it.
+kernel_tree() {
+    local v=$1 dir="$BENCH_DATA/linux-source-$1" tmp deb tarball
+    if [ -d "$dir" ] && [ -f "$dir/Makefile" ]; then
+        echo "$dir"
+        return
+    fi
+    if ! command -v dpkg-deb >/dev/null || ! command -v apt-get >/dev/null; then
+        die "need apt-get and dpkg-deb for the kernel trees (or use --data DIR)"
+    fi
+    mkdir -p "$BENCH_DATA"
+    tmp="$(mktemp -d "$BENCH_DATA/.unpack-$v.XXXXXX")"
+    deb="$(ls "$BENCH_DATA"/linux-source-"${v}"_*_all.deb 2>/dev/null | tail -n1 || true)"
+    if [ -z "$deb" ]; then
+        say "== apt-get download linux-source-$v"
+        (cd "$tmp" && apt-get download "linux-source-$v" >&2)
+        deb="$(ls "$tmp"/linux-source-"${v}"_*.deb | tail -n1)"
+    fi
+    say "== unpacking $(basename "$deb") into $dir"
+    dpkg-deb -x "$deb" "$tmp/deb"
+    tarball="$(ls "$tmp"/deb/usr/src/linux-source-"$v".tar.* | head -n1)"
+    tar -xf "$tarball" -C "$tmp"
+    [ -d "$tmp/linux-source-$v" ] || die "unexpected layout in $tarball"
+    mv "$tmp/linux-source-$v" "$dir"
+    rm -rf "$tmp"
+    echo "$dir"
+}
+
+kernel_version() {   # "6.1.192" from a tree's Makefile
+    awk -F' = ' '/^VERSION =/ { v = $2 } /^PATCHLEVEL =/ { p = $2 } /^SUBLEVEL =/ { s = $2 }
+                 /^EXTRAVERSION/ { exit } END { printf "%s.%s.%s", v, p, s }' "$1/Makefile"
+}
+
+mkdir -p "$WORK/gen"
+if [ "$QUICK" = 1 ]; then
+    say "== generating the --quick data"
+    A="$WORK/gen/A"
+    B="$WORK/gen/B"
+    mkdir -p "$A"
+    python3 -c "$GEN_PY" gen "$A" 1
+    cp -a "$A" "$B"
+    change="$(python3 -c "$GEN_PY" mutate "$B" 2 5)"
+    DATA_DESC="generated --quick tree (seed 1; ~35% random, ~65% compressible text)"
+    B_DESC="a copy of A with $change (seed 2)"
+elif [ -n "$DATA_DIR" ]; then
+    [ -d "$DATA_DIR" ] || die "--data $DATA_DIR is not a directory"
+    A="$(cd "$DATA_DIR" && pwd)"
+    B="$WORK/gen/B"
+    say "== copying $A and modifying ~5% of its files"
+    cp -a "$A" "$B"
+    change="$(python3 -c "$GEN_PY" mutate "$B" 2 5)"
+    DATA_DESC="$A"
+    B_DESC="a copy of A with $change (seed 2)"
+else
+    A="$(kernel_tree 6.1)"
+    B="$(kernel_tree 6.12)"
+    DATA_DESC="Debian linux-source-6.1 (kernel $(kernel_version "$A")), $A"
+    B_DESC="Debian linux-source-6.12 (kernel $(kernel_version "$B")), $B"
+fi
+A_STATS="$(describe_tree "$A")"
+B_STATS="$(describe_tree "$B")"
+say "A: $DATA_DESC: $A_STATS"
+say "B: $B_DESC: $B_STATS"
+
+# Every backup reads the same fixed path, so stat caches and parent snapshots work across
+# versions: version A or B is synced into it (untimed) before the backups.
+SRC="$WORK/src"
+sync_src() {   # sync_src DIR
+    mkdir -p "$SRC"
+    rsync -aH --delete "$1/" "$SRC/"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------------------------
+
+drop_caches() {
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+}
+
+declare -A RES=()     # "tool|step|run" -> "wall cpu rss_kib repo_bytes", FAILED or n/a
+declare -A COUNT=()   # "tool|step|run" -> tar bytes / find entries (mount and floor reads)
+declare -A NOTES=()   # "tool" -> free text for the notes section
+
+# The command being measured, shell-quoted, into the log (a `bash -c SCRIPT` as written).
+log_cmd() {
+    if [ "$1" = bash ] && [ "$2" = -c ]; then
+        log "+ bash -c '$3' $(printf '%q ' "${@:4}")"
+    else
+        log "+ $(printf '%q ' "$@")"
+    fi
+}
+
+# timed TOOL STEP RUN [--warm] CMD...: drop the page cache (unless --warm), run CMD under
+# /usr/bin/time and a timeout, and record "wall cpu rss". Returns CMD's status.
+timed() {
+    local tool=$1 step=$2 run=$3 warm=0 key line status
+    shift 3
+    if [ "$1" = --warm ]; then warm=1; shift; fi
+    key="$tool|$step|$run"
+    [ "$warm" = 1 ] || drop_caches
+    log_cmd "$@"
+    status=0
+    /usr/bin/time -f '%e %U %S %M' -o "$TF" timeout -k 30 "$STEP_TIMEOUT" "$@" >>"$LOG" 2>&1 || status=$?
+    if [ "$status" = 0 ]; then
+        line="$(tail -n1 "$TF")"
+        RES[$key]="$(awk '{ printf "%s %.2f %s", $1, $2 + $3, $4 }' <<<"$line")"
+        log "  = $line (wall user sys maxrss-KiB)"
+    else
+        RES[$key]=FAILED
+        if [ "$status" = 124 ]; then log "  = TIMED OUT after ${STEP_TIMEOUT}s"; else log "  = FAILED with status $status"; fi
+        say "    $tool $step: FAILED (status $status; see $LOG)"
+    fi
+    return "$status"
+}
+
+# Append the repository's size (bytes on disk, apparent) to a step's result.
+add_size() {   # add_size TOOL STEP RUN REPO
+    local key="$1|$2|$3"
+    [ "${RES[$key]}" != FAILED ] || return 0
+    RES[$key]="${RES[$key]} $(du -sb "$4" 2>/dev/null | cut -f1 || echo 0)"
+}
+
+STEP_NAMES=(b1 b2 b3 rs mt mf)
+declare -A STEP_LABEL=(
+    [b1]="1. backup A (first)"
+    [b2]="2. backup A again (unchanged)"
+    [b3]="3. backup B (next version)"
+    [rs]="4. restore latest"
+    [mt]="5a. mount: read latest with tar"
+    [mf]="5b. mount: list latest with find"
+    [f_cp]="floor: cp -a tree (restore floor)"
+    [f_tarc]="floor: read tree with tar (cold)"
+    [f_tarw]="floor: read tree with tar (warm)"
+    [f_find]="floor: list tree with find (cold)"
+    [f_mem]="floor: in-memory pipeline"
+)
+FLOOR_STEPS=(f_cp f_tarc f_tarw f_find f_mem)
+
+# The two read commands timed on a mount (and as floors on the source tree). They exit non-zero
+# when tar fails outright (status 2) or wc fails; tar's "file changed as we read it" (1) is only
+# logged. (Single quotes: bash -c expands them.)
+# shellcheck disable=SC2016
+TAR_CMD='tar cf - -C "$1" . | wc -c >"$2"; s=("${PIPESTATUS[@]}"); [ "${s[0]}" -le 1 ] && [ "${s[1]}" = 0 ]'
+# shellcheck disable=SC2016
+FIND_CMD='set -o pipefail; find "$1/" | wc -l >"$2"'
+
+# ---------------------------------------------------------------------------------------------
+# The tools. Each gets a fresh repository and cache per run under $WORK/tools/<tool>; the
+# settings match where the tools have them: encryption on, zstd level 3 (or the default).
+# ---------------------------------------------------------------------------------------------
+
+PASSWORD="cairn-bench-password"
+
+# tool_env TOOL DIR: point the tool at DIR/repo and DIR/cache through its environment.
+tool_env() {
+    local t=$1 d=$2
+    case "$t" in
+        cairn) export CAIRN_PASSWORD="$PASSWORD" CAIRN_CACHE_DIR="$d/cache" CAIRN_REPO="$d/repo" ;;
+        restic) export RESTIC_PASSWORD="$PASSWORD" RESTIC_CACHE_DIR="$d/cache" RESTIC_REPOSITORY="$d/repo" ;;
+        borg) export BORG_PASSPHRASE="$PASSWORD" BORG_BASE_DIR="$d/cache" BORG_REPO="$d/repo" ;;
+        rustic) export RUSTIC_PASSWORD="$PASSWORD" RUSTIC_CACHE_DIR="$d/cache" RUSTIC_REPOSITORY="$d/repo" ;;
+        bupstash)
+            export BUPSTASH_REPOSITORY="$d/repo" BUPSTASH_KEY="$d/bupstash.key" \
+                BUPSTASH_SEND_LOG="$d/cache/bupstash.sendlog" XDG_CACHE_HOME="$d/cache"
+            ;;
+    esac
+}
+
+tool_init() {   # untimed
+    local t=$1 d=$2
+    case "$t" in
+        cairn) "$CAIRN" init --repo "$d/repo" ;;
+        restic) restic init ;;
+        borg) borg init --encryption repokey-blake2 "$d/repo" ;;
+        rustic) rustic init ;;
+        bupstash) bupstash new-key -o "$d/bupstash.key" && bupstash init ;;
+    esac
+}
+
+# backup_cmd TOOL N: the command for backup number N of $SRC, into the array CMD.
+backup_cmd() {
+    case "$1" in
+        cairn) CMD=("$CAIRN" backup --repo "$CAIRN_REPO" "$SRC") ;;
+        restic) CMD=(restic backup "$SRC") ;;
+        borg) CMD=(borg create --compression "zstd,3" "::s$2" "$SRC") ;;
+        rustic) CMD=(rustic backup "$SRC") ;;
+        bupstash) CMD=(bupstash put "step=s$2" "$SRC") ;;
+    esac
+}
+
+# restore_cmd TOOL TARGET: restore the latest snapshot (backup 3) into TARGET.
+restore_cmd() {
+    case "$1" in
+        cairn) CMD=("$CAIRN" restore --repo "$CAIRN_REPO" latest --target "$2") ;;
+        restic) CMD=(restic restore latest --target "$2") ;;
+        borg) CMD=(env -C "$2" borg extract ::s3) ;;
+        rustic) CMD=(rustic restore latest "$2") ;;
+        bupstash) CMD=(bupstash restore --into "$2" step=s3) ;;
+    esac
+}
+
+# The source tree inside a restored or mounted snapshot: tools that keep the absolute path
+# (restic, borg, rustic) have $SRC below the snapshot's root.
+inside() {
+    if [ -d "$1$SRC" ]; then echo "$1$SRC"; else echo "$1"; fi
+}
+
+# mount_start TOOL MNT: start the tool's FUSE daemon in the background (MPID), wait until the
+# latest snapshot is listable, and set MDIR to the source tree in it. Untimed.
+mount_start() {
+    local t=$1 mnt=$2 i latest=""
+    mkdir -p "$mnt"
+    case "$t" in
+        cairn) log_cmd "$CAIRN" mount --repo "$CAIRN_REPO" "$mnt"; "$CAIRN" mount --repo "$CAIRN_REPO" "$mnt" >>"$LOG" 2>&1 & ;;
+        restic) log_cmd restic mount "$mnt"; restic mount "$mnt" >>"$LOG" 2>&1 & ;;
+        borg) log_cmd borg mount -f "$BORG_REPO" "$mnt"; borg mount -f "$BORG_REPO" "$mnt" >>"$LOG" 2>&1 & ;;
+        rustic) log_cmd rustic mount "$mnt"; rustic mount "$mnt" >>"$LOG" 2>&1 & ;;
+    esac
+    MPID=$!
+    ACTIVE_MOUNTS[$mnt]=$MPID
+    for ((i = 0; i < 3000; i++)); do   # up to 10 minutes: a big repository's index loads first
+        if ! kill -0 "$MPID" 2>/dev/null; then
+            log "  = mount daemon exited before the mount was ready"
+            return 1
+        fi
+        if mountpoint -q "$mnt"; then
+            case "$t" in
+                cairn) latest="$mnt/latest" ;;
+                restic) latest="$mnt/snapshots/latest" ;;
+                borg) latest="$mnt/s3" ;;
+                rustic) latest="$(find "$mnt" -maxdepth 3 -name latest -print -quit 2>/dev/null || true)" ;;
+            esac
+            if [ -n "$latest" ] && [ -n "$(ls -A "$latest/" 2>/dev/null)" ]; then
+                MDIR="$(inside "$latest")"
+                log "  = mounted after $((i / 5)).$((i % 5 * 2))s; reading $MDIR"
+                return 0
+            fi
+        fi
+        sleep 0.2
+    done
+    log "  = mount not ready after 600s"
+    return 1
+}
+
+mount_stop() {   # mount_stop TOOL MNT
+    local t=$1 mnt=$2 pid=${ACTIVE_MOUNTS[$2]:-} i
+    if mountpoint -q "$mnt"; then
+        if [ "$t" = borg ]; then borg umount "$mnt" >>"$LOG" 2>&1 || fusermount3 -u -z "$mnt" >>"$LOG" 2>&1 || true
+        else fusermount3 -u "$mnt" >>"$LOG" 2>&1 || fusermount3 -u -z "$mnt" >>"$LOG" 2>&1 || true; fi
+    fi
+    if [ -n "$pid" ]; then
+        for ((i = 0; i < 150; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "  = $t mount daemon still running 30s after the unmount; killing it"
+            kill "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true
+    fi
+    unset 'ACTIVE_MOUNTS[$mnt]'
+}
+
+# CPU seconds (user+sys) a process has used so far, and its peak RSS in KiB.
+proc_cpu() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($12 + $13) / hz }' || echo 0; }
+proc_hwm() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# mount_step TOOL STEP RUN TOOLDIR: a fresh mount, a cold read of the latest snapshot through
+# it, unmount. The row gets the reader's wall time, CPU of reader + daemon, and the larger of
+# the two peak RSS values (the daemon's, in practice).
+mount_step() {
+    local t=$1 step=$2 run=$3 d=$4 key="$1|$2|$3" cmd c0 c1 hwm wall cpu rss
+    local mnt="$d/mnt"
+    if [ "$step" = mt ]; then cmd=$TAR_CMD; else cmd=$FIND_CMD; fi
+    if ! mount_start "$t" "$mnt"; then
+        RES[$key]=FAILED
+        say "    $t $step: FAILED (the mount did not come up; see $LOG)"
+        mount_stop "$t" "$mnt"
+        return
+    fi
+    c0="$(proc_cpu "$MPID")"
+    if timed "$t" "$step" "$run" bash -c "$cmd" _ "$MDIR" "$d/count"; then
+        c1="$(proc_cpu "$MPID")"
+        hwm="$(proc_hwm "$MPID")"
+        read -r wall cpu rss <<<"${RES[$key]}"
+        RES[$key]="$(awk -v w="$wall" -v c="$cpu" -v r="$rss" -v a="$c0" -v b="$c1" -v h="${hwm:-0}" \
+            'BEGIN { printf "%s %.2f %d", w, c + b - a, (h > r ? h : r) }')"
+        COUNT[$key]="$(cat "$d/count")"
+        log "  = daemon cpu $(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f", b - a }')s, daemon peak rss ${hwm:-?} KiB, output ${COUNT[$key]}"
+    fi
+    mount_stop "$t" "$mnt"
+    add_size "$t" "$step" "$run" "$d/repo"
+}
+
+# listing DIR: one line per entry below DIR with what a restore must reproduce.
+listing() {
+    (cd "$1" && find . -mindepth 1 \( -type d -printf '%P|d|%m|%U:%G|%T@\n' \) -o \
+        -printf '%P|%y|%m|%U:%G|%s|%T@|%l\n' | LC_ALL=C sort)
+}
+
+# verify_restore TOOL DIR: untimed comparison of a restore with $SRC, into NOTES.
+verify_restore() {
+    local t=$1 got=$2 content meta
+    content="$(diff -r --no-dereference -q "$SRC" "$got" 2>&1 | wc -l || true)"
+    meta="$(diff <(listing "$SRC") <(listing "$got") | grep -c '^[<>]' || true)"
+    if [ "$content" = 0 ] && [ "$meta" = 0 ]; then
+        NOTES[$t]+="restore identical to the source (content, type, mode, owner, size, mtime, link target). "
+    else
+        NOTES[$t]+="restore differs from the source: ${content} diff -r lines, ${meta} listing lines (see the log). "
+        {
+            echo "== $t restore vs source (first lines)"
+            diff -r --no-dereference -q "$SRC" "$got" 2>&1 | head -n 10 || true
+            diff <(listing "$SRC") <(listing "$got") | head -n 20 || true
+        } >>"$LOG"
+    fi
+}
+
+# run_tool TOOL RUN: the whole sequence for one tool in a fresh repository and cache.
+run_tool() {
+    local t=$1 run=$2 d="$WORK/tools/$1" s n
+    rm -rf "$d"
+    mkdir -p "$d/cache"
+    tool_env "$t" "$d"
+    log ""
+    log "=== run $run: $t"
+    sync_src "$A"
+    log_cmd init "$t"
+    if ! tool_init "$t" "$d" >>"$LOG" 2>&1; then
+        say "    $t: init FAILED (see $LOG)"
+        for s in "${STEP_NAMES[@]}"; do RES[$t|$s|$run]=FAILED; done
+        return
+    fi
+    for n in 1 2 3; do
+        [ "$n" = 3 ] && sync_src "$B"
+        backup_cmd "$t" "$n"
+        timed "$t" "b$n" "$run" "${CMD[@]}" || true
+        add_size "$t" "b$n" "$run" "$d/repo"
+        say "    $t ${STEP_LABEL[b$n]}: ${RES[$t|b$n|$run]}"
+    done
+    mkdir -p "$d/restore"
+    restore_cmd "$t" "$d/restore"
+    if timed "$t" rs "$run" "${CMD[@]}"; then
+        [ "$VERIFY" = 1 ] && [ "$run" = 1 ] && verify_restore "$t" "$(inside "$d/restore")"
+    fi
+    add_size "$t" rs "$run" "$d/repo"
+    say "    $t ${STEP_LABEL[rs]}: ${RES[$t|rs|$run]}"
+    rm -rf "$d/restore"
+    for s in mt mf; do
+        if [ -n "${CAN_MOUNT[$t]:-}" ]; then
+            mount_step "$t" "$s" "$run" "$d"
+        else
+            RES[$t|$s|$run]="n/a"
+        fi
+        say "    $t ${STEP_LABEL[$s]}: ${RES[$t|$s|$run]}"
+    done
+    [ "$run" != 1 ] || NOTES[$t]+="cache after the run: $(du -sb "$d/cache" | awk '{ printf "%.1f MiB", $1 / 1048576 }'). "
+    rm -rf "$d"
+}
+
+# run_floors RUN: the floors, on version B in $SRC (the tree that is restored and mounted).
+run_floors() {
+    local run=$1
+    log ""
+    log "=== run $run: floors"
+    sync_src "$B"
+    rm -rf "$WORK/floor-cp"
+    timed floor f_cp "$run" cp -a "$SRC" "$WORK/floor-cp" || true
+    rm -rf "$WORK/floor-cp"
+    timed floor f_tarc "$run" bash -c "$TAR_CMD" _ "$SRC" "$WORK/count" && COUNT[floor|f_tarc|$run]="$(cat "$WORK/count")"
+    bash -c "$TAR_CMD" _ "$SRC" "$WORK/count" || true   # warm the page cache
+    timed floor f_tarw "$run" --warm bash -c "$TAR_CMD" _ "$SRC" "$WORK/count" && COUNT[floor|f_tarw|$run]="$(cat "$WORK/count")"
+    timed floor f_find "$run" bash -c "$FIND_CMD" _ "$SRC" "$WORK/count" && COUNT[floor|f_find|$run]="$(cat "$WORK/count")"
+    RES[floor|f_mem|$run]="n/a (not yet measured)"
+    local s
+    for s in f_cp f_tarc f_tarw f_find; do say "    ${STEP_LABEL[$s]}: ${RES[floor|$s|$run]}"; done
+}
+
+# ---------------------------------------------------------------------------------------------
+# The runs
+# ---------------------------------------------------------------------------------------------
+
+START_DATE="$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+{
+    echo "cairn benchmark: $CMDLINE"
+    echo "date: $START_DATE; work: $WORK ($fstype)"
+    for t in "${TOOLS[@]}"; do echo "$t: ${VERSION[$t]}"; done
+    echo "A: $DATA_DESC: $A_STATS"
+    echo "B: $B_DESC: $B_STATS"
+} >>"$LOG"
+
+for ((run = 1; run <= RUNS; run++)); do
+    say "== run $run of $RUNS (page cache dropped before every timed step; each line: wall s, CPU s, peak RSS KiB, repository bytes)"
+    run_floors "$run"
+    for t in "${TOOLS[@]}"; do
+        say "  -- $t"
+        run_tool "$t" "$run"
+    done
+done
+
+# ---------------------------------------------------------------------------------------------
+# Results: the median over the runs of each number, one Markdown table
+# ---------------------------------------------------------------------------------------------
+
+# median TOOL STEP FIELD: the median of a field (1 wall, 2 cpu, 3 rss, 4 size) over the runs;
+# FAILED if any run failed, the text itself when not measured.
+median() {
+    local t=$1 s=$2 f=$3 r v vals=()
+    for ((r = 1; r <= RUNS; r++)); do
+        v="${RES[$t|$s|$r]:-FAILED}"
+        case "$v" in
+            FAILED) echo FAILED; return ;;
+            n/a*) echo "$v"; return ;;
+        esac
+        vals+=("$(awk -v f="$f" '{ print $f }' <<<"$v")")
+    done
+    printf '%s\n' "${vals[@]}" | sort -g | awk '{ a[NR] = $1 } END {
+        if (a[1] == "") { print "-"; exit }
+        if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+fmt() {   # fmt VALUE SCALE DECIMALS: numbers divided by SCALE; text passes through
+    case "$1" in
+        '' | -) echo "-" ;;
+        *[!0-9.e+-]*) echo "$1" ;;
+        *) awk -v v="$1" -v s="$2" -v d="$3" 'BEGIN { printf "%.*f", d, v / s }' ;;
+    esac
+}
+
+row() {   # row TOOL STEP: one table line
+    local t=$1 s=$2 wall cpu rss size ratio="" cw
+    wall="$(median "$t" "$s" 1)"
+    case "$wall" in
+        FAILED | n/a*)
+            printf '| %s | %s | %s | %s | %s | %s | %s |\n' "${STEP_LABEL[$s]}" "$t" "$wall" "$wall" "$wall" "$wall" "—"
+            return
+            ;;
+    esac
+    cpu="$(median "$t" "$s" 2)"
+    rss="$(median "$t" "$s" 3)"
+    size="$(median "$t" "$s" 4)"
+    if [ "$t" = cairn ] || [ "$t" = floor ]; then
+        ratio="—"
+    else
+        cw="$(median cairn "$s" 1)"
+        case "$cw" in
+            FAILED | n/a* | -) ratio="—" ;;
+            *) ratio="$(awk -v a="$cw" -v b="$wall" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "—" }')" ;;
+        esac
+    fi
+    [ "$t" = floor ] && size="-"
+    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "${STEP_LABEL[$s]}" "$t" \
+        "$(fmt "$wall" 1 2)" "$(fmt "$cpu" 1 2)" "$(fmt "$rss" 1024 0)" "$(fmt "$size" 1048576 1)" "$ratio"
+}
+
+{
+    echo "# cairn benchmark"
+    echo
+    echo "- Command: \`$CMDLINE\`"
+    echo "- Date: $START_DATE; host $(hostname), $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, Linux $(uname -r); work directory on $fstype"
+    echo "- cairn: ${VERSION[cairn]:-not benchmarked} (commit $CAIRN_COMMIT; binary $CAIRN_ORIG built $CAIRN_BUILT)"
+    for t in restic borg rustic bupstash; do
+        if [ -n "${VERSION[$t]:-}" ]; then echo "- $t: ${VERSION[$t]}"; fi
+        if [ -n "${SKIPPED[$t]:-}" ]; then echo "- $t: skipped, ${SKIPPED[$t]}"; fi
+    done
+    echo "- Version A: $DATA_DESC — $A_STATS"
+    echo "- Version B: $B_DESC — $B_STATS"
+    echo "- Every backup reads the same path ($SRC): A, then B, is rsync'ed into it untimed, so stat caches and parents carry over"
+    echo "- Settings: encryption on everywhere (cairn password mode; restic/rustic repository password; borg repokey-blake2; bupstash key file);"
+    echo "  compression zstd level 3 where settable (cairn default, borg \`--compression zstd,3\`), restic \`auto\` (its default), rustic and bupstash defaults;"
+    echo "  a fresh repository and cache per tool and run"
+    echo "- Page cache: \`sync; echo 3 > /proc/sys/vm/drop_caches\` before every timed step of every tool (cold cache), except the warm floor"
+    echo "- Each cell: median of $RUNS run(s). Wall and CPU (user+sys) in seconds, peak RSS in MiB, repository size in MiB after the step (apparent bytes)."
+    echo "  cairn/tool: cairn's wall time divided by the tool's for the same step (below 1: cairn is faster)."
+    echo
+    echo "| Step | Tool | Wall s | CPU s | Peak RSS MiB | Repo MiB | cairn/tool wall |"
+    echo "|---|---|---:|---:|---:|---:|---:|"
+    for s in "${STEP_NAMES[@]}"; do
+        for t in "${TOOLS[@]}"; do row "$t" "$s"; done
+    done
+    for s in "${FLOOR_STEPS[@]}"; do row floor "$s"; done
+    echo
+    echo "Notes:"
+    echo
+    echo "- Reads (mount rows and floors): \`tar cf - -C DIR . | wc -c\` and \`find DIR/ | wc -l\`."
+    echo "- Mount rows (5a, 5b): each read gets a fresh mount of the whole repository; mounting (until the latest snapshot is listable) is untimed."
+    echo "  Wall is the reader's; CPU adds the FUSE daemon's CPU during the read; peak RSS is the larger of the reader's and the daemon's."
+    echo "- Floors are measured on version B in $SRC, the tree that is restored and mounted."
+    for t in "${TOOLS[@]}"; do
+        line=""
+        if [ -z "${CAN_MOUNT[$t]:-}" ]; then
+            case "$t" in
+                rustic) line+="mount rows n/a: this rustic build has no \`mount\` command (rustic-rs's cargo feature \`mount\` is off by default). " ;;
+                bupstash) line+="mount rows n/a: bupstash has no FUSE mount. " ;;
+                *) line+="mount rows n/a: no FUSE binding for it here. " ;;
+            esac
+        fi
+        if [ -n "${COUNT[$t|mt|1]:-}" ]; then
+            line+="mount read (run 1): tar ${COUNT[$t|mt|1]} bytes, find ${COUNT[$t|mf|1]:-?} entries. "
+        fi
+        line+="${NOTES[$t]:-}"
+        [ -z "$line" ] || echo "- $t: $line"
+    done
+    echo "- floor (run 1): tar of the source ${COUNT[floor|f_tarc|1]:-?} bytes, find ${COUNT[floor|f_find|1]:-?} entries."
+    echo "- Full log: $LOG"
+} >"$OUT"
+
+echo
+cat "$OUT"
