@@ -452,10 +452,23 @@ impl Walker<'_> {
         let mut entries = Vec::with_capacity(names.len());
         for name in names {
             let child = path.join(&name);
-            if let Some(pending) = self.scan_entry(&child, name.as_bytes().to_vec(), parent)? {
-                entries.push(pending);
-            }
+            entries.extend(self.scan_entry(&child, name.as_bytes().to_vec(), parent)?);
         }
+        self.send_dir(entries)
+    }
+
+    /// Scans several sources (or one that is not a directory) into a root directory holding
+    /// one entry per source, named by its base name.
+    fn scan_sources(&self, sources: &[PathBuf], parent: Option<&Tree>) -> Result<Receiver<BlobId>> {
+        let mut entries = Vec::with_capacity(sources.len());
+        for source in sources {
+            entries.extend(self.scan_entry(source, base_name(source), parent)?);
+        }
+        self.send_dir(entries)
+    }
+
+    /// Hands a scanned directory to the tree builder; returns where its tree id will arrive.
+    fn send_dir(&self, entries: Vec<PendingEntry>) -> Result<Receiver<BlobId>> {
         let (done, receiver) = bounded(1);
         self.dirs
             .send(PendingDir { entries, done })
@@ -550,6 +563,13 @@ fn reusable_content(parent: Option<&Entry>, metadata: &Metadata) -> Option<Conte
     unchanged.then(|| content.clone())
 }
 
+/// The last component of a source path, as an entry name.
+fn base_name(path: &Path) -> Vec<u8> {
+    path.file_name()
+        .map(|n| n.as_bytes().to_vec())
+        .unwrap_or_default()
+}
+
 /// The absolute, normalised form of a source path as recorded in the checkpoint.
 fn absolute(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).map_err(|e| Error::io(format!("resolving {}", path.display()), e))
@@ -616,10 +636,7 @@ pub fn run(
     if options.paths.len() > 1 {
         let mut names = HashSet::new();
         for source in &sources {
-            let name = source
-                .file_name()
-                .map(|n| n.as_bytes().to_vec())
-                .unwrap_or_default();
+            let name = base_name(source);
             if !crate::tree::is_valid_name(&name) || !names.insert(name) {
                 return Err(Error::InvalidInput(format!(
                     "{} cannot be one of several backup paths: each needs a distinct base name",
@@ -689,36 +706,9 @@ pub fn run(
             dirs: dir_tx,
             errors: &errors,
         };
-        let walked = if let Some((single, _)) = &single_dir {
-            walker.scan_dir(single, parent_root.as_ref())
-        } else {
-            let mut entries = Vec::new();
-            let mut failure = None;
-            for source in &sources {
-                let name = source
-                    .file_name()
-                    .map(|n| n.as_bytes().to_vec())
-                    .unwrap_or_default();
-                match walker.scan_entry(source, name, parent_root.as_ref()) {
-                    Ok(Some(pending)) => entries.push(pending),
-                    Ok(None) => {}
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                }
-            }
-            match failure {
-                Some(e) => Err(e),
-                None => {
-                    let (done, receiver) = bounded(1);
-                    walker
-                        .dirs
-                        .send(PendingDir { entries, done })
-                        .map_err(|_| abandoned())
-                        .map(|_| receiver)
-                }
-            }
+        let walked = match &single_dir {
+            Some((single, _)) => walker.scan_dir(single, parent_root.as_ref()),
+            None => walker.scan_sources(&sources, parent_root.as_ref()),
         };
         drop(walker);
         let built = builder.join().expect("tree builder does not panic");
@@ -747,12 +737,8 @@ pub fn run(
         tags: options.tags.clone(),
         tree: root,
         root: single_dir.map(|(path, metadata)| {
-            let name = path
-                .file_name()
-                .map(|n| n.as_bytes().to_vec())
-                .unwrap_or_default();
             let xattrs = read_xattrs(&path).unwrap_or_default();
-            entry_from_metadata(name, &metadata, EntryKind::Dir(root), xattrs)
+            entry_from_metadata(base_name(&path), &metadata, EntryKind::Dir(root), xattrs)
         }),
         parent: parent.map(|(id, _)| id),
         stats,
