@@ -322,13 +322,13 @@ fn unreadable_files_are_listed_and_exit_3() {
         }
         fs::create_dir_all(sandbox.path("cache")).unwrap();
         fs::set_permissions(sandbox.path("cache"), fs::Permissions::from_mode(0o777)).unwrap();
+        // A copy of the binary in the sandbox, so the user can run it wherever the build is.
+        let binary = sandbox.path("cairn");
+        fs::copy(env!("CARGO_BIN_EXE_cairn"), &binary).unwrap();
+        fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
         let mut c = std::process::Command::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            env!("CARGO_BIN_EXE_cairn"),
-        ]);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        c.arg(&binary);
         c.env("CAIRN_CACHE_DIR", sandbox.path("cache-nobody"));
         c
     } else {
