@@ -22,7 +22,7 @@
 
 use crate::checkpoint::{self, Checkpoint, CheckpointStats};
 use crate::error::{Error, Result};
-use crate::fsmeta::{entry_from_metadata, read_xattrs};
+use crate::fsmeta::{ctime_ns, entry_from_metadata, mtime_ns, read_xattrs};
 use crate::id::{BlobId, CheckpointId};
 use crate::repo::Repository;
 use crate::repo::index::{IndexedPacks, encode_index_file};
@@ -557,8 +557,8 @@ fn reusable_content(parent: Option<&Entry>, metadata: &Metadata) -> Option<Conte
         return None;
     };
     let unchanged = parent.size == metadata.len()
-        && parent.mtime_ns == metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec()
-        && parent.ctime_ns == metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec()
+        && parent.mtime_ns == mtime_ns(metadata)
+        && parent.ctime_ns == ctime_ns(metadata)
         && parent.inode == metadata.ino();
     unchanged.then(|| content.clone())
 }

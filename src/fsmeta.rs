@@ -27,14 +27,24 @@ pub fn entry_from_metadata(
         gid: metadata.gid(),
         user: user_name(metadata.uid()),
         group: group_name(metadata.gid()),
-        mtime_ns: metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
-        ctime_ns: metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec(),
+        mtime_ns: mtime_ns(metadata),
+        ctime_ns: ctime_ns(metadata),
         size: if is_file { metadata.len() } else { 0 },
         device: metadata.dev(),
         inode: metadata.ino(),
         links: metadata.nlink(),
         xattrs,
     }
+}
+
+/// Modification time in nanoseconds since the epoch.
+pub fn mtime_ns(metadata: &Metadata) -> i64 {
+    metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec()
+}
+
+/// Status-change time in nanoseconds since the epoch.
+pub fn ctime_ns(metadata: &Metadata) -> i64 {
+    metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec()
 }
 
 /// The extended attributes of `path` (not following symlinks). Filesystems without xattr
