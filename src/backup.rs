@@ -172,6 +172,12 @@ impl BlobSink<'_> {
         {
             return Ok(id);
         }
+        // The packer indexes blobs before it releases their claims, so a blob indexed between
+        // the first check and the claim shows up here and is not stored twice.
+        if self.repo.index().contains(&id)? {
+            self.in_flight.lock().expect("not poisoned").remove(&id);
+            return Ok(id);
+        }
         let encoded = self.repo.codec().encode(plaintext, true);
         let message = PackerMessage::Blob {
             id,
@@ -621,6 +627,15 @@ pub fn run(
 ) -> Result<BackupOutcome> {
     let started = Instant::now();
     let time = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
+    if let Some(tag) = options
+        .tags
+        .iter()
+        .find(|t| !crate::tree::is_valid_name(t.as_bytes()))
+    {
+        return Err(Error::InvalidInput(format!(
+            "tag {tag:?} is not usable: a tag must be non-empty and contain no `/` (it names a directory in the mount)"
+        )));
+    }
     if options.paths.is_empty() {
         return Err(Error::InvalidInput(
             "nothing to back up: give at least one path".into(),

@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use crate::id::{BlobId, CheckpointId};
 use crate::repo::Repository;
-use crate::tree::Entry;
+use crate::tree::{Entry, EntryKind};
 use serde::{Deserialize, Serialize};
 
 /// What a backup did, stored in its checkpoint.
@@ -74,7 +74,21 @@ pub fn load(repo: &Repository, id: &CheckpointId) -> Result<Checkpoint> {
     if repo.codec().id_of(&plaintext) != id.0 {
         return Err(Error::corrupt(&name, "record does not match its id"));
     }
-    serde_json::from_slice(&plaintext).map_err(|e| Error::corrupt(&name, e.to_string()))
+    let record: Checkpoint =
+        serde_json::from_slice(&plaintext).map_err(|e| Error::corrupt(&name, e.to_string()))?;
+    // The root entry names the restore target's own metadata; it must be the root tree
+    // under a safe name, never something that could steer a restore elsewhere.
+    if let Some(root) = &record.root {
+        let valid =
+            root.kind == EntryKind::Dir(record.tree) && crate::tree::is_valid_name(&root.name);
+        if !valid {
+            return Err(Error::corrupt(
+                &name,
+                "root entry is not the checkpoint's root directory",
+            ));
+        }
+    }
+    Ok(record)
 }
 
 /// The ids of every checkpoint in the repository.

@@ -220,8 +220,9 @@ mod tests {
             for chunk in &after {
                 let end = offset + chunk.len();
                 if !before.contains(chunk) {
-                    // Chunks wholly before the edit never change.
-                    prop_assert!(end > at, "chunk at {} changed (edit at {})", offset, at);
+                    // Chunks before the edit never change. FastCDC rolls two bytes per step,
+                    // so a cut right at the edit may see the first inserted byte.
+                    prop_assert!(end >= at, "chunk {}..{} changed (edit at {})", offset, end, at);
                     changed_bytes += chunk.len();
                 }
                 offset = end;

@@ -13,7 +13,7 @@
 use crate::error::{Error, IoContext, Result};
 use crate::fsmeta::{apply_metadata, make_node, running_as_root};
 use crate::repo::Repository;
-use crate::tree::{Entry, EntryKind, file_chunks, load_tree};
+use crate::tree::{Entry, EntryKind, file_chunks, is_valid_name, load_tree, read_chunk};
 use crossbeam_channel::{Receiver, bounded};
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -132,17 +132,7 @@ fn restore_file(
         .context_io(context)?;
     let mut offset = 0u64;
     for chunk in file_chunks(repo, content)? {
-        let data = repo.read_blob(&chunk.id)?;
-        if data.len() != chunk.length as usize {
-            return Err(Error::corrupt(
-                format!("blob {}", chunk.id),
-                format!(
-                    "holds {} bytes where the tree says {}",
-                    data.len(),
-                    chunk.length
-                ),
-            ));
-        }
+        let data = read_chunk(repo, &chunk)?;
         write_sparse(&file, offset, &data).context_io(context)?;
         offset += data.len() as u64;
         progress
@@ -315,6 +305,10 @@ pub fn run(
         };
         let planned = match &node.kind {
             EntryKind::Dir(tree) => planner.restore_dir_contents(tree, target),
+            _ if !is_valid_name(&node.name) => Err(Error::corrupt(
+                "restore",
+                format!("refusing to restore an entry named {:?}", node.name_lossy()),
+            )),
             _ => planner.restore_entry(target.join(OsStr::from_bytes(&node.name)), node.clone()),
         };
         // Taking the planner apart drops its sender, which lets the workers finish; the
@@ -335,9 +329,15 @@ pub fn run(
             });
             continue;
         }
-        fs::hard_link(&first, &path)
-            .context_io(|| format!("linking {} to {}", path.display(), first.display()))?;
-        progress.files_done.fetch_add(1, Ordering::Relaxed);
+        match fs::hard_link(&first, &path) {
+            Ok(()) => {
+                progress.files_done.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => stats.errors.push(RestoreError {
+                message: format!("linking to {}: {e}", first.display()),
+                path,
+            }),
+        }
     }
     if node.is_dir() && !node.name.is_empty() {
         // The target becomes the restored directory itself: its mode, owner and times.

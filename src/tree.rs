@@ -167,6 +167,22 @@ pub fn file_chunks(repo: &Repository, content: &Content) -> Result<Vec<ChunkRef>
     }
 }
 
+/// The bytes of one chunk, checked against the length the tree gives it.
+pub fn read_chunk(repo: &Repository, chunk: &ChunkRef) -> Result<Vec<u8>> {
+    let data = repo.read_blob(&chunk.id)?;
+    if data.len() != chunk.length as usize {
+        return Err(Error::corrupt(
+            format!("blob {}", chunk.id),
+            format!(
+                "holds {} bytes where the tree says {}",
+                data.len(),
+                chunk.length
+            ),
+        ));
+    }
+    Ok(data)
+}
+
 /// Decodes chunk list blob `id`.
 pub fn decode_chunk_list(bytes: &[u8], id: &BlobId) -> Result<Vec<ChunkRef>> {
     postcard::from_bytes(bytes)

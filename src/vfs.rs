@@ -131,9 +131,13 @@ impl Slot {
     }
 }
 
+/// Every checkpoint, oldest first, shared by snapshot.
+type CatalogueEntries = Arc<Vec<(CheckpointId, Arc<Checkpoint>)>>;
+
 /// The checkpoints as last listed.
 struct Catalogue {
-    checkpoints: Vec<(CheckpointId, Arc<Checkpoint>)>,
+    /// Replaced whole on every change, so a reader can keep a consistent snapshot.
+    checkpoints: CatalogueEntries,
     names: Vec<String>,
     listed: Instant,
     generation: u64,
@@ -168,8 +172,7 @@ pub struct Vfs {
     chunks: Arc<Cache<BlobId, Arc<Vec<u8>>, ChunkWeight>>,
     /// Histories of `history/` paths, with the catalogue generation they were computed for.
     histories: Cache<HistoryPath, (u64, Arc<PathHistory>)>,
-    prefetch: Sender<BlobId>,
-    generation: AtomicU64,
+    prefetch: Sender<ChunkRef>,
 }
 
 /// `2026-11-23T18:30:22.869866970Z` → `2026-11-23T183022Z`.
@@ -206,8 +209,8 @@ fn checkpoint_node(id: CheckpointId, record: &Checkpoint, name: String) -> NodeK
 }
 
 /// Reads a chunk for the cache, trimmed so its weight is what it holds.
-fn read_chunk(repo: &Repository, id: &BlobId) -> crate::error::Result<Arc<Vec<u8>>> {
-    let mut data = repo.read_blob(id)?;
+fn cached_chunk(repo: &Repository, chunk: &ChunkRef) -> crate::error::Result<Arc<Vec<u8>>> {
+    let mut data = crate::tree::read_chunk(repo, chunk)?;
     data.shrink_to_fit();
     Ok(Arc::new(data))
 }
@@ -231,13 +234,15 @@ impl Vfs {
     /// A view of `repo`; starts the prefetch threads.
     pub fn new(repo: Arc<Repository>) -> VfsResult<Self> {
         let chunks = Arc::new(Cache::with_weighter(4096, CHUNK_CACHE_BYTES, ChunkWeight));
-        let (prefetch, requests) = bounded::<BlobId>(2 * PREFETCH_LISTING_FILES);
+        let (prefetch, requests) = bounded::<ChunkRef>(2 * PREFETCH_LISTING_FILES);
         for _ in 0..PREFETCH_THREADS {
             let (repo, chunks, requests) = (repo.clone(), chunks.clone(), requests.clone());
             std::thread::spawn(move || {
-                for id in requests {
-                    if let Err(e) = chunks.get_or_insert_with(&id, || read_chunk(&repo, &id)) {
-                        tracing::debug!("prefetch of {id} failed: {e}");
+                for chunk in requests {
+                    if let Err(e) =
+                        chunks.get_or_insert_with(&chunk.id, || cached_chunk(&repo, &chunk))
+                    {
+                        tracing::debug!("prefetch of {} failed: {e}", chunk.id);
                     }
                 }
             });
@@ -249,7 +254,7 @@ impl Vfs {
             children: RwLock::new(HashMap::new()),
             hardlinks: Mutex::new(HashMap::new()),
             catalogue: RwLock::new(Catalogue {
-                checkpoints: Vec::new(),
+                checkpoints: Arc::new(Vec::new()),
                 names: Vec::new(),
                 listed: Instant::now() - CATALOGUE_TTL * 2,
                 generation: 0,
@@ -259,7 +264,6 @@ impl Vfs {
             chunks,
             histories: Cache::new(4096),
             prefetch,
-            generation: AtomicU64::new(0),
         };
         vfs.refresh_catalogue()?;
         Ok(vfs)
@@ -299,15 +303,15 @@ impl Vfs {
         let changed = all.len() != catalogue.checkpoints.len()
             || all
                 .iter()
-                .zip(&catalogue.checkpoints)
+                .zip(catalogue.checkpoints.iter())
                 .any(|(a, b)| a.0 != b.0);
         if changed {
-            catalogue.generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+            catalogue.generation += 1;
             catalogue.names = all
                 .iter()
                 .map(|(id, r)| checkpoint_dir_name(id, r))
                 .collect();
-            catalogue.checkpoints = all;
+            catalogue.checkpoints = Arc::new(all);
         }
         catalogue.listed = Instant::now();
         Ok(())
@@ -401,25 +405,32 @@ impl Vfs {
             .get_or_insert_with(id, || load_tree(&self.repo, id).map(Arc::new))
     }
 
-    /// The history of a `history/` path in the current catalogue.
-    fn history(&self, path: &HistoryPath) -> VfsResult<Arc<PathHistory>> {
-        let generation = self.catalogue.read().expect("not poisoned").generation;
+    /// The catalogue's generation and checkpoints, as one consistent snapshot.
+    fn catalogue_snapshot(&self) -> (u64, CatalogueEntries) {
+        let catalogue = self.catalogue.read().expect("not poisoned");
+        (catalogue.generation, catalogue.checkpoints.clone())
+    }
+
+    /// The history of a `history/` path over the catalogue snapshot `checkpoints` of
+    /// `generation`.
+    fn history(
+        &self,
+        path: &HistoryPath,
+        generation: u64,
+        checkpoints: &[(CheckpointId, Arc<Checkpoint>)],
+    ) -> VfsResult<Arc<PathHistory>> {
         if let Some((g, history)) = self.histories.get(path)
             && g == generation
         {
             return Ok(history);
         }
         let history = match path.split_last() {
-            None => {
-                let catalogue = self.catalogue.read().expect("not poisoned");
-                catalogue
-                    .checkpoints
-                    .iter()
-                    .map(|(_, r)| Some(r.root_entry()))
-                    .collect()
-            }
+            None => checkpoints
+                .iter()
+                .map(|(_, r)| Some(r.root_entry()))
+                .collect(),
             Some((name, parent)) => {
-                let parent = self.history(&Arc::new(parent.to_vec()))?;
+                let parent = self.history(&Arc::new(parent.to_vec()), generation, checkpoints)?;
                 child_history(&|id| self.tree(id), &parent, name)?
             }
         };
@@ -508,7 +519,8 @@ impl Vfs {
     /// version.
     fn list_history(&self, path: &HistoryPath) -> VfsResult<Vec<(Vec<u8>, NodeKind)>> {
         self.refresh_catalogue()?;
-        let history = self.history(path)?;
+        let (generation, checkpoints) = self.catalogue_snapshot();
+        let history = self.history(path, generation, &checkpoints)?;
         let mut names = BTreeSet::new();
         let mut seen_trees = std::collections::HashSet::new();
         for entry in history.iter().flatten() {
@@ -529,13 +541,12 @@ impl Vfs {
         if path.is_empty() {
             return Ok(out);
         }
-        let catalogue = self.catalogue.read().expect("not poisoned");
         for version in versions(&history) {
             let Some(entry) = version.entry.filter(|e| !e.is_dir()) else {
                 continue;
             };
             let first = version.checkpoints[0];
-            let (id, record) = &catalogue.checkpoints[first];
+            let (id, record) = &checkpoints[first];
             let extension = std::path::Path::new(std::ffi::OsStr::new(&*entry.name_lossy()))
                 .extension()
                 .map(|e| format!(".{}", e.to_string_lossy()))
@@ -693,7 +704,7 @@ impl Vfs {
             _ => None,
         });
         for chunk in first_chunks.take(PREFETCH_LISTING_FILES) {
-            if !self.chunks.contains_key(&chunk.id) && self.prefetch.try_send(chunk.id).is_err() {
+            if !self.chunks.contains_key(&chunk.id) && self.prefetch.try_send(*chunk).is_err() {
                 break;
             }
         }
@@ -749,24 +760,13 @@ impl Vfs {
     /// A chunk's bytes. A chunk read whole in one request (most small files) is not worth
     /// caching; one that later requests will read more of is kept.
     fn chunk(&self, chunk: &ChunkRef, read_whole: bool) -> VfsResult<Arc<Vec<u8>>> {
-        let data = match self.chunks.get(&chunk.id) {
+        Ok(match self.chunks.get(&chunk.id) {
             Some(data) => data,
-            None if read_whole => read_chunk(&self.repo, &chunk.id)?,
+            None if read_whole => cached_chunk(&self.repo, chunk)?,
             None => self
                 .chunks
-                .get_or_insert_with(&chunk.id, || read_chunk(&self.repo, &chunk.id))?,
-        };
-        if data.len() != chunk.length as usize {
-            return Err(VfsError::Repository(Error::corrupt(
-                format!("blob {}", chunk.id),
-                format!(
-                    "holds {} bytes where the tree says {}",
-                    data.len(),
-                    chunk.length
-                ),
-            )));
-        }
-        Ok(data)
+                .get_or_insert_with(&chunk.id, || cached_chunk(&self.repo, chunk))?,
+        })
     }
 
     /// Up to `size` bytes of file `ino` from `offset`; fewer only at the end of the file.
@@ -790,7 +790,7 @@ impl Vfs {
         }
         for next in index.chunks.iter().skip(i).take(PREFETCH_CHUNKS) {
             if !self.chunks.contains_key(&next.id) {
-                let _ = self.prefetch.try_send(next.id);
+                let _ = self.prefetch.try_send(*next);
             }
         }
         Ok(out)

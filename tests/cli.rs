@@ -461,6 +461,16 @@ fn bad_input_gets_clear_errors() {
         stderr(&empty)
     );
 
+    let mut bad_tag = with(&["backup", "--tag", "a/b"], &extra);
+    bad_tag.push(source.to_str().unwrap());
+    let refused = sandbox.run(&bad_tag);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("tag \"a/b\""),
+        "{}",
+        stderr(&refused)
+    );
+
     backup_json(&sandbox, &extra, &[&source]);
     let no_path = sandbox.run(&with(&["cat", "latest:nope"], &extra));
     assert!(stderr(&no_path).contains("no nope"), "{}", stderr(&no_path));

@@ -3,7 +3,7 @@
 use super::{GlobalArgs, split_reference};
 use anyhow::{Result, bail};
 use cairn::checkpoint;
-use cairn::tree::{EntryKind, file_chunks, find_entry};
+use cairn::tree::{EntryKind, file_chunks, find_entry, read_chunk};
 use clap::Args;
 use std::io::Write;
 use std::process::ExitCode;
@@ -23,8 +23,17 @@ pub fn run(global: &GlobalArgs, args: CatArgs) -> Result<ExitCode> {
         bail!("{path:?} is not a regular file in checkpoint {reference}");
     };
     let mut out = std::io::stdout().lock();
+    let mut written = 0u64;
     for chunk in file_chunks(&repo, content)? {
-        out.write_all(&repo.read_blob(&chunk.id)?)?;
+        let data = read_chunk(&repo, &chunk)?;
+        written += data.len() as u64;
+        out.write_all(&data)?;
+    }
+    if written != entry.size {
+        bail!(
+            "{path}: the chunks hold {written} bytes where the checkpoint says {}; the output is incomplete",
+            entry.size
+        );
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
