@@ -6,10 +6,10 @@
 //! hash to its id. Each damaged blob is reported with its pack and the paths it affects.
 
 use crate::checkpoint;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::id::{BlobId, PackId};
 use crate::repo::Repository;
-use crate::repo::index::decode_index_file;
+use crate::repo::index::{BlobLocation, decode_index_file};
 use crate::repo::pack::{PackEntry, pack_object_name, read_header};
 use crate::tree::{ChunkRef, Content, EntryKind, Tree, decode_chunk_list};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -148,13 +148,10 @@ impl Checker<'_> {
                 let start = entry.offset as usize;
                 let verdict = match bytes.get(start..start + entry.length as usize) {
                     None => Err("lies past the end of the pack".to_owned()),
-                    Some(stored) => match codec.decode(stored, &where_) {
-                        Err(e) => Err(format!("{e}")),
-                        Ok(plain) if codec.id_of(&plain) != entry.id.0 => {
-                            Err("content does not match its id".into())
-                        }
-                        Ok(_) => Ok(()),
-                    },
+                    Some(stored) => codec
+                        .decode_blob(stored, &entry.id, &where_)
+                        .map(drop)
+                        .map_err(|e| format!("{e}")),
                 };
                 if let Err(reason) = verdict {
                     self.bad.insert(entry.id, (Some(pack), reason));
@@ -184,17 +181,7 @@ impl Checker<'_> {
 
     fn read_verified(&self, blob: &BlobId) -> Result<Vec<u8>> {
         let (pack, entry) = self.index[blob];
-        let stored = self.repo.backend().get_range(
-            &pack_object_name(&pack),
-            entry.offset as u64,
-            entry.length as u64,
-        )?;
-        let where_ = || format!("pack {pack} blob {blob}");
-        let plain = self.repo.codec().decode(&stored, &where_)?;
-        if self.repo.codec().id_of(&plain) != blob.0 {
-            return Err(Error::corrupt(where_(), "content does not match its id"));
-        }
-        Ok(plain)
+        self.repo.read_blob_at(&BlobLocation { pack, entry }, blob)
     }
 
     /// Reads and decodes a tree or chunk list blob; when that fails the blob is recorded as

@@ -6,6 +6,7 @@
 
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
+use crate::id::BlobId;
 use std::cell::RefCell;
 use std::io::Read;
 
@@ -83,6 +84,20 @@ impl Codec {
             Some(key) => key.seal(&framed),
             None => framed,
         }
+    }
+
+    /// The plaintext of a stored blob, checked against its id (invariant 3).
+    pub fn decode_blob(
+        &self,
+        stored: &[u8],
+        id: &BlobId,
+        location: &dyn Fn() -> String,
+    ) -> Result<Vec<u8>> {
+        let plaintext = self.decode(stored, location)?;
+        if self.id_of(&plaintext) != id.0 {
+            return Err(Error::corrupt(location(), "content does not match its id"));
+        }
+        Ok(plaintext)
     }
 
     /// The plaintext of a stored object; `location` names it in errors.

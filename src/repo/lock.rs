@@ -41,28 +41,13 @@ impl Drop for LockGuard<'_> {
     }
 }
 
-/// Takes a lock on `repo` for `purpose`.
+/// Takes a lock on `repo` for `purpose`. The lock is written first and the others are read
+/// afterwards, so of two processes starting at once at least one sees the other; on a
+/// conflict the new lock is removed again and `Locked` names the holder.
 pub fn acquire<'a>(repo: &'a Repository, exclusive: bool, purpose: &str) -> Result<LockGuard<'a>> {
     let host = crate::host_name();
-    for object in repo.backend().list("locks/")? {
-        let record: LockRecord = match repo.read_json_object(&object.name) {
-            Ok(record) => record,
-            Err(e) if e.kind() == crate::error::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        if record.is_stale(&host) {
-            continue;
-        }
-        if exclusive || record.exclusive {
-            return Err(Error::Locked(format!(
-                "repository is locked by {} (pid {} on {}, since {}): wait for it to finish; \
-                 if that process is gone, delete {} from the repository",
-                record.purpose, record.pid, record.host, record.time, object.name
-            )));
-        }
-    }
     let record = LockRecord {
-        host,
+        host: host.clone(),
         pid: std::process::id(),
         time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         exclusive,
@@ -70,5 +55,24 @@ pub fn acquire<'a>(repo: &'a Repository, exclusive: bool, purpose: &str) -> Resu
     };
     let name = format!("locks/{}", hex::encode(crate::crypto::random_bytes::<16>()));
     repo.write_json_object(&name, &record)?;
-    Ok(LockGuard { repo, name })
+    // From here on the guard removes our lock, whatever happens.
+    let guard = LockGuard { repo, name };
+    for object in repo.backend().list("locks/")? {
+        if object.name == guard.name {
+            continue;
+        }
+        let other: LockRecord = match repo.read_json_object(&object.name) {
+            Ok(other) => other,
+            Err(e) if e.kind() == crate::error::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if !other.is_stale(&host) && (exclusive || other.exclusive) {
+            return Err(Error::Locked(format!(
+                "repository is locked by {} (pid {} on {}, since {}): wait for it to finish; \
+                 if that process is gone, delete {} from the repository",
+                other.purpose, other.pid, other.host, other.time, object.name
+            )));
+        }
+    }
+    Ok(guard)
 }

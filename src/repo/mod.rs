@@ -295,7 +295,11 @@ impl Repository {
 
     /// Reads blob `id`, decrypts and decompresses it, and checks it against its id.
     pub fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
-        let location = self.locate(id)?;
+        self.read_blob_at(&self.locate(id)?, id)
+    }
+
+    /// Reads blob `id` from `location` and checks it against its id.
+    pub fn read_blob_at(&self, location: &BlobLocation, id: &BlobId) -> Result<Vec<u8>> {
         let pack_name = pack_object_name(&location.pack);
         let where_ = || format!("pack {} blob {}", location.pack, id);
         let stored = self
@@ -310,11 +314,7 @@ impl Repository {
                 ErrorKind::Corrupt => Error::corrupt(where_(), e.to_string()),
                 _ => e,
             })?;
-        let plaintext = self.codec.decode(&stored, &where_)?;
-        if self.codec.id_of(&plaintext) != id.0 {
-            return Err(Error::corrupt(where_(), "content does not match its id"));
-        }
-        Ok(plaintext)
+        self.codec.decode_blob(&stored, id, &where_)
     }
 
     /// Encodes `value` as JSON and stores it under `name`, sealed when encrypted.
