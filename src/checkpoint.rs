@@ -103,13 +103,22 @@ pub fn list_ids(repo: &Repository) -> Result<Vec<CheckpointId>> {
     Ok(ids)
 }
 
+/// The order of the catalogue everywhere (`list`, `latest`, the mount): oldest first, ties
+/// broken by id.
+pub fn catalogue_order(
+    a: (&CheckpointId, &Checkpoint),
+    b: (&CheckpointId, &Checkpoint),
+) -> std::cmp::Ordering {
+    a.1.time.cmp(&b.1.time).then(a.0.cmp(b.0))
+}
+
 /// Every checkpoint, oldest first.
 pub fn list(repo: &Repository) -> Result<Vec<(CheckpointId, Checkpoint)>> {
     let mut all = list_ids(repo)?
         .into_iter()
         .map(|id| Ok((id, load(repo, &id)?)))
         .collect::<Result<Vec<_>>>()?;
-    all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+    all.sort_by(|a, b| catalogue_order((&a.0, &a.1), (&b.0, &b.1)));
     Ok(all)
 }
 

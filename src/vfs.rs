@@ -299,7 +299,7 @@ impl Vfs {
             };
             all.push((id, record));
         }
-        all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        all.sort_by(|a, b| checkpoint::catalogue_order((&a.0, &a.1), (&b.0, &b.1)));
         let changed = all.len() != catalogue.checkpoints.len()
             || all
                 .iter()
