@@ -157,3 +157,54 @@ pub fn resolve(repo: &Repository, reference: &str) -> Result<(CheckpointId, Chec
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::backend::LocalBackend;
+    use crate::repo::config::EncryptionMode;
+    use crate::repo::{InitOptions, Secret};
+    use crate::tree::root_entry;
+    use std::sync::Arc;
+
+    fn record(tree: BlobId, root: Option<Entry>) -> Checkpoint {
+        Checkpoint {
+            time: "2026-11-23T18:00:00.000000000Z".into(),
+            host: "h".into(),
+            paths: vec!["/src".into()],
+            tags: Vec::new(),
+            tree,
+            root,
+            parent: None,
+            stats: CheckpointStats::default(),
+            program_version: "test".into(),
+        }
+    }
+
+    #[test]
+    fn a_forged_root_entry_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(LocalBackend::new(dir.path().join("repo")));
+        Repository::init(backend.as_ref(), InitOptions::new(EncryptionMode::None)).unwrap();
+        let repo =
+            Repository::open(backend, |_| Ok(Secret::None), &dir.path().join("cache")).unwrap();
+        let tree = BlobId([7; 32]);
+
+        let mut good = root_entry(tree);
+        good.name = b"src".to_vec();
+        let id = save(&repo, &record(tree, Some(good.clone()))).unwrap();
+        assert_eq!(load(&repo, &id).unwrap().root_entry(), good);
+
+        let mut escaping = good.clone();
+        escaping.name = b"../../etc".to_vec();
+        let mut not_the_root = good.clone();
+        not_the_root.kind = EntryKind::Dir(BlobId([8; 32]));
+        let mut a_file = good;
+        a_file.kind = EntryKind::Symlink(b"/etc/passwd".to_vec());
+        for forged in [escaping, not_the_root, a_file] {
+            let id = save(&repo, &record(tree, Some(forged))).unwrap();
+            let error = load(&repo, &id).unwrap_err();
+            assert_eq!(error.kind(), crate::error::ErrorKind::Corrupt, "{error}");
+        }
+    }
+}
