@@ -170,20 +170,10 @@ fn wrong_password_or_key_changes_nothing() {
             wrong.to_str().unwrap(),
         ]);
         let output = sandbox.run(&args);
-        assert_eq!(output.status.code(), Some(1));
-        assert!(
-            stderr(&output).contains("wrong password"),
-            "{}",
-            stderr(&output)
-        );
+        assert_fails(&output, 1, "wrong password");
     }
     let no_password = sandbox.run(&["list", "--repo", repo_arg]);
-    assert_eq!(no_password.status.code(), Some(1));
-    assert!(
-        stderr(&no_password).contains("CAIRN_PASSWORD"),
-        "{}",
-        stderr(&no_password)
-    );
+    assert_fails(&no_password, 1, "CAIRN_PASSWORD");
     assert_eq!(before, file_contents(&repo), "the repository changed");
 
     let keyed = sandbox.path("keyed");
@@ -205,8 +195,7 @@ fn wrong_password_or_key_changes_nothing() {
         "--key-file",
         other_key.to_str().unwrap(),
     ]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("wrong key"), "{}", stderr(&output));
+    assert_fails(&output, 1, "wrong key");
     // init never overwrites a key file.
     let again = sandbox.run(&with(
         &[
@@ -218,12 +207,7 @@ fn wrong_password_or_key_changes_nothing() {
         ],
         &key_extra[2..],
     ));
-    assert_eq!(again.status.code(), Some(1));
-    assert!(
-        stderr(&again).contains("already exists"),
-        "{}",
-        stderr(&again)
-    );
+    assert_fails(&again, 1, "already exists");
     assert!(!sandbox.path("third/config").exists());
 }
 
@@ -272,8 +256,7 @@ fn check_names_damage_and_restore_fails_loudly() {
         &["restore", "latest", "--target", target.to_str().unwrap()],
         &extra,
     ));
-    assert_eq!(restore.status.code(), Some(1));
-    assert!(stderr(&restore).contains("b.bin"), "{}", stderr(&restore));
+    assert_fails(&restore, 1, "b.bin");
     assert!(
         !target.join("b.bin").exists(),
         "a damaged file must not be left behind"
@@ -339,12 +322,7 @@ fn unreadable_files_are_listed_and_exit_3() {
         .arg(&source)
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
-    assert!(
-        stderr(&output).contains("secret.txt"),
-        "{}",
-        stderr(&output)
-    );
+    assert_fails(&output, 3, "secret.txt");
     let listing = sandbox.ok(&with(&["ls", "latest"], &extra));
     assert!(
         listing.contains("fine.txt") && !listing.contains("secret.txt"),
@@ -436,24 +414,14 @@ fn several_paths_excludes_and_dry_run() {
 fn bad_input_gets_clear_errors() {
     let sandbox = Sandbox::new();
     let missing = sandbox.run(&["list", "--repo", sandbox.path("nowhere").to_str().unwrap()]);
-    assert_eq!(missing.status.code(), Some(1));
-    assert!(
-        stderr(&missing).contains("cairn init"),
-        "{}",
-        stderr(&missing)
-    );
+    assert_fails(&missing, 1, "cairn init");
 
     let source = sandbox.path("source");
     fs::create_dir_all(&source).unwrap();
     fs::write(source.join("f"), b"x").unwrap();
     let extra = init(&sandbox, &sandbox.path("repo"), "none");
     let unknown = sandbox.run(&with(&["ls", "abcdef"], &extra));
-    assert_eq!(unknown.status.code(), Some(1));
-    assert!(
-        stderr(&unknown).contains("no checkpoint matches"),
-        "{}",
-        stderr(&unknown)
-    );
+    assert_fails(&unknown, 1, "no checkpoint matches");
     let empty = sandbox.run(&with(&["ls", "latest"], &extra));
     assert!(
         stderr(&empty).contains("no checkpoints"),
@@ -464,12 +432,7 @@ fn bad_input_gets_clear_errors() {
     let mut bad_tag = with(&["backup", "--tag", "a/b"], &extra);
     bad_tag.push(source.to_str().unwrap());
     let refused = sandbox.run(&bad_tag);
-    assert_eq!(refused.status.code(), Some(1));
-    assert!(
-        stderr(&refused).contains("tag \"a/b\""),
-        "{}",
-        stderr(&refused)
-    );
+    assert_fails(&refused, 1, "tag \"a/b\"");
 
     backup_json(&sandbox, &extra, &[&source]);
     let no_path = sandbox.run(&with(&["cat", "latest:nope"], &extra));
@@ -482,12 +445,7 @@ fn bad_input_gets_clear_errors() {
         &["restore", "latest", "--target", occupied.to_str().unwrap()],
         &extra,
     ));
-    assert_eq!(refused.status.code(), Some(1));
-    assert!(
-        stderr(&refused).contains("--overwrite"),
-        "{}",
-        stderr(&refused)
-    );
+    assert_fails(&refused, 1, "--overwrite");
     assert_eq!(fs::read(occupied.join("mine")).unwrap(), b"keep me");
     sandbox.ok(&with(
         &[
@@ -502,12 +460,7 @@ fn bad_input_gets_clear_errors() {
     assert_eq!(fs::read(occupied.join("f")).unwrap(), b"x");
 
     let gone = sandbox.run(&with(&["backup", "/definitely/not/here"], &extra));
-    assert_eq!(gone.status.code(), Some(1));
-    assert!(
-        stderr(&gone).contains("/definitely/not/here"),
-        "{}",
-        stderr(&gone)
-    );
+    assert_fails(&gone, 1, "/definitely/not/here");
 }
 
 #[test]

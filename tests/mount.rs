@@ -406,12 +406,7 @@ fn bad_mountpoints_get_clear_errors() {
         repo.to_str().unwrap(),
         sandbox.path("nope").to_str().unwrap(),
     ]);
-    assert_eq!(missing.status.code(), Some(1));
-    assert!(
-        stderr(&missing).contains("does not exist"),
-        "{}",
-        stderr(&missing)
-    );
+    assert_fails(&missing, 1, "does not exist");
     let full = sandbox.path("full");
     fs::create_dir_all(&full).unwrap();
     fs::write(full.join("file"), b"x").unwrap();
@@ -421,6 +416,5 @@ fn bad_mountpoints_get_clear_errors() {
         repo.to_str().unwrap(),
         full.to_str().unwrap(),
     ]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("not empty"), "{}", stderr(&output));
+    assert_fails(&output, 1, "not empty");
 }
