@@ -9,8 +9,9 @@ use crate::error::{Error, Result};
 use crate::vfs::{Attr, FileKind, Ino, Vfs, VfsError};
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen,
-    ReplyXattr, Request, Session, SessionACL,
+    InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen, ReplyXattr, Request, Session,
+    SessionACL,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -43,8 +44,8 @@ impl Default for MountOptions {
     }
 }
 
-/// The entries of a directory: inode, kind, name.
-type Listing = Vec<(Ino, FileKind, Vec<u8>)>;
+/// The entries of a directory: attributes and name.
+type Listing = Vec<(Attr, Vec<u8>)>;
 
 struct CairnFs {
     vfs: Vfs,
@@ -105,7 +106,35 @@ fn errno(error: VfsError) -> Errno {
     }
 }
 
+/// `.`, `..` and then a listing's entries, each with the offset of the entry after it.
+fn with_dots(
+    ino: INodeNo,
+    entries: &Listing,
+) -> impl Iterator<Item = (u64, (Ino, FileKind, &[u8]))> {
+    let dots = [
+        (ino.0, FileKind::Directory, b".".as_slice()),
+        (ino.0, FileKind::Directory, b".."),
+    ];
+    dots.into_iter()
+        .chain(
+            entries
+                .iter()
+                .map(|(attr, name)| (attr.ino, attr.kind, name.as_slice())),
+        )
+        .enumerate()
+        .map(|(index, entry)| (index as u64 + 1, entry))
+}
+
 impl CairnFs {
+    /// The listing behind directory handle `fh`.
+    fn listing(&self, fh: FileHandle) -> Option<Arc<Listing>> {
+        self.dir_handles
+            .lock()
+            .expect("not poisoned")
+            .get(&fh.0)
+            .cloned()
+    }
+
     /// The TTL for an attribute: long for checkpoint content, short for the catalogue views.
     fn ttl(&self, attr: &Attr) -> Duration {
         if self.vfs.is_immutable(attr.ino) {
@@ -128,6 +157,14 @@ fn reply_xattr(reply: ReplyXattr, size: u32, bytes: &[u8]) {
 }
 
 impl Filesystem for CairnFs {
+    /// Asks for READDIRPLUS on every listing, when the kernel offers it.
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS) {
+            tracing::debug!("the kernel lacks {missing:?}: listings are followed by lookups");
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.vfs.lookup(parent.0, name.as_bytes()) {
             Ok(attr) => reply.entry(&self.ttl(&attr), &file_attr(&attr), Generation(0)),
@@ -212,30 +249,65 @@ impl Filesystem for CairnFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(entries) = self
-            .dir_handles
-            .lock()
-            .expect("not poisoned")
-            .get(&fh.0)
-            .cloned()
-        else {
+        let Some(entries) = self.listing(fh) else {
             reply.error(Errno::EBADF);
             return;
         };
-        let dots = [
-            (ino.0, FileKind::Directory, b".".as_slice()),
-            (ino.0, FileKind::Directory, b".."),
-        ];
-        let all = dots
-            .into_iter()
-            .chain(entries.iter().map(|(i, k, n)| (*i, *k, n.as_slice())));
-        for (index, (child, kind, name)) in all.enumerate().skip(offset as usize) {
+        for (index, (child, kind, name)) in with_dots(ino, &entries).skip(offset as usize) {
             if reply.add(
                 INodeNo(child),
-                index as u64 + 1,
+                index,
                 file_type(kind),
                 OsStr::from_bytes(name),
             ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    /// Listing with attributes, which spares the kernel a LOOKUP per entry when a program
+    /// walks a tree (tar, cp -a, find). Every entry but `.` and `..` counts as a lookup.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(entries) = self.listing(fh) else {
+            reply.error(Errno::EBADF);
+            return;
+        };
+        for (index, (child, _, name)) in with_dots(ino, &entries).skip(offset as usize) {
+            let is_dot = name == b"." || name == b"..";
+            let attr = if is_dot {
+                self.vfs.getattr(ino.0)
+            } else {
+                self.vfs.hold_listed(ino.0, name)
+            };
+            let attr = match attr {
+                Ok(attr) => attr,
+                Err(VfsError::NotFound) if child != ino.0 => continue,
+                Err(e) => {
+                    reply.error(errno(e));
+                    return;
+                }
+            };
+            let name = OsStr::from_bytes(name);
+            let ttl = self.ttl(&attr);
+            if reply.add(
+                INodeNo(attr.ino),
+                index,
+                name,
+                &ttl,
+                &file_attr(&attr),
+                Generation(0),
+            ) {
+                if !is_dot {
+                    self.vfs.forget(attr.ino, 1);
+                }
                 break;
             }
         }
@@ -257,7 +329,7 @@ impl Filesystem for CairnFs {
         let listing = self.dir_handles.lock().expect("not poisoned").remove(&fh.0);
         if let Some(listing) = listing {
             self.vfs
-                .release_listing(listing.iter().map(|(ino, _, _)| *ino));
+                .release_listing(listing.iter().map(|(attr, _)| attr.ino));
         }
         reply.ok();
     }
@@ -343,6 +415,8 @@ impl MountedVfs {
             config.acl = SessionACL::All;
         }
         config.n_threads = Some(options.threads.max(1));
+        // One /dev/fuse descriptor per thread: requests are not all queued behind one lock.
+        config.clone_fd = true;
         let fs = CairnFs {
             vfs,
             dir_handles: Mutex::new(HashMap::new()),

@@ -24,7 +24,8 @@ use crate::tree::{ChunkRef, Entry, EntryKind, Tree, Xattr, file_chunks, load_tre
 use crossbeam_channel::{Sender, bounded};
 use quick_cache::sync::Cache;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::ops::{Deref, Range};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -42,10 +43,12 @@ const CHUNK_CACHE_BYTES: u64 = 64 << 20;
 const TREE_CACHE_ITEMS: usize = 4096;
 /// Chunks read ahead of a sequential reader.
 const PREFETCH_CHUNKS: usize = 2;
-/// Background threads that prefetch chunks.
+/// Background threads that prefetch chunks and trees.
 const PREFETCH_THREADS: usize = 4;
-/// Files of a directory listing whose first chunk is fetched ahead of the reader.
-const PREFETCH_LISTING_FILES: usize = 64;
+/// Files of a directory whose first chunk is fetched ahead of the reader.
+const PREFETCH_WINDOW_FILES: usize = 64;
+/// Directories whose reading order is kept for the prefetcher.
+const READING_ORDERS: usize = 1024;
 
 /// What kind of file a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +121,11 @@ struct Slot {
     names: Vec<(Ino, Vec<u8>)>,
     hardlink: Option<(CheckpointId, u64, u64)>,
     lookups: u64,
+    /// Whether a read of this file was answered: the kernel then keeps its bytes cached for
+    /// as long as it keeps the inode, so prefetching them again would be wasted work.
+    was_read: AtomicBool,
+    /// The directory whose reading order this file was last listed in, and its place there.
+    place: Option<(Ino, usize)>,
 }
 
 impl Slot {
@@ -127,6 +135,8 @@ impl Slot {
             names: Vec::new(),
             hardlink,
             lookups: 0,
+            was_read: AtomicBool::new(false),
+            place: None,
         }
     }
 }
@@ -167,12 +177,27 @@ pub struct Vfs {
     children: RwLock<HashMap<(Ino, Vec<u8>), Ino>>,
     hardlinks: Mutex<HashMap<(CheckpointId, u64, u64), Ino>>,
     catalogue: RwLock<Catalogue>,
-    trees: Cache<BlobId, Arc<Tree>>,
+    trees: Arc<Cache<BlobId, Arc<Tree>>>,
     chunk_lists: Cache<Ino, Arc<ChunkIndex>>,
     chunks: Arc<Cache<BlobId, Arc<Vec<u8>>, ChunkWeight>>,
     /// Histories of `history/` paths, with the catalogue generation they were computed for.
     histories: Cache<HistoryPath, (u64, Arc<PathHistory>)>,
-    prefetch: Sender<ChunkRef>,
+    prefetch: Sender<Prefetch>,
+    /// The files of recently listed directories, in listing order, with their first chunks.
+    reading_orders: Cache<Ino, Arc<ReadingOrder>>,
+}
+
+/// What the background threads fetch ahead of a reader.
+enum Prefetch {
+    Chunk(ChunkRef),
+    Tree(BlobId),
+}
+
+/// The files of a directory in the order a program walking it reads them, each with its
+/// first chunk, and whether one of them was read yet.
+struct ReadingOrder {
+    files: Vec<(Ino, ChunkRef)>,
+    started: AtomicBool,
 }
 
 /// `2026-11-23T18:30:22.869866970Z` → `2026-11-23T183022Z`.
@@ -208,6 +233,15 @@ fn checkpoint_node(id: CheckpointId, record: &Checkpoint, name: String) -> NodeK
     }
 }
 
+/// A decoded tree, from `trees` or loaded into it.
+fn cached_tree(
+    trees: &Cache<BlobId, Arc<Tree>>,
+    repo: &Repository,
+    id: &BlobId,
+) -> crate::error::Result<Arc<Tree>> {
+    trees.get_or_insert_with(id, || load_tree(repo, id).map(Arc::new))
+}
+
 /// Reads a chunk for the cache, trimmed so its weight is what it holds.
 fn cached_chunk(repo: &Repository, chunk: &ChunkRef) -> crate::error::Result<Arc<Vec<u8>>> {
     let mut data = crate::tree::read_chunk(repo, chunk)?;
@@ -234,15 +268,21 @@ impl Vfs {
     /// A view of `repo`; starts the prefetch threads.
     pub fn new(repo: Arc<Repository>) -> VfsResult<Self> {
         let chunks = Arc::new(Cache::with_weighter(4096, CHUNK_CACHE_BYTES, ChunkWeight));
-        let (prefetch, requests) = bounded::<ChunkRef>(2 * PREFETCH_LISTING_FILES);
+        let trees = Arc::new(Cache::new(TREE_CACHE_ITEMS));
+        let (prefetch, requests) = bounded::<Prefetch>(2 * PREFETCH_WINDOW_FILES);
         for _ in 0..PREFETCH_THREADS {
-            let (repo, chunks, requests) = (repo.clone(), chunks.clone(), requests.clone());
+            let (repo, chunks, trees) = (repo.clone(), chunks.clone(), trees.clone());
+            let requests = requests.clone();
             std::thread::spawn(move || {
-                for chunk in requests {
-                    if let Err(e) =
-                        chunks.get_or_insert_with(&chunk.id, || cached_chunk(&repo, &chunk))
-                    {
-                        tracing::debug!("prefetch of {} failed: {e}", chunk.id);
+                for request in requests {
+                    let fetched = match request {
+                        Prefetch::Chunk(chunk) => chunks
+                            .get_or_insert_with(&chunk.id, || cached_chunk(&repo, &chunk))
+                            .map(drop),
+                        Prefetch::Tree(id) => cached_tree(&trees, &repo, &id).map(drop),
+                    };
+                    if let Err(e) = fetched {
+                        tracing::debug!("prefetch failed: {e}");
                     }
                 }
             });
@@ -259,11 +299,12 @@ impl Vfs {
                 listed: Instant::now() - CATALOGUE_TTL * 2,
                 generation: 0,
             }),
-            trees: Cache::new(TREE_CACHE_ITEMS),
+            trees,
             chunk_lists: Cache::new(1024),
             chunks,
             histories: Cache::new(4096),
             prefetch,
+            reading_orders: Cache::new(READING_ORDERS),
         };
         vfs.refresh_catalogue()?;
         Ok(vfs)
@@ -401,8 +442,7 @@ impl Vfs {
     }
 
     fn tree(&self, id: &BlobId) -> crate::error::Result<Arc<Tree>> {
-        self.trees
-            .get_or_insert_with(id, || load_tree(&self.repo, id).map(Arc::new))
+        cached_tree(&self.trees, &self.repo, id)
     }
 
     /// The catalogue's generation and checkpoints, as one consistent snapshot.
@@ -675,38 +715,117 @@ impl Vfs {
         self.getattr(ino)
     }
 
-    /// The entries of directory `ino` (without `.` and `..`).
-    pub fn readdir(&self, ino: Ino) -> VfsResult<Vec<(Ino, FileKind, Vec<u8>)>> {
+    /// The entries of directory `ino` (without `.` and `..`) with their attributes. Listing
+    /// does not count as a lookup: `hold_listed` does, for the entries handed to the kernel.
+    pub fn readdir(&self, ino: Ino) -> VfsResult<Vec<(Attr, Vec<u8>)>> {
         let node = self.node(ino)?;
-        let listing = self.list(&node)?;
-        self.prefetch_first_chunks(&listing);
-        listing
+        let listing: Vec<(Ino, NodeKind, Vec<u8>)> = self
+            .list(&node)?
             .into_iter()
             .map(|(name, kind)| {
                 let child = self
-                    .intern(ino, &name, Some(kind), false)
+                    .intern(ino, &name, Some(kind.clone()), false)
                     .expect("a kind was given");
-                let attr = self.attr_of(child, &self.node(child)?);
-                Ok((child, attr.kind, name))
+                (child, kind, name)
             })
-            .collect()
+            .collect();
+        self.start_reading_order(ino, &listing);
+        Ok(listing
+            .into_iter()
+            .map(|(child, kind, name)| (self.attr_of(child, &kind), name))
+            .collect())
     }
 
-    /// Starts fetching the first chunk of the first files of a listing: a program that walks
-    /// a tree (tar, cp -r) reads files one at a time, and this keeps the repository busy
-    /// ahead of it. Small files are a single chunk, so they are then served from memory.
-    fn prefetch_first_chunks(&self, listing: &[(Vec<u8>, NodeKind)]) {
-        let first_chunks = listing.iter().filter_map(|(_, kind)| match kind {
-            NodeKind::Entry { entry, .. } => match &entry.kind {
-                EntryKind::File(crate::tree::Content::Chunks(chunks)) => chunks.first(),
-                _ => None,
-            },
-            _ => None,
-        });
-        for chunk in first_chunks.take(PREFETCH_LISTING_FILES) {
-            if !self.chunks.contains_key(&chunk.id) && self.prefetch.try_send(*chunk).is_err() {
-                break;
+    /// Counts a kernel lookup of `name`, an entry of a listing of `parent` (READDIRPLUS
+    /// hands out entries as if looked up). The inode is looked up anew if it was forgotten
+    /// since the listing was made.
+    pub fn hold_listed(&self, parent: Ino, name: &[u8]) -> VfsResult<Attr> {
+        match self.intern(parent, name, None, true) {
+            Some(ino) => self.getattr(ino),
+            None => self.lookup(parent, name),
+        }
+    }
+
+    /// Records the reading order of directory `dir` for `note_read`, and starts decoding the
+    /// trees of its subdirectories, which a program walking the tree (tar, cp -a, find)
+    /// lists next.
+    fn start_reading_order(&self, dir: Ino, listing: &[(Ino, NodeKind, Vec<u8>)]) {
+        let mut files = Vec::new();
+        for (ino, kind, _) in listing {
+            let NodeKind::Entry { entry, .. } = kind else {
+                continue;
+            };
+            match &entry.kind {
+                EntryKind::File(crate::tree::Content::Chunks(chunks)) => {
+                    files.extend(chunks.first().map(|chunk| (*ino, *chunk)));
+                }
+                EntryKind::Dir(tree) if !self.trees.contains_key(tree) => {
+                    let _ = self.prefetch.try_send(Prefetch::Tree(*tree));
+                }
+                _ => {}
             }
+        }
+        if files.is_empty() {
+            return;
+        }
+        {
+            let mut nodes = self.nodes.write().expect("not poisoned");
+            for (place, (ino, _)) in files.iter().enumerate() {
+                if let Some(slot) = nodes.get_mut(ino) {
+                    slot.place = Some((dir, place));
+                }
+            }
+        }
+        let order = ReadingOrder {
+            files,
+            started: AtomicBool::new(false),
+        };
+        self.reading_orders.insert(dir, Arc::new(order));
+    }
+
+    /// Fetches the first chunk of the file at `place` in a reading order in the background,
+    /// unless the kernel already holds the file or the chunk is cached.
+    fn prefetch_first_chunk(&self, order: &ReadingOrder, place: usize) {
+        let Some((ino, chunk)) = order.files.get(place) else {
+            return;
+        };
+        let was_read = self
+            .nodes
+            .read()
+            .expect("not poisoned")
+            .get(ino)
+            .is_some_and(|slot| slot.was_read.load(Ordering::Relaxed));
+        if !was_read && !self.chunks.contains_key(&chunk.id) {
+            let _ = self.prefetch.try_send(Prefetch::Chunk(*chunk));
+        }
+    }
+
+    /// Notes that file `ino` was read. The first read of a file in a directory starts
+    /// fetching the first chunks of the files after it, and each further first read slides
+    /// that window one file on: a walker reading files one at a time then finds them
+    /// decoded (small files are a single chunk), while a walk that only lists decodes
+    /// nothing.
+    fn note_read(&self, ino: Ino) {
+        let place = {
+            let nodes = self.nodes.read().expect("not poisoned");
+            match nodes.get(&ino) {
+                Some(slot) if !slot.was_read.swap(true, Ordering::Relaxed) => slot.place,
+                _ => None,
+            }
+        };
+        let Some((dir, place)) = place else {
+            return;
+        };
+        let Some(order) = self.reading_orders.get(&dir) else {
+            return;
+        };
+        let window = if order.started.swap(true, Ordering::Relaxed) {
+            place + PREFETCH_WINDOW_FILES..place + PREFETCH_WINDOW_FILES + 1
+        } else {
+            place + 1..place + PREFETCH_WINDOW_FILES + 1
+        };
+        for next in window {
+            self.prefetch_first_chunk(&order, next);
         }
     }
 
@@ -770,11 +889,11 @@ impl Vfs {
     }
 
     /// Up to `size` bytes of file `ino` from `offset`; fewer only at the end of the file.
-    pub fn read(&self, ino: Ino, offset: u64, size: u32) -> VfsResult<Vec<u8>> {
+    pub fn read(&self, ino: Ino, offset: u64, size: u32) -> VfsResult<FileBytes> {
         let index = self.chunk_index(ino)?;
         let file_size = index.ends.last().copied().unwrap_or(0);
         let end = file_size.min(offset.saturating_add(size as u64));
-        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut pieces = Vec::new();
         let mut position = offset;
         let mut i = index.ends.partition_point(|&e| e <= offset);
         while position < end {
@@ -784,16 +903,48 @@ impl Vfs {
             let read_whole = from == 0 && end >= index.ends[i];
             let data = self.chunk(chunk, read_whole)?;
             let to = ((end - start) as usize).min(data.len());
-            out.extend_from_slice(&data[from..to]);
+            pieces.push((data, from..to));
             position = start + to as u64;
             i += 1;
         }
         for next in index.chunks.iter().skip(i).take(PREFETCH_CHUNKS) {
             if !self.chunks.contains_key(&next.id) {
-                let _ = self.prefetch.try_send(*next);
+                let _ = self.prefetch.try_send(Prefetch::Chunk(*next));
             }
         }
-        Ok(out)
+        self.note_read(ino);
+        Ok(match pieces.len() {
+            0 => FileBytes::Joined(Vec::new()),
+            1 => {
+                let (chunk, range) = pieces.pop().expect("one piece");
+                FileBytes::Slice(chunk, range)
+            }
+            _ => FileBytes::Joined(
+                pieces
+                    .iter()
+                    .flat_map(|(chunk, range)| &chunk[range.clone()])
+                    .copied()
+                    .collect(),
+            ),
+        })
+    }
+}
+
+/// The bytes of one read: a slice of a single chunk when the read falls within it (the
+/// common case, answered without copying), or the pieces of several chunks joined.
+pub enum FileBytes {
+    Slice(Arc<Vec<u8>>, Range<usize>),
+    Joined(Vec<u8>),
+}
+
+impl Deref for FileBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Slice(chunk, range) => &chunk[range.clone()],
+            FileBytes::Joined(bytes) => bytes,
+        }
     }
 }
 

@@ -20,6 +20,9 @@ thread_local! {
     /// One zstd context per thread and level, reused for every blob.
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
         const { RefCell::new(None) };
+    /// One zstd decompression context per thread, reused for every blob.
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
 }
 
 fn compress(data: &[u8], level: i32) -> Vec<u8> {
@@ -35,6 +38,34 @@ fn compress(data: &[u8], level: i32) -> Vec<u8> {
             .compress(data)
             .expect("zstd compresses into a buffer it sizes itself")
     })
+}
+
+/// Decompresses one zstd frame, or `None` past `MAX_PLAINTEXT_BYTES`. Frames written by
+/// cairn state their size, so the output is allocated once and decoded by this thread's
+/// reused context; a frame without a size is streamed.
+fn decompress(payload: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
+    let stated = zstd::zstd_safe::get_frame_content_size(payload)
+        .ok()
+        .flatten();
+    let out = match stated {
+        Some(size) if size > MAX_PLAINTEXT_BYTES => return Ok(None),
+        Some(size) => DECOMPRESSOR.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(zstd::bulk::Decompressor::new()?);
+            }
+            let decompressor = slot.as_mut().expect("set just above");
+            decompressor.decompress(payload, size as usize)
+        })?,
+        None => {
+            let mut out = Vec::new();
+            zstd::stream::Decoder::new(payload)?
+                .take(MAX_PLAINTEXT_BYTES + 1)
+                .read_to_end(&mut out)?;
+            out
+        }
+    };
+    Ok((out.len() as u64 <= MAX_PLAINTEXT_BYTES).then_some(out))
 }
 
 /// Encodes and decodes objects for one repository.
@@ -117,19 +148,9 @@ impl Codec {
             .ok_or_else(|| Error::corrupt(location(), "empty object"))?;
         match *flag {
             FLAG_RAW => Ok(payload.to_vec()),
-            FLAG_ZSTD => {
-                let mut out = Vec::new();
-                zstd::stream::Decoder::new(payload)
-                    .and_then(|d| d.take(MAX_PLAINTEXT_BYTES + 1).read_to_end(&mut out))
-                    .map_err(|e| Error::corrupt(location(), format!("zstd: {e}")))?;
-                if out.len() as u64 > MAX_PLAINTEXT_BYTES {
-                    return Err(Error::corrupt(
-                        location(),
-                        "decompresses to more than 1 GiB",
-                    ));
-                }
-                Ok(out)
-            }
+            FLAG_ZSTD => decompress(payload)
+                .map_err(|e| Error::corrupt(location(), format!("zstd: {e}")))?
+                .ok_or_else(|| Error::corrupt(location(), "decompresses to more than 1 GiB")),
             other => Err(Error::corrupt(
                 location(),
                 format!("unknown compression flag {other}"),
@@ -183,6 +204,23 @@ mod tests {
         let stored = codec.encode(&random, false);
         assert_eq!(stored[0], FLAG_RAW);
         assert_eq!(stored.len(), random.len() + 1);
+    }
+
+    #[test]
+    fn a_zstd_frame_without_a_stated_size_still_decodes() {
+        let data = vec![7u8; 50_000];
+        let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        encoder.include_contentsize(false).unwrap();
+        std::io::Write::write_all(&mut encoder, &data).unwrap();
+        let payload = encoder.finish().unwrap();
+        assert!(matches!(
+            zstd::zstd_safe::get_frame_content_size(&payload),
+            Ok(None)
+        ));
+        let mut framed = vec![FLAG_ZSTD];
+        framed.extend(payload);
+        let decoded = Codec::new(None, 3).decode(&framed, &|| "t".into());
+        assert_eq!(decoded.unwrap(), data);
     }
 
     #[test]
