@@ -10,9 +10,12 @@
 //!
 //! Everything is loaded lazily: a directory's tree is read when it is first listed or looked
 //! up, a file's chunk list when it is first read. Decoded trees, chunk lists and chunks are
-//! kept in bounded caches, and a sequential read prefetches the next chunks in the
-//! background. The checkpoint catalogue is re-listed every few seconds, so checkpoints made
-//! while mounted appear. Hard-linked files of one checkpoint share one inode, so `cp -a`
+//! kept in bounded caches. Reading ahead happens in the background: a read prefetches the
+//! next chunks of its file, the first read in a directory decodes the files after it in
+//! listing order (a tree walker reads them next) and hands them to the kernel's page cache
+//! through the adapter's `PagePusher`, and a listing decodes its subdirectories' trees.
+//! The checkpoint catalogue is re-listed every few seconds, so checkpoints made while
+//! mounted appear. Hard-linked files of one checkpoint share one inode, so `cp -a`
 //! recreates the links.
 
 use crate::checkpoint::{self, Checkpoint};
@@ -25,8 +28,8 @@ use crossbeam_channel::{Sender, bounded};
 use quick_cache::sync::Cache;
 use std::collections::{BTreeSet, HashMap};
 use std::ops::{Deref, Range};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 /// An inode number.
@@ -162,6 +165,9 @@ struct ChunkIndex {
 #[derive(Clone)]
 struct ChunkWeight;
 
+/// Decoded chunks, bounded by their bytes.
+type ChunkCache = Cache<BlobId, Arc<Vec<u8>>, ChunkWeight>;
+
 impl quick_cache::Weighter<BlobId, Arc<Vec<u8>>> for ChunkWeight {
     fn weight(&self, _key: &BlobId, value: &Arc<Vec<u8>>) -> u64 {
         value.len() as u64 + 64
@@ -179,10 +185,12 @@ pub struct Vfs {
     catalogue: RwLock<Catalogue>,
     trees: Arc<Cache<BlobId, Arc<Tree>>>,
     chunk_lists: Cache<Ino, Arc<ChunkIndex>>,
-    chunks: Arc<Cache<BlobId, Arc<Vec<u8>>, ChunkWeight>>,
+    chunks: Arc<ChunkCache>,
     /// Histories of `history/` paths, with the catalogue generation they were computed for.
     histories: Cache<HistoryPath, (u64, Arc<PathHistory>)>,
     prefetch: Sender<Prefetch>,
+    /// Set by the FUSE adapter: where prefetched file starts go.
+    page_pusher: Arc<OnceLock<PagePusher>>,
     /// The files of recently listed directories, in listing order, with their first chunks.
     reading_orders: Cache<Ino, Arc<ReadingOrder>>,
 }
@@ -191,13 +199,19 @@ pub struct Vfs {
 enum Prefetch {
     Chunk(ChunkRef),
     Tree(BlobId),
+    /// The first chunk of file `ino`, handed to the kernel's page cache when it takes it.
+    FileStart(Ino, ChunkRef),
 }
 
+/// Offers decoded bytes of a file (inode, offset, bytes) to the kernel's page cache, so the
+/// kernel answers reads of them without asking; says whether the kernel took them.
+pub type PagePusher = Box<dyn Fn(Ino, u64, &[u8]) -> bool + Send + Sync>;
+
 /// The files of a directory in the order a program walking it reads them, each with its
-/// first chunk, and whether one of them was read yet.
+/// first chunk, and how many of them the prefetcher was asked for.
 struct ReadingOrder {
     files: Vec<(Ino, ChunkRef)>,
-    started: AtomicBool,
+    requested: AtomicUsize,
 }
 
 /// `2026-11-23T18:30:22.869866970Z` → `2026-11-23T183022Z`.
@@ -242,6 +256,39 @@ fn cached_tree(
     trees.get_or_insert_with(id, || load_tree(repo, id).map(Arc::new))
 }
 
+/// Serves one prefetch request. A file's first chunk goes to the kernel's page cache when a
+/// pusher is set and the kernel takes it, and to the chunk cache otherwise.
+fn serve_prefetch(
+    request: Prefetch,
+    repo: &Repository,
+    chunks: &ChunkCache,
+    trees: &Cache<BlobId, Arc<Tree>>,
+    page_pusher: &OnceLock<PagePusher>,
+) -> crate::error::Result<()> {
+    let fetch_chunk = |chunk: &ChunkRef| {
+        chunks
+            .get_or_insert_with(&chunk.id, || cached_chunk(repo, chunk))
+            .map(drop)
+    };
+    match request {
+        Prefetch::Chunk(chunk) => fetch_chunk(&chunk),
+        Prefetch::Tree(id) => cached_tree(trees, repo, &id).map(drop),
+        Prefetch::FileStart(ino, chunk) => {
+            let Some(push) = page_pusher.get() else {
+                return fetch_chunk(&chunk);
+            };
+            let data = match chunks.get(&chunk.id) {
+                Some(data) => data,
+                None => cached_chunk(repo, &chunk)?,
+            };
+            if !push(ino, 0, &data) {
+                chunks.insert(chunk.id, data);
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Reads a chunk for the cache, trimmed so its weight is what it holds.
 fn cached_chunk(repo: &Repository, chunk: &ChunkRef) -> crate::error::Result<Arc<Vec<u8>>> {
     let mut data = crate::tree::read_chunk(repo, chunk)?;
@@ -269,19 +316,14 @@ impl Vfs {
     pub fn new(repo: Arc<Repository>) -> VfsResult<Self> {
         let chunks = Arc::new(Cache::with_weighter(4096, CHUNK_CACHE_BYTES, ChunkWeight));
         let trees = Arc::new(Cache::new(TREE_CACHE_ITEMS));
+        let page_pusher = Arc::new(OnceLock::<PagePusher>::new());
         let (prefetch, requests) = bounded::<Prefetch>(2 * PREFETCH_WINDOW_FILES);
         for _ in 0..PREFETCH_THREADS {
             let (repo, chunks, trees) = (repo.clone(), chunks.clone(), trees.clone());
-            let requests = requests.clone();
+            let (requests, page_pusher) = (requests.clone(), page_pusher.clone());
             std::thread::spawn(move || {
                 for request in requests {
-                    let fetched = match request {
-                        Prefetch::Chunk(chunk) => chunks
-                            .get_or_insert_with(&chunk.id, || cached_chunk(&repo, &chunk))
-                            .map(drop),
-                        Prefetch::Tree(id) => cached_tree(&trees, &repo, &id).map(drop),
-                    };
-                    if let Err(e) = fetched {
+                    if let Err(e) = serve_prefetch(request, &repo, &chunks, &trees, &page_pusher) {
                         tracing::debug!("prefetch failed: {e}");
                     }
                 }
@@ -305,6 +347,7 @@ impl Vfs {
             histories: Cache::new(4096),
             prefetch,
             reading_orders: Cache::new(READING_ORDERS),
+            page_pusher,
         };
         vfs.refresh_catalogue()?;
         Ok(vfs)
@@ -736,6 +779,13 @@ impl Vfs {
             .collect())
     }
 
+    /// Sends prefetched file starts to `pusher` (the kernel's page cache) from now on.
+    pub fn push_pages_to(&self, pusher: PagePusher) {
+        if self.page_pusher.set(pusher).is_err() {
+            tracing::debug!("a page pusher was already set");
+        }
+    }
+
     /// Counts a kernel lookup of `name`, an entry of a listing of `parent` (READDIRPLUS
     /// hands out entries as if looked up). The inode is looked up anew if it was forgotten
     /// since the listing was made.
@@ -778,33 +828,15 @@ impl Vfs {
         }
         let order = ReadingOrder {
             files,
-            started: AtomicBool::new(false),
+            requested: AtomicUsize::new(0),
         };
         self.reading_orders.insert(dir, Arc::new(order));
     }
 
-    /// Fetches the first chunk of the file at `place` in a reading order in the background,
-    /// unless the kernel already holds the file or the chunk is cached.
-    fn prefetch_first_chunk(&self, order: &ReadingOrder, place: usize) {
-        let Some((ino, chunk)) = order.files.get(place) else {
-            return;
-        };
-        let was_read = self
-            .nodes
-            .read()
-            .expect("not poisoned")
-            .get(ino)
-            .is_some_and(|slot| slot.was_read.load(Ordering::Relaxed));
-        if !was_read && !self.chunks.contains_key(&chunk.id) {
-            let _ = self.prefetch.try_send(Prefetch::Chunk(*chunk));
-        }
-    }
-
-    /// Notes that file `ino` was read. The first read of a file in a directory starts
-    /// fetching the first chunks of the files after it, and each further first read slides
-    /// that window one file on: a walker reading files one at a time then finds them
-    /// decoded (small files are a single chunk), while a walk that only lists decodes
-    /// nothing.
+    /// Notes that file `ino` was read. A read of a file the prefetcher was not asked for yet
+    /// asks it for the first chunks of the files after it in its directory: a walker reading
+    /// files one at a time (tar, cp -a) then finds them in the kernel's page cache or in
+    /// memory (small files are a single chunk), while a walk that only lists decodes nothing.
     fn note_read(&self, ino: Ino) {
         let place = {
             let nodes = self.nodes.read().expect("not poisoned");
@@ -819,13 +851,24 @@ impl Vfs {
         let Some(order) = self.reading_orders.get(&dir) else {
             return;
         };
-        let window = if order.started.swap(true, Ordering::Relaxed) {
-            place + PREFETCH_WINDOW_FILES..place + PREFETCH_WINDOW_FILES + 1
-        } else {
-            place + 1..place + PREFETCH_WINDOW_FILES + 1
-        };
-        for next in window {
-            self.prefetch_first_chunk(&order, next);
+        let end = (place + 1 + PREFETCH_WINDOW_FILES).min(order.files.len());
+        let start = order
+            .requested
+            .fetch_max(end, Ordering::Relaxed)
+            .max(place + 1);
+        let nodes = self.nodes.read().expect("not poisoned");
+        for (ino, chunk) in order.files.get(start..end).unwrap_or_default() {
+            let was_read = nodes
+                .get(ino)
+                .is_some_and(|slot| slot.was_read.load(Ordering::Relaxed));
+            if !was_read
+                && self
+                    .prefetch
+                    .try_send(Prefetch::FileStart(*ino, *chunk))
+                    .is_err()
+            {
+                break;
+            }
         }
     }
 
