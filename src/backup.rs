@@ -27,6 +27,7 @@ use crate::id::{BlobId, CheckpointId};
 use crate::repo::Repository;
 use crate::repo::index::{IndexedPacks, encode_index_file};
 use crate::repo::pack::{BlobKind, PackBuilder, pack_object_name};
+use crate::throttle::{RateLimiter, Throttled};
 use crate::tree::{
     ChunkRef, Content, Entry, EntryKind, INLINE_CHUNKS_MAX, Tree, encode_chunk_list, load_tree,
 };
@@ -61,6 +62,8 @@ pub struct BackupOptions {
     pub threads: usize,
     /// Count files and bytes first (in parallel with the backup) so progress has an ETA.
     pub count_first: bool,
+    /// A cap on the bytes read from source files per second, shared by all file workers.
+    pub read_limit: Option<u64>,
 }
 
 impl BackupOptions {
@@ -74,6 +77,7 @@ impl BackupOptions {
             parent: None,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             count_first: false,
+            read_limit: None,
         }
     }
 }
@@ -159,6 +163,8 @@ enum PackerMessage {
 /// hands them to the packer.
 struct BlobSink<'a> {
     repo: &'a Repository,
+    /// Caps the bytes read from source files.
+    read_limiter: Option<&'a RateLimiter>,
     /// Blobs sent to the packer in this run and not yet in the index cache.
     in_flight: &'a Mutex<HashSet<BlobId>>,
     packer: Sender<PackerMessage>,
@@ -299,7 +305,7 @@ fn store_file(
     buffer: &mut Vec<u8>,
     progress: &Progress,
 ) -> Result<(Content, u64), FileError> {
-    let file = open_source(path)?;
+    let file = Throttled::new(open_source(path)?, sink.read_limiter);
     let mut chunks = Vec::new();
     let read = sink.repo.chunker().for_each_chunk(file, buffer, |chunk| {
         let id = sink
@@ -691,8 +697,10 @@ pub fn run(
     let in_flight = Mutex::new(HashSet::new());
     let threads = options.threads.max(1);
     let (packer_tx, packer_rx) = bounded(threads * 2);
+    let read_limiter = options.read_limit.map(RateLimiter::new);
     let sink = BlobSink {
         repo,
+        read_limiter: read_limiter.as_ref(),
         in_flight: &in_flight,
         packer: packer_tx,
     };

@@ -36,6 +36,8 @@ pub mod id;
 pub mod mount;
 pub mod repo;
 pub mod restore;
+pub mod speed;
+pub mod throttle;
 pub mod tree;
 pub mod vfs;
 

@@ -570,3 +570,34 @@ fn diff_lists_added_removed_and_changed_paths() {
     assert!(same.stdout.is_empty());
     assert!(stderr(&same).contains("0 added, 0 removed, 0 modified"));
 }
+
+#[test]
+fn limit_rate_and_low_priority_slow_the_backup_not_its_result() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("four-mib"), pseudo_random(4 << 20, 9)).unwrap();
+    let repo = sandbox.path("repo");
+    let extra = init(&sandbox, &repo, "none");
+
+    let args: Vec<String> = ["--limit-rate", "2M", "--low-priority"]
+        .map(String::from)
+        .into();
+    let started = std::time::Instant::now();
+    let report = backup_json(&sandbox, &[extra.clone(), args].concat(), &[&source]);
+    // 4 MiB at 2 MiB/s: about 2 s, however fast the machine is.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1800));
+    assert_eq!(report["bytes_read"], 4 << 20);
+    let target = sandbox.path("restored");
+    sandbox.ok(&with(
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+        &extra,
+    ));
+    assert_same_tree(&source, &target);
+
+    let output = sandbox.run(&with(
+        &["backup", "--limit-rate", "fast", source.to_str().unwrap()],
+        &extra,
+    ));
+    assert_fails(&output, 2, "\"fast\" is not a rate");
+}

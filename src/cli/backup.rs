@@ -33,6 +33,12 @@ pub struct BackupArgs {
     /// Host name to record (default: this machine's)
     #[arg(long)]
     host: Option<String>,
+    /// Run at nice 19 and idle I/O priority, so people using the machine barely notice
+    #[arg(long)]
+    low_priority: bool,
+    /// Read source files at most this fast, in bytes per second (e.g. 20M, 512K)
+    #[arg(long, value_name = "RATE", value_parser = super::rate)]
+    limit_rate: Option<u64>,
 }
 
 /// Draws progress until `done` is set.
@@ -64,11 +70,15 @@ fn draw_progress(progress: &Progress, done: &std::sync::atomic::AtomicBool) {
 }
 
 pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
+    if args.low_priority {
+        cairn::throttle::lower_priority()?;
+    }
     let repo = global.open()?;
     let mut options = BackupOptions::new(args.paths);
     options.tags = args.tags;
     options.excludes = args.excludes;
     options.dry_run = args.dry_run;
+    options.read_limit = args.limit_rate;
     if let Some(host) = args.host {
         options.host = host;
     }

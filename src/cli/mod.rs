@@ -12,6 +12,7 @@ mod init;
 mod list;
 mod ls;
 mod mount;
+mod pipeline_speed;
 mod restore;
 
 use anyhow::{Context, Result, bail};
@@ -73,6 +74,9 @@ enum Command {
     Mount(mount::MountArgs),
     /// Show every version of a path across all checkpoints
     History(history::HistoryArgs),
+    /// Measure the backup pipeline in memory on some files (the floor in scripts/bench.sh)
+    #[command(hide = true)]
+    PipelineSpeed(pipeline_speed::PipelineSpeedArgs),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -88,7 +92,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Diff(args) => diff::run(global, args),
         Command::Mount(args) => mount::run(global, args),
         Command::History(args) => history::run(global, args),
+        Command::PipelineSpeed(args) => pipeline_speed::run(args),
     }
+}
+
+/// Parses a `--limit-rate` value for clap.
+fn rate(text: &str) -> std::result::Result<u64, String> {
+    cairn::throttle::parse_rate(text).map_err(|e| e.to_string())
 }
 
 impl GlobalArgs {
