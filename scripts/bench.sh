@@ -5,7 +5,13 @@
 # restores the latest snapshot and reads it back through its FUSE mount. Each timed step runs
 # with a cold page cache under /usr/bin/time; the script prints one table (wall time, CPU
 # time, peak RSS, repository size, cairn/peer wall ratio; the median of --runs runs) and writes
-# it as Markdown to --out. Floors (cp -a, tar | wc -c cold and warm) put the numbers in scale.
+# it as Markdown to --out. Floors put the numbers in scale: cp -a, tar | wc -c cold and warm
+# and find on version B; a cold tar of version A, and cairn's in-memory pipeline on version A
+# (`cairn pipeline-speed`: chunk+hash+compress+seal with the files already loaded). For cairn
+# only, rows 6a-6c time a foreground job (tar | gzip -1 | wc -c of A's drivers/, or of all of
+# A when it has none) alone, during `cairn backup --low-priority` of B, and during a plain
+# `cairn backup` of B. The notes give cairn's target ratios: first backup vs floor, restore vs
+# cp -a, mount read vs restore, and the foreground job's slowdowns.
 #
 #   scripts/bench.sh --quick            # small generated tree, one run: about a minute
 #   scripts/bench.sh                    # two Debian kernel source trees (6.1 -> 6.12), 3 runs
@@ -42,6 +48,18 @@ Usage: scripts/bench.sh [OPTIONS]
   --install-peers    install restic, borg (apt-get), rustic and bupstash (cargo install; these
                      compile for several minutes), then exit
   -h, --help         this text
+
+Rows (each: wall s, CPU s, peak RSS, repository size; median of the runs):
+  1-3    backups: A (first), A again (unchanged), B; 4 restore latest; 5a/5b mount: tar, find
+  6a-6c  cairn only: a foreground job (tar cf - DIR | gzip -1 | wc -c, DIR = A's drivers/, or
+         all of A when it has none; cold cache) alone, during `cairn backup --low-priority`
+         of B into a fresh repository, and during a plain `cairn backup` of B
+  floors cp -a, tar (cold, warm) and find on B; tar (cold) on A; the in-memory pipeline
+         (`cairn pipeline-speed --json A`: wall is the pipeline time only, without loading
+         the files; CPU and RSS are the whole command's)
+The notes add cairn's target ratios: first backup / max(cold tar of A, in-memory pipeline)
+(<= 1.5), restore / cp -a (<= 1.2), restore / mount tar read (>= 0.7), and the foreground
+job's slowdown during the low-priority backup (< 10%) and during the plain one.
 EOF
 }
 
@@ -143,9 +161,14 @@ command -v xz >/dev/null || missing+=(xz-utils)
 
 # Mounts (and their daemons) that are up right now, so the exit trap can take them down.
 declare -A ACTIVE_MOUNTS=()   # mountpoint -> daemon pid
+BG_PID=""                     # a background backup (rows 6b, 6c) that is running right now
 
 cleanup() {
     local mnt
+    if [ -n "$BG_PID" ]; then
+        kill "$BG_PID" 2>/dev/null || true
+        wait "$BG_PID" 2>/dev/null || true
+    fi
     for mnt in "${!ACTIVE_MOUNTS[@]}"; do
         fusermount3 -u -z "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
         kill "${ACTIVE_MOUNTS[$mnt]}" 2>/dev/null || true
@@ -369,15 +392,17 @@ kernel_tree() {
     fi
     mkdir -p "$BENCH_DATA"
     tmp="$(mktemp -d "$BENCH_DATA/.unpack-$v.XXXXXX")"
-    deb="$(ls "$BENCH_DATA"/linux-source-"${v}"_*_all.deb 2>/dev/null | tail -n1 || true)"
+    deb="$(find "$BENCH_DATA" -maxdepth 1 -name "linux-source-${v}_*_all.deb" 2>/dev/null | sort | tail -n1 || true)"
     if [ -z "$deb" ]; then
         say "== apt-get download linux-source-$v"
         (cd "$tmp" && apt-get download "linux-source-$v" >&2)
-        deb="$(ls "$tmp"/linux-source-"${v}"_*.deb | tail -n1)"
+        deb="$(find "$tmp" -maxdepth 1 -name "linux-source-${v}_*.deb" | sort | tail -n1)"
+        [ -n "$deb" ] || die "apt-get download linux-source-$v left no .deb"
     fi
     say "== unpacking $(basename "$deb") into $dir"
     dpkg-deb -x "$deb" "$tmp/deb"
-    tarball="$(ls "$tmp"/deb/usr/src/linux-source-"$v".tar.* | head -n1)"
+    tarball="$(find "$tmp/deb/usr/src" -maxdepth 1 -name "linux-source-$v.tar.*" | sort | head -n1)"
+    [ -n "$tarball" ] || die "no linux-source-$v.tar.* in $deb"
     tar -xf "$tarball" -C "$tmp"
     [ -d "$tmp/linux-source-$v" ] || die "unexpected layout in $tarball"
     mv "$tmp/linux-source-$v" "$dir"
@@ -493,9 +518,14 @@ declare -A STEP_LABEL=(
     [f_tarc]="floor: read tree with tar (cold)"
     [f_tarw]="floor: read tree with tar (warm)"
     [f_find]="floor: list tree with find (cold)"
-    [f_mem]="floor: in-memory pipeline"
+    [f_tarA]="floor: read version A with tar (cold)"
+    [f_mem]="floor: in-memory pipeline (version A)"
+    [fg]="6a. foreground job alone"
+    [fg_low]="6b. foreground job during backup --low-priority"
+    [fg_plain]="6c. foreground job during plain backup"
 )
-FLOOR_STEPS=(f_cp f_tarc f_tarw f_find f_mem)
+FLOOR_STEPS=(f_cp f_tarc f_tarw f_find f_tarA f_mem)
+LOW_STEPS=(fg fg_low fg_plain)   # cairn only
 
 # The two read commands timed on a mount (and as floors on the source tree). They exit non-zero
 # when tar fails outright (status 2) or wc fails; tar's "file changed as we read it" (1) is only
@@ -504,6 +534,12 @@ FLOOR_STEPS=(f_cp f_tarc f_tarw f_find f_mem)
 TAR_CMD='tar cf - -C "$1" . | wc -c >"$2"; s=("${PIPESTATUS[@]}"); [ "${s[0]}" -le 1 ] && [ "${s[1]}" = 0 ]'
 # shellcheck disable=SC2016
 FIND_CMD='set -o pipefail; find "$1/" | wc -l >"$2"'
+# The foreground job of rows 6a-6c, CPU- and disk-bound: like TAR_CMD with gzip -1 in between.
+# shellcheck disable=SC2016
+FG_CMD='tar cf - -C "$1" . | gzip -1 | wc -c >"$2"; s=("${PIPESTATUS[@]}"); [ "${s[0]}" -le 1 ] && [ "${s[1]}" = 0 ] && [ "${s[2]}" = 0 ]'
+# It reads A's drivers/ (~70% of the 6.1 kernel tree, ~900 MB), or all of A when there is none
+# (--quick, --data).
+if [ -d "$A/drivers" ]; then FG_DIR="$A/drivers"; else FG_DIR="$A"; fi
 
 # ---------------------------------------------------------------------------------------------
 # The tools. Each gets a fresh repository and cache per run under $WORK/tools/<tool>; the
@@ -716,9 +752,11 @@ run_tool() {
     rm -rf "$d"
 }
 
-# run_floors RUN: the floors, on version B in $SRC (the tree that is restored and mounted).
+# run_floors RUN: the floors, on version B in $SRC (the tree that is restored and mounted),
+# and two on version A (what the first backup reads): a cold tar and the in-memory pipeline.
+declare -A MEM_INFO=()   # run -> what `cairn pipeline-speed` reported, for the notes
 run_floors() {
-    local run=$1
+    local run=$1 json secs
     log ""
     log "=== run $run: floors"
     sync_src "$B"
@@ -729,9 +767,77 @@ run_floors() {
     bash -c "$TAR_CMD" _ "$SRC" "$WORK/count" || true   # warm the page cache
     timed floor f_tarw "$run" --warm bash -c "$TAR_CMD" _ "$SRC" "$WORK/count" && COUNT[floor|f_tarw|$run]="$(cat "$WORK/count")"
     timed floor f_find "$run" bash -c "$FIND_CMD" _ "$SRC" "$WORK/count" && COUNT[floor|f_find|$run]="$(cat "$WORK/count")"
-    RES[floor|f_mem|$run]="n/a (not yet measured)"
+    timed floor f_tarA "$run" bash -c "$TAR_CMD" _ "$A" "$WORK/count" && COUNT[floor|f_tarA|$run]="$(cat "$WORK/count")"
+    # The in-memory pipeline on A: cairn loads the files in batches (untimed) and reports the
+    # pipeline's own time, which becomes the wall time; CPU and peak RSS are the whole command's.
+    json="$WORK/pipeline-speed.json"
+    rm -f "$json"
+    # shellcheck disable=SC2016
+    if timed floor f_mem "$run" bash -c '"$1" pipeline-speed --json "$2" >"$3"' _ "$CAIRN" "$A" "$json"; then
+        cat "$json" >>"$LOG"
+        if secs="$(python3 -c 'import json, sys; print("%.3f" % json.load(open(sys.argv[1]))["seconds"])' "$json" 2>>"$LOG")"; then
+            RES[floor|f_mem|$run]="$secs $(awk '{ print $2, $3 }' <<<"${RES[floor|f_mem|$run]}")"
+            MEM_INFO[$run]="$(python3 -c 'import json, sys; j = json.load(open(sys.argv[1]))
+print("%d files, %d bytes, %d chunks on %d threads: %.0f MiB/s" % (j["files"], j["bytes"], j["chunks"], j["threads"], j["mib_per_second"]))' "$json")"
+        else
+            RES[floor|f_mem|$run]=FAILED
+            say "    floor f_mem: FAILED (no \"seconds\" in the output of cairn pipeline-speed; see $LOG)"
+        fi
+    fi
+    rm -f "$json"
     local s
-    for s in f_cp f_tarc f_tarw f_find; do say "    ${STEP_LABEL[$s]}: ${RES[floor|$s|$run]}"; done
+    for s in "${FLOOR_STEPS[@]}"; do say "    ${STEP_LABEL[$s]}: ${RES[floor|$s|$run]}"; done
+}
+
+# run_lowimpact RUN: rows 6a-6c for cairn. The foreground job runs with a cold cache alone,
+# then during `cairn backup --low-priority` of B, then during a plain `cairn backup` of B; each
+# backup goes into a fresh repository and cache (removed afterwards) and starts right before
+# the foreground job; once the job is done, the backup is waited for (untimed) and must succeed.
+run_lowimpact() {
+    local run=$1 d="$WORK/tools/cairn-lowimpact" step flag row bstatus bg fgwall
+    rm -rf "$d"
+    mkdir -p "$d"
+    log ""
+    log "=== run $run: cairn, foreground job ($FG_DIR) alone and during backups of B"
+    timed cairn fg "$run" bash -c "$FG_CMD" _ "$FG_DIR" "$d/count" && COUNT[cairn|fg|$run]="$(cat "$d/count")"
+    say "    cairn ${STEP_LABEL[fg]}: ${RES[cairn|fg|$run]}"
+    for step in fg_low fg_plain; do
+        if [ "$step" = fg_low ]; then flag=(--low-priority); row=6b; else flag=(); row=6c; fi
+        rm -rf "${d:?}/$step"
+        mkdir -p "$d/$step/cache"
+        tool_env cairn "$d/$step"
+        log_cmd init cairn
+        if ! tool_init cairn "$d/$step" >>"$LOG" 2>&1; then
+            RES[cairn|$step|$run]=FAILED
+            say "    cairn ${STEP_LABEL[$step]}: FAILED (init; see $LOG)"
+            rm -rf "${d:?}/$step"
+            continue
+        fi
+        drop_caches
+        log "+ $(printf '%q ' "$CAIRN" backup "${flag[@]}" --repo "$CAIRN_REPO" "$B")&"
+        # timeout signals its whole process group, so killing BG_PID (the exit trap) also
+        # stops cairn; /usr/bin/time records the backup's own wall and CPU time.
+        timeout -k 30 "$STEP_TIMEOUT" /usr/bin/time -f '%e %U %S %M' -o "$d/$step/backup.time" \
+            "$CAIRN" backup "${flag[@]}" --repo "$CAIRN_REPO" "$B" >>"$LOG" 2>&1 &
+        BG_PID=$!
+        # The cache was dropped just above, so the job runs --warm here (no second drop).
+        timed cairn "$step" "$run" --warm bash -c "$FG_CMD" _ "$FG_DIR" "$d/count" || true
+        bstatus=0
+        wait "$BG_PID" || bstatus=$?
+        BG_PID=""
+        bg="$(tail -n1 "$d/$step/backup.time" 2>/dev/null || true)"
+        log "  = background backup: status $bstatus; $bg (wall user sys maxrss-KiB)"
+        if [ "$bstatus" != 0 ]; then
+            RES[cairn|$step|$run]=FAILED
+            say "    cairn ${STEP_LABEL[$step]}: FAILED (the background backup failed with status $bstatus; see $LOG)"
+        elif [ "$run" = 1 ] && [ "${RES[cairn|$step|$run]}" != FAILED ]; then
+            fgwall="$(awk '{ print $1 }' <<<"${RES[cairn|$step|$run]}")"
+            NOTES[cairn]+="$(awk -v r="$row" -v f="$fgwall" '{ printf "%s: the backup took %.1f s wall, %.1f s CPU (the job %s s; the backup %s). ", r, $1, $2 + $3, f, ($1 >= f ? "outlasted the job" : "ended first, so it overlapped only part of the job") }' <<<"$bg")"
+        fi
+        say "    cairn ${STEP_LABEL[$step]}: ${RES[cairn|$step|$run]}"
+        rm -rf "${d:?}/$step"
+    done
+    rm -rf "$d"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -753,6 +859,7 @@ for ((run = 1; run <= RUNS; run++)); do
     for t in "${TOOLS[@]}"; do
         say "  -- $t"
         run_tool "$t" "$run"
+        if [ "$t" = cairn ]; then run_lowimpact "$run"; fi
     done
 done
 
@@ -811,6 +918,69 @@ row() {   # row TOOL STEP: one table line
         "$(fmt "$wall" 1 2)" "$(fmt "$cpu" 1 2)" "$(fmt "$rss" 1024 0)" "$(fmt "$size" 1048576 1)" "$ratio"
 }
 
+isnum() { case "$1" in '' | - | *[!0-9.e+-]*) return 1 ;; esac; }
+
+# ratio A B: A / B with two decimals, n/a unless both are numbers and B > 0.
+ratio() {
+    if isnum "$1" && isnum "$2"; then
+        awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'
+    else
+        echo n/a
+    fi
+}
+
+# slowdown A B: (A / B - 1) in percent, signed, one decimal; n/a as for ratio.
+slowdown() {
+    if isnum "$1" && isnum "$2"; then
+        awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%+.1f%%", (a / b - 1) * 100; else print "n/a" }'
+    else
+        echo n/a
+    fi
+}
+
+# verdict VALUE OP LIMIT: "met" or "missed" (OP: le, ge, lt), nothing when VALUE is n/a.
+verdict() {
+    isnum "${1%\%}" || return 0
+    awk -v v="${1%\%}" -v op="$2" -v l="$3" 'BEGIN {
+        ok = (op == "le" ? v <= l : op == "ge" ? v >= l : v < l); printf "; %s", (ok ? "met" : "missed") }'
+}
+
+# The I/O scheduler of the disk under DIR ("unknown" when not found): ionice's idle class,
+# which --low-priority uses, depends on it.
+io_scheduler() {
+    local dev name sys
+    dev="$(findmnt -no SOURCE -T "$1" 2>/dev/null | head -n1 || true)"
+    name="$(basename "${dev:-unknown}")"
+    sys="/sys/class/block/$name"
+    [ -f "$sys/queue/scheduler" ] || sys="$(readlink -f "$sys" 2>/dev/null || true)/.."
+    if [ -f "$sys/queue/scheduler" ]; then
+        sed -n 's/.*\[\(.*\)\].*/\1/p' "$sys/queue/scheduler"
+    else
+        echo unknown
+    fi
+}
+
+# cairn's target ratios, from the medians.
+B1="$(median cairn b1 1)"
+RS="$(median cairn rs 1)"
+MT="$(median cairn mt 1)"
+FCP="$(median floor f_cp 1)"
+FTA="$(median floor f_tarA 1)"
+FMEM="$(median floor f_mem 1)"
+FG0="$(median cairn fg 1)"
+FGL="$(median cairn fg_low 1)"
+FGP="$(median cairn fg_plain 1)"
+if isnum "$FTA" && isnum "$FMEM"; then
+    FLOOR_A="$(awk -v a="$FTA" -v b="$FMEM" 'BEGIN { print (a > b ? a : b) }')"
+else
+    FLOOR_A=n/a
+fi
+R_B1="$(ratio "$B1" "$FLOOR_A")"
+R_RS="$(ratio "$RS" "$FCP")"
+R_MT="$(ratio "$RS" "$MT")"
+S_LOW="$(slowdown "$FGL" "$FG0")"
+S_PLAIN="$(slowdown "$FGP" "$FG0")"
+
 {
     echo "# cairn benchmark"
     echo
@@ -836,14 +1006,30 @@ row() {   # row TOOL STEP: one table line
     for s in "${STEP_NAMES[@]}"; do
         for t in "${TOOLS[@]}"; do row "$t" "$s"; done
     done
+    if [ -n "${VERSION[cairn]:-}" ]; then
+        for s in "${LOW_STEPS[@]}"; do row cairn "$s"; done
+    fi
     for s in "${FLOOR_STEPS[@]}"; do row floor "$s"; done
     echo
     echo "Notes:"
     echo
+    echo "- cairn's targets (from the medians above):"
+    echo "  - first backup vs floor: b1 wall / max(cold read of A, in-memory pipeline) = $R_B1 (target ≤ 1.5$(verdict "$R_B1" le 1.5); $(fmt "$B1" 1 2) s / max($(fmt "$FTA" 1 2) s, $(fmt "$FMEM" 1 2) s))"
+    echo "  - restore vs cp -a: rs wall / f_cp wall = $R_RS (target ≤ 1.2$(verdict "$R_RS" le 1.2); $(fmt "$RS" 1 2) s / $(fmt "$FCP" 1 2) s)"
+    echo "  - mount read vs restore throughput: rs wall / mt wall = $R_MT (target ≥ 0.7$(verdict "$R_MT" ge 0.7); same bytes, so the throughput ratio is the inverse wall ratio; $(fmt "$RS" 1 2) s / $(fmt "$MT" 1 2) s)"
+    echo "  - foreground job during backup --low-priority: (6b/6a − 1) = $S_LOW (target < 10%$(verdict "$S_LOW" lt 10))"
+    echo "  - foreground job during plain backup: (6c/6a − 1) = $S_PLAIN"
     echo "- Reads (mount rows and floors): \`tar cf - -C DIR . | wc -c\` and \`find DIR/ | wc -l\`."
     echo "- Mount rows (5a, 5b): each read gets a fresh mount of the whole repository; mounting (until the latest snapshot is listable) is untimed."
     echo "  Wall is the reader's; CPU adds the FUSE daemon's CPU during the read; peak RSS is the larger of the reader's and the daemon's."
-    echo "- Floors are measured on version B in $SRC, the tree that is restored and mounted."
+    echo "- Floors are measured on version B in $SRC, the tree that is restored and mounted, except the two on version A ($A), what the first backup reads."
+    echo "- In-memory pipeline floor: \`cairn pipeline-speed --json A\` loads A's files into memory in batches and runs chunk+hash+compress+seal on all cores."
+    echo "  Its wall time is the pipeline's alone and excludes loading the files; its CPU time (and peak RSS) is the whole command's and includes the loading."
+    if [ -n "${VERSION[cairn]:-}" ]; then
+        echo "- Rows 6a-6c (cairn only): the foreground job \`tar cf - -C $FG_DIR . | gzip -1 | wc -c\` with a cold cache; wall, CPU and peak RSS are the job's."
+        echo "  In 6b and 6c, \`cairn backup --low-priority\` (6b) or \`cairn backup\` (6c) of version B ($B) into a fresh repository starts right before the job;"
+        echo "  after the job, the backup is waited for (untimed) and must succeed. I/O scheduler of the disk under A: $(io_scheduler "$A")."
+    fi
     for t in "${TOOLS[@]}"; do
         line=""
         if [ -z "${CAN_MOUNT[$t]:-}" ]; then
@@ -856,10 +1042,13 @@ row() {   # row TOOL STEP: one table line
         if [ -n "${COUNT[$t|mt|1]:-}" ]; then
             line+="mount read (run 1): tar ${COUNT[$t|mt|1]} bytes, find ${COUNT[$t|mf|1]:-?} entries. "
         fi
+        if [ -n "${COUNT[$t|fg|1]:-}" ]; then
+            line+="foreground job output (run 1): ${COUNT[$t|fg|1]} bytes of gzip. "
+        fi
         line+="${NOTES[$t]:-}"
         [ -z "$line" ] || echo "- $t: $line"
     done
-    echo "- floor (run 1): tar of the source ${COUNT[floor|f_tarc|1]:-?} bytes, find ${COUNT[floor|f_find|1]:-?} entries."
+    echo "- floor (run 1): tar of the source ${COUNT[floor|f_tarc|1]:-?} bytes, find ${COUNT[floor|f_find|1]:-?} entries; tar of A ${COUNT[floor|f_tarA|1]:-?} bytes; in-memory pipeline ${MEM_INFO[1]:-?}."
     echo "- Full log: $LOG"
 } >"$OUT"
 

@@ -38,12 +38,18 @@ use std::fs::{self, Metadata};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 /// An index file is written after this many packs (and at the end of the run).
 const PACKS_PER_INDEX_FILE: usize = 32;
+/// Threads of the scan ahead: enough metadata reads in flight to keep a disk busy.
+const SCAN_AHEAD_THREADS: usize = 4;
+/// Threads decoding the parent checkpoint's trees ahead of the walker.
+const PARENT_TREE_THREADS: usize = 2;
+/// Parent trees decoded ahead of the walker at most.
+const PARENT_TREES_AHEAD: usize = 256;
 
 /// Inputs of a backup.
 #[derive(Debug, Clone)]
@@ -60,8 +66,6 @@ pub struct BackupOptions {
     pub parent: Option<CheckpointId>,
     /// File workers; defaults to the number of cores.
     pub threads: usize,
-    /// Count files and bytes first (in parallel with the backup) so progress has an ETA.
-    pub count_first: bool,
     /// A cap on the bytes read from source files per second, shared by all file workers.
     pub read_limit: Option<u64>,
 }
@@ -76,7 +80,6 @@ impl BackupOptions {
             host: crate::host_name(),
             parent: None,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            count_first: false,
             read_limit: None,
         }
     }
@@ -419,6 +422,7 @@ struct Walker<'a> {
     files: Sender<FileJob>,
     dirs: Sender<PendingDir>,
     errors: &'a Mutex<Vec<SourceError>>,
+    parent_trees: &'a ParentTrees,
 }
 
 fn abandoned() -> Error {
@@ -434,11 +438,15 @@ impl Walker<'_> {
     }
 
     /// The parent checkpoint's tree for a directory, if there is a usable one.
-    fn parent_tree(&self, parent: Option<&Entry>) -> Option<Tree> {
+    fn parent_tree(&self, parent: Option<&Entry>) -> Option<Arc<Tree>> {
         let EntryKind::Dir(id) = parent?.kind else {
             return None;
         };
+        if let Some((_, tree)) = self.parent_trees.ahead.remove(&id) {
+            return Some(tree);
+        }
         load_tree(self.repo, &id)
+            .map(Arc::new)
             .map_err(|e| tracing::warn!("parent tree {id} unreadable, reading all files: {e}"))
             .ok()
     }
@@ -522,7 +530,7 @@ impl Walker<'_> {
         let entry = |kind| entry_from_metadata(name.clone(), &metadata, kind, xattrs.clone());
         let pending = if file_type.is_dir() {
             let parent_tree = self.parent_tree(parent_entry);
-            let tree = self.scan_dir(path, parent_tree.as_ref())?;
+            let tree = self.scan_dir(path, parent_tree.as_deref())?;
             PendingEntry::Dir(entry(placeholder), tree)
         } else if file_type.is_file() {
             match reusable_content(parent_entry, &metadata) {
@@ -587,30 +595,142 @@ fn absolute(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).map_err(|e| Error::io(format!("resolving {}", path.display()), e))
 }
 
-/// Counts the files and bytes below `paths` into `progress` (the ETA's denominator).
-pub fn count(paths: &[PathBuf], excludes: &[String], progress: &Progress) -> Result<()> {
-    let excludes = Excludes::new(excludes)?;
-    let mut stack: Vec<PathBuf> = paths.to_vec();
-    while let Some(path) = stack.pop() {
-        if excludes.matches(&path) {
-            continue;
-        }
-        let Ok(metadata) = fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if metadata.is_dir() {
-            if let Ok(entries) = fs::read_dir(&path) {
-                stack.extend(entries.filter_map(|e| Some(e.ok()?.path())));
+/// Parent trees decoded ahead of the walker, taken out as it reaches them.
+struct ParentTrees {
+    ahead: quick_cache::sync::Cache<BlobId, Arc<Tree>>,
+}
+
+/// Work waiting for the threads of `parallel_depth_first`, and how many items are in hand.
+struct DepthFirstQueue<T> {
+    pending: Vec<T>,
+    busy: usize,
+}
+
+/// Visits `roots` and everything `visit` returns for them, on `threads` threads, roughly
+/// depth first in the given order (the first child is taken next), until nothing is left or
+/// `stop` is set. `visit` may block (`stop` is checked between items).
+fn parallel_depth_first<T: Send>(
+    roots: Vec<T>,
+    threads: usize,
+    stop: &AtomicBool,
+    visit: impl Fn(T) -> Vec<T> + Sync,
+) {
+    let queue = Mutex::new(DepthFirstQueue {
+        pending: roots.into_iter().rev().collect(),
+        busy: 0,
+    });
+    let wakeup = std::sync::Condvar::new();
+    let work = || loop {
+        let item = {
+            let mut queue = queue.lock().expect("not poisoned");
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                if let Some(item) = queue.pending.pop() {
+                    queue.busy += 1;
+                    break item;
+                }
+                if queue.busy == 0 {
+                    return;
+                }
+                queue = wakeup.wait(queue).expect("not poisoned");
             }
-        } else if metadata.is_file() {
-            progress.total_files.fetch_add(1, Ordering::Relaxed);
-            progress
-                .total_bytes
-                .fetch_add(metadata.len(), Ordering::Relaxed);
+        };
+        let children = visit(item);
+        let mut queue = queue.lock().expect("not poisoned");
+        queue.busy -= 1;
+        queue.pending.extend(children.into_iter().rev());
+        wakeup.notify_all();
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..threads.max(1) {
+            scope.spawn(work);
         }
+        work();
+    });
+}
+
+/// Counts the files and bytes below `paths` into `progress` (the ETA's denominator) on
+/// several threads. Running ahead of the walker, it also brings directories and inodes into
+/// the kernel's caches, so on a cold cache the walker's own calls rarely wait for the disk:
+/// the many small reads of a metadata walk overlap instead of queueing one by one. Stops
+/// early, without a final count, when `stop` is set.
+fn scan_ahead(paths: &[PathBuf], excludes: &Excludes, progress: &Progress, stop: &AtomicBool) {
+    let mut roots = Vec::new();
+    for path in paths {
+        scan_ahead_visit(path.clone(), excludes, progress, &mut roots);
     }
-    progress.counted.store(true, Ordering::Relaxed);
-    Ok(())
+    parallel_depth_first(roots, SCAN_AHEAD_THREADS, stop, |dir: PathBuf| {
+        let mut subdirs = Vec::new();
+        if let Ok(entries) = fs::read_dir(&dir) {
+            let mut names: Vec<_> = entries.filter_map(|e| Some(e.ok()?.path())).collect();
+            names.sort();
+            for name in names {
+                scan_ahead_visit(name, excludes, progress, &mut subdirs);
+            }
+        }
+        subdirs
+    });
+    if !stop.load(Ordering::Relaxed) {
+        progress.counted.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Decodes the parent checkpoint's trees below `root` ahead of the walker, in its order, into
+/// `trees`, which the walker empties as it goes; waits while `trees` holds its fill, so memory
+/// stays bounded whatever the size of the tree.
+fn load_parent_trees_ahead(repo: &Repository, root: &Tree, trees: &ParentTrees, stop: &AtomicBool) {
+    let subdirs = |tree: &Tree| -> Vec<BlobId> {
+        tree.entries
+            .iter()
+            .filter_map(|entry| match entry.kind {
+                EntryKind::Dir(id) => Some(id),
+                _ => None,
+            })
+            .collect()
+    };
+    parallel_depth_first(subdirs(root), PARENT_TREE_THREADS, stop, |id: BlobId| {
+        // Wait a little for the walker to catch up; entries it never takes (directories gone
+        // from the source) are evicted once the wait is over.
+        for _ in 0..20 {
+            if trees.ahead.len() < PARENT_TREES_AHEAD || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        match load_tree(repo, &id) {
+            Ok(tree) => {
+                let children = subdirs(&tree);
+                trees.ahead.insert(id, Arc::new(tree));
+                children
+            }
+            Err(_) => Vec::new(),
+        }
+    });
+}
+
+/// Counts `path` when it is a file, or adds it to `subdirs` when it is a directory.
+fn scan_ahead_visit(
+    path: PathBuf,
+    excludes: &Excludes,
+    progress: &Progress,
+    subdirs: &mut Vec<PathBuf>,
+) {
+    if excludes.matches(&path) {
+        return;
+    }
+    let Ok(metadata) = fs::symlink_metadata(&path) else {
+        return;
+    };
+    if metadata.is_dir() {
+        subdirs.push(path);
+    } else if metadata.is_file() {
+        progress.total_files.fetch_add(1, Ordering::Relaxed);
+        progress
+            .total_bytes
+            .fetch_add(metadata.len(), Ordering::Relaxed);
+    }
 }
 
 /// The checkpoint whose stat cache a backup of `paths` from `host` uses.
@@ -698,6 +818,11 @@ pub fn run(
     let threads = options.threads.max(1);
     let (packer_tx, packer_rx) = bounded(threads * 2);
     let read_limiter = options.read_limit.map(RateLimiter::new);
+    let scan_stop = AtomicBool::new(false);
+    let walk_done = AtomicBool::new(false);
+    let parent_trees = ParentTrees {
+        ahead: quick_cache::sync::Cache::new(PARENT_TREES_AHEAD),
+    };
     let sink = BlobSink {
         repo,
         read_limiter: read_limiter.as_ref(),
@@ -707,9 +832,10 @@ pub fn run(
     let (root, mut stats) = std::thread::scope(|scope| -> Result<(BlobId, CheckpointStats)> {
         let packer =
             scope.spawn(|| run_packer(repo, packer_rx, &in_flight, options.dry_run, progress));
-        if options.count_first {
-            let (paths, patterns) = (&sources, &options.excludes);
-            scope.spawn(move || count(paths, patterns, progress));
+        let scanning = scope.spawn(|| scan_ahead(&sources, &excludes, progress, &scan_stop));
+        if let Some(root) = &parent_root {
+            let (trees, stop) = (&parent_trees, &walk_done);
+            scope.spawn(move || load_parent_trees_ahead(repo, root, trees, stop));
         }
         let (file_tx, file_rx) = bounded::<FileJob>(threads * 8);
         let (dir_tx, dir_rx) = bounded(1024);
@@ -728,13 +854,22 @@ pub fn run(
             files: file_tx,
             dirs: dir_tx,
             errors: &errors,
+            parent_trees: &parent_trees,
         };
         let walked = match &single_dir {
             Some((single, _)) => walker.scan_dir(single, parent_root.as_ref()),
             None => walker.scan_sources(&sources, parent_root.as_ref()),
         };
         drop(walker);
+        walk_done.store(true, Ordering::Relaxed);
+        if walked.is_err() {
+            scan_stop.store(true, Ordering::Relaxed);
+        }
         let built = builder.join().expect("tree builder does not panic");
+        if built.is_err() {
+            scan_stop.store(true, Ordering::Relaxed);
+        }
+        scanning.join().expect("the scan ahead does not panic");
         for worker in workers {
             worker.join().expect("file workers do not panic");
         }
@@ -777,4 +912,33 @@ pub fn run(
         checkpoint,
         errors,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_depth_first_visits_every_node_once_and_stops_when_asked() {
+        // Node n has children 4n+1 ..= 4n+4, below 5,000.
+        let children = |n: u32| (4 * n + 1..=4 * n + 4).filter(|c| *c < 5000).collect();
+        let seen = Mutex::new(Vec::new());
+        parallel_depth_first(vec![0], 3, &AtomicBool::new(false), |n| {
+            seen.lock().unwrap().push(n);
+            children(n)
+        });
+        let mut seen = seen.into_inner().unwrap();
+        seen.sort();
+        assert_eq!(seen, (0..5000).collect::<Vec<_>>());
+
+        let stop = AtomicBool::new(false);
+        let visited = AtomicU64::new(0);
+        parallel_depth_first(vec![0], 3, &stop, |n| {
+            if visited.fetch_add(1, Ordering::Relaxed) == 10 {
+                stop.store(true, Ordering::Relaxed);
+            }
+            children(n)
+        });
+        assert!(visited.load(Ordering::Relaxed) < 20);
+    }
 }

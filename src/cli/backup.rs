@@ -84,7 +84,6 @@ pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
     }
     let progress = Progress::default();
     let draw = show_progress(args.json);
-    options.count_first = draw;
     let done = std::sync::atomic::AtomicBool::new(false);
     let outcome = std::thread::scope(|scope| {
         if draw {
