@@ -35,6 +35,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use std::collections::HashSet;
 use std::fs::{self, Metadata};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -44,6 +45,13 @@ use std::time::{Instant, SystemTime};
 
 /// An index file is written after this many packs (and at the end of the run).
 const PACKS_PER_INDEX_FILE: usize = 32;
+/// Files the walker may queue ahead of the file workers.
+const FILES_QUEUED: usize = 256;
+/// Threads asking the kernel to start reading queued files.
+const READ_AHEAD_THREADS: usize = 4;
+/// Bytes of a queued file the kernel is asked to read ahead; sequential reading takes over
+/// after that.
+const READ_AHEAD_BYTES: i64 = 2 << 20;
 /// Threads of the scan ahead: enough metadata reads in flight to keep a disk busy.
 const SCAN_AHEAD_THREADS: usize = 4;
 /// Threads decoding the parent checkpoint's trees ahead of the walker.
@@ -68,6 +76,9 @@ pub struct BackupOptions {
     pub threads: usize,
     /// A cap on the bytes read from source files per second, shared by all file workers.
     pub read_limit: Option<u64>,
+    /// Keep one read in flight at a time (one file worker, no read-ahead or scan-ahead
+    /// threads), so a backup running at low priority leaves the disk to others.
+    pub one_read_at_a_time: bool,
 }
 
 impl BackupOptions {
@@ -81,6 +92,7 @@ impl BackupOptions {
             parent: None,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             read_limit: None,
+            one_read_at_a_time: false,
         }
     }
 }
@@ -301,6 +313,23 @@ fn open_source(path: &Path) -> std::io::Result<fs::File> {
         })
 }
 
+/// Asks the kernel to start reading the start of a file the workers will read soon, so the
+/// reads of many small files overlap on the disk instead of waiting one by one. Holds no
+/// memory of its own: the bytes land in the page cache.
+fn read_ahead(path: &Path) {
+    if let Ok(file) = open_source(path) {
+        // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open.
+        unsafe {
+            libc::posix_fadvise(
+                file.as_raw_fd(),
+                0,
+                READ_AHEAD_BYTES,
+                libc::POSIX_FADV_WILLNEED,
+            )
+        };
+    }
+}
+
 /// Reads, chunks and stores one file; returns its content and the bytes read.
 fn store_file(
     sink: &BlobSink,
@@ -420,6 +449,8 @@ struct Walker<'a> {
     repo: &'a Repository,
     excludes: &'a Excludes,
     files: Sender<FileJob>,
+    /// Files about to be read, for the read-ahead threads.
+    read_ahead: Sender<PathBuf>,
     dirs: Sender<PendingDir>,
     errors: &'a Mutex<Vec<SourceError>>,
     parent_trees: &'a ParentTrees,
@@ -537,6 +568,8 @@ impl Walker<'_> {
                 Some(content) => PendingEntry::Ready(entry(EntryKind::File(content))),
                 None => {
                     let (result, receiver) = bounded(1);
+                    // Dropped when the read-ahead threads are busy: only a hint.
+                    let _ = self.read_ahead.try_send(path.to_owned());
                     self.files
                         .send(FileJob {
                             path: path.to_owned(),
@@ -656,12 +689,18 @@ fn parallel_depth_first<T: Send>(
 /// the kernel's caches, so on a cold cache the walker's own calls rarely wait for the disk:
 /// the many small reads of a metadata walk overlap instead of queueing one by one. Stops
 /// early, without a final count, when `stop` is set.
-fn scan_ahead(paths: &[PathBuf], excludes: &Excludes, progress: &Progress, stop: &AtomicBool) {
+fn scan_ahead(
+    paths: &[PathBuf],
+    excludes: &Excludes,
+    progress: &Progress,
+    threads: usize,
+    stop: &AtomicBool,
+) {
     let mut roots = Vec::new();
     for path in paths {
         scan_ahead_visit(path.clone(), excludes, progress, &mut roots);
     }
-    parallel_depth_first(roots, SCAN_AHEAD_THREADS, stop, |dir: PathBuf| {
+    parallel_depth_first(roots, threads, stop, |dir: PathBuf| {
         let mut subdirs = Vec::new();
         if let Ok(entries) = fs::read_dir(&dir) {
             let mut names: Vec<_> = entries.filter_map(|e| Some(e.ok()?.path())).collect();
@@ -815,7 +854,11 @@ pub fn run(
 
     let errors = Mutex::new(Vec::new());
     let in_flight = Mutex::new(HashSet::new());
-    let threads = options.threads.max(1);
+    let threads = if options.one_read_at_a_time {
+        1
+    } else {
+        options.threads.max(1)
+    };
     let (packer_tx, packer_rx) = bounded(threads * 2);
     let read_limiter = options.read_limit.map(RateLimiter::new);
     let scan_stop = AtomicBool::new(false);
@@ -832,12 +875,31 @@ pub fn run(
     let (root, mut stats) = std::thread::scope(|scope| -> Result<(BlobId, CheckpointStats)> {
         let packer =
             scope.spawn(|| run_packer(repo, packer_rx, &in_flight, options.dry_run, progress));
-        let scanning = scope.spawn(|| scan_ahead(&sources, &excludes, progress, &scan_stop));
-        if let Some(root) = &parent_root {
+        let scan_threads = if options.one_read_at_a_time {
+            1
+        } else {
+            SCAN_AHEAD_THREADS
+        };
+        let (sources, excludes, stop) = (&sources, &excludes, &scan_stop);
+        let scanning =
+            scope.spawn(move || scan_ahead(sources, excludes, progress, scan_threads, stop));
+        if let Some(root) = &parent_root
+            && !options.one_read_at_a_time
+        {
             let (trees, stop) = (&parent_trees, &walk_done);
             scope.spawn(move || load_parent_trees_ahead(repo, root, trees, stop));
         }
-        let (file_tx, file_rx) = bounded::<FileJob>(threads * 8);
+        let (file_tx, file_rx) = bounded::<FileJob>(FILES_QUEUED);
+        let (read_ahead_tx, read_ahead_rx) = bounded::<PathBuf>(FILES_QUEUED);
+        let read_ahead_threads = if options.one_read_at_a_time {
+            0
+        } else {
+            READ_AHEAD_THREADS
+        };
+        for _ in 0..read_ahead_threads {
+            let paths = read_ahead_rx.clone();
+            scope.spawn(move || paths.into_iter().for_each(|path| read_ahead(&path)));
+        }
         let (dir_tx, dir_rx) = bounded(1024);
         let workers: Vec<_> = (0..threads)
             .map(|_| {
@@ -850,15 +912,16 @@ pub fn run(
         let builder = scope.spawn(|| run_tree_builder(&sink, dir_rx, &errors, progress));
         let walker = Walker {
             repo,
-            excludes: &excludes,
+            excludes,
             files: file_tx,
+            read_ahead: read_ahead_tx,
             dirs: dir_tx,
             errors: &errors,
             parent_trees: &parent_trees,
         };
         let walked = match &single_dir {
             Some((single, _)) => walker.scan_dir(single, parent_root.as_ref()),
-            None => walker.scan_sources(&sources, parent_root.as_ref()),
+            None => walker.scan_sources(sources, parent_root.as_ref()),
         };
         drop(walker);
         walk_done.store(true, Ordering::Relaxed);

@@ -33,7 +33,8 @@ pub struct BackupArgs {
     /// Host name to record (default: this machine's)
     #[arg(long)]
     host: Option<String>,
-    /// Run at nice 19 and idle I/O priority, so people using the machine barely notice
+    /// Run at nice 19 and idle I/O priority with one read at a time, so people using the
+    /// machine barely notice
     #[arg(long)]
     low_priority: bool,
     /// Read source files at most this fast, in bytes per second (e.g. 20M, 512K)
@@ -79,6 +80,7 @@ pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
     options.excludes = args.excludes;
     options.dry_run = args.dry_run;
     options.read_limit = args.limit_rate;
+    options.one_read_at_a_time = args.low_priority;
     if let Some(host) = args.host {
         options.host = host;
     }
