@@ -854,11 +854,19 @@ pub fn run(
 
     let errors = Mutex::new(Vec::new());
     let in_flight = Mutex::new(HashSet::new());
-    let threads = if options.one_read_at_a_time {
-        1
-    } else {
-        options.threads.max(1)
-    };
+    // Threads: file workers, scan ahead, read ahead; and whether parent trees are decoded
+    // ahead. At low priority, one read in flight at a time.
+    let (threads, scan_threads, read_ahead_threads, parent_trees_ahead) =
+        if options.one_read_at_a_time {
+            (1, 1, 0, false)
+        } else {
+            (
+                options.threads.max(1),
+                SCAN_AHEAD_THREADS,
+                READ_AHEAD_THREADS,
+                true,
+            )
+        };
     let (packer_tx, packer_rx) = bounded(threads * 2);
     let read_limiter = options.read_limit.map(RateLimiter::new);
     let scan_stop = AtomicBool::new(false);
@@ -875,31 +883,23 @@ pub fn run(
     let (root, mut stats) = std::thread::scope(|scope| -> Result<(BlobId, CheckpointStats)> {
         let packer =
             scope.spawn(|| run_packer(repo, packer_rx, &in_flight, options.dry_run, progress));
-        let scan_threads = if options.one_read_at_a_time {
-            1
-        } else {
-            SCAN_AHEAD_THREADS
-        };
         let (sources, excludes, stop) = (&sources, &excludes, &scan_stop);
         let scanning =
             scope.spawn(move || scan_ahead(sources, excludes, progress, scan_threads, stop));
         if let Some(root) = &parent_root
-            && !options.one_read_at_a_time
+            && parent_trees_ahead
         {
             let (trees, stop) = (&parent_trees, &walk_done);
             scope.spawn(move || load_parent_trees_ahead(repo, root, trees, stop));
         }
         let (file_tx, file_rx) = bounded::<FileJob>(FILES_QUEUED);
         let (read_ahead_tx, read_ahead_rx) = bounded::<PathBuf>(FILES_QUEUED);
-        let read_ahead_threads = if options.one_read_at_a_time {
-            0
-        } else {
-            READ_AHEAD_THREADS
-        };
         for _ in 0..read_ahead_threads {
             let paths = read_ahead_rx.clone();
             scope.spawn(move || paths.into_iter().for_each(|path| read_ahead(&path)));
         }
+        // With no read-ahead threads the walker's hints fail at once instead of queueing.
+        drop(read_ahead_rx);
         let (dir_tx, dir_rx) = bounded(1024);
         let workers: Vec<_> = (0..threads)
             .map(|_| {
