@@ -4,8 +4,9 @@
 //! files are opened with `FOPEN_KEEP_CACHE`; the synthetic directories (`checkpoints/`,
 //! `tags/`, `history/`, `latest`) get short ones so new checkpoints show up. Listings are
 //! READDIRPLUS, and file starts the VFS decodes ahead of a reader are stored straight into
-//! the kernel's page cache (FUSE_NOTIFY_STORE), so a tree walk costs few round trips. A failed blob
-//! read is logged with its pack and blob id and reported as EIO, never as wrong bytes.
+//! the kernel's page cache (FUSE_NOTIFY_STORE), so a tree walk costs few round trips. A
+//! failed blob read is logged with its pack and blob id and reported as EIO, never as wrong
+//! bytes.
 
 use crate::error::{Error, Result};
 use crate::vfs::{Attr, FileKind, Ino, Vfs, VfsError};

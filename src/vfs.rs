@@ -962,13 +962,13 @@ impl Vfs {
                 let (chunk, range) = pieces.pop().expect("one piece");
                 FileBytes::Slice(chunk, range)
             }
-            _ => FileBytes::Joined(
-                pieces
-                    .iter()
-                    .flat_map(|(chunk, range)| &chunk[range.clone()])
-                    .copied()
-                    .collect(),
-            ),
+            _ => {
+                let mut joined = Vec::with_capacity((end - offset) as usize);
+                for (chunk, range) in pieces {
+                    joined.extend_from_slice(&chunk[range]);
+                }
+                FileBytes::Joined(joined)
+            }
         })
     }
 }
