@@ -36,7 +36,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use std::collections::HashSet;
 use std::fs::{self, Metadata};
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -484,26 +484,20 @@ impl Walker<'_> {
 
     /// Scans directory `path` and everything below it; returns where its tree id will arrive.
     fn scan_dir(&self, path: &Path, parent: Option<&Tree>) -> Result<Receiver<BlobId>> {
-        let mut names: Vec<_> = match fs::read_dir(path) {
-            Ok(entries) => entries
-                .filter_map(|e| match e {
-                    Ok(e) => Some(e.file_name()),
-                    Err(err) => {
-                        self.soft_error(path, err);
-                        None
-                    }
-                })
-                .collect(),
-            Err(e) => {
-                self.soft_error(path, e);
-                Vec::new()
+        let mut children = sorted_children(path).unwrap_or_else(|e| {
+            self.soft_error(path, e);
+            Vec::new()
+        });
+        let mut entries = Vec::with_capacity(children.len());
+        for (name, child) in children.drain(..) {
+            match child {
+                // Stats relative to the open directory: no path walk from the root per entry.
+                Ok(child) => {
+                    let stat = || child.metadata();
+                    entries.extend(self.scan_entry(&child.path(), name, stat, parent)?);
+                }
+                Err(e) => self.soft_error(path, e),
             }
-        };
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        let mut entries = Vec::with_capacity(names.len());
-        for name in names {
-            let child = path.join(&name);
-            entries.extend(self.scan_entry(&child, name.as_bytes().to_vec(), parent)?);
         }
         self.send_dir(entries)
     }
@@ -513,7 +507,8 @@ impl Walker<'_> {
     fn scan_sources(&self, sources: &[PathBuf], parent: Option<&Tree>) -> Result<Receiver<BlobId>> {
         let mut entries = Vec::with_capacity(sources.len());
         for source in sources {
-            entries.extend(self.scan_entry(source, base_name(source), parent)?);
+            let stat = || fs::symlink_metadata(source);
+            entries.extend(self.scan_entry(source, base_name(source), stat, parent)?);
         }
         self.send_dir(entries)
     }
@@ -527,17 +522,19 @@ impl Walker<'_> {
         Ok(receiver)
     }
 
-    /// Scans one path named `name` in its directory; `None` when it is excluded or unreadable.
+    /// Scans one path named `name` in its directory, whose metadata (not following symlinks)
+    /// `stat` reads; `None` when it is excluded or unreadable.
     fn scan_entry(
         &self,
         path: &Path,
         name: Vec<u8>,
+        stat: impl FnOnce() -> std::io::Result<Metadata>,
         parent: Option<&Tree>,
     ) -> Result<Option<PendingEntry>> {
         if self.excludes.matches(path) {
             return Ok(None);
         }
-        let metadata = match fs::symlink_metadata(path) {
+        let metadata = match stat() {
             Ok(m) => m,
             Err(e) => {
                 self.soft_error(path, e);
@@ -601,6 +598,19 @@ impl Walker<'_> {
         };
         Ok(Some(pending))
     }
+}
+
+/// The entries of directory `path` with their names, in byte order of the names (the order
+/// of a tree's entries).
+fn sorted_children(path: &Path) -> std::io::Result<Vec<(Vec<u8>, std::io::Result<fs::DirEntry>)>> {
+    let mut children: Vec<_> = fs::read_dir(path)?
+        .map(|child| {
+            let name = child.as_ref().map(|c| c.file_name().into_vec());
+            (name.unwrap_or_default(), child)
+        })
+        .collect();
+    children.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(children)
 }
 
 /// The parent's chunk list when the file is unchanged: same size, mtime, ctime and inode.
@@ -698,15 +708,20 @@ fn scan_ahead(
 ) {
     let mut roots = Vec::new();
     for path in paths {
-        scan_ahead_visit(path.clone(), excludes, progress, &mut roots);
+        scan_ahead_visit(
+            path.clone(),
+            || fs::symlink_metadata(path),
+            excludes,
+            progress,
+            &mut roots,
+        );
     }
     parallel_depth_first(roots, threads, stop, |dir: PathBuf| {
         let mut subdirs = Vec::new();
-        if let Ok(entries) = fs::read_dir(&dir) {
-            let mut names: Vec<_> = entries.filter_map(|e| Some(e.ok()?.path())).collect();
-            names.sort();
-            for name in names {
-                scan_ahead_visit(name, excludes, progress, &mut subdirs);
+        for (_, child) in sorted_children(&dir).unwrap_or_default() {
+            if let Ok(child) = child {
+                let stat = || child.metadata();
+                scan_ahead_visit(child.path(), stat, excludes, progress, &mut subdirs);
             }
         }
         subdirs
@@ -749,9 +764,11 @@ fn load_parent_trees_ahead(repo: &Repository, root: &Tree, trees: &ParentTrees, 
     });
 }
 
-/// Counts `path` when it is a file, or adds it to `subdirs` when it is a directory.
+/// Counts `path` when it is a file, or adds it to `subdirs` when it is a directory; `stat`
+/// reads its metadata (not following symlinks).
 fn scan_ahead_visit(
     path: PathBuf,
+    stat: impl FnOnce() -> std::io::Result<Metadata>,
     excludes: &Excludes,
     progress: &Progress,
     subdirs: &mut Vec<PathBuf>,
@@ -759,7 +776,7 @@ fn scan_ahead_visit(
     if excludes.matches(&path) {
         return;
     }
-    let Ok(metadata) = fs::symlink_metadata(&path) else {
+    let Ok(metadata) = stat() else {
         return;
     };
     if metadata.is_dir() {
@@ -790,54 +807,139 @@ pub fn run(
     options: &BackupOptions,
     progress: &Progress,
 ) -> Result<BackupOutcome> {
-    let started = Instant::now();
-    let time = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
-    if let Some(tag) = options
-        .tags
-        .iter()
-        .find(|t| !crate::tree::is_valid_name(t.as_bytes()))
-    {
-        return Err(Error::InvalidInput(format!(
-            "tag {tag:?} is not usable: a tag must be non-empty and contain no `/` (it names a directory in the mount)"
-        )));
-    }
-    if options.paths.is_empty() {
-        return Err(Error::InvalidInput(
-            "nothing to back up: give at least one path".into(),
-        ));
-    }
-    let mut sources = Vec::new();
-    for path in &options.paths {
-        let absolute = absolute(path)?;
-        fs::symlink_metadata(&absolute)
-            .map_err(|e| Error::io(format!("cannot back up {}", path.display()), e))?;
-        sources.push(absolute);
-    }
-    if options.paths.len() > 1 {
-        let mut names = HashSet::new();
-        for source in &sources {
-            let name = base_name(source);
-            if !crate::tree::is_valid_name(&name) || !names.insert(name) {
-                return Err(Error::InvalidInput(format!(
-                    "{} cannot be one of several backup paths: each needs a distinct base name",
-                    source.display()
-                )));
+    run_opening(|| Ok(repo), options, progress)
+}
+
+/// Like [`run`], for a repository that `open` opens: the sources are checked first, and the
+/// scan ahead starts walking them while `open` derives the key and loads the index.
+pub fn run_opening<R, E>(
+    open: impl FnOnce() -> std::result::Result<R, E>,
+    options: &BackupOptions,
+    progress: &Progress,
+) -> std::result::Result<BackupOutcome, E>
+where
+    R: std::borrow::Borrow<Repository>,
+    E: From<Error>,
+{
+    let sources = Sources::check(options)?;
+    let scan_threads = if options.one_read_at_a_time {
+        1
+    } else {
+        SCAN_AHEAD_THREADS
+    };
+    let scan_stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let scanning = scope.spawn(|| {
+            scan_ahead(
+                &sources.paths,
+                &sources.excludes,
+                progress,
+                scan_threads,
+                &scan_stop,
+            )
+        });
+        let outcome = open().and_then(|repo| {
+            Ok(back_up(
+                repo.borrow(),
+                options,
+                &sources,
+                progress,
+                &scan_stop,
+            )?)
+        });
+        if outcome.is_err() {
+            scan_stop.store(true, Ordering::Relaxed);
+        }
+        scanning.join().expect("the scan ahead does not panic");
+        outcome
+    })
+}
+
+/// The checked inputs of a backup: absolute source paths and the exclude patterns.
+struct Sources {
+    started: Instant,
+    time: String,
+    paths: Vec<PathBuf>,
+    /// The paths as the checkpoint records them.
+    path_strings: Vec<String>,
+    excludes: Excludes,
+}
+
+impl Sources {
+    fn check(options: &BackupOptions) -> Result<Sources> {
+        let started = Instant::now();
+        let time = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
+        if let Some(tag) = options
+            .tags
+            .iter()
+            .find(|t| !crate::tree::is_valid_name(t.as_bytes()))
+        {
+            return Err(Error::InvalidInput(format!(
+                "tag {tag:?} is not usable: a tag must be non-empty and contain no `/` (it names a directory in the mount)"
+            )));
+        }
+        if options.paths.is_empty() {
+            return Err(Error::InvalidInput(
+                "nothing to back up: give at least one path".into(),
+            ));
+        }
+        let mut paths = Vec::new();
+        for path in &options.paths {
+            let absolute = absolute(path)?;
+            fs::symlink_metadata(&absolute)
+                .map_err(|e| Error::io(format!("cannot back up {}", path.display()), e))?;
+            paths.push(absolute);
+        }
+        if options.paths.len() > 1 {
+            let mut names = HashSet::new();
+            for source in &paths {
+                let name = base_name(source);
+                if !crate::tree::is_valid_name(&name) || !names.insert(name) {
+                    return Err(Error::InvalidInput(format!(
+                        "{} cannot be one of several backup paths: each needs a distinct base name",
+                        source.display()
+                    )));
+                }
             }
         }
+        let path_strings = paths
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        Ok(Sources {
+            started,
+            time,
+            paths,
+            path_strings,
+            excludes: Excludes::new(&options.excludes)?,
+        })
     }
-    let path_strings: Vec<String> = sources
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
+}
+
+/// The backup itself, with the scan ahead already running (told to stop through
+/// `scan_stop` when the walk fails).
+fn back_up(
+    repo: &Repository,
+    options: &BackupOptions,
+    sources: &Sources,
+    progress: &Progress,
+    scan_stop: &AtomicBool,
+) -> Result<BackupOutcome> {
+    let Sources {
+        started,
+        time,
+        paths: sources,
+        path_strings,
+        excludes,
+    } = sources;
     let parent = match options.parent {
         Some(id) => Some((id, checkpoint::load(repo, &id)?)),
-        None => find_parent(repo, &options.host, &path_strings)?,
+        None => find_parent(repo, &options.host, path_strings)?,
     };
     let parent_root = match &parent {
         Some((_, c)) => Some(load_tree(repo, &c.tree)?),
         None => None,
     };
-    let excludes = Excludes::new(&options.excludes)?;
     // One directory: the checkpoint's root is its contents, and its own metadata is kept.
     let single_dir = match sources.as_slice() {
         [single] => fs::symlink_metadata(single)
@@ -854,22 +956,15 @@ pub fn run(
 
     let errors = Mutex::new(Vec::new());
     let in_flight = Mutex::new(HashSet::new());
-    // Threads: file workers, scan ahead, read ahead; and whether parent trees are decoded
-    // ahead. At low priority, one read in flight at a time.
-    let (threads, scan_threads, read_ahead_threads, parent_trees_ahead) =
-        if options.one_read_at_a_time {
-            (1, 1, 0, false)
-        } else {
-            (
-                options.threads.max(1),
-                SCAN_AHEAD_THREADS,
-                READ_AHEAD_THREADS,
-                true,
-            )
-        };
+    // Threads: file workers, read ahead; and whether parent trees are decoded ahead. At low
+    // priority, one read in flight at a time.
+    let (threads, read_ahead_threads, parent_trees_ahead) = if options.one_read_at_a_time {
+        (1, 0, false)
+    } else {
+        (options.threads.max(1), READ_AHEAD_THREADS, true)
+    };
     let (packer_tx, packer_rx) = bounded(threads * 2);
     let read_limiter = options.read_limit.map(RateLimiter::new);
-    let scan_stop = AtomicBool::new(false);
     let walk_done = AtomicBool::new(false);
     let parent_trees = ParentTrees {
         ahead: quick_cache::sync::Cache::new(PARENT_TREES_AHEAD),
@@ -883,9 +978,6 @@ pub fn run(
     let (root, mut stats) = std::thread::scope(|scope| -> Result<(BlobId, CheckpointStats)> {
         let packer =
             scope.spawn(|| run_packer(repo, packer_rx, &in_flight, options.dry_run, progress));
-        let (sources, excludes, stop) = (&sources, &excludes, &scan_stop);
-        let scanning =
-            scope.spawn(move || scan_ahead(sources, excludes, progress, scan_threads, stop));
         if let Some(root) = &parent_root
             && parent_trees_ahead
         {
@@ -932,7 +1024,6 @@ pub fn run(
         if built.is_err() {
             scan_stop.store(true, Ordering::Relaxed);
         }
-        scanning.join().expect("the scan ahead does not panic");
         for worker in workers {
             worker.join().expect("file workers do not panic");
         }
@@ -952,9 +1043,9 @@ pub fn run(
     stats.added_bytes = progress.added_bytes.load(Ordering::Relaxed);
     stats.duration_ms = started.elapsed().as_millis() as u64;
     let checkpoint = Checkpoint {
-        time,
+        time: time.clone(),
         host: options.host.clone(),
-        paths: path_strings,
+        paths: path_strings.clone(),
         tags: options.tags.clone(),
         tree: root,
         root: single_dir.map(|(path, metadata)| {

@@ -74,7 +74,6 @@ pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
     if args.low_priority {
         cairn::throttle::lower_priority()?;
     }
-    let repo = global.open()?;
     let mut options = BackupOptions::new(args.paths);
     options.tags = args.tags;
     options.excludes = args.excludes;
@@ -91,7 +90,7 @@ pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
         if draw {
             scope.spawn(|| draw_progress(&progress, &done));
         }
-        let outcome = backup::run(&repo, &options, &progress);
+        let outcome = backup::run_opening(|| global.open(), &options, &progress);
         done.store(true, Ordering::Relaxed);
         outcome
     })?;
