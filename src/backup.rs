@@ -25,8 +25,8 @@ use crate::error::{Error, Result};
 use crate::fsmeta::{ctime_ns, entry_from_metadata, mtime_ns, read_xattrs};
 use crate::id::{BlobId, CheckpointId};
 use crate::repo::Repository;
-use crate::repo::index::{IndexedPacks, encode_index_file};
-use crate::repo::pack::{BlobKind, PackBuilder, pack_object_name};
+use crate::repo::pack::BlobKind;
+use crate::repo::writer::{BlobSink, with_blob_sink};
 use crate::throttle::{RateLimiter, Throttled};
 use crate::tree::{
     ChunkRef, Content, Entry, EntryKind, INLINE_CHUNKS_MAX, Tree, encode_chunk_list, load_tree,
@@ -43,8 +43,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-/// An index file is written after this many packs (and at the end of the run).
-const PACKS_PER_INDEX_FILE: usize = 32;
 /// Files the walker may queue ahead of the file workers.
 const FILES_QUEUED: usize = 256;
 /// Threads asking the kernel to start reading queued files.
@@ -163,121 +161,6 @@ impl Excludes {
     }
 }
 
-/// An encoded blob on its way to the packer.
-enum PackerMessage {
-    Blob {
-        id: BlobId,
-        kind: BlobKind,
-        encoded: Vec<u8>,
-        raw_length: usize,
-    },
-    Finish,
-}
-
-/// Stores blobs the repository lacks: dedupes against the index and this run, encodes, and
-/// hands them to the packer.
-struct BlobSink<'a> {
-    repo: &'a Repository,
-    /// Caps the bytes read from source files.
-    read_limiter: Option<&'a RateLimiter>,
-    /// Blobs sent to the packer in this run and not yet in the index cache.
-    in_flight: &'a Mutex<HashSet<BlobId>>,
-    packer: Sender<PackerMessage>,
-}
-
-impl BlobSink<'_> {
-    fn store(&self, kind: BlobKind, plaintext: &[u8]) -> Result<BlobId> {
-        let id = BlobId(self.repo.codec().id_of(plaintext));
-        if self.repo.index().contains(&id)?
-            || !self.in_flight.lock().expect("not poisoned").insert(id)
-        {
-            return Ok(id);
-        }
-        // The packer indexes blobs before it releases their claims, so a blob indexed between
-        // the first check and the claim shows up here and is not stored twice.
-        if self.repo.index().contains(&id)? {
-            self.in_flight.lock().expect("not poisoned").remove(&id);
-            return Ok(id);
-        }
-        let encoded = self.repo.codec().encode(plaintext, true);
-        let message = PackerMessage::Blob {
-            id,
-            kind,
-            encoded,
-            raw_length: plaintext.len(),
-        };
-        self.packer
-            .send(message)
-            .map_err(|_| Error::InvalidInput("the pack writer stopped".into()))?;
-        Ok(id)
-    }
-}
-
-/// Appends blobs to packs, stores them and writes index files. Returns the number of blobs.
-fn run_packer(
-    repo: &Repository,
-    messages: Receiver<PackerMessage>,
-    in_flight: &Mutex<HashSet<BlobId>>,
-    dry_run: bool,
-    progress: &Progress,
-) -> Result<u64> {
-    let mut builder = PackBuilder::default();
-    let mut unindexed: IndexedPacks = Vec::new();
-    let mut blobs = 0u64;
-    let flush_pack = |builder: &mut PackBuilder, unindexed: &mut IndexedPacks| -> Result<()> {
-        let (id, bytes, entries) = builder.finish(repo.codec());
-        if !dry_run {
-            repo.backend().put(&pack_object_name(&id), &bytes)?;
-        }
-        progress
-            .added_bytes
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        unindexed.push((id, entries));
-        Ok(())
-    };
-    let write_index = |unindexed: &mut IndexedPacks| -> Result<()> {
-        if dry_run || unindexed.is_empty() {
-            return Ok(());
-        }
-        let encoded = repo.codec().encode(&encode_index_file(unindexed), true);
-        let name = format!("index/{}", blake3::hash(&encoded).to_hex());
-        repo.backend().put(&name, &encoded)?;
-        repo.index().add_index_file(&name, unindexed)?;
-        let mut in_flight = in_flight.lock().expect("not poisoned");
-        for (_, entries) in unindexed.drain(..) {
-            for entry in entries {
-                in_flight.remove(&entry.id);
-            }
-        }
-        Ok(())
-    };
-    for message in messages {
-        match message {
-            PackerMessage::Blob {
-                id,
-                kind,
-                encoded,
-                raw_length,
-            } => {
-                builder.add(id, kind, &encoded, raw_length);
-                blobs += 1;
-                if builder.is_full() {
-                    flush_pack(&mut builder, &mut unindexed)?;
-                    if unindexed.len() >= PACKS_PER_INDEX_FILE {
-                        write_index(&mut unindexed)?;
-                    }
-                }
-            }
-            PackerMessage::Finish => break,
-        }
-    }
-    if !builder.is_empty() {
-        flush_pack(&mut builder, &mut unindexed)?;
-    }
-    write_index(&mut unindexed)?;
-    Ok(blobs)
-}
-
 /// Why a file could not be stored.
 enum FileError {
     /// The source could not be read: a soft error.
@@ -333,25 +216,29 @@ fn read_ahead(path: &Path) {
 /// Reads, chunks and stores one file; returns its content and the bytes read.
 fn store_file(
     sink: &BlobSink,
+    read_limiter: Option<&RateLimiter>,
     path: &Path,
     buffer: &mut Vec<u8>,
     progress: &Progress,
 ) -> Result<(Content, u64), FileError> {
-    let file = Throttled::new(open_source(path)?, sink.read_limiter);
+    let file = Throttled::new(open_source(path)?, read_limiter);
     let mut chunks = Vec::new();
-    let read = sink.repo.chunker().for_each_chunk(file, buffer, |chunk| {
-        let id = sink
-            .store(BlobKind::Data, chunk)
-            .map_err(FileError::Repository)?;
-        chunks.push(ChunkRef {
-            id,
-            length: chunk.len() as u32,
-        });
-        progress
-            .bytes_read
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        Ok::<(), FileError>(())
-    })?;
+    let read = sink
+        .repo()
+        .chunker()
+        .for_each_chunk(file, buffer, |chunk| {
+            let id = sink
+                .store(BlobKind::Data, chunk)
+                .map_err(FileError::Repository)?;
+            chunks.push(ChunkRef {
+                id,
+                length: chunk.len() as u32,
+            });
+            progress
+                .bytes_read
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            Ok::<(), FileError>(())
+        })?;
     let content = if chunks.len() > INLINE_CHUNKS_MAX {
         let list = encode_chunk_list(&chunks);
         Content::ChunkList(
@@ -364,10 +251,15 @@ fn store_file(
     Ok((content, read))
 }
 
-fn run_file_worker(sink: &BlobSink, jobs: Receiver<FileJob>, progress: &Progress) {
+fn run_file_worker(
+    sink: &BlobSink,
+    read_limiter: Option<&RateLimiter>,
+    jobs: Receiver<FileJob>,
+    progress: &Progress,
+) {
     let mut buffer = Vec::new();
     for job in jobs {
-        let result = store_file(sink, &job.path, &mut buffer, progress);
+        let result = store_file(sink, read_limiter, &job.path, &mut buffer, progress);
         // The tree builder may have stopped after a fatal error; then nobody waits.
         let _ = job.result.send(result);
     }
@@ -955,7 +847,6 @@ fn back_up(
     };
 
     let errors = Mutex::new(Vec::new());
-    let in_flight = Mutex::new(HashSet::new());
     // Threads: file workers, read ahead; and whether parent trees are decoded ahead. At low
     // priority, one read in flight at a time.
     let (threads, read_ahead_threads, parent_trees_ahead) = if options.one_read_at_a_time {
@@ -963,79 +854,66 @@ fn back_up(
     } else {
         (options.threads.max(1), READ_AHEAD_THREADS, true)
     };
-    let (packer_tx, packer_rx) = bounded(threads * 2);
     let read_limiter = options.read_limit.map(RateLimiter::new);
     let walk_done = AtomicBool::new(false);
     let parent_trees = ParentTrees {
         ahead: quick_cache::sync::Cache::new(PARENT_TREES_AHEAD),
     };
-    let sink = BlobSink {
-        repo,
-        read_limiter: read_limiter.as_ref(),
-        in_flight: &in_flight,
-        packer: packer_tx,
+    let walk = |sink: &BlobSink| {
+        std::thread::scope(|scope| -> Result<(BlobId, CheckpointStats)> {
+            if let Some(root) = &parent_root
+                && parent_trees_ahead
+            {
+                let (trees, stop) = (&parent_trees, &walk_done);
+                scope.spawn(move || load_parent_trees_ahead(repo, root, trees, stop));
+            }
+            let (file_tx, file_rx) = bounded::<FileJob>(FILES_QUEUED);
+            let (read_ahead_tx, read_ahead_rx) = bounded::<PathBuf>(FILES_QUEUED);
+            for _ in 0..read_ahead_threads {
+                let paths = read_ahead_rx.clone();
+                scope.spawn(move || paths.into_iter().for_each(|path| read_ahead(&path)));
+            }
+            // With no read-ahead threads the walker's hints fail at once instead of queueing.
+            drop(read_ahead_rx);
+            let (dir_tx, dir_rx) = bounded(1024);
+            for _ in 0..threads {
+                let (jobs, limiter) = (file_rx.clone(), read_limiter.as_ref());
+                scope.spawn(move || run_file_worker(sink, limiter, jobs, progress));
+            }
+            drop(file_rx);
+            let builder = scope.spawn(|| run_tree_builder(sink, dir_rx, &errors, progress));
+            let walker = Walker {
+                repo,
+                excludes,
+                files: file_tx,
+                read_ahead: read_ahead_tx,
+                dirs: dir_tx,
+                errors: &errors,
+                parent_trees: &parent_trees,
+            };
+            let walked = match &single_dir {
+                Some((single, _)) => walker.scan_dir(single, parent_root.as_ref()),
+                None => walker.scan_sources(sources, parent_root.as_ref()),
+            };
+            drop(walker);
+            walk_done.store(true, Ordering::Relaxed);
+            let built = builder.join().expect("tree builder does not panic");
+            if walked.is_err() || built.is_err() {
+                scan_stop.store(true, Ordering::Relaxed);
+            }
+            let stats = built?;
+            let root = walked?.recv().map_err(|_| abandoned())?;
+            Ok((root, stats))
+        })
     };
-    let (root, mut stats) = std::thread::scope(|scope| -> Result<(BlobId, CheckpointStats)> {
-        let packer =
-            scope.spawn(|| run_packer(repo, packer_rx, &in_flight, options.dry_run, progress));
-        if let Some(root) = &parent_root
-            && parent_trees_ahead
-        {
-            let (trees, stop) = (&parent_trees, &walk_done);
-            scope.spawn(move || load_parent_trees_ahead(repo, root, trees, stop));
-        }
-        let (file_tx, file_rx) = bounded::<FileJob>(FILES_QUEUED);
-        let (read_ahead_tx, read_ahead_rx) = bounded::<PathBuf>(FILES_QUEUED);
-        for _ in 0..read_ahead_threads {
-            let paths = read_ahead_rx.clone();
-            scope.spawn(move || paths.into_iter().for_each(|path| read_ahead(&path)));
-        }
-        // With no read-ahead threads the walker's hints fail at once instead of queueing.
-        drop(read_ahead_rx);
-        let (dir_tx, dir_rx) = bounded(1024);
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                let jobs = file_rx.clone();
-                let sink = &sink;
-                scope.spawn(move || run_file_worker(sink, jobs, progress))
-            })
-            .collect();
-        drop(file_rx);
-        let builder = scope.spawn(|| run_tree_builder(&sink, dir_rx, &errors, progress));
-        let walker = Walker {
-            repo,
-            excludes,
-            files: file_tx,
-            read_ahead: read_ahead_tx,
-            dirs: dir_tx,
-            errors: &errors,
-            parent_trees: &parent_trees,
-        };
-        let walked = match &single_dir {
-            Some((single, _)) => walker.scan_dir(single, parent_root.as_ref()),
-            None => walker.scan_sources(sources, parent_root.as_ref()),
-        };
-        drop(walker);
-        walk_done.store(true, Ordering::Relaxed);
-        if walked.is_err() {
-            scan_stop.store(true, Ordering::Relaxed);
-        }
-        let built = builder.join().expect("tree builder does not panic");
-        if built.is_err() {
-            scan_stop.store(true, Ordering::Relaxed);
-        }
-        for worker in workers {
-            worker.join().expect("file workers do not panic");
-        }
-        let _ = sink.packer.send(PackerMessage::Finish);
-        let packed = packer.join().expect("packer does not panic");
-        // A failed write stops everything; report it rather than the stop it caused.
-        let added_blobs = packed?;
-        let mut stats = built?;
-        stats.added_blobs = added_blobs;
-        let root = walked?.recv().map_err(|_| abandoned())?;
-        Ok((root, stats))
-    })?;
+    let ((root, mut stats), added_blobs) = with_blob_sink(
+        repo,
+        options.dry_run,
+        threads * 2,
+        &progress.added_bytes,
+        walk,
+    )?;
+    stats.added_blobs = added_blobs;
 
     let errors = errors.into_inner().expect("not poisoned");
     stats.errors = errors.len() as u64;

@@ -91,6 +91,23 @@ pub fn load(repo: &Repository, id: &CheckpointId) -> Result<Checkpoint> {
     Ok(record)
 }
 
+/// Whether the repository holds checkpoint `id`.
+pub fn exists(repo: &Repository, id: &CheckpointId) -> Result<bool> {
+    repo.backend().exists(&object_name(id))
+}
+
+/// Copies checkpoint record `id` from `from` into `to` as it is (checked against its id), so
+/// it keeps its id; `to` must share `from`'s ids. Written last, after every blob it needs.
+pub fn copy_record(from: &Repository, to: &Repository, id: &CheckpointId) -> Result<()> {
+    let name = object_name(id);
+    let plaintext = from.read_object_plaintext(&name)?;
+    if from.codec().id_of(&plaintext) != id.0 || to.codec().id_of(&plaintext) != id.0 {
+        return Err(Error::corrupt(&name, "record does not match its id"));
+    }
+    to.backend()
+        .put(&name, &to.codec().encode(&plaintext, true))
+}
+
 /// The ids of every checkpoint in the repository.
 pub fn list_ids(repo: &Repository) -> Result<Vec<CheckpointId>> {
     let mut ids: Vec<CheckpointId> = repo

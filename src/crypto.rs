@@ -47,6 +47,15 @@ impl MasterKey {
         }
     }
 
+    /// A key for another repository whose blobs get the same ids and chunk boundaries
+    /// (same id key and chunker seed) but are encrypted under a fresh key.
+    pub fn generate_like(&self) -> Self {
+        MasterKey {
+            encryption: random_bytes(),
+            ..self.clone()
+        }
+    }
+
     pub fn id_key(&self) -> &[u8; 32] {
         &self.id_key
     }

@@ -35,6 +35,9 @@ pub enum Error {
     InvalidInput(String),
     #[error("{0}")]
     Locked(String),
+    /// A server could not be reached or answered with an error.
+    #[error("{0}")]
+    Network(String),
     #[error("local index cache {path}: {message}")]
     Cache { path: PathBuf, message: String },
 }
@@ -45,7 +48,7 @@ impl Error {
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 ErrorKind::NotFound
             }
-            Error::Io { .. } | Error::Cache { .. } => ErrorKind::Io,
+            Error::Io { .. } | Error::Cache { .. } | Error::Network(_) => ErrorKind::Io,
             Error::Corrupt { .. } => ErrorKind::Corrupt,
             Error::WrongKey(_) => ErrorKind::Crypto,
             Error::NotFound(_) => ErrorKind::NotFound,

@@ -74,7 +74,7 @@ pub struct RestoreStats {
 
 /// Removes whatever is at `path` unless it is a directory and `keep_dir` is set. Never
 /// follows a symlink.
-fn clear_path(path: &Path, keep_dir: bool) -> Result<()> {
+pub(crate) fn clear_path(path: &Path, keep_dir: bool) -> Result<()> {
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
@@ -90,7 +90,7 @@ fn clear_path(path: &Path, keep_dir: bool) -> Result<()> {
 }
 
 /// Writes `data` at `offset`, skipping aligned all-zero blocks so they stay holes.
-fn write_sparse(file: &fs::File, offset: u64, data: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_sparse(file: &fs::File, offset: u64, data: &[u8]) -> std::io::Result<()> {
     let mut run_start = None;
     let mut at = 0;
     while at < data.len() {

@@ -1,10 +1,12 @@
-//! `cairn init`: creates a repository in password (default), keyfile or none mode.
+//! `cairn init`: creates a repository in password (default), keyfile or none mode, on its own
+//! or `--like` another one (shared blob ids, so sync copies blobs between them as they are).
 
 use super::GlobalArgs;
 use anyhow::{Result, bail};
 use cairn::repo::config::EncryptionMode;
 use cairn::repo::{InitOptions, Repository};
 use clap::{Args, ValueEnum};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -22,9 +24,15 @@ pub struct InitArgs {
     /// How to protect the repository
     #[arg(long, value_enum, default_value = "password")]
     encryption: Encryption,
-    /// zstd compression level (1-22)
+    /// zstd compression level (1-22; with --like, that repository's)
     #[arg(long, default_value_t = cairn::repo::config::DEFAULT_COMPRESSION_LEVEL)]
     compression_level: i32,
+    /// Give blobs the same ids and chunks as this repository (same chunker and id key, own
+    /// encryption key and password), so `cairn sync` copies between them as they are
+    #[arg(long, value_name = "REPO")]
+    like: Option<PathBuf>,
+    #[command(flatten)]
+    like_credentials: super::FromCredentials,
 }
 
 pub fn run(global: &GlobalArgs, args: InitArgs) -> Result<ExitCode> {
@@ -44,8 +52,16 @@ pub fn run(global: &GlobalArgs, args: InitArgs) -> Result<ExitCode> {
         Encryption::Keyfile => EncryptionMode::Keyfile,
         Encryption::None => EncryptionMode::None,
     };
-    let mut options = InitOptions::new(encryption);
-    options.compression_level = args.compression_level;
+    let mut options = match &args.like {
+        Some(like) => {
+            let like = global.open_at(like, args.like_credentials.resolve(global))?;
+            InitOptions::like(encryption, &like)?
+        }
+        None => InitOptions {
+            compression_level: args.compression_level,
+            ..InitOptions::new(encryption)
+        },
+    };
     match encryption {
         EncryptionMode::Password => options.password = Some(global.password(true)?),
         EncryptionMode::Keyfile => {

@@ -14,14 +14,17 @@ mod ls;
 mod mount;
 mod pipeline_speed;
 mod restore;
+mod serve;
+mod sync;
 
 use anyhow::{Context, Result, bail};
-use cairn::repo::backend::LocalBackend;
+use cairn::repo::backend::{Backend, LocalBackend};
 use cairn::repo::config::EncryptionMode;
+use cairn::repo::http::{HttpBackend, Remote};
 use cairn::repo::{Repository, Secret};
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -38,7 +41,7 @@ pub struct Cli {
 /// Options every subcommand takes.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// The repository (a directory)
+    /// The repository: a directory, or the URL of a `cairn serve` (https://host:port/repo)
     #[arg(long, global = true, env = "CAIRN_REPO")]
     repo: Option<PathBuf>,
     /// Read the password from this file (first line); `CAIRN_PASSWORD` also works
@@ -50,6 +53,13 @@ pub struct GlobalArgs {
     /// Where the local index cache lives (default: $XDG_CACHE_HOME/cairn or ~/.cache/cairn)
     #[arg(long, global = true, env = "CAIRN_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// The bearer token of a `cairn serve` server, from this file (first line);
+    /// `CAIRN_TOKEN` also works. For `serve`, the token clients must present
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// Trust this PEM certificate (or CA) for https:// servers, besides the public roots
+    #[arg(long, global = true, env = "CAIRN_TLS_CA")]
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +84,11 @@ enum Command {
     Mount(mount::MountArgs),
     /// Show every version of a path across all checkpoints
     History(history::HistoryArgs),
+    /// Copy only what the destination lacks: directory or repository into a repository,
+    /// checkpoint or directory into a directory
+    Sync(sync::SyncArgs),
+    /// Serve a repository over HTTP(S) to cairn clients elsewhere
+    Serve(serve::ServeArgs),
     /// Measure the backup pipeline in memory on some files (the floor in scripts/bench.sh)
     #[command(hide = true)]
     PipelineSpeed(pipeline_speed::PipelineSpeedArgs),
@@ -92,6 +107,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Diff(args) => diff::run(global, args),
         Command::Mount(args) => mount::run(global, args),
         Command::History(args) => history::run(global, args),
+        Command::Sync(args) => sync::run(global, args),
+        Command::Serve(args) => serve::run(global, args),
         Command::PipelineSpeed(args) => pipeline_speed::run(args),
     }
 }
@@ -108,8 +125,51 @@ impl GlobalArgs {
             .context("no repository given: pass --repo PATH or set CAIRN_REPO")
     }
 
-    fn backend(&self) -> Result<Arc<LocalBackend>> {
-        Ok(Arc::new(LocalBackend::new(self.repo_path()?)))
+    fn backend(&self) -> Result<Arc<dyn Backend>> {
+        self.backend_at(self.repo_path()?)
+    }
+
+    /// The backend of a repository location: a directory, or an `http(s)://` URL served
+    /// by `cairn serve`.
+    fn backend_at(&self, location: &Path) -> Result<Arc<dyn Backend>> {
+        match location.to_str().filter(|l| is_url(l)) {
+            Some(url) => Ok(Arc::new(HttpBackend::new(self.remote(url)?)?)),
+            None => Ok(Arc::new(LocalBackend::new(location))),
+        }
+    }
+
+    /// How to reach the server at `url`: the token and the extra CA.
+    fn remote(&self, url: &str) -> Result<Remote> {
+        Ok(Remote {
+            url: url.trim_end_matches('/').to_owned(),
+            token: self.token()?,
+            ca_pem: match &self.tls_ca {
+                Some(file) => {
+                    Some(std::fs::read(file).with_context(|| {
+                        format!("reading the CA certificate {}", file.display())
+                    })?)
+                }
+                None => None,
+            },
+        })
+    }
+
+    /// The server token from `CAIRN_TOKEN` or `--token-file`.
+    fn token(&self) -> Result<String> {
+        if let Some(token) = std::env::var_os("CAIRN_TOKEN") {
+            return Ok(token.to_string_lossy().trim().to_owned());
+        }
+        let file = self
+            .token_file
+            .as_ref()
+            .context("a server token is needed: pass --token-file FILE or set CAIRN_TOKEN")?;
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading token file {}", file.display()))?;
+        let token = text.lines().next().unwrap_or_default().trim().to_owned();
+        if token.is_empty() {
+            bail!("token file {} is empty", file.display());
+        }
+        Ok(token)
     }
 
     fn cache_root(&self) -> Result<PathBuf> {
@@ -124,12 +184,57 @@ impl GlobalArgs {
         Ok(PathBuf::from(home).join(".cache/cairn"))
     }
 
-    /// The password from `CAIRN_PASSWORD`, `--password-file`, or a prompt on a terminal.
+    /// Where the secret of `--repo` comes from.
+    fn credentials(&self) -> Credentials<'_> {
+        Credentials {
+            password_env: "CAIRN_PASSWORD",
+            password_file: self.password_file.as_deref(),
+            key_file: self.key_file.as_deref(),
+        }
+    }
+
+    /// The password of `--repo`, as `Credentials::password` gives it.
     fn password(&self, confirm: bool) -> Result<Vec<u8>> {
-        if let Some(password) = std::env::var_os("CAIRN_PASSWORD") {
+        self.credentials().password(confirm)
+    }
+
+    /// Opens `--repo`, asking for its secret only if it needs one.
+    fn open(&self) -> Result<Repository> {
+        self.open_at(self.repo_path()?, self.credentials())
+    }
+
+    /// Opens the repository at `path` with the secret `credentials` name.
+    fn open_at(&self, path: &Path, credentials: Credentials) -> Result<Repository> {
+        let backend = self.backend_at(path)?;
+        let cache_root = self.cache_root()?;
+        let secret = |mode| {
+            let secret = match mode {
+                EncryptionMode::None => Ok(Secret::None),
+                EncryptionMode::Password => credentials.password(false).map(Secret::Password),
+                EncryptionMode::Keyfile => credentials.key_file().map(Secret::KeyFile),
+            };
+            secret.map_err(|e| cairn::error::Error::InvalidInput(format!("{e:#}")))
+        };
+        Ok(Repository::open(backend, secret, &cache_root)?)
+    }
+}
+
+/// Where one repository's secret comes from: an environment variable or a file for the
+/// password (else a prompt on a terminal), or a key file.
+#[derive(Debug, Clone, Copy)]
+struct Credentials<'a> {
+    password_env: &'static str,
+    password_file: Option<&'a Path>,
+    key_file: Option<&'a Path>,
+}
+
+impl Credentials<'_> {
+    /// The password from the environment variable, the password file, or a prompt.
+    fn password(&self, confirm: bool) -> Result<Vec<u8>> {
+        if let Some(password) = std::env::var_os(self.password_env) {
             return Ok(std::os::unix::ffi::OsStringExt::into_vec(password));
         }
-        if let Some(file) = &self.password_file {
+        if let Some(file) = self.password_file {
             let text = std::fs::read(file)
                 .with_context(|| format!("reading password file {}", file.display()))?;
             let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
@@ -137,7 +242,8 @@ impl GlobalArgs {
         }
         if !std::io::stdin().is_terminal() {
             bail!(
-                "a password is needed: set CAIRN_PASSWORD, pass --password-file FILE, or run on a terminal"
+                "a password is needed: set {}, pass a password file, or run on a terminal",
+                self.password_env
             );
         }
         let password = rpassword::prompt_password("repository password: ")?;
@@ -150,30 +256,45 @@ impl GlobalArgs {
         Ok(password.into_bytes())
     }
 
-    /// Opens the repository, asking for its secret only if it needs one.
-    fn open(&self) -> Result<Repository> {
-        let backend = self.backend()?;
-        let cache_root = self.cache_root()?;
-        let repo = Repository::open(
-            backend,
-            |mode| {
-                match mode {
-                EncryptionMode::None => Ok(Secret::None),
-                EncryptionMode::Password => self
-                    .password(false)
-                    .map(Secret::Password)
-                    .map_err(|e| cairn::error::Error::InvalidInput(format!("{e:#}"))),
-                EncryptionMode::Keyfile => self.key_file.clone().map(Secret::KeyFile).ok_or_else(|| {
-                    cairn::error::Error::InvalidInput(
-                        "this repository needs its key file: pass --key-file FILE or set CAIRN_KEY_FILE".into(),
-                    )
-                }),
-            }
-            },
-            &cache_root,
-        )?;
-        Ok(repo)
+    fn key_file(&self) -> Result<PathBuf> {
+        self.key_file.map(Path::to_path_buf).context(
+            "this repository needs its key file: pass --key-file FILE or set CAIRN_KEY_FILE",
+        )
     }
+}
+
+/// The secret of a second repository that a command reads from (`sync`'s source,
+/// `init --like`); without any of these, the main ones (`--password-file`, `CAIRN_PASSWORD`,
+/// `--key-file`) serve.
+#[derive(Debug, Args)]
+struct FromCredentials {
+    /// Read the source repository's password from this file; `CAIRN_FROM_PASSWORD` also works
+    #[arg(long)]
+    from_password_file: Option<PathBuf>,
+    /// The source repository's key file (keyfile mode)
+    #[arg(long, env = "CAIRN_FROM_KEY_FILE")]
+    from_key_file: Option<PathBuf>,
+}
+
+impl FromCredentials {
+    fn resolve<'a>(&'a self, global: &'a GlobalArgs) -> Credentials<'a> {
+        let given = std::env::var_os("CAIRN_FROM_PASSWORD").is_some()
+            || self.from_password_file.is_some()
+            || self.from_key_file.is_some();
+        if !given {
+            return global.credentials();
+        }
+        Credentials {
+            password_env: "CAIRN_FROM_PASSWORD",
+            password_file: self.from_password_file.as_deref(),
+            key_file: self.from_key_file.as_deref(),
+        }
+    }
+}
+
+/// Whether a repository location is a server's URL.
+fn is_url(location: &str) -> bool {
+    location.starts_with("http://") || location.starts_with("https://")
 }
 
 /// Whether to draw progress: stderr is a terminal and the output is not JSON.

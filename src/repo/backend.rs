@@ -19,6 +19,14 @@ pub struct ObjectInfo {
     pub size: u64,
 }
 
+/// One range of a batched read: `length` bytes at `offset` of object `name`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RangeRequest {
+    pub name: String,
+    pub offset: u64,
+    pub length: u64,
+}
+
 /// Storage of named immutable objects.
 pub trait Backend: Send + Sync {
     /// A human-readable location, for messages.
@@ -27,6 +35,13 @@ pub trait Backend: Send + Sync {
     fn get(&self, name: &str) -> Result<Vec<u8>>;
     /// `length` bytes from `offset`; fewer bytes than asked is a corrupt (truncated) object.
     fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>>;
+    /// Several ranges, in order; a remote backend asks for them in one request.
+    fn get_ranges(&self, ranges: &[RangeRequest]) -> Result<Vec<Vec<u8>>> {
+        ranges
+            .iter()
+            .map(|r| self.get_range(&r.name, r.offset, r.length))
+            .collect()
+    }
     /// Stores the object atomically: afterwards it is complete and durable, or absent.
     fn put(&self, name: &str, data: &[u8]) -> Result<()>;
     /// Every object whose name starts with `prefix` (e.g. `"data/"`), in no particular order.

@@ -87,6 +87,11 @@ impl Codec {
         self.key.is_some()
     }
 
+    /// The repository's key (`None` when it is not encrypted).
+    pub fn master_key(&self) -> Option<&MasterKey> {
+        self.key.as_ref()
+    }
+
     /// The content id of `plaintext`.
     pub fn id_of(&self, plaintext: &[u8]) -> [u8; 32] {
         match &self.key {
@@ -133,29 +138,59 @@ impl Codec {
 
     /// The plaintext of a stored object; `location` names it in errors.
     pub fn decode(&self, stored: &[u8], location: &dyn Fn() -> String) -> Result<Vec<u8>> {
-        let opened;
-        let framed = match &self.key {
-            Some(key) => {
-                opened = key.open(stored).ok_or_else(|| {
-                    Error::corrupt(location(), "authentication failed (MAC mismatch)")
-                })?;
-                &opened[..]
-            }
-            None => stored,
-        };
-        let (flag, payload) = framed
-            .split_first()
-            .ok_or_else(|| Error::corrupt(location(), "empty object"))?;
-        match *flag {
-            FLAG_RAW => Ok(payload.to_vec()),
-            FLAG_ZSTD => decompress(payload)
-                .map_err(|e| Error::corrupt(location(), format!("zstd: {e}")))?
-                .ok_or_else(|| Error::corrupt(location(), "decompresses to more than 1 GiB")),
-            other => Err(Error::corrupt(
-                location(),
-                format!("unknown compression flag {other}"),
-            )),
+        unframe(&self.open(stored, location)?, location)
+    }
+
+    /// Blob `id`, stored by this codec, in the stored form of `to`: opened, checked against
+    /// its id, and sealed under `to`'s key as it was compressed (nothing is compressed
+    /// again). `to` must give blobs the same ids.
+    pub fn transcode_blob(
+        &self,
+        stored: &[u8],
+        id: &BlobId,
+        to: &Codec,
+        location: &dyn Fn() -> String,
+    ) -> Result<Vec<u8>> {
+        let framed = self.open(stored, location)?;
+        if self.id_of(&unframe(&framed, location)?) != id.0 {
+            return Err(Error::corrupt(location(), "content does not match its id"));
         }
+        Ok(match &to.key {
+            Some(key) => key.seal(&framed),
+            None => framed.into_owned(),
+        })
+    }
+
+    /// The framed bytes (flag and payload) of a stored object, its MAC checked.
+    fn open<'a>(
+        &self,
+        stored: &'a [u8],
+        location: &dyn Fn() -> String,
+    ) -> Result<std::borrow::Cow<'a, [u8]>> {
+        match &self.key {
+            Some(key) => key
+                .open(stored)
+                .map(Into::into)
+                .ok_or_else(|| Error::corrupt(location(), "authentication failed (MAC mismatch)")),
+            None => Ok(stored.into()),
+        }
+    }
+}
+
+/// The plaintext of framed bytes: the flag says whether the payload is zstd.
+fn unframe(framed: &[u8], location: &dyn Fn() -> String) -> Result<Vec<u8>> {
+    let (flag, payload) = framed
+        .split_first()
+        .ok_or_else(|| Error::corrupt(location(), "empty object"))?;
+    match *flag {
+        FLAG_RAW => Ok(payload.to_vec()),
+        FLAG_ZSTD => decompress(payload)
+            .map_err(|e| Error::corrupt(location(), format!("zstd: {e}")))?
+            .ok_or_else(|| Error::corrupt(location(), "decompresses to more than 1 GiB")),
+        other => Err(Error::corrupt(
+            location(),
+            format!("unknown compression flag {other}"),
+        )),
     }
 }
 
@@ -221,6 +256,30 @@ mod tests {
         framed.extend(payload);
         let decoded = Codec::new(None, 3).decode(&framed, &|| "t".into());
         assert_eq!(decoded.unwrap(), data);
+    }
+
+    #[test]
+    fn a_transcoded_blob_decodes_under_the_other_key_and_a_wrong_id_is_refused() {
+        let from = Codec::new(Some(MasterKey::generate()), 3);
+        let to = Codec::new(Some(from.key.as_ref().unwrap().generate_like()), 3);
+        let data = vec![5u8; 10_000];
+        let id = BlobId(from.id_of(&data));
+        assert_eq!(to.id_of(&data), id.0);
+        let stored = from.encode(&data, true);
+        let moved = from
+            .transcode_blob(&stored, &id, &to, &|| "t".into())
+            .unwrap();
+        assert!(moved.len() < 1000, "stays compressed");
+        assert_eq!(to.decode_blob(&moved, &id, &|| "t".into()).unwrap(), data);
+        assert!(
+            from.decode(&moved, &|| "t".into()).is_err(),
+            "sealed under a new key"
+        );
+        let wrong = BlobId(from.id_of(b"other"));
+        assert!(
+            from.transcode_blob(&stored, &wrong, &to, &|| "t".into())
+                .is_err()
+        );
     }
 
     #[test]

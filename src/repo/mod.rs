@@ -5,9 +5,11 @@
 pub mod backend;
 pub mod codec;
 pub mod config;
+pub mod http;
 pub mod index;
 pub mod lock;
 pub mod pack;
+pub mod writer;
 
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::crypto::{KeyFile, MasterKey, PasswordKey};
@@ -41,6 +43,9 @@ pub struct InitOptions {
     pub key_file: Option<PathBuf>,
     pub chunker: ChunkerParams,
     pub compression_level: i32,
+    /// The key of a repository whose blob ids and chunk boundaries the new one shares (the
+    /// new one gets its own encryption key), set by `InitOptions::like`.
+    pub like_key: Option<MasterKey>,
 }
 
 impl InitOptions {
@@ -51,7 +56,29 @@ impl InitOptions {
             key_file: None,
             chunker: ChunkerParams::default(),
             compression_level: DEFAULT_COMPRESSION_LEVEL,
+            like_key: None,
         }
+    }
+
+    /// Options for a repository like `other`: same chunker and compression, and the same blob
+    /// ids, so blobs deduplicate across both and copy between them without re-chunking. An
+    /// encrypted repository can only be like an encrypted one (and a plain one like a plain
+    /// one): keyed and unkeyed ids differ.
+    pub fn like(encryption: EncryptionMode, other: &Repository) -> Result<Self> {
+        let other_key = other.codec().master_key();
+        if (encryption == EncryptionMode::None) != other_key.is_none() {
+            return Err(Error::InvalidInput(format!(
+                "a {encryption}-mode repository cannot be like {} ({} mode): encrypted and unencrypted repositories give blobs different ids",
+                other.backend().location(),
+                other.config().encryption
+            )));
+        }
+        Ok(InitOptions {
+            chunker: other.config().chunker,
+            compression_level: other.config().compression_level,
+            like_key: other_key.cloned(),
+            ..InitOptions::new(encryption)
+        })
     }
 }
 
@@ -106,7 +133,16 @@ impl Repository {
             )));
         }
         let id = hex::encode(crate::crypto::random_bytes::<32>());
-        let master = (options.encryption != EncryptionMode::None).then(MasterKey::generate);
+        let master = match (options.encryption, &options.like_key) {
+            (EncryptionMode::None, None) => None,
+            (EncryptionMode::None, Some(_)) => {
+                return Err(Error::InvalidInput(
+                    "an unencrypted repository cannot share an encrypted one's ids".into(),
+                ));
+            }
+            (_, Some(like)) => Some(like.generate_like()),
+            (_, None) => Some(MasterKey::generate()),
+        };
         match options.encryption {
             EncryptionMode::None => {}
             EncryptionMode::Keyfile => {
@@ -276,6 +312,16 @@ impl Repository {
 
     pub fn index(&self) -> &BlobIndex {
         &self.index
+    }
+
+    /// Whether `other` gives the same bytes the same blob ids and chunk boundaries (it was
+    /// made with `init --like`, or this one was), so blobs copy between them as they are.
+    pub fn shares_ids_with(&self, other: &Repository) -> bool {
+        let probe = b"cairn: do these repositories share blob ids?";
+        let seed = |repo: &Repository| repo.codec.master_key().map(MasterKey::chunker_seed);
+        self.codec.id_of(probe) == other.codec.id_of(probe)
+            && self.config.chunker == other.config.chunker
+            && seed(self) == seed(other)
     }
 
     /// Where blob `id` is stored. A blob the cache lacks may come from a run that finished

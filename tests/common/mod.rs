@@ -99,7 +99,7 @@ pub fn xattrs_supported(dir: &Path) -> bool {
     ok
 }
 
-fn set_mtime(path: &Path, seconds: i64, nanos: i64) {
+pub fn set_mtime(path: &Path, seconds: i64, nanos: i64) {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
     let t = libc::timespec {
         tv_sec: seconds,

@@ -1,0 +1,69 @@
+//! `cairn serve`: serves the repository given with `--repo` over HTTP(S) to cairn clients
+//! (`--repo https://host:port/repo`, or a sync endpoint). The token file names the bearer
+//! token every request must carry. A non-loopback address needs TLS (`--tls-cert`,
+//! `--tls-key`) unless `--insecure-http` says otherwise. Prints the URL once listening.
+
+use super::GlobalArgs;
+use anyhow::{Context, Result, bail};
+use cairn::serve::{Access, ServeOptions};
+use clap::Args;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free one)
+    #[arg(long, value_name = "ADDR")]
+    listen: String,
+    /// Refuse every write
+    #[arg(long, conflicts_with = "append_only")]
+    read_only: bool,
+    /// Add objects but never delete or overwrite one (locks excepted)
+    #[arg(long)]
+    append_only: bool,
+    /// PEM certificate chain for HTTPS
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Allow plain HTTP on a non-loopback address (the token and data cross in clear)
+    #[arg(long)]
+    insecure_http: bool,
+}
+
+pub fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
+    let repo = global.repo_path()?.clone();
+    let token = global
+        .token()
+        .context("cairn serve needs the token clients must present")?;
+    let listener = std::net::TcpListener::bind(&args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    let tls = args.tls_cert.zip(args.tls_key);
+    if tls.is_none() && !address.ip().is_loopback() && !args.insecure_http {
+        bail!(
+            "{address} is not a loopback address: serve it with --tls-cert and --tls-key, or pass --insecure-http to send the token and data in clear"
+        );
+    }
+    let access = if args.read_only {
+        Access::ReadOnly
+    } else if args.append_only {
+        Access::AppendOnly
+    } else {
+        Access::ReadWrite
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let options = ServeOptions {
+        repo,
+        access,
+        token,
+        tls,
+    };
+    cairn::serve::run(listener, options, |address| {
+        println!("listening on {scheme}://{address}/repo");
+        let _ = std::io::stdout().flush();
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

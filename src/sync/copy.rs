@@ -1,0 +1,287 @@
+//! Repository → repository: copies checkpoints with every blob the destination lacks.
+//!
+//! The two repositories must share blob ids (`init --like`), so a blob moves as it is
+//! stored: read from its pack, opened and checked against its id, sealed again under the
+//! destination's key without being compressed again, and appended to the destination's
+//! packs. The plan walks each checkpoint's trees and leaves out every blob the destination
+//! already indexes; a tree it holds stands for everything below it, because every writer
+//! stores a tree only after its children. Data blobs then move on several threads, in pack
+//! order so each source pack is read front to back; chunk lists and trees follow in
+//! post-order from one thread, so they land after what they reference. The checkpoint records
+//! are written last (invariant 1): an interrupted copy leaves indexed packs that the next run
+//! skips, and no checkpoint that lacks a blob.
+
+use super::{SyncOptions, SyncProgress, SyncReport};
+use crate::checkpoint::{self, Checkpoint};
+use crate::error::{Error, Result};
+use crate::id::{BlobId, CheckpointId};
+use crate::repo::Repository;
+use crate::repo::backend::RangeRequest;
+use crate::repo::index::BlobLocation;
+use crate::repo::pack::pack_object_name;
+use crate::repo::writer::{BlobSink, with_blob_sink};
+use crate::throttle::RateLimiter;
+use crate::tree::{Content, EntryKind, file_chunks, load_tree};
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+
+/// What the destination lacks, in the order it is written.
+#[derive(Default)]
+struct CopyPlan {
+    /// File chunks, any order.
+    data: Vec<(BlobId, BlobLocation)>,
+    /// Chunk lists and trees, each after everything it references.
+    structure: Vec<(BlobId, BlobLocation)>,
+    /// Blobs looked at that the destination already holds (a tree it holds counts once).
+    skipped: u64,
+    /// Every blob already planned or skipped.
+    seen: HashSet<BlobId>,
+}
+
+impl CopyPlan {
+    /// Plans blob `id` unless it was seen; `true` when the destination lacks it.
+    fn visit(&mut self, to: &Repository, id: BlobId) -> Result<bool> {
+        if !self.seen.insert(id) {
+            return Ok(false);
+        }
+        if to.index().contains(&id)? {
+            self.skipped += 1;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Plans the tree `id` and, unless the destination holds it, everything below it.
+    fn add_tree(&mut self, from: &Repository, to: &Repository, id: BlobId) -> Result<()> {
+        if !self.visit(to, id)? {
+            return Ok(());
+        }
+        for entry in load_tree(from, &id)?.entries {
+            match entry.kind {
+                EntryKind::Dir(subtree) => self.add_tree(from, to, subtree)?,
+                EntryKind::File(Content::Chunks(chunks)) => {
+                    for chunk in chunks {
+                        self.add_data(from, to, chunk.id)?;
+                    }
+                }
+                EntryKind::File(Content::ChunkList(list)) if self.visit(to, list)? => {
+                    for chunk in file_chunks(from, &Content::ChunkList(list))? {
+                        self.add_data(from, to, chunk.id)?;
+                    }
+                    self.structure.push((list, from.locate(&list)?));
+                }
+                _ => {}
+            }
+        }
+        self.structure.push((id, from.locate(&id)?));
+        Ok(())
+    }
+
+    fn add_data(&mut self, from: &Repository, to: &Repository, id: BlobId) -> Result<()> {
+        if self.visit(to, id)? {
+            self.data.push((id, from.locate(&id)?));
+        }
+        Ok(())
+    }
+
+    fn stored_bytes(&self) -> u64 {
+        let blobs = self.data.iter().chain(&self.structure);
+        blobs.map(|(_, at)| at.entry.length as u64).sum()
+    }
+}
+
+/// The checkpoints to copy: `only`, or every one of `from` that `to` lacks, oldest first.
+fn checkpoints_to_copy(
+    from: &Repository,
+    to: &Repository,
+    only: Option<CheckpointId>,
+) -> Result<Vec<(CheckpointId, Checkpoint)>> {
+    let candidates = match only {
+        Some(id) => vec![(id, checkpoint::load(from, &id)?)],
+        None => checkpoint::list(from)?,
+    };
+    let mut lacking = Vec::new();
+    for (id, record) in candidates {
+        if !checkpoint::exists(to, &id)? {
+            lacking.push((id, record));
+        }
+    }
+    Ok(lacking)
+}
+
+/// Copies checkpoint `only` (or every checkpoint `to` lacks) from `from` into `to`.
+pub fn run(
+    from: &Repository,
+    to: &Repository,
+    only: Option<CheckpointId>,
+    options: &SyncOptions,
+    progress: &SyncProgress,
+) -> Result<SyncReport> {
+    if !from.shares_ids_with(to) {
+        return Err(Error::InvalidInput(format!(
+            "{} does not share blob ids with {}: copy into a repository made with `cairn init --repo NEW --like {}`",
+            to.backend().location(),
+            from.backend().location(),
+            from.backend().location()
+        )));
+    }
+    // The source is only read (it may be a read-only server), so only the destination is
+    // locked.
+    let _lock = if options.dry_run {
+        None
+    } else {
+        Some(crate::repo::lock::acquire(to, false, "sync")?)
+    };
+    let checkpoints = checkpoints_to_copy(from, to, only)?;
+    let mut plan = CopyPlan::default();
+    for (_, record) in &checkpoints {
+        plan.add_tree(from, to, record.tree)?;
+    }
+    // Front to back through each source pack.
+    plan.data.sort_by_key(|(_, at)| (at.pack, at.entry.offset));
+    progress
+        .bytes_total
+        .store(plan.stored_bytes(), Ordering::Relaxed);
+    let mut report = SyncReport {
+        dry_run: options.dry_run,
+        checkpoints_copied: checkpoints.len() as u64,
+        blobs_copied: (plan.data.len() + plan.structure.len()) as u64,
+        blobs_skipped: plan.skipped,
+        bytes_transferred: plan.stored_bytes(),
+        ..SyncReport::default()
+    };
+    if options.dry_run {
+        return Ok(report);
+    }
+    let limiter = options.rate_limit.map(RateLimiter::new);
+    let (_, stored) = with_blob_sink(
+        to,
+        false,
+        options.concurrency * 2,
+        &progress.bytes_written,
+        |sink| {
+            copy_data(
+                from,
+                sink,
+                &plan.data,
+                options.concurrency,
+                limiter.as_ref(),
+                progress,
+            )?;
+            // One batch at a time, in order.
+            for batch in batches(&plan.structure) {
+                copy_blobs(from, sink, batch, limiter.as_ref(), progress)?;
+            }
+            Ok(())
+        },
+    )?;
+    // Another writer may have stored some of the planned blobs meanwhile.
+    report.blobs_skipped += report.blobs_copied - stored;
+    report.blobs_copied = stored;
+    for (id, _) in &checkpoints {
+        checkpoint::copy_record(from, to, id)?;
+    }
+    Ok(report)
+}
+
+/// Blobs read in one request at most, and bytes.
+const BATCH_BLOBS: usize = 256;
+const BATCH_BYTES: u64 = 8 << 20;
+
+/// Consecutive runs of `blobs` of at most `BATCH_BLOBS` blobs and about `BATCH_BYTES` bytes.
+fn batches(blobs: &[(BlobId, BlobLocation)]) -> Vec<&[(BlobId, BlobLocation)]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, (_, at)) in blobs.iter().enumerate() {
+        if i > start && (i - start >= BATCH_BLOBS || bytes >= BATCH_BYTES) {
+            out.push(&blobs[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += at.entry.length as u64;
+    }
+    if start < blobs.len() {
+        out.push(&blobs[start..]);
+    }
+    out
+}
+
+/// Moves the data blobs on `threads` threads, each taking the next batch in turn.
+fn copy_data(
+    from: &Repository,
+    sink: &BlobSink,
+    data: &[(BlobId, BlobLocation)],
+    threads: usize,
+    limiter: Option<&RateLimiter>,
+    progress: &SyncProgress,
+) -> Result<()> {
+    let batches = batches(data);
+    let next = Mutex::new(batches.iter());
+    let failure = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let Some(batch) = next.lock().expect("not poisoned").next() else {
+                        return;
+                    };
+                    if let Err(e) = copy_blobs(from, sink, batch, limiter, progress) {
+                        failure.lock().expect("not poisoned").get_or_insert(e);
+                        // Stop the others: nothing is left to take.
+                        *next.lock().expect("not poisoned") = [].iter();
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    match failure.into_inner().expect("not poisoned") {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Moves a batch of blobs from `from` into the sink, read in one request and each checked
+/// against its id on the way; blobs another thread or run stored meanwhile are left out.
+fn copy_blobs(
+    from: &Repository,
+    sink: &BlobSink,
+    batch: &[(BlobId, BlobLocation)],
+    limiter: Option<&RateLimiter>,
+    progress: &SyncProgress,
+) -> Result<()> {
+    let mut wanted = Vec::with_capacity(batch.len());
+    for (id, at) in batch {
+        if sink.claim(id)? {
+            wanted.push((id, at));
+        }
+    }
+    let ranges: Vec<RangeRequest> = wanted
+        .iter()
+        .map(|(_, at)| RangeRequest {
+            name: pack_object_name(&at.pack),
+            offset: at.entry.offset as u64,
+            length: at.entry.length as u64,
+        })
+        .collect();
+    let bytes: u64 = ranges.iter().map(|r| r.length).sum();
+    if let Some(limiter) = limiter {
+        limiter.take(bytes);
+    }
+    let stored = from.backend().get_ranges(&ranges)?;
+    for ((id, at), (stored, range)) in wanted.into_iter().zip(stored.iter().zip(&ranges)) {
+        let location = || {
+            format!(
+                "{} blob {id} (in {})",
+                from.backend().location(),
+                range.name
+            )
+        };
+        let encoded = from
+            .codec()
+            .transcode_blob(stored, id, sink.repo().codec(), &location)?;
+        sink.send_encoded(*id, at.entry.kind, encoded, at.entry.raw_length as usize)?;
+    }
+    progress.bytes_done.fetch_add(bytes, Ordering::Relaxed);
+    Ok(())
+}

@@ -1,0 +1,688 @@
+//! Source → directory, like rsync: make a target directory match a checkpoint's tree or a
+//! live directory, touching only what differs.
+//!
+//! The planner (the calling thread) walks the source in name order next to the target. A
+//! regular file with the source's size and mtime is left alone; any other file goes to the
+//! workers, which rebuild it in a temporary file beside it and rename that over the old one,
+//! so an interrupted sync never leaves a half-written file under a real name. A rebuilt file
+//! takes every chunk the old file already holds from there (chunked the same way) and only
+//! the rest from the source; when the old file turns out to hold exactly the source's chunks,
+//! only its metadata is set. Directories, symlinks and special files are created or replaced
+//! as needed; with `delete`, whatever the source lacks is removed. Directory metadata is
+//! applied last, deepest first.
+//!
+//! Nothing is written outside the target (invariant 4): source names are validated, an
+//! existing symlink or file where a directory belongs is removed rather than followed, and
+//! every file is opened with `O_NOFOLLOW`.
+
+use super::{SyncError, SyncOptions, SyncProgress, SyncReport};
+use crate::error::{Error, IoContext, Result};
+use crate::fsmeta::{apply_metadata, entry_from_metadata, make_node, mtime_ns, read_xattrs};
+use crate::id::BlobId;
+use crate::repo::Repository;
+use crate::restore::{clear_path, write_sparse};
+use crate::throttle::RateLimiter;
+use crate::tree::{Content, Entry, EntryKind, file_chunks, is_valid_name, load_tree, read_chunk};
+use crossbeam_channel::bounded;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+
+/// Temporary files of a sync start with this; leftovers of an interrupted run are removed.
+const TEMP_PREFIX: &str = ".cairn-sync-";
+
+/// How a file was brought up to date.
+pub enum FileWrite {
+    /// The old file already held this content; nothing was written.
+    Same,
+    /// Written: bytes taken from the source (as sent) and from the old file.
+    Written { fetched: u64, reused: u64 },
+}
+
+/// Where a directory sync reads from.
+pub trait TreeSource: Sync {
+    /// A handle on one source directory.
+    type Dir: Clone + Send + Sync;
+
+    /// The entries of directory `dir`, sorted by name, each directory with its handle.
+    /// Entries that cannot be read are left out and reported in `errors`.
+    fn list(
+        &self,
+        dir: &Self::Dir,
+        errors: &Mutex<Vec<SyncError>>,
+    ) -> Result<Vec<(Entry, Option<Self::Dir>)>>;
+
+    /// Writes regular file `entry` of directory `dir` into `out` (new and empty), taking
+    /// what it can from `old`, the file now at its place.
+    fn write_file(
+        &self,
+        dir: &Self::Dir,
+        entry: &Entry,
+        old: Option<&File>,
+        out: &File,
+        limiter: Option<&RateLimiter>,
+    ) -> Result<FileWrite>;
+}
+
+/// A checkpoint's tree in a repository.
+pub struct CheckpointSource<'a> {
+    pub repo: &'a Repository,
+}
+
+impl TreeSource for CheckpointSource<'_> {
+    type Dir = BlobId;
+
+    fn list(
+        &self,
+        dir: &BlobId,
+        _: &Mutex<Vec<SyncError>>,
+    ) -> Result<Vec<(Entry, Option<BlobId>)>> {
+        let tree = load_tree(self.repo, dir)?;
+        Ok(tree
+            .entries
+            .into_iter()
+            .map(|entry| match entry.kind {
+                EntryKind::Dir(id) => (entry, Some(id)),
+                _ => (entry, None),
+            })
+            .collect())
+    }
+
+    fn write_file(
+        &self,
+        _: &BlobId,
+        entry: &Entry,
+        old: Option<&File>,
+        out: &File,
+        limiter: Option<&RateLimiter>,
+    ) -> Result<FileWrite> {
+        let EntryKind::File(content) = &entry.kind else {
+            return Err(Error::InvalidInput("not a regular file".into()));
+        };
+        let chunks = file_chunks(self.repo, content)?;
+        let mut held = HashMap::new();
+        if let Some(old) = old {
+            let wanted: HashSet<BlobId> = chunks.iter().map(|c| c.id).collect();
+            let mut old_ids = Vec::new();
+            let mut offset = 0u64;
+            let mut buffer = Vec::new();
+            self.repo
+                .chunker()
+                .for_each_chunk(old, &mut buffer, |chunk| {
+                    let id = BlobId(self.repo.codec().id_of(chunk));
+                    if wanted.contains(&id) {
+                        held.entry(id).or_insert((offset, chunk.len()));
+                    }
+                    old_ids.push(id);
+                    offset += chunk.len() as u64;
+                    Ok::<(), std::io::Error>(())
+                })
+                .map_err(|e| Error::io("reading the file in the target", e))?;
+            if old_ids.len() == chunks.len() && old_ids.iter().zip(&chunks).all(|(a, b)| *a == b.id)
+            {
+                return Ok(FileWrite::Same);
+            }
+        }
+        let (mut offset, mut fetched, mut reused) = (0u64, 0u64, 0u64);
+        let write_error = |e| Error::io("writing the new file", e);
+        for chunk in &chunks {
+            let data = match (held.get(&chunk.id), old) {
+                (Some(&(at, length)), Some(old)) => {
+                    let mut data = vec![0; length];
+                    old.read_exact_at(&mut data, at)
+                        .map_err(|e| Error::io("reading the file in the target", e))?;
+                    reused += length as u64;
+                    data
+                }
+                _ => {
+                    let stored = self.repo.locate(&chunk.id)?.entry.length as u64;
+                    if let Some(limiter) = limiter {
+                        limiter.take(stored);
+                    }
+                    fetched += stored;
+                    read_chunk(self.repo, chunk)?
+                }
+            };
+            write_sparse(out, offset, &data).map_err(write_error)?;
+            offset += data.len() as u64;
+        }
+        check_size(offset, entry)?;
+        out.set_len(offset).map_err(write_error)?;
+        Ok(FileWrite::Written { fetched, reused })
+    }
+}
+
+/// The bytes written must be what the entry says.
+fn check_size(written: u64, entry: &Entry) -> Result<()> {
+    if written != entry.size {
+        return Err(Error::corrupt(
+            entry.name_lossy(),
+            format!(
+                "source holds {written} bytes where its listing said {}",
+                entry.size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A live directory on this machine.
+pub struct DirectorySource;
+
+impl TreeSource for DirectorySource {
+    type Dir = PathBuf;
+
+    fn list(
+        &self,
+        dir: &PathBuf,
+        errors: &Mutex<Vec<SyncError>>,
+    ) -> Result<Vec<(Entry, Option<PathBuf>)>> {
+        let report = |path: &Path, message: String| {
+            errors.lock().expect("not poisoned").push(SyncError {
+                path: path.to_owned(),
+                message,
+            })
+        };
+        let mut children: Vec<_> = fs::read_dir(dir)
+            .context_io(|| format!("reading source directory {}", dir.display()))?
+            .filter_map(|child| match child {
+                Ok(child) => Some(child),
+                Err(e) => {
+                    report(dir, e.to_string());
+                    None
+                }
+            })
+            .collect();
+        children.sort_by_key(|child| child.file_name());
+        let mut entries = Vec::with_capacity(children.len());
+        for child in children {
+            let path = child.path();
+            match local_entry(&child) {
+                Ok(Some(entry)) => {
+                    let subdir = entry.is_dir().then(|| path.clone());
+                    entries.push((entry, subdir));
+                }
+                Ok(None) => {}
+                Err(e) => report(&path, e.to_string()),
+            }
+        }
+        Ok(entries)
+    }
+
+    fn write_file(
+        &self,
+        dir: &PathBuf,
+        entry: &Entry,
+        old: Option<&File>,
+        out: &File,
+        limiter: Option<&RateLimiter>,
+    ) -> Result<FileWrite> {
+        let path = dir.join(OsStr::from_bytes(&entry.name));
+        let context = || format!("reading {}", path.display());
+        let source = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .context_io(context)?;
+        if let Some(old) = old
+            && old.metadata().is_ok_and(|m| m.len() == entry.size)
+            && same_bytes(&source, old).context_io(context)?
+        {
+            return Ok(FileWrite::Same);
+        }
+        let mut buffer = vec![0; 1 << 20];
+        let mut offset = 0u64;
+        loop {
+            let read = source.read_at(&mut buffer, offset).context_io(context)?;
+            if read == 0 {
+                break;
+            }
+            if let Some(limiter) = limiter {
+                limiter.take(read as u64);
+            }
+            write_sparse(out, offset, &buffer[..read])
+                .map_err(|e| Error::io("writing the new file", e))?;
+            offset += read as u64;
+        }
+        check_size(offset, entry)?;
+        out.set_len(offset)
+            .map_err(|e| Error::io("writing the new file", e))?;
+        Ok(FileWrite::Written {
+            fetched: offset,
+            reused: 0,
+        })
+    }
+}
+
+/// The entry for one directory entry of a live source; `None` for sockets.
+fn local_entry(child: &fs::DirEntry) -> std::io::Result<Option<Entry>> {
+    let metadata = child.metadata()?;
+    let name = child.file_name().as_bytes().to_vec();
+    let file_type = metadata.file_type();
+    let kind = if file_type.is_dir() {
+        // The id is never read: the handle is the path.
+        EntryKind::Dir(BlobId([0; 32]))
+    } else if file_type.is_file() {
+        EntryKind::File(Content::Chunks(Vec::new()))
+    } else if file_type.is_symlink() {
+        EntryKind::Symlink(fs::read_link(child.path())?.as_os_str().as_bytes().to_vec())
+    } else if file_type.is_fifo() {
+        EntryKind::Fifo
+    } else if file_type.is_char_device() {
+        EntryKind::CharDevice(metadata.rdev())
+    } else if file_type.is_block_device() {
+        EntryKind::BlockDevice(metadata.rdev())
+    } else {
+        return Ok(None);
+    };
+    let xattrs = read_xattrs(&child.path()).unwrap_or_default();
+    Ok(Some(entry_from_metadata(name, &metadata, kind, xattrs)))
+}
+
+/// Whether two open files hold the same bytes.
+fn same_bytes(a: &File, b: &File) -> std::io::Result<bool> {
+    let (mut a, mut b) = (std::io::BufReader::new(a), std::io::BufReader::new(b));
+    let (mut x, mut y) = (vec![0; 1 << 16], vec![0; 1 << 16]);
+    loop {
+        let n = read_full(&mut a, &mut x)?;
+        let m = read_full(&mut b, &mut y)?;
+        if n != m || x[..n] != y[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Fills `buffer` as far as the reader goes; returns the bytes read.
+fn read_full(reader: &mut impl Read, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match reader.read(&mut buffer[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// A file for the workers.
+struct FileJob<D> {
+    dir: D,
+    path: PathBuf,
+    entry: Entry,
+    /// Whether a regular file is at `path` now.
+    has_old: bool,
+}
+
+/// A fresh temporary name beside `path`.
+fn temp_path(path: &Path) -> PathBuf {
+    let suffix = hex::encode(crate::crypto::random_bytes::<8>());
+    path.with_file_name(format!("{TEMP_PREFIX}{suffix}"))
+}
+
+/// Brings one file up to date; returns how.
+fn sync_file<S: TreeSource>(
+    source: &S,
+    job: &FileJob<S::Dir>,
+    limiter: Option<&RateLimiter>,
+) -> Result<FileWrite> {
+    let path = &job.path;
+    let old = if job.has_old {
+        let opened = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path);
+        opened.ok()
+    } else {
+        None
+    };
+    let temp = temp_path(path);
+    let out = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(&temp)
+        .context_io(|| format!("creating {}", temp.display()))?;
+    let written = source
+        .write_file(&job.dir, &job.entry, old.as_ref(), &out, limiter)
+        .and_then(|how| {
+            drop(out);
+            let metadata_of = |p: &Path| {
+                apply_metadata(p, &job.entry)
+                    .context_io(|| format!("setting metadata of {}", p.display()))
+            };
+            match how {
+                FileWrite::Same => {
+                    fs::remove_file(&temp).context_io(|| format!("removing {}", temp.display()))?;
+                    metadata_of(path)?;
+                }
+                FileWrite::Written { .. } => {
+                    metadata_of(&temp)?;
+                    fs::rename(&temp, path)
+                        .context_io(|| format!("replacing {}", path.display()))?;
+                }
+            }
+            Ok(how)
+        });
+    if written.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    written
+}
+
+/// Walks source and target side by side, fixing all but regular files, which go to workers.
+struct Planner<'a, S: TreeSource> {
+    source: &'a S,
+    options: &'a SyncOptions,
+    files: crossbeam_channel::Sender<FileJob<S::Dir>>,
+    errors: &'a Mutex<Vec<SyncError>>,
+    /// Directories with their metadata, deepest first.
+    dirs: Vec<(PathBuf, Entry)>,
+    /// First path of each hard-link group.
+    link_targets: HashMap<(u64, u64), PathBuf>,
+    /// Hard links to make once the files are written: (path, first path of its group).
+    links: Vec<(PathBuf, PathBuf)>,
+    report: SyncReport,
+}
+
+impl<S: TreeSource> Planner<'_, S> {
+    /// Syncs the source directory `dir` into `target`; when `present` is false (a dry run
+    /// below a directory that does not exist yet) the target is not looked at.
+    fn sync_dir(&mut self, dir: &S::Dir, target: &Path, present: bool) -> Result<()> {
+        let entries = self.source.list(dir, self.errors)?;
+        if present {
+            self.remove_extras(&entries, target)?;
+        }
+        for (entry, subdir) in entries {
+            if !is_valid_name(&entry.name) {
+                return Err(Error::corrupt(
+                    target.display().to_string(),
+                    format!("refusing the source entry named {:?}", entry.name_lossy()),
+                ));
+            }
+            let path = target.join(OsStr::from_bytes(&entry.name));
+            let existing = if present {
+                fs::symlink_metadata(&path).ok()
+            } else {
+                None
+            };
+            self.sync_entry(dir, subdir, path, existing, entry)?;
+        }
+        Ok(())
+    }
+
+    /// Removes what the source lacks (with `delete`) and this tool's own leftovers.
+    fn remove_extras(&mut self, entries: &[(Entry, Option<S::Dir>)], target: &Path) -> Result<()> {
+        let Ok(existing) = fs::read_dir(target) else {
+            return Ok(());
+        };
+        let wanted: HashSet<&[u8]> = entries.iter().map(|(e, _)| e.name.as_slice()).collect();
+        for child in existing.flatten() {
+            let name = child.file_name();
+            if wanted.contains(name.as_bytes()) {
+                continue;
+            }
+            let leftover = name.as_bytes().starts_with(TEMP_PREFIX.as_bytes());
+            if self.options.delete && !leftover {
+                self.report.entries_deleted += 1;
+            } else if !leftover {
+                continue;
+            }
+            if !self.options.dry_run {
+                clear_path(&child.path(), false)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_entry(
+        &mut self,
+        dir: &S::Dir,
+        subdir: Option<S::Dir>,
+        path: PathBuf,
+        existing: Option<fs::Metadata>,
+        entry: Entry,
+    ) -> Result<()> {
+        let dry_run = self.options.dry_run;
+        let created = |p: &Path| format!("creating {}", p.display());
+        match &entry.kind {
+            EntryKind::Dir(_) => {
+                let is_dir = existing.as_ref().is_some_and(|m| m.is_dir());
+                if !is_dir && !dry_run {
+                    clear_path(&path, false)?;
+                    fs::create_dir(&path).context_io(|| created(&path))?;
+                }
+                if let Some(subdir) = subdir {
+                    self.sync_dir(&subdir, &path, is_dir || !dry_run)?;
+                }
+                self.dirs.push((path, entry));
+            }
+            EntryKind::File(_) => {
+                if let Some(key) = entry.hardlink_key() {
+                    if let Some(first) = self.link_targets.get(&key) {
+                        self.links.push((path, first.clone()));
+                        return Ok(());
+                    }
+                    self.link_targets.insert(key, path.clone());
+                }
+                let old = existing.as_ref().filter(|m| m.is_file());
+                if old.is_some_and(|m| m.len() == entry.size && mtime_ns(m) == entry.mtime_ns) {
+                    self.report.files_unchanged += 1;
+                    return Ok(());
+                }
+                if dry_run {
+                    self.report.files_written += 1;
+                    return Ok(());
+                }
+                if existing.as_ref().is_some_and(|m| m.is_dir()) {
+                    clear_path(&path, false)?;
+                }
+                let job = FileJob {
+                    dir: dir.clone(),
+                    path,
+                    entry,
+                    has_old: old.is_some(),
+                };
+                self.files
+                    .send(job)
+                    .expect("sync workers outlive the planner");
+            }
+            EntryKind::Symlink(target) => {
+                let same = existing
+                    .as_ref()
+                    .is_some_and(|m| m.file_type().is_symlink())
+                    && fs::read_link(&path).is_ok_and(|t| t.as_os_str().as_bytes() == target);
+                if same || dry_run {
+                    self.count(same);
+                    return Ok(());
+                }
+                let temp = temp_path(&path);
+                std::os::unix::fs::symlink(OsStr::from_bytes(target), &temp)
+                    .context_io(|| created(&path))?;
+                apply_metadata(&temp, &entry).context_io(|| created(&path))?;
+                if existing.as_ref().is_some_and(|m| m.is_dir()) {
+                    clear_path(&path, false)?;
+                }
+                fs::rename(&temp, &path).context_io(|| created(&path))?;
+                self.count(false);
+            }
+            EntryKind::Fifo | EntryKind::CharDevice(_) | EntryKind::BlockDevice(_) => {
+                let same = existing.as_ref().is_some_and(|m| same_node(m, &entry.kind));
+                if same || dry_run {
+                    self.count(same);
+                    return Ok(());
+                }
+                clear_path(&path, false)?;
+                make_node(&path, &entry.kind).context_io(|| created(&path))?;
+                apply_metadata(&path, &entry).context_io(|| created(&path))?;
+                self.count(false);
+            }
+        }
+        Ok(())
+    }
+
+    fn count(&mut self, unchanged: bool) {
+        if unchanged {
+            self.report.files_unchanged += 1;
+        } else {
+            self.report.files_written += 1;
+        }
+    }
+}
+
+/// Whether a special file in the target is the one an entry describes.
+fn same_node(metadata: &fs::Metadata, kind: &EntryKind) -> bool {
+    let file_type = metadata.file_type();
+    match kind {
+        EntryKind::Fifo => file_type.is_fifo(),
+        EntryKind::CharDevice(rdev) => file_type.is_char_device() && metadata.rdev() == *rdev,
+        EntryKind::BlockDevice(rdev) => file_type.is_block_device() && metadata.rdev() == *rdev,
+        _ => false,
+    }
+}
+
+/// Makes `target` match the source directory `root`; `root_entry`, when given, is the
+/// metadata `target` itself gets.
+pub fn run<S: TreeSource>(
+    source: &S,
+    root: S::Dir,
+    root_entry: Option<&Entry>,
+    target: &Path,
+    options: &SyncOptions,
+    progress: &SyncProgress,
+) -> Result<SyncReport> {
+    match fs::symlink_metadata(target) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::InvalidInput(format!(
+                "sync target {} exists and is not a directory",
+                target.display()
+            )));
+        }
+        Err(_) if options.dry_run => {}
+        Err(_) => fs::create_dir_all(target)
+            .context_io(|| format!("creating sync target {}", target.display()))?,
+    }
+    let errors = Mutex::new(Vec::new());
+    let totals = Mutex::new((0u64, 0u64, 0u64, 0u64));
+    let limiter = options.rate_limit.map(RateLimiter::new);
+    let threads = options.concurrency.max(1);
+    let (files, jobs) = bounded::<FileJob<S::Dir>>(threads * 4);
+    let (planned, mut dirs, links, mut report) = std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let (jobs, errors, totals, limiter) =
+                (jobs.clone(), &errors, &totals, limiter.as_ref());
+            scope.spawn(move || {
+                for job in jobs {
+                    match sync_file(source, &job, limiter) {
+                        Ok(how) => {
+                            let mut totals = totals.lock().expect("not poisoned");
+                            match how {
+                                FileWrite::Same => totals.0 += 1,
+                                FileWrite::Written { fetched, reused } => {
+                                    totals.1 += 1;
+                                    totals.2 += fetched;
+                                    totals.3 += reused;
+                                    progress.bytes_done.fetch_add(fetched, Ordering::Relaxed);
+                                }
+                            }
+                            progress.files_done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => errors.lock().expect("not poisoned").push(SyncError {
+                            path: job.path,
+                            message: e.to_string(),
+                        }),
+                    }
+                }
+            });
+        }
+        drop(jobs);
+        let mut planner = Planner {
+            source,
+            options,
+            files,
+            errors: &errors,
+            dirs: Vec::new(),
+            link_targets: HashMap::new(),
+            links: Vec::new(),
+            report: SyncReport {
+                dry_run: options.dry_run,
+                ..SyncReport::default()
+            },
+        };
+        let planned = planner.sync_dir(&root, target, target.is_dir());
+        // Dropping the planner's sender lets the workers finish; the scope waits for them.
+        let Planner {
+            dirs,
+            links,
+            report,
+            ..
+        } = planner;
+        (planned, dirs, links, report)
+    });
+    planned?;
+    let mut errors = errors.into_inner().expect("not poisoned");
+    for (path, first) in links {
+        if options.dry_run {
+            report.files_written += 1;
+            continue;
+        }
+        match link(&path, &first, &errors) {
+            Ok(true) => report.files_unchanged += 1,
+            Ok(false) => report.files_written += 1,
+            Err(e) => errors.push(SyncError {
+                path,
+                message: e.to_string(),
+            }),
+        }
+    }
+    if let Some(entry) = root_entry {
+        dirs.push((target.to_owned(), entry.clone()));
+    }
+    if !options.dry_run {
+        for (path, entry) in &dirs {
+            apply_metadata(path, entry)
+                .context_io(|| format!("setting metadata of {}", path.display()))?;
+        }
+    }
+    let (same, written, fetched, reused) = totals.into_inner().expect("not poisoned");
+    report.files_unchanged += same;
+    report.files_written += written;
+    report.bytes_transferred += fetched;
+    report.bytes_reused += reused;
+    report.errors = errors;
+    Ok(report)
+}
+
+/// Makes `path` a hard link of `first`; `true` when it already was one.
+fn link(path: &Path, first: &Path, errors: &[SyncError]) -> Result<bool> {
+    if errors.iter().any(|e| e.path == first) {
+        return Err(Error::InvalidInput(format!(
+            "not linked: {} could not be written",
+            first.display()
+        )));
+    }
+    let inode = |p: &Path| fs::symlink_metadata(p).map(|m| (m.dev(), m.ino()));
+    if let (Ok(a), Ok(b)) = (inode(path), inode(first))
+        && a == b
+    {
+        return Ok(true);
+    }
+    let temp = temp_path(path);
+    fs::hard_link(first, &temp).context_io(|| format!("linking {}", path.display()))?;
+    if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+        clear_path(path, false)?;
+    }
+    fs::rename(&temp, path).context_io(|| format!("replacing {}", path.display()))?;
+    Ok(false)
+}

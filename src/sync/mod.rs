@@ -1,0 +1,79 @@
+//! Sync: moving data between repositories and directories, copying only what the destination
+//! lacks. `copy` takes checkpoints from one repository to another blob by blob; `into_dir`
+//! makes a directory match a checkpoint or another directory the way rsync would, rebuilding
+//! changed files from the chunks they already hold. A directory pulled into a repository is
+//! a backup (see `backup`), with the parent's stat cache.
+
+pub mod copy;
+pub mod into_dir;
+
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+
+/// Inputs of a sync.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Read what is needed to plan, write nothing, report what would move.
+    pub dry_run: bool,
+    /// Into a directory: remove what the source lacks.
+    pub delete: bool,
+    /// Parallel transfers.
+    pub concurrency: usize,
+    /// A cap on the bytes moved per second, shared by every transfer.
+    pub rate_limit: Option<u64>,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            dry_run: false,
+            delete: false,
+            concurrency: std::thread::available_parallelism().map_or(4, |n| 2 * n.get()),
+            rate_limit: None,
+        }
+    }
+}
+
+/// Live counters for a progress display.
+#[derive(Debug, Default)]
+pub struct SyncProgress {
+    /// Bytes to move, once the plan knows (0 until then).
+    pub bytes_total: AtomicU64,
+    /// Bytes moved so far.
+    pub bytes_done: AtomicU64,
+    /// Bytes of packs written into a destination repository.
+    pub bytes_written: AtomicU64,
+    /// Files finished (written or found unchanged) in a destination directory.
+    pub files_done: AtomicU64,
+}
+
+/// A path that could not be synced; the sync went on without it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// What a sync did (or, in a dry run, would do).
+#[derive(Debug, Default, Serialize)]
+pub struct SyncReport {
+    pub dry_run: bool,
+    /// Checkpoints written into a destination repository.
+    pub checkpoints_copied: u64,
+    /// Blobs written into a destination repository.
+    pub blobs_copied: u64,
+    /// Blobs the destination already held.
+    pub blobs_skipped: u64,
+    /// Bytes that crossed from the source to the destination, as sent (stored blobs are
+    /// counted compressed).
+    pub bytes_transferred: u64,
+    /// Into a directory: files written, files left as they were, and the bytes of chunks
+    /// taken from the destination's own old files instead of the source.
+    pub files_written: u64,
+    pub files_unchanged: u64,
+    pub bytes_reused: u64,
+    /// Into a directory with `delete`: entries removed (a directory counts once).
+    pub entries_deleted: u64,
+    pub errors: Vec<SyncError>,
+}
