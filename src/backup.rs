@@ -162,16 +162,17 @@ impl Excludes {
 }
 
 /// Why a file could not be stored.
-enum FileError {
-    /// The source could not be read: a soft error.
-    Source(std::io::Error),
-    /// The repository could not be written: the backup fails.
+pub(crate) enum FileError {
+    /// The source could not be read: a soft error, with its message.
+    Source(String),
+    /// The repository could not be written, or the source sent data that cannot be trusted:
+    /// the backup fails.
     Repository(Error),
 }
 
 impl From<std::io::Error> for FileError {
     fn from(e: std::io::Error) -> Self {
-        FileError::Source(e)
+        FileError::Source(e.to_string())
     }
 }
 
@@ -239,16 +240,19 @@ fn store_file(
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             Ok::<(), FileError>(())
         })?;
-    let content = if chunks.len() > INLINE_CHUNKS_MAX {
-        let list = encode_chunk_list(&chunks);
-        Content::ChunkList(
-            sink.store(BlobKind::ChunkList, &list)
-                .map_err(FileError::Repository)?,
-        )
-    } else {
-        Content::Chunks(chunks)
-    };
+    let content = file_content(sink, chunks).map_err(FileError::Repository)?;
     Ok((content, read))
+}
+
+/// A file's content for its tree entry: the chunks inline, or stored as a chunk list blob
+/// when there are many.
+pub(crate) fn file_content(sink: &BlobSink, chunks: Vec<ChunkRef>) -> Result<Content> {
+    if chunks.len() > INLINE_CHUNKS_MAX {
+        let list = encode_chunk_list(&chunks);
+        Ok(Content::ChunkList(sink.store(BlobKind::ChunkList, &list)?))
+    } else {
+        Ok(Content::Chunks(chunks))
+    }
 }
 
 fn run_file_worker(
@@ -266,20 +270,20 @@ fn run_file_worker(
 }
 
 /// One entry of a directory being built.
-enum PendingEntry {
+pub(crate) enum PendingEntry {
     Ready(Entry),
     File(Entry, PathBuf, Receiver<Result<(Content, u64), FileError>>),
     Dir(Entry, Receiver<BlobId>),
 }
 
 /// A directory whose children have all been scanned.
-struct PendingDir {
-    entries: Vec<PendingEntry>,
-    done: Sender<BlobId>,
+pub(crate) struct PendingDir {
+    pub(crate) entries: Vec<PendingEntry>,
+    pub(crate) done: Sender<BlobId>,
 }
 
 /// Resolves the pending entries of each directory, in post-order, and stores its tree.
-fn run_tree_builder(
+pub(crate) fn run_tree_builder(
     sink: &BlobSink,
     dirs: Receiver<PendingDir>,
     errors: &Mutex<Vec<SourceError>>,
@@ -299,11 +303,11 @@ fn run_tree_builder(
                             entry
                         }
                         Err(FileError::Repository(e)) => return Err(e),
-                        Err(FileError::Source(e)) => {
-                            errors.lock().expect("not poisoned").push(SourceError {
-                                path,
-                                message: e.to_string(),
-                            });
+                        Err(FileError::Source(message)) => {
+                            errors
+                                .lock()
+                                .expect("not poisoned")
+                                .push(SourceError { path, message });
                             continue;
                         }
                     }
@@ -348,7 +352,7 @@ struct Walker<'a> {
     parent_trees: &'a ParentTrees,
 }
 
-fn abandoned() -> Error {
+pub(crate) fn abandoned() -> Error {
     Error::InvalidInput("backup stopped".into())
 }
 
@@ -682,7 +686,7 @@ fn scan_ahead_visit(
 }
 
 /// The checkpoint whose stat cache a backup of `paths` from `host` uses.
-fn find_parent(
+pub(crate) fn find_parent(
     repo: &Repository,
     host: &str,
     paths: &[String],

@@ -1,5 +1,5 @@
-//! `cairn serve`: a repository over HTTP(S), so backups, restores, mounts and syncs reach it
-//! from other machines. The server holds no key: it stores and returns objects exactly as
+//! `cairn serve`: a repository and live source directories over HTTP(S), so backups,
+//! restores, mounts and syncs reach them from other machines. The server holds no key: it stores and returns objects exactly as
 //! the clients' repository code encodes them, so an encrypted repository stays opaque to it.
 //!
 //! Every request needs the bearer token. `--append-only` never deletes or overwrites an
@@ -12,19 +12,34 @@
 //! - `GET /list/PREFIX`: JSON `[{name, size}]`;
 //! - `POST /ranges`: JSON `[{name, offset, length}]` in, the ranges' bytes one after another
 //!   out: many blobs in one round trip.
+//!
+//! And below `/source/NAME`, read-only (see `sync::wire`): `GET /list?path=HEX`,
+//! `GET /stat?path=HEX` (the entry of the path itself),
+//! `POST /chunks`, `POST /blobs`. Paths are checked component by component: valid names only,
+//! and no symlink on the way, so nothing outside the served directory is reachable.
 
 use crate::error::{Error, ErrorKind};
 use crate::repo::backend::{Backend, LocalBackend, RangeRequest};
 use crate::repo::http::ListedObject;
+use crate::sync::wire::{BlobsRequest, ChunksRequest, ChunksResponse};
+use crate::tree::ChunkRef;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs;
 use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::sync::Arc;
+
+/// Bytes one `blobs` request may ask for.
+const MAX_BLOBS_BYTES: u64 = 256 << 20;
 
 /// What a server may do to the repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +52,10 @@ pub enum Access {
 
 /// How to serve.
 pub struct ServeOptions {
-    pub repo: std::path::PathBuf,
+    /// The repository, if one is served.
+    pub repo: Option<std::path::PathBuf>,
+    /// Live source directories by name, served read-only.
+    pub sources: Vec<(String, std::path::PathBuf)>,
     pub access: Access,
     pub token: String,
     /// PEM certificate chain and private key; plain HTTP without them.
@@ -45,9 +63,18 @@ pub struct ServeOptions {
 }
 
 struct ServerState {
-    backend: LocalBackend,
+    backend: Option<LocalBackend>,
+    sources: HashMap<String, PathBuf>,
     access: Access,
     token: String,
+}
+
+impl ServerState {
+    fn backend(&self) -> crate::error::Result<&LocalBackend> {
+        self.backend
+            .as_ref()
+            .ok_or_else(|| Error::NotFound("this server serves no repository".into()))
+    }
 }
 
 type Shared = Arc<ServerState>;
@@ -158,10 +185,10 @@ async fn get_object(
             return (StatusCode::BAD_REQUEST, format!("unreadable range {v:?}")).into_response();
         }
         Some(Ok((offset, length))) => {
-            let partial = blocking(move || state.backend.get_range(&name, offset, length)).await;
+            let partial = blocking(move || state.backend()?.get_range(&name, offset, length)).await;
             partial.map(|bytes| (StatusCode::PARTIAL_CONTENT, bytes))
         }
-        None => blocking(move || state.backend.get(&name))
+        None => blocking(move || state.backend()?.get(&name))
             .await
             .map(|bytes| (StatusCode::OK, bytes)),
     };
@@ -185,11 +212,11 @@ async fn put_object(
     let result = blocking(move || {
         if state.access == Access::AppendOnly
             && !name.starts_with("locks/")
-            && state.backend.exists(&name)?
+            && state.backend()?.exists(&name)?
         {
             return Ok(false);
         }
-        state.backend.put(&name, &body)?;
+        state.backend()?.put(&name, &body)?;
         Ok(true)
     })
     .await;
@@ -220,7 +247,7 @@ async fn delete_object(State(state): State<Shared>, Path(name): Path<String>) ->
         )
             .into_response();
     }
-    match blocking(move || state.backend.delete(&name)).await {
+    match blocking(move || state.backend()?.delete(&name)).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(response) => response,
     }
@@ -231,7 +258,7 @@ async fn list_objects(State(state): State<Shared>, prefix: Option<Path<String>>)
     if !valid_prefix(&prefix) {
         return bad_name(&prefix);
     }
-    let listed = blocking(move || state.backend.list(&prefix)).await;
+    let listed = blocking(move || state.backend()?.list(&prefix)).await;
     match listed {
         Ok(objects) => {
             let objects: Vec<ListedObject> = objects
@@ -257,10 +284,228 @@ async fn get_ranges(State(state): State<Shared>, body: Bytes) -> Response {
     if let Some(bad) = ranges.iter().find(|r| !valid_object_name(&r.name)) {
         return bad_name(&bad.name);
     }
-    match blocking(move || state.backend.get_ranges(&ranges)).await {
+    match blocking(move || state.backend()?.get_ranges(&ranges)).await {
         Ok(parts) => parts.concat().into_response(),
         Err(response) => response,
     }
+}
+
+/// Whether `name` can name a served source: letters, digits, `-` and `_`.
+pub fn valid_source_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The path of `rel` (components joined by `/`, empty for the root) below the source `root`:
+/// every component a valid name, and every directory on the way a real directory, never a
+/// symlink, so no request reaches outside the source.
+fn resolve_source_path(root: &std::path::Path, rel: &[u8]) -> crate::error::Result<PathBuf> {
+    let mut path = root.to_path_buf();
+    if rel.is_empty() {
+        return Ok(path);
+    }
+    let parts: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !crate::tree::is_valid_name(part) {
+            return Err(Error::InvalidInput(format!(
+                "{:?} is not a path below the source",
+                String::from_utf8_lossy(rel)
+            )));
+        }
+        path.push(OsStr::from_bytes(part));
+        if i + 1 < parts.len() {
+            let metadata = fs::symlink_metadata(&path)
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            if !metadata.is_dir() {
+                return Err(Error::InvalidInput(format!(
+                    "{} is not a directory of the source",
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(path)
+}
+
+/// Opens a regular file of the source without following a symlink.
+fn open_source_file(path: &std::path::Path) -> crate::error::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let is_file = file.metadata().is_ok_and(|m| m.is_file());
+    if !is_file {
+        return Err(Error::InvalidInput(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// The source directory `rel` of `root` as postcard-encoded tree entries, sorted by name.
+fn list_source_dir(root: &std::path::Path, rel: &[u8]) -> crate::error::Result<Vec<u8>> {
+    let path = resolve_source_path(root, rel)?;
+    let metadata = fs::symlink_metadata(&path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    if !metadata.is_dir() {
+        return Err(Error::InvalidInput(format!(
+            "{} is not a directory of the source",
+            path.display()
+        )));
+    }
+    let mut entries = Vec::new();
+    for child in
+        fs::read_dir(&path).map_err(|e| Error::io(format!("listing {}", path.display()), e))?
+    {
+        let entry = child.and_then(|child| crate::sync::into_dir::local_entry(&child));
+        match entry {
+            Ok(Some(entry)) => entries.push(entry),
+            Ok(None) => {}
+            // Gone or unreadable: left out here, as a backup leaves it out.
+            Err(e) => tracing::warn!("{}: {e}", path.display()),
+        }
+    }
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(postcard::to_stdvec(&entries).expect("entries serialize"))
+}
+
+/// The entry of `rel` itself (its metadata; the source's root for an empty path),
+/// postcard-encoded.
+fn stat_source_path(root: &std::path::Path, rel: &[u8]) -> crate::error::Result<Vec<u8>> {
+    let path = resolve_source_path(root, rel)?;
+    let name = rel.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    let entry = crate::sync::into_dir::path_entry(&path, name.to_vec());
+    let entry = entry.map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    Ok(postcard::to_stdvec(&entry).expect("entries serialize"))
+}
+
+/// The chunk list of a source file, chunked and named as the request says.
+fn chunk_source_file(
+    root: &std::path::Path,
+    request: &ChunksRequest,
+) -> crate::error::Result<Vec<u8>> {
+    let path = resolve_source_path(root, &request.path)?;
+    let file = open_source_file(&path)?;
+    let chunker = request.spec.chunker()?;
+    let mut chunks = Vec::new();
+    let mut buffer = Vec::new();
+    chunker
+        .for_each_chunk(&file, &mut buffer, |chunk| {
+            chunks.push(ChunkRef {
+                id: request.spec.id_of(chunk),
+                length: chunk.len() as u32,
+            });
+            Ok::<(), std::io::Error>(())
+        })
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    Ok(postcard::to_stdvec(&ChunksResponse { chunks }).expect("chunk lists serialize"))
+}
+
+/// Ranges of a source file, each zstd-compressed behind its length.
+fn read_source_blobs(
+    root: &std::path::Path,
+    request: &BlobsRequest,
+) -> crate::error::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let asked: u64 = request.ranges.iter().map(|r| r.1 as u64).sum();
+    if asked > MAX_BLOBS_BYTES {
+        return Err(Error::InvalidInput(format!(
+            "{asked} bytes asked in one request; the limit is {MAX_BLOBS_BYTES}"
+        )));
+    }
+    let path = resolve_source_path(root, &request.path)?;
+    let file = open_source_file(&path)?;
+    let mut out = Vec::new();
+    let mut data = Vec::new();
+    for &(offset, length) in &request.ranges {
+        data.resize(length as usize, 0);
+        file.read_exact_at(&mut data, offset)
+            .map_err(|e| Error::io(format!("reading {} at {offset}", path.display()), e))?;
+        let frame = zstd::bulk::compress(&data, 3).map_err(|e| Error::io("compressing", e))?;
+        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        out.extend_from_slice(&frame);
+    }
+    Ok(out)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ListQuery {
+    /// The directory's path below the source, hex-encoded (names are bytes).
+    #[serde(default)]
+    path: String,
+}
+
+/// Runs `work` on the root directory of source `name` off the async threads and answers
+/// with the bytes it makes; 404 for a source this server does not serve.
+async fn on_source(
+    state: Shared,
+    name: String,
+    work: impl FnOnce(PathBuf) -> crate::error::Result<Vec<u8>> + Send + 'static,
+) -> Response {
+    let Some(root) = state.sources.get(&name).cloned() else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("this server serves no source {name:?}"),
+        )
+            .into_response();
+    };
+    match blocking(move || work(root)).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Err(response) => response,
+    }
+}
+
+fn bad_request(what: &str) -> Response {
+    (StatusCode::BAD_REQUEST, what.to_owned()).into_response()
+}
+
+async fn list_source(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    let Ok(rel) = hex::decode(&query.path) else {
+        return bad_request("the path must be hex");
+    };
+    on_source(state, name, move |root| list_source_dir(&root, &rel)).await
+}
+
+async fn stat_source(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    let Ok(rel) = hex::decode(&query.path) else {
+        return bad_request("the path must be hex");
+    };
+    on_source(state, name, move |root| stat_source_path(&root, &rel)).await
+}
+
+async fn source_chunks(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let Ok(request) = postcard::from_bytes::<ChunksRequest>(&body) else {
+        return bad_request("unreadable chunks request");
+    };
+    on_source(state, name, move |root| chunk_source_file(&root, &request)).await
+}
+
+async fn source_blobs(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let Ok(request) = postcard::from_bytes::<BlobsRequest>(&body) else {
+        return bad_request("unreadable blobs request");
+    };
+    on_source(state, name, move |root| read_source_blobs(&root, &request)).await
 }
 
 /// The routes, behind the token check.
@@ -275,6 +520,10 @@ fn router(state: Shared) -> Router {
         .route("/ranges", post(get_ranges));
     Router::new()
         .nest("/repo", repo)
+        .route("/source/{name}/list", get(list_source))
+        .route("/source/{name}/stat", get(stat_source))
+        .route("/source/{name}/chunks", post(source_chunks))
+        .route("/source/{name}/blobs", post(source_blobs))
         .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
@@ -287,9 +536,27 @@ pub fn run(
     options: ServeOptions,
     ready: impl FnOnce(SocketAddr),
 ) -> crate::error::Result<()> {
-    crate::repo::Repository::read_config(&LocalBackend::new(&options.repo))?;
+    if let Some(repo) = &options.repo {
+        crate::repo::Repository::read_config(&LocalBackend::new(repo))?;
+    }
+    let mut sources = HashMap::new();
+    for (name, dir) in options.sources {
+        if !valid_source_name(&name) {
+            return Err(Error::InvalidInput(format!(
+                "source name {name:?}: use letters, digits, - and _"
+            )));
+        }
+        if !dir.is_dir() {
+            return Err(Error::InvalidInput(format!(
+                "source {name}: {} is not a directory",
+                dir.display()
+            )));
+        }
+        sources.insert(name, dir);
+    }
     let state = Arc::new(ServerState {
-        backend: LocalBackend::new(&options.repo),
+        backend: options.repo.as_ref().map(LocalBackend::new),
+        sources,
         access: options.access,
         token: options.token,
     });

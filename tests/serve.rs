@@ -30,15 +30,20 @@ impl Drop for Server {
     }
 }
 
-/// Starts `cairn serve --repo REPO` with `extra` arguments on a free loopback port.
-fn serve(sandbox: &Sandbox, repo: &Path, extra: &[&str]) -> Server {
+/// Starts `cairn serve` with `args` on a free loopback port; the URL is the server's base.
+fn serve_with(sandbox: &Sandbox, args: &[&str]) -> Server {
     let token = sandbox.path("token");
     fs::write(&token, format!("{TOKEN}\n")).unwrap();
     let mut child = sandbox
         .cairn()
-        .args(["serve", "--repo", text(repo), "--listen", "127.0.0.1:0"])
-        .args(["--token-file", text(&token)])
-        .args(extra)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--token-file",
+            text(&token),
+        ])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -53,6 +58,13 @@ fn serve(sandbox: &Sandbox, repo: &Path, extra: &[&str]) -> Server {
         .unwrap_or_else(|| panic!("serve printed {line:?}"))
         .to_owned();
     Server { child, url }
+}
+
+/// Starts `cairn serve --repo REPO` with `extra` arguments; the URL is the repository's.
+fn serve(sandbox: &Sandbox, repo: &Path, extra: &[&str]) -> Server {
+    let mut server = serve_with(sandbox, &[&["--repo", text(repo)][..], extra].concat());
+    server.url.push_str("/repo");
+    server
 }
 
 /// Client arguments: the token file and a password file.
@@ -287,4 +299,252 @@ fn the_server_refuses_what_its_mode_forbids_and_names_outside_the_repository() {
         text(&token),
     ]);
     assert_fails(&open, 1, "--tls-cert");
+}
+
+/// A tree of 200 files of 20-60 KB (and `make_tree`'s entries): about 8 MB.
+fn make_wide_tree(root: &Path) -> u64 {
+    make_tree(root);
+    let mut total = 0;
+    for i in 0..200u64 {
+        let dir = root.join(format!("d{}", i % 10));
+        fs::create_dir_all(&dir).unwrap();
+        let data = pseudo_random(20_000 + (i as usize * 997) % 40_000, 100 + i);
+        total += data.len() as u64;
+        fs::write(dir.join(format!("f{i}")), data).unwrap();
+    }
+    total + 3_000_000 + 100_000
+}
+
+/// Changes 2 of the 200 files (1%): a few bytes in each.
+fn change_one_percent(root: &Path) {
+    for i in [7u64, 123] {
+        let path = root.join(format!("d{}/f{i}", i % 10));
+        let mut data = fs::read(&path).unwrap();
+        data[100..110].fill(0x5A);
+        fs::write(&path, data).unwrap();
+        set_mtime(&path, 1_750_000_000, i as i64);
+    }
+}
+
+fn sync_json(sandbox: &Sandbox, args: &[&str], client: &[String]) -> serde_json::Value {
+    let out = sandbox.ok(&with(&[&["sync", "--json"][..], args].concat(), client));
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn a_served_directory_pulls_into_a_repository_and_a_directory_moving_only_changes() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    let total = make_wide_tree(&source);
+    let server = serve_with(&sandbox, &["--source", &format!("home={}", text(&source))]);
+    let url = format!("{}/source/home", server.url);
+    let client = client_args(&sandbox);
+    let repo = sandbox.path("repo");
+    sandbox.ok(&with(&["init", "--repo", text(&repo)], &client));
+
+    let first = sync_json(&sandbox, &[&url, text(&repo)], &client);
+    assert_eq!(first["checkpoints_copied"], 1, "{first}");
+    let restored = sandbox.path("restored");
+    sandbox.ok(&with(
+        &["sync", &format!("{}::latest", text(&repo)), text(&restored)],
+        &client,
+    ));
+    assert_same_tree(&source, &restored);
+    let mirror = sandbox.path("mirror");
+    let mirrored = sync_json(&sandbox, &[&url, text(&mirror)], &client);
+    assert!(
+        mirrored["files_written"].as_u64().unwrap() > 200,
+        "{mirrored}"
+    );
+    assert_same_tree(&source, &mirror);
+
+    change_one_percent(&source);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = sync_json(&sandbox, &[&url, text(&repo)], &client);
+    let moved = second["bytes_transferred"].as_u64().unwrap();
+    assert!(
+        moved > 0 && moved < total / 50,
+        "{moved} of {total} bytes: {second}"
+    );
+    assert!(second["blobs_copied"].as_u64().unwrap() < 30, "{second}");
+    let restored_2 = sandbox.path("restored-2");
+    sandbox.ok(&with(
+        &[
+            "sync",
+            &format!("{}::latest", text(&repo)),
+            text(&restored_2),
+        ],
+        &client,
+    ));
+    assert_same_tree(&source, &restored_2);
+
+    // A copy of the new checkpoint into a repository holding the first moves only its blobs.
+    let other = sandbox.path("other");
+    sandbox.ok(&with(
+        &["init", "--repo", text(&other), "--like", text(&repo)],
+        &client,
+    ));
+    let first_id = serde_json::from_str::<serde_json::Value>(
+        &sandbox.ok(&with(&["list", "--json", "--repo", text(&repo)], &client)),
+    )
+    .unwrap()[0]["short_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    sync_json(
+        &sandbox,
+        &[&format!("{}::{first_id}", text(&repo)), text(&other)],
+        &client,
+    );
+    let copied = sync_json(&sandbox, &[text(&repo), text(&other)], &client);
+    assert_eq!(
+        copied["blobs_copied"], second["blobs_copied"],
+        "{copied} {second}"
+    );
+
+    let update = sync_json(&sandbox, &["--delete", &url, text(&mirror)], &client);
+    assert_eq!(update["files_written"], 2, "{update}");
+    let moved = update["bytes_transferred"].as_u64().unwrap();
+    assert!(moved < total / 50, "{moved} of {total} bytes: {update}");
+    assert_same_tree(&source, &mirror);
+
+    // The served source is read-only and nothing outside it is reachable.
+    let refused = sandbox.run(&with(&["sync", text(&mirror), &url], &client));
+    assert_fails(&refused, 1, "read-only");
+    std::os::unix::fs::symlink("/etc", source.join("etc-link")).unwrap();
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let listing = format!("{url}/list?path={}", hex::encode("etc-link"));
+    let got = agent
+        .get(&listing)
+        .header("Authorization", &format!("Bearer {TOKEN}"))
+        .call()
+        .unwrap();
+    assert_eq!(got.status().as_u16(), 400, "listing through a symlink");
+}
+
+/// A fake server answering every request from `answer(request line)`, for as long as the
+/// test runs; returns its base URL.
+fn fake_server(answer: impl Fn(&str) -> Vec<u8> + Send + 'static) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                request.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&request).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            let mut body = vec![0; length];
+            let _ = stream.read_exact(&mut body);
+            let payload = answer(head.lines().next().unwrap_or_default());
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                payload.len()
+            );
+            let _ = stream.write_all(&payload);
+        }
+    });
+    url
+}
+
+fn file_entry(name: &[u8], size: u64) -> cairn::tree::Entry {
+    cairn::tree::Entry {
+        name: name.to_vec(),
+        kind: cairn::tree::EntryKind::File(cairn::tree::Content::Chunks(Vec::new())),
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        user: None,
+        group: None,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        size,
+        device: 1,
+        inode: 2,
+        links: 1,
+        xattrs: Vec::new(),
+    }
+}
+
+#[test]
+fn a_hostile_or_lying_server_is_refused_and_nothing_is_saved() {
+    let sandbox = Sandbox::new();
+    let client = client_args(&sandbox);
+    // A listing with `..` in it.
+    let hostile = fake_server(|line| {
+        if line.contains("/list") {
+            postcard::to_stdvec(&vec![file_entry(b"..", 5)]).unwrap()
+        } else {
+            postcard::to_stdvec(&None::<cairn::tree::Entry>).unwrap()
+        }
+    });
+    let target = sandbox.path("inside/target");
+    let refused = sandbox.run(&with(
+        &["sync", &format!("{hostile}/source/x"), text(&target)],
+        &client,
+    ));
+    assert_fails(&refused, 1, "hostile");
+    assert_eq!(
+        fs::read_dir(sandbox.path("inside")).map_or(0, |d| d.count()),
+        1,
+        "only the target itself"
+    );
+
+    // A server whose chunk is not the one its chunk list names.
+    let lying = fake_server(|line| {
+        if line.contains("/list") {
+            postcard::to_stdvec(&vec![file_entry(b"f", 5)]).unwrap()
+        } else if line.contains("/chunks") {
+            let id = cairn::id::BlobId(*blake3::hash(b"hello").as_bytes());
+            postcard::to_stdvec(&cairn::sync::wire::ChunksResponse {
+                chunks: vec![cairn::tree::ChunkRef { id, length: 5 }],
+            })
+            .unwrap()
+        } else if line.contains("/blobs") {
+            let frame = zstd::bulk::compress(b"HELLO", 3).unwrap();
+            [&(frame.len() as u32).to_le_bytes()[..], &frame].concat()
+        } else {
+            postcard::to_stdvec(&None::<cairn::tree::Entry>).unwrap()
+        }
+    });
+    let mirror = sandbox.path("mirror");
+    let into_dir = sandbox.run(&with(
+        &["sync", &format!("{lying}/source/x"), text(&mirror)],
+        &client,
+    ));
+    assert_fails(&into_dir, 3, "does not match");
+    assert!(
+        !mirror.join("f").exists(),
+        "a file with wrong bytes was written"
+    );
+    let repo = sandbox.path("repo");
+    sandbox.ok(&with(
+        &["init", "--repo", text(&repo), "--encryption", "none"],
+        &client,
+    ));
+    let pulled = sandbox.run(&with(
+        &["sync", &format!("{lying}/source/x"), text(&repo)],
+        &client,
+    ));
+    assert_fails(&pulled, 1, "does not match");
+    assert_eq!(
+        checkpoints(&repo),
+        0,
+        "a checkpoint was saved from a lying server"
+    );
 }

@@ -1,5 +1,6 @@
-//! `cairn serve`: serves the repository given with `--repo` over HTTP(S) to cairn clients
-//! (`--repo https://host:port/repo`, or a sync endpoint). The token file names the bearer
+//! `cairn serve`: serves the repository given with `--repo` (as `https://host:port/repo`) and
+//! live directories given with `--source NAME=DIR` (as `https://host:port/source/NAME`, for
+//! `cairn sync` to pull from) over HTTP(S). The token file names the bearer
 //! token every request must carry. A non-loopback address needs TLS (`--tls-cert`,
 //! `--tls-key`) unless `--insecure-http` says otherwise. Prints the URL once listening.
 
@@ -16,6 +17,9 @@ pub struct ServeArgs {
     /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free one)
     #[arg(long, value_name = "ADDR")]
     listen: String,
+    /// Serve the live directory DIR, read-only, as http(s)://ADDR/source/NAME (repeatable)
+    #[arg(long = "source", value_name = "NAME=DIR", value_parser = source)]
+    sources: Vec<(String, PathBuf)>,
     /// Refuse every write
     #[arg(long, conflicts_with = "append_only")]
     read_only: bool,
@@ -33,8 +37,24 @@ pub struct ServeArgs {
     insecure_http: bool,
 }
 
+/// Parses `NAME=DIR`.
+fn source(text: &str) -> std::result::Result<(String, PathBuf), String> {
+    let (name, dir) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: give NAME=DIR"))?;
+    if !cairn::serve::valid_source_name(name) {
+        return Err(format!(
+            "source name {name:?}: use letters, digits, - and _"
+        ));
+    }
+    Ok((name.to_owned(), PathBuf::from(dir)))
+}
+
 pub fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
-    let repo = global.repo_path()?.clone();
+    let repo = global.repo.clone();
+    if repo.is_none() && args.sources.is_empty() {
+        bail!("nothing to serve: give --repo R, --source NAME=DIR, or both");
+    }
     let token = global
         .token()
         .context("cairn serve needs the token clients must present")?;
@@ -55,15 +75,26 @@ pub fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
         Access::ReadWrite
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let names: Vec<String> = args.sources.iter().map(|(name, _)| name.clone()).collect();
+    let serves_repo = repo.is_some();
     let options = ServeOptions {
         repo,
+        sources: args.sources,
         access,
         token,
         tls,
     };
     cairn::serve::run(listener, options, |address| {
-        println!("listening on {scheme}://{address}/repo");
-        let _ = std::io::stdout().flush();
+        // Whoever started the server may stop reading its output: never fail on that.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on {scheme}://{address}");
+        if serves_repo {
+            let _ = writeln!(out, "repository at {scheme}://{address}/repo");
+        }
+        for name in &names {
+            let _ = writeln!(out, "source {name} at {scheme}://{address}/source/{name}");
+        }
+        let _ = out.flush();
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! `cairn sync SRC DST`: moves data between directories and repositories, copying only what
 //! the destination lacks. Each side is a directory or a repository (`REPO::CKPT` names one
-//! checkpoint). A directory into a repository is a backup with the parent's stat cache; a
+//! checkpoint), local or served (`https://host:port/repo`); a source may also be a directory
+//! served by `cairn serve --source` (`https://host:port/source/NAME`). A directory into a repository is a backup with the parent's stat cache; a
 //! repository into another copies checkpoints blob by blob; a checkpoint or a directory into
 //! a directory makes it match, like rsync. The destination repository opens with the main
 //! secret (`--password-file`, `CAIRN_PASSWORD`, `--key-file`), a source repository with the
@@ -11,7 +12,9 @@ use anyhow::{Context, Result, bail};
 use cairn::backup::{self, BackupOptions, Progress};
 use cairn::checkpoint;
 use cairn::sync::into_dir::{CheckpointSource, DirectorySource};
-use cairn::sync::{SyncError, SyncOptions, SyncProgress, SyncReport, copy, into_dir};
+use cairn::sync::remote::RemoteSource;
+use cairn::sync::wire::ChunkSpec;
+use cairn::sync::{SyncError, SyncOptions, SyncProgress, SyncReport, copy, into_dir, pull};
 use clap::Args;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -21,7 +24,7 @@ use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {
-    /// Source: a directory, a repository, or REPO::CKPT
+    /// Source: a directory, a repository, REPO::CKPT, or a served https://HOST/source/NAME
     source: String,
     /// Destination: a directory or a repository
     destination: String,
@@ -47,6 +50,8 @@ pub struct SyncArgs {
 /// One side of a sync.
 enum Endpoint {
     Directory(PathBuf),
+    /// A live directory served by `cairn serve --source` (its URL).
+    Served(String),
     Repository {
         path: PathBuf,
         checkpoint: Option<String>,
@@ -65,10 +70,8 @@ impl Endpoint {
             _ => (text, None),
         };
         if super::is_url(location) {
-            if location.contains("/source/") {
-                bail!(
-                    "{location}: served source directories are not available in this build of cairn yet; serve a repository instead"
-                );
+            if location.contains("/source/") && checkpoint.is_none() {
+                return Ok(Endpoint::Served(location.trim_end_matches('/').to_owned()));
             }
             return Ok(Endpoint::Repository {
                 path: PathBuf::from(location),
@@ -165,6 +168,32 @@ fn sync(
 ) -> Result<SyncReport> {
     let open_source = |path: &Path| global.open_at(path, args.from.resolve(global));
     match (source, destination) {
+        (_, Endpoint::Served(url)) => {
+            bail!("{url} is a served source directory: it is read-only, so it can only be a source")
+        }
+        (
+            Endpoint::Served(url),
+            Endpoint::Repository {
+                path,
+                checkpoint: None,
+            },
+        ) => {
+            let repo = global.open_at(&path, global.credentials())?;
+            let source = RemoteSource::new(global.remote(&url)?, ChunkSpec::of(&repo))?;
+            Ok(pull::run(&repo, &source, options)?)
+        }
+        (Endpoint::Served(url), Endpoint::Directory(target)) => {
+            let source = RemoteSource::new(global.remote(&url)?, ChunkSpec::plain())?;
+            let root = source.stat(&[])?.filter(|e| e.is_dir());
+            Ok(into_dir::run(
+                &source,
+                Vec::new(),
+                root.as_ref(),
+                &target,
+                options,
+                progress,
+            )?)
+        }
         (
             _,
             Endpoint::Repository {

@@ -58,6 +58,15 @@ impl BlobSink<'_> {
         Ok(true)
     }
 
+    /// Gives up claims that will not be sent after all (the source failed), so that another
+    /// file with the same blob stores it.
+    pub fn release(&self, ids: &[BlobId]) {
+        let mut in_flight = self.in_flight.lock().expect("not poisoned");
+        for id in ids {
+            in_flight.remove(id);
+        }
+    }
+
     /// Queues a claimed blob, already in this repository's stored form, for the packer.
     pub fn send_encoded(
         &self,

@@ -16,13 +16,16 @@
 //! every file is opened with `O_NOFOLLOW`.
 
 use super::{SyncError, SyncOptions, SyncProgress, SyncReport};
+use crate::chunker::Chunker;
 use crate::error::{Error, IoContext, Result};
 use crate::fsmeta::{apply_metadata, entry_from_metadata, make_node, mtime_ns, read_xattrs};
 use crate::id::BlobId;
 use crate::repo::Repository;
 use crate::restore::{clear_path, write_sparse};
 use crate::throttle::RateLimiter;
-use crate::tree::{Content, Entry, EntryKind, file_chunks, is_valid_name, load_tree, read_chunk};
+use crate::tree::{
+    ChunkRef, Content, Entry, EntryKind, file_chunks, is_valid_name, load_tree, read_chunk,
+};
 use crossbeam_channel::bounded;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -106,56 +109,107 @@ impl TreeSource for CheckpointSource<'_> {
             return Err(Error::InvalidInput("not a regular file".into()));
         };
         let chunks = file_chunks(self.repo, content)?;
-        let mut held = HashMap::new();
-        if let Some(old) = old {
-            let wanted: HashSet<BlobId> = chunks.iter().map(|c| c.id).collect();
-            let mut old_ids = Vec::new();
-            let mut offset = 0u64;
-            let mut buffer = Vec::new();
-            self.repo
-                .chunker()
-                .for_each_chunk(old, &mut buffer, |chunk| {
-                    let id = BlobId(self.repo.codec().id_of(chunk));
-                    if wanted.contains(&id) {
-                        held.entry(id).or_insert((offset, chunk.len()));
-                    }
-                    old_ids.push(id);
-                    offset += chunk.len() as u64;
-                    Ok::<(), std::io::Error>(())
-                })
-                .map_err(|e| Error::io("reading the file in the target", e))?;
-            if old_ids.len() == chunks.len() && old_ids.iter().zip(&chunks).all(|(a, b)| *a == b.id)
-            {
-                return Ok(FileWrite::Same);
+        let repo = self.repo;
+        let id_of = |data: &[u8]| BlobId(repo.codec().id_of(data));
+        let mut fetch = |missing: &[(u64, ChunkRef)]| -> Result<(Vec<Vec<u8>>, u64)> {
+            let mut parts = Vec::with_capacity(missing.len());
+            let mut stored = 0;
+            for (_, chunk) in missing {
+                let length = repo.locate(&chunk.id)?.entry.length as u64;
+                if let Some(limiter) = limiter {
+                    limiter.take(length);
+                }
+                stored += length;
+                parts.push(read_chunk(repo, chunk)?);
             }
-        }
-        let (mut offset, mut fetched, mut reused) = (0u64, 0u64, 0u64);
-        let write_error = |e| Error::io("writing the new file", e);
-        for chunk in &chunks {
-            let data = match (held.get(&chunk.id), old) {
-                (Some(&(at, length)), Some(old)) => {
-                    let mut data = vec![0; length];
-                    old.read_exact_at(&mut data, at)
-                        .map_err(|e| Error::io("reading the file in the target", e))?;
-                    reused += length as u64;
-                    data
-                }
-                _ => {
-                    let stored = self.repo.locate(&chunk.id)?.entry.length as u64;
-                    if let Some(limiter) = limiter {
-                        limiter.take(stored);
-                    }
-                    fetched += stored;
-                    read_chunk(self.repo, chunk)?
-                }
-            };
-            write_sparse(out, offset, &data).map_err(write_error)?;
-            offset += data.len() as u64;
-        }
-        check_size(offset, entry)?;
-        out.set_len(offset).map_err(write_error)?;
-        Ok(FileWrite::Written { fetched, reused })
+            Ok((parts, stored))
+        };
+        rebuild_file(&chunks, entry, old, repo.chunker(), &id_of, &mut fetch, out)
     }
+}
+
+/// Chunks fetched per call of a rebuild's `fetch`, at most, and bytes.
+const FETCH_CHUNKS: usize = 64;
+const FETCH_BYTES: u64 = 32 << 20;
+
+/// Gets the given chunks (with their offsets in the file): their bytes, in order, and the
+/// bytes that crossed to get them.
+pub type Fetch<'a> = dyn FnMut(&[(u64, ChunkRef)]) -> Result<(Vec<Vec<u8>>, u64)> + 'a;
+
+/// Writes the file of `entry`, whose chunks are `chunks`, into `out`: every chunk `old`
+/// already holds (chunked with `chunker`, named by `id_of`) is copied from it, the rest comes
+/// from `fetch` in batches. When `old` holds exactly these chunks, nothing is written.
+pub fn rebuild_file(
+    chunks: &[ChunkRef],
+    entry: &Entry,
+    old: Option<&File>,
+    chunker: &Chunker,
+    id_of: &dyn Fn(&[u8]) -> BlobId,
+    fetch: &mut Fetch,
+    out: &File,
+) -> Result<FileWrite> {
+    let mut held = HashMap::new();
+    if let Some(old) = old {
+        let wanted: HashSet<BlobId> = chunks.iter().map(|c| c.id).collect();
+        let mut old_ids = Vec::new();
+        let mut offset = 0u64;
+        let mut buffer = Vec::new();
+        chunker
+            .for_each_chunk(old, &mut buffer, |chunk| {
+                let id = id_of(chunk);
+                if wanted.contains(&id) {
+                    held.entry(id).or_insert((offset, chunk.len()));
+                }
+                old_ids.push(id);
+                offset += chunk.len() as u64;
+                Ok::<(), std::io::Error>(())
+            })
+            .map_err(|e| Error::io("reading the file in the target", e))?;
+        if old_ids.len() == chunks.len() && old_ids.iter().zip(chunks).all(|(a, b)| *a == b.id) {
+            return Ok(FileWrite::Same);
+        }
+    }
+    let write_error = |e| Error::io("writing the new file", e);
+    let (mut offset, mut fetched, mut reused) = (0u64, 0u64, 0u64);
+    let mut missing = Vec::new();
+    for chunk in chunks {
+        match (held.get(&chunk.id), old) {
+            (Some(&(at, length)), Some(old)) => {
+                let mut data = vec![0; length];
+                old.read_exact_at(&mut data, at)
+                    .map_err(|e| Error::io("reading the file in the target", e))?;
+                write_sparse(out, offset, &data).map_err(write_error)?;
+                reused += length as u64;
+            }
+            _ => missing.push((offset, *chunk)),
+        }
+        offset += chunk.length as u64;
+    }
+    check_size(offset, entry)?;
+    let mut start = 0;
+    while start < missing.len() {
+        let mut end = start;
+        let mut bytes = 0u64;
+        while end < missing.len() && end - start < FETCH_CHUNKS && bytes < FETCH_BYTES {
+            bytes += missing[end].1.length as u64;
+            end += 1;
+        }
+        let batch = &missing[start..end];
+        let (parts, crossed) = fetch(batch)?;
+        for ((at, chunk), data) in batch.iter().zip(&parts) {
+            if data.len() != chunk.length as usize || id_of(data) != chunk.id {
+                return Err(Error::corrupt(
+                    entry.name_lossy(),
+                    format!("the chunk at offset {at} does not match its id"),
+                ));
+            }
+            write_sparse(out, *at, data).map_err(write_error)?;
+        }
+        fetched += crossed;
+        start = end;
+    }
+    out.set_len(offset).map_err(write_error)?;
+    Ok(FileWrite::Written { fetched, reused })
 }
 
 /// The bytes written must be what the entry says.
@@ -261,17 +315,29 @@ impl TreeSource for DirectorySource {
 }
 
 /// The entry for one directory entry of a live source; `None` for sockets.
-fn local_entry(child: &fs::DirEntry) -> std::io::Result<Option<Entry>> {
+pub(crate) fn local_entry(child: &fs::DirEntry) -> std::io::Result<Option<Entry>> {
     let metadata = child.metadata()?;
-    let name = child.file_name().as_bytes().to_vec();
+    entry_of(
+        &child.path(),
+        child.file_name().as_bytes().to_vec(),
+        &metadata,
+    )
+}
+
+/// The entry of `path` (not following a symlink), named `name`; `None` for a socket.
+pub(crate) fn path_entry(path: &Path, name: Vec<u8>) -> std::io::Result<Option<Entry>> {
+    entry_of(path, name, &fs::symlink_metadata(path)?)
+}
+
+fn entry_of(path: &Path, name: Vec<u8>, metadata: &fs::Metadata) -> std::io::Result<Option<Entry>> {
     let file_type = metadata.file_type();
     let kind = if file_type.is_dir() {
-        // The id is never read: the handle is the path.
+        // The id is never read: a live directory is reached by its path.
         EntryKind::Dir(BlobId([0; 32]))
     } else if file_type.is_file() {
         EntryKind::File(Content::Chunks(Vec::new()))
     } else if file_type.is_symlink() {
-        EntryKind::Symlink(fs::read_link(child.path())?.as_os_str().as_bytes().to_vec())
+        EntryKind::Symlink(fs::read_link(path)?.as_os_str().as_bytes().to_vec())
     } else if file_type.is_fifo() {
         EntryKind::Fifo
     } else if file_type.is_char_device() {
@@ -281,8 +347,8 @@ fn local_entry(child: &fs::DirEntry) -> std::io::Result<Option<Entry>> {
     } else {
         return Ok(None);
     };
-    let xattrs = read_xattrs(&child.path()).unwrap_or_default();
-    Ok(Some(entry_from_metadata(name, &metadata, kind, xattrs)))
+    let xattrs = read_xattrs(path).unwrap_or_default();
+    Ok(Some(entry_from_metadata(name, metadata, kind, xattrs)))
 }
 
 /// Whether two open files hold the same bytes.

@@ -1,11 +1,15 @@
 //! Sync: moving data between repositories and directories, copying only what the destination
 //! lacks. `copy` takes checkpoints from one repository to another blob by blob; `into_dir`
 //! makes a directory match a checkpoint or another directory the way rsync would, rebuilding
-//! changed files from the chunks they already hold. A directory pulled into a repository is
-//! a backup (see `backup`), with the parent's stat cache.
+//! changed files from the chunks they already hold. A local directory pulled into a
+//! repository is a backup (see `backup`); a served one (`remote`, over `cairn serve
+//! --source`) is pulled by `pull`, asking only for the chunks the repository lacks.
 
 pub mod copy;
 pub mod into_dir;
+pub mod pull;
+pub mod remote;
+pub mod wire;
 
 use serde::Serialize;
 use std::path::PathBuf;

@@ -1,0 +1,318 @@
+//! Served directory → repository: a backup pulled over the network. The walker lists the
+//! source directory by directory (`cairn serve --source`) and compares each file with the
+//! parent checkpoint (same size, mtime, ctime and inode ⇒ the old chunk list, nothing asked);
+//! workers ask the server for each changed file's chunk list, chunked with the repository's
+//! chunker, gear seed and id key, and then for just the chunks the repository lacks (the
+//! wishlist), checking each against its id. Trees are built bottom-up by backup's tree
+//! builder and packs written by the same writer; the checkpoint record comes last.
+//!
+//! The checkpoint's host is the server's `host:port` and its path the source URL, so the
+//! next pull of the same URL finds it as its parent.
+
+use super::remote::{RemotePath, RemoteSource, child_path};
+use super::{SyncError, SyncOptions, SyncReport};
+use crate::backup::{
+    FileError, PendingDir, PendingEntry, Progress, SourceError, abandoned, file_content,
+    find_parent, run_tree_builder,
+};
+use crate::checkpoint::{self, Checkpoint};
+use crate::error::{Error, Result};
+use crate::id::BlobId;
+use crate::repo::Repository;
+use crate::repo::pack::BlobKind;
+use crate::repo::writer::{BlobSink, with_blob_sink};
+use crate::throttle::RateLimiter;
+use crate::tree::{ChunkRef, Content, Entry, EntryKind, Tree, load_tree};
+use crossbeam_channel::{Receiver, Sender, bounded};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+/// Files the walker may queue ahead of the workers.
+const FILES_QUEUED: usize = 256;
+
+/// A changed file for the workers.
+struct PullJob {
+    path: RemotePath,
+    result: Sender<Result<(Content, u64), FileError>>,
+}
+
+/// The parent's content for `entry` when the file is unchanged.
+fn unchanged_content(parent: Option<&Entry>, entry: &Entry) -> Option<Content> {
+    let parent = parent?;
+    let EntryKind::File(content) = &parent.kind else {
+        return None;
+    };
+    let same = parent.size == entry.size
+        && parent.mtime_ns == entry.mtime_ns
+        && parent.ctime_ns == entry.ctime_ns
+        && parent.inode == entry.inode;
+    same.then(|| content.clone())
+}
+
+/// What the workers share.
+struct PullContext<'a> {
+    source: &'a RemoteSource,
+    limiter: Option<RateLimiter>,
+    /// Plan only: count the chunks the repository lacks instead of fetching them.
+    dry_run: bool,
+    /// Bytes received for chunks (compressed, as sent), or in a dry run the bytes of the
+    /// chunks that would be asked for.
+    transferred: AtomicU64,
+    /// Chunks a dry run would ask for.
+    planned: AtomicU64,
+    /// Chunks of changed files the repository already held.
+    skipped: AtomicU64,
+}
+
+/// Stores one changed file: its chunk list from the server, then the chunks the repository
+/// lacks. Returns its content and size.
+fn pull_file(
+    context: &PullContext,
+    sink: &BlobSink,
+    path: &[u8],
+) -> Result<(Content, u64), FileError> {
+    let PullContext {
+        source,
+        transferred,
+        ..
+    } = context;
+    let limiter = context.limiter.as_ref();
+    // A chunk that does not match its id fails the whole pull: the file changed while it was
+    // read, or the server is lying; either way nothing is saved that cannot be trusted.
+    let soft = |e: Error| match e.kind() {
+        crate::error::ErrorKind::Corrupt => FileError::Repository(e),
+        _ => FileError::Source(e.to_string()),
+    };
+    let chunks = source.file_chunks(path).map_err(soft)?;
+    let mut wanted: Vec<(u64, ChunkRef)> = Vec::new();
+    let mut offset = 0u64;
+    for chunk in &chunks {
+        if sink.claim(&chunk.id).map_err(FileError::Repository)? {
+            wanted.push((offset, *chunk));
+        } else {
+            context.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+        offset += chunk.length as u64;
+    }
+    if context.dry_run {
+        let bytes: u64 = wanted.iter().map(|(_, c)| c.length as u64).sum();
+        transferred.fetch_add(bytes, Ordering::Relaxed);
+        context
+            .planned
+            .fetch_add(wanted.len() as u64, Ordering::Relaxed);
+        wanted.clear();
+    }
+    for (i, batch) in wanted.chunks(64).enumerate() {
+        let fetched = source.fetch(path, batch, limiter);
+        let parts = match fetched {
+            Ok((parts, crossed)) => {
+                transferred.fetch_add(crossed, Ordering::Relaxed);
+                parts
+            }
+            Err(e) => {
+                // Nobody will send these: let another file store them.
+                let unsent: Vec<BlobId> = wanted[i * 64..].iter().map(|(_, c)| c.id).collect();
+                sink.release(&unsent);
+                return Err(soft(e));
+            }
+        };
+        for ((_, chunk), data) in batch.iter().zip(parts) {
+            let encoded = sink.repo().codec().encode(&data, true);
+            sink.send_encoded(chunk.id, BlobKind::Data, encoded, data.len())
+                .map_err(FileError::Repository)?;
+        }
+    }
+    let content = file_content(sink, chunks).map_err(FileError::Repository)?;
+    Ok((content, offset))
+}
+
+/// Walks the served source and feeds the workers and the tree builder.
+struct PullWalker<'a> {
+    repo: &'a Repository,
+    source: &'a RemoteSource,
+    files: Sender<PullJob>,
+    dirs: Sender<PendingDir>,
+    errors: &'a Mutex<Vec<SourceError>>,
+}
+
+impl PullWalker<'_> {
+    fn pull_dir(&self, dir: &[u8], parent: Option<&Tree>) -> Result<Receiver<BlobId>> {
+        let entries = match self.source.list_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if !dir.is_empty() && e.kind() != crate::error::ErrorKind::Corrupt => {
+                self.soft_error(dir, e.to_string());
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+        let mut pending = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let path = child_path(dir, &entry.name);
+            let parent_entry = parent.and_then(|tree| tree.get(&entry.name));
+            pending.push(match &entry.kind {
+                EntryKind::Dir(_) => {
+                    let parent_tree = self.parent_tree(parent_entry);
+                    let tree = self.pull_dir(&path, parent_tree.as_ref())?;
+                    PendingEntry::Dir(entry, tree)
+                }
+                EntryKind::File(_) => match unchanged_content(parent_entry, &entry) {
+                    Some(content) => PendingEntry::Ready(Entry {
+                        kind: EntryKind::File(content),
+                        ..entry
+                    }),
+                    None => {
+                        let (result, receiver) = bounded(1);
+                        let job = PullJob {
+                            path: path.clone(),
+                            result,
+                        };
+                        self.files.send(job).map_err(|_| abandoned())?;
+                        let shown = PathBuf::from(String::from_utf8_lossy(&path).into_owned());
+                        PendingEntry::File(entry, shown, receiver)
+                    }
+                },
+                _ => PendingEntry::Ready(entry),
+            });
+        }
+        let (done, receiver) = bounded(1);
+        self.dirs
+            .send(PendingDir {
+                entries: pending,
+                done,
+            })
+            .map_err(|_| abandoned())?;
+        Ok(receiver)
+    }
+
+    fn parent_tree(&self, parent: Option<&Entry>) -> Option<Tree> {
+        let EntryKind::Dir(id) = parent?.kind else {
+            return None;
+        };
+        load_tree(self.repo, &id)
+            .map_err(|e| tracing::warn!("parent tree {id} unreadable, pulling all files: {e}"))
+            .ok()
+    }
+
+    fn soft_error(&self, path: &[u8], message: String) {
+        self.errors.lock().expect("not poisoned").push(SourceError {
+            path: PathBuf::from(String::from_utf8_lossy(path).into_owned()),
+            message,
+        });
+    }
+}
+
+/// The host (and port) of a URL, as the checkpoint's host.
+fn url_host(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest).to_owned()
+}
+
+/// Pulls the served source into `repo` as a new checkpoint (unless a dry run).
+pub fn run(repo: &Repository, source: &RemoteSource, options: &SyncOptions) -> Result<SyncReport> {
+    let started = Instant::now();
+    let time = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
+    let host = url_host(source.url());
+    let paths = vec![source.url().to_owned()];
+    let parent = find_parent(repo, &host, &paths)?;
+    let parent_root = match &parent {
+        Some((_, c)) => Some(load_tree(repo, &c.tree)?),
+        None => None,
+    };
+    // The source root's own metadata, kept like a backup of one directory keeps it.
+    let root_entry = source.stat(&[])?;
+    let _lock = if options.dry_run {
+        None
+    } else {
+        Some(crate::repo::lock::acquire(repo, false, "sync")?)
+    };
+    let errors = Mutex::new(Vec::new());
+    let context = PullContext {
+        source,
+        limiter: options.rate_limit.map(RateLimiter::new),
+        dry_run: options.dry_run,
+        transferred: AtomicU64::new(0),
+        planned: AtomicU64::new(0),
+        skipped: AtomicU64::new(0),
+    };
+    let progress = Progress::default();
+    let threads = options.concurrency.max(1);
+    let walk = |sink: &BlobSink| {
+        std::thread::scope(|scope| {
+            let (file_tx, file_rx) = bounded::<PullJob>(FILES_QUEUED);
+            for _ in 0..threads {
+                let (jobs, context) = (file_rx.clone(), &context);
+                scope.spawn(move || {
+                    for job in jobs {
+                        let _ = job.result.send(pull_file(context, sink, &job.path));
+                    }
+                });
+            }
+            drop(file_rx);
+            let (dir_tx, dir_rx) = bounded(1024);
+            let builder = scope.spawn(|| run_tree_builder(sink, dir_rx, &errors, &progress));
+            let walker = PullWalker {
+                repo,
+                source,
+                files: file_tx,
+                dirs: dir_tx,
+                errors: &errors,
+            };
+            let walked = walker.pull_dir(&[], parent_root.as_ref());
+            drop(walker);
+            let stats = builder.join().expect("the tree builder does not panic")?;
+            let root = walked?.recv().map_err(|_| abandoned())?;
+            Ok((root, stats))
+        })
+    };
+    let ((root, mut stats), added_blobs) = with_blob_sink(
+        repo,
+        options.dry_run,
+        threads * 2,
+        &progress.added_bytes,
+        walk,
+    )?;
+    let errors = errors.into_inner().expect("not poisoned");
+    stats.added_blobs = added_blobs;
+    stats.errors = errors.len() as u64;
+    stats.bytes_read = context.transferred.load(Ordering::Relaxed);
+    stats.added_bytes = progress.added_bytes.load(Ordering::Relaxed);
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+    let record = Checkpoint {
+        time,
+        host,
+        paths,
+        tags: Vec::new(),
+        tree: root,
+        root: root_entry.filter(|e| e.is_dir()).map(|e| Entry {
+            name: source.name().as_bytes().to_vec(),
+            kind: EntryKind::Dir(root),
+            ..e
+        }),
+        parent: parent.map(|(id, _)| id),
+        stats,
+        program_version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let saved = if options.dry_run {
+        false
+    } else {
+        checkpoint::save(repo, &record)?;
+        true
+    };
+    Ok(SyncReport {
+        dry_run: options.dry_run,
+        checkpoints_copied: u64::from(saved),
+        blobs_copied: added_blobs + context.planned.load(Ordering::Relaxed),
+        blobs_skipped: context.skipped.load(Ordering::Relaxed),
+        bytes_transferred: record.stats.bytes_read,
+        errors: errors
+            .into_iter()
+            .map(|e| SyncError {
+                path: e.path,
+                message: e.message,
+            })
+            .collect(),
+        ..SyncReport::default()
+    })
+}
