@@ -21,7 +21,7 @@
 use crate::error::{Error, ErrorKind};
 use crate::repo::backend::{Backend, LocalBackend, RangeRequest};
 use crate::repo::http::ListedObject;
-use crate::sync::wire::{BlobsRequest, ChunksRequest, ChunksResponse};
+use crate::sync::wire::{BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, MAX_BLOBS_BYTES};
 use crate::tree::ChunkRef;
 use axum::Router;
 use axum::body::Bytes;
@@ -37,9 +37,6 @@ use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-
-/// Bytes one `blobs` request may ask for.
-const MAX_BLOBS_BYTES: u64 = 256 << 20;
 
 /// What a server may do to the repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,7 +344,8 @@ fn open_source_file(path: &std::path::Path) -> crate::error::Result<fs::File> {
     Ok(file)
 }
 
-/// The source directory `rel` of `root` as postcard-encoded tree entries, sorted by name.
+/// The source directory `rel` of `root` as postcard-encoded tree entries, sorted by name, in
+/// one zstd frame.
 fn list_source_dir(root: &std::path::Path, rel: &[u8]) -> crate::error::Result<Vec<u8>> {
     let path = resolve_source_path(root, rel)?;
     let metadata = fs::symlink_metadata(&path)
@@ -371,7 +369,9 @@ fn list_source_dir(root: &std::path::Path, rel: &[u8]) -> crate::error::Result<V
         }
     }
     entries.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(postcard::to_stdvec(&entries).expect("entries serialize"))
+    // Listings repeat owners, modes and similar names: compressed, they cross in a fraction.
+    let encoded = postcard::to_stdvec(&entries).expect("entries serialize");
+    zstd::bulk::compress(&encoded, 3).map_err(|e| Error::io("compressing a listing", e))
 }
 
 /// The entry of `rel` itself (its metadata; the source's root for an empty path),
@@ -384,53 +384,71 @@ fn stat_source_path(root: &std::path::Path, rel: &[u8]) -> crate::error::Result<
     Ok(postcard::to_stdvec(&entry).expect("entries serialize"))
 }
 
-/// The chunk list of a source file, chunked and named as the request says.
+/// The chunk list of one source file, chunked and named as `spec` says.
 fn chunk_source_file(
     root: &std::path::Path,
-    request: &ChunksRequest,
-) -> crate::error::Result<Vec<u8>> {
-    let path = resolve_source_path(root, &request.path)?;
+    spec: &ChunkSpec,
+    chunker: &crate::chunker::Chunker,
+    rel: &[u8],
+    buffer: &mut Vec<u8>,
+) -> crate::error::Result<Vec<ChunkRef>> {
+    let path = resolve_source_path(root, rel)?;
     let file = open_source_file(&path)?;
-    let chunker = request.spec.chunker()?;
     let mut chunks = Vec::new();
-    let mut buffer = Vec::new();
     chunker
-        .for_each_chunk(&file, &mut buffer, |chunk| {
+        .for_each_chunk(&file, buffer, |chunk| {
             chunks.push(ChunkRef {
-                id: request.spec.id_of(chunk),
+                id: spec.id_of(chunk),
                 length: chunk.len() as u32,
             });
             Ok::<(), std::io::Error>(())
         })
         .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    Ok(postcard::to_stdvec(&ChunksResponse { chunks }).expect("chunk lists serialize"))
+    Ok(chunks)
 }
 
-/// Ranges of a source file, each zstd-compressed behind its length.
+/// The chunk lists of the requested files; a file that cannot be read gets its error.
+fn chunk_source_files(
+    root: &std::path::Path,
+    request: &ChunksRequest,
+) -> crate::error::Result<Vec<u8>> {
+    let chunker = request.spec.chunker()?;
+    let mut buffer = Vec::new();
+    let files = request
+        .paths
+        .iter()
+        .map(|rel| {
+            chunk_source_file(root, &request.spec, &chunker, rel, &mut buffer)
+                .map_err(|e| e.to_string())
+        })
+        .collect();
+    Ok(postcard::to_stdvec(&ChunksResponse { files }).expect("chunk lists serialize"))
+}
+
+/// The requested ranges of source files, one after another in one zstd frame.
 fn read_source_blobs(
     root: &std::path::Path,
     request: &BlobsRequest,
 ) -> crate::error::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
-    let asked: u64 = request.ranges.iter().map(|r| r.1 as u64).sum();
+    let asked = request.bytes();
     if asked > MAX_BLOBS_BYTES {
         return Err(Error::InvalidInput(format!(
             "{asked} bytes asked in one request; the limit is {MAX_BLOBS_BYTES}"
         )));
     }
-    let path = resolve_source_path(root, &request.path)?;
-    let file = open_source_file(&path)?;
-    let mut out = Vec::new();
-    let mut data = Vec::new();
-    for &(offset, length) in &request.ranges {
-        data.resize(length as usize, 0);
-        file.read_exact_at(&mut data, offset)
-            .map_err(|e| Error::io(format!("reading {} at {offset}", path.display()), e))?;
-        let frame = zstd::bulk::compress(&data, 3).map_err(|e| Error::io("compressing", e))?;
-        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
-        out.extend_from_slice(&frame);
+    let mut data = Vec::with_capacity(asked as usize);
+    for file_ranges in &request.files {
+        let path = resolve_source_path(root, &file_ranges.path)?;
+        let file = open_source_file(&path)?;
+        for &(offset, length) in &file_ranges.ranges {
+            let start = data.len();
+            data.resize(start + length as usize, 0);
+            file.read_exact_at(&mut data[start..], offset)
+                .map_err(|e| Error::io(format!("reading {} at {offset}", path.display()), e))?;
+        }
     }
-    Ok(out)
+    zstd::bulk::compress(&data, 3).map_err(|e| Error::io("compressing chunks", e))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -494,7 +512,7 @@ async fn source_chunks(
     let Ok(request) = postcard::from_bytes::<ChunksRequest>(&body) else {
         return bad_request("unreadable chunks request");
     };
-    on_source(state, name, move |root| chunk_source_file(&root, &request)).await
+    on_source(state, name, move |root| chunk_source_files(&root, &request)).await
 }
 
 async fn source_blobs(

@@ -462,6 +462,11 @@ fn fake_server(answer: impl Fn(&str) -> Vec<u8> + Send + 'static) -> String {
     url
 }
 
+/// A listing as the server sends it: postcard in a zstd frame.
+fn listing(entries: &[cairn::tree::Entry]) -> Vec<u8> {
+    zstd::bulk::compress(&postcard::to_stdvec(entries).unwrap(), 3).unwrap()
+}
+
 fn file_entry(name: &[u8], size: u64) -> cairn::tree::Entry {
     cairn::tree::Entry {
         name: name.to_vec(),
@@ -488,7 +493,7 @@ fn a_hostile_or_lying_server_is_refused_and_nothing_is_saved() {
     // A listing with `..` in it.
     let hostile = fake_server(|line| {
         if line.contains("/list") {
-            postcard::to_stdvec(&vec![file_entry(b"..", 5)]).unwrap()
+            listing(&[file_entry(b"..", 5)])
         } else {
             postcard::to_stdvec(&None::<cairn::tree::Entry>).unwrap()
         }
@@ -508,16 +513,15 @@ fn a_hostile_or_lying_server_is_refused_and_nothing_is_saved() {
     // A server whose chunk is not the one its chunk list names.
     let lying = fake_server(|line| {
         if line.contains("/list") {
-            postcard::to_stdvec(&vec![file_entry(b"f", 5)]).unwrap()
+            listing(&[file_entry(b"f", 5)])
         } else if line.contains("/chunks") {
             let id = cairn::id::BlobId(*blake3::hash(b"hello").as_bytes());
             postcard::to_stdvec(&cairn::sync::wire::ChunksResponse {
-                chunks: vec![cairn::tree::ChunkRef { id, length: 5 }],
+                files: vec![Ok(vec![cairn::tree::ChunkRef { id, length: 5 }])],
             })
             .unwrap()
         } else if line.contains("/blobs") {
-            let frame = zstd::bulk::compress(b"HELLO", 3).unwrap();
-            [&(frame.len() as u32).to_le_bytes()[..], &frame].concat()
+            zstd::bulk::compress(b"HELLO", 3).unwrap()
         } else {
             postcard::to_stdvec(&None::<cairn::tree::Entry>).unwrap()
         }

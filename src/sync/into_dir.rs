@@ -61,6 +61,12 @@ pub trait TreeSource: Sync {
         errors: &Mutex<Vec<SyncError>>,
     ) -> Result<Vec<(Entry, Option<Self::Dir>)>>;
 
+    /// Every byte received from the source so far, for a source that counts them (over the
+    /// network: listings and chunk lists too); it then stands for `bytes_transferred`.
+    fn bytes_received(&self) -> Option<u64> {
+        None
+    }
+
     /// Writes regular file `entry` of directory `dir` into `out` (new and empty), taking
     /// what it can from `old`, the file now at its place.
     fn write_file(
@@ -724,7 +730,7 @@ pub fn run<S: TreeSource>(
     let (same, written, fetched, reused) = totals.into_inner().expect("not poisoned");
     report.files_unchanged += same;
     report.files_written += written;
-    report.bytes_transferred += fetched;
+    report.bytes_transferred += source.bytes_received().unwrap_or(fetched);
     report.bytes_reused += reused;
     report.errors = errors;
     Ok(report)

@@ -57,75 +57,169 @@ struct PullContext<'a> {
     limiter: Option<RateLimiter>,
     /// Plan only: count the chunks the repository lacks instead of fetching them.
     dry_run: bool,
-    /// Bytes received for chunks (compressed, as sent), or in a dry run the bytes of the
-    /// chunks that would be asked for.
-    transferred: AtomicU64,
-    /// Chunks a dry run would ask for.
+    /// Chunks a dry run would ask for, and their bytes.
     planned: AtomicU64,
+    planned_bytes: AtomicU64,
     /// Chunks of changed files the repository already held.
     skipped: AtomicU64,
 }
 
-/// Stores one changed file: its chunk list from the server, then the chunks the repository
-/// lacks. Returns its content and size.
-fn pull_file(
-    context: &PullContext,
-    sink: &BlobSink,
-    path: &[u8],
-) -> Result<(Content, u64), FileError> {
-    let PullContext {
-        source,
-        transferred,
-        ..
-    } = context;
-    let limiter = context.limiter.as_ref();
-    // A chunk that does not match its id fails the whole pull: the file changed while it was
-    // read, or the server is lying; either way nothing is saved that cannot be trusted.
-    let soft = |e: Error| match e.kind() {
-        crate::error::ErrorKind::Corrupt => FileError::Repository(e),
+/// Files asked about in one request at most, and chunk bytes asked for in one request.
+const FILES_PER_REQUEST: usize = 64;
+const BYTES_PER_REQUEST: u64 = 32 << 20;
+
+type FileResult = Result<(Content, u64), FileError>;
+
+/// The chunks one file of a batch needs, with their offsets: (its index in the batch, chunks).
+type Missing = (usize, Vec<(u64, ChunkRef)>);
+
+/// A failure of a batch's chunk lists for one of its files: a corrupt answer fails the pull;
+/// anything else leaves the file out, as an unreadable file is left out of a backup.
+fn file_error(e: &Error) -> FileError {
+    match e {
+        Error::Corrupt { location, what } => FileError::Repository(Error::corrupt(location, what)),
         _ => FileError::Source(e.to_string()),
-    };
-    let chunks = source.file_chunks(path).map_err(soft)?;
-    let mut wanted: Vec<(u64, ChunkRef)> = Vec::new();
-    let mut offset = 0u64;
-    for chunk in &chunks {
-        if sink.claim(&chunk.id).map_err(FileError::Repository)? {
-            wanted.push((offset, *chunk));
-        } else {
-            context.skipped.fetch_add(1, Ordering::Relaxed);
-        }
-        offset += chunk.length as u64;
     }
-    if context.dry_run {
-        let bytes: u64 = wanted.iter().map(|(_, c)| c.length as u64).sum();
-        transferred.fetch_add(bytes, Ordering::Relaxed);
-        context
-            .planned
-            .fetch_add(wanted.len() as u64, Ordering::Relaxed);
-        wanted.clear();
-    }
-    for (i, batch) in wanted.chunks(64).enumerate() {
-        let fetched = source.fetch(path, batch, limiter);
-        let parts = match fetched {
-            Ok((parts, crossed)) => {
-                transferred.fetch_add(crossed, Ordering::Relaxed);
-                parts
+}
+
+/// Takes changed files from `jobs` in batches and stores them.
+fn run_pull_worker(context: &PullContext, sink: &BlobSink, jobs: Receiver<PullJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < FILES_PER_REQUEST {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
             }
-            Err(e) => {
-                // Nobody will send these: let another file store them.
-                let unsent: Vec<BlobId> = wanted[i * 64..].iter().map(|(_, c)| c.id).collect();
-                sink.release(&unsent);
-                return Err(soft(e));
+        }
+        let paths: Vec<RemotePath> = batch.iter().map(|job| job.path.clone()).collect();
+        let results = pull_files(context, sink, &paths);
+        for (job, result) in batch.into_iter().zip(results) {
+            // The tree builder may have stopped after a fatal error; then nobody waits.
+            let _ = job.result.send(result);
+        }
+    }
+}
+
+/// Stores a batch of changed files: their chunk lists from the server in one request, then
+/// the chunks the repository lacks, in as few requests as their size allows.
+fn pull_files(context: &PullContext, sink: &BlobSink, paths: &[RemotePath]) -> Vec<FileResult> {
+    let source = context.source;
+    let lists = match source.files_chunks(paths) {
+        Ok(lists) => lists,
+        Err(e) => return paths.iter().map(|_| Err(file_error(&e))).collect(),
+    };
+    let mut results: Vec<Option<FileResult>> = Vec::with_capacity(paths.len());
+    let mut wanted: Vec<Missing> = Vec::new();
+    for (i, list) in lists.iter().enumerate() {
+        let chunks = match list {
+            Ok(chunks) => chunks,
+            Err(message) => {
+                results.push(Some(Err(FileError::Source(message.clone()))));
+                continue;
             }
         };
-        for ((_, chunk), data) in batch.iter().zip(parts) {
-            let encoded = sink.repo().codec().encode(&data, true);
-            sink.send_encoded(chunk.id, BlobKind::Data, encoded, data.len())
-                .map_err(FileError::Repository)?;
+        results.push(None);
+        let mut missing = Vec::new();
+        let mut offset = 0u64;
+        for chunk in chunks {
+            match sink.claim(&chunk.id) {
+                Ok(true) => missing.push((offset, *chunk)),
+                Ok(false) => {
+                    context.skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => results[i] = Some(Err(FileError::Repository(e))),
+            }
+            offset += chunk.length as u64;
+        }
+        if context.dry_run {
+            let bytes: u64 = missing.iter().map(|(_, c)| c.length as u64).sum();
+            context.planned_bytes.fetch_add(bytes, Ordering::Relaxed);
+            context
+                .planned
+                .fetch_add(missing.len() as u64, Ordering::Relaxed);
+        } else if !missing.is_empty() {
+            wanted.push((i, missing));
         }
     }
-    let content = file_content(sink, chunks).map_err(FileError::Repository)?;
-    Ok((content, offset))
+    // Requests of up to BYTES_PER_REQUEST. Once a chunk is claimed, other files count on it
+    // being stored, so a request that fails fails the pull (run it again to resume).
+    let mut groups: Vec<Vec<Missing>> = Vec::new();
+    let mut bytes = 0u64;
+    for file in wanted {
+        let size: u64 = file.1.iter().map(|(_, c)| c.length as u64).sum();
+        if groups.is_empty() || bytes + size > BYTES_PER_REQUEST {
+            groups.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        groups.last_mut().expect("pushed above").push(file);
+    }
+    let mut failed = None;
+    for group in &groups {
+        let outcome = match &failed {
+            Some(message) => Err(Error::Network(format!("not fetched: {message}"))),
+            None => fetch_and_store(context, sink, paths, group),
+        };
+        if let Err(e) = outcome {
+            failed.get_or_insert_with(|| e.to_string());
+            let mut files = group.iter();
+            if let Some((first, _)) = files.next() {
+                results[*first] = Some(Err(FileError::Repository(e)));
+            }
+            for (i, _) in files {
+                results[*i] = Some(Err(FileError::Source("not fetched".into())));
+            }
+        }
+    }
+    results
+        .into_iter()
+        .zip(lists)
+        .map(|(result, list)| match (result, list) {
+            (Some(result), _) => result,
+            (None, Ok(chunks)) => {
+                let size = chunks.iter().map(|c| c.length as u64).sum();
+                let content = file_content(sink, chunks).map_err(FileError::Repository)?;
+                Ok((content, size))
+            }
+            (None, Err(message)) => Err(FileError::Source(message)),
+        })
+        .collect()
+}
+
+/// Fetches the missing chunks of a group of files in one request and queues them for the
+/// packer; on failure, gives up their claims so other files can store them.
+fn fetch_and_store(
+    context: &PullContext,
+    sink: &BlobSink,
+    paths: &[RemotePath],
+    group: &[Missing],
+) -> Result<()> {
+    let wanted: Vec<(RemotePath, Vec<(u64, ChunkRef)>)> = group
+        .iter()
+        .map(|(i, chunks)| (paths[*i].clone(), chunks.clone()))
+        .collect();
+    let parts = match context
+        .source
+        .fetch_files(&wanted, context.limiter.as_ref())
+    {
+        Ok(parts) => parts,
+        Err(e) => {
+            let claimed: Vec<BlobId> = group
+                .iter()
+                .flat_map(|(_, chunks)| chunks.iter().map(|(_, c)| c.id))
+                .collect();
+            sink.release(&claimed);
+            return Err(e);
+        }
+    };
+    for ((_, chunks), parts) in wanted.iter().zip(parts) {
+        for ((_, chunk), data) in chunks.iter().zip(parts) {
+            let encoded = sink.repo().codec().encode(&data, true);
+            sink.send_encoded(chunk.id, BlobKind::Data, encoded, data.len())?;
+        }
+    }
+    Ok(())
 }
 
 /// Walks the served source and feeds the workers and the tree builder.
@@ -232,8 +326,8 @@ pub fn run(repo: &Repository, source: &RemoteSource, options: &SyncOptions) -> R
         source,
         limiter: options.rate_limit.map(RateLimiter::new),
         dry_run: options.dry_run,
-        transferred: AtomicU64::new(0),
         planned: AtomicU64::new(0),
+        planned_bytes: AtomicU64::new(0),
         skipped: AtomicU64::new(0),
     };
     let progress = Progress::default();
@@ -243,11 +337,7 @@ pub fn run(repo: &Repository, source: &RemoteSource, options: &SyncOptions) -> R
             let (file_tx, file_rx) = bounded::<PullJob>(FILES_QUEUED);
             for _ in 0..threads {
                 let (jobs, context) = (file_rx.clone(), &context);
-                scope.spawn(move || {
-                    for job in jobs {
-                        let _ = job.result.send(pull_file(context, sink, &job.path));
-                    }
-                });
+                scope.spawn(move || run_pull_worker(context, sink, jobs));
             }
             drop(file_rx);
             let (dir_tx, dir_rx) = bounded(1024);
@@ -276,7 +366,13 @@ pub fn run(repo: &Repository, source: &RemoteSource, options: &SyncOptions) -> R
     let errors = errors.into_inner().expect("not poisoned");
     stats.added_blobs = added_blobs;
     stats.errors = errors.len() as u64;
-    stats.bytes_read = context.transferred.load(Ordering::Relaxed);
+    // Everything that crossed: listings and chunk lists as well as chunks (in a dry run, the
+    // chunks that would be asked for).
+    stats.bytes_read = if options.dry_run {
+        context.planned_bytes.load(Ordering::Relaxed)
+    } else {
+        source.received()
+    };
     stats.added_bytes = progress.added_bytes.load(Ordering::Relaxed);
     stats.duration_ms = started.elapsed().as_millis() as u64;
     let record = Checkpoint {

@@ -6,7 +6,10 @@
 
 use super::SyncError;
 use super::into_dir::{FileWrite, TreeSource, rebuild_file};
-use super::wire::{BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, split_blobs};
+use super::wire::{
+    BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, FileRanges, MAX_LISTING_BYTES,
+    split_blobs,
+};
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::id::BlobId;
@@ -14,7 +17,9 @@ use crate::repo::http::{Remote, check_response, read_body};
 use crate::throttle::RateLimiter;
 use crate::tree::{ChunkRef, Entry, EntryKind, is_valid_name};
 use std::fs::File;
+use std::io::Read;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A served source directory, chunked by the server as `spec` says.
 pub struct RemoteSource {
@@ -22,6 +27,8 @@ pub struct RemoteSource {
     agent: ureq::Agent,
     spec: ChunkSpec,
     chunker: Chunker,
+    /// Bytes of every answer received: listings, chunk lists and chunks, as sent.
+    received: AtomicU64,
 }
 
 /// A path below the source: components joined by `/`, empty for its root.
@@ -45,7 +52,30 @@ impl RemoteSource {
             agent,
             spec,
             chunker,
+            received: AtomicU64::new(0),
         })
+    }
+
+    /// Bytes received from the server so far, as sent (compressed).
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// GETs or POSTs (with `body`) `url` and returns the answer, counted.
+    fn call(&self, url: &str, body: Option<&[u8]>) -> Result<Vec<u8>> {
+        let bearer = self.remote.bearer();
+        let answer = match body {
+            None => self.agent.get(url).header("Authorization", &bearer).call(),
+            Some(body) => self
+                .agent
+                .post(url)
+                .header("Authorization", &bearer)
+                .send(body),
+        };
+        let bytes = read_body(url, check_response(url, answer)?)?;
+        self.received
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(bytes)
     }
 
     pub fn url(&self) -> &str {
@@ -55,11 +85,15 @@ impl RemoteSource {
     /// The entries of directory `dir`, checked: valid names, sorted and unique.
     pub fn list_dir(&self, dir: &[u8]) -> Result<Vec<Entry>> {
         let url = format!("{}/list?path={}", self.remote.url, hex::encode(dir));
-        let request = self
-            .agent
-            .get(&url)
-            .header("Authorization", &self.remote.bearer());
-        let body = read_body(&url, check_response(&url, request.call())?)?;
+        let compressed = self.call(&url, None)?;
+        let mut body = Vec::new();
+        zstd::stream::Decoder::new(&compressed[..])
+            .and_then(|decoder| {
+                decoder
+                    .take(MAX_LISTING_BYTES as u64)
+                    .read_to_end(&mut body)
+            })
+            .map_err(|e| Error::corrupt(&url, format!("unreadable listing: {e}")))?;
         let entries: Vec<Entry> = postcard::from_bytes(&body)
             .map_err(|e| Error::corrupt(&url, format!("unreadable listing: {e}")))?;
         if let Some(bad) = entries.iter().find(|e| !is_valid_name(&e.name)) {
@@ -77,11 +111,7 @@ impl RemoteSource {
     /// The entry of `path` itself (the source's root for an empty path); `None` for a socket.
     pub fn stat(&self, path: &[u8]) -> Result<Option<Entry>> {
         let url = format!("{}/stat?path={}", self.remote.url, hex::encode(path));
-        let request = self
-            .agent
-            .get(&url)
-            .header("Authorization", &self.remote.bearer());
-        let body = read_body(&url, check_response(&url, request.call())?)?;
+        let body = self.call(&url, None)?;
         postcard::from_bytes(&body)
             .map_err(|e| Error::corrupt(&url, format!("unreadable entry: {e}")))
     }
@@ -91,62 +121,82 @@ impl RemoteSource {
         self.remote.url.rsplit('/').next().unwrap_or_default()
     }
 
-    /// The chunk list of the file at `path`, as the server chunks it now.
-    pub fn file_chunks(&self, path: &[u8]) -> Result<Vec<ChunkRef>> {
+    /// The chunk lists of the files at `paths`, as the server chunks them now; a file the
+    /// server could not read gets its message.
+    pub fn files_chunks(
+        &self,
+        paths: &[RemotePath],
+    ) -> Result<Vec<std::result::Result<Vec<ChunkRef>, String>>> {
         let url = format!("{}/chunks", self.remote.url);
         let request = ChunksRequest {
             spec: self.spec.clone(),
-            path: path.to_vec(),
+            paths: paths
+                .iter()
+                .cloned()
+                .map(serde_bytes::ByteBuf::from)
+                .collect(),
         };
         let body = postcard::to_stdvec(&request).expect("requests serialize");
-        let call = self
-            .agent
-            .post(&url)
-            .header("Authorization", &self.remote.bearer())
-            .send(&body[..]);
-        let answer = read_body(&url, check_response(&url, call)?)?;
+        let answer = self.call(&url, Some(&body))?;
         let response: ChunksResponse = postcard::from_bytes(&answer)
-            .map_err(|e| Error::corrupt(&url, format!("unreadable chunk list: {e}")))?;
-        Ok(response.chunks)
+            .map_err(|e| Error::corrupt(&url, format!("unreadable chunk lists: {e}")))?;
+        if response.files.len() != paths.len() {
+            return Err(Error::corrupt(&url, "a chunk list per file was expected"));
+        }
+        Ok(response.files)
     }
 
-    /// The chunks at the given offsets of the file at `path`, each checked against its id;
-    /// also the bytes that crossed (compressed).
-    pub fn fetch(
+    /// The chunk list of one file.
+    pub fn file_chunks(&self, path: &[u8]) -> Result<Vec<ChunkRef>> {
+        let mut files = self.files_chunks(&[path.to_vec()])?;
+        files
+            .pop()
+            .expect("one answer per file")
+            .map_err(|message| {
+                Error::Network(format!(
+                    "{}: {}: {message}",
+                    self.remote.url,
+                    String::from_utf8_lossy(path)
+                ))
+            })
+    }
+
+    /// The given chunks (with their offsets) of the given files, in one request, each checked
+    /// against its id: per file, the chunks' bytes in order.
+    pub fn fetch_files(
         &self,
-        path: &[u8],
-        chunks: &[(u64, ChunkRef)],
+        wanted: &[(RemotePath, Vec<(u64, ChunkRef)>)],
         limiter: Option<&RateLimiter>,
-    ) -> Result<(Vec<Vec<u8>>, u64)> {
+    ) -> Result<Vec<Vec<Vec<u8>>>> {
         let url = format!("{}/blobs", self.remote.url);
-        let ranges: Vec<(u64, u32)> = chunks.iter().map(|(at, c)| (*at, c.length)).collect();
         let request = BlobsRequest {
-            path: path.to_vec(),
-            ranges: ranges.clone(),
+            files: wanted
+                .iter()
+                .map(|(path, chunks)| FileRanges {
+                    path: serde_bytes::ByteBuf::from(path.clone()),
+                    ranges: chunks.iter().map(|(at, c)| (*at, c.length)).collect(),
+                })
+                .collect(),
         };
         let body = postcard::to_stdvec(&request).expect("requests serialize");
-        let call = self
-            .agent
-            .post(&url)
-            .header("Authorization", &self.remote.bearer())
-            .send(&body[..]);
-        let answer = read_body(&url, check_response(&url, call)?)?;
+        let answer = self.call(&url, Some(&body))?;
         if let Some(limiter) = limiter {
             limiter.take(answer.len() as u64);
         }
-        let what = format!("{url} ({})", String::from_utf8_lossy(path));
-        let parts = split_blobs(&answer, &ranges, &what)?;
-        for ((at, chunk), data) in chunks.iter().zip(&parts) {
-            if self.spec.id_of(data) != chunk.id {
-                return Err(Error::corrupt(
-                    &what,
-                    format!(
-                        "the chunk at offset {at} does not match its id (changed while syncing, or a bad server)"
-                    ),
-                ));
+        let parts = split_blobs(&answer, &request, &url)?;
+        for ((path, chunks), data) in wanted.iter().zip(&parts) {
+            for ((at, chunk), data) in chunks.iter().zip(data) {
+                if self.spec.id_of(data) != chunk.id {
+                    return Err(Error::corrupt(
+                        format!("{url} ({})", String::from_utf8_lossy(path)),
+                        format!(
+                            "the chunk at offset {at} does not match its id (changed while syncing, or a bad server)"
+                        ),
+                    ));
+                }
             }
         }
-        Ok((parts, answer.len() as u64))
+        Ok(parts)
     }
 
     pub fn id_of(&self, data: &[u8]) -> BlobId {
@@ -156,6 +206,10 @@ impl RemoteSource {
 
 impl TreeSource for RemoteSource {
     type Dir = RemotePath;
+
+    fn bytes_received(&self) -> Option<u64> {
+        Some(self.received())
+    }
 
     fn list(
         &self,
@@ -184,7 +238,15 @@ impl TreeSource for RemoteSource {
         let path = child_path(dir, &entry.name);
         let chunks = self.file_chunks(&path)?;
         let id_of = |data: &[u8]| self.id_of(data);
-        let mut fetch = |missing: &[(u64, ChunkRef)]| self.fetch(&path, missing, limiter);
+        let mut fetch = |missing: &[(u64, ChunkRef)]| {
+            let before = self.received();
+            let wanted = [(path.clone(), missing.to_vec())];
+            let mut parts = self.fetch_files(&wanted, limiter)?;
+            Ok((
+                parts.pop().expect("one file asked"),
+                self.received() - before,
+            ))
+        };
         rebuild_file(&chunks, entry, old, &self.chunker, &id_of, &mut fetch, out)
     }
 }

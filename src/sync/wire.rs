@@ -1,17 +1,23 @@
 //! What a client and `cairn serve --source` say to each other about a live source directory,
 //! encoded with postcard. The client lists directories (`GET …/list?path=HEX`: the entries as
-//! cairn tree entries), asks for a changed file's chunk list (`POST …/chunks`), and then for
-//! just the chunks it lacks (`POST …/blobs`: each one zstd-compressed behind a 4-byte length),
-//! checking every chunk against its id. The server chunks with the client's parameters: for a
-//! repository, its chunker, gear seed and id key, so the ids are the repository's own; for a
-//! plain directory, the defaults and unkeyed BLAKE3. It never sees the repository's
-//! encryption key.
+//! cairn tree entries, in one zstd frame), asks for the chunk lists of changed files
+//! (`POST …/chunks`, many files per request), and then for just the chunks it lacks
+//! (`POST …/blobs`, many files per request, the answer one zstd frame), checking every chunk
+//! against its id. The server chunks with the client's parameters: for a repository, its
+//! chunker, gear seed and id key, so the ids are the repository's own; for a plain directory,
+//! small chunks and unkeyed BLAKE3. It never sees the repository's encryption key.
 
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::error::{Error, Result};
 use crate::id::BlobId;
 use crate::tree::ChunkRef;
 use serde::{Deserialize, Serialize};
+
+/// Listings larger than this (decompressed) are refused.
+pub const MAX_LISTING_BYTES: usize = 1 << 30;
+
+/// Bytes of chunks one `blobs` request may ask for.
+pub const MAX_BLOBS_BYTES: u64 = 256 << 20;
 
 /// How the server must chunk and name chunks.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -23,10 +29,16 @@ pub struct ChunkSpec {
 }
 
 impl ChunkSpec {
-    /// Default chunking, unkeyed ids: what a sync between directories uses.
+    /// Small chunks (1 KiB / 4 KiB / 32 KiB), unkeyed ids: what a sync between directories
+    /// uses. Without a repository to keep small, chunks only decide what crosses, and small
+    /// ones let a few changed bytes in a small file cost a few KiB, not the whole file.
     pub fn plain() -> Self {
         ChunkSpec {
-            params: ChunkerParams::default(),
+            params: ChunkerParams {
+                min_bytes: 1024,
+                avg_bytes: 4096,
+                max_bytes: 32 * 1024,
+            },
             seed: 0,
             id_key: None,
         }
@@ -54,52 +66,64 @@ impl ChunkSpec {
     }
 }
 
-/// `POST …/chunks`: the chunk list of the regular file at `path` (below the source).
+/// `POST …/chunks`: the chunk lists of the regular files at `paths` (below the source).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChunksRequest {
     pub spec: ChunkSpec,
-    #[serde(with = "serde_bytes")]
-    pub path: Vec<u8>,
+    pub paths: Vec<serde_bytes::ByteBuf>,
 }
 
-/// The answer to `ChunksRequest`.
+/// The answer to `ChunksRequest`: one chunk list per path, or why that file failed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChunksResponse {
-    pub chunks: Vec<ChunkRef>,
+    pub files: Vec<std::result::Result<Vec<ChunkRef>, String>>,
 }
 
-/// `POST …/blobs`: the bytes at these (offset, length) ranges of the file at `path`, each
-/// zstd-compressed behind its compressed length (u32, little-endian).
+/// The ranges wanted of one file: (offset, length) pairs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BlobsRequest {
-    #[serde(with = "serde_bytes")]
-    pub path: Vec<u8>,
+pub struct FileRanges {
+    pub path: serde_bytes::ByteBuf,
     pub ranges: Vec<(u64, u32)>,
 }
 
-/// Splits a `BlobsRequest` answer into its decompressed parts, one per range, checking each
-/// decompresses to the length asked for.
-pub fn split_blobs(body: &[u8], ranges: &[(u64, u32)], what: &str) -> Result<Vec<Vec<u8>>> {
-    let mut rest = body;
-    let mut out = Vec::with_capacity(ranges.len());
-    for &(offset, length) in ranges {
-        let bad = |why: &str| Error::corrupt(what, format!("chunk at offset {offset}: {why}"));
-        if rest.len() < 4 {
-            return Err(bad("the answer is truncated"));
+/// `POST …/blobs`: the bytes at these ranges of these files, all of them one after another
+/// in a single zstd frame (one compression context for the whole answer).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobsRequest {
+    pub files: Vec<FileRanges>,
+}
+
+impl BlobsRequest {
+    pub fn bytes(&self) -> u64 {
+        let ranges = self.files.iter().flat_map(|f| &f.ranges);
+        ranges.map(|r| r.1 as u64).sum()
+    }
+}
+
+/// Splits a `BlobsRequest` answer into its parts: per file, one buffer per range.
+pub fn split_blobs(body: &[u8], request: &BlobsRequest, what: &str) -> Result<Vec<Vec<Vec<u8>>>> {
+    let expected = request.bytes();
+    let data = zstd::bulk::decompress(body, expected as usize)
+        .map_err(|e| Error::corrupt(what, format!("unreadable chunks: {e}")))?;
+    if data.len() as u64 != expected {
+        return Err(Error::corrupt(
+            what,
+            format!(
+                "{} bytes of chunks where {expected} were asked for",
+                data.len()
+            ),
+        ));
+    }
+    let mut rest = &data[..];
+    let mut out = Vec::with_capacity(request.files.len());
+    for file in &request.files {
+        let mut parts = Vec::with_capacity(file.ranges.len());
+        for &(_, length) in &file.ranges {
+            let (part, tail) = rest.split_at(length as usize);
+            parts.push(part.to_vec());
+            rest = tail;
         }
-        let (size, tail) = rest.split_at(4);
-        let size = u32::from_le_bytes(size.try_into().expect("4 bytes")) as usize;
-        if tail.len() < size {
-            return Err(bad("the answer is truncated"));
-        }
-        let (frame, tail) = tail.split_at(size);
-        let data = zstd::bulk::decompress(frame, length as usize)
-            .map_err(|e| bad(&format!("zstd: {e}")))?;
-        if data.len() != length as usize {
-            return Err(bad("wrong length"));
-        }
-        out.push(data);
-        rest = tail;
+        out.push(parts);
     }
     Ok(out)
 }
