@@ -14,15 +14,19 @@
 //!   out: many blobs in one round trip.
 //!
 //! And below `/source/NAME`, read-only (see `sync::wire`): `GET /list?path=HEX`,
-//! `GET /stat?path=HEX` (the entry of the path itself),
+//! `GET /stat?path=HEX` (the entry of the path itself), `GET /tree?path=HEX&lean=BOOL` (every
+//! directory below, streamed),
 //! `POST /chunks`, `POST /blobs`. Paths are checked component by component: valid names only,
 //! and no symlink on the way, so nothing outside the served directory is reachable.
 
 use crate::error::{Error, ErrorKind};
 use crate::repo::backend::{Backend, LocalBackend, RangeRequest};
 use crate::repo::http::ListedObject;
-use crate::sync::wire::{BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, MAX_BLOBS_BYTES};
+use crate::sync::wire::{
+    BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, MAX_BLOBS_BYTES, TreeRecord, lean_entry,
+};
 use crate::tree::ChunkRef;
+use crate::tree::Entry;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
@@ -347,6 +351,13 @@ fn open_source_file(path: &std::path::Path) -> crate::error::Result<fs::File> {
 /// The source directory `rel` of `root` as postcard-encoded tree entries, sorted by name, in
 /// one zstd frame.
 fn list_source_dir(root: &std::path::Path, rel: &[u8]) -> crate::error::Result<Vec<u8>> {
+    // Listings repeat owners, modes and similar names: compressed, they cross in a fraction.
+    let encoded = postcard::to_stdvec(&source_entries(root, rel)?).expect("entries serialize");
+    zstd::bulk::compress(&encoded, 3).map_err(|e| Error::io("compressing a listing", e))
+}
+
+/// The entries of source directory `rel`, sorted by name.
+fn source_entries(root: &std::path::Path, rel: &[u8]) -> crate::error::Result<Vec<Entry>> {
     let path = resolve_source_path(root, rel)?;
     let metadata = fs::symlink_metadata(&path)
         .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
@@ -369,9 +380,76 @@ fn list_source_dir(root: &std::path::Path, rel: &[u8]) -> crate::error::Result<V
         }
     }
     entries.sort_by(|a, b| a.name.cmp(&b.name));
-    // Listings repeat owners, modes and similar names: compressed, they cross in a fraction.
-    let encoded = postcard::to_stdvec(&entries).expect("entries serialize");
-    zstd::bulk::compress(&encoded, 3).map_err(|e| Error::io("compressing a listing", e))
+    Ok(entries)
+}
+
+/// Writes the records of a `tree` answer for `rel` and everything below it (see
+/// `TreeRecord`); stops at the first write that fails (the client went away).
+fn write_source_tree(
+    root: &std::path::Path,
+    rel: &[u8],
+    lean: bool,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    let entries = source_entries(root, rel).map_err(|e| e.to_string());
+    let entries = match entries {
+        Ok(entries) if lean => Ok(entries.into_iter().map(lean_entry).collect()),
+        other => other,
+    };
+    let subdirs: Vec<Vec<u8>> = match &entries {
+        Ok(entries) => entries
+            .iter()
+            .filter(|e| e.is_dir())
+            .map(|e| crate::sync::remote::child_path(rel, &e.name))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let record = TreeRecord {
+        path: serde_bytes::ByteBuf::from(rel.to_vec()),
+        entries,
+    };
+    let encoded = postcard::to_stdvec(&record).expect("records serialize");
+    out.write_all(&(encoded.len() as u32).to_le_bytes())?;
+    out.write_all(&encoded)?;
+    for subdir in subdirs {
+        write_source_tree(root, &subdir, lean, out)?;
+    }
+    Ok(())
+}
+
+/// Bytes of a streamed answer handed to the server at a time.
+const STREAM_PIECE_BYTES: usize = 64 * 1024;
+
+/// A writer that hands what it gets to an answer being streamed, in pieces.
+struct StreamWriter {
+    pieces: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    buffer: Vec<u8>,
+}
+
+impl StreamWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        let piece = Bytes::from(std::mem::take(&mut self.buffer));
+        self.pieces
+            .blocking_send(Ok(piece))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client left"))
+    }
+}
+
+impl std::io::Write for StreamWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(data);
+        if self.buffer.len() >= STREAM_PIECE_BYTES {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        self.send()
+    }
 }
 
 /// The entry of `rel` itself (its metadata; the source's root for an empty path),
@@ -493,6 +571,55 @@ async fn list_source(
     on_source(state, name, move |root| list_source_dir(&root, &rel)).await
 }
 
+#[derive(Debug, serde::Deserialize)]
+struct TreeQuery {
+    /// Where to start, hex-encoded.
+    #[serde(default)]
+    path: String,
+    /// Leave out what a sync between directories does not read (see `lean_entry`).
+    #[serde(default)]
+    lean: bool,
+}
+
+/// The whole tree below a path as one streamed answer, so a sync needs neither a round trip
+/// per directory nor memory for the whole listing on either side.
+async fn tree_source(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    Query(query): Query<TreeQuery>,
+) -> Response {
+    let Some(root) = state.sources.get(&name).cloned() else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("this server serves no source {name:?}"),
+        )
+            .into_response();
+    };
+    let Ok(rel) = hex::decode(&query.path) else {
+        return bad_request("the path must be hex");
+    };
+    if let Err(e) = resolve_source_path(&root, &rel) {
+        return error_response(&e);
+    }
+    let (pieces, stream) = tokio::sync::mpsc::channel(8);
+    tokio::task::spawn_blocking(move || {
+        let writer = StreamWriter {
+            pieces: pieces.clone(),
+            buffer: Vec::new(),
+        };
+        let written = zstd::stream::Encoder::new(writer, 3).and_then(|mut encoder| {
+            write_source_tree(&root, &rel, query.lean, &mut encoder)?;
+            std::io::Write::flush(&mut encoder.finish()?)
+        });
+        if let Err(e) = written {
+            // The answer ends short; the client reports it unreadable.
+            let _ = pieces.blocking_send(Err(e));
+        }
+    });
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(stream));
+    ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
+}
+
 async fn stat_source(
     State(state): State<Shared>,
     Path(name): Path<String>,
@@ -540,6 +667,7 @@ fn router(state: Shared) -> Router {
         .nest("/repo", repo)
         .route("/source/{name}/list", get(list_source))
         .route("/source/{name}/stat", get(stat_source))
+        .route("/source/{name}/tree", get(tree_source))
         .route("/source/{name}/chunks", post(source_chunks))
         .route("/source/{name}/blobs", post(source_blobs))
         .layer(axum::extract::DefaultBodyLimit::max(64 << 20))

@@ -462,9 +462,20 @@ fn fake_server(answer: impl Fn(&str) -> Vec<u8> + Send + 'static) -> String {
     url
 }
 
-/// A listing as the server sends it: postcard in a zstd frame.
-fn listing(entries: &[cairn::tree::Entry]) -> Vec<u8> {
-    zstd::bulk::compress(&postcard::to_stdvec(entries).unwrap(), 3).unwrap()
+/// A listing as the server sends it: postcard in a zstd frame; for `GET …/tree`, the root's
+/// record behind its length.
+fn listing(line: &str, entries: &[cairn::tree::Entry]) -> Vec<u8> {
+    let encoded = if line.contains("/tree") {
+        let record = cairn::sync::wire::TreeRecord {
+            path: serde_bytes::ByteBuf::new(),
+            entries: Ok(entries.to_vec()),
+        };
+        let record = postcard::to_stdvec(&record).unwrap();
+        [&(record.len() as u32).to_le_bytes()[..], &record].concat()
+    } else {
+        postcard::to_stdvec(entries).unwrap()
+    };
+    zstd::bulk::compress(&encoded, 3).unwrap()
 }
 
 fn file_entry(name: &[u8], size: u64) -> cairn::tree::Entry {
@@ -492,8 +503,8 @@ fn a_hostile_or_lying_server_is_refused_and_nothing_is_saved() {
     let client = client_args(&sandbox);
     // A listing with `..` in it.
     let hostile = fake_server(|line| {
-        if line.contains("/list") {
-            listing(&[file_entry(b"..", 5)])
+        if line.contains("/list") || line.contains("/tree") {
+            listing(line, &[file_entry(b"..", 5)])
         } else {
             postcard::to_stdvec(&None::<cairn::tree::Entry>).unwrap()
         }
@@ -512,8 +523,8 @@ fn a_hostile_or_lying_server_is_refused_and_nothing_is_saved() {
 
     // A server whose chunk is not the one its chunk list names.
     let lying = fake_server(|line| {
-        if line.contains("/list") {
-            listing(&[file_entry(b"f", 5)])
+        if line.contains("/list") || line.contains("/tree") {
+            listing(line, &[file_entry(b"f", 5)])
         } else if line.contains("/chunks") {
             let id = cairn::id::BlobId(*blake3::hash(b"hello").as_bytes());
             postcard::to_stdvec(&cairn::sync::wire::ChunksResponse {

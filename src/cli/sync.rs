@@ -179,11 +179,11 @@ fn sync(
             },
         ) => {
             let repo = global.open_at(&path, global.credentials())?;
-            let source = RemoteSource::new(global.remote(&url)?, ChunkSpec::of(&repo))?;
+            let source = RemoteSource::new(global.remote(&url)?, ChunkSpec::of(&repo), false)?;
             Ok(pull::run(&repo, &source, options)?)
         }
         (Endpoint::Served(url), Endpoint::Directory(target)) => {
-            let source = RemoteSource::new(global.remote(&url)?, ChunkSpec::plain())?;
+            let source = RemoteSource::new(global.remote(&url)?, ChunkSpec::plain(), true)?;
             let root = source.stat(&[])?.filter(|e| e.is_dir());
             Ok(into_dir::run(
                 &source,

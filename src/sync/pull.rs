@@ -66,7 +66,7 @@ struct PullContext<'a> {
 
 /// Files asked about in one request at most, and chunk bytes asked for in one request.
 const FILES_PER_REQUEST: usize = 64;
-const BYTES_PER_REQUEST: u64 = 32 << 20;
+const BYTES_PER_REQUEST: u64 = 8 << 20;
 
 type FileResult = Result<(Content, u64), FileError>;
 

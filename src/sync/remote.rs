@@ -8,7 +8,7 @@ use super::SyncError;
 use super::into_dir::{FileWrite, TreeSource, rebuild_file};
 use super::wire::{
     BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, FileRanges, MAX_LISTING_BYTES,
-    split_blobs,
+    TreeRecord, split_blobs,
 };
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
@@ -18,8 +18,8 @@ use crate::throttle::RateLimiter;
 use crate::tree::{ChunkRef, Entry, EntryKind, is_valid_name};
 use std::fs::File;
 use std::io::Read;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// A served source directory, chunked by the server as `spec` says.
 pub struct RemoteSource {
@@ -27,8 +27,34 @@ pub struct RemoteSource {
     agent: ureq::Agent,
     spec: ChunkSpec,
     chunker: Chunker,
+    /// Listings without what a sync between directories never reads (`wire::lean_entry`).
+    lean: bool,
     /// Bytes of every answer received: listings, chunk lists and chunks, as sent.
-    received: AtomicU64,
+    received: Arc<AtomicU64>,
+    /// The streamed listing of the whole tree, read as the walk asks for each directory.
+    tree: Mutex<TreeStream>,
+}
+
+/// Where the streamed listing stands.
+enum TreeStream {
+    NotStarted,
+    Reading(Box<dyn Read + Send>),
+    /// Finished, or given up for a walk in another order: directories are listed one by one.
+    Done,
+}
+
+/// Counts the bytes read through it.
+struct Counted<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buffer)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
 }
 
 /// A path below the source: components joined by `/`, empty for its root.
@@ -43,8 +69,10 @@ pub fn child_path(dir: &[u8], name: &[u8]) -> RemotePath {
 }
 
 impl RemoteSource {
-    /// `remote.url` is the source's URL (`https://host:port/source/NAME`).
-    pub fn new(remote: Remote, spec: ChunkSpec) -> Result<Self> {
+    /// `remote.url` is the source's URL (`https://host:port/source/NAME`); `lean` asks for
+    /// listings without ctimes and inodes (enough for a sync into a directory, not for a
+    /// pull's stat cache).
+    pub fn new(remote: Remote, spec: ChunkSpec, lean: bool) -> Result<Self> {
         let agent = remote.agent()?;
         let chunker = spec.chunker()?;
         Ok(RemoteSource {
@@ -52,8 +80,68 @@ impl RemoteSource {
             agent,
             spec,
             chunker,
-            received: AtomicU64::new(0),
+            lean,
+            received: Arc::new(AtomicU64::new(0)),
+            tree: Mutex::new(TreeStream::NotStarted),
         })
+    }
+
+    /// The next directory of the streamed listing, if the stream is at `dir`; starts the
+    /// stream at the root. `None` means: list `dir` on its own.
+    fn streamed_listing(&self, dir: &[u8]) -> Option<Result<Vec<Entry>>> {
+        let mut tree = self.tree.lock().expect("not poisoned");
+        if matches!(*tree, TreeStream::NotStarted) {
+            *tree = TreeStream::Done;
+            if dir.is_empty() {
+                let url = format!("{}/tree?path=&lean={}", self.remote.url, self.lean);
+                let call = self
+                    .agent
+                    .get(&url)
+                    .header("Authorization", &self.remote.bearer())
+                    .call();
+                let response = match check_response(&url, call) {
+                    Ok(response) => response,
+                    Err(e) => return Some(Err(e)),
+                };
+                let counted = Counted {
+                    inner: response.into_body().into_reader(),
+                    count: self.received.clone(),
+                };
+                match zstd::stream::read::Decoder::new(counted) {
+                    Ok(decoder) => *tree = TreeStream::Reading(Box::new(decoder)),
+                    Err(e) => return Some(Err(Error::Network(format!("{url}: {e}")))),
+                }
+            }
+        }
+        let TreeStream::Reading(reader) = &mut *tree else {
+            return None;
+        };
+        let what = || format!("{}/tree", self.remote.url);
+        let record = match read_record(reader) {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                *tree = TreeStream::Done;
+                return None;
+            }
+            Err(e) => {
+                return Some(Err(Error::corrupt(
+                    what(),
+                    format!("unreadable listing: {e}"),
+                )));
+            }
+        };
+        if record.path.as_slice() != dir {
+            // The walk left the stream's order: list directory by directory from here on.
+            *tree = TreeStream::Done;
+            return None;
+        }
+        Some(record.entries.map_err(|message| {
+            Error::Network(format!(
+                "{}: {}: {message}",
+                self.remote.url,
+                String::from_utf8_lossy(dir)
+            ))
+        }))
     }
 
     /// Bytes received from the server so far, as sent (compressed).
@@ -82,20 +170,14 @@ impl RemoteSource {
         &self.remote.url
     }
 
-    /// The entries of directory `dir`, checked: valid names, sorted and unique.
+    /// The entries of directory `dir`, checked: valid names, sorted and unique. Taken from
+    /// the streamed listing while the walk follows its order.
     pub fn list_dir(&self, dir: &[u8]) -> Result<Vec<Entry>> {
         let url = format!("{}/list?path={}", self.remote.url, hex::encode(dir));
-        let compressed = self.call(&url, None)?;
-        let mut body = Vec::new();
-        zstd::stream::Decoder::new(&compressed[..])
-            .and_then(|decoder| {
-                decoder
-                    .take(MAX_LISTING_BYTES as u64)
-                    .read_to_end(&mut body)
-            })
-            .map_err(|e| Error::corrupt(&url, format!("unreadable listing: {e}")))?;
-        let entries: Vec<Entry> = postcard::from_bytes(&body)
-            .map_err(|e| Error::corrupt(&url, format!("unreadable listing: {e}")))?;
+        let entries = match self.streamed_listing(dir) {
+            Some(entries) => entries?,
+            None => self.list_one(&url)?,
+        };
         if let Some(bad) = entries.iter().find(|e| !is_valid_name(&e.name)) {
             return Err(Error::corrupt(
                 &url,
@@ -106,6 +188,21 @@ impl RemoteSource {
             return Err(Error::corrupt(&url, "entries are not sorted and unique"));
         }
         Ok(entries)
+    }
+
+    /// One directory's listing, on its own.
+    fn list_one(&self, url: &str) -> Result<Vec<Entry>> {
+        let compressed = self.call(url, None)?;
+        let mut body = Vec::new();
+        zstd::stream::Decoder::new(&compressed[..])
+            .and_then(|decoder| {
+                decoder
+                    .take(MAX_LISTING_BYTES as u64)
+                    .read_to_end(&mut body)
+            })
+            .map_err(|e| Error::corrupt(url, format!("unreadable listing: {e}")))?;
+        postcard::from_bytes(&body)
+            .map_err(|e| Error::corrupt(url, format!("unreadable listing: {e}")))
     }
 
     /// The entry of `path` itself (the source's root for an empty path); `None` for a socket.
@@ -202,6 +299,25 @@ impl RemoteSource {
     pub fn id_of(&self, data: &[u8]) -> BlobId {
         self.spec.id_of(data)
     }
+}
+
+/// The next record of a streamed listing; `None` at its end.
+fn read_record(reader: &mut dyn Read) -> std::io::Result<Option<TreeRecord>> {
+    let mut length = [0u8; 4];
+    match reader.read_exact(&mut length) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let length = u32::from_le_bytes(length) as usize;
+    if length > MAX_LISTING_BYTES {
+        return Err(std::io::Error::other("a listing record is too large"));
+    }
+    let mut record = vec![0; length];
+    reader.read_exact(&mut record)?;
+    postcard::from_bytes(&record)
+        .map(Some)
+        .map_err(std::io::Error::other)
 }
 
 impl TreeSource for RemoteSource {

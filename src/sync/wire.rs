@@ -66,6 +66,27 @@ impl ChunkSpec {
     }
 }
 
+/// One directory of a `GET …/tree` answer: its path below the source and its entries (or why
+/// it could not be listed). The answer is one zstd stream of these, each behind its length
+/// (u32, little-endian), in depth-first order by name: a directory, then each of its
+/// subdirectories' records in turn, the order in which a sync visits them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TreeRecord {
+    pub path: serde_bytes::ByteBuf,
+    pub entries: std::result::Result<Vec<crate::tree::Entry>, String>,
+}
+
+/// Clears what a sync between directories never reads, so listings cross smaller: the
+/// ctime, and the device and inode of files that are not hard links.
+pub fn lean_entry(mut entry: crate::tree::Entry) -> crate::tree::Entry {
+    entry.ctime_ns = 0;
+    if entry.links <= 1 || entry.is_dir() {
+        entry.device = 0;
+        entry.inode = 0;
+    }
+    entry
+}
+
 /// `POST …/chunks`: the chunk lists of the regular files at `paths` (below the source).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChunksRequest {
