@@ -10,7 +10,7 @@
 # (`cairn pipeline-speed`: chunk+hash+compress+seal with the files already loaded). For cairn
 # only, rows 6a-6c time a foreground job (tar | gzip -1 | wc -c of A's drivers/, or of all of
 # A when it has none) alone, during `cairn backup --low-priority` of B, and during a plain
-# `cairn backup` of B. The notes give cairn's target ratios: first backup vs floor, restore vs
+# `cairn backup` of B; rows 7a-7b sync A over loopback against an rsync daemon. The notes give cairn's target ratios: first backup vs floor, restore vs
 # cp -a, mount read vs restore, and the foreground job's slowdowns.
 #
 #   scripts/bench.sh --quick            # small generated tree, one run: about a minute
@@ -51,6 +51,10 @@ Usage: scripts/bench.sh [OPTIONS]
 
 Rows (each: wall s, CPU s, peak RSS, repository size; median of the runs):
   1-3    backups: A (first), A again (unchanged), B; 4 restore latest; 5a/5b mount: tar, find
+  7a-7b  cairn against rsync over loopback: `cairn serve --source` + `cairn sync --delete`
+         and an rsync daemon + `rsync -a --delete --stats`, copying A into an empty directory
+         (7a), then updating the copy after 1% of A's files changed (7b); the notes give the
+         bytes each moved
   6a-6c  cairn only: a foreground job (tar cf - DIR | gzip -1 | wc -c, DIR = A's drivers/, or
          all of A when it has none; cold cache) alone, during `cairn backup --low-priority`
          of B into a fresh repository, and during a plain `cairn backup` of B
@@ -523,9 +527,14 @@ declare -A STEP_LABEL=(
     [fg]="6a. foreground job alone"
     [fg_low]="6b. foreground job during backup --low-priority"
     [fg_plain]="6c. foreground job during plain backup"
+    [ns_full]="7a. network sync: first copy of A"
+    [ns_full_rsync]="7a. network sync: first copy of A"
+    [ns_1pc]="7b. network sync: after 1% of files changed"
+    [ns_1pc_rsync]="7b. network sync: after 1% of files changed"
 )
 FLOOR_STEPS=(f_cp f_tarc f_tarw f_find f_tarA f_mem)
 LOW_STEPS=(fg fg_low fg_plain)   # cairn only
+NET_STEPS=(ns_full ns_1pc)       # cairn against rsync (recorded under the tool "rsync" as *_rsync)
 
 # The two read commands timed on a mount (and as floors on the source tree). They exit non-zero
 # when tar fails outright (status 2) or wc fails; tar's "file changed as we read it" (1) is only
@@ -840,6 +849,65 @@ run_lowimpact() {
     rm -rf "$d"
 }
 
+# run_netsync RUN: rows 7a-7b, directory to directory over loopback: `cairn serve --source`
+# and `cairn sync URL DIR --delete` against an rsync daemon and `rsync -a --delete --stats`.
+# Both first copy A into an empty directory (7a), then, after 1% of A's files (every 100th,
+# 8 bytes in the middle) changed, bring their copies up to date (7b). Bytes moved are what
+# each reports: cairn's bytes_transferred (every answer from the server, compressed as sent)
+# and rsync's "Total bytes received" (plus "sent", what the client sent).
+NS_PORT=""
+run_netsync() {
+    local run=$1 d="$WORK/netsync" url token f size status cairn_pid rsync_pid
+    rm -rf "$d"
+    mkdir -p "$d/cache"
+    rsync -aH "$A/" "$d/src/"
+    token="$d/token"
+    echo "bench-token" >"$token"
+    log ""
+    log "=== run $run: network sync, cairn serve/sync against an rsync daemon (loopback)"
+    env -u CAIRN_REPO "$CAIRN" serve --source a="$d/src" --listen 127.0.0.1:0 --token-file "$token" >"$d/serve.out" 2>>"$LOG" &
+    cairn_pid=$!
+    for _ in $(seq 50); do grep -q "^listening on" "$d/serve.out" 2>/dev/null && break; sleep 0.1; done
+    url="$(awk '/^source a at/ { print $4 }' "$d/serve.out")"
+    NS_PORT=$((20000 + RANDOM % 20000))
+    printf 'pid file = %s\nuse chroot = no\n[a]\npath = %s\nread only = yes\nuid = root\ngid = root\n' \
+        "$d/rsyncd.pid" "$d/src" >"$d/rsyncd.conf"
+    rsync --daemon --config="$d/rsyncd.conf" --port="$NS_PORT" --address=127.0.0.1
+    for _ in $(seq 50); do [ -s "$d/rsyncd.pid" ] && break; sleep 0.1; done
+    rsync_pid="$(cat "$d/rsyncd.pid" 2>/dev/null || true)"
+    export CAIRN_CACHE_DIR="$d/cache"
+    for step in ns_full ns_1pc; do
+        if [ "$step" = ns_1pc ]; then
+            find "$d/src" -type f | sort | awk 'NR % 100 == 0' >"$d/changed"
+            while IFS= read -r f; do
+                size="$(stat -c %s "$f")"
+                printf 'CAIRN1PC' | dd of="$f" bs=1 seek=$((size / 2)) conv=notrunc status=none
+            done <"$d/changed"
+            log "changed $(wc -l <"$d/changed") files of $d/src"
+        fi
+        status=0
+        timed cairn "$step" "$run" "$CAIRN" sync --json --delete --token-file "$token" "$url" "$d/cairn-copy" || status=$?
+        if [ "$status" = 0 ]; then
+            COUNT[cairn|$step|$run]="$(grep -o '"bytes_transferred": [0-9]*' "$LOG" | tail -n1 | grep -o '[0-9]*$')"
+        fi
+        timed rsync "${step}_rsync" "$run" rsync -a --delete --stats "rsync://127.0.0.1:$NS_PORT/a/" "$d/rsync-copy/" || true
+        COUNT["rsync|${step}_rsync|$run"]="$(grep -o 'Total bytes received: [0-9,]*' "$LOG" | tail -n1 | grep -o '[0-9,]*$' | tr -d ,)"
+        COUNT["rsync_sent|${step}_rsync|$run"]="$(grep -o 'Total bytes sent: [0-9,]*' "$LOG" | tail -n1 | grep -o '[0-9,]*$' | tr -d ,)"
+        say "    cairn ${STEP_LABEL[$step]}: ${RES[cairn|$step|$run]}, ${COUNT[cairn|$step|$run]:-?} bytes; rsync: ${RES[rsync|${step}_rsync|$run]}, ${COUNT[rsync|${step}_rsync|$run]:-?} bytes"
+    done
+    if [ "$run" = 1 ]; then
+        if diff -r --no-dereference "$d/src" "$d/cairn-copy" >>"$LOG" 2>&1; then
+            NOTES[netsync]+="cairn's copy identical to the source after 7b. "
+        else
+            NOTES[netsync]+="cairn's copy DIFFERS from the source after 7b (see the log). "
+        fi
+    fi
+    kill "$cairn_pid" 2>/dev/null || true
+    [ -z "$rsync_pid" ] || kill "$rsync_pid" 2>/dev/null || true
+    wait "$cairn_pid" 2>/dev/null || true
+    rm -rf "$d"
+}
+
 # ---------------------------------------------------------------------------------------------
 # The runs
 # ---------------------------------------------------------------------------------------------
@@ -859,7 +927,10 @@ for ((run = 1; run <= RUNS; run++)); do
     for t in "${TOOLS[@]}"; do
         say "  -- $t"
         run_tool "$t" "$run"
-        if [ "$t" = cairn ]; then run_lowimpact "$run"; fi
+        if [ "$t" = cairn ]; then
+            run_lowimpact "$run"
+            if command -v rsync >/dev/null; then run_netsync "$run"; fi
+        fi
     done
 done
 
@@ -907,7 +978,7 @@ row() {   # row TOOL STEP: one table line
     if [ "$t" = cairn ] || [ "$t" = floor ]; then
         ratio="—"
     else
-        cw="$(median cairn "$s" 1)"
+        cw="$(median cairn "${s%_rsync}" 1)"
         case "$cw" in
             FAILED | n/a* | -) ratio="—" ;;
             *) ratio="$(awk -v a="$cw" -v b="$wall" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "—" }')" ;;
@@ -1008,6 +1079,10 @@ S_PLAIN="$(slowdown "$FGP" "$FG0")"
     done
     if [ -n "${VERSION[cairn]:-}" ]; then
         for s in "${LOW_STEPS[@]}"; do row cairn "$s"; done
+        for s in "${NET_STEPS[@]}"; do
+            row cairn "$s"
+            row rsync "${s}_rsync"
+        done
     fi
     for s in "${FLOOR_STEPS[@]}"; do row floor "$s"; done
     echo
@@ -1029,6 +1104,13 @@ S_PLAIN="$(slowdown "$FGP" "$FG0")"
         echo "- Rows 6a-6c (cairn only): the foreground job \`tar cf - -C $FG_DIR . | gzip -1 | wc -c\` with a cold cache; wall, CPU and peak RSS are the job's."
         echo "  In 6b and 6c, \`cairn backup --low-priority\` (6b) or \`cairn backup\` (6c) of version B ($B) into a fresh repository starts right before the job;"
         echo "  after the job, the backup is waited for (untimed) and must succeed. I/O scheduler of the disk under A: $(io_scheduler "$A")."
+    fi
+    if [ -n "${VERSION[cairn]:-}" ] && [ -n "${COUNT[cairn|ns_1pc|1]:-}" ]; then
+        echo "- Rows 7a-7b (cairn against rsync, loopback): \`cairn serve --source\` + \`cairn sync --delete URL DIR\` and an rsync daemon + \`rsync -a --delete --stats\`, copying A, then updating the copy after 1% of A's files changed."
+        for s in "${NET_STEPS[@]}"; do
+            echo "  - ${STEP_LABEL[$s]}, bytes moved (run 1): cairn ${COUNT[cairn|$s|1]:-?} (received); rsync ${COUNT[rsync|${s}_rsync|1]:-?} received + ${COUNT[rsync_sent|${s}_rsync|1]:-?} sent; cairn/rsync received = $(ratio "${COUNT[cairn|$s|1]:-}" "${COUNT[rsync|${s}_rsync|1]:-}")"
+        done
+        echo "  - ${NOTES[netsync]:-}"
     fi
     for t in "${TOOLS[@]}"; do
         line=""
