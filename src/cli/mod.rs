@@ -297,6 +297,29 @@ fn is_url(location: &str) -> bool {
     location.starts_with("http://") || location.starts_with("https://")
 }
 
+/// Draws a progress bar `NAME: {msg} [bar] bytes/total rate ETA` on stderr, refreshed by
+/// `update` every 100 ms, until `done` is set.
+fn draw_bytes_progress(
+    name: &str,
+    done: &std::sync::atomic::AtomicBool,
+    update: impl Fn(&indicatif::ProgressBar),
+) {
+    let bar = indicatif::ProgressBar::new(0);
+    let template = format!(
+        "{{spinner}} {name}: {{msg}} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}} ETA {{eta}}"
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        update(&bar);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    bar.finish_and_clear();
+}
+
 /// Whether to draw progress: stderr is a terminal and the output is not JSON.
 fn show_progress(json: bool) -> bool {
     !json && std::io::stderr().is_terminal()

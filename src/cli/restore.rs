@@ -6,12 +6,12 @@ use cairn::checkpoint;
 use cairn::restore::{self, RestoreOptions, RestoreProgress};
 use cairn::tree::find_entry;
 use clap::Args;
-use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use indicatif::HumanBytes;
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
@@ -29,23 +29,14 @@ pub struct RestoreArgs {
 }
 
 fn draw_progress(progress: &RestoreProgress, total_bytes: u64, done: &AtomicBool) {
-    let bar = ProgressBar::new(total_bytes);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} restore: {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    while !done.load(Ordering::Relaxed) {
+    super::draw_bytes_progress("restore", done, |bar| {
+        bar.set_length(total_bytes);
         bar.set_position(progress.bytes_done.load(Ordering::Relaxed));
         bar.set_message(format!(
             "{} files",
             progress.files_done.load(Ordering::Relaxed)
         ));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bar.finish_and_clear();
+    });
 }
 
 pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {

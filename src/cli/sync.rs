@@ -16,11 +16,10 @@ use cairn::sync::remote::RemoteSource;
 use cairn::sync::wire::ChunkSpec;
 use cairn::sync::{SyncError, SyncOptions, SyncProgress, SyncReport, copy, into_dir, pull};
 use clap::Args;
-use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use indicatif::HumanBytes;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {
@@ -101,24 +100,14 @@ fn is_repository(path: &Path) -> bool {
 
 /// Draws the sync's progress until `done` is set.
 fn draw_progress(progress: &SyncProgress, done: &AtomicBool) {
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} sync: {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    while !done.load(Ordering::Relaxed) {
+    super::draw_bytes_progress("sync", done, |bar| {
         bar.set_length(progress.bytes_total.load(Ordering::Relaxed));
         bar.set_position(progress.bytes_done.load(Ordering::Relaxed));
         bar.set_message(format!(
             "{} files",
             progress.files_done.load(Ordering::Relaxed)
         ));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bar.finish_and_clear();
+    });
 }
 
 pub fn run(global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode> {
@@ -260,14 +249,7 @@ fn pull_directory(
         checkpoints_copied: u64::from(outcome.id.is_some()),
         blobs_copied: stats.added_blobs,
         bytes_transferred: stats.bytes_read,
-        errors: outcome
-            .errors
-            .into_iter()
-            .map(|e| SyncError {
-                path: e.path,
-                message: e.message,
-            })
-            .collect(),
+        errors: outcome.errors.into_iter().map(SyncError::from).collect(),
         ..SyncReport::default()
     })
 }

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// after the last index file, and at the end of the run: what a killed run leaves behind
 /// is reused by the next one once an index file lists it.
 const PACKS_PER_INDEX_FILE: usize = 32;
-const INDEX_FILE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+const INDEX_FILE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// An encoded blob on its way to the packer.
 struct EncodedBlob {

@@ -59,6 +59,15 @@ pub struct SyncError {
     pub message: String,
 }
 
+impl From<crate::backup::SourceError> for SyncError {
+    fn from(e: crate::backup::SourceError) -> Self {
+        SyncError {
+            path: e.path,
+            message: e.message,
+        }
+    }
+}
+
 /// What a sync did (or, in a dry run, would do).
 #[derive(Debug, Default, Serialize)]
 pub struct SyncReport {

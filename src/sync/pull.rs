@@ -402,13 +402,7 @@ pub fn run(repo: &Repository, source: &RemoteSource, options: &SyncOptions) -> R
         blobs_copied: added_blobs + context.planned.load(Ordering::Relaxed),
         blobs_skipped: context.skipped.load(Ordering::Relaxed),
         bytes_transferred: record.stats.bytes_read,
-        errors: errors
-            .into_iter()
-            .map(|e| SyncError {
-                path: e.path,
-                message: e.message,
-            })
-            .collect(),
+        errors: errors.into_iter().map(SyncError::from).collect(),
         ..SyncReport::default()
     })
 }
