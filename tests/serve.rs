@@ -177,10 +177,18 @@ fn repositories_sync_to_and_from_a_server_over_https() {
         &["init", "--repo", text(&remote), "--like", text(&local)],
         &client,
     ));
+    let home = format!("home={}", text(&source));
     let server = serve(
         &sandbox,
         &remote,
-        &["--tls-cert", text(&cert_file), "--tls-key", text(&key_file)],
+        &[
+            "--tls-cert",
+            text(&cert_file),
+            "--tls-key",
+            text(&key_file),
+            "--source",
+            &home,
+        ],
     );
     assert!(server.url.starts_with("https://"), "{}", server.url);
     let url = server.url.as_str();
@@ -219,6 +227,14 @@ fn repositories_sync_to_and_from_a_server_over_https() {
     assert_same_tree(&source, &restored);
     let check = sandbox.run(&with(&["check", "--read-data", "--repo", url], &client));
     assert!(check.status.success(), "{}", stderr(&check));
+
+    // The same server's source directory, pulled over HTTPS into a repository and a directory.
+    let source_url = url.replace("/repo", "/source/home");
+    let pulled = sync_json(&sandbox, &[&source_url, text(&back)], &client);
+    assert_eq!(pulled["checkpoints_copied"], 1, "{pulled}");
+    let mirror = sandbox.path("mirror");
+    sync_json(&sandbox, &[&source_url, text(&mirror)], &client);
+    assert_same_tree(&source, &mirror);
 }
 
 #[test]
@@ -509,6 +525,26 @@ fn a_hostile_or_lying_server_is_refused_and_nothing_is_saved() {
             postcard::to_stdvec(&None::<cairn::tree::Entry>).unwrap()
         }
     });
+    // Nobody listening, and a server that is not cairn's: clear errors.
+    let nobody = sandbox.run(&with(
+        &[
+            "sync",
+            "http://127.0.0.1:9/source/x",
+            text(&sandbox.path("t")),
+        ],
+        &client,
+    ));
+    assert_fails(&nobody, 1, "127.0.0.1:9");
+    let stranger = fake_server(|_| b"<html>hello</html>".to_vec());
+    let garbage = sandbox.run(&with(
+        &[
+            "sync",
+            &format!("{stranger}/source/x"),
+            text(&sandbox.path("t")),
+        ],
+        &client,
+    ));
+    assert_fails(&garbage, 1, "unreadable");
     let target = sandbox.path("inside/target");
     let refused = sandbox.run(&with(
         &["sync", &format!("{hostile}/source/x"), text(&target)],

@@ -405,3 +405,85 @@ fn a_killed_copy_completes_when_run_again() {
     ]);
     assert_same_tree(&source, &restored);
 }
+
+/// A small tmpfs mounted for a test, unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `megabytes` at `path`; `None` when not root (mounting needs it).
+    fn mount(path: &Path, megabytes: u32) -> Option<SmallDisk> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        fs::create_dir_all(path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs");
+        Some(SmallDisk(path.to_owned()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_clearly_and_leaves_nothing_half_written() {
+    let sandbox = Sandbox::new();
+    let Some(_disk) = SmallDisk::mount(&sandbox.path("small"), 4) else {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    };
+    let source = sandbox.path("source");
+    fs::create_dir(&source).unwrap();
+    for i in 0..4 {
+        fs::write(
+            source.join(format!("f{i}")),
+            pseudo_random(1_500_000, 40 + i),
+        )
+        .unwrap();
+    }
+    let repo = sandbox.plain_repo_with_backup_of(&source);
+
+    // Into a directory: the files that fit are whole, the rest absent, no temporary files.
+    let target = sandbox.path("small/target");
+    let full = sandbox.run(&["sync", &format!("{}::latest", text(&repo)), text(&target)]);
+    assert_fails(&full, 3, "No space left");
+    for entry in fs::read_dir(&target).unwrap().flatten() {
+        let name = entry.file_name();
+        assert!(
+            !name.to_string_lossy().starts_with(".cairn-sync-"),
+            "{name:?} left behind"
+        );
+        let written = fs::read(entry.path()).unwrap();
+        assert_eq!(
+            written,
+            fs::read(source.join(&name)).unwrap(),
+            "{name:?} half-written"
+        );
+    }
+
+    // Into a repository: a clear error and no checkpoint.
+    let copy = sandbox.path("small/copy");
+    sandbox.ok(&[
+        "init",
+        "--repo",
+        text(&copy),
+        "--encryption",
+        "none",
+        "--like",
+        text(&repo),
+    ]);
+    let full = sandbox.run(&["sync", text(&repo), text(&copy)]);
+    assert_fails(&full, 1, "No space left");
+    assert_eq!(
+        fs::read_dir(copy.join("checkpoints")).map_or(0, |d| d.count()),
+        0
+    );
+}

@@ -169,7 +169,7 @@ fn sync(
         ) => {
             let repo = global.open_at(&path, global.credentials())?;
             let source = RemoteSource::new(global.remote(&url)?, ChunkSpec::of(&repo), false)?;
-            Ok(pull::run(&repo, &source, options)?)
+            Ok(pull::run(&repo, &source, options, progress)?)
         }
         (Endpoint::Served(url), Endpoint::Directory(target)) => {
             let source = RemoteSource::new(global.remote(&url)?, ChunkSpec::plain(), true)?;

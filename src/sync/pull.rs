@@ -10,7 +10,7 @@
 //! next pull of the same URL finds it as its parent.
 
 use super::remote::{RemotePath, RemoteSource, child_path};
-use super::{SyncError, SyncOptions, SyncReport};
+use super::{SyncError, SyncOptions, SyncProgress, SyncReport};
 use crate::backup::{
     FileError, PendingDir, PendingEntry, Progress, SourceError, abandoned, file_content,
     find_parent, run_tree_builder,
@@ -54,6 +54,7 @@ fn unchanged_content(parent: Option<&Entry>, entry: &Entry) -> Option<Content> {
 /// What the workers share.
 struct PullContext<'a> {
     source: &'a RemoteSource,
+    progress: &'a SyncProgress,
     limiter: Option<RateLimiter>,
     /// Plan only: count the chunks the repository lacks instead of fetching them.
     dry_run: bool,
@@ -94,6 +95,13 @@ fn run_pull_worker(context: &PullContext, sink: &BlobSink, jobs: Receiver<PullJo
         }
         let paths: Vec<RemotePath> = batch.iter().map(|job| job.path.clone()).collect();
         let results = pull_files(context, sink, &paths);
+        let progress = context.progress;
+        progress
+            .files_done
+            .fetch_add(paths.len() as u64, Ordering::Relaxed);
+        progress
+            .bytes_done
+            .store(context.source.received(), Ordering::Relaxed);
         for (job, result) in batch.into_iter().zip(results) {
             // The tree builder may have stopped after a fatal error; then nobody waits.
             let _ = job.result.send(result);
@@ -304,7 +312,12 @@ fn url_host(url: &str) -> String {
 }
 
 /// Pulls the served source into `repo` as a new checkpoint (unless a dry run).
-pub fn run(repo: &Repository, source: &RemoteSource, options: &SyncOptions) -> Result<SyncReport> {
+pub fn run(
+    repo: &Repository,
+    source: &RemoteSource,
+    options: &SyncOptions,
+    progress: &SyncProgress,
+) -> Result<SyncReport> {
     let started = Instant::now();
     let time = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
     let host = url_host(source.url());
@@ -324,13 +337,15 @@ pub fn run(repo: &Repository, source: &RemoteSource, options: &SyncOptions) -> R
     let errors = Mutex::new(Vec::new());
     let context = PullContext {
         source,
+        progress,
         limiter: options.rate_limit.map(RateLimiter::new),
         dry_run: options.dry_run,
         planned: AtomicU64::new(0),
         planned_bytes: AtomicU64::new(0),
         skipped: AtomicU64::new(0),
     };
-    let progress = Progress::default();
+    // The tree builder's counters (files and bytes in the checkpoint, bytes of packs).
+    let built = Progress::default();
     let threads = options.concurrency.max(1);
     let walk = |sink: &BlobSink| {
         std::thread::scope(|scope| {
@@ -341,7 +356,7 @@ pub fn run(repo: &Repository, source: &RemoteSource, options: &SyncOptions) -> R
             }
             drop(file_rx);
             let (dir_tx, dir_rx) = bounded(1024);
-            let builder = scope.spawn(|| run_tree_builder(sink, dir_rx, &errors, &progress));
+            let builder = scope.spawn(|| run_tree_builder(sink, dir_rx, &errors, &built));
             let walker = PullWalker {
                 repo,
                 source,
@@ -360,7 +375,7 @@ pub fn run(repo: &Repository, source: &RemoteSource, options: &SyncOptions) -> R
         repo,
         options.dry_run,
         threads * 2,
-        &progress.added_bytes,
+        &built.added_bytes,
         walk,
     )?;
     let errors = errors.into_inner().expect("not poisoned");
@@ -373,7 +388,7 @@ pub fn run(repo: &Repository, source: &RemoteSource, options: &SyncOptions) -> R
     } else {
         source.received()
     };
-    stats.added_bytes = progress.added_bytes.load(Ordering::Relaxed);
+    stats.added_bytes = built.added_bytes.load(Ordering::Relaxed);
     stats.duration_ms = started.elapsed().as_millis() as u64;
     let record = Checkpoint {
         time,
