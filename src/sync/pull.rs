@@ -371,13 +371,8 @@ pub fn run(
             Ok((root, stats))
         })
     };
-    let ((root, mut stats), added_blobs) = with_blob_sink(
-        repo,
-        options.dry_run,
-        threads * 2,
-        &built.added_bytes,
-        walk,
-    )?;
+    let ((root, mut stats), added_blobs) =
+        with_blob_sink(repo, options.dry_run, threads * 2, &built.added_bytes, walk)?;
     let errors = errors.into_inner().expect("not poisoned");
     stats.added_blobs = added_blobs;
     stats.errors = errors.len() as u64;
