@@ -166,7 +166,36 @@ fn bad_name(name: &str) -> Response {
 fn parse_range(value: &str) -> Option<(u64, u64)> {
     let (start, end) = value.strip_prefix("bytes=")?.split_once('-')?;
     let (start, end): (u64, u64) = (start.parse().ok()?, end.parse().ok()?);
-    (end >= start).then(|| (start, end - start + 1))
+    let length = end.checked_sub(start)?.checked_add(1)?;
+    Some((start, length))
+}
+
+/// Refuses ranges a client cannot mean: past the end of their object, or more than
+/// `MAX_BLOBS_BYTES` in all (the server allocates what is asked for).
+fn check_ranges(backend: &LocalBackend, ranges: &[RangeRequest]) -> crate::error::Result<()> {
+    let total = ranges
+        .iter()
+        .try_fold(0u64, |sum, r| sum.checked_add(r.length))
+        .filter(|total| *total <= MAX_BLOBS_BYTES);
+    if total.is_none() {
+        return Err(Error::InvalidInput(format!(
+            "more than {MAX_BLOBS_BYTES} bytes asked in one request"
+        )));
+    }
+    for range in ranges {
+        let size = backend.size(&range.name)?;
+        if range
+            .offset
+            .checked_add(range.length)
+            .is_none_or(|end| end > size)
+        {
+            return Err(Error::InvalidInput(format!(
+                "{} holds {size} bytes: {} at {} is past its end",
+                range.name, range.length, range.offset
+            )));
+        }
+    }
+    Ok(())
 }
 
 async fn get_object(
@@ -186,7 +215,17 @@ async fn get_object(
             return (StatusCode::BAD_REQUEST, format!("unreadable range {v:?}")).into_response();
         }
         Some(Ok((offset, length))) => {
-            let partial = blocking(move || state.backend()?.get_range(&name, offset, length)).await;
+            let partial = blocking(move || {
+                let backend = state.backend()?;
+                let range = RangeRequest {
+                    name: name.clone(),
+                    offset,
+                    length,
+                };
+                check_ranges(backend, std::slice::from_ref(&range))?;
+                backend.get_range(&name, offset, length)
+            })
+            .await;
             partial.map(|bytes| (StatusCode::PARTIAL_CONTENT, bytes))
         }
         None => blocking(move || state.backend()?.get(&name))
@@ -211,11 +250,13 @@ async fn put_object(
         return (StatusCode::FORBIDDEN, "this server is read-only").into_response();
     }
     let result = blocking(move || {
+        // An identical object is a retried upload (a run killed before its index file, say):
+        // accepted, since nothing changes.
         if state.access == Access::AppendOnly
             && !name.starts_with("locks/")
             && state.backend()?.exists(&name)?
         {
-            return Ok(false);
+            return Ok(state.backend()?.get(&name)? == body);
         }
         state.backend()?.put(&name, &body)?;
         Ok(true)
@@ -285,7 +326,12 @@ async fn get_ranges(State(state): State<Shared>, body: Bytes) -> Response {
     if let Some(bad) = ranges.iter().find(|r| !valid_object_name(&r.name)) {
         return bad_name(&bad.name);
     }
-    match blocking(move || state.backend()?.get_ranges(&ranges)).await {
+    let read = blocking(move || {
+        let backend = state.backend()?;
+        check_ranges(backend, &ranges)?;
+        backend.get_ranges(&ranges)
+    });
+    match read.await {
         Ok(parts) => parts.concat().into_response(),
         Err(response) => response,
     }

@@ -45,7 +45,7 @@ fn serve_with(sandbox: &Sandbox, args: &[&str]) -> Server {
         ])
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -278,7 +278,33 @@ fn the_server_refuses_what_its_mode_forbids_and_names_outside_the_repository() {
         ),
         409
     );
+    // The same bytes again (a retried upload) are accepted: nothing changes.
+    let same = fs::read(repo.join(&name)).unwrap();
+    let retried = agent
+        .put(&object)
+        .header("Authorization", &bearer)
+        .send(&same[..]);
+    assert_eq!(status(retried), 201);
     assert_eq!(status(agent.get(&object).call()), 401, "no token");
+    // Ranges past the end, or absurdly large, are refused instead of allocated.
+    for range in [
+        "bytes=0-1099511627775",
+        "bytes=1-18446744073709551615",
+        "bytes=9-3",
+    ] {
+        let got = agent
+            .get(&object)
+            .header("Authorization", &bearer)
+            .header("Range", range)
+            .call();
+        assert_eq!(status(got), 400, "{range}");
+    }
+    let huge = format!(r#"[{{"name":"{name}","offset":0,"length":1099511627776}}]"#);
+    let got = agent
+        .post(&format!("{url}/ranges"))
+        .header("Authorization", &bearer)
+        .send(huge.as_bytes());
+    assert_eq!(status(got), 400);
     for hostile in [
         "../config",
         "..%2F..%2Fetc%2Fpasswd",

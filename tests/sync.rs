@@ -296,6 +296,14 @@ fn a_directory_into_a_directory_matches_it_and_keeps_extras_without_delete() {
     );
     assert_eq!(update["entries_deleted"], 1, "{update}");
     assert_same_tree(&source, &target);
+    // A mode change alone (same size and mtime) still reaches the copy.
+    fs::set_permissions(
+        source.join("hello.txt"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    sandbox.ok(&["sync", text(&source), text(&target)]);
+    assert_same_tree(&source, &target);
 
     let inside = sandbox.run(&["sync", text(&source), text(&source.join("dir/inside"))]);
     assert_fails(&inside, 1, "overlap");
@@ -345,6 +353,16 @@ fn a_sync_never_writes_through_a_symlink_in_the_target() {
     std::os::unix::fs::symlink(&outside, target.join("dir")).unwrap();
     std::os::unix::fs::symlink(outside.join("hello.txt"), target.join("hello.txt")).unwrap();
     sandbox.ok(&["sync", &format!("{}::latest", text(&repo)), text(&target)]);
+    // A target that contains the repository is refused: --delete would remove it.
+    let parent = sandbox.dir.path().to_str().unwrap();
+    let overlap = sandbox.run(&[
+        "sync",
+        "--delete",
+        &format!("{}::latest", text(&repo)),
+        parent,
+    ]);
+    assert_fails(&overlap, 1, "overlap");
+    assert!(repo.join("config").exists());
     assert_eq!(
         fs::read_dir(&outside).unwrap().count(),
         0,

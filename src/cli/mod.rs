@@ -157,7 +157,11 @@ impl GlobalArgs {
     /// The server token from `CAIRN_TOKEN` or `--token-file`.
     fn token(&self) -> Result<String> {
         if let Some(token) = std::env::var_os("CAIRN_TOKEN") {
-            return Ok(token.to_string_lossy().trim().to_owned());
+            let token = token.to_string_lossy().trim().to_owned();
+            if token.is_empty() {
+                bail!("CAIRN_TOKEN is empty");
+            }
+            return Ok(token);
         }
         let file = self
             .token_file

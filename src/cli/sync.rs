@@ -208,6 +208,7 @@ fn sync(
             Ok(copy::run(&from, &to, only, options, progress)?)
         }
         (Endpoint::Repository { path, checkpoint }, Endpoint::Directory(target)) => {
+            refuse_overlap(&path, &target)?;
             let repo = open_source(&path)?;
             let reference = checkpoint.as_deref().unwrap_or("latest");
             let (_, record) = checkpoint::resolve(&repo, reference)?;
@@ -254,6 +255,25 @@ fn pull_directory(
     })
 }
 
+/// Refuses a target directory inside `source` (a directory or a local repository) or
+/// containing it: the sync would read what it writes, or `--delete` what it reads.
+fn refuse_overlap(source: &Path, target: &Path) -> Result<()> {
+    if source.to_str().is_some_and(super::is_url) {
+        return Ok(());
+    }
+    let source = std::fs::canonicalize(source)?;
+    let absolute_target = std::path::absolute(target)?;
+    let resolved_target = std::fs::canonicalize(&absolute_target).unwrap_or(absolute_target);
+    if resolved_target.starts_with(&source) || source.starts_with(&resolved_target) {
+        bail!(
+            "{} and {} overlap: sync between places that do not contain each other",
+            source.display(),
+            target.display()
+        );
+    }
+    Ok(())
+}
+
 /// Directory → directory, refusing a target inside the source (or the other way round).
 fn sync_directories(
     dir: &Path,
@@ -266,15 +286,7 @@ fn sync_directories(
     if !source.is_dir() {
         bail!("{} is not a directory or a repository", dir.display());
     }
-    let absolute_target = std::path::absolute(target)?;
-    let resolved_target = std::fs::canonicalize(&absolute_target).unwrap_or(absolute_target);
-    if resolved_target.starts_with(&source) || source.starts_with(&resolved_target) {
-        bail!(
-            "{} and {} overlap: sync between directories that do not contain each other",
-            dir.display(),
-            target.display()
-        );
-    }
+    refuse_overlap(&source, target)?;
     let metadata = std::fs::symlink_metadata(&source)?;
     let root = cairn::fsmeta::entry_from_metadata(
         Vec::new(),

@@ -122,6 +122,16 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .context_io(|| format!("syncing directory {}", dir.display()))
 }
 
+impl LocalBackend {
+    /// The size of object `name` in bytes.
+    pub fn size(&self, name: &str) -> Result<u64> {
+        let path = self.path_of(name)?;
+        fs::metadata(&path)
+            .map(|m| m.len())
+            .context_io(|| format!("reading {}", path.display()))
+    }
+}
+
 impl Backend for LocalBackend {
     fn location(&self) -> String {
         self.root.display().to_string()

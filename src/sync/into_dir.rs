@@ -535,7 +535,16 @@ impl<S: TreeSource> Planner<'_, S> {
                     fs::create_dir(&path).context_io(|| created(&path))?;
                 }
                 if let Some(subdir) = subdir {
-                    self.sync_dir(&subdir, &path, is_dir || !dry_run)?;
+                    match self.sync_dir(&subdir, &path, is_dir || !dry_run) {
+                        Ok(()) => {}
+                        // Wrong data from the source stops everything; a directory that
+                        // cannot be read or written is reported and the rest goes on.
+                        Err(e) if e.kind() == crate::error::ErrorKind::Corrupt => return Err(e),
+                        Err(e) => self.errors.lock().expect("not poisoned").push(SyncError {
+                            path: path.clone(),
+                            message: e.to_string(),
+                        }),
+                    }
                 }
                 self.dirs.push((path, entry));
             }
@@ -548,7 +557,18 @@ impl<S: TreeSource> Planner<'_, S> {
                     self.link_targets.insert(key, path.clone());
                 }
                 let old = existing.as_ref().filter(|m| m.is_file());
-                if old.is_some_and(|m| m.len() == entry.size && mtime_ns(m) == entry.mtime_ns) {
+                if let Some(old) = old
+                    && old.len() == entry.size
+                    && mtime_ns(old) == entry.mtime_ns
+                {
+                    // Same content by rsync's quick check; owner or mode may still differ.
+                    let same_owner_and_mode = old.mode() & 0o7777 == entry.mode
+                        && old.uid() == entry.uid
+                        && old.gid() == entry.gid;
+                    if !same_owner_and_mode && !dry_run {
+                        apply_metadata(&path, &entry)
+                            .context_io(|| format!("setting metadata of {}", path.display()))?;
+                    }
                     self.report.files_unchanged += 1;
                     return Ok(());
                 }

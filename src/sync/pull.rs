@@ -74,15 +74,6 @@ type FileResult = Result<(Content, u64), FileError>;
 /// The chunks one file of a batch needs, with their offsets: (its index in the batch, chunks).
 type Missing = (usize, Vec<(u64, ChunkRef)>);
 
-/// A failure of a batch's chunk lists for one of its files: a corrupt answer fails the pull;
-/// anything else leaves the file out, as an unreadable file is left out of a backup.
-fn file_error(e: &Error) -> FileError {
-    match e {
-        Error::Corrupt { location, what } => FileError::Repository(Error::corrupt(location, what)),
-        _ => FileError::Source(e.to_string()),
-    }
-}
-
 /// Takes changed files from `jobs` in batches and stores them.
 fn run_pull_worker(context: &PullContext, sink: &BlobSink, jobs: Receiver<PullJob>) {
     while let Ok(first) = jobs.recv() {
@@ -113,9 +104,19 @@ fn run_pull_worker(context: &PullContext, sink: &BlobSink, jobs: Receiver<PullJo
 /// the chunks the repository lacks, in as few requests as their size allows.
 fn pull_files(context: &PullContext, sink: &BlobSink, paths: &[RemotePath]) -> Vec<FileResult> {
     let source = context.source;
+    // A request that fails as a whole (the server went away, or answered nonsense) fails the
+    // pull: leaving out every file of the batch would save a checkpoint missing them.
     let lists = match source.files_chunks(paths) {
         Ok(lists) => lists,
-        Err(e) => return paths.iter().map(|_| Err(file_error(&e))).collect(),
+        Err(e) => {
+            let mut results = vec![FileError::Repository(e)];
+            results.extend(
+                paths[1..]
+                    .iter()
+                    .map(|_| FileError::Source("not asked".into())),
+            );
+            return results.into_iter().map(Err).collect();
+        }
     };
     let mut results: Vec<Option<FileResult>> = Vec::with_capacity(paths.len());
     let mut wanted: Vec<Missing> = Vec::new();
