@@ -9,9 +9,9 @@ use super::pack::{BlobKind, PackBuilder, pack_object_name};
 use crate::error::{Error, Result};
 use crate::id::BlobId;
 use crossbeam_channel::{Receiver, Sender, bounded};
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 
 /// An index file is written after this many packs, or once a pack is written this long
 /// after the last index file, and at the end of the run: what a killed run leaves behind
@@ -27,12 +27,47 @@ struct EncodedBlob {
     raw_length: usize,
 }
 
+/// Where a blob of this run stands on its way to the packer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flight {
+    /// A thread took it on and has not queued it yet.
+    Claimed,
+    /// Queued for the packer; anything queued after it lands in the same or a later pack.
+    Queued,
+}
+
+/// The blobs of this run not yet in the index cache, and a signal for each change.
+#[derive(Default)]
+struct Flights {
+    blobs: Mutex<HashMap<BlobId, Flight>>,
+    changed: Condvar,
+}
+
+impl Flights {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BlobId, Flight>> {
+        self.blobs.lock().expect("not poisoned")
+    }
+}
+
+/// What `BlobSink::claim` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The caller stores it: it must queue it (`send_encoded`) or give it up (`release`).
+    Mine,
+    /// The repository has it, or it is queued already.
+    Stored,
+    /// Another thread has claimed it and not queued it yet. Whatever refers to it must not
+    /// be stored before `wait_queued` says it is.
+    Elsewhere,
+}
+
 /// Stores blobs the repository lacks: dedupes against the index and this run, and hands
-/// them to the packer.
+/// them to the packer. A blob claimed by one thread is queued (or released) before anything
+/// another thread refers it from may be stored: a tree never lands in an earlier pack, and so
+/// never in an earlier index file, than a blob it references.
 pub struct BlobSink<'a> {
     repo: &'a Repository,
-    /// Blobs sent to the packer in this run and not yet in the index cache.
-    in_flight: &'a Mutex<HashSet<BlobId>>,
+    flights: &'a Flights,
     packer: Sender<EncodedBlob>,
 }
 
@@ -41,30 +76,58 @@ impl BlobSink<'_> {
         self.repo
     }
 
-    /// Whether this caller should store blob `id`: false when the repository has it or
-    /// another thread of this run is storing it.
-    pub fn claim(&self, id: &BlobId) -> Result<bool> {
-        if self.repo.index().contains(id)?
-            || !self.in_flight.lock().expect("not poisoned").insert(*id)
-        {
-            return Ok(false);
-        }
-        // The packer indexes blobs before it releases their claims, so a blob indexed between
-        // the first check and the claim shows up here and is not stored twice.
+    /// Takes blob `id` on, unless the repository has it or another thread does. Never waits.
+    pub fn claim(&self, id: &BlobId) -> Result<Claim> {
         if self.repo.index().contains(id)? {
-            self.in_flight.lock().expect("not poisoned").remove(id);
-            return Ok(false);
+            return Ok(Claim::Stored);
         }
-        Ok(true)
+        {
+            let mut blobs = self.flights.lock();
+            match blobs.get(id) {
+                Some(Flight::Queued) => return Ok(Claim::Stored),
+                Some(Flight::Claimed) => return Ok(Claim::Elsewhere),
+                None => {
+                    blobs.insert(*id, Flight::Claimed);
+                }
+            }
+        }
+        // The packer indexes blobs before it forgets them, so a blob indexed between the
+        // first check and the claim shows up here and is not stored twice.
+        if self.repo.index().contains(id)? {
+            self.release(&[*id]);
+            return Ok(Claim::Stored);
+        }
+        Ok(Claim::Mine)
     }
 
-    /// Gives up claims that will not be sent after all (the source failed), so that another
-    /// file with the same blob stores it.
-    pub fn release(&self, ids: &[BlobId]) {
-        let mut in_flight = self.in_flight.lock().expect("not poisoned");
-        for id in ids {
-            in_flight.remove(id);
+    /// Waits until blob `id`, claimed by another thread, is queued: `true`. `false` when that
+    /// thread gave it up, so the caller must store it itself.
+    pub fn wait_queued(&self, id: &BlobId) -> Result<bool> {
+        let mut blobs = self.flights.lock();
+        loop {
+            match blobs.get(id) {
+                Some(Flight::Queued) => return Ok(true),
+                Some(Flight::Claimed) => {
+                    blobs = self.flights.changed.wait(blobs).expect("not poisoned");
+                }
+                None => {
+                    drop(blobs);
+                    return self.repo.index().contains(id);
+                }
+            }
         }
+    }
+
+    /// Gives up claims that will not be queued after all (the source failed), so that
+    /// another thread stores them.
+    pub fn release(&self, ids: &[BlobId]) {
+        let mut blobs = self.flights.lock();
+        for id in ids {
+            if blobs.get(id) == Some(&Flight::Claimed) {
+                blobs.remove(id);
+            }
+        }
+        self.flights.changed.notify_all();
     }
 
     /// Queues a claimed blob, already in this repository's stored form, for the packer.
@@ -81,19 +144,34 @@ impl BlobSink<'_> {
             encoded,
             raw_length,
         };
-        self.packer
-            .send(blob)
-            .map_err(|_| Error::InvalidInput("the pack writer stopped".into()))
+        if self.packer.send(blob).is_err() {
+            self.release(&[id]);
+            return Err(Error::InvalidInput("the pack writer stopped".into()));
+        }
+        self.flights.lock().insert(id, Flight::Queued);
+        self.flights.changed.notify_all();
+        Ok(())
     }
 
-    /// Stores `plaintext` unless the repository has it already; returns its id.
+    /// Stores `plaintext` unless the repository has it already; returns its id once it is
+    /// queued (by this thread or another).
     pub fn store(&self, kind: BlobKind, plaintext: &[u8]) -> Result<BlobId> {
         let id = BlobId(self.repo.codec().id_of(plaintext));
-        if self.claim(&id)? {
-            let encoded = self.repo.codec().encode(plaintext, true);
-            self.send_encoded(id, kind, encoded, plaintext.len())?;
+        loop {
+            match self.claim(&id)? {
+                Claim::Mine => {
+                    let encoded = self.repo.codec().encode(plaintext, true);
+                    self.send_encoded(id, kind, encoded, plaintext.len())?;
+                    return Ok(id);
+                }
+                Claim::Stored => return Ok(id),
+                Claim::Elsewhere => {
+                    if self.wait_queued(&id)? {
+                        return Ok(id);
+                    }
+                }
+            }
         }
-        Ok(id)
     }
 }
 
@@ -109,15 +187,15 @@ pub fn with_blob_sink<T>(
     added_bytes: &AtomicU64,
     body: impl FnOnce(&BlobSink) -> Result<T>,
 ) -> Result<(T, u64)> {
-    let in_flight = Mutex::new(HashSet::new());
+    let flights = Flights::default();
     let (packer_tx, packer_rx) = bounded(queued.max(1));
     std::thread::scope(|scope| {
-        let in_flight = &in_flight;
+        let flights = &flights;
         let packer =
-            scope.spawn(move || run_packer(repo, packer_rx, in_flight, dry_run, added_bytes));
+            scope.spawn(move || run_packer(repo, packer_rx, flights, dry_run, added_bytes));
         let sink = BlobSink {
             repo,
-            in_flight,
+            flights,
             packer: packer_tx,
         };
         let value = body(&sink);
@@ -131,7 +209,7 @@ pub fn with_blob_sink<T>(
 fn run_packer(
     repo: &Repository,
     blobs: Receiver<EncodedBlob>,
-    in_flight: &Mutex<HashSet<BlobId>>,
+    flights: &Flights,
     dry_run: bool,
     added_bytes: &AtomicU64,
 ) -> Result<u64> {
@@ -156,12 +234,13 @@ fn run_packer(
         let name = format!("index/{}", blake3::hash(&encoded).to_hex());
         repo.backend().put(&name, &encoded)?;
         repo.index().add_index_file(&name, unindexed)?;
-        let mut in_flight = in_flight.lock().expect("not poisoned");
+        let mut blobs = flights.lock();
         for (_, entries) in unindexed.drain(..) {
             for entry in entries {
-                in_flight.remove(&entry.id);
+                blobs.remove(&entry.id);
             }
         }
+        flights.changed.notify_all();
         Ok(())
     };
     for blob in blobs {
@@ -182,4 +261,57 @@ fn run_packer(
     }
     write_index(&mut unindexed)?;
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::backend::LocalBackend;
+    use crate::repo::config::EncryptionMode;
+    use crate::repo::{InitOptions, Secret};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn repository(dir: &std::path::Path) -> Repository {
+        let backend = Arc::new(LocalBackend::new(dir.join("repo")));
+        Repository::init(backend.as_ref(), InitOptions::new(EncryptionMode::None)).unwrap();
+        Repository::open(backend, |_| Ok(Secret::None), &dir.join("cache")).unwrap()
+    }
+
+    #[test]
+    fn a_blob_claimed_elsewhere_is_waited_for_until_queued_or_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repository(dir.path());
+        let added = AtomicU64::new(0);
+        let (queued, released) = (BlobId([1; 32]), BlobId([2; 32]));
+        with_blob_sink(&repo, false, 4, &added, |sink| {
+            assert_eq!(sink.claim(&queued)?, Claim::Mine);
+            assert_eq!(sink.claim(&released)?, Claim::Mine);
+            std::thread::scope(|scope| {
+                let waiter = scope.spawn(|| {
+                    assert_eq!(sink.claim(&queued).unwrap(), Claim::Elsewhere);
+                    let queued_then = sink.wait_queued(&queued).unwrap();
+                    assert_eq!(sink.claim(&released).unwrap(), Claim::Elsewhere);
+                    let released_then = sink.wait_queued(&released).unwrap();
+                    (queued_then, released_then, sink.claim(&released).unwrap())
+                });
+                std::thread::sleep(Duration::from_millis(50));
+                assert!(!waiter.is_finished(), "it waits while the claim is held");
+                sink.send_encoded(queued, BlobKind::Data, vec![0, 7], 1)
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                sink.release(&[released]);
+                let (queued_then, released_then, claim_after) = waiter.join().unwrap();
+                assert!(queued_then, "queued by its owner");
+                assert!(!released_then, "given up by its owner");
+                assert_eq!(claim_after, Claim::Mine, "so the waiter stores it");
+                sink.release(&[released]);
+            });
+            assert_eq!(sink.claim(&queued)?, Claim::Stored);
+            Ok(())
+        })
+        .unwrap();
+        assert!(repo.index().contains(&queued).unwrap());
+        assert!(!repo.index().contains(&released).unwrap());
+    }
 }

@@ -19,7 +19,7 @@ use crate::repo::Repository;
 use crate::repo::backend::RangeRequest;
 use crate::repo::index::BlobLocation;
 use crate::repo::pack::pack_object_name;
-use crate::repo::writer::{BlobSink, with_blob_sink};
+use crate::repo::writer::{BlobSink, Claim, with_blob_sink};
 use crate::throttle::RateLimiter;
 use crate::tree::{Content, EntryKind, file_chunks, load_tree};
 use std::collections::HashSet;
@@ -251,11 +251,39 @@ fn copy_blobs(
     progress: &SyncProgress,
 ) -> Result<()> {
     let mut wanted = Vec::with_capacity(batch.len());
-    for (id, at) in batch {
-        if sink.claim(id)? {
-            wanted.push((id, at));
+    let mut elsewhere = Vec::new();
+    for blob in batch {
+        match sink.claim(&blob.0)? {
+            Claim::Mine => wanted.push(blob),
+            Claim::Stored => {}
+            Claim::Elsewhere => elsewhere.push(blob),
         }
     }
+    let moved = move_claimed(from, sink, &wanted, limiter);
+    if moved.is_err() {
+        let claimed: Vec<BlobId> = wanted.iter().map(|(id, _)| *id).collect();
+        sink.release(&claimed);
+    }
+    let bytes = moved?;
+    // What another thread took on must be queued before this batch counts as done (trees
+    // that refer to it come later); if that thread gave up, this one moves it.
+    for blob in elsewhere {
+        if !sink.wait_queued(&blob.0)? {
+            copy_blobs(from, sink, std::slice::from_ref(blob), limiter, progress)?;
+        }
+    }
+    progress.bytes_done.fetch_add(bytes, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Reads claimed blobs in one request, checks and reseals them, and queues them; returns the
+/// bytes read.
+fn move_claimed(
+    from: &Repository,
+    sink: &BlobSink,
+    wanted: &[&(BlobId, BlobLocation)],
+    limiter: Option<&RateLimiter>,
+) -> Result<u64> {
     let ranges: Vec<RangeRequest> = wanted
         .iter()
         .map(|(_, at)| RangeRequest {
@@ -269,7 +297,7 @@ fn copy_blobs(
         limiter.take(bytes);
     }
     let stored = from.backend().get_ranges(&ranges)?;
-    for ((id, at), (stored, range)) in wanted.into_iter().zip(stored.iter().zip(&ranges)) {
+    for ((id, at), (stored, range)) in wanted.iter().zip(stored.iter().zip(&ranges)) {
         let location = || {
             format!(
                 "{} blob {id} (in {})",
@@ -282,6 +310,5 @@ fn copy_blobs(
             .transcode_blob(stored, id, sink.repo().codec(), &location)?;
         sink.send_encoded(*id, at.entry.kind, encoded, at.entry.raw_length as usize)?;
     }
-    progress.bytes_done.fetch_add(bytes, Ordering::Relaxed);
-    Ok(())
+    Ok(bytes)
 }

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::id::BlobId;
 use crate::repo::Repository;
 use crate::repo::pack::BlobKind;
-use crate::repo::writer::{BlobSink, with_blob_sink};
+use crate::repo::writer::{BlobSink, Claim, with_blob_sink};
 use crate::throttle::RateLimiter;
 use crate::tree::{ChunkRef, Content, Entry, EntryKind, Tree, load_tree};
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -120,6 +120,8 @@ fn pull_files(context: &PullContext, sink: &BlobSink, paths: &[RemotePath]) -> V
     };
     let mut results: Vec<Option<FileResult>> = Vec::with_capacity(paths.len());
     let mut wanted: Vec<Missing> = Vec::new();
+    // Chunks another worker took on: (file index, offset, chunk), waited for at the end.
+    let mut elsewhere: Vec<(usize, u64, ChunkRef)> = Vec::new();
     for (i, list) in lists.iter().enumerate() {
         let chunks = match list {
             Ok(chunks) => chunks,
@@ -133,8 +135,9 @@ fn pull_files(context: &PullContext, sink: &BlobSink, paths: &[RemotePath]) -> V
         let mut offset = 0u64;
         for chunk in chunks {
             match sink.claim(&chunk.id) {
-                Ok(true) => missing.push((offset, *chunk)),
-                Ok(false) => {
+                Ok(Claim::Mine) => missing.push((offset, *chunk)),
+                Ok(Claim::Elsewhere) if !context.dry_run => elsewhere.push((i, offset, *chunk)),
+                Ok(_) => {
                     context.skipped.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => results[i] = Some(Err(FileError::Repository(e))),
@@ -167,7 +170,15 @@ fn pull_files(context: &PullContext, sink: &BlobSink, paths: &[RemotePath]) -> V
     let mut failed = None;
     for group in &groups {
         let outcome = match &failed {
-            Some(message) => Err(Error::Network(format!("not fetched: {message}"))),
+            Some(message) => {
+                // Not fetched after all: let other workers waiting for these go on.
+                let claimed: Vec<BlobId> = group
+                    .iter()
+                    .flat_map(|(_, chunks)| chunks.iter().map(|(_, c)| c.id))
+                    .collect();
+                sink.release(&claimed);
+                Err(Error::Network(format!("not fetched: {message}")))
+            }
             None => fetch_and_store(context, sink, paths, group),
         };
         if let Err(e) = outcome {
@@ -179,6 +190,19 @@ fn pull_files(context: &PullContext, sink: &BlobSink, paths: &[RemotePath]) -> V
             for (i, _) in files {
                 results[*i] = Some(Err(FileError::Source("not fetched".into())));
             }
+        }
+    }
+    // A file's result goes to the tree builder only once every chunk it refers to is queued
+    // for the packer, so its tree can never be packed (and indexed) before them. This worker
+    // holds no unqueued claim while it waits, so waits cannot form a cycle.
+    for (i, offset, chunk) in elsewhere {
+        if failed.is_some() {
+            break;
+        }
+        let stored = wait_or_store(context, sink, &paths[i], offset, chunk);
+        if let Err(e) = stored {
+            failed = Some(e.to_string());
+            results[i] = Some(Err(FileError::Repository(e)));
         }
     }
     results
@@ -194,6 +218,29 @@ fn pull_files(context: &PullContext, sink: &BlobSink, paths: &[RemotePath]) -> V
             (None, Err(message)) => Err(FileError::Source(message)),
         })
         .collect()
+}
+
+/// Waits for a chunk another worker took on; stores it from `path` when that worker gave up.
+fn wait_or_store(
+    context: &PullContext,
+    sink: &BlobSink,
+    path: &RemotePath,
+    offset: u64,
+    chunk: ChunkRef,
+) -> Result<()> {
+    loop {
+        if sink.wait_queued(&chunk.id)? {
+            return Ok(());
+        }
+        match sink.claim(&chunk.id)? {
+            Claim::Mine => {
+                let paths = [path.clone()];
+                return fetch_and_store(context, sink, &paths, &[(0, vec![(offset, chunk)])]);
+            }
+            Claim::Stored => return Ok(()),
+            Claim::Elsewhere => {}
+        }
+    }
 }
 
 /// Fetches the missing chunks of a group of files in one request and queues them for the
@@ -225,7 +272,14 @@ fn fetch_and_store(
     for ((_, chunks), parts) in wanted.iter().zip(parts) {
         for ((_, chunk), data) in chunks.iter().zip(parts) {
             let encoded = sink.repo().codec().encode(&data, true);
-            sink.send_encoded(chunk.id, BlobKind::Data, encoded, data.len())?;
+            if let Err(e) = sink.send_encoded(chunk.id, BlobKind::Data, encoded, data.len()) {
+                let claimed: Vec<BlobId> = group
+                    .iter()
+                    .flat_map(|(_, chunks)| chunks.iter().map(|(_, c)| c.id))
+                    .collect();
+                sink.release(&claimed);
+                return Err(e);
+            }
         }
     }
     Ok(())
