@@ -345,53 +345,82 @@ pub fn valid_source_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// The path of `rel` (components joined by `/`, empty for the root) below the source `root`:
-/// every component a valid name, and every directory on the way a real directory, never a
-/// symlink, so no request reaches outside the source.
-fn resolve_source_path(root: &std::path::Path, rel: &[u8]) -> crate::error::Result<PathBuf> {
-    let mut path = root.to_path_buf();
-    if rel.is_empty() {
-        return Ok(path);
-    }
-    let parts: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
-    for (i, part) in parts.iter().enumerate() {
-        if !crate::tree::is_valid_name(part) {
-            return Err(Error::InvalidInput(format!(
-                "{:?} is not a path below the source",
-                String::from_utf8_lossy(rel)
-            )));
-        }
-        path.push(OsStr::from_bytes(part));
-        if i + 1 < parts.len() {
-            let metadata = fs::symlink_metadata(&path)
-                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-            if !metadata.is_dir() {
-                return Err(Error::InvalidInput(format!(
-                    "{} is not a directory of the source",
-                    path.display()
-                )));
-            }
-        }
-    }
-    Ok(path)
+/// `rel` (components joined by `/`, empty for the root) as shown in messages.
+fn shown(rel: &[u8]) -> String {
+    format!("source path {:?}", String::from_utf8_lossy(rel))
 }
 
-/// Opens a regular file of the source without following a symlink.
-fn open_source_file(path: &std::path::Path) -> crate::error::Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    let is_file = file.metadata().is_ok_and(|m| m.is_file());
-    if !is_file {
+/// Opens `rel` below the source `root` with `flags`. Every component must be a valid name, and
+/// the kernel resolves the path beneath `root` with no symlink anywhere on the way
+/// (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), so a directory swapped for a
+/// symlink while the server works cannot lead outside the source.
+fn open_beneath(root: &std::path::Path, rel: &[u8], flags: i32) -> crate::error::Result<fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let valid = rel.is_empty() || rel.split(|&b| b == b'/').all(crate::tree::is_valid_name);
+    if !valid {
+        return Err(Error::InvalidInput(format!(
+            "{} is not below the source",
+            shown(rel)
+        )));
+    }
+    let root_dir = fs::File::open(root)
+        .map_err(|e| Error::io(format!("opening source {}", root.display()), e))?;
+    let path = std::ffi::CString::new(if rel.is_empty() { &b"."[..] } else { rel })
+        .map_err(|_| Error::InvalidInput(format!("{} holds a NUL byte", shown(rel))))?;
+    /// The kernel's `struct open_how` (three u64s; libc's is not constructible).
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS,
+    };
+    // SAFETY: the path is NUL-terminated, `how` lives across the call and its size is given.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root_dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            // A symlink on the way (ELOOP, EXDEV), or where a directory or file was asked for.
+            Some(libc::ELOOP | libc::EXDEV | libc::ENOTDIR) => Error::InvalidInput(format!(
+                "{} is not a plain path below the source (a symlink or not a directory on the way): not served",
+                shown(rel)
+            )),
+            _ => Error::io(format!("opening {}", shown(rel)), e),
+        });
+    }
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    Ok(unsafe { fs::File::from_raw_fd(fd as i32) })
+}
+
+/// Opens a regular file of the source.
+fn open_source_file(root: &std::path::Path, rel: &[u8]) -> crate::error::Result<fs::File> {
+    let file = open_beneath(root, rel, libc::O_RDONLY | libc::O_NOFOLLOW)?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
         return Err(Error::InvalidInput(format!(
             "{} is not a regular file",
-            path.display()
+            shown(rel)
         )));
     }
     Ok(file)
+}
+
+/// A path that reaches into the open directory `dir` through /proc, for the calls that need a
+/// path (listing, readlink, xattrs) without resolving the source path again.
+fn fd_path(dir: &fs::File) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()))
 }
 
 /// The source directory `rel` of `root` as postcard-encoded tree entries, sorted by name, in
@@ -404,25 +433,20 @@ fn list_source_dir(root: &std::path::Path, rel: &[u8]) -> crate::error::Result<V
 
 /// The entries of source directory `rel`, sorted by name.
 fn source_entries(root: &std::path::Path, rel: &[u8]) -> crate::error::Result<Vec<Entry>> {
-    let path = resolve_source_path(root, rel)?;
-    let metadata = fs::symlink_metadata(&path)
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    if !metadata.is_dir() {
-        return Err(Error::InvalidInput(format!(
-            "{} is not a directory of the source",
-            path.display()
-        )));
-    }
+    let dir = open_beneath(
+        root,
+        rel,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+    )?;
+    let path = fd_path(&dir);
     let mut entries = Vec::new();
-    for child in
-        fs::read_dir(&path).map_err(|e| Error::io(format!("listing {}", path.display()), e))?
-    {
+    for child in fs::read_dir(&path).map_err(|e| Error::io(format!("listing {}", shown(rel)), e))? {
         let entry = child.and_then(|child| crate::sync::into_dir::local_entry(&child));
         match entry {
             Ok(Some(entry)) => entries.push(entry),
             Ok(None) => {}
             // Gone or unreadable: left out here, as a backup leaves it out.
-            Err(e) => tracing::warn!("{}: {e}", path.display()),
+            Err(e) => tracing::warn!("{}: {e}", shown(rel)),
         }
     }
     entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -501,10 +525,28 @@ impl std::io::Write for StreamWriter {
 /// The entry of `rel` itself (its metadata; the source's root for an empty path),
 /// postcard-encoded.
 fn stat_source_path(root: &std::path::Path, rel: &[u8]) -> crate::error::Result<Vec<u8>> {
-    let path = resolve_source_path(root, rel)?;
-    let name = rel.rsplit(|&b| b == b'/').next().unwrap_or_default();
-    let entry = crate::sync::into_dir::path_entry(&path, name.to_vec());
-    let entry = entry.map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let entry = match rel.iter().rposition(|&b| b == b'/') {
+        _ if rel.is_empty() => crate::sync::into_dir::path_entry(root, Vec::new()),
+        split => {
+            let (parent, name) = match split {
+                Some(at) => (&rel[..at], &rel[at + 1..]),
+                None => (&b""[..], rel),
+            };
+            let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+            let dir = open_beneath(root, parent, flags)?;
+            if !crate::tree::is_valid_name(name) {
+                return Err(Error::InvalidInput(format!(
+                    "{} is not below the source",
+                    shown(rel)
+                )));
+            }
+            crate::sync::into_dir::path_entry(
+                &fd_path(&dir).join(OsStr::from_bytes(name)),
+                name.to_vec(),
+            )
+        }
+    };
+    let entry = entry.map_err(|e| Error::io(format!("reading {}", shown(rel)), e))?;
     Ok(postcard::to_stdvec(&entry).expect("entries serialize"))
 }
 
@@ -516,8 +558,7 @@ fn chunk_source_file(
     rel: &[u8],
     buffer: &mut Vec<u8>,
 ) -> crate::error::Result<Vec<ChunkRef>> {
-    let path = resolve_source_path(root, rel)?;
-    let file = open_source_file(&path)?;
+    let file = open_source_file(root, rel)?;
     let mut chunks = Vec::new();
     chunker
         .for_each_chunk(&file, buffer, |chunk| {
@@ -527,7 +568,7 @@ fn chunk_source_file(
             });
             Ok::<(), std::io::Error>(())
         })
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        .map_err(|e| Error::io(format!("reading {}", shown(rel)), e))?;
     Ok(chunks)
 }
 
@@ -563,13 +604,17 @@ fn read_source_blobs(
     }
     let mut data = Vec::with_capacity(asked as usize);
     for file_ranges in &request.files {
-        let path = resolve_source_path(root, &file_ranges.path)?;
-        let file = open_source_file(&path)?;
+        let file = open_source_file(root, &file_ranges.path)?;
         for &(offset, length) in &file_ranges.ranges {
             let start = data.len();
             data.resize(start + length as usize, 0);
             file.read_exact_at(&mut data[start..], offset)
-                .map_err(|e| Error::io(format!("reading {} at {offset}", path.display()), e))?;
+                .map_err(|e| {
+                    Error::io(
+                        format!("reading {} at {offset}", shown(&file_ranges.path)),
+                        e,
+                    )
+                })?;
         }
     }
     zstd::bulk::compress(&data, 3).map_err(|e| Error::io("compressing chunks", e))
@@ -644,7 +689,8 @@ async fn tree_source(
     let Ok(rel) = hex::decode(&query.path) else {
         return bad_request("the path must be hex");
     };
-    if let Err(e) = resolve_source_path(&root, &rel) {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+    if let Err(e) = open_beneath(&root, &rel, flags) {
         return error_response(&e);
     }
     let (pieces, stream) = tokio::sync::mpsc::channel(8);
