@@ -172,11 +172,7 @@ fn pull_files(context: &PullContext, sink: &BlobSink, paths: &[RemotePath]) -> V
         let outcome = match &failed {
             Some(message) => {
                 // Not fetched after all: let other workers waiting for these go on.
-                let claimed: Vec<BlobId> = group
-                    .iter()
-                    .flat_map(|(_, chunks)| chunks.iter().map(|(_, c)| c.id))
-                    .collect();
-                sink.release(&claimed);
+                release_group(sink, group);
                 Err(Error::Network(format!("not fetched: {message}")))
             }
             None => fetch_and_store(context, sink, paths, group),
@@ -220,6 +216,16 @@ fn pull_files(context: &PullContext, sink: &BlobSink, paths: &[RemotePath]) -> V
         .collect()
 }
 
+/// Gives up the claims on a group's chunks (those already queued are not affected), so other
+/// workers waiting for them go on.
+fn release_group(sink: &BlobSink, group: &[Missing]) {
+    let claimed: Vec<BlobId> = group
+        .iter()
+        .flat_map(|(_, chunks)| chunks.iter().map(|(_, c)| c.id))
+        .collect();
+    sink.release(&claimed);
+}
+
 /// Waits for a chunk another worker took on; stores it from `path` when that worker gave up.
 fn wait_or_store(
     context: &PullContext,
@@ -261,11 +267,7 @@ fn fetch_and_store(
     {
         Ok(parts) => parts,
         Err(e) => {
-            let claimed: Vec<BlobId> = group
-                .iter()
-                .flat_map(|(_, chunks)| chunks.iter().map(|(_, c)| c.id))
-                .collect();
-            sink.release(&claimed);
+            release_group(sink, group);
             return Err(e);
         }
     };
@@ -273,11 +275,7 @@ fn fetch_and_store(
         for ((_, chunk), data) in chunks.iter().zip(parts) {
             let encoded = sink.repo().codec().encode(&data, true);
             if let Err(e) = sink.send_encoded(chunk.id, BlobKind::Data, encoded, data.len()) {
-                let claimed: Vec<BlobId> = group
-                    .iter()
-                    .flat_map(|(_, chunks)| chunks.iter().map(|(_, c)| c.id))
-                    .collect();
-                sink.release(&claimed);
+                release_group(sink, group);
                 return Err(e);
             }
         }
