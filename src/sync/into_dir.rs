@@ -184,8 +184,13 @@ pub fn rebuild_file(
                 let mut data = vec![0; length];
                 old.read_exact_at(&mut data, at)
                     .map_err(|e| Error::io("reading the file in the target", e))?;
-                write_sparse(out, offset, &data).map_err(write_error)?;
-                reused += length as u64;
+                // Checked again: the old file may have changed since it was chunked.
+                if id_of(&data) == chunk.id {
+                    write_sparse(out, offset, &data).map_err(write_error)?;
+                    reused += length as u64;
+                } else {
+                    missing.push((offset, *chunk));
+                }
             }
             _ => missing.push((offset, *chunk)),
         }
