@@ -48,6 +48,14 @@ pub enum FileWrite {
     Written { fetched: u64, reused: u64 },
 }
 
+/// One file for `TreeSource::write_files`.
+pub struct FileTask<'a, D> {
+    pub dir: &'a D,
+    pub entry: &'a Entry,
+    pub old: Option<&'a File>,
+    pub out: &'a File,
+}
+
 /// Where a directory sync reads from.
 pub trait TreeSource: Sync {
     /// A handle on one source directory.
@@ -77,6 +85,19 @@ pub trait TreeSource: Sync {
         out: &File,
         limiter: Option<&RateLimiter>,
     ) -> Result<FileWrite>;
+
+    /// Writes several files, each as `write_file` does; one result per file. A source that
+    /// pays per request (over the network) asks for them together.
+    fn write_files(
+        &self,
+        files: &[FileTask<'_, Self::Dir>],
+        limiter: Option<&RateLimiter>,
+    ) -> Vec<Result<FileWrite>> {
+        files
+            .iter()
+            .map(|f| self.write_file(f.dir, f.entry, f.old, f.out, limiter))
+            .collect()
+    }
 }
 
 /// A checkpoint's tree in a repository.
@@ -142,18 +163,24 @@ const FETCH_BYTES: u64 = 32 << 20;
 /// bytes that crossed to get them.
 pub type Fetch<'a> = dyn FnMut(&[(u64, ChunkRef)]) -> Result<(Vec<Vec<u8>>, u64)> + 'a;
 
-/// Writes the file of `entry`, whose chunks are `chunks`, into `out`: every chunk `old`
-/// already holds (chunked with `chunker`, named by `id_of`) is copied from it, the rest comes
-/// from `fetch` in batches. When `old` holds exactly these chunks, nothing is written.
-pub fn rebuild_file(
+/// A file being rebuilt: the chunks the old file held are written; `missing` are to come.
+pub struct Rebuild {
+    pub missing: Vec<(u64, ChunkRef)>,
+    size: u64,
+    reused: u64,
+}
+
+/// Starts writing the file of `entry`, whose chunks are `chunks`, into `out`: every chunk
+/// `old` already holds (chunked with `chunker`, named by `id_of`) is copied from it. `None`
+/// when `old` holds exactly these chunks: nothing is written.
+pub fn start_rebuild(
     chunks: &[ChunkRef],
     entry: &Entry,
     old: Option<&File>,
     chunker: &Chunker,
     id_of: &dyn Fn(&[u8]) -> BlobId,
-    fetch: &mut Fetch,
     out: &File,
-) -> Result<FileWrite> {
+) -> Result<Option<Rebuild>> {
     let mut held = HashMap::new();
     if let Some(old) = old {
         let wanted: HashSet<BlobId> = chunks.iter().map(|c| c.id).collect();
@@ -172,11 +199,10 @@ pub fn rebuild_file(
             })
             .map_err(|e| Error::io("reading the file in the target", e))?;
         if old_ids.len() == chunks.len() && old_ids.iter().zip(chunks).all(|(a, b)| *a == b.id) {
-            return Ok(FileWrite::Same);
+            return Ok(None);
         }
     }
-    let write_error = |e| Error::io("writing the new file", e);
-    let (mut offset, mut fetched, mut reused) = (0u64, 0u64, 0u64);
+    let (mut offset, mut reused) = (0u64, 0u64);
     let mut missing = Vec::new();
     for chunk in chunks {
         match (held.get(&chunk.id), old) {
@@ -197,6 +223,73 @@ pub fn rebuild_file(
         offset += chunk.length as u64;
     }
     check_size(offset, entry)?;
+    Ok(Some(Rebuild {
+        missing,
+        size: offset,
+        reused,
+    }))
+}
+
+fn write_error(e: std::io::Error) -> Error {
+    Error::io("writing the new file", e)
+}
+
+/// Writes fetched chunks (`parts`, for `batch`, a run of a rebuild's missing chunks), each
+/// checked against its id.
+pub fn write_fetched(
+    entry: &Entry,
+    batch: &[(u64, ChunkRef)],
+    parts: &[Vec<u8>],
+    id_of: &dyn Fn(&[u8]) -> BlobId,
+    out: &File,
+) -> Result<()> {
+    for ((at, chunk), data) in batch.iter().zip(parts) {
+        if data.len() != chunk.length as usize || id_of(data) != chunk.id {
+            return Err(Error::corrupt(
+                entry.name_lossy(),
+                format!("the chunk at offset {at} does not match its id"),
+            ));
+        }
+        write_sparse(out, *at, data).map_err(write_error)?;
+    }
+    Ok(())
+}
+
+/// Ends a rebuild whose missing chunks are all written; `fetched` bytes crossed for them.
+pub fn finish_rebuild(rebuild: Rebuild, fetched: u64, out: &File) -> Result<FileWrite> {
+    out.set_len(rebuild.size).map_err(write_error)?;
+    Ok(FileWrite::Written {
+        fetched,
+        reused: rebuild.reused,
+    })
+}
+
+/// Writes the file of `entry` as `start_rebuild` says, the missing chunks from `fetch` in
+/// batches.
+pub fn rebuild_file(
+    chunks: &[ChunkRef],
+    entry: &Entry,
+    old: Option<&File>,
+    chunker: &Chunker,
+    id_of: &dyn Fn(&[u8]) -> BlobId,
+    fetch: &mut Fetch,
+    out: &File,
+) -> Result<FileWrite> {
+    let Some(rebuild) = start_rebuild(chunks, entry, old, chunker, id_of, out)? else {
+        return Ok(FileWrite::Same);
+    };
+    let mut fetched = 0;
+    for batch in fetch_batches(&rebuild.missing) {
+        let (parts, crossed) = fetch(batch)?;
+        write_fetched(entry, batch, &parts, id_of, out)?;
+        fetched += crossed;
+    }
+    finish_rebuild(rebuild, fetched, out)
+}
+
+/// Runs of at most `FETCH_CHUNKS` chunks and about `FETCH_BYTES` bytes.
+fn fetch_batches(missing: &[(u64, ChunkRef)]) -> Vec<&[(u64, ChunkRef)]> {
+    let mut out = Vec::new();
     let mut start = 0;
     while start < missing.len() {
         let mut end = start;
@@ -205,22 +298,10 @@ pub fn rebuild_file(
             bytes += missing[end].1.length as u64;
             end += 1;
         }
-        let batch = &missing[start..end];
-        let (parts, crossed) = fetch(batch)?;
-        for ((at, chunk), data) in batch.iter().zip(&parts) {
-            if data.len() != chunk.length as usize || id_of(data) != chunk.id {
-                return Err(Error::corrupt(
-                    entry.name_lossy(),
-                    format!("the chunk at offset {at} does not match its id"),
-                ));
-            }
-            write_sparse(out, *at, data).map_err(write_error)?;
-        }
-        fetched += crossed;
+        out.push(&missing[start..end]);
         start = end;
     }
-    out.set_len(offset).map_err(write_error)?;
-    Ok(FileWrite::Written { fetched, reused })
+    out
 }
 
 /// The bytes written must be what the entry says.
@@ -405,12 +486,18 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!("{TEMP_PREFIX}{suffix}"))
 }
 
-/// Brings one file up to date; returns how.
-fn sync_file<S: TreeSource>(
-    source: &S,
-    job: &FileJob<S::Dir>,
-    limiter: Option<&RateLimiter>,
-) -> Result<FileWrite> {
+/// Files a worker takes on together, at most.
+const FILES_PER_BATCH: usize = 64;
+
+/// A file ready to be written: the old one (if a regular file is there) and the new one,
+/// open under its temporary name.
+struct Prepared {
+    old: Option<File>,
+    temp: PathBuf,
+    out: File,
+}
+
+fn prepare_file<D>(job: &FileJob<D>) -> Result<Prepared> {
     let path = &job.path;
     let old = if job.has_old {
         let opened = fs::OpenOptions::new()
@@ -430,31 +517,78 @@ fn sync_file<S: TreeSource>(
         .mode(0o600)
         .open(&temp)
         .context_io(|| format!("creating {}", temp.display()))?;
-    let written = source
-        .write_file(&job.dir, &job.entry, old.as_ref(), &out, limiter)
-        .and_then(|how| {
-            drop(out);
-            let metadata_of = |p: &Path| {
-                apply_metadata(p, &job.entry)
-                    .context_io(|| format!("setting metadata of {}", p.display()))
-            };
-            match how {
-                FileWrite::Same => {
-                    fs::remove_file(&temp).context_io(|| format!("removing {}", temp.display()))?;
-                    metadata_of(path)?;
-                }
-                FileWrite::Written { .. } => {
-                    metadata_of(&temp)?;
-                    fs::rename(&temp, path)
-                        .context_io(|| format!("replacing {}", path.display()))?;
-                }
+    Ok(Prepared { old, temp, out })
+}
+
+/// Puts a written file in place (metadata, then rename over the old one), or, when the old
+/// one already held the content, only sets its metadata; removes the temporary file when
+/// anything failed.
+fn finish_file<D>(
+    job: &FileJob<D>,
+    prepared: Prepared,
+    written: Result<FileWrite>,
+) -> Result<FileWrite> {
+    let Prepared { temp, out, .. } = prepared;
+    drop(out);
+    let path = &job.path;
+    let placed = written.and_then(|how| {
+        let metadata_of = |p: &Path| {
+            apply_metadata(p, &job.entry)
+                .context_io(|| format!("setting metadata of {}", p.display()))
+        };
+        match how {
+            FileWrite::Same => {
+                fs::remove_file(&temp).context_io(|| format!("removing {}", temp.display()))?;
+                metadata_of(path)?;
             }
-            Ok(how)
-        });
-    if written.is_err() {
+            FileWrite::Written { .. } => {
+                metadata_of(&temp)?;
+                fs::rename(&temp, path).context_io(|| format!("replacing {}", path.display()))?;
+            }
+        }
+        Ok(how)
+    });
+    if placed.is_err() {
         let _ = fs::remove_file(&temp);
     }
-    written
+    placed
+}
+
+/// Brings a batch of files up to date; one result per job.
+fn sync_files<S: TreeSource>(
+    source: &S,
+    jobs: &[FileJob<S::Dir>],
+    limiter: Option<&RateLimiter>,
+) -> Vec<Result<FileWrite>> {
+    let prepared: Vec<Result<Prepared>> = jobs.iter().map(prepare_file).collect();
+    let ready: Vec<(usize, &Prepared)> = prepared
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.as_ref().ok().map(|p| (i, p)))
+        .collect();
+    let tasks: Vec<FileTask<'_, S::Dir>> = ready
+        .iter()
+        .map(|&(i, p)| FileTask {
+            dir: &jobs[i].dir,
+            entry: &jobs[i].entry,
+            old: p.old.as_ref(),
+            out: &p.out,
+        })
+        .collect();
+    let mut written: Vec<Option<Result<FileWrite>>> = jobs.iter().map(|_| None).collect();
+    for (&(i, _), result) in ready.iter().zip(source.write_files(&tasks, limiter)) {
+        written[i] = Some(result);
+    }
+    drop(tasks);
+    jobs.iter()
+        .zip(prepared)
+        .zip(written)
+        .map(|((job, prepared), written)| {
+            let prepared = prepared?;
+            let written = written.unwrap_or_else(|| Err(Error::InvalidInput("not written".into())));
+            finish_file(job, prepared, written)
+        })
+        .collect()
 }
 
 /// Walks source and target side by side, fixing all but regular files, which go to workers.
@@ -674,31 +808,44 @@ pub fn run<S: TreeSource>(
     let totals = Mutex::new((0u64, 0u64, 0u64, 0u64));
     let limiter = options.rate_limit.map(RateLimiter::new);
     let threads = options.concurrency.max(1);
-    let (files, jobs) = bounded::<FileJob<S::Dir>>(threads * 4);
+    let (files, jobs) = bounded::<FileJob<S::Dir>>(threads * FILES_PER_BATCH);
     let (planned, mut dirs, links, mut report) = std::thread::scope(|scope| {
         for _ in 0..threads {
             let (jobs, errors, totals, limiter) =
                 (jobs.clone(), &errors, &totals, limiter.as_ref());
             scope.spawn(move || {
-                for job in jobs {
-                    match sync_file(source, &job, limiter) {
-                        Ok(how) => {
-                            let mut totals = totals.lock().expect("not poisoned");
-                            match how {
-                                FileWrite::Same => totals.0 += 1,
-                                FileWrite::Written { fetched, reused } => {
-                                    totals.1 += 1;
-                                    totals.2 += fetched;
-                                    totals.3 += reused;
-                                    progress.bytes_done.fetch_add(fetched, Ordering::Relaxed);
-                                }
-                            }
-                            progress.files_done.fetch_add(1, Ordering::Relaxed);
+                while let Ok(first) = jobs.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < FILES_PER_BATCH {
+                        match jobs.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
                         }
-                        Err(e) => errors.lock().expect("not poisoned").push(SyncError {
-                            path: job.path,
-                            message: e.to_string(),
-                        }),
+                    }
+                    let results = sync_files(source, &batch, limiter);
+                    for (job, result) in batch.into_iter().zip(results) {
+                        match result {
+                            Ok(how) => {
+                                let mut totals = totals.lock().expect("not poisoned");
+                                match how {
+                                    FileWrite::Same => totals.0 += 1,
+                                    FileWrite::Written { fetched, reused } => {
+                                        totals.1 += 1;
+                                        totals.2 += fetched;
+                                        totals.3 += reused;
+                                        progress.bytes_done.fetch_add(fetched, Ordering::Relaxed);
+                                    }
+                                }
+                                progress.files_done.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => errors.lock().expect("not poisoned").push(SyncError {
+                                path: job.path,
+                                message: e.to_string(),
+                            }),
+                        }
+                    }
+                    if let Some(received) = source.bytes_received() {
+                        progress.bytes_done.store(received, Ordering::Relaxed);
                     }
                 }
             });

@@ -5,7 +5,10 @@
 //! names must be valid and sorted, and every chunk must match its id.
 
 use super::SyncError;
-use super::into_dir::{FileWrite, TreeSource, rebuild_file};
+use super::into_dir::{
+    FileTask, FileWrite, Rebuild, TreeSource, finish_rebuild, rebuild_file, start_rebuild,
+    write_fetched,
+};
 use super::wire::{
     BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, FileRanges, MAX_LISTING_BYTES,
     TreeRecord, split_blobs,
@@ -20,6 +23,9 @@ use std::fs::File;
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// Chunk bytes asked for in one request when files are written together.
+const BATCH_BYTES: u64 = 8 << 20;
 
 /// A served source directory, chunked by the server as `spec` says.
 pub struct RemoteSource {
@@ -364,5 +370,103 @@ impl TreeSource for RemoteSource {
             ))
         };
         rebuild_file(&chunks, entry, old, &self.chunker, &id_of, &mut fetch, out)
+    }
+
+    /// Chunk lists for all the files in one request, then their missing chunks in requests
+    /// of up to 8 MiB across files.
+    fn write_files(
+        &self,
+        files: &[FileTask<'_, RemotePath>],
+        limiter: Option<&RateLimiter>,
+    ) -> Vec<Result<FileWrite>> {
+        let paths: Vec<RemotePath> = files
+            .iter()
+            .map(|f| child_path(f.dir, &f.entry.name))
+            .collect();
+        let lists = match self.files_chunks(&paths) {
+            Ok(lists) => lists,
+            Err(e) => {
+                let message = e.to_string();
+                return files
+                    .iter()
+                    .map(|_| Err(Error::Network(message.clone())))
+                    .collect();
+            }
+        };
+        let id_of = |data: &[u8]| self.id_of(data);
+        let mut results: Vec<Option<Result<FileWrite>>> = files.iter().map(|_| None).collect();
+        let mut rebuilds: Vec<Option<Rebuild>> = files.iter().map(|_| None).collect();
+        for (i, (file, list)) in files.iter().zip(lists).enumerate() {
+            let started = list
+                .map_err(|message| Error::Network(format!("{}: {message}", self.remote.url)))
+                .and_then(|chunks| {
+                    start_rebuild(
+                        &chunks,
+                        file.entry,
+                        file.old,
+                        &self.chunker,
+                        &id_of,
+                        file.out,
+                    )
+                });
+            match started {
+                Ok(Some(rebuild)) => rebuilds[i] = Some(rebuild),
+                Ok(None) => results[i] = Some(Ok(FileWrite::Same)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        // Requests of up to BATCH_BYTES across files.
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut bytes = 0u64;
+        for (i, rebuild) in rebuilds.iter().enumerate() {
+            let Some(rebuild) = rebuild else { continue };
+            let size: u64 = rebuild.missing.iter().map(|(_, c)| c.length as u64).sum();
+            if size == 0 {
+                continue;
+            }
+            if groups.is_empty() || bytes + size > BATCH_BYTES {
+                groups.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += size;
+            groups.last_mut().expect("pushed above").push(i);
+        }
+        for group in groups {
+            let wanted: Vec<(RemotePath, Vec<(u64, ChunkRef)>)> = group
+                .iter()
+                .map(|&i| {
+                    let missing = &rebuilds[i].as_ref().expect("grouped").missing;
+                    (paths[i].clone(), missing.clone())
+                })
+                .collect();
+            match self.fetch_files(&wanted, limiter) {
+                Ok(parts) => {
+                    for (&i, ((_, missing), parts)) in group.iter().zip(wanted.iter().zip(parts)) {
+                        let file = &files[i];
+                        if let Err(e) = write_fetched(file.entry, missing, &parts, &id_of, file.out)
+                        {
+                            results[i] = Some(Err(e));
+                        }
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    for &i in &group {
+                        results[i] = Some(Err(Error::Network(message.clone())));
+                    }
+                }
+            }
+        }
+        // bytes_transferred comes from bytes_received for this source, so none per file.
+        results
+            .into_iter()
+            .zip(rebuilds)
+            .zip(files)
+            .map(|((result, rebuild), file)| match (result, rebuild) {
+                (Some(result), _) => result,
+                (None, Some(rebuild)) => finish_rebuild(rebuild, 0, file.out),
+                (None, None) => Err(Error::InvalidInput("not written".into())),
+            })
+            .collect()
     }
 }
