@@ -155,6 +155,35 @@ fn restore_file(
     Ok(())
 }
 
+/// The hard-link groups met in a walk: the first path of each group is written like any file,
+/// the others are kept to be linked to it once it exists.
+#[derive(Default)]
+pub(crate) struct HardLinkGroups {
+    first_paths: HashMap<(u64, u64), PathBuf>,
+    /// (path, first path of its group), in walk order.
+    pub(crate) later: Vec<(PathBuf, PathBuf)>,
+}
+
+impl HardLinkGroups {
+    /// Whether `entry` at `path` is a later member of a group already met: then it is kept
+    /// for linking and must not be written. A first member is remembered and written.
+    pub(crate) fn defer(&mut self, entry: &Entry, path: &Path) -> bool {
+        let Some(key) = entry.hardlink_key() else {
+            return false;
+        };
+        match self.first_paths.get(&key) {
+            Some(first) => {
+                self.later.push((path.to_owned(), first.clone()));
+                true
+            }
+            None => {
+                self.first_paths.insert(key, path.to_owned());
+                false
+            }
+        }
+    }
+}
+
 struct FileJob {
     path: PathBuf,
     entry: Entry,
@@ -182,10 +211,8 @@ fn run_worker(
 struct Planner<'a> {
     repo: &'a Repository,
     files: crossbeam_channel::Sender<FileJob>,
-    /// First restored path of each hard-link group.
-    link_targets: HashMap<(u64, u64), PathBuf>,
-    /// Hard links to make once the files exist: (new path, existing path).
-    links: Vec<(PathBuf, PathBuf)>,
+    /// Hard links to make once the files exist.
+    links: HardLinkGroups,
     /// Directories with their metadata, deepest first.
     dirs: Vec<(PathBuf, Entry)>,
     stats: RestoreStats,
@@ -214,12 +241,8 @@ impl Planner<'_> {
                 self.dirs.push((path, entry));
             }
             EntryKind::File(_) => {
-                if let Some(key) = entry.hardlink_key() {
-                    if let Some(first) = self.link_targets.get(&key) {
-                        self.links.push((path, first.clone()));
-                        return Ok(());
-                    }
-                    self.link_targets.insert(key, path.clone());
+                if self.links.defer(&entry, &path) {
+                    return Ok(());
                 }
                 self.files
                     .send(FileJob { path, entry })
@@ -298,8 +321,7 @@ pub fn run(
         let mut planner = Planner {
             repo,
             files,
-            link_targets: HashMap::new(),
-            links: Vec::new(),
+            links: HardLinkGroups::default(),
             dirs: Vec::new(),
             stats: RestoreStats::default(),
         };
@@ -321,7 +343,7 @@ pub fn run(
     stats.errors = errors.into_inner().expect("not poisoned");
     let failed: std::collections::HashSet<PathBuf> =
         stats.errors.iter().map(|e| e.path.clone()).collect();
-    for (path, first) in links {
+    for (path, first) in links.later {
         if failed.contains(&first) {
             stats.errors.push(RestoreError {
                 path,

@@ -21,7 +21,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsmeta::{apply_metadata, entry_from_metadata, make_node, mtime_ns, read_xattrs};
 use crate::id::BlobId;
 use crate::repo::Repository;
-use crate::restore::{clear_path, write_sparse};
+use crate::restore::{HardLinkGroups, clear_path, write_sparse};
 use crate::throttle::RateLimiter;
 use crate::tree::{
     ChunkRef, Content, Entry, EntryKind, file_chunks, is_valid_name, load_tree, read_chunk,
@@ -599,10 +599,8 @@ struct Planner<'a, S: TreeSource> {
     errors: &'a Mutex<Vec<SyncError>>,
     /// Directories with their metadata, deepest first.
     dirs: Vec<(PathBuf, Entry)>,
-    /// First path of each hard-link group.
-    link_targets: HashMap<(u64, u64), PathBuf>,
-    /// Hard links to make once the files are written: (path, first path of its group).
-    links: Vec<(PathBuf, PathBuf)>,
+    /// Hard links to make once the files are written.
+    links: HardLinkGroups,
     report: SyncReport,
 }
 
@@ -688,12 +686,8 @@ impl<S: TreeSource> Planner<'_, S> {
                 self.dirs.push((path, entry));
             }
             EntryKind::File(_) => {
-                if let Some(key) = entry.hardlink_key() {
-                    if let Some(first) = self.link_targets.get(&key) {
-                        self.links.push((path, first.clone()));
-                        return Ok(());
-                    }
-                    self.link_targets.insert(key, path.clone());
+                if self.links.defer(&entry, &path) {
+                    return Ok(());
                 }
                 let old = existing.as_ref().filter(|m| m.is_file());
                 if let Some(old) = old
@@ -857,8 +851,7 @@ pub fn run<S: TreeSource>(
             files,
             errors: &errors,
             dirs: Vec::new(),
-            link_targets: HashMap::new(),
-            links: Vec::new(),
+            links: HardLinkGroups::default(),
             report: SyncReport {
                 dry_run: options.dry_run,
                 ..SyncReport::default()
@@ -876,7 +869,7 @@ pub fn run<S: TreeSource>(
     });
     planned?;
     let mut errors = errors.into_inner().expect("not poisoned");
-    for (path, first) in links {
+    for (path, first) in links.later {
         if options.dry_run {
             report.files_written += 1;
             continue;
