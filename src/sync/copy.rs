@@ -189,21 +189,11 @@ pub fn run(
 const BATCH_BLOBS: usize = 256;
 const BATCH_BYTES: u64 = 8 << 20;
 
-/// Consecutive runs of `blobs` of at most `BATCH_BLOBS` blobs and about `BATCH_BYTES` bytes.
+/// Consecutive runs of `blobs`, each read in one request.
 fn batches(blobs: &[(BlobId, BlobLocation)]) -> Vec<&[(BlobId, BlobLocation)]> {
-    let mut out = Vec::new();
-    let (mut start, mut bytes) = (0, 0u64);
-    for (i, (_, at)) in blobs.iter().enumerate() {
-        if i > start && (i - start >= BATCH_BLOBS || bytes >= BATCH_BYTES) {
-            out.push(&blobs[start..i]);
-            (start, bytes) = (i, 0);
-        }
-        bytes += at.entry.length as u64;
-    }
-    if start < blobs.len() {
-        out.push(&blobs[start..]);
-    }
-    out
+    super::runs(blobs, BATCH_BLOBS, BATCH_BYTES, |(_, at)| {
+        at.entry.length as u64
+    })
 }
 
 /// Moves the data blobs on `threads` threads, each taking the next batch in turn.

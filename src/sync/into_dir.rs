@@ -287,21 +287,9 @@ pub fn rebuild_file(
     finish_rebuild(rebuild, fetched, out)
 }
 
-/// Runs of at most `FETCH_CHUNKS` chunks and about `FETCH_BYTES` bytes.
+/// Runs of at most `FETCH_CHUNKS` chunks and `FETCH_BYTES` bytes.
 fn fetch_batches(missing: &[(u64, ChunkRef)]) -> Vec<&[(u64, ChunkRef)]> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    while start < missing.len() {
-        let mut end = start;
-        let mut bytes = 0u64;
-        while end < missing.len() && end - start < FETCH_CHUNKS && bytes < FETCH_BYTES {
-            bytes += missing[end].1.length as u64;
-            end += 1;
-        }
-        out.push(&missing[start..end]);
-        start = end;
-    }
-    out
+    super::runs(missing, FETCH_CHUNKS, FETCH_BYTES, |(_, c)| c.length as u64)
 }
 
 /// The bytes written must be what the entry says.

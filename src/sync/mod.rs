@@ -39,6 +39,30 @@ impl Default for SyncOptions {
     }
 }
 
+/// `items` cut into consecutive runs of at most `max_items` items and `max_bytes` bytes (an
+/// item larger than that makes a run of its own): what one request asks for.
+pub(crate) fn runs<T>(
+    items: &[T],
+    max_items: usize,
+    max_bytes: u64,
+    bytes_of: impl Fn(&T) -> u64,
+) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, item) in items.iter().enumerate() {
+        let size = bytes_of(item);
+        if i > start && (i - start >= max_items || bytes + size > max_bytes) {
+            out.push(&items[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
+}
+
 /// Live counters for a progress display.
 #[derive(Debug, Default)]
 pub struct SyncProgress {

@@ -156,19 +156,10 @@ fn pull_files(context: &PullContext, sink: &BlobSink, paths: &[RemotePath]) -> V
     }
     // Requests of up to BYTES_PER_REQUEST. Once a chunk is claimed, other files count on it
     // being stored, so a request that fails fails the pull (run it again to resume).
-    let mut groups: Vec<Vec<Missing>> = Vec::new();
-    let mut bytes = 0u64;
-    for file in wanted {
-        let size: u64 = file.1.iter().map(|(_, c)| c.length as u64).sum();
-        if groups.is_empty() || bytes + size > BYTES_PER_REQUEST {
-            groups.push(Vec::new());
-            bytes = 0;
-        }
-        bytes += size;
-        groups.last_mut().expect("pushed above").push(file);
-    }
+    let missing_bytes = |(_, chunks): &Missing| chunks.iter().map(|(_, c)| c.length as u64).sum();
+    let groups = super::runs(&wanted, usize::MAX, BYTES_PER_REQUEST, missing_bytes);
     let mut failed = None;
-    for group in &groups {
+    for group in groups {
         let outcome = match &failed {
             Some(message) => {
                 // Not fetched after all: let other workers waiting for these go on.

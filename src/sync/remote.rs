@@ -416,21 +416,12 @@ impl TreeSource for RemoteSource {
             }
         }
         // Requests of up to BATCH_BYTES across files.
-        let mut groups: Vec<Vec<usize>> = Vec::new();
-        let mut bytes = 0u64;
-        for (i, rebuild) in rebuilds.iter().enumerate() {
-            let Some(rebuild) = rebuild else { continue };
-            let size: u64 = rebuild.missing.iter().map(|(_, c)| c.length as u64).sum();
-            if size == 0 {
-                continue;
-            }
-            if groups.is_empty() || bytes + size > BATCH_BYTES {
-                groups.push(Vec::new());
-                bytes = 0;
-            }
-            bytes += size;
-            groups.last_mut().expect("pushed above").push(i);
-        }
+        let missing_bytes = |i: &usize| {
+            let missing = rebuilds[*i].as_ref().map_or(&[][..], |r| &r.missing[..]);
+            missing.iter().map(|(_, c)| c.length as u64).sum::<u64>()
+        };
+        let pending: Vec<usize> = (0..files.len()).filter(|i| missing_bytes(i) > 0).collect();
+        let groups = super::runs(&pending, usize::MAX, BATCH_BYTES, missing_bytes);
         for group in groups {
             let wanted: Vec<(RemotePath, Vec<(u64, ChunkRef)>)> = group
                 .iter()
@@ -451,7 +442,7 @@ impl TreeSource for RemoteSource {
                 }
                 Err(e) => {
                     let message = e.to_string();
-                    for &i in &group {
+                    for &i in group {
                         results[i] = Some(Err(Error::Network(message.clone())));
                     }
                 }
