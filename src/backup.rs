@@ -39,7 +39,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -95,21 +95,7 @@ impl BackupOptions {
     }
 }
 
-/// Live counters a progress display reads while the backup runs.
-#[derive(Debug, Default)]
-pub struct Progress {
-    /// Files and bytes found by the counting pass so far.
-    pub total_files: AtomicU64,
-    pub total_bytes: AtomicU64,
-    /// Set when the counting pass has finished, so the totals are final.
-    pub counted: AtomicBool,
-    pub files_done: AtomicU64,
-    /// Bytes of files done, read or reused from the parent.
-    pub bytes_done: AtomicU64,
-    pub bytes_read: AtomicU64,
-    /// Bytes of packs written (or, in a dry run, that would be written).
-    pub added_bytes: AtomicU64,
-}
+pub use crate::progress::Progress;
 
 /// A source path that could not be backed up.
 #[derive(Debug, Clone)]
@@ -324,8 +310,7 @@ pub(crate) fn run_tree_builder(
                 EntryKind::File(_) => {
                     stats.files += 1;
                     stats.bytes += entry.size;
-                    progress.files_done.fetch_add(1, Ordering::Relaxed);
-                    progress.bytes_done.fetch_add(entry.size, Ordering::Relaxed);
+                    progress.file_done(entry.size);
                 }
                 EntryKind::Dir(_) => stats.dirs += 1,
                 _ => {}
@@ -625,6 +610,13 @@ fn scan_ahead(
     if !stop.load(Ordering::Relaxed) {
         progress.counted.store(true, Ordering::Relaxed);
     }
+}
+
+/// Counts the files and bytes below directory `root` into `progress`, as a backup's scan
+/// ahead does, and marks the count final unless `stop` was set first.
+pub(crate) fn count_tree(root: &Path, progress: &Progress, threads: usize, stop: &AtomicBool) {
+    let no_excludes = Excludes::new(&[]).expect("no patterns, nothing to reject");
+    scan_ahead(&[root.to_owned()], &no_excludes, progress, threads, stop);
 }
 
 /// Decodes the parent checkpoint's trees below `root` ahead of the walker, in its order, into
@@ -953,6 +945,7 @@ fn back_up(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU64;
 
     #[test]
     fn parallel_depth_first_visits_every_node_once_and_stops_when_asked() {

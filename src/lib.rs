@@ -34,6 +34,7 @@ pub mod fsmeta;
 pub mod history;
 pub mod id;
 pub mod mount;
+pub mod progress;
 pub mod repo;
 pub mod restore;
 pub mod serve;

@@ -723,6 +723,22 @@ async fn stat_source(
     on_source(state, name, move |root| stat_source_path(&root, &rel)).await
 }
 
+/// The files and bytes of the whole source, counted as a backup's scan ahead counts them:
+/// a client's progress total.
+async fn total_source(State(state): State<Shared>, Path(name): Path<String>) -> Response {
+    on_source(state, name, |root| {
+        let counted = crate::progress::Progress::default();
+        let never = std::sync::atomic::AtomicBool::new(false);
+        crate::backup::count_tree(&root, &counted, 2, &never);
+        let totals = (
+            counted.total_files.into_inner(),
+            counted.total_bytes.into_inner(),
+        );
+        Ok(postcard::to_stdvec(&totals).expect("numbers serialize"))
+    })
+    .await
+}
+
 async fn source_chunks(
     State(state): State<Shared>,
     Path(name): Path<String>,
@@ -760,6 +776,7 @@ fn router(state: Shared) -> Router {
         .route("/source/{name}/list", get(list_source))
         .route("/source/{name}/stat", get(stat_source))
         .route("/source/{name}/tree", get(tree_source))
+        .route("/source/{name}/totals", get(total_source))
         .route("/source/{name}/chunks", post(source_chunks))
         .route("/source/{name}/blobs", post(source_blobs))
         .layer(axum::extract::DefaultBodyLimit::max(64 << 20))

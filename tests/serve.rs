@@ -10,6 +10,7 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::sync::Arc;
 
 const TOKEN: &str = "s3cret-token-for-tests";
 
@@ -624,4 +625,127 @@ fn a_hostile_or_lying_server_is_refused_and_nothing_is_saved() {
         0,
         "a checkpoint was saved from a lying server"
     );
+}
+
+/// The regular files below `root` (every path of a hard link) and their bytes.
+fn regular_files(root: &Path) -> (u64, u64) {
+    let mut totals = (0, 0);
+    for entry in fs::read_dir(root).unwrap() {
+        let entry = entry.unwrap();
+        let metadata = fs::symlink_metadata(entry.path()).unwrap();
+        if metadata.is_dir() {
+            let (files, bytes) = regular_files(&entry.path());
+            totals = (totals.0 + files, totals.1 + bytes);
+        } else if metadata.is_file() {
+            totals = (totals.0 + 1, totals.1 + metadata.len());
+        }
+    }
+    totals
+}
+
+/// Asserts that a finished sync's progress had the source's totals and did all of them, and
+/// that the bytes it showed as taken from the source are the report's.
+fn assert_progress_complete(
+    progress: &cairn::progress::Progress,
+    expected: (u64, u64),
+    transferred: u64,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    assert!(progress.counted.load(Relaxed), "{progress:?}");
+    let totals = (
+        progress.total_files.load(Relaxed),
+        progress.total_bytes.load(Relaxed),
+    );
+    let done = (
+        progress.files_done.load(Relaxed),
+        progress.bytes_done.load(Relaxed),
+    );
+    assert_eq!(totals, expected, "{progress:?}");
+    assert_eq!(done, expected, "{progress:?}");
+    assert_eq!(
+        progress.bytes_read.load(Relaxed),
+        transferred,
+        "{progress:?}"
+    );
+}
+
+#[test]
+fn progress_has_a_total_and_reaches_it_for_served_local_and_checkpoint_sources() {
+    use cairn::progress::Progress;
+    use cairn::repo::backend::LocalBackend;
+    use cairn::repo::config::EncryptionMode;
+    use cairn::repo::http::Remote;
+    use cairn::repo::{InitOptions, Repository, Secret};
+    use cairn::sync::into_dir::{CheckpointSource, DirectorySource};
+    use cairn::sync::remote::RemoteSource;
+    use cairn::sync::wire::ChunkSpec;
+    use cairn::sync::{SyncOptions, into_dir, pull};
+
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    make_wide_tree(&source);
+    let expected = regular_files(&source);
+    let server = serve_with(&sandbox, &["--source", &format!("home={}", text(&source))]);
+    let remote = || Remote {
+        url: format!("{}/source/home", server.url),
+        token: TOKEN.into(),
+        ca_pem: None,
+    };
+    let options = SyncOptions::default();
+
+    // Served directory → directory.
+    let served = RemoteSource::new(remote(), ChunkSpec::plain(), true).unwrap();
+    let progress = Progress::default();
+    let mirror = sandbox.path("mirror");
+    let report = into_dir::run(&served, Vec::new(), None, &mirror, &options, &progress).unwrap();
+    assert_progress_complete(&progress, expected, report.bytes_transferred);
+
+    // Local directory → directory.
+    let progress = Progress::default();
+    let copy = sandbox.path("copy");
+    let report = into_dir::run(
+        &DirectorySource,
+        source.clone(),
+        None,
+        &copy,
+        &options,
+        &progress,
+    )
+    .unwrap();
+    assert_progress_complete(&progress, expected, report.bytes_transferred);
+
+    // Served directory → repository, then the checkpoint → directory.
+    let backend = Arc::new(LocalBackend::new(sandbox.path("repo")));
+    let mut init = InitOptions::new(EncryptionMode::Keyfile);
+    init.key_file = Some(sandbox.path("key"));
+    Repository::init(backend.as_ref(), init).unwrap();
+    let key = sandbox.path("key");
+    let repo = Repository::open(
+        backend,
+        |_| Ok(Secret::KeyFile(key)),
+        &sandbox.path("cache"),
+    )
+    .unwrap();
+    let pulled = RemoteSource::new(remote(), ChunkSpec::of(&repo), false).unwrap();
+    let progress = Progress::default();
+    let report = pull::run(&repo, &pulled, &options, &progress).unwrap();
+    assert_progress_complete(&progress, expected, report.bytes_transferred);
+
+    let (_, record) = cairn::checkpoint::resolve(&repo, "latest").unwrap();
+    let checkpoint = CheckpointSource {
+        repo: &repo,
+        totals: (record.stats.files, record.stats.bytes),
+    };
+    let progress = Progress::default();
+    let restored = sandbox.path("restored");
+    let report = into_dir::run(
+        &checkpoint,
+        record.tree,
+        None,
+        &restored,
+        &options,
+        &progress,
+    )
+    .unwrap();
+    assert_progress_complete(&progress, expected, report.bytes_transferred);
 }

@@ -6,12 +6,11 @@ use super::{GlobalArgs, print_json, show_progress};
 use anyhow::Result;
 use cairn::backup::{self, BackupOptions, Progress};
 use clap::Args;
-use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use indicatif::HumanBytes;
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
@@ -42,34 +41,6 @@ pub struct BackupArgs {
     limit_rate: Option<u64>,
 }
 
-/// Draws progress until `done` is set.
-fn draw_progress(progress: &Progress, done: &std::sync::atomic::AtomicBool) {
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    while !done.load(Ordering::Relaxed) {
-        let counted = progress.counted.load(Ordering::Relaxed);
-        let total_files = progress.total_files.load(Ordering::Relaxed);
-        bar.set_length(progress.total_bytes.load(Ordering::Relaxed));
-        bar.set_position(progress.bytes_done.load(Ordering::Relaxed));
-        bar.set_message(format!(
-            "backup: {}/{}{} files, {} read, {} added",
-            progress.files_done.load(Ordering::Relaxed),
-            total_files,
-            if counted { "" } else { "+ (counting)" },
-            HumanBytes(progress.bytes_read.load(Ordering::Relaxed)),
-            HumanBytes(progress.added_bytes.load(Ordering::Relaxed)),
-        ));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bar.finish_and_clear();
-}
-
 pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
     if args.low_priority {
         cairn::throttle::lower_priority()?;
@@ -88,7 +59,7 @@ pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
     let done = std::sync::atomic::AtomicBool::new(false);
     let outcome = std::thread::scope(|scope| {
         if draw {
-            scope.spawn(|| draw_progress(&progress, &done));
+            scope.spawn(|| super::draw_run_progress("backup", "read", &progress, &done));
         }
         let outcome = backup::run_opening(|| global.open(), &options, &progress);
         done.store(true, Ordering::Relaxed);

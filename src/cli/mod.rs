@@ -324,6 +324,34 @@ fn draw_bytes_progress(
     bar.finish_and_clear();
 }
 
+/// Draws a backup's or a sync's progress until `done` is set: files and bytes done against
+/// the totals counted so far, bytes taken from the source (`read` names how) and bytes added.
+fn draw_run_progress(
+    name: &str,
+    read: &str,
+    progress: &cairn::progress::Progress,
+    done: &std::sync::atomic::AtomicBool,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    draw_bytes_progress(name, done, |bar| {
+        let counted = progress.counted.load(Relaxed);
+        let total_files = progress.total_files.load(Relaxed);
+        let files_done = progress.files_done.load(Relaxed);
+        bar.set_length(progress.total_bytes.load(Relaxed));
+        bar.set_position(progress.bytes_done.load(Relaxed));
+        let files = match (files_done, total_files, counted) {
+            (0, 0, true) => String::new(),
+            (_, _, true) => format!("{files_done}/{total_files} files, "),
+            _ => format!("{files_done}/{total_files}+ files (counting), "),
+        };
+        bar.set_message(format!(
+            "{files}{} {read}, {} added",
+            indicatif::HumanBytes(progress.bytes_read.load(Relaxed)),
+            indicatif::HumanBytes(progress.added_bytes.load(Relaxed)),
+        ));
+    });
+}
+
 /// Whether to draw progress: stderr is a terminal and the output is not JSON.
 fn show_progress(json: bool) -> bool {
     !json && std::io::stderr().is_terminal()

@@ -14,7 +14,7 @@ use cairn::checkpoint;
 use cairn::sync::into_dir::{CheckpointSource, DirectorySource};
 use cairn::sync::remote::RemoteSource;
 use cairn::sync::wire::ChunkSpec;
-use cairn::sync::{SyncError, SyncOptions, SyncProgress, SyncReport, copy, into_dir, pull};
+use cairn::sync::{SyncError, SyncOptions, SyncReport, copy, into_dir, pull};
 use clap::Args;
 use indicatif::HumanBytes;
 use std::path::{Path, PathBuf};
@@ -98,18 +98,6 @@ fn is_repository(path: &Path) -> bool {
         .is_some_and(|config| config.get("cairn_repository").is_some())
 }
 
-/// Draws the sync's progress until `done` is set.
-fn draw_progress(progress: &SyncProgress, done: &AtomicBool) {
-    super::draw_bytes_progress("sync", done, |bar| {
-        bar.set_length(progress.bytes_total.load(Ordering::Relaxed));
-        bar.set_position(progress.bytes_done.load(Ordering::Relaxed));
-        bar.set_message(format!(
-            "{} files",
-            progress.files_done.load(Ordering::Relaxed)
-        ));
-    });
-}
-
 pub fn run(global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode> {
     let source = Endpoint::parse(&args.source)?;
     let destination = Endpoint::parse(&args.destination)?;
@@ -122,11 +110,11 @@ pub fn run(global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode> {
     if let Some(n) = args.concurrency {
         options.concurrency = n.max(1);
     }
-    let progress = SyncProgress::default();
+    let progress = Progress::default();
     let done = AtomicBool::new(false);
     let report = std::thread::scope(|scope| {
         if show_progress(args.json) {
-            scope.spawn(|| draw_progress(&progress, &done));
+            scope.spawn(|| super::draw_run_progress("sync", "received", &progress, &done));
         }
         let report = sync(global, &args, source, destination, &options, &progress);
         done.store(true, Ordering::Relaxed);
@@ -153,7 +141,7 @@ fn sync(
     source: Endpoint,
     destination: Endpoint,
     options: &SyncOptions,
-    progress: &SyncProgress,
+    progress: &Progress,
 ) -> Result<SyncReport> {
     let open_source = |path: &Path| global.open_at(path, args.from.resolve(global));
     match (source, destination) {
@@ -196,7 +184,7 @@ fn sync(
             )
         }
         (Endpoint::Directory(dir), Endpoint::Repository { path, .. }) => {
-            pull_directory(global, &dir, &path, options)
+            pull_directory(global, &dir, &path, options, progress)
         }
         (Endpoint::Repository { path, checkpoint }, Endpoint::Repository { path: to, .. }) => {
             let from = open_source(&path)?;
@@ -212,7 +200,10 @@ fn sync(
             let repo = open_source(&path)?;
             let reference = checkpoint.as_deref().unwrap_or("latest");
             let (_, record) = checkpoint::resolve(&repo, reference)?;
-            let source = CheckpointSource { repo: &repo };
+            let source = CheckpointSource {
+                repo: &repo,
+                totals: (record.stats.files, record.stats.bytes),
+            };
             let root = record.root.as_ref();
             Ok(into_dir::run(
                 &source,
@@ -235,6 +226,7 @@ fn pull_directory(
     dir: &Path,
     repo: &Path,
     options: &SyncOptions,
+    progress: &Progress,
 ) -> Result<SyncReport> {
     if !dir.is_dir() {
         bail!("{} is not a directory or a repository", dir.display());
@@ -243,7 +235,7 @@ fn pull_directory(
     backup_options.dry_run = options.dry_run;
     backup_options.read_limit = options.rate_limit;
     let opened = || global.open_at(repo, global.credentials());
-    let outcome = backup::run_opening(opened, &backup_options, &Progress::default())?;
+    let outcome = backup::run_opening(opened, &backup_options, progress)?;
     let stats = &outcome.checkpoint.stats;
     Ok(SyncReport {
         dry_run: options.dry_run,
@@ -279,7 +271,7 @@ fn sync_directories(
     dir: &Path,
     target: &Path,
     options: &SyncOptions,
-    progress: &SyncProgress,
+    progress: &Progress,
 ) -> Result<SyncReport> {
     let source = std::fs::canonicalize(dir)
         .with_context(|| format!("{} is not a directory or a repository", dir.display()))?;

@@ -11,10 +11,11 @@
 //! are written last (invariant 1): an interrupted copy leaves indexed packs that the next run
 //! skips, and no checkpoint that lacks a blob.
 
-use super::{SyncOptions, SyncProgress, SyncReport};
+use super::{SyncOptions, SyncReport};
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, CheckpointId};
+use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::repo::backend::RangeRequest;
 use crate::repo::index::BlobLocation;
@@ -116,7 +117,7 @@ pub fn run(
     to: &Repository,
     only: Option<CheckpointId>,
     options: &SyncOptions,
-    progress: &SyncProgress,
+    progress: &Progress,
 ) -> Result<SyncReport> {
     if !from.shares_ids_with(to) {
         return Err(Error::InvalidInput(format!(
@@ -140,9 +141,7 @@ pub fn run(
     }
     // Front to back through each source pack.
     plan.data.sort_by_key(|(_, at)| (at.pack, at.entry.offset));
-    progress
-        .bytes_total
-        .store(plan.stored_bytes(), Ordering::Relaxed);
+    progress.set_totals(0, plan.stored_bytes());
     let mut report = SyncReport {
         dry_run: options.dry_run,
         checkpoints_copied: checkpoints.len() as u64,
@@ -159,7 +158,7 @@ pub fn run(
         to,
         false,
         options.concurrency * 2,
-        &progress.bytes_written,
+        &progress.added_bytes,
         |sink| {
             copy_data(
                 from,
@@ -203,7 +202,7 @@ fn copy_data(
     data: &[(BlobId, BlobLocation)],
     threads: usize,
     limiter: Option<&RateLimiter>,
-    progress: &SyncProgress,
+    progress: &Progress,
 ) -> Result<()> {
     let batches = batches(data);
     let next = Mutex::new(batches.iter());
@@ -238,7 +237,7 @@ fn copy_blobs(
     sink: &BlobSink,
     batch: &[(BlobId, BlobLocation)],
     limiter: Option<&RateLimiter>,
-    progress: &SyncProgress,
+    progress: &Progress,
 ) -> Result<()> {
     let mut wanted = Vec::with_capacity(batch.len());
     let mut elsewhere = Vec::new();
@@ -263,6 +262,7 @@ fn copy_blobs(
         }
     }
     progress.bytes_done.fetch_add(bytes, Ordering::Relaxed);
+    progress.bytes_read.fetch_add(bytes, Ordering::Relaxed);
     Ok(())
 }
 

@@ -15,11 +15,12 @@
 //! existing symlink or file where a directory belongs is removed rather than followed, and
 //! every file is opened with `O_NOFOLLOW`.
 
-use super::{SyncError, SyncOptions, SyncProgress, SyncReport};
+use super::{SyncError, SyncOptions, SyncReport};
 use crate::chunker::Chunker;
 use crate::error::{Error, IoContext, Result};
 use crate::fsmeta::{apply_metadata, entry_from_metadata, make_node, mtime_ns, read_xattrs};
 use crate::id::BlobId;
+use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::restore::{HardLinkGroups, clear_path, write_sparse};
 use crate::throttle::RateLimiter;
@@ -35,7 +36,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Temporary files of a sync start with this; leftovers of an interrupted run are removed.
 const TEMP_PREFIX: &str = ".cairn-sync-";
@@ -68,6 +69,10 @@ pub trait TreeSource: Sync {
         dir: &Self::Dir,
         errors: &Mutex<Vec<SyncError>>,
     ) -> Result<Vec<(Entry, Option<Self::Dir>)>>;
+
+    /// Counts the regular files below `root` and their bytes into `progress`: the total
+    /// against which progress and the ETA are shown. Stops early when `stop` is set.
+    fn count(&self, root: &Self::Dir, progress: &Progress, stop: &AtomicBool);
 
     /// Every byte received from the source so far, for a source that counts them (over the
     /// network: listings and chunk lists too); it then stands for `bytes_transferred`.
@@ -103,10 +108,16 @@ pub trait TreeSource: Sync {
 /// A checkpoint's tree in a repository.
 pub struct CheckpointSource<'a> {
     pub repo: &'a Repository,
+    /// The regular files in the tree and their bytes (the checkpoint's statistics).
+    pub totals: (u64, u64),
 }
 
 impl TreeSource for CheckpointSource<'_> {
     type Dir = BlobId;
+
+    fn count(&self, _: &BlobId, progress: &Progress, _: &AtomicBool) {
+        progress.set_totals(self.totals.0, self.totals.1);
+    }
 
     fn list(
         &self,
@@ -311,6 +322,10 @@ pub struct DirectorySource;
 
 impl TreeSource for DirectorySource {
     type Dir = PathBuf;
+
+    fn count(&self, root: &PathBuf, progress: &Progress, stop: &AtomicBool) {
+        crate::backup::count_tree(root, progress, 2, stop);
+    }
 
     fn list(
         &self,
@@ -583,6 +598,7 @@ fn sync_files<S: TreeSource>(
 struct Planner<'a, S: TreeSource> {
     source: &'a S,
     options: &'a SyncOptions,
+    progress: &'a Progress,
     files: crossbeam_channel::Sender<FileJob<S::Dir>>,
     errors: &'a Mutex<Vec<SyncError>>,
     /// Directories with their metadata, deepest first.
@@ -675,6 +691,7 @@ impl<S: TreeSource> Planner<'_, S> {
             }
             EntryKind::File(_) => {
                 if self.links.defer(&entry, &path) {
+                    self.progress.file_done(entry.size);
                     return Ok(());
                 }
                 let old = existing.as_ref().filter(|m| m.is_file());
@@ -691,10 +708,12 @@ impl<S: TreeSource> Planner<'_, S> {
                             .context_io(|| format!("setting metadata of {}", path.display()))?;
                     }
                     self.report.files_unchanged += 1;
+                    self.progress.file_done(entry.size);
                     return Ok(());
                 }
                 if dry_run {
                     self.report.files_written += 1;
+                    self.progress.file_done(entry.size);
                     return Ok(());
                 }
                 if existing.as_ref().is_some_and(|m| m.is_dir()) {
@@ -764,6 +783,55 @@ fn same_node(metadata: &fs::Metadata, kind: &EntryKind) -> bool {
     }
 }
 
+/// What the workers add up: files found the same, files written, bytes fetched, bytes
+/// reused.
+type WorkerTotals = Mutex<(u64, u64, u64, u64)>;
+
+/// Takes file jobs in batches and brings each file up to date.
+fn run_sync_worker<S: TreeSource>(
+    source: &S,
+    jobs: crossbeam_channel::Receiver<FileJob<S::Dir>>,
+    limiter: Option<&RateLimiter>,
+    progress: &Progress,
+    errors: &Mutex<Vec<SyncError>>,
+    totals: &WorkerTotals,
+) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < FILES_PER_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = sync_files(source, &batch, limiter);
+        for (job, result) in batch.into_iter().zip(results) {
+            match result {
+                Ok(how) => {
+                    let mut totals = totals.lock().expect("not poisoned");
+                    match how {
+                        FileWrite::Same => totals.0 += 1,
+                        FileWrite::Written { fetched, reused } => {
+                            totals.1 += 1;
+                            totals.2 += fetched;
+                            totals.3 += reused;
+                            progress.bytes_read.fetch_add(fetched, Ordering::Relaxed);
+                        }
+                    }
+                    progress.file_done(job.entry.size);
+                }
+                Err(e) => errors.lock().expect("not poisoned").push(SyncError {
+                    path: job.path,
+                    message: e.to_string(),
+                }),
+            }
+        }
+        if let Some(received) = source.bytes_received() {
+            progress.bytes_read.store(received, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Makes `target` match the source directory `root`; `root_entry`, when given, is the
 /// metadata `target` itself gets.
 pub fn run<S: TreeSource>(
@@ -772,7 +840,7 @@ pub fn run<S: TreeSource>(
     root_entry: Option<&Entry>,
     target: &Path,
     options: &SyncOptions,
-    progress: &SyncProgress,
+    progress: &Progress,
 ) -> Result<SyncReport> {
     match fs::symlink_metadata(target) {
         Ok(m) if m.is_dir() => {}
@@ -787,55 +855,26 @@ pub fn run<S: TreeSource>(
             .context_io(|| format!("creating sync target {}", target.display()))?,
     }
     let errors = Mutex::new(Vec::new());
-    let totals = Mutex::new((0u64, 0u64, 0u64, 0u64));
+    let totals: WorkerTotals = Mutex::new((0, 0, 0, 0));
     let limiter = options.rate_limit.map(RateLimiter::new);
     let threads = options.concurrency.max(1);
     let (files, jobs) = bounded::<FileJob<S::Dir>>(threads * FILES_PER_BATCH);
+    let counting_stopped = AtomicBool::new(false);
     let (planned, mut dirs, links, mut report) = std::thread::scope(|scope| {
-        for _ in 0..threads {
-            let (jobs, errors, totals, limiter) =
-                (jobs.clone(), &errors, &totals, limiter.as_ref());
-            scope.spawn(move || {
-                while let Ok(first) = jobs.recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < FILES_PER_BATCH {
-                        match jobs.try_recv() {
-                            Ok(job) => batch.push(job),
-                            Err(_) => break,
-                        }
-                    }
-                    let results = sync_files(source, &batch, limiter);
-                    for (job, result) in batch.into_iter().zip(results) {
-                        match result {
-                            Ok(how) => {
-                                let mut totals = totals.lock().expect("not poisoned");
-                                match how {
-                                    FileWrite::Same => totals.0 += 1,
-                                    FileWrite::Written { fetched, reused } => {
-                                        totals.1 += 1;
-                                        totals.2 += fetched;
-                                        totals.3 += reused;
-                                        progress.bytes_done.fetch_add(fetched, Ordering::Relaxed);
-                                    }
-                                }
-                                progress.files_done.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => errors.lock().expect("not poisoned").push(SyncError {
-                                path: job.path,
-                                message: e.to_string(),
-                            }),
-                        }
-                    }
-                    if let Some(received) = source.bytes_received() {
-                        progress.bytes_done.store(received, Ordering::Relaxed);
-                    }
-                }
-            });
-        }
+        scope.spawn(|| source.count(&root, progress, &counting_stopped));
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let (jobs, errors, totals, limiter) =
+                    (jobs.clone(), &errors, &totals, limiter.as_ref());
+                scope
+                    .spawn(move || run_sync_worker(source, jobs, limiter, progress, errors, totals))
+            })
+            .collect();
         drop(jobs);
         let mut planner = Planner {
             source,
             options,
+            progress,
             files,
             errors: &errors,
             dirs: Vec::new(),
@@ -846,13 +885,19 @@ pub fn run<S: TreeSource>(
             },
         };
         let planned = planner.sync_dir(&root, target, target.is_dir());
-        // Dropping the planner's sender lets the workers finish; the scope waits for them.
         let Planner {
+            files,
             dirs,
             links,
             report,
             ..
         } = planner;
+        // With the planner's sender gone, the workers finish what is queued and stop.
+        drop(files);
+        for worker in workers {
+            worker.join().expect("sync workers do not panic");
+        }
+        counting_stopped.store(true, Ordering::Relaxed);
         (planned, dirs, links, report)
     });
     planned?;

@@ -13,7 +13,6 @@ pub mod wire;
 
 use serde::Serialize;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 
 /// Inputs of a sync.
 #[derive(Debug, Clone)]
@@ -61,19 +60,6 @@ pub(crate) fn runs<T>(
         out.push(&items[start..]);
     }
     out
-}
-
-/// Live counters for a progress display.
-#[derive(Debug, Default)]
-pub struct SyncProgress {
-    /// Bytes to move, once the plan knows (0 until then).
-    pub bytes_total: AtomicU64,
-    /// Bytes moved so far.
-    pub bytes_done: AtomicU64,
-    /// Bytes of packs written into a destination repository.
-    pub bytes_written: AtomicU64,
-    /// Files finished (written or found unchanged) in a destination directory.
-    pub files_done: AtomicU64,
 }
 
 /// A path that could not be synced; the sync went on without it.

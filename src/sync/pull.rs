@@ -10,14 +10,15 @@
 //! next pull of the same URL finds it as its parent.
 
 use super::remote::{RemotePath, RemoteSource, child_path};
-use super::{SyncError, SyncOptions, SyncProgress, SyncReport};
+use super::{SyncError, SyncOptions, SyncReport};
 use crate::backup::{
-    FileError, PendingDir, PendingEntry, Progress, SourceError, abandoned, file_content,
-    find_parent, run_tree_builder,
+    FileError, PendingDir, PendingEntry, SourceError, abandoned, file_content, find_parent,
+    run_tree_builder,
 };
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Error, Result};
 use crate::id::BlobId;
+use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::repo::pack::BlobKind;
 use crate::repo::writer::{BlobSink, Claim, with_blob_sink};
@@ -54,7 +55,7 @@ fn unchanged_content(parent: Option<&Entry>, entry: &Entry) -> Option<Content> {
 /// What the workers share.
 struct PullContext<'a> {
     source: &'a RemoteSource,
-    progress: &'a SyncProgress,
+    progress: &'a Progress,
     limiter: Option<RateLimiter>,
     /// Plan only: count the chunks the repository lacks instead of fetching them.
     dry_run: bool,
@@ -86,12 +87,9 @@ fn run_pull_worker(context: &PullContext, sink: &BlobSink, jobs: Receiver<PullJo
         }
         let paths: Vec<RemotePath> = batch.iter().map(|job| job.path.clone()).collect();
         let results = pull_files(context, sink, &paths);
-        let progress = context.progress;
-        progress
-            .files_done
-            .fetch_add(paths.len() as u64, Ordering::Relaxed);
-        progress
-            .bytes_done
+        context
+            .progress
+            .bytes_read
             .store(context.source.received(), Ordering::Relaxed);
         for (job, result) in batch.into_iter().zip(results) {
             // The tree builder may have stopped after a fatal error; then nobody waits.
@@ -360,7 +358,7 @@ pub fn run(
     repo: &Repository,
     source: &RemoteSource,
     options: &SyncOptions,
-    progress: &SyncProgress,
+    progress: &Progress,
 ) -> Result<SyncReport> {
     let started = Instant::now();
     let time = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
@@ -388,8 +386,6 @@ pub fn run(
         planned_bytes: AtomicU64::new(0),
         skipped: AtomicU64::new(0),
     };
-    // The tree builder's counters (files and bytes in the checkpoint, bytes of packs).
-    let built = Progress::default();
     let threads = options.concurrency.max(1);
     let walk = |sink: &BlobSink| {
         std::thread::scope(|scope| {
@@ -399,8 +395,9 @@ pub fn run(
                 scope.spawn(move || run_pull_worker(context, sink, jobs));
             }
             drop(file_rx);
+            scope.spawn(|| source.count_totals(progress));
             let (dir_tx, dir_rx) = bounded(1024);
-            let builder = scope.spawn(|| run_tree_builder(sink, dir_rx, &errors, &built));
+            let builder = scope.spawn(|| run_tree_builder(sink, dir_rx, &errors, progress));
             let walker = PullWalker {
                 repo,
                 source,
@@ -415,8 +412,13 @@ pub fn run(
             Ok((root, stats))
         })
     };
-    let ((root, mut stats), added_blobs) =
-        with_blob_sink(repo, options.dry_run, threads * 2, &built.added_bytes, walk)?;
+    let ((root, mut stats), added_blobs) = with_blob_sink(
+        repo,
+        options.dry_run,
+        threads * 2,
+        &progress.added_bytes,
+        walk,
+    )?;
     let errors = errors.into_inner().expect("not poisoned");
     stats.added_blobs = added_blobs;
     stats.errors = errors.len() as u64;
@@ -427,7 +429,7 @@ pub fn run(
     } else {
         source.received()
     };
-    stats.added_bytes = built.added_bytes.load(Ordering::Relaxed);
+    stats.added_bytes = progress.added_bytes.load(Ordering::Relaxed);
     stats.duration_ms = started.elapsed().as_millis() as u64;
     let record = Checkpoint {
         time,

@@ -16,12 +16,13 @@ use super::wire::{
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::id::BlobId;
+use crate::progress::Progress;
 use crate::repo::http::{Remote, check_response, read_body};
 use crate::throttle::RateLimiter;
 use crate::tree::{ChunkRef, Entry, EntryKind, is_valid_name};
 use std::fs::File;
 use std::io::Read;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Chunk bytes asked for in one request when files are written together.
@@ -219,6 +220,20 @@ impl RemoteSource {
             .map_err(|e| Error::corrupt(&url, format!("unreadable entry: {e}")))
     }
 
+    /// Sets the files and bytes of the whole source, as the server counts them now, as the
+    /// totals of `progress`; without an answer, the total stays open.
+    pub fn count_totals(&self, progress: &Progress) {
+        let url = format!("{}/totals", self.remote.url);
+        let totals = self.call(&url, None).and_then(|body| {
+            postcard::from_bytes(&body)
+                .map_err(|e| Error::corrupt(&url, format!("unreadable totals: {e}")))
+        });
+        match totals {
+            Ok((files, bytes)) => progress.set_totals(files, bytes),
+            Err(e) => tracing::debug!("no progress total: {e}"),
+        }
+    }
+
     /// The last component of the source's URL: its name on the server.
     pub fn name(&self) -> &str {
         self.remote.url.rsplit('/').next().unwrap_or_default()
@@ -328,6 +343,13 @@ fn read_record(reader: &mut dyn Read) -> std::io::Result<Option<TreeRecord>> {
 
 impl TreeSource for RemoteSource {
     type Dir = RemotePath;
+
+    fn count(&self, root: &RemotePath, progress: &Progress, _: &AtomicBool) {
+        // The server counts its whole source; a sync of a part of it has no total.
+        if root.is_empty() {
+            self.count_totals(progress);
+        }
+    }
 
     fn bytes_received(&self) -> Option<u64> {
         Some(self.received())
