@@ -595,7 +595,7 @@ fn read_source_blobs(
     root: &std::path::Path,
     request: &BlobsRequest,
 ) -> crate::error::Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
+    use std::io::{Read, Seek};
     let asked = request.bytes();
     if asked > MAX_BLOBS_BYTES {
         return Err(Error::InvalidInput(format!(
@@ -604,20 +604,27 @@ fn read_source_blobs(
     }
     let mut data = Vec::with_capacity(asked as usize);
     for file_ranges in &request.files {
-        let file = open_source_file(root, &file_ranges.path)?;
+        let mut file = open_source_file(root, &file_ranges.path)?;
         for &(offset, length) in &file_ranges.ranges {
-            let start = data.len();
-            data.resize(start + length as usize, 0);
-            file.read_exact_at(&mut data[start..], offset)
-                .map_err(|e| {
-                    Error::io(
-                        format!("reading {} at {offset}", shown(&file_ranges.path)),
-                        e,
-                    )
-                })?;
+            let reading = || format!("reading {} at {offset}", shown(&file_ranges.path));
+            file.seek(std::io::SeekFrom::Start(offset))
+                .map_err(|e| Error::io(reading(), e))?;
+            // Read into the spare capacity: no zeroing of what is about to be overwritten.
+            let read = (&mut file)
+                .take(u64::from(length))
+                .read_to_end(&mut data)
+                .map_err(|e| Error::io(reading(), e))?;
+            if read != length as usize {
+                return Err(Error::io(
+                    reading(),
+                    std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+                ));
+            }
         }
     }
-    zstd::bulk::compress(&data, 3).map_err(|e| Error::io("compressing chunks", e))
+    // The fastest level: it still makes source code about 5 times smaller, and at several
+    // hundred MB/s per core it rarely holds back even a fast link.
+    zstd::bulk::compress(&data, 1).map_err(|e| Error::io("compressing chunks", e))
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -600,15 +600,20 @@ fn a_hostile_or_lying_server_is_refused_and_nothing_is_saved() {
             postcard::to_stdvec(&None::<cairn::tree::Entry>).unwrap()
         }
     });
+    // A file new to the target comes whole, without a chunk list; one the target holds is
+    // rebuilt from chunks, and each fetched chunk must match the id the list gave it.
     let mirror = sandbox.path("mirror");
+    fs::create_dir_all(&mirror).unwrap();
+    fs::write(mirror.join("f"), "old!!").unwrap();
     let into_dir = sandbox.run(&with(
         &["sync", &format!("{lying}/source/x"), text(&mirror)],
         &client,
     ));
     assert_fails(&into_dir, 3, "does not match");
-    assert!(
-        !mirror.join("f").exists(),
-        "a file with wrong bytes was written"
+    assert_eq!(
+        fs::read(mirror.join("f")).unwrap(),
+        b"old!!",
+        "a file was replaced by wrong bytes"
     );
     let repo = sandbox.path("repo");
     sandbox.ok(&with(

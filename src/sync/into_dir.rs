@@ -24,9 +24,7 @@ use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::restore::{HardLinkGroups, clear_path, write_sparse};
 use crate::throttle::RateLimiter;
-use crate::tree::{
-    ChunkRef, Content, Entry, EntryKind, file_chunks, is_valid_name, load_tree, read_chunk,
-};
+use crate::tree::{ChunkRef, Content, Entry, EntryKind, file_chunks, is_valid_name, load_tree};
 use crossbeam_channel::bounded;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -153,12 +151,13 @@ impl TreeSource for CheckpointSource<'_> {
             let mut parts = Vec::with_capacity(missing.len());
             let mut stored = 0;
             for (_, chunk) in missing {
-                let length = repo.locate(&chunk.id)?.entry.length as u64;
+                let location = repo.locate(&chunk.id)?;
+                let length = location.entry.length as u64;
                 if let Some(limiter) = limiter {
                     limiter.take(length);
                 }
                 stored += length;
-                parts.push(read_chunk(repo, chunk)?);
+                parts.push(repo.read_blob_at(&location, &chunk.id)?);
             }
             Ok((parts, stored))
         };
@@ -170,8 +169,8 @@ impl TreeSource for CheckpointSource<'_> {
 const FETCH_CHUNKS: usize = 64;
 const FETCH_BYTES: u64 = 32 << 20;
 
-/// Gets the given chunks (with their offsets in the file): their bytes, in order, and the
-/// bytes that crossed to get them.
+/// Gets the given chunks (with their offsets in the file): their bytes, in order, each
+/// checked against its id, and the bytes that crossed to get them.
 pub type Fetch<'a> = dyn FnMut(&[(u64, ChunkRef)]) -> Result<(Vec<Vec<u8>>, u64)> + 'a;
 
 /// A file being rebuilt: the chunks the old file held are written; `missing` are to come.
@@ -245,23 +244,27 @@ fn write_error(e: std::io::Error) -> Error {
     Error::io("writing the new file", e)
 }
 
-/// Writes fetched chunks (`parts`, for `batch`, a run of a rebuild's missing chunks), each
-/// checked against its id.
+/// Writes `data` at offset `at` of the new file, leaving holes where it is all zeros.
+pub fn write_at(out: &File, at: u64, data: &[u8]) -> Result<()> {
+    write_sparse(out, at, data).map_err(write_error)
+}
+
+/// Writes fetched chunks (`parts`, for `batch`, a run of a rebuild's missing chunks); the
+/// fetch has checked each against its id.
 pub fn write_fetched(
     entry: &Entry,
     batch: &[(u64, ChunkRef)],
     parts: &[Vec<u8>],
-    id_of: &dyn Fn(&[u8]) -> BlobId,
     out: &File,
 ) -> Result<()> {
     for ((at, chunk), data) in batch.iter().zip(parts) {
-        if data.len() != chunk.length as usize || id_of(data) != chunk.id {
+        if data.len() != chunk.length as usize {
             return Err(Error::corrupt(
                 entry.name_lossy(),
-                format!("the chunk at offset {at} does not match its id"),
+                format!("the chunk at offset {at} has the wrong length"),
             ));
         }
-        write_sparse(out, *at, data).map_err(write_error)?;
+        write_at(out, *at, data)?;
     }
     Ok(())
 }
@@ -292,7 +295,7 @@ pub fn rebuild_file(
     let mut fetched = 0;
     for batch in fetch_batches(&rebuild.missing) {
         let (parts, crossed) = fetch(batch)?;
-        write_fetched(entry, batch, &parts, id_of, out)?;
+        write_fetched(entry, batch, &parts, out)?;
         fetched += crossed;
     }
     finish_rebuild(rebuild, fetched, out)

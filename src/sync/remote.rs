@@ -7,7 +7,7 @@
 use super::SyncError;
 use super::into_dir::{
     FileTask, FileWrite, Rebuild, TreeSource, finish_rebuild, rebuild_file, start_rebuild,
-    write_fetched,
+    write_at, write_fetched,
 };
 use super::wire::{
     BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, FileRanges, MAX_LISTING_BYTES,
@@ -27,6 +27,9 @@ use std::sync::{Arc, Mutex};
 
 /// Chunk bytes asked for in one request when files are written together.
 const BATCH_BYTES: u64 = 8 << 20;
+
+/// A file new to the target is asked for in pieces of this size at most.
+const PIECE_BYTES: u64 = 4 << 20;
 
 /// A served source directory, chunked by the server as `spec` says.
 pub struct RemoteSource {
@@ -279,6 +282,23 @@ impl RemoteSource {
             })
     }
 
+    /// The given byte ranges (offset, length) of the given files, in one request: per file,
+    /// the ranges' bytes in order.
+    fn fetch_ranges(
+        &self,
+        wanted: Vec<FileRanges>,
+        limiter: Option<&RateLimiter>,
+    ) -> Result<Vec<Vec<Vec<u8>>>> {
+        let url = format!("{}/blobs", self.remote.url);
+        let request = BlobsRequest { files: wanted };
+        let body = postcard::to_stdvec(&request).expect("requests serialize");
+        let answer = self.call(&url, Some(&body))?;
+        if let Some(limiter) = limiter {
+            limiter.take(answer.len() as u64);
+        }
+        split_blobs(&answer, &request, &url)
+    }
+
     /// The given chunks (with their offsets) of the given files, in one request, each checked
     /// against its id: per file, the chunks' bytes in order.
     pub fn fetch_files(
@@ -286,27 +306,23 @@ impl RemoteSource {
         wanted: &[(RemotePath, Vec<(u64, ChunkRef)>)],
         limiter: Option<&RateLimiter>,
     ) -> Result<Vec<Vec<Vec<u8>>>> {
-        let url = format!("{}/blobs", self.remote.url);
-        let request = BlobsRequest {
-            files: wanted
-                .iter()
-                .map(|(path, chunks)| FileRanges {
-                    path: serde_bytes::ByteBuf::from(path.clone()),
-                    ranges: chunks.iter().map(|(at, c)| (*at, c.length)).collect(),
-                })
-                .collect(),
-        };
-        let body = postcard::to_stdvec(&request).expect("requests serialize");
-        let answer = self.call(&url, Some(&body))?;
-        if let Some(limiter) = limiter {
-            limiter.take(answer.len() as u64);
-        }
-        let parts = split_blobs(&answer, &request, &url)?;
+        let ranges = wanted
+            .iter()
+            .map(|(path, chunks)| FileRanges {
+                path: serde_bytes::ByteBuf::from(path.clone()),
+                ranges: chunks.iter().map(|(at, c)| (*at, c.length)).collect(),
+            })
+            .collect();
+        let parts = self.fetch_ranges(ranges, limiter)?;
         for ((path, chunks), data) in wanted.iter().zip(&parts) {
             for ((at, chunk), data) in chunks.iter().zip(data) {
                 if self.spec.id_of(data) != chunk.id {
                     return Err(Error::corrupt(
-                        format!("{url} ({})", String::from_utf8_lossy(path)),
+                        format!(
+                            "{}/blobs ({})",
+                            self.remote.url,
+                            String::from_utf8_lossy(path)
+                        ),
                         format!(
                             "the chunk at offset {at} does not match its id (changed while syncing, or a bad server)"
                         ),
@@ -315,6 +331,87 @@ impl RemoteSource {
             }
         }
         Ok(parts)
+    }
+
+    /// Writes files the target does not hold yet, whole: with no old file to take chunks
+    /// from, a chunk list would buy nothing, so their bytes are asked for directly, in pieces
+    /// of up to `PIECE_BYTES`, in requests of up to `BATCH_BYTES` across files. The answer's
+    /// length is checked against the listing's size.
+    fn write_whole_files(
+        &self,
+        files: &[FileTask<'_, RemotePath>],
+        fresh: &[usize],
+        limiter: Option<&RateLimiter>,
+        results: &mut [Option<Result<FileWrite>>],
+    ) {
+        // (file index, offset, length) of every piece.
+        let pieces: Vec<(usize, u64, u32)> = fresh
+            .iter()
+            .flat_map(|&i| {
+                let size = files[i].entry.size;
+                (0..size.div_ceil(PIECE_BYTES)).map(move |n| {
+                    let at = n * PIECE_BYTES;
+                    (i, at, (size - at).min(PIECE_BYTES) as u32)
+                })
+            })
+            .collect();
+        let piece_bytes = |piece: &(usize, u64, u32)| u64::from(piece.2);
+        for group in super::runs(&pieces, usize::MAX, BATCH_BYTES, piece_bytes) {
+            let mut wanted: Vec<FileRanges> = Vec::new();
+            let mut owners: Vec<usize> = Vec::new();
+            for &(i, at, length) in group {
+                if owners.last() != Some(&i) {
+                    owners.push(i);
+                    wanted.push(FileRanges {
+                        path: serde_bytes::ByteBuf::from(child_path(
+                            files[i].dir,
+                            &files[i].entry.name,
+                        )),
+                        ranges: Vec::new(),
+                    });
+                }
+                wanted
+                    .last_mut()
+                    .expect("just pushed")
+                    .ranges
+                    .push((at, length));
+            }
+            let ranges: Vec<Vec<(u64, u32)>> = wanted.iter().map(|f| f.ranges.clone()).collect();
+            match self.fetch_ranges(wanted, limiter) {
+                Ok(parts) => {
+                    for ((&i, ranges), parts) in owners.iter().zip(ranges).zip(parts) {
+                        let written = ranges
+                            .iter()
+                            .zip(parts)
+                            .try_for_each(|(&(at, _), data)| write_at(files[i].out, at, &data));
+                        if let Err(e) = written {
+                            results[i] = Some(Err(e));
+                        }
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    for &i in &owners {
+                        results[i] = Some(Err(Error::Network(message.clone())));
+                    }
+                }
+            }
+        }
+        for &i in fresh {
+            if results[i].is_none() {
+                let size = files[i].entry.size;
+                results[i] = Some(
+                    files[i]
+                        .out
+                        .set_len(size)
+                        .map_err(|e| Error::io("writing the new file", e))
+                        .map(|()| FileWrite::Written {
+                            fetched: 0,
+                            reused: 0,
+                        }),
+                );
+            }
+        }
     }
 
     pub fn id_of(&self, data: &[u8]) -> BlobId {
@@ -401,24 +498,34 @@ impl TreeSource for RemoteSource {
         files: &[FileTask<'_, RemotePath>],
         limiter: Option<&RateLimiter>,
     ) -> Vec<Result<FileWrite>> {
-        let paths: Vec<RemotePath> = files
+        let mut results: Vec<Option<Result<FileWrite>>> = files.iter().map(|_| None).collect();
+        let (fresh, known): (Vec<usize>, Vec<usize>) =
+            (0..files.len()).partition(|&i| files[i].old.is_none());
+        self.write_whole_files(files, &fresh, limiter, &mut results);
+        if known.is_empty() {
+            return results
+                .into_iter()
+                .map(|r| r.expect("every new file has its result"))
+                .collect();
+        }
+        let paths: Vec<RemotePath> = known
             .iter()
-            .map(|f| child_path(f.dir, &f.entry.name))
+            .map(|&i| child_path(files[i].dir, &files[i].entry.name))
             .collect();
         let lists = match self.files_chunks(&paths) {
             Ok(lists) => lists,
             Err(e) => {
                 let message = e.to_string();
-                return files
-                    .iter()
-                    .map(|_| Err(Error::Network(message.clone())))
-                    .collect();
+                for &i in &known {
+                    results[i] = Some(Err(Error::Network(message.clone())));
+                }
+                Vec::new()
             }
         };
         let id_of = |data: &[u8]| self.id_of(data);
-        let mut results: Vec<Option<Result<FileWrite>>> = files.iter().map(|_| None).collect();
         let mut rebuilds: Vec<Option<Rebuild>> = files.iter().map(|_| None).collect();
-        for (i, (file, list)) in files.iter().zip(lists).enumerate() {
+        for (&i, list) in known.iter().zip(lists) {
+            let file = &files[i];
             let started = list
                 .map_err(|message| Error::Network(format!("{}: {message}", self.remote.url)))
                 .and_then(|chunks| {
@@ -442,22 +549,25 @@ impl TreeSource for RemoteSource {
             let missing = rebuilds[*i].as_ref().map_or(&[][..], |r| &r.missing[..]);
             missing.iter().map(|(_, c)| c.length as u64).sum::<u64>()
         };
-        let pending: Vec<usize> = (0..files.len()).filter(|i| missing_bytes(i) > 0).collect();
-        let groups = super::runs(&pending, usize::MAX, BATCH_BYTES, missing_bytes);
-        for group in groups {
+        let pending: Vec<usize> = known
+            .iter()
+            .copied()
+            .filter(|i| missing_bytes(i) > 0)
+            .collect();
+        for group in super::runs(&pending, usize::MAX, BATCH_BYTES, missing_bytes) {
             let wanted: Vec<(RemotePath, Vec<(u64, ChunkRef)>)> = group
                 .iter()
                 .map(|&i| {
                     let missing = &rebuilds[i].as_ref().expect("grouped").missing;
-                    (paths[i].clone(), missing.clone())
+                    let path = child_path(files[i].dir, &files[i].entry.name);
+                    (path, missing.clone())
                 })
                 .collect();
             match self.fetch_files(&wanted, limiter) {
                 Ok(parts) => {
                     for (&i, ((_, missing), parts)) in group.iter().zip(wanted.iter().zip(parts)) {
                         let file = &files[i];
-                        if let Err(e) = write_fetched(file.entry, missing, &parts, &id_of, file.out)
-                        {
+                        if let Err(e) = write_fetched(file.entry, missing, &parts, file.out) {
                             results[i] = Some(Err(e));
                         }
                     }
