@@ -6,8 +6,9 @@
 //! wishlist), checking each against its id. Trees are built bottom-up by backup's tree
 //! builder and packs written by the same writer; the checkpoint record comes last.
 //!
-//! The checkpoint's host is the server's `host:port` and its path the source URL, so the
-//! next pull of the same URL finds it as its parent.
+//! The checkpoint's host is the server's host (without the port) and its path the source's
+//! path on the server (`/source/NAME`), so the next pull of the same source finds it as its
+//! parent.
 
 use super::remote::{RemotePath, RemoteSource, child_path};
 use super::{SyncError, SyncOptions, SyncReport};
@@ -347,10 +348,18 @@ impl PullWalker<'_> {
     }
 }
 
-/// The host (and port) of a URL, as the checkpoint's host.
-fn url_host(url: &str) -> String {
+/// The checkpoint's host and path for a source URL `scheme://host[:port]/source/NAME`: the
+/// host without its port and the path on the server, so a server moved to another port (or
+/// from HTTP to HTTPS) is still the same source and the next pull finds its parent.
+fn source_identity(url: &str) -> (String, String) {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    rest.split('/').next().unwrap_or(rest).to_owned()
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = match authority.rsplit_once(':') {
+        // An IPv6 address keeps its brackets and colons.
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    (host.to_owned(), format!("/{path}"))
 }
 
 /// Pulls the served source into `repo` as a new checkpoint (unless a dry run).
@@ -362,8 +371,8 @@ pub fn run(
 ) -> Result<SyncReport> {
     let started = Instant::now();
     let time = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
-    let host = url_host(source.url());
-    let paths = vec![source.url().to_owned()];
+    let (host, path) = source_identity(source.url());
+    let paths = vec![path];
     let parent = find_parent(repo, &host, &paths)?;
     let parent_root = match &parent {
         Some((_, c)) => Some(load_tree(repo, &c.tree)?),
@@ -461,4 +470,25 @@ pub fn run(
         errors: errors.into_iter().map(SyncError::from).collect(),
         ..SyncReport::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::source_identity;
+
+    #[test]
+    fn a_source_is_named_by_its_host_and_path_whatever_the_port_or_scheme() {
+        let named = |url: &str| source_identity(url);
+        let expected = ("backup.example".to_owned(), "/source/home".to_owned());
+        assert_eq!(named("https://backup.example:8443/source/home"), expected);
+        assert_eq!(named("http://backup.example/source/home"), expected);
+        assert_eq!(
+            named("https://[::1]:9000/source/home"),
+            ("[::1]".to_owned(), "/source/home".to_owned())
+        );
+        assert_eq!(
+            named("https://[::1]/source/home"),
+            ("[::1]".to_owned(), "/source/home".to_owned())
+        );
+    }
 }
