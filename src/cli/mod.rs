@@ -301,8 +301,8 @@ fn is_url(location: &str) -> bool {
     location.starts_with("http://") || location.starts_with("https://")
 }
 
-/// Draws a progress bar `NAME: {msg} [bar] bytes/total rate ETA` on stderr, refreshed by
-/// `update` every 100 ms, until `done` is set.
+/// Draws a progress bar `NAME: [bar] bytes/total rate ETA message` on stderr, refreshed by
+/// `update` every 100 ms, until `done` is set; the message is cut to the terminal's width.
 fn draw_bytes_progress(
     name: &str,
     done: &std::sync::atomic::AtomicBool,
@@ -310,7 +310,7 @@ fn draw_bytes_progress(
 ) {
     let bar = indicatif::ProgressBar::new(0);
     let template = format!(
-        "{{spinner}} {name}: {{msg}} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}} ETA {{eta}}"
+        "{{spinner}} {name}: [{{bar:25}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}} ETA {{eta}} {{wide_msg}}"
     );
     bar.set_style(
         indicatif::ProgressStyle::with_template(&template)
@@ -337,17 +337,24 @@ fn draw_run_progress(
         let counted = progress.counted.load(Relaxed);
         let total_files = progress.total_files.load(Relaxed);
         let files_done = progress.files_done.load(Relaxed);
-        bar.set_length(progress.total_bytes.load(Relaxed));
+        match progress.total_bytes.load(Relaxed) {
+            // Nothing counted yet: no total, rather than a full bar.
+            0 if !counted => bar.unset_length(),
+            total => bar.set_length(total),
+        }
         bar.set_position(progress.bytes_done.load(Relaxed));
         let files = match (files_done, total_files, counted) {
             (0, 0, true) => String::new(),
             (_, _, true) => format!("{files_done}/{total_files} files, "),
             _ => format!("{files_done}/{total_files}+ files (counting), "),
         };
+        let added = match progress.added_bytes.load(Relaxed) {
+            0 => String::new(),
+            added => format!(", {} added", indicatif::HumanBytes(added)),
+        };
         bar.set_message(format!(
-            "{files}{} {read}, {} added",
+            "{files}{} {read}{added}",
             indicatif::HumanBytes(progress.bytes_read.load(Relaxed)),
-            indicatif::HumanBytes(progress.added_bytes.load(Relaxed)),
         ));
     });
 }
