@@ -91,6 +91,11 @@ pub fn load(repo: &Repository, id: &CheckpointId) -> Result<Checkpoint> {
     Ok(record)
 }
 
+/// Removes checkpoint record `id` (its blobs stay until a prune).
+pub fn remove(repo: &Repository, id: &CheckpointId) -> Result<()> {
+    repo.backend().delete(&object_name(id))
+}
+
 /// Whether the repository holds checkpoint `id`.
 pub fn exists(repo: &Repository, id: &CheckpointId) -> Result<bool> {
     repo.backend().exists(&object_name(id))

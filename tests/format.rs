@@ -27,7 +27,7 @@ fn worked_example_of_format_md_holds() {
         pack_id.to_hex(),
         "ba8fcb51c26eb1812aca97b14ee2e1f6aff58fbc70c500de4182467e90d2a6ca"
     );
-    assert_eq!(encode_index_file(&vec![(pack_id, entries)]).len(), 81);
+    assert_eq!(encode_index_file(&[(pack_id, entries)]).len(), 81);
 
     let entry = Entry {
         name: b"hello.txt".to_vec(),

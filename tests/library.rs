@@ -79,11 +79,25 @@ fn files_with_many_chunks_use_a_chunk_list_blob() {
     );
 }
 
-/// A backend whose puts start failing after a set number, like a full disk or a killed
-/// process: what was stored before stays, nothing after it is written.
+/// A backend whose puts (and, when limited, deletes) start failing after a set number, like
+/// a full disk or a killed process: what was done before stays, nothing after it is.
 struct FailingBackend {
     inner: LocalBackend,
     puts_left: AtomicUsize,
+    deletes_left: AtomicUsize,
+}
+
+/// Takes one from `left`, or fails with `ENOSPC` when nothing is left.
+fn take_one(left: &AtomicUsize, what: &str) -> Result<()> {
+    let n = left.load(Ordering::SeqCst);
+    if n == 0 {
+        return Err(Error::io(
+            what.to_owned(),
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        ));
+    }
+    left.store(n - 1, Ordering::SeqCst);
+    Ok(())
 }
 
 impl Backend for FailingBackend {
@@ -97,20 +111,14 @@ impl Backend for FailingBackend {
         self.inner.get_range(name, offset, length)
     }
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
-        let left = self.puts_left.load(Ordering::SeqCst);
-        if left == 0 {
-            return Err(Error::io(
-                format!("writing {name}"),
-                std::io::Error::from_raw_os_error(libc::ENOSPC),
-            ));
-        }
-        self.puts_left.store(left - 1, Ordering::SeqCst);
+        take_one(&self.puts_left, &format!("writing {name}"))?;
         self.inner.put(name, data)
     }
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         self.inner.list(prefix)
     }
     fn delete(&self, name: &str) -> Result<()> {
+        take_one(&self.deletes_left, &format!("deleting {name}"))?;
         self.inner.delete(name)
     }
     fn exists(&self, name: &str) -> Result<bool> {
@@ -137,6 +145,7 @@ fn a_backup_stopped_at_any_write_leaves_a_sound_repository_and_resumes() {
         let failing = Arc::new(FailingBackend {
             inner: LocalBackend::new(sandbox.path("repo")),
             puts_left: AtomicUsize::new(allowed_puts),
+            deletes_left: AtomicUsize::new(usize::MAX),
         });
         let repo = open(failing, &sandbox.path("cache"));
         let result = backup::run(
@@ -178,4 +187,118 @@ fn a_backup_stopped_at_any_write_leaves_a_sound_repository_and_resumes() {
     )
     .unwrap();
     assert_same_tree(&source, &target);
+}
+
+/// Copies a repository directory (a plain tree of files).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_prune_stopped_at_any_write_or_delete_loses_nothing() {
+    let sandbox = Sandbox::new();
+    init_repo(&sandbox, ChunkerParams::default());
+    let source = sandbox.path("source");
+    std::fs::create_dir_all(&source).unwrap();
+    let healthy = |repo: &str, cache: &str| {
+        open(
+            Arc::new(LocalBackend::new(sandbox.path(repo))),
+            &sandbox.path(cache),
+        )
+    };
+    // Two checkpoints; the first one's file `a` is gone from the second, so once the first
+    // is forgotten its packs are partly used and get repacked.
+    for (name, seed) in [("a", 1), ("b", 2)] {
+        let data = pseudo_random(12_000_000, seed);
+        std::fs::write(source.join(name), data).unwrap();
+    }
+    let repo = healthy("repo", "cache");
+    let backup = |repo: &Repository| {
+        backup::run(
+            repo,
+            &BackupOptions::new(vec![source.clone()]),
+            &Progress::default(),
+        )
+        .unwrap()
+        .id
+        .unwrap()
+    };
+    let first = backup(&repo);
+    std::fs::remove_file(source.join("a")).unwrap();
+    std::fs::write(source.join("c"), pseudo_random(12_000_000, 3)).unwrap();
+    backup(&repo);
+    cairn::checkpoint::remove(&repo, &first).unwrap();
+    drop(repo);
+
+    let prune = |repo: &Repository| cairn::prune::run(repo, &Default::default());
+    let mut completed = false;
+    // Stop after every number of puts with deletes free, and after every number of deletes
+    // with puts free: every point of the prune.
+    for (puts, deletes) in (0..12)
+        .map(|n| (n, usize::MAX))
+        .chain((0..12).map(|n| (usize::MAX, n)))
+    {
+        let work = format!("work-{puts}-{deletes}");
+        let _ = std::fs::remove_dir_all(sandbox.path(&work));
+        copy_dir(&sandbox.path("repo"), &sandbox.path(&work));
+        let failing = Arc::new(FailingBackend {
+            inner: LocalBackend::new(sandbox.path(&work)),
+            puts_left: AtomicUsize::new(puts),
+            deletes_left: AtomicUsize::new(deletes),
+        });
+        let cache = format!("cache-{puts}-{deletes}");
+        let result = prune(&open(failing, &sandbox.path(&cache)));
+        completed |= result.is_ok();
+        let after = healthy(&work, &cache);
+        let report = check::run(&after, &CheckOptions { read_data: true }).unwrap();
+        assert!(
+            report.is_sound(),
+            "stopped at {puts} puts, {deletes} deletes: {report:?}"
+        );
+        let (_, latest) = cairn::checkpoint::resolve(&after, "latest").unwrap();
+        let target = sandbox.path(&format!("restored-{puts}-{deletes}"));
+        restore::run(
+            &after,
+            &latest.root_entry(),
+            &target,
+            &RestoreOptions::default(),
+            &RestoreProgress::default(),
+        )
+        .unwrap();
+        assert_same_tree(&source, &target);
+        // A full prune afterwards finishes the job. A lock the stopped run could not remove
+        // is this (live) process's; a killed run's would be stale. Remove it as unlock would.
+        for lock in after.backend().list("locks/").unwrap() {
+            after.backend().delete(&lock.name).unwrap();
+        }
+        prune(&after).unwrap();
+        let report = check::run(&after, &CheckOptions::default()).unwrap();
+        assert!(
+            report.is_sound(),
+            "pruned again after {puts}/{deletes}: {report:?}"
+        );
+        let size: u64 = after
+            .backend()
+            .list("data/")
+            .unwrap()
+            .iter()
+            .map(|o| o.size)
+            .sum();
+        assert!(
+            size < 26_000_000,
+            "{size} bytes left after pruning at {puts}/{deletes}"
+        );
+        std::fs::remove_dir_all(sandbox.path(&work)).unwrap();
+        std::fs::remove_dir_all(&target).unwrap();
+    }
+    assert!(completed, "the prune never got to its end");
 }

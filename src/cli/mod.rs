@@ -7,12 +7,14 @@ mod backup;
 mod cat;
 mod check;
 mod diff;
+mod forget;
 mod history;
 mod init;
 mod list;
 mod ls;
 mod mount;
 mod pipeline_speed;
+mod prune;
 mod restore;
 mod serve;
 mod sync;
@@ -89,6 +91,10 @@ enum Command {
     Sync(sync::SyncArgs),
     /// Serve a repository over HTTP(S) to cairn clients elsewhere
     Serve(serve::ServeArgs),
+    /// Remove checkpoints by a retention policy (--keep-daily 7 ...)
+    Forget(forget::ForgetArgs),
+    /// Delete the data no checkpoint needs any more
+    Prune(prune::PruneArgs),
     /// Measure the backup pipeline in memory on some files (the floor in scripts/bench.sh)
     #[command(hide = true)]
     PipelineSpeed(pipeline_speed::PipelineSpeedArgs),
@@ -109,6 +115,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::History(args) => history::run(global, args),
         Command::Sync(args) => sync::run(global, args),
         Command::Serve(args) => serve::run(global, args),
+        Command::Forget(args) => forget::run(global, args),
+        Command::Prune(args) => prune::run(global, args),
         Command::PipelineSpeed(args) => pipeline_speed::run(args),
     }
 }

@@ -28,7 +28,7 @@ pub struct BlobLocation {
 pub type IndexedPacks = Vec<(PackId, Vec<PackEntry>)>;
 
 /// Encodes the plaintext of an index file: per pack its id, entry count (u32 LE) and entries.
-pub fn encode_index_file(packs: &IndexedPacks) -> Vec<u8> {
+pub fn encode_index_file(packs: &[(PackId, Vec<PackEntry>)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (pack, entries) in packs {
         out.extend_from_slice(&pack.0);

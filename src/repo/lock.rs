@@ -74,5 +74,8 @@ pub fn acquire<'a>(repo: &'a Repository, exclusive: bool, purpose: &str) -> Resu
             )));
         }
     }
+    // What was indexed before the lock may have been pruned since: the cache catches up
+    // with the index files now, so nothing is deduplicated against a deleted pack.
+    repo.index().sync(repo.backend(), repo.codec())?;
     Ok(guard)
 }

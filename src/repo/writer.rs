@@ -205,6 +205,18 @@ pub fn with_blob_sink<T>(
     })
 }
 
+/// Stores an index file listing `packs` (whose packs must be stored already) and returns
+/// its name; the local cache learns of it separately.
+pub fn put_index_file(
+    repo: &Repository,
+    packs: &[(crate::id::PackId, Vec<super::pack::PackEntry>)],
+) -> Result<String> {
+    let encoded = repo.codec().encode(&encode_index_file(packs), true);
+    let name = format!("index/{}", blake3::hash(&encoded).to_hex());
+    repo.backend().put(&name, &encoded)?;
+    Ok(name)
+}
+
 /// Appends blobs to packs, stores them and writes index files. Returns the number of blobs.
 fn run_packer(
     repo: &Repository,
@@ -230,9 +242,7 @@ fn run_packer(
         if dry_run || unindexed.is_empty() {
             return Ok(());
         }
-        let encoded = repo.codec().encode(&encode_index_file(unindexed), true);
-        let name = format!("index/{}", blake3::hash(&encoded).to_hex());
-        repo.backend().put(&name, &encoded)?;
+        let name = put_index_file(repo, unindexed)?;
         repo.index().add_index_file(&name, unindexed)?;
         let mut blobs = flights.lock();
         for (_, entries) in unindexed.drain(..) {

@@ -1,0 +1,130 @@
+//! `cairn forget`: removes checkpoint records by a retention policy, series by series (one
+//! host and set of paths), printing what is kept and why and what is removed; with
+//! `--prune`, a prune follows and returns the space.
+
+use super::{GlobalArgs, print_json};
+use anyhow::{Result, bail};
+use cairn::checkpoint;
+use cairn::retention::{self, Policy, SeriesPlan};
+use clap::Args;
+use serde_json::json;
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// Keep the N newest checkpoints of each series
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_last: u32,
+    /// Keep the newest checkpoint of each of the N newest hours that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_hourly: u32,
+    /// Keep the newest checkpoint of each of the N newest days that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_daily: u32,
+    /// Keep the newest checkpoint of each of the N newest ISO weeks that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_weekly: u32,
+    /// Keep the newest checkpoint of each of the N newest months that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_monthly: u32,
+    /// Keep the newest checkpoint of each of the N newest years that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_yearly: u32,
+    /// Keep every checkpoint with this tag (repeatable)
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    keep_tags: Vec<String>,
+    /// Only consider checkpoints of this host
+    #[arg(long)]
+    host: Option<String>,
+    /// Show what would be removed; remove nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Prune afterwards, returning the space of what no checkpoint needs any more
+    #[arg(long)]
+    prune: bool,
+    /// Print one JSON object instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(global: &GlobalArgs, args: ForgetArgs) -> Result<ExitCode> {
+    let policy = Policy {
+        last: args.keep_last,
+        hourly: args.keep_hourly,
+        daily: args.keep_daily,
+        weekly: args.keep_weekly,
+        monthly: args.keep_monthly,
+        yearly: args.keep_yearly,
+        tags: args.keep_tags.clone(),
+    };
+    if policy.is_empty() {
+        bail!(
+            "no retention policy given: pass at least one of --keep-last, --keep-hourly, \
+             --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly or --keep-tag \
+             (with none, every checkpoint would be removed)"
+        );
+    }
+    let repo = global.open()?;
+    // Removing records takes the repository for itself, like any deletion.
+    let lock = if args.dry_run {
+        None
+    } else {
+        Some(cairn::repo::lock::acquire(&repo, true, "forget")?)
+    };
+    let plans = retention::plan(&policy, checkpoint::list(&repo)?, args.host.as_deref())?;
+    let removed = if args.dry_run {
+        plans
+            .iter()
+            .flat_map(|p| &p.checkpoints)
+            .filter(|d| d.reasons.is_empty())
+            .count() as u64
+    } else {
+        retention::forget(&repo, &plans)?
+    };
+    drop(lock);
+    let pruned = if args.prune {
+        let options = cairn::prune::PruneOptions {
+            dry_run: args.dry_run,
+            ..Default::default()
+        };
+        Some(cairn::prune::run(&repo, &options)?)
+    } else {
+        None
+    };
+    if args.json {
+        print_json(&json!({
+            "dry_run": args.dry_run,
+            "series": plans,
+            "removed": removed,
+            "prune": pruned,
+        }))?;
+    } else {
+        print_plans(&plans);
+        let would = if args.dry_run { "would be " } else { "" };
+        println!("{removed} checkpoints {would}removed");
+        if let Some(report) = &pruned {
+            super::prune::print_report(report);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_plans(plans: &[SeriesPlan]) {
+    for plan in plans {
+        println!("{} {}", plan.host, plan.paths.join(" "));
+        for decision in &plan.checkpoints {
+            let time = decision
+                .time
+                .get(..19)
+                .unwrap_or(&decision.time)
+                .replace('T', " ");
+            let verdict = if decision.reasons.is_empty() {
+                "remove".to_owned()
+            } else {
+                let reasons: Vec<String> = decision.reasons.iter().map(|r| r.to_string()).collect();
+                format!("keep ({})", reasons.join(", "))
+            };
+            println!("  {}  {time}  {verdict}", decision.id.short());
+        }
+    }
+}

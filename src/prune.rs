@@ -1,0 +1,282 @@
+//! `cairn prune`: returns the space of blobs no checkpoint references.
+//!
+//! Under an exclusive lock, prune walks every checkpoint's trees for the blobs still used,
+//! reads every index file, and sorts the packs: packs with no used blob are deleted; packs
+//! partly used are repacked (their used blobs, each checked against its id, copied into new
+//! packs) until the unused bytes left are at most `max_unused` percent of the used ones,
+//! fullest-of-waste first; packs no index file lists (left by a killed run) are deleted.
+//!
+//! The order keeps every used blob reachable at every moment, so a prune killed at any point
+//! loses nothing: (1) repacked blobs go into new packs with their own index files; (2) one
+//! fresh set of index files lists every pack that stays; (3) only then are the old index
+//! files deleted, and (4) last the packs nothing lists any more. A crash before (3) leaves
+//! blobs listed twice, which the next prune removes; after it, only unlisted packs, which the
+//! next prune deletes. Other machines' caches see index files gone and rebuild.
+
+use crate::checkpoint;
+use crate::error::{Error, Result};
+use crate::id::{BlobId, PackId};
+use crate::repo::Repository;
+use crate::repo::index::{IndexedPacks, decode_index_file};
+use crate::repo::pack::{PackEntry, pack_object_name};
+use crate::repo::writer::{put_index_file, with_blob_sink};
+use crate::tree::{Content, EntryKind, decode_chunk_list, load_tree};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
+
+/// Packs listed per index file written by prune.
+const PACKS_PER_INDEX_FILE: usize = 256;
+
+/// Inputs of a prune.
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// Unused bytes tolerated in partly used packs, in percent of the used bytes; packs
+    /// beyond it are repacked.
+    pub max_unused_percent: f64,
+    /// Decide and report, change nothing.
+    pub dry_run: bool,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            max_unused_percent: 5.0,
+            dry_run: false,
+        }
+    }
+}
+
+/// What a prune did (or, in a dry run, would do).
+#[derive(Debug, Default, Serialize)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub packs_before: u64,
+    pub bytes_before: u64,
+    pub used_blobs: u64,
+    pub used_bytes: u64,
+    /// Packs deleted whole: no used blob, or listed by no index file.
+    pub packs_deleted: u64,
+    /// Partly used packs whose used blobs were copied into new packs.
+    pub packs_repacked: u64,
+    pub blobs_repacked: u64,
+    pub bytes_repacked: u64,
+    /// Unused bytes left in partly used packs that were kept.
+    pub unused_bytes_kept: u64,
+    pub index_files_written: u64,
+    pub index_files_deleted: u64,
+    pub bytes_after: u64,
+}
+
+/// How much of a pack is used.
+#[derive(Debug, Default)]
+struct PackUse {
+    entries: Vec<PackEntry>,
+    /// Entries to keep: used, and the first copy of their blob.
+    used: Vec<PackEntry>,
+    used_bytes: u64,
+    unused_bytes: u64,
+}
+
+/// Every blob that some checkpoint references: trees, chunk lists and data.
+fn used_blobs(repo: &Repository) -> Result<HashSet<BlobId>> {
+    let mut used = HashSet::new();
+    let mut trees: Vec<BlobId> = checkpoint::list(repo)?
+        .into_iter()
+        .map(|(_, record)| record.tree)
+        .collect();
+    while let Some(id) = trees.pop() {
+        if !used.insert(id) {
+            continue;
+        }
+        for entry in load_tree(repo, &id)?.entries {
+            match entry.kind {
+                EntryKind::Dir(subtree) => trees.push(subtree),
+                EntryKind::File(Content::Chunks(chunks)) => {
+                    used.extend(chunks.iter().map(|c| c.id));
+                }
+                EntryKind::File(Content::ChunkList(list)) => {
+                    let chunks = decode_chunk_list(&repo.read_blob(&list)?, &list)?;
+                    used.insert(list);
+                    used.extend(chunks.iter().map(|c| c.id));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(used)
+}
+
+/// Every index file, decoded, in name order.
+fn index_files(repo: &Repository) -> Result<Vec<(String, IndexedPacks)>> {
+    let mut names: Vec<String> = repo
+        .backend()
+        .list("index/")?
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let location = || format!("index file {name}");
+            let plain = repo.read_object_plaintext(&name)?;
+            let packs = decode_index_file(&plain, &location)?;
+            Ok((name, packs))
+        })
+        .collect()
+}
+
+/// Prunes `repo` (which the caller has not locked).
+pub fn run(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
+    // A dry run changes nothing, so it waits for no one.
+    let _lock = crate::repo::lock::acquire(repo, !options.dry_run, "prune")?;
+    let mut report = PruneReport {
+        dry_run: options.dry_run,
+        ..PruneReport::default()
+    };
+    let used = used_blobs(repo)?;
+    let old_index_files = index_files(repo)?;
+    let mut present: HashMap<PackId, u64> = HashMap::new();
+    for object in repo.backend().list("data/")? {
+        let name = object.name.rsplit('/').next().unwrap_or_default();
+        let pack = PackId::from_hex(name).ok_or_else(|| {
+            Error::corrupt(
+                &object.name,
+                "not a pack: move it out of the repository before pruning",
+            )
+        })?;
+        present.insert(pack, object.size);
+    }
+    report.packs_before = present.len() as u64;
+    report.bytes_before = present.values().sum();
+
+    // Sort every indexed entry into its pack; the first copy of a used blob is the kept one.
+    let mut packs: HashMap<PackId, PackUse> = HashMap::new();
+    let mut pack_order: Vec<PackId> = Vec::new();
+    let mut kept: HashSet<BlobId> = HashSet::new();
+    for (_, listed) in &old_index_files {
+        for (pack, entries) in listed {
+            if packs.contains_key(pack) {
+                continue; // listed by an earlier index file as well
+            }
+            if !present.contains_key(pack) {
+                return Err(Error::corrupt(
+                    pack_object_name(pack),
+                    "listed by an index file but missing: run `cairn check`, then `cairn repair index`, before pruning",
+                ));
+            }
+            let mut usage = PackUse::default();
+            for entry in entries {
+                if used.contains(&entry.id) && kept.insert(entry.id) {
+                    usage.used.push(*entry);
+                    usage.used_bytes += u64::from(entry.length);
+                } else {
+                    usage.unused_bytes += u64::from(entry.length);
+                }
+            }
+            usage.entries = entries.clone();
+            packs.insert(*pack, usage);
+            pack_order.push(*pack);
+        }
+    }
+    if let Some(missing) = used.iter().find(|id| !kept.contains(id)) {
+        return Err(Error::corrupt(
+            format!("blob {missing}"),
+            "a checkpoint needs it but no index file lists it: run `cairn check` before pruning",
+        ));
+    }
+    report.used_blobs = kept.len() as u64;
+    report.used_bytes = packs.values().map(|p| p.used_bytes).sum();
+
+    // Decide: delete unused and unlisted packs; repack the most wasteful partly used ones
+    // until the waste left is within bounds.
+    let mut doomed: Vec<PackId> = present
+        .keys()
+        .filter(|pack| !packs.contains_key(pack))
+        .copied()
+        .collect();
+    let mut partly: Vec<PackId> = Vec::new();
+    for pack in &pack_order {
+        let usage = &packs[pack];
+        if usage.used.is_empty() {
+            doomed.push(*pack);
+        } else if usage.unused_bytes > 0 {
+            partly.push(*pack);
+        }
+    }
+    partly.sort_by_key(|pack| std::cmp::Reverse(packs[pack].unused_bytes));
+    let tolerated = (report.used_bytes as f64 * options.max_unused_percent / 100.0) as u64;
+    let mut waste: u64 = partly.iter().map(|p| packs[p].unused_bytes).sum();
+    let mut repack: Vec<PackId> = Vec::new();
+    for pack in partly {
+        if waste <= tolerated {
+            break;
+        }
+        waste -= packs[&pack].unused_bytes;
+        repack.push(pack);
+    }
+    report.unused_bytes_kept = waste;
+    report.packs_repacked = repack.len() as u64;
+    report.blobs_repacked = repack.iter().map(|p| packs[p].used.len() as u64).sum();
+    report.bytes_repacked = repack.iter().map(|p| packs[p].used_bytes).sum();
+    report.packs_deleted = doomed.len() as u64;
+    let gone: HashSet<PackId> = doomed.iter().chain(&repack).copied().collect();
+    let staying: Vec<PackId> = pack_order
+        .iter()
+        .filter(|pack| !gone.contains(pack))
+        .copied()
+        .collect();
+    let bytes_gone: u64 = gone.iter().map(|p| present[p]).sum();
+    if options.dry_run {
+        report.bytes_after = report.bytes_before - bytes_gone + report.bytes_repacked;
+        return Ok(report);
+    }
+
+    // (1) Repacked blobs into new packs, each checked against its id on the way.
+    let added_bytes = AtomicU64::new(0);
+    with_blob_sink(repo, false, 8, &added_bytes, |sink| {
+        for pack in &repack {
+            let name = pack_object_name(pack);
+            let bytes = repo.backend().get(&name)?;
+            for entry in &packs[pack].used {
+                let start = entry.offset as usize;
+                let stored = bytes
+                    .get(start..start + entry.length as usize)
+                    .ok_or_else(|| Error::corrupt(&name, "truncated pack"))?;
+                let where_ = || format!("pack {pack} blob {}", entry.id);
+                repo.codec().decode_blob(stored, &entry.id, &where_)?;
+                sink.send_encoded(
+                    entry.id,
+                    entry.kind,
+                    stored.to_vec(),
+                    entry.raw_length as usize,
+                )?;
+            }
+        }
+        Ok(())
+    })?;
+    // (2) One fresh set of index files for the packs that stay.
+    let listed: IndexedPacks = staying
+        .iter()
+        .map(|pack| (*pack, packs[pack].entries.clone()))
+        .collect();
+    let mut written: HashSet<String> = HashSet::new();
+    for group in listed.chunks(PACKS_PER_INDEX_FILE) {
+        written.insert(put_index_file(repo, group)?);
+    }
+    report.index_files_written = written.len() as u64;
+    // (3) The old index files, then (4) the packs nothing lists any more.
+    for (name, _) in &old_index_files {
+        if !written.contains(name) {
+            repo.backend().delete(name)?;
+            report.index_files_deleted += 1;
+        }
+    }
+    for pack in &gone {
+        repo.backend().delete(&pack_object_name(pack))?;
+    }
+    repo.index().sync(repo.backend(), repo.codec())?;
+    report.bytes_after = repo.backend().list("data/")?.iter().map(|o| o.size).sum();
+    Ok(report)
+}

@@ -1,0 +1,129 @@
+//! End-to-end tests of a repository's life: retention (`forget`), garbage collection
+//! (`prune`) and the space they return.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::Path;
+
+fn text(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn checkpoint_count(repo: &Path) -> usize {
+    fs::read_dir(repo.join("checkpoints")).map_or(0, |d| d.count())
+}
+
+/// A tree of 40 files of 100 KB; `version` rewrites a third of them with new content.
+fn write_version(root: &Path, version: u64) {
+    fs::create_dir_all(root).unwrap();
+    for i in 0..40u64 {
+        if version == 0 || i % 3 == version % 3 {
+            let seed = 1000 * version + i;
+            fs::write(root.join(format!("f{i}")), pseudo_random(100_000, seed)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn forget_keeps_what_the_policy_says_and_prune_returns_the_space() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    let repo = sandbox.path("repo");
+    sandbox.ok(&["init", "--repo", text(&repo), "--encryption", "none"]);
+    for version in 0..6 {
+        write_version(&source, version);
+        let tag = if version == 1 { "keep-me" } else { "daily" };
+        sandbox.ok(&["backup", "--repo", text(&repo), "--tag", tag, text(&source)]);
+    }
+    assert_eq!(checkpoint_count(&repo), 6);
+
+    // No policy is refused: it would remove everything.
+    let refused = sandbox.run(&["forget", "--repo", text(&repo)]);
+    assert_fails(&refused, 1, "no retention policy");
+
+    // A dry run says what it would do and removes nothing.
+    let planned: serde_json::Value = serde_json::from_str(&sandbox.ok(&[
+        "forget",
+        "--repo",
+        text(&repo),
+        "--keep-last",
+        "2",
+        "--keep-tag",
+        "keep-me",
+        "--dry-run",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(planned["removed"], 3, "{planned}");
+    let decisions = planned["series"][0]["checkpoints"].as_array().unwrap();
+    let reasons: Vec<String> = decisions.iter().map(|d| d["reasons"].to_string()).collect();
+    assert_eq!(
+        reasons,
+        [
+            r#"["last"]"#,
+            r#"["last"]"#,
+            "[]",
+            "[]",
+            r#"[{"tag":"keep-me"}]"#,
+            "[]"
+        ],
+        "newest first"
+    );
+    assert_eq!(checkpoint_count(&repo), 6);
+    let before = disk_usage(&repo.join("data"));
+    let text_plan = sandbox.ok(&[
+        "forget",
+        "--repo",
+        text(&repo),
+        "--keep-last",
+        "2",
+        "--dry-run",
+    ]);
+    assert!(
+        text_plan.contains("keep (last)") && text_plan.contains("remove"),
+        "{text_plan}"
+    );
+
+    // Forget all but the newest and prune: the repository shrinks to about a fresh backup.
+    let forgot = sandbox.ok(&[
+        "forget",
+        "--repo",
+        text(&repo),
+        "--keep-last",
+        "1",
+        "--prune",
+    ]);
+    assert!(forgot.contains("5 checkpoints removed"), "{forgot}");
+    assert_eq!(checkpoint_count(&repo), 1);
+    let after = disk_usage(&repo.join("data"));
+    let fresh = sandbox.path("fresh");
+    sandbox.ok(&["init", "--repo", text(&fresh), "--encryption", "none"]);
+    sandbox.ok(&["backup", "--repo", text(&fresh), text(&source)]);
+    let fresh_size = disk_usage(&fresh.join("data"));
+    assert!(
+        after < before && (after as f64) <= fresh_size as f64 * 1.10,
+        "data {before} → {after} bytes; a fresh backup takes {fresh_size}"
+    );
+    sandbox.ok(&["check", "--repo", text(&repo), "--read-data"]);
+    let restored = sandbox.path("restored");
+    sandbox.ok(&[
+        "restore",
+        "--repo",
+        text(&repo),
+        "latest",
+        "--target",
+        text(&restored),
+    ]);
+    assert_same_tree(&source, &restored);
+
+    // A dry-run prune of a pruned repository has nothing to do and changes nothing.
+    let listing = |dir: &Path| file_contents(dir).into_keys().collect::<Vec<_>>();
+    let packs = listing(&repo.join("data"));
+    let dry: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&["prune", "--repo", text(&repo), "--dry-run", "--json"]))
+            .unwrap();
+    assert_eq!(dry["packs_deleted"], 0, "{dry}");
+    assert_eq!(listing(&repo.join("data")), packs);
+}
