@@ -308,6 +308,7 @@ pub fn run(
     options: &RestoreOptions,
     progress: &RestoreProgress,
 ) -> Result<RestoreStats> {
+    let _lock = crate::repo::lock::acquire_for_reading(repo, "restore")?;
     prepare_target(target, options.overwrite)?;
     let errors = Mutex::new(Vec::new());
     let threads = options.threads.max(1);

@@ -127,3 +127,146 @@ fn forget_keeps_what_the_policy_says_and_prune_returns_the_space() {
     assert_eq!(dry["packs_deleted"], 0, "{dry}");
     assert_eq!(listing(&repo.join("data")), packs);
 }
+
+/// Waits until the repository holds a lock (a run started and took it).
+fn wait_for_a_lock(repo: &Path) {
+    for _ in 0..200 {
+        if fs::read_dir(repo.join("locks")).is_ok_and(|mut d| d.next().is_some()) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("no lock appeared in {}", repo.display());
+}
+
+#[test]
+fn backups_run_together_a_prune_waits_for_them_and_unlock_removes_only_stale_locks() {
+    let sandbox = Sandbox::new();
+    let repo = sandbox.path("repo");
+    sandbox.ok(&["init", "--repo", text(&repo), "--encryption", "none"]);
+    let (one, two) = (sandbox.path("one"), sandbox.path("two"));
+    write_version(&one, 0);
+    make_tree(&two);
+
+    // Two backups of different trees at the same time both succeed and both restore.
+    let started: Vec<_> = [&one, &two]
+        .iter()
+        .map(|tree| {
+            sandbox
+                .cairn()
+                .args(["backup", "--repo", text(&repo), text(tree)])
+                .output()
+        })
+        .collect();
+    for output in started {
+        let output = output.unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+    let list: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&["list", "--repo", text(&repo), "--json"])).unwrap();
+    for (i, tree) in [&one, &two].iter().enumerate() {
+        let entry = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| {
+                c["paths"][0]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(tree.file_name().unwrap().to_str().unwrap())
+            })
+            .unwrap();
+        let target = sandbox.path(&format!("restored-{i}"));
+        let id = entry["short_id"].as_str().unwrap();
+        sandbox.ok(&[
+            "restore",
+            "--repo",
+            text(&repo),
+            id,
+            "--target",
+            text(&target),
+        ]);
+        assert_same_tree(tree, &target);
+    }
+
+    // A slow backup holds a shared lock: a prune fails at once, naming it, or waits for it
+    // with --retry-lock and then succeeds.
+    let slow_source = sandbox.path("slow");
+    fs::create_dir_all(&slow_source).unwrap();
+    fs::write(slow_source.join("big"), pseudo_random(3_000_000, 9)).unwrap();
+    let mut slow = sandbox
+        .cairn()
+        .args([
+            "backup",
+            "--repo",
+            text(&repo),
+            "--limit-rate",
+            "1M",
+            text(&slow_source),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_a_lock(&repo);
+    let refused = sandbox.run(&["prune", "--repo", text(&repo)]);
+    assert_fails(&refused, 1, "locked by backup");
+    let waited = sandbox.run(&["prune", "--repo", text(&repo), "--retry-lock", "2m"]);
+    let backup_status = slow.try_wait().unwrap();
+    assert!(waited.status.success(), "{}", stderr(&waited));
+    assert!(
+        backup_status.is_some_and(|s| s.success()),
+        "the prune ran before the backup had finished"
+    );
+    sandbox.ok(&["check", "--repo", text(&repo), "--read-data"]);
+
+    // A backup killed mid-run leaves a stale lock: it stops nobody, and unlock removes it.
+    // (New content each time, so the stat cache does not make the backups instant.)
+    fs::write(slow_source.join("big"), pseudo_random(3_000_000, 10)).unwrap();
+    let mut killed = sandbox
+        .cairn()
+        .args([
+            "backup",
+            "--repo",
+            text(&repo),
+            "--limit-rate",
+            "200K",
+            text(&slow_source),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_a_lock(&repo);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    sandbox.ok(&["prune", "--repo", text(&repo)]);
+    fs::write(slow_source.join("big"), pseudo_random(3_000_000, 11)).unwrap();
+    let mut live = sandbox
+        .cairn()
+        .args([
+            "backup",
+            "--repo",
+            text(&repo),
+            "--limit-rate",
+            "200K",
+            text(&slow_source),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The live backup's lock may not be written yet; wait until there are two.
+    for _ in 0..200 {
+        if fs::read_dir(repo.join("locks")).unwrap().count() >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let unlocked = sandbox.ok(&["unlock", "--repo", text(&repo)]);
+    assert!(
+        unlocked.contains("is gone") && unlocked.contains("1 locks removed, 1 left"),
+        "{unlocked}"
+    );
+    let all = sandbox.ok(&["unlock", "--repo", text(&repo), "--remove-all"]);
+    assert!(all.contains("1 locks removed, 0 left"), "{all}");
+    live.kill().unwrap();
+    live.wait().unwrap();
+}

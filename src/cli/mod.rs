@@ -18,6 +18,7 @@ mod prune;
 mod restore;
 mod serve;
 mod sync;
+mod unlock;
 
 use anyhow::{Context, Result, bail};
 use cairn::repo::backend::{Backend, LocalBackend};
@@ -62,6 +63,10 @@ pub struct GlobalArgs {
     /// Trust this PEM certificate (or CA) for https:// servers, besides the public roots
     #[arg(long, global = true, env = "CAIRN_TLS_CA")]
     tls_ca: Option<PathBuf>,
+    /// When the repository is locked by another run, wait up to this long (e.g. 10m, 2h)
+    /// for it instead of failing
+    #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    retry_lock: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +100,8 @@ enum Command {
     Forget(forget::ForgetArgs),
     /// Delete the data no checkpoint needs any more
     Prune(prune::PruneArgs),
+    /// Remove stale locks (of finished or hung runs); --remove-all removes every lock
+    Unlock(unlock::UnlockArgs),
     /// Measure the backup pipeline in memory on some files (the floor in scripts/bench.sh)
     #[command(hide = true)]
     PipelineSpeed(pipeline_speed::PipelineSpeedArgs),
@@ -117,6 +124,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => serve::run(global, args),
         Command::Forget(args) => forget::run(global, args),
         Command::Prune(args) => prune::run(global, args),
+        Command::Unlock(args) => unlock::run(global, args),
         Command::PipelineSpeed(args) => pipeline_speed::run(args),
     }
 }
@@ -227,7 +235,11 @@ impl GlobalArgs {
             };
             secret.map_err(|e| cairn::error::Error::InvalidInput(format!("{e:#}")))
         };
-        Ok(Repository::open(backend, secret, &cache_root)?)
+        let repo = Repository::open(backend, secret, &cache_root)?;
+        if let Some(wait) = self.retry_lock {
+            repo.wait_for_locks(wait);
+        }
+        Ok(repo)
     }
 }
 

@@ -33,7 +33,9 @@ pub fn run(global: &GlobalArgs, args: MountArgs) -> Result<ExitCode> {
     // on other threads yet.
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) };
     let repo = Arc::new(global.open()?);
-    let vfs = Vfs::new(repo)?;
+    // Held while mounted: a prune waits until the checkpoints are unmounted.
+    let _lock = cairn::repo::lock::acquire_for_reading(&repo, "mount")?;
+    let vfs = Vfs::new(repo.clone())?;
     let options = MountOptions {
         allow_other: args.allow_other,
         ..MountOptions::default()

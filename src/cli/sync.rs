@@ -198,6 +198,7 @@ fn sync(
         (Endpoint::Repository { path, checkpoint }, Endpoint::Directory(target)) => {
             refuse_overlap(&path, &target)?;
             let repo = open_source(&path)?;
+            let _lock = cairn::repo::lock::acquire_for_reading(&repo, "sync")?;
             let reference = checkpoint.as_deref().unwrap_or("latest");
             let (_, record) = checkpoint::resolve(&repo, reference)?;
             let source = CheckpointSource {

@@ -1,81 +1,290 @@
 //! Repository locks: `locks/<random id>` objects saying who is working on the repository.
-//! Backups take a shared lock; a command that deletes data takes an exclusive one and waits
-//! for no one: it fails with `Locked` while another live lock exists. A lock left by a
-//! process that died on this host is recognised as stale and ignored. Locks are encoded like
-//! every other object, so an encrypted repository does not reveal host names.
+//! Backups, syncs, restores and mounts take a shared lock; a command that deletes data
+//! (forget, prune, repair) takes an exclusive one. A conflicting run fails with `Locked`,
+//! naming the holder, or first waits as long as the repository handle allows
+//! (`Repository::wait_for_locks`, the command line's `--retry-lock`).
+//!
+//! A held lock is rewritten every few minutes, so a lock older than `STALE_AFTER` belongs to
+//! a run that is gone or hung; so does a lock of this host whose process is dead. Stale
+//! locks are ignored, and `cairn unlock` removes them. Locks are encoded like every other
+//! object, so an encrypted repository does not reveal host names.
 
 use super::Repository;
-use crate::error::{Error, Result};
+use super::backend::Backend;
+use super::codec::Codec;
+use crate::error::{Error, ErrorKind, Result};
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// A lock not rewritten for this long is stale.
+pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
+/// A held lock is rewritten this often.
+const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
+/// How often a waiting run looks again.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
 
 /// The content of a lock object.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LockRecord {
     pub host: String,
     pub pid: u32,
+    /// When the lock was taken or last refreshed (RFC 3339).
     pub time: String,
     pub exclusive: bool,
     pub purpose: String,
 }
 
 impl LockRecord {
-    fn is_stale(&self, this_host: &str) -> bool {
-        // SAFETY: kill with signal 0 only checks whether the process exists.
-        let alive = unsafe { libc::kill(self.pid as libc::pid_t, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        self.host == this_host && !alive
+    fn new(exclusive: bool, purpose: &str) -> Self {
+        LockRecord {
+            host: crate::host_name(),
+            pid: std::process::id(),
+            time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            exclusive,
+            purpose: purpose.to_owned(),
+        }
+    }
+
+    /// Why the lock is stale (its run is gone or hung), or `None` while it is live.
+    pub fn stale_because(&self, this_host: &str) -> Option<String> {
+        if self.host == this_host {
+            // SAFETY: kill with signal 0 only checks whether the process exists.
+            let alive = unsafe { libc::kill(self.pid as libc::pid_t, 0) } == 0
+                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+            if !alive {
+                return Some(format!("process {} is gone", self.pid));
+            }
+        }
+        let age = humantime::parse_rfc3339(&self.time)
+            .ok()
+            .and_then(|time| SystemTime::now().duration_since(time).ok())?;
+        (age > STALE_AFTER).then(|| {
+            format!(
+                "not refreshed for {}",
+                humantime::format_duration(Duration::from_secs(age.as_secs()))
+            )
+        })
+    }
+
+    fn describe(&self, name: &str) -> String {
+        format!(
+            "{} (pid {} on {}, since {}; {name})",
+            self.purpose, self.pid, self.host, self.time
+        )
     }
 }
 
-/// A held lock; dropping it removes the lock object.
-pub struct LockGuard<'a> {
-    repo: &'a Repository,
-    name: String,
+/// Writes `record` as lock object `name`.
+fn put_record(backend: &dyn Backend, codec: &Codec, name: &str, record: &LockRecord) -> Result<()> {
+    let json = serde_json::to_vec(record).expect("lock records serialize");
+    backend.put(name, &codec.encode(&json, true))
 }
 
-impl Drop for LockGuard<'_> {
+fn new_lock_name() -> String {
+    format!("locks/{}", hex::encode(crate::crypto::random_bytes::<16>()))
+}
+
+/// A held lock, refreshed in the background; dropping it removes the lock object.
+pub struct LockGuard {
+    backend: Arc<dyn Backend>,
+    /// The lock object's current name (a refresh writes a new one).
+    name: Arc<Mutex<String>>,
+    stop: Option<crossbeam_channel::Sender<()>>,
+    refresher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LockGuard {
     fn drop(&mut self) {
-        if let Err(e) = self.repo.backend().delete(&self.name) {
-            tracing::warn!("could not remove lock {}: {e}", self.name);
+        drop(self.stop.take());
+        if let Some(refresher) = self.refresher.take() {
+            let _ = refresher.join();
+        }
+        let name = self.name.lock().expect("not poisoned").clone();
+        if let Err(e) = self.backend.delete(&name) {
+            tracing::warn!("could not remove lock {name}: {e}");
         }
     }
 }
 
-/// Takes a lock on `repo` for `purpose`. The lock is written first and the others are read
-/// afterwards, so of two processes starting at once at least one sees the other; on a
-/// conflict the new lock is removed again and `Locked` names the holder.
-pub fn acquire<'a>(repo: &'a Repository, exclusive: bool, purpose: &str) -> Result<LockGuard<'a>> {
-    let host = crate::host_name();
-    let record = LockRecord {
-        host: host.clone(),
-        pid: std::process::id(),
-        time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        exclusive,
-        purpose: purpose.to_owned(),
-    };
-    let name = format!("locks/{}", hex::encode(crate::crypto::random_bytes::<16>()));
-    repo.write_json_object(&name, &record)?;
-    // From here on the guard removes our lock, whatever happens.
-    let guard = LockGuard { repo, name };
+/// Rewrites the lock under a new name every `REFRESH_EVERY` until `stop` closes.
+fn refresh_until_stopped(
+    backend: Arc<dyn Backend>,
+    codec: Codec,
+    name: Arc<Mutex<String>>,
+    mut record: LockRecord,
+    stop: crossbeam_channel::Receiver<()>,
+) {
+    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(REFRESH_EVERY) {
+        record.time = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let fresh = new_lock_name();
+        // The new object first, then the old one goes: the lock never disappears.
+        match put_record(backend.as_ref(), &codec, &fresh, &record) {
+            Ok(()) => {
+                let old = std::mem::replace(&mut *name.lock().expect("not poisoned"), fresh);
+                if let Err(e) = backend.delete(&old) {
+                    tracing::warn!("could not remove the old lock {old}: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("could not refresh the repository lock: {e}"),
+        }
+    }
+}
+
+/// Every lock object of `repo` with its record (`None`: unreadable, or gone meanwhile).
+pub fn list(repo: &Repository) -> Result<Vec<(String, Option<LockRecord>)>> {
+    let mut locks = Vec::new();
     for object in repo.backend().list("locks/")? {
-        if object.name == guard.name {
+        match repo.read_json_object::<LockRecord>(&object.name) {
+            Ok(record) => locks.push((object.name, Some(record))),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!("unreadable lock {}: {e}", object.name);
+                locks.push((object.name, None));
+            }
+        }
+    }
+    Ok(locks)
+}
+
+/// The first live lock other than `own` that conflicts with a lock of kind `exclusive`.
+fn conflicting(repo: &Repository, own: &str, exclusive: bool) -> Result<Option<String>> {
+    let host = crate::host_name();
+    for (name, record) in list(repo)? {
+        if name == own {
             continue;
         }
-        let other: LockRecord = match repo.read_json_object(&object.name) {
-            Ok(other) => other,
-            Err(e) if e.kind() == crate::error::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        if !other.is_stale(&host) && (exclusive || other.exclusive) {
-            return Err(Error::Locked(format!(
-                "repository is locked by {} (pid {} on {}, since {}): wait for it to finish; \
-                 if that process is gone, delete {} from the repository",
-                other.purpose, other.pid, other.host, other.time, object.name
-            )));
+        match record {
+            Some(other)
+                if other.stale_because(&host).is_none() && (exclusive || other.exclusive) =>
+            {
+                return Ok(Some(other.describe(&name)));
+            }
+            // An unreadable lock is someone's: for an exclusive lock, better to wait.
+            None if exclusive => return Ok(Some(format!("an unreadable lock ({name})"))),
+            _ => {}
         }
     }
-    // What was indexed before the lock may have been pruned since: the cache catches up
-    // with the index files now, so nothing is deduplicated against a deleted pack.
-    repo.index().sync(repo.backend(), repo.codec())?;
-    Ok(guard)
+    Ok(None)
+}
+
+/// Takes a lock on `repo` for `purpose`, waiting for conflicting locks as long as
+/// `repo.lock_wait()` allows. The lock is written first and the others read afterwards, so
+/// of two processes starting at once at least one sees the other; on a conflict the new lock
+/// is removed again (and written anew on the next try).
+pub fn acquire(repo: &Repository, exclusive: bool, purpose: &str) -> Result<LockGuard> {
+    let started = Instant::now();
+    let record = LockRecord::new(exclusive, purpose);
+    loop {
+        let name = new_lock_name();
+        put_record(repo.backend_arc().as_ref(), repo.codec(), &name, &record)?;
+        let (stop, stopped) = crossbeam_channel::bounded(0);
+        let shared_name = Arc::new(Mutex::new(name.clone()));
+        // From here on the guard removes the lock, whatever happens.
+        let mut guard = LockGuard {
+            backend: repo.backend_arc(),
+            name: shared_name.clone(),
+            stop: Some(stop),
+            refresher: None,
+        };
+        let Some(holder) = conflicting(repo, &name, exclusive)? else {
+            // What was indexed before the lock may have been pruned since: the cache
+            // catches up with the index files now, so nothing is deduplicated against a
+            // deleted pack.
+            repo.index().sync(repo.backend(), repo.codec())?;
+            let (backend, codec, record) = (repo.backend_arc(), repo.codec().clone(), record);
+            guard.refresher = Some(std::thread::spawn(move || {
+                refresh_until_stopped(backend, codec, shared_name, record, stopped)
+            }));
+            return Ok(guard);
+        };
+        drop(guard);
+        if started.elapsed() >= repo.lock_wait() {
+            let waited = if repo.lock_wait().is_zero() {
+                "wait with --retry-lock DURATION".to_owned()
+            } else {
+                format!(
+                    "waited {}",
+                    humantime::format_duration(Duration::from_secs(started.elapsed().as_secs()))
+                )
+            };
+            return Err(Error::Locked(format!(
+                "repository is locked by {holder}: {waited}; if that process is gone, \
+                 `cairn unlock` removes its lock"
+            )));
+        }
+        // A little jitter, so two runs waiting for each other do not retry in step.
+        let jitter = u64::from(crate::crypto::random_bytes::<1>()[0]) * 2;
+        std::thread::sleep(RETRY_EVERY + Duration::from_millis(jitter));
+    }
+}
+
+/// Removes stale locks, or every lock with `all`; returns the removed ones with why.
+pub fn remove_locks(repo: &Repository, all: bool) -> Result<Vec<(String, String)>> {
+    let host = crate::host_name();
+    let mut removed = Vec::new();
+    for (name, record) in list(repo)? {
+        let why = match &record {
+            Some(record) => match record.stale_because(&host) {
+                Some(why) => format!("{}: {why}", record.describe(&name)),
+                None if all => format!("{}: removed with --remove-all", record.describe(&name)),
+                None => continue,
+            },
+            None if all => format!("unreadable lock {name}"),
+            None => continue,
+        };
+        repo.backend().delete(&name)?;
+        removed.push((name, why));
+    }
+    Ok(removed)
+}
+
+/// A shared lock for a run that only reads. Where the repository cannot be written (a
+/// read-only server or medium), the run goes on unlocked, with a warning; a conflicting
+/// exclusive lock still stops it.
+pub fn acquire_for_reading(repo: &Repository, purpose: &str) -> Result<Option<LockGuard>> {
+    match acquire(repo, false, purpose) {
+        Ok(guard) => Ok(Some(guard)),
+        Err(e) if e.kind() == ErrorKind::Locked => Err(e),
+        Err(e) => {
+            tracing::warn!(
+                "reading {} without a lock ({e}): a prune meanwhile could make this {purpose} fail",
+                repo.backend().location()
+            );
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(host: &str, pid: u32, age: Duration) -> LockRecord {
+        LockRecord {
+            host: host.to_owned(),
+            pid,
+            time: humantime::format_rfc3339_seconds(SystemTime::now() - age).to_string(),
+            exclusive: false,
+            purpose: "backup".into(),
+        }
+    }
+
+    #[test]
+    fn a_lock_is_stale_when_its_process_is_gone_or_it_was_not_refreshed() {
+        let here = crate::host_name();
+        let minute = Duration::from_secs(60);
+        // This process, refreshed a minute ago: live.
+        assert_eq!(
+            record(&here, std::process::id(), minute).stale_because(&here),
+            None
+        );
+        // Another host's lock can only go stale by age.
+        assert_eq!(record("elsewhere", 1, minute).stale_because(&here), None);
+        let old = record("elsewhere", 1, STALE_AFTER + minute).stale_because(&here);
+        assert!(old.is_some_and(|why| why.starts_with("not refreshed for 31m")));
+        // A process of this host that is gone (pids stay below 2^22 on Linux).
+        let gone = record(&here, 4_194_304 + 7, minute).stale_because(&here);
+        assert!(gone.is_some_and(|why| why.contains("is gone")));
+    }
 }

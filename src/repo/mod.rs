@@ -89,6 +89,8 @@ pub struct Repository {
     codec: Codec,
     chunker: Chunker,
     index: BlobIndex,
+    /// How long taking a lock waits for conflicting locks, in milliseconds.
+    lock_wait_ms: std::sync::atomic::AtomicU64,
 }
 
 fn write_key_file(path: &Path, key_file: &KeyFile) -> Result<()> {
@@ -238,6 +240,7 @@ impl Repository {
             codec,
             chunker,
             index,
+            lock_wait_ms: Default::default(),
         })
     }
 
@@ -292,6 +295,25 @@ impl Repository {
                 }
             ))),
         }
+    }
+
+    /// Lets lock acquisition wait up to `wait` for conflicting locks to go (0: fail at once).
+    pub fn wait_for_locks(&self, wait: std::time::Duration) {
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        self.lock_wait_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long lock acquisition waits for conflicting locks.
+    pub fn lock_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.lock_wait_ms.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// The backend, shared (for work that outlives a borrow, like a lock's refresher).
+    pub fn backend_arc(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
     }
 
     pub fn backend(&self) -> &dyn Backend {

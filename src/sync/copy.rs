@@ -127,8 +127,7 @@ pub fn run(
             from.backend().location()
         )));
     }
-    // The source is only read (it may be a read-only server), so only the destination is
-    // locked.
+    let _source_lock = crate::repo::lock::acquire_for_reading(from, "sync")?;
     let _lock = if options.dry_run {
         None
     } else {

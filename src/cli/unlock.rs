@@ -1,0 +1,26 @@
+//! `cairn unlock`: removes stale locks (their process is gone, or they were not refreshed
+//! for `STALE_AFTER`); with `--remove-all`, every lock, live ones of other hosts included.
+
+use super::GlobalArgs;
+use anyhow::Result;
+use clap::Args;
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// Remove every lock, also those of runs that may still be working: only when you know
+    /// they are not
+    #[arg(long)]
+    remove_all: bool,
+}
+
+pub fn run(global: &GlobalArgs, args: UnlockArgs) -> Result<ExitCode> {
+    let repo = global.open()?;
+    let removed = cairn::repo::lock::remove_locks(&repo, args.remove_all)?;
+    for (_, why) in &removed {
+        println!("removed {why}");
+    }
+    let left = cairn::repo::lock::list(&repo)?.len();
+    println!("{} locks removed, {left} left", removed.len());
+    Ok(ExitCode::SUCCESS)
+}
