@@ -168,7 +168,12 @@ impl KdfParams {
 /// `keys/<id>` in a password-mode repository: the master key wrapped by a password.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PasswordKey {
+    /// When the key was made (RFC 3339); informational.
+    #[serde(default)]
     pub created: String,
+    /// The host the key was made on; informational, empty in keys made before it was kept.
+    #[serde(default)]
+    pub host: String,
     pub kdf: KdfParams,
     /// Hex of `nonce || ciphertext || tag` of the master key.
     pub wrapped: String,
@@ -180,6 +185,7 @@ impl PasswordKey {
         let wrapping_key = kdf.derive(password)?;
         Ok(PasswordKey {
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            host: String::new(),
             kdf,
             wrapped: hex::encode(seal_with(&wrapping_key, &master.to_bytes())),
         })

@@ -601,3 +601,242 @@ fn limit_rate_and_low_priority_slow_the_backup_not_its_result() {
     ));
     assert_fails(&output, 2, "\"fast\" is not a rate");
 }
+
+/// Writes `password` to `<sandbox>/<name>` and returns that file's path as an argument.
+fn password_file(sandbox: &Sandbox, name: &str, password: &str) -> String {
+    let file = sandbox.path(name);
+    fs::write(&file, format!("{password}\n")).unwrap();
+    file.to_str().unwrap().to_owned()
+}
+
+/// The arguments that open `repo` with the password in `file`.
+fn opened_with(repo: &Path, file: &str) -> Vec<String> {
+    ["--repo", repo.to_str().unwrap(), "--password-file", file]
+        .map(String::from)
+        .into()
+}
+
+/// `cairn key list --json` as (id, opened) pairs.
+fn key_list(sandbox: &Sandbox, extra: &[String]) -> Vec<(String, bool)> {
+    let json: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&with(&["key", "list", "--json"], extra))).unwrap();
+    json.as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            let id = k["id"].as_str().unwrap().to_owned();
+            (id, k["opened"].as_bool().unwrap())
+        })
+        .collect()
+}
+
+/// The id of a repository's only key, which must be the one that opened it.
+fn only_key(sandbox: &Sandbox, extra: &[String]) -> String {
+    let keys = key_list(sandbox, extra);
+    assert!(matches!(keys[..], [(_, true)]), "{keys:?}");
+    keys[0].0.clone()
+}
+
+#[test]
+fn key_add_gives_a_second_password_that_opens_the_repository() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("note.txt"), b"kept under two passwords").unwrap();
+    let repo = sandbox.path("repo");
+    let first = init(&sandbox, &repo, "password");
+    backup_json(&sandbox, &first, &[&source]);
+    let first_id = only_key(&sandbox, &first);
+
+    let new_file = password_file(&sandbox, "second.txt", "a second password");
+    let added = sandbox.ok(&with(
+        &["key", "add", "--new-password-file", &new_file],
+        &first,
+    ));
+    let added_id = added.trim();
+    assert_eq!(added_id.len(), 64, "{added}");
+    assert_ne!(added_id, first_id);
+
+    let second = opened_with(&repo, &new_file);
+    for extra in [&first, &second] {
+        assert_eq!(sandbox.ok(&with(&["list"], extra)).lines().count(), 2);
+        let note = sandbox.ok(&with(&["cat", "latest:note.txt"], extra));
+        assert_eq!(note, "kept under two passwords");
+    }
+    let mut listed = key_list(&sandbox, &second);
+    listed.sort();
+    let mut expected = vec![(first_id.clone(), false), (added_id.to_owned(), true)];
+    expected.sort();
+    assert_eq!(listed, expected, "the second password opened the added key");
+    let table = sandbox.ok(&with(&["key", "list"], &first));
+    let marked: Vec<&str> = table.lines().filter(|l| l.starts_with('*')).collect();
+    assert_eq!(marked.len(), 1, "{table}");
+    assert!(
+        marked[0].starts_with(&format!("* {}", &first_id[..8])),
+        "{table}"
+    );
+
+    let empty = password_file(&sandbox, "empty.txt", "");
+    let refused = sandbox.run(&with(
+        &["key", "add", "--new-password-file", &empty],
+        &first,
+    ));
+    assert_fails(&refused, 1, "the new password is empty");
+    let no_password = sandbox.run(&with(&["key", "add"], &first));
+    assert_fails(&no_password, 1, "CAIRN_NEW_PASSWORD");
+    assert_eq!(
+        key_list(&sandbox, &first).len(),
+        2,
+        "a refused add wrote a key"
+    );
+}
+
+#[test]
+fn key_passwd_replaces_the_password_and_keeps_the_data() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    make_tree(&source);
+    let repo = sandbox.path("repo");
+    let old = init(&sandbox, &repo, "password");
+    backup_json(&sandbox, &old, &[&source]);
+    let new_file = password_file(&sandbox, "new.txt", "the new password");
+
+    let before = file_contents(&repo);
+    let dry = sandbox.run(&with(
+        &[
+            "key",
+            "passwd",
+            "--dry-run",
+            "--new-password-file",
+            &new_file,
+        ],
+        &old,
+    ));
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    assert!(stderr(&dry).contains("would add"), "{}", stderr(&dry));
+    assert_eq!(
+        before,
+        file_contents(&repo),
+        "a dry run changed the repository"
+    );
+
+    let changed = sandbox.ok(&with(
+        &["key", "passwd", "--new-password-file", &new_file],
+        &old,
+    ));
+    let new_id = changed.trim().to_owned();
+    let keys_after: Vec<_> = fs::read_dir(repo.join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        keys_after,
+        std::slice::from_ref(&new_id),
+        "the old key object is gone"
+    );
+
+    let refused = sandbox.run(&with(&["list"], &old));
+    assert_fails(&refused, 1, "wrong password");
+    let new = opened_with(&repo, &new_file);
+    assert_eq!(key_list(&sandbox, &new), [(new_id, true)]);
+    let target = sandbox.path("restored");
+    sandbox.ok(&with(
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+        &new,
+    ));
+    assert_same_tree(&source, &target);
+    // The data was not rewritten: only the key object changed.
+    let data_untouched = |contents: &std::collections::BTreeMap<std::path::PathBuf, Vec<u8>>| {
+        contents
+            .iter()
+            .filter(|(path, _)| !path.starts_with(repo.join("keys")))
+            .map(|(path, bytes)| (path.clone(), bytes.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        data_untouched(&before),
+        data_untouched(&file_contents(&repo))
+    );
+}
+
+#[test]
+fn key_remove_refuses_the_last_key_and_removes_others() {
+    let sandbox = Sandbox::new();
+    let repo = sandbox.path("repo");
+    let first = init(&sandbox, &repo, "password");
+    let only_id = only_key(&sandbox, &first);
+    let refused = sandbox.run(&with(&["key", "remove", &only_id[..8]], &first));
+    assert_fails(&refused, 1, "is the last key");
+    assert!(
+        stderr(&refused).contains("cairn key add"),
+        "{}",
+        stderr(&refused)
+    );
+    let not_an_id = sandbox.run(&with(&["key", "remove", "xyz"], &first));
+    assert_fails(&not_an_id, 1, "not a key id");
+    assert_eq!(key_list(&sandbox, &first).len(), 1);
+
+    let second_file = password_file(&sandbox, "second.txt", "second");
+    let second_id = sandbox.ok(&with(
+        &["key", "add", "--new-password-file", &second_file],
+        &first,
+    ));
+    let second_id = second_id.trim();
+    let second = opened_with(&repo, &second_file);
+    sandbox.ok(&with(
+        &["key", "remove", "--dry-run", &second_id[..8]],
+        &first,
+    ));
+    assert_eq!(
+        key_list(&sandbox, &second).len(),
+        2,
+        "a dry run removed a key"
+    );
+
+    sandbox.ok(&with(&["key", "remove", &second_id[..8]], &first));
+    assert_fails(&sandbox.run(&with(&["list"], &second)), 1, "wrong password");
+    assert_eq!(key_list(&sandbox, &first), [(only_id.clone(), true)]);
+
+    // The key in use may go while another stays: the other password then opens the repository.
+    let third_file = password_file(&sandbox, "third.txt", "third");
+    sandbox.ok(&with(
+        &["key", "add", "--new-password-file", &third_file],
+        &first,
+    ));
+    let own = sandbox.run(&with(&["key", "remove", &only_id], &first));
+    assert!(own.status.success(), "{}", stderr(&own));
+    assert!(stderr(&own).contains("no longer opens"), "{}", stderr(&own));
+    assert_fails(&sandbox.run(&with(&["list"], &first)), 1, "wrong password");
+    let third = opened_with(&repo, &third_file);
+    assert_eq!(key_list(&sandbox, &third).len(), 1);
+}
+
+#[test]
+fn key_commands_fail_in_keyfile_and_none_mode() {
+    let sandbox = Sandbox::new();
+    let new_file = password_file(&sandbox, "new.txt", "new");
+    let keyed = sandbox.path("keyed");
+    let key_extra = init(&sandbox, &keyed, "keyfile");
+    let output = sandbox.run(&with(
+        &["key", "add", "--new-password-file", &new_file],
+        &key_extra,
+    ));
+    assert_fails(&output, 1, "keyfile mode: its key lives in the key file");
+    // Without the key file too: the mode is named, not the missing key file.
+    let output = sandbox.run(&["key", "list", "--repo", keyed.to_str().unwrap()]);
+    assert_fails(&output, 1, "keyfile mode");
+    assert!(!keyed.join("keys").exists());
+
+    let plain = sandbox.path("plain");
+    let plain_extra = init(&sandbox, &plain, "none");
+    for command in [
+        &["key", "add", "--new-password-file", &new_file][..],
+        &["key", "list"],
+        &["key", "passwd", "--new-password-file", &new_file],
+        &["key", "remove", "abcd"],
+    ] {
+        let output = sandbox.run(&with(command, &plain_extra));
+        assert_fails(&output, 1, "is not encrypted");
+    }
+    assert!(!plain.join("keys").exists());
+}

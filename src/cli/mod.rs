@@ -10,6 +10,7 @@ mod diff;
 mod forget;
 mod history;
 mod init;
+mod key;
 mod list;
 mod ls;
 mod mount;
@@ -102,6 +103,8 @@ enum Command {
     Prune(prune::PruneArgs),
     /// Remove stale locks (of finished or hung runs); --remove-all removes every lock
     Unlock(unlock::UnlockArgs),
+    /// Manage the passwords of a password-mode repository: list, add, change, remove
+    Key(key::KeyArgs),
     /// Measure the backup pipeline in memory on some files (the floor in scripts/bench.sh)
     #[command(hide = true)]
     PipelineSpeed(pipeline_speed::PipelineSpeedArgs),
@@ -125,6 +128,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Forget(args) => forget::run(global, args),
         Command::Prune(args) => prune::run(global, args),
         Command::Unlock(args) => unlock::run(global, args),
+        Command::Key(args) => key::run(global, args),
         Command::PipelineSpeed(args) => pipeline_speed::run(args),
     }
 }
@@ -259,10 +263,7 @@ impl Credentials<'_> {
             return Ok(std::os::unix::ffi::OsStringExt::into_vec(password));
         }
         if let Some(file) = self.password_file {
-            let text = std::fs::read(file)
-                .with_context(|| format!("reading password file {}", file.display()))?;
-            let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
-            return Ok(line.strip_suffix(b"\r").unwrap_or(line).to_vec());
+            return read_password_file(file);
         }
         if !std::io::stdin().is_terminal() {
             bail!(
@@ -270,14 +271,7 @@ impl Credentials<'_> {
                 self.password_env
             );
         }
-        let password = rpassword::prompt_password("repository password: ")?;
-        if confirm && rpassword::prompt_password("repeat password: ")? != password {
-            bail!("the passwords do not match; nothing was created");
-        }
-        if password.is_empty() {
-            bail!("the password is empty");
-        }
-        Ok(password.into_bytes())
+        prompt_password("repository password", confirm)
     }
 
     fn key_file(&self) -> Result<PathBuf> {
@@ -285,6 +279,26 @@ impl Credentials<'_> {
             "this repository needs its key file: pass --key-file FILE or set CAIRN_KEY_FILE",
         )
     }
+}
+
+/// The first line of a password file, without its line ending.
+fn read_password_file(file: &Path) -> Result<Vec<u8>> {
+    let text =
+        std::fs::read(file).with_context(|| format!("reading password file {}", file.display()))?;
+    let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
+    Ok(line.strip_suffix(b"\r").unwrap_or(line).to_vec())
+}
+
+/// Asks for `what` (a password) on the terminal, twice when `confirm`; refuses an empty one.
+fn prompt_password(what: &str, confirm: bool) -> Result<Vec<u8>> {
+    let password = rpassword::prompt_password(format!("{what}: "))?;
+    if confirm && rpassword::prompt_password(format!("repeat {what}: "))? != password {
+        bail!("the passwords do not match; nothing was changed");
+    }
+    if password.is_empty() {
+        bail!("the password is empty");
+    }
+    Ok(password.into_bytes())
 }
 
 /// The secret of a second repository that a command reads from (`sync`'s source,

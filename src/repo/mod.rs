@@ -7,6 +7,7 @@ pub mod codec;
 pub mod config;
 pub mod http;
 pub mod index;
+pub mod keys;
 pub mod lock;
 pub mod pack;
 pub mod writer;
@@ -91,6 +92,8 @@ pub struct Repository {
     index: BlobIndex,
     /// How long taking a lock waits for conflicting locks, in milliseconds.
     lock_wait_ms: std::sync::atomic::AtomicU64,
+    /// The id of the `keys/<id>` object that opened the repository (password mode only).
+    opened_key: Option<String>,
 }
 
 fn write_key_file(path: &Path, key_file: &KeyFile) -> Result<()> {
@@ -115,6 +118,17 @@ fn write_key_file(path: &Path, key_file: &KeyFile) -> Result<()> {
     file.write_all(&text)
         .and_then(|_| file.sync_all())
         .map_err(|e| Error::io(format!("writing key file {}", path.display()), e))
+}
+
+/// Whether `key` opens the config's key check, so it is this repository's master key and not
+/// another repository's.
+fn passes_key_check(config: &Config, key: &MasterKey) -> bool {
+    config
+        .key_check
+        .as_deref()
+        .and_then(|check| hex::decode(check).ok())
+        .and_then(|sealed| key.open(&sealed))
+        .is_some_and(|id| id == config.id.as_bytes())
 }
 
 impl Repository {
@@ -160,10 +174,7 @@ impl Repository {
                     .as_deref()
                     .ok_or_else(|| Error::InvalidInput("password mode needs a password".into()))?;
                 let master = master.as_ref().expect("made for encrypted modes");
-                let wrapped = PasswordKey::wrap(master, password)?;
-                let bytes = serde_json::to_vec_pretty(&wrapped).expect("keys serialize");
-                let name = format!("keys/{}", blake3::hash(&bytes).to_hex());
-                backend.put(&name, &bytes)?;
+                keys::write_password_key(backend, master, password)?;
             }
         }
         let config = Config {
@@ -225,9 +236,12 @@ impl Repository {
         cache_root: &Path,
     ) -> Result<Self> {
         let config = Self::read_config(backend.as_ref())?;
-        let master = match config.encryption {
-            EncryptionMode::None => None,
-            mode => Some(Self::unlock(backend.as_ref(), &config, secret(mode)?)?),
+        let (master, opened_key) = match config.encryption {
+            EncryptionMode::None => (None, None),
+            mode => {
+                let (master, opened_key) = Self::unlock(backend.as_ref(), &config, secret(mode)?)?;
+                (Some(master), opened_key)
+            }
         };
         let seed = master.as_ref().map_or(0, MasterKey::chunker_seed);
         let chunker = Chunker::new(config.chunker, seed)?;
@@ -241,28 +255,30 @@ impl Repository {
             chunker,
             index,
             lock_wait_ms: Default::default(),
+            opened_key,
         })
     }
 
-    fn unlock(backend: &dyn Backend, config: &Config, secret: Secret) -> Result<MasterKey> {
+    /// The master key `secret` opens, and in password mode the id of the key object that
+    /// opened it.
+    fn unlock(
+        backend: &dyn Backend,
+        config: &Config,
+        secret: Secret,
+    ) -> Result<(MasterKey, Option<String>)> {
         let location = backend.location();
-        let checks_out = |key: &MasterKey| {
-            config
-                .key_check
-                .as_deref()
-                .and_then(|check| hex::decode(check).ok())
-                .and_then(|sealed| key.open(&sealed))
-                .is_some_and(|id| id == config.id.as_bytes())
-        };
         match (config.encryption, secret) {
             (EncryptionMode::Password, Secret::Password(password)) => {
-                for object in backend.list("keys/")? {
+                for object in backend.list(keys::KEYS_PREFIX)? {
                     let bytes = backend.get(&object.name)?;
                     let unwrapped = serde_json::from_slice::<PasswordKey>(&bytes)
                         .map_err(|e| Error::corrupt(&object.name, e.to_string()))
                         .and_then(|key| key.unwrap(&password));
                     match unwrapped {
-                        Ok(Some(master)) if checks_out(&master) => return Ok(master),
+                        Ok(Some(master)) if passes_key_check(config, &master) => {
+                            let id = keys::key_id(&object.name).to_owned();
+                            return Ok((master, Some(id)));
+                        }
                         Ok(_) => {}
                         // One unreadable key must not lock out the others.
                         Err(e) => tracing::warn!("skipping key {}: {e}", object.name),
@@ -278,13 +294,14 @@ impl Repository {
                 let master = serde_json::from_slice::<KeyFile>(&bytes)
                     .ok()
                     .and_then(|file| file.master_key())
-                    .filter(checks_out);
-                master.ok_or_else(|| {
+                    .filter(|key| passes_key_check(config, key));
+                let master = master.ok_or_else(|| {
                     Error::WrongKey(format!(
                         "wrong key: {} is not the key file of repository {location}",
                         path.display()
                     ))
-                })
+                })?;
+                Ok((master, None))
             }
             (mode, _) => Err(Error::InvalidInput(format!(
                 "repository {location} is in {mode} mode and needs its {}",
@@ -334,6 +351,12 @@ impl Repository {
 
     pub fn index(&self) -> &BlobIndex {
         &self.index
+    }
+
+    /// The id of the `keys/<id>` object whose password opened the repository; `None` unless
+    /// it is in password mode.
+    pub fn opened_key(&self) -> Option<&str> {
+        self.opened_key.as_deref()
     }
 
     /// Whether `other` gives the same bytes the same blob ids and chunk boundaries (it was
