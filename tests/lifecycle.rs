@@ -270,3 +270,91 @@ fn backups_run_together_a_prune_waits_for_them_and_unlock_removes_only_stale_loc
     live.kill().unwrap();
     live.wait().unwrap();
 }
+
+#[test]
+fn a_killed_backup_leaves_a_sound_repository_and_the_next_one_reuses_its_packs() {
+    let sandbox = Sandbox::new();
+    let repo = sandbox.path("repo");
+    sandbox.ok(&["init", "--repo", text(&repo), "--encryption", "none"]);
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    let total: u64 = 6 * 8_000_000;
+    for i in 0..6 {
+        fs::write(
+            source.join(format!("f{i}")),
+            pseudo_random(8_000_000, 50 + i),
+        )
+        .unwrap();
+    }
+    let backup_slowly = || {
+        sandbox
+            .cairn()
+            .args([
+                "backup",
+                "--repo",
+                text(&repo),
+                "--limit-rate",
+                "4M",
+                text(&source),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Killed early (before any index file), then killed once an index file lists packs.
+    let mut early = backup_slowly();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    early.kill().unwrap();
+    early.wait().unwrap();
+    sandbox.ok(&["check", "--repo", text(&repo), "--read-data"]);
+    let mut later = backup_slowly();
+    let indexed = || fs::read_dir(repo.join("index")).is_ok_and(|mut d| d.next().is_some());
+    for _ in 0..600 {
+        if indexed() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    assert!(indexed(), "no index file was written");
+    later.kill().unwrap();
+    later.wait().unwrap();
+    assert_eq!(checkpoint_count(&repo), 0);
+    sandbox.ok(&["check", "--repo", text(&repo), "--read-data"]);
+
+    // The next backup completes, adding less than the whole tree: the indexed packs are
+    // reused. The killed runs' stale locks stop nothing.
+    let done: serde_json::Value = serde_json::from_str(&sandbox.ok(&[
+        "backup",
+        "--repo",
+        text(&repo),
+        "--json",
+        text(&source),
+    ]))
+    .unwrap();
+    let added = done["added_bytes"].as_u64().unwrap();
+    assert!(
+        added < total - 8_000_000,
+        "added {added} of {total} bytes: {done}"
+    );
+    sandbox.ok(&["check", "--repo", text(&repo), "--read-data"]);
+    let restored = sandbox.path("restored");
+    sandbox.ok(&[
+        "restore",
+        "--repo",
+        text(&repo),
+        "latest",
+        "--target",
+        text(&restored),
+    ]);
+    assert_same_tree(&source, &restored);
+    // Prune deletes what the killed runs wrote but never indexed.
+    sandbox.ok(&["unlock", "--repo", text(&repo)]);
+    let pruned: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&["prune", "--repo", text(&repo), "--json"])).unwrap();
+    assert!(
+        pruned["bytes_after"].as_u64().unwrap() < total + 2_000_000,
+        "{pruned}"
+    );
+    sandbox.ok(&["check", "--repo", text(&repo), "--read-data"]);
+}
