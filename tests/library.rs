@@ -261,7 +261,7 @@ fn a_prune_stopped_at_any_write_or_delete_loses_nothing() {
         let after = healthy(&work, &cache);
         // A lock the stopped run could not remove is this (live) process's; a killed run's
         // would be stale. Remove it as `unlock --remove-all` would.
-        cairn::repo::lock::remove_locks(&after, true).unwrap();
+        cairn::repo::lock::remove_locks(&after, true, false).unwrap();
         let report = check::run(&after, &CheckOptions { read_data: true }).unwrap();
         assert!(
             report.is_sound(),

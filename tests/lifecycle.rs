@@ -260,6 +260,8 @@ fn backups_run_together_a_prune_waits_for_them_and_unlock_removes_only_stale_loc
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
+    let dry = sandbox.ok(&["unlock", "--repo", text(&repo), "--dry-run"]);
+    assert!(dry.contains("1 locks would be removed, 1 left"), "{dry}");
     let unlocked = sandbox.ok(&["unlock", "--repo", text(&repo)]);
     assert!(
         unlocked.contains("is gone") && unlocked.contains("1 locks removed, 1 left"),

@@ -12,15 +12,19 @@ pub struct UnlockArgs {
     /// they are not
     #[arg(long)]
     remove_all: bool,
+    /// Show which locks would be removed; remove none
+    #[arg(long)]
+    dry_run: bool,
 }
 
 pub fn run(global: &GlobalArgs, args: UnlockArgs) -> Result<ExitCode> {
     let repo = global.open()?;
-    let removed = cairn::repo::lock::remove_locks(&repo, args.remove_all)?;
+    let removed = cairn::repo::lock::remove_locks(&repo, args.remove_all, args.dry_run)?;
+    let would = if args.dry_run { "would be " } else { "" };
     for (_, why) in &removed {
-        println!("removed {why}");
+        println!("{would}removed {why}");
     }
-    let left = cairn::repo::lock::list(&repo)?.len();
-    println!("{} locks removed, {left} left", removed.len());
+    let left = cairn::repo::lock::list(&repo)?.len() - if args.dry_run { removed.len() } else { 0 };
+    println!("{} locks {would}removed, {left} left", removed.len());
     Ok(ExitCode::SUCCESS)
 }

@@ -219,8 +219,9 @@ pub fn acquire(repo: &Repository, exclusive: bool, purpose: &str) -> Result<Lock
     }
 }
 
-/// Removes stale locks, or every lock with `all`; returns the removed ones with why.
-pub fn remove_locks(repo: &Repository, all: bool) -> Result<Vec<(String, String)>> {
+/// Removes stale locks, or every lock with `all` (in a dry run, only says which); returns
+/// them with why.
+pub fn remove_locks(repo: &Repository, all: bool, dry_run: bool) -> Result<Vec<(String, String)>> {
     let host = crate::host_name();
     let mut removed = Vec::new();
     for (name, record) in list(repo)? {
@@ -233,7 +234,9 @@ pub fn remove_locks(repo: &Repository, all: bool) -> Result<Vec<(String, String)
             None if all => format!("unreadable lock {name}"),
             None => continue,
         };
-        repo.backend().delete(&name)?;
+        if !dry_run {
+            repo.backend().delete(&name)?;
+        }
         removed.push((name, why));
     }
     Ok(removed)
