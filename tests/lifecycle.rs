@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use std::fs;
 use std::path::Path;
+use std::process::{Child, Stdio};
 
 fn text(path: &Path) -> &str {
     path.to_str().unwrap()
@@ -128,6 +129,24 @@ fn forget_keeps_what_the_policy_says_and_prune_returns_the_space() {
     assert_eq!(listing(&repo.join("data")), packs);
 }
 
+/// Starts `cairn backup --limit-rate RATE` of `source` into `repo` in the background.
+fn spawn_slow_backup(sandbox: &Sandbox, repo: &Path, source: &Path, rate: &str) -> Child {
+    sandbox
+        .cairn()
+        .args([
+            "backup",
+            "--repo",
+            text(repo),
+            "--limit-rate",
+            rate,
+            text(source),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Waits until the repository holds a lock (a run started and took it).
 fn wait_for_a_lock(repo: &Path) {
     for _ in 0..200 {
@@ -194,19 +213,7 @@ fn backups_run_together_a_prune_waits_for_them_and_unlock_removes_only_stale_loc
     let slow_source = sandbox.path("slow");
     fs::create_dir_all(&slow_source).unwrap();
     fs::write(slow_source.join("big"), pseudo_random(3_000_000, 9)).unwrap();
-    let mut slow = sandbox
-        .cairn()
-        .args([
-            "backup",
-            "--repo",
-            text(&repo),
-            "--limit-rate",
-            "1M",
-            text(&slow_source),
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut slow = spawn_slow_backup(&sandbox, &repo, &slow_source, "1M");
     wait_for_a_lock(&repo);
     let refused = sandbox.run(&["prune", "--repo", text(&repo)]);
     assert_fails(&refused, 1, "locked by backup");
@@ -222,37 +229,13 @@ fn backups_run_together_a_prune_waits_for_them_and_unlock_removes_only_stale_loc
     // A backup killed mid-run leaves a stale lock: it stops nobody, and unlock removes it.
     // (New content each time, so the stat cache does not make the backups instant.)
     fs::write(slow_source.join("big"), pseudo_random(3_000_000, 10)).unwrap();
-    let mut killed = sandbox
-        .cairn()
-        .args([
-            "backup",
-            "--repo",
-            text(&repo),
-            "--limit-rate",
-            "200K",
-            text(&slow_source),
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut killed = spawn_slow_backup(&sandbox, &repo, &slow_source, "200K");
     wait_for_a_lock(&repo);
     killed.kill().unwrap();
     killed.wait().unwrap();
     sandbox.ok(&["prune", "--repo", text(&repo)]);
     fs::write(slow_source.join("big"), pseudo_random(3_000_000, 11)).unwrap();
-    let mut live = sandbox
-        .cairn()
-        .args([
-            "backup",
-            "--repo",
-            text(&repo),
-            "--limit-rate",
-            "200K",
-            text(&slow_source),
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut live = spawn_slow_backup(&sandbox, &repo, &slow_source, "200K");
     // The live backup's lock may not be written yet; wait until there are two.
     for _ in 0..200 {
         if fs::read_dir(repo.join("locks")).unwrap().count() >= 2 {
@@ -288,22 +271,7 @@ fn a_killed_backup_leaves_a_sound_repository_and_the_next_one_reuses_its_packs()
         )
         .unwrap();
     }
-    let backup_slowly = || {
-        sandbox
-            .cairn()
-            .args([
-                "backup",
-                "--repo",
-                text(&repo),
-                "--limit-rate",
-                "4M",
-                text(&source),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let backup_slowly = || spawn_slow_backup(&sandbox, &repo, &source, "4M");
     // Killed early (before any index file), then killed once an index file lists packs.
     let mut early = backup_slowly();
     std::thread::sleep(std::time::Duration::from_millis(700));
