@@ -820,6 +820,13 @@ fn back_up(
         path_strings,
         excludes,
     } = sources;
+    // The lock comes before the parent is read: a prune waited for meanwhile could delete
+    // the chunks the parent's unchanged files would be taken from.
+    let lock = if options.dry_run {
+        None
+    } else {
+        Some(crate::repo::lock::acquire(repo, false, "backup")?)
+    };
     let parent = match options.parent {
         Some(id) => Some((id, checkpoint::load(repo, &id)?)),
         None => find_parent(repo, &options.host, path_strings)?,
@@ -835,11 +842,6 @@ fn back_up(
             .filter(Metadata::is_dir)
             .map(|metadata| (single.clone(), metadata)),
         _ => None,
-    };
-    let _lock = if options.dry_run {
-        None
-    } else {
-        Some(crate::repo::lock::acquire(repo, false, "backup")?)
     };
 
     let errors = Mutex::new(Vec::new());
@@ -933,6 +935,9 @@ fn back_up(
     let id = if options.dry_run {
         None
     } else {
+        if let Some(lock) = &lock {
+            lock.ensure_held()?;
+        }
         Some(checkpoint::save(repo, &checkpoint)?)
     };
     Ok(BackupOutcome {

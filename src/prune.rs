@@ -8,7 +8,8 @@
 //!
 //! The order keeps every used blob reachable at every moment, so a prune killed at any point
 //! loses nothing: (1) repacked blobs go into new packs with their own index files; (2) one
-//! fresh set of index files lists every pack that stays; (3) only then are the old index
+//! fresh set of index files lists every pack that stays, the new ones included (a new pack
+//! that happens to have an old pack's id stays); (3) only then are the old index
 //! files deleted, and (4) last the packs nothing lists any more. A crash before (3) leaves
 //! blobs listed twice, which the next prune removes; after it, only unlisted packs, which the
 //! next prune deletes. Other machines' caches see index files gone and rebuild.
@@ -26,7 +27,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 
 /// Packs listed per index file written by prune.
-const PACKS_PER_INDEX_FILE: usize = 256;
+const PRUNE_INDEX_FILE_PACKS: usize = 256;
 
 /// Inputs of a prune.
 #[derive(Debug, Clone)]
@@ -129,8 +130,12 @@ fn index_files(repo: &Repository) -> Result<Vec<(String, IndexedPacks)>> {
 
 /// Prunes `repo` (which the caller has not locked).
 pub fn run(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
-    // A dry run changes nothing, so it waits for no one.
-    let _lock = crate::repo::lock::acquire(repo, !options.dry_run, "prune")?;
+    // A dry run changes nothing: it reads like a restore does.
+    let lock = if options.dry_run {
+        crate::repo::lock::acquire_for_reading(repo, "prune --dry-run")?
+    } else {
+        Some(crate::repo::lock::acquire(repo, true, "prune")?)
+    };
     let mut report = PruneReport {
         dry_run: options.dry_run,
         ..PruneReport::default()
@@ -151,34 +156,49 @@ pub fn run(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
     report.packs_before = present.len() as u64;
     report.bytes_before = present.values().sum();
 
+    // Every pack's entries, merged over the index files that list it, in listing order.
+    let mut listings: Vec<(PackId, Vec<PackEntry>)> = Vec::new();
+    let mut position: HashMap<PackId, usize> = HashMap::new();
+    for (_, listed) in &old_index_files {
+        for (pack, entries) in listed {
+            let i = *position.entry(*pack).or_insert_with(|| {
+                listings.push((*pack, Vec::new()));
+                listings.len() - 1
+            });
+            let merged = &mut listings[i].1;
+            for entry in entries {
+                if !merged
+                    .iter()
+                    .any(|e| e.id == entry.id && e.offset == entry.offset)
+                {
+                    merged.push(*entry);
+                }
+            }
+        }
+    }
     // Sort every indexed entry into its pack; the first copy of a used blob is the kept one.
     let mut packs: HashMap<PackId, PackUse> = HashMap::new();
     let mut pack_order: Vec<PackId> = Vec::new();
     let mut kept: HashSet<BlobId> = HashSet::new();
-    for (_, listed) in &old_index_files {
-        for (pack, entries) in listed {
-            if packs.contains_key(pack) {
-                continue; // listed by an earlier index file as well
-            }
-            if !present.contains_key(pack) {
-                return Err(Error::corrupt(
-                    pack_object_name(pack),
-                    "listed by an index file but missing: run `cairn check`, then `cairn repair index`, before pruning",
-                ));
-            }
-            let mut usage = PackUse::default();
-            for entry in entries {
-                if used.contains(&entry.id) && kept.insert(entry.id) {
-                    usage.used.push(*entry);
-                    usage.used_bytes += u64::from(entry.length);
-                } else {
-                    usage.unused_bytes += u64::from(entry.length);
-                }
-            }
-            usage.entries = entries.clone();
-            packs.insert(*pack, usage);
-            pack_order.push(*pack);
+    for (pack, entries) in listings {
+        if !present.contains_key(&pack) {
+            return Err(Error::corrupt(
+                pack_object_name(&pack),
+                "listed by an index file but missing: run `cairn check`, then `cairn repair index`, before pruning",
+            ));
         }
+        let mut usage = PackUse::default();
+        for entry in &entries {
+            if used.contains(&entry.id) && kept.insert(entry.id) {
+                usage.used.push(*entry);
+                usage.used_bytes += u64::from(entry.length);
+            } else {
+                usage.unused_bytes += u64::from(entry.length);
+            }
+        }
+        usage.entries = entries;
+        packs.insert(pack, usage);
+        pack_order.push(pack);
     }
     if let Some(missing) = used.iter().find(|id| !kept.contains(id)) {
         return Err(Error::corrupt(
@@ -256,16 +276,35 @@ pub fn run(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
         }
         Ok(())
     })?;
-    // (2) One fresh set of index files for the packs that stay.
-    let listed: IndexedPacks = staying
+    // Where the repacked blobs landed. A new pack may have the very id of an old one (the
+    // same blobs in the same order, unencrypted): it stays, whatever was decided for the old.
+    let mut repacked_into: HashMap<PackId, Vec<PackEntry>> = HashMap::new();
+    for entry in repack.iter().flat_map(|pack| &packs[pack].used) {
+        let location = repo.locate(&entry.id)?;
+        repacked_into
+            .entry(location.pack)
+            .or_default()
+            .push(location.entry);
+    }
+    let gone: HashSet<PackId> = gone
+        .into_iter()
+        .filter(|pack| !repacked_into.contains_key(pack))
+        .collect();
+    // (2) One fresh set of index files for the packs that stay and the new ones.
+    let mut listed: IndexedPacks = staying
         .iter()
+        .filter(|pack| !repacked_into.contains_key(pack))
         .map(|pack| (*pack, packs[pack].entries.clone()))
         .collect();
+    listed.extend(repacked_into);
     let mut written: HashSet<String> = HashSet::new();
-    for group in listed.chunks(PACKS_PER_INDEX_FILE) {
+    for group in listed.chunks(PRUNE_INDEX_FILE_PACKS) {
         written.insert(put_index_file(repo, group)?);
     }
     report.index_files_written = written.len() as u64;
+    if let Some(lock) = &lock {
+        lock.ensure_held()?;
+    }
     // (3) The old index files, then (4) the packs nothing lists any more.
     for (name, _) in &old_index_files {
         if !written.contains(name) {

@@ -27,8 +27,16 @@ fn open(backend: Arc<dyn Backend>, cache: &std::path::Path) -> Repository {
 
 /// A keyfile-mode repository in the sandbox, with the given chunk sizes.
 fn init_repo(sandbox: &Sandbox, chunker: ChunkerParams) -> Arc<LocalBackend> {
+    init_repo_in_mode(sandbox, chunker, EncryptionMode::Keyfile)
+}
+
+fn init_repo_in_mode(
+    sandbox: &Sandbox,
+    chunker: ChunkerParams,
+    mode: EncryptionMode,
+) -> Arc<LocalBackend> {
     let backend = Arc::new(LocalBackend::new(sandbox.path("repo")));
-    let mut options = InitOptions::new(EncryptionMode::Keyfile);
+    let mut options = InitOptions::new(mode);
     options.key_file = Some(sandbox.path("key"));
     options.chunker = chunker;
     Repository::init(backend.as_ref(), options).unwrap();
@@ -205,8 +213,19 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 
 #[test]
 fn a_prune_stopped_at_any_write_or_delete_loses_nothing() {
+    prune_stopped_at_any_point_loses_nothing(EncryptionMode::Keyfile);
+}
+
+/// Unencrypted, a repacked pack can have the id of a pack it replaces (the same blobs in the
+/// same order): the prune after a stopped one must not delete it.
+#[test]
+fn an_unencrypted_prune_stopped_at_any_write_or_delete_loses_nothing() {
+    prune_stopped_at_any_point_loses_nothing(EncryptionMode::None);
+}
+
+fn prune_stopped_at_any_point_loses_nothing(mode: EncryptionMode) {
     let sandbox = Sandbox::new();
-    init_repo(&sandbox, ChunkerParams::default());
+    init_repo_in_mode(&sandbox, ChunkerParams::default(), mode);
     let source = sandbox.path("source");
     std::fs::create_dir_all(&source).unwrap();
     let healthy = |repo: &str, cache: &str| {

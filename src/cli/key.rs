@@ -198,12 +198,6 @@ fn remove(repo: &Repository, id: &str, dry_run: bool) -> Result<ExitCode> {
     }
     repo.remove_key(&plan)?;
     eprintln!("removed key {}", describe(key));
-    if key.opened {
-        eprintln!(
-            "the password you gave no longer opens repository {}: use one of its other passwords",
-            repo.backend().location()
-        );
-    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -172,7 +172,8 @@ impl Repository {
     }
 
     /// The key `id_prefix` names (a full id or at least 4 hex digits of one), checked to be
-    /// removable: some other readable key stays behind. Changes nothing.
+    /// removable: some other readable key stays behind, and it is not the key in use.
+    /// Changes nothing.
     pub fn plan_key_removal(&self, id_prefix: &str) -> Result<KeyRemovalPlan> {
         let location = self.backend.location();
         let keys = self.keys()?;
@@ -188,6 +189,16 @@ impl Repository {
                 "key {} is the last key of repository {location}{unreadable}: removing it would \
                  leave no password that opens the repository; to change its password use \
                  `cairn key passwd`, or add another password first with `cairn key add`",
+                key.short_id()
+            )));
+        }
+        // The other keys are only known to parse, not to open with a password anyone still
+        // has: the key in use never goes, lest the repository lock everyone out.
+        if self.opened_key() == Some(key.id.as_str()) {
+            return Err(Error::InvalidInput(format!(
+                "key {} is the one your password opened: to change your password use \
+                 `cairn key passwd`; to remove this key, open the repository with another \
+                 password",
                 key.short_id()
             )));
         }

@@ -90,8 +90,26 @@ pub struct LockGuard {
     backend: Arc<dyn Backend>,
     /// The lock object's current name (a refresh writes a new one).
     name: Arc<Mutex<String>>,
+    /// When the lock object was last written.
+    written: Arc<Mutex<Instant>>,
     stop: Option<crossbeam_channel::Sender<()>>,
     refresher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LockGuard {
+    /// Fails when the lock may look stale to others by now (the run was suspended, or its
+    /// refreshes failed): a run checks this before it commits anything (a checkpoint, a
+    /// deletion), since a prune elsewhere may have ignored the lock meanwhile.
+    pub fn ensure_held(&self) -> Result<()> {
+        let age = self.written.lock().expect("not poisoned").elapsed();
+        if age + REFRESH_EVERY >= STALE_AFTER {
+            return Err(Error::Locked(format!(
+                "the repository lock was last written {} ago and may have been taken for                  stale: stopping before committing anything; run again",
+                humantime::format_duration(Duration::from_secs(age.as_secs()))
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Drop for LockGuard {
@@ -112,6 +130,7 @@ fn refresh_until_stopped(
     backend: Arc<dyn Backend>,
     codec: Codec,
     name: Arc<Mutex<String>>,
+    written: Arc<Mutex<Instant>>,
     mut record: LockRecord,
     stop: crossbeam_channel::Receiver<()>,
 ) {
@@ -121,6 +140,7 @@ fn refresh_until_stopped(
         // The new object first, then the old one goes: the lock never disappears.
         match put_record(backend.as_ref(), &codec, &fresh, &record) {
             Ok(()) => {
+                *written.lock().expect("not poisoned") = Instant::now();
                 let old = std::mem::replace(&mut *name.lock().expect("not poisoned"), fresh);
                 if let Err(e) = backend.delete(&old) {
                     tracing::warn!("could not remove the old lock {old}: {e}");
@@ -131,74 +151,126 @@ fn refresh_until_stopped(
     }
 }
 
-/// Every lock object of `repo` with its record (`None`: unreadable, or gone meanwhile).
-pub fn list(repo: &Repository) -> Result<Vec<(String, Option<LockRecord>)>> {
+/// Every lock object of `repo` with its record (`None`: unreadable), and whether one
+/// vanished between the listing and its reading (a refresh or a release).
+fn read_locks(repo: &Repository) -> Result<(Vec<(String, Option<LockRecord>)>, bool)> {
     let mut locks = Vec::new();
+    let mut vanished = false;
     for object in repo.backend().list("locks/")? {
         match repo.read_json_object::<LockRecord>(&object.name) {
             Ok(record) => locks.push((object.name, Some(record))),
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => vanished = true,
             Err(e) => {
                 tracing::warn!("unreadable lock {}: {e}", object.name);
                 locks.push((object.name, None));
             }
         }
     }
-    Ok(locks)
+    Ok((locks, vanished))
 }
 
-/// The first live lock other than `own` that conflicts with a lock of kind `exclusive`.
+/// Every lock object of `repo` with its record (`None`: unreadable).
+pub fn list(repo: &Repository) -> Result<Vec<(String, Option<LockRecord>)>> {
+    Ok(read_locks(repo)?.0)
+}
+
+/// The first live lock other than `own` that conflicts with a lock of kind `exclusive`. A
+/// lock that vanished while being read may have been refreshed under a new name, so the
+/// listing is read again until it holds still.
 fn conflicting(repo: &Repository, own: &str, exclusive: bool) -> Result<Option<String>> {
     let host = crate::host_name();
-    for (name, record) in list(repo)? {
-        if name == own {
-            continue;
-        }
-        match record {
-            Some(other)
-                if other.stale_because(&host).is_none() && (exclusive || other.exclusive) =>
-            {
-                return Ok(Some(other.describe(&name)));
+    for _ in 0..10 {
+        let (locks, vanished) = read_locks(repo)?;
+        for (name, record) in locks {
+            if name == own {
+                continue;
             }
-            // An unreadable lock is someone's: for an exclusive lock, better to wait.
-            None if exclusive => return Ok(Some(format!("an unreadable lock ({name})"))),
-            _ => {}
+            match record {
+                Some(other)
+                    if other.stale_because(&host).is_none() && (exclusive || other.exclusive) =>
+                {
+                    return Ok(Some(other.describe(&name)));
+                }
+                // An unreadable lock is someone's: for an exclusive lock, better to wait.
+                None if exclusive => return Ok(Some(format!("an unreadable lock ({name})"))),
+                _ => {}
+            }
+        }
+        if !vanished {
+            return Ok(None);
         }
     }
-    Ok(None)
+    Ok(Some("locks that keep changing".to_owned()))
 }
 
-/// Takes a lock on `repo` for `purpose`, waiting for conflicting locks as long as
-/// `repo.lock_wait()` allows. The lock is written first and the others read afterwards, so
-/// of two processes starting at once at least one sees the other; on a conflict the new lock
-/// is removed again (and written anew on the next try).
-pub fn acquire(repo: &Repository, exclusive: bool, purpose: &str) -> Result<LockGuard> {
-    let started = Instant::now();
+/// One try at a lock.
+enum Attempt {
+    Held(LockGuard),
+    Conflict(String),
+    /// The lock object could not be written.
+    Unwritable(Error),
+}
+
+/// Writes a lock, with the current time, and looks for conflicts; keeps it when there are
+/// none. The lock is written first and the others read afterwards, so of two processes
+/// starting at once at least one sees the other.
+fn attempt(repo: &Repository, exclusive: bool, purpose: &str) -> Result<Attempt> {
     let record = LockRecord::new(exclusive, purpose);
+    let name = new_lock_name();
+    if let Err(e) = put_record(repo.backend(), repo.codec(), &name, &record) {
+        return Ok(Attempt::Unwritable(e));
+    }
+    let (stop, stopped) = crossbeam_channel::bounded(0);
+    let shared_name = Arc::new(Mutex::new(name.clone()));
+    let written = Arc::new(Mutex::new(Instant::now()));
+    // From here on the guard removes the lock, whatever happens.
+    let mut guard = LockGuard {
+        backend: repo.backend_arc(),
+        name: shared_name.clone(),
+        written: written.clone(),
+        stop: Some(stop),
+        refresher: None,
+    };
+    if let Some(holder) = conflicting(repo, &name, exclusive)? {
+        return Ok(Attempt::Conflict(holder));
+    }
+    let (backend, codec) = (repo.backend_arc(), repo.codec().clone());
+    guard.refresher = Some(std::thread::spawn(move || {
+        refresh_until_stopped(backend, codec, shared_name, written, record, stopped)
+    }));
+    // What was indexed before the lock may have been pruned since: the cache catches up
+    // with the index files now, so nothing is deduplicated against a deleted pack.
+    repo.index().sync(repo.backend(), repo.codec())?;
+    Ok(Attempt::Held(guard))
+}
+
+/// Takes a lock, waiting for conflicting ones as long as `repo.lock_wait()` allows. With
+/// `reading`, a lock that cannot be written (a read-only server or medium) is done without,
+/// with a warning, unless an exclusive lock is held.
+fn acquire_as(
+    repo: &Repository,
+    exclusive: bool,
+    purpose: &str,
+    reading: bool,
+) -> Result<Option<LockGuard>> {
+    let started = Instant::now();
     loop {
-        let name = new_lock_name();
-        put_record(repo.backend_arc().as_ref(), repo.codec(), &name, &record)?;
-        let (stop, stopped) = crossbeam_channel::bounded(0);
-        let shared_name = Arc::new(Mutex::new(name.clone()));
-        // From here on the guard removes the lock, whatever happens.
-        let mut guard = LockGuard {
-            backend: repo.backend_arc(),
-            name: shared_name.clone(),
-            stop: Some(stop),
-            refresher: None,
+        let holder = match attempt(repo, exclusive, purpose)? {
+            Attempt::Held(guard) => return Ok(Some(guard)),
+            Attempt::Conflict(holder) => holder,
+            Attempt::Unwritable(e) if !reading => return Err(e),
+            Attempt::Unwritable(e) => match conflicting(repo, "", false)? {
+                Some(holder) => holder,
+                None => {
+                    tracing::warn!(
+                        "reading {} without a lock ({e}): a prune meanwhile could make this \
+                         {purpose} fail",
+                        repo.backend().location()
+                    );
+                    return Ok(None);
+                }
+            },
         };
-        let Some(holder) = conflicting(repo, &name, exclusive)? else {
-            // What was indexed before the lock may have been pruned since: the cache
-            // catches up with the index files now, so nothing is deduplicated against a
-            // deleted pack.
-            repo.index().sync(repo.backend(), repo.codec())?;
-            let (backend, codec, record) = (repo.backend_arc(), repo.codec().clone(), record);
-            guard.refresher = Some(std::thread::spawn(move || {
-                refresh_until_stopped(backend, codec, shared_name, record, stopped)
-            }));
-            return Ok(guard);
-        };
-        drop(guard);
         if started.elapsed() >= repo.lock_wait() {
             let waited = if repo.lock_wait().is_zero() {
                 "wait with --retry-lock DURATION".to_owned()
@@ -217,6 +289,19 @@ pub fn acquire(repo: &Repository, exclusive: bool, purpose: &str) -> Result<Lock
         let jitter = u64::from(crate::crypto::random_bytes::<1>()[0]) * 2;
         std::thread::sleep(RETRY_EVERY + Duration::from_millis(jitter));
     }
+}
+
+/// Takes a lock on `repo` for `purpose`: shared, or `exclusive`. On a conflict the new lock
+/// is removed again and written anew on the next try, for as long as `repo.lock_wait()`.
+pub fn acquire(repo: &Repository, exclusive: bool, purpose: &str) -> Result<LockGuard> {
+    Ok(acquire_as(repo, exclusive, purpose, false)?.expect("taken, or an error"))
+}
+
+/// A shared lock for a run that only reads. Where the repository cannot be written (a
+/// read-only server or medium), the run goes on unlocked, with a warning; a live exclusive
+/// lock still stops it (or makes it wait).
+pub fn acquire_for_reading(repo: &Repository, purpose: &str) -> Result<Option<LockGuard>> {
+    acquire_as(repo, false, purpose, true)
 }
 
 /// Removes stale locks, or every lock with `all` (in a dry run, only says which); returns
@@ -240,23 +325,6 @@ pub fn remove_locks(repo: &Repository, all: bool, dry_run: bool) -> Result<Vec<(
         removed.push((name, why));
     }
     Ok(removed)
-}
-
-/// A shared lock for a run that only reads. Where the repository cannot be written (a
-/// read-only server or medium), the run goes on unlocked, with a warning; a conflicting
-/// exclusive lock still stops it.
-pub fn acquire_for_reading(repo: &Repository, purpose: &str) -> Result<Option<LockGuard>> {
-    match acquire(repo, false, purpose) {
-        Ok(guard) => Ok(Some(guard)),
-        Err(e) if e.kind() == ErrorKind::Locked => Err(e),
-        Err(e) => {
-            tracing::warn!(
-                "reading {} without a lock ({e}): a prune meanwhile could make this {purpose} fail",
-                repo.backend().location()
-            );
-            Ok(None)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -128,7 +128,7 @@ pub fn run(
         )));
     }
     let _source_lock = crate::repo::lock::acquire_for_reading(from, "sync")?;
-    let _lock = if options.dry_run {
+    let lock = if options.dry_run {
         None
     } else {
         Some(crate::repo::lock::acquire(to, false, "sync")?)
@@ -178,6 +178,9 @@ pub fn run(
     report.blobs_skipped += report.blobs_copied - stored;
     report.blobs_copied = stored;
     for (id, _) in &checkpoints {
+        if let Some(lock) = &lock {
+            lock.ensure_held()?;
+        }
         checkpoint::copy_record(from, to, id)?;
     }
     Ok(report)

@@ -932,6 +932,10 @@ pub fn run<S: TreeSource>(
     report.files_unchanged += same;
     report.files_written += written;
     report.bytes_transferred += source.bytes_received().unwrap_or(fetched);
+    // What arrived after the workers' last update (the total's answer, the listing's end).
+    if let Some(received) = source.bytes_received() {
+        progress.bytes_read.store(received, Ordering::Relaxed);
+    }
     report.bytes_reused += reused;
     report.errors = errors;
     Ok(report)

@@ -6,9 +6,9 @@
 //! wishlist), checking each against its id. Trees are built bottom-up by backup's tree
 //! builder and packs written by the same writer; the checkpoint record comes last.
 //!
-//! The checkpoint's host is the server's host (without the port) and its path the source's
-//! path on the server (`/source/NAME`), so the next pull of the same source finds it as its
-//! parent.
+//! The checkpoint's host is the server's `host:port` and its path the source's path on the
+//! server (`/source/NAME`); the next pull takes it as its parent, or failing one from the same
+//! server, the newest of the same path from the same host on another port.
 
 use super::remote::{RemotePath, RemoteSource, child_path};
 use super::{SyncError, SyncOptions, SyncReport};
@@ -349,17 +349,37 @@ impl PullWalker<'_> {
 }
 
 /// The checkpoint's host and path for a source URL `scheme://host[:port]/source/NAME`: the
-/// host without its port and the path on the server, so a server moved to another port (or
-/// from HTTP to HTTPS) is still the same source and the next pull finds its parent.
+/// server's `host:port` and the source's path on the server.
 fn source_identity(url: &str) -> (String, String) {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let host = match authority.rsplit_once(':') {
-        // An IPv6 address keeps its brackets and colons.
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+    (authority.to_owned(), format!("/{path}"))
+}
+
+/// A `host[:port]` without its port (an IPv6 address keeps its brackets and colons).
+fn without_port(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
         _ => authority,
-    };
-    (host.to_owned(), format!("/{path}"))
+    }
+}
+
+/// The parent of a pull: the newest checkpoint of the same source path from the same server,
+/// or else from the same host on another port (a server moved to another port, or from HTTP
+/// to HTTPS, still serves the same tree; only the stat cache is taken from the parent).
+fn find_pull_parent(
+    repo: &Repository,
+    authority: &str,
+    paths: &[String],
+) -> Result<Option<(crate::id::CheckpointId, Checkpoint)>> {
+    if let Some(parent) = find_parent(repo, authority, paths)? {
+        return Ok(Some(parent));
+    }
+    let host = without_port(authority);
+    Ok(checkpoint::list(repo)?
+        .into_iter()
+        .rev()
+        .find(|(_, c)| c.paths == paths && without_port(&c.host) == host))
 }
 
 /// Pulls the served source into `repo` as a new checkpoint (unless a dry run).
@@ -371,20 +391,21 @@ pub fn run(
 ) -> Result<SyncReport> {
     let started = Instant::now();
     let time = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
+    // The lock comes before the parent is read (see backup).
+    let lock = if options.dry_run {
+        None
+    } else {
+        Some(crate::repo::lock::acquire(repo, false, "sync")?)
+    };
     let (host, path) = source_identity(source.url());
     let paths = vec![path];
-    let parent = find_parent(repo, &host, &paths)?;
+    let parent = find_pull_parent(repo, &host, &paths)?;
     let parent_root = match &parent {
         Some((_, c)) => Some(load_tree(repo, &c.tree)?),
         None => None,
     };
     // The source root's own metadata, kept like a backup of one directory keeps it.
     let root_entry = source.stat(&[])?;
-    let _lock = if options.dry_run {
-        None
-    } else {
-        Some(crate::repo::lock::acquire(repo, false, "sync")?)
-    };
     let errors = Mutex::new(Vec::new());
     let context = PullContext {
         source,
@@ -439,6 +460,9 @@ pub fn run(
         source.received()
     };
     stats.added_bytes = progress.added_bytes.load(Ordering::Relaxed);
+    progress
+        .bytes_read
+        .store(stats.bytes_read, Ordering::Relaxed);
     stats.duration_ms = started.elapsed().as_millis() as u64;
     let record = Checkpoint {
         time,
@@ -458,6 +482,9 @@ pub fn run(
     let saved = if options.dry_run {
         false
     } else {
+        if let Some(lock) = &lock {
+            lock.ensure_held()?;
+        }
         checkpoint::save(repo, &record)?;
         true
     };
@@ -474,21 +501,18 @@ pub fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::source_identity;
+    use super::{source_identity, without_port};
 
     #[test]
-    fn a_source_is_named_by_its_host_and_path_whatever_the_port_or_scheme() {
-        let named = |url: &str| source_identity(url);
-        let expected = ("backup.example".to_owned(), "/source/home".to_owned());
-        assert_eq!(named("https://backup.example:8443/source/home"), expected);
-        assert_eq!(named("http://backup.example/source/home"), expected);
+    fn a_source_is_named_by_its_server_and_path_and_its_host_is_found_without_the_port() {
+        let (authority, path) = source_identity("https://backup.example:8443/source/home");
         assert_eq!(
-            named("https://[::1]:9000/source/home"),
-            ("[::1]".to_owned(), "/source/home".to_owned())
+            (authority.as_str(), path.as_str()),
+            ("backup.example:8443", "/source/home")
         );
-        assert_eq!(
-            named("https://[::1]/source/home"),
-            ("[::1]".to_owned(), "/source/home".to_owned())
-        );
+        assert_eq!(without_port(&authority), "backup.example");
+        assert_eq!(without_port("backup.example"), "backup.example");
+        assert_eq!(without_port("[::1]:9000"), "[::1]");
+        assert_eq!(without_port("[::1]"), "[::1]");
     }
 }

@@ -333,6 +333,31 @@ impl RemoteSource {
         Ok(parts)
     }
 
+    /// Fetches `wanted` (ranges of the files `owners` names, in order) and writes each part
+    /// into its file; a failed write becomes that file's result. An error: the request
+    /// failed as a whole.
+    fn fetch_into(
+        &self,
+        files: &[FileTask<'_, RemotePath>],
+        owners: &[usize],
+        wanted: Vec<FileRanges>,
+        limiter: Option<&RateLimiter>,
+        results: &mut [Option<Result<FileWrite>>],
+    ) -> Result<()> {
+        let ranges: Vec<Vec<(u64, u32)>> = wanted.iter().map(|f| f.ranges.clone()).collect();
+        let parts = self.fetch_ranges(wanted, limiter)?;
+        for ((&i, ranges), parts) in owners.iter().zip(ranges).zip(parts) {
+            let written = ranges
+                .iter()
+                .zip(parts)
+                .try_for_each(|(&(at, _), data)| write_at(files[i].out, at, &data));
+            if let Err(e) = written {
+                results[i] = Some(Err(e));
+            }
+        }
+        Ok(())
+    }
+
     /// Writes files the target does not hold yet, whole: with no old file to take chunks
     /// from, a chunk list would buy nothing, so their bytes are asked for directly, in pieces
     /// of up to `PIECE_BYTES`, in requests of up to `BATCH_BYTES` across files. The answer's
@@ -360,6 +385,9 @@ impl RemoteSource {
             let mut wanted: Vec<FileRanges> = Vec::new();
             let mut owners: Vec<usize> = Vec::new();
             for &(i, at, length) in group {
+                if results[i].is_some() {
+                    continue; // failed in an earlier request
+                }
                 if owners.last() != Some(&i) {
                     owners.push(i);
                     wanted.push(FileRanges {
@@ -376,23 +404,19 @@ impl RemoteSource {
                     .ranges
                     .push((at, length));
             }
-            let ranges: Vec<Vec<(u64, u32)>> = wanted.iter().map(|f| f.ranges.clone()).collect();
-            match self.fetch_ranges(wanted, limiter) {
-                Ok(parts) => {
-                    for ((&i, ranges), parts) in owners.iter().zip(ranges).zip(parts) {
-                        let written = ranges
-                            .iter()
-                            .zip(parts)
-                            .try_for_each(|(&(at, _), data)| write_at(files[i].out, at, &data));
-                        if let Err(e) = written {
-                            results[i] = Some(Err(e));
-                        }
-                    }
+            if owners.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.fetch_into(files, &owners, wanted.clone(), limiter, results) {
+                if owners.len() == 1 {
+                    results[owners[0]] = Some(Err(e));
+                    continue;
                 }
-                Err(e) => {
-                    let message = e.to_string();
-                    for &i in &owners {
-                        results[i] = Some(Err(Error::Network(message.clone())));
+                // One file the server cannot read (or that shrank) fails the whole request:
+                // ask file by file, so that only that file fails.
+                for (&i, one) in owners.iter().zip(wanted) {
+                    if let Err(e) = self.fetch_into(files, &[i], vec![one], limiter, results) {
+                        results[i] = Some(Err(e));
                     }
                 }
             }
