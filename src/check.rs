@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::id::{BlobId, PackId};
 use crate::repo::Repository;
 use crate::repo::index::{BlobLocation, decode_index_file};
-use crate::repo::pack::{PackEntry, pack_object_name, read_header};
+use crate::repo::pack::{PackEntry, pack_id_of_object, pack_object_name, read_header};
 use crate::tree::{ChunkRef, Content, EntryKind, Tree, decode_chunk_list};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -86,8 +86,7 @@ impl Checker<'_> {
             }
         }
         for object in self.repo.backend().list("data/")? {
-            let name = object.name.rsplit('/').next().unwrap_or_default();
-            match PackId::from_hex(name) {
+            match pack_id_of_object(&object.name) {
                 Some(id) => {
                     self.packs.insert(id, object.size);
                 }

@@ -36,6 +36,7 @@ pub mod id;
 pub mod mount;
 pub mod progress;
 pub mod prune;
+pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod retention;

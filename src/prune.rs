@@ -19,15 +19,12 @@ use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId};
 use crate::repo::Repository;
 use crate::repo::index::{IndexedPacks, decode_index_file};
-use crate::repo::pack::{PackEntry, pack_object_name};
-use crate::repo::writer::{put_index_file, with_blob_sink};
+use crate::repo::pack::{PackEntry, pack_id_of_object, pack_object_name};
+use crate::repo::writer::{replace_index_files, with_blob_sink};
 use crate::tree::{Content, EntryKind, decode_chunk_list, load_tree};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
-
-/// Packs listed per index file written by prune.
-const PRUNE_INDEX_FILE_PACKS: usize = 256;
 
 /// Inputs of a prune.
 #[derive(Debug, Clone)]
@@ -144,8 +141,7 @@ pub fn run(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
     let old_index_files = index_files(repo)?;
     let mut present: HashMap<PackId, u64> = HashMap::new();
     for object in repo.backend().list("data/")? {
-        let name = object.name.rsplit('/').next().unwrap_or_default();
-        let pack = PackId::from_hex(name).ok_or_else(|| {
+        let pack = pack_id_of_object(&object.name).ok_or_else(|| {
             Error::corrupt(
                 &object.name,
                 "not a pack: move it out of the repository before pruning",
@@ -290,28 +286,21 @@ pub fn run(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
         .into_iter()
         .filter(|pack| !repacked_into.contains_key(pack))
         .collect();
-    // (2) One fresh set of index files for the packs that stay and the new ones.
+    if let Some(lock) = &lock {
+        lock.ensure_held()?;
+    }
+    // (2) One fresh set of index files for the packs that stay and the new ones, then (3)
+    // the old index files, then (4) the packs nothing lists any more.
     let mut listed: IndexedPacks = staying
         .iter()
         .filter(|pack| !repacked_into.contains_key(pack))
         .map(|pack| (*pack, packs[pack].entries.clone()))
         .collect();
     listed.extend(repacked_into);
-    let mut written: HashSet<String> = HashSet::new();
-    for group in listed.chunks(PRUNE_INDEX_FILE_PACKS) {
-        written.insert(put_index_file(repo, group)?);
-    }
-    report.index_files_written = written.len() as u64;
-    if let Some(lock) = &lock {
-        lock.ensure_held()?;
-    }
-    // (3) The old index files, then (4) the packs nothing lists any more.
-    for (name, _) in &old_index_files {
-        if !written.contains(name) {
-            repo.backend().delete(name)?;
-            report.index_files_deleted += 1;
-        }
-    }
+    let old_names: Vec<String> = old_index_files.into_iter().map(|(name, _)| name).collect();
+    let replaced = replace_index_files(repo, &listed, &old_names, false)?;
+    report.index_files_written = replaced.written;
+    report.index_files_deleted = replaced.deleted;
     for pack in &gone {
         repo.backend().delete(&pack_object_name(pack))?;
     }

@@ -5,14 +5,17 @@ mod common;
 
 use cairn::backup::{self, BackupOptions, Progress};
 use cairn::check::{self, CheckOptions};
+use cairn::checkpoint::Checkpoint;
 use cairn::chunker::ChunkerParams;
 use cairn::error::{Error, Result};
+use cairn::repair::{self, RepairOptions};
 use cairn::repo::backend::{Backend, LocalBackend, ObjectInfo};
 use cairn::repo::config::EncryptionMode;
 use cairn::repo::{InitOptions, Repository, Secret};
 use cairn::restore::{self, RestoreOptions, RestoreProgress};
 use cairn::tree::{Content, EntryKind, find_entry};
 use common::*;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -319,4 +322,228 @@ fn prune_stopped_at_any_point_loses_nothing(mode: EncryptionMode) {
         std::fs::remove_dir_all(&target).unwrap();
     }
     assert!(completed, "the prune never got to its end");
+}
+
+/// The name of the pack that holds blob `id`.
+fn pack_holding(repo: &Repository, id: &cairn::id::BlobId) -> String {
+    cairn::repo::pack::pack_object_name(&repo.locate(id).unwrap().pack)
+}
+
+/// Two checkpoints of `<sandbox>/source` in a keyfile repository, then the first run's pack
+/// loses its header: it held `sub/`, `top` and the first root tree, while the second run's
+/// pack holds `later` and the second root tree. Returns both checkpoint ids.
+fn two_backups_then_a_truncated_pack(
+    sandbox: &Sandbox,
+) -> (cairn::id::CheckpointId, cairn::id::CheckpointId, String) {
+    let backend = init_repo(sandbox, TINY_CHUNKS);
+    let source = sandbox.path("source");
+    std::fs::create_dir_all(source.join("sub")).unwrap();
+    std::fs::write(source.join("sub/small"), pseudo_random(5_000, 1)).unwrap();
+    // Large enough for a chunk-list blob with these tiny chunks.
+    std::fs::write(source.join("top"), pseudo_random(600_000, 2)).unwrap();
+    let repo = open(backend, &sandbox.path("cache"));
+    let backup = |repo: &Repository| {
+        backup::run(
+            repo,
+            &BackupOptions::new(vec![source.clone()]),
+            &Progress::default(),
+        )
+        .unwrap()
+    };
+    let first = backup(&repo);
+    std::fs::write(source.join("later"), pseudo_random(600_000, 3)).unwrap();
+    let second = backup(&repo);
+    let first_pack = pack_holding(&repo, &first.checkpoint.tree);
+    assert_ne!(first_pack, pack_holding(&repo, &second.checkpoint.tree));
+    let pack_path = sandbox.path("repo").join(&first_pack);
+    let pack = std::fs::read(&pack_path).unwrap();
+    std::fs::write(&pack_path, &pack[..pack.len() - 10]).unwrap();
+    (first.id.unwrap(), second.id.unwrap(), first_pack)
+}
+
+/// Restores `record` and returns the names at its top level; each must hold the source's
+/// bytes.
+fn restored_names(
+    sandbox: &Sandbox,
+    repo: &Repository,
+    record: &Checkpoint,
+    at: &str,
+) -> Vec<String> {
+    let target = sandbox.path(at);
+    restore::run(
+        repo,
+        &record.root_entry(),
+        &target,
+        &RestoreOptions::default(),
+        &RestoreProgress::default(),
+    )
+    .unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&target)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    for name in &names {
+        assert_eq!(
+            std::fs::read(target.join(name)).unwrap(),
+            std::fs::read(sandbox.path("source").join(name)).unwrap()
+        );
+    }
+    names
+}
+
+#[test]
+fn repair_rebuilds_a_damaged_index_and_drops_what_a_truncated_pack_held() {
+    let sandbox = Sandbox::new();
+    let (first_id, second_id, first_pack) = two_backups_then_a_truncated_pack(&sandbox);
+    // And an index file is cut in half, with no cache.
+    let backend = Arc::new(LocalBackend::new(sandbox.path("repo")));
+    let index_file = backend.list("index/").unwrap()[0].name.clone();
+    let index_path = sandbox.path("repo").join(&index_file);
+    let bytes = std::fs::read(&index_path).unwrap();
+    std::fs::write(&index_path, &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::remove_dir_all(sandbox.path("cache")).unwrap();
+
+    // The damaged index file does not stop the repository from opening.
+    let repo = open(backend, &sandbox.path("cache"));
+    let options = RepairOptions::default();
+    let report = repair::index(&repo, &options).unwrap();
+    assert_eq!(report.packs_read, 1, "{report:?}");
+    assert_eq!(report.unreadable_packs.len(), 1, "{report:?}");
+    assert_eq!(report.unreadable_packs[0].name, first_pack);
+    assert!(repo.backend().exists(&first_pack).unwrap(), "left in place");
+    assert!(!repo.backend().exists(&index_file).unwrap(), "replaced");
+
+    let report = repair::checkpoints(&repo, &options).unwrap();
+    let dropped: Vec<Vec<String>> = report.repaired.iter().map(|r| r.dropped.clone()).collect();
+    let (first_short, second_short) = (first_id.short(), second_id.short());
+    assert_eq!(
+        dropped,
+        [
+            vec![format!("{first_short}:/")],
+            vec![
+                format!("{second_short}:/sub"),
+                format!("{second_short}:/top")
+            ],
+        ],
+        "{report:?}"
+    );
+    assert!(
+        check::run(&repo, &CheckOptions::default())
+            .unwrap()
+            .is_sound()
+    );
+
+    let checkpoints = cairn::checkpoint::list(&repo).unwrap();
+    assert_eq!(checkpoints.len(), 2);
+    for (id, record) in &checkpoints {
+        assert!(record.tags.contains(&repair::REPAIRED_TAG.to_owned()));
+        assert!(*id != first_id && *id != second_id);
+    }
+    assert_eq!(checkpoints[0].1.stats.files, 0);
+    assert_eq!(checkpoints[1].1.stats.files, 1);
+    assert_eq!(checkpoints[1].1.stats.dirs, 0);
+    assert_eq!(
+        restored_names(&sandbox, &repo, &checkpoints[1].1, "target"),
+        ["later"]
+    );
+}
+
+#[test]
+fn repairs_stopped_at_any_write_or_delete_lose_nothing_and_resume() {
+    let sandbox = Sandbox::new();
+    let (first_id, second_id, first_pack) = two_backups_then_a_truncated_pack(&sandbox);
+    let healthy = |repo: &str, cache: &str| {
+        open(
+            Arc::new(LocalBackend::new(sandbox.path(repo))),
+            &sandbox.path(cache),
+        )
+    };
+    // Only the blobs of the truncated pack may ever be unreadable.
+    let original = healthy("repo", "cache");
+    let lost_pack = cairn::repo::pack::pack_id_of_object(&first_pack).unwrap();
+    let mut in_lost_pack = HashSet::new();
+    for object in original.backend().list("index/").unwrap() {
+        let plain = original.read_object_plaintext(&object.name).unwrap();
+        let packs = cairn::repo::index::decode_index_file(&plain, &|| object.name.clone()).unwrap();
+        for (pack, entries) in packs {
+            if pack == lost_pack {
+                in_lost_pack.extend(entries.iter().map(|e| e.id));
+            }
+        }
+    }
+    assert!(!in_lost_pack.is_empty());
+    let repair_all = |repo: &Repository| -> Result<()> {
+        repair::index(repo, &RepairOptions::default())?;
+        repair::checkpoints(repo, &RepairOptions::default())?;
+        Ok(())
+    };
+    let mut completed = false;
+    for (puts, deletes) in (0..10)
+        .map(|n| (n, usize::MAX))
+        .chain((0..8).map(|n| (usize::MAX, n)))
+    {
+        let work = format!("work-{puts}-{deletes}");
+        copy_dir(&sandbox.path("repo"), &sandbox.path(&work));
+        let failing = Arc::new(FailingBackend {
+            inner: LocalBackend::new(sandbox.path(&work)),
+            puts_left: AtomicUsize::new(puts),
+            deletes_left: AtomicUsize::new(deletes),
+        });
+        let cache = format!("cache-{puts}-{deletes}");
+        completed |= repair_all(&open(failing, &sandbox.path(&cache))).is_ok();
+        let after = healthy(&work, &cache);
+        cairn::repo::lock::remove_locks(&after, true, false).unwrap();
+
+        // Nothing readable became unreadable, and every checkpoint is there, as it was or
+        // repaired; a repaired record is whole.
+        let report = check::run(&after, &CheckOptions::default()).unwrap();
+        let stopped = format!("stopped at {puts} puts, {deletes} deletes");
+        assert!(
+            report
+                .damaged
+                .iter()
+                .all(|d| in_lost_pack.contains(&d.blob)),
+            "{stopped}: {report:?}"
+        );
+        let records = cairn::checkpoint::list(&after).unwrap();
+        for checkpoint in [first_id, second_id] {
+            let record = cairn::checkpoint::load(&original, &checkpoint).unwrap();
+            assert!(
+                records.iter().any(|(id, r)| *id == checkpoint
+                    || r.time == record.time && r.tags.contains(&repair::REPAIRED_TAG.to_owned())),
+                "{stopped}: checkpoint {checkpoint} is lost"
+            );
+        }
+        for (id, record) in &records {
+            if record.tags.contains(&repair::REPAIRED_TAG.to_owned()) {
+                let prefix = format!("{}:", id.short());
+                assert!(
+                    report
+                        .damaged
+                        .iter()
+                        .all(|d| d.paths.iter().all(|p| !p.starts_with(&prefix))),
+                    "{stopped}: repaired {id} is damaged: {report:?}"
+                );
+            }
+        }
+
+        // Running the repairs again finishes the job.
+        repair_all(&after).unwrap();
+        assert!(
+            check::run(&after, &CheckOptions::default())
+                .unwrap()
+                .is_sound(),
+            "{stopped}"
+        );
+        let records = cairn::checkpoint::list(&after).unwrap();
+        assert_eq!(records.len(), 2, "{stopped}");
+        let at = format!("restored-{puts}-{deletes}");
+        assert_eq!(
+            restored_names(&sandbox, &after, &records[1].1, &at),
+            ["later"]
+        );
+        std::fs::remove_dir_all(sandbox.path(&work)).unwrap();
+    }
+    assert!(completed, "the repairs never got to their end");
 }

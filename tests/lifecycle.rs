@@ -1,5 +1,6 @@
 //! End-to-end tests of a repository's life: retention (`forget`), garbage collection
-//! (`prune`) and the space they return.
+//! (`prune`) and the space they return, locks and concurrent runs, killed runs, and the
+//! ways out after damage (`repair`).
 
 mod common;
 
@@ -327,4 +328,289 @@ fn a_killed_backup_leaves_a_sound_repository_and_the_next_one_reuses_its_packs()
         "{pruned}"
     );
     sandbox.ok(&["check", "--repo", text(&repo), "--read-data"]);
+}
+
+/// Every checkpoint's short id, oldest first.
+fn short_ids(sandbox: &Sandbox, repo: &Path) -> Vec<String> {
+    let list: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&["list", "--repo", text(repo), "--json"])).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["short_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Restores every checkpoint into `<sandbox>/<prefix>-<short id>`; returns those directories.
+fn restore_all(sandbox: &Sandbox, repo: &Path, prefix: &str) -> Vec<std::path::PathBuf> {
+    short_ids(sandbox, repo)
+        .iter()
+        .map(|id| {
+            let target = sandbox.path(&format!("{prefix}-{id}"));
+            sandbox.ok(&[
+                "restore",
+                "--repo",
+                text(repo),
+                id,
+                "--target",
+                text(&target),
+            ]);
+            target
+        })
+        .collect()
+}
+
+/// The names of the files in `repo/index`.
+fn index_files(repo: &Path) -> Vec<std::path::PathBuf> {
+    fs::read_dir(repo.join("index"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+/// Runs `repair index --dry-run`, asserting that it changes no file of the repository.
+fn dry_run_changes_nothing(sandbox: &Sandbox, repo: &Path, what: &str) -> serde_json::Value {
+    let before = file_contents(repo);
+    let report: serde_json::Value = serde_json::from_str(&sandbox.ok(&[
+        "repair",
+        what,
+        "--repo",
+        text(repo),
+        "--dry-run",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(report["dry_run"], true, "{report}");
+    assert!(
+        file_contents(repo) == before,
+        "a dry run changed the repository"
+    );
+    report
+}
+
+#[test]
+fn repair_index_rebuilds_lost_or_damaged_index_files_from_the_packs() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    make_tree(&source);
+    write_version(&source.join("versions"), 0);
+    let repo = sandbox.path("repo");
+    let cache = sandbox.path("cache");
+    sandbox.ok(&["init", "--repo", text(&repo), "--encryption", "none"]);
+    sandbox.ok(&["backup", "--repo", text(&repo), text(&source)]);
+    write_version(&source.join("versions"), 1);
+    sandbox.ok(&["backup", "--repo", text(&repo), text(&source)]);
+    let expected = restore_all(&sandbox, &repo, "expected");
+    assert_same_tree(&source, expected.last().unwrap());
+    let old_index = index_files(&repo);
+    assert!(old_index.len() >= 2, "{old_index:?}");
+
+    let damages: [(&str, &dyn Fn()); 2] = [
+        ("one index file is garbage", &|| {
+            fs::write(&old_index[0], b"\x01 garbage, not an index file").unwrap();
+        }),
+        ("every index file is gone", &|| {
+            for file in index_files(&repo) {
+                fs::remove_file(file).unwrap();
+            }
+        }),
+    ];
+    for (round, (damage, apply)) in damages.iter().enumerate() {
+        apply();
+        fs::remove_dir_all(&cache).unwrap();
+        let check = sandbox.run(&["check", "--repo", text(&repo)]);
+        assert_eq!(check.status.code(), Some(1), "{damage}: {}", stderr(&check));
+
+        let planned = dry_run_changes_nothing(&sandbox, &repo, "index");
+        assert!(
+            planned["index_files_written"].as_u64().unwrap() >= 1,
+            "{planned}"
+        );
+        let report: serde_json::Value = serde_json::from_str(&sandbox.ok(&[
+            "repair",
+            "index",
+            "--repo",
+            text(&repo),
+            "--json",
+        ]))
+        .unwrap();
+        let packs = file_contents(&repo.join("data")).len() as u64;
+        assert_eq!(report["packs_read"], packs, "{damage}: {report}");
+        assert_eq!(
+            report["unreadable_packs"],
+            serde_json::json!([]),
+            "{report}"
+        );
+        assert_eq!(
+            report["blobs_indexed"], planned["blobs_indexed"],
+            "{report}"
+        );
+        assert_eq!(
+            index_files(&repo).len() as u64,
+            report["index_files_written"]
+        );
+
+        sandbox.ok(&["check", "--repo", text(&repo), "--read-data"]);
+        let restored = restore_all(&sandbox, &repo, &format!("restored-{round}"));
+        assert_eq!(restored.len(), expected.len());
+        for (want, got) in expected.iter().zip(&restored) {
+            assert_same_tree(want, got);
+        }
+    }
+}
+
+/// Removes `path` from a reference tree, keeping its directory's mtime as it was.
+fn remove_keeping_mtime(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let parent = path.parent().unwrap();
+    let before = fs::metadata(parent).unwrap();
+    if fs::symlink_metadata(path).unwrap().is_dir() {
+        fs::remove_dir_all(path).unwrap();
+    } else {
+        fs::remove_file(path).unwrap();
+    }
+    set_mtime(parent, before.mtime(), before.mtime_nsec());
+}
+
+#[test]
+fn repair_checkpoints_drops_the_files_of_a_lost_pack_and_keeps_everything_else() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(source.join("dir")).unwrap();
+    for i in 0..3u64 {
+        fs::write(
+            source.join(format!("big{i}")),
+            pseudo_random(20_000_000, 50 + i),
+        )
+        .unwrap();
+    }
+    fs::write(source.join("dir/small"), b"small and safe\n").unwrap();
+    let other = sandbox.path("other");
+    write_version(&other, 0);
+    let repo = sandbox.path("repo");
+    sandbox.ok(&["init", "--repo", text(&repo), "--encryption", "none"]);
+    // One read at a time, so the big files' chunks do not interleave across packs.
+    let backup = |tree: &Path| {
+        sandbox.ok(&[
+            "backup",
+            "--repo",
+            text(&repo),
+            "--low-priority",
+            text(tree),
+        ]);
+    };
+    backup(&source);
+    fs::write(source.join("dir/small"), b"changed, still safe\n").unwrap();
+    backup(&source);
+    backup(&other);
+    let ids_before = short_ids(&sandbox, &repo);
+    let expected = restore_all(&sandbox, &repo, "expected");
+
+    // Lose the biggest pack: a full pack of the big files' chunks.
+    let packs = file_contents(&repo.join("data"));
+    let (lost, _) = packs.iter().max_by_key(|(_, bytes)| bytes.len()).unwrap();
+    fs::remove_file(lost).unwrap();
+    let check: serde_json::Value = serde_json::from_str(&String::from_utf8_lossy(
+        &sandbox
+            .run(&["check", "--repo", text(&repo), "--json"])
+            .stdout,
+    ))
+    .unwrap();
+    assert_eq!(check["sound"], false, "{check}");
+    let mut affected: Vec<String> = check["damaged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|d| d["paths"].as_array().unwrap().clone())
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect();
+    affected.sort();
+    affected.dedup();
+    assert!(
+        !affected.is_empty() && affected.iter().all(|p| p.contains(":/big")),
+        "only big files lose chunks: {affected:?}"
+    );
+    let lost_names: std::collections::BTreeSet<&str> = affected
+        .iter()
+        .map(|p| p.split_once(":/").unwrap().1)
+        .collect();
+    assert!(lost_names.len() < 3, "some big file survives: {affected:?}");
+
+    sandbox.ok(&["repair", "index", "--repo", text(&repo)]);
+    let planned = dry_run_changes_nothing(&sandbox, &repo, "checkpoints");
+    let mut planned_drops: Vec<String> = planned["repaired"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["dropped"].as_array().unwrap().clone())
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect();
+    planned_drops.sort();
+    assert_eq!(planned_drops, affected, "{planned}");
+
+    let repaired = sandbox.ok(&["repair", "checkpoints", "--repo", text(&repo)]);
+    for path in &affected {
+        assert!(repaired.contains(&format!("dropped {path}")), "{repaired}");
+    }
+    assert!(
+        repaired.contains("3 checkpoints checked, 2 repaired"),
+        "{repaired}"
+    );
+    sandbox.ok(&["check", "--repo", text(&repo), "--read-data"]);
+
+    // The undamaged checkpoint keeps its id; the repaired ones are tagged and restore every
+    // file they kept exactly.
+    let list: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&["list", "--repo", text(&repo), "--json"])).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    assert_eq!(list[2]["short_id"], ids_before[2].as_str());
+    let parent = list[1]["parent"].as_str().unwrap();
+    assert!(
+        parent.starts_with(&ids_before[0]),
+        "the parent stays as recorded"
+    );
+    for (i, checkpoint) in list[..2].iter().enumerate() {
+        let id = checkpoint["short_id"].as_str().unwrap();
+        assert_ne!(id, ids_before[i]);
+        assert!(
+            checkpoint["tags"].to_string().contains("repaired"),
+            "{checkpoint}"
+        );
+        assert_eq!(
+            checkpoint["stats"]["files"].as_u64().unwrap() as usize,
+            4 - lost_names.len(),
+            "{checkpoint}"
+        );
+        for name in &lost_names {
+            remove_keeping_mtime(&expected[i].join(name));
+        }
+        let restored = sandbox.path(&format!("restored-{i}"));
+        sandbox.ok(&[
+            "restore",
+            "--repo",
+            text(&repo),
+            id,
+            "--target",
+            text(&restored),
+        ]);
+        assert_same_tree(&expected[i], &restored);
+    }
+    let restored_other = sandbox.path("restored-other");
+    sandbox.ok(&[
+        "restore",
+        "--repo",
+        text(&repo),
+        &ids_before[2],
+        "--target",
+        text(&restored_other),
+    ]);
+    assert_same_tree(&other, &restored_other);
+
+    // A second repair finds nothing to do.
+    let again = sandbox.ok(&["repair", "checkpoints", "--repo", text(&repo)]);
+    assert!(
+        again.contains("3 checkpoints checked, 0 repaired"),
+        "{again}"
+    );
 }

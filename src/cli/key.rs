@@ -165,7 +165,7 @@ fn passwd(repo: &Repository, new_password: &NewPasswordArgs, dry_run: bool) -> R
     // The new key first: until the old one is gone, both passwords open the repository.
     let added = repo.add_password(&password)?;
     let removal = repo
-        .plan_key_removal(&old)
+        .plan_replaced_key_removal()
         .and_then(|plan| repo.remove_key(&plan));
     removal.with_context(|| {
         format!(

@@ -16,6 +16,7 @@ mod ls;
 mod mount;
 mod pipeline_speed;
 mod prune;
+mod repair;
 mod restore;
 mod serve;
 mod sync;
@@ -101,6 +102,8 @@ enum Command {
     Forget(forget::ForgetArgs),
     /// Delete the data no checkpoint needs any more
     Prune(prune::PruneArgs),
+    /// Recover from damage: rebuild the index from the packs, or rewrite damaged checkpoints
+    Repair(repair::RepairArgs),
     /// Remove stale locks (of finished or hung runs); --remove-all removes every lock
     Unlock(unlock::UnlockArgs),
     /// Manage the passwords of a password-mode repository: list, add, change, remove
@@ -127,6 +130,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => serve::run(global, args),
         Command::Forget(args) => forget::run(global, args),
         Command::Prune(args) => prune::run(global, args),
+        Command::Repair(args) => repair::run(global, args),
         Command::Unlock(args) => unlock::run(global, args),
         Command::Key(args) => key::run(global, args),
         Command::PipelineSpeed(args) => pipeline_speed::run(args),

@@ -4,12 +4,14 @@
 //! is compared with the listing of `index/`: new files are imported, and when a file it had
 //! imported is gone the cache is rebuilt from scratch. A blob enters the cache only after the
 //! index file that lists it is durable in the repository, so the cache never claims a blob the
-//! repository could lack. This is the only module that names sled.
+//! repository could lack. An index file that cannot be decoded is skipped with a warning, so
+//! a damaged one never stops a repository from opening (`cairn repair index` replaces it).
+//! This is the only module that names sled.
 
 use super::backend::Backend;
 use super::codec::Codec;
 use super::pack::{ENTRY_BYTES, PackEntry, parse_entries};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::id::{BlobId, ID_BYTES, PackId};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -190,9 +192,18 @@ impl BlobIndex {
         }
         for name in listed.difference(&known) {
             let location = || format!("index file {name}");
-            let packs =
-                decode_index_file(&codec.decode(&backend.get(name)?, &location)?, &location)?;
-            self.add_index_file(name, &packs)?;
+            let decoded = codec
+                .decode(&backend.get(name)?, &location)
+                .and_then(|plain| decode_index_file(&plain, &location));
+            match decoded {
+                Ok(packs) => self.add_index_file(name, &packs)?,
+                // Its blobs look absent (stored again by a backup, reported by check); it is
+                // not recorded, so it is read again once repaired.
+                Err(e) if e.kind() == ErrorKind::Corrupt => tracing::warn!(
+                    "skipping an unreadable index file ({e}); `cairn repair index` rebuilds the index from the packs"
+                ),
+                Err(e) => return Err(e),
+            }
         }
         self.blobs.flush().map_err(|e| cache_error(&self.path, e))?;
         Ok(())
@@ -248,6 +259,16 @@ mod tests {
                 entry: entry(1)
             }
         );
+
+        backend
+            .put("index/garbage", b"\x07 not an index file")
+            .unwrap();
+        index.sync(&backend, &codec).unwrap();
+        assert!(
+            index.contains(&BlobId([1; 32])).unwrap(),
+            "a damaged file is skipped"
+        );
+        backend.delete("index/garbage").unwrap();
 
         backend.delete("index/a").unwrap();
         index.sync(&backend, &codec).unwrap();

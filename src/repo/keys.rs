@@ -175,6 +175,19 @@ impl Repository {
     /// removable: some other readable key stays behind, and it is not the key in use.
     /// Changes nothing.
     pub fn plan_key_removal(&self, id_prefix: &str) -> Result<KeyRemovalPlan> {
+        self.plan_removal(id_prefix, true)
+    }
+
+    /// The removal of the key in use once `add_password` gave a new password (`key passwd`):
+    /// checked like `plan_key_removal`, except that this key is the one to go.
+    pub fn plan_replaced_key_removal(&self) -> Result<KeyRemovalPlan> {
+        let opened = self.opened_key().ok_or_else(|| {
+            Error::InvalidInput("no key opened this repository: it has no passwords".into())
+        })?;
+        self.plan_removal(opened, false)
+    }
+
+    fn plan_removal(&self, id_prefix: &str, keep_in_use: bool) -> Result<KeyRemovalPlan> {
         let location = self.backend.location();
         let keys = self.keys()?;
         let key = find_key(&keys, id_prefix, &location)?;
@@ -194,7 +207,7 @@ impl Repository {
         }
         // The other keys are only known to parse, not to open with a password anyone still
         // has: the key in use never goes, lest the repository lock everyone out.
-        if self.opened_key() == Some(key.id.as_str()) {
+        if keep_in_use && self.opened_key() == Some(key.id.as_str()) {
             return Err(Error::InvalidInput(format!(
                 "key {} is the one your password opened: to change your password use \
                  `cairn key passwd`; to remove this key, open the repository with another \

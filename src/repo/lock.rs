@@ -151,9 +151,12 @@ fn refresh_until_stopped(
     }
 }
 
-/// Every lock object of `repo` with its record (`None`: unreadable), and whether one
-/// vanished between the listing and its reading (a refresh or a release).
-fn read_locks(repo: &Repository) -> Result<(Vec<(String, Option<LockRecord>)>, bool)> {
+/// Lock objects with their records (`None`: unreadable).
+type Locks = Vec<(String, Option<LockRecord>)>;
+
+/// Every lock object of `repo` with its record, and whether one vanished between the
+/// listing and its reading (a refresh or a release).
+fn read_locks(repo: &Repository) -> Result<(Locks, bool)> {
     let mut locks = Vec::new();
     let mut vanished = false;
     for object in repo.backend().list("locks/")? {
@@ -170,7 +173,7 @@ fn read_locks(repo: &Repository) -> Result<(Vec<(String, Option<LockRecord>)>, b
 }
 
 /// Every lock object of `repo` with its record (`None`: unreadable).
-pub fn list(repo: &Repository) -> Result<Vec<(String, Option<LockRecord>)>> {
+pub fn list(repo: &Repository) -> Result<Locks> {
     Ok(read_locks(repo)?.0)
 }
 

@@ -3,6 +3,7 @@
 //! memory up to `PACK_TARGET_BYTES` and stored with one atomic put; its id is the plain BLAKE3
 //! hash of its bytes, so a pack that was changed or truncated no longer matches its name.
 
+use super::backend::Backend;
 use super::codec::Codec;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, ID_BYTES, PackId};
@@ -84,6 +85,11 @@ pub fn pack_object_name(id: &PackId) -> String {
     format!("data/{}/{}", &hex[..2], hex)
 }
 
+/// The pack a `data/` object name stands for; `None` when the name is not a pack's.
+pub fn pack_id_of_object(name: &str) -> Option<PackId> {
+    PackId::from_hex(name.rsplit('/').next().unwrap_or_default())
+}
+
 /// A pack being filled.
 #[derive(Default)]
 pub struct PackBuilder {
@@ -148,18 +154,27 @@ pub fn parse_entries(bytes: &[u8], location: &dyn Fn() -> String) -> Result<Vec<
         .collect()
 }
 
-/// Reads the header at the end of a whole pack and checks that every entry lies inside it.
-pub fn read_header(
-    pack: &[u8],
+/// Bytes of the trailer that gives the header's length.
+const HEADER_LENGTH_BYTES: usize = 4;
+
+/// Where the header of a pack of `pack_len` bytes starts, given its trailer.
+fn header_start(pack_len: usize, trailer: &[u8], location: &dyn Fn() -> String) -> Result<usize> {
+    let truncated = || Error::corrupt(location(), "truncated pack (no valid header)");
+    let len_at = pack_len
+        .checked_sub(HEADER_LENGTH_BYTES)
+        .ok_or_else(truncated)?;
+    let header_len = u32::from_le_bytes(trailer.try_into().map_err(|_| truncated())?) as usize;
+    len_at.checked_sub(header_len).ok_or_else(truncated)
+}
+
+/// Decodes the header that starts at `header_at` and checks that every entry lies before it.
+fn decode_header(
+    encoded: &[u8],
+    header_at: usize,
     codec: &Codec,
     location: &dyn Fn() -> String,
 ) -> Result<Vec<PackEntry>> {
-    let truncated = || Error::corrupt(location(), "truncated pack (no valid header)");
-    let len_at = pack.len().checked_sub(4).ok_or_else(truncated)?;
-    let header_len = u32::from_le_bytes(pack[len_at..].try_into().expect("4 bytes")) as usize;
-    let header_at = len_at.checked_sub(header_len).ok_or_else(truncated)?;
-    let header = codec.decode(&pack[header_at..len_at], location)?;
-    let entries = parse_entries(&header, location)?;
+    let entries = parse_entries(&codec.decode(encoded, location)?, location)?;
     for entry in &entries {
         if entry.offset as usize + entry.length as usize > header_at {
             return Err(Error::corrupt(
@@ -169,6 +184,35 @@ pub fn read_header(
         }
     }
     Ok(entries)
+}
+
+/// Reads the header at the end of a whole pack and checks that every entry lies inside it.
+pub fn read_header(
+    pack: &[u8],
+    codec: &Codec,
+    location: &dyn Fn() -> String,
+) -> Result<Vec<PackEntry>> {
+    let len_at = pack.len().saturating_sub(HEADER_LENGTH_BYTES);
+    let header_at = header_start(pack.len(), &pack[len_at..], location)?;
+    decode_header(&pack[header_at..len_at], header_at, codec, location)
+}
+
+/// Reads the header of stored pack `id`, `size` bytes long, with two ranged reads of its
+/// tail, and checks that every entry lies inside the pack.
+pub fn fetch_header(
+    backend: &dyn Backend,
+    id: &PackId,
+    size: u64,
+    codec: &Codec,
+) -> Result<Vec<PackEntry>> {
+    let name = pack_object_name(id);
+    let location = || format!("pack {id}");
+    let size = usize::try_from(size).map_err(|_| Error::corrupt(location(), "too large"))?;
+    let len_at = size.saturating_sub(HEADER_LENGTH_BYTES);
+    let trailer = backend.get_range(&name, len_at as u64, (size - len_at) as u64)?;
+    let header_at = header_start(size, &trailer, &location)?;
+    let encoded = backend.get_range(&name, header_at as u64, (len_at - header_at) as u64)?;
+    decode_header(&encoded, header_at, codec, &location)
 }
 
 #[cfg(test)]
@@ -196,6 +240,14 @@ mod tests {
                 prop_assert_eq!(entry.raw_length as usize, blob.len());
             }
             prop_assert!(read_header(&bytes[..bytes.len() - 1], &codec, &|| "p".into()).is_err());
+
+            let dir = tempfile::tempdir().unwrap();
+            let backend = crate::repo::backend::LocalBackend::new(dir.path());
+            backend.put(&pack_object_name(&id), &bytes).unwrap();
+            prop_assert_eq!(&fetch_header(&backend, &id, bytes.len() as u64, &codec).unwrap(), &entries);
+            let shorter = &bytes[..bytes.len() - 1];
+            backend.put(&pack_object_name(&id), shorter).unwrap();
+            prop_assert!(fetch_header(&backend, &id, shorter.len() as u64, &codec).is_err());
         }
     }
 }

@@ -19,6 +19,9 @@ use std::sync::{Condvar, Mutex};
 const PACKS_PER_INDEX_FILE: usize = 32;
 const INDEX_FILE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Packs listed per index file when a whole fresh set of index files is written.
+const PACKS_PER_FRESH_INDEX_FILE: usize = 256;
+
 /// An encoded blob on its way to the packer.
 struct EncodedBlob {
     id: BlobId,
@@ -205,16 +208,63 @@ pub fn with_blob_sink<T>(
     })
 }
 
+/// The name and stored bytes of an index file listing `packs`.
+fn encode_index_object(
+    repo: &Repository,
+    packs: &[(crate::id::PackId, Vec<super::pack::PackEntry>)],
+) -> (String, Vec<u8>) {
+    let encoded = repo.codec().encode(&encode_index_file(packs), true);
+    let name = format!("index/{}", blake3::hash(&encoded).to_hex());
+    (name, encoded)
+}
+
 /// Stores an index file listing `packs` (whose packs must be stored already) and returns
 /// its name; the local cache learns of it separately.
 pub fn put_index_file(
     repo: &Repository,
     packs: &[(crate::id::PackId, Vec<super::pack::PackEntry>)],
 ) -> Result<String> {
-    let encoded = repo.codec().encode(&encode_index_file(packs), true);
-    let name = format!("index/{}", blake3::hash(&encoded).to_hex());
+    let (name, encoded) = encode_index_object(repo, packs);
     repo.backend().put(&name, &encoded)?;
     Ok(name)
+}
+
+/// How many index files `replace_index_files` wrote and deleted (or would).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexFilesReplaced {
+    pub written: u64,
+    pub deleted: u64,
+}
+
+/// Writes one fresh set of index files listing `packs` (all stored already), then deletes
+/// the index files named in `old` that are not among the new ones, so every pack stays
+/// listed at every moment (twice at worst). In a dry run nothing is written or deleted,
+/// only counted. The local cache learns of the change at the caller's next sync.
+pub fn replace_index_files(
+    repo: &Repository,
+    packs: &[(crate::id::PackId, Vec<super::pack::PackEntry>)],
+    old: &[String],
+    dry_run: bool,
+) -> Result<IndexFilesReplaced> {
+    let mut written = std::collections::HashSet::new();
+    for group in packs.chunks(PACKS_PER_FRESH_INDEX_FILE) {
+        let (name, encoded) = encode_index_object(repo, group);
+        if !dry_run {
+            repo.backend().put(&name, &encoded)?;
+        }
+        written.insert(name);
+    }
+    let mut deleted = 0;
+    for name in old.iter().filter(|name| !written.contains(*name)) {
+        if !dry_run {
+            repo.backend().delete(name)?;
+        }
+        deleted += 1;
+    }
+    Ok(IndexFilesReplaced {
+        written: written.len() as u64,
+        deleted,
+    })
 }
 
 /// Appends blobs to packs, stores them and writes index files. Returns the number of blobs.

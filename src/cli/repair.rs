@@ -1,0 +1,116 @@
+//! `cairn repair index|checkpoints`: rebuild the index from the packs; rewrite damaged
+//! checkpoints without what cannot be read.
+
+use super::{GlobalArgs, print_json};
+use anyhow::Result;
+use cairn::repair::{self, CheckpointRepairReport, IndexRepairReport, RepairOptions};
+use clap::{Args, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    #[command(subcommand)]
+    command: RepairCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum RepairCommand {
+    /// Rebuild the index files from the pack headers (after index files were lost or damaged)
+    Index(RepairFlags),
+    /// Rewrite checkpoints that reference missing or unreadable data, dropping what is lost
+    Checkpoints(RepairFlags),
+}
+
+#[derive(Debug, Args)]
+struct RepairFlags {
+    /// Read and report what would change; write nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Print one JSON object instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(global: &GlobalArgs, args: RepairArgs) -> Result<ExitCode> {
+    let repo = global.open()?;
+    match args.command {
+        RepairCommand::Index(flags) => {
+            let report = repair::index(&repo, &options(&flags))?;
+            if flags.json {
+                print_json(&report)?;
+            } else {
+                print_index_report(&report);
+            }
+        }
+        RepairCommand::Checkpoints(flags) => {
+            let report = repair::checkpoints(&repo, &options(&flags))?;
+            if flags.json {
+                print_json(&report)?;
+            } else {
+                print_checkpoints_report(&report);
+            }
+            if !report.unreadable_checkpoints.is_empty() {
+                eprintln!(
+                    "{} checkpoint records cannot be read and were left as they are",
+                    report.unreadable_checkpoints.len()
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn options(flags: &RepairFlags) -> RepairOptions {
+    RepairOptions {
+        dry_run: flags.dry_run,
+    }
+}
+
+fn print_index_report(report: &IndexRepairReport) {
+    let would = if report.dry_run { "would be " } else { "" };
+    for pack in &report.unreadable_packs {
+        println!("unreadable pack {}: {}", pack.name, pack.reason);
+    }
+    println!(
+        "{} packs read, {} unreadable; {} blobs indexed",
+        report.packs_read,
+        report.unreadable_packs.len(),
+        report.blobs_indexed
+    );
+    println!(
+        "index files: {} {would}written, {} {would}deleted",
+        report.index_files_written, report.index_files_deleted
+    );
+    if !report.unreadable_packs.is_empty() {
+        eprintln!(
+            "unreadable packs are left out of the index (a later prune deletes them; move them \
+             out of the repository to keep them); `cairn repair checkpoints` drops what needed them"
+        );
+    }
+}
+
+fn print_checkpoints_report(report: &CheckpointRepairReport) {
+    for problem in &report.unreadable_checkpoints {
+        println!("unreadable checkpoint {problem}");
+    }
+    for repaired in &report.repaired {
+        match repaired.new_id {
+            Some(new_id) => println!(
+                "checkpoint {} repaired as {}:",
+                repaired.old_id.short(),
+                new_id.short()
+            ),
+            None => println!("checkpoint {} would be repaired:", repaired.old_id.short()),
+        }
+        for path in &repaired.dropped {
+            println!("  dropped {path}");
+        }
+    }
+    let would = if report.dry_run { "would be " } else { "" };
+    println!(
+        "{} checkpoints checked, {} {would}repaired",
+        report.checkpoints_checked,
+        report.repaired.len()
+    );
+}
