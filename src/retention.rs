@@ -308,6 +308,8 @@ mod tests {
     fn kept_by_period(series: &[Candidate<'_>], period: Period, count: u32) -> Vec<usize> {
         let mut periods: Vec<(i32, u32, u32, u32)> =
             series.iter().map(|c| c.time.period(period)).collect();
+        // Distinct periods, newest first (the series is newest first).
+        periods.sort_unstable_by(|a, b| b.cmp(a));
         periods.dedup();
         periods.truncate(count as usize);
         periods
@@ -338,6 +340,56 @@ mod tests {
         assert_eq!(week(2021, 1, 4, 3, 1), (2021, 1));
         assert_eq!(week(2024, 12, 30, 364, 1), (2025, 1));
         assert_eq!(week(2026, 11, 24, 327, 2), (2026, 48));
+    }
+
+    /// Days since 1970-01-01 of a civil date, and back (proleptic Gregorian).
+    fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+        let y = if month <= 2 { year - 1 } else { year };
+        let era = y.div_euclid(400);
+        let year_of_era = y - era * 400;
+        let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+        let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+        era * 146_097 + day_of_era - 719_468
+    }
+
+    fn civil_from_days(days: i64) -> (i64, i64, i64) {
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let day_of_era = z - era * 146_097;
+        let year_of_era =
+            (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+        let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+        let mp = (5 * day_of_year + 2) / 153;
+        let day = day_of_year - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = year_of_era + era * 400 + i64::from(month <= 2);
+        (year, month, day)
+    }
+
+    #[test]
+    fn iso_weeks_agree_with_the_thursday_rule_for_every_day_of_three_centuries() {
+        // The ISO week of a day is the week of its Thursday, counted from its year's start.
+        for days in days_from_civil(1900, 1, 1)..days_from_civil(2200, 1, 1) {
+            let (year, month, day) = civil_from_days(days);
+            let weekday = (days + 4).rem_euclid(7); // 1970-01-01 was a Thursday
+            let year_day = days - days_from_civil(year, 1, 1);
+            let thursday = days - (weekday + 6) % 7 + 3;
+            let (week_year, _, _) = civil_from_days(thursday);
+            let week = (thursday - days_from_civil(week_year, 1, 1)) / 7 + 1;
+            let t = CalendarTime::new(
+                year as i32,
+                month as u32,
+                day as u32,
+                0,
+                year_day as u32,
+                weekday as u32,
+            );
+            assert_eq!(
+                (t.week_year, t.week),
+                (week_year as i32, week as u32),
+                "{year}-{month}-{day}"
+            );
+        }
     }
 
     #[test]

@@ -169,17 +169,20 @@ fn backups_run_together_a_prune_waits_for_them_and_unlock_removes_only_stale_loc
     make_tree(&two);
 
     // Two backups of different trees at the same time both succeed and both restore.
-    let started: Vec<_> = [&one, &two]
+    let started: Vec<Child> = [&one, &two]
         .iter()
         .map(|tree| {
             sandbox
                 .cairn()
                 .args(["backup", "--repo", text(&repo), text(tree)])
-                .output()
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
         })
         .collect();
-    for output in started {
-        let output = output.unwrap();
+    for child in started {
+        let output = child.wait_with_output().unwrap();
         assert!(output.status.success(), "{}", stderr(&output));
     }
     let list: serde_json::Value =
@@ -213,18 +216,20 @@ fn backups_run_together_a_prune_waits_for_them_and_unlock_removes_only_stale_loc
     // with --retry-lock and then succeeds.
     let slow_source = sandbox.path("slow");
     fs::create_dir_all(&slow_source).unwrap();
-    fs::write(slow_source.join("big"), pseudo_random(3_000_000, 9)).unwrap();
+    fs::write(slow_source.join("big"), pseudo_random(5_000_000, 9)).unwrap();
     let mut slow = spawn_slow_backup(&sandbox, &repo, &slow_source, "1M");
     wait_for_a_lock(&repo);
     let refused = sandbox.run(&["prune", "--repo", text(&repo)]);
     assert_fails(&refused, 1, "locked by backup");
     let waited = sandbox.run(&["prune", "--repo", text(&repo), "--retry-lock", "2m"]);
-    let backup_status = slow.try_wait().unwrap();
+    // The backup saves its checkpoint before it lets its lock go.
+    let checkpoints_when_the_prune_ended = checkpoint_count(&repo);
     assert!(waited.status.success(), "{}", stderr(&waited));
-    assert!(
-        backup_status.is_some_and(|s| s.success()),
+    assert_eq!(
+        checkpoints_when_the_prune_ended, 3,
         "the prune ran before the backup had finished"
     );
+    assert!(slow.wait().unwrap().success());
     sandbox.ok(&["check", "--repo", text(&repo), "--read-data"]);
 
     // A backup killed mid-run leaves a stale lock: it stops nobody, and unlock removes it.
@@ -238,12 +243,14 @@ fn backups_run_together_a_prune_waits_for_them_and_unlock_removes_only_stale_loc
     fs::write(slow_source.join("big"), pseudo_random(3_000_000, 11)).unwrap();
     let mut live = spawn_slow_backup(&sandbox, &repo, &slow_source, "200K");
     // The live backup's lock may not be written yet; wait until there are two.
-    for _ in 0..200 {
-        if fs::read_dir(repo.join("locks")).unwrap().count() >= 2 {
+    let locks = || fs::read_dir(repo.join("locks")).unwrap().count();
+    for _ in 0..400 {
+        if locks() >= 2 {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
+    assert_eq!(locks(), 2, "the live backup took no lock");
     let dry = sandbox.ok(&["unlock", "--repo", text(&repo), "--dry-run"]);
     assert!(dry.contains("1 locks would be removed, 1 left"), "{dry}");
     let unlocked = sandbox.ok(&["unlock", "--repo", text(&repo)]);

@@ -104,6 +104,11 @@ pub fn run(global: &GlobalArgs, args: ForgetArgs) -> Result<ExitCode> {
         println!("{removed} checkpoints {would}removed");
         if let Some(report) = &pruned {
             super::prune::print_report(report);
+            if args.dry_run {
+                println!(
+                    "(the prune above still counts the checkpoints forget would remove as in use)"
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -24,7 +24,12 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs) -> Result<ExitCode> {
     for (_, why) in &removed {
         println!("{would}removed {why}");
     }
-    let left = cairn::repo::lock::list(&repo)?.len() - if args.dry_run { removed.len() } else { 0 };
+    let listed = cairn::repo::lock::list(&repo)?.len();
+    let left = if args.dry_run {
+        listed.saturating_sub(removed.len())
+    } else {
+        listed
+    };
     println!("{} locks {would}removed, {left} left", removed.len());
     Ok(ExitCode::SUCCESS)
 }

@@ -345,6 +345,43 @@ mod tests {
     }
 
     #[test]
+    fn shared_locks_coexist_an_exclusive_one_waits_for_them_and_takes_a_fresh_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = crate::repo::writer::tests::repository(dir.path());
+        let first = acquire(&repo, false, "backup").unwrap();
+        let second = acquire(&repo, false, "mount").unwrap();
+        let refused = acquire(&repo, true, "prune").err().unwrap().to_string();
+        assert!(refused.contains("locked by backup") || refused.contains("locked by mount"));
+        assert!(refused.contains("--retry-lock"), "{refused}");
+        assert_eq!(
+            list(&repo).unwrap().len(),
+            2,
+            "the refused lock was left behind"
+        );
+
+        // Waiting: the shared locks go after a while and the exclusive lock is taken, with
+        // the time it was taken at, not the time the wait began (times are whole seconds).
+        repo.wait_for_locks(Duration::from_secs(20));
+        let asked = SystemTime::now();
+        let taken = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(2500));
+                drop((first, second));
+            });
+            acquire(&repo, true, "prune").unwrap()
+        });
+        let locks = list(&repo).unwrap();
+        assert_eq!(locks.len(), 1);
+        let record = locks[0].1.clone().unwrap();
+        let time = humantime::parse_rfc3339(&record.time).unwrap();
+        assert!(time >= asked + Duration::from_secs(1), "{record:?}");
+        assert!(record.exclusive && record.purpose == "prune");
+        taken.ensure_held().unwrap();
+        drop(taken);
+        assert!(list(&repo).unwrap().is_empty(), "a dropped lock stays");
+    }
+
+    #[test]
     fn a_lock_is_stale_when_its_process_is_gone_or_it_was_not_refreshed() {
         let here = crate::host_name();
         let minute = Duration::from_secs(60);

@@ -324,7 +324,7 @@ fn run_packer(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::repo::backend::LocalBackend;
     use crate::repo::config::EncryptionMode;
@@ -332,7 +332,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    fn repository(dir: &std::path::Path) -> Repository {
+    /// An unencrypted repository in `dir`, for unit tests.
+    pub(crate) fn repository(dir: &std::path::Path) -> Repository {
         let backend = Arc::new(LocalBackend::new(dir.join("repo")));
         Repository::init(backend.as_ref(), InitOptions::new(EncryptionMode::None)).unwrap();
         Repository::open(backend, |_| Ok(Secret::None), &dir.join("cache")).unwrap()
