@@ -90,6 +90,24 @@ fn files_with_many_chunks_use_a_chunk_list_blob() {
     );
 }
 
+/// Restores the newest checkpoint of `repo` into `target` and compares it with `source`.
+fn assert_latest_restores_to(
+    repo: &Repository,
+    source: &std::path::Path,
+    target: &std::path::Path,
+) {
+    let (_, latest) = cairn::checkpoint::resolve(repo, "latest").unwrap();
+    restore::run(
+        repo,
+        &latest.root_entry(),
+        target,
+        &RestoreOptions::default(),
+        &RestoreProgress::default(),
+    )
+    .unwrap();
+    assert_same_tree(source, target);
+}
+
 /// A backend whose puts (and, when limited, deletes) start failing after a set number, like
 /// a full disk or a killed process: what was done before stays, nothing after it is.
 struct FailingBackend {
@@ -187,17 +205,7 @@ fn a_backup_stopped_at_any_write_leaves_a_sound_repository_and_resumes() {
         Arc::new(LocalBackend::new(sandbox.path("repo"))),
         &sandbox.path("cache"),
     );
-    let (_, latest) = cairn::checkpoint::resolve(&repo, "latest").unwrap();
-    let target = sandbox.path("target");
-    restore::run(
-        &repo,
-        &latest.root_entry(),
-        &target,
-        &RestoreOptions::default(),
-        &RestoreProgress::default(),
-    )
-    .unwrap();
-    assert_same_tree(&source, &target);
+    assert_latest_restores_to(&repo, &source, &sandbox.path("target"));
 }
 
 /// Copies a repository directory (a plain tree of files).
@@ -289,17 +297,8 @@ fn prune_stopped_at_any_point_loses_nothing(mode: EncryptionMode) {
             report.is_sound(),
             "stopped at {puts} puts, {deletes} deletes: {report:?}"
         );
-        let (_, latest) = cairn::checkpoint::resolve(&after, "latest").unwrap();
         let target = sandbox.path(&format!("restored-{puts}-{deletes}"));
-        restore::run(
-            &after,
-            &latest.root_entry(),
-            &target,
-            &RestoreOptions::default(),
-            &RestoreProgress::default(),
-        )
-        .unwrap();
-        assert_same_tree(&source, &target);
+        assert_latest_restores_to(&after, &source, &target);
         // A full prune afterwards finishes the job.
         prune(&after).unwrap();
         let report = check::run(&after, &CheckOptions::default()).unwrap();

@@ -28,6 +28,23 @@ fn write_version(root: &Path, version: u64) {
     }
 }
 
+/// Asserts that `check --read-data` passes and that the newest checkpoint restores to a copy
+/// of `source`.
+fn assert_sound_and_latest_is(sandbox: &Sandbox, repo: &Path, source: &Path) {
+    sandbox.ok(&["check", "--repo", text(repo), "--read-data"]);
+    let restored = sandbox.path("restored-latest");
+    let _ = fs::remove_dir_all(&restored);
+    sandbox.ok(&[
+        "restore",
+        "--repo",
+        text(repo),
+        "latest",
+        "--target",
+        text(&restored),
+    ]);
+    assert_same_tree(source, &restored);
+}
+
 #[test]
 fn forget_keeps_what_the_policy_says_and_prune_returns_the_space() {
     let sandbox = Sandbox::new();
@@ -108,17 +125,7 @@ fn forget_keeps_what_the_policy_says_and_prune_returns_the_space() {
         after < before && (after as f64) <= fresh_size as f64 * 1.10,
         "data {before} → {after} bytes; a fresh backup takes {fresh_size}"
     );
-    sandbox.ok(&["check", "--repo", text(&repo), "--read-data"]);
-    let restored = sandbox.path("restored");
-    sandbox.ok(&[
-        "restore",
-        "--repo",
-        text(&repo),
-        "latest",
-        "--target",
-        text(&restored),
-    ]);
-    assert_same_tree(&source, &restored);
+    assert_sound_and_latest_is(&sandbox, &repo, &source);
 
     // A dry-run prune of a pruned repository has nothing to do and changes nothing.
     let listing = |dir: &Path| file_contents(dir).into_keys().collect::<Vec<_>>();
@@ -148,10 +155,18 @@ fn spawn_slow_backup(sandbox: &Sandbox, repo: &Path, source: &Path, rate: &str) 
         .unwrap()
 }
 
-/// Waits until the repository holds a lock (a run started and took it).
+/// Waits until the repository holds a lock (a run started and took it); a lock still being
+/// written (a hidden temporary file) does not count.
 fn wait_for_a_lock(repo: &Path) {
+    let written = || {
+        fs::read_dir(repo.join("locks")).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        })
+    };
     for _ in 0..200 {
-        if fs::read_dir(repo.join("locks")).is_ok_and(|mut d| d.next().is_some()) {
+        if written() {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
@@ -242,16 +257,15 @@ fn backups_run_together_a_prune_waits_for_them_and_unlock_removes_only_stale_loc
     sandbox.ok(&["prune", "--repo", text(&repo)]);
     fs::write(slow_source.join("big"), pseudo_random(3_000_000, 11)).unwrap();
     let mut live = spawn_slow_backup(&sandbox, &repo, &slow_source, "200K");
-    // The live backup's lock may not be written yet; wait until there are two.
-    let locks = || fs::read_dir(repo.join("locks")).unwrap().count();
+    // The live backup's lock may not be written yet: wait until unlock sees it.
+    let mut dry = String::new();
     for _ in 0..400 {
-        if locks() >= 2 {
+        dry = sandbox.ok(&["unlock", "--repo", text(&repo), "--dry-run"]);
+        if dry.contains(", 1 left") {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
-    assert_eq!(locks(), 2, "the live backup took no lock");
-    let dry = sandbox.ok(&["unlock", "--repo", text(&repo), "--dry-run"]);
     assert!(dry.contains("1 locks would be removed, 1 left"), "{dry}");
     let unlocked = sandbox.ok(&["unlock", "--repo", text(&repo)]);
     assert!(
@@ -287,7 +301,14 @@ fn a_killed_backup_leaves_a_sound_repository_and_the_next_one_reuses_its_packs()
     early.wait().unwrap();
     sandbox.ok(&["check", "--repo", text(&repo), "--read-data"]);
     let mut later = backup_slowly();
-    let indexed = || fs::read_dir(repo.join("index")).is_ok_and(|mut d| d.next().is_some());
+    // An index file written whole (not a hidden temporary one still being written).
+    let indexed = || {
+        fs::read_dir(repo.join("index")).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        })
+    };
     for _ in 0..600 {
         if indexed() {
             break;
@@ -315,17 +336,7 @@ fn a_killed_backup_leaves_a_sound_repository_and_the_next_one_reuses_its_packs()
         added < total - 8_000_000,
         "added {added} of {total} bytes: {done}"
     );
-    sandbox.ok(&["check", "--repo", text(&repo), "--read-data"]);
-    let restored = sandbox.path("restored");
-    sandbox.ok(&[
-        "restore",
-        "--repo",
-        text(&repo),
-        "latest",
-        "--target",
-        text(&restored),
-    ]);
-    assert_same_tree(&source, &restored);
+    assert_sound_and_latest_is(&sandbox, &repo, &source);
     // Prune deletes what the killed runs wrote but never indexed.
     sandbox.ok(&["unlock", "--repo", text(&repo)]);
     let pruned: serde_json::Value =
