@@ -155,18 +155,20 @@ fn spawn_slow_backup(sandbox: &Sandbox, repo: &Path, source: &Path, rate: &str) 
         .unwrap()
 }
 
+/// Whether `dir` holds a file written whole (not a hidden temporary one still being written).
+fn holds_a_whole_file(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| !e.file_name().to_string_lossy().starts_with('.'))
+    })
+}
+
 /// Waits until the repository holds a lock (a run started and took it); a lock still being
 /// written (a hidden temporary file) does not count.
 fn wait_for_a_lock(repo: &Path) {
-    let written = || {
-        fs::read_dir(repo.join("locks")).is_ok_and(|entries| {
-            entries
-                .flatten()
-                .any(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        })
-    };
     for _ in 0..200 {
-        if written() {
+        if holds_a_whole_file(&repo.join("locks")) {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
@@ -301,14 +303,7 @@ fn a_killed_backup_leaves_a_sound_repository_and_the_next_one_reuses_its_packs()
     early.wait().unwrap();
     sandbox.ok(&["check", "--repo", text(&repo), "--read-data"]);
     let mut later = backup_slowly();
-    // An index file written whole (not a hidden temporary one still being written).
-    let indexed = || {
-        fs::read_dir(repo.join("index")).is_ok_and(|entries| {
-            entries
-                .flatten()
-                .any(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        })
-    };
+    let indexed = || holds_a_whole_file(&repo.join("index"));
     for _ in 0..600 {
         if indexed() {
             break;
