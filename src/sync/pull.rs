@@ -28,7 +28,7 @@ use crate::tree::{ChunkRef, Content, Entry, EntryKind, Tree, load_tree};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 /// Files the walker may queue ahead of the workers.
@@ -417,6 +417,7 @@ pub fn run(
         skipped: AtomicU64::new(0),
     };
     let threads = options.concurrency.max(1);
+    let walked_all = AtomicBool::new(false);
     let walk = |sink: &BlobSink| {
         std::thread::scope(|scope| {
             let (file_tx, file_rx) = bounded::<PullJob>(FILES_QUEUED);
@@ -425,7 +426,7 @@ pub fn run(
                 scope.spawn(move || run_pull_worker(context, sink, jobs));
             }
             drop(file_rx);
-            scope.spawn(|| source.count_totals(progress));
+            scope.spawn(|| source.count_totals(progress, &walked_all));
             let (dir_tx, dir_rx) = bounded(1024);
             let builder = scope.spawn(|| run_tree_builder(sink, dir_rx, &errors, progress));
             let walker = PullWalker {
@@ -437,7 +438,10 @@ pub fn run(
             };
             let walked = walker.pull_dir(&[], parent_root.as_ref());
             drop(walker);
-            let stats = builder.join().expect("the tree builder does not panic")?;
+            let stats = builder.join().expect("the tree builder does not panic");
+            // Done without the total, if the server is still counting.
+            walked_all.store(true, Ordering::Relaxed);
+            let stats = stats?;
             let root = walked?.recv().map_err(|_| abandoned())?;
             Ok((root, stats))
         })

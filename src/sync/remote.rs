@@ -224,16 +224,33 @@ impl RemoteSource {
     }
 
     /// Sets the files and bytes of the whole source, as the server counts them now, as the
-    /// totals of `progress`; without an answer, the total stays open.
-    pub fn count_totals(&self, progress: &Progress) {
+    /// totals of `progress`; without an answer, the total stays open. Waits for the answer
+    /// until `stop` is set: the request itself runs on a thread of its own, so a server still
+    /// counting a huge tree never holds up a sync that is done.
+    pub fn count_totals(&self, progress: &Progress, stop: &AtomicBool) {
         let url = format!("{}/totals", self.remote.url);
-        let totals = self.call(&url, None).and_then(|body| {
-            postcard::from_bytes(&body)
-                .map_err(|e| Error::corrupt(&url, format!("unreadable totals: {e}")))
+        let (agent, bearer) = (self.agent.clone(), self.remote.bearer());
+        let received = self.received.clone();
+        let (send, answer) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let call = agent.get(&url).header("Authorization", &bearer).call();
+            let totals = check_response(&url, call)
+                .and_then(|response| read_body(&url, response))
+                .and_then(|body| {
+                    received.fetch_add(body.len() as u64, Ordering::Relaxed);
+                    postcard::from_bytes::<(u64, u64)>(&body)
+                        .map_err(|e| Error::corrupt(&url, format!("unreadable totals: {e}")))
+                });
+            let _ = send.send(totals);
         });
-        match totals {
-            Ok((files, bytes)) => progress.set_totals(files, bytes),
-            Err(e) => tracing::debug!("no progress total: {e}"),
+        loop {
+            match answer.recv_timeout(std::time::Duration::from_millis(50)) {
+                Ok(Ok((files, bytes))) => return progress.set_totals(files, bytes),
+                Ok(Err(e)) => return tracing::debug!("no progress total: {e}"),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout)
+                    if !stop.load(Ordering::Relaxed) => {}
+                Err(_) => return,
+            }
         }
     }
 
@@ -465,10 +482,10 @@ fn read_record(reader: &mut dyn Read) -> std::io::Result<Option<TreeRecord>> {
 impl TreeSource for RemoteSource {
     type Dir = RemotePath;
 
-    fn count(&self, root: &RemotePath, progress: &Progress, _: &AtomicBool) {
+    fn count(&self, root: &RemotePath, progress: &Progress, stop: &AtomicBool) {
         // The server counts its whole source; a sync of a part of it has no total.
         if root.is_empty() {
-            self.count_totals(progress);
+            self.count_totals(progress, stop);
         }
     }
 
