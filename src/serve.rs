@@ -634,6 +634,15 @@ struct ListQuery {
     path: String,
 }
 
+/// The answer to a request for a source this server does not serve.
+fn no_such_source(name: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        format!("this server serves no source {name:?}"),
+    )
+        .into_response()
+}
+
 /// Runs `work` on the root directory of source `name` off the async threads and answers
 /// with the bytes it makes; 404 for a source this server does not serve.
 async fn on_source(
@@ -642,11 +651,7 @@ async fn on_source(
     work: impl FnOnce(PathBuf) -> crate::error::Result<Vec<u8>> + Send + 'static,
 ) -> Response {
     let Some(root) = state.sources.get(&name).cloned() else {
-        return (
-            StatusCode::NOT_FOUND,
-            format!("this server serves no source {name:?}"),
-        )
-            .into_response();
+        return no_such_source(&name);
     };
     match blocking(move || work(root)).await {
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
@@ -687,11 +692,7 @@ async fn tree_source(
     Query(query): Query<TreeQuery>,
 ) -> Response {
     let Some(root) = state.sources.get(&name).cloned() else {
-        return (
-            StatusCode::NOT_FOUND,
-            format!("this server serves no source {name:?}"),
-        )
-            .into_response();
+        return no_such_source(&name);
     };
     let Ok(rel) = hex::decode(&query.path) else {
         return bad_request("the path must be hex");
