@@ -60,12 +60,7 @@ fn files_with_many_chunks_use_a_chunk_list_blob() {
     let source = sandbox.path("source");
     std::fs::create_dir_all(&source).unwrap();
     std::fs::write(source.join("large"), pseudo_random(600_000, 11)).unwrap();
-    let outcome = backup::run(
-        &repo,
-        &BackupOptions::new(vec![source.clone()]),
-        &Progress::default(),
-    )
-    .unwrap();
+    let outcome = back_up(&repo, &source).unwrap();
     let entry = find_entry(&repo, outcome.checkpoint.root_entry(), "large").unwrap();
     assert!(
         matches!(entry.kind, EntryKind::File(Content::ChunkList(_))),
@@ -106,6 +101,15 @@ fn assert_latest_restores_to(
     )
     .unwrap();
     assert_same_tree(source, target);
+}
+
+/// Backs `source` up into `repo`.
+fn back_up(repo: &Repository, source: &std::path::Path) -> Result<backup::BackupOutcome> {
+    backup::run(
+        repo,
+        &BackupOptions::new(vec![source.to_path_buf()]),
+        &Progress::default(),
+    )
 }
 
 /// A backend whose puts (and, when limited, deletes) start failing after a set number, like
@@ -177,11 +181,7 @@ fn a_backup_stopped_at_any_write_leaves_a_sound_repository_and_resumes() {
             deletes_left: AtomicUsize::new(usize::MAX),
         });
         let repo = open(failing, &sandbox.path("cache"));
-        let result = backup::run(
-            &repo,
-            &BackupOptions::new(vec![source.clone()]),
-            &Progress::default(),
-        );
+        let result = back_up(&repo, &source);
         // Whatever happened, the repository read through a healthy backend is sound.
         let healthy = open(
             Arc::new(LocalBackend::new(sandbox.path("repo"))),
@@ -252,16 +252,7 @@ fn prune_stopped_at_any_point_loses_nothing(mode: EncryptionMode) {
         std::fs::write(source.join(name), data).unwrap();
     }
     let repo = healthy("repo", "cache");
-    let backup = |repo: &Repository| {
-        backup::run(
-            repo,
-            &BackupOptions::new(vec![source.clone()]),
-            &Progress::default(),
-        )
-        .unwrap()
-        .id
-        .unwrap()
-    };
+    let backup = |repo: &Repository| back_up(repo, &source).unwrap().id.unwrap();
     let first = backup(&repo);
     std::fs::remove_file(source.join("a")).unwrap();
     std::fs::write(source.join("c"), pseudo_random(12_000_000, 3)).unwrap();
@@ -341,14 +332,7 @@ fn two_backups_then_a_truncated_pack(
     // Large enough for a chunk-list blob with these tiny chunks.
     std::fs::write(source.join("top"), pseudo_random(600_000, 2)).unwrap();
     let repo = open(backend, &sandbox.path("cache"));
-    let backup = |repo: &Repository| {
-        backup::run(
-            repo,
-            &BackupOptions::new(vec![source.clone()]),
-            &Progress::default(),
-        )
-        .unwrap()
-    };
+    let backup = |repo: &Repository| back_up(repo, &source).unwrap();
     let first = backup(&repo);
     std::fs::write(source.join("later"), pseudo_random(600_000, 3)).unwrap();
     let second = backup(&repo);
