@@ -343,6 +343,17 @@ fn a_killed_backup_leaves_a_sound_repository_and_the_next_one_reuses_its_packs()
     sandbox.ok(&["check", "--repo", text(&repo), "--read-data"]);
 }
 
+/// The strings of array `field` of every object in JSON array `objects`, one after another.
+fn strings_of_each(objects: &serde_json::Value, field: &str) -> Vec<String> {
+    objects
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|o| o[field].as_array().unwrap().clone())
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Every checkpoint's short id, oldest first.
 fn short_ids(sandbox: &Sandbox, repo: &Path) -> Vec<String> {
     let list: serde_json::Value =
@@ -530,13 +541,7 @@ fn repair_checkpoints_drops_the_files_of_a_lost_pack_and_keeps_everything_else()
     ))
     .unwrap();
     assert_eq!(check["sound"], false, "{check}");
-    let mut affected: Vec<String> = check["damaged"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|d| d["paths"].as_array().unwrap().clone())
-        .map(|p| p.as_str().unwrap().to_owned())
-        .collect();
+    let mut affected = strings_of_each(&check["damaged"], "paths");
     affected.sort();
     affected.dedup();
     assert!(
@@ -551,13 +556,7 @@ fn repair_checkpoints_drops_the_files_of_a_lost_pack_and_keeps_everything_else()
 
     sandbox.ok(&["repair", "index", "--repo", text(&repo)]);
     let planned = dry_run_changes_nothing(&sandbox, &repo, "checkpoints");
-    let mut planned_drops: Vec<String> = planned["repaired"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|r| r["dropped"].as_array().unwrap().clone())
-        .map(|p| p.as_str().unwrap().to_owned())
-        .collect();
+    let mut planned_drops = strings_of_each(&planned["repaired"], "dropped");
     planned_drops.sort();
     assert_eq!(planned_drops, affected, "{planned}");
 
