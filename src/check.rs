@@ -9,7 +9,7 @@ use crate::checkpoint;
 use crate::error::Result;
 use crate::id::{BlobId, PackId};
 use crate::repo::Repository;
-use crate::repo::index::{BlobLocation, decode_index_file};
+use crate::repo::index::{BlobLocation, read_index_file};
 use crate::repo::pack::{PackEntry, pack_id_of_object, pack_object_name, read_header};
 use crate::tree::{ChunkRef, Content, EntryKind, Tree, decode_chunk_list};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -69,12 +69,7 @@ struct Checker<'a> {
 impl Checker<'_> {
     fn load_index(&mut self) -> Result<()> {
         for object in self.repo.backend().list("index/")? {
-            let location = || format!("index file {}", object.name);
-            let decoded = self
-                .repo
-                .read_object_plaintext(&object.name)
-                .and_then(|plain| decode_index_file(&plain, &location));
-            match decoded {
+            match read_index_file(self.repo.backend(), self.repo.codec(), &object.name) {
                 Ok(packs) => {
                     for (pack, entries) in packs {
                         for entry in entries {

@@ -18,7 +18,7 @@ use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId};
 use crate::repo::Repository;
-use crate::repo::index::{IndexedPacks, decode_index_file};
+use crate::repo::index::{IndexedPacks, read_index_file};
 use crate::repo::pack::{PackEntry, pack_id_of_object, pack_object_name};
 use crate::repo::writer::{replace_index_files, with_blob_sink};
 use crate::tree::{Content, EntryKind, decode_chunk_list, load_tree};
@@ -117,9 +117,7 @@ fn index_files(repo: &Repository) -> Result<Vec<(String, IndexedPacks)>> {
     names
         .into_iter()
         .map(|name| {
-            let location = || format!("index file {name}");
-            let plain = repo.read_object_plaintext(&name)?;
-            let packs = decode_index_file(&plain, &location)?;
+            let packs = read_index_file(repo.backend(), repo.codec(), &name)?;
             Ok((name, packs))
         })
         .collect()

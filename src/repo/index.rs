@@ -61,6 +61,12 @@ pub fn decode_index_file(mut bytes: &[u8], location: &dyn Fn() -> String) -> Res
     Ok(packs)
 }
 
+/// Reads, opens and parses index file `name`.
+pub fn read_index_file(backend: &dyn Backend, codec: &Codec, name: &str) -> Result<IndexedPacks> {
+    let location = || format!("index file {name}");
+    decode_index_file(&codec.decode(&backend.get(name)?, &location)?, &location)
+}
+
 /// The local sled cache of every index file of one repository.
 pub struct BlobIndex {
     _db: sled::Db,
@@ -191,11 +197,7 @@ impl BlobIndex {
             known.clear();
         }
         for name in listed.difference(&known) {
-            let location = || format!("index file {name}");
-            let decoded = codec
-                .decode(&backend.get(name)?, &location)
-                .and_then(|plain| decode_index_file(&plain, &location));
-            match decoded {
+            match read_index_file(backend, codec, name) {
                 Ok(packs) => self.add_index_file(name, &packs)?,
                 // Its blobs look absent (stored again by a backup, reported by check); it is
                 // not recorded, so it is read again once repaired.
