@@ -678,7 +678,7 @@ fn scan_ahead_visit(
 }
 
 /// The checkpoint whose stat cache a backup of `paths` from `host` uses.
-pub(crate) fn find_parent(
+fn find_parent(
     repo: &Repository,
     host: &str,
     paths: &[String],

@@ -13,8 +13,7 @@
 use super::remote::{RemotePath, RemoteSource, child_path};
 use super::{SyncError, SyncOptions, SyncReport};
 use crate::backup::{
-    FileError, PendingDir, PendingEntry, SourceError, abandoned, file_content, find_parent,
-    run_tree_builder,
+    FileError, PendingDir, PendingEntry, SourceError, abandoned, file_content, run_tree_builder,
 };
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Error, Result};
@@ -372,14 +371,15 @@ fn find_pull_parent(
     authority: &str,
     paths: &[String],
 ) -> Result<Option<(crate::id::CheckpointId, Checkpoint)>> {
-    if let Some(parent) = find_parent(repo, authority, paths)? {
-        return Ok(Some(parent));
-    }
+    let all = checkpoint::list(repo)?;
+    let newest = |same_server: &dyn Fn(&str) -> bool| {
+        all.iter()
+            .rev()
+            .find(|(_, c)| c.paths == paths && same_server(&c.host))
+            .cloned()
+    };
     let host = without_port(authority);
-    Ok(checkpoint::list(repo)?
-        .into_iter()
-        .rev()
-        .find(|(_, c)| c.paths == paths && without_port(&c.host) == host))
+    Ok(newest(&|h| h == authority).or_else(|| newest(&|h| without_port(h) == host)))
 }
 
 /// Pulls the served source into `repo` as a new checkpoint (unless a dry run).
