@@ -67,6 +67,24 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
+/// GETs `url` (or POSTs `body` to it) with the bearer token and returns the answer, whose
+/// bytes are added to `received`.
+fn call_counted(
+    agent: &ureq::Agent,
+    bearer: &str,
+    received: &AtomicU64,
+    url: &str,
+    body: Option<&[u8]>,
+) -> Result<Vec<u8>> {
+    let answer = match body {
+        None => agent.get(url).header("Authorization", bearer).call(),
+        Some(body) => agent.post(url).header("Authorization", bearer).send(body),
+    };
+    let bytes = read_body(url, check_response(url, answer)?)?;
+    received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    Ok(bytes)
+}
+
 /// A path below the source: components joined by `/`, empty for its root.
 pub type RemotePath = Vec<u8>;
 
@@ -161,19 +179,13 @@ impl RemoteSource {
 
     /// GETs or POSTs (with `body`) `url` and returns the answer, counted.
     fn call(&self, url: &str, body: Option<&[u8]>) -> Result<Vec<u8>> {
-        let bearer = self.remote.bearer();
-        let answer = match body {
-            None => self.agent.get(url).header("Authorization", &bearer).call(),
-            Some(body) => self
-                .agent
-                .post(url)
-                .header("Authorization", &bearer)
-                .send(body),
-        };
-        let bytes = read_body(url, check_response(url, answer)?)?;
-        self.received
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        Ok(bytes)
+        call_counted(
+            &self.agent,
+            &self.remote.bearer(),
+            &self.received,
+            url,
+            body,
+        )
     }
 
     pub fn url(&self) -> &str {
@@ -233,14 +245,10 @@ impl RemoteSource {
         let received = self.received.clone();
         let (send, answer) = crossbeam_channel::bounded(1);
         std::thread::spawn(move || {
-            let call = agent.get(&url).header("Authorization", &bearer).call();
-            let totals = check_response(&url, call)
-                .and_then(|response| read_body(&url, response))
-                .and_then(|body| {
-                    received.fetch_add(body.len() as u64, Ordering::Relaxed);
-                    postcard::from_bytes::<(u64, u64)>(&body)
-                        .map_err(|e| Error::corrupt(&url, format!("unreadable totals: {e}")))
-                });
+            let totals = call_counted(&agent, &bearer, &received, &url, None).and_then(|body| {
+                postcard::from_bytes::<(u64, u64)>(&body)
+                    .map_err(|e| Error::corrupt(&url, format!("unreadable totals: {e}")))
+            });
             let _ = send.send(totals);
         });
         loop {
