@@ -302,3 +302,84 @@ pub fn file_contents(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 pub fn allocated_bytes(path: &Path) -> u64 {
     fs::metadata(path).unwrap().blocks() * 512
 }
+
+/// What a child process did under `run_bounded`.
+pub struct Bounded {
+    pub output: Output,
+    /// The child's peak resident set size, in bytes.
+    pub peak_rss_bytes: u64,
+    /// Whether the time limit ran out and the child was killed.
+    pub timed_out: bool,
+}
+
+impl Bounded {
+    /// Asserts that the child ended on its own within the time limit and stayed under
+    /// `max_rss_bytes` of memory.
+    pub fn assert_within(&self, max_rss_bytes: u64) {
+        assert!(
+            !self.timed_out,
+            "the command hung and was killed: {}",
+            stderr(&self.output)
+        );
+        assert!(
+            self.peak_rss_bytes <= max_rss_bytes,
+            "the command peaked at {} MiB of memory (cap {} MiB): {}",
+            self.peak_rss_bytes >> 20,
+            max_rss_bytes >> 20,
+            stderr(&self.output)
+        );
+    }
+}
+
+/// Runs `command` to its end or until `limit` has passed (then kills it), collecting its
+/// output and its peak memory (`wait4`'s `ru_maxrss`): the harness of the attack tests,
+/// which prove hostile input gets an error, never a hang or gigabytes of memory.
+pub fn run_bounded(command: &mut Command, limit: std::time::Duration) -> Bounded {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr_reader = drain(Box::new(child.stderr.take().unwrap()));
+    let pid = child.id() as libc::pid_t;
+    let deadline = std::time::Instant::now() + limit;
+    let mut timed_out = false;
+    let (status, usage) = loop {
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is valid; wait4 writes only into status and usage.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: pid is our own child, not yet reaped (Child::wait is never called).
+        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        assert!(reaped >= 0, "wait4: {}", std::io::Error::last_os_error());
+        if reaped == pid {
+            break (status, usage);
+        }
+        if !timed_out && std::time::Instant::now() > deadline {
+            timed_out = true;
+            // SAFETY: pid is our own child, not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    Bounded {
+        output: Output {
+            status: std::process::ExitStatus::from_raw(status),
+            stdout: stdout.join().unwrap(),
+            stderr: stderr_reader.join().unwrap(),
+        },
+        peak_rss_bytes: usage.ru_maxrss as u64 * 1024,
+        timed_out,
+    }
+}
