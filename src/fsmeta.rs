@@ -1,10 +1,10 @@
-//! File metadata between the filesystem and tree entries: reading what `lstat`, `readlink`
-//! and the xattr calls report into an `Entry`, and applying an entry's owner, mode, xattrs
-//! and timestamps back onto a restored path. Nothing here follows symlinks.
+//! File metadata from the filesystem into tree entries: what `lstat`, `readlink` and the
+//! xattr calls report becomes an `Entry`. Nothing here follows symlinks. Writing metadata back
+//! belongs to `target`, which sets it through descriptors.
 
 use crate::tree::{Entry, EntryKind, Xattr};
 use std::collections::HashMap;
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -128,78 +128,4 @@ fn group_name(gid: u32) -> Option<String> {
 pub fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
-}
-
-fn c_path(path: &Path) -> std::io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains NUL"))
-}
-
-fn check(rc: libc::c_int) -> std::io::Result<()> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-fn timespec(ns: i64) -> libc::timespec {
-    libc::timespec {
-        tv_sec: ns.div_euclid(1_000_000_000),
-        tv_nsec: ns.rem_euclid(1_000_000_000),
-    }
-}
-
-/// Applies owner (when root), mode, xattrs and timestamps of `entry` to `path`, without
-/// following a symlink at `path`.
-pub fn apply_metadata(path: &Path, entry: &Entry) -> std::io::Result<()> {
-    let c = c_path(path)?;
-    let is_symlink = matches!(entry.kind, EntryKind::Symlink(_));
-    if running_as_root() {
-        // SAFETY: c is a valid NUL-terminated path.
-        check(unsafe { libc::lchown(c.as_ptr(), entry.uid, entry.gid) })?;
-    }
-    if !is_symlink {
-        // SAFETY: c is a valid NUL-terminated path; AT_FDCWD makes it relative to the cwd.
-        check(unsafe {
-            libc::fchmodat(libc::AT_FDCWD, c.as_ptr(), entry.mode as libc::mode_t, 0)
-        })?;
-    }
-    for attr in &entry.xattrs {
-        let name = std::ffi::OsStr::from_bytes(&attr.name);
-        if let Err(e) = xattr::set(path, name, &attr.value) {
-            // Restoring onto a filesystem without xattrs, or a privileged namespace as a
-            // normal user, loses only the attribute, not the file.
-            tracing::warn!(
-                "{}: cannot set xattr {}: {e}",
-                path.display(),
-                name.to_string_lossy()
-            );
-        }
-    }
-    // Access times are not kept (reading a directory would change its tree id); a restored
-    // entry gets its mtime as atime.
-    let times = [timespec(entry.mtime_ns), timespec(entry.mtime_ns)];
-    // SAFETY: c is a valid path and times points to two timespecs.
-    check(unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
-}
-
-/// Creates a FIFO or device node at `path` with mode 0600 (metadata is applied afterwards).
-pub fn make_node(path: &Path, kind: &EntryKind) -> std::io::Result<()> {
-    let c = c_path(path)?;
-    let (type_bits, rdev) = match kind {
-        EntryKind::Fifo => (libc::S_IFIFO, 0),
-        EntryKind::CharDevice(rdev) => (libc::S_IFCHR, *rdev),
-        EntryKind::BlockDevice(rdev) => (libc::S_IFBLK, *rdev),
-        _ => unreachable!("make_node is called for FIFOs and devices only"),
-    };
-    // SAFETY: c is a valid NUL-terminated path.
-    check(unsafe { libc::mknod(c.as_ptr(), type_bits | 0o600, rdev as libc::dev_t) })
 }

@@ -43,6 +43,7 @@ pub mod retention;
 pub mod serve;
 pub mod speed;
 pub mod sync;
+pub mod target;
 pub mod throttle;
 pub mod tree;
 pub mod vfs;

@@ -6,23 +6,28 @@
 //! holes. Hard links are made once their first path is written, and directory metadata is
 //! applied last, deepest first, so writing into a directory does not disturb its mtime.
 //!
-//! Nothing is ever written outside the target (invariant 4): names come from validated trees,
-//! and whatever already sits at a path — with `--overwrite` — is removed, never followed.
-//! A file whose chunk is missing or corrupt is deleted, never left with wrong bytes.
+//! Nothing is ever written outside the target (invariant 4): every write goes through
+//! `target::TargetDir`, beneath the target's descriptor, names come from validated trees, and
+//! whatever already sits at a path — with `--overwrite` — is removed, never followed. The
+//! tree is walked with an explicit stack, so depth costs heap, not the thread's stack. A file
+//! whose chunk is missing or corrupt is deleted, never left with wrong bytes.
 
 use crate::error::{Error, IoContext, Result};
-use crate::fsmeta::{apply_metadata, make_node, running_as_root};
+use crate::fsmeta::running_as_root;
+use crate::id::BlobId;
 use crate::repo::Repository;
+use crate::target::{TargetDir, set_metadata_of};
 use crate::tree::{Entry, EntryKind, file_chunks, is_valid_name, load_tree, read_chunk};
 use crossbeam_channel::{Receiver, bounded};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Runs of zero bytes at least this long, aligned to it, are left as holes.
 const HOLE_BLOCK_BYTES: usize = 4096;
@@ -72,23 +77,6 @@ pub struct RestoreStats {
     pub errors: Vec<RestoreError>,
 }
 
-/// Removes whatever is at `path` unless it is a directory and `keep_dir` is set. Never
-/// follows a symlink.
-pub(crate) fn clear_path(path: &Path, keep_dir: bool) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
-        Ok(m) if m.is_dir() => {
-            if keep_dir {
-                Ok(())
-            } else {
-                fs::remove_dir_all(path).context_io(|| format!("removing {}", path.display()))
-            }
-        }
-        Ok(_) => fs::remove_file(path).context_io(|| format!("removing {}", path.display())),
-    }
-}
-
 /// Writes `data` at `offset`, skipping aligned all-zero blocks so they stay holes.
 pub(crate) fn write_sparse(file: &fs::File, offset: u64, data: &[u8]) -> std::io::Result<()> {
     let mut run_start = None;
@@ -113,23 +101,13 @@ pub(crate) fn write_sparse(file: &fs::File, offset: u64, data: &[u8]) -> std::io
 }
 
 /// Writes one regular file's content and metadata.
-fn restore_file(
-    repo: &Repository,
-    path: &Path,
-    entry: &Entry,
-    progress: &RestoreProgress,
-) -> Result<()> {
-    let EntryKind::File(content) = &entry.kind else {
+fn restore_file(repo: &Repository, job: &FileJob, progress: &RestoreProgress) -> Result<()> {
+    let EntryKind::File(content) = &job.entry.kind else {
         unreachable!("only regular files are sent to workers");
     };
-    let context = || format!("writing {}", path.display());
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(path)
-        .context_io(context)?;
+    let shown = job.dir.child_path(&job.entry.name);
+    let context = || format!("writing {}", shown.display());
+    let file = job.dir.create_file(&job.entry.name).context_io(context)?;
     let mut offset = 0u64;
     for chunk in file_chunks(repo, content)? {
         let data = read_chunk(repo, &chunk)?;
@@ -139,24 +117,25 @@ fn restore_file(
             .bytes_done
             .fetch_add(data.len() as u64, Ordering::Relaxed);
     }
-    if offset != entry.size {
+    if offset != job.entry.size {
         return Err(Error::corrupt(
-            path.display().to_string(),
+            shown.display().to_string(),
             format!(
                 "chunks hold {offset} bytes where the tree says {}",
-                entry.size
+                job.entry.size
             ),
         ));
     }
     file.set_len(offset).context_io(context)?;
-    drop(file);
-    apply_metadata(path, entry).context_io(|| format!("setting metadata of {}", path.display()))?;
+    set_metadata_of(file.as_fd(), &job.entry, &shown)
+        .context_io(|| format!("setting metadata of {}", shown.display()))?;
     progress.files_done.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 
-/// The hard-link groups met in a walk: the first path of each group is written like any file,
-/// the others are kept to be linked to it once it exists.
+/// The hard-link groups met in a walk, by paths relative to the target: the first path of
+/// each group is written like any file, the others are kept to be linked to it once it
+/// exists.
 #[derive(Default)]
 pub(crate) struct HardLinkGroups {
     first_paths: HashMap<(u64, u64), PathBuf>,
@@ -184,8 +163,19 @@ impl HardLinkGroups {
     }
 }
 
+/// The directory holding `relative` (a path beneath `root`) and its last name.
+pub(crate) fn open_parent<'a>(
+    root: &TargetDir,
+    relative: &'a Path,
+) -> std::io::Result<(TargetDir, &'a [u8])> {
+    let name = relative.file_name().map_or(&[][..], |n| n.as_bytes());
+    let parent = root.open_beneath(relative.parent().unwrap_or(Path::new("")))?;
+    Ok((parent, name))
+}
+
+/// A regular file for the workers: entry `entry.name` of `dir`.
 struct FileJob {
-    path: PathBuf,
+    dir: Arc<TargetDir>,
     entry: Entry,
 }
 
@@ -196,15 +186,24 @@ fn run_worker(
     progress: &RestoreProgress,
 ) {
     for job in jobs {
-        if let Err(e) = restore_file(repo, &job.path, &job.entry, progress) {
+        if let Err(e) = restore_file(repo, &job, progress) {
             // Never leave a file with missing or wrong bytes under its real name.
-            let _ = fs::remove_file(&job.path);
+            let _ = job.dir.unlink(&job.entry.name);
             errors.lock().expect("not poisoned").push(RestoreError {
-                path: job.path,
+                path: job.dir.child_path(&job.entry.name),
                 message: format!("{e}"),
             });
         }
     }
+}
+
+/// One directory being walked: where it is written, its remaining entries, and its own
+/// entry (whose metadata it gets at the end; `None` for the target itself).
+struct Level {
+    dir: Arc<TargetDir>,
+    relative: PathBuf,
+    entries: std::vec::IntoIter<Entry>,
+    own: Option<Entry>,
 }
 
 /// Walks the tree, creating everything but regular files, which go to the workers.
@@ -213,88 +212,108 @@ struct Planner<'a> {
     files: crossbeam_channel::Sender<FileJob>,
     /// Hard links to make once the files exist.
     links: HardLinkGroups,
-    /// Directories with their metadata, deepest first.
+    /// Directories (relative to the target) with their metadata, deepest first.
     dirs: Vec<(PathBuf, Entry)>,
     stats: RestoreStats,
 }
 
 impl Planner<'_> {
-    fn restore_dir_contents(&mut self, tree_id: &crate::id::BlobId, dir: &Path) -> Result<()> {
-        let tree = load_tree(self.repo, tree_id)?;
-        for entry in tree.entries {
-            let path = dir.join(OsStr::from_bytes(&entry.name));
-            self.restore_entry(path, entry)?;
+    /// Restores the tree `tree_id` into `root`, walking it with an explicit stack.
+    fn restore_tree(&mut self, tree_id: &BlobId, root: Arc<TargetDir>) -> Result<()> {
+        let mut stack = vec![Level {
+            dir: root,
+            relative: PathBuf::new(),
+            entries: load_tree(self.repo, tree_id)?.entries.into_iter(),
+            own: None,
+        }];
+        while let Some(level) = stack.last_mut() {
+            let Some(entry) = level.entries.next() else {
+                let done = stack.pop().expect("the loop holds a level");
+                if let Some(own) = done.own {
+                    self.stats.dirs += 1;
+                    self.dirs.push((done.relative, own));
+                }
+                continue;
+            };
+            let relative = level.relative.join(OsStr::from_bytes(&entry.name));
+            let dir = Arc::clone(&level.dir);
+            if let Some(next) = self.restore_entry(dir, relative, entry)? {
+                stack.push(next);
+            }
         }
         Ok(())
     }
 
-    fn restore_entry(&mut self, path: PathBuf, entry: Entry) -> Result<()> {
-        clear_path(&path, entry.is_dir())?;
-        let metadata_error = |e| Error::io(format!("setting metadata of {}", path.display()), e);
+    /// Restores one entry into `dir`; a directory is created and returned to be walked.
+    fn restore_entry(
+        &mut self,
+        dir: Arc<TargetDir>,
+        relative: PathBuf,
+        entry: Entry,
+    ) -> Result<Option<Level>> {
+        let name = entry.name.as_slice();
+        let shown = dir.child_path(name);
+        let created = || format!("creating {}", shown.display());
+        if let EntryKind::Dir(tree) = &entry.kind {
+            let subdir = dir.ensure_dir(name).context_io(created)?;
+            return Ok(Some(Level {
+                dir: Arc::new(subdir),
+                relative,
+                entries: load_tree(self.repo, tree)?.entries.into_iter(),
+                own: Some(entry),
+            }));
+        }
+        dir.remove(name)
+            .context_io(|| format!("removing {}", shown.display()))?;
         match &entry.kind {
-            EntryKind::Dir(tree) => {
-                if !path.is_dir() {
-                    fs::create_dir(&path).context_io(|| format!("creating {}", path.display()))?;
-                }
-                self.restore_dir_contents(tree, &path)?;
-                self.stats.dirs += 1;
-                self.dirs.push((path, entry));
-            }
+            EntryKind::Dir(_) => unreachable!("directories are handled above"),
             EntryKind::File(_) => {
-                if self.links.defer(&entry, &path) {
-                    return Ok(());
+                if !self.links.defer(&entry, &relative) {
+                    self.files
+                        .send(FileJob { dir, entry })
+                        .expect("restore workers outlive the planner");
                 }
-                self.files
-                    .send(FileJob { path, entry })
-                    .expect("restore workers outlive the planner");
+                return Ok(None);
             }
-            EntryKind::Symlink(target) => {
-                std::os::unix::fs::symlink(OsStr::from_bytes(target), &path)
-                    .context_io(|| format!("creating symlink {}", path.display()))?;
-                apply_metadata(&path, &entry).map_err(metadata_error)?;
-            }
+            EntryKind::Symlink(target) => dir.symlink(target, name).context_io(created)?,
             EntryKind::Fifo | EntryKind::CharDevice(_) | EntryKind::BlockDevice(_) => {
                 if !matches!(entry.kind, EntryKind::Fifo) && !running_as_root() {
                     self.stats.skipped.push(format!(
                         "{} (device node; only root can create it)",
-                        path.display()
+                        shown.display()
                     ));
-                    return Ok(());
+                    return Ok(None);
                 }
-                make_node(&path, &entry.kind)
-                    .context_io(|| format!("creating {}", path.display()))?;
-                apply_metadata(&path, &entry).map_err(metadata_error)?;
+                dir.make_node(name, &entry.kind).context_io(created)?;
             }
         }
-        Ok(())
+        dir.set_metadata_at(name, &entry)
+            .context_io(|| format!("setting metadata of {}", shown.display()))?;
+        Ok(None)
     }
 }
 
-/// Checks the target and creates it if needed.
-fn prepare_target(target: &Path, overwrite: bool) -> Result<()> {
+/// Checks the target, creates it if needed and opens it.
+fn prepare_target(target: &Path, overwrite: bool) -> Result<TargetDir> {
+    let context = || format!("opening restore target {}", target.display());
     match fs::symlink_metadata(target) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir_all(target)
-            .context_io(|| format!("creating restore target {}", target.display())),
-        Err(e) => Err(Error::io(
-            format!("reading restore target {}", target.display()),
-            e,
-        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            TargetDir::open(target, true).context_io(context)
+        }
+        Err(e) => Err(Error::io(context(), e)),
         Ok(m) if !m.is_dir() => Err(Error::InvalidInput(format!(
             "restore target {} exists and is not a directory",
             target.display()
         ))),
         Ok(_) => {
-            let non_empty = fs::read_dir(target)
-                .context_io(|| format!("reading restore target {}", target.display()))?
-                .next()
-                .is_some();
-            if non_empty && !overwrite {
+            let dir = TargetDir::open(target, false).context_io(context)?;
+            if !overwrite && !dir.names().context_io(context)?.is_empty() {
                 return Err(Error::InvalidInput(format!(
                     "restore target {} is not empty: choose an empty or new directory, or pass --overwrite",
                     target.display()
                 )));
             }
-            Ok(())
+            Ok(dir)
         }
     }
 }
@@ -309,7 +328,7 @@ pub fn run(
     progress: &RestoreProgress,
 ) -> Result<RestoreStats> {
     let _lock = crate::repo::lock::acquire_for_reading(repo, "restore")?;
-    prepare_target(target, options.overwrite)?;
+    let root = Arc::new(prepare_target(target, options.overwrite)?);
     let errors = Mutex::new(Vec::new());
     let threads = options.threads.max(1);
     let (files, jobs) = bounded::<FileJob>(threads * 4);
@@ -327,12 +346,17 @@ pub fn run(
             stats: RestoreStats::default(),
         };
         let planned = match &node.kind {
-            EntryKind::Dir(tree) => planner.restore_dir_contents(tree, target),
+            EntryKind::Dir(tree) => planner.restore_tree(tree, Arc::clone(&root)),
             _ if !is_valid_name(&node.name) => Err(Error::corrupt(
                 "restore",
                 format!("refusing to restore an entry named {:?}", node.name_lossy()),
             )),
-            _ => planner.restore_entry(target.join(OsStr::from_bytes(&node.name)), node.clone()),
+            _ => {
+                let relative = PathBuf::from(OsStr::from_bytes(&node.name));
+                planner
+                    .restore_entry(Arc::clone(&root), relative, node.clone())
+                    .map(|_| ())
+            }
         };
         // Taking the planner apart drops its sender, which lets the workers finish; the
         // scope waits for them.
@@ -345,30 +369,43 @@ pub fn run(
     let failed: std::collections::HashSet<PathBuf> =
         stats.errors.iter().map(|e| e.path.clone()).collect();
     for (path, first) in links.later {
-        if failed.contains(&first) {
+        if failed.contains(&target.join(&first)) {
             stats.errors.push(RestoreError {
-                path,
+                path: target.join(path),
                 message: format!("not linked: {} could not be restored", first.display()),
             });
             continue;
         }
-        match fs::hard_link(&first, &path) {
+        let linked = open_parent(&root, &first).and_then(|(from, from_name)| {
+            let (dir, name) = open_parent(&root, &path)?;
+            dir.hard_link(&from, from_name, name)
+        });
+        match linked {
             Ok(()) => {
                 progress.files_done.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => stats.errors.push(RestoreError {
                 message: format!("linking to {}: {e}", first.display()),
-                path,
+                path: target.join(path),
             }),
         }
     }
     if node.is_dir() && !node.name.is_empty() {
         // The target becomes the restored directory itself: its mode, owner and times.
-        dirs.push((target.to_owned(), node.clone()));
+        dirs.push((PathBuf::new(), node.clone()));
     }
-    for (path, entry) in &dirs {
-        apply_metadata(path, entry)
-            .context_io(|| format!("setting metadata of {}", path.display()))?;
+    for (relative, entry) in &dirs {
+        let shown = target.join(relative);
+        // A directory replaced meanwhile (by a symlink, say) is reported, never followed.
+        if let Err(e) = root
+            .open_beneath(relative)
+            .and_then(|dir| set_metadata_of(dir.as_fd(), entry, &shown))
+        {
+            stats.errors.push(RestoreError {
+                path: shown,
+                message: format!("setting metadata: {e}"),
+            });
+        }
     }
     planned?;
     stats.files = progress.files_done.load(Ordering::Relaxed);

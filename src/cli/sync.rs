@@ -255,8 +255,10 @@ fn refuse_overlap(source: &Path, target: &Path) -> Result<()> {
         return Ok(());
     }
     let source = std::fs::canonicalize(source)?;
-    let absolute_target = std::path::absolute(target)?;
-    let resolved_target = std::fs::canonicalize(&absolute_target).unwrap_or(absolute_target);
+    // Where the target will really be: a symlink in a part that exists is followed, the
+    // rest is yet to be created.
+    let resolved_target = cairn::target::resolve_future_path(target)
+        .with_context(|| format!("resolving {}", target.display()))?;
     if resolved_target.starts_with(&source) || source.starts_with(&resolved_target) {
         bail!(
             "{} and {} overlap: sync between places that do not contain each other",

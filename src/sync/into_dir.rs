@@ -11,18 +11,21 @@
 //! as needed; with `delete`, whatever the source lacks is removed. Directory metadata is
 //! applied last, deepest first.
 //!
-//! Nothing is written outside the target (invariant 4): source names are validated, an
-//! existing symlink or file where a directory belongs is removed rather than followed, and
-//! every file is opened with `O_NOFOLLOW`.
+//! Nothing is written outside the target (invariant 4): every write goes through
+//! `target::TargetDir`, beneath the target's descriptor; source names are validated; an
+//! existing symlink or file where a directory belongs is removed rather than followed; a
+//! file found the same gets its metadata on the descriptor it was compared through. Both
+//! trees are walked with an explicit stack.
 
 use super::{SyncError, SyncOptions, SyncReport};
 use crate::chunker::Chunker;
 use crate::error::{Error, IoContext, Result};
-use crate::fsmeta::{apply_metadata, entry_from_metadata, make_node, mtime_ns, read_xattrs};
+use crate::fsmeta::{entry_from_metadata, mtime_ns, read_xattrs};
 use crate::id::BlobId;
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::restore::{HardLinkGroups, clear_path, write_sparse};
+use crate::restore::{HardLinkGroups, open_parent, write_sparse};
+use crate::target::{TargetDir, set_metadata_of};
 use crate::throttle::RateLimiter;
 use crate::tree::{ChunkRef, Content, Entry, EntryKind, file_chunks, is_valid_name, load_tree};
 use crossbeam_channel::bounded;
@@ -30,11 +33,12 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Temporary files of a sync start with this; leftovers of an interrupted run are removed.
 const TEMP_PREFIX: &str = ".cairn-sync-";
@@ -477,19 +481,26 @@ fn read_full(reader: &mut impl Read, buffer: &mut [u8]) -> std::io::Result<usize
     Ok(filled)
 }
 
-/// A file for the workers.
+/// A file for the workers: entry `entry.name` of source directory `dir`, written into
+/// `target`.
 struct FileJob<D> {
     dir: D,
-    path: PathBuf,
+    target: Arc<TargetDir>,
     entry: Entry,
-    /// Whether a regular file is at `path` now.
+    /// Whether a regular file is at its place now.
     has_old: bool,
 }
 
-/// A fresh temporary name beside `path`.
-fn temp_path(path: &Path) -> PathBuf {
+impl<D> FileJob<D> {
+    fn shown(&self) -> PathBuf {
+        self.target.child_path(&self.entry.name)
+    }
+}
+
+/// A fresh temporary name.
+fn temp_name() -> Vec<u8> {
     let suffix = hex::encode(crate::crypto::random_bytes::<8>());
-    path.with_file_name(format!("{TEMP_PREFIX}{suffix}"))
+    format!("{TEMP_PREFIX}{suffix}").into_bytes()
 }
 
 /// Files a worker takes on together, at most.
@@ -499,63 +510,60 @@ const FILES_PER_BATCH: usize = 64;
 /// open under its temporary name.
 struct Prepared {
     old: Option<File>,
-    temp: PathBuf,
+    temp: Vec<u8>,
     out: File,
 }
 
 fn prepare_file<D>(job: &FileJob<D>) -> Result<Prepared> {
-    let path = &job.path;
     let old = if job.has_old {
-        let opened = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path);
-        opened.ok()
+        job.target.open_file(&job.entry.name).ok()
     } else {
         None
     };
-    let temp = temp_path(path);
-    let out = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(&temp)
-        .context_io(|| format!("creating {}", temp.display()))?;
+    let temp = temp_name();
+    let out = job
+        .target
+        .create_file(&temp)
+        .context_io(|| format!("creating {}", job.target.child_path(&temp).display()))?;
     Ok(Prepared { old, temp, out })
 }
 
-/// Puts a written file in place (metadata, then rename over the old one), or, when the old
-/// one already held the content, only sets its metadata; removes the temporary file when
-/// anything failed.
+/// Puts a written file in place (metadata on its descriptor, then rename over the old one),
+/// or, when the old one already held the content, sets the metadata on the old file's
+/// descriptor: the file that was compared, whatever its name holds now. Removes the
+/// temporary file when anything failed.
 fn finish_file<D>(
     job: &FileJob<D>,
     prepared: Prepared,
     written: Result<FileWrite>,
 ) -> Result<FileWrite> {
-    let Prepared { temp, out, .. } = prepared;
-    drop(out);
-    let path = &job.path;
+    let Prepared { old, temp, out } = prepared;
+    let shown = job.shown();
+    let metadata_error = |e| Error::io(format!("setting metadata of {}", shown.display()), e);
     let placed = written.and_then(|how| {
-        let metadata_of = |p: &Path| {
-            apply_metadata(p, &job.entry)
-                .context_io(|| format!("setting metadata of {}", p.display()))
-        };
-        match how {
+        match &how {
             FileWrite::Same => {
-                fs::remove_file(&temp).context_io(|| format!("removing {}", temp.display()))?;
-                metadata_of(path)?;
+                let old = old.as_ref().ok_or_else(|| {
+                    Error::InvalidInput(format!("{}: no old file to keep", shown.display()))
+                })?;
+                set_metadata_of(old.as_fd(), &job.entry, &shown).map_err(metadata_error)?;
+                drop(out);
+                job.target.unlink(&temp).context_io(|| {
+                    format!("removing {}", job.target.child_path(&temp).display())
+                })?;
             }
             FileWrite::Written { .. } => {
-                metadata_of(&temp)?;
-                fs::rename(&temp, path).context_io(|| format!("replacing {}", path.display()))?;
+                set_metadata_of(out.as_fd(), &job.entry, &shown).map_err(metadata_error)?;
+                drop(out);
+                job.target
+                    .rename(&temp, &job.entry.name)
+                    .context_io(|| format!("replacing {}", shown.display()))?;
             }
         }
         Ok(how)
     });
     if placed.is_err() {
-        let _ = fs::remove_file(&temp);
+        let _ = job.target.unlink(&temp);
     }
     placed
 }
@@ -597,6 +605,17 @@ fn sync_files<S: TreeSource>(
         .collect()
 }
 
+/// One directory being walked: the source's handle, where it is written (`None` in a dry run
+/// below a directory that does not exist yet), its remaining entries, and its own entry
+/// (whose metadata it gets at the end; `None` for the target itself).
+struct Level<D> {
+    target: Option<Arc<TargetDir>>,
+    relative: PathBuf,
+    entries: std::vec::IntoIter<(Entry, Option<D>)>,
+    source: D,
+    own: Option<Entry>,
+}
+
 /// Walks source and target side by side, fixing all but regular files, which go to workers.
 struct Planner<'a, S: TreeSource> {
     source: &'a S,
@@ -604,98 +623,171 @@ struct Planner<'a, S: TreeSource> {
     progress: &'a Progress,
     files: crossbeam_channel::Sender<FileJob<S::Dir>>,
     errors: &'a Mutex<Vec<SyncError>>,
-    /// Directories with their metadata, deepest first.
+    /// Directories (relative to the target) with their metadata, deepest first.
     dirs: Vec<(PathBuf, Entry)>,
-    /// Hard links to make once the files are written.
+    /// Hard links to make once the files are written, by paths relative to the target.
     links: HardLinkGroups,
     report: SyncReport,
 }
 
 impl<S: TreeSource> Planner<'_, S> {
-    /// Syncs the source directory `dir` into `target`; when `present` is false (a dry run
-    /// below a directory that does not exist yet) the target is not looked at.
-    fn sync_dir(&mut self, dir: &S::Dir, target: &Path, present: bool) -> Result<()> {
-        let entries = self.source.list(dir, self.errors)?;
-        if present {
-            self.remove_extras(&entries, target)?;
-        }
-        for (entry, subdir) in entries {
+    /// Syncs the source directory `root` into `target`, walking with an explicit stack.
+    /// Wrong data from the source stops everything; an entry that cannot be read or written
+    /// is reported and the rest goes on.
+    fn sync_tree(&mut self, root: S::Dir, target: Option<Arc<TargetDir>>) -> Result<()> {
+        let entries = self.list_dir(&root, target.as_deref())?;
+        let mut stack = vec![Level {
+            target,
+            relative: PathBuf::new(),
+            entries: entries.into_iter(),
+            source: root,
+            own: None,
+        }];
+        while let Some(level) = stack.last_mut() {
+            let Some((entry, subdir)) = level.entries.next() else {
+                let done = stack.pop().expect("the loop holds a level");
+                if let Some(own) = done.own {
+                    self.dirs.push((done.relative, own));
+                }
+                continue;
+            };
             if !is_valid_name(&entry.name) {
                 return Err(Error::corrupt(
-                    target.display().to_string(),
+                    self.shown(level.target.as_deref(), &level.relative)
+                        .display()
+                        .to_string(),
                     format!("refusing the source entry named {:?}", entry.name_lossy()),
                 ));
             }
-            let path = target.join(OsStr::from_bytes(&entry.name));
-            let existing = if present {
-                fs::symlink_metadata(&path).ok()
-            } else {
-                None
-            };
-            self.sync_entry(dir, subdir, path, existing, entry)?;
+            let relative = level.relative.join(OsStr::from_bytes(&entry.name));
+            let (source_dir, target) = (level.source.clone(), level.target.clone());
+            let shown = self.shown(target.as_deref(), &relative);
+            match self.sync_entry(&source_dir, subdir, target, relative, entry) {
+                Ok(Some(next)) => stack.push(next),
+                Ok(None) => {}
+                Err(e) if e.kind() == crate::error::ErrorKind::Corrupt => return Err(e),
+                Err(e) => self.report_error(shown, e),
+            }
         }
         Ok(())
     }
 
+    /// Where `relative` is, for messages.
+    fn shown(&self, target: Option<&TargetDir>, relative: &Path) -> PathBuf {
+        match (target, relative.file_name()) {
+            (Some(dir), Some(name)) => dir.child_path(name.as_bytes()),
+            (Some(dir), None) => dir.path().to_owned(),
+            (None, _) => relative.to_owned(),
+        }
+    }
+
+    fn report_error(&self, path: PathBuf, e: Error) {
+        self.errors.lock().expect("not poisoned").push(SyncError {
+            path,
+            message: e.to_string(),
+        });
+    }
+
+    /// The entries of source directory `dir`; with `target` (the directory it is written
+    /// into), also removes what the source lacks there.
+    fn list_dir(
+        &mut self,
+        dir: &S::Dir,
+        target: Option<&TargetDir>,
+    ) -> Result<Vec<(Entry, Option<S::Dir>)>> {
+        let entries = self.source.list(dir, self.errors)?;
+        if let Some(target) = target {
+            self.remove_extras(&entries, target)?;
+        }
+        Ok(entries)
+    }
+
     /// Removes what the source lacks (with `delete`) and this tool's own leftovers.
-    fn remove_extras(&mut self, entries: &[(Entry, Option<S::Dir>)], target: &Path) -> Result<()> {
-        let Ok(existing) = fs::read_dir(target) else {
+    fn remove_extras(
+        &mut self,
+        entries: &[(Entry, Option<S::Dir>)],
+        target: &TargetDir,
+    ) -> Result<()> {
+        let Ok(existing) = target.names() else {
             return Ok(());
         };
         let wanted: HashSet<&[u8]> = entries.iter().map(|(e, _)| e.name.as_slice()).collect();
-        for child in existing.flatten() {
-            let name = child.file_name();
-            if wanted.contains(name.as_bytes()) {
+        for name in existing {
+            if wanted.contains(name.as_slice()) {
                 continue;
             }
-            let leftover = name.as_bytes().starts_with(TEMP_PREFIX.as_bytes());
+            let leftover = name.starts_with(TEMP_PREFIX.as_bytes());
             if self.options.delete && !leftover {
                 self.report.entries_deleted += 1;
             } else if !leftover {
                 continue;
             }
             if !self.options.dry_run {
-                clear_path(&child.path(), false)?;
+                target
+                    .remove(&name)
+                    .context_io(|| format!("removing {}", target.child_path(&name).display()))?;
             }
         }
         Ok(())
     }
 
+    /// Brings one entry of `target` up to date; a directory is returned to be walked.
     fn sync_entry(
         &mut self,
         dir: &S::Dir,
         subdir: Option<S::Dir>,
-        path: PathBuf,
-        existing: Option<fs::Metadata>,
+        target: Option<Arc<TargetDir>>,
+        relative: PathBuf,
         entry: Entry,
-    ) -> Result<()> {
+    ) -> Result<Option<Level<S::Dir>>> {
         let dry_run = self.options.dry_run;
-        let created = |p: &Path| format!("creating {}", p.display());
+        let name = entry.name.as_slice();
+        let shown = self.shown(target.as_deref(), &relative);
+        let created = || format!("creating {}", shown.display());
+        let existing = match &target {
+            Some(t) => t
+                .metadata(name)
+                .context_io(|| format!("reading {}", shown.display()))?,
+            None => None,
+        };
+        let is_dir = existing.as_ref().is_some_and(|m| m.is_dir());
+        // Below here a missing target means a dry run: nothing is written.
+        let writable = target.as_deref().filter(|_| !dry_run);
         match &entry.kind {
             EntryKind::Dir(_) => {
-                let is_dir = existing.as_ref().is_some_and(|m| m.is_dir());
-                if !is_dir && !dry_run {
-                    clear_path(&path, false)?;
-                    fs::create_dir(&path).context_io(|| created(&path))?;
+                let subtarget = match (&target, dry_run) {
+                    (Some(t), false) => Some(t.ensure_dir(name).context_io(created)?),
+                    (Some(t), true) if is_dir => Some(
+                        t.open_dir(name)
+                            .context_io(|| format!("opening {}", shown.display()))?,
+                    ),
+                    _ => None,
                 }
-                if let Some(subdir) = subdir {
-                    match self.sync_dir(&subdir, &path, is_dir || !dry_run) {
-                        Ok(()) => {}
-                        // Wrong data from the source stops everything; a directory that
-                        // cannot be read or written is reported and the rest goes on.
-                        Err(e) if e.kind() == crate::error::ErrorKind::Corrupt => return Err(e),
-                        Err(e) => self.errors.lock().expect("not poisoned").push(SyncError {
-                            path: path.clone(),
-                            message: e.to_string(),
-                        }),
+                .map(Arc::new);
+                let Some(subdir) = subdir else {
+                    self.dirs.push((relative, entry));
+                    return Ok(None);
+                };
+                let entries = match self.list_dir(&subdir, subtarget.as_deref()) {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == crate::error::ErrorKind::Corrupt => return Err(e),
+                    Err(e) => {
+                        self.report_error(shown.clone(), e);
+                        Vec::new()
                     }
-                }
-                self.dirs.push((path, entry));
+                };
+                return Ok(Some(Level {
+                    target: subtarget,
+                    relative,
+                    entries: entries.into_iter(),
+                    source: subdir,
+                    own: Some(entry),
+                }));
             }
             EntryKind::File(_) => {
-                if self.links.defer(&entry, &path) {
+                if self.links.defer(&entry, &relative) {
                     self.progress.file_done(entry.size);
-                    return Ok(());
+                    return Ok(None);
                 }
                 let old = existing.as_ref().filter(|m| m.is_file());
                 if let Some(old) = old
@@ -706,64 +798,71 @@ impl<S: TreeSource> Planner<'_, S> {
                     let same_owner_and_mode = old.mode() & 0o7777 == entry.mode
                         && old.uid() == entry.uid
                         && old.gid() == entry.gid;
-                    if !same_owner_and_mode && !dry_run {
-                        apply_metadata(&path, &entry)
-                            .context_io(|| format!("setting metadata of {}", path.display()))?;
+                    if let Some(t) = writable
+                        && !same_owner_and_mode
+                    {
+                        t.set_metadata_at(name, &entry)
+                            .context_io(|| format!("setting metadata of {}", shown.display()))?;
                     }
                     self.report.files_unchanged += 1;
                     self.progress.file_done(entry.size);
-                    return Ok(());
+                    return Ok(None);
                 }
-                if dry_run {
+                let Some(target) = target.filter(|_| !dry_run) else {
                     self.report.files_written += 1;
                     self.progress.file_done(entry.size);
-                    return Ok(());
-                }
-                if existing.as_ref().is_some_and(|m| m.is_dir()) {
-                    clear_path(&path, false)?;
+                    return Ok(None);
+                };
+                if is_dir {
+                    target
+                        .remove(name)
+                        .context_io(|| format!("removing {}", shown.display()))?;
                 }
                 let job = FileJob {
                     dir: dir.clone(),
-                    path,
-                    entry,
+                    target,
                     has_old: old.is_some(),
+                    entry,
                 };
                 self.files
                     .send(job)
                     .expect("sync workers outlive the planner");
             }
-            EntryKind::Symlink(target) => {
+            EntryKind::Symlink(link_target) => {
                 let same = existing
                     .as_ref()
                     .is_some_and(|m| m.file_type().is_symlink())
-                    && fs::read_link(&path).is_ok_and(|t| t.as_os_str().as_bytes() == target);
-                if same || dry_run {
+                    && target
+                        .as_deref()
+                        .is_some_and(|t| t.read_link(name).is_ok_and(|l| l == *link_target));
+                let Some(t) = writable.filter(|_| !same) else {
                     self.count(same);
-                    return Ok(());
+                    return Ok(None);
+                };
+                let temp = temp_name();
+                t.symlink(link_target, &temp).context_io(created)?;
+                t.set_metadata_at(&temp, &entry).context_io(created)?;
+                if is_dir {
+                    t.remove(name)
+                        .context_io(|| format!("removing {}", shown.display()))?;
                 }
-                let temp = temp_path(&path);
-                std::os::unix::fs::symlink(OsStr::from_bytes(target), &temp)
-                    .context_io(|| created(&path))?;
-                apply_metadata(&temp, &entry).context_io(|| created(&path))?;
-                if existing.as_ref().is_some_and(|m| m.is_dir()) {
-                    clear_path(&path, false)?;
-                }
-                fs::rename(&temp, &path).context_io(|| created(&path))?;
+                t.rename(&temp, name).context_io(created)?;
                 self.count(false);
             }
             EntryKind::Fifo | EntryKind::CharDevice(_) | EntryKind::BlockDevice(_) => {
                 let same = existing.as_ref().is_some_and(|m| same_node(m, &entry.kind));
-                if same || dry_run {
+                let Some(t) = writable.filter(|_| !same) else {
                     self.count(same);
-                    return Ok(());
-                }
-                clear_path(&path, false)?;
-                make_node(&path, &entry.kind).context_io(|| created(&path))?;
-                apply_metadata(&path, &entry).context_io(|| created(&path))?;
+                    return Ok(None);
+                };
+                t.remove(name)
+                    .context_io(|| format!("removing {}", shown.display()))?;
+                t.make_node(name, &entry.kind).context_io(created)?;
+                t.set_metadata_at(name, &entry).context_io(created)?;
                 self.count(false);
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     fn count(&mut self, unchanged: bool) {
@@ -824,7 +923,7 @@ fn run_sync_worker<S: TreeSource>(
                     progress.file_done(job.entry.size);
                 }
                 Err(e) => errors.lock().expect("not poisoned").push(SyncError {
-                    path: job.path,
+                    path: job.shown(),
                     message: e.to_string(),
                 }),
             }
@@ -832,6 +931,21 @@ fn run_sync_worker<S: TreeSource>(
         if let Some(received) = source.bytes_received() {
             progress.bytes_read.store(received, Ordering::Relaxed);
         }
+    }
+}
+
+/// Opens the target of a sync, creating it unless this is a dry run; `None` in a dry run
+/// into a directory that does not exist yet.
+fn open_target(target: &Path, dry_run: bool) -> Result<Option<TargetDir>> {
+    let context = || format!("opening sync target {}", target.display());
+    match fs::symlink_metadata(target) {
+        Ok(m) if m.is_dir() => TargetDir::open(target, false).map(Some).context_io(context),
+        Ok(_) => Err(Error::InvalidInput(format!(
+            "sync target {} exists and is not a directory",
+            target.display()
+        ))),
+        Err(_) if dry_run => Ok(None),
+        Err(_) => TargetDir::open(target, true).map(Some).context_io(context),
     }
 }
 
@@ -845,18 +959,7 @@ pub fn run<S: TreeSource>(
     options: &SyncOptions,
     progress: &Progress,
 ) -> Result<SyncReport> {
-    match fs::symlink_metadata(target) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(Error::InvalidInput(format!(
-                "sync target {} exists and is not a directory",
-                target.display()
-            )));
-        }
-        Err(_) if options.dry_run => {}
-        Err(_) => fs::create_dir_all(target)
-            .context_io(|| format!("creating sync target {}", target.display()))?,
-    }
+    let target_dir = open_target(target, options.dry_run)?.map(Arc::new);
     let errors = Mutex::new(Vec::new());
     let totals: WorkerTotals = Mutex::new((0, 0, 0, 0));
     let limiter = options.rate_limit.map(RateLimiter::new);
@@ -887,7 +990,7 @@ pub fn run<S: TreeSource>(
                 ..SyncReport::default()
             },
         };
-        let planned = planner.sync_dir(&root, target, target.is_dir());
+        let planned = planner.sync_tree(root.clone(), target_dir.clone());
         let Planner {
             files,
             dirs,
@@ -905,28 +1008,35 @@ pub fn run<S: TreeSource>(
     });
     planned?;
     let mut errors = errors.into_inner().expect("not poisoned");
-    for (path, first) in links.later {
-        if options.dry_run {
-            report.files_written += 1;
-            continue;
+    if let Some(root_dir) = target_dir.as_deref().filter(|_| !options.dry_run) {
+        for (path, first) in links.later {
+            match link(root_dir, &path, &first, &errors) {
+                Ok(true) => report.files_unchanged += 1,
+                Ok(false) => report.files_written += 1,
+                Err(e) => errors.push(SyncError {
+                    path: target.join(path),
+                    message: e.to_string(),
+                }),
+            }
         }
-        match link(&path, &first, &errors) {
-            Ok(true) => report.files_unchanged += 1,
-            Ok(false) => report.files_written += 1,
-            Err(e) => errors.push(SyncError {
-                path,
-                message: e.to_string(),
-            }),
+        if let Some(entry) = root_entry {
+            dirs.push((PathBuf::new(), entry.clone()));
         }
-    }
-    if let Some(entry) = root_entry {
-        dirs.push((target.to_owned(), entry.clone()));
-    }
-    if !options.dry_run {
-        for (path, entry) in &dirs {
-            apply_metadata(path, entry)
-                .context_io(|| format!("setting metadata of {}", path.display()))?;
+        for (relative, entry) in &dirs {
+            let shown = target.join(relative);
+            // A directory replaced meanwhile (by a symlink, say) is reported, never followed.
+            if let Err(e) = root_dir
+                .open_beneath(relative)
+                .and_then(|dir| set_metadata_of(dir.as_fd(), entry, &shown))
+            {
+                errors.push(SyncError {
+                    path: shown,
+                    message: format!("setting metadata: {e}"),
+                });
+            }
         }
+    } else {
+        report.files_written += links.later.len() as u64;
     }
     let (same, written, fetched, reused) = totals.into_inner().expect("not poisoned");
     report.files_unchanged += same;
@@ -941,25 +1051,42 @@ pub fn run<S: TreeSource>(
     Ok(report)
 }
 
-/// Makes `path` a hard link of `first`; `true` when it already was one.
-fn link(path: &Path, first: &Path, errors: &[SyncError]) -> Result<bool> {
-    if errors.iter().any(|e| e.path == first) {
+/// Makes `path` a hard link of `first` (both relative to `root`); `true` when it already
+/// was one.
+fn link(root: &TargetDir, path: &Path, first: &Path, errors: &[SyncError]) -> Result<bool> {
+    let shown_first = root.path().join(first);
+    if errors.iter().any(|e| e.path == shown_first) {
         return Err(Error::InvalidInput(format!(
             "not linked: {} could not be written",
-            first.display()
+            shown_first.display()
         )));
     }
-    let inode = |p: &Path| fs::symlink_metadata(p).map(|m| (m.dev(), m.ino()));
-    if let (Ok(a), Ok(b)) = (inode(path), inode(first))
+    let shown = root.path().join(path);
+    let context = || format!("linking {}", shown.display());
+    let (from, from_name) = open_parent(root, first).context_io(context)?;
+    let (dir, name) = open_parent(root, path).context_io(context)?;
+    let inode = |dir: &TargetDir, name: &[u8]| {
+        dir.metadata(name)
+            .ok()
+            .flatten()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    if let (Some(a), Some(b)) = (inode(&dir, name), inode(&from, from_name))
         && a == b
     {
         return Ok(true);
     }
-    let temp = temp_path(path);
-    fs::hard_link(first, &temp).context_io(|| format!("linking {}", path.display()))?;
-    if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
-        clear_path(path, false)?;
+    let temp = temp_name();
+    dir.hard_link(&from, from_name, &temp).context_io(context)?;
+    if dir
+        .metadata(name)
+        .ok()
+        .flatten()
+        .is_some_and(|m| m.is_dir())
+    {
+        dir.remove(name).context_io(context)?;
     }
-    fs::rename(&temp, path).context_io(|| format!("replacing {}", path.display()))?;
+    dir.rename(&temp, name)
+        .context_io(|| format!("replacing {}", shown.display()))?;
     Ok(false)
 }

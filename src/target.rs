@@ -1,0 +1,565 @@
+//! The one way cairn writes a tree into a directory: restore and sync into a directory both go
+//! through [`TargetDir`], so the rule below holds for every writer at once.
+//!
+//! The target itself is opened once, by the path the user gave. Everything beneath it is
+//! reached through directory descriptors: each directory is opened relative to its parent's
+//! descriptor with `O_NOFOLLOW | O_DIRECTORY`, every entry is created, renamed, linked and
+//! removed with `*at()` calls on the descriptor of the directory it lives in, and metadata is
+//! set on a descriptor (`fchmod`, `fchown`, `fsetxattr`, `futimens`) or, for symlinks and
+//! special files, beside one with `AT_SYMLINK_NOFOLLOW` (see `fsmeta`). No path beneath the
+//! target is ever resolved twice, so a directory swapped for a symlink while a run goes on
+//! makes the next step fail (`ELOOP`, `ENOTDIR`) instead of sending writes outside the target
+//! (invariant 4). Directories are created private (0700) and get their real mode at the end,
+//! so nobody else can put anything into them while they are being filled.
+//!
+//! Paths are kept only to name things in messages.
+
+use crate::fsmeta::running_as_root;
+use crate::tree::{Entry, EntryKind};
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+/// An open directory of a target tree.
+#[derive(Debug)]
+pub struct TargetDir {
+    fd: OwnedFd,
+    /// Where it is, for messages only.
+    path: PathBuf,
+}
+
+/// A name as the `*at()` calls take it.
+pub(crate) fn c_name(name: &[u8]) -> io::Result<CString> {
+    CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a name contains NUL"))
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Takes ownership of a descriptor an `open*` call returned (or its error).
+fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by the kernel and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+const DIR_FLAGS: libc::c_int =
+    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+
+/// Raises this process's soft limit on open files to its hard limit, once: a deep tree keeps
+/// one descriptor open per level while it is written.
+fn raise_open_file_limit() {
+    static RAISED: std::sync::Once = std::sync::Once::new();
+    RAISED.call_once(|| {
+        // SAFETY: an all-zero rlimit is valid; getrlimit and setrlimit only read and write it.
+        unsafe {
+            let mut limit: libc::rlimit = std::mem::zeroed();
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+                && limit.rlim_cur < limit.rlim_max
+            {
+                limit.rlim_cur = limit.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
+        }
+    });
+}
+
+impl TargetDir {
+    /// Opens the directory at `path`, the target the user named (symlinks in that path are
+    /// followed, as they are by rsync and cp); with `create`, creates it and its missing
+    /// parents first.
+    pub fn open(path: &Path, create: bool) -> io::Result<TargetDir> {
+        raise_open_file_limit();
+        if create {
+            std::fs::create_dir_all(path)?;
+        }
+        let c = c_name(path.as_os_str().as_bytes())?;
+        // SAFETY: c is a valid NUL-terminated path.
+        let fd = owned(unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        })?;
+        Ok(TargetDir {
+            fd,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Where this directory is, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where entry `name` of this directory is, for messages.
+    pub fn child_path(&self, name: &[u8]) -> PathBuf {
+        self.path.join(OsStr::from_bytes(name))
+    }
+
+    /// The directory's descriptor, for setting its metadata.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The metadata of entry `name` (a symlink is not followed); `None` when there is none.
+    pub fn metadata(&self, name: &[u8]) -> io::Result<Option<std::fs::Metadata>> {
+        let c = c_name(name)?;
+        // SAFETY: the descriptor is open and c is a valid NUL-terminated name.
+        let fd = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        match owned(fd) {
+            Ok(fd) => File::from(fd).metadata().map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens subdirectory `name`; fails when it is a symlink or not a directory.
+    pub fn open_dir(&self, name: &[u8]) -> io::Result<TargetDir> {
+        let c = c_name(name)?;
+        // SAFETY: the descriptor is open and c is a valid NUL-terminated name.
+        let fd = owned(unsafe { libc::openat(self.fd.as_raw_fd(), c.as_ptr(), DIR_FLAGS) })?;
+        Ok(TargetDir {
+            fd,
+            path: self.child_path(name),
+        })
+    }
+
+    /// Opens the directory at `relative` beneath this one, one name at a time, never
+    /// following a symlink; an empty path opens this directory again.
+    pub fn open_beneath(&self, relative: &Path) -> io::Result<TargetDir> {
+        // SAFETY: the descriptor is open and "." is a valid NUL-terminated name.
+        let fd = owned(unsafe { libc::openat(self.fd.as_raw_fd(), c".".as_ptr(), DIR_FLAGS) })?;
+        let mut dir = TargetDir {
+            fd,
+            path: self.path.clone(),
+        };
+        for component in relative.components() {
+            let Component::Normal(name) = component else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{} is not a plain relative path", relative.display()),
+                ));
+            };
+            dir = dir.open_dir(name.as_bytes())?;
+        }
+        Ok(dir)
+    }
+
+    /// Creates subdirectory `name`, private until its metadata is applied.
+    pub fn make_dir(&self, name: &[u8]) -> io::Result<()> {
+        let c = c_name(name)?;
+        // SAFETY: the descriptor is open and c is a valid NUL-terminated name.
+        check(unsafe { libc::mkdirat(self.fd.as_raw_fd(), c.as_ptr(), 0o700) })
+    }
+
+    /// Opens subdirectory `name`, first replacing whatever else is there by a new directory.
+    pub fn ensure_dir(&self, name: &[u8]) -> io::Result<TargetDir> {
+        match self.metadata(name)? {
+            Some(m) if m.is_dir() => {}
+            Some(_) => {
+                self.remove(name)?;
+                self.make_dir(name)?;
+            }
+            None => self.make_dir(name)?,
+        }
+        self.open_dir(name)
+    }
+
+    /// Creates regular file `name`, which must not exist, open for reading and writing.
+    pub fn create_file(&self, name: &[u8]) -> io::Result<File> {
+        let c = c_name(name)?;
+        let flags =
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: the descriptor is open and c is a valid NUL-terminated name.
+        let fd = owned(unsafe { libc::openat(self.fd.as_raw_fd(), c.as_ptr(), flags, 0o600) })?;
+        Ok(File::from(fd))
+    }
+
+    /// Opens regular file `name` for reading; fails when it is anything else (a FIFO is not
+    /// waited on, a symlink not followed).
+    pub fn open_file(&self, name: &[u8]) -> io::Result<File> {
+        let c = c_name(name)?;
+        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+        // SAFETY: the descriptor is open and c is a valid NUL-terminated name.
+        let file = File::from(owned(unsafe {
+            libc::openat(self.fd.as_raw_fd(), c.as_ptr(), flags)
+        })?);
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", self.child_path(name).display()),
+            ));
+        }
+        Ok(file)
+    }
+
+    /// Creates symlink `name` pointing at `target`.
+    pub fn symlink(&self, target: &[u8], name: &[u8]) -> io::Result<()> {
+        let (target, c) = (c_name(target)?, c_name(name)?);
+        // SAFETY: both are valid NUL-terminated strings and the descriptor is open.
+        check(unsafe { libc::symlinkat(target.as_ptr(), self.fd.as_raw_fd(), c.as_ptr()) })
+    }
+
+    /// Creates FIFO or device node `name`, mode 0600 until its metadata is applied.
+    pub fn make_node(&self, name: &[u8], kind: &EntryKind) -> io::Result<()> {
+        let (type_bits, rdev) = match kind {
+            EntryKind::Fifo => (libc::S_IFIFO, 0),
+            EntryKind::CharDevice(rdev) => (libc::S_IFCHR, *rdev),
+            EntryKind::BlockDevice(rdev) => (libc::S_IFBLK, *rdev),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "only FIFOs and device nodes are made by make_node",
+                ));
+            }
+        };
+        let c = c_name(name)?;
+        // SAFETY: the descriptor is open and c is a valid NUL-terminated name.
+        check(unsafe {
+            libc::mknodat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                type_bits | 0o600,
+                rdev as libc::dev_t,
+            )
+        })
+    }
+
+    /// Makes `name` a hard link of `from_name` in directory `from` (a symlink is linked as
+    /// itself, never followed).
+    pub fn hard_link(&self, from: &TargetDir, from_name: &[u8], name: &[u8]) -> io::Result<()> {
+        let (from_c, c) = (c_name(from_name)?, c_name(name)?);
+        // SAFETY: both descriptors are open and both names valid NUL-terminated strings.
+        check(unsafe {
+            libc::linkat(
+                from.fd.as_raw_fd(),
+                from_c.as_ptr(),
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                0,
+            )
+        })
+    }
+
+    /// Renames entry `from` of this directory to `to`, replacing what `to` was.
+    pub fn rename(&self, from: &[u8], to: &[u8]) -> io::Result<()> {
+        let (from_c, to_c) = (c_name(from)?, c_name(to)?);
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: the descriptor is open and both names are valid NUL-terminated strings.
+        check(unsafe { libc::renameat(fd, from_c.as_ptr(), fd, to_c.as_ptr()) })
+    }
+
+    /// The target of symlink `name`.
+    pub fn read_link(&self, name: &[u8]) -> io::Result<Vec<u8>> {
+        let c = c_name(name)?;
+        let mut buffer = vec![0u8; 256];
+        loop {
+            // SAFETY: the buffer is valid for its whole length; readlinkat writes within it.
+            let length = unsafe {
+                libc::readlinkat(
+                    self.fd.as_raw_fd(),
+                    c.as_ptr(),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
+                )
+            };
+            if length < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let length = length as usize;
+            if length < buffer.len() {
+                buffer.truncate(length);
+                return Ok(buffer);
+            }
+            // Symlink targets are at most PATH_MAX bytes; the buffer grows to hold one.
+            if buffer.len() >= libc::PATH_MAX as usize * 2 {
+                return Err(io::Error::other("symlink target longer than PATH_MAX"));
+            }
+            buffer.resize(buffer.len() * 2, 0);
+        }
+    }
+
+    /// The names in this directory (without `.` and `..`), in no particular order.
+    pub fn names(&self) -> io::Result<Vec<Vec<u8>>> {
+        // A descriptor of its own, which closedir closes.
+        // SAFETY: the descriptor is open and "." is a valid NUL-terminated name.
+        let fd = owned(unsafe { libc::openat(self.fd.as_raw_fd(), c".".as_ptr(), DIR_FLAGS) })?;
+        // SAFETY: fd is an open directory descriptor whose ownership passes to the stream.
+        let stream = unsafe { libc::fdopendir(std::os::fd::IntoRawFd::into_raw_fd(fd)) };
+        if stream.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        let mut names = Vec::new();
+        let result = loop {
+            // SAFETY: errno is thread-local; readdir reports an error only through it.
+            unsafe { *libc::__errno_location() = 0 };
+            // SAFETY: stream is a valid open directory stream.
+            let entry = unsafe { libc::readdir64(stream) };
+            if entry.is_null() {
+                let error = io::Error::last_os_error();
+                break if error.raw_os_error() == Some(0) {
+                    Ok(())
+                } else {
+                    Err(error)
+                };
+            }
+            // SAFETY: d_name of a returned entry is a NUL-terminated name inside it.
+            let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) }.to_bytes();
+            if name != b"." && name != b".." {
+                names.push(name.to_vec());
+            }
+        };
+        // SAFETY: stream is valid and closed exactly once.
+        unsafe { libc::closedir(stream) };
+        result.map(|()| names)
+    }
+
+    /// Removes whatever is at `name`: a file, a symlink (never followed) or a whole directory
+    /// tree, walked with an explicit stack of descriptors. Nothing there is fine.
+    pub fn remove(&self, name: &[u8]) -> io::Result<()> {
+        match self.unlink(name) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() != Some(libc::EISDIR) => return Err(e),
+            Err(_) => {}
+        }
+        // Each level: the open directory, its name in the level above, the names left in it.
+        let first = self.open_dir(name)?;
+        let names = first.names()?;
+        let mut stack = vec![(first, name.to_vec(), names)];
+        while let Some((dir, _, names)) = stack.last_mut() {
+            let Some(child) = names.pop() else {
+                let (_, dir_name, _) = stack.pop().expect("the loop holds a level");
+                let parent = stack.last().map_or(self, |(parent, _, _)| parent);
+                parent.remove_empty_dir(&dir_name)?;
+                continue;
+            };
+            match dir.unlink(&child) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+                    let subdir = dir.open_dir(&child)?;
+                    let names = subdir.names()?;
+                    stack.push((subdir, child, names));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes non-directory entry `name`.
+    pub fn unlink(&self, name: &[u8]) -> io::Result<()> {
+        let c = c_name(name)?;
+        // SAFETY: the descriptor is open and c is a valid NUL-terminated name.
+        check(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) })
+    }
+
+    fn remove_empty_dir(&self, name: &[u8]) -> io::Result<()> {
+        let c = c_name(name)?;
+        // SAFETY: the descriptor is open and c is a valid NUL-terminated name.
+        check(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) })
+    }
+}
+
+impl TargetDir {
+    /// Applies owner (when root), mode, xattrs and times of `entry` to entry `name` of this
+    /// directory without following it if it is a symlink: for symlinks and special files,
+    /// which are not opened, and for a file left in place.
+    pub fn set_metadata_at(&self, name: &[u8], entry: &Entry) -> io::Result<()> {
+        let c = c_name(name)?;
+        let fd = self.fd.as_raw_fd();
+        let nofollow = libc::AT_SYMLINK_NOFOLLOW;
+        if running_as_root() {
+            // SAFETY: the descriptor is open and c is a valid NUL-terminated name.
+            check(unsafe { libc::fchownat(fd, c.as_ptr(), entry.uid, entry.gid, nofollow) })?;
+        }
+        if !matches!(entry.kind, EntryKind::Symlink(_)) {
+            let mode = entry.mode as libc::mode_t;
+            // SAFETY: as above; with AT_SYMLINK_NOFOLLOW a symlink put there meanwhile is
+            // refused (EOPNOTSUPP), never followed.
+            check(unsafe { libc::fchmodat(fd, c.as_ptr(), mode, nofollow) })?;
+        }
+        if !entry.xattrs.is_empty() {
+            // The directory's descriptor as a path, then the name, which lsetxattr does not
+            // follow: the same anchoring as the *at() calls.
+            let mut anchored = format!("/proc/self/fd/{fd}/").into_bytes();
+            anchored.extend_from_slice(name);
+            let anchored = Path::new(OsStr::from_bytes(&anchored));
+            for attr in &entry.xattrs {
+                let attr_name = OsStr::from_bytes(&attr.name);
+                if let Err(e) = xattr::set(anchored, attr_name, &attr.value) {
+                    warn_xattr(&self.child_path(name), attr_name, &e);
+                }
+            }
+        }
+        let times = entry_times(entry);
+        // SAFETY: as above; times points to two timespecs.
+        check(unsafe { libc::utimensat(fd, c.as_ptr(), times.as_ptr(), nofollow) })
+    }
+}
+
+/// Applies owner (when root), mode, xattrs and times of `entry` to the open file or
+/// directory `fd`; `shown` names it in warnings.
+pub fn set_metadata_of(fd: BorrowedFd<'_>, entry: &Entry, shown: &Path) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    if running_as_root() {
+        // SAFETY: fd is an open descriptor.
+        check(unsafe { libc::fchown(fd, entry.uid, entry.gid) })?;
+    }
+    // SAFETY: fd is an open descriptor.
+    check(unsafe { libc::fchmod(fd, entry.mode as libc::mode_t) })?;
+    for attr in &entry.xattrs {
+        let name = c_name(&attr.name)?;
+        // SAFETY: fd is open, name NUL-terminated, and value valid for its length.
+        let rc = unsafe {
+            libc::fsetxattr(
+                fd,
+                name.as_ptr(),
+                attr.value.as_ptr().cast(),
+                attr.value.len(),
+                0,
+            )
+        };
+        if let Err(e) = check(rc) {
+            warn_xattr(shown, OsStr::from_bytes(&attr.name), &e);
+        }
+    }
+    let times = entry_times(entry);
+    // SAFETY: fd is open and times points to two timespecs.
+    check(unsafe { libc::futimens(fd, times.as_ptr()) })
+}
+
+/// Restoring onto a filesystem without xattrs, or a privileged namespace as a normal user,
+/// loses only the attribute, not the file.
+fn warn_xattr(path: &Path, name: &OsStr, error: &io::Error) {
+    tracing::warn!(
+        "{}: cannot set xattr {}: {error}",
+        path.display(),
+        name.to_string_lossy()
+    );
+}
+
+/// Access and modification time for an entry: access times are not kept (reading a
+/// directory would change its tree id), so a written entry gets its mtime as atime.
+fn entry_times(entry: &Entry) -> [libc::timespec; 2] {
+    let time = libc::timespec {
+        tv_sec: entry.mtime_ns.div_euclid(1_000_000_000),
+        tv_nsec: entry.mtime_ns.rem_euclid(1_000_000_000),
+    };
+    [time, time]
+}
+
+/// `path` with its deepest existing ancestor resolved (symlinks and all) and the rest, which
+/// does not exist yet and will be created as plain directories, appended with `.` and `..`
+/// applied: where a target will really be, to compare with a source.
+pub fn resolve_future_path(path: &Path) -> io::Result<PathBuf> {
+    let absolute = std::path::absolute(path)?;
+    let components: Vec<Component> = absolute.components().collect();
+    for existing in (1..=components.len()).rev() {
+        let prefix: PathBuf = components[..existing].iter().collect();
+        let mut resolved = match std::fs::canonicalize(&prefix) {
+            Ok(resolved) => resolved,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for component in &components[existing..] {
+            match component {
+                Component::ParentDir => {
+                    resolved.pop();
+                }
+                Component::Normal(name) => resolved.push(name),
+                _ => {}
+            }
+        }
+        return Ok(resolved);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no part of {} exists", path.display()),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlinked_directory_is_never_entered() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (target, outside) = (scratch.path().join("t"), scratch.path().join("outside"));
+        std::fs::create_dir_all(&outside).unwrap();
+        let root = TargetDir::open(&target, true).unwrap();
+        std::os::unix::fs::symlink(&outside, target.join("sub")).unwrap();
+        let refused = root.open_dir(b"sub").unwrap_err().raw_os_error();
+        assert!(matches!(refused, Some(libc::ENOTDIR | libc::ELOOP)));
+        assert!(root.open_beneath(Path::new("sub")).is_err());
+        // ensure_dir replaces the symlink, leaving what it pointed at alone.
+        let sub = root.ensure_dir(b"sub").unwrap();
+        sub.create_file(b"f").unwrap();
+        assert!(target.join("sub/f").is_file());
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn remove_takes_a_deep_tree_and_never_follows_a_symlink() {
+        let scratch = tempfile::tempdir().unwrap();
+        let outside = scratch.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("keep"), b"x").unwrap();
+        let root = TargetDir::open(&scratch.path().join("t"), true).unwrap();
+        let mut dir = root.ensure_dir(b"d").unwrap();
+        for _ in 0..2000 {
+            dir.symlink(outside.as_os_str().as_bytes(), b"link")
+                .unwrap();
+            dir.create_file(b"file").unwrap();
+            dir = dir.ensure_dir(b"d").unwrap();
+        }
+        root.remove(b"d").unwrap();
+        assert!(root.metadata(b"d").unwrap().is_none());
+        assert!(outside.join("keep").is_file());
+    }
+
+    #[test]
+    fn names_lists_everything_but_dot_entries() {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = TargetDir::open(scratch.path(), false).unwrap();
+        root.create_file(b"a").unwrap();
+        root.make_dir(b"b").unwrap();
+        root.symlink(b"/nowhere", b"c").unwrap();
+        let mut names = root.names().unwrap();
+        names.sort();
+        assert_eq!(names, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(root.read_link(b"c").unwrap(), b"/nowhere");
+    }
+
+    #[test]
+    fn a_future_path_through_a_symlink_resolves_to_where_it_will_be() {
+        let scratch = tempfile::tempdir().unwrap();
+        let source = scratch.path().join("src");
+        std::fs::create_dir_all(&source).unwrap();
+        std::os::unix::fs::symlink(&source, scratch.path().join("lnk")).unwrap();
+        let resolved =
+            resolve_future_path(&scratch.path().join("lnk/inner/../inner/copy2")).unwrap();
+        let source = std::fs::canonicalize(&source).unwrap();
+        assert_eq!(resolved, source.join("inner/copy2"));
+    }
+}

@@ -1,0 +1,181 @@
+//! Attack tests for writing into a target (restore, checkpoint → directory, directory →
+//! directory): a local user who can write into the target swaps directories and files for
+//! symlinks while cairn runs, and must never get anything written, or any metadata set,
+//! outside the target (invariant 4).
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+fn text(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A source holding `sub/` (mode 0777) with `files` small files.
+fn wide_source(sandbox: &Sandbox, files: usize) -> PathBuf {
+    let source = sandbox.path("source");
+    let sub = source.join("sub");
+    fs::create_dir_all(&sub).unwrap();
+    for i in 0..files {
+        fs::write(sub.join(format!("f{i:05}")), pseudo_random(512, i as u64)).unwrap();
+    }
+    fs::set_permissions(&sub, fs::Permissions::from_mode(0o777)).unwrap();
+    source
+}
+
+/// Runs `command` while a racer waits for `target/sub` to appear as a directory, renames it
+/// away and puts a symlink to `outside` in its place; returns whether the racer swapped.
+fn run_with_directory_swap(mut command: Command, target: &Path, outside: &Path) -> bool {
+    let done = Arc::new(AtomicBool::new(false));
+    let racer = {
+        let (done, target, outside) = (done.clone(), target.to_owned(), outside.to_owned());
+        std::thread::spawn(move || {
+            let sub = target.join("sub");
+            while !done.load(Ordering::Relaxed) {
+                if fs::symlink_metadata(&sub).is_ok_and(|m| m.is_dir()) {
+                    fs::rename(&sub, target.join("moved")).unwrap();
+                    std::os::unix::fs::symlink(&outside, &sub).unwrap();
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            false
+        })
+    };
+    let output = command.output().unwrap();
+    done.store(true, Ordering::Relaxed);
+    let swapped = racer.join().unwrap();
+    assert_ne!(output.status.code(), Some(101), "{}", stderr(&output));
+    swapped
+}
+
+fn assert_outside_untouched(outside: &Path, writer: &str) {
+    let written: Vec<_> = fs::read_dir(outside).unwrap().collect();
+    assert!(
+        written.is_empty(),
+        "{writer}: {} entries were written outside the target",
+        written.len()
+    );
+    let mode = fs::metadata(outside).unwrap().mode() & 0o7777;
+    assert_eq!(
+        mode, 0o750,
+        "{writer}: the outside directory's mode was changed"
+    );
+}
+
+#[test]
+fn a_directory_swapped_for_a_symlink_mid_run_gets_nothing_written_outside() {
+    let sandbox = Sandbox::new();
+    let source = wide_source(&sandbox, 3000);
+    let repo = sandbox.plain_repo_with_backup_of(&source);
+    let outside = sandbox.path("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o750)).unwrap();
+    let checkpoint = format!("{}::latest", text(&repo));
+    for round in 0..3 {
+        let writers: [(&str, Vec<String>); 3] = [
+            (
+                "restore",
+                vec![
+                    "restore".into(),
+                    "--repo".into(),
+                    text(&repo).into(),
+                    "latest".into(),
+                    "--target".into(),
+                ],
+            ),
+            ("checkpoint sync", vec!["sync".into(), checkpoint.clone()]),
+            (
+                "directory sync",
+                vec!["sync".into(), format!("{}/", text(&source))],
+            ),
+        ];
+        for (writer, args) in writers {
+            let target = sandbox.path(&format!("target-{round}-{}", writer.replace(' ', "-")));
+            let mut command = sandbox.cairn();
+            command.args(&args).arg(&target);
+            let swapped = run_with_directory_swap(command, &target, &outside);
+            assert!(swapped, "{writer}: the racer never saw target/sub");
+            assert_outside_untouched(&outside, writer);
+        }
+    }
+}
+
+#[test]
+fn metadata_is_never_set_through_a_symlink_put_in_place_of_a_compared_file() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir(&source).unwrap();
+    let content = pseudo_random(48 << 20, 7);
+    fs::write(source.join("file"), &content).unwrap();
+    fs::set_permissions(source.join("file"), fs::Permissions::from_mode(0o666)).unwrap();
+    let outside = sandbox.path("secret");
+    fs::write(&outside, b"not yours").unwrap();
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o600)).unwrap();
+    for round in 0..5 {
+        // The target holds the same bytes with another mtime: the sync compares the content.
+        let target = sandbox.path(&format!("target-{round}"));
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("file"), &content).unwrap();
+        set_mtime(&target.join("file"), 1_000_000 + round, 0);
+        let done = Arc::new(AtomicBool::new(false));
+        let racer = {
+            let (done, target, outside) = (done.clone(), target.clone(), outside.clone());
+            std::thread::spawn(move || {
+                // The sync's temporary file appears once the old file is open: swap then.
+                while !done.load(Ordering::Relaxed) {
+                    let started = fs::read_dir(&target)
+                        .unwrap()
+                        .flatten()
+                        .any(|e| e.file_name().to_string_lossy().starts_with(".cairn-sync-"));
+                    if started {
+                        fs::rename(target.join("file"), target.join("moved")).unwrap();
+                        std::os::unix::fs::symlink(&outside, target.join("file")).unwrap();
+                        return true;
+                    }
+                }
+                false
+            })
+        };
+        let output = sandbox
+            .cairn()
+            .args(["sync", &format!("{}/", text(&source)), text(&target)])
+            .output()
+            .unwrap();
+        done.store(true, Ordering::Relaxed);
+        let swapped = racer.join().unwrap();
+        assert_ne!(output.status.code(), Some(101), "{}", stderr(&output));
+        assert!(swapped, "round {round}: the racer never saw the sync start");
+        let mode = fs::metadata(&outside).unwrap().mode() & 0o7777;
+        assert_eq!(
+            mode, 0o600,
+            "round {round}: the outside file's mode was changed"
+        );
+        assert_eq!(fs::read(&outside).unwrap(), b"not yours");
+    }
+}
+
+#[test]
+fn a_target_inside_the_source_through_a_symlink_is_refused() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("src");
+    fs::create_dir(&source).unwrap();
+    fs::write(source.join("file"), b"data").unwrap();
+    std::os::unix::fs::symlink(&source, sandbox.path("lnk")).unwrap();
+    for target in ["lnk/inner/copy2", "lnk/x/../inner/copy2", "lnk"] {
+        let output = sandbox.run(&["sync", text(&source), text(&sandbox.path(target))]);
+        assert_fails(&output, 1, "overlap");
+    }
+    let left: Vec<_> = fs::read_dir(&source)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, ["file"], "the refused sync wrote into the source");
+}
