@@ -166,9 +166,12 @@ fn a_config_downgraded_to_none_is_refused_and_nothing_is_stored_in_plaintext() {
     );
 }
 
+/// One edit of a config's JSON.
+type ConfigChange = fn(&mut Value);
+
 #[test]
 fn changed_settings_of_an_encrypted_config_are_refused_without_a_cache() {
-    let changes: [(&str, fn(&mut Value)); 3] = [
+    let changes: [(&str, ConfigChange); 3] = [
         ("chunker", |config| {
             config["chunker"] = json!({
                 "min_bytes": 1_048_576, "avg_bytes": 2_097_152, "max_bytes": 8_388_608

@@ -145,7 +145,11 @@ fn write_first_source(root: &Path) {
 /// The second state: one file changed, one added, one removed.
 fn write_second_source(root: &Path) {
     fs::write(root.join("hello.txt"), b"hello again, cairn\n").unwrap();
-    fs::write(root.join("sub/new.txt"), b"added in the second checkpoint\n").unwrap();
+    fs::write(
+        root.join("sub/new.txt"),
+        b"added in the second checkpoint\n",
+    )
+    .unwrap();
     fs::remove_file(root.join("sub/empty")).unwrap();
     for (path, seconds) in [("hello.txt", 1), ("sub/new.txt", 2), ("sub", 3), ("", 4)] {
         set_mtime(&root.join(path), 1_700_100_000 + seconds, 500_000_000);
