@@ -19,13 +19,17 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// Opens the sandbox's repository, giving its key file only when the config asks for one (a
+/// secret given for a `none` repository is refused as a downgrade).
 fn open(backend: Arc<dyn Backend>, cache: &std::path::Path) -> Repository {
-    Repository::open(
-        backend,
-        |_| Ok(Secret::KeyFile(cache.parent().unwrap().join("key"))),
-        cache,
-    )
-    .unwrap()
+    let key_file = cache.parent().unwrap().join("key");
+    let secret = |mode| {
+        Ok(match mode {
+            EncryptionMode::None => Secret::None,
+            _ => Secret::KeyFile(key_file),
+        })
+    };
+    Repository::open(backend, secret, cache).unwrap()
 }
 
 /// A keyfile-mode repository in the sandbox, with the given chunk sizes.
