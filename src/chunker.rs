@@ -9,6 +9,7 @@ use fastcdc::v2020::{Normalization, cut_gear, get_gear_with_seed, select_masks};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::io::Read;
+use std::ops::RangeInclusive;
 
 /// Chunk size bounds in bytes, stored in the repository config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,27 +29,37 @@ impl Default for ChunkerParams {
     }
 }
 
+/// The smallest and largest minimum chunk size a repository may use, in bytes.
+pub const MIN_BYTES_RANGE: RangeInclusive<u32> = 1024..=1024 * 1024;
+/// The smallest and largest average chunk size a repository may use, in bytes.
+pub const AVG_BYTES_RANGE: RangeInclusive<u32> = 4 * 1024..=4 * 1024 * 1024;
+/// The smallest and largest maximum chunk size a repository may use, in bytes.
+pub const MAX_BYTES_RANGE: RangeInclusive<u32> = 16 * 1024..=16 * 1024 * 1024;
+
 impl ChunkerParams {
+    /// Refuses sizes that are unordered, odd, or outside cairn's bounds. The upper bounds are
+    /// FastCDC's and keep a worker's buffer small; the lower ones are cairn's own: a config
+    /// from hostile storage must not make every file thousands of tiny blobs, each with its
+    /// index entry, cache entry and seal (invariant 7).
     pub fn validate(&self) -> Result<()> {
-        use fastcdc::v2020::{
-            AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN,
-        };
-        let (min, avg, max) = (
-            self.min_bytes as usize,
-            self.avg_bytes as usize,
-            self.max_bytes as usize,
-        );
-        let in_range = (MINIMUM_MIN..=MINIMUM_MAX).contains(&min)
-            && (AVERAGE_MIN..=AVERAGE_MAX).contains(&avg)
-            && (MAXIMUM_MIN..=MAXIMUM_MAX).contains(&max);
+        let (min, avg, max) = (self.min_bytes, self.avg_bytes, self.max_bytes);
+        let in_range = MIN_BYTES_RANGE.contains(&min)
+            && AVG_BYTES_RANGE.contains(&avg)
+            && MAX_BYTES_RANGE.contains(&max);
         let even = min % 2 == 0 && avg % 2 == 0 && max % 2 == 0;
         if in_range && even && min <= avg && avg <= max {
             Ok(())
         } else {
             Err(Error::InvalidInput(format!(
-                "chunker sizes {min}/{avg}/{max} are out of range: need even sizes with \
-                 {MINIMUM_MIN}..={MINIMUM_MAX} <= {AVERAGE_MIN}..={AVERAGE_MAX} <= \
-                 {MAXIMUM_MIN}..={MAXIMUM_MAX} bytes"
+                "chunker sizes {min}/{avg}/{max} (min/avg/max bytes) are out of bounds: cairn \
+                 needs even sizes, min <= avg <= max, min in {}..={}, avg in {}..={} and max \
+                 in {}..={}",
+                MIN_BYTES_RANGE.start(),
+                MIN_BYTES_RANGE.end(),
+                AVG_BYTES_RANGE.start(),
+                AVG_BYTES_RANGE.end(),
+                MAX_BYTES_RANGE.start(),
+                MAX_BYTES_RANGE.end(),
             )))
         }
     }
@@ -160,9 +171,9 @@ mod tests {
 
     fn small_chunker() -> Chunker {
         let params = ChunkerParams {
-            min_bytes: 256,
-            avg_bytes: 1024,
-            max_bytes: 4096,
+            min_bytes: 1024,
+            avg_bytes: 4096,
+            max_bytes: 16384,
         };
         Chunker::new(params, 7).unwrap()
     }
@@ -193,14 +204,14 @@ mod tests {
 
     proptest! {
         #[test]
-        fn chunks_concatenate_to_the_input_within_bounds(len in 0usize..40_000, seed: u64) {
+        fn chunks_concatenate_to_the_input_within_bounds(len in 0usize..100_000, seed: u64) {
             let chunker = small_chunker();
             let data = pseudo_random(len, seed);
             let chunks = streamed(&chunker, &data);
             prop_assert_eq!(chunks.concat(), data.clone());
             for (i, c) in chunks.iter().enumerate() {
-                prop_assert!(c.len() <= 4096);
-                prop_assert!(c.len() >= 256 || i + 1 == chunks.len());
+                prop_assert!(c.len() <= 16384);
+                prop_assert!(c.len() >= 1024 || i + 1 == chunks.len());
             }
             let in_memory: Vec<Vec<u8>> = chunker.chunks(&data).map(|c| c.to_vec()).collect();
             prop_assert_eq!(in_memory, chunks);
@@ -229,7 +240,7 @@ mod tests {
             }
             // Past the edit the chunker falls back in step within a few chunks; a fixed-size
             // chunker would change everything after the edit.
-            prop_assert!(changed_bytes <= insert.len() + 8 * 4096, "{} bytes changed", changed_bytes);
+            prop_assert!(changed_bytes <= insert.len() + 8 * 16384, "{} bytes changed", changed_bytes);
         }
     }
 
@@ -258,5 +269,16 @@ mod tests {
             max_bytes: 1,
         };
         assert!(Chunker::new(params, 0).is_err());
+        let sizes = |min_bytes, avg_bytes, max_bytes| ChunkerParams {
+            min_bytes,
+            avg_bytes,
+            max_bytes,
+        };
+        assert!(sizes(64, 256, 1024).validate().is_err(), "tiny");
+        assert!(sizes(8192, 4096, 65536).validate().is_err(), "unordered");
+        assert!(sizes(1024, 4096, 32 << 20).validate().is_err(), "huge");
+        assert!(sizes(1024, 4097, 16384).validate().is_err(), "odd");
+        assert!(sizes(1024, 4096, 16384).validate().is_ok());
+        assert!(ChunkerParams::default().validate().is_ok());
     }
 }

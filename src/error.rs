@@ -40,6 +40,10 @@ pub enum Error {
     Network(String),
     #[error("local index cache {path}: {message}")]
     Cache { path: PathBuf, message: String },
+    /// A repository's config contradicts what vouches for it: the settings sealed under its
+    /// key, its keys, the secret given, or what this machine remembers of it.
+    #[error("refusing repository {repository}: {what} (possible tampering with its config)")]
+    Tampered { repository: String, what: String },
 }
 
 impl Error {
@@ -49,7 +53,7 @@ impl Error {
                 ErrorKind::NotFound
             }
             Error::Io { .. } | Error::Cache { .. } | Error::Network(_) => ErrorKind::Io,
-            Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::Corrupt { .. } | Error::Tampered { .. } => ErrorKind::Corrupt,
             Error::WrongKey(_) => ErrorKind::Crypto,
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::InvalidInput(_) => ErrorKind::InvalidInput,

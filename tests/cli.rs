@@ -303,6 +303,8 @@ fn unreadable_files_are_listed_and_exit_3() {
         ] {
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
         }
+        // cairn made the config private to root.
+        fs::set_permissions(repo.join("config"), fs::Permissions::from_mode(0o644)).unwrap();
         fs::create_dir_all(sandbox.path("cache")).unwrap();
         fs::set_permissions(sandbox.path("cache"), fs::Permissions::from_mode(0o777)).unwrap();
         // A copy of the binary in the sandbox, so the user can run it wherever the build is.

@@ -1,5 +1,6 @@
-//! Pins the repository format to `docs/FORMAT.md`: the worked example's bytes and ids there
-//! must be what this build writes, so the document and the code cannot drift apart.
+//! Pins the repository format to `docs/FORMAT.md`: the worked example's bytes and ids there,
+//! and the sealed settings' JSON, must be what this build writes, so the document and the code
+//! cannot drift apart.
 
 use cairn::id::BlobId;
 use cairn::repo::codec::Codec;
@@ -54,4 +55,21 @@ fn worked_example_of_format_md_holds() {
         hex::encode(codec.id_of(&encoded)),
         "1e21e4488700e70175c75939e601a68e3ad5b8ca3ec9c15507db719f2c5d4fc7"
     );
+}
+
+#[test]
+fn sealed_settings_json_is_the_one_format_md_shows() {
+    use cairn::chunker::ChunkerParams;
+    use cairn::repo::config::{EncryptionMode, FORMAT_VERSION, Settings};
+    let settings = Settings {
+        cairn_repository: FORMAT_VERSION,
+        id: "…".into(),
+        created: "…".into(),
+        chunker: ChunkerParams::default(),
+        compression_level: 3,
+        encryption: EncryptionMode::Password,
+    };
+    let json = String::from_utf8(serde_json::to_vec(&settings).unwrap()).unwrap();
+    let format_md = include_str!("../docs/FORMAT.md");
+    assert!(format_md.contains(&format!("\n{json}\n")), "{json}");
 }

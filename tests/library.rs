@@ -19,13 +19,17 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// Opens the sandbox's repository, giving its key file only when the config asks for one (a
+/// secret given for a `none` repository is refused as a downgrade).
 fn open(backend: Arc<dyn Backend>, cache: &std::path::Path) -> Repository {
-    Repository::open(
-        backend,
-        |_| Ok(Secret::KeyFile(cache.parent().unwrap().join("key"))),
-        cache,
-    )
-    .unwrap()
+    let key_file = cache.parent().unwrap().join("key");
+    let secret = |mode| {
+        Ok(match mode {
+            EncryptionMode::None => Secret::None,
+            _ => Secret::KeyFile(key_file),
+        })
+    };
+    Repository::open(backend, secret, cache).unwrap()
 }
 
 /// A keyfile-mode repository in the sandbox, with the given chunk sizes.
@@ -47,9 +51,9 @@ fn init_repo_in_mode(
 }
 
 const TINY_CHUNKS: ChunkerParams = ChunkerParams {
-    min_bytes: 256,
-    avg_bytes: 1024,
-    max_bytes: 4096,
+    min_bytes: 1024,
+    avg_bytes: 4096,
+    max_bytes: 16384,
 };
 
 #[test]
@@ -59,7 +63,7 @@ fn files_with_many_chunks_use_a_chunk_list_blob() {
     let repo = open(backend, &sandbox.path("cache"));
     let source = sandbox.path("source");
     std::fs::create_dir_all(&source).unwrap();
-    std::fs::write(source.join("large"), pseudo_random(600_000, 11)).unwrap();
+    std::fs::write(source.join("large"), pseudo_random(2_000_000, 11)).unwrap();
     let outcome = back_up(&repo, &source).unwrap();
     let entry = find_entry(&repo, outcome.checkpoint.root_entry(), "large").unwrap();
     assert!(
@@ -330,11 +334,11 @@ fn two_backups_then_a_truncated_pack(
     std::fs::create_dir_all(source.join("sub")).unwrap();
     std::fs::write(source.join("sub/small"), pseudo_random(5_000, 1)).unwrap();
     // Large enough for a chunk-list blob with these tiny chunks.
-    std::fs::write(source.join("top"), pseudo_random(600_000, 2)).unwrap();
+    std::fs::write(source.join("top"), pseudo_random(2_000_000, 2)).unwrap();
     let repo = open(backend, &sandbox.path("cache"));
     let backup = |repo: &Repository| back_up(repo, &source).unwrap();
     let first = backup(&repo);
-    std::fs::write(source.join("later"), pseudo_random(600_000, 3)).unwrap();
+    std::fs::write(source.join("later"), pseudo_random(2_000_000, 3)).unwrap();
     let second = backup(&repo);
     let first_pack = pack_holding(&repo, &first.checkpoint.tree);
     assert_ne!(first_pack, pack_holding(&repo, &second.checkpoint.tree));

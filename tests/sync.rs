@@ -67,15 +67,14 @@ impl TwoVersions {
             "--encryption",
             encryption,
         ]);
+        // A password given for a `none` repository is refused as a downgrade.
+        let secret: &[&str] = match encryption {
+            "none" => &[],
+            _ => &["--password-file", &password],
+        };
         let backup = |sandbox: &Sandbox| {
-            let args = [
-                "backup",
-                "--repo",
-                text(&repo),
-                "--password-file",
-                &password,
-            ];
-            json(sandbox, &[&args[..], &[text(&source)]].concat())
+            let args = ["backup", "--repo", text(&repo)];
+            json(sandbox, &[&args[..], secret, &[text(&source)]].concat())
         };
         let first = backup(&sandbox)["short_id"].as_str().unwrap().to_owned();
         make_version_2(&source);
@@ -201,7 +200,7 @@ fn a_checkpoint_into_a_directory_rewrites_only_what_changed() {
     let t = TwoVersions::new("none");
     let sandbox = &t.sandbox;
     let target = sandbox.path("target");
-    let password = ["--password-file", t.password.as_str()];
+    let password: [&str; 0] = [];
     let first = format!("{}::{}", text(&t.repo), t.first);
     let initial = json(
         sandbox,

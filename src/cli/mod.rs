@@ -218,6 +218,7 @@ impl GlobalArgs {
             password_env: "CAIRN_PASSWORD",
             password_file: self.password_file.as_deref(),
             key_file: self.key_file.as_deref(),
+            lent: false,
         }
     }
 
@@ -237,7 +238,7 @@ impl GlobalArgs {
         let cache_root = self.cache_root()?;
         let secret = |mode| {
             let secret = match mode {
-                EncryptionMode::None => Ok(Secret::None),
+                EncryptionMode::None => credentials.given_unasked(),
                 EncryptionMode::Password => credentials.password(false).map(Secret::Password),
                 EncryptionMode::Keyfile => credentials.key_file().map(Secret::KeyFile),
             };
@@ -258,9 +259,32 @@ struct Credentials<'a> {
     password_env: &'static str,
     password_file: Option<&'a Path>,
     key_file: Option<&'a Path>,
+    /// Whether these are the main repository's credentials lent to a second repository that
+    /// was given none of its own (`FromCredentials`).
+    lent: bool,
 }
 
 impl Credentials<'_> {
+    /// The secret given for this repository without asking for one. A repository whose
+    /// config says `none` is refused when one was given: the secret says it is encrypted.
+    /// Lent credentials were given for another repository and say nothing about this one.
+    fn given_unasked(&self) -> Result<Secret> {
+        if self.lent {
+            return Ok(Secret::None);
+        }
+        if let Some(password) = std::env::var_os(self.password_env) {
+            return Ok(Secret::Password(std::os::unix::ffi::OsStringExt::into_vec(
+                password,
+            )));
+        }
+        if let Some(file) = self.password_file {
+            return read_password_file(file).map(Secret::Password);
+        }
+        Ok(self
+            .key_file
+            .map_or(Secret::None, |file| Secret::KeyFile(file.to_path_buf())))
+    }
+
     /// The password from the environment variable, the password file, or a prompt.
     fn password(&self, confirm: bool) -> Result<Vec<u8>> {
         if let Some(password) = std::env::var_os(self.password_env) {
@@ -324,12 +348,16 @@ impl FromCredentials {
             || self.from_password_file.is_some()
             || self.from_key_file.is_some();
         if !given {
-            return global.credentials();
+            return Credentials {
+                lent: true,
+                ..global.credentials()
+            };
         }
         Credentials {
             password_env: "CAIRN_FROM_PASSWORD",
             password_file: self.from_password_file.as_deref(),
             key_file: self.from_key_file.as_deref(),
+            lent: false,
         }
     }
 }

@@ -3,14 +3,16 @@
 //! only what an object store can: get, ranged get, atomic put, list by prefix and delete.
 //! Nothing above this trait assumes a local filesystem, so HTTP and S3-compatible stores plug
 //! in here. `LocalBackend` makes `put` atomic and durable with a temporary file, fsync and
-//! rename, so a killed process never leaves a half-written object under its real name.
+//! rename, so a killed process never leaves a half-written object under its real name, and
+//! creates everything private (directories 0700, files 0600), or readable by the group
+//! (0750 / 0640) when the repository's root directory is: see `CreationModes`.
 
 use crate::error::{Error, IoContext, Result};
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// One object as listed: its name and size in bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +53,54 @@ pub trait Backend: Send + Sync {
     fn exists(&self, name: &str) -> Result<bool>;
 }
 
+/// The modes the local backend creates directories and files with. Private by default, as
+/// restic and borg do; when the repository's root directory already grants its group read
+/// and search (`mkdir -m 750` and `chgrp` by whoever shares the repository), new directories
+/// and files grant the group read too, so a repository stays readable by the group it was
+/// shared with. Other users never get a bit. The process's umask can only narrow these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CreationModes {
+    dir: u32,
+    file: u32,
+}
+
+impl CreationModes {
+    const PRIVATE: CreationModes = CreationModes {
+        dir: 0o700,
+        file: 0o600,
+    };
+    const GROUP_READABLE: CreationModes = CreationModes {
+        dir: 0o750,
+        file: 0o640,
+    };
+
+    /// The modes for a repository whose root directory has mode `root_mode`.
+    fn following(root_mode: u32) -> Self {
+        if root_mode & 0o050 == 0o050 {
+            CreationModes::GROUP_READABLE
+        } else {
+            CreationModes::PRIVATE
+        }
+    }
+}
+
+/// Creates `dir` and its missing parents with mode `mode`.
+fn create_dirs(dir: &Path, mode: u32) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .context_io(|| format!("creating {}", dir.display()))
+}
+
+/// Creates `dir` (and its missing parents) for the local cache, and makes `dir` itself
+/// private even when an older cairn made it readable by others.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
+    create_dirs(dir, CreationModes::PRIVATE.dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(CreationModes::PRIVATE.dir))
+        .context_io(|| format!("making {} private", dir.display()))
+}
+
 /// Open files kept for ranged reads; objects never change once written, so a handle stays
 /// valid until the object is deleted.
 const OPEN_FILES_KEPT: usize = 64;
@@ -59,6 +109,8 @@ const OPEN_FILES_KEPT: usize = 64;
 pub struct LocalBackend {
     root: PathBuf,
     open_files: quick_cache::sync::Cache<String, Arc<fs::File>>,
+    /// Decided at the first write, from the root directory (created private if missing).
+    modes: OnceLock<CreationModes>,
 }
 
 impl LocalBackend {
@@ -66,7 +118,24 @@ impl LocalBackend {
         LocalBackend {
             root: root.into(),
             open_files: quick_cache::sync::Cache::new(OPEN_FILES_KEPT),
+            modes: OnceLock::new(),
         }
+    }
+
+    /// The modes new directories and files get, creating the root directory if missing.
+    fn creation_modes(&self) -> Result<CreationModes> {
+        if let Some(modes) = self.modes.get() {
+            return Ok(*modes);
+        }
+        let modes = match fs::metadata(&self.root) {
+            Ok(metadata) => CreationModes::following(metadata.permissions().mode()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                create_dirs(&self.root, CreationModes::PRIVATE.dir)?;
+                CreationModes::PRIVATE
+            }
+            Err(e) => return Err(Error::io(format!("reading {}", self.root.display()), e)),
+        };
+        Ok(*self.modes.get_or_init(|| modes))
     }
 
     fn path_of(&self, name: &str) -> Result<PathBuf> {
@@ -171,7 +240,8 @@ impl Backend for LocalBackend {
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
         let path = self.path_of(name)?;
         let dir = path.parent().expect("object paths are below the root");
-        fs::create_dir_all(dir).context_io(|| format!("creating {}", dir.display()))?;
+        let modes = self.creation_modes()?;
+        create_dirs(dir, modes.dir)?;
         let file_name = path.file_name().expect("object names are not empty");
         let temp = dir.join(format!(
             ".{}.tmp-{}",
@@ -179,7 +249,11 @@ impl Backend for LocalBackend {
             hex::encode(crate::crypto::random_bytes::<6>())
         ));
         let write = || -> std::io::Result<()> {
-            let mut file = fs::File::create(&temp)?;
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(modes.file)
+                .open(&temp)?;
             file.write_all(data)?;
             file.sync_all()?;
             fs::rename(&temp, &path)
@@ -251,5 +325,20 @@ mod tests {
             crate::error::ErrorKind::NotFound
         );
         assert!(backend.put("../escape", b"x").is_err());
+    }
+
+    #[test]
+    fn modes_follow_the_group_bits_of_the_root_and_never_give_others_any() {
+        assert_eq!(
+            CreationModes::following(0o755),
+            CreationModes::GROUP_READABLE
+        );
+        assert_eq!(
+            CreationModes::following(0o2750),
+            CreationModes::GROUP_READABLE
+        );
+        assert_eq!(CreationModes::following(0o700), CreationModes::PRIVATE);
+        assert_eq!(CreationModes::following(0o740), CreationModes::PRIVATE);
+        assert_eq!(CreationModes::following(0o707), CreationModes::PRIVATE);
     }
 }

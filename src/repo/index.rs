@@ -6,9 +6,10 @@
 //! index file that lists it is durable in the repository, so the cache never claims a blob the
 //! repository could lack. An index file that cannot be decoded is skipped with a warning, so
 //! a damaged one never stops a repository from opening (`cairn repair index` replaces it).
-//! This is the only module that names sled.
+//! The cache directory is private (0700), which keeps sled's own files from other users
+//! whatever modes sled gives them. This is the only module that names sled.
 
-use super::backend::Backend;
+use super::backend::{Backend, create_private_dir};
 use super::codec::Codec;
 use super::pack::{ENTRY_BYTES, PackEntry, parse_entries};
 use crate::error::{Error, ErrorKind, Result};
@@ -86,8 +87,7 @@ impl BlobIndex {
     /// Opens the cache in `dir`. When another cairn process holds it, a private temporary
     /// cache inside `dir` is used instead, so concurrent commands still work.
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("creating cache {}", dir.display()), e))?;
+        create_private_dir(dir)?;
         let path = dir.join("index.sled");
         let db = match sled::Config::new()
             .path(&path)

@@ -161,7 +161,12 @@ impl Repository {
                 .map_err(|e| Error::corrupt(&name, e.to_string()))?
                 .unwrap(password)
         })?;
-        if !opens.is_some_and(|key| super::passes_key_check(&self.config, &key)) {
+        let location = self.backend.location();
+        let verified = match opens {
+            Some(key) => super::verify_master_key(&self.config, &key, &location)?,
+            None => false,
+        };
+        if !verified {
             self.backend.delete(&name)?;
             return Err(Error::corrupt(
                 &name,

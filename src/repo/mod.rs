@@ -10,6 +10,7 @@ pub mod index;
 pub mod keys;
 pub mod lock;
 pub mod pack;
+pub mod remembered;
 pub mod writer;
 
 use crate::chunker::{Chunker, ChunkerParams};
@@ -20,9 +21,11 @@ use backend::Backend;
 use codec::Codec;
 use config::{
     COMPRESSION_LEVELS, Config, DEFAULT_COMPRESSION_LEVEL, EncryptionMode, FORMAT_VERSION,
+    FORMAT_VERSION_OLDEST, Settings,
 };
 use index::{BlobIndex, BlobLocation};
 use pack::pack_object_name;
+use remembered::RememberedSettings;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
@@ -120,15 +123,92 @@ fn write_key_file(path: &Path, key_file: &KeyFile) -> Result<()> {
         .map_err(|e| Error::io(format!("writing key file {}", path.display()), e))
 }
 
-/// Whether `key` opens the config's key check, so it is this repository's master key and not
-/// another repository's.
-fn passes_key_check(config: &Config, key: &MasterKey) -> bool {
-    config
-        .key_check
-        .as_deref()
-        .and_then(|check| hex::decode(check).ok())
-        .and_then(|sealed| key.open(&sealed))
-        .is_some_and(|id| id == config.id.as_bytes())
+/// Hex of what `key` seals, opened: `None` when the field is absent, not hex, or does not
+/// open under `key`.
+fn open_sealed_hex(sealed: Option<&str>, key: &MasterKey) -> Option<Vec<u8>> {
+    key.open(&hex::decode(sealed?).ok()?)
+}
+
+/// Whether `key` is this repository's master key. A format-2 config's sealed settings must
+/// open under it and equal the settings the config states; a key that opens them and finds
+/// other settings proves the config was changed (`Error::Tampered`). A format-1 config has
+/// only its key check, the repository id sealed: its settings are vouched for by nothing but
+/// the cache's memory (`RememberedSettings`).
+fn verify_master_key(config: &Config, key: &MasterKey, location: &str) -> Result<bool> {
+    let tampered = |what: String| Error::Tampered {
+        repository: location.to_owned(),
+        what,
+    };
+    if config.sealed_settings.is_none() {
+        if config.cairn_repository != FORMAT_VERSION_OLDEST {
+            return Err(tampered(format!(
+                "its format-{} config is encrypted ({}) but lacks the sealed settings",
+                config.cairn_repository, config.encryption
+            )));
+        }
+        let id = open_sealed_hex(config.key_check.as_deref(), key);
+        return Ok(id.is_some_and(|id| id == config.id.as_bytes()));
+    }
+    let Some(plaintext) = open_sealed_hex(config.sealed_settings.as_deref(), key) else {
+        return Ok(false);
+    };
+    let sealed: Settings = serde_json::from_slice(&plaintext).map_err(|e| {
+        Error::corrupt(
+            format!("{location}/config"),
+            format!("sealed settings: {e}"),
+        )
+    })?;
+    let changes = sealed.changes_to(&config.settings());
+    if changes.is_empty() {
+        Ok(true)
+    } else {
+        Err(tampered(format!(
+            "its config states other settings than those sealed under its key ({})",
+            changes.join(", ")
+        )))
+    }
+}
+
+/// Refuses a config that says `none` while something proves the repository encrypted: a
+/// secret given for it, a seal in the config, or password keys in `keys/`. Without this,
+/// whoever controls the storage could turn the config to `none` and have the next backup
+/// store the user's files in plaintext.
+fn refuse_downgrade_to_none(backend: &dyn Backend, config: &Config, given: Secret) -> Result<()> {
+    let mut evidence = Vec::new();
+    match given {
+        Secret::None => {}
+        Secret::Password(_) => evidence.push("a password was given for it".to_owned()),
+        Secret::KeyFile(path) => {
+            evidence.push(format!("a key file ({}) was given for it", path.display()))
+        }
+    }
+    if config.carries_a_seal() {
+        evidence.push("the config carries a seal only an encryption key makes".to_owned());
+    }
+    let keys = backend.list(keys::KEYS_PREFIX)?.len();
+    if keys > 0 {
+        evidence.push(format!(
+            "{} holds {keys} password key(s)",
+            keys::KEYS_PREFIX
+        ));
+    }
+    if evidence.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Tampered {
+        repository: backend.location(),
+        what: format!(
+            "its config says it is not encrypted (encryption: none), but {}; cairn will not \
+             read or write it in plaintext (if it really is unencrypted, give it no password \
+             or key file)",
+            evidence.join(", and ")
+        ),
+    })
+}
+
+/// Whether `id` is a repository id: 64 lowercase hex digits (it names a cache directory).
+fn is_repository_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 impl Repository {
@@ -177,14 +257,26 @@ impl Repository {
                 keys::write_password_key(backend, master, password)?;
             }
         }
-        let config = Config {
+        let settings = Settings {
             cairn_repository: FORMAT_VERSION,
-            key_check: master.as_ref().map(|m| hex::encode(m.seal(id.as_bytes()))),
             id,
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             chunker: options.chunker,
             compression_level: options.compression_level,
             encryption: options.encryption,
+        };
+        let sealed_settings = master.as_ref().map(|m| {
+            hex::encode(m.seal(&serde_json::to_vec(&settings).expect("settings serialize")))
+        });
+        let config = Config {
+            cairn_repository: settings.cairn_repository,
+            id: settings.id,
+            created: settings.created,
+            chunker: settings.chunker,
+            compression_level: settings.compression_level,
+            encryption: settings.encryption,
+            key_check: None,
+            sealed_settings,
         };
         backend.put(
             "config",
@@ -206,47 +298,69 @@ impl Repository {
                 e
             }
         })?;
-        let config: Config = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(format!("{}/config", backend.location()), e.to_string()))?;
+        let location = format!("{}/config", backend.location());
+        let config: Config =
+            serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(&location, e.to_string()))?;
+        if !(FORMAT_VERSION_OLDEST..=FORMAT_VERSION).contains(&config.cairn_repository) {
+            return Err(Error::InvalidInput(format!(
+                "repository {} has format version {}; this cairn reads versions \
+                 {FORMAT_VERSION_OLDEST} to {FORMAT_VERSION}",
+                backend.location(),
+                config.cairn_repository
+            )));
+        }
+        if !is_repository_id(&config.id) {
+            return Err(Error::corrupt(
+                &location,
+                format!("repository id {:?} is not 64 hex digits", config.id),
+            ));
+        }
         if !COMPRESSION_LEVELS.contains(&config.compression_level) {
             return Err(Error::corrupt(
-                format!("{}/config", backend.location()),
+                &location,
                 format!(
                     "compression level {} is out of range 1..=22",
                     config.compression_level
                 ),
             ));
         }
-        if config.cairn_repository != FORMAT_VERSION {
-            return Err(Error::InvalidInput(format!(
-                "repository {} has format version {}; this cairn reads version {FORMAT_VERSION}",
-                backend.location(),
-                config.cairn_repository
-            )));
-        }
+        config
+            .chunker
+            .validate()
+            .map_err(|e| Error::corrupt(&location, e.to_string()))?;
         Ok(config)
     }
 
-    /// Opens a repository. `secret` is asked for only when the repository is encrypted, with
-    /// its mode, so a password prompt appears only when one is needed. The local index cache
-    /// lives in `cache_root/<repository id>`.
+    /// Opens a repository. `secret` is called once with the mode the config states, so a
+    /// password prompt appears only when one is needed; for `None` it must not ask, only
+    /// return the secret the user gave for this repository unasked, if any, because a secret
+    /// given for a repository whose config says `none` is refused as a downgrade (invariant
+    /// 8). The local cache lives in `cache_root/<repository id>`; it remembers the settings
+    /// first seen and refuses a config that states others.
     pub fn open(
         backend: Arc<dyn Backend>,
         secret: impl FnOnce(EncryptionMode) -> Result<Secret>,
         cache_root: &Path,
     ) -> Result<Self> {
         let config = Self::read_config(backend.as_ref())?;
+        let repository_cache = cache_root.join(&config.id);
+        let remembered = RememberedSettings::at(&repository_cache);
+        remembered.check(&config.settings(), &backend.location())?;
         let (master, opened_key) = match config.encryption {
-            EncryptionMode::None => (None, None),
+            EncryptionMode::None => {
+                refuse_downgrade_to_none(backend.as_ref(), &config, secret(EncryptionMode::None)?)?;
+                (None, None)
+            }
             mode => {
                 let (master, opened_key) = Self::unlock(backend.as_ref(), &config, secret(mode)?)?;
                 (Some(master), opened_key)
             }
         };
+        remembered.remember(&config.settings())?;
         let seed = master.as_ref().map_or(0, MasterKey::chunker_seed);
         let chunker = Chunker::new(config.chunker, seed)?;
         let codec = Codec::new(master, config.compression_level);
-        let index = BlobIndex::open(&cache_root.join(&config.id))?;
+        let index = BlobIndex::open(&repository_cache)?;
         index.sync(backend.as_ref(), &codec)?;
         Ok(Repository {
             backend,
@@ -269,32 +383,47 @@ impl Repository {
         let location = backend.location();
         match (config.encryption, secret) {
             (EncryptionMode::Password, Secret::Password(password)) => {
+                // A key the password opens whose master key the config does not accept.
+                let mut unaccepted_key = None;
                 for object in backend.list(keys::KEYS_PREFIX)? {
                     let bytes = backend.get(&object.name)?;
                     let unwrapped = serde_json::from_slice::<PasswordKey>(&bytes)
                         .map_err(|e| Error::corrupt(&object.name, e.to_string()))
                         .and_then(|key| key.unwrap(&password));
                     match unwrapped {
-                        Ok(Some(master)) if passes_key_check(config, &master) => {
+                        Ok(Some(master)) if verify_master_key(config, &master, &location)? => {
                             let id = keys::key_id(&object.name).to_owned();
                             return Ok((master, Some(id)));
                         }
-                        Ok(_) => {}
+                        Ok(Some(_)) => unaccepted_key = Some(object.name),
+                        Ok(None) => {}
                         // One unreadable key must not lock out the others.
                         Err(e) => tracing::warn!("skipping key {}: {e}", object.name),
                     }
                 }
-                Err(Error::WrongKey(format!(
-                    "wrong password for repository {location}"
-                )))
+                match unaccepted_key {
+                    Some(key) => Err(Error::Tampered {
+                        repository: location,
+                        what: format!(
+                            "the password opens {key}, but the config's seal does not open \
+                             under that key: the config or the key was replaced"
+                        ),
+                    }),
+                    None => Err(Error::WrongKey(format!(
+                        "wrong password for repository {location}"
+                    ))),
+                }
             }
             (EncryptionMode::Keyfile, Secret::KeyFile(path)) => {
                 let bytes = std::fs::read(&path)
                     .map_err(|e| Error::io(format!("reading key file {}", path.display()), e))?;
                 let master = serde_json::from_slice::<KeyFile>(&bytes)
                     .ok()
-                    .and_then(|file| file.master_key())
-                    .filter(|key| passes_key_check(config, key));
+                    .and_then(|file| file.master_key());
+                let master = match master {
+                    Some(key) if verify_master_key(config, &key, &location)? => Some(key),
+                    _ => None,
+                };
                 let master = master.ok_or_else(|| {
                     Error::WrongKey(format!(
                         "wrong key: {} is not the key file of repository {location}",
