@@ -409,14 +409,25 @@ mod tests {
                 codec.decode_blob(&stored, &honest, &|| "t".into()).unwrap(),
                 data
             );
-            let lying = PackEntry {
+            // Claiming 6 bytes: refused on the stored length alone, before decoding.
+            let tiny = PackEntry {
                 raw_length: 6,
+                ..honest
+            };
+            let error = codec
+                .decode_blob(&stored, &tiny, &|| "t".into())
+                .unwrap_err();
+            assert!(error.to_string().contains("stored bytes for 6"), "{error}");
+            // Claiming as many bytes as are stored: decompression stops there.
+            let lying = PackEntry {
+                raw_length: stored.len() as u32,
                 ..honest
             };
             let error = codec
                 .decode_blob(&stored, &lying, &|| "t".into())
                 .unwrap_err();
-            assert!(error.to_string().contains("more than 6 bytes"), "{error}");
+            let bound = format!("more than {} bytes", stored.len());
+            assert!(error.to_string().contains(&bound), "{error}");
             let short = PackEntry {
                 raw_length: honest.raw_length + 1,
                 ..honest
