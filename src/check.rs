@@ -3,7 +3,11 @@
 //! cache. Every checkpoint's trees are walked (each distinct tree once) and every blob they
 //! reference must be indexed in a pack that exists and is long enough. With `read_data`,
 //! every pack is read whole: its id must match its bytes, and every blob must decrypt and
-//! hash to its id. Each damaged blob is reported with its pack and the paths it affects.
+//! hash to its id, to exactly the raw length its pack entry records. Each damaged blob is
+//! reported with its pack and the paths it affects. A file whose chunks do not add up to its
+//! recorded size, or whose chunk list gives a chunk another length than its blob holds, is
+//! reported as a problem with its path. Trees are walked with an explicit stack, so a
+//! repository nested however deep is checked without exhausting the call stack (invariant 7).
 
 use crate::checkpoint;
 use crate::error::Result;
@@ -11,7 +15,7 @@ use crate::id::{BlobId, PackId};
 use crate::repo::Repository;
 use crate::repo::index::{BlobLocation, read_index_file};
 use crate::repo::pack::{PackEntry, pack_id_of_object, pack_object_name, read_header};
-use crate::tree::{ChunkRef, Content, EntryKind, Tree, decode_chunk_list};
+use crate::tree::{ChunkRef, Content, EntryKind, Tree, check_file_size, decode_chunk_list};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// At most this many affected paths are listed per damaged blob.
@@ -143,7 +147,7 @@ impl Checker<'_> {
                 let verdict = match bytes.get(start..start + entry.length as usize) {
                     None => Err("lies past the end of the pack".to_owned()),
                     Some(stored) => codec
-                        .decode_blob(stored, &entry.id, &where_)
+                        .decode_blob(stored, &entry, &where_)
                         .map(drop)
                         .map_err(|e| format!("{e}")),
                 };
@@ -200,36 +204,61 @@ impl Checker<'_> {
         }
     }
 
-    fn walk_tree(&mut self, tree_id: BlobId, path: &str) {
-        if !self.trees_seen.insert(tree_id) {
-            self.need(&tree_id, path);
-            return;
-        }
-        let decode = |bytes: &[u8]| Tree::decode(bytes, &|| format!("tree {tree_id}"));
-        let Some(tree) = self.read_metadata_blob(tree_id, path, decode) else {
-            return;
-        };
-        self.report.trees += 1;
-        for entry in tree.entries {
-            let separator = if path.ends_with('/') { "" } else { "/" };
-            let child = format!("{path}{separator}{}", entry.name_lossy());
-            match entry.kind {
-                EntryKind::Dir(id) => self.walk_tree(id, &child),
-                EntryKind::File(Content::Chunks(chunks)) => self.need_chunks(&chunks, &child),
-                EntryKind::File(Content::ChunkList(list)) => {
-                    let decode = |bytes: &[u8]| decode_chunk_list(bytes, &list);
-                    if let Some(chunks) = self.read_metadata_blob(list, &child, decode) {
-                        self.need_chunks(&chunks, &child);
-                    }
-                }
-                _ => {}
+    /// Walks the trees below `root`, each distinct tree once. The walk keeps its own stack of
+    /// trees to visit, so a tree nested however deep costs heap, never call stack.
+    fn walk_trees(&mut self, root: BlobId, root_path: String) {
+        let mut pending = vec![(root, root_path)];
+        while let Some((tree_id, path)) = pending.pop() {
+            if !self.trees_seen.insert(tree_id) {
+                self.need(&tree_id, &path);
+                continue;
             }
+            let decode = |bytes: &[u8]| Tree::decode(bytes, &|| format!("tree {tree_id}"));
+            let Some(tree) = self.read_metadata_blob(tree_id, &path, decode) else {
+                continue;
+            };
+            self.report.trees += 1;
+            let mut subtrees = Vec::new();
+            for entry in tree.entries {
+                let separator = if path.ends_with('/') { "" } else { "/" };
+                let child = format!("{path}{separator}{}", entry.name_lossy());
+                match entry.kind {
+                    EntryKind::Dir(id) => subtrees.push((id, child)),
+                    EntryKind::File(Content::Chunks(chunks)) => {
+                        self.check_file(&chunks, entry.size, &child)
+                    }
+                    EntryKind::File(Content::ChunkList(list)) => {
+                        let decode = |bytes: &[u8]| decode_chunk_list(bytes, &list);
+                        if let Some(chunks) = self.read_metadata_blob(list, &child, decode) {
+                            self.check_file(&chunks, entry.size, &child);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            // Reversed, so subdirectories are visited in name order.
+            pending.extend(subtrees.into_iter().rev());
         }
     }
 
-    fn need_chunks(&mut self, chunks: &[ChunkRef], path: &str) {
+    /// Checks that every chunk of the file at `path` is readable and holds the length the
+    /// file gives it, and that the lengths add up to the file's recorded `size`.
+    fn check_file(&mut self, chunks: &[ChunkRef], size: u64, path: &str) {
+        if let Err(problem) = check_file_size(chunks, size) {
+            self.report.problems.push(format!("{path}: {problem}"));
+        }
         for chunk in chunks {
-            self.need(&chunk.id, path);
+            if !self.need(&chunk.id, path) {
+                continue;
+            }
+            if let Some((_, entry)) = self.index.get(&chunk.id)
+                && entry.raw_length != chunk.length
+            {
+                self.report.problems.push(format!(
+                    "{path}: blob {} holds {} bytes where the file's chunk list says {}",
+                    chunk.id, entry.raw_length, chunk.length
+                ));
+            }
         }
     }
 }
@@ -253,7 +282,7 @@ pub fn run(repo: &Repository, options: &CheckOptions) -> Result<CheckReport> {
         match checkpoint::load(repo, &id) {
             Ok(record) => {
                 checker.report.checkpoints += 1;
-                checker.walk_tree(record.tree, &format!("{}:/", id.short()));
+                checker.walk_trees(record.tree, format!("{}:/", id.short()));
             }
             Err(e) => checker
                 .report

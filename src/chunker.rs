@@ -11,6 +11,10 @@ use std::borrow::Cow;
 use std::io::Read;
 use std::ops::RangeInclusive;
 
+/// The largest chunk any valid chunker configuration cuts (FastCDC's maximum `max_bytes`),
+/// and so the largest data blob a reader accepts.
+pub const MAX_CHUNK_BYTES: u32 = fastcdc::v2020::MAXIMUM_MAX as u32;
+
 /// Chunk size bounds in bytes, stored in the repository config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkerParams {

@@ -75,8 +75,30 @@ pub fn diff_checkpoints(repo: &Repository, a: &Checkpoint, b: &Checkpoint) -> Re
             true,
         );
     }
-    differ.dirs(&a.tree, &b.tree, "")?;
+    differ.run(Step::Dirs {
+        a: a.tree,
+        b: b.tree,
+        prefix: String::new(),
+    })?;
     Ok(differ.changes)
+}
+
+/// One piece of the comparison, waiting on the differ's stack.
+enum Step {
+    /// Compare directory trees `a` and `b`, whose entries live below `prefix`.
+    Dirs {
+        a: BlobId,
+        b: BlobId,
+        prefix: String,
+    },
+    /// Report `entry` at `path`, and everything below it, as `kind`.
+    Whole {
+        path: String,
+        entry: Entry,
+        kind: ChangeKind,
+    },
+    /// Compare two entries of the same name at `path`.
+    Entries { path: String, a: Entry, b: Entry },
 }
 
 /// Collects changes while walking two trees side by side.
@@ -103,63 +125,105 @@ impl Differ<'_> {
         });
     }
 
-    /// Compares directory trees `a` and `b`, whose entries live below `prefix`.
-    fn dirs(&mut self, a: &BlobId, b: &BlobId, prefix: &str) -> Result<()> {
-        if a == b {
-            return Ok(());
+    /// Carries out `first` and every step it leads to, depth first. The steps wait on an
+    /// explicit stack, each one's follow-ups pushed in reverse so they run in path order, so
+    /// trees nested however deep are compared without exhausting the call stack.
+    fn run(&mut self, first: Step) -> Result<()> {
+        let mut stack = vec![first];
+        while let Some(step) = stack.pop() {
+            let mut next = match step {
+                Step::Dirs { a, b, prefix } => self.dirs(&a, &b, &prefix)?,
+                Step::Whole { path, entry, kind } => self.whole(path, entry, kind)?,
+                Step::Entries { path, a, b } => self.entries(path, a, b)?,
+            };
+            next.reverse();
+            stack.append(&mut next);
         }
-        let old = load_tree(self.repo, a)?.entries;
-        let new = load_tree(self.repo, b)?.entries;
-        let (mut i, mut j) = (0, 0);
-        while i < old.len() || j < new.len() {
-            let order = match (old.get(i), new.get(j)) {
+        Ok(())
+    }
+
+    /// The steps that compare directory trees `a` and `b`, whose entries live below `prefix`.
+    fn dirs(&mut self, a: &BlobId, b: &BlobId, prefix: &str) -> Result<Vec<Step>> {
+        if a == b {
+            return Ok(Vec::new());
+        }
+        let mut old = load_tree(self.repo, a)?.entries.into_iter().peekable();
+        let mut new = load_tree(self.repo, b)?.entries.into_iter().peekable();
+        let mut steps = Vec::new();
+        loop {
+            let order = match (old.peek(), new.peek()) {
                 (Some(x), Some(y)) => x.name.cmp(&y.name),
                 (Some(_), None) => Ordering::Less,
-                (None, _) => Ordering::Greater,
+                (None, Some(_)) => Ordering::Greater,
+                (None, None) => break,
             };
-            match order {
+            steps.push(match order {
                 Ordering::Less => {
-                    self.whole(join(prefix, &old[i]), &old[i], ChangeKind::Removed)?;
-                    i += 1;
+                    let entry = old.next().expect("peeked");
+                    let path = join(prefix, &entry);
+                    Step::Whole {
+                        path,
+                        entry,
+                        kind: ChangeKind::Removed,
+                    }
                 }
                 Ordering::Greater => {
-                    self.whole(join(prefix, &new[j]), &new[j], ChangeKind::Added)?;
-                    j += 1;
+                    let entry = new.next().expect("peeked");
+                    let path = join(prefix, &entry);
+                    Step::Whole {
+                        path,
+                        entry,
+                        kind: ChangeKind::Added,
+                    }
                 }
                 Ordering::Equal => {
-                    self.entries(join(prefix, &new[j]), &old[i], &new[j])?;
-                    i += 1;
-                    j += 1;
+                    let (a, b) = (old.next().expect("peeked"), new.next().expect("peeked"));
+                    Step::Entries {
+                        path: join(prefix, &b),
+                        a,
+                        b,
+                    }
                 }
-            }
+            });
         }
-        Ok(())
+        Ok(steps)
     }
 
-    /// Reports `entry` at `path`, and everything below it, as `kind`.
-    fn whole(&mut self, path: String, entry: &Entry, kind: ChangeKind) -> Result<()> {
+    /// Reports `entry` at `path` as `kind`; returns the steps that report what is below it.
+    fn whole(&mut self, path: String, entry: Entry, kind: ChangeKind) -> Result<Vec<Step>> {
         self.push(path.clone(), kind, false, false, entry.is_dir());
-        if let EntryKind::Dir(tree) = &entry.kind {
-            let prefix = format!("{path}/");
-            for child in load_tree(self.repo, tree)?.entries {
-                self.whole(join(&prefix, &child), &child, kind)?;
-            }
-        }
-        Ok(())
+        let EntryKind::Dir(tree) = &entry.kind else {
+            return Ok(Vec::new());
+        };
+        let prefix = format!("{path}/");
+        let children = load_tree(self.repo, tree)?.entries;
+        Ok(children
+            .into_iter()
+            .map(|child| Step::Whole {
+                path: join(&prefix, &child),
+                entry: child,
+                kind,
+            })
+            .collect())
     }
 
-    /// Compares two entries of the same name at `path`.
-    fn entries(&mut self, path: String, a: &Entry, b: &Entry) -> Result<()> {
+    /// Compares two entries of the same name at `path`; returns the steps that compare what
+    /// is below them.
+    fn entries(&mut self, path: String, a: Entry, b: Entry) -> Result<Vec<Step>> {
         match (&a.kind, &b.kind) {
             (EntryKind::Dir(tree_a), EntryKind::Dir(tree_b)) => {
-                if dir_metadata_differs(a, b) {
+                if dir_metadata_differs(&a, &b) {
                     self.push(path.clone(), ChangeKind::Modified, false, true, true);
                 }
-                self.dirs(tree_a, tree_b, &format!("{path}/"))?;
+                return Ok(vec![Step::Dirs {
+                    a: *tree_a,
+                    b: *tree_b,
+                    prefix: format!("{path}/"),
+                }]);
             }
             (EntryKind::File(content_a), EntryKind::File(content_b)) => {
                 let content = a.size != b.size || !self.same_content(content_a, content_b)?;
-                let metadata = metadata_differs(a, b);
+                let metadata = metadata_differs(&a, &b);
                 if content || metadata {
                     self.push(path, ChangeKind::Modified, content, metadata, false);
                 }
@@ -168,16 +232,26 @@ impl Differ<'_> {
                 if std::mem::discriminant(kind_a) == std::mem::discriminant(kind_b) =>
             {
                 // Symlinks, fifos and devices: the target or device number is metadata.
-                if kind_a != kind_b || metadata_differs(a, b) {
+                if kind_a != kind_b || metadata_differs(&a, &b) {
                     self.push(path, ChangeKind::Modified, false, true, false);
                 }
             }
             _ => {
-                self.whole(path.clone(), a, ChangeKind::Removed)?;
-                self.whole(path, b, ChangeKind::Added)?;
+                return Ok(vec![
+                    Step::Whole {
+                        path: path.clone(),
+                        entry: a,
+                        kind: ChangeKind::Removed,
+                    },
+                    Step::Whole {
+                        path,
+                        entry: b,
+                        kind: ChangeKind::Added,
+                    },
+                ]);
             }
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
     /// Whether two file contents hold the same chunks. Chunk lists are content-addressed, so

@@ -123,6 +123,30 @@ fn index_files(repo: &Repository) -> Result<Vec<(String, IndexedPacks)>> {
         .collect()
 }
 
+/// Every pack's entries, merged over the index files that list it: each pack once, in the
+/// order first listed, with its entries in listing order and each blob at each offset once.
+/// Linear in the entries: a set of what each pack already holds answers "seen?" at once.
+fn merge_listings<'a>(
+    listings: impl IntoIterator<Item = &'a (PackId, Vec<PackEntry>)>,
+) -> Vec<(PackId, Vec<PackEntry>)> {
+    let mut merged: Vec<(PackId, Vec<PackEntry>)> = Vec::new();
+    let mut position: HashMap<PackId, usize> = HashMap::new();
+    let mut seen: HashSet<(PackId, BlobId, u32)> = HashSet::new();
+    for (pack, entries) in listings {
+        let i = *position.entry(*pack).or_insert_with(|| {
+            merged.push((*pack, Vec::new()));
+            merged.len() - 1
+        });
+        let into = &mut merged[i].1;
+        for entry in entries {
+            if seen.insert((*pack, entry.id, entry.offset)) {
+                into.push(*entry);
+            }
+        }
+    }
+    merged
+}
+
 /// Prunes `repo` (which the caller has not locked).
 pub fn run(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
     // A dry run changes nothing: it reads like a restore does.
@@ -150,26 +174,7 @@ pub fn run(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
     report.packs_before = present.len() as u64;
     report.bytes_before = present.values().sum();
 
-    // Every pack's entries, merged over the index files that list it, in listing order.
-    let mut listings: Vec<(PackId, Vec<PackEntry>)> = Vec::new();
-    let mut position: HashMap<PackId, usize> = HashMap::new();
-    for (_, listed) in &old_index_files {
-        for (pack, entries) in listed {
-            let i = *position.entry(*pack).or_insert_with(|| {
-                listings.push((*pack, Vec::new()));
-                listings.len() - 1
-            });
-            let merged = &mut listings[i].1;
-            for entry in entries {
-                if !merged
-                    .iter()
-                    .any(|e| e.id == entry.id && e.offset == entry.offset)
-                {
-                    merged.push(*entry);
-                }
-            }
-        }
-    }
+    let listings = merge_listings(old_index_files.iter().flat_map(|(_, listed)| listed));
     // Sort every indexed entry into its pack; the first copy of a used blob is the kept one.
     let mut packs: HashMap<PackId, PackUse> = HashMap::new();
     let mut pack_order: Vec<PackId> = Vec::new();
@@ -259,7 +264,7 @@ pub fn run(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
                     .get(start..start + entry.length as usize)
                     .ok_or_else(|| Error::corrupt(&name, "truncated pack"))?;
                 let where_ = || format!("pack {pack} blob {}", entry.id);
-                repo.codec().decode_blob(stored, &entry.id, &where_)?;
+                repo.codec().decode_blob(stored, entry, &where_)?;
                 sink.send_encoded(
                     entry.id,
                     entry.kind,
@@ -305,4 +310,43 @@ pub fn run(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
     repo.index().sync(repo.backend(), repo.codec())?;
     report.bytes_after = repo.backend().list("data/")?.iter().map(|o| o.size).sum();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::pack::BlobKind;
+
+    fn entry(blob: u8, offset: u32) -> PackEntry {
+        PackEntry {
+            id: BlobId([blob; 32]),
+            kind: BlobKind::Tree,
+            offset,
+            length: 10,
+            raw_length: 10,
+        }
+    }
+
+    #[test]
+    fn listings_merge_each_pack_once_and_each_entry_once_in_listing_order() {
+        let (p, q) = (PackId([1; 32]), PackId([2; 32]));
+        let listed = [
+            (p, vec![entry(1, 0), entry(2, 10)]),
+            (q, vec![entry(1, 0)]),
+            // The same pack listed again: a repeat is dropped, a new entry and the same blob
+            // at another offset are kept.
+            (p, vec![entry(2, 10), entry(3, 20), entry(1, 30)]),
+        ];
+        let merged = merge_listings(&listed);
+        assert_eq!(
+            merged,
+            vec![
+                (
+                    p,
+                    vec![entry(1, 0), entry(2, 10), entry(3, 20), entry(1, 30)]
+                ),
+                (q, vec![entry(1, 0)]),
+            ]
+        );
+    }
 }

@@ -15,7 +15,9 @@
 //! before the damaged record is removed, so a crash leaves both, never neither (invariant 1
 //! holds for the new record: its trees are durable before it is written). The new record
 //! depends only on the damaged one, so a repair run again after a crash writes the same
-//! record and removes the old one. Undamaged checkpoints keep their id.
+//! record and removes the old one. Undamaged checkpoints keep their id. Trees are rewritten
+//! with an explicit stack, so a checkpoint nested however deep is repaired without exhausting
+//! the call stack.
 
 use crate::check::{self, CheckOptions};
 use crate::checkpoint::{self, Checkpoint};
@@ -26,7 +28,7 @@ use crate::repo::index::IndexedPacks;
 use crate::repo::lock;
 use crate::repo::pack::{BlobKind, fetch_header, pack_id_of_object};
 use crate::repo::writer::{BlobSink, replace_index_files, with_blob_sink};
-use crate::tree::{Content, EntryKind, Tree, file_chunks, load_tree};
+use crate::tree::{Content, Entry, EntryKind, Tree, file_chunks, load_tree};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
@@ -144,8 +146,11 @@ struct TreeTotals {
 struct RewrittenTree {
     /// The tree's new id; its old one when nothing below it was dropped.
     id: BlobId,
-    /// Paths dropped below the tree, each starting with `/`.
+    /// Names of the entries dropped from this tree itself.
     dropped: Vec<String>,
+    /// Subdirectories (name, old tree id) below which something was dropped: the paths are
+    /// spelled out only for the report, so deep trees do not repeat long paths per level.
+    dropped_below: Vec<(String, BlobId)>,
     totals: TreeTotals,
 }
 
@@ -156,8 +161,22 @@ struct TreeRewriter<'a> {
     done: HashMap<BlobId, RewrittenTree>,
 }
 
+/// A tree being rewritten: the entries still to look at, and what is kept so far.
+struct PendingTree {
+    id: BlobId,
+    entries: std::vec::IntoIter<Entry>,
+    /// A directory entry waiting for its subtree, which is being rewritten above this one.
+    waiting: Option<Entry>,
+    kept: Vec<Entry>,
+    dropped: Vec<String>,
+    dropped_below: Vec<(String, BlobId)>,
+    totals: TreeTotals,
+}
+
 impl TreeRewriter<'_> {
-    /// Tree `id` rewritten, or `None` when it cannot be loaded.
+    /// Tree `id` rewritten, or `None` when it is damaged. Subtrees are rewritten first,
+    /// with an explicit stack of the trees in progress, so a tree nested however deep is
+    /// rewritten without exhausting the call stack.
     fn rewrite(&mut self, id: BlobId) -> Result<Option<RewrittenTree>> {
         if self.damaged.contains(&id) {
             return Ok(None);
@@ -165,49 +184,106 @@ impl TreeRewriter<'_> {
         if let Some(done) = self.done.get(&id) {
             return Ok(Some(done.clone()));
         }
-        let repo = self.sink.repo();
-        let tree = load_tree(repo, &id)?;
-        let mut kept = Vec::with_capacity(tree.entries.len());
-        let mut dropped = Vec::new();
-        let mut totals = TreeTotals::default();
-        for mut entry in tree.entries {
-            let path = format!("/{}", entry.name_lossy());
-            match &entry.kind {
-                EntryKind::Dir(subtree) => {
-                    let Some(below) = self.rewrite(*subtree)? else {
-                        dropped.push(path);
-                        continue;
-                    };
-                    dropped.extend(below.dropped.iter().map(|p| format!("{path}{p}")));
-                    totals.files += below.totals.files;
-                    totals.dirs += below.totals.dirs + 1;
-                    totals.bytes += below.totals.bytes;
-                    entry.kind = EntryKind::Dir(below.id);
+        let mut stack = vec![self.open(id)?];
+        while let Some(tree) = stack.last_mut() {
+            let Some(entry) = tree.waiting.take().or_else(|| tree.entries.next()) else {
+                let finished = stack.pop().expect("the loop holds the last tree");
+                let id = finished.id;
+                let rewritten = self.finish(finished)?;
+                self.done.insert(id, rewritten.clone());
+                if stack.is_empty() {
+                    return Ok(Some(rewritten));
                 }
-                EntryKind::File(content) => {
-                    if !self.readable(content)? {
-                        dropped.push(path);
-                        continue;
-                    }
-                    totals.files += 1;
-                    totals.bytes += entry.size;
-                }
-                _ => {}
+                continue;
+            };
+            if let EntryKind::Dir(subtree) = entry.kind
+                && !self.damaged.contains(&subtree)
+                && !self.done.contains_key(&subtree)
+            {
+                tree.waiting = Some(entry);
+                let below = self.open(subtree)?;
+                stack.push(below);
+                continue;
             }
-            kept.push(entry);
+            self.place(tree, entry)?;
         }
-        let new_id = if dropped.is_empty() {
-            id
+        unreachable!("the loop returns when the outermost tree is finished")
+    }
+
+    fn open(&self, id: BlobId) -> Result<PendingTree> {
+        let tree = load_tree(self.sink.repo(), &id)?;
+        Ok(PendingTree {
+            id,
+            kept: Vec::with_capacity(tree.entries.len()),
+            entries: tree.entries.into_iter(),
+            waiting: None,
+            dropped: Vec::new(),
+            dropped_below: Vec::new(),
+            totals: TreeTotals::default(),
+        })
+    }
+
+    /// Keeps or drops `entry` of `tree`; a directory's subtree is rewritten (or damaged)
+    /// already.
+    fn place(&self, tree: &mut PendingTree, mut entry: Entry) -> Result<()> {
+        let name = entry.name_lossy().into_owned();
+        match &entry.kind {
+            EntryKind::Dir(subtree) => {
+                let Some(below) = self.done.get(subtree) else {
+                    tree.dropped.push(name);
+                    return Ok(());
+                };
+                if !below.dropped.is_empty() || !below.dropped_below.is_empty() {
+                    tree.dropped_below.push((name, *subtree));
+                }
+                tree.totals.files += below.totals.files;
+                tree.totals.dirs += below.totals.dirs + 1;
+                tree.totals.bytes += below.totals.bytes;
+                entry.kind = EntryKind::Dir(below.id);
+            }
+            EntryKind::File(content) => {
+                if !self.readable(content)? {
+                    tree.dropped.push(name);
+                    return Ok(());
+                }
+                tree.totals.files += 1;
+                tree.totals.bytes += entry.size;
+            }
+            _ => {}
+        }
+        tree.kept.push(entry);
+        Ok(())
+    }
+
+    /// A tree whose entries are all placed: stored anew when something below it was dropped.
+    fn finish(&self, tree: PendingTree) -> Result<RewrittenTree> {
+        let id = if tree.dropped.is_empty() && tree.dropped_below.is_empty() {
+            tree.id
         } else {
-            self.store(&Tree::from_entries(kept))?
+            self.store(&Tree::from_entries(tree.kept))?
         };
-        let rewritten = RewrittenTree {
-            id: new_id,
-            dropped,
-            totals,
-        };
-        self.done.insert(id, rewritten.clone());
-        Ok(Some(rewritten))
+        Ok(RewrittenTree {
+            id,
+            dropped: tree.dropped,
+            dropped_below: tree.dropped_below,
+            totals: tree.totals,
+        })
+    }
+
+    /// The paths dropped below `root`, each starting with `/`, spelled out with an explicit
+    /// stack of the subdirectories still to visit.
+    fn dropped_paths(&self, root: &RewrittenTree) -> Vec<String> {
+        let mut paths = Vec::new();
+        let mut pending = vec![(String::new(), root)];
+        while let Some((prefix, tree)) = pending.pop() {
+            paths.extend(tree.dropped.iter().map(|name| format!("{prefix}/{name}")));
+            for (name, old_id) in tree.dropped_below.iter().rev() {
+                if let Some(below) = self.done.get(old_id) {
+                    pending.push((format!("{prefix}/{name}"), below));
+                }
+            }
+        }
+        paths
     }
 
     /// Whether every blob a file's content needs is readable.
@@ -281,26 +357,22 @@ pub fn checkpoints(repo: &Repository, options: &RepairOptions) -> Result<Checkpo
         };
         let mut planned = Vec::new();
         for (old_id, record) in records {
-            let root = match rewriter.rewrite(record.tree)? {
-                Some(root) => root,
-                None => RewrittenTree {
-                    id: rewriter.store(&Tree::default())?,
-                    dropped: vec![String::new()],
-                    totals: TreeTotals::default(),
-                },
+            // An unreadable root leaves an empty tree, its whole content dropped.
+            let (root_id, totals, paths) = match rewriter.rewrite(record.tree)? {
+                Some(root) => (root.id, root.totals, rewriter.dropped_paths(&root)),
+                None => {
+                    let empty = rewriter.store(&Tree::default())?;
+                    (empty, TreeTotals::default(), vec!["/".to_owned()])
+                }
             };
-            if root.dropped.is_empty() {
+            if paths.is_empty() {
                 continue;
             }
             let short = old_id.short();
-            let dropped: Vec<String> = root
-                .dropped
-                .iter()
-                .map(|path| format!("{short}:{}", if path.is_empty() { "/" } else { path }))
-                .collect();
+            let dropped: Vec<String> = paths.iter().map(|path| format!("{short}:{path}")).collect();
             planned.push(PlannedRecord {
                 old_id,
-                record: repaired_record(record, &root),
+                record: repaired_record(record, root_id, totals, dropped.len()),
                 dropped,
             });
         }
@@ -330,18 +402,24 @@ pub fn checkpoints(repo: &Repository, options: &RepairOptions) -> Result<Checkpo
     Ok(report)
 }
 
-/// `record` pointing at its rewritten root, tagged, with statistics recounted.
-fn repaired_record(mut record: Checkpoint, root: &RewrittenTree) -> Checkpoint {
-    record.tree = root.id;
+/// `record` pointing at its rewritten root `root_id`, tagged, with statistics recounted
+/// (`dropped` paths were left out).
+fn repaired_record(
+    mut record: Checkpoint,
+    root_id: BlobId,
+    totals: TreeTotals,
+    dropped: usize,
+) -> Checkpoint {
+    record.tree = root_id;
     if let Some(entry) = &mut record.root {
-        entry.kind = EntryKind::Dir(root.id);
+        entry.kind = EntryKind::Dir(root_id);
     }
     if !record.tags.iter().any(|tag| tag == REPAIRED_TAG) {
         record.tags.push(REPAIRED_TAG.into());
     }
-    record.stats.files = root.totals.files;
-    record.stats.dirs = root.totals.dirs;
-    record.stats.bytes = root.totals.bytes;
-    record.stats.errors += root.dropped.len() as u64;
+    record.stats.files = totals.files;
+    record.stats.dirs = totals.dirs;
+    record.stats.bytes = totals.bytes;
+    record.stats.errors += dropped as u64;
     record
 }

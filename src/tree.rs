@@ -9,6 +9,7 @@
 use crate::error::{Error, Result};
 use crate::id::BlobId;
 use crate::repo::Repository;
+use crate::repo::pack::MAX_FILE_CHUNKS;
 use serde::{Deserialize, Serialize};
 
 /// Files with more chunks than this keep their chunk list in a separate blob.
@@ -167,26 +168,75 @@ pub fn file_chunks(repo: &Repository, content: &Content) -> Result<Vec<ChunkRef>
     }
 }
 
-/// The bytes of one chunk, checked against the length the tree gives it.
+/// The chunks of a regular file recorded as `size` bytes, checked against that size: what
+/// reads a file's bytes uses this, so it never serves more or less than the file claims.
+pub fn sized_file_chunks(repo: &Repository, content: &Content, size: u64) -> Result<Vec<ChunkRef>> {
+    let chunks = file_chunks(repo, content)?;
+    check_file_size(&chunks, size)
+        .map_err(|problem| Error::corrupt(content_location(content), problem))?;
+    Ok(chunks)
+}
+
+/// Why `chunks` cannot be the content of a file of `size` bytes, if they cannot: there are
+/// more than `MAX_FILE_CHUNKS`, or their lengths do not add up to `size`.
+pub fn check_file_size(chunks: &[ChunkRef], size: u64) -> std::result::Result<(), String> {
+    if chunks.len() as u64 > u64::from(MAX_FILE_CHUNKS) {
+        return Err(format!(
+            "{} chunks, more than the {MAX_FILE_CHUNKS} a file may have",
+            chunks.len()
+        ));
+    }
+    let total: u64 = chunks.iter().map(|c| u64::from(c.length)).sum();
+    if total != size {
+        return Err(format!(
+            "the file's recorded size is {size} bytes but its chunks hold {total}"
+        ));
+    }
+    Ok(())
+}
+
+/// How errors name a file's content: its chunk list, or its first chunk.
+fn content_location(content: &Content) -> String {
+    match content {
+        Content::ChunkList(id) => format!("chunk list {id}"),
+        Content::Chunks(chunks) => match chunks.first() {
+            Some(chunk) => format!("file content starting with blob {}", chunk.id),
+            None => "empty file content".to_owned(),
+        },
+    }
+}
+
+/// The bytes of one chunk, checked against the length the tree gives it before anything is
+/// read: a blob whose recorded raw length differs is refused unread.
 pub fn read_chunk(repo: &Repository, chunk: &ChunkRef) -> Result<Vec<u8>> {
-    let data = repo.read_blob(&chunk.id)?;
-    if data.len() != chunk.length as usize {
+    let location = repo.locate(&chunk.id)?;
+    if location.entry.raw_length != chunk.length {
         return Err(Error::corrupt(
             format!("blob {}", chunk.id),
             format!(
                 "holds {} bytes where the tree says {}",
-                data.len(),
-                chunk.length
+                location.entry.raw_length, chunk.length
             ),
         ));
     }
-    Ok(data)
+    repo.read_blob_at(&location, &chunk.id)
 }
 
-/// Decodes chunk list blob `id`.
+/// Decodes chunk list blob `id` (its size already bounded by `MAX_CHUNK_LIST_BYTES`), refusing
+/// more than `MAX_FILE_CHUNKS` chunks.
 pub fn decode_chunk_list(bytes: &[u8], id: &BlobId) -> Result<Vec<ChunkRef>> {
-    postcard::from_bytes(bytes)
-        .map_err(|e| Error::corrupt(format!("chunk list {id}"), e.to_string()))
+    let chunks: Vec<ChunkRef> = postcard::from_bytes(bytes)
+        .map_err(|e| Error::corrupt(format!("chunk list {id}"), e.to_string()))?;
+    if chunks.len() as u64 > u64::from(MAX_FILE_CHUNKS) {
+        return Err(Error::corrupt(
+            format!("chunk list {id}"),
+            format!(
+                "{} chunks, more than the {MAX_FILE_CHUNKS} a file may have",
+                chunks.len()
+            ),
+        ));
+    }
+    Ok(chunks)
 }
 
 /// Encodes a chunk list blob.

@@ -23,7 +23,7 @@ use crate::error::Error;
 use crate::history::{PathHistory, child_history, versions};
 use crate::id::{BlobId, CheckpointId};
 use crate::repo::Repository;
-use crate::tree::{ChunkRef, Entry, EntryKind, Tree, Xattr, file_chunks, load_tree};
+use crate::tree::{ChunkRef, Entry, EntryKind, Tree, Xattr, load_tree, sized_file_chunks};
 use crossbeam_channel::{Sender, bounded};
 use quick_cache::sync::Cache;
 use std::collections::{BTreeSet, HashMap};
@@ -907,7 +907,7 @@ impl Vfs {
             return Err(VfsError::NotFile);
         };
         Ok(self.chunk_lists.get_or_insert_with(&ino, || {
-            let chunks = file_chunks(&self.repo, content)?;
+            let chunks = sized_file_chunks(&self.repo, content, entry.size)?;
             let ends = chunks
                 .iter()
                 .scan(0u64, |end, c| {

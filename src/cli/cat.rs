@@ -3,7 +3,7 @@
 use super::{GlobalArgs, split_reference};
 use anyhow::{Result, bail};
 use cairn::checkpoint;
-use cairn::tree::{EntryKind, file_chunks, find_entry, read_chunk};
+use cairn::tree::{EntryKind, find_entry, read_chunk, sized_file_chunks};
 use clap::Args;
 use std::io::Write;
 use std::process::ExitCode;
@@ -23,17 +23,10 @@ pub fn run(global: &GlobalArgs, args: CatArgs) -> Result<ExitCode> {
         bail!("{path:?} is not a regular file in checkpoint {reference}");
     };
     let mut out = std::io::stdout().lock();
-    let mut written = 0u64;
-    for chunk in file_chunks(&repo, content)? {
-        let data = read_chunk(&repo, &chunk)?;
-        written += data.len() as u64;
-        out.write_all(&data)?;
-    }
-    if written != entry.size {
-        bail!(
-            "{path}: the chunks hold {written} bytes where the checkpoint says {}; the output is incomplete",
-            entry.size
-        );
+    // The chunks add up to the recorded size and each read is checked against its length,
+    // so what is written is the whole file or the command fails.
+    for chunk in sized_file_chunks(&repo, content, entry.size)? {
+        out.write_all(&read_chunk(&repo, &chunk)?)?;
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)

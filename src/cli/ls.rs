@@ -77,12 +77,24 @@ struct Lister<'a> {
 }
 
 impl Lister<'_> {
+    /// Shows the entries of `tree`, below `prefix`, and with `recursive` everything below
+    /// them, each directory followed by its contents. The walk keeps its own stack of open
+    /// directories, so a tree nested however deep is listed without exhausting the call stack.
     fn list_dir(&mut self, tree: &cairn::id::BlobId, prefix: &str) -> Result<()> {
-        for entry in load_tree(self.repo, tree)?.entries {
+        let mut open = vec![(
+            load_tree(self.repo, tree)?.entries.into_iter(),
+            prefix.to_owned(),
+        )];
+        while let Some((entries, prefix)) = open.last_mut() {
+            let Some(entry) = entries.next() else {
+                open.pop();
+                continue;
+            };
             let path = format!("{prefix}{}", entry.name_lossy());
             self.show(&path, &entry)?;
             if let (true, EntryKind::Dir(subtree)) = (self.recursive, &entry.kind) {
-                self.list_dir(subtree, &format!("{path}/"))?;
+                let below = load_tree(self.repo, subtree)?.entries.into_iter();
+                open.push((below, format!("{path}/")));
             }
         }
         Ok(())

@@ -3,18 +3,23 @@
 //! XChaCha20-Poly1305 under a fresh random nonce. zstd is skipped when it does not shrink the
 //! data. Ids are BLAKE3 of the plaintext, keyed in encrypted repositories. Decoding checks the
 //! MAC; callers then check the id, so wrong bytes are reported, never returned (invariant 3).
+//!
+//! Every decoding is bounded before it allocates (invariant 7): a blob by the raw length its
+//! pack entry records, itself capped by the format's limit for the blob's kind, and any other
+//! object by a limit its caller states. A zstd frame that states a larger size, or inflates
+//! past the bound, is refused without being decompressed further.
 
+use super::pack::PackEntry;
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
-use crate::id::BlobId;
 use std::cell::RefCell;
 use std::io::Read;
 
 const FLAG_RAW: u8 = 0;
 const FLAG_ZSTD: u8 = 1;
 
-/// Largest plaintext decoding accepts, so a hostile object cannot exhaust memory.
-const MAX_PLAINTEXT_BYTES: u64 = 1 << 30;
+/// Bytes sealing adds to the framed bytes (nonce and tag).
+const SEAL_OVERHEAD_BYTES: u64 = 40;
 
 thread_local! {
     /// One zstd context per thread and level, reused for every blob.
@@ -40,15 +45,16 @@ fn compress(data: &[u8], level: i32) -> Vec<u8> {
     })
 }
 
-/// Decompresses one zstd frame, or `None` past `MAX_PLAINTEXT_BYTES`. Frames written by
-/// cairn state their size, so the output is allocated once and decoded by this thread's
-/// reused context; a frame without a size is streamed.
-fn decompress(payload: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
+/// Decompresses one zstd frame, or `None` when it would give more than `max_bytes`. A frame
+/// that states its size (cairn's all do) is refused before anything is allocated when that
+/// size is too large, and otherwise decoded into one allocation by this thread's reused
+/// context; a frame without a size is streamed and cut off just past `max_bytes`.
+fn decompress(payload: &[u8], max_bytes: u64) -> std::io::Result<Option<Vec<u8>>> {
     let stated = zstd::zstd_safe::get_frame_content_size(payload)
         .ok()
         .flatten();
     let out = match stated {
-        Some(size) if size > MAX_PLAINTEXT_BYTES => return Ok(None),
+        Some(size) if size > max_bytes => return Ok(None),
         Some(size) => DECOMPRESSOR.with(|cell| {
             let mut slot = cell.borrow_mut();
             if slot.is_none() {
@@ -60,12 +66,12 @@ fn decompress(payload: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
         None => {
             let mut out = Vec::new();
             zstd::stream::Decoder::new(payload)?
-                .take(MAX_PLAINTEXT_BYTES + 1)
+                .take(max_bytes + 1)
                 .read_to_end(&mut out)?;
             out
         }
     };
-    Ok((out.len() as u64 <= MAX_PLAINTEXT_BYTES).then_some(out))
+    Ok((out.len() as u64 <= max_bytes).then_some(out))
 }
 
 /// Encodes and decodes objects for one repository.
@@ -122,37 +128,45 @@ impl Codec {
         }
     }
 
-    /// The plaintext of a stored blob, checked against its id (invariant 3).
+    /// The plaintext of stored blob `entry`, checked against the raw length its entry records
+    /// (decompressing no further) and against its id (invariant 3).
     pub fn decode_blob(
         &self,
         stored: &[u8],
-        id: &BlobId,
+        entry: &PackEntry,
         location: &dyn Fn() -> String,
     ) -> Result<Vec<u8>> {
-        let plaintext = self.decode(stored, location)?;
-        if self.id_of(&plaintext) != id.0 {
+        let framed = self.open(blob_sized(stored, entry, location)?, location)?;
+        let plaintext = unframe_blob(&framed, entry, location)?;
+        if self.id_of(&plaintext) != entry.id.0 {
             return Err(Error::corrupt(location(), "content does not match its id"));
         }
         Ok(plaintext)
     }
 
-    /// The plaintext of a stored object; `location` names it in errors.
-    pub fn decode(&self, stored: &[u8], location: &dyn Fn() -> String) -> Result<Vec<u8>> {
-        unframe(&self.open(stored, location)?, location)
+    /// The plaintext of a stored object that is not a blob, refused when it is larger than
+    /// `max_bytes`; `location` names it in errors.
+    pub fn decode(
+        &self,
+        stored: &[u8],
+        max_bytes: u64,
+        location: &dyn Fn() -> String,
+    ) -> Result<Vec<u8>> {
+        unframe(&self.open(stored, location)?, max_bytes, location)
     }
 
-    /// Blob `id`, stored by this codec, in the stored form of `to`: opened, checked against
-    /// its id, and sealed under `to`'s key as it was compressed (nothing is compressed
+    /// Blob `entry`, stored by this codec, in the stored form of `to`: opened, checked like
+    /// `decode_blob`, and sealed under `to`'s key as it was compressed (nothing is compressed
     /// again). `to` must give blobs the same ids.
     pub fn transcode_blob(
         &self,
         stored: &[u8],
-        id: &BlobId,
+        entry: &PackEntry,
         to: &Codec,
         location: &dyn Fn() -> String,
     ) -> Result<Vec<u8>> {
-        let framed = self.open(stored, location)?;
-        if self.id_of(&unframe(&framed, location)?) != id.0 {
+        let framed = self.open(blob_sized(stored, entry, location)?, location)?;
+        if self.id_of(&unframe_blob(&framed, entry, location)?) != entry.id.0 {
             return Err(Error::corrupt(location(), "content does not match its id"));
         }
         Ok(match &to.key {
@@ -177,16 +191,86 @@ impl Codec {
     }
 }
 
-/// The plaintext of framed bytes: the flag says whether the payload is zstd.
-fn unframe(framed: &[u8], location: &dyn Fn() -> String) -> Result<Vec<u8>> {
+/// Refuses blob `entry` when its recorded raw length is beyond the format's limit for its
+/// kind, or its stored length beyond what that raw length needs (zstd is used only when it
+/// shrinks), so neither a lying header nor a padded blob makes a reader allocate more. Cheap:
+/// readers call it before fetching the blob.
+pub fn check_blob_lengths(entry: &PackEntry, location: &dyn Fn() -> String) -> Result<()> {
+    let limit = entry.kind.max_raw_length();
+    if entry.raw_length > limit {
+        return Err(Error::corrupt(
+            location(),
+            format!(
+                "its pack entry records {} bytes, more than the {limit} a {:?} blob may hold",
+                entry.raw_length, entry.kind
+            ),
+        ));
+    }
+    if u64::from(entry.length) > u64::from(entry.raw_length) + 1 + SEAL_OVERHEAD_BYTES {
+        return Err(Error::corrupt(
+            location(),
+            format!(
+                "{} stored bytes for {} bytes of content",
+                entry.length, entry.raw_length
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `stored`, the bytes of blob `entry`, once its lengths pass `check_blob_lengths`.
+fn blob_sized<'a>(
+    stored: &'a [u8],
+    entry: &PackEntry,
+    location: &dyn Fn() -> String,
+) -> Result<&'a [u8]> {
+    check_blob_lengths(entry, location)?;
+    if stored.len() != entry.length as usize {
+        return Err(Error::corrupt(
+            location(),
+            format!(
+                "{} stored bytes where its pack entry records {}",
+                stored.len(),
+                entry.length
+            ),
+        ));
+    }
+    Ok(stored)
+}
+
+/// The plaintext of a blob's framed bytes, which must be exactly its recorded raw length.
+fn unframe_blob(
+    framed: &[u8],
+    entry: &PackEntry,
+    location: &dyn Fn() -> String,
+) -> Result<Vec<u8>> {
+    let expected = u64::from(entry.raw_length);
+    let plaintext = unframe(framed, expected, location)?;
+    if plaintext.len() as u64 != expected {
+        return Err(Error::corrupt(
+            location(),
+            format!(
+                "holds {} bytes where its pack entry records {expected}",
+                plaintext.len()
+            ),
+        ));
+    }
+    Ok(plaintext)
+}
+
+/// The plaintext of framed bytes, at most `max_bytes`: the flag says whether the payload is
+/// zstd.
+fn unframe(framed: &[u8], max_bytes: u64, location: &dyn Fn() -> String) -> Result<Vec<u8>> {
     let (flag, payload) = framed
         .split_first()
         .ok_or_else(|| Error::corrupt(location(), "empty object"))?;
+    let too_large = || Error::corrupt(location(), format!("holds more than {max_bytes} bytes"));
     match *flag {
+        FLAG_RAW if payload.len() as u64 > max_bytes => Err(too_large()),
         FLAG_RAW => Ok(payload.to_vec()),
-        FLAG_ZSTD => decompress(payload)
+        FLAG_ZSTD => decompress(payload, max_bytes)
             .map_err(|e| Error::corrupt(location(), format!("zstd: {e}")))?
-            .ok_or_else(|| Error::corrupt(location(), "decompresses to more than 1 GiB")),
+            .ok_or_else(too_large),
         other => Err(Error::corrupt(
             location(),
             format!("unknown compression flag {other}"),
@@ -197,7 +281,20 @@ fn unframe(framed: &[u8], location: &dyn Fn() -> String) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::id::BlobId;
+    use crate::repo::pack::BlobKind;
     use proptest::prelude::*;
+
+    /// The pack entry of `data` as a data blob stored in `stored_len` bytes.
+    fn entry_of(codec: &Codec, data: &[u8], stored_len: usize) -> PackEntry {
+        PackEntry {
+            id: BlobId(codec.id_of(data)),
+            kind: BlobKind::Data,
+            offset: 0,
+            length: stored_len as u32,
+            raw_length: data.len() as u32,
+        }
+    }
 
     fn codecs() -> [Codec; 2] {
         [
@@ -211,7 +308,9 @@ mod tests {
         fn decode_inverts_encode(data in proptest::collection::vec(0u8..4, 0..4096), compress_it: bool) {
             for codec in codecs() {
                 let stored = codec.encode(&data, compress_it);
-                prop_assert_eq!(codec.decode(&stored, &|| "t".into()).unwrap(), data.clone());
+                prop_assert_eq!(codec.decode(&stored, 4096, &|| "t".into()).unwrap(), data.clone());
+                let entry = entry_of(&codec, &data, stored.len());
+                prop_assert_eq!(codec.decode_blob(&stored, &entry, &|| "t".into()).unwrap(), data.clone());
             }
         }
 
@@ -224,7 +323,7 @@ mod tests {
             let mut stored = codec.encode(&data, true);
             let bit = flip.index(stored.len() * 8);
             stored[bit / 8] ^= 1 << (bit % 8);
-            prop_assert!(codec.decode(&stored, &|| "t".into()).is_err());
+            prop_assert!(codec.decode(&stored, 1024, &|| "t".into()).is_err());
         }
     }
 
@@ -254,7 +353,12 @@ mod tests {
         ));
         let mut framed = vec![FLAG_ZSTD];
         framed.extend(payload);
-        let decoded = Codec::new(None, 3).decode(&framed, &|| "t".into());
+        let decoded = Codec::new(None, 3).decode(&framed, 50_000, &|| "t".into());
+        assert!(
+            Codec::new(None, 3)
+                .decode(&framed, 49_999, &|| "t".into())
+                .is_err()
+        );
         assert_eq!(decoded.unwrap(), data);
     }
 
@@ -263,19 +367,25 @@ mod tests {
         let from = Codec::new(Some(MasterKey::generate()), 3);
         let to = Codec::new(Some(from.key.as_ref().unwrap().generate_like()), 3);
         let data = vec![5u8; 10_000];
-        let id = BlobId(from.id_of(&data));
-        assert_eq!(to.id_of(&data), id.0);
         let stored = from.encode(&data, true);
+        let entry = entry_of(&from, &data, stored.len());
+        assert_eq!(to.id_of(&data), entry.id.0);
         let moved = from
-            .transcode_blob(&stored, &id, &to, &|| "t".into())
+            .transcode_blob(&stored, &entry, &to, &|| "t".into())
             .unwrap();
         assert!(moved.len() < 1000, "stays compressed");
-        assert_eq!(to.decode_blob(&moved, &id, &|| "t".into()).unwrap(), data);
+        assert_eq!(
+            to.decode_blob(&moved, &entry, &|| "t".into()).unwrap(),
+            data
+        );
         assert!(
-            from.decode(&moved, &|| "t".into()).is_err(),
+            from.decode(&moved, 10_000, &|| "t".into()).is_err(),
             "sealed under a new key"
         );
-        let wrong = BlobId(from.id_of(b"other"));
+        let wrong = PackEntry {
+            id: BlobId(from.id_of(b"other")),
+            ..entry
+        };
         assert!(
             from.transcode_blob(&stored, &wrong, &to, &|| "t".into())
                 .is_err()
@@ -287,5 +397,59 @@ mod tests {
         let [plain, keyed] = codecs();
         assert_ne!(plain.id_of(b"x"), keyed.id_of(b"x"));
         assert_eq!(plain.id_of(b"x"), *blake3::hash(b"x").as_bytes());
+    }
+
+    #[test]
+    fn a_blob_never_inflates_past_its_recorded_raw_length() {
+        for codec in codecs() {
+            let data = vec![0u8; 1 << 20];
+            let stored = codec.encode(&data, true);
+            let honest = entry_of(&codec, &data, stored.len());
+            assert_eq!(
+                codec.decode_blob(&stored, &honest, &|| "t".into()).unwrap(),
+                data
+            );
+            // Claiming 6 bytes: refused on the stored length alone, before decoding.
+            let tiny = PackEntry {
+                raw_length: 6,
+                ..honest
+            };
+            let error = codec
+                .decode_blob(&stored, &tiny, &|| "t".into())
+                .unwrap_err();
+            assert!(error.to_string().contains("stored bytes for 6"), "{error}");
+            // Claiming as many bytes as are stored: decompression stops there.
+            let lying = PackEntry {
+                raw_length: stored.len() as u32,
+                ..honest
+            };
+            let error = codec
+                .decode_blob(&stored, &lying, &|| "t".into())
+                .unwrap_err();
+            let bound = format!("more than {} bytes", stored.len());
+            assert!(error.to_string().contains(&bound), "{error}");
+            let short = PackEntry {
+                raw_length: honest.raw_length + 1,
+                ..honest
+            };
+            assert!(codec.decode_blob(&stored, &short, &|| "t".into()).is_err());
+            let beyond_the_format = PackEntry {
+                raw_length: BlobKind::Data.max_raw_length() + 1,
+                ..honest
+            };
+            let error = codec
+                .decode_blob(&stored, &beyond_the_format, &|| "t".into())
+                .unwrap_err();
+            assert!(error.to_string().contains("may hold"), "{error}");
+        }
+    }
+
+    #[test]
+    fn stored_bytes_longer_than_their_raw_length_needs_are_refused() {
+        let codec = Codec::new(None, 3);
+        let mut stored = codec.encode(b"hello", false);
+        stored.extend_from_slice(&[0; 64]);
+        let entry = entry_of(&codec, b"hello", stored.len());
+        assert!(codec.decode_blob(&stored, &entry, &|| "t".into()).is_err());
     }
 }

@@ -20,6 +20,10 @@ use std::path::{Path, PathBuf};
 /// Version of the cache's own layout; a cache with another version is rebuilt.
 const CACHE_SCHEMA_VERSION: u32 = 1;
 
+/// The largest index file plaintext accepted. A fresh index file lists up to 256 packs, whose
+/// entries take far less than this even for packs of tiny blobs.
+pub const MAX_INDEX_FILE_BYTES: u64 = 1 << 30;
+
 /// Where a blob is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlobLocation {
@@ -65,7 +69,8 @@ pub fn decode_index_file(mut bytes: &[u8], location: &dyn Fn() -> String) -> Res
 /// Reads, opens and parses index file `name`.
 pub fn read_index_file(backend: &dyn Backend, codec: &Codec, name: &str) -> Result<IndexedPacks> {
     let location = || format!("index file {name}");
-    decode_index_file(&codec.decode(&backend.get(name)?, &location)?, &location)
+    let plaintext = codec.decode(&backend.get(name)?, MAX_INDEX_FILE_BYTES, &location)?;
+    decode_index_file(&plaintext, &location)
 }
 
 /// The local sled cache of every index file of one repository.

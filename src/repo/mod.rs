@@ -31,6 +31,9 @@ use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The largest record (checkpoint or lock) plaintext accepted.
+pub const MAX_RECORD_BYTES: u64 = 16 << 20;
+
 /// The secret that opens a repository.
 pub enum Secret {
     None,
@@ -522,6 +525,7 @@ impl Repository {
     pub fn read_blob_at(&self, location: &BlobLocation, id: &BlobId) -> Result<Vec<u8>> {
         let pack_name = pack_object_name(&location.pack);
         let where_ = || format!("pack {} blob {}", location.pack, id);
+        codec::check_blob_lengths(&location.entry, &where_)?;
         let stored = self
             .backend
             .get_range(
@@ -534,7 +538,7 @@ impl Repository {
                 ErrorKind::Corrupt => Error::corrupt(where_(), e.to_string()),
                 _ => e,
             })?;
-        self.codec.decode_blob(&stored, id, &where_)
+        self.codec.decode_blob(&stored, &location.entry, &where_)
     }
 
     /// Encodes `value` as JSON and stores it under `name`, sealed when encrypted.
@@ -549,9 +553,10 @@ impl Repository {
         serde_json::from_slice(&plaintext).map_err(|e| Error::corrupt(name, e.to_string()))
     }
 
-    /// The decoded plaintext of object `name`.
+    /// The decoded plaintext of record object `name` (a checkpoint or a lock).
     pub fn read_object_plaintext(&self, name: &str) -> Result<Vec<u8>> {
         let stored = self.backend.get(name)?;
-        self.codec.decode(&stored, &|| name.to_owned())
+        self.codec
+            .decode(&stored, MAX_RECORD_BYTES, &|| name.to_owned())
     }
 }

@@ -15,6 +15,22 @@ pub const PACK_TARGET_BYTES: usize = 16 * 1024 * 1024;
 /// Bytes of one entry in a pack header or index file.
 pub const ENTRY_BYTES: usize = ID_BYTES + 1 + 4 + 4 + 4;
 
+/// The largest tree blob: a directory of roughly 600,000 entries. Readers refuse a tree that
+/// claims more before reading it, so a hostile one costs at most this much memory (and its
+/// decoded entries a few times more); writers refuse to store a larger one.
+pub const MAX_TREE_BYTES: u32 = 64 << 20;
+
+/// The most chunks one file may have: 4 TiB at the default 1 MiB average chunk.
+pub const MAX_FILE_CHUNKS: u32 = 1 << 22;
+
+/// The largest chunk list blob: `MAX_FILE_CHUNKS` chunk references of at most 37 bytes each
+/// (a 32-byte id and a varint length) after a count of at most 10 bytes.
+pub const MAX_CHUNK_LIST_BYTES: u32 = 10 + MAX_FILE_CHUNKS * 37;
+
+/// The largest pack header plaintext accepted: about 6 million entries, far more than a
+/// 16 MiB pack of distinct blobs can hold in practice.
+pub const MAX_HEADER_BYTES: u64 = 256 << 20;
+
 /// What a blob holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BlobKind {
@@ -32,6 +48,17 @@ impl BlobKind {
             BlobKind::Data => 0,
             BlobKind::Tree => 1,
             BlobKind::ChunkList => 2,
+        }
+    }
+
+    /// The largest plaintext a blob of this kind may have. Every read checks a blob's recorded
+    /// raw length against it before reading the blob, and decodes no further than the
+    /// recorded length, so no stored object can make a reader allocate more.
+    pub fn max_raw_length(self) -> u32 {
+        match self {
+            BlobKind::Data => crate::chunker::MAX_CHUNK_BYTES,
+            BlobKind::Tree => MAX_TREE_BYTES,
+            BlobKind::ChunkList => MAX_CHUNK_LIST_BYTES,
         }
     }
 
@@ -174,7 +201,8 @@ fn decode_header(
     codec: &Codec,
     location: &dyn Fn() -> String,
 ) -> Result<Vec<PackEntry>> {
-    let entries = parse_entries(&codec.decode(encoded, location)?, location)?;
+    let plaintext = codec.decode(encoded, MAX_HEADER_BYTES, location)?;
+    let entries = parse_entries(&plaintext, location)?;
     for entry in &entries {
         if entry.offset as usize + entry.length as usize > header_at {
             return Err(Error::corrupt(
@@ -236,7 +264,7 @@ mod tests {
             prop_assert_eq!(&header, &entries);
             for (entry, blob) in header.iter().zip(&blobs) {
                 let stored = &bytes[entry.offset as usize..(entry.offset + entry.length) as usize];
-                prop_assert_eq!(&codec.decode(stored, &|| "b".into()).unwrap(), blob);
+                prop_assert_eq!(&codec.decode_blob(stored, entry, &|| "b".into()).unwrap(), blob);
                 prop_assert_eq!(entry.raw_length as usize, blob.len());
             }
             prop_assert!(read_header(&bytes[..bytes.len() - 1], &codec, &|| "p".into()).is_err());

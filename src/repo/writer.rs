@@ -158,7 +158,15 @@ impl BlobSink<'_> {
 
     /// Stores `plaintext` unless the repository has it already; returns its id once it is
     /// queued (by this thread or another).
+    /// A blob larger than the format allows for its kind is refused: readers would refuse it.
     pub fn store(&self, kind: BlobKind, plaintext: &[u8]) -> Result<BlobId> {
+        if plaintext.len() as u64 > u64::from(kind.max_raw_length()) {
+            return Err(Error::InvalidInput(format!(
+                "a {kind:?} blob of {} bytes is larger than the {} bytes the format allows (a directory with too many entries, or a file with too many chunks)",
+                plaintext.len(),
+                kind.max_raw_length()
+            )));
+        }
         let id = BlobId(self.repo.codec().id_of(plaintext));
         loop {
             match self.claim(&id)? {

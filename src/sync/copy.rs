@@ -53,14 +53,43 @@ impl CopyPlan {
         Ok(true)
     }
 
-    /// Plans the tree `id` and, unless the destination holds it, everything below it.
-    fn add_tree(&mut self, from: &Repository, to: &Repository, id: BlobId) -> Result<()> {
-        if !self.visit(to, id)? {
+    /// Plans the tree `root` and, unless the destination holds it, everything below it: each
+    /// tree after its subtrees, walked with an explicit stack of the trees in progress, so a
+    /// tree nested however deep is planned without exhausting the call stack.
+    fn add_tree(&mut self, from: &Repository, to: &Repository, root: BlobId) -> Result<()> {
+        if !self.visit(to, root)? {
             return Ok(());
         }
+        let mut stack = vec![(root, self.add_files(from, to, root)?)];
+        while let Some((id, subtrees)) = stack.last_mut() {
+            match subtrees.next() {
+                Some(subtree) => {
+                    if self.visit(to, subtree)? {
+                        let below = self.add_files(from, to, subtree)?;
+                        stack.push((subtree, below));
+                    }
+                }
+                None => {
+                    let id = *id;
+                    stack.pop();
+                    self.structure.push((id, from.locate(&id)?));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Plans the files of tree `id` and returns its subtrees, in order.
+    fn add_files(
+        &mut self,
+        from: &Repository,
+        to: &Repository,
+        id: BlobId,
+    ) -> Result<std::vec::IntoIter<BlobId>> {
+        let mut subtrees = Vec::new();
         for entry in load_tree(from, &id)?.entries {
             match entry.kind {
-                EntryKind::Dir(subtree) => self.add_tree(from, to, subtree)?,
+                EntryKind::Dir(subtree) => subtrees.push(subtree),
                 EntryKind::File(Content::Chunks(chunks)) => {
                     for chunk in chunks {
                         self.add_data(from, to, chunk.id)?;
@@ -75,8 +104,7 @@ impl CopyPlan {
                 _ => {}
             }
         }
-        self.structure.push((id, from.locate(&id)?));
-        Ok(())
+        Ok(subtrees.into_iter())
     }
 
     fn add_data(&mut self, from: &Repository, to: &Repository, id: BlobId) -> Result<()> {
@@ -297,9 +325,9 @@ fn move_claimed(
                 range.name
             )
         };
-        let encoded = from
-            .codec()
-            .transcode_blob(stored, id, sink.repo().codec(), &location)?;
+        let encoded =
+            from.codec()
+                .transcode_blob(stored, &at.entry, sink.repo().codec(), &location)?;
         sink.send_encoded(*id, at.entry.kind, encoded, at.entry.raw_length as usize)?;
     }
     Ok(bytes)

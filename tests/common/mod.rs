@@ -339,6 +339,8 @@ impl Bounded {
 pub fn run_bounded(command: &mut Command, limit: std::time::Duration) -> Bounded {
     use std::io::Read;
     use std::process::Stdio;
+    // Reaped by the wait4 below, which also gives its peak memory.
+    #[allow(clippy::zombie_processes)]
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
