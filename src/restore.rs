@@ -17,7 +17,7 @@ use crate::fsmeta::running_as_root;
 use crate::id::BlobId;
 use crate::repo::Repository;
 use crate::target::{TargetDir, set_metadata_of};
-use crate::tree::{Entry, EntryKind, file_chunks, is_valid_name, load_tree, read_chunk};
+use crate::tree::{Entry, EntryKind, is_valid_name, load_tree, read_chunk, sized_file_chunks};
 use crossbeam_channel::{Receiver, bounded};
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -109,7 +109,7 @@ fn restore_file(repo: &Repository, job: &FileJob, progress: &RestoreProgress) ->
     let context = || format!("writing {}", shown.display());
     let file = job.dir.create_file(&job.entry.name).context_io(context)?;
     let mut offset = 0u64;
-    for chunk in file_chunks(repo, content)? {
+    for chunk in sized_file_chunks(repo, content, job.entry.size)? {
         let data = read_chunk(repo, &chunk)?;
         write_sparse(&file, offset, &data).context_io(context)?;
         offset += data.len() as u64;

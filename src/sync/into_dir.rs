@@ -27,7 +27,9 @@ use crate::repo::Repository;
 use crate::restore::{HardLinkGroups, open_parent, write_sparse};
 use crate::target::{TargetDir, set_metadata_of};
 use crate::throttle::RateLimiter;
-use crate::tree::{ChunkRef, Content, Entry, EntryKind, file_chunks, is_valid_name, load_tree};
+use crate::tree::{
+    ChunkRef, Content, Entry, EntryKind, is_valid_name, load_tree, sized_file_chunks,
+};
 use crossbeam_channel::bounded;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -148,7 +150,7 @@ impl TreeSource for CheckpointSource<'_> {
         let EntryKind::File(content) = &entry.kind else {
             return Err(Error::InvalidInput("not a regular file".into()));
         };
-        let chunks = file_chunks(self.repo, content)?;
+        let chunks = sized_file_chunks(self.repo, content, entry.size)?;
         let repo = self.repo;
         let id_of = |data: &[u8]| BlobId(repo.codec().id_of(data));
         let mut fetch = |missing: &[(u64, ChunkRef)]| -> Result<(Vec<Vec<u8>>, u64)> {

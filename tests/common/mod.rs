@@ -332,14 +332,14 @@ impl Bounded {
 }
 
 /// Runs `command` to its end or until `limit` has passed (then kills it), collecting its
-/// output and its peak memory (`wait4`'s `ru_maxrss`): the harness of the attack tests,
-/// which prove hostile input gets an error, never a hang or gigabytes of memory.
-// The child is reaped by wait4, which Child::wait cannot do: it also reports the peak memory.
-#[allow(clippy::zombie_processes)]
+/// output and its peak memory: the harness of the attack tests, which prove hostile input
+/// gets an error, never a hang or gigabytes of memory. The peak is the child's own high-water
+/// mark (`VmHWM`), read every few milliseconds while it runs: `wait4`'s `ru_maxrss` would also
+/// count the test process's memory, which the child held between fork and exec.
 pub fn run_bounded(command: &mut Command, limit: std::time::Duration) -> Bounded {
     use std::io::Read;
     use std::process::Stdio;
-    // Reaped by the wait4 below, which also gives its peak memory.
+    // Reaped by the waitpid below.
     #[allow(clippy::zombie_processes)]
     let mut child = command
         .stdin(Stdio::null())
@@ -358,23 +358,24 @@ pub fn run_bounded(command: &mut Command, limit: std::time::Duration) -> Bounded
     let stderr_reader = drain(Box::new(child.stderr.take().unwrap()));
     let pid = child.id() as libc::pid_t;
     let deadline = std::time::Instant::now() + limit;
-    let mut timed_out = false;
-    let (status, usage) = loop {
+    let (mut timed_out, mut peak_kib) = (false, 0u64);
+    let status = loop {
+        if let Some(kib) = high_water_kib(pid) {
+            peak_kib = peak_kib.max(kib);
+        }
         let mut status = 0;
-        // SAFETY: an all-zero rusage is valid; wait4 writes only into status and usage.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
         // SAFETY: pid is our own child, not yet reaped (Child::wait is never called).
-        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        assert!(reaped >= 0, "wait4: {}", std::io::Error::last_os_error());
+        let reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        assert!(reaped >= 0, "waitpid: {}", std::io::Error::last_os_error());
         if reaped == pid {
-            break (status, usage);
+            break status;
         }
         if !timed_out && std::time::Instant::now() > deadline {
             timed_out = true;
             // SAFETY: pid is our own child, not yet reaped.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::thread::sleep(std::time::Duration::from_millis(3));
     };
     use std::os::unix::process::ExitStatusExt;
     Bounded {
@@ -383,7 +384,14 @@ pub fn run_bounded(command: &mut Command, limit: std::time::Duration) -> Bounded
             stdout: stdout.join().unwrap(),
             stderr: stderr_reader.join().unwrap(),
         },
-        peak_rss_bytes: usage.ru_maxrss as u64 * 1024,
+        peak_rss_bytes: peak_kib * 1024,
         timed_out,
     }
+}
+
+/// The high-water mark of process `pid`'s resident memory, in KiB, while it runs.
+fn high_water_kib(pid: libc::pid_t) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
