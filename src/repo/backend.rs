@@ -3,7 +3,8 @@
 //! only what an object store can: get, ranged get, atomic put, list by prefix and delete.
 //! Nothing above this trait assumes a local filesystem, so HTTP and S3-compatible stores plug
 //! in here. `LocalBackend` makes `put` atomic and durable with a temporary file, fsync and
-//! rename, so a killed process never leaves a half-written object under its real name.
+//! rename, so a killed process never leaves a half-written object under its real name;
+//! `put_new` links the temporary file instead, so it never replaces an object.
 
 use crate::error::{Error, IoContext, Result};
 use std::fs;
@@ -122,7 +123,65 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .context_io(|| format!("syncing directory {}", dir.display()))
 }
 
+/// What `LocalBackend::put_new` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutNew {
+    Created,
+    /// The object was there already with these very bytes.
+    AlreadyThere,
+    /// The object was there already with other bytes; it was left as it was.
+    Different,
+}
+
 impl LocalBackend {
+    /// The path of object `name`, and a fresh temporary file beside it (its directory
+    /// created if missing) holding `data`, synced.
+    fn write_temporary(&self, name: &str, data: &[u8]) -> Result<(PathBuf, PathBuf)> {
+        let path = self.path_of(name)?;
+        let dir = path.parent().expect("object paths are below the root");
+        fs::create_dir_all(dir).context_io(|| format!("creating {}", dir.display()))?;
+        let file_name = path.file_name().expect("object names are not empty");
+        let temp = dir.join(format!(
+            ".{}.tmp-{}",
+            file_name.to_string_lossy(),
+            hex::encode(crate::crypto::random_bytes::<6>())
+        ));
+        let write = || -> std::io::Result<()> {
+            let mut file = fs::File::create(&temp)?;
+            file.write_all(data)?;
+            file.sync_all()
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&temp);
+            return Err(Error::io(format!("writing {}", path.display()), e));
+        }
+        Ok((path, temp))
+    }
+
+    /// Stores object `name` only if no object has that name: the bytes go to a temporary
+    /// file that is then hard-linked to the name, which fails rather than replace, so of
+    /// racing writers exactly one creates it. An object already there is compared.
+    pub fn put_new(&self, name: &str, data: &[u8]) -> Result<PutNew> {
+        let (path, temp) = self.write_temporary(name, data)?;
+        let linked = fs::hard_link(&temp, &path);
+        let _ = fs::remove_file(&temp);
+        match linked {
+            Ok(()) => {
+                sync_dir(path.parent().expect("object paths are below the root"))?;
+                Ok(PutNew::Created)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let held = fs::read(&path).context_io(|| format!("reading {}", path.display()))?;
+                Ok(if held == data {
+                    PutNew::AlreadyThere
+                } else {
+                    PutNew::Different
+                })
+            }
+            Err(e) => Err(Error::io(format!("creating {}", path.display()), e)),
+        }
+    }
+
     /// The size of object `name` in bytes.
     pub fn size(&self, name: &str) -> Result<u64> {
         let path = self.path_of(name)?;
@@ -169,26 +228,12 @@ impl Backend for LocalBackend {
     }
 
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
-        let path = self.path_of(name)?;
-        let dir = path.parent().expect("object paths are below the root");
-        fs::create_dir_all(dir).context_io(|| format!("creating {}", dir.display()))?;
-        let file_name = path.file_name().expect("object names are not empty");
-        let temp = dir.join(format!(
-            ".{}.tmp-{}",
-            file_name.to_string_lossy(),
-            hex::encode(crate::crypto::random_bytes::<6>())
-        ));
-        let write = || -> std::io::Result<()> {
-            let mut file = fs::File::create(&temp)?;
-            file.write_all(data)?;
-            file.sync_all()?;
-            fs::rename(&temp, &path)
-        };
-        if let Err(e) = write() {
+        let (path, temp) = self.write_temporary(name, data)?;
+        if let Err(e) = fs::rename(&temp, &path) {
             let _ = fs::remove_file(&temp);
             return Err(Error::io(format!("writing {}", path.display()), e));
         }
-        sync_dir(dir)
+        sync_dir(path.parent().expect("object paths are below the root"))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
@@ -251,5 +296,25 @@ mod tests {
             crate::error::ErrorKind::NotFound
         );
         assert!(backend.put("../escape", b"x").is_err());
+    }
+
+    #[test]
+    fn put_new_creates_once_and_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = LocalBackend::new(dir.path());
+        assert_eq!(
+            backend.put_new("keys/a", b"first").unwrap(),
+            PutNew::Created
+        );
+        assert_eq!(
+            backend.put_new("keys/a", b"first").unwrap(),
+            PutNew::AlreadyThere
+        );
+        assert_eq!(
+            backend.put_new("keys/a", b"other").unwrap(),
+            PutNew::Different
+        );
+        assert_eq!(backend.get("keys/a").unwrap(), b"first");
+        assert_eq!(fs::read_dir(dir.path().join("keys")).unwrap().count(), 1);
     }
 }

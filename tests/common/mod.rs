@@ -334,6 +334,8 @@ impl Bounded {
 /// Runs `command` to its end or until `limit` has passed (then kills it), collecting its
 /// output and its peak memory (`wait4`'s `ru_maxrss`): the harness of the attack tests,
 /// which prove hostile input gets an error, never a hang or gigabytes of memory.
+// The child is reaped by `wait4` below, which `Child::wait` cannot give its rusage.
+#[allow(clippy::zombie_processes)]
 pub fn run_bounded(command: &mut Command, limit: std::time::Duration) -> Bounded {
     use std::io::Read;
     use std::process::Stdio;
