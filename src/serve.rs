@@ -3,9 +3,16 @@
 //! the clients' repository code encodes them, so an encrypted repository stays opaque to it.
 //!
 //! Every request needs the bearer token. `--append-only` never deletes or overwrites an
-//! object (lock objects excepted, which clients must be able to remove); `--read-only`
-//! refuses every write. Object names are checked against the repository layout, so no
-//! request reaches outside the repository directory.
+//! object (lock objects excepted, which clients must be able to remove): a new object is
+//! created without replacing (`LocalBackend::put_new`), so racing uploads create it once;
+//! `--read-only` refuses every write. Object names are checked against the repository
+//! layout, so no request reaches outside the repository directory.
+//!
+//! Clients that are not (yet) authenticated cannot hold the server (invariant 7): a client
+//! has `client_timeout` to finish its TLS handshake and to send each request's headers, an
+//! idle kept-alive connection is closed after the same time, and at most `max_connections`
+//! are open at once (`ConnectionSlots`); connections past the cap wait in the kernel's
+//! backlog, holding no descriptor, until one closes.
 //!
 //! Routes, below `/repo`:
 //! - `GET|HEAD /objects/NAME` (with `Range: bytes=A-B` for part of it), `PUT`, `DELETE`;
@@ -20,7 +27,7 @@
 //! and no symlink on the way, so nothing outside the served directory is reachable.
 
 use crate::error::{Error, ErrorKind};
-use crate::repo::backend::{Backend, LocalBackend, RangeRequest};
+use crate::repo::backend::{Backend, LocalBackend, PutNew, RangeRequest};
 use crate::repo::http::ListedObject;
 use crate::sync::wire::{
     BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, MAX_BLOBS_BYTES, TreeRecord, lean_entry,
@@ -41,6 +48,9 @@ use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What a server may do to the repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +71,31 @@ pub struct ServeOptions {
     pub token: String,
     /// PEM certificate chain and private key; plain HTTP without them.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// How long a client may take over its TLS handshake or a request's headers, and how
+    /// long an idle connection is kept.
+    pub client_timeout: Duration,
+    /// Connections open at once, at most.
+    pub max_connections: usize,
+}
+
+/// The most connections served at once by default, whatever the descriptor limit.
+const MAX_CONNECTIONS_CEILING: usize = 1024;
+
+/// The default of `ServeOptions::max_connections`: half the open-file limit (the rest is
+/// for the files requests open), between 16 and `MAX_CONNECTIONS_CEILING`.
+pub fn default_max_connections() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into `limit`, which lives across the call.
+    let known = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let descriptors = if known {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        MAX_CONNECTIONS_CEILING
+    };
+    (descriptors / 2).clamp(16, MAX_CONNECTIONS_CEILING)
 }
 
 struct ServerState {
@@ -250,15 +285,13 @@ async fn put_object(
         return (StatusCode::FORBIDDEN, "this server is read-only").into_response();
     }
     let result = blocking(move || {
-        // An identical object is a retried upload (a run killed before its index file, say):
-        // accepted, since nothing changes.
-        if state.access == Access::AppendOnly
-            && !name.starts_with("locks/")
-            && state.backend()?.exists(&name)?
-        {
-            return Ok(state.backend()?.get(&name)? == body);
+        let backend = state.backend()?;
+        if state.access == Access::AppendOnly && !name.starts_with("locks/") {
+            // An identical object is a retried upload (a run killed before its index file,
+            // say): accepted, since nothing changes.
+            return Ok(backend.put_new(&name, &body)? != PutNew::Different);
         }
-        state.backend()?.put(&name, &body)?;
+        backend.put(&name, &body)?;
         Ok(true)
     })
     .await;
@@ -834,8 +867,15 @@ pub fn run(
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the server's runtime", e))?;
+    let client_timeout = options.client_timeout;
+    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
     runtime.block_on(async move {
-        let service = app.into_make_service();
+        let connections = ConnectionSlots {
+            router: app,
+            slots,
+            acquiring: None,
+            acquired: None,
+        };
         match &options.tls {
             Some((cert, key)) => {
                 let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
@@ -850,11 +890,14 @@ pub fn run(
                             e,
                         )
                     })?;
-                let server = axum_server::from_tcp_rustls(listener, config)
-                    .map_err(|e| Error::io("starting the TLS server", e))?;
+                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+                    .handshake_timeout(client_timeout);
+                let server = axum_server::from_tcp(listener)
+                    .map_err(|e| Error::io("starting the TLS server", e))?
+                    .acceptor(acceptor);
                 ready(address);
-                server
-                    .serve(service)
+                with_client_timeout(server, client_timeout)
+                    .serve(connections)
                     .await
                     .map_err(|e| Error::io("serving", e))
             }
@@ -862,13 +905,95 @@ pub fn run(
                 let server = axum_server::from_tcp(listener)
                     .map_err(|e| Error::io("starting the server", e))?;
                 ready(address);
-                server
-                    .serve(service)
+                with_client_timeout(server, client_timeout)
+                    .serve(connections)
                     .await
                     .map_err(|e| Error::io("serving", e))
             }
         }
     })
+}
+
+/// HTTP/1 only (what cairn's clients speak), with `timeout` to send a request's headers;
+/// hyper's header timer also runs while a kept-alive connection waits for its next request,
+/// so it closes idle connections too.
+fn with_client_timeout<Acceptor>(
+    mut server: axum_server::Server<SocketAddr, Acceptor>,
+    timeout: Duration,
+) -> axum_server::Server<SocketAddr, Acceptor> {
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeout);
+    server.http1_only()
+}
+
+/// Makes the service of each new connection, but only while a slot is free: the server
+/// accepts the next connection only once `poll_ready` is ready, so past the cap new
+/// connections wait in the kernel's backlog. The slot goes with the connection's service
+/// and is freed when the connection closes.
+struct ConnectionSlots {
+    router: Router,
+    slots: Arc<Semaphore>,
+    acquiring: Option<std::pin::Pin<Box<dyn Future<Output = OwnedSemaphorePermit> + Send>>>,
+    acquired: Option<OwnedSemaphorePermit>,
+}
+
+impl tower_service::Service<SocketAddr> for ConnectionSlots {
+    type Response = SlottedRouter;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<SlottedRouter, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.acquired.is_none() {
+            let slots = self.slots.clone();
+            let acquiring = self.acquiring.get_or_insert_with(|| {
+                Box::pin(async move {
+                    slots
+                        .acquire_owned()
+                        .await
+                        .expect("the connection semaphore is never closed")
+                })
+            });
+            let slot = std::task::ready!(acquiring.as_mut().poll(context));
+            self.acquiring = None;
+            self.acquired = Some(slot);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: SocketAddr) -> Self::Future {
+        let slot = self.acquired.take().expect("poll_ready comes before call");
+        std::future::ready(Ok(SlottedRouter {
+            router: self.router.clone(),
+            _slot: Arc::new(slot),
+        }))
+    }
+}
+
+/// The routes for one connection, holding its slot.
+#[derive(Clone)]
+struct SlottedRouter {
+    router: Router,
+    _slot: Arc<OwnedSemaphorePermit>,
+}
+
+impl<B> tower_service::Service<axum::http::Request<B>> for SlottedRouter
+where
+    Router: tower_service::Service<axum::http::Request<B>>,
+{
+    type Response = <Router as tower_service::Service<axum::http::Request<B>>>::Response;
+    type Error = <Router as tower_service::Service<axum::http::Request<B>>>::Error;
+    type Future = <Router as tower_service::Service<axum::http::Request<B>>>::Future;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower_service::Service::<axum::http::Request<B>>::poll_ready(&mut self.router, context)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        self.router.call(request)
+    }
 }
 
 #[cfg(test)]

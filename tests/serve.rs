@@ -703,6 +703,7 @@ fn progress_has_a_total_and_reaches_it_for_served_local_and_checkpoint_sources()
         url: format!("{}/source/home", server.url),
         token: TOKEN.into(),
         ca_pem: None,
+        timeouts: Default::default(),
     };
     let options = SyncOptions::default();
 

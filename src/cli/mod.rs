@@ -25,7 +25,7 @@ mod unlock;
 use anyhow::{Context, Result, bail};
 use cairn::repo::backend::{Backend, LocalBackend};
 use cairn::repo::config::EncryptionMode;
-use cairn::repo::http::{HttpBackend, Remote};
+use cairn::repo::http::{HttpBackend, HttpTimeouts, Remote};
 use cairn::repo::{Repository, Secret};
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
@@ -69,6 +69,11 @@ pub struct GlobalArgs {
     /// for it instead of failing
     #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
     retry_lock: Option<std::time::Duration>,
+    /// How long to wait for a server to connect, to answer, or to send more of an answer
+    /// before trying again (three tries) and giving up (default: 30s to connect, 60s for
+    /// the rest)
+    #[arg(long, global = true, env = "CAIRN_HTTP_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    http_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,6 +180,9 @@ impl GlobalArgs {
                 }
                 None => None,
             },
+            timeouts: self
+                .http_timeout
+                .map_or_else(HttpTimeouts::default, HttpTimeouts::all),
         })
     }
 

@@ -2,7 +2,9 @@
 //! live directories given with `--source NAME=DIR` (as `https://host:port/source/NAME`, for
 //! `cairn sync` to pull from) over HTTP(S). The token file names the bearer
 //! token every request must carry. A non-loopback address needs TLS (`--tls-cert`,
-//! `--tls-key`) unless `--insecure-http` says otherwise. Prints the URL once listening.
+//! `--tls-key`) unless `--insecure-http` says otherwise. `--client-timeout` and
+//! `--max-connections` bound what idle or slow clients can hold. Prints the URL once
+//! listening.
 
 use super::GlobalArgs;
 use anyhow::{Context, Result, bail};
@@ -35,6 +37,14 @@ pub struct ServeArgs {
     /// Allow plain HTTP on a non-loopback address (the token and data cross in clear)
     #[arg(long)]
     insecure_http: bool,
+    /// How long a client may take over its TLS handshake or a request's headers, and how
+    /// long an idle connection is kept open
+    #[arg(long, env = "CAIRN_SERVE_CLIENT_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "30s")]
+    client_timeout: std::time::Duration,
+    /// Connections served at once; more wait until one closes (default: half the open-file
+    /// limit, between 16 and 1024)
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
 }
 
 /// Parses `NAME=DIR`.
@@ -83,6 +93,10 @@ pub fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
         access,
         token,
         tls,
+        client_timeout: args.client_timeout,
+        max_connections: args
+            .max_connections
+            .unwrap_or_else(cairn::serve::default_max_connections),
     };
     cairn::serve::run(listener, options, |address| {
         // Whoever started the server may stop reading its output: never fail on that.

@@ -5,7 +5,8 @@
 //! in here. `LocalBackend` makes `put` atomic and durable with a temporary file, fsync and
 //! rename, so a killed process never leaves a half-written object under its real name, and
 //! creates everything private (directories 0700, files 0600), or readable by the group
-//! (0750 / 0640) when the repository's root directory is: see `CreationModes`.
+//! (0750 / 0640) when the repository's root directory is: see `CreationModes`. `put_new`
+//! links the temporary file instead of renaming it, so it never replaces an object.
 
 use crate::error::{Error, IoContext, Result};
 use std::fs;
@@ -191,7 +192,70 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .context_io(|| format!("syncing directory {}", dir.display()))
 }
 
+/// What `LocalBackend::put_new` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutNew {
+    Created,
+    /// The object was there already with these very bytes.
+    AlreadyThere,
+    /// The object was there already with other bytes; it was left as it was.
+    Different,
+}
+
 impl LocalBackend {
+    /// The path of object `name`, and a fresh temporary file beside it (its directory
+    /// created if missing) holding `data`, synced.
+    fn write_temporary(&self, name: &str, data: &[u8]) -> Result<(PathBuf, PathBuf)> {
+        let path = self.path_of(name)?;
+        let dir = path.parent().expect("object paths are below the root");
+        let modes = self.creation_modes()?;
+        create_dirs(dir, modes.dir)?;
+        let file_name = path.file_name().expect("object names are not empty");
+        let temp = dir.join(format!(
+            ".{}.tmp-{}",
+            file_name.to_string_lossy(),
+            hex::encode(crate::crypto::random_bytes::<6>())
+        ));
+        let write = || -> std::io::Result<()> {
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(modes.file)
+                .open(&temp)?;
+            file.write_all(data)?;
+            file.sync_all()
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&temp);
+            return Err(Error::io(format!("writing {}", path.display()), e));
+        }
+        Ok((path, temp))
+    }
+
+    /// Stores object `name` only if no object has that name: the bytes go to a temporary
+    /// file that is then hard-linked to the name, which fails rather than replace, so of
+    /// racing writers exactly one creates it. An object already there is compared.
+    pub fn put_new(&self, name: &str, data: &[u8]) -> Result<PutNew> {
+        let (path, temp) = self.write_temporary(name, data)?;
+        let linked = fs::hard_link(&temp, &path);
+        let _ = fs::remove_file(&temp);
+        match linked {
+            Ok(()) => {
+                sync_dir(path.parent().expect("object paths are below the root"))?;
+                Ok(PutNew::Created)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let held = fs::read(&path).context_io(|| format!("reading {}", path.display()))?;
+                Ok(if held == data {
+                    PutNew::AlreadyThere
+                } else {
+                    PutNew::Different
+                })
+            }
+            Err(e) => Err(Error::io(format!("creating {}", path.display()), e)),
+        }
+    }
+
     /// The size of object `name` in bytes.
     pub fn size(&self, name: &str) -> Result<u64> {
         let path = self.path_of(name)?;
@@ -238,31 +302,12 @@ impl Backend for LocalBackend {
     }
 
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
-        let path = self.path_of(name)?;
-        let dir = path.parent().expect("object paths are below the root");
-        let modes = self.creation_modes()?;
-        create_dirs(dir, modes.dir)?;
-        let file_name = path.file_name().expect("object names are not empty");
-        let temp = dir.join(format!(
-            ".{}.tmp-{}",
-            file_name.to_string_lossy(),
-            hex::encode(crate::crypto::random_bytes::<6>())
-        ));
-        let write = || -> std::io::Result<()> {
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(modes.file)
-                .open(&temp)?;
-            file.write_all(data)?;
-            file.sync_all()?;
-            fs::rename(&temp, &path)
-        };
-        if let Err(e) = write() {
+        let (path, temp) = self.write_temporary(name, data)?;
+        if let Err(e) = fs::rename(&temp, &path) {
             let _ = fs::remove_file(&temp);
             return Err(Error::io(format!("writing {}", path.display()), e));
         }
-        sync_dir(dir)
+        sync_dir(path.parent().expect("object paths are below the root"))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
@@ -340,5 +385,25 @@ mod tests {
         assert_eq!(CreationModes::following(0o700), CreationModes::PRIVATE);
         assert_eq!(CreationModes::following(0o740), CreationModes::PRIVATE);
         assert_eq!(CreationModes::following(0o707), CreationModes::PRIVATE);
+    }
+
+    #[test]
+    fn put_new_creates_once_and_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = LocalBackend::new(dir.path());
+        assert_eq!(
+            backend.put_new("keys/a", b"first").unwrap(),
+            PutNew::Created
+        );
+        assert_eq!(
+            backend.put_new("keys/a", b"first").unwrap(),
+            PutNew::AlreadyThere
+        );
+        assert_eq!(
+            backend.put_new("keys/a", b"other").unwrap(),
+            PutNew::Different
+        );
+        assert_eq!(backend.get("keys/a").unwrap(), b"first");
+        assert_eq!(fs::read_dir(dir.path().join("keys")).unwrap().count(), 1);
     }
 }

@@ -3,14 +3,76 @@
 //! server never sees a key: objects cross as the repository stores them (sealed when the
 //! repository is encrypted). `get_ranges` asks for many blob ranges in one request, so a
 //! copy does not pay a round trip per blob.
+//!
+//! `HttpClient` is the one way cairn talks to a server (a served repository here, a served
+//! source in `sync::remote`), and it keeps invariant 7 against a hostile or broken server:
+//! every answer is read as it arrives and cut off past the most bytes the request can
+//! mean (a server's claimed length never sizes a buffer), every wait is bounded
+//! (`HttpTimeouts`: connecting, the response headers, each read, and a body that trickles),
+//! and requests that only read are tried again a few times, with a pause, before the
+//! error names the server and says what to do.
 
 use super::backend::{Backend, ObjectInfo, RangeRequest};
 use crate::error::{Error, ErrorKind, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::io::Read;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use ureq::Agent;
 
-/// How a client reaches a server: its URL, the token, and a CA to trust besides the system's.
+/// How long a client waits for a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpTimeouts {
+    /// To connect (TCP and TLS).
+    pub connect: Duration,
+    /// For the response headers, for each read of a body, and for a body to move on by
+    /// `MIN_PROGRESS_BYTES`.
+    pub idle: Duration,
+}
+
+impl HttpTimeouts {
+    /// The same wait for every step (`--http-timeout`).
+    pub fn all(wait: Duration) -> Self {
+        HttpTimeouts {
+            connect: wait,
+            idle: wait,
+        }
+    }
+}
+
+impl Default for HttpTimeouts {
+    fn default() -> Self {
+        HttpTimeouts {
+            connect: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A body that brings fewer bytes than this in an idle timeout is given up on, so a server
+/// sending a byte at a time cannot hold a client forever.
+pub const MIN_PROGRESS_BYTES: u64 = 16 * 1024;
+
+/// Tries of a request that only reads, in all.
+const READ_ATTEMPTS: u32 = 3;
+
+/// The pause before the second try; it doubles for each further one.
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Small objects (`config`, `keys/…`, `checkpoints/…`, `locks/…`), error messages and other
+/// short answers are refused past this.
+pub const MAX_SMALL_ANSWER_BYTES: u64 = 16 << 20;
+
+/// A repository listing (JSON) is refused past this: about 1.2 million objects.
+pub const MAX_OBJECT_LISTING_BYTES: u64 = 128 << 20;
+
+/// A whole pack or index file read without a listing that gave its size is refused past
+/// this: the largest blob a repository accepts, plus room for its pack.
+pub const MAX_OBJECT_BYTES: u64 = (1 << 30) + (16 << 20);
+
+/// How a client reaches a server: its URL, the token, a CA to trust besides the system's,
+/// and how long to wait.
 #[derive(Debug, Clone)]
 pub struct Remote {
     /// `http(s)://host:port/...`, without a trailing slash.
@@ -18,12 +80,13 @@ pub struct Remote {
     pub token: String,
     /// PEM certificates to trust (a self-signed server's own certificate, for example).
     pub ca_pem: Option<Vec<u8>>,
+    pub timeouts: HttpTimeouts,
 }
 
 impl Remote {
     /// An HTTP agent for this remote: the extra CA trusted, error statuses returned as
-    /// responses (they are turned into messages here), no size limit on bodies.
-    pub fn agent(&self) -> Result<Agent> {
+    /// responses (they are turned into messages here), every wait bounded by `timeouts`.
+    fn agent(&self) -> Result<Agent> {
         let mut tls = ureq::tls::TlsConfig::builder();
         if let Some(pem) = &self.ca_pem {
             let certs = ureq::tls::parse_pem(pem)
@@ -41,37 +104,301 @@ impl Remote {
             }
             tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
         }
+        let idle = Some(self.timeouts.idle);
         let config = Agent::config_builder()
             .tls_config(tls.build())
             .http_status_as_error(false)
+            .timeout_connect(Some(self.timeouts.connect))
+            .timeout_send_request(idle)
+            .timeout_recv_response(idle)
+            .timeout_per_read(idle)
+            .timeout_per_write(idle)
             .build();
         Ok(config.into())
     }
 
     /// `Authorization` header value.
-    pub fn bearer(&self) -> String {
+    fn bearer(&self) -> String {
         format!("Bearer {}", self.token)
     }
 }
 
-/// Turns a failed request or an error status into a clear error naming `what`.
-pub fn check_response(
-    what: &str,
-    result: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-) -> Result<ureq::http::Response<ureq::Body>> {
-    let mut response = result.map_err(|e| Error::Network(format!("{what}: {e}")))?;
-    let status = response.status().as_u16();
-    if (200..300).contains(&status) {
-        return Ok(response);
+/// What a request that only reads asks for; sending it again is always safe.
+#[derive(Debug, Clone, Copy)]
+pub enum Ask<'a> {
+    Get,
+    Head,
+    /// `length` bytes from `offset` (`length` > 0).
+    Range {
+        offset: u64,
+        length: u64,
+    },
+    /// A POST whose answer is read, not a write (`/ranges`, `/chunks`, `/blobs`).
+    Post(&'a [u8]),
+}
+
+/// Why one try failed: worth another, or final.
+enum Failure {
+    Transient(Error),
+    Final(Error),
+}
+
+/// The body of an answer as it arrives: refused past `max_bytes`, and given up on when fewer
+/// than `MIN_PROGRESS_BYTES` arrive in an idle timeout. Remembers whether the network
+/// failed (worth another try) rather than the server sending too much.
+pub struct AnswerReader {
+    inner: ureq::BodyReader<'static>,
+    what: String,
+    max_bytes: u64,
+    read: u64,
+    idle: Duration,
+    window_start: Instant,
+    window_bytes: u64,
+    network_failed: bool,
+}
+
+impl AnswerReader {
+    fn new(
+        response: ureq::http::Response<ureq::Body>,
+        what: &str,
+        max_bytes: u64,
+        idle: Duration,
+    ) -> Self {
+        AnswerReader {
+            inner: response.into_body().into_reader(),
+            what: what.to_owned(),
+            max_bytes,
+            read: 0,
+            idle,
+            window_start: Instant::now(),
+            window_bytes: 0,
+            network_failed: false,
+        }
     }
-    let body = response
-        .body_mut()
-        .with_config()
-        .limit(64 * 1024)
-        .read_to_string()
-        .unwrap_or_default();
-    let detail = body.trim();
-    Err(match status {
+}
+
+impl Read for AnswerReader {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        // One byte past the limit is let through, to tell "exactly the limit" from "more".
+        let room = (self.max_bytes - self.read.min(self.max_bytes)).saturating_add(1);
+        let wanted = buffer
+            .len()
+            .min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buffer[..wanted]).map_err(|e| {
+            self.network_failed = true;
+            match ureq::Error::from(e) {
+                ureq::Error::Timeout(_) => std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("timed out: the server sent nothing for {:?}", self.idle),
+                ),
+                other => other.into_io(),
+            }
+        })?;
+        self.read += n as u64;
+        if self.read > self.max_bytes {
+            return Err(std::io::Error::other(format!(
+                "the server sent more than the {} bytes this request can mean",
+                self.max_bytes
+            )));
+        }
+        self.window_bytes += n as u64;
+        if self.window_bytes >= MIN_PROGRESS_BYTES || n == 0 {
+            self.window_start = Instant::now();
+            self.window_bytes = 0;
+        } else if self.window_start.elapsed() > self.idle {
+            self.network_failed = true;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "{}: the server sends too slowly (fewer than {MIN_PROGRESS_BYTES} bytes in {:?})",
+                    self.what, self.idle
+                ),
+            ));
+        }
+        Ok(n)
+    }
+}
+
+/// A server's client: every request and every answer goes through here, bounded.
+pub struct HttpClient {
+    remote: Remote,
+    agent: Agent,
+}
+
+impl HttpClient {
+    pub fn new(remote: Remote) -> Result<Self> {
+        let agent = remote.agent()?;
+        Ok(HttpClient { remote, agent })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.remote.url
+    }
+
+    /// Sends `ask` to `url` once; the response, if its status is a success.
+    fn send_once(
+        &self,
+        url: &str,
+        ask: Ask<'_>,
+    ) -> std::result::Result<ureq::http::Response<ureq::Body>, Failure> {
+        let bearer = self.remote.bearer();
+        let sent = match ask {
+            Ask::Get => self.agent.get(url).header("Authorization", &bearer).call(),
+            Ask::Head => self.agent.head(url).header("Authorization", &bearer).call(),
+            Ask::Range { offset, length } => self
+                .agent
+                .get(url)
+                .header("Authorization", &bearer)
+                .header(
+                    "Range",
+                    &format!("bytes={}-{}", offset, offset + length - 1),
+                )
+                .call(),
+            Ask::Post(body) => self
+                .agent
+                .post(url)
+                .header("Authorization", &bearer)
+                .send(body),
+        };
+        let response = match sent {
+            Ok(response) => response,
+            Err(ureq::Error::Timeout(phase)) => {
+                return Err(Failure::Transient(Error::Network(format!(
+                    "{url}: timed out waiting for the server ({phase})"
+                ))));
+            }
+            Err(
+                e
+                @ (ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound),
+            ) => return Err(Failure::Transient(Error::Network(format!("{url}: {e}")))),
+            Err(e) => return Err(Failure::Final(Error::Network(format!("{url}: {e}")))),
+        };
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(response);
+        }
+        let error = status_error(url, status, response, self.remote.timeouts.idle);
+        Err(match status {
+            502..=504 => Failure::Transient(error),
+            _ => Failure::Final(error),
+        })
+    }
+
+    /// Tries `once` up to `READ_ATTEMPTS` times while it fails for a network reason,
+    /// pausing between tries; the last error says how often and what to do.
+    fn with_retries<T>(
+        &self,
+        mut once: impl FnMut() -> std::result::Result<T, Failure>,
+    ) -> Result<T> {
+        let mut pause = FIRST_RETRY_PAUSE;
+        let mut attempt = 1;
+        loop {
+            match once() {
+                Ok(value) => return Ok(value),
+                Err(Failure::Final(e)) => return Err(e),
+                Err(Failure::Transient(e)) if attempt < READ_ATTEMPTS => {
+                    tracing::debug!("{e}; trying again in {pause:?}");
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                    attempt += 1;
+                }
+                Err(Failure::Transient(e)) => {
+                    return Err(Error::Network(format!(
+                        "{e} (tried {READ_ATTEMPTS} times, waiting up to {:?} for each answer): check that the server at {} is up and reachable, or wait longer with --http-timeout or CAIRN_HTTP_TIMEOUT",
+                        self.remote.timeouts.idle, self.remote.url
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Sends `ask` to `url` and hands its answer, at most `max_bytes`, to `read` as it
+    /// arrives; the whole exchange is tried again when the network fails.
+    pub fn read<T>(
+        &self,
+        url: &str,
+        ask: Ask<'_>,
+        max_bytes: u64,
+        mut read: impl FnMut(&mut AnswerReader) -> Result<T>,
+    ) -> Result<T> {
+        self.with_retries(|| {
+            let response = self.send_once(url, ask)?;
+            let mut body = AnswerReader::new(response, url, max_bytes, self.remote.timeouts.idle);
+            read(&mut body).map_err(|e| match body.network_failed {
+                true => Failure::Transient(e),
+                false => Failure::Final(e),
+            })
+        })
+    }
+
+    /// The whole answer to `ask`, at most `max_bytes`; the buffer grows as bytes arrive.
+    pub fn read_bytes(&self, url: &str, ask: Ask<'_>, max_bytes: u64) -> Result<Vec<u8>> {
+        self.read(url, ask, max_bytes, |body| read_all(url, body))
+    }
+
+    /// The answer to `ask` as a reader, at most `max_bytes`, for a stream too long to hold;
+    /// only getting the response headers is tried again.
+    pub fn open(&self, url: &str, ask: Ask<'_>, max_bytes: u64) -> Result<AnswerReader> {
+        let response = self.with_retries(|| self.send_once(url, ask))?;
+        Ok(AnswerReader::new(
+            response,
+            url,
+            max_bytes,
+            self.remote.timeouts.idle,
+        ))
+    }
+
+    /// Sends a request that writes (`PUT` with `body`, or `DELETE`) once: a write is not
+    /// tried again behind the caller's back.
+    fn write(&self, url: &str, put: Option<&[u8]>) -> Result<()> {
+        let bearer = self.remote.bearer();
+        let sent = match put {
+            Some(body) => self
+                .agent
+                .put(url)
+                .header("Authorization", &bearer)
+                .send(body),
+            None => self
+                .agent
+                .delete(url)
+                .header("Authorization", &bearer)
+                .call(),
+        };
+        let response = sent.map_err(|e| Error::Network(format!("{url}: {e}")))?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        Err(status_error(
+            url,
+            status,
+            response,
+            self.remote.timeouts.idle,
+        ))
+    }
+}
+
+/// Reads all of `body` into a buffer that grows as bytes arrive.
+fn read_all(what: &str, body: &mut AnswerReader) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    body.read_to_end(&mut out)
+        .map_err(|e| Error::Network(format!("{what}: {e}")))?;
+    Ok(out)
+}
+
+/// An error status as a clear error naming `what`, with the server's message (its first
+/// 64 KiB, as much as arrives in time).
+fn status_error(
+    what: &str,
+    status: u16,
+    response: ureq::http::Response<ureq::Body>,
+    idle: Duration,
+) -> Error {
+    let mut message = Vec::new();
+    let _ = AnswerReader::new(response, what, 64 * 1024, idle).read_to_end(&mut message);
+    let message = String::from_utf8_lossy(&message);
+    let detail = message.trim();
+    match status {
         401 => Error::InvalidInput(format!(
             "{what}: the server refused the token (401): pass the server's token with --token-file FILE or CAIRN_TOKEN"
         )),
@@ -80,20 +407,7 @@ pub fn check_response(
             "{what}: refused by the server ({status}): {detail}"
         )),
         _ => Error::Network(format!("{what}: the server answered {status}: {detail}")),
-    })
-}
-
-/// Reads a whole response body.
-pub fn read_body(what: &str, mut response: ureq::http::Response<ureq::Body>) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    response
-        .body_mut()
-        .with_config()
-        .limit(u64::MAX)
-        .reader()
-        .read_to_end(&mut out)
-        .map_err(|e| Error::Network(format!("{what}: {e}")))?;
-    Ok(out)
+    }
 }
 
 /// A listed object, as the server sends it.
@@ -105,55 +419,63 @@ pub struct ListedObject {
 
 /// A repository behind `cairn serve --repo`.
 pub struct HttpBackend {
-    remote: Remote,
-    agent: Agent,
+    client: HttpClient,
+    /// The sizes the last listings gave, by object name (packs under `data/` left out:
+    /// they are many and read by range), so a whole object is read up to its size.
+    listed_sizes: Mutex<HashMap<String, u64>>,
 }
 
 impl HttpBackend {
     /// `remote.url` is the repository's URL (`https://host:port/repo`).
     pub fn new(remote: Remote) -> Result<Self> {
-        let agent = remote.agent()?;
-        Ok(HttpBackend { remote, agent })
+        Ok(HttpBackend {
+            client: HttpClient::new(remote)?,
+            listed_sizes: Mutex::new(HashMap::new()),
+        })
     }
 
     fn object_url(&self, name: &str) -> String {
-        format!("{}/objects/{name}", self.remote.url)
+        format!("{}/objects/{name}", self.client.url())
     }
 
-    fn what(&self, name: &str) -> String {
-        format!("{}/objects/{name}", self.remote.url)
+    /// The most bytes object `name` can hold: its listed size, or the cap of its kind.
+    fn max_object_bytes(&self, name: &str) -> u64 {
+        let listed = self
+            .listed_sizes
+            .lock()
+            .expect("not poisoned")
+            .get(name)
+            .copied();
+        match listed {
+            Some(size) => size,
+            None if name.starts_with("data/") || name.starts_with("index/") => MAX_OBJECT_BYTES,
+            None => MAX_SMALL_ANSWER_BYTES,
+        }
     }
 }
 
 impl Backend for HttpBackend {
     fn location(&self) -> String {
-        self.remote.url.clone()
+        self.client.url().to_owned()
     }
 
     fn get(&self, name: &str) -> Result<Vec<u8>> {
-        let what = self.what(name);
-        let request = self
-            .agent
-            .get(&self.object_url(name))
-            .header("Authorization", &self.remote.bearer());
-        read_body(&what, check_response(&what, request.call())?)
+        let url = self.object_url(name);
+        self.client
+            .read_bytes(&url, Ask::Get, self.max_object_bytes(name))
     }
 
     fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
         if length == 0 {
             return Ok(Vec::new());
         }
-        let what = self.what(name);
-        let range = format!("bytes={}-{}", offset, offset + length - 1);
-        let request = self
-            .agent
-            .get(&self.object_url(name))
-            .header("Authorization", &self.remote.bearer())
-            .header("Range", &range);
-        let bytes = read_body(&what, check_response(&what, request.call())?)?;
+        let url = self.object_url(name);
+        let bytes = self
+            .client
+            .read_bytes(&url, Ask::Range { offset, length }, length)?;
         if bytes.len() as u64 != length {
             return Err(Error::corrupt(
-                what,
+                url,
                 format!(
                     "truncated: wanted {length} bytes at offset {offset}, got {}",
                     bytes.len()
@@ -164,52 +486,52 @@ impl Backend for HttpBackend {
     }
 
     fn get_ranges(&self, ranges: &[RangeRequest]) -> Result<Vec<Vec<u8>>> {
-        let what = format!("{}/ranges", self.remote.url);
+        let url = format!("{}/ranges", self.client.url());
+        let asked = ranges
+            .iter()
+            .try_fold(0u64, |sum, r| sum.checked_add(r.length))
+            .ok_or_else(|| Error::InvalidInput(format!("{url}: ranges past 2^64 bytes")))?;
         let body = serde_json::to_vec(ranges).expect("ranges serialize");
-        let request = self
-            .agent
-            .post(&what)
-            .header("Authorization", &self.remote.bearer())
-            .header("Content-Type", "application/json");
-        let bytes = read_body(&what, check_response(&what, request.send(&body[..]))?)?;
-        let mut rest = &bytes[..];
-        let mut out = Vec::with_capacity(ranges.len());
-        for range in ranges {
-            if (rest.len() as u64) < range.length {
-                return Err(Error::corrupt(
-                    what,
-                    format!(
-                        "truncated batch: {} lacks {} bytes",
-                        range.name, range.length
-                    ),
-                ));
+        self.client.read(&url, Ask::Post(&body), asked, |answer| {
+            let mut out = Vec::with_capacity(ranges.len());
+            for range in ranges {
+                let mut part = Vec::new();
+                (&mut *answer)
+                    .take(range.length)
+                    .read_to_end(&mut part)
+                    .map_err(|e| Error::Network(format!("{url}: {e}")))?;
+                if part.len() as u64 != range.length {
+                    return Err(Error::corrupt(
+                        &url,
+                        format!(
+                            "truncated batch: {} lacks {} bytes",
+                            range.name,
+                            range.length - part.len() as u64
+                        ),
+                    ));
+                }
+                out.push(part);
             }
-            let (this, next) = rest.split_at(range.length as usize);
-            out.push(this.to_vec());
-            rest = next;
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
-        let what = self.what(name);
-        let request = self
-            .agent
-            .put(&self.object_url(name))
-            .header("Authorization", &self.remote.bearer());
-        check_response(&what, request.send(data))?;
-        Ok(())
+        self.client.write(&self.object_url(name), Some(data))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        let url = format!("{}/list/{prefix}", self.remote.url);
-        let request = self
-            .agent
-            .get(&url)
-            .header("Authorization", &self.remote.bearer());
-        let bytes = read_body(&url, check_response(&url, request.call())?)?;
-        let listed: Vec<ListedObject> = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Network(format!("{url}: unreadable listing: {e}")))?;
+        let url = format!("{}/list/{prefix}", self.client.url());
+        let listed: Vec<ListedObject> =
+            self.client
+                .read(&url, Ask::Get, MAX_OBJECT_LISTING_BYTES, |answer| {
+                    serde_json::from_reader(std::io::BufReader::new(answer))
+                        .map_err(|e| Error::Network(format!("{url}: unreadable listing: {e}")))
+                })?;
+        let mut sizes = self.listed_sizes.lock().expect("not poisoned");
+        for object in listed.iter().filter(|o| !o.name.starts_with("data/")) {
+            sizes.insert(object.name.clone(), object.size);
+        }
         Ok(listed
             .into_iter()
             .map(|o| ObjectInfo {
@@ -220,24 +542,14 @@ impl Backend for HttpBackend {
     }
 
     fn delete(&self, name: &str) -> Result<()> {
-        let what = self.what(name);
-        let request = self
-            .agent
-            .delete(&self.object_url(name))
-            .header("Authorization", &self.remote.bearer());
-        match check_response(&what, request.call()) {
+        match self.client.write(&self.object_url(name), None) {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            other => other.map(drop),
+            other => other,
         }
     }
 
     fn exists(&self, name: &str) -> Result<bool> {
-        let what = self.what(name);
-        let request = self
-            .agent
-            .head(&self.object_url(name))
-            .header("Authorization", &self.remote.bearer());
-        match check_response(&what, request.call()) {
+        match self.client.open(&self.object_url(name), Ask::Head, 0) {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),

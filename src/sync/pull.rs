@@ -36,6 +36,8 @@ const FILES_QUEUED: usize = 256;
 /// A changed file for the workers.
 struct PullJob {
     path: RemotePath,
+    /// Its size in the listing.
+    size: u64,
     result: Sender<Result<(Content, u64), FileError>>,
 }
 
@@ -85,8 +87,11 @@ fn run_pull_worker(context: &PullContext, sink: &BlobSink, jobs: Receiver<PullJo
                 Err(_) => break,
             }
         }
-        let paths: Vec<RemotePath> = batch.iter().map(|job| job.path.clone()).collect();
-        let results = pull_files(context, sink, &paths);
+        let files: Vec<(RemotePath, u64)> = batch
+            .iter()
+            .map(|job| (job.path.clone(), job.size))
+            .collect();
+        let results = pull_files(context, sink, &files);
         context
             .progress
             .bytes_read
@@ -100,11 +105,17 @@ fn run_pull_worker(context: &PullContext, sink: &BlobSink, jobs: Receiver<PullJo
 
 /// Stores a batch of changed files: their chunk lists from the server in one request, then
 /// the chunks the repository lacks, in as few requests as their size allows.
-fn pull_files(context: &PullContext, sink: &BlobSink, paths: &[RemotePath]) -> Vec<FileResult> {
+/// `files` are (path, size in the listing).
+fn pull_files(
+    context: &PullContext,
+    sink: &BlobSink,
+    files: &[(RemotePath, u64)],
+) -> Vec<FileResult> {
     let source = context.source;
+    let paths: Vec<RemotePath> = files.iter().map(|(path, _)| path.clone()).collect();
     // A request that fails as a whole (the server went away, or answered nonsense) fails the
     // pull: leaving out every file of the batch would save a checkpoint missing them.
-    let lists = match source.files_chunks(paths) {
+    let lists = match source.files_chunks(files) {
         Ok(lists) => lists,
         Err(e) => {
             let mut results = vec![FileError::Repository(e)];
@@ -164,7 +175,7 @@ fn pull_files(context: &PullContext, sink: &BlobSink, paths: &[RemotePath]) -> V
                 release_group(sink, group);
                 Err(Error::Network(format!("not fetched: {message}")))
             }
-            None => fetch_and_store(context, sink, paths, group),
+            None => fetch_and_store(context, sink, &paths, group),
         };
         if let Err(e) = outcome {
             failed.get_or_insert_with(|| e.to_string());
@@ -310,6 +321,7 @@ impl PullWalker<'_> {
                         let (result, receiver) = bounded(1);
                         let job = PullJob {
                             path: path.clone(),
+                            size: entry.size,
                             result,
                         };
                         self.files.send(job).map_err(|_| abandoned())?;

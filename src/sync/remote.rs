@@ -2,7 +2,11 @@
 //! chunk lists and the chunks a client lacks (see `wire`). As a `TreeSource` it syncs into a
 //! directory, rebuilding changed files from the chunks the target already holds; the pull
 //! into a repository (`pull`) uses the same calls. Everything the server sends is checked:
-//! names must be valid and sorted, and every chunk must match its id.
+//! names must be valid and sorted, chunk lengths within the chunker's bounds, and every
+//! chunk must match its id. Every answer is read through `HttpClient`, bounded by what the
+//! request can mean: a listing by `MAX_LISTING_BYTES`, chunk lists by the files' listed
+//! sizes, chunks by the bytes asked for; a size the server claims never sizes a buffer
+//! before the bytes arrive.
 
 use super::SyncError;
 use super::into_dir::{
@@ -11,13 +15,13 @@ use super::into_dir::{
 };
 use super::wire::{
     BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, FileRanges, MAX_LISTING_BYTES,
-    TreeRecord, split_blobs,
+    TreeRecord, max_compressed_bytes, read_blobs,
 };
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::id::BlobId;
 use crate::progress::Progress;
-use crate::repo::http::{Remote, check_response, read_body};
+use crate::repo::http::{Ask, HttpClient, MAX_SMALL_ANSWER_BYTES, Remote};
 use crate::throttle::RateLimiter;
 use crate::tree::{ChunkRef, Entry, EntryKind, is_valid_name};
 use std::fs::File;
@@ -31,10 +35,23 @@ const BATCH_BYTES: u64 = 8 << 20;
 /// A file new to the target is asked for in pieces of this size at most.
 const PIECE_BYTES: u64 = 4 << 20;
 
+/// The most bytes one chunk takes in a chunk list: its id and its length (a varint).
+const CHUNK_REF_MAX_BYTES: u64 = 32 + 5;
+
+/// Room in a chunk-list answer for each file's framing or error message.
+const CHUNK_LIST_OVERHEAD_BYTES: u64 = 64 * 1024;
+
+/// A chunk-list answer may be this much larger than the listed sizes say (files grow), and
+/// never larger than the second bound (3.6 million chunks), whatever sizes are claimed.
+const CHUNK_LISTS_SLACK_BYTES: u64 = 16 << 20;
+const MAX_CHUNK_LISTS_BYTES: u64 = 128 << 20;
+
+/// The answer to a request for the totals: two numbers.
+const MAX_TOTALS_BYTES: u64 = 64;
+
 /// A served source directory, chunked by the server as `spec` says.
 pub struct RemoteSource {
-    remote: Remote,
-    agent: ureq::Agent,
+    client: Arc<HttpClient>,
     spec: ChunkSpec,
     chunker: Chunker,
     /// Listings without what a sync between directories never reads (`wire::lean_entry`).
@@ -67,20 +84,17 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
-/// GETs `url` (or POSTs `body` to it) with the bearer token and returns the answer, whose
-/// bytes are added to `received`.
+/// Asks `url` (a GET, or a POST of `body`) and returns the answer, at most `max_bytes`,
+/// whose bytes are added to `received`.
 fn call_counted(
-    agent: &ureq::Agent,
-    bearer: &str,
+    client: &HttpClient,
     received: &AtomicU64,
     url: &str,
     body: Option<&[u8]>,
+    max_bytes: u64,
 ) -> Result<Vec<u8>> {
-    let answer = match body {
-        None => agent.get(url).header("Authorization", bearer).call(),
-        Some(body) => agent.post(url).header("Authorization", bearer).send(body),
-    };
-    let bytes = read_body(url, check_response(url, answer)?)?;
+    let ask = body.map_or(Ask::Get, Ask::Post);
+    let bytes = client.read_bytes(url, ask, max_bytes)?;
     received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
     Ok(bytes)
 }
@@ -101,11 +115,10 @@ impl RemoteSource {
     /// listings without ctimes and inodes (enough for a sync into a directory, not for a
     /// pull's stat cache).
     pub fn new(remote: Remote, spec: ChunkSpec, lean: bool) -> Result<Self> {
-        let agent = remote.agent()?;
+        let client = Arc::new(HttpClient::new(remote)?);
         let chunker = spec.chunker()?;
         Ok(RemoteSource {
-            remote,
-            agent,
+            client,
             spec,
             chunker,
             lean,
@@ -121,18 +134,14 @@ impl RemoteSource {
         if matches!(*tree, TreeStream::NotStarted) {
             *tree = TreeStream::Done;
             if dir.is_empty() {
-                let url = format!("{}/tree?path=&lean={}", self.remote.url, self.lean);
-                let call = self
-                    .agent
-                    .get(&url)
-                    .header("Authorization", &self.remote.bearer())
-                    .call();
-                let response = match check_response(&url, call) {
-                    Ok(response) => response,
+                let url = format!("{}/tree?path=&lean={}", self.url(), self.lean);
+                // The stream is as long as the tree; each record in it is bounded.
+                let answer = match self.client.open(&url, Ask::Get, u64::MAX) {
+                    Ok(answer) => answer,
                     Err(e) => return Some(Err(e)),
                 };
                 let counted = Counted {
-                    inner: response.into_body().into_reader(),
+                    inner: answer,
                     count: self.received.clone(),
                 };
                 match zstd::stream::read::Decoder::new(counted) {
@@ -144,7 +153,7 @@ impl RemoteSource {
         let TreeStream::Reading(reader) = &mut *tree else {
             return None;
         };
-        let what = || format!("{}/tree", self.remote.url);
+        let what = || format!("{}/tree", self.url());
         let record = match read_record(reader) {
             Ok(Some(record)) => record,
             Ok(None) => {
@@ -166,7 +175,7 @@ impl RemoteSource {
         Some(record.entries.map_err(|message| {
             Error::Network(format!(
                 "{}: {}: {message}",
-                self.remote.url,
+                self.url(),
                 String::from_utf8_lossy(dir)
             ))
         }))
@@ -177,25 +186,20 @@ impl RemoteSource {
         self.received.load(Ordering::Relaxed)
     }
 
-    /// GETs or POSTs (with `body`) `url` and returns the answer, counted.
-    fn call(&self, url: &str, body: Option<&[u8]>) -> Result<Vec<u8>> {
-        call_counted(
-            &self.agent,
-            &self.remote.bearer(),
-            &self.received,
-            url,
-            body,
-        )
+    /// GETs or POSTs (with `body`) `url` and returns the answer, at most `max_bytes`,
+    /// counted.
+    fn call(&self, url: &str, body: Option<&[u8]>, max_bytes: u64) -> Result<Vec<u8>> {
+        call_counted(&self.client, &self.received, url, body, max_bytes)
     }
 
     pub fn url(&self) -> &str {
-        &self.remote.url
+        self.client.url()
     }
 
     /// The entries of directory `dir`, checked: valid names, sorted and unique. Taken from
     /// the streamed listing while the walk follows its order.
     pub fn list_dir(&self, dir: &[u8]) -> Result<Vec<Entry>> {
-        let url = format!("{}/list?path={}", self.remote.url, hex::encode(dir));
+        let url = format!("{}/list?path={}", self.url(), hex::encode(dir));
         let entries = match self.streamed_listing(dir) {
             Some(entries) => entries?,
             None => self.list_one(&url)?,
@@ -214,23 +218,32 @@ impl RemoteSource {
 
     /// One directory's listing, on its own.
     fn list_one(&self, url: &str) -> Result<Vec<Entry>> {
-        let compressed = self.call(url, None)?;
-        let mut body = Vec::new();
-        zstd::stream::Decoder::new(&compressed[..])
-            .and_then(|decoder| {
-                decoder
-                    .take(MAX_LISTING_BYTES as u64)
-                    .read_to_end(&mut body)
-            })
-            .map_err(|e| Error::corrupt(url, format!("unreadable listing: {e}")))?;
+        let max_bytes = max_compressed_bytes(MAX_LISTING_BYTES);
+        let body = self.client.read(url, Ask::Get, max_bytes, |answer| {
+            let counted = Counted {
+                inner: answer,
+                count: self.received.clone(),
+            };
+            let mut body = Vec::new();
+            zstd::stream::Decoder::new(counted)
+                .and_then(|decoder| decoder.take(MAX_LISTING_BYTES + 1).read_to_end(&mut body))
+                .map_err(|e| Error::corrupt(url, format!("unreadable listing: {e}")))?;
+            Ok(body)
+        })?;
+        if body.len() as u64 > MAX_LISTING_BYTES {
+            return Err(Error::corrupt(
+                url,
+                format!("a listing larger than {MAX_LISTING_BYTES} bytes"),
+            ));
+        }
         postcard::from_bytes(&body)
             .map_err(|e| Error::corrupt(url, format!("unreadable listing: {e}")))
     }
 
     /// The entry of `path` itself (the source's root for an empty path); `None` for a socket.
     pub fn stat(&self, path: &[u8]) -> Result<Option<Entry>> {
-        let url = format!("{}/stat?path={}", self.remote.url, hex::encode(path));
-        let body = self.call(&url, None)?;
+        let url = format!("{}/stat?path={}", self.url(), hex::encode(path));
+        let body = self.call(&url, None, MAX_SMALL_ANSWER_BYTES)?;
         postcard::from_bytes(&body)
             .map_err(|e| Error::corrupt(&url, format!("unreadable entry: {e}")))
     }
@@ -240,12 +253,12 @@ impl RemoteSource {
     /// until `stop` is set: the request itself runs on a thread of its own, so a server still
     /// counting a huge tree never holds up a sync that is done.
     pub fn count_totals(&self, progress: &Progress, stop: &AtomicBool) {
-        let url = format!("{}/totals", self.remote.url);
-        let (agent, bearer) = (self.agent.clone(), self.remote.bearer());
-        let received = self.received.clone();
+        let url = format!("{}/totals", self.url());
+        let (client, received) = (self.client.clone(), self.received.clone());
         let (send, answer) = crossbeam_channel::bounded(1);
         std::thread::spawn(move || {
-            let totals = call_counted(&agent, &bearer, &received, &url, None).and_then(|body| {
+            let totals = call_counted(&client, &received, &url, None, MAX_TOTALS_BYTES);
+            let totals = totals.and_then(|body| {
                 postcard::from_bytes::<(u64, u64)>(&body)
                     .map_err(|e| Error::corrupt(&url, format!("unreadable totals: {e}")))
             });
@@ -264,44 +277,68 @@ impl RemoteSource {
 
     /// The last component of the source's URL: its name on the server.
     pub fn name(&self) -> &str {
-        self.remote.url.rsplit('/').next().unwrap_or_default()
+        self.url().rsplit('/').next().unwrap_or_default()
     }
 
-    /// The chunk lists of the files at `paths`, as the server chunks them now; a file the
-    /// server could not read gets its message.
+    /// The chunk lists of `files` (path, size in its listing), as the server chunks them
+    /// now; a file the server could not read gets its message. The answer may hold as many
+    /// chunks as the sizes allow (and some slack for files that grew), each within the
+    /// chunker's bounds.
     pub fn files_chunks(
         &self,
-        paths: &[RemotePath],
+        files: &[(RemotePath, u64)],
     ) -> Result<Vec<std::result::Result<Vec<ChunkRef>, String>>> {
-        let url = format!("{}/chunks", self.remote.url);
+        let url = format!("{}/chunks", self.url());
         let request = ChunksRequest {
             spec: self.spec.clone(),
-            paths: paths
+            paths: files
                 .iter()
-                .cloned()
-                .map(serde_bytes::ByteBuf::from)
+                .map(|(path, _)| serde_bytes::ByteBuf::from(path.clone()))
                 .collect(),
         };
+        let min_bytes = u64::from(self.spec.params.min_bytes.max(1));
+        let max_bytes = files
+            .iter()
+            .map(|(_, size)| {
+                let chunks = size.div_ceil(min_bytes).saturating_add(1);
+                chunks
+                    .saturating_mul(CHUNK_REF_MAX_BYTES)
+                    .saturating_add(CHUNK_LIST_OVERHEAD_BYTES)
+            })
+            .fold(CHUNK_LISTS_SLACK_BYTES, u64::saturating_add)
+            .min(MAX_CHUNK_LISTS_BYTES);
         let body = postcard::to_stdvec(&request).expect("requests serialize");
-        let answer = self.call(&url, Some(&body))?;
+        let answer = self.call(&url, Some(&body), max_bytes)?;
         let response: ChunksResponse = postcard::from_bytes(&answer)
             .map_err(|e| Error::corrupt(&url, format!("unreadable chunk lists: {e}")))?;
-        if response.files.len() != paths.len() {
+        if response.files.len() != files.len() {
             return Err(Error::corrupt(&url, "a chunk list per file was expected"));
+        }
+        let longest = self.spec.params.max_bytes;
+        let bad_length = |c: &ChunkRef| c.length == 0 || c.length > longest;
+        let lists = response.files.iter().flat_map(|list| list.iter().flatten());
+        if let Some(bad) = lists.into_iter().find(|c| bad_length(c)) {
+            return Err(Error::corrupt(
+                &url,
+                format!(
+                    "a chunk of {} bytes, where the chunker makes 1 to {longest}",
+                    bad.length
+                ),
+            ));
         }
         Ok(response.files)
     }
 
-    /// The chunk list of one file.
-    pub fn file_chunks(&self, path: &[u8]) -> Result<Vec<ChunkRef>> {
-        let mut files = self.files_chunks(&[path.to_vec()])?;
+    /// The chunk list of one file, `size` bytes in its listing.
+    pub fn file_chunks(&self, path: &[u8], size: u64) -> Result<Vec<ChunkRef>> {
+        let mut files = self.files_chunks(&[(path.to_vec(), size)])?;
         files
             .pop()
             .expect("one answer per file")
             .map_err(|message| {
                 Error::Network(format!(
                     "{}: {}: {message}",
-                    self.remote.url,
+                    self.url(),
                     String::from_utf8_lossy(path)
                 ))
             })
@@ -314,14 +351,24 @@ impl RemoteSource {
         wanted: Vec<FileRanges>,
         limiter: Option<&RateLimiter>,
     ) -> Result<Vec<Vec<Vec<u8>>>> {
-        let url = format!("{}/blobs", self.remote.url);
+        let url = format!("{}/blobs", self.url());
         let request = BlobsRequest { files: wanted };
         let body = postcard::to_stdvec(&request).expect("requests serialize");
-        let answer = self.call(&url, Some(&body))?;
+        let max_bytes = max_compressed_bytes(request.bytes());
+        let before = self.received();
+        let parts = self
+            .client
+            .read(&url, Ask::Post(&body), max_bytes, |answer| {
+                let counted = Counted {
+                    inner: answer,
+                    count: self.received.clone(),
+                };
+                read_blobs(counted, &request, &url)
+            })?;
         if let Some(limiter) = limiter {
-            limiter.take(answer.len() as u64);
+            limiter.take(self.received() - before);
         }
-        split_blobs(&answer, &request, &url)
+        Ok(parts)
     }
 
     /// The given chunks (with their offsets) of the given files, in one request, each checked
@@ -343,11 +390,7 @@ impl RemoteSource {
             for ((at, chunk), data) in chunks.iter().zip(data) {
                 if self.spec.id_of(data) != chunk.id {
                     return Err(Error::corrupt(
-                        format!(
-                            "{}/blobs ({})",
-                            self.remote.url,
-                            String::from_utf8_lossy(path)
-                        ),
+                        format!("{}/blobs ({})", self.url(), String::from_utf8_lossy(path)),
                         format!(
                             "the chunk at offset {at} does not match its id (changed while syncing, or a bad server)"
                         ),
@@ -394,25 +437,32 @@ impl RemoteSource {
         limiter: Option<&RateLimiter>,
         results: &mut [Option<Result<FileWrite>>],
     ) {
-        // (file index, offset, length) of every piece.
-        let pieces: Vec<(usize, u64, u32)> = fresh
-            .iter()
-            .flat_map(|&i| {
+        // Requests of up to BATCH_BYTES, in pieces of up to PIECE_BYTES, made as they go: a
+        // size the server claims sizes no list, and a file that failed is not asked again.
+        let (mut file_at, mut offset) = (0, 0u64);
+        loop {
+            let mut group: Vec<(usize, u64, u32)> = Vec::new();
+            let mut group_bytes = 0;
+            while file_at < fresh.len() && group_bytes < BATCH_BYTES {
+                let i = fresh[file_at];
                 let size = files[i].entry.size;
-                (0..size.div_ceil(PIECE_BYTES)).map(move |n| {
-                    let at = n * PIECE_BYTES;
-                    (i, at, (size - at).min(PIECE_BYTES) as u32)
-                })
-            })
-            .collect();
-        let piece_bytes = |piece: &(usize, u64, u32)| u64::from(piece.2);
-        for group in super::runs(&pieces, usize::MAX, BATCH_BYTES, piece_bytes) {
+                if results[i].is_some() || offset >= size {
+                    (file_at, offset) = (file_at + 1, 0);
+                    continue;
+                }
+                let length = (size - offset)
+                    .min(PIECE_BYTES)
+                    .min(BATCH_BYTES - group_bytes);
+                group.push((i, offset, length as u32));
+                offset += length;
+                group_bytes += length;
+            }
+            if group.is_empty() {
+                break;
+            }
             let mut wanted: Vec<FileRanges> = Vec::new();
             let mut owners: Vec<usize> = Vec::new();
-            for &(i, at, length) in group {
-                if results[i].is_some() {
-                    continue; // failed in an earlier request
-                }
+            for &(i, at, length) in &group {
                 if owners.last() != Some(&i) {
                     owners.push(i);
                     wanted.push(FileRanges {
@@ -428,9 +478,6 @@ impl RemoteSource {
                     .expect("just pushed")
                     .ranges
                     .push((at, length));
-            }
-            if owners.is_empty() {
-                continue;
             }
             if let Err(e) = self.fetch_into(files, &owners, wanted.clone(), limiter, results) {
                 if owners.len() == 1 {
@@ -477,11 +524,15 @@ fn read_record(reader: &mut dyn Read) -> std::io::Result<Option<TreeRecord>> {
         Err(e) => return Err(e),
     }
     let length = u32::from_le_bytes(length) as usize;
-    if length > MAX_LISTING_BYTES {
+    if length as u64 > MAX_LISTING_BYTES {
         return Err(std::io::Error::other("a listing record is too large"));
     }
-    let mut record = vec![0; length];
-    reader.read_exact(&mut record)?;
+    // Grown as the bytes arrive: the length the server wrote sizes nothing up front.
+    let mut record = Vec::new();
+    reader.take(length as u64).read_to_end(&mut record)?;
+    if record.len() != length {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+    }
     postcard::from_bytes(&record)
         .map(Some)
         .map_err(std::io::Error::other)
@@ -526,7 +577,7 @@ impl TreeSource for RemoteSource {
         limiter: Option<&RateLimiter>,
     ) -> Result<FileWrite> {
         let path = child_path(dir, &entry.name);
-        let chunks = self.file_chunks(&path)?;
+        let chunks = self.file_chunks(&path, entry.size)?;
         let id_of = |data: &[u8]| self.id_of(data);
         let mut fetch = |missing: &[(u64, ChunkRef)]| {
             let before = self.received();
@@ -557,11 +608,14 @@ impl TreeSource for RemoteSource {
                 .map(|r| r.expect("every new file has its result"))
                 .collect();
         }
-        let paths: Vec<RemotePath> = known
+        let asked: Vec<(RemotePath, u64)> = known
             .iter()
-            .map(|&i| child_path(files[i].dir, &files[i].entry.name))
+            .map(|&i| {
+                let entry = files[i].entry;
+                (child_path(files[i].dir, &entry.name), entry.size)
+            })
             .collect();
-        let lists = match self.files_chunks(&paths) {
+        let lists = match self.files_chunks(&asked) {
             Ok(lists) => lists,
             Err(e) => {
                 let message = e.to_string();
@@ -576,7 +630,7 @@ impl TreeSource for RemoteSource {
         for (&i, list) in known.iter().zip(lists) {
             let file = &files[i];
             let started = list
-                .map_err(|message| Error::Network(format!("{}: {message}", self.remote.url)))
+                .map_err(|message| Error::Network(format!("{}: {message}", self.url())))
                 .and_then(|chunks| {
                     start_rebuild(
                         &chunks,

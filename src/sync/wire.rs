@@ -13,8 +13,9 @@ use crate::id::BlobId;
 use crate::tree::ChunkRef;
 use serde::{Deserialize, Serialize};
 
-/// Listings larger than this (decompressed) are refused.
-pub const MAX_LISTING_BYTES: usize = 1 << 30;
+/// A listing of one directory larger than this (decompressed) is refused: over a million
+/// entries.
+pub const MAX_LISTING_BYTES: u64 = 128 << 20;
 
 /// Bytes of chunks one `blobs` request may ask for.
 pub const MAX_BLOBS_BYTES: u64 = 256 << 20;
@@ -121,30 +122,54 @@ impl BlobsRequest {
     }
 }
 
-/// Splits a `BlobsRequest` answer into its parts: per file, one buffer per range.
-pub fn split_blobs(body: &[u8], request: &BlobsRequest, what: &str) -> Result<Vec<Vec<Vec<u8>>>> {
-    let expected = request.bytes();
-    let data = zstd::bulk::decompress(body, expected as usize)
-        .map_err(|e| Error::corrupt(what, format!("unreadable chunks: {e}")))?;
-    if data.len() as u64 != expected {
-        return Err(Error::corrupt(
-            what,
-            format!(
-                "{} bytes of chunks where {expected} were asked for",
-                data.len()
-            ),
-        ));
-    }
-    let mut rest = &data[..];
+/// The most bytes zstd can make of `raw` bytes: the bound of a compressed answer.
+pub fn max_compressed_bytes(raw: u64) -> u64 {
+    let raw = usize::try_from(raw).unwrap_or(usize::MAX);
+    u64::try_from(zstd::zstd_safe::compress_bound(raw)).unwrap_or(u64::MAX)
+}
+
+/// Reads a `BlobsRequest` answer (one zstd frame) from `answer` and splits it into its
+/// parts: per file, one buffer per range. Each part grows as its bytes arrive, and the
+/// answer must hold exactly the bytes asked for.
+pub fn read_blobs(
+    answer: impl std::io::Read,
+    request: &BlobsRequest,
+    what: &str,
+) -> Result<Vec<Vec<Vec<u8>>>> {
+    use std::io::Read;
+    let unreadable = |e: std::io::Error| Error::corrupt(what, format!("unreadable chunks: {e}"));
+    let mut data = zstd::stream::read::Decoder::new(answer).map_err(unreadable)?;
     let mut out = Vec::with_capacity(request.files.len());
     for file in &request.files {
         let mut parts = Vec::with_capacity(file.ranges.len());
         for &(_, length) in &file.ranges {
-            let (part, tail) = rest.split_at(length as usize);
-            parts.push(part.to_vec());
-            rest = tail;
+            let mut part = Vec::new();
+            (&mut data)
+                .take(u64::from(length))
+                .read_to_end(&mut part)
+                .map_err(unreadable)?;
+            if part.len() != length as usize {
+                return Err(Error::corrupt(
+                    what,
+                    format!(
+                        "fewer bytes of chunks than the {} asked for",
+                        request.bytes()
+                    ),
+                ));
+            }
+            parts.push(part);
         }
         out.push(parts);
+    }
+    let mut rest = [0u8; 1];
+    if data.read(&mut rest).map_err(unreadable)? != 0 {
+        return Err(Error::corrupt(
+            what,
+            format!(
+                "more bytes of chunks than the {} asked for",
+                request.bytes()
+            ),
+        ));
     }
     Ok(out)
 }
