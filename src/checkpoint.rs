@@ -74,8 +74,13 @@ pub fn load(repo: &Repository, id: &CheckpointId) -> Result<Checkpoint> {
     if repo.codec().id_of(&plaintext) != id.0 {
         return Err(Error::corrupt(&name, "record does not match its id"));
     }
+    decode(&plaintext, &name)
+}
+
+/// Parses and checks the plaintext of checkpoint record `name` (named in errors).
+pub fn decode(plaintext: &[u8], name: &str) -> Result<Checkpoint> {
     let record: Checkpoint =
-        serde_json::from_slice(&plaintext).map_err(|e| Error::corrupt(&name, e.to_string()))?;
+        serde_json::from_slice(plaintext).map_err(|e| Error::corrupt(name, e.to_string()))?;
     // The root entry names the restore target's own metadata; it must be the root tree
     // under a safe name, never something that could steer a restore elsewhere.
     if let Some(root) = &record.root {
@@ -83,7 +88,7 @@ pub fn load(repo: &Repository, id: &CheckpointId) -> Result<Checkpoint> {
             root.kind == EntryKind::Dir(record.tree) && crate::tree::is_valid_name(&root.name);
         if !valid {
             return Err(Error::corrupt(
-                &name,
+                name,
                 "root entry is not the checkpoint's root directory",
             ));
         }

@@ -31,6 +31,8 @@ pub mod crypto;
 pub mod diff;
 pub mod error;
 pub mod fsmeta;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod history;
 pub mod id;
 pub mod mount;

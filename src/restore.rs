@@ -16,7 +16,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsmeta::running_as_root;
 use crate::id::BlobId;
 use crate::repo::Repository;
-use crate::target::{TargetDir, set_metadata_of};
+use crate::target::{TargetDir, check_path_length, set_directories_metadata, set_metadata_of};
 use crate::tree::{Entry, EntryKind, is_valid_name, load_tree, read_chunk, sized_file_chunks};
 use crossbeam_channel::{Receiver, bounded};
 use std::collections::HashMap;
@@ -254,6 +254,7 @@ impl Planner<'_> {
         let name = entry.name.as_slice();
         let shown = dir.child_path(name);
         let created = || format!("creating {}", shown.display());
+        check_path_length(&relative).context_io(created)?;
         if let EntryKind::Dir(tree) = &entry.kind {
             let subdir = dir.ensure_dir(name).context_io(created)?;
             return Ok(Some(Level {
@@ -287,7 +288,7 @@ impl Planner<'_> {
                 dir.make_node(name, &entry.kind).context_io(created)?;
             }
         }
-        dir.set_metadata_at(name, &entry)
+        dir.set_metadata_of_new(name, &entry)
             .context_io(|| format!("setting metadata of {}", shown.display()))?;
         Ok(None)
     }
@@ -394,18 +395,8 @@ pub fn run(
         // The target becomes the restored directory itself: its mode, owner and times.
         dirs.push((PathBuf::new(), node.clone()));
     }
-    for (relative, entry) in &dirs {
-        let shown = target.join(relative);
-        // A directory replaced meanwhile (by a symlink, say) is reported, never followed.
-        if let Err(e) = root
-            .open_beneath(relative)
-            .and_then(|dir| set_metadata_of(dir.as_fd(), entry, &shown))
-        {
-            stats.errors.push(RestoreError {
-                path: shown,
-                message: format!("setting metadata: {e}"),
-            });
-        }
+    for (path, message) in set_directories_metadata(&root, &dirs) {
+        stats.errors.push(RestoreError { path, message });
     }
     planned?;
     stats.files = progress.files_done.load(Ordering::Relaxed);

@@ -118,7 +118,7 @@ type Shared = Arc<ServerState>;
 /// Whether `name` is an object name of the repository layout: `config`, or a known top-level
 /// directory followed by plain components (no `.`, `..` or empty parts, hex and a few safe
 /// characters only).
-fn valid_object_name(name: &str) -> bool {
+pub(crate) fn valid_object_name(name: &str) -> bool {
     if name == "config" {
         return true;
     }
@@ -198,7 +198,7 @@ fn bad_name(name: &str) -> Response {
 }
 
 /// `bytes=A-B` as (offset, length).
-fn parse_range(value: &str) -> Option<(u64, u64)> {
+pub(crate) fn parse_range(value: &str) -> Option<(u64, u64)> {
     let (start, end) = value.strip_prefix("bytes=")?.split_once('-')?;
     let (start, end): (u64, u64) = (start.parse().ok()?, end.parse().ok()?);
     let length = end.checked_sub(start)?.checked_add(1)?;

@@ -17,11 +17,32 @@
 use crate::fsmeta::running_as_root;
 use crate::tree::{Entry, EntryKind};
 use std::ffi::{CStr, CString, OsStr};
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
+
+/// The longest path beneath a target that is written, in bytes: twice `PATH_MAX`, deeper than
+/// any tool but cairn could reach. A walk keeps each level's path, so this bounds its memory
+/// (a tree made deep on purpose would otherwise cost the square of its depth).
+pub const MAX_RELATIVE_PATH_BYTES: usize = 8 << 10;
+
+/// Refuses a path beneath the target longer than `MAX_RELATIVE_PATH_BYTES`.
+pub fn check_path_length(relative: &Path) -> io::Result<()> {
+    if relative.as_os_str().len() <= MAX_RELATIVE_PATH_BYTES {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "a path of {} bytes beneath the target, longer than the {MAX_RELATIVE_PATH_BYTES} \
+             cairn writes; not written",
+            relative.as_os_str().len()
+        ),
+    ))
+}
 
 /// An open directory of a target tree.
 #[derive(Debug)]
@@ -133,12 +154,19 @@ impl TargetDir {
 
     /// Opens subdirectory `name`; fails when it is a symlink or not a directory.
     pub fn open_dir(&self, name: &[u8]) -> io::Result<TargetDir> {
+        let mut dir = self.open_unnamed_dir(name)?;
+        dir.path = self.child_path(name);
+        Ok(dir)
+    }
+
+    /// `open_dir` without a path for messages.
+    fn open_unnamed_dir(&self, name: &[u8]) -> io::Result<TargetDir> {
         let c = c_name(name)?;
         // SAFETY: the descriptor is open and c is a valid NUL-terminated name.
         let fd = owned(unsafe { libc::openat(self.fd.as_raw_fd(), c.as_ptr(), DIR_FLAGS) })?;
         Ok(TargetDir {
             fd,
-            path: self.child_path(name),
+            path: PathBuf::new(),
         })
     }
 
@@ -342,7 +370,9 @@ impl TargetDir {
             Err(_) => {}
         }
         // Each level: the open directory, its name in the level above, the names left in it.
-        let first = self.open_dir(name)?;
+        // The directories opened here carry no path: a tree an attacker made deep must not
+        // cost memory that grows with the square of its depth.
+        let first = self.open_unnamed_dir(name)?;
         let names = first.names()?;
         let mut stack = vec![(first, name.to_vec(), names)];
         while let Some((dir, _, names)) = stack.last_mut() {
@@ -356,7 +386,7 @@ impl TargetDir {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
-                    let subdir = dir.open_dir(&child)?;
+                    let subdir = dir.open_unnamed_dir(&child)?;
                     let names = subdir.names()?;
                     stack.push((subdir, child, names));
                 }
@@ -380,41 +410,121 @@ impl TargetDir {
     }
 }
 
+/// Whether an existing inode with `metadata` may get `entry`'s metadata where it is: the same
+/// kind, no more names than the entry has (a hard link planted to a file elsewhere has more),
+/// and owned by the entry's owner or by this process, so a chown or chmod never turns
+/// someone else's file (a binary, say) into the entry's, setuid bits and all.
+pub fn may_adjust_in_place(metadata: &Metadata, entry: &Entry) -> bool {
+    let file_type = metadata.file_type();
+    let same_kind = match entry.kind {
+        EntryKind::File(_) => file_type.is_file(),
+        EntryKind::Dir(_) => file_type.is_dir(),
+        EntryKind::Symlink(_) => file_type.is_symlink(),
+        EntryKind::Fifo => file_type.is_fifo(),
+        EntryKind::CharDevice(_) => file_type.is_char_device(),
+        EntryKind::BlockDevice(_) => file_type.is_block_device(),
+    };
+    // SAFETY: geteuid has no preconditions.
+    let this_process = unsafe { libc::geteuid() };
+    same_kind
+        && metadata.nlink() <= entry.links.max(1)
+        && (metadata.uid() == entry.uid || metadata.uid() == this_process)
+}
+
 impl TargetDir {
     /// Applies owner (when root), mode, xattrs and times of `entry` to entry `name` of this
-    /// directory without following it if it is a symlink: for symlinks and special files,
-    /// which are not opened, and for a file left in place.
-    pub fn set_metadata_at(&self, name: &[u8], entry: &Entry) -> io::Result<()> {
+    /// directory, which is not opened for reading: a symlink or special file just made, or a
+    /// file left in place. The inode is pinned with `O_PATH | O_NOFOLLOW` and checked with
+    /// `may_adjust_in_place` first; `false` (nothing set) when it fails that check. A symlink
+    /// gets its times and xattrs beside its directory's descriptor, never followed.
+    pub fn set_metadata_at(&self, name: &[u8], entry: &Entry) -> io::Result<bool> {
         let c = c_name(name)?;
-        let fd = self.fd.as_raw_fd();
-        let nofollow = libc::AT_SYMLINK_NOFOLLOW;
+        let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: the descriptor is open and c is a valid NUL-terminated name.
+        let pinned = File::from(owned(unsafe {
+            libc::openat(self.fd.as_raw_fd(), c.as_ptr(), flags)
+        })?);
+        if !may_adjust_in_place(&pinned.metadata()?, entry) {
+            return Ok(false);
+        }
+        let fd = pinned.as_raw_fd();
         if running_as_root() {
-            // SAFETY: the descriptor is open and c is a valid NUL-terminated name.
-            check(unsafe { libc::fchownat(fd, c.as_ptr(), entry.uid, entry.gid, nofollow) })?;
-        }
-        if !matches!(entry.kind, EntryKind::Symlink(_)) {
-            let mode = entry.mode as libc::mode_t;
-            // SAFETY: as above; with AT_SYMLINK_NOFOLLOW a symlink put there meanwhile is
-            // refused (EOPNOTSUPP), never followed.
-            check(unsafe { libc::fchmodat(fd, c.as_ptr(), mode, nofollow) })?;
-        }
-        if !entry.xattrs.is_empty() {
-            // The directory's descriptor as a path, then the name, which lsetxattr does not
-            // follow: the same anchoring as the *at() calls.
-            let mut anchored = format!("/proc/self/fd/{fd}/").into_bytes();
-            anchored.extend_from_slice(name);
-            let anchored = Path::new(OsStr::from_bytes(&anchored));
-            for attr in &entry.xattrs {
-                let attr_name = OsStr::from_bytes(&attr.name);
-                if let Err(e) = xattr::set(anchored, attr_name, &attr.value) {
-                    warn_xattr(&self.child_path(name), attr_name, &e);
-                }
-            }
+            let empty = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW;
+            // SAFETY: fd is open; the empty name makes fchownat act on fd itself.
+            check(unsafe { libc::fchownat(fd, c"".as_ptr(), entry.uid, entry.gid, empty) })?;
         }
         let times = entry_times(entry);
+        if matches!(entry.kind, EntryKind::Symlink(_)) {
+            // The directory's descriptor as a path, then the name, which lsetxattr does not
+            // follow: the same anchoring as the *at() calls.
+            let dir = self.fd.as_raw_fd();
+            let mut anchored = format!("/proc/self/fd/{dir}/").into_bytes();
+            anchored.extend_from_slice(name);
+            self.set_xattrs(Path::new(OsStr::from_bytes(&anchored)), name, entry, false);
+            let nofollow = libc::AT_SYMLINK_NOFOLLOW;
+            // SAFETY: as above; times points to two timespecs.
+            check(unsafe { libc::utimensat(dir, c.as_ptr(), times.as_ptr(), nofollow) })?;
+            return Ok(true);
+        }
+        // The pinned inode through its descriptor's magic link: what was checked is what
+        // changes, whatever the name holds by now.
+        let magic = format!("/proc/self/fd/{fd}");
+        let magic_c = c_name(magic.as_bytes())?;
+        // SAFETY: magic_c is a valid NUL-terminated path.
+        check(unsafe { libc::chmod(magic_c.as_ptr(), entry.mode as libc::mode_t) })?;
+        self.set_xattrs(Path::new(&magic), name, entry, true);
         // SAFETY: as above; times points to two timespecs.
-        check(unsafe { libc::utimensat(fd, c.as_ptr(), times.as_ptr(), nofollow) })
+        check(unsafe { libc::utimensat(libc::AT_FDCWD, magic_c.as_ptr(), times.as_ptr(), 0) })?;
+        Ok(true)
     }
+
+    /// `set_metadata_at` for a symlink or special file this run has just made: one that fails
+    /// the check was put there by someone else meanwhile, an error.
+    pub fn set_metadata_of_new(&self, name: &[u8], entry: &Entry) -> io::Result<()> {
+        if self.set_metadata_at(name, entry)? {
+            return Ok(());
+        }
+        Err(io::Error::other(format!(
+            "{} was replaced by something else while it was written; left as it is",
+            self.child_path(name).display()
+        )))
+    }
+
+    /// Sets `entry`'s xattrs on `path` (following it when `deref`), warning of each failure.
+    fn set_xattrs(&self, path: &Path, name: &[u8], entry: &Entry, deref: bool) {
+        for attr in &entry.xattrs {
+            let attr_name = OsStr::from_bytes(&attr.name);
+            let set = if deref {
+                xattr::set_deref(path, attr_name, &attr.value)
+            } else {
+                xattr::set(path, attr_name, &attr.value)
+            };
+            if let Err(e) = set {
+                warn_xattr(&self.child_path(name), attr_name, &e);
+            }
+        }
+    }
+}
+
+/// Sets the metadata of directories written beneath `root` (paths relative to it, in the
+/// order given: deepest first), each on a descriptor opened beneath `root` name by name. A
+/// directory replaced meanwhile (by a symlink, say) is reported, never followed: the paths
+/// that failed come back with why.
+pub fn set_directories_metadata(
+    root: &TargetDir,
+    dirs: &[(PathBuf, Entry)],
+) -> Vec<(PathBuf, String)> {
+    let mut failed = Vec::new();
+    for (relative, entry) in dirs {
+        let shown = root.path().join(relative);
+        if let Err(e) = root
+            .open_beneath(relative)
+            .and_then(|dir| set_metadata_of(dir.as_fd(), entry, &shown))
+        {
+            failed.push((shown, format!("setting metadata: {e}")));
+        }
+    }
+    failed
 }
 
 /// Applies owner (when root), mode, xattrs and times of `entry` to the open file or

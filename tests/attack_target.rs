@@ -179,3 +179,91 @@ fn a_target_inside_the_source_through_a_symlink_is_refused() {
         .collect();
     assert_eq!(left, ["file"], "the refused sync wrote into the source");
 }
+
+/// A target where `file` is a hard link to `outside` (mode 0600), and a source `file` with the
+/// same bytes, mode 0666 and the given mtime.
+fn hard_link_setup(sandbox: &Sandbox, round: &str, mtime: i64) -> (PathBuf, PathBuf, PathBuf) {
+    let content = b"the same bytes as a file outside".to_vec();
+    let outside = sandbox.path(&format!("outside-{round}"));
+    fs::write(&outside, &content).unwrap();
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o600)).unwrap();
+    set_mtime(&outside, 1_000_000, 0);
+    let source = sandbox.path(&format!("source-{round}"));
+    fs::create_dir(&source).unwrap();
+    fs::write(source.join("file"), &content).unwrap();
+    fs::set_permissions(source.join("file"), fs::Permissions::from_mode(0o666)).unwrap();
+    set_mtime(&source.join("file"), mtime, 0);
+    let target = sandbox.path(&format!("target-{round}"));
+    fs::create_dir(&target).unwrap();
+    fs::hard_link(&outside, target.join("file")).unwrap();
+    (source, target, outside)
+}
+
+#[test]
+fn a_hard_link_planted_in_the_target_never_carries_metadata_outside() {
+    let sandbox = Sandbox::new();
+    // Same size and mtime: rsync's quick check says "same"; only the mode differs. Then
+    // another mtime: the content is compared and found the same.
+    for (round, mtime) in [("quick-check", 1_000_000), ("compared", 2_000_000)] {
+        let (source, target, outside) = hard_link_setup(&sandbox, round, mtime);
+        let output = sandbox.run(&["sync", &format!("{}/", text(&source)), text(&target)]);
+        assert!(output.status.success(), "{round}: {}", stderr(&output));
+        let outside_meta = fs::metadata(&outside).unwrap();
+        assert_eq!(
+            outside_meta.mode() & 0o7777,
+            0o600,
+            "{round}: the mode of a file outside the target was changed"
+        );
+        assert_eq!(
+            outside_meta.mtime(),
+            1_000_000,
+            "{round}: its mtime was changed"
+        );
+        let written = fs::metadata(target.join("file")).unwrap();
+        assert_ne!(
+            written.ino(),
+            outside_meta.ino(),
+            "{round}: still linked outside"
+        );
+        assert_eq!(written.mode() & 0o7777, 0o666, "{round}");
+        assert_eq!(written.mtime(), mtime, "{round}");
+    }
+}
+
+#[test]
+fn another_users_file_in_the_target_is_replaced_not_made_the_entrys() {
+    if !running_as_root() {
+        eprintln!("needs root to make a file of another user; run as root (CI does)");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir(&source).unwrap();
+    fs::write(source.join("tool"), b"#!/bin/sh\necho root tool\n").unwrap();
+    fs::set_permissions(source.join("tool"), fs::Permissions::from_mode(0o4755)).unwrap();
+    set_mtime(&source.join("tool"), 1_500_000, 0);
+    // Another user plants a file of their own with the entry's size and mtime.
+    let target = sandbox.path("target");
+    fs::create_dir(&target).unwrap();
+    fs::write(target.join("tool"), b"#!/bin/sh\necho evil tool\n").unwrap();
+    set_mtime(&target.join("tool"), 1_500_000, 0);
+    std::os::unix::fs::chown(target.join("tool"), Some(65534), Some(65534)).unwrap();
+    let planted = fs::metadata(target.join("tool")).unwrap().ino();
+    sandbox.ok(&["sync", &format!("{}/", text(&source)), text(&target)]);
+    let now = fs::metadata(target.join("tool")).unwrap();
+    assert_ne!(
+        now.ino(),
+        planted,
+        "the other user's file was made the setuid entry"
+    );
+    assert_eq!(
+        fs::read(target.join("tool")).unwrap(),
+        fs::read(source.join("tool")).unwrap()
+    );
+    assert_eq!((now.uid(), now.mode() & 0o7777), (0, 0o4755));
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

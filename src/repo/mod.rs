@@ -301,37 +301,7 @@ impl Repository {
                 e
             }
         })?;
-        let location = format!("{}/config", backend.location());
-        let config: Config =
-            serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(&location, e.to_string()))?;
-        if !(FORMAT_VERSION_OLDEST..=FORMAT_VERSION).contains(&config.cairn_repository) {
-            return Err(Error::InvalidInput(format!(
-                "repository {} has format version {}; this cairn reads versions \
-                 {FORMAT_VERSION_OLDEST} to {FORMAT_VERSION}",
-                backend.location(),
-                config.cairn_repository
-            )));
-        }
-        if !is_repository_id(&config.id) {
-            return Err(Error::corrupt(
-                &location,
-                format!("repository id {:?} is not 64 hex digits", config.id),
-            ));
-        }
-        if !COMPRESSION_LEVELS.contains(&config.compression_level) {
-            return Err(Error::corrupt(
-                &location,
-                format!(
-                    "compression level {} is out of range 1..=22",
-                    config.compression_level
-                ),
-            ));
-        }
-        config
-            .chunker
-            .validate()
-            .map_err(|e| Error::corrupt(&location, e.to_string()))?;
-        Ok(config)
+        decode_config(&bytes, &backend.location())
     }
 
     /// Opens a repository. `secret` is called once with the mode the config states, so a
@@ -559,4 +529,39 @@ impl Repository {
         self.codec
             .decode(&stored, MAX_RECORD_BYTES, &|| name.to_owned())
     }
+}
+
+/// Parses and checks the plaintext `config` of the repository at `repository` (named in
+/// errors): format version, id, compression level and chunker bounds.
+pub fn decode_config(bytes: &[u8], repository: &str) -> Result<Config> {
+    let location = format!("{repository}/config");
+    let config: Config =
+        serde_json::from_slice(bytes).map_err(|e| Error::corrupt(&location, e.to_string()))?;
+    if !(FORMAT_VERSION_OLDEST..=FORMAT_VERSION).contains(&config.cairn_repository) {
+        return Err(Error::InvalidInput(format!(
+            "repository {} has format version {}; this cairn reads versions \
+             {FORMAT_VERSION_OLDEST} to {FORMAT_VERSION}",
+            repository, config.cairn_repository
+        )));
+    }
+    if !is_repository_id(&config.id) {
+        return Err(Error::corrupt(
+            &location,
+            format!("repository id {:?} is not 64 hex digits", config.id),
+        ));
+    }
+    if !COMPRESSION_LEVELS.contains(&config.compression_level) {
+        return Err(Error::corrupt(
+            &location,
+            format!(
+                "compression level {} is out of range 1..=22",
+                config.compression_level
+            ),
+        ));
+    }
+    config
+        .chunker
+        .validate()
+        .map_err(|e| Error::corrupt(&location, e.to_string()))?;
+    Ok(config)
 }

@@ -25,7 +25,9 @@ use crate::id::BlobId;
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::restore::{HardLinkGroups, open_parent, write_sparse};
-use crate::target::{TargetDir, set_metadata_of};
+use crate::target::{
+    TargetDir, check_path_length, may_adjust_in_place, set_directories_metadata, set_metadata_of,
+};
 use crate::throttle::RateLimiter;
 use crate::tree::{
     ChunkRef, Content, Entry, EntryKind, is_valid_name, load_tree, sized_file_chunks,
@@ -383,39 +385,60 @@ impl TreeSource for DirectorySource {
     ) -> Result<FileWrite> {
         let path = dir.join(OsStr::from_bytes(&entry.name));
         let context = || format!("reading {}", path.display());
+        // Not waiting on a FIFO, not taking a terminal, and only the file that was listed:
+        // the source may be changed by someone else while the sync runs.
         let source = fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
             .open(&path)
             .context_io(context)?;
+        let metadata = source.metadata().context_io(context)?;
+        if !metadata.is_file() || (metadata.dev(), metadata.ino()) != (entry.device, entry.inode) {
+            return Err(Error::InvalidInput(format!(
+                "{} changed while it was synced (not the file listed); left for the next run",
+                path.display()
+            )));
+        }
         if let Some(old) = old
             && old.metadata().is_ok_and(|m| m.len() == entry.size)
             && same_bytes(&source, old).context_io(context)?
         {
             return Ok(FileWrite::Same);
         }
-        let mut buffer = vec![0; 1 << 20];
-        let mut offset = 0u64;
-        loop {
-            let read = source.read_at(&mut buffer, offset).context_io(context)?;
-            if read == 0 {
-                break;
-            }
-            if let Some(limiter) = limiter {
-                limiter.take(read as u64);
-            }
-            write_sparse(out, offset, &buffer[..read])
-                .map_err(|e| Error::io("writing the new file", e))?;
-            offset += read as u64;
-        }
-        check_size(offset, entry)?;
-        out.set_len(offset)
-            .map_err(|e| Error::io("writing the new file", e))?;
+        let copied = copy_file(&source, out, entry.size, limiter).context_io(context)?;
+        check_size(copied, entry)?;
         Ok(FileWrite::Written {
-            fetched: offset,
+            fetched: copied,
             reused: 0,
         })
     }
+}
+
+/// Copies `from` into the new file `out`, leaving holes where blocks are zeros, and reads no
+/// more than one byte past `size` (the size it was listed with): a file that grew, or a
+/// device swapped in, is cut off there. Returns the bytes read.
+fn copy_file(
+    from: &File,
+    out: &File,
+    size: u64,
+    limiter: Option<&RateLimiter>,
+) -> std::io::Result<u64> {
+    let mut buffer = vec![0; 1 << 20];
+    let mut offset = 0u64;
+    while offset <= size {
+        let want = buffer.len().min((size + 1 - offset) as usize);
+        let read = from.read_at(&mut buffer[..want], offset)?;
+        if read == 0 {
+            break;
+        }
+        if let Some(limiter) = limiter {
+            limiter.take(read as u64);
+        }
+        write_sparse(out, offset, &buffer[..read])?;
+        offset += read as u64;
+    }
+    out.set_len(offset)?;
+    Ok(offset)
 }
 
 /// The entry for one directory entry of a live source; `None` for sockets.
@@ -548,6 +571,24 @@ fn finish_file<D>(
                 let old = old.as_ref().ok_or_else(|| {
                     Error::InvalidInput(format!("{}: no old file to keep", shown.display()))
                 })?;
+                let in_place = old
+                    .metadata()
+                    .is_ok_and(|m| may_adjust_in_place(&m, &job.entry));
+                if !in_place {
+                    // Another user's file, or one with a name outside the target: its bytes
+                    // are right, but it is replaced by a copy rather than changed.
+                    copy_file(old, &out, job.entry.size, None)
+                        .context_io(|| format!("copying {}", shown.display()))?;
+                    set_metadata_of(out.as_fd(), &job.entry, &shown).map_err(metadata_error)?;
+                    drop(out);
+                    job.target
+                        .rename(&temp, &job.entry.name)
+                        .context_io(|| format!("replacing {}", shown.display()))?;
+                    return Ok(FileWrite::Written {
+                        fetched: 0,
+                        reused: job.entry.size,
+                    });
+                }
                 set_metadata_of(old.as_fd(), &job.entry, &shown).map_err(metadata_error)?;
                 drop(out);
                 job.target.unlink(&temp).context_io(|| {
@@ -746,6 +787,7 @@ impl<S: TreeSource> Planner<'_, S> {
         let name = entry.name.as_slice();
         let shown = self.shown(target.as_deref(), &relative);
         let created = || format!("creating {}", shown.display());
+        check_path_length(&relative).context_io(created)?;
         let existing = match &target {
             Some(t) => t
                 .metadata(name)
@@ -796,19 +838,23 @@ impl<S: TreeSource> Planner<'_, S> {
                     && old.len() == entry.size
                     && mtime_ns(old) == entry.mtime_ns
                 {
-                    // Same content by rsync's quick check; owner or mode may still differ.
+                    // Same content by rsync's quick check; owner or mode may still differ. A
+                    // file that may not be adjusted where it is (another user's, or one with
+                    // a name outside) is rewritten instead.
                     let same_owner_and_mode = old.mode() & 0o7777 == entry.mode
                         && old.uid() == entry.uid
                         && old.gid() == entry.gid;
-                    if let Some(t) = writable
-                        && !same_owner_and_mode
-                    {
-                        t.set_metadata_at(name, &entry)
-                            .context_io(|| format!("setting metadata of {}", shown.display()))?;
+                    let kept = match writable {
+                        Some(t) if !same_owner_and_mode => t
+                            .set_metadata_at(name, &entry)
+                            .context_io(|| format!("setting metadata of {}", shown.display()))?,
+                        _ => true,
+                    };
+                    if kept {
+                        self.report.files_unchanged += 1;
+                        self.progress.file_done(entry.size);
+                        return Ok(None);
                     }
-                    self.report.files_unchanged += 1;
-                    self.progress.file_done(entry.size);
-                    return Ok(None);
                 }
                 let Some(target) = target.filter(|_| !dry_run) else {
                     self.report.files_written += 1;
@@ -843,7 +889,7 @@ impl<S: TreeSource> Planner<'_, S> {
                 };
                 let temp = temp_name();
                 t.symlink(link_target, &temp).context_io(created)?;
-                t.set_metadata_at(&temp, &entry).context_io(created)?;
+                t.set_metadata_of_new(&temp, &entry).context_io(created)?;
                 if is_dir {
                     t.remove(name)
                         .context_io(|| format!("removing {}", shown.display()))?;
@@ -860,7 +906,7 @@ impl<S: TreeSource> Planner<'_, S> {
                 t.remove(name)
                     .context_io(|| format!("removing {}", shown.display()))?;
                 t.make_node(name, &entry.kind).context_io(created)?;
-                t.set_metadata_at(name, &entry).context_io(created)?;
+                t.set_metadata_of_new(name, &entry).context_io(created)?;
                 self.count(false);
             }
         }
@@ -1024,18 +1070,8 @@ pub fn run<S: TreeSource>(
         if let Some(entry) = root_entry {
             dirs.push((PathBuf::new(), entry.clone()));
         }
-        for (relative, entry) in &dirs {
-            let shown = target.join(relative);
-            // A directory replaced meanwhile (by a symlink, say) is reported, never followed.
-            if let Err(e) = root_dir
-                .open_beneath(relative)
-                .and_then(|dir| set_metadata_of(dir.as_fd(), entry, &shown))
-            {
-                errors.push(SyncError {
-                    path: shown,
-                    message: format!("setting metadata: {e}"),
-                });
-            }
+        for (path, message) in set_directories_metadata(root_dir, &dirs) {
+            errors.push(SyncError { path, message });
         }
     } else {
         report.files_written += links.later.len() as u64;

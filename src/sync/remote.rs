@@ -516,7 +516,7 @@ impl RemoteSource {
 }
 
 /// The next record of a streamed listing; `None` at its end.
-fn read_record(reader: &mut dyn Read) -> std::io::Result<Option<TreeRecord>> {
+pub(crate) fn read_record(reader: &mut dyn Read) -> std::io::Result<Option<TreeRecord>> {
     let mut length = [0u8; 4];
     match reader.read_exact(&mut length) {
         Ok(()) => {}
