@@ -97,9 +97,10 @@ fn raise_open_file_limit() {
 }
 
 impl TargetDir {
-    /// Opens the directory at `path`, the target the user named (symlinks in that path are
-    /// followed, as they are by rsync and cp); with `create`, creates it and its missing
-    /// parents first.
+    /// Opens the directory at `path`, the target the user named (symlinks in the directories
+    /// above it are followed, as they are by rsync and cp; the target itself must be a
+    /// directory, not a symlink, as the callers checked); with `create`, creates it and its
+    /// missing parents first.
     pub fn open(path: &Path, create: bool) -> io::Result<TargetDir> {
         raise_open_file_limit();
         if create {
@@ -107,12 +108,7 @@ impl TargetDir {
         }
         let c = c_name(path.as_os_str().as_bytes())?;
         // SAFETY: c is a valid NUL-terminated path.
-        let fd = owned(unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        })?;
+        let fd = owned(unsafe { libc::open(c.as_ptr(), DIR_FLAGS) })?;
         Ok(TargetDir {
             fd,
             path: path.to_owned(),

@@ -203,26 +203,12 @@ fn changed_settings_of_an_encrypted_config_are_refused_without_a_cache() {
     }
 }
 
-/// Copies the plain files and directories below `from` to `to`.
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn changed_settings_of_an_old_unauthenticated_config_are_refused_by_the_cache() {
     let sandbox = Sandbox::new();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1-password");
     let repo = sandbox.path("repo");
-    copy_dir(&fixture.join("repo"), &repo);
+    copy_tree(&fixture.join("repo"), &repo);
     let password = fs::read_to_string(fixture.join("password")).unwrap();
     let password = Some(password.trim_end());
     let cache = sandbox.path("cache");

@@ -13,7 +13,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "attack-test-token";
@@ -323,19 +323,6 @@ fn a_server_trickling_its_body_is_given_up_on() {
     }
 }
 
-/// A running `cairn serve`, stopped when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts `cairn serve --repo REPO args...` on a free loopback port, limited to
 /// `descriptors` open files, with the client timeout of `CAIRN_SERVE_CLIENT_TIMEOUT`.
 fn serve(sandbox: &Sandbox, repo: &Path, args: &[&str], descriptors: u32) -> Server {
@@ -349,20 +336,8 @@ fn serve(sandbox: &Sandbox, repo: &Path, args: &[&str], descriptors: u32) -> Ser
         .args(args)
         .env("CAIRN_TOKEN", TOKEN)
         .env("CAIRN_CACHE_DIR", sandbox.path("cache"))
-        .env("CAIRN_SERVE_CLIENT_TIMEOUT", "1s")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = command.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("serve printed {line:?}"))
-        .to_owned();
-    Server { child, url }
+        .env("CAIRN_SERVE_CLIENT_TIMEOUT", "1s");
+    Server::spawn(&mut command)
 }
 
 /// Point 7: 300 idle connections that never finish their headers, at a limit of 256 open

@@ -17,10 +17,10 @@ use cairn::tree::{ChunkRef, Content, Entry, EntryKind, Tree, root_entry};
 use common::*;
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The most memory any command may use on a hostile repository.
 const MAX_RSS_BYTES: u64 = 300 << 20;
@@ -63,6 +63,14 @@ fn store_blobs(repo: &Repository, blobs: &[(BlobKind, Vec<u8>)]) -> Vec<BlobId> 
     })
     .unwrap();
     ids
+}
+
+/// Stores the 5 bytes `hello` as one data blob and returns the chunk reference to it.
+fn store_hello_chunk(repo: &Repository) -> ChunkRef {
+    let [id] = store_blobs(repo, &[(BlobKind::Data, b"hello".to_vec())])[..] else {
+        unreachable!("one blob stored")
+    };
+    ChunkRef { id, length: 5 }
 }
 
 fn entry(name: &str, kind: EntryKind, size: u64) -> Entry {
@@ -142,6 +150,24 @@ fn assert_refused(sandbox: &Sandbox, args: &[&str], needle: &str) -> Output {
     run.output
 }
 
+/// Runs `cairn restore` of checkpoint `ckpt` to `<sandbox>/restored` under the bounds and
+/// asserts it failed cleanly, saying `needle`.
+fn assert_restore_refused(sandbox: &Sandbox, repo_arg: &str, ckpt: &str, needle: &str) {
+    let target = sandbox.path("restored");
+    assert_refused(
+        sandbox,
+        &[
+            "restore",
+            "--repo",
+            repo_arg,
+            "--target",
+            target.to_str().unwrap(),
+            ckpt,
+        ],
+        needle,
+    );
+}
+
 /// Runs `cairn args` under the bounds and asserts it succeeded; returns stdout.
 fn assert_ok(sandbox: &Sandbox, args: &[&str]) -> String {
     let run = cairn(sandbox, args);
@@ -192,19 +218,7 @@ fn a_decompression_bomb_is_refused_without_inflating_it() {
         &["cat", "--repo", repo_arg, &format!("{ckpt}:bomb0")],
         "blob",
     );
-    let target = sandbox.path("restored");
-    assert_refused(
-        &sandbox,
-        &[
-            "restore",
-            "--repo",
-            repo_arg,
-            "--target",
-            target.to_str().unwrap(),
-            &ckpt,
-        ],
-        "bomb",
-    );
+    assert_restore_refused(&sandbox, repo_arg, &ckpt, "bomb");
     assert_refused(
         &sandbox,
         &["check", "--read-data", "--repo", repo_arg],
@@ -258,13 +272,7 @@ fn a_chunk_list_of_millions_of_entries_is_refused_before_it_is_decoded() {
     let sandbox = Sandbox::new();
     let (path, repo) = plain_repo(&sandbox, "repo");
     let repo_arg = path.to_str().unwrap();
-    let [chunk_id] = store_blobs(&repo, &[(BlobKind::Data, b"hello".to_vec())])[..] else {
-        unreachable!("one blob stored")
-    };
-    let chunk = ChunkRef {
-        id: chunk_id,
-        length: 5,
-    };
+    let chunk = store_hello_chunk(&repo);
     let count = 8_000_000;
     let (list, stored, raw_length) = chunk_list_bomb(count, chunk);
     put_raw_pack(&repo, &[(list, BlobKind::ChunkList, &stored, raw_length)]);
@@ -277,19 +285,7 @@ fn a_chunk_list_of_millions_of_entries_is_refused_before_it_is_decoded() {
         &["cat", "--repo", repo_arg, &format!("{ckpt}:huge")],
         "may hold",
     );
-    let target = sandbox.path("restored");
-    assert_refused(
-        &sandbox,
-        &[
-            "restore",
-            "--repo",
-            repo_arg,
-            "--target",
-            target.to_str().unwrap(),
-            &ckpt,
-        ],
-        "huge",
-    );
+    assert_restore_refused(&sandbox, repo_arg, &ckpt, "huge");
 }
 
 // ---- 11. Trees nested deeper than any call stack ----
@@ -318,13 +314,7 @@ fn a_tree_sixteen_thousand_levels_deep_is_checked_copied_diffed_and_repaired() {
     let sandbox = Sandbox::new();
     let (path, repo) = plain_repo(&sandbox, "repo");
     let repo_arg = path.to_str().unwrap();
-    let [chunk_id] = store_blobs(&repo, &[(BlobKind::Data, b"hello".to_vec())])[..] else {
-        unreachable!("one blob stored")
-    };
-    let leaf = ChunkRef {
-        id: chunk_id,
-        length: 5,
-    };
+    let leaf = store_hello_chunk(&repo);
     let sound = save_checkpoint(&repo, deep_chain(&repo, DEEP, leaf));
     let deepest = format!("{}f", "d/".repeat(DEEP - 1));
 
@@ -382,13 +372,7 @@ fn ls_lists_a_tree_deeper_than_its_stack() {
     let depth = 6_000;
     let sandbox = Sandbox::new();
     let (path, repo) = plain_repo(&sandbox, "repo");
-    let [chunk_id] = store_blobs(&repo, &[(BlobKind::Data, b"hello".to_vec())])[..] else {
-        unreachable!("one blob stored")
-    };
-    let leaf = ChunkRef {
-        id: chunk_id,
-        length: 5,
-    };
+    let leaf = store_hello_chunk(&repo);
     let ckpt = save_checkpoint(&repo, deep_chain(&repo, depth, leaf));
     let mut command = small_stack(sandbox.cairn());
     command.args(["ls", "-r", "--repo", path.to_str().unwrap(), &ckpt]);
@@ -505,30 +489,11 @@ fn check_flags_files_whose_size_disagrees_with_their_chunks() {
 fn the_mount_gives_eio_for_files_whose_size_disagrees_with_their_chunks() {
     let sandbox = Sandbox::new();
     let (path, _) = lying_sizes(&sandbox);
-    let point = sandbox.path("mnt");
-    std::fs::create_dir_all(&point).unwrap();
-    let mut child = sandbox
-        .cairn()
-        .args([
-            "mount",
-            "--repo",
-            path.to_str().unwrap(),
-            point.to_str().unwrap(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !point.join("latest").exists() {
-        assert!(Instant::now() < deadline, "the mount did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let read = |name: &str| std::fs::read(point.join("latest").join(name));
+    let mount = Mounted::start(&sandbox, &path);
+    let read = |name: &str| std::fs::read(mount.path("latest").join(name));
     let results = [read("short"), read("inflated"), read("fine")];
-    let _ = Command::new("fusermount3").arg("-u").arg(&point).status();
-    let _ = child.kill();
-    let _ = child.wait();
+    // Unmounted before the assertions, which may panic.
+    drop(mount);
     let [short, inflated, fine] = results;
     for (name, result) in [("short", short), ("inflated", inflated)] {
         let error = result.expect_err(name);

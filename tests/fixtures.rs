@@ -18,8 +18,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The password of every `password`-mode fixture.
 const FIXTURE_PASSWORD: &str = "cairn fixture password";
@@ -109,20 +108,6 @@ fn manifest(root: &Path) -> String {
     lines.join("\n") + "\n"
 }
 
-/// Copies the plain files and directories below `from` to `to`.
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 /// The first state of the fixtures' source tree: files, an empty file, an executable, a
 /// subdirectory, a symlink and a name that is not UTF-8, with fixed modes and times.
 fn write_first_source(root: &Path) {
@@ -158,60 +143,12 @@ fn write_second_source(root: &Path) {
 
 /// Gives every entry below `root` (and `root`) an mtime of `seconds` plus its position.
 fn fix_times(root: &Path, seconds: i64) {
-    let mut paths = vec![root.to_path_buf()];
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_dir() {
-                stack.push(entry.path());
-            }
-            paths.push(entry.path());
-        }
-    }
+    let mut paths = entries_below(root);
+    paths.push(root.to_path_buf());
     paths.sort();
     // Children before parents, so setting a file's time does not move its directory's.
     for (position, path) in paths.iter().enumerate().rev() {
         set_mtime(path, seconds + position as i64, 250_000_000);
-    }
-}
-
-/// A running `cairn mount`; unmounted and reaped on drop.
-struct Mount {
-    child: Child,
-    point: PathBuf,
-}
-
-impl Mount {
-    fn start(mut command: Command, point: &Path) -> Self {
-        fs::create_dir_all(point).unwrap();
-        let child = command
-            .arg(point)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mount = Mount {
-            child,
-            point: point.to_owned(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !mount.point.join("latest").exists() {
-            assert!(Instant::now() < deadline, "the mount did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        mount
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&self.point)
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -230,12 +167,7 @@ fn exercise(fixture: &Path) {
     };
 
     let listed: serde_json::Value = serde_json::from_str(&cairn(&["list", "--json"])).unwrap();
-    let ids: Vec<&str> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["id"].as_str().unwrap())
-        .collect();
+    let ids = json_strings(&listed, "id");
     assert_eq!(ids.len(), 2, "{}: two checkpoints", fixture.display());
 
     cairn(&["check", "--read-data"]);
@@ -260,14 +192,11 @@ fn exercise(fixture: &Path) {
         );
     }
 
-    let mut command = sandbox.cairn();
-    command.args(["mount", "--repo", repo.to_str().unwrap()]);
-    command.args(secret_args(mode, fixture));
-    let mount = Mount::start(command, &sandbox.path("mnt"));
+    let mount = Mounted::start_with(&sandbox, &repo, &secret_args(mode, fixture));
     let restored = sandbox.path("restored-1");
     for file in ["hello.txt", "sub/data.bin", "sub/new.txt"] {
         assert_eq!(
-            fs::read(mount.point.join("latest").join(file)).unwrap(),
+            fs::read(mount.path("latest").join(file)).unwrap(),
             fs::read(restored.join(file)).unwrap(),
             "{}: {file} through the mount",
             fixture.display()

@@ -212,20 +212,6 @@ fn a_backup_stopped_at_any_write_leaves_a_sound_repository_and_resumes() {
     assert_latest_restores_to(&repo, &source, &sandbox.path("target"));
 }
 
-/// Copies a repository directory (a plain tree of files).
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn a_prune_stopped_at_any_write_or_delete_loses_nothing() {
     prune_stopped_at_any_point_loses_nothing(EncryptionMode::Keyfile);
@@ -274,7 +260,7 @@ fn prune_stopped_at_any_point_loses_nothing(mode: EncryptionMode) {
     {
         let work = format!("work-{puts}-{deletes}");
         let _ = std::fs::remove_dir_all(sandbox.path(&work));
-        copy_dir(&sandbox.path("repo"), &sandbox.path(&work));
+        copy_tree(&sandbox.path("repo"), &sandbox.path(&work));
         let failing = Arc::new(FailingBackend {
             inner: LocalBackend::new(sandbox.path(&work)),
             puts_left: AtomicUsize::new(puts),
@@ -471,7 +457,7 @@ fn repairs_stopped_at_any_write_or_delete_lose_nothing_and_resume() {
         .chain((0..8).map(|n| (usize::MAX, n)))
     {
         let work = format!("work-{puts}-{deletes}");
-        copy_dir(&sandbox.path("repo"), &sandbox.path(&work));
+        copy_tree(&sandbox.path("repo"), &sandbox.path(&work));
         let failing = Arc::new(FailingBackend {
             inner: LocalBackend::new(sandbox.path(&work)),
             puts_left: AtomicUsize::new(puts),

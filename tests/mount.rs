@@ -7,68 +7,8 @@ use common::*;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A running `cairn mount`; unmounted and reaped on drop.
-struct Mounted {
-    child: Option<Child>,
-    point: PathBuf,
-}
-
-impl Mounted {
-    fn start(sandbox: &Sandbox, repo: &Path) -> Self {
-        let point = sandbox.path("mnt");
-        fs::create_dir_all(&point).unwrap();
-        let child = sandbox
-            .cairn()
-            .args([
-                "mount",
-                "--repo",
-                repo.to_str().unwrap(),
-                point.to_str().unwrap(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mounted = Mounted {
-            child: Some(child),
-            point,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !mounted.point.join("checkpoints").exists() {
-            assert!(Instant::now() < deadline, "the mount did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        mounted
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.point.join(rel)
-    }
-
-    /// Sends SIGTERM and returns the exit status once the process is gone.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        // SAFETY: kill with a valid pid and signal.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        child.wait().unwrap()
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&self.point)
-                .status();
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 fn repo_with_two_checkpoints(sandbox: &Sandbox) -> (PathBuf, PathBuf) {
     let source = sandbox.path("source");
@@ -381,13 +321,10 @@ fn history_collapses_versions_and_new_checkpoints_appear() {
         "--json",
     ]);
     let versions: serde_json::Value = serde_json::from_str(&output).unwrap();
-    let changes: Vec<&str> = versions
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["change"].as_str().unwrap())
-        .collect();
-    assert_eq!(changes, ["added", "changed", "changed"]);
+    assert_eq!(
+        json_strings(&versions, "change"),
+        ["added", "changed", "changed"]
+    );
 
     let status = mount.terminate();
     assert!(

@@ -7,9 +7,7 @@ mod common;
 
 use common::*;
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 
 const TOKEN: &str = "s3cret-token-for-tests";
@@ -18,47 +16,22 @@ fn text(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// A running `cairn serve`, stopped when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts `cairn serve` with `args` on a free loopback port; the URL is the server's base.
 fn serve_with(sandbox: &Sandbox, args: &[&str]) -> Server {
     let token = sandbox.path("token");
     fs::write(&token, format!("{TOKEN}\n")).unwrap();
-    let mut child = sandbox
-        .cairn()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--token-file",
-            text(&token),
-        ])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("serve printed {line:?}"))
-        .to_owned();
-    Server { child, url }
+    Server::spawn(
+        sandbox
+            .cairn()
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--token-file",
+                text(&token),
+            ])
+            .args(args),
+    )
 }
 
 /// Starts `cairn serve --repo REPO` with `extra` arguments; the URL is the repository's.

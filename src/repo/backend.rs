@@ -10,7 +10,7 @@
 
 use crate::error::{Error, IoContext, Result};
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -28,6 +28,18 @@ pub struct RangeRequest {
     pub name: String,
     pub offset: u64,
     pub length: u64,
+}
+
+/// The most bytes object `name` may hold when it is read whole: a pack or an index file the
+/// largest blob a repository accepts plus room for its pack (1 GiB and 16 MiB), any other
+/// object (`config`, `keys/…`, `checkpoints/…`, `locks/…`) 16 MiB. A larger one is no object
+/// cairn wrote, and is refused before it is read (invariant 7).
+pub fn max_whole_object_bytes(name: &str) -> u64 {
+    if name.starts_with("data/") || name.starts_with("index/") {
+        (1 << 30) + (16 << 20)
+    } else {
+        16 << 20
+    }
 }
 
 /// Storage of named immutable objects.
@@ -272,7 +284,20 @@ impl Backend for LocalBackend {
 
     fn get(&self, name: &str) -> Result<Vec<u8>> {
         let path = self.path_of(name)?;
-        fs::read(&path).context_io(|| format!("reading {}", path.display()))
+        let context = || format!("reading {}", path.display());
+        let file = fs::File::open(&path).context_io(context)?;
+        let size = file.metadata().context_io(context)?.len();
+        let max = max_whole_object_bytes(name);
+        if size > max {
+            return Err(Error::corrupt(
+                path.display().to_string(),
+                format!("{size} bytes, more than the {max} any such object of cairn's holds"),
+            ));
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        // Read no further than the size checked, even if the file grows meanwhile.
+        file.take(max).read_to_end(&mut data).context_io(context)?;
+        Ok(data)
     }
 
     fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {

@@ -67,10 +67,6 @@ pub const MAX_SMALL_ANSWER_BYTES: u64 = 16 << 20;
 /// A repository listing (JSON) is refused past this: about 1.2 million objects.
 pub const MAX_OBJECT_LISTING_BYTES: u64 = 128 << 20;
 
-/// A whole pack or index file read without a listing that gave its size is refused past
-/// this: the largest blob a repository accepts, plus room for its pack.
-pub const MAX_OBJECT_BYTES: u64 = (1 << 30) + (16 << 20);
-
 /// How a client reaches a server: its URL, the token, a CA to trust besides the system's,
 /// and how long to wait.
 #[derive(Debug, Clone)]
@@ -448,8 +444,7 @@ impl HttpBackend {
             .copied();
         match listed {
             Some(size) => size,
-            None if name.starts_with("data/") || name.starts_with("index/") => MAX_OBJECT_BYTES,
-            None => MAX_SMALL_ANSWER_BYTES,
+            None => super::backend::max_whole_object_bytes(name),
         }
     }
 }

@@ -239,6 +239,13 @@ pub fn fetch_header(
     let len_at = size.saturating_sub(HEADER_LENGTH_BYTES);
     let trailer = backend.get_range(&name, len_at as u64, (size - len_at) as u64)?;
     let header_at = header_start(size, &trailer, &location)?;
+    // The trailer's length is checked before anything is read at it.
+    if (len_at - header_at) as u64 > MAX_HEADER_BYTES + 64 {
+        return Err(Error::corrupt(
+            location(),
+            format!("a header of {} bytes", len_at - header_at),
+        ));
+    }
     let encoded = backend.get_range(&name, header_at as u64, (len_at - header_at) as u64)?;
     decode_header(&encoded, header_at, codec, &location)
 }

@@ -173,6 +173,9 @@ impl TreeSource for CheckpointSource<'_> {
     }
 }
 
+/// An old file is read for chunks to reuse only up to twice the new file's size and this.
+const REUSE_SLACK_BYTES: u64 = 64 << 20;
+
 /// Chunks fetched per call of a rebuild's `fetch`, at most, and bytes.
 const FETCH_CHUNKS: usize = 64;
 const FETCH_BYTES: u64 = 32 << 20;
@@ -200,6 +203,13 @@ pub fn start_rebuild(
     out: &File,
 ) -> Result<Option<Rebuild>> {
     let mut held = HashMap::new();
+    // An old file far larger than the new one (a huge sparse file planted there, say) is not
+    // read through for the little it could give.
+    let reuse_limit = entry
+        .size
+        .saturating_mul(2)
+        .saturating_add(REUSE_SLACK_BYTES);
+    let old = old.filter(|f| f.metadata().is_ok_and(|m| m.len() <= reuse_limit));
     if let Some(old) = old {
         let wanted: HashSet<BlobId> = chunks.iter().map(|c| c.id).collect();
         let mut old_ids = Vec::new();

@@ -6,10 +6,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// A scratch area with a cache directory every command shares.
 pub struct Sandbox {
@@ -76,6 +78,15 @@ pub fn stderr(output: &Output) -> String {
 pub fn assert_fails(output: &Output, code: i32, needle: &str) {
     assert_eq!(output.status.code(), Some(code), "{}", stderr(output));
     assert!(stderr(output).contains(needle), "{}", stderr(output));
+}
+
+/// The string `field` of every object in the JSON array `list`, as a `--json` listing prints.
+pub fn json_strings<'a>(list: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item[field].as_str().unwrap())
+        .collect()
 }
 
 /// Deterministic pseudo-random bytes.
@@ -263,39 +274,62 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
     }
 }
 
-/// Total bytes of the files below `dir`.
-pub fn disk_usage(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let m = e.metadata().unwrap();
-            if m.is_dir() {
-                stack.push(e.path());
-            } else {
-                total += m.len();
-            }
-        }
-    }
-    total
-}
-
-/// Every file below `dir` with its bytes, to prove a directory unchanged.
-pub fn file_contents(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
+/// Every entry below `dir` (not `dir` itself), directories included and symlinks not
+/// followed, in no particular order.
+pub fn entries_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(&d).unwrap() {
             let e = e.unwrap();
             if e.file_type().unwrap().is_dir() {
                 stack.push(e.path());
-            } else {
-                out.insert(e.path(), fs::read(e.path()).unwrap());
             }
+            out.push(e.path());
         }
     }
     out
+}
+
+/// Whether `path` is a directory itself (a symlink to one is not).
+fn is_real_dir(path: &Path) -> bool {
+    fs::symlink_metadata(path).unwrap().is_dir()
+}
+
+/// Total bytes of the files below `dir`.
+pub fn disk_usage(dir: &Path) -> u64 {
+    entries_below(dir)
+        .iter()
+        .map(|path| fs::symlink_metadata(path).unwrap())
+        .filter(|m| !m.is_dir())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Every file below `dir` with its bytes, to prove a directory unchanged.
+pub fn file_contents(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    entries_below(dir)
+        .into_iter()
+        .filter(|path| !is_real_dir(path))
+        .map(|path| {
+            let bytes = fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect()
+}
+
+/// Copies the plain files and directories below `from` to `to` (a repository, a fixture).
+pub fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }
 
 /// Allocated bytes of a file (to tell holes from written zeros).
@@ -394,4 +428,104 @@ fn high_water_kib(pid: libc::pid_t) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A running `cairn mount` of a repository at `<sandbox>/mnt`; unmounted and reaped on drop.
+pub struct Mounted {
+    child: Option<Child>,
+    pub point: PathBuf,
+}
+
+impl Mounted {
+    /// Mounts `repo` at `<sandbox>/mnt` and waits until the filesystem is up.
+    pub fn start(sandbox: &Sandbox, repo: &Path) -> Self {
+        Self::start_with::<&str>(sandbox, repo, &[])
+    }
+
+    /// Like `start`, with `extra` arguments (a key or password file) after the repository.
+    pub fn start_with<S: AsRef<OsStr>>(sandbox: &Sandbox, repo: &Path, extra: &[S]) -> Self {
+        let point = sandbox.path("mnt");
+        fs::create_dir_all(&point).unwrap();
+        let child = sandbox
+            .cairn()
+            .args(["mount", "--repo", repo.to_str().unwrap()])
+            .args(extra)
+            .arg(&point)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mounted = Mounted {
+            child: Some(child),
+            point,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !mounted.point.join("checkpoints").exists() {
+            assert!(Instant::now() < deadline, "the mount did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        mounted
+    }
+
+    /// `rel` below the mount point.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.point.join(rel)
+    }
+
+    /// Sends SIGTERM and returns the exit status once the process is gone.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: kill with a valid pid and signal.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.point)
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A running `cairn serve`, killed and reaped when dropped.
+pub struct Server {
+    child: Child,
+    /// The server's base URL, as it printed it (`http://127.0.0.1:PORT`).
+    pub url: String,
+}
+
+impl Server {
+    /// Spawns `command`, a `cairn serve` (possibly wrapped, as by `sh -c`), and waits for the
+    /// `listening on URL` line it prints first.
+    pub fn spawn(command: &mut Command) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("serve printed {line:?}"))
+            .to_owned();
+        Server { child, url }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
