@@ -503,20 +503,44 @@ impl TargetDir {
 }
 
 /// Sets the metadata of directories written beneath `root` (paths relative to it, in the
-/// order given: deepest first), each on a descriptor opened beneath `root` name by name. A
-/// directory replaced meanwhile (by a symlink, say) is reported, never followed: the paths
-/// that failed come back with why.
+/// order given: deepest first), each on a descriptor opened beneath `root` name by name. The
+/// chain of directories opened for one is kept for the next, which is mostly its parent, so
+/// the whole costs one open per directory however deep the tree. A directory replaced
+/// meanwhile (by a symlink, say) is reported, never followed: the paths that failed come back
+/// with why.
 pub fn set_directories_metadata(
     root: &TargetDir,
     dirs: &[(PathBuf, Entry)],
 ) -> Vec<(PathBuf, String)> {
     let mut failed = Vec::new();
+    // chain[i] is the directory at the first i + 1 names of the last path handled.
+    let (mut chain, mut chain_names): (Vec<TargetDir>, Vec<&OsStr>) = (Vec::new(), Vec::new());
     for (relative, entry) in dirs {
         let shown = root.path().join(relative);
-        if let Err(e) = root
-            .open_beneath(relative)
-            .and_then(|dir| set_metadata_of(dir.as_fd(), entry, &shown))
-        {
+        let names: Vec<&OsStr> = relative.iter().collect();
+        let shared = chain_names
+            .iter()
+            .zip(&names)
+            .take_while(|(a, b)| a == b)
+            .count();
+        chain.truncate(shared);
+        chain_names.truncate(shared);
+        let mut set = || -> io::Result<()> {
+            for name in &names[shared..] {
+                let parent = chain.last().unwrap_or(root);
+                if matches!(name.as_bytes(), b"." | b"..") {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "not a plain name",
+                    ));
+                }
+                let next = parent.open_unnamed_dir(name.as_bytes())?;
+                chain.push(next);
+                chain_names.push(name);
+            }
+            set_metadata_of(chain.last().unwrap_or(root).as_fd(), entry, &shown)
+        };
+        if let Err(e) = set() {
             failed.push((shown, format!("setting metadata: {e}")));
         }
     }

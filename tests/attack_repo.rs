@@ -339,6 +339,22 @@ fn a_tree_sixteen_thousand_levels_deep_is_checked_copied_diffed_and_repaired() {
     ]);
     assert_ok(&sandbox, &["sync", repo_arg, copy_arg]);
     assert_ok(&sandbox, &["check", "--read-data", "--repo", copy_arg]);
+    // Written out, the tree is refused where its path passes the target's cap: an error,
+    // with the levels above it written and memory bounded, never a crash.
+    let target = sandbox.path("restored");
+    let target_arg = target.to_str().unwrap();
+    let restore = [
+        "restore", "--repo", repo_arg, &sound, "--target", target_arg,
+    ];
+    assert_refused(&sandbox, &restore, "longer than the 8192");
+    let sync = format!("{repo_arg}::{sound}");
+    let synced = sandbox.path("synced");
+    assert_refused(
+        &sandbox,
+        &["sync", &sync, synced.to_str().unwrap()],
+        "longer than the 8192",
+    );
+    assert!(target.join("d/d/d/d").is_dir() && synced.join("d/d/d/d").is_dir());
 
     // A second checkpoint whose deepest file lost its chunk: diff finds the one change, and
     // repair rewrites every level above it.
