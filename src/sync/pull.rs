@@ -292,54 +292,110 @@ struct PullWalker<'a> {
     errors: &'a Mutex<Vec<SourceError>>,
 }
 
+/// One directory of the walk: its path below the source, its tree in the parent checkpoint,
+/// the entries still to walk, what is pending of those walked, and its own entry (`None` for
+/// the root).
+struct PullLevel {
+    dir: Vec<u8>,
+    parent: Option<Tree>,
+    entries: std::vec::IntoIter<Entry>,
+    pending: Vec<PendingEntry>,
+    own: Option<Entry>,
+}
+
 impl PullWalker<'_> {
-    fn pull_dir(&self, dir: &[u8], parent: Option<&Tree>) -> Result<Receiver<BlobId>> {
-        let entries = match self.source.list_dir(dir) {
+    /// Walks the whole source with an explicit stack (a server decides the depth, which must
+    /// cost heap, not the thread's stack); returns where the root tree's id will arrive.
+    fn pull_tree(&self, parent_root: Option<Tree>) -> Result<Receiver<BlobId>> {
+        let mut stack = vec![self.open_level(Vec::new(), parent_root, None)?];
+        loop {
+            let level = stack
+                .last_mut()
+                .expect("the walk holds a level until the root is sent");
+            let Some(entry) = level.entries.next() else {
+                let done = stack.pop().expect("the walk holds a level");
+                let (done_sender, receiver) = bounded(1);
+                self.dirs
+                    .send(PendingDir {
+                        entries: done.pending,
+                        done: done_sender,
+                    })
+                    .map_err(|_| abandoned())?;
+                match (done.own, stack.last_mut()) {
+                    (Some(own), Some(parent)) => {
+                        parent.pending.push(PendingEntry::Dir(own, receiver))
+                    }
+                    _ => return Ok(receiver),
+                }
+                continue;
+            };
+            let path = child_path(&level.dir, &entry.name);
+            let parent_entry = level.parent.as_ref().and_then(|tree| tree.get(&entry.name));
+            match &entry.kind {
+                EntryKind::Dir(_) => {
+                    let parent_tree = self.parent_tree(parent_entry);
+                    let next = self.open_level(path, parent_tree, Some(entry))?;
+                    stack.push(next);
+                }
+                EntryKind::File(_) => {
+                    let pending = match unchanged_content(parent_entry, &entry) {
+                        Some(content) => PendingEntry::Ready(Entry {
+                            kind: EntryKind::File(content),
+                            ..entry
+                        }),
+                        None => {
+                            let (result, receiver) = bounded(1);
+                            let job = PullJob {
+                                path: path.clone(),
+                                size: entry.size,
+                                result,
+                            };
+                            self.files.send(job).map_err(|_| abandoned())?;
+                            let shown = PathBuf::from(String::from_utf8_lossy(&path).into_owned());
+                            PendingEntry::File(entry, shown, receiver)
+                        }
+                    };
+                    level.pending.push(pending);
+                }
+                _ => level.pending.push(PendingEntry::Ready(entry)),
+            }
+        }
+    }
+
+    /// Lists directory `dir` of the source; a directory below the root that cannot be listed
+    /// is reported and pulled empty.
+    fn open_level(
+        &self,
+        dir: Vec<u8>,
+        parent: Option<Tree>,
+        own: Option<Entry>,
+    ) -> Result<PullLevel> {
+        // Each level keeps its path: past the cap a target has, a deeper tree would cost
+        // memory that grows with the square of its depth.
+        let listed = if dir.len() > crate::target::MAX_RELATIVE_PATH_BYTES {
+            Err(Error::InvalidInput(format!(
+                "a path of {} bytes, longer than the {} cairn pulls; not pulled",
+                dir.len(),
+                crate::target::MAX_RELATIVE_PATH_BYTES
+            )))
+        } else {
+            self.source.list_dir(&dir)
+        };
+        let entries = match listed {
             Ok(entries) => entries,
             Err(e) if !dir.is_empty() && e.kind() != crate::error::ErrorKind::Corrupt => {
-                self.soft_error(dir, e.to_string());
+                self.soft_error(&dir, e.to_string());
                 Vec::new()
             }
             Err(e) => return Err(e),
         };
-        let mut pending = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let path = child_path(dir, &entry.name);
-            let parent_entry = parent.and_then(|tree| tree.get(&entry.name));
-            pending.push(match &entry.kind {
-                EntryKind::Dir(_) => {
-                    let parent_tree = self.parent_tree(parent_entry);
-                    let tree = self.pull_dir(&path, parent_tree.as_ref())?;
-                    PendingEntry::Dir(entry, tree)
-                }
-                EntryKind::File(_) => match unchanged_content(parent_entry, &entry) {
-                    Some(content) => PendingEntry::Ready(Entry {
-                        kind: EntryKind::File(content),
-                        ..entry
-                    }),
-                    None => {
-                        let (result, receiver) = bounded(1);
-                        let job = PullJob {
-                            path: path.clone(),
-                            size: entry.size,
-                            result,
-                        };
-                        self.files.send(job).map_err(|_| abandoned())?;
-                        let shown = PathBuf::from(String::from_utf8_lossy(&path).into_owned());
-                        PendingEntry::File(entry, shown, receiver)
-                    }
-                },
-                _ => PendingEntry::Ready(entry),
-            });
-        }
-        let (done, receiver) = bounded(1);
-        self.dirs
-            .send(PendingDir {
-                entries: pending,
-                done,
-            })
-            .map_err(|_| abandoned())?;
-        Ok(receiver)
+        Ok(PullLevel {
+            dir,
+            parent,
+            pending: Vec::with_capacity(entries.len()),
+            entries: entries.into_iter(),
+            own,
+        })
     }
 
     fn parent_tree(&self, parent: Option<&Entry>) -> Option<Tree> {
@@ -448,7 +504,7 @@ pub fn run(
                 dirs: dir_tx,
                 errors: &errors,
             };
-            let walked = walker.pull_dir(&[], parent_root.as_ref());
+            let walked = walker.pull_tree(parent_root);
             drop(walker);
             let stats = builder.join().expect("the tree builder does not panic");
             // Done without the total, if the server is still counting.
