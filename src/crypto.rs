@@ -16,10 +16,10 @@ pub const NONCE_BYTES: usize = 24;
 pub const TAG_BYTES: usize = 16;
 /// Bytes a sealed object is longer than its plaintext.
 pub const SEAL_OVERHEAD_BYTES: usize = NONCE_BYTES + TAG_BYTES;
-/// Largest argon2 memory cost accepted from a key (4 GiB).
-const KDF_MEMORY_KIB_MAX: u32 = 4 << 20;
-/// Largest argon2 iteration count accepted from a key.
-const KDF_ITERATIONS_MAX: u32 = 64;
+/// Largest argon2 memory cost accepted from a key (1 GiB; cairn makes keys of 64 MiB).
+const KDF_MEMORY_KIB_MAX: u32 = 1 << 20;
+/// Largest argon2 iteration count accepted from a key (cairn makes keys of 2).
+const KDF_ITERATIONS_MAX: u32 = 16;
 /// Bytes of a master key in its serialized form.
 const MASTER_KEY_BYTES: usize = 32 + 32 + 8;
 
@@ -144,7 +144,7 @@ impl KdfParams {
         // A hostile repository must not make cairn allocate or spin without bound.
         if self.memory_kib > KDF_MEMORY_KIB_MAX
             || self.iterations > KDF_ITERATIONS_MAX
-            || self.parallelism > 64
+            || self.parallelism > 16
         {
             return Err(invalid(format!(
                 "argon2 costs m={} KiB, t={}, p={} exceed the limits cairn accepts",
@@ -227,6 +227,26 @@ impl KeyFile {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn key_costs_past_the_caps_are_refused_before_any_work() {
+        let costs = [
+            (KDF_MEMORY_KIB_MAX + 1, 2, 1),
+            (64 << 10, KDF_ITERATIONS_MAX + 1, 1),
+            (64 << 10, 2, 17),
+        ];
+        for (memory_kib, iterations, parallelism) in costs {
+            let kdf = KdfParams {
+                algorithm: "argon2id".into(),
+                memory_kib,
+                iterations,
+                parallelism,
+                salt: "00".repeat(16),
+            };
+            let refused = kdf.derive(b"password").unwrap_err().to_string();
+            assert!(refused.contains("exceed the limits"), "{refused}");
+        }
+    }
 
     proptest! {
         #[test]
