@@ -48,7 +48,12 @@ enum Hostility {
     /// Serves a source directory holding one file that claims 2^62 bytes, and answers the
     /// request for its bytes with an endless body.
     HugeFile,
+    /// Serves a source whose tree is a chain of `DEEP_TREE_LEVELS` directories.
+    DeepTree,
 }
+
+/// Levels of the `DeepTree` source: far past what a walk on the thread's stack survives.
+const DEEP_TREE_LEVELS: usize = 40_000;
 
 /// A hostile HTTP server on 127.0.0.1; its threads end with the test process.
 struct HostileServer {
@@ -137,6 +142,40 @@ fn answer(mut stream: TcpStream, hostility: Hostility) -> std::io::Result<()> {
             }
         }
         Hostility::HugeFile => answer_huge_file(&mut stream, &request),
+        Hostility::DeepTree => answer_deep_tree(&mut stream, &request),
+    }
+}
+
+/// A served source whose tree is `d/d/d/…`, `DEEP_TREE_LEVELS` deep: the streamed listing
+/// holds one record per level, compressed on the fly (the paths alone are gigabytes).
+fn answer_deep_tree(stream: &mut TcpStream, request: &str) -> std::io::Result<()> {
+    let dir = |name: &[u8]| entry(name, EntryKind::Dir(cairn::id::BlobId([0; 32])), 0);
+    let path = request.split_whitespace().nth(1).unwrap_or_default();
+    if path.contains("/stat") {
+        send(stream, &postcard::to_stdvec(&Some(dir(b""))).unwrap())
+    } else if path.contains("/totals") {
+        send(stream, &postcard::to_stdvec(&(0u64, 0u64)).unwrap())
+    } else if path.contains("/tree") {
+        write!(stream, "{BINARY_HEADERS}\r\n")?;
+        let mut encoder = zstd::stream::write::Encoder::new(stream, 1)?;
+        let mut at = Vec::new();
+        for _ in 0..DEEP_TREE_LEVELS {
+            let record = cairn::sync::wire::TreeRecord {
+                path: serde_bytes::ByteBuf::from(at.clone()),
+                entries: Ok(vec![dir(b"d")]),
+            };
+            at.extend_from_slice(if at.is_empty() { b"d" } else { b"/d" });
+            let encoded = postcard::to_stdvec(&record).unwrap();
+            encoder.write_all(&(encoded.len() as u32).to_le_bytes())?;
+            encoder.write_all(&encoded)?;
+        }
+        encoder.finish().map(drop)
+    } else {
+        let empty: Vec<Entry> = Vec::new();
+        send(
+            stream,
+            &zstd::bulk::compress(&postcard::to_stdvec(&empty).unwrap(), 3).unwrap(),
+        )
     }
 }
 
@@ -456,4 +495,28 @@ fn racing_uploads_to_an_append_only_server_create_once_and_never_replace() {
         .filter(|name| name.starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+/// A served source 40,000 directories deep, pulled into a repository and synced into a
+/// directory: the walks keep their levels on the heap and stop where a path passes the cap,
+/// reporting it, in bounded memory.
+#[test]
+fn a_source_tree_deeper_than_any_stack_is_walked_to_the_path_cap_and_reported() {
+    let sandbox = Sandbox::new();
+    let server = hostile_server(Hostility::DeepTree);
+    let served = format!("{}/source/src", server.url);
+    let repo = sandbox.path("repo");
+    sandbox.ok(&["init", "--repo", text(&repo), "--encryption", "none"]);
+    let target = sandbox.path("target");
+    for destination in [&repo, &target] {
+        let run = run_bounded(
+            client(&sandbox).args(["sync", &served, text(destination)]),
+            TIME_LIMIT,
+        );
+        run.assert_within(MEMORY_CAP_BYTES);
+        let message = stderr(&run.output);
+        assert_eq!(run.output.status.code(), Some(3), "{message}");
+        assert!(message.contains("longer than the 8192"), "{message}");
+    }
+    assert!(target.join("d/d/d/d/d/d/d/d").is_dir());
 }
