@@ -494,28 +494,26 @@ fn write_source_tree(
     lean: bool,
     out: &mut impl std::io::Write,
 ) -> std::io::Result<()> {
-    let entries = source_entries(root, rel).map_err(|e| e.to_string());
-    let entries = match entries {
-        Ok(entries) if lean => Ok(entries.into_iter().map(lean_entry).collect()),
-        other => other,
-    };
-    let subdirs: Vec<Vec<u8>> = match &entries {
-        Ok(entries) => entries
-            .iter()
-            .filter(|e| e.is_dir())
-            .map(|e| crate::sync::remote::child_path(rel, &e.name))
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    let record = TreeRecord {
-        path: serde_bytes::ByteBuf::from(rel.to_vec()),
-        entries,
-    };
-    let encoded = postcard::to_stdvec(&record).expect("records serialize");
-    out.write_all(&(encoded.len() as u32).to_le_bytes())?;
-    out.write_all(&encoded)?;
-    for subdir in subdirs {
-        write_source_tree(root, &subdir, lean, out)?;
+    // Directories still to list, the next on top: each directory's record, then its
+    // subdirectories' in name order, with an explicit stack (the source decides the depth).
+    let mut to_list = vec![rel.to_vec()];
+    while let Some(dir) = to_list.pop() {
+        let entries = source_entries(root, &dir).map_err(|e| e.to_string());
+        let entries = match entries {
+            Ok(entries) if lean => Ok(entries.into_iter().map(lean_entry).collect()),
+            other => other,
+        };
+        if let Ok(entries) = &entries {
+            let subdirs = entries.iter().filter(|e| e.is_dir()).rev();
+            to_list.extend(subdirs.map(|e| crate::sync::remote::child_path(&dir, &e.name)));
+        }
+        let record = TreeRecord {
+            path: serde_bytes::ByteBuf::from(dir),
+            entries,
+        };
+        let encoded = postcard::to_stdvec(&record).expect("records serialize");
+        out.write_all(&(encoded.len() as u32).to_le_bytes())?;
+        out.write_all(&encoded)?;
     }
     Ok(())
 }
