@@ -36,17 +36,21 @@ fn location() -> String {
 
 /// The codecs a hostile object meets: plaintext (whose parsers see the bytes as they are)
 /// and encrypted (whose MAC check sees them first).
-fn codecs() -> [Codec; 2] {
-    [
-        Codec::new(None, 3),
-        Codec::new(Some(crate::crypto::MasterKey::generate()), 3),
-    ]
+fn codecs() -> &'static [Codec; 2] {
+    // Made once: a fresh key per input would cost every execution a key generation.
+    static CODECS: std::sync::OnceLock<[Codec; 2]> = std::sync::OnceLock::new();
+    CODECS.get_or_init(|| {
+        [
+            Codec::new(None, 3),
+            Codec::new(Some(crate::crypto::MasterKey::generate()), 3),
+        ]
+    })
 }
 
 /// A whole pack, read through its header.
 pub fn pack_header(data: &[u8]) {
     for codec in codecs() {
-        let _ = crate::repo::pack::read_header(data, &codec, &location);
+        let _ = crate::repo::pack::read_header(data, codec, &location);
     }
 }
 

@@ -163,16 +163,6 @@ impl HardLinkGroups {
     }
 }
 
-/// The directory holding `relative` (a path beneath `root`) and its last name.
-pub(crate) fn open_parent<'a>(
-    root: &TargetDir,
-    relative: &'a Path,
-) -> std::io::Result<(TargetDir, &'a [u8])> {
-    let name = relative.file_name().map_or(&[][..], |n| n.as_bytes());
-    let parent = root.open_beneath(relative.parent().unwrap_or(Path::new("")))?;
-    Ok((parent, name))
-}
-
 /// A regular file for the workers: entry `entry.name` of `dir`.
 struct FileJob {
     dir: Arc<TargetDir>,
@@ -377,8 +367,8 @@ pub fn run(
             });
             continue;
         }
-        let linked = open_parent(&root, &first).and_then(|(from, from_name)| {
-            let (dir, name) = open_parent(&root, &path)?;
+        let linked = root.open_parent(&first).and_then(|(from, from_name)| {
+            let (dir, name) = root.open_parent(&path)?;
             dir.hard_link(&from, from_name, name)
         });
         match linked {

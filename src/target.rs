@@ -187,6 +187,14 @@ impl TargetDir {
         Ok(dir)
     }
 
+    /// The directory holding `relative` (a path beneath this one), opened as `open_beneath`
+    /// does, and the last name of `relative`.
+    pub fn open_parent<'a>(&self, relative: &'a Path) -> io::Result<(TargetDir, &'a [u8])> {
+        let name = relative.file_name().map_or(&[][..], |n| n.as_bytes());
+        let parent = self.open_beneath(relative.parent().unwrap_or(Path::new("")))?;
+        Ok((parent, name))
+    }
+
     /// Creates subdirectory `name`, private until its metadata is applied.
     pub fn make_dir(&self, name: &[u8]) -> io::Result<()> {
         let c = c_name(name)?;

@@ -24,7 +24,7 @@ use crate::fsmeta::{entry_from_metadata, mtime_ns, read_xattrs};
 use crate::id::BlobId;
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::restore::{HardLinkGroups, open_parent, write_sparse};
+use crate::restore::{HardLinkGroups, write_sparse};
 use crate::target::{
     TargetDir, check_path_length, may_adjust_in_place, set_directories_metadata, set_metadata_of,
 };
@@ -1111,8 +1111,8 @@ fn link(root: &TargetDir, path: &Path, first: &Path, errors: &[SyncError]) -> Re
     }
     let shown = root.path().join(path);
     let context = || format!("linking {}", shown.display());
-    let (from, from_name) = open_parent(root, first).context_io(context)?;
-    let (dir, name) = open_parent(root, path).context_io(context)?;
+    let (from, from_name) = root.open_parent(first).context_io(context)?;
+    let (dir, name) = root.open_parent(path).context_io(context)?;
     let inode = |dir: &TargetDir, name: &[u8]| {
         dir.metadata(name)
             .ok()
