@@ -19,11 +19,12 @@ pub enum ErrorKind {
 /// Everything the cairn library can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{context}: {source}")]
+    /// Shows its cause in its own text, and so does not also report it as `source()`: a
+    /// chain printed whole would say it twice.
+    #[error("{context}: {cause}")]
     Io {
         context: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("corrupt data in {location}: {what}")]
     Corrupt { location: String, what: String },
@@ -49,7 +50,7 @@ pub enum Error {
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            Error::Io { cause, .. } if cause.kind() == std::io::ErrorKind::NotFound => {
                 ErrorKind::NotFound
             }
             Error::Io { .. } | Error::Cache { .. } | Error::Network(_) => ErrorKind::Io,
@@ -62,10 +63,18 @@ impl Error {
     }
 
     /// An I/O error with what was being done to what.
-    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+    pub fn io(context: impl Into<String>, cause: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),
-            source,
+            cause,
+        }
+    }
+
+    /// The kind of the operating system's error, when this is one.
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            Error::Io { cause, .. } => Some(cause.kind()),
+            _ => None,
         }
     }
 

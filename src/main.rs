@@ -23,9 +23,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             let broken_pipe = error.chain().any(|cause| {
-                cause
-                    .downcast_ref::<std::io::Error>()
-                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+                let kind = match cause.downcast_ref::<cairn::error::Error>() {
+                    Some(e) => e.io_kind(),
+                    None => cause.downcast_ref::<std::io::Error>().map(|e| e.kind()),
+                };
+                kind == Some(std::io::ErrorKind::BrokenPipe)
             });
             if broken_pipe {
                 return ExitCode::SUCCESS;

@@ -842,3 +842,66 @@ fn key_commands_fail_in_keyfile_and_none_mode() {
     }
     assert!(!plain.join("keys").exists());
 }
+
+/// Runs `cairn args...` with its stdout a pipe whose reading end is already closed, as under
+/// `cairn … | head -c 10` once head has exited.
+fn into_closed_pipe(sandbox: &Sandbox, args: &[&str]) -> std::process::Output {
+    let mut child = sandbox
+        .cairn()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn output_into_a_closed_pipe_exits_quietly() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("f"), b"one").unwrap();
+    let extra = init(&sandbox, &sandbox.path("repo"), "none");
+    let first = backup_json(&sandbox, &extra, &[&source]);
+    fs::write(source.join("f"), b"two").unwrap();
+    let second = backup_json(&sandbox, &extra, &[&source]);
+    let (first, second) = (
+        first["id"].as_str().unwrap(),
+        second["id"].as_str().unwrap(),
+    );
+    let commands: [&[&str]; 6] = [
+        &["list"],
+        &["list", "--json"],
+        &["ls", "latest"],
+        &["history", "f"],
+        &["diff", first, second],
+        &["forget", "--keep-last", "5", "--dry-run"],
+    ];
+    for command in commands {
+        let output = into_closed_pipe(&sandbox, &with(command, &extra));
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "cairn {command:?} into a closed pipe: {}",
+            stderr(&output)
+        );
+        assert_eq!(stderr(&output), "", "cairn {command:?} into a closed pipe");
+    }
+}
+
+#[test]
+fn an_error_names_its_cause_once() {
+    let sandbox = Sandbox::new();
+    let extra = init(&sandbox, &sandbox.path("repo"), "none");
+    let missing = sandbox.path("nonexist_dir");
+    let output = sandbox.run(&with(&["backup", missing.to_str().unwrap()], &extra));
+    assert_fails(&output, 1, "nonexist_dir");
+    let text = stderr(&output);
+    assert_eq!(
+        text.matches("No such file or directory").count(),
+        1,
+        "{text}"
+    );
+}

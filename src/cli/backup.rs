@@ -93,7 +93,7 @@ pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
     } else {
         let seconds = stats.duration_ms as f64 / 1000.0;
         if let Some(id) = outcome.id {
-            println!("{id}");
+            outln!("{id}");
         }
         eprintln!(
             "{} {} files, {} dirs, {}: read {}, {} {} to the repository, in {seconds:.1}s",

@@ -40,24 +40,25 @@ pub fn run(global: &GlobalArgs, args: CheckArgs) -> Result<ExitCode> {
         }))?;
     } else {
         for problem in &report.problems {
-            println!("problem: {problem}");
+            outln!("problem: {problem}");
         }
         for damaged in &report.damaged {
             let pack = damaged
                 .pack
                 .map_or("no pack".to_owned(), |p| format!("pack {p}"));
-            println!(
+            outln!(
                 "damaged: blob {} in {pack}: {}",
-                damaged.blob, damaged.reason
+                damaged.blob,
+                damaged.reason
             );
             if damaged.affected_paths == 0 {
-                println!("  not used by any readable tree");
+                outln!("  not used by any readable tree");
             }
             for path in &damaged.paths {
-                println!("  affects {path}");
+                outln!("  affects {path}");
             }
             if damaged.affected_paths > damaged.paths.len() as u64 {
-                println!(
+                outln!(
                     "  and {} more paths",
                     damaged.affected_paths - damaged.paths.len() as u64
                 );

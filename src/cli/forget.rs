@@ -99,13 +99,13 @@ pub fn run(global: &GlobalArgs, args: ForgetArgs) -> Result<ExitCode> {
             "prune": pruned,
         }))?;
     } else {
-        print_plans(&plans);
+        print_plans(&plans)?;
         let would = if args.dry_run { "would be " } else { "" };
-        println!("{removed} checkpoints {would}removed");
+        outln!("{removed} checkpoints {would}removed");
         if let Some(report) = &pruned {
-            super::prune::print_report(report);
+            super::prune::print_report(report)?;
             if args.dry_run {
-                println!(
+                outln!(
                     "(the prune above still counts the checkpoints forget would remove as in use)"
                 );
             }
@@ -114,9 +114,9 @@ pub fn run(global: &GlobalArgs, args: ForgetArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_plans(plans: &[SeriesPlan]) {
+fn print_plans(plans: &[SeriesPlan]) -> Result<()> {
     for plan in plans {
-        println!("{} {}", plan.host, plan.paths.join(" "));
+        outln!("{} {}", plan.host, plan.paths.join(" "));
         for decision in &plan.checkpoints {
             let time = decision
                 .time
@@ -129,7 +129,8 @@ fn print_plans(plans: &[SeriesPlan]) {
                 let reasons: Vec<String> = decision.reasons.iter().map(|r| r.to_string()).collect();
                 format!("keep ({})", reasons.join(", "))
             };
-            println!("  {}  {time}  {verdict}", decision.id.short());
+            outln!("  {}  {time}  {verdict}", decision.id.short());
         }
     }
+    Ok(())
 }

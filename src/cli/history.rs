@@ -86,7 +86,7 @@ pub fn run(global: &GlobalArgs, args: HistoryArgs) -> Result<ExitCode> {
                     .join(" ")
             })
             .unwrap_or_default();
-        println!(
+        outln!(
             "{}  {:<8} {detail}  in {ids}",
             time.get(..19).unwrap_or(time).replace('T', " "),
             format!("{:?}", version.change).to_lowercase(),

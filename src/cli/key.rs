@@ -117,14 +117,14 @@ fn list(repo: &Repository, json: bool) -> Result<ExitCode> {
             .collect();
         return print_json(&rows).map(|_| ExitCode::SUCCESS);
     }
-    println!("  {:<8}  {:<19}  host", "id", "created");
+    outln!("  {:<8}  {:<19}  host", "id", "created");
     for key in &all {
         let created = key.created.get(..19).unwrap_or(&key.created);
         let host = match &key.unreadable {
             Some(problem) => format!("(unreadable: {problem})"),
             None => key.host.clone(),
         };
-        println!(
+        outln!(
             "{} {:<8}  {:<19}  {host}",
             if key.opened { '*' } else { ' ' },
             key.short_id(),
@@ -139,7 +139,7 @@ fn list(repo: &Repository, json: bool) -> Result<ExitCode> {
 fn add(repo: &Repository, new_password: &NewPasswordArgs) -> Result<ExitCode> {
     let password = new_password.read()?;
     let id = repo.add_password(&password)?;
-    println!("{id}");
+    outln!("{id}");
     eprintln!(
         "added key {}: the new password opens repository {} too",
         keys::short_key_id(&id),
@@ -176,7 +176,7 @@ fn passwd(repo: &Repository, new_password: &NewPasswordArgs, dry_run: bool) -> R
             keys::short_key_id(&old)
         )
     })?;
-    println!("{added}");
+    outln!("{added}");
     eprintln!(
         "password changed: key {} replaces key {}; the old password no longer opens repository {}",
         keys::short_key_id(&added),

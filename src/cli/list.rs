@@ -37,13 +37,18 @@ pub fn run(global: &GlobalArgs, args: ListArgs) -> Result<ExitCode> {
             .collect();
         return print_json(&rows).map(|_| ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<8}  {:<19}  {:<12}  {:<12}  {:>8}  {:>10}  paths",
-        "id", "time", "host", "tags", "files", "size"
+        "id",
+        "time",
+        "host",
+        "tags",
+        "files",
+        "size"
     );
     for (id, c) in &all {
         let time = c.time.get(..19).unwrap_or(&c.time).replace('T', " ");
-        println!(
+        outln!(
             "{:<8}  {:<19}  {:<12}  {:<12}  {:>8}  {:>10}  {}",
             id.short(),
             time,

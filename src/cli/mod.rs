@@ -3,6 +3,15 @@
 //! (`CAIRN_REPO`, `CAIRN_PASSWORD`, `CAIRN_KEY_FILE`, `CAIRN_CACHE_DIR`); a password prompt
 //! appears only on a terminal and only for a password-mode repository.
 
+/// `println!` for command output that returns a failed write (a closed pipe, a full disk) as
+/// an error instead of panicking; `main` exits quietly when it was a closed pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 mod backup;
 mod cat;
 mod check;
@@ -442,7 +451,8 @@ fn show_progress(json: bool) -> bool {
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
+    // Into an `io::Error` so that a closed pipe is recognised as one.
+    serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::from)?;
     writeln!(out)?;
     Ok(())
 }

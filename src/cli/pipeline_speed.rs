@@ -38,7 +38,7 @@ pub fn run(args: PipelineSpeedArgs) -> Result<ExitCode> {
             "mib_per_second": speed.mib_per_second(),
         }))?;
     } else {
-        println!(
+        outln!(
             "{} files, {} bytes, {} chunks through chunk+hash+compress+seal on {} threads in {:.2} s: {:.0} MiB/s",
             speed.files,
             speed.bytes,

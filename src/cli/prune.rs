@@ -31,15 +31,15 @@ pub fn run(global: &GlobalArgs, args: PruneArgs) -> Result<ExitCode> {
     if args.json {
         print_json(&report)?;
     } else {
-        print_report(&report);
+        print_report(&report)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Prints what a prune did, or would do.
-pub(super) fn print_report(report: &PruneReport) {
+pub(super) fn print_report(report: &PruneReport) -> Result<()> {
     let would = if report.dry_run { "would be " } else { "" };
-    println!(
+    outln!(
         "{} blobs in use ({}); {} packs {would}deleted, {} {would}repacked ({} blobs, {})",
         report.used_blobs,
         HumanBytes(report.used_bytes),
@@ -48,10 +48,11 @@ pub(super) fn print_report(report: &PruneReport) {
         report.blobs_repacked,
         HumanBytes(report.bytes_repacked),
     );
-    println!(
+    outln!(
         "repository: {} → {} ({} unused left in kept packs)",
         HumanBytes(report.bytes_before),
         HumanBytes(report.bytes_after),
         HumanBytes(report.unused_bytes_kept),
     );
+    Ok(())
 }

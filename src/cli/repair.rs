@@ -39,7 +39,7 @@ pub fn run(global: &GlobalArgs, args: RepairArgs) -> Result<ExitCode> {
             if flags.json {
                 print_json(&report)?;
             } else {
-                print_index_report(&report);
+                print_index_report(&report)?;
             }
         }
         RepairCommand::Checkpoints(flags) => {
@@ -47,7 +47,7 @@ pub fn run(global: &GlobalArgs, args: RepairArgs) -> Result<ExitCode> {
             if flags.json {
                 print_json(&report)?;
             } else {
-                print_checkpoints_report(&report);
+                print_checkpoints_report(&report)?;
             }
             if !report.unreadable_checkpoints.is_empty() {
                 eprintln!(
@@ -67,20 +67,21 @@ fn options(flags: &RepairFlags) -> RepairOptions {
     }
 }
 
-fn print_index_report(report: &IndexRepairReport) {
+fn print_index_report(report: &IndexRepairReport) -> Result<()> {
     let would = if report.dry_run { "would be " } else { "" };
     for pack in &report.unreadable_packs {
-        println!("unreadable pack {}: {}", pack.name, pack.reason);
+        outln!("unreadable pack {}: {}", pack.name, pack.reason);
     }
-    println!(
+    outln!(
         "{} packs read, {} unreadable; {} blobs indexed",
         report.packs_read,
         report.unreadable_packs.len(),
         report.blobs_indexed
     );
-    println!(
+    outln!(
         "index files: {} {would}written, {} {would}deleted",
-        report.index_files_written, report.index_files_deleted
+        report.index_files_written,
+        report.index_files_deleted
     );
     if !report.unreadable_packs.is_empty() {
         eprintln!(
@@ -88,29 +89,31 @@ fn print_index_report(report: &IndexRepairReport) {
              out of the repository to keep them); `cairn repair checkpoints` drops what needed them"
         );
     }
+    Ok(())
 }
 
-fn print_checkpoints_report(report: &CheckpointRepairReport) {
+fn print_checkpoints_report(report: &CheckpointRepairReport) -> Result<()> {
     for problem in &report.unreadable_checkpoints {
-        println!("unreadable checkpoint {problem}");
+        outln!("unreadable checkpoint {problem}");
     }
     for repaired in &report.repaired {
         match repaired.new_id {
-            Some(new_id) => println!(
+            Some(new_id) => outln!(
                 "checkpoint {} repaired as {}:",
                 repaired.old_id.short(),
                 new_id.short()
             ),
-            None => println!("checkpoint {} would be repaired:", repaired.old_id.short()),
+            None => outln!("checkpoint {} would be repaired:", repaired.old_id.short()),
         }
         for path in &repaired.dropped {
-            println!("  dropped {path}");
+            outln!("  dropped {path}");
         }
     }
     let would = if report.dry_run { "would be " } else { "" };
-    println!(
+    outln!(
         "{} checkpoints checked, {} {would}repaired",
         report.checkpoints_checked,
         report.repaired.len()
     );
+    Ok(())
 }

@@ -126,7 +126,7 @@ pub fn run(global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode> {
     if args.json {
         print_json(&report)?;
     } else {
-        print_report(&report);
+        print_report(&report)?;
     }
     Ok(if report.errors.is_empty() {
         ExitCode::SUCCESS
@@ -299,16 +299,18 @@ fn sync_directories(
     )?)
 }
 
-fn print_report(report: &SyncReport) {
+fn print_report(report: &SyncReport) -> Result<()> {
     let would = if report.dry_run { "would be " } else { "" };
     if report.checkpoints_copied + report.blobs_copied + report.blobs_skipped > 0 {
-        println!(
+        outln!(
             "{} checkpoints {would}copied; {} blobs {would}copied, {} already there",
-            report.checkpoints_copied, report.blobs_copied, report.blobs_skipped
+            report.checkpoints_copied,
+            report.blobs_copied,
+            report.blobs_skipped
         );
     }
     if report.files_written + report.files_unchanged + report.entries_deleted > 0 {
-        println!(
+        outln!(
             "{} files {would}written, {} unchanged, {} entries {would}deleted; {} reused from the target",
             report.files_written,
             report.files_unchanged,
@@ -316,8 +318,9 @@ fn print_report(report: &SyncReport) {
             HumanBytes(report.bytes_reused)
         );
     }
-    println!(
+    outln!(
         "{} {would}transferred",
         HumanBytes(report.bytes_transferred)
     );
+    Ok(())
 }

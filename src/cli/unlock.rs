@@ -22,7 +22,7 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs) -> Result<ExitCode> {
     let removed = cairn::repo::lock::remove_locks(&repo, args.remove_all, args.dry_run)?;
     let would = if args.dry_run { "would be " } else { "" };
     for (_, why) in &removed {
-        println!("{would}removed {why}");
+        outln!("{would}removed {why}");
     }
     let listed = cairn::repo::lock::list(&repo)?.len();
     let left = if args.dry_run {
@@ -30,6 +30,6 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs) -> Result<ExitCode> {
     } else {
         listed
     };
-    println!("{} locks {would}removed, {left} left", removed.len());
+    outln!("{} locks {would}removed, {left} left", removed.len());
     Ok(ExitCode::SUCCESS)
 }
