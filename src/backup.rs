@@ -514,9 +514,49 @@ fn base_name(path: &Path) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-/// The absolute, normalised form of a source path as recorded in the checkpoint.
+/// `path` made absolute against the working directory and cleaned without looking at the
+/// filesystem: `.` and empty components dropped, `..` taking away the component before it
+/// (never above `/`). How a source path is recorded in a checkpoint, and how `--path` filters
+/// name one.
+pub fn clean_path(path: &Path) -> std::io::Result<PathBuf> {
+    use std::path::Component;
+    let mut clean = PathBuf::from("/");
+    for component in std::path::absolute(path)?.components() {
+        match component {
+            Component::Normal(name) => clean.push(name),
+            Component::ParentDir => {
+                clean.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    Ok(clean)
+}
+
+/// The absolute, cleaned form of a source path as recorded in the checkpoint, so that
+/// `src/misc/../misc` and `src/misc` are one series. When cleaning would name another file
+/// (`..` after a symlink to a directory leads out of that directory, not back), the path
+/// with its directories' symlinks resolved is recorded instead.
 fn absolute(path: &Path) -> Result<PathBuf> {
-    std::path::absolute(path).map_err(|e| Error::io(format!("resolving {}", path.display()), e))
+    let resolving = |e| Error::io(format!("resolving {}", path.display()), e);
+    let clean = clean_path(path).map_err(resolving)?;
+    let has_parent_step = path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir);
+    if !has_parent_step {
+        return Ok(clean);
+    }
+    let identity = |p: &Path| fs::symlink_metadata(p).map(|m| (m.dev(), m.ino()));
+    let given =
+        identity(path).map_err(|e| Error::io(format!("cannot back up {}", path.display()), e))?;
+    if identity(&clean).ok() == Some(given) {
+        return Ok(clean);
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => Ok(fs::canonicalize(parent).map_err(resolving)?.join(name)),
+        // `a/..`: a directory, whose own symlinks may be resolved too.
+        _ => fs::canonicalize(path).map_err(resolving),
+    }
 }
 
 /// Parent trees decoded ahead of the walker, taken out as it reaches them.

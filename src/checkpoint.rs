@@ -2,7 +2,8 @@
 //! when, where and what was backed up, its parent and its statistics. It is stored as
 //! `checkpoints/<id>`, where the id is the (keyed) hash of the record's JSON, and it is written
 //! only after every blob it references is durable (invariant 1). References accepted
-//! everywhere: a full id, a unique prefix of 4 or more hex digits, or `latest`.
+//! everywhere: a full id, a unique prefix of 4 or more hex digits, or `latest`: the newest
+//! checkpoint a [`CheckpointFilter`] lets through (host, paths, tags; all of them by default).
 
 use crate::error::{Error, Result};
 use crate::id::{BlobId, CheckpointId};
@@ -149,14 +150,86 @@ pub fn list(repo: &Repository) -> Result<Vec<(CheckpointId, Checkpoint)>> {
     Ok(all)
 }
 
-/// Resolves a reference: `latest`, a full id, or a unique prefix of at least 4 hex digits.
+/// Which checkpoints a command considers, as restic's `--host`, `--path` and `--tag` choose
+/// them: every checkpoint when empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointFilter {
+    /// A checkpoint of any of these hosts.
+    pub hosts: Vec<String>,
+    /// A checkpoint whose paths include every one of these.
+    pub paths: Vec<String>,
+    /// A checkpoint that has every tag of any one of these groups.
+    pub tag_groups: Vec<Vec<String>>,
+}
+
+impl CheckpointFilter {
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty() && self.paths.is_empty() && self.tag_groups.is_empty()
+    }
+
+    pub fn matches(&self, checkpoint: &Checkpoint) -> bool {
+        (self.hosts.is_empty() || self.hosts.contains(&checkpoint.host))
+            && self
+                .paths
+                .iter()
+                .all(|path| checkpoint.paths.contains(path))
+            && (self.tag_groups.is_empty()
+                || self
+                    .tag_groups
+                    .iter()
+                    .any(|group| group.iter().all(|tag| checkpoint.tags.contains(tag))))
+    }
+
+    /// The filter in the words of its flags, for messages: `host h, path /p, tag a,b`.
+    pub fn describe(&self) -> String {
+        let hosts = self.hosts.iter().map(|h| format!("host {h}"));
+        let paths = self.paths.iter().map(|p| format!("path {p}"));
+        let tags = self
+            .tag_groups
+            .iter()
+            .map(|g| format!("tag {}", g.join(",")));
+        hosts
+            .chain(paths)
+            .chain(tags)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Every checkpoint `filter` lets through, oldest first.
+pub fn list_matching(
+    repo: &Repository,
+    filter: &CheckpointFilter,
+) -> Result<Vec<(CheckpointId, Checkpoint)>> {
+    let mut all = list(repo)?;
+    all.retain(|(_, checkpoint)| filter.matches(checkpoint));
+    Ok(all)
+}
+
+/// Resolves a reference over every checkpoint: `latest`, a full id, or a unique prefix of at
+/// least 4 hex digits.
 pub fn resolve(repo: &Repository, reference: &str) -> Result<(CheckpointId, Checkpoint)> {
+    resolve_matching(repo, reference, &CheckpointFilter::default())
+}
+
+/// Resolves a reference; `latest` is the newest checkpoint `filter` lets through (an id names
+/// its checkpoint whatever the filter).
+pub fn resolve_matching(
+    repo: &Repository,
+    reference: &str,
+    filter: &CheckpointFilter,
+) -> Result<(CheckpointId, Checkpoint)> {
     if reference == "latest" {
-        return list(repo)?.pop().ok_or_else(|| {
-            Error::NotFound(format!(
-                "repository {} has no checkpoints yet",
-                repo.backend().location()
-            ))
+        return list_matching(repo, filter)?.pop().ok_or_else(|| {
+            let location = repo.backend().location();
+            Error::NotFound(if filter.is_empty() {
+                format!("repository {location} has no checkpoints yet")
+            } else {
+                format!(
+                    "no checkpoint in {location} matches {}; `cairn list` shows them all",
+                    filter.describe()
+                )
+            })
         });
     }
     let reference = reference.to_ascii_lowercase();

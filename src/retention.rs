@@ -233,14 +233,10 @@ pub struct Decision {
 pub fn plan(
     policy: &Policy,
     checkpoints: Vec<(CheckpointId, Checkpoint)>,
-    host: Option<&str>,
 ) -> Result<Vec<SeriesPlan>> {
     type Series = Vec<(CheckpointId, Checkpoint)>;
     let mut series: BTreeMap<(String, Vec<String>), Series> = BTreeMap::new();
     for (id, record) in checkpoints {
-        if host.is_some_and(|h| h != record.host) {
-            continue;
-        }
         series
             .entry((record.host.clone(), record.paths.clone()))
             .or_default()

@@ -15,10 +15,10 @@
 //! listing order (a tree walker reads them next) and hands them to the kernel's page cache
 //! through the adapter's `PagePusher`, and a listing decodes its subdirectories' trees.
 //! The checkpoint catalogue is re-listed every few seconds, so checkpoints made while
-//! mounted appear. Hard-linked files of one checkpoint share one inode, so `cp -a`
+//! mounted appear; a `CheckpointFilter` (host, paths, tags) can narrow it. Hard-linked files of one checkpoint share one inode, so `cp -a`
 //! recreates the links.
 
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint::{self, Checkpoint, CheckpointFilter};
 use crate::error::Error;
 use crate::history::{PathHistory, child_history, versions};
 use crate::id::{BlobId, CheckpointId};
@@ -26,7 +26,7 @@ use crate::repo::Repository;
 use crate::tree::{ChunkRef, Entry, EntryKind, Tree, Xattr, load_tree, sized_file_chunks};
 use crossbeam_channel::{Sender, bounded};
 use quick_cache::sync::Cache;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::{Deref, Range};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -152,6 +152,8 @@ struct Catalogue {
     /// Replaced whole on every change, so a reader can keep a consistent snapshot.
     checkpoints: CatalogueEntries,
     names: Vec<String>,
+    /// Checkpoints the view's filter leaves out, so a re-listing does not load them again.
+    left_out: HashSet<CheckpointId>,
     listed: Instant,
     generation: u64,
 }
@@ -177,6 +179,8 @@ impl quick_cache::Weighter<BlobId, Arc<Vec<u8>>> for ChunkWeight {
 /// The virtual filesystem over one repository.
 pub struct Vfs {
     repo: Arc<Repository>,
+    /// Which checkpoints the view shows (and so which one `latest` is).
+    filter: CheckpointFilter,
     /// Every inode the kernel may know. Lock order: `children`, `hardlinks`, `nodes`.
     nodes: RwLock<HashMap<Ino, Slot>>,
     next_ino: AtomicU64,
@@ -312,8 +316,9 @@ fn synthetic_dir(ino: Ino, mtime_ns: i64) -> Attr {
 }
 
 impl Vfs {
-    /// A view of `repo`; starts the prefetch threads.
-    pub fn new(repo: Arc<Repository>) -> VfsResult<Self> {
+    /// A view of the checkpoints of `repo` that `filter` lets through; starts the prefetch
+    /// threads.
+    pub fn new(repo: Arc<Repository>, filter: CheckpointFilter) -> VfsResult<Self> {
         let chunks = Arc::new(Cache::with_weighter(4096, CHUNK_CACHE_BYTES, ChunkWeight));
         let trees = Arc::new(Cache::new(TREE_CACHE_ITEMS));
         let page_pusher = Arc::new(OnceLock::<PagePusher>::new());
@@ -331,6 +336,7 @@ impl Vfs {
         }
         let vfs = Vfs {
             repo,
+            filter,
             nodes: RwLock::new(HashMap::from([(ROOT_INO, Slot::new(NodeKind::Root, None))])),
             next_ino: AtomicU64::new(ROOT_INO + 1),
             children: RwLock::new(HashMap::new()),
@@ -338,6 +344,7 @@ impl Vfs {
             catalogue: RwLock::new(Catalogue {
                 checkpoints: Arc::new(Vec::new()),
                 names: Vec::new(),
+                left_out: HashSet::new(),
                 listed: Instant::now() - CATALOGUE_TTL * 2,
                 generation: 0,
             }),
@@ -371,10 +378,17 @@ impl Vfs {
             catalogue.checkpoints.iter().cloned().collect();
         let mut all = Vec::with_capacity(ids.len());
         for id in ids {
+            if catalogue.left_out.contains(&id) {
+                continue;
+            }
             let record = match known.get(&id) {
                 Some(record) => record.clone(),
                 None => match checkpoint::load(&self.repo, &id) {
-                    Ok(record) => Arc::new(record),
+                    Ok(record) if self.filter.matches(&record) => Arc::new(record),
+                    Ok(_) => {
+                        catalogue.left_out.insert(id);
+                        continue;
+                    }
                     Err(e) => {
                         tracing::warn!("checkpoint {id} is unreadable: {e}");
                         continue;

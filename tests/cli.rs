@@ -905,3 +905,151 @@ fn an_error_names_its_cause_once() {
         "{text}"
     );
 }
+
+#[test]
+fn a_source_path_through_dot_dot_is_recorded_clean_and_keeps_its_series() {
+    let sandbox = Sandbox::new();
+    let misc = sandbox.path("src/misc");
+    fs::create_dir_all(&misc).unwrap();
+    fs::write(misc.join("notes"), b"some notes").unwrap();
+    let extra = init(&sandbox, &sandbox.path("repo"), "none");
+    let first = backup_json(&sandbox, &extra, &[&misc]);
+    let roundabout = sandbox.path("src/misc/../misc");
+    let second = backup_json(&sandbox, &extra, &[&roundabout]);
+    assert_eq!(second["parent"], first["id"], "{second}");
+    assert_eq!(second["bytes_read"], 0, "{second}");
+    let list: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&with(&["list", "--json"], &extra))).unwrap();
+    for checkpoint in list.as_array().unwrap() {
+        assert_eq!(
+            checkpoint["paths"],
+            serde_json::json!([misc.to_str().unwrap()])
+        );
+    }
+
+    // `..` after a symlink to a directory leaves that directory: cleaning the path by its
+    // text alone would name another one.
+    let elsewhere = sandbox.path("elsewhere/inner");
+    fs::create_dir_all(&elsewhere).unwrap();
+    fs::create_dir_all(sandbox.path("elsewhere/misc")).unwrap();
+    fs::write(sandbox.path("elsewhere/misc/other"), b"other").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, sandbox.path("src/jump")).unwrap();
+    let through_link = sandbox.path("src/jump/../misc");
+    let third = backup_json(&sandbox, &extra, &[&through_link]);
+    let listed = sandbox.ok(&with(&["ls", third["id"].as_str().unwrap()], &extra));
+    assert!(listed.contains("other"), "{listed}");
+    let list: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&with(&["list", "--json"], &extra))).unwrap();
+    let recorded = fs::canonicalize(sandbox.path("elsewhere/misc")).unwrap();
+    assert_eq!(
+        list[2]["paths"],
+        serde_json::json!([recorded.to_str().unwrap()])
+    );
+}
+
+#[test]
+fn latest_is_scoped_by_host_path_and_tag() {
+    let sandbox = Sandbox::new();
+    let src = sandbox.path("src");
+    let json_dir = src.join("python/json");
+    fs::create_dir_all(&json_dir).unwrap();
+    fs::write(src.join("top"), b"top").unwrap();
+    fs::write(json_dir.join("decoder.py"), b"decode").unwrap();
+    let repo = sandbox.path("repo");
+    let extra = init(&sandbox, &repo, "none");
+    let mut tagged = with(&["backup", "--json", "--tag", "daily"], &extra);
+    tagged.push(src.to_str().unwrap());
+    let whole: serde_json::Value = serde_json::from_str(&sandbox.ok(&tagged)).unwrap();
+    let part = backup_json(&sandbox, &extra, &[&json_dir]);
+    let (whole_id, part_id) = (whole["id"].as_str().unwrap(), part["id"].as_str().unwrap());
+
+    // Unscoped, `latest` is the newest of any series, and says so.
+    let output = sandbox.run(&with(&["ls", "latest"], &extra));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("decoder.py"));
+    assert!(
+        stderr(&output).contains("newest of 2 series"),
+        "{}",
+        stderr(&output)
+    );
+
+    let src_arg = src.to_str().unwrap();
+    let scoped = [
+        vec!["--path", src_arg],
+        vec!["--tag", "daily"],
+        vec!["--tag", "nightly", "--tag", "daily"],
+    ];
+    let host =
+        serde_json::from_str::<serde_json::Value>(&sandbox.ok(&with(&["list", "--json"], &extra)))
+            .unwrap()[0]["host"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    for filter in &scoped {
+        let mut ls = with(&["ls", "latest"], &extra);
+        ls.extend(filter.iter().copied());
+        let output = sandbox.run(&ls);
+        let listed = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            listed.contains("top") && !listed.contains("decoder"),
+            "{filter:?}: {listed}"
+        );
+        assert!(!stderr(&output).contains("series"), "{}", stderr(&output));
+
+        let mut list = with(&["list", "--json"], &extra);
+        list.extend(filter.iter().copied());
+        let rows: serde_json::Value = serde_json::from_str(&sandbox.ok(&list)).unwrap();
+        assert_eq!(json_strings(&rows, "id"), vec![whole_id], "{filter:?}");
+    }
+    let mut by_host = with(&["list", "--json", "--host", "no-such-host"], &extra);
+    assert_eq!(sandbox.ok(&by_host).trim(), "[]");
+    by_host.extend(["--host", host.as_str()]);
+    let rows: serde_json::Value = serde_json::from_str(&sandbox.ok(&by_host)).unwrap();
+    assert_eq!(json_strings(&rows, "id").len(), 2);
+    let nothing = sandbox.run(&with(&["ls", "latest", "--tag", "daily,weekly"], &extra));
+    assert_fails(&nothing, 1, "tag daily,weekly");
+
+    let target = sandbox.path("restored");
+    sandbox.ok(&with(
+        &[
+            "restore",
+            "latest",
+            "--path",
+            src_arg,
+            "--target",
+            target.to_str().unwrap(),
+        ],
+        &extra,
+    ));
+    assert!(target.join("top").exists() && target.join("python/json/decoder.py").exists());
+    let diff = sandbox.ok(&with(
+        &["diff", whole_id, "latest", "--path", src_arg],
+        &extra,
+    ));
+    assert_eq!(diff, "", "latest of src is the first checkpoint itself");
+    let cat = sandbox.ok(&with(&["cat", "latest:top", "--tag", "daily"], &extra));
+    assert_eq!(cat, "top");
+
+    // forget applies its policy only to what the filter lets through.
+    fs::write(json_dir.join("encoder.py"), b"encode").unwrap();
+    backup_json(&sandbox, &extra, &[&json_dir]);
+    let json_arg = json_dir.to_str().unwrap();
+    sandbox.ok(&with(
+        &["forget", "--keep-last", "1", "--path", json_arg],
+        &extra,
+    ));
+    let left: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&with(&["list", "--json"], &extra))).unwrap();
+    let left = json_strings(&left, "id");
+    assert_eq!(left.len(), 2);
+    assert!(
+        left.contains(&whole_id) && !left.contains(&part_id),
+        "{left:?}"
+    );
+
+    // The mount's `latest` is the newest checkpoint it shows.
+    let mounted = common::Mounted::start_with(&sandbox, &repo, &["--path", src_arg]);
+    let shown = fs::read_dir(mounted.path("checkpoints")).unwrap().count();
+    assert_eq!(shown, 1);
+    assert!(mounted.path("latest/top").exists());
+    assert!(mounted.terminate().success());
+}

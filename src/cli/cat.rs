@@ -2,7 +2,6 @@
 
 use super::{GlobalArgs, split_reference};
 use anyhow::{Result, bail};
-use cairn::checkpoint;
 use cairn::tree::{EntryKind, find_entry, read_chunk, sized_file_chunks};
 use clap::Args;
 use std::io::Write;
@@ -12,12 +11,14 @@ use std::process::ExitCode;
 pub struct CatArgs {
     /// CKPT:PATH — a checkpoint reference and the path of a file in it
     reference: String,
+    #[command(flatten)]
+    filters: super::FilterArgs,
 }
 
 pub fn run(global: &GlobalArgs, args: CatArgs) -> Result<ExitCode> {
     let repo = global.open()?;
     let (reference, path) = split_reference(&args.reference);
-    let (_, record) = checkpoint::resolve(&repo, reference)?;
+    let (_, record) = super::resolve_checkpoint(&repo, reference, &args.filters)?;
     let entry = find_entry(&repo, record.root_entry(), path)?;
     let EntryKind::File(content) = &entry.kind else {
         bail!("{path:?} is not a regular file in checkpoint {reference}");

@@ -4,7 +4,6 @@
 
 use super::{GlobalArgs, print_json};
 use anyhow::Result;
-use cairn::checkpoint;
 use cairn::diff::{Change, ChangeKind, diff_checkpoints};
 use clap::Args;
 use std::io::Write;
@@ -19,6 +18,8 @@ pub struct DiffArgs {
     /// Print a JSON array of the changes instead of text
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    filters: super::FilterArgs,
 }
 
 /// The one-character marker of a change.
@@ -33,8 +34,8 @@ fn marker(change: &Change) -> char {
 
 pub fn run(global: &GlobalArgs, args: DiffArgs) -> Result<ExitCode> {
     let repo = global.open()?;
-    let (_, a) = checkpoint::resolve(&repo, &args.a)?;
-    let (_, b) = checkpoint::resolve(&repo, &args.b)?;
+    let (_, a) = super::resolve_checkpoint(&repo, &args.a, &args.filters)?;
+    let (_, b) = super::resolve_checkpoint(&repo, &args.b, &args.filters)?;
     let changes = diff_checkpoints(&repo, &a, &b)?;
     if args.json {
         print_json(&changes)?;

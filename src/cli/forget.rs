@@ -33,9 +33,8 @@ pub struct ForgetArgs {
     /// Keep every checkpoint with this tag (repeatable)
     #[arg(long = "keep-tag", value_name = "TAG")]
     keep_tags: Vec<String>,
-    /// Only consider checkpoints of this host
-    #[arg(long)]
-    host: Option<String>,
+    #[command(flatten)]
+    filters: super::FilterArgs,
     /// Show what would be removed; remove nothing
     #[arg(long)]
     dry_run: bool,
@@ -71,7 +70,10 @@ pub fn run(global: &GlobalArgs, args: ForgetArgs) -> Result<ExitCode> {
     } else {
         Some(cairn::repo::lock::acquire(&repo, true, "forget")?)
     };
-    let plans = retention::plan(&policy, checkpoint::list(&repo)?, args.host.as_deref())?;
+    let plans = retention::plan(
+        &policy,
+        checkpoint::list_matching(&repo, &args.filters.filter()?)?,
+    )?;
     let removed = if args.dry_run {
         plans
             .iter()

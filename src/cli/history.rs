@@ -18,11 +18,13 @@ pub struct HistoryArgs {
     /// Print a JSON array instead of text
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    filters: super::FilterArgs,
 }
 
 pub fn run(global: &GlobalArgs, args: HistoryArgs) -> Result<ExitCode> {
     let repo = global.open()?;
-    let catalogue = checkpoint::list(&repo)?;
+    let catalogue = checkpoint::list_matching(&repo, &args.filters.filter()?)?;
     let roots = catalogue
         .iter()
         .map(|(_, c)| Some(c.root_entry()))

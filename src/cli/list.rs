@@ -13,11 +13,13 @@ pub struct ListArgs {
     /// Print a JSON array instead of a table
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    filters: super::FilterArgs,
 }
 
 pub fn run(global: &GlobalArgs, args: ListArgs) -> Result<ExitCode> {
     let repo = global.open()?;
-    let all = checkpoint::list(&repo)?;
+    let all = checkpoint::list_matching(&repo, &args.filters.filter()?)?;
     if args.json {
         let rows: Vec<_> = all
             .iter()

@@ -2,7 +2,6 @@
 
 use super::{GlobalArgs, format_time_ns, print_json, split_reference};
 use anyhow::Result;
-use cairn::checkpoint;
 use cairn::repo::Repository;
 use cairn::tree::{Entry, EntryKind, find_entry, load_tree};
 use clap::Args;
@@ -20,6 +19,8 @@ pub struct LsArgs {
     /// Print a JSON array instead of text
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    filters: super::FilterArgs,
 }
 
 /// `rwxr-xr-x` for permission bits, with setuid/setgid/sticky.
@@ -128,7 +129,7 @@ impl Lister<'_> {
 pub fn run(global: &GlobalArgs, args: LsArgs) -> Result<ExitCode> {
     let repo = global.open()?;
     let (reference, path) = split_reference(&args.reference);
-    let (_, record) = checkpoint::resolve(&repo, reference)?;
+    let (_, record) = super::resolve_checkpoint(&repo, reference, &args.filters)?;
     let entry = find_entry(&repo, record.root_entry(), path)?;
     let mut lister = Lister {
         repo: &repo,

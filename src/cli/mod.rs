@@ -457,6 +457,71 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
+/// `--host`, `--path` and `--tag`: which checkpoints a command considers, and so which one
+/// `latest` names.
+#[derive(Debug, Default, Args)]
+struct FilterArgs {
+    /// Only checkpoints of this host (repeatable: any of them)
+    #[arg(long = "host", value_name = "HOST")]
+    hosts: Vec<String>,
+    /// Only checkpoints whose backed-up paths include this one (repeatable: all of them)
+    #[arg(long = "path", value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Only checkpoints with this tag; `a,b` needs both, a repeated --tag means either
+    #[arg(long = "tag", value_name = "TAG[,TAG…]")]
+    tags: Vec<String>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> Result<cairn::checkpoint::CheckpointFilter> {
+        let paths = self
+            .paths
+            .iter()
+            .map(|path| {
+                let clean = cairn::backup::clean_path(path)
+                    .with_context(|| format!("resolving --path {}", path.display()))?;
+                Ok(clean.to_string_lossy().into_owned())
+            })
+            .collect::<Result<_>>()?;
+        Ok(cairn::checkpoint::CheckpointFilter {
+            hosts: self.hosts.clone(),
+            paths,
+            tag_groups: self
+                .tags
+                .iter()
+                .map(|group| group.split(',').map(str::to_owned).collect())
+                .collect(),
+        })
+    }
+}
+
+/// Resolves a checkpoint reference among the checkpoints `filters` lets through. When a
+/// bare `latest` picks one of several series (host and paths), a note on stderr says which,
+/// since the newest checkpoint of a repository may be of another source than expected.
+fn resolve_checkpoint(
+    repo: &Repository,
+    reference: &str,
+    filters: &FilterArgs,
+) -> Result<(cairn::id::CheckpointId, cairn::checkpoint::Checkpoint)> {
+    let filter = filters.filter()?;
+    let found = cairn::checkpoint::resolve_matching(repo, reference, &filter)?;
+    if reference == "latest" && filter.is_empty() {
+        let catalogue = cairn::checkpoint::list(repo)?;
+        let series: std::collections::BTreeSet<_> =
+            catalogue.iter().map(|(_, c)| (&c.host, &c.paths)).collect();
+        if series.len() > 1 {
+            eprintln!(
+                "note: latest is {} of {} {}, the newest of {} series; --host, --path or --tag choose another",
+                found.0.short(),
+                found.1.host,
+                found.1.paths.join(" "),
+                series.len()
+            );
+        }
+    }
+    Ok(found)
+}
+
 /// Splits `CKPT[:PATH]`.
 fn split_reference(reference: &str) -> (&str, &str) {
     reference.split_once(':').unwrap_or((reference, ""))

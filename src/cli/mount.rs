@@ -20,6 +20,8 @@ pub struct MountArgs {
     /// Let other users, and root, see the mount
     #[arg(long)]
     allow_other: bool,
+    #[command(flatten)]
+    filters: super::FilterArgs,
 }
 
 /// Chunk buffers at least this large are mapped and unmapped by malloc rather than carved
@@ -35,7 +37,7 @@ pub fn run(global: &GlobalArgs, args: MountArgs) -> Result<ExitCode> {
     let repo = Arc::new(global.open()?);
     // Held while mounted: a prune waits until the checkpoints are unmounted.
     let _lock = cairn::repo::lock::acquire_for_reading(&repo, "mount")?;
-    let vfs = Vfs::new(repo.clone())?;
+    let vfs = Vfs::new(repo.clone(), args.filters.filter()?)?;
     let options = MountOptions {
         allow_other: args.allow_other,
         ..MountOptions::default()

@@ -2,7 +2,6 @@
 
 use super::{GlobalArgs, print_json, show_progress, split_reference};
 use anyhow::{Result, bail};
-use cairn::checkpoint;
 use cairn::restore::{self, RestoreOptions, RestoreProgress};
 use cairn::tree::find_entry;
 use clap::Args;
@@ -26,6 +25,8 @@ pub struct RestoreArgs {
     /// Print one JSON object instead of text
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    filters: super::FilterArgs,
 }
 
 fn draw_progress(progress: &RestoreProgress, total_bytes: u64, done: &AtomicBool) {
@@ -43,7 +44,7 @@ pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let repo = global.open()?;
     let (reference, path) = split_reference(&args.reference);
-    let (_, record) = checkpoint::resolve(&repo, reference)?;
+    let (_, record) = super::resolve_checkpoint(&repo, reference, &args.filters)?;
     let node = find_entry(&repo, record.root_entry(), path)?;
     let options = RestoreOptions {
         overwrite: args.overwrite,
