@@ -537,7 +537,7 @@ pub fn clean_path(path: &Path) -> std::io::Result<PathBuf> {
 /// `src/misc/../misc` and `src/misc` are one series. When cleaning would name another file
 /// (`..` after a symlink to a directory leads out of that directory, not back), the path
 /// with its directories' symlinks resolved is recorded instead.
-fn absolute(path: &Path) -> Result<PathBuf> {
+pub(crate) fn recorded_path(path: &Path) -> Result<PathBuf> {
     let resolving = |e| Error::io(format!("resolving {}", path.display()), e);
     let clean = clean_path(path).map_err(resolving)?;
     let has_parent_step = path
@@ -813,7 +813,7 @@ impl Sources {
         }
         let mut paths = Vec::new();
         for path in &options.paths {
-            let absolute = absolute(path)?;
+            let absolute = recorded_path(path)?;
             fs::symlink_metadata(&absolute)
                 .map_err(|e| Error::io(format!("cannot back up {}", path.display()), e))?;
             paths.push(absolute);
@@ -971,6 +971,7 @@ fn back_up(
         parent: parent.map(|(id, _)| id),
         stats,
         program_version: env!("CARGO_PKG_VERSION").to_owned(),
+        pulled_from: None,
     };
     let id = if options.dry_run {
         None

@@ -44,6 +44,10 @@ pub struct Checkpoint {
     pub parent: Option<CheckpointId>,
     pub stats: CheckpointStats,
     pub program_version: String,
+    /// For a checkpoint pulled from a served source: the URL it was pulled from (`host` and
+    /// `paths` name the machine and directory it lives on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pulled_from: Option<String>,
 }
 
 impl Checkpoint {
@@ -278,6 +282,7 @@ mod tests {
             parent: None,
             stats: CheckpointStats::default(),
             program_version: "test".into(),
+            pulled_from: None,
         }
     }
 

@@ -30,7 +30,8 @@ use crate::error::{Error, ErrorKind};
 use crate::repo::backend::{Backend, LocalBackend, PutNew, RangeRequest};
 use crate::repo::http::ListedObject;
 use crate::sync::wire::{
-    BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, MAX_BLOBS_BYTES, TreeRecord, lean_entry,
+    BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, MAX_BLOBS_BYTES, SourceAbout,
+    TreeRecord, lean_entry,
 };
 use crate::tree::ChunkRef;
 use crate::tree::Entry;
@@ -778,6 +779,20 @@ async fn total_source(State(state): State<Shared>, Path(name): Path<String>) -> 
     .await
 }
 
+/// Where the source lives: this machine's host name and the source's path as a backup here
+/// would record it, so a pull records the source as that backup would.
+async fn about_source(State(state): State<Shared>, Path(name): Path<String>) -> Response {
+    on_source(state, name, |root| {
+        let path = crate::backup::recorded_path(&root)?;
+        let about = SourceAbout {
+            host: crate::host_name(),
+            path: path.to_string_lossy().into_owned(),
+        };
+        Ok(postcard::to_stdvec(&about).expect("strings serialize"))
+    })
+    .await
+}
+
 async fn source_chunks(
     State(state): State<Shared>,
     Path(name): Path<String>,
@@ -816,6 +831,7 @@ fn router(state: Shared) -> Router {
         .route("/source/{name}/stat", get(stat_source))
         .route("/source/{name}/tree", get(tree_source))
         .route("/source/{name}/totals", get(total_source))
+        .route("/source/{name}/about", get(about_source))
         .route("/source/{name}/chunks", post(source_chunks))
         .route("/source/{name}/blobs", post(source_blobs))
         .layer(axum::extract::DefaultBodyLimit::max(64 << 20))

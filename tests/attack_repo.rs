@@ -99,6 +99,7 @@ fn save_checkpoint(repo: &Repository, tree: BlobId) -> String {
         parent: None,
         stats: CheckpointStats::default(),
         program_version: "crafted".into(),
+        pulled_from: None,
     };
     checkpoint::save(repo, &record).unwrap().to_string()
 }

@@ -736,3 +736,41 @@ fn progress_has_a_total_and_reaches_it_for_served_local_and_checkpoint_sources()
     .unwrap();
     assert_progress_complete(&progress, expected, report.bytes_transferred);
 }
+
+#[test]
+fn a_pulled_checkpoint_records_the_machine_and_path_of_its_source() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    make_wide_tree(&source);
+    let server = serve_with(&sandbox, &["--source", &format!("home={}", text(&source))]);
+    let url = format!("{}/source/home", server.url);
+    let client = client_args(&sandbox);
+    let repo = sandbox.path("repo");
+    sandbox.ok(&with(&["init", "--repo", text(&repo)], &client));
+    sync_json(&sandbox, &[&url, text(&repo)], &client);
+
+    let list = |sandbox: &Sandbox| -> serde_json::Value {
+        serde_json::from_str(
+            &sandbox.ok(&with(&["list", "--json", "--repo", text(&repo)], &client)),
+        )
+        .unwrap()
+    };
+    let pulled = list(&sandbox)[0].clone();
+    assert_eq!(pulled["host"], cairn::host_name(), "{pulled}");
+    assert_eq!(
+        pulled["paths"],
+        serde_json::json!([text(&source)]),
+        "{pulled}"
+    );
+    assert_eq!(pulled["pulled_from"], url.as_str(), "{pulled}");
+
+    // A backup of the same directory on the same machine continues the pulled series: the
+    // pull is its parent and no unchanged file is read again.
+    let backup: serde_json::Value = serde_json::from_str(&sandbox.ok(&with(
+        &["backup", "--json", "--repo", text(&repo), text(&source)],
+        &client,
+    )))
+    .unwrap();
+    assert_eq!(backup["parent"], pulled["id"], "{backup}");
+    assert_eq!(backup["bytes_read"], 0, "{backup}");
+}

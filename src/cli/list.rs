@@ -34,6 +34,7 @@ pub fn run(global: &GlobalArgs, args: ListArgs) -> Result<ExitCode> {
                     "parent": c.parent,
                     "tree": c.tree,
                     "stats": c.stats,
+                    "pulled_from": c.pulled_from,
                 })
             })
             .collect();

@@ -6,9 +6,12 @@
 //! wishlist), checking each against its id. Trees are built bottom-up by backup's tree
 //! builder and packs written by the same writer; the checkpoint record comes last.
 //!
-//! The checkpoint's host is the server's `host:port` and its path the source's path on the
-//! server (`/source/NAME`); the next pull takes it as its parent, or failing one from the same
-//! server, the newest of the same path from the same host on another port.
+//! The checkpoint records the source as a backup on its own machine would: the server's host
+//! name and the directory's path there (`GET …/about`), with the URL it was pulled from. The
+//! next pull takes the newest checkpoint of that host and path as its parent, or failing one
+//! (checkpoints pulled before servers said where their sources live were recorded under the
+//! URL's `host:port` and `/source/NAME`), the newest of that URL's path from the same server,
+//! on any port.
 
 use super::remote::{RemotePath, RemoteSource, child_path};
 use super::{SyncError, SyncOptions, SyncReport};
@@ -436,18 +439,19 @@ fn without_port(authority: &str) -> &str {
 /// to HTTPS, still serves the same tree; only the stat cache is taken from the parent).
 fn find_pull_parent(
     repo: &Repository,
-    authority: &str,
+    host: &str,
     paths: &[String],
+    url: &str,
 ) -> Result<Option<(crate::id::CheckpointId, Checkpoint)>> {
     let all = checkpoint::list(repo)?;
-    let newest = |same_server: &dyn Fn(&str) -> bool| {
-        all.iter()
-            .rev()
-            .find(|(_, c)| c.paths == paths && same_server(&c.host))
-            .cloned()
-    };
-    let host = without_port(authority);
-    Ok(newest(&|h| h == authority).or_else(|| newest(&|h| without_port(h) == host)))
+    let newest =
+        |matches: &dyn Fn(&Checkpoint) -> bool| all.iter().rev().find(|(_, c)| matches(c)).cloned();
+    let (authority, url_path) = source_identity(url);
+    let url_paths = [url_path];
+    let server = without_port(&authority);
+    Ok(newest(&|c| c.host == host && c.paths == paths)
+        .or_else(|| newest(&|c| c.paths == url_paths && c.host == authority))
+        .or_else(|| newest(&|c| c.paths == url_paths && without_port(&c.host) == server)))
 }
 
 /// Pulls the served source into `repo` as a new checkpoint (unless a dry run).
@@ -465,9 +469,14 @@ pub fn run(
     } else {
         Some(crate::repo::lock::acquire(repo, false, "sync")?)
     };
-    let (host, path) = source_identity(source.url());
-    let paths = vec![path];
-    let parent = find_pull_parent(repo, &host, &paths)?;
+    let (host, paths) = match source.about()? {
+        Some(about) => (about.host, vec![about.path]),
+        None => {
+            let (authority, path) = source_identity(source.url());
+            (authority, vec![path])
+        }
+    };
+    let parent = find_pull_parent(repo, &host, &paths, source.url())?;
     let parent_root = match &parent {
         Some((_, c)) => Some(load_tree(repo, &c.tree)?),
         None => None,
@@ -550,6 +559,7 @@ pub fn run(
         parent: parent.map(|(id, _)| id),
         stats,
         program_version: env!("CARGO_PKG_VERSION").to_owned(),
+        pulled_from: Some(source.url().to_owned()),
     };
     let saved = if options.dry_run {
         false

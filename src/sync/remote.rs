@@ -14,8 +14,9 @@ use super::into_dir::{
     write_at, write_fetched,
 };
 use super::wire::{
-    BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, FileRanges, MAX_LISTING_BYTES,
-    TreeRecord, max_compressed_bytes, read_blobs,
+    BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, FileRanges, MAX_ABOUT_HOST_BYTES,
+    MAX_ABOUT_PATH_BYTES, MAX_LISTING_BYTES, SourceAbout, TreeRecord, max_compressed_bytes,
+    read_blobs,
 };
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
@@ -273,6 +274,25 @@ impl RemoteSource {
                 Err(_) => return,
             }
         }
+    }
+
+    /// The source's host name and path on its server; `None` when the server is too old to
+    /// say, or says something no checkpoint should record.
+    pub fn about(&self) -> Result<Option<SourceAbout>> {
+        let url = format!("{}/about", self.url());
+        let max_bytes = (MAX_ABOUT_HOST_BYTES + MAX_ABOUT_PATH_BYTES + 16) as u64;
+        let body = match call_counted(&self.client, &self.received, &url, None, max_bytes) {
+            Ok(body) => body,
+            Err(e) if e.kind() == crate::error::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let about: SourceAbout = postcard::from_bytes(&body)
+            .map_err(|e| Error::corrupt(&url, format!("unreadable answer: {e}")))?;
+        if !about.is_plausible() {
+            tracing::warn!("{url}: the server names an unusable host or path; recording its URL");
+            return Ok(None);
+        }
+        Ok(Some(about))
     }
 
     /// The last component of the source's URL: its name on the server.

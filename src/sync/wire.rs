@@ -173,3 +173,30 @@ pub fn read_blobs(
     }
     Ok(out)
 }
+
+/// `GET …/about`: where a served source lives, so a pull records it as a backup made on that
+/// machine would (its host name and the directory's absolute path there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceAbout {
+    pub host: String,
+    pub path: String,
+}
+
+/// Longest host name (`HOST_NAME_MAX`) and path (`PATH_MAX`) a `SourceAbout` may carry.
+pub const MAX_ABOUT_HOST_BYTES: usize = 255;
+pub const MAX_ABOUT_PATH_BYTES: usize = 4096;
+
+impl SourceAbout {
+    /// Whether a server's answer is usable as a checkpoint's host and path: a plain host
+    /// name and an absolute path, both of bounded length and free of control characters.
+    pub fn is_plausible(&self) -> bool {
+        let plain = |text: &str| !text.chars().any(char::is_control);
+        !self.host.is_empty()
+            && self.host.len() <= MAX_ABOUT_HOST_BYTES
+            && !self.host.contains(['/', ' '])
+            && plain(&self.host)
+            && self.path.starts_with('/')
+            && self.path.len() <= MAX_ABOUT_PATH_BYTES
+            && plain(&self.path)
+    }
+}
