@@ -14,9 +14,11 @@ apt_install() {
 }
 
 # setpriv (util-linux) runs one test as an unprivileged user when the suite runs as root;
-# fuse3 gives fusermount3, which the mount tests need.
+# fuse3 gives fusermount3, which the mount tests need; rsync is what the differential test
+# compares `cairn sync` with.
 command -v setpriv >/dev/null || apt_install util-linux
 command -v fusermount3 >/dev/null || apt_install fuse3
+command -v rsync >/dev/null || apt_install rsync
 command -v cargo >/dev/null || { echo "scripts/test.sh: needs a Rust toolchain (rustup.rs)" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 
