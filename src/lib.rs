@@ -47,6 +47,7 @@ pub mod speed;
 pub mod sync;
 pub mod target;
 pub mod throttle;
+pub mod timestamp;
 pub mod tree;
 pub mod vfs;
 

@@ -9,6 +9,7 @@
 //! bytes.
 
 use crate::error::{Error, Result};
+use crate::timestamp::to_system_time;
 use crate::vfs::{Attr, FileKind, Ino, Vfs, VfsError};
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -22,7 +23,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 /// How long the kernel may cache what never changes (checkpoint content).
 const IMMUTABLE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -68,23 +69,15 @@ fn file_type(kind: FileKind) -> FileType {
     }
 }
 
-fn system_time(ns: i64) -> std::time::SystemTime {
-    if ns >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(ns as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
-    }
-}
-
 fn file_attr(attr: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(attr.ino),
         size: attr.size,
         blocks: attr.size.div_ceil(512),
-        atime: system_time(attr.mtime_ns),
-        mtime: system_time(attr.mtime_ns),
-        ctime: system_time(attr.ctime_ns),
-        crtime: system_time(attr.mtime_ns),
+        atime: to_system_time(attr.mtime_ns),
+        mtime: to_system_time(attr.mtime_ns),
+        ctime: to_system_time(attr.ctime_ns),
+        crtime: to_system_time(attr.mtime_ns),
         kind: file_type(attr.kind),
         perm: attr.perm,
         nlink: attr.nlink,

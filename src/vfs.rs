@@ -74,8 +74,8 @@ pub struct Attr {
     pub nlink: u32,
     pub uid: u32,
     pub gid: u32,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
     pub rdev: u64,
 }
 
@@ -225,11 +225,8 @@ fn checkpoint_dir_name(id: &CheckpointId, record: &Checkpoint) -> String {
     format!("{}_{}", compact_time(&record.time), id.short())
 }
 
-fn time_ns(rfc3339: &str) -> i64 {
-    humantime::parse_rfc3339(rfc3339)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as i64)
+fn time_ns(rfc3339: &str) -> i128 {
+    humantime::parse_rfc3339(rfc3339).map_or(0, crate::timestamp::from_system_time)
 }
 
 /// The node of `checkpoints/<name>`: the checkpoint's root directory under that name (dated
@@ -296,7 +293,7 @@ fn cached_chunk(repo: &Repository, chunk: &ChunkRef) -> crate::error::Result<Arc
     Ok(Arc::new(data))
 }
 
-fn synthetic_dir(ino: Ino, mtime_ns: i64) -> Attr {
+fn synthetic_dir(ino: Ino, mtime_ns: i128) -> Attr {
     Attr {
         ino,
         kind: FileKind::Directory,

@@ -842,3 +842,59 @@ fn key_commands_fail_in_keyfile_and_none_mode() {
     }
     assert!(!plain.join("keys").exists());
 }
+
+#[test]
+fn times_before_1970_and_after_2262_restore_and_print() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    make_tree_with_far_times(&source);
+    let repo = sandbox.plain_repo_with_backup_of(&source);
+    let repo = repo.to_str().unwrap();
+
+    let restored = sandbox.path("restored");
+    sandbox.ok(&[
+        "restore",
+        "--repo",
+        repo,
+        "latest",
+        "--target",
+        restored.to_str().unwrap(),
+    ]);
+    assert_same_tree(&source, &restored);
+
+    let listing = sandbox.ok(&["ls", "--repo", repo, "latest", "-r"]);
+    for line in [
+        "2300-01-01 00:00:00 future.txt",
+        "2300-01-01 00:00:00 link -> future.txt",
+        "1960-06-01 12:00:00 old",
+        "1960-06-01 12:00:00 old/inside.txt",
+        "1960-06-01 12:00:00 past.txt",
+    ] {
+        assert!(listing.contains(line), "{line} is not in\n{listing}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&["ls", "--repo", repo, "latest", "--json"])).unwrap();
+    let mtimes: Vec<(&str, &str)> = json_strings(&json, "name")
+        .into_iter()
+        .zip(json_strings(&json, "mtime"))
+        .collect();
+    assert_eq!(
+        mtimes,
+        [
+            ("future.txt", "2300-01-01T00:00:00.123456789Z"),
+            ("link", "2300-01-01T00:00:00.000000000Z"),
+            ("old", "1960-06-01T12:00:00.000000000Z"),
+            ("past.txt", "1960-06-01T12:00:00.000000005Z"),
+        ]
+    );
+
+    let history = sandbox.ok(&["history", "--repo", repo, "past.txt"]);
+    assert!(history.contains("mtime 1960-06-01 12:00:00"), "{history}");
+    let history: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&["history", "--repo", repo, "future.txt", "--json"]))
+            .unwrap();
+    assert_eq!(
+        json_strings(&history, "mtime"),
+        ["2300-01-01T00:00:00.123456789Z"]
+    );
+}

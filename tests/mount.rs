@@ -385,3 +385,31 @@ fn bad_mountpoints_get_clear_errors() {
     ]);
     assert_fails(&output, 1, "not empty");
 }
+
+#[test]
+fn times_before_1970_and_after_2262_show_through_the_mount() {
+    use std::os::unix::fs::MetadataExt;
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    make_tree_with_far_times(&source);
+    let repo = sandbox.plain_repo_with_backup_of(&source);
+    let mount = Mounted::start(&sandbox, &repo);
+    for name in ["future.txt", "past.txt", "link", "old", "old/inside.txt"] {
+        let expected = fs::symlink_metadata(source.join(name)).unwrap();
+        let shown = fs::symlink_metadata(mount.path("latest").join(name)).unwrap();
+        assert_eq!(
+            (shown.mtime(), shown.mtime_nsec()),
+            (expected.mtime(), expected.mtime_nsec()),
+            "{name}"
+        );
+    }
+    let copied = sandbox.path("copied");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(mount.path("latest/."))
+        .arg(&copied)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_same_tree(&source, &copied);
+}

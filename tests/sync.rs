@@ -504,3 +504,25 @@ fn a_full_disk_fails_clearly_and_leaves_nothing_half_written() {
         0
     );
 }
+
+#[test]
+fn times_before_1970_and_after_2262_survive_every_sync_into_a_directory() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    make_tree_with_far_times(&source);
+    let contents = format!("{}/", text(&source));
+
+    let mirror = sandbox.path("mirror");
+    sandbox.ok(&["sync", &contents, text(&mirror)]);
+    assert_same_tree(&source, &mirror);
+
+    let repo = sandbox.plain_repo_with_backup_of(&source);
+    let from_checkpoint = sandbox.path("from-checkpoint");
+    let latest = format!("{}::latest", text(&repo));
+    sandbox.ok(&["sync", &latest, text(&from_checkpoint)]);
+    assert_same_tree(&source, &from_checkpoint);
+
+    // Run again, nothing is rewritten: the times compare equal to the source's.
+    let again = json(&sandbox, &["sync", &latest, text(&from_checkpoint)]);
+    assert_eq!(again["files_written"], 0, "{again}");
+}

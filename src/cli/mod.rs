@@ -451,13 +451,3 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
 fn split_reference(reference: &str) -> (&str, &str) {
     reference.split_once(':').unwrap_or((reference, ""))
 }
-
-/// Formats nanoseconds since the epoch as RFC 3339 (UTC).
-fn format_time_ns(ns: i64) -> String {
-    let time = if ns >= 0 {
-        std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns as u64)
-    } else {
-        std::time::UNIX_EPOCH - std::time::Duration::from_nanos(ns.unsigned_abs())
-    };
-    humantime::format_rfc3339_nanos(time).to_string()
-}
