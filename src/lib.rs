@@ -34,6 +34,7 @@ pub mod fsmeta;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod history;
+pub mod holes;
 pub mod id;
 pub mod mount;
 pub mod progress;

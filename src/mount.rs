@@ -14,8 +14,8 @@ use crate::vfs::{Attr, FileKind, Ino, Vfs, VfsError};
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen, ReplyXattr, Request, Session,
-    SessionACL,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyLseek, ReplyOpen, ReplyXattr, Request,
+    Session, SessionACL,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -73,7 +73,7 @@ fn file_attr(attr: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(attr.ino),
         size: attr.size,
-        blocks: attr.size.div_ceil(512),
+        blocks: attr.allocated.div_ceil(512),
         atime: to_system_time(attr.mtime_ns),
         mtime: to_system_time(attr.mtime_ns),
         ctime: to_system_time(attr.ctime_ns),
@@ -202,6 +202,33 @@ impl Filesystem for CairnFs {
     ) {
         match self.vfs.read(ino.0, offset, size) {
             Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    /// `SEEK_DATA` and `SEEK_HOLE` over the file's chunks, all-zero chunks being holes, so
+    /// `cp` and `tar --sparse` keep a sparse file's holes. The kernel handles the other
+    /// kinds of seek itself.
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let want_data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(Errno::ENXIO);
+        };
+        match self.vfs.seek(ino.0, offset, want_data) {
+            Ok(Some(found)) => reply.offset(found as i64),
+            Ok(None) => reply.error(Errno::ENXIO),
             Err(e) => reply.error(errno(e)),
         }
     }

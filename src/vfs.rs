@@ -21,6 +21,7 @@
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::Error;
 use crate::history::{PathHistory, child_history, versions};
+use crate::holes::{ZeroChunks, data_bytes, seek};
 use crate::id::{BlobId, CheckpointId};
 use crate::repo::Repository;
 use crate::tree::{ChunkRef, Entry, EntryKind, Tree, Xattr, load_tree, sized_file_chunks};
@@ -77,6 +78,8 @@ pub struct Attr {
     pub mtime_ns: i128,
     pub ctime_ns: i128,
     pub rdev: u64,
+    /// Bytes that hold data (not holes): what the file would allocate, as `st_blocks` says.
+    pub allocated: u64,
 }
 
 /// Why a VFS call failed.
@@ -156,10 +159,11 @@ struct Catalogue {
     generation: u64,
 }
 
-/// A file's chunks with their end offsets.
+/// A file's chunks with their end offsets, and which of them are holes.
 struct ChunkIndex {
     chunks: Vec<ChunkRef>,
     ends: Vec<u64>,
+    holes: Vec<bool>,
 }
 
 #[derive(Clone)]
@@ -185,6 +189,7 @@ pub struct Vfs {
     catalogue: RwLock<Catalogue>,
     trees: Arc<Cache<BlobId, Arc<Tree>>>,
     chunk_lists: Cache<Ino, Arc<ChunkIndex>>,
+    zero_chunks: ZeroChunks,
     chunks: Arc<ChunkCache>,
     /// Histories of `history/` paths, with the catalogue generation they were computed for.
     histories: Cache<HistoryPath, (u64, Arc<PathHistory>)>,
@@ -305,6 +310,7 @@ fn synthetic_dir(ino: Ino, mtime_ns: i128) -> Attr {
         mtime_ns,
         ctime_ns: mtime_ns,
         rdev: 0,
+        allocated: 0,
     }
 }
 
@@ -327,6 +333,7 @@ impl Vfs {
             });
         }
         let vfs = Vfs {
+            zero_chunks: ZeroChunks::new(&repo),
             repo,
             nodes: RwLock::new(HashMap::from([(ROOT_INO, Slot::new(NodeKind::Root, None))])),
             next_ino: AtomicU64::new(ROOT_INO + 1),
@@ -679,6 +686,10 @@ impl Vfs {
                     EntryKind::Symlink(target) => target.len() as u64,
                     _ => entry.size,
                 };
+                let allocated = match &entry.kind {
+                    EntryKind::File(_) => self.allocated_bytes(ino, entry),
+                    _ => size,
+                };
                 Attr {
                     ino,
                     kind,
@@ -694,6 +705,7 @@ impl Vfs {
                     mtime_ns: entry.mtime_ns,
                     ctime_ns: entry.ctime_ns,
                     rdev,
+                    allocated,
                 }
             }
         }
@@ -900,6 +912,11 @@ impl Vfs {
         let NodeKind::Entry { entry, .. } = self.node(ino)? else {
             return Err(VfsError::NotFile);
         };
+        self.chunk_index_of(ino, &entry)
+    }
+
+    /// The chunk index of file `ino`, whose entry is `entry`.
+    fn chunk_index_of(&self, ino: Ino, entry: &Entry) -> VfsResult<Arc<ChunkIndex>> {
         let EntryKind::File(content) = &entry.kind else {
             return Err(VfsError::NotFile);
         };
@@ -912,8 +929,30 @@ impl Vfs {
                     Some(*end)
                 })
                 .collect();
-            Ok::<_, Error>(Arc::new(ChunkIndex { chunks, ends }))
+            let holes = self.zero_chunks.holes(&self.repo, &chunks);
+            Ok::<_, Error>(Arc::new(ChunkIndex {
+                chunks,
+                ends,
+                holes,
+            }))
         })?)
+    }
+
+    /// The bytes of file `ino` that are not holes. It costs no data read, but a file with a
+    /// separate chunk list needs that list; one that cannot be read counts as all data (its
+    /// reads fail with the error).
+    fn allocated_bytes(&self, ino: Ino, entry: &Entry) -> u64 {
+        match self.chunk_index_of(ino, entry) {
+            Ok(index) => data_bytes(&index.chunks, &index.holes),
+            Err(_) => entry.size,
+        }
+    }
+
+    /// Where `SEEK_DATA` (`want_data`) or `SEEK_HOLE` from `offset` lands in file `ino`;
+    /// `None` when there is no such place (ENXIO).
+    pub fn seek(&self, ino: Ino, offset: u64, want_data: bool) -> VfsResult<Option<u64>> {
+        let index = self.chunk_index(ino)?;
+        Ok(seek(&index.ends, &index.holes, offset, want_data))
     }
 
     /// A chunk's bytes. A chunk read whole in one request (most small files) is not worth
