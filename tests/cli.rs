@@ -59,11 +59,17 @@ fn round_trip_in_every_encryption_mode() {
         assert!(first["id"].as_str().unwrap().len() == 64);
         let target = sandbox.path("restored");
         sandbox.ok(&with(
-            &["restore", "latest", "--target", target.to_str().unwrap()],
+            &[
+                "restore",
+                "latest",
+                "--sparse",
+                "--target",
+                target.to_str().unwrap(),
+            ],
             &extra,
         ));
         assert_same_tree(&source, &target);
-        // Holes stay holes: the 8 MiB sparse file holds two small writes.
+        // With --sparse, holes stay holes: the 8 MiB sparse file holds two small writes.
         assert!(
             allocated_bytes(&target.join("sparse")) < 1 << 20,
             "{mode}: sparse file was filled"
@@ -897,4 +903,34 @@ fn times_before_1970_and_after_2262_restore_and_print() {
         json_strings(&history, "mtime"),
         ["2300-01-01T00:00:00.123456789Z"]
     );
+}
+
+#[test]
+fn restore_keeps_dense_files_dense_unless_asked_for_sparse() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    let bytes = write_dense_file_with_zeros(&source.join("dense.bin"));
+    let repo = sandbox.plain_repo_with_backup_of(&source);
+    let repo = repo.to_str().unwrap();
+    for (flags, expect_sparse) in [(&[][..], false), (&["--sparse"][..], true)] {
+        let target = sandbox.path(if expect_sparse { "sparse" } else { "dense" });
+        let target_arg = target.to_str().unwrap();
+        let args = [
+            &["restore", "--repo", repo, "latest", "--target", target_arg][..],
+            flags,
+        ];
+        sandbox.ok(&args.concat());
+        let restored = target.join("dense.bin");
+        assert_eq!(fs::read(&restored).unwrap(), bytes);
+        let allocated = allocated_bytes(&restored);
+        if expect_sparse {
+            assert!(
+                allocated <= 5 << 19,
+                "--sparse leaves the zeros as holes: {allocated}"
+            );
+        } else {
+            assert!(allocated >= 3 << 20, "restored dense: {allocated}");
+        }
+    }
 }

@@ -150,6 +150,16 @@ pub fn make_tree_with_far_times(root: &Path) {
     set_mtime(&root.join("old"), YEAR_1960_SECONDS, 0);
 }
 
+/// Writes a 3 MiB file that is dense on disk although its middle MiB is zeros.
+pub fn write_dense_file_with_zeros(path: &Path) -> Vec<u8> {
+    let mut bytes = pseudo_random(1 << 20, 11);
+    bytes.resize(2 << 20, 0);
+    bytes.extend(pseudo_random(1 << 20, 12));
+    fs::write(path, &bytes).unwrap();
+    assert!(allocated_bytes(path) >= 3 << 20, "written dense");
+    bytes
+}
+
 /// Builds a tree with every kind of entry cairn keeps.
 pub fn make_tree(root: &Path) {
     fs::create_dir_all(root.join("dir/nested/deeper")).unwrap();
