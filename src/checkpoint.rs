@@ -287,6 +287,26 @@ mod tests {
     }
 
     #[test]
+    fn root_times_past_i64_nanoseconds_round_trip_as_json_numbers() {
+        let tree = BlobId([7; 32]);
+        let mut root = root_entry(tree);
+        root.name = b"src".to_vec();
+        root.mtime_ns = 10_413_792_000_123_456_789; // 2300-01-01
+        root.ctime_ns = -302_443_200_000_000_005; // 1960-06-01, an i64 as before
+        let record = record(tree, Some(root));
+        let json = String::from_utf8(serde_json::to_vec(&record).unwrap()).unwrap();
+        assert!(
+            json.contains(r#""mtime_ns":10413792000123456789,"#),
+            "{json}"
+        );
+        assert!(
+            json.contains(r#""ctime_ns":-302443200000000005,"#),
+            "{json}"
+        );
+        assert_eq!(decode(json.as_bytes(), "c").unwrap(), record);
+    }
+
+    #[test]
     fn a_forged_root_entry_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let backend = Arc::new(LocalBackend::new(dir.path().join("repo")));

@@ -114,6 +114,14 @@ impl Chunker {
         len
     }
 
+    /// The length of every chunk cut inside a long run of zeros. The gear hash of a chunk
+    /// starts at its `min_bytes`-th byte, so over zeros it runs through the same values in
+    /// every such chunk and cuts at the same place: the interior of a hole is chunks of this
+    /// one length, with one id.
+    pub fn zero_run_chunk_len(&self) -> usize {
+        self.first_chunk_len(&vec![0; self.params.max_bytes as usize + 1])
+    }
+
     /// The chunks of an in-memory buffer.
     pub fn chunks<'a>(&'a self, mut data: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
         std::iter::from_fn(move || {
@@ -192,6 +200,25 @@ mod tests {
                 (state >> 33) as u8
             })
             .collect()
+    }
+
+    #[test]
+    fn every_chunk_inside_a_run_of_zeros_has_the_zero_run_length() {
+        let chunker = small_chunker();
+        let mut data = pseudo_random(5000, 1);
+        data.extend(std::iter::repeat_n(0, 200_000));
+        data.extend(pseudo_random(7000, 2));
+        let zero_run = chunker.zero_run_chunk_len();
+        let zero_chunks: Vec<usize> = chunker
+            .chunks(&data)
+            .filter(|c| c.iter().all(|&b| b == 0))
+            .map(<[u8]>::len)
+            .collect();
+        assert!(zero_chunks.len() > 5, "{zero_chunks:?}");
+        assert!(
+            zero_chunks.iter().all(|&len| len == zero_run),
+            "{zero_chunks:?}"
+        );
     }
 
     fn streamed(chunker: &Chunker, data: &[u8]) -> Vec<Vec<u8>> {

@@ -97,8 +97,13 @@ enum Step {
         entry: Entry,
         kind: ChangeKind,
     },
-    /// Compare two entries of the same name at `path`.
-    Entries { path: String, a: Entry, b: Entry },
+    /// Compare two entries of the same name at `path` (boxed: two entries would make every
+    /// step on the stack twice as large).
+    Entries {
+        path: String,
+        a: Box<Entry>,
+        b: Box<Entry>,
+    },
 }
 
 /// Collects changes while walking two trees side by side.
@@ -134,7 +139,7 @@ impl Differ<'_> {
             let mut next = match step {
                 Step::Dirs { a, b, prefix } => self.dirs(&a, &b, &prefix)?,
                 Step::Whole { path, entry, kind } => self.whole(path, entry, kind)?,
-                Step::Entries { path, a, b } => self.entries(path, a, b)?,
+                Step::Entries { path, a, b } => self.entries(path, *a, *b)?,
             };
             next.reverse();
             stack.append(&mut next);
@@ -180,8 +185,8 @@ impl Differ<'_> {
                     let (a, b) = (old.next().expect("peeked"), new.next().expect("peeked"));
                     Step::Entries {
                         path: join(prefix, &b),
-                        a,
-                        b,
+                        a: Box::new(a),
+                        b: Box::new(b),
                     }
                 }
             });

@@ -2,6 +2,7 @@
 //! xattr calls report becomes an `Entry`. Nothing here follows symlinks. Writing metadata back
 //! belongs to `target`, which sets it through descriptors.
 
+use crate::timestamp;
 use crate::tree::{Entry, EntryKind, Xattr};
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -38,13 +39,13 @@ pub fn entry_from_metadata(
 }
 
 /// Modification time in nanoseconds since the epoch.
-pub fn mtime_ns(metadata: &Metadata) -> i64 {
-    metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec()
+pub fn mtime_ns(metadata: &Metadata) -> i128 {
+    timestamp::from_parts(metadata.mtime(), metadata.mtime_nsec())
 }
 
 /// Status-change time in nanoseconds since the epoch.
-pub fn ctime_ns(metadata: &Metadata) -> i64 {
-    metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec()
+pub fn ctime_ns(metadata: &Metadata) -> i128 {
+    timestamp::from_parts(metadata.ctime(), metadata.ctime_nsec())
 }
 
 /// The extended attributes of `path` (not following symlinks). Filesystems without xattr

@@ -118,7 +118,7 @@ mod tests {
     use std::cell::Cell;
     use std::collections::HashMap;
 
-    fn file(name: &str, mtime_ns: i64, size: u64) -> Entry {
+    fn file(name: &str, mtime_ns: i128, size: u64) -> Entry {
         let mut entry = root_entry(BlobId([0; 32]));
         entry.name = name.as_bytes().to_vec();
         entry.kind = EntryKind::File(crate::tree::Content::Chunks(Vec::new()));

@@ -34,6 +34,7 @@ pub mod fsmeta;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod history;
+pub mod holes;
 pub mod id;
 pub mod mount;
 pub mod progress;
@@ -47,6 +48,7 @@ pub mod speed;
 pub mod sync;
 pub mod target;
 pub mod throttle;
+pub mod timestamp;
 pub mod tree;
 pub mod vfs;
 

@@ -9,12 +9,13 @@
 //! bytes.
 
 use crate::error::{Error, Result};
+use crate::timestamp::to_system_time;
 use crate::vfs::{Attr, FileKind, Ino, Vfs, VfsError};
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen, ReplyXattr, Request, Session,
-    SessionACL,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyLseek, ReplyOpen, ReplyXattr, Request,
+    Session, SessionACL,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -22,7 +23,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 /// How long the kernel may cache what never changes (checkpoint content).
 const IMMUTABLE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -68,23 +69,15 @@ fn file_type(kind: FileKind) -> FileType {
     }
 }
 
-fn system_time(ns: i64) -> std::time::SystemTime {
-    if ns >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(ns as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
-    }
-}
-
 fn file_attr(attr: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(attr.ino),
         size: attr.size,
-        blocks: attr.size.div_ceil(512),
-        atime: system_time(attr.mtime_ns),
-        mtime: system_time(attr.mtime_ns),
-        ctime: system_time(attr.ctime_ns),
-        crtime: system_time(attr.mtime_ns),
+        blocks: attr.allocated.div_ceil(512),
+        atime: to_system_time(attr.mtime_ns),
+        mtime: to_system_time(attr.mtime_ns),
+        ctime: to_system_time(attr.ctime_ns),
+        crtime: to_system_time(attr.mtime_ns),
         kind: file_type(attr.kind),
         perm: attr.perm,
         nlink: attr.nlink,
@@ -209,6 +202,33 @@ impl Filesystem for CairnFs {
     ) {
         match self.vfs.read(ino.0, offset, size) {
             Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    /// `SEEK_DATA` and `SEEK_HOLE` over the file's chunks, all-zero chunks being holes, so
+    /// `cp` and `tar --sparse` keep a sparse file's holes. The kernel handles the other
+    /// kinds of seek itself.
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let want_data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(Errno::ENXIO);
+        };
+        match self.vfs.seek(ino.0, offset, want_data) {
+            Ok(Some(found)) => reply.offset(found as i64),
+            Ok(None) => reply.error(Errno::ENXIO),
             Err(e) => reply.error(errno(e)),
         }
     }

@@ -2,8 +2,10 @@
 //!
 //! The planner (the calling thread) walks the tree in order, creating directories, symlinks,
 //! FIFOs and device nodes as it goes and handing regular files to worker threads, which
-//! fetch, verify and write their chunks. Blocks of zeros are skipped, so holes come back as
-//! holes. Hard links are made once their first path is written, and directory metadata is
+//! fetch, verify and write their chunks. Blocks of zeros are written as holes and, unless
+//! `sparse` asks to keep them, filled with zeros once the file is complete: cairn does not
+//! record which files were sparse, so files come back dense, as with rsync or restic, and
+//! with `--sparse` every zero run becomes a hole. Hard links are made once their first path is written, and directory metadata is
 //! applied last, deepest first, so writing into a directory does not disturb its mtime.
 //!
 //! Nothing is ever written outside the target (invariant 4): every write goes through
@@ -22,7 +24,7 @@ use crossbeam_channel::{Receiver, bounded};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -39,6 +41,8 @@ pub struct RestoreOptions {
     pub overwrite: bool,
     /// File workers; defaults to twice the number of cores (they wait on I/O).
     pub threads: usize,
+    /// Leave runs of zeros as holes (`--sparse`); otherwise files are written dense.
+    pub sparse: bool,
 }
 
 impl Default for RestoreOptions {
@@ -46,6 +50,7 @@ impl Default for RestoreOptions {
         RestoreOptions {
             overwrite: false,
             threads: std::thread::available_parallelism().map_or(4, |n| 2 * n.get()),
+            sparse: false,
         }
     }
 }
@@ -100,8 +105,55 @@ pub(crate) fn write_sparse(file: &fs::File, offset: u64, data: &[u8]) -> std::io
     Ok(())
 }
 
+/// Bytes of zeros written at a time into a hole.
+const FILL_BYTES: usize = 1 << 20;
+
+/// Writes zeros into every hole of `file` (found with `SEEK_HOLE`/`SEEK_DATA`), so a file
+/// written with `write_sparse` becomes dense: what restore and sync give without `--sparse`.
+pub(crate) fn fill_holes(file: &fs::File) -> std::io::Result<()> {
+    let size = file.metadata()?.len();
+    let mut zeros = Vec::new();
+    let mut at = 0;
+    while at < size {
+        let hole = match seek_from(file, at, libc::SEEK_HOLE)? {
+            Some(hole) if hole < size => hole,
+            _ => break,
+        };
+        let data = seek_from(file, hole, libc::SEEK_DATA)?.unwrap_or(size);
+        zeros.resize(FILL_BYTES.min((data - hole) as usize).max(zeros.len()), 0);
+        let mut offset = hole;
+        while offset < data {
+            let length = zeros.len().min((data - offset) as usize);
+            file.write_all_at(&zeros[..length], offset)?;
+            offset += length as u64;
+        }
+        at = data;
+    }
+    Ok(())
+}
+
+/// `lseek(file, offset, whence)` for `SEEK_HOLE`/`SEEK_DATA`; `None` for ENXIO (none left).
+fn seek_from(file: &fs::File, offset: u64, whence: i32) -> std::io::Result<Option<u64>> {
+    let offset = i64::try_from(offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    // SAFETY: lseek on an open descriptor has no other preconditions.
+    let found = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+    if found >= 0 {
+        return Ok(Some(found as u64));
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::ENXIO) => Ok(None),
+        _ => Err(error),
+    }
+}
+
 /// Writes one regular file's content and metadata.
-fn restore_file(repo: &Repository, job: &FileJob, progress: &RestoreProgress) -> Result<()> {
+fn restore_file(
+    repo: &Repository,
+    job: &FileJob,
+    progress: &RestoreProgress,
+    sparse: bool,
+) -> Result<()> {
     let EntryKind::File(content) = &job.entry.kind else {
         unreachable!("only regular files are sent to workers");
     };
@@ -127,6 +179,9 @@ fn restore_file(repo: &Repository, job: &FileJob, progress: &RestoreProgress) ->
         ));
     }
     file.set_len(offset).context_io(context)?;
+    if !sparse {
+        fill_holes(&file).context_io(context)?;
+    }
     set_metadata_of(file.as_fd(), &job.entry, &shown)
         .context_io(|| format!("setting metadata of {}", shown.display()))?;
     progress.files_done.fetch_add(1, Ordering::Relaxed);
@@ -174,9 +229,10 @@ fn run_worker(
     jobs: Receiver<FileJob>,
     errors: &Mutex<Vec<RestoreError>>,
     progress: &RestoreProgress,
+    sparse: bool,
 ) {
     for job in jobs {
-        if let Err(e) = restore_file(repo, &job, progress) {
+        if let Err(e) = restore_file(repo, &job, progress, sparse) {
             // Never leave a file with missing or wrong bytes under its real name.
             let _ = job.dir.unlink(&job.entry.name);
             errors.lock().expect("not poisoned").push(RestoreError {
@@ -327,7 +383,7 @@ pub fn run(
         for _ in 0..threads {
             let jobs = jobs.clone();
             let errors = &errors;
-            scope.spawn(move || run_worker(repo, jobs, errors, progress));
+            scope.spawn(move || run_worker(repo, jobs, errors, progress, options.sparse));
         }
         let mut planner = Planner {
             repo,

@@ -599,10 +599,7 @@ fn warn_xattr(path: &Path, name: &OsStr, error: &io::Error) {
 /// Access and modification time for an entry: access times are not kept (reading a
 /// directory would change its tree id), so a written entry gets its mtime as atime.
 fn entry_times(entry: &Entry) -> [libc::timespec; 2] {
-    let time = libc::timespec {
-        tv_sec: entry.mtime_ns.div_euclid(1_000_000_000),
-        tv_nsec: entry.mtime_ns.rem_euclid(1_000_000_000),
-    };
+    let time = crate::timestamp::to_timespec(entry.mtime_ns);
     [time, time]
 }
 

@@ -63,8 +63,12 @@ pub struct Entry {
     pub gid: u32,
     pub user: Option<String>,
     pub group: Option<String>,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
+    /// Modification time in nanoseconds since the epoch (see `timestamp`): an i128 holds
+    /// every time a filesystem can, and postcard encodes it exactly as it did the i64 of
+    /// earlier versions (a zigzag varint), so trees keep their bytes and ids.
+    pub mtime_ns: i128,
+    /// Status-change time, in the same form.
+    pub ctime_ns: i128,
     /// Bytes of a regular file (0 for other kinds).
     pub size: u64,
     pub device: u64,
@@ -315,7 +319,7 @@ pub(crate) mod tests {
         (
             proptest::collection::vec(1u8..=255, 1..20).prop_filter("valid", |n| is_valid_name(n)),
             kind,
-            any::<(u32, u32, u32, i64, i64, u64)>(),
+            any::<(u32, u32, u32, i128, i128, u64)>(),
             proptest::option::of("[a-z]{1,8}"),
             proptest::collection::vec(
                 (
@@ -358,6 +362,45 @@ pub(crate) mod tests {
             let bytes = tree.encode();
             prop_assert_eq!(Tree::decode(&bytes, &|| "t".into()).unwrap(), tree.clone());
             prop_assert_eq!(bytes, tree.encode(), "encoding is canonical");
+        }
+    }
+
+    /// An entry encoded as cairn encoded it while its times were i64: the same fields in the
+    /// same order, the times as i64 zigzag varints.
+    fn encode_with_i64_times(entry: &Entry) -> Vec<u8> {
+        let old = (
+            serde_bytes::Bytes::new(&entry.name),
+            &entry.kind,
+            entry.mode,
+            entry.uid,
+            entry.gid,
+            &entry.user,
+            &entry.group,
+            i64::try_from(entry.mtime_ns).unwrap(),
+            i64::try_from(entry.ctime_ns).unwrap(),
+            entry.size,
+            entry.device,
+            entry.inode,
+            entry.links,
+            &entry.xattrs,
+        );
+        postcard::to_stdvec(&old).unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn entries_with_i64_times_keep_their_encoding(
+            entry in arb_entry(),
+            mtime_ns in any::<i64>(),
+            ctime_ns in any::<i64>(),
+        ) {
+            let entry = Entry { mtime_ns: mtime_ns.into(), ctime_ns: ctime_ns.into(), ..entry };
+            let old = encode_with_i64_times(&entry);
+            let tree = Tree { entries: vec![entry] };
+            let mut old_tree = vec![1];
+            old_tree.extend_from_slice(&old);
+            prop_assert_eq!(&tree.encode(), &old_tree, "the same bytes, so the same tree id");
+            prop_assert_eq!(Tree::decode(&old_tree, &|| "t".into()).unwrap(), tree);
         }
     }
 

@@ -21,6 +21,7 @@
 use crate::checkpoint::{self, Checkpoint, CheckpointFilter};
 use crate::error::Error;
 use crate::history::{PathHistory, child_history, versions};
+use crate::holes::{ZeroChunks, data_bytes, seek};
 use crate::id::{BlobId, CheckpointId};
 use crate::repo::Repository;
 use crate::tree::{ChunkRef, Entry, EntryKind, Tree, Xattr, load_tree, sized_file_chunks};
@@ -74,9 +75,11 @@ pub struct Attr {
     pub nlink: u32,
     pub uid: u32,
     pub gid: u32,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
     pub rdev: u64,
+    /// Bytes that hold data (not holes): what the file would allocate, as `st_blocks` says.
+    pub allocated: u64,
 }
 
 /// Why a VFS call failed.
@@ -158,10 +161,11 @@ struct Catalogue {
     generation: u64,
 }
 
-/// A file's chunks with their end offsets.
+/// A file's chunks with their end offsets, and which of them are holes.
 struct ChunkIndex {
     chunks: Vec<ChunkRef>,
     ends: Vec<u64>,
+    holes: Vec<bool>,
 }
 
 #[derive(Clone)]
@@ -189,6 +193,7 @@ pub struct Vfs {
     catalogue: RwLock<Catalogue>,
     trees: Arc<Cache<BlobId, Arc<Tree>>>,
     chunk_lists: Cache<Ino, Arc<ChunkIndex>>,
+    zero_chunks: ZeroChunks,
     chunks: Arc<ChunkCache>,
     /// Histories of `history/` paths, with the catalogue generation they were computed for.
     histories: Cache<HistoryPath, (u64, Arc<PathHistory>)>,
@@ -229,11 +234,8 @@ fn checkpoint_dir_name(id: &CheckpointId, record: &Checkpoint) -> String {
     format!("{}_{}", compact_time(&record.time), id.short())
 }
 
-fn time_ns(rfc3339: &str) -> i64 {
-    humantime::parse_rfc3339(rfc3339)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as i64)
+fn time_ns(rfc3339: &str) -> i128 {
+    humantime::parse_rfc3339(rfc3339).map_or(0, crate::timestamp::from_system_time)
 }
 
 /// The node of `checkpoints/<name>`: the checkpoint's root directory under that name (dated
@@ -300,7 +302,7 @@ fn cached_chunk(repo: &Repository, chunk: &ChunkRef) -> crate::error::Result<Arc
     Ok(Arc::new(data))
 }
 
-fn synthetic_dir(ino: Ino, mtime_ns: i64) -> Attr {
+fn synthetic_dir(ino: Ino, mtime_ns: i128) -> Attr {
     Attr {
         ino,
         kind: FileKind::Directory,
@@ -312,6 +314,7 @@ fn synthetic_dir(ino: Ino, mtime_ns: i64) -> Attr {
         mtime_ns,
         ctime_ns: mtime_ns,
         rdev: 0,
+        allocated: 0,
     }
 }
 
@@ -335,6 +338,7 @@ impl Vfs {
             });
         }
         let vfs = Vfs {
+            zero_chunks: ZeroChunks::new(&repo),
             repo,
             filter,
             nodes: RwLock::new(HashMap::from([(ROOT_INO, Slot::new(NodeKind::Root, None))])),
@@ -696,6 +700,10 @@ impl Vfs {
                     EntryKind::Symlink(target) => target.len() as u64,
                     _ => entry.size,
                 };
+                let allocated = match &entry.kind {
+                    EntryKind::File(_) => self.allocated_bytes(ino, entry),
+                    _ => size,
+                };
                 Attr {
                     ino,
                     kind,
@@ -711,6 +719,7 @@ impl Vfs {
                     mtime_ns: entry.mtime_ns,
                     ctime_ns: entry.ctime_ns,
                     rdev,
+                    allocated,
                 }
             }
         }
@@ -917,6 +926,11 @@ impl Vfs {
         let NodeKind::Entry { entry, .. } = self.node(ino)? else {
             return Err(VfsError::NotFile);
         };
+        self.chunk_index_of(ino, &entry)
+    }
+
+    /// The chunk index of file `ino`, whose entry is `entry`.
+    fn chunk_index_of(&self, ino: Ino, entry: &Entry) -> VfsResult<Arc<ChunkIndex>> {
         let EntryKind::File(content) = &entry.kind else {
             return Err(VfsError::NotFile);
         };
@@ -929,8 +943,30 @@ impl Vfs {
                     Some(*end)
                 })
                 .collect();
-            Ok::<_, Error>(Arc::new(ChunkIndex { chunks, ends }))
+            let holes = self.zero_chunks.holes(&self.repo, &chunks);
+            Ok::<_, Error>(Arc::new(ChunkIndex {
+                chunks,
+                ends,
+                holes,
+            }))
         })?)
+    }
+
+    /// The bytes of file `ino` that are not holes. It costs no data read, but a file with a
+    /// separate chunk list needs that list; one that cannot be read counts as all data (its
+    /// reads fail with the error).
+    fn allocated_bytes(&self, ino: Ino, entry: &Entry) -> u64 {
+        match self.chunk_index_of(ino, entry) {
+            Ok(index) => data_bytes(&index.chunks, &index.holes),
+            Err(_) => entry.size,
+        }
+    }
+
+    /// Where `SEEK_DATA` (`want_data`) or `SEEK_HOLE` from `offset` lands in file `ino`;
+    /// `None` when there is no such place (ENXIO).
+    pub fn seek(&self, ino: Ino, offset: u64, want_data: bool) -> VfsResult<Option<u64>> {
+        let index = self.chunk_index(ino)?;
+        Ok(seek(&index.ends, &index.holes, offset, want_data))
     }
 
     /// A chunk's bytes. A chunk read whole in one request (most small files) is not worth

@@ -59,11 +59,17 @@ fn round_trip_in_every_encryption_mode() {
         assert!(first["id"].as_str().unwrap().len() == 64);
         let target = sandbox.path("restored");
         sandbox.ok(&with(
-            &["restore", "latest", "--target", target.to_str().unwrap()],
+            &[
+                "restore",
+                "latest",
+                "--sparse",
+                "--target",
+                target.to_str().unwrap(),
+            ],
             &extra,
         ));
         assert_same_tree(&source, &target);
-        // Holes stay holes: the 8 MiB sparse file holds two small writes.
+        // With --sparse, holes stay holes: the 8 MiB sparse file holds two small writes.
         assert!(
             allocated_bytes(&target.join("sparse")) < 1 << 20,
             "{mode}: sparse file was filled"
@@ -1052,4 +1058,90 @@ fn latest_is_scoped_by_host_path_and_tag() {
     assert_eq!(shown, 1);
     assert!(mounted.path("latest/top").exists());
     assert!(mounted.terminate().success());
+}
+
+#[test]
+fn times_before_1970_and_after_2262_restore_and_print() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    make_tree_with_far_times(&source);
+    let repo = sandbox.plain_repo_with_backup_of(&source);
+    let repo = repo.to_str().unwrap();
+
+    let restored = sandbox.path("restored");
+    sandbox.ok(&[
+        "restore",
+        "--repo",
+        repo,
+        "latest",
+        "--target",
+        restored.to_str().unwrap(),
+    ]);
+    assert_same_tree(&source, &restored);
+
+    let listing = sandbox.ok(&["ls", "--repo", repo, "latest", "-r"]);
+    for line in [
+        "2300-01-01 00:00:00 future.txt",
+        "2300-01-01 00:00:00 link -> future.txt",
+        "1960-06-01 12:00:00 old",
+        "1960-06-01 12:00:00 old/inside.txt",
+        "1960-06-01 12:00:00 past.txt",
+    ] {
+        assert!(listing.contains(line), "{line} is not in\n{listing}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&["ls", "--repo", repo, "latest", "--json"])).unwrap();
+    let mtimes: Vec<(&str, &str)> = json_strings(&json, "name")
+        .into_iter()
+        .zip(json_strings(&json, "mtime"))
+        .collect();
+    assert_eq!(
+        mtimes,
+        [
+            ("future.txt", "2300-01-01T00:00:00.123456789Z"),
+            ("link", "2300-01-01T00:00:00.000000000Z"),
+            ("old", "1960-06-01T12:00:00.000000000Z"),
+            ("past.txt", "1960-06-01T12:00:00.000000005Z"),
+        ]
+    );
+
+    let history = sandbox.ok(&["history", "--repo", repo, "past.txt"]);
+    assert!(history.contains("mtime 1960-06-01 12:00:00"), "{history}");
+    let history: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&["history", "--repo", repo, "future.txt", "--json"]))
+            .unwrap();
+    assert_eq!(
+        json_strings(&history, "mtime"),
+        ["2300-01-01T00:00:00.123456789Z"]
+    );
+}
+
+#[test]
+fn restore_keeps_dense_files_dense_unless_asked_for_sparse() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    let bytes = write_dense_file_with_zeros(&source.join("dense.bin"));
+    let repo = sandbox.plain_repo_with_backup_of(&source);
+    let repo = repo.to_str().unwrap();
+    for (flags, expect_sparse) in [(&[][..], false), (&["--sparse"][..], true)] {
+        let target = sandbox.path(if expect_sparse { "sparse" } else { "dense" });
+        let target_arg = target.to_str().unwrap();
+        let args = [
+            &["restore", "--repo", repo, "latest", "--target", target_arg][..],
+            flags,
+        ];
+        sandbox.ok(&args.concat());
+        let restored = target.join("dense.bin");
+        assert_eq!(fs::read(&restored).unwrap(), bytes);
+        let allocated = allocated_bytes(&restored);
+        if expect_sparse {
+            assert!(
+                allocated <= 5 << 19,
+                "--sparse leaves the zeros as holes: {allocated}"
+            );
+        } else {
+            assert!(allocated >= 3 << 20, "restored dense: {allocated}");
+        }
+    }
 }

@@ -385,3 +385,141 @@ fn bad_mountpoints_get_clear_errors() {
     ]);
     assert_fails(&output, 1, "not empty");
 }
+
+#[test]
+fn times_before_1970_and_after_2262_show_through_the_mount() {
+    use std::os::unix::fs::MetadataExt;
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    make_tree_with_far_times(&source);
+    let repo = sandbox.plain_repo_with_backup_of(&source);
+    let mount = Mounted::start(&sandbox, &repo);
+    for name in ["future.txt", "past.txt", "link", "old", "old/inside.txt"] {
+        let expected = fs::symlink_metadata(source.join(name)).unwrap();
+        let shown = fs::symlink_metadata(mount.path("latest").join(name)).unwrap();
+        assert_eq!(
+            (shown.mtime(), shown.mtime_nsec()),
+            (expected.mtime(), expected.mtime_nsec()),
+            "{name}"
+        );
+    }
+    let copied = sandbox.path("copied");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(mount.path("latest/."))
+        .arg(&copied)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_same_tree(&source, &copied);
+}
+
+/// `SEEK_DATA` or `SEEK_HOLE` (`whence`) from `offset` in `file`: the offset, or the errno.
+fn seek(file: &fs::File, offset: i64, whence: i32) -> Result<i64, i32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: lseek on an open descriptor has no other preconditions.
+    let found = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+    if found < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    } else {
+        Ok(found)
+    }
+}
+
+#[test]
+fn sparse_files_keep_their_holes_through_the_mount() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    // 256 MiB with three islands of data, and a dense file.
+    let sparse = fs::File::create(source.join("sparse.img")).unwrap();
+    sparse.set_len(256 << 20).unwrap();
+    for (seed, offset) in [(1, 16 << 20), (2, 100 << 20), (3, 200 << 20)] {
+        sparse
+            .write_all_at(&pseudo_random(256 << 10, seed), offset)
+            .unwrap();
+    }
+    drop(sparse);
+    fs::write(source.join("dense.bin"), pseudo_random(3 << 20, 4)).unwrap();
+    let source_allocated = allocated_bytes(&source.join("sparse.img"));
+    assert!(source_allocated < 2 << 20, "this filesystem keeps holes");
+    let repo = sandbox.plain_repo_with_backup_of(&source);
+    let mount = Mounted::start(&sandbox, &repo);
+    let latest = mount.path("latest");
+
+    // The chunks holding an island hold zeros around it too: at most two maximum chunks
+    // (8 MiB each) per island.
+    let near_source = source_allocated + 3 * 2 * (8 << 20);
+    let shown = allocated_bytes(&latest.join("sparse.img"));
+    assert!(shown <= near_source, "stat shows {shown} bytes allocated");
+    assert_eq!(allocated_bytes(&latest.join("dense.bin")), 3 << 20);
+
+    let dense = fs::File::open(latest.join("dense.bin")).unwrap();
+    assert_eq!(seek(&dense, 0, libc::SEEK_HOLE), Ok(3 << 20));
+    assert_eq!(seek(&dense, 1000, libc::SEEK_DATA), Ok(1000));
+    assert_eq!(seek(&dense, 3 << 20, libc::SEEK_DATA), Err(libc::ENXIO));
+    // Walking the file with SEEK_DATA and SEEK_HOLE finds one run of data around each island.
+    let through = fs::File::open(latest.join("sparse.img")).unwrap();
+    let mut data_runs = Vec::new();
+    let mut at = 0;
+    while let Ok(start) = seek(&through, at, libc::SEEK_DATA) {
+        at = seek(&through, start, libc::SEEK_HOLE).unwrap();
+        data_runs.push(start..at);
+    }
+    assert_eq!(data_runs.len(), 3, "{data_runs:?}");
+    for (run, island) in data_runs.iter().zip([16 << 20, 100 << 20, 200 << 20]) {
+        assert!(
+            run.start <= island && island + (256 << 10) <= run.end,
+            "{run:?}"
+        );
+    }
+    assert!(
+        at < 256 << 20,
+        "the trailing zeros are a hole: {data_runs:?}"
+    );
+    assert_eq!(seek(&through, 256 << 20, libc::SEEK_HOLE), Err(libc::ENXIO));
+
+    let original = fs::read(source.join("sparse.img")).unwrap();
+    let copied = sandbox.path("copied");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(mount.path("latest/."))
+        .arg(&copied)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(fs::read(copied.join("sparse.img")).unwrap(), original);
+    let copied_allocated = allocated_bytes(&copied.join("sparse.img"));
+    assert!(
+        copied_allocated <= near_source,
+        "cp wrote {copied_allocated} bytes"
+    );
+
+    let archive = sandbox.path("sparse.tar");
+    let status = Command::new("tar")
+        .arg("--sparse")
+        .arg("-cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&latest)
+        .arg("sparse.img")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let extracted = sandbox.path("extracted");
+    fs::create_dir_all(&extracted).unwrap();
+    let status = Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&extracted)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(fs::read(extracted.join("sparse.img")).unwrap(), original);
+    let extracted_allocated = allocated_bytes(&extracted.join("sparse.img"));
+    assert!(
+        extracted_allocated <= near_source,
+        "tar wrote {extracted_allocated} bytes"
+    );
+}

@@ -276,12 +276,15 @@ fn a_directory_into_a_directory_matches_it_and_keeps_extras_without_delete() {
     let source = sandbox.path("source");
     make_tree(&source);
     let target = sandbox.path("mirror");
-    let first = json(&sandbox, &["sync", text(&source), text(&target)]);
+    let first = json(
+        &sandbox,
+        &["sync", "--sparse", text(&source), text(&target)],
+    );
     assert!(first["files_written"].as_u64().unwrap() >= 9, "{first}");
     assert_same_tree(&source, &target);
     assert!(
         allocated_bytes(&target.join("sparse")) < 1 << 20,
-        "holes stay holes"
+        "with --sparse, holes stay holes"
     );
 
     make_version_2(&source);
@@ -503,4 +506,52 @@ fn a_full_disk_fails_clearly_and_leaves_nothing_half_written() {
         fs::read_dir(copy.join("checkpoints")).map_or(0, |d| d.count()),
         0
     );
+}
+
+#[test]
+fn times_before_1970_and_after_2262_survive_every_sync_into_a_directory() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    make_tree_with_far_times(&source);
+    let contents = format!("{}/", text(&source));
+
+    let mirror = sandbox.path("mirror");
+    sandbox.ok(&["sync", &contents, text(&mirror)]);
+    assert_same_tree(&source, &mirror);
+
+    let repo = sandbox.plain_repo_with_backup_of(&source);
+    let from_checkpoint = sandbox.path("from-checkpoint");
+    let latest = format!("{}::latest", text(&repo));
+    sandbox.ok(&["sync", &latest, text(&from_checkpoint)]);
+    assert_same_tree(&source, &from_checkpoint);
+
+    // Run again, nothing is rewritten: the times compare equal to the source's.
+    let again = json(&sandbox, &["sync", &latest, text(&from_checkpoint)]);
+    assert_eq!(again["files_written"], 0, "{again}");
+}
+
+#[test]
+fn syncs_into_a_directory_keep_dense_files_dense_unless_asked_for_sparse() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    let bytes = write_dense_file_with_zeros(&source.join("dense.bin"));
+    let repo = sandbox.plain_repo_with_backup_of(&source);
+    let contents = format!("{}/", text(&source));
+    let latest = format!("{}::latest", text(&repo));
+    for from in [&contents, &latest] {
+        for (flags, expect_sparse) in [(&[][..], false), (&["--sparse"][..], true)] {
+            let target = sandbox.path("target");
+            let _ = fs::remove_dir_all(&target);
+            sandbox.ok(&[&["sync"][..], flags, &[from.as_str(), text(&target)]].concat());
+            let synced = target.join("dense.bin");
+            assert_eq!(fs::read(&synced).unwrap(), bytes);
+            let allocated = allocated_bytes(&synced);
+            if expect_sparse {
+                assert!(allocated <= 5 << 19, "{from} --sparse: {allocated}");
+            } else {
+                assert!(allocated >= 3 << 20, "{from} dense: {allocated}");
+            }
+        }
+    }
 }

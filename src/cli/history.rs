@@ -1,9 +1,10 @@
 //! `cairn history`: every distinct version of a path across all checkpoints, oldest first.
 
-use super::{GlobalArgs, format_time_ns, print_json};
+use super::{GlobalArgs, print_json};
 use anyhow::Result;
 use cairn::checkpoint;
 use cairn::history::{path_history, versions};
+use cairn::timestamp;
 use cairn::tree::load_tree;
 use clap::Args;
 use indicatif::HumanBytes;
@@ -57,7 +58,7 @@ pub fn run(global: &GlobalArgs, args: HistoryArgs) -> Result<ExitCode> {
                 "checkpoint": first_id.to_hex(),
                 "checkpoints": ids,
                 "size": version.entry.as_ref().map(|e| e.size),
-                "mtime": version.entry.as_ref().map(|e| format_time_ns(e.mtime_ns)),
+                "mtime": version.entry.as_ref().map(|e| timestamp::rfc3339_nanos(e.mtime_ns)),
                 "type": version.entry.as_ref().map(|e| e.type_char().to_string()),
             })
         })
@@ -69,14 +70,11 @@ pub fn run(global: &GlobalArgs, args: HistoryArgs) -> Result<ExitCode> {
     for (version, row) in versions.iter().zip(&rows) {
         let time = row["time"].as_str().unwrap_or_default();
         let detail = match &version.entry {
-            Some(entry) => {
-                let mtime = format_time_ns(entry.mtime_ns);
-                format!(
-                    "{:>10}  mtime {}",
-                    HumanBytes(entry.size).to_string(),
-                    mtime.get(..19).unwrap_or(&mtime).replace('T', " ")
-                )
-            }
+            Some(entry) => format!(
+                "{:>10}  mtime {}",
+                HumanBytes(entry.size).to_string(),
+                timestamp::date_time(entry.mtime_ns)
+            ),
             None => String::new(),
         };
         let ids = row["checkpoints"]

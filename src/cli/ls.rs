@@ -1,8 +1,9 @@
 //! `cairn ls`: the entries of a directory in a checkpoint (`-r` for everything below it).
 
-use super::{GlobalArgs, format_time_ns, print_json, split_reference};
+use super::{GlobalArgs, print_json, split_reference};
 use anyhow::Result;
 use cairn::repo::Repository;
+use cairn::timestamp;
 use cairn::tree::{Entry, EntryKind, find_entry, load_tree};
 use clap::Args;
 use serde_json::{Value, json};
@@ -62,7 +63,7 @@ fn entry_json(path: &str, entry: &Entry) -> Value {
         "user": entry.user,
         "group": entry.group,
         "size": entry.size,
-        "mtime": format_time_ns(entry.mtime_ns),
+        "mtime": timestamp::rfc3339_nanos(entry.mtime_ns),
     });
     if let EntryKind::Symlink(target) = &entry.kind {
         value["target"] = json!(String::from_utf8_lossy(target));
@@ -108,7 +109,6 @@ impl Lister<'_> {
         }
         let owner = entry.user.clone().unwrap_or_else(|| entry.uid.to_string());
         let group = entry.group.clone().unwrap_or_else(|| entry.gid.to_string());
-        let mtime = format_time_ns(entry.mtime_ns);
         let target = match &entry.kind {
             EntryKind::Symlink(t) => format!(" -> {}", String::from_utf8_lossy(t)),
             _ => String::new(),
@@ -120,7 +120,7 @@ impl Lister<'_> {
             owner,
             group,
             entry.size,
-            mtime.get(..19).unwrap_or(&mtime).replace('T', " ")
+            timestamp::date_time(entry.mtime_ns)
         )?;
         Ok(())
     }

@@ -526,13 +526,3 @@ fn resolve_checkpoint(
 fn split_reference(reference: &str) -> (&str, &str) {
     reference.split_once(':').unwrap_or((reference, ""))
 }
-
-/// Formats nanoseconds since the epoch as RFC 3339 (UTC).
-fn format_time_ns(ns: i64) -> String {
-    let time = if ns >= 0 {
-        std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns as u64)
-    } else {
-        std::time::UNIX_EPOCH - std::time::Duration::from_nanos(ns.unsigned_abs())
-    };
-    humantime::format_rfc3339_nanos(time).to_string()
-}

@@ -22,6 +22,9 @@ pub struct RestoreArgs {
     /// Restore into a non-empty directory, replacing what is in the way
     #[arg(long)]
     overwrite: bool,
+    /// Leave runs of zeros in files as holes (sparse files); without it files are written dense
+    #[arg(long)]
+    sparse: bool,
     /// Print one JSON object instead of text
     #[arg(long)]
     json: bool,
@@ -48,6 +51,7 @@ pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
     let node = find_entry(&repo, record.root_entry(), path)?;
     let options = RestoreOptions {
         overwrite: args.overwrite,
+        sparse: args.sparse,
         ..RestoreOptions::default()
     };
     let progress = RestoreProgress::default();

@@ -33,6 +33,9 @@ pub struct SyncArgs {
     /// Into a directory: remove what the source lacks
     #[arg(long)]
     delete: bool,
+    /// Into a directory: leave runs of zeros in files as holes; without it files are dense
+    #[arg(short = 'S', long)]
+    sparse: bool,
     /// Parallel transfers (default: twice the cores)
     #[arg(long, value_name = "N")]
     concurrency: Option<usize>,
@@ -105,6 +108,7 @@ pub fn run(global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode> {
         dry_run: args.dry_run,
         delete: args.delete,
         rate_limit: args.limit_rate,
+        sparse: args.sparse,
         ..SyncOptions::default()
     };
     if let Some(n) = args.concurrency {

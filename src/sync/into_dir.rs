@@ -24,7 +24,7 @@ use crate::fsmeta::{entry_from_metadata, mtime_ns, read_xattrs};
 use crate::id::BlobId;
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::restore::{HardLinkGroups, write_sparse};
+use crate::restore::{HardLinkGroups, fill_holes, write_sparse};
 use crate::target::{
     TargetDir, check_path_length, may_adjust_in_place, set_directories_metadata, set_metadata_of,
 };
@@ -524,6 +524,8 @@ struct FileJob<D> {
     entry: Entry,
     /// Whether a regular file is at its place now.
     has_old: bool,
+    /// Leave zero runs of a written file as holes, rather than fill them.
+    sparse: bool,
 }
 
 impl<D> FileJob<D> {
@@ -563,6 +565,11 @@ fn prepare_file<D>(job: &FileJob<D>) -> Result<Prepared> {
     Ok(Prepared { old, temp, out })
 }
 
+/// Makes the new file of `job` dense, unless the sync keeps holes (see `restore::fill_holes`).
+fn fill_unless_sparse<D>(job: &FileJob<D>, out: &File) -> std::io::Result<()> {
+    if job.sparse { Ok(()) } else { fill_holes(out) }
+}
+
 /// Puts a written file in place (metadata on its descriptor, then rename over the old one),
 /// or, when the old one already held the content, sets the metadata on the old file's
 /// descriptor: the file that was compared, whatever its name holds now. Removes the
@@ -588,6 +595,7 @@ fn finish_file<D>(
                     // Another user's file, or one with a name outside the target: its bytes
                     // are right, but it is replaced by a copy rather than changed.
                     copy_file(old, &out, job.entry.size, None)
+                        .and_then(|_| fill_unless_sparse(job, &out))
                         .context_io(|| format!("copying {}", shown.display()))?;
                     set_metadata_of(out.as_fd(), &job.entry, &shown).map_err(metadata_error)?;
                     drop(out);
@@ -606,6 +614,8 @@ fn finish_file<D>(
                 })?;
             }
             FileWrite::Written { .. } => {
+                fill_unless_sparse(job, &out)
+                    .context_io(|| format!("writing {}", shown.display()))?;
                 set_metadata_of(out.as_fd(), &job.entry, &shown).map_err(metadata_error)?;
                 drop(out);
                 job.target
@@ -881,6 +891,7 @@ impl<S: TreeSource> Planner<'_, S> {
                     target,
                     has_old: old.is_some(),
                     entry,
+                    sparse: self.options.sparse,
                 };
                 self.files
                     .send(job)

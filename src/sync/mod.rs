@@ -25,6 +25,9 @@ pub struct SyncOptions {
     pub concurrency: usize,
     /// A cap on the bytes moved per second, shared by every transfer.
     pub rate_limit: Option<u64>,
+    /// Into a directory: leave runs of zeros in written files as holes (`--sparse`, like
+    /// rsync's `-S`); otherwise written files are dense.
+    pub sparse: bool,
 }
 
 impl Default for SyncOptions {
@@ -34,6 +37,7 @@ impl Default for SyncOptions {
             delete: false,
             concurrency: std::thread::available_parallelism().map_or(4, |n| 2 * n.get()),
             rate_limit: None,
+            sparse: false,
         }
     }
 }

@@ -129,6 +129,37 @@ pub fn set_mtime(path: &Path, seconds: i64, nanos: i64) {
     assert_eq!(rc, 0);
 }
 
+/// 2300-01-01T00:00:00Z in seconds: past 2262-04-11, the last time i64 nanoseconds hold.
+pub const YEAR_2300_SECONDS: i64 = 10_413_792_000;
+/// 1960-06-01T12:00:00Z in seconds: before the epoch.
+pub const YEAR_1960_SECONDS: i64 = -302_443_200;
+
+/// A tree whose entries carry times outside i64 nanoseconds since 1970 or before it:
+/// `future.txt` (2300-01-01T00:00:00.123456789Z), `past.txt` (1960-06-01T12:00:00.000000005Z),
+/// a symlink dated 2300 and a directory `old` dated 1960.
+pub fn make_tree_with_far_times(root: &Path) {
+    fs::create_dir_all(root.join("old")).unwrap();
+    fs::write(root.join("future.txt"), b"written in 2300").unwrap();
+    fs::write(root.join("past.txt"), b"written in 1960").unwrap();
+    fs::write(root.join("old/inside.txt"), b"also from 1960").unwrap();
+    std::os::unix::fs::symlink("future.txt", root.join("link")).unwrap();
+    set_mtime(&root.join("future.txt"), YEAR_2300_SECONDS, 123_456_789);
+    set_mtime(&root.join("past.txt"), YEAR_1960_SECONDS, 5);
+    set_mtime(&root.join("old/inside.txt"), YEAR_1960_SECONDS, 0);
+    set_mtime(&root.join("link"), YEAR_2300_SECONDS, 0);
+    set_mtime(&root.join("old"), YEAR_1960_SECONDS, 0);
+}
+
+/// Writes a 3 MiB file that is dense on disk although its middle MiB is zeros.
+pub fn write_dense_file_with_zeros(path: &Path) -> Vec<u8> {
+    let mut bytes = pseudo_random(1 << 20, 11);
+    bytes.resize(2 << 20, 0);
+    bytes.extend(pseudo_random(1 << 20, 12));
+    fs::write(path, &bytes).unwrap();
+    assert!(allocated_bytes(path) >= 3 << 20, "written dense");
+    bytes
+}
+
 /// Builds a tree with every kind of entry cairn keeps.
 pub fn make_tree(root: &Path) {
     fs::create_dir_all(root.join("dir/nested/deeper")).unwrap();
@@ -183,7 +214,7 @@ pub struct Snapshot {
     mode: u32,
     uid: u32,
     gid: u32,
-    mtime_ns: i64,
+    mtime_ns: i128,
     size: u64,
     content: Option<Vec<u8>>,
     target: Option<PathBuf>,
@@ -250,7 +281,7 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Snapshot> {
                 mode: m.mode() & 0o7777,
                 uid: m.uid(),
                 gid: m.gid(),
-                mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+                mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
                 size: if ft.is_file() { m.len() } else { m.rdev() },
                 content: ft.is_file().then(|| fs::read(&path).unwrap()),
                 target: ft.is_symlink().then(|| fs::read_link(&path).unwrap()),
