@@ -907,3 +907,56 @@ fn metadata_only_changes_reach_a_directory_from_a_served_source() {
         sandbox.ok(&["sync", "--token-file", text(&token), &url, text(&target)]);
     });
 }
+
+#[test]
+fn a_served_source_is_its_contents_and_a_directory_in_it_keeps_its_name() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(source.join("misc/sub")).unwrap();
+    fs::write(source.join("misc/sub/f"), b"f").unwrap();
+    fs::write(source.join("top"), b"t").unwrap();
+    let token = sandbox.path("token");
+    fs::write(&token, "served-token\n").unwrap();
+    let server = Server::spawn(sandbox.cairn().args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--token-file",
+        text(&token),
+        "--source",
+        &format!("home={}", text(&source)),
+    ]));
+    let url = format!("{}/source/home", server.url);
+    let sync = |from: &str, to: &Path| {
+        sandbox.ok(&[
+            "sync",
+            "--delete",
+            "--token-file",
+            text(&token),
+            from,
+            text(to),
+        ]);
+    };
+    // Like an rsync daemon's module: the source itself is its contents.
+    let whole = sandbox.path("whole");
+    sync(&url, &whole);
+    assert_same_tree(&source, &whole);
+    // A directory in it keeps its name in the destination, unless named with a slash; with
+    // --delete, the destination's other entries stay.
+    let usb = sandbox.path("usb");
+    fs::create_dir_all(usb.join("photos")).unwrap();
+    sync(&format!("{url}/misc"), &usb);
+    assert_same_tree(&source.join("misc"), &usb.join("misc"));
+    assert!(usb.join("photos").is_dir());
+    let contents = sandbox.path("contents");
+    sync(&format!("{url}/misc/"), &contents);
+    assert_same_tree(&source.join("misc"), &contents);
+    let file = sandbox.run(&[
+        "sync",
+        "--token-file",
+        text(&token),
+        &format!("{url}/top"),
+        text(&contents),
+    ]);
+    assert_fails(&file, 1, "not a directory");
+}
