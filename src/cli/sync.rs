@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use cairn::backup::{self, BackupOptions, Progress};
 use cairn::checkpoint;
 use cairn::sync::into_dir::{CheckpointSource, DirectorySource, SingleEntry};
-use cairn::sync::itemize::Change;
+use cairn::sync::itemize::{Change, Update};
 use cairn::sync::remote::RemoteSource;
 use cairn::sync::wire::ChunkSpec;
 use cairn::sync::{SyncError, SyncOptions, SyncReport, copy, into_dir, pull};
@@ -191,7 +191,7 @@ impl Listing {
         move |change: &Change| match self {
             Listing::Quiet => {}
             Listing::Itemized => println!("{}", change.itemized(prefix)),
-            Listing::Names if change.update == cairn::sync::itemize::Update::Deleted => {
+            Listing::Names if change.update == Update::Deleted => {
                 println!("deleting {}", change.name(prefix))
             }
             Listing::Names if change.is_named_by_verbose() => println!("{}", change.name(prefix)),
