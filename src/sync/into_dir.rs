@@ -5,8 +5,9 @@
 //! comparing every recorded attribute (`itemize::differences`) and listing each change it
 //! decides, in a dry run as in a real one. A regular file with the source's size and mtime
 //! keeps its content, and only differing metadata is set on it in place (so are symlinks and
-//! special files whose target or number is right); any other file goes to the workers, which rebuild it in a temporary file beside it and rename that over the old one,
-//! so an interrupted sync never leaves a half-written file under a real name. A rebuilt file
+//! special files whose target or number is right); any other file goes to the workers,
+//! which rebuild it in a temporary file beside it and rename that over the old one, so an
+//! interrupted sync never leaves a half-written file under a real name. A rebuilt file
 //! takes every chunk the old file already holds from there (chunked the same way) and only
 //! the rest from the source; when the old file turns out to hold exactly the source's chunks,
 //! only its metadata is set. Directories, symlinks and special files are created or replaced
