@@ -15,7 +15,7 @@
 //! Paths are kept only to name things in messages.
 
 use crate::fsmeta::running_as_root;
-use crate::tree::{Entry, EntryKind};
+use crate::tree::{Entry, EntryKind, Xattr};
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::{File, Metadata};
 use std::io;
@@ -367,37 +367,85 @@ impl TargetDir {
     /// Removes whatever is at `name`: a file, a symlink (never followed) or a whole directory
     /// tree, walked with an explicit stack of descriptors. Nothing there is fine.
     pub fn remove(&self, name: &[u8]) -> io::Result<()> {
-        match self.unlink(name) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if e.raw_os_error() != Some(libc::EISDIR) => return Err(e),
-            Err(_) => {}
+        self.remove_each(name, false, &mut |_, _| true).map(|_| ())
+    }
+
+    /// Removes `name` as `remove` does, one entry at a time, deepest first and in name order,
+    /// asking `allow` before each (its path below this directory, whether it is a
+    /// directory): what `--delete` lists and counts. A directory goes only once everything
+    /// in it has; the first refusal stops the walk. With `dry_run` nothing is removed, only
+    /// asked. Returns whether all of `name` was (or would be) removed.
+    pub fn remove_each(
+        &self,
+        name: &[u8],
+        dry_run: bool,
+        allow: &mut dyn FnMut(&Path, bool) -> bool,
+    ) -> io::Result<bool> {
+        let Some(metadata) = self.metadata(name)? else {
+            return Ok(true);
+        };
+        let mut path = PathBuf::from(OsStr::from_bytes(name));
+        if !metadata.is_dir() {
+            if !allow(&path, false) {
+                return Ok(false);
+            }
+            return self.unlink_unless(dry_run, name).map(|()| true);
         }
-        // Each level: the open directory, its name in the level above, the names left in it.
-        // The directories opened here carry no path: a tree an attacker made deep must not
-        // cost memory that grows with the square of its depth.
-        let first = self.open_unnamed_dir(name)?;
-        let names = first.names()?;
+        // Each level: the open directory, its name in the level above, the names left in it
+        // (sorted, taken from the end). The directories opened here carry no path, and the
+        // one path kept grows and shrinks with the walk: a tree an attacker made deep must
+        // not cost memory that grows with the square of its depth.
+        let open = |parent: &TargetDir, name: &[u8]| -> io::Result<(TargetDir, Vec<Vec<u8>>)> {
+            let dir = parent.open_unnamed_dir(name)?;
+            let mut names = dir.names()?;
+            names.sort_unstable_by(|a, b| b.cmp(a));
+            Ok((dir, names))
+        };
+        let (first, names) = open(self, name)?;
         let mut stack = vec![(first, name.to_vec(), names)];
         while let Some((dir, _, names)) = stack.last_mut() {
             let Some(child) = names.pop() else {
                 let (_, dir_name, _) = stack.pop().expect("the loop holds a level");
+                if !allow(&path, true) {
+                    return Ok(false);
+                }
                 let parent = stack.last().map_or(self, |(parent, _, _)| parent);
-                parent.remove_empty_dir(&dir_name)?;
+                if !dry_run {
+                    parent.remove_empty_dir(&dir_name)?;
+                }
+                path.pop();
                 continue;
             };
-            match dir.unlink(&child) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
-                    let subdir = dir.open_unnamed_dir(&child)?;
-                    let names = subdir.names()?;
+            path.push(OsStr::from_bytes(&child));
+            match dir.metadata(&child)? {
+                Some(m) if m.is_dir() => {
+                    let (subdir, names) = open(dir, &child)?;
                     stack.push((subdir, child, names));
                 }
-                Err(e) => return Err(e),
+                Some(_) => {
+                    if !allow(&path, false) {
+                        return Ok(false);
+                    }
+                    dir.unlink_unless(dry_run, &child)?;
+                    path.pop();
+                }
+                None => {
+                    path.pop();
+                }
             }
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Removes non-directory entry `name`, unless `dry_run`; gone already is fine.
+    fn unlink_unless(&self, dry_run: bool, name: &[u8]) -> io::Result<()> {
+        if dry_run {
+            return Ok(());
+        }
+        match self.unlink(name) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            result => result,
+        }
     }
 
     /// Removes non-directory entry `name`.
@@ -414,28 +462,65 @@ impl TargetDir {
     }
 }
 
-/// Whether an existing inode with `metadata` may get `entry`'s metadata where it is: the same
-/// kind, no more names than the entry has (a hard link planted to a file elsewhere has more),
-/// and owned by the entry's owner or by this process, so a chown or chmod never turns
-/// someone else's file (a binary, say) into the entry's, setuid bits and all.
-pub fn may_adjust_in_place(metadata: &Metadata, entry: &Entry) -> bool {
+/// Whether `metadata` is of the kind `kind` names (a device of any number).
+pub fn same_kind(metadata: &Metadata, kind: &EntryKind) -> bool {
     let file_type = metadata.file_type();
-    let same_kind = match entry.kind {
+    match kind {
         EntryKind::File(_) => file_type.is_file(),
         EntryKind::Dir(_) => file_type.is_dir(),
         EntryKind::Symlink(_) => file_type.is_symlink(),
         EntryKind::Fifo => file_type.is_fifo(),
         EntryKind::CharDevice(_) => file_type.is_char_device(),
         EntryKind::BlockDevice(_) => file_type.is_block_device(),
-    };
+    }
+}
+
+/// Whether an existing inode with `metadata` may get `entry`'s metadata where it is: the same
+/// kind, no more names than the entry has (a hard link planted to a file elsewhere has more),
+/// and owned by the entry's owner or by this process, so a chown or chmod never turns
+/// someone else's file (a binary, say) into the entry's, setuid bits and all.
+pub fn may_adjust_in_place(metadata: &Metadata, entry: &Entry) -> bool {
     // SAFETY: geteuid has no preconditions.
     let this_process = unsafe { libc::geteuid() };
-    same_kind
+    same_kind(metadata, &entry.kind)
         && metadata.nlink() <= entry.links.max(1)
         && (metadata.uid() == entry.uid || metadata.uid() == this_process)
 }
 
 impl TargetDir {
+    /// Entry `name` (`.` for this directory) opened with `O_PATH | O_NOFOLLOW`: its inode,
+    /// a symlink's own, held whatever the name comes to hold.
+    fn pin(&self, name: &[u8]) -> io::Result<File> {
+        let c = c_name(name)?;
+        let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: the descriptor is open and c is a valid NUL-terminated name.
+        Ok(File::from(owned(unsafe {
+            libc::openat(self.fd.as_raw_fd(), c.as_ptr(), flags)
+        })?))
+    }
+
+    /// The xattrs of entry `name` (`.` for this directory), sorted by name, read on its
+    /// pinned inode (a symlink's own, never followed); none where the filesystem has none.
+    pub fn xattrs(&self, name: &[u8]) -> io::Result<Vec<Xattr>> {
+        let pinned = self.pin(name)?;
+        // The magic link leads to the pinned inode itself, a symlink included.
+        let magic = format!("/proc/self/fd/{}", pinned.as_raw_fd());
+        let names = match xattr::list_deref(&magic) {
+            Ok(names) => names,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for name in names {
+            if let Some(value) = xattr::get_deref(&magic, &name)? {
+                let name = name.as_bytes().to_vec();
+                out.push(Xattr { name, value });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
     /// Applies owner (when root), mode, xattrs and times of `entry` to entry `name` of this
     /// directory, which is not opened for reading: a symlink or special file just made, or a
     /// file left in place. The inode is pinned with `O_PATH | O_NOFOLLOW` and checked with
@@ -443,11 +528,7 @@ impl TargetDir {
     /// gets its times and xattrs beside its directory's descriptor, never followed.
     pub fn set_metadata_at(&self, name: &[u8], entry: &Entry) -> io::Result<bool> {
         let c = c_name(name)?;
-        let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-        // SAFETY: the descriptor is open and c is a valid NUL-terminated name.
-        let pinned = File::from(owned(unsafe {
-            libc::openat(self.fd.as_raw_fd(), c.as_ptr(), flags)
-        })?);
+        let pinned = self.pin(name)?;
         if !may_adjust_in_place(&pinned.metadata()?, entry) {
             return Ok(false);
         }
@@ -494,8 +575,10 @@ impl TargetDir {
         )))
     }
 
-    /// Sets `entry`'s xattrs on `path` (following it when `deref`), warning of each failure.
+    /// Sets `entry`'s xattrs on `path` (following it when `deref`) and removes those it
+    /// lacks, warning of each failure.
     fn set_xattrs(&self, path: &Path, name: &[u8], entry: &Entry, deref: bool) {
+        remove_stale_xattrs(path, deref, entry, &self.child_path(name));
         for attr in &entry.xattrs {
             let attr_name = OsStr::from_bytes(&attr.name);
             let set = if deref {
@@ -565,6 +648,12 @@ pub fn set_metadata_of(fd: BorrowedFd<'_>, entry: &Entry, shown: &Path) -> io::R
     }
     // SAFETY: fd is an open descriptor.
     check(unsafe { libc::fchmod(fd, entry.mode as libc::mode_t) })?;
+    remove_stale_xattrs(
+        Path::new(&format!("/proc/self/fd/{fd}")),
+        true,
+        entry,
+        shown,
+    );
     for attr in &entry.xattrs {
         let name = c_name(&attr.name)?;
         // SAFETY: fd is open, name NUL-terminated, and value valid for its length.
@@ -586,11 +675,38 @@ pub fn set_metadata_of(fd: BorrowedFd<'_>, entry: &Entry, shown: &Path) -> io::R
     check(unsafe { libc::futimens(fd, times.as_ptr()) })
 }
 
+/// Removes the xattrs of `path` (followed when `deref`) that `entry` lacks: an attribute
+/// removed from the source goes from the copy too. `shown` names it in warnings.
+fn remove_stale_xattrs(path: &Path, deref: bool, entry: &Entry, shown: &Path) {
+    let names = if deref {
+        xattr::list_deref(path)
+    } else {
+        xattr::list(path)
+    };
+    // Nothing listed, nothing to remove (a filesystem without xattrs among them).
+    let Ok(names) = names else {
+        return;
+    };
+    for name in names {
+        if entry.xattrs.iter().any(|x| x.name == name.as_bytes()) {
+            continue;
+        }
+        let removed = if deref {
+            xattr::remove_deref(path, &name)
+        } else {
+            xattr::remove(path, &name)
+        };
+        if let Err(e) = removed {
+            warn_xattr(shown, &name, &e);
+        }
+    }
+}
+
 /// Restoring onto a filesystem without xattrs, or a privileged namespace as a normal user,
 /// loses only the attribute, not the file.
 fn warn_xattr(path: &Path, name: &OsStr, error: &io::Error) {
     tracing::warn!(
-        "{}: cannot set xattr {}: {error}",
+        "{}: cannot change xattr {}: {error}",
         path.display(),
         name.to_string_lossy()
     );

@@ -684,7 +684,16 @@ fn progress_has_a_total_and_reaches_it_for_served_local_and_checkpoint_sources()
     let served = RemoteSource::new(remote(), ChunkSpec::plain(), true).unwrap();
     let progress = Progress::default();
     let mirror = sandbox.path("mirror");
-    let report = into_dir::run(&served, Vec::new(), None, &mirror, &options, &progress).unwrap();
+    let report = into_dir::run(
+        &served,
+        Vec::new(),
+        None,
+        &mirror,
+        &options,
+        &progress,
+        &mut |_| {},
+    )
+    .unwrap();
     assert_progress_complete(&progress, expected, report.bytes_transferred);
 
     // Local directory → directory.
@@ -697,6 +706,7 @@ fn progress_has_a_total_and_reaches_it_for_served_local_and_checkpoint_sources()
         &copy,
         &options,
         &progress,
+        &mut |_| {},
     )
     .unwrap();
     assert_progress_complete(&progress, expected, report.bytes_transferred);
@@ -732,6 +742,7 @@ fn progress_has_a_total_and_reaches_it_for_served_local_and_checkpoint_sources()
         &restored,
         &options,
         &progress,
+        &mut |_| {},
     )
     .unwrap();
     assert_progress_complete(&progress, expected, report.bytes_transferred);

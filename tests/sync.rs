@@ -276,10 +276,8 @@ fn a_directory_into_a_directory_matches_it_and_keeps_extras_without_delete() {
     let source = sandbox.path("source");
     make_tree(&source);
     let target = sandbox.path("mirror");
-    let first = json(
-        &sandbox,
-        &["sync", "--sparse", text(&source), text(&target)],
-    );
+    let contents = format!("{}/", text(&source));
+    let first = json(&sandbox, &["sync", "--sparse", &contents, text(&target)]);
     assert!(first["files_written"].as_u64().unwrap() >= 9, "{first}");
     assert_same_tree(&source, &target);
     assert!(
@@ -289,13 +287,10 @@ fn a_directory_into_a_directory_matches_it_and_keeps_extras_without_delete() {
 
     make_version_2(&source);
     // Without --delete, the removed file stays; with it, the trees match again.
-    let kept = json(&sandbox, &["sync", text(&source), text(&target)]);
+    let kept = json(&sandbox, &["sync", &contents, text(&target)]);
     assert_eq!(kept["entries_deleted"], 0, "{kept}");
     assert!(target.join("empty").exists());
-    let update = json(
-        &sandbox,
-        &["sync", "--delete", text(&source), text(&target)],
-    );
+    let update = json(&sandbox, &["sync", "--delete", &contents, text(&target)]);
     assert_eq!(update["entries_deleted"], 1, "{update}");
     assert_same_tree(&source, &target);
     // A mode change alone (same size and mtime) still reaches the copy.
@@ -304,7 +299,7 @@ fn a_directory_into_a_directory_matches_it_and_keeps_extras_without_delete() {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
-    sandbox.ok(&["sync", text(&source), text(&target)]);
+    sandbox.ok(&["sync", &contents, text(&target)]);
     assert_same_tree(&source, &target);
 
     let inside = sandbox.run(&["sync", text(&source), text(&source.join("dir/inside"))]);
@@ -554,4 +549,462 @@ fn syncs_into_a_directory_keep_dense_files_dense_unless_asked_for_sparse() {
             }
         }
     }
+}
+
+/// Runs `cairn sync ARGS`, asserting success; the stdout lines, sorted.
+fn sorted_lines(sandbox: &Sandbox, args: &[&str]) -> Vec<String> {
+    let mut lines: Vec<String> = sandbox.ok(args).lines().map(str::to_owned).collect();
+    lines.sort();
+    lines
+}
+
+/// The itemized lines of a sync's output (its summary left out).
+fn itemized(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter(|l| l.len() > 12 && l.as_bytes()[11] == b' ' && !l.contains("transferred"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether this test runs as root (owners and device nodes can be set).
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn lchown(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
+}
+
+fn chmod(path: &Path, mode: u32) {
+    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
+fn mknod(path: &Path, kind: libc::mode_t, rdev: libc::dev_t) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: c is a valid path.
+    assert_eq!(unsafe { libc::mknod(c.as_ptr(), kind | 0o640, rdev) }, 0);
+}
+
+#[test]
+fn a_directory_without_a_trailing_slash_lands_inside_the_destination() {
+    let sandbox = Sandbox::new();
+    let misc = sandbox.path("src/misc");
+    fs::create_dir_all(misc.join("sub")).unwrap();
+    fs::write(misc.join("note"), b"misc").unwrap();
+    let usb = sandbox.path("usb");
+    for kept in ["photos", "music"] {
+        fs::create_dir_all(usb.join(kept)).unwrap();
+        fs::write(usb.join(kept).join("keep"), kept).unwrap();
+    }
+    // `src/misc` is the directory itself: it becomes usb/misc, and --delete acts only there.
+    fs::create_dir_all(usb.join("misc")).unwrap();
+    fs::write(usb.join("misc/stale"), b"old").unwrap();
+    let report = json(&sandbox, &["sync", "--delete", text(&misc), text(&usb)]);
+    assert_eq!(report["entries_deleted"], 1, "only misc/stale: {report}");
+    assert_same_tree(&misc, &usb.join("misc"));
+    for kept in ["photos", "music"] {
+        assert!(usb.join(kept).join("keep").is_file(), "{kept} was deleted");
+    }
+    // `src/misc/` is its contents: usb2 becomes a copy of misc.
+    let usb2 = sandbox.path("usb2");
+    fs::create_dir_all(usb2.join("photos")).unwrap();
+    sandbox.ok(&[
+        "sync",
+        "--delete",
+        &format!("{}/", text(&misc)),
+        text(&usb2),
+    ]);
+    assert_same_tree(&misc, &usb2);
+    // A file goes into a destination directory under its name, or becomes a new name;
+    // --delete touches nothing beside it.
+    sandbox.ok(&["sync", "--delete", text(&misc.join("note")), text(&usb)]);
+    assert_eq!(fs::read(usb.join("note")).unwrap(), b"misc");
+    assert!(usb.join("photos/keep").is_file());
+    sandbox.ok(&["sync", text(&misc.join("note")), text(&usb.join("renamed"))]);
+    assert_eq!(fs::read(usb.join("renamed")).unwrap(), b"misc");
+    let listed = sandbox.ok(&[
+        "sync",
+        "-i",
+        text(&misc.join("note")),
+        text(&sandbox.path("new/")),
+    ]);
+    assert_eq!(listed.lines().next(), Some(">f+++++++++ note"), "{listed}");
+    assert!(sandbox.path("new/note").is_file());
+}
+
+#[test]
+fn max_delete_leaves_the_rest_and_exits_25() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("keep"), b"k").unwrap();
+    let target = sandbox.path("target");
+    fs::create_dir_all(target.join("extra/deep")).unwrap();
+    for name in ["extra/deep/f", "extra/g", "zy", "zz"] {
+        fs::write(target.join(name), name).unwrap();
+    }
+    let contents = format!("{}/", text(&source));
+    let none = sandbox.run(&[
+        "sync",
+        "--delete",
+        "--max-delete",
+        "0",
+        &contents,
+        text(&target),
+    ]);
+    assert_fails(&none, 25, "--max-delete");
+    assert_eq!(
+        entries_below(&target).len(),
+        7,
+        "--max-delete 0 deletes nothing"
+    );
+    let two = sandbox
+        .cairn()
+        .args([
+            "sync",
+            "-i",
+            "--delete",
+            "--max-delete",
+            "2",
+            &contents,
+            text(&target),
+        ])
+        .output()
+        .unwrap();
+    assert_fails(&two, 25, "--max-delete");
+    let lines: Vec<&str> = std::str::from_utf8(&two.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with('*'))
+        .collect();
+    assert_eq!(
+        lines,
+        ["*deleting   extra/deep/f", "*deleting   extra/deep/"]
+    );
+    assert!(!target.join("extra/deep").exists() && target.join("extra/g").exists());
+    let rest = json(&sandbox, &["sync", "--delete", &contents, text(&target)]);
+    assert_eq!(rest["entries_deleted"], 4, "extra/g, extra, zy, zz: {rest}");
+    assert_same_tree(&source, &target);
+}
+
+/// A tree with every kind of entry, hard links and an entry of each kind to change.
+fn make_change_tree(root: &Path) {
+    fs::create_dir_all(root.join("sub")).unwrap();
+    fs::create_dir_all(root.join("typechg")).unwrap();
+    fs::create_dir_all(root.join("gone")).unwrap();
+    fs::write(root.join("a"), b"a\n").unwrap();
+    fs::hard_link(root.join("a"), root.join("hard")).unwrap();
+    std::os::unix::fs::symlink("a", root.join("lnk")).unwrap();
+    mknod(&root.join("fifo"), libc::S_IFIFO, 0);
+    fs::write(root.join("sub/b"), b"b\n").unwrap();
+    fs::write(root.join("gone/x"), b"x\n").unwrap();
+    fs::write(root.join("gone2"), b"2\n").unwrap();
+    fs::write(root.join("same"), b"same\n").unwrap();
+    if is_root() {
+        mknod(&root.join("null"), libc::S_IFCHR, libc::makedev(1, 3));
+    }
+}
+
+/// One change of each sort to a `make_change_tree` tree, and the lines rsync's
+/// `-aHAX --delete --numeric-ids -i` prints for them, sorted.
+fn change_tree(root: &Path) -> Vec<String> {
+    let mut expected = vec![
+        "*deleting   gone/",
+        "*deleting   gone/x",
+        "*deleting   gone2",
+        ".S...p..... fifo",
+        ".d..t...... ./",
+        ">f+++++++++ new",
+        ">f+++++++++ typechg",
+        ">f.st...... sub/b",
+        "cLc.t...... lnk -> sub",
+        "hf+++++++++ zlink => same",
+    ];
+    if xattrs_supported(root) {
+        xattr::set(root.join("a"), "user.x", b"1").unwrap();
+        expected.extend([".f........x a", "hf........x hard"]);
+    }
+    fs::write(root.join("sub/b"), b"b and more\n").unwrap();
+    set_mtime(&root.join("sub/b"), 1_100_000_000, 0);
+    fs::remove_file(root.join("lnk")).unwrap();
+    std::os::unix::fs::symlink("sub", root.join("lnk")).unwrap();
+    set_mtime(&root.join("lnk"), 1_000_000_000, 0);
+    chmod(&root.join("fifo"), 0o600);
+    fs::remove_dir(root.join("typechg")).unwrap();
+    fs::write(root.join("typechg"), b"t\n").unwrap();
+    fs::remove_dir_all(root.join("gone")).unwrap();
+    fs::remove_file(root.join("gone2")).unwrap();
+    fs::write(root.join("new"), b"n\n").unwrap();
+    fs::hard_link(root.join("same"), root.join("zlink")).unwrap();
+    if is_root() {
+        lchown(&root.join("null"), 7, 8);
+        expected.push(".D....og... null");
+    }
+    set_mtime(root, 1_200_000_000, 0);
+    let mut expected: Vec<String> = expected.into_iter().map(str::to_owned).collect();
+    expected.sort();
+    expected
+}
+
+#[test]
+fn itemized_changes_are_rsyncs() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    make_change_tree(&source);
+    let contents = format!("{}/", text(&source));
+    let target = sandbox.path("target");
+    let first = sorted_lines(&sandbox, &["sync", "-i", &contents, text(&target)]);
+    assert!(first.contains(&"cd+++++++++ ./".to_owned()), "{first:?}");
+    assert!(
+        first.contains(&"hf+++++++++ hard => a".to_owned()),
+        "{first:?}"
+    );
+    assert!(
+        first.contains(&"cL+++++++++ lnk -> a".to_owned()),
+        "{first:?}"
+    );
+    let twin = sandbox.path("twin");
+    let copied = std::process::Command::new("cp")
+        .args(["-a", text(&target), text(&twin)])
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let expected = change_tree(&source);
+    let args = ["sync", "-i", "--delete", &contents, text(&target)];
+    let mut listed = sorted_lines(&sandbox, &args);
+    listed.retain(|l| !l.contains("transferred") && !l.contains("written"));
+    assert_eq!(listed, expected);
+    assert_same_tree(&source, &target);
+    assert_eq!(itemized(&sandbox.ok(&args)), Vec::<String>::new());
+    // `-v` names what is created, written, linked or deleted, not attribute changes.
+    let named = sorted_lines(
+        &sandbox,
+        &["sync", "-v", "--delete", &contents, text(&twin)],
+    );
+    assert!(named.contains(&"deleting gone/x".to_owned()), "{named:?}");
+    assert!(named.contains(&"lnk -> sub".to_owned()), "{named:?}");
+    assert!(!named.iter().any(|l| l == "fifo"), "{named:?}");
+}
+
+#[test]
+fn a_dry_run_reports_and_lists_exactly_what_the_real_run_does() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    make_change_tree(&source);
+    let contents = format!("{}/", text(&source));
+    let target = sandbox.path("target");
+    sandbox.ok(&["sync", &contents, text(&target)]);
+    // After a clean sync, hard links included, nothing would be written.
+    let clean = json(&sandbox, &["sync", "--dry-run", &contents, text(&target)]);
+    assert_eq!(clean["files_written"], 0, "{clean}");
+    change_tree(&source);
+    let twin = sandbox.path("twin");
+    let copied = std::process::Command::new("cp")
+        .args(["-a", text(&target), text(&twin)])
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let counts = |report: &serde_json::Value| {
+        let mut report = report.clone();
+        let fields = report.as_object_mut().unwrap();
+        // Nothing crosses in a dry run.
+        for moved in ["dry_run", "bytes_transferred", "bytes_reused"] {
+            fields.remove(moved);
+        }
+        report
+    };
+    let sync = |extra: &[&str], dir: &Path| {
+        let args = [&["sync", "--delete"][..], extra, &[&contents, text(dir)]].concat();
+        sandbox.ok(&args)
+    };
+    let dry: serde_json::Value =
+        serde_json::from_str(&sync(&["--dry-run", "--json"], &target)).unwrap();
+    let dry_listing = sync(&["--dry-run", "-i"], &twin);
+    let real: serde_json::Value = serde_json::from_str(&sync(&["--json"], &target)).unwrap();
+    let real_listing = sync(&["-i"], &twin);
+    assert_eq!(counts(&dry), counts(&real), "{dry} {real}");
+    assert_eq!(itemized(&dry_listing), itemized(&real_listing));
+    assert!(itemized(&real_listing).len() >= 10, "{real_listing}");
+    assert_same_tree(&source, &target);
+    assert_same_tree(&source, &twin);
+}
+
+/// A tree with an entry of each kind whose metadata alone will change.
+fn make_metadata_tree(root: &Path) {
+    fs::create_dir_all(root.join("d")).unwrap();
+    for name in ["plain", "tagged", "retagged"] {
+        fs::write(root.join(name), name).unwrap();
+    }
+    xattr::set(root.join("tagged"), "user.a", b"1").unwrap();
+    xattr::set(root.join("retagged"), "user.b", b"1").unwrap();
+    mknod(&root.join("fifo"), libc::S_IFIFO, 0);
+    if is_root() {
+        mknod(&root.join("null"), libc::S_IFCHR, libc::makedev(1, 3));
+    }
+    std::os::unix::fs::symlink("plain", root.join("link")).unwrap();
+    for name in ["plain", "tagged", "retagged", "fifo", "link", "d"] {
+        set_mtime(&root.join(name), 1_500_000_000, 0);
+    }
+}
+
+/// Changes only metadata: xattrs added, changed, removed on files; mode, owner and mtime of
+/// the FIFO and the device; owner and mtime of the symlink; mode, owner, mtime and xattrs
+/// of the directory.
+fn change_metadata(root: &Path) {
+    xattr::set(root.join("plain"), "user.new", b"added").unwrap();
+    xattr::set(root.join("retagged"), "user.b", b"changed").unwrap();
+    xattr::remove(root.join("tagged"), "user.a").unwrap();
+    let mut special = vec!["fifo"];
+    if is_root() {
+        special.push("null");
+    }
+    for name in special {
+        chmod(&root.join(name), 0o604);
+        set_mtime(&root.join(name), 1_600_000_000, 7);
+    }
+    chmod(&root.join("d"), 0o711);
+    xattr::set(root.join("d"), "user.dir", b"x").unwrap();
+    if is_root() {
+        for name in ["fifo", "null", "link", "d"] {
+            lchown(&root.join(name), 4321, 4322);
+        }
+    }
+    set_mtime(&root.join("link"), 1_600_000_000, 9);
+    set_mtime(&root.join("d"), 1_600_000_000, 11);
+}
+
+/// The inodes of the regular files below `dir`: a file fixed in place keeps its own.
+fn file_inodes(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut inodes: Vec<_> = entries_below(dir)
+        .into_iter()
+        .filter(|p| fs::symlink_metadata(p).unwrap().is_file())
+        .map(|p| {
+            let inode = fs::metadata(&p).unwrap().ino();
+            (p, inode)
+        })
+        .collect();
+    inodes.sort();
+    inodes
+}
+
+/// Syncs with `sync` (which makes `source`'s state reach `target`), changes only metadata in
+/// `source`, syncs again and checks that every change arrived, in place.
+fn metadata_changes_arrive(sandbox: &Sandbox, source: &Path, target: &Path, sync: &dyn Fn()) {
+    sync();
+    assert_same_tree(source, target);
+    let inodes = file_inodes(target);
+    change_metadata(source);
+    sync();
+    assert_same_tree(source, target);
+    assert_eq!(
+        file_inodes(target),
+        inodes,
+        "files were rewritten, not fixed in place"
+    );
+    let _ = sandbox;
+}
+
+#[test]
+fn metadata_only_changes_reach_a_directory_from_a_directory() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    make_metadata_tree(&source);
+    let target = sandbox.path("target");
+    let contents = format!("{}/", text(&source));
+    metadata_changes_arrive(&sandbox, &source, &target, &|| {
+        sandbox.ok(&["sync", &contents, text(&target)]);
+    });
+}
+
+#[test]
+fn metadata_only_changes_reach_a_directory_from_a_checkpoint() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    make_metadata_tree(&source);
+    let repo = sandbox.path("repo");
+    sandbox.ok(&["init", "--repo", text(&repo), "--encryption", "none"]);
+    let target = sandbox.path("target");
+    let latest = format!("{}::latest", text(&repo));
+    metadata_changes_arrive(&sandbox, &source, &target, &|| {
+        sandbox.ok(&["backup", "--repo", text(&repo), text(&source)]);
+        sandbox.ok(&["sync", &latest, text(&target)]);
+    });
+}
+
+#[test]
+fn metadata_only_changes_reach_a_directory_from_a_served_source() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    make_metadata_tree(&source);
+    let token = sandbox.path("token");
+    fs::write(&token, "metadata-token\n").unwrap();
+    let server = Server::spawn(sandbox.cairn().args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--token-file",
+        text(&token),
+        "--source",
+        &format!("home={}", text(&source)),
+    ]));
+    let url = format!("{}/source/home", server.url);
+    let target = sandbox.path("target");
+    metadata_changes_arrive(&sandbox, &source, &target, &|| {
+        sandbox.ok(&["sync", "--token-file", text(&token), &url, text(&target)]);
+    });
+}
+
+#[test]
+fn a_served_source_is_its_contents_and_a_directory_in_it_keeps_its_name() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(source.join("misc/sub")).unwrap();
+    fs::write(source.join("misc/sub/f"), b"f").unwrap();
+    fs::write(source.join("top"), b"t").unwrap();
+    let token = sandbox.path("token");
+    fs::write(&token, "served-token\n").unwrap();
+    let server = Server::spawn(sandbox.cairn().args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--token-file",
+        text(&token),
+        "--source",
+        &format!("home={}", text(&source)),
+    ]));
+    let url = format!("{}/source/home", server.url);
+    let sync = |from: &str, to: &Path| {
+        sandbox.ok(&[
+            "sync",
+            "--delete",
+            "--token-file",
+            text(&token),
+            from,
+            text(to),
+        ]);
+    };
+    // Like an rsync daemon's module: the source itself is its contents.
+    let whole = sandbox.path("whole");
+    sync(&url, &whole);
+    assert_same_tree(&source, &whole);
+    // A directory in it keeps its name in the destination, unless named with a slash; with
+    // --delete, the destination's other entries stay.
+    let usb = sandbox.path("usb");
+    fs::create_dir_all(usb.join("photos")).unwrap();
+    sync(&format!("{url}/misc"), &usb);
+    assert_same_tree(&source.join("misc"), &usb.join("misc"));
+    assert!(usb.join("photos").is_dir());
+    let contents = sandbox.path("contents");
+    sync(&format!("{url}/misc/"), &contents);
+    assert_same_tree(&source.join("misc"), &contents);
+    let file = sandbox.run(&[
+        "sync",
+        "--token-file",
+        text(&token),
+        &format!("{url}/top"),
+        text(&contents),
+    ]);
+    assert_fails(&file, 1, "not a directory");
 }

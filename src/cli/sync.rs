@@ -1,22 +1,28 @@
 //! `cairn sync SRC DST`: moves data between directories and repositories, copying only what
 //! the destination lacks. Each side is a directory or a repository (`REPO::CKPT` names one
 //! checkpoint), local or served (`https://host:port/repo`); a source may also be a directory
-//! served by `cairn serve --source` (`https://host:port/source/NAME`). A directory into a repository is a backup with the parent's stat cache; a
-//! repository into another copies checkpoints blob by blob; a checkpoint or a directory into
-//! a directory makes it match, like rsync. The destination repository opens with the main
-//! secret (`--password-file`, `CAIRN_PASSWORD`, `--key-file`), a source repository with the
-//! `--from-*` ones when given. Exit 3 when the sync finished but some paths failed.
+//! served by `cairn serve --source` (`https://host:port/source/NAME[/SUB]`). A directory into
+//! a repository is a backup with the parent's stat cache; a repository into another copies
+//! checkpoints blob by blob; a checkpoint or a directory into a directory makes it match,
+//! like rsync, trailing-slash rule included (`DIR/` syncs the contents, `DIR` the directory
+//! itself into `DST/DIR`; a file goes to `DST/FILE`). The destination repository opens with
+//! the main secret (`--password-file`, `CAIRN_PASSWORD`, `--key-file`), a source repository
+//! with the `--from-*` ones when given. Exit 3 when the sync finished but some paths failed,
+//! 25 (rsync's code) when `--max-delete` left entries undeleted.
 
 use super::{FromCredentials, GlobalArgs, print_json, show_progress};
 use anyhow::{Context, Result, bail};
 use cairn::backup::{self, BackupOptions, Progress};
 use cairn::checkpoint;
-use cairn::sync::into_dir::{CheckpointSource, DirectorySource};
+use cairn::sync::into_dir::{CheckpointSource, DirectorySource, SingleEntry};
+use cairn::sync::itemize::{Change, Update};
 use cairn::sync::remote::RemoteSource;
 use cairn::sync::wire::ChunkSpec;
 use cairn::sync::{SyncError, SyncOptions, SyncReport, copy, into_dir, pull};
 use clap::Args;
 use indicatif::HumanBytes;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +42,16 @@ pub struct SyncArgs {
     /// Into a directory: leave runs of zeros in files as holes; without it files are dense
     #[arg(short = 'S', long)]
     sparse: bool,
+    /// With --delete: remove at most N entries (files and directories each count), then
+    /// leave the rest, say so and exit 25; 0 removes nothing
+    #[arg(long, value_name = "N")]
+    max_delete: Option<u64>,
+    /// Into a directory: print each entry created, written, linked or deleted
+    #[arg(short, long, conflicts_with = "json")]
+    verbose: bool,
+    /// Into a directory: print every change in rsync's itemized form (YXcstpoguax PATH)
+    #[arg(short, long, conflicts_with = "json")]
+    itemize_changes: bool,
     /// Parallel transfers (default: twice the cores)
     #[arg(long, value_name = "N")]
     concurrency: Option<usize>,
@@ -107,6 +123,7 @@ pub fn run(global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode> {
     let mut options = SyncOptions {
         dry_run: args.dry_run,
         delete: args.delete,
+        max_delete: args.max_delete,
         rate_limit: args.limit_rate,
         sparse: args.sparse,
         ..SyncOptions::default()
@@ -120,7 +137,20 @@ pub fn run(global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode> {
         if show_progress(args.json) {
             scope.spawn(|| super::draw_run_progress("sync", "received", &progress, &done));
         }
-        let report = sync(global, &args, source, destination, &options, &progress);
+        let listing = match (args.itemize_changes, args.verbose) {
+            (true, _) => Listing::Itemized,
+            (false, true) => Listing::Names,
+            (false, false) => Listing::Quiet,
+        };
+        let report = sync(
+            global,
+            &args,
+            source,
+            destination,
+            &options,
+            &progress,
+            listing,
+        );
         done.store(true, Ordering::Relaxed);
         report
     })?;
@@ -132,11 +162,46 @@ pub fn run(global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode> {
     } else {
         print_report(&report)?;
     }
-    Ok(if report.errors.is_empty() {
-        ExitCode::SUCCESS
-    } else {
+    if report.deletions_skipped > 0 {
+        eprintln!(
+            "warning: deletions stopped at the --max-delete limit of {}: {} entries the \
+             source lacks were left in place; run again with a higher limit to remove them",
+            args.max_delete.unwrap_or_default(),
+            report.deletions_skipped
+        );
+    }
+    Ok(if !report.errors.is_empty() {
         ExitCode::from(3)
+    } else if report.deletions_skipped > 0 {
+        ExitCode::from(25)
+    } else {
+        ExitCode::SUCCESS
     })
+}
+
+/// How the entries a sync into a directory changes are printed.
+#[derive(Clone, Copy)]
+enum Listing {
+    Quiet,
+    /// `-v`: names of entries created, written, linked or deleted (`deleting PATH`).
+    Names,
+    /// `-i`: every change in rsync's itemized form.
+    Itemized,
+}
+
+impl Listing {
+    /// A printer of changes whose paths are below `prefix` in what the user named.
+    fn printer(self, prefix: &Path) -> impl FnMut(&Change) + '_ {
+        move |change: &Change| match self {
+            Listing::Quiet => {}
+            Listing::Itemized => println!("{}", change.itemized(prefix)),
+            Listing::Names if change.update == Update::Deleted => {
+                println!("deleting {}", change.name(prefix))
+            }
+            Listing::Names if change.is_named_by_verbose() => println!("{}", change.name(prefix)),
+            Listing::Names => {}
+        }
+    }
 }
 
 fn sync(
@@ -146,6 +211,7 @@ fn sync(
     destination: Endpoint,
     options: &SyncOptions,
     progress: &Progress,
+    listing: Listing,
 ) -> Result<SyncReport> {
     let open_source = |path: &Path| global.open_at(path, args.from.resolve(global));
     match (source, destination) {
@@ -159,20 +225,42 @@ fn sync(
                 checkpoint: None,
             },
         ) => {
+            let (_, sub) = split_served(&url);
+            if !sub.is_empty() {
+                bail!(
+                    "{url} names a directory inside a served source: a source is pulled into a \
+                     repository whole (give its URL without the path after its name)"
+                );
+            }
             let repo = global.open_at(&path, global.credentials())?;
             let source = RemoteSource::new(global.remote(&url)?, ChunkSpec::of(&repo), false)?;
             Ok(pull::run(&repo, &source, options, progress)?)
         }
         (Endpoint::Served(url), Endpoint::Directory(target)) => {
-            let source = RemoteSource::new(global.remote(&url)?, ChunkSpec::plain(), true)?;
-            let root = source.stat(&[])?.filter(|e| e.is_dir());
+            let (base, sub) = split_served(&url);
+            let source = RemoteSource::new(global.remote(base)?, ChunkSpec::plain(), true)?;
+            let root = source.stat(sub.as_bytes())?.filter(|e| e.is_dir());
+            if root.is_none() && !sub.is_empty() {
+                bail!("{url} is not a directory: a served source syncs directories");
+            }
+            // Like an rsync daemon's module: the source itself is its contents, a directory
+            // in it is that directory unless named with a trailing slash.
+            let name = sub
+                .rsplit('/')
+                .next()
+                .filter(|_| !args.source.ends_with('/'));
+            let (target, prefix) = match name.filter(|n| !n.is_empty()) {
+                Some(name) => (target.join(name), PathBuf::from(name)),
+                None => (target, PathBuf::new()),
+            };
             Ok(into_dir::run(
                 &source,
-                Vec::new(),
+                sub.as_bytes().to_vec(),
                 root.as_ref(),
                 &target,
                 options,
                 progress,
+                &mut listing.printer(&prefix),
             )?)
         }
         (
@@ -217,10 +305,28 @@ fn sync(
                 &target,
                 options,
                 progress,
+                &mut listing.printer(Path::new("")),
             )?)
         }
         (Endpoint::Directory(dir), Endpoint::Directory(target)) => {
-            sync_directories(&dir, &target, options, progress)
+            let local = LocalSync {
+                options,
+                progress,
+                listing,
+            };
+            match source_name(&args.source, &dir) {
+                None => local.directory(&dir, &target, Path::new("")),
+                Some(name) => {
+                    let metadata = std::fs::symlink_metadata(&dir).with_context(|| {
+                        format!("{} is not a directory or a repository", dir.display())
+                    })?;
+                    if metadata.is_dir() {
+                        local.directory(&dir, &target.join(&name), Path::new(&name))
+                    } else {
+                        local.entry(&dir, &name, &args.destination, &target)
+                    }
+                }
+            }
         }
     }
 }
@@ -273,34 +379,118 @@ fn refuse_overlap(source: &Path, target: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Directory → directory, refusing a target inside the source (or the other way round).
-fn sync_directories(
-    dir: &Path,
-    target: &Path,
-    options: &SyncOptions,
-    progress: &Progress,
-) -> Result<SyncReport> {
-    let source = std::fs::canonicalize(dir)
-        .with_context(|| format!("{} is not a directory or a repository", dir.display()))?;
-    if !source.is_dir() {
-        bail!("{} is not a directory or a repository", dir.display());
+/// A served source's URL split into the source's own (`…/source/NAME`) and the path of a
+/// directory inside it (empty for the source itself).
+fn split_served(url: &str) -> (&str, &str) {
+    let Some(at) = url.find("/source/") else {
+        return (url, "");
+    };
+    let after = at + "/source/".len();
+    match url[after..].find('/') {
+        Some(slash) => (
+            &url[..after + slash],
+            url[after + slash..].trim_matches('/'),
+        ),
+        None => (url, ""),
     }
-    refuse_overlap(&source, target)?;
-    let metadata = std::fs::symlink_metadata(&source)?;
-    let root = cairn::fsmeta::entry_from_metadata(
-        Vec::new(),
-        &metadata,
-        cairn::tree::EntryKind::Dir(cairn::id::BlobId([0; 32])),
-        cairn::fsmeta::read_xattrs(&source).unwrap_or_default(),
-    );
-    Ok(into_dir::run(
-        &DirectorySource,
-        source,
-        Some(&root),
-        target,
-        options,
-        progress,
-    )?)
+}
+
+/// The name a local source keeps in the destination, by rsync's trailing-slash rule: `None`
+/// when its contents are meant (`DIR/`, `DIR/.`, `.`, `..`, `/`), else its last component.
+fn source_name(text: &str, path: &Path) -> Option<OsString> {
+    let contents = text.ends_with('/') || text.ends_with("/.") || text == ".";
+    if contents {
+        return None;
+    }
+    path.file_name().map(ToOwned::to_owned)
+}
+
+/// A sync from this machine into a directory.
+struct LocalSync<'a> {
+    options: &'a SyncOptions,
+    progress: &'a Progress,
+    listing: Listing,
+}
+
+impl LocalSync<'_> {
+    /// Directory → directory, refusing a target inside the source (or the other way round);
+    /// `prefix` is where `target` is in the destination the user named.
+    fn directory(&self, dir: &Path, target: &Path, prefix: &Path) -> Result<SyncReport> {
+        let source = std::fs::canonicalize(dir)
+            .with_context(|| format!("{} is not a directory or a repository", dir.display()))?;
+        if !source.is_dir() {
+            bail!("{} is not a directory or a repository", dir.display());
+        }
+        refuse_overlap(&source, target)?;
+        let metadata = std::fs::symlink_metadata(&source)?;
+        let root = cairn::fsmeta::entry_from_metadata(
+            Vec::new(),
+            &metadata,
+            cairn::tree::EntryKind::Dir(cairn::id::BlobId([0; 32])),
+            cairn::fsmeta::read_xattrs(&source).unwrap_or_default(),
+        );
+        Ok(into_dir::run(
+            &DirectorySource,
+            source,
+            Some(&root),
+            target,
+            self.options,
+            self.progress,
+            &mut self.listing.printer(prefix),
+        )?)
+    }
+
+    /// A file, symlink or special file `path` (named `name`) → `target`: into it when it is
+    /// a directory or named with a trailing slash (`destination`, as given), else as it,
+    /// like rsync. Nothing else in the directory is touched, `--delete` or not.
+    fn entry(
+        &self,
+        path: &Path,
+        name: &OsString,
+        destination: &str,
+        target: &Path,
+    ) -> Result<SyncReport> {
+        let into_target = destination.ends_with('/')
+            || std::fs::symlink_metadata(target).is_ok_and(|m| m.is_dir());
+        let (dir, target_name) = match (into_target, target.file_name()) {
+            (false, Some(target_name)) => (
+                target.parent().unwrap_or(Path::new("")).to_owned(),
+                target_name.to_owned(),
+            ),
+            _ => (target.to_owned(), name.clone()),
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        let source_dir = std::fs::canonicalize(parent.unwrap_or(Path::new(".")))
+            .with_context(|| format!("reading {}", path.display()))?;
+        let source = SingleEntry::new(&source_dir, name, target_name.as_bytes())?;
+        let resolved = cairn::target::resolve_future_path(&dir.join(&target_name))
+            .with_context(|| format!("resolving {}", target.display()))?;
+        if resolved == source_dir.join(name) {
+            bail!(
+                "{} and {} are the same: sync a file to another place",
+                path.display(),
+                target.display()
+            );
+        }
+        let options = SyncOptions {
+            delete: false,
+            ..self.options.clone()
+        };
+        Ok(into_dir::run(
+            &source,
+            source_dir,
+            None,
+            &dir,
+            &options,
+            self.progress,
+            &mut self.listing.printer(Path::new("")),
+        )?)
+    }
 }
 
 fn print_report(report: &SyncReport) -> Result<()> {

@@ -1,10 +1,13 @@
 //! Source → directory, like rsync: make a target directory match a checkpoint's tree or a
 //! live directory, touching only what differs.
 //!
-//! The planner (the calling thread) walks the source in name order next to the target. A
-//! regular file with the source's size and mtime is left alone; any other file goes to the
-//! workers, which rebuild it in a temporary file beside it and rename that over the old one,
-//! so an interrupted sync never leaves a half-written file under a real name. A rebuilt file
+//! The planner (the calling thread) walks the source in name order next to the target,
+//! comparing every recorded attribute (`itemize::differences`) and listing each change it
+//! decides, in a dry run as in a real one. A regular file with the source's size and mtime
+//! keeps its content, and only differing metadata is set on it in place (so are symlinks and
+//! special files whose target or number is right); any other file goes to the workers,
+//! which rebuild it in a temporary file beside it and rename that over the old one, so an
+//! interrupted sync never leaves a half-written file under a real name. A rebuilt file
 //! takes every chunk the old file already holds from there (chunked the same way) and only
 //! the rest from the source; when the old file turns out to hold exactly the source's chunks,
 //! only its metadata is set. Directories, symlinks and special files are created or replaced
@@ -17,16 +20,18 @@
 //! file found the same gets its metadata on the descriptor it was compared through. Both
 //! trees are walked with an explicit stack.
 
+use super::itemize::{Change, Differences, Update, differences};
 use super::{SyncError, SyncOptions, SyncReport};
 use crate::chunker::Chunker;
 use crate::error::{Error, IoContext, Result};
-use crate::fsmeta::{entry_from_metadata, mtime_ns, read_xattrs};
+use crate::fsmeta::{entry_from_metadata, read_xattrs, running_as_root};
 use crate::id::BlobId;
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::restore::{HardLinkGroups, fill_holes, write_sparse};
+use crate::restore::{fill_holes, write_sparse};
 use crate::target::{
-    TargetDir, check_path_length, may_adjust_in_place, set_directories_metadata, set_metadata_of,
+    TargetDir, check_path_length, may_adjust_in_place, same_kind, set_directories_metadata,
+    set_metadata_of,
 };
 use crate::throttle::RateLimiter;
 use crate::tree::{
@@ -424,6 +429,66 @@ impl TreeSource for DirectorySource {
     }
 }
 
+/// One file, symlink or special file of a live directory, synced into a target directory
+/// under a name of its own (`cairn sync FILE DIR`). Its directory is the source's root.
+pub struct SingleEntry {
+    /// As listed in its directory.
+    entry: Entry,
+    /// The name it gets in the target.
+    name: Vec<u8>,
+}
+
+impl SingleEntry {
+    /// Entry `name` of directory `dir`, to be named `target_name` in the target.
+    pub fn new(dir: &Path, name: &OsStr, target_name: &[u8]) -> Result<SingleEntry> {
+        let path = dir.join(name);
+        let entry = path_entry(&path, name.as_bytes().to_vec())
+            .context_io(|| format!("reading {}", path.display()))?
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "{} is a socket, which cairn does not sync",
+                    path.display()
+                ))
+            })?;
+        Ok(SingleEntry {
+            entry,
+            name: target_name.to_vec(),
+        })
+    }
+}
+
+impl TreeSource for SingleEntry {
+    type Dir = PathBuf;
+
+    fn count(&self, _: &PathBuf, progress: &Progress, _: &AtomicBool) {
+        let is_file = matches!(self.entry.kind, EntryKind::File(_));
+        progress.set_totals(u64::from(is_file), self.entry.size);
+    }
+
+    fn list(
+        &self,
+        _: &PathBuf,
+        _: &Mutex<Vec<SyncError>>,
+    ) -> Result<Vec<(Entry, Option<PathBuf>)>> {
+        let entry = Entry {
+            name: self.name.clone(),
+            ..self.entry.clone()
+        };
+        Ok(vec![(entry, None)])
+    }
+
+    fn write_file(
+        &self,
+        dir: &PathBuf,
+        _: &Entry,
+        old: Option<&File>,
+        out: &File,
+        limiter: Option<&RateLimiter>,
+    ) -> Result<FileWrite> {
+        DirectorySource.write_file(dir, &self.entry, old, out, limiter)
+    }
+}
+
 /// Copies `from` into the new file `out`, leaving holes where blocks are zeros, and reads no
 /// more than one byte past `size` (the size it was listed with): a file that grew, or a
 /// device swapped in, is cut off there. Returns the bytes read.
@@ -679,7 +744,8 @@ struct Level<D> {
     own: Option<Entry>,
 }
 
-/// Walks source and target side by side, fixing all but regular files, which go to workers.
+/// Walks source and target side by side, fixing all but regular files, which go to workers,
+/// and lists each change as it decides it.
 struct Planner<'a, S: TreeSource> {
     source: &'a S,
     options: &'a SyncOptions,
@@ -689,8 +755,9 @@ struct Planner<'a, S: TreeSource> {
     /// Directories (relative to the target) with their metadata, deepest first.
     dirs: Vec<(PathBuf, Entry)>,
     /// Hard links to make once the files are written, by paths relative to the target.
-    links: HardLinkGroups,
+    links: LinkGroups,
     report: SyncReport,
+    changes: &'a mut dyn FnMut(&Change),
 }
 
 impl<S: TreeSource> Planner<'_, S> {
@@ -698,7 +765,7 @@ impl<S: TreeSource> Planner<'_, S> {
     /// Wrong data from the source stops everything; an entry that cannot be read or written
     /// is reported and the rest goes on.
     fn sync_tree(&mut self, root: S::Dir, target: Option<Arc<TargetDir>>) -> Result<()> {
-        let entries = self.list_dir(&root, target.as_deref())?;
+        let entries = self.list_dir(&root, target.as_deref(), Path::new(""))?;
         let mut stack = vec![Level {
             target,
             relative: PathBuf::new(),
@@ -752,46 +819,90 @@ impl<S: TreeSource> Planner<'_, S> {
     }
 
     /// The entries of source directory `dir`; with `target` (the directory it is written
-    /// into), also removes what the source lacks there.
+    /// into, at `relative` below the sync's target), also removes what the source lacks
+    /// there.
     fn list_dir(
         &mut self,
         dir: &S::Dir,
         target: Option<&TargetDir>,
+        relative: &Path,
     ) -> Result<Vec<(Entry, Option<S::Dir>)>> {
         let entries = self.source.list(dir, self.errors)?;
         if let Some(target) = target {
-            self.remove_extras(&entries, target)?;
+            self.remove_extras(&entries, target, relative)?;
         }
         Ok(entries)
     }
 
-    /// Removes what the source lacks (with `delete`) and this tool's own leftovers.
+    /// Removes what the source lacks (with `delete`, within `max_delete`) and this tool's
+    /// own leftovers; `relative` is where `target` is below the sync's target.
     fn remove_extras(
         &mut self,
         entries: &[(Entry, Option<S::Dir>)],
         target: &TargetDir,
+        relative: &Path,
     ) -> Result<()> {
-        let Ok(existing) = target.names() else {
+        let Ok(mut existing) = target.names() else {
             return Ok(());
         };
+        existing.sort_unstable();
         let wanted: HashSet<&[u8]> = entries.iter().map(|(e, _)| e.name.as_slice()).collect();
+        let (dry_run, max_delete) = (self.options.dry_run, self.options.max_delete);
         for name in existing {
             if wanted.contains(name.as_slice()) {
                 continue;
             }
-            let leftover = name.starts_with(TEMP_PREFIX.as_bytes());
-            if self.options.delete && !leftover {
-                self.report.entries_deleted += 1;
-            } else if !leftover {
+            let removing = || format!("removing {}", target.child_path(&name).display());
+            if name.starts_with(TEMP_PREFIX.as_bytes()) {
+                if !dry_run {
+                    target.remove(&name).context_io(removing)?;
+                }
                 continue;
             }
-            if !self.options.dry_run {
-                target
-                    .remove(&name)
-                    .context_io(|| format!("removing {}", target.child_path(&name).display()))?;
+            if !self.options.delete {
+                continue;
+            }
+            let (report, changes) = (&mut self.report, &mut *self.changes);
+            let mut allow = |path: &Path, is_dir: bool| {
+                if max_delete.is_some_and(|max| report.entries_deleted >= max) {
+                    return false;
+                }
+                report.entries_deleted += 1;
+                changes(&Change::deleted(relative.join(path), is_dir));
+                true
+            };
+            if !target
+                .remove_each(&name, dry_run, &mut allow)
+                .context_io(removing)?
+            {
+                self.report.deletions_skipped += 1;
             }
         }
         Ok(())
+    }
+
+    /// How entry `name` of `target` (`.` for the target itself), of `entry`'s kind as
+    /// `metadata` says, differs from `entry`.
+    fn compare(
+        &self,
+        target: &TargetDir,
+        name: &[u8],
+        metadata: &fs::Metadata,
+        entry: &Entry,
+    ) -> Result<Differences> {
+        let shown = || format!("reading {}", target.child_path(name).display());
+        let xattrs = target.xattrs(name).context_io(shown)?;
+        let link = match entry.kind {
+            EntryKind::Symlink(_) => Some(target.read_link(name).context_io(shown)?),
+            _ => None,
+        };
+        Ok(differences(
+            metadata,
+            &xattrs,
+            link.as_deref(),
+            entry,
+            running_as_root(),
+        ))
     }
 
     /// Brings one entry of `target` up to date; a directory is returned to be walked.
@@ -815,10 +926,47 @@ impl<S: TreeSource> Planner<'_, S> {
             None => None,
         };
         let is_dir = existing.as_ref().is_some_and(|m| m.is_dir());
+        // What the target holds of the entry's kind, and how it differs.
+        let old = existing
+            .as_ref()
+            .filter(|m| same_kind(m, &entry.kind))
+            .zip(target.as_deref());
+        let compared = match old {
+            Some((m, t)) => Some((m, self.compare(t, name, m, &entry)?)),
+            None => None,
+        };
+        let differences = compared.map(|(_, d)| d);
+        // The entry's metadata set where it is, when only that differs: `Some(true)` done (or
+        // to be done, in a dry run), `Some(false)` nothing to do, `None` it must be made anew.
+        let fixed_in_place = |content_differs: bool| -> Result<Option<bool>> {
+            let Some((m, d)) = compared.filter(|_| !content_differs) else {
+                return Ok(None);
+            };
+            if !d.metadata() {
+                return Ok(Some(false));
+            }
+            if !may_adjust_in_place(m, &entry) {
+                return Ok(None);
+            }
+            match target.as_deref().filter(|_| !dry_run) {
+                Some(t) => Ok(t
+                    .set_metadata_at(name, &entry)
+                    .context_io(|| format!("setting metadata of {}", shown.display()))?
+                    .then_some(true)),
+                None => Ok(Some(true)),
+            }
+        };
         // Below here a missing target means a dry run: nothing is written.
         let writable = target.as_deref().filter(|_| !dry_run);
         match &entry.kind {
             EntryKind::Dir(_) => {
+                match differences {
+                    None => self.list_change(Update::Created, &entry, &relative, None),
+                    Some(d) if d.metadata() => {
+                        self.list_change(Update::Attributes, &entry, &relative, Some(d))
+                    }
+                    Some(_) => {}
+                }
                 let subtarget = match (&target, dry_run) {
                     (Some(t), false) => Some(t.ensure_dir(name).context_io(created)?),
                     (Some(t), true) if is_dir => Some(
@@ -832,7 +980,7 @@ impl<S: TreeSource> Planner<'_, S> {
                     self.dirs.push((relative, entry));
                     return Ok(None);
                 };
-                let entries = match self.list_dir(&subdir, subtarget.as_deref()) {
+                let entries = match self.list_dir(&subdir, subtarget.as_deref(), &relative) {
                     Ok(entries) => entries,
                     Err(e) if e.kind() == crate::error::ErrorKind::Corrupt => return Err(e),
                     Err(e) => {
@@ -849,33 +997,42 @@ impl<S: TreeSource> Planner<'_, S> {
                 }));
             }
             EntryKind::File(_) => {
-                if self.links.defer(&entry, &relative) {
+                let group = self.links.group_of(&entry);
+                if let LinkRole::Later(first) = &group {
+                    let inode = existing.as_ref().map(|m| (m.dev(), m.ino()));
+                    let (linked, listed) = self.links.later(first, inode, differences);
+                    let mut change = Change::of(Update::HardLink, &entry, &relative, listed);
+                    if !linked {
+                        change.linked_to = Some(first.path.clone());
+                    }
+                    if !linked || listed.is_some_and(|d| d.metadata()) {
+                        (self.changes)(&change);
+                    }
+                    self.links.pending.push(LaterLink {
+                        path: relative,
+                        first: first.path.clone(),
+                        linked,
+                    });
                     self.progress.file_done(entry.size);
                     return Ok(None);
                 }
-                let old = existing.as_ref().filter(|m| m.is_file());
-                if let Some(old) = old
-                    && old.len() == entry.size
-                    && mtime_ns(old) == entry.mtime_ns
-                {
-                    // Same content by rsync's quick check; owner or mode may still differ. A
-                    // file that may not be adjusted where it is (another user's, or one with
-                    // a name outside) is rewritten instead.
-                    let same_owner_and_mode = old.mode() & 0o7777 == entry.mode
-                        && old.uid() == entry.uid
-                        && old.gid() == entry.gid;
-                    let kept = match writable {
-                        Some(t) if !same_owner_and_mode => t
-                            .set_metadata_at(name, &entry)
-                            .context_io(|| format!("setting metadata of {}", shown.display()))?,
-                        _ => true,
-                    };
-                    if kept {
-                        self.report.files_unchanged += 1;
-                        self.progress.file_done(entry.size);
-                        return Ok(None);
+                let content_differs = differences.is_none_or(|d| d.content());
+                if let Some(fixed) = fixed_in_place(content_differs)? {
+                    if fixed {
+                        self.list_change(Update::Attributes, &entry, &relative, differences);
                     }
+                    if let LinkRole::First(key) = group {
+                        let inode = existing.as_ref().map(|m| (m.dev(), m.ino()));
+                        self.links.first(key, &relative, inode, differences);
+                    }
+                    self.report.files_unchanged += 1;
+                    self.progress.file_done(entry.size);
+                    return Ok(None);
                 }
+                if let LinkRole::First(key) = group {
+                    self.links.first(key, &relative, None, differences);
+                }
+                self.list_change(Update::Received, &entry, &relative, differences);
                 let Some(target) = target.filter(|_| !dry_run) else {
                     self.report.files_written += 1;
                     self.progress.file_done(entry.size);
@@ -889,7 +1046,7 @@ impl<S: TreeSource> Planner<'_, S> {
                 let job = FileJob {
                     dir: dir.clone(),
                     target,
-                    has_old: old.is_some(),
+                    has_old: existing.as_ref().is_some_and(|m| m.is_file()),
                     entry,
                     sparse: self.options.sparse,
                 };
@@ -897,66 +1054,141 @@ impl<S: TreeSource> Planner<'_, S> {
                     .send(job)
                     .expect("sync workers outlive the planner");
             }
-            EntryKind::Symlink(link_target) => {
-                let same = existing
-                    .as_ref()
-                    .is_some_and(|m| m.file_type().is_symlink())
-                    && target
-                        .as_deref()
-                        .is_some_and(|t| t.read_link(name).is_ok_and(|l| l == *link_target));
-                let Some(t) = writable.filter(|_| !same) else {
-                    self.count(same);
+            EntryKind::Symlink(_)
+            | EntryKind::Fifo
+            | EntryKind::CharDevice(_)
+            | EntryKind::BlockDevice(_) => {
+                let value_differs = differences.is_none_or(|d| d.value);
+                if let Some(fixed) = fixed_in_place(value_differs)? {
+                    if fixed {
+                        self.list_change(Update::Attributes, &entry, &relative, differences);
+                    }
+                    self.report.files_unchanged += 1;
                     return Ok(None);
-                };
-                let temp = temp_name();
-                t.symlink(link_target, &temp).context_io(created)?;
-                t.set_metadata_of_new(&temp, &entry).context_io(created)?;
-                if is_dir {
-                    t.remove(name)
-                        .context_io(|| format!("removing {}", shown.display()))?;
                 }
-                t.rename(&temp, name).context_io(created)?;
-                self.count(false);
-            }
-            EntryKind::Fifo | EntryKind::CharDevice(_) | EntryKind::BlockDevice(_) => {
-                let same = existing.as_ref().is_some_and(|m| same_node(m, &entry.kind));
-                let Some(t) = writable.filter(|_| !same) else {
-                    self.count(same);
+                self.list_change(Update::Created, &entry, &relative, differences);
+                self.report.files_written += 1;
+                let Some(t) = writable else {
                     return Ok(None);
                 };
-                t.remove(name)
-                    .context_io(|| format!("removing {}", shown.display()))?;
-                t.make_node(name, &entry.kind).context_io(created)?;
-                t.set_metadata_of_new(name, &entry).context_io(created)?;
-                self.count(false);
+                // Made under a temporary name, then renamed over what is there: a symlink
+                // or node is replaced at once, never missing.
+                let temp = temp_name();
+                match &entry.kind {
+                    EntryKind::Symlink(link_target) => t.symlink(link_target, &temp),
+                    kind => t.make_node(&temp, kind),
+                }
+                .context_io(created)?;
+                let placed = t.set_metadata_of_new(&temp, &entry).and_then(|()| {
+                    if is_dir {
+                        t.remove(name)?;
+                    }
+                    t.rename(&temp, name)
+                });
+                if let Err(e) = placed {
+                    let _ = t.unlink(&temp);
+                    return Err(e).context_io(created);
+                }
             }
         }
         Ok(None)
     }
 
-    fn count(&mut self, unchanged: bool) {
-        if unchanged {
-            self.report.files_unchanged += 1;
-        } else {
-            self.report.files_written += 1;
+    /// Lists a change of `entry` at `relative`.
+    fn list_change(
+        &mut self,
+        update: Update,
+        entry: &Entry,
+        relative: &Path,
+        differences: Option<Differences>,
+    ) {
+        (self.changes)(&Change::of(update, entry, relative, differences));
+    }
+}
+
+/// Where a regular file stands among the source's hard links.
+enum LinkRole {
+    /// Not a hard link.
+    Alone,
+    /// The first of its group met by the walk (its key): written like any file.
+    First((u64, u64)),
+    /// A later member: linked to the first once that is written.
+    Later(FirstLink),
+}
+
+/// The first member of a hard-link group, as the planner left it.
+#[derive(Clone)]
+struct FirstLink {
+    path: PathBuf,
+    /// The inode at its place in the target, when that was kept (not written anew).
+    kept_inode: Option<(u64, u64)>,
+    /// How that inode differed from the entry before its metadata was set.
+    differences: Option<Differences>,
+}
+
+/// A later member of a hard-link group, to be linked to the first unless it already is.
+struct LaterLink {
+    path: PathBuf,
+    first: PathBuf,
+    linked: bool,
+}
+
+/// The source's hard-link groups as the planner meets them, by paths relative to the target.
+/// Whether a later member is already linked is decided when it is planned, from the
+/// target as it was then, so a dry run decides as the real run does.
+#[derive(Default)]
+struct LinkGroups {
+    firsts: HashMap<(u64, u64), FirstLink>,
+    pending: Vec<LaterLink>,
+}
+
+impl LinkGroups {
+    /// Where `entry` stands: alone, the first of its group, or a later member.
+    fn group_of(&self, entry: &Entry) -> LinkRole {
+        let Some(key) = entry.hardlink_key() else {
+            return LinkRole::Alone;
+        };
+        match self.firsts.get(&key) {
+            Some(first) => LinkRole::Later(first.clone()),
+            None => LinkRole::First(key),
+        }
+    }
+
+    /// Records the first member of group `key`, planned at `path`.
+    fn first(
+        &mut self,
+        key: (u64, u64),
+        path: &Path,
+        kept_inode: Option<(u64, u64)>,
+        differences: Option<Differences>,
+    ) {
+        let first = FirstLink {
+            path: path.to_owned(),
+            kept_inode,
+            differences,
+        };
+        self.firsts.insert(key, first);
+    }
+
+    /// Whether a later member whose place holds `inode` is linked to `first` already, and
+    /// what its line shows: the first's differences when it is (one inode), its own when not.
+    fn later(
+        &self,
+        first: &FirstLink,
+        inode: Option<(u64, u64)>,
+        own: Option<Differences>,
+    ) -> (bool, Option<Differences>) {
+        match (first.kept_inode, inode) {
+            (Some(a), Some(b)) if a == b => (true, first.differences),
+            _ => (false, own),
         }
     }
 }
 
-/// Whether a special file in the target is the one an entry describes.
-fn same_node(metadata: &fs::Metadata, kind: &EntryKind) -> bool {
-    let file_type = metadata.file_type();
-    match kind {
-        EntryKind::Fifo => file_type.is_fifo(),
-        EntryKind::CharDevice(rdev) => file_type.is_char_device() && metadata.rdev() == *rdev,
-        EntryKind::BlockDevice(rdev) => file_type.is_block_device() && metadata.rdev() == *rdev,
-        _ => false,
-    }
-}
-
-/// What the workers add up: files found the same, files written, bytes fetched, bytes
+/// What the workers add up: files written (or found to hold the content already, which is
+/// what rsync's transfer of a file failing the quick check is too), bytes fetched, bytes
 /// reused.
-type WorkerTotals = Mutex<(u64, u64, u64, u64)>;
+type WorkerTotals = Mutex<(u64, u64, u64)>;
 
 /// Takes file jobs in batches and brings each file up to date.
 fn run_sync_worker<S: TreeSource>(
@@ -980,14 +1212,11 @@ fn run_sync_worker<S: TreeSource>(
             match result {
                 Ok(how) => {
                     let mut totals = totals.lock().expect("not poisoned");
-                    match how {
-                        FileWrite::Same => totals.0 += 1,
-                        FileWrite::Written { fetched, reused } => {
-                            totals.1 += 1;
-                            totals.2 += fetched;
-                            totals.3 += reused;
-                            progress.bytes_read.fetch_add(fetched, Ordering::Relaxed);
-                        }
+                    totals.0 += 1;
+                    if let FileWrite::Written { fetched, reused } = how {
+                        totals.1 += fetched;
+                        totals.2 += reused;
+                        progress.bytes_read.fetch_add(fetched, Ordering::Relaxed);
                     }
                     progress.file_done(job.entry.size);
                 }
@@ -1019,7 +1248,8 @@ fn open_target(target: &Path, dry_run: bool) -> Result<Option<TargetDir>> {
 }
 
 /// Makes `target` match the source directory `root`; `root_entry`, when given, is the
-/// metadata `target` itself gets.
+/// metadata `target` itself gets. Each entry created, changed or deleted is given to
+/// `changes` as it is decided, in the order of the walk, in a dry run as in a real one.
 pub fn run<S: TreeSource>(
     source: &S,
     root: S::Dir,
@@ -1027,10 +1257,31 @@ pub fn run<S: TreeSource>(
     target: &Path,
     options: &SyncOptions,
     progress: &Progress,
+    changes: &mut dyn FnMut(&Change),
 ) -> Result<SyncReport> {
+    let existed = fs::symlink_metadata(target).is_ok();
     let target_dir = open_target(target, options.dry_run)?.map(Arc::new);
+    if let Some(entry) = root_entry {
+        let root_change = match target_dir.as_deref().filter(|_| existed) {
+            None => Some(Change::of(Update::Created, entry, Path::new(""), None)),
+            Some(dir) => {
+                let reading = || format!("reading sync target {}", target.display());
+                let metadata = dir.metadata(b".").context_io(reading)?;
+                let metadata = metadata.ok_or_else(|| {
+                    Error::InvalidInput(format!("sync target {} is gone", target.display()))
+                })?;
+                let xattrs = dir.xattrs(b".").context_io(reading)?;
+                let d = differences(&metadata, &xattrs, None, entry, running_as_root());
+                d.metadata()
+                    .then(|| Change::of(Update::Attributes, entry, Path::new(""), Some(d)))
+            }
+        };
+        if let Some(change) = root_change {
+            changes(&change);
+        }
+    }
     let errors = Mutex::new(Vec::new());
-    let totals: WorkerTotals = Mutex::new((0, 0, 0, 0));
+    let totals: WorkerTotals = Mutex::new((0, 0, 0));
     let limiter = options.rate_limit.map(RateLimiter::new);
     let threads = options.concurrency.max(1);
     let (files, jobs) = bounded::<FileJob<S::Dir>>(threads * FILES_PER_BATCH);
@@ -1053,11 +1304,12 @@ pub fn run<S: TreeSource>(
             files,
             errors: &errors,
             dirs: Vec::new(),
-            links: HardLinkGroups::default(),
+            links: LinkGroups::default(),
             report: SyncReport {
                 dry_run: options.dry_run,
                 ..SyncReport::default()
             },
+            changes,
         };
         let planned = planner.sync_tree(root.clone(), target_dir.clone());
         let Planner {
@@ -1077,28 +1329,32 @@ pub fn run<S: TreeSource>(
     });
     planned?;
     let mut errors = errors.into_inner().expect("not poisoned");
-    if let Some(root_dir) = target_dir.as_deref().filter(|_| !options.dry_run) {
-        for (path, first) in links.later {
-            match link(root_dir, &path, &first, &errors) {
-                Ok(true) => report.files_unchanged += 1,
-                Ok(false) => report.files_written += 1,
-                Err(e) => errors.push(SyncError {
-                    path: target.join(path),
-                    message: e.to_string(),
-                }),
-            }
+    for later in &links.pending {
+        if later.linked {
+            report.files_unchanged += 1;
+            continue;
         }
+        let Some(root_dir) = target_dir.as_deref().filter(|_| !options.dry_run) else {
+            report.files_written += 1;
+            continue;
+        };
+        match link(root_dir, &later.path, &later.first, &errors) {
+            Ok(()) => report.files_written += 1,
+            Err(e) => errors.push(SyncError {
+                path: target.join(&later.path),
+                message: e.to_string(),
+            }),
+        }
+    }
+    if let Some(root_dir) = target_dir.as_deref().filter(|_| !options.dry_run) {
         if let Some(entry) = root_entry {
             dirs.push((PathBuf::new(), entry.clone()));
         }
         for (path, message) in set_directories_metadata(root_dir, &dirs) {
             errors.push(SyncError { path, message });
         }
-    } else {
-        report.files_written += links.later.len() as u64;
     }
-    let (same, written, fetched, reused) = totals.into_inner().expect("not poisoned");
-    report.files_unchanged += same;
+    let (written, fetched, reused) = totals.into_inner().expect("not poisoned");
     report.files_written += written;
     report.bytes_transferred += source.bytes_received().unwrap_or(fetched);
     // What arrived after the workers' last update (the total's answer, the listing's end).
@@ -1110,9 +1366,8 @@ pub fn run<S: TreeSource>(
     Ok(report)
 }
 
-/// Makes `path` a hard link of `first` (both relative to `root`); `true` when it already
-/// was one.
-fn link(root: &TargetDir, path: &Path, first: &Path, errors: &[SyncError]) -> Result<bool> {
+/// Makes `path` a hard link of `first` (both relative to `root`).
+fn link(root: &TargetDir, path: &Path, first: &Path, errors: &[SyncError]) -> Result<()> {
     let shown_first = root.path().join(first);
     if errors.iter().any(|e| e.path == shown_first) {
         return Err(Error::InvalidInput(format!(
@@ -1124,17 +1379,6 @@ fn link(root: &TargetDir, path: &Path, first: &Path, errors: &[SyncError]) -> Re
     let context = || format!("linking {}", shown.display());
     let (from, from_name) = root.open_parent(first).context_io(context)?;
     let (dir, name) = root.open_parent(path).context_io(context)?;
-    let inode = |dir: &TargetDir, name: &[u8]| {
-        dir.metadata(name)
-            .ok()
-            .flatten()
-            .map(|m| (m.dev(), m.ino()))
-    };
-    if let (Some(a), Some(b)) = (inode(&dir, name), inode(&from, from_name))
-        && a == b
-    {
-        return Ok(true);
-    }
     let temp = temp_name();
     dir.hard_link(&from, from_name, &temp).context_io(context)?;
     if dir
@@ -1147,5 +1391,7 @@ fn link(root: &TargetDir, path: &Path, first: &Path, errors: &[SyncError]) -> Re
     }
     dir.rename(&temp, name)
         .context_io(|| format!("replacing {}", shown.display()))?;
-    Ok(false)
+    // Renaming a link over another name of the same inode leaves both names.
+    let _ = dir.unlink(&temp);
+    Ok(())
 }

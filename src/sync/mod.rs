@@ -1,12 +1,14 @@
 //! Sync: moving data between repositories and directories, copying only what the destination
 //! lacks. `copy` takes checkpoints from one repository to another blob by blob; `into_dir`
 //! makes a directory match a checkpoint or another directory the way rsync would, rebuilding
-//! changed files from the chunks they already hold. A local directory pulled into a
+//! changed files from the chunks they already hold, listing what it does as rsync's `-i`
+//! does (`itemize`). A local directory pulled into a
 //! repository is a backup (see `backup`); a served one (`remote`, over `cairn serve
 //! --source`) is pulled by `pull`, asking only for the chunks the repository lacks.
 
 pub mod copy;
 pub mod into_dir;
+pub mod itemize;
 pub mod pull;
 pub mod remote;
 pub mod wire;
@@ -21,6 +23,9 @@ pub struct SyncOptions {
     pub dry_run: bool,
     /// Into a directory: remove what the source lacks.
     pub delete: bool,
+    /// With `delete`: remove at most this many entries (each file and directory counts),
+    /// leave the rest and report them skipped.
+    pub max_delete: Option<u64>,
     /// Parallel transfers.
     pub concurrency: usize,
     /// A cap on the bytes moved per second, shared by every transfer.
@@ -35,6 +40,7 @@ impl Default for SyncOptions {
         SyncOptions {
             dry_run: false,
             delete: false,
+            max_delete: None,
             concurrency: std::thread::available_parallelism().map_or(4, |n| 2 * n.get()),
             rate_limit: None,
             sparse: false,
@@ -100,7 +106,10 @@ pub struct SyncReport {
     pub files_written: u64,
     pub files_unchanged: u64,
     pub bytes_reused: u64,
-    /// Into a directory with `delete`: entries removed (a directory counts once).
+    /// Into a directory with `delete`: entries removed, each file and directory of a removed
+    /// tree counted, like rsync's deleted files.
     pub entries_deleted: u64,
+    /// Entries the source lacks that `max_delete` left in place (a directory counts once).
+    pub deletions_skipped: u64,
     pub errors: Vec<SyncError>,
 }

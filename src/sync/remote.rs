@@ -129,13 +129,19 @@ impl RemoteSource {
     }
 
     /// The next directory of the streamed listing, if the stream is at `dir`; starts the
-    /// stream at the root. `None` means: list `dir` on its own.
+    /// stream at the first directory asked for (the walk's root). `None` means: list `dir`
+    /// on its own.
     fn streamed_listing(&self, dir: &[u8]) -> Option<Result<Vec<Entry>>> {
         let mut tree = self.tree.lock().expect("not poisoned");
         if matches!(*tree, TreeStream::NotStarted) {
             *tree = TreeStream::Done;
-            if dir.is_empty() {
-                let url = format!("{}/tree?path=&lean={}", self.url(), self.lean);
+            {
+                let url = format!(
+                    "{}/tree?path={}&lean={}",
+                    self.url(),
+                    hex::encode(dir),
+                    self.lean
+                );
                 // The stream is as long as the tree; each record in it is bounded.
                 let answer = match self.client.open(&url, Ask::Get, u64::MAX) {
                     Ok(answer) => answer,
