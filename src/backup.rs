@@ -9,7 +9,7 @@
 //!
 //! The walker (the calling thread) reads directories in name order, compares each file with
 //! the parent checkpoint (the stat cache: same size, mtime, ctime and inode ⇒ reuse the old
-//! chunk list without opening the file) and hands the rest to the file workers, one per
+//! chunk list without opening the file, when the index still lists all its chunks) and hands the rest to the file workers, one per
 //! core, which read, chunk, hash and — for blobs the repository lacks — compress and encrypt.
 //! The tree builder receives each directory after its children, waits for its files and
 //! stores the tree bottom-up. The packer appends blobs to 16 MiB packs and writes an index
@@ -363,6 +363,23 @@ impl Walker<'_> {
             .ok()
     }
 
+    /// Whether every blob of a parent's file content is in the index. One dropped by `cairn
+    /// repair packs` is not: the file is read again, so the backup stores it anew and heals
+    /// the older checkpoints that need it, instead of referring to it once more.
+    fn is_indexed(&self, content: &Content) -> bool {
+        let index = self.repo.index();
+        if let Content::ChunkList(list) = content
+            && !index.contains(list).unwrap_or(false)
+        {
+            return false;
+        }
+        crate::tree::file_chunks(self.repo, content).is_ok_and(|chunks| {
+            chunks
+                .iter()
+                .all(|chunk| index.contains(&chunk.id).unwrap_or(false))
+        })
+    }
+
     /// Scans directory `path` and everything below it; returns where its tree id will arrive.
     fn scan_dir(&self, path: &Path, parent: Option<&Tree>) -> Result<Receiver<BlobId>> {
         let mut children = sorted_children(path).unwrap_or_else(|e| {
@@ -442,7 +459,7 @@ impl Walker<'_> {
             let tree = self.scan_dir(path, parent_tree.as_deref())?;
             PendingEntry::Dir(entry(placeholder), tree)
         } else if file_type.is_file() {
-            match reusable_content(parent_entry, &metadata) {
+            match reusable_content(parent_entry, &metadata).filter(|c| self.is_indexed(c)) {
                 Some(content) => PendingEntry::Ready(entry(EntryKind::File(content))),
                 None => {
                     let (result, receiver) = bounded(1);

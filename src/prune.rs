@@ -106,7 +106,7 @@ fn used_blobs(repo: &Repository) -> Result<HashSet<BlobId>> {
 }
 
 /// Every index file, decoded, in name order.
-fn index_files(repo: &Repository) -> Result<Vec<(String, IndexedPacks)>> {
+pub(crate) fn index_files(repo: &Repository) -> Result<Vec<(String, IndexedPacks)>> {
     let mut names: Vec<String> = repo
         .backend()
         .list("index/")?
@@ -126,7 +126,7 @@ fn index_files(repo: &Repository) -> Result<Vec<(String, IndexedPacks)>> {
 /// Every pack's entries, merged over the index files that list it: each pack once, in the
 /// order first listed, with its entries in listing order and each blob at each offset once.
 /// Linear in the entries: a set of what each pack already holds answers "seen?" at once.
-fn merge_listings<'a>(
+pub(crate) fn merge_listings<'a>(
     listings: impl IntoIterator<Item = &'a (PackId, Vec<PackEntry>)>,
 ) -> Vec<(PackId, Vec<PackEntry>)> {
     let mut merged: Vec<(PackId, Vec<PackEntry>)> = Vec::new();
