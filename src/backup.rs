@@ -26,7 +26,7 @@ use crate::fsmeta::{ctime_ns, entry_from_metadata, mtime_ns, read_xattrs};
 use crate::id::{BlobId, CheckpointId};
 use crate::repo::Repository;
 use crate::repo::pack::BlobKind;
-use crate::repo::writer::{BlobSink, with_blob_sink};
+use crate::repo::writer::{BlobSink, recover_orphan_packs, with_blob_sink};
 use crate::throttle::{RateLimiter, Throttled};
 use crate::tree::{
     ChunkRef, Content, Entry, EntryKind, INLINE_CHUNKS_MAX, Tree, encode_chunk_list, load_tree,
@@ -214,6 +214,7 @@ fn store_file(
         .repo()
         .chunker()
         .for_each_chunk(file, buffer, |chunk| {
+            crate::interrupt::check().map_err(FileError::Repository)?;
             let id = sink
                 .store(BlobKind::Data, chunk)
                 .map_err(FileError::Repository)?;
@@ -249,7 +250,11 @@ fn run_file_worker(
 ) {
     let mut buffer = Vec::new();
     for job in jobs {
-        let result = store_file(sink, read_limiter, &job.path, &mut buffer, progress);
+        // Once interrupted, the queued files are answered without being read.
+        let result = match crate::interrupt::check() {
+            Ok(()) => store_file(sink, read_limiter, &job.path, &mut buffer, progress),
+            Err(e) => Err(FileError::Repository(e)),
+        };
         // The tree builder may have stopped after a fatal error; then nobody waits.
         let _ = job.result.send(result);
     }
@@ -429,6 +434,7 @@ impl Walker<'_> {
         stat: impl FnOnce() -> std::io::Result<Metadata>,
         parent: Option<&Tree>,
     ) -> Result<Option<PendingEntry>> {
+        crate::interrupt::check()?;
         if self.excludes.matches(path) {
             return Ok(None);
         }
@@ -842,7 +848,9 @@ fn back_up(
     let lock = if options.dry_run {
         None
     } else {
-        Some(crate::repo::lock::acquire(repo, false, "backup")?)
+        let lock = crate::repo::lock::acquire(repo, false, "backup")?;
+        recover_orphan_packs(repo)?;
+        Some(lock)
     };
     let parent = match options.parent {
         Some(id) => Some((id, checkpoint::load(repo, &id)?)),
@@ -921,13 +929,8 @@ fn back_up(
             Ok((root, stats))
         })
     };
-    let ((root, mut stats), added_blobs) = with_blob_sink(
-        repo,
-        options.dry_run,
-        threads * 2,
-        &progress.added_bytes,
-        walk,
-    )?;
+    let ((root, mut stats), added_blobs) =
+        with_blob_sink(repo, options.dry_run, threads * 2, progress, walk)?;
     stats.added_blobs = added_blobs;
 
     let errors = errors.into_inner().expect("not poisoned");

@@ -35,6 +35,7 @@ pub mod fsmeta;
 pub mod fuzzing;
 pub mod history;
 pub mod id;
+pub mod interrupt;
 pub mod mount;
 pub mod progress;
 pub mod prune;

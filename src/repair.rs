@@ -30,6 +30,7 @@ use crate::check::{self, CheckOptions};
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{BlobId, CheckpointId, PackId};
+use crate::progress::Progress;
 use crate::prune::{index_files, merge_listings};
 use crate::repo::Repository;
 use crate::repo::index::IndexedPacks;
@@ -39,7 +40,6 @@ use crate::repo::writer::{BlobSink, replace_index_files, with_blob_sink};
 use crate::tree::{Content, Entry, EntryKind, Tree, file_chunks, load_tree};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicU64;
 
 /// The tag a repaired checkpoint carries.
 pub const REPAIRED_TAG: &str = "repaired";
@@ -356,8 +356,7 @@ pub fn checkpoints(repo: &Repository, options: &RepairOptions) -> Result<Checkpo
     }
 
     // New trees first: they are durable once the sink has finished.
-    let added_bytes = AtomicU64::new(0);
-    let (planned, _) = with_blob_sink(repo, options.dry_run, 8, &added_bytes, |sink| {
+    let (planned, _) = with_blob_sink(repo, options.dry_run, 8, &Progress::default(), |sink| {
         let mut rewriter = TreeRewriter {
             sink,
             damaged,
@@ -478,8 +477,7 @@ pub fn packs(repo: &Repository, options: &RepairOptions) -> Result<PackRepairRep
     let mut intact: IndexedPacks = Vec::new();
     let mut replaced: Vec<PackId> = Vec::new();
     let mut kept: Vec<BlobId> = Vec::new();
-    let added_bytes = AtomicU64::new(0);
-    with_blob_sink(repo, options.dry_run, 8, &added_bytes, |sink| {
+    with_blob_sink(repo, options.dry_run, 8, &Progress::default(), |sink| {
         for (pack, entries) in listings {
             let name = pack_object_name(&pack);
             if !present.contains_key(&pack) {

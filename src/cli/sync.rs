@@ -110,6 +110,10 @@ pub fn run(global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode> {
     if let Some(n) = args.concurrency {
         options.concurrency = n.max(1);
     }
+    // Into a repository a signal stops the run cleanly (what is packed stays indexed).
+    if !args.dry_run && matches!(destination, Endpoint::Repository { .. }) {
+        cairn::interrupt::install()?;
+    }
     let progress = Progress::default();
     let done = AtomicBool::new(false);
     let report = std::thread::scope(|scope| {
@@ -119,7 +123,13 @@ pub fn run(global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode> {
         let report = sync(global, &args, source, destination, &options, &progress);
         done.store(true, Ordering::Relaxed);
         report
-    })?;
+    });
+    let report = match report {
+        Err(_) if cairn::interrupt::requested() => {
+            return Ok(super::interrupted("sync", &progress));
+        }
+        report => report?,
+    };
     for error in &report.errors {
         eprintln!("warning: {}: {}", error.path.display(), error.message);
     }
