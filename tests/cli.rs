@@ -941,3 +941,72 @@ fn check_summarises_a_lost_pack_and_names_every_checkpoint_it_affects() {
     assert!(advice.contains("cairn repair packs"), "{advice}");
     assert!(advice.contains("cairn repair checkpoints"), "{advice}");
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallFilesystem(std::path::PathBuf);
+
+impl SmallFilesystem {
+    fn mount(at: std::path::PathBuf, size: &str) -> Self {
+        fs::create_dir_all(&at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs at {}", at.display());
+        SmallFilesystem(at)
+    }
+}
+
+impl Drop for SmallFilesystem {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_restore_into_a_full_disk_stops_at_once_and_says_what_is_missing() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    for i in 0..20 {
+        fs::write(
+            source.join(format!("f{i:02}")),
+            pseudo_random(1_000_000, 90 + i),
+        )
+        .unwrap();
+    }
+    let repo = sandbox.path("repo");
+    let extra = init(&sandbox, &repo, "none");
+    backup_json(&sandbox, &extra, &[&source]);
+    let small = SmallFilesystem::mount(sandbox.path("small"), "8m");
+    let target = small.0.join("restored");
+
+    let restore = sandbox.run(&with(
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+        &extra,
+    ));
+    let message = stderr(&restore);
+    assert_eq!(restore.status.code(), Some(1), "{message}");
+    assert_eq!(
+        message.to_lowercase().matches("no space left").count(),
+        1,
+        "one message: {message}"
+    );
+    assert!(message.contains("not restored"), "{message}");
+    assert!(message.contains("more free space"), "{message}");
+    // What was written is whole; the file being written when the space ran out is gone.
+    let restored = fs::read_dir(&target).unwrap().count();
+    assert!((1..20).contains(&restored), "{restored} files restored");
+    for entry in fs::read_dir(&target).unwrap() {
+        let name = entry.unwrap().file_name();
+        assert_eq!(
+            fs::read(target.join(&name)).unwrap(),
+            fs::read(source.join(&name)).unwrap(),
+            "{name:?}"
+        );
+    }
+}

@@ -631,7 +631,11 @@ fn repair_checkpoints_drops_the_files_of_a_lost_pack_and_keeps_everything_else()
 fn pack_bytes(repo: &Path) -> (u64, usize) {
     let mut bytes = 0;
     let mut count = 0;
-    for shard in fs::read_dir(repo.join("data")).into_iter().flatten().flatten() {
+    for shard in fs::read_dir(repo.join("data"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         for pack in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
             if !pack.file_name().to_string_lossy().starts_with('.') {
                 bytes += pack.metadata().unwrap().len();
