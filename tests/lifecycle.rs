@@ -627,25 +627,6 @@ fn repair_checkpoints_drops_the_files_of_a_lost_pack_and_keeps_everything_else()
     );
 }
 
-/// Bytes of every whole pack in `repo`, and how many there are.
-fn pack_bytes(repo: &Path) -> (u64, usize) {
-    let mut bytes = 0;
-    let mut count = 0;
-    for shard in fs::read_dir(repo.join("data"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        for pack in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
-            if !pack.file_name().to_string_lossy().starts_with('.') {
-                bytes += pack.metadata().unwrap().len();
-                count += 1;
-            }
-        }
-    }
-    (bytes, count)
-}
-
 /// Waits until `repo` holds at least `packs` whole packs.
 fn wait_for_packs(repo: &Path, packs: usize) {
     for _ in 0..1200 {
