@@ -54,6 +54,8 @@ pub struct CheckReport {
     pub trees: u64,
     pub packs: u64,
     pub blobs_read: u64,
+    /// Packs whose bytes no longer hash to their id (`read_data` only).
+    pub mismatched_packs: u64,
     pub damaged: Vec<DamagedBlob>,
     /// Every checkpoint that needs a damaged blob, in catalogue order.
     pub affected_checkpoints: Vec<AffectedCheckpoint>,
@@ -148,6 +150,7 @@ impl Checker<'_> {
                 }
             };
             if blake3::hash(&bytes).as_bytes() != &pack.0 {
+                self.report.mismatched_packs += 1;
                 self.report.problems.push(format!(
                     "pack {pack}: content does not match its id (damaged)"
                 ));

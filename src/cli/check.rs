@@ -35,6 +35,7 @@ pub fn run(global: &GlobalArgs, args: CheckArgs) -> Result<ExitCode> {
             "trees": report.trees,
             "packs": report.packs,
             "blobs_read": report.blobs_read,
+            "mismatched_packs": report.mismatched_packs,
             "problems": report.problems,
             "affected_checkpoints": report.affected_checkpoints.iter().map(|c| json!({
                 "id": c.id.to_hex(), "short_id": c.id.short(), "paths": c.paths,
@@ -132,7 +133,7 @@ fn print_capped<T>(indent: &str, noun: &str, items: &[T], show: impl Fn(&T) -> S
 /// Ends a failed check with the commands to run next.
 fn print_next_steps(report: &CheckReport) {
     eprintln!("next:");
-    if report.damaged.iter().any(|d| d.pack.is_some()) {
+    if report.mismatched_packs > 0 || report.damaged.iter().any(|d| d.pack.is_some()) {
         eprintln!(
             "  cairn repair packs      drops the damaged blobs from the index and keeps every readable one"
         );
@@ -153,7 +154,7 @@ fn print_next_steps(report: &CheckReport) {
             "  cairn repair checkpoints   if the sources no longer hold that content, drops what cannot be read from the affected checkpoints"
         );
     }
-    if report.damaged.is_empty() {
+    if report.damaged.is_empty() && report.mismatched_packs == 0 {
         eprintln!(
             "  cairn repair index      rebuilds the index files from the packs when index files are damaged"
         );
