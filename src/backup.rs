@@ -9,7 +9,7 @@
 //!
 //! The walker (the calling thread) reads directories in name order, compares each file with
 //! the parent checkpoint (the stat cache: same size, mtime, ctime and inode ⇒ reuse the old
-//! chunk list without opening the file) and hands the rest to the file workers, one per
+//! chunk list without opening the file, when the index still lists all its chunks) and hands the rest to the file workers, one per
 //! core, which read, chunk, hash and — for blobs the repository lacks — compress and encrypt.
 //! The tree builder receives each directory after its children, waits for its files and
 //! stores the tree bottom-up. The packer appends blobs to 16 MiB packs and writes an index
@@ -26,7 +26,7 @@ use crate::fsmeta::{ctime_ns, entry_from_metadata, mtime_ns, read_xattrs};
 use crate::id::{BlobId, CheckpointId};
 use crate::repo::Repository;
 use crate::repo::pack::BlobKind;
-use crate::repo::writer::{BlobSink, with_blob_sink};
+use crate::repo::writer::{BlobSink, recover_orphan_packs, with_blob_sink};
 use crate::throttle::{RateLimiter, Throttled};
 use crate::tree::{
     ChunkRef, Content, Entry, EntryKind, INLINE_CHUNKS_MAX, Tree, encode_chunk_list, load_tree,
@@ -214,6 +214,7 @@ fn store_file(
         .repo()
         .chunker()
         .for_each_chunk(file, buffer, |chunk| {
+            crate::interrupt::check().map_err(FileError::Repository)?;
             let id = sink
                 .store(BlobKind::Data, chunk)
                 .map_err(FileError::Repository)?;
@@ -249,7 +250,11 @@ fn run_file_worker(
 ) {
     let mut buffer = Vec::new();
     for job in jobs {
-        let result = store_file(sink, read_limiter, &job.path, &mut buffer, progress);
+        // Once interrupted, the queued files are answered without being read.
+        let result = match crate::interrupt::check() {
+            Ok(()) => store_file(sink, read_limiter, &job.path, &mut buffer, progress),
+            Err(e) => Err(FileError::Repository(e)),
+        };
         // The tree builder may have stopped after a fatal error; then nobody waits.
         let _ = job.result.send(result);
     }
@@ -363,6 +368,23 @@ impl Walker<'_> {
             .ok()
     }
 
+    /// Whether every blob of a parent's file content is in the index. One dropped by `cairn
+    /// repair packs` is not: the file is read again, so the backup stores it anew and heals
+    /// the older checkpoints that need it, instead of referring to it once more.
+    fn is_indexed(&self, content: &Content) -> bool {
+        let index = self.repo.index();
+        if let Content::ChunkList(list) = content
+            && !index.contains(list).unwrap_or(false)
+        {
+            return false;
+        }
+        crate::tree::file_chunks(self.repo, content).is_ok_and(|chunks| {
+            chunks
+                .iter()
+                .all(|chunk| index.contains(&chunk.id).unwrap_or(false))
+        })
+    }
+
     /// Scans directory `path` and everything below it; returns where its tree id will arrive.
     fn scan_dir(&self, path: &Path, parent: Option<&Tree>) -> Result<Receiver<BlobId>> {
         let mut children = sorted_children(path).unwrap_or_else(|e| {
@@ -412,6 +434,7 @@ impl Walker<'_> {
         stat: impl FnOnce() -> std::io::Result<Metadata>,
         parent: Option<&Tree>,
     ) -> Result<Option<PendingEntry>> {
+        crate::interrupt::check()?;
         if self.excludes.matches(path) {
             return Ok(None);
         }
@@ -442,7 +465,7 @@ impl Walker<'_> {
             let tree = self.scan_dir(path, parent_tree.as_deref())?;
             PendingEntry::Dir(entry(placeholder), tree)
         } else if file_type.is_file() {
-            match reusable_content(parent_entry, &metadata) {
+            match reusable_content(parent_entry, &metadata).filter(|c| self.is_indexed(c)) {
                 Some(content) => PendingEntry::Ready(entry(EntryKind::File(content))),
                 None => {
                     let (result, receiver) = bounded(1);
@@ -865,7 +888,9 @@ fn back_up(
     let lock = if options.dry_run {
         None
     } else {
-        Some(crate::repo::lock::acquire(repo, false, "backup")?)
+        let lock = crate::repo::lock::acquire(repo, false, "backup")?;
+        recover_orphan_packs(repo)?;
+        Some(lock)
     };
     let parent = match options.parent {
         Some(id) => Some((id, checkpoint::load(repo, &id)?)),
@@ -944,13 +969,8 @@ fn back_up(
             Ok((root, stats))
         })
     };
-    let ((root, mut stats), added_blobs) = with_blob_sink(
-        repo,
-        options.dry_run,
-        threads * 2,
-        &progress.added_bytes,
-        walk,
-    )?;
+    let ((root, mut stats), added_blobs) =
+        with_blob_sink(repo, options.dry_run, threads * 2, progress, walk)?;
     stats.added_blobs = added_blobs;
 
     let errors = errors.into_inner().expect("not poisoned");

@@ -11,7 +11,7 @@
 
 use crate::checkpoint;
 use crate::error::Result;
-use crate::id::{BlobId, PackId};
+use crate::id::{BlobId, CheckpointId, PackId};
 use crate::repo::Repository;
 use crate::repo::index::{BlobLocation, read_index_file};
 use crate::repo::pack::{PackEntry, pack_id_of_object, pack_object_name, read_header};
@@ -39,6 +39,14 @@ pub struct DamagedBlob {
     pub affected_paths: u64,
 }
 
+/// A checkpoint that needs a damaged blob, with the source paths it was made of (what a
+/// backup must read again to heal it).
+#[derive(Debug, Clone)]
+pub struct AffectedCheckpoint {
+    pub id: CheckpointId,
+    pub paths: Vec<String>,
+}
+
 /// What a check found.
 #[derive(Debug, Default)]
 pub struct CheckReport {
@@ -46,7 +54,11 @@ pub struct CheckReport {
     pub trees: u64,
     pub packs: u64,
     pub blobs_read: u64,
+    /// Packs whose bytes no longer hash to their id (`read_data` only).
+    pub mismatched_packs: u64,
     pub damaged: Vec<DamagedBlob>,
+    /// Every checkpoint that needs a damaged blob, in catalogue order.
+    pub affected_checkpoints: Vec<AffectedCheckpoint>,
     /// Problems not tied to one blob: unreadable index files or checkpoints, bad packs.
     pub problems: Vec<String>,
 }
@@ -67,6 +79,11 @@ struct Checker<'a> {
     bad: HashMap<BlobId, (Option<PackId>, String)>,
     affected: BTreeMap<BlobId, (u64, Vec<String>)>,
     trees_seen: HashSet<BlobId>,
+    /// Trees that hold a damaged entry themselves.
+    damaged_within: HashSet<BlobId>,
+    /// The trees that hold each subtree as an entry: damage below a tree shared by several
+    /// checkpoints is walked once and attributed to all of them through these.
+    holders: HashMap<BlobId, Vec<BlobId>>,
     report: CheckReport,
 }
 
@@ -133,6 +150,7 @@ impl Checker<'_> {
                 }
             };
             if blake3::hash(&bytes).as_bytes() != &pack.0 {
+                self.report.mismatched_packs += 1;
                 self.report.problems.push(format!(
                     "pack {pack}: content does not match its id (damaged)"
                 ));
@@ -159,8 +177,9 @@ impl Checker<'_> {
         Ok(())
     }
 
-    /// Whether `blob` can be read; records `path` as affected when it cannot.
-    fn need(&mut self, blob: &BlobId, path: &str) -> bool {
+    /// Whether `blob`, an entry of tree `holder` (`None` for a checkpoint's root), can be
+    /// read; records `path` and the holder as affected when it cannot.
+    fn need(&mut self, blob: &BlobId, path: &str, holder: Option<BlobId>) -> bool {
         if !self.index.contains_key(blob) {
             self.bad
                 .entry(*blob)
@@ -168,6 +187,9 @@ impl Checker<'_> {
         }
         if !self.bad.contains_key(blob) {
             return true;
+        }
+        if let Some(holder) = holder {
+            self.damaged_within.insert(holder);
         }
         let (count, paths) = self.affected.entry(*blob).or_default();
         *count += 1;
@@ -188,9 +210,10 @@ impl Checker<'_> {
         &mut self,
         id: BlobId,
         path: &str,
+        holder: Option<BlobId>,
         decode: impl FnOnce(&[u8]) -> Result<T>,
     ) -> Option<T> {
-        if !self.need(&id, path) {
+        if !self.need(&id, path, holder) {
             return None;
         }
         match self.read_verified(&id).and_then(|bytes| decode(&bytes)) {
@@ -198,7 +221,7 @@ impl Checker<'_> {
             Err(e) => {
                 let pack = self.index.get(&id).map(|(p, _)| *p);
                 self.bad.insert(id, (pack, format!("{e}")));
-                self.need(&id, path);
+                self.need(&id, path, holder);
                 None
             }
         }
@@ -207,14 +230,17 @@ impl Checker<'_> {
     /// Walks the trees below `root`, each distinct tree once. The walk keeps its own stack of
     /// trees to visit, so a tree nested however deep costs heap, never call stack.
     fn walk_trees(&mut self, root: BlobId, root_path: String) {
-        let mut pending = vec![(root, root_path)];
-        while let Some((tree_id, path)) = pending.pop() {
+        let mut pending = vec![(root, root_path, None)];
+        while let Some((tree_id, path, holder)) = pending.pop() {
+            if let Some(holder) = holder {
+                self.holders.entry(tree_id).or_default().push(holder);
+            }
             if !self.trees_seen.insert(tree_id) {
-                self.need(&tree_id, &path);
+                self.need(&tree_id, &path, holder);
                 continue;
             }
             let decode = |bytes: &[u8]| Tree::decode(bytes, &|| format!("tree {tree_id}"));
-            let Some(tree) = self.read_metadata_blob(tree_id, &path, decode) else {
+            let Some(tree) = self.read_metadata_blob(tree_id, &path, holder, decode) else {
                 continue;
             };
             self.report.trees += 1;
@@ -223,14 +249,16 @@ impl Checker<'_> {
                 let separator = if path.ends_with('/') { "" } else { "/" };
                 let child = format!("{path}{separator}{}", entry.name_lossy());
                 match entry.kind {
-                    EntryKind::Dir(id) => subtrees.push((id, child)),
+                    EntryKind::Dir(id) => subtrees.push((id, child, Some(tree_id))),
                     EntryKind::File(Content::Chunks(chunks)) => {
-                        self.check_file(&chunks, entry.size, &child)
+                        self.check_file(&chunks, entry.size, &child, tree_id)
                     }
                     EntryKind::File(Content::ChunkList(list)) => {
                         let decode = |bytes: &[u8]| decode_chunk_list(bytes, &list);
-                        if let Some(chunks) = self.read_metadata_blob(list, &child, decode) {
-                            self.check_file(&chunks, entry.size, &child);
+                        let holder = Some(tree_id);
+                        if let Some(chunks) = self.read_metadata_blob(list, &child, holder, decode)
+                        {
+                            self.check_file(&chunks, entry.size, &child, tree_id);
                         }
                     }
                     _ => {}
@@ -241,14 +269,28 @@ impl Checker<'_> {
         }
     }
 
+    /// Every tree with damage in or below it: the trees holding a damaged entry and, walking
+    /// up through the holders with an explicit stack, every tree above them.
+    fn trees_with_damage(&self) -> HashSet<BlobId> {
+        let mut marked = HashSet::new();
+        let mut pending: Vec<BlobId> = self.damaged_within.iter().copied().collect();
+        while let Some(tree) = pending.pop() {
+            if marked.insert(tree) {
+                pending.extend(self.holders.get(&tree).into_iter().flatten());
+            }
+        }
+        marked
+    }
+
     /// Checks that every chunk of the file at `path` is readable and holds the length the
-    /// file gives it, and that the lengths add up to the file's recorded `size`.
-    fn check_file(&mut self, chunks: &[ChunkRef], size: u64, path: &str) {
+    /// file gives it, and that the lengths add up to the file's recorded `size`; `holder` is
+    /// the tree that lists the file.
+    fn check_file(&mut self, chunks: &[ChunkRef], size: u64, path: &str, holder: BlobId) {
         if let Err(problem) = check_file_size(chunks, size) {
             self.report.problems.push(format!("{path}: {problem}"));
         }
         for chunk in chunks {
-            if !self.need(&chunk.id, path) {
+            if !self.need(&chunk.id, path, Some(holder)) {
                 continue;
             }
             if let Some((_, entry)) = self.index.get(&chunk.id)
@@ -272,24 +314,40 @@ pub fn run(repo: &Repository, options: &CheckOptions) -> Result<CheckReport> {
         bad: HashMap::new(),
         affected: BTreeMap::new(),
         trees_seen: HashSet::new(),
+        damaged_within: HashSet::new(),
+        holders: HashMap::new(),
         report: CheckReport::default(),
     };
     checker.load_index()?;
     if options.read_data {
         checker.read_all_data()?;
     }
+    let mut records = Vec::new();
     for id in checkpoint::list_ids(repo)? {
         match checkpoint::load(repo, &id) {
-            Ok(record) => {
-                checker.report.checkpoints += 1;
-                checker.walk_trees(record.tree, format!("{}:/", id.short()));
-            }
+            Ok(record) => records.push((id, record)),
             Err(e) => checker
                 .report
                 .problems
                 .push(format!("checkpoint {id}: {e}")),
         }
     }
+    records.sort_by(|a, b| checkpoint::catalogue_order((&a.0, &a.1), (&b.0, &b.1)));
+    for (id, record) in &records {
+        checker.report.checkpoints += 1;
+        checker.walk_trees(record.tree, format!("{}:/", id.short()));
+    }
+    let with_damage = checker.trees_with_damage();
+    checker.report.affected_checkpoints = records
+        .into_iter()
+        .filter(|(_, record)| {
+            with_damage.contains(&record.tree) || checker.bad.contains_key(&record.tree)
+        })
+        .map(|(id, record)| AffectedCheckpoint {
+            id,
+            paths: record.paths,
+        })
+        .collect();
     let Checker {
         bad,
         affected,

@@ -14,6 +14,8 @@ pub enum ErrorKind {
     NotFound,
     InvalidInput,
     Locked,
+    /// The run was stopped by a signal (SIGINT, SIGTERM).
+    Interrupted,
 }
 
 /// Everything the cairn library can fail with.
@@ -36,6 +38,9 @@ pub enum Error {
     InvalidInput(String),
     #[error("{0}")]
     Locked(String),
+    /// A signal asked the run to stop; what it wrote so far is kept.
+    #[error("interrupted")]
+    Interrupted,
     /// A server could not be reached or answered with an error.
     #[error("{0}")]
     Network(String),
@@ -59,6 +64,7 @@ impl Error {
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::InvalidInput(_) => ErrorKind::InvalidInput,
             Error::Locked(_) => ErrorKind::Locked,
+            Error::Interrupted => ErrorKind::Interrupted,
         }
     }
 

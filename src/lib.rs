@@ -36,6 +36,7 @@ pub mod fuzzing;
 pub mod history;
 pub mod holes;
 pub mod id;
+pub mod interrupt;
 pub mod mount;
 pub mod progress;
 pub mod prune;

@@ -19,6 +19,8 @@ pub struct Progress {
     pub bytes_read: AtomicU64,
     /// Bytes of packs written (or, in a dry run, that would be written).
     pub added_bytes: AtomicU64,
+    /// Packs written (or, in a dry run, that would be written).
+    pub added_packs: AtomicU64,
 }
 
 impl Progress {

@@ -17,6 +17,7 @@
 use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId};
+use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::repo::index::{IndexedPacks, read_index_file};
 use crate::repo::pack::{PackEntry, pack_id_of_object, pack_object_name};
@@ -24,7 +25,6 @@ use crate::repo::writer::{replace_index_files, with_blob_sink};
 use crate::tree::{Content, EntryKind, decode_chunk_list, load_tree};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicU64;
 
 /// Inputs of a prune.
 #[derive(Debug, Clone)]
@@ -106,7 +106,7 @@ fn used_blobs(repo: &Repository) -> Result<HashSet<BlobId>> {
 }
 
 /// Every index file, decoded, in name order.
-fn index_files(repo: &Repository) -> Result<Vec<(String, IndexedPacks)>> {
+pub(crate) fn index_files(repo: &Repository) -> Result<Vec<(String, IndexedPacks)>> {
     let mut names: Vec<String> = repo
         .backend()
         .list("index/")?
@@ -126,7 +126,7 @@ fn index_files(repo: &Repository) -> Result<Vec<(String, IndexedPacks)>> {
 /// Every pack's entries, merged over the index files that list it: each pack once, in the
 /// order first listed, with its entries in listing order and each blob at each offset once.
 /// Linear in the entries: a set of what each pack already holds answers "seen?" at once.
-fn merge_listings<'a>(
+pub(crate) fn merge_listings<'a>(
     listings: impl IntoIterator<Item = &'a (PackId, Vec<PackEntry>)>,
 ) -> Vec<(PackId, Vec<PackEntry>)> {
     let mut merged: Vec<(PackId, Vec<PackEntry>)> = Vec::new();
@@ -253,8 +253,7 @@ pub fn run(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
     }
 
     // (1) Repacked blobs into new packs, each checked against its id on the way.
-    let added_bytes = AtomicU64::new(0);
-    with_blob_sink(repo, false, 8, &added_bytes, |sink| {
+    with_blob_sink(repo, false, 8, &Progress::default(), |sink| {
         for pack in &repack {
             let name = pack_object_name(pack);
             let bytes = repo.backend().get(&name)?;

@@ -8,6 +8,13 @@
 //! written before the old ones are deleted, so a readable pack is never unlisted (listed
 //! twice at worst, which is harmless).
 //!
+//! `packs` heals damaged packs (restic's `repair packs`, borg's `check --repair`): every
+//! indexed pack is read whole, and one whose bytes no longer match its id has the blobs that
+//! still read back copied into new packs; the rest, and every blob a missing pack held, leave
+//! the index. The damaged pack is deleted only after the fresh index files are saved. A blob
+//! no longer indexed is stored again by the next backup (or sync) that meets its content, and
+//! since ids are content addresses that heals every checkpoint referencing it.
+//!
 //! `checkpoints` rewrites every checkpoint that references blobs `check` finds missing or
 //! unreadable: file entries whose chunks (or chunk list) are damaged and subtrees that
 //! cannot be loaded are dropped, the trees above them are stored anew, and a new record
@@ -22,16 +29,17 @@
 use crate::check::{self, CheckOptions};
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Error, ErrorKind, Result};
-use crate::id::{BlobId, CheckpointId};
+use crate::id::{BlobId, CheckpointId, PackId};
+use crate::progress::Progress;
+use crate::prune::{index_files, merge_listings};
 use crate::repo::Repository;
 use crate::repo::index::IndexedPacks;
 use crate::repo::lock;
-use crate::repo::pack::{BlobKind, fetch_header, pack_id_of_object};
+use crate::repo::pack::{BlobKind, PackEntry, fetch_header, pack_id_of_object, pack_object_name};
 use crate::repo::writer::{BlobSink, replace_index_files, with_blob_sink};
 use crate::tree::{Content, Entry, EntryKind, Tree, file_chunks, load_tree};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicU64;
 
 /// The tag a repaired checkpoint carries.
 pub const REPAIRED_TAG: &str = "repaired";
@@ -348,8 +356,7 @@ pub fn checkpoints(repo: &Repository, options: &RepairOptions) -> Result<Checkpo
     }
 
     // New trees first: they are durable once the sink has finished.
-    let added_bytes = AtomicU64::new(0);
-    let (planned, _) = with_blob_sink(repo, options.dry_run, 8, &added_bytes, |sink| {
+    let (planned, _) = with_blob_sink(repo, options.dry_run, 8, &Progress::default(), |sink| {
         let mut rewriter = TreeRewriter {
             sink,
             damaged,
@@ -422,4 +429,125 @@ fn repaired_record(
     record.stats.bytes = totals.bytes;
     record.stats.errors += dropped as u64;
     record
+}
+
+/// A pack `packs` found damaged or missing.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepairedPack {
+    /// The object's name under `data/`.
+    pub name: String,
+    pub reason: String,
+    /// Readable blobs copied into new packs.
+    pub blobs_kept: u64,
+    /// Blobs dropped from the index: unreadable, or in a missing pack.
+    pub blobs_dropped: u64,
+}
+
+/// What `packs` did (or, in a dry run, would do).
+#[derive(Debug, Default, Serialize)]
+pub struct PackRepairReport {
+    pub dry_run: bool,
+    pub packs_read: u64,
+    pub damaged_packs: Vec<RepairedPack>,
+    pub blobs_kept: u64,
+    pub blobs_dropped: u64,
+    pub index_files_written: u64,
+    pub index_files_deleted: u64,
+}
+
+/// Reads every indexed pack of `repo` (which the caller has not locked) whole; each pack whose
+/// bytes no longer match its id has its readable blobs copied into new packs and is then
+/// deleted, and the blobs it held that do not read back, or that a missing pack held, are
+/// dropped from the index. The order is prune's: new packs and their index files, one fresh
+/// set of index files, the old index files, and last the damaged packs.
+pub fn packs(repo: &Repository, options: &RepairOptions) -> Result<PackRepairReport> {
+    let lock = lock::acquire(repo, !options.dry_run, "repair")?;
+    let mut report = PackRepairReport {
+        dry_run: options.dry_run,
+        ..PackRepairReport::default()
+    };
+    let old_index_files = index_files(repo)?;
+    let listings = merge_listings(old_index_files.iter().flat_map(|(_, listed)| listed));
+    let present: HashMap<PackId, u64> = repo
+        .backend()
+        .list("data/")?
+        .into_iter()
+        .filter_map(|object| Some((pack_id_of_object(&object.name)?, object.size)))
+        .collect();
+    let mut intact: IndexedPacks = Vec::new();
+    let mut replaced: Vec<PackId> = Vec::new();
+    let mut kept: Vec<BlobId> = Vec::new();
+    with_blob_sink(repo, options.dry_run, 8, &Progress::default(), |sink| {
+        for (pack, entries) in listings {
+            let name = pack_object_name(&pack);
+            if !present.contains_key(&pack) {
+                report.damaged_packs.push(RepairedPack {
+                    name,
+                    reason: "missing".into(),
+                    blobs_kept: 0,
+                    blobs_dropped: entries.len() as u64,
+                });
+                continue;
+            }
+            let bytes = repo.backend().get(&name)?;
+            report.packs_read += 1;
+            if blake3::hash(&bytes).as_bytes() == &pack.0 {
+                intact.push((pack, entries));
+                continue;
+            }
+            let mut repaired = RepairedPack {
+                name,
+                reason: "its content does not match its id".into(),
+                blobs_kept: 0,
+                blobs_dropped: 0,
+            };
+            for entry in &entries {
+                let start = entry.offset as usize;
+                let where_ = || format!("pack {pack} blob {}", entry.id);
+                let readable = bytes
+                    .get(start..start + entry.length as usize)
+                    .filter(|stored| repo.codec().decode_blob(stored, entry, &where_).is_ok());
+                let Some(stored) = readable else {
+                    repaired.blobs_dropped += 1;
+                    continue;
+                };
+                sink.send_encoded(
+                    entry.id,
+                    entry.kind,
+                    stored.to_vec(),
+                    entry.raw_length as usize,
+                )?;
+                kept.push(entry.id);
+                repaired.blobs_kept += 1;
+            }
+            report.damaged_packs.push(repaired);
+            replaced.push(pack);
+        }
+        Ok(())
+    })?;
+    report.blobs_kept = report.damaged_packs.iter().map(|p| p.blobs_kept).sum();
+    report.blobs_dropped = report.damaged_packs.iter().map(|p| p.blobs_dropped).sum();
+    if options.dry_run || report.damaged_packs.is_empty() {
+        return Ok(report);
+    }
+    // Where the kept blobs landed: the packs just written.
+    let mut new_packs: HashMap<PackId, Vec<PackEntry>> = HashMap::new();
+    for id in &kept {
+        let location = repo.locate(id)?;
+        new_packs
+            .entry(location.pack)
+            .or_default()
+            .push(location.entry);
+    }
+    lock.ensure_held()?;
+    intact.extend(new_packs);
+    let old_names: Vec<String> = old_index_files.into_iter().map(|(name, _)| name).collect();
+    let written = replace_index_files(repo, &intact, &old_names, false)?;
+    report.index_files_written = written.written;
+    report.index_files_deleted = written.deleted;
+    for pack in &replaced {
+        repo.backend().delete(&pack_object_name(pack))?;
+    }
+    repo.index().sync(repo.backend(), repo.codec())?;
+    Ok(report)
 }

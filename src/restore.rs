@@ -13,6 +13,11 @@
 //! whatever already sits at a path — with `--overwrite` — is removed, never followed. The
 //! tree is walked with an explicit stack, so depth costs heap, not the thread's stack. A file
 //! whose chunk is missing or corrupt is deleted, never left with wrong bytes.
+//!
+//! A full filesystem (`ENOSPC`, `EDQUOT`) stops the restore at once: the file being written is
+//! deleted, the workers drop the files still queued, the walk stops, no hard links are made,
+//! and the outcome says where it stopped and how much space is left, so the user gets one
+//! message instead of one error per remaining file.
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsmeta::running_as_root;
@@ -80,6 +85,55 @@ pub struct RestoreStats {
     /// Entries not restored: device nodes without root, for example.
     pub skipped: Vec<String>,
     pub errors: Vec<RestoreError>,
+    /// Set when the target's filesystem filled up and the restore stopped.
+    pub out_of_space: Option<OutOfSpace>,
+}
+
+/// Where a restore stopped because the target's filesystem is full.
+#[derive(Debug, Clone)]
+pub struct OutOfSpace {
+    /// The path being written or created when the space ran out (it is not left behind).
+    pub path: PathBuf,
+    pub message: String,
+    /// Bytes still free for this user on the target's filesystem afterwards.
+    pub free_bytes: Option<u64>,
+}
+
+/// Whether `error` says the filesystem (or the user's quota) is full.
+fn is_out_of_space(error: &Error) -> bool {
+    matches!(error, Error::Io { cause, .. }
+        if matches!(cause.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
+}
+
+/// Bytes free for unprivileged writers on the filesystem holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is NUL-terminated and `stat` is a valid buffer statvfs fills on success.
+    if unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `stat`.
+    let stat = unsafe { stat.assume_init() };
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// The first out-of-space failure of a restore; once set, nothing more is written.
+type SpaceFailure = Mutex<Option<OutOfSpace>>;
+
+/// Records that writing `path` failed with `error` for want of space (the first one wins).
+fn record_out_of_space(full: &SpaceFailure, path: PathBuf, error: &Error) {
+    full.lock()
+        .expect("not poisoned")
+        .get_or_insert_with(|| OutOfSpace {
+            path,
+            message: error.to_string(),
+            free_bytes: None,
+        });
+}
+
+fn is_full(full: &SpaceFailure) -> bool {
+    full.lock().expect("not poisoned").is_some()
 }
 
 /// Writes `data` at `offset`, skipping aligned all-zero blocks so they stay holes.
@@ -228,15 +282,25 @@ fn run_worker(
     repo: &Repository,
     jobs: Receiver<FileJob>,
     errors: &Mutex<Vec<RestoreError>>,
+    full: &SpaceFailure,
     progress: &RestoreProgress,
     sparse: bool,
 ) {
     for job in jobs {
+        // Once the filesystem is full, the queued files are dropped unwritten.
+        if is_full(full) {
+            continue;
+        }
         if let Err(e) = restore_file(repo, &job, progress, sparse) {
             // Never leave a file with missing or wrong bytes under its real name.
             let _ = job.dir.unlink(&job.entry.name);
+            let path = job.dir.child_path(&job.entry.name);
+            if is_out_of_space(&e) {
+                record_out_of_space(full, path, &e);
+                continue;
+            }
             errors.lock().expect("not poisoned").push(RestoreError {
-                path: job.dir.child_path(&job.entry.name),
+                path,
                 message: format!("{e}"),
             });
         }
@@ -261,6 +325,7 @@ struct Planner<'a> {
     /// Directories (relative to the target) with their metadata, deepest first.
     dirs: Vec<(PathBuf, Entry)>,
     stats: RestoreStats,
+    full: &'a SpaceFailure,
 }
 
 impl Planner<'_> {
@@ -273,6 +338,9 @@ impl Planner<'_> {
             own: None,
         }];
         while let Some(level) = stack.last_mut() {
+            if is_full(self.full) {
+                return Ok(());
+            }
             let Some(entry) = level.entries.next() else {
                 let done = stack.pop().expect("the loop holds a level");
                 if let Some(own) = done.own {
@@ -283,8 +351,12 @@ impl Planner<'_> {
             };
             let relative = level.relative.join(OsStr::from_bytes(&entry.name));
             let dir = Arc::clone(&level.dir);
-            if let Some(next) = self.restore_entry(dir, relative, entry)? {
-                stack.push(next);
+            let shown = dir.child_path(&entry.name);
+            match self.restore_entry(dir, relative, entry) {
+                Ok(Some(next)) => stack.push(next),
+                Ok(None) => {}
+                Err(e) if is_out_of_space(&e) => record_out_of_space(self.full, shown, &e),
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -377,13 +449,14 @@ pub fn run(
     let _lock = crate::repo::lock::acquire_for_reading(repo, "restore")?;
     let root = Arc::new(prepare_target(target, options.overwrite)?);
     let errors = Mutex::new(Vec::new());
+    let full = SpaceFailure::default();
     let threads = options.threads.max(1);
     let (files, jobs) = bounded::<FileJob>(threads * 4);
     let (planned, links, mut dirs, mut stats) = std::thread::scope(|scope| {
         for _ in 0..threads {
             let jobs = jobs.clone();
-            let errors = &errors;
-            scope.spawn(move || run_worker(repo, jobs, errors, progress, options.sparse));
+            let (errors, full) = (&errors, &full);
+            scope.spawn(move || run_worker(repo, jobs, errors, full, progress, options.sparse));
         }
         let mut planner = Planner {
             repo,
@@ -391,6 +464,7 @@ pub fn run(
             links: HardLinkGroups::default(),
             dirs: Vec::new(),
             stats: RestoreStats::default(),
+            full: &full,
         };
         let planned = match &node.kind {
             EntryKind::Dir(tree) => planner.restore_tree(tree, Arc::clone(&root)),
@@ -413,9 +487,21 @@ pub fn run(
         (planned, links, dirs, stats)
     });
     stats.errors = errors.into_inner().expect("not poisoned");
+    stats.out_of_space = full
+        .into_inner()
+        .expect("not poisoned")
+        .map(|full| OutOfSpace {
+            free_bytes: free_bytes(target),
+            ..full
+        });
+    // Out of space, the files to link to may be missing; the message says what was restored.
+    let links = match stats.out_of_space {
+        Some(_) => Vec::new(),
+        None => links.later,
+    };
     let failed: std::collections::HashSet<PathBuf> =
         stats.errors.iter().map(|e| e.path.clone()).collect();
-    for (path, first) in links.later {
+    for (path, first) in links {
         if failed.contains(&target.join(&first)) {
             stats.errors.push(RestoreError {
                 path: target.join(path),

@@ -1143,5 +1143,149 @@ fn restore_keeps_dense_files_dense_unless_asked_for_sparse() {
         } else {
             assert!(allocated >= 3 << 20, "restored dense: {allocated}");
         }
+
+/// The short ids of every checkpoint, oldest first.
+fn short_ids(sandbox: &Sandbox, extra: &[String]) -> Vec<String> {
+    let list: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&with(&["list", "--json"], extra))).unwrap();
+    json_strings(&list, "short_id")
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn repair_packs_drops_a_damaged_blob_and_the_next_backup_heals_every_checkpoint() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("a.bin"), pseudo_random(3_000_000, 7)).unwrap();
+    fs::write(source.join("b.bin"), pseudo_random(3_000_000, 8)).unwrap();
+    let repo = sandbox.path("repo");
+    let extra = init(&sandbox, &repo, "keyfile");
+    backup_json(&sandbox, &extra, &[&source]);
+    let old = short_ids(&sandbox, &extra)[0].clone();
+    // Sixteen bytes in the middle of the only pack are overwritten.
+    let [pack] = packs(&repo).try_into().unwrap();
+    let mut bytes = fs::read(&pack).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle..middle + 16].copy_from_slice(&[0x55; 16]);
+    fs::write(&pack, &bytes).unwrap();
+
+    let check = sandbox.run(&with(&["check", "--read-data"], &extra));
+    assert_eq!(check.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(report.contains(&old), "names the checkpoint: {report}");
+    assert!(
+        stderr(&check).contains("cairn repair packs"),
+        "{}",
+        stderr(&check)
+    );
+
+    let repaired: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&with(&["repair", "packs", "--json"], &extra))).unwrap();
+    assert_eq!(repaired["blobs_dropped"], 1, "{repaired}");
+    assert!(!pack.exists(), "the damaged pack is replaced: {repaired}");
+    // What is left is listed and whole; what is lost is named, with the way out.
+    let check = sandbox.run(&with(&["check", "--read-data"], &extra));
+    assert_eq!(check.status.code(), Some(1));
+    assert!(stderr(&check).contains("back up"), "{}", stderr(&check));
+
+    // The next backup stores the dropped content again, which heals the old checkpoint.
+    let healed = backup_json(&sandbox, &extra, &[&source]);
+    assert!(healed["added_bytes"].as_u64().unwrap() > 0, "{healed}");
+    let check = sandbox.run(&with(&["check", "--read-data"], &extra));
+    assert!(check.status.success(), "{}", stderr(&check));
+    let target = sandbox.path("restored");
+    sandbox.ok(&with(
+        &["restore", &old, "--target", target.to_str().unwrap()],
+        &extra,
+    ));
+    for name in ["a.bin", "b.bin"] {
+        assert_eq!(
+            fs::read(target.join(name)).unwrap(),
+            fs::read(source.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn check_summarises_a_lost_pack_and_names_every_checkpoint_it_affects() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(source.join("sub")).unwrap();
+    for i in 0..300 {
+        fs::write(source.join(format!("sub/f{i}")), format!("file {i}")).unwrap();
+    }
+    let repo = sandbox.path("repo");
+    let extra = init(&sandbox, &repo, "none");
+    backup_json(&sandbox, &extra, &[&source]);
+    fs::write(source.join("new"), b"new").unwrap();
+    backup_json(&sandbox, &extra, &[&source]);
+    let ids = short_ids(&sandbox, &extra);
+    let first = packs(&repo)
+        .into_iter()
+        .min_by_key(|p| fs::metadata(p).unwrap().modified().unwrap())
+        .unwrap();
+    fs::remove_file(&first).unwrap();
+
+    let check = sandbox.run(&with(&["check"], &extra));
+    assert_eq!(check.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(report.lines().count() <= 40, "{report}");
+    assert!(report.contains("more"), "{report}");
+    for id in &ids {
+        assert!(report.contains(id.as_str()), "{id}: {report}");
+    }
+    let advice = stderr(&check);
+    assert!(advice.contains("cairn repair packs"), "{advice}");
+    assert!(advice.contains("cairn repair checkpoints"), "{advice}");
+}
+
+#[test]
+fn a_restore_into_a_full_disk_stops_at_once_and_says_what_is_missing() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    for i in 0..20 {
+        fs::write(
+            source.join(format!("f{i:02}")),
+            pseudo_random(1_000_000, 90 + i),
+        )
+        .unwrap();
+    }
+    let repo = sandbox.path("repo");
+    let extra = init(&sandbox, &repo, "none");
+    backup_json(&sandbox, &extra, &[&source]);
+    let Some(_disk) = SmallDisk::mount(&sandbox.path("small"), 8) else {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    };
+    let target = sandbox.path("small/restored");
+
+    let restore = sandbox.run(&with(
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+        &extra,
+    ));
+    let message = stderr(&restore);
+    assert_eq!(restore.status.code(), Some(1), "{message}");
+    assert_eq!(
+        message.to_lowercase().matches("no space left").count(),
+        1,
+        "one message: {message}"
+    );
+    assert!(message.contains("not restored"), "{message}");
+    assert!(message.contains("more free space"), "{message}");
+    // What was written is whole; the file being written when the space ran out is gone.
+    let restored = fs::read_dir(&target).unwrap().count();
+    assert!((1..20).contains(&restored), "{restored} files restored");
+    for entry in fs::read_dir(&target).unwrap() {
+        let name = entry.unwrap().file_name();
+        assert_eq!(
+            fs::read(target.join(&name)).unwrap(),
+            fs::read(source.join(&name)).unwrap(),
+            "{name:?}"
+        );
     }
 }

@@ -626,3 +626,95 @@ fn repair_checkpoints_drops_the_files_of_a_lost_pack_and_keeps_everything_else()
         "{again}"
     );
 }
+
+/// Waits until `repo` holds at least `packs` whole packs.
+fn wait_for_packs(repo: &Path, packs: usize) {
+    for _ in 0..1200 {
+        if pack_bytes(repo).1 >= packs {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("fewer than {packs} packs appeared in {}", repo.display());
+}
+
+/// A source of incompressible files; returns it with its size in bytes.
+fn random_source(sandbox: &Sandbox, files: u64) -> (std::path::PathBuf, u64) {
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    for i in 0..files {
+        let name = source.join(format!("f{i}"));
+        fs::write(name, pseudo_random(8_000_000, 70 + i)).unwrap();
+    }
+    (source, files * 8_000_000)
+}
+
+/// `cairn backup --json` of `source` into `repo`.
+fn backup_json(sandbox: &Sandbox, repo: &Path, source: &Path) -> serde_json::Value {
+    let args = ["backup", "--repo", text(repo), "--json", text(source)];
+    serde_json::from_str(&sandbox.ok(&args)).unwrap()
+}
+
+#[test]
+fn packs_a_killed_backup_left_unindexed_are_reused_not_stored_again() {
+    let sandbox = Sandbox::new();
+    let (source, _) = random_source(&sandbox, 6);
+    let clean_repo = sandbox.path("clean");
+    sandbox.ok(&["init", "--repo", text(&clean_repo), "--encryption", "none"]);
+    backup_json(&sandbox, &clean_repo, &source);
+    let (clean, _) = pack_bytes(&clean_repo);
+
+    let repo = sandbox.path("repo");
+    sandbox.ok(&["init", "--repo", text(&repo), "--encryption", "none"]);
+    let mut killed = spawn_slow_backup(&sandbox, &repo, &source, "16M");
+    wait_for_packs(&repo, 2);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let (orphaned, _) = pack_bytes(&repo);
+
+    let done = backup_json(&sandbox, &repo, &source);
+    let added = done["added_bytes"].as_u64().unwrap();
+    assert!(
+        orphaned + added <= clean + clean / 20,
+        "{orphaned} bytes left by the killed run, {added} added, against {clean}: {done}"
+    );
+    let (total, _) = pack_bytes(&repo);
+    assert!(total <= clean + clean / 20, "{total} bytes against {clean}");
+    assert_sound_and_latest_is(&sandbox, &repo, &source);
+}
+
+#[test]
+fn an_interrupted_backup_keeps_its_packs_says_so_and_the_rerun_adds_only_the_rest() {
+    let sandbox = Sandbox::new();
+    let (source, size) = random_source(&sandbox, 6);
+    let repo = sandbox.path("repo");
+    sandbox.ok(&["init", "--repo", text(&repo), "--encryption", "none"]);
+    let backup = sandbox
+        .cairn()
+        .args(["backup", "--repo", text(&repo), "--limit-rate", "16M"])
+        .arg(&source)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_packs(&repo, 1);
+    // SAFETY: signals a child this test started and has not waited for.
+    assert_eq!(unsafe { libc::kill(backup.id() as i32, libc::SIGINT) }, 0);
+    let output = backup.wait_with_output().unwrap();
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(130), "{message}");
+    assert!(message.contains("interrupted:"), "{message}");
+    assert!(message.contains("packs kept"), "{message}");
+    assert!(!holds_a_whole_file(&repo.join("locks")), "lock released");
+    assert_eq!(checkpoint_count(&repo), 0);
+    let (kept, _) = pack_bytes(&repo);
+    assert!(!index_files(&repo).is_empty(), "the kept packs are indexed");
+
+    let done = backup_json(&sandbox, &repo, &source);
+    let added = done["added_bytes"].as_u64().unwrap();
+    assert!(
+        kept + added <= size + size / 20,
+        "{kept} bytes kept, {added} added, for {size} bytes: {done}"
+    );
+    assert_sound_and_latest_is(&sandbox, &repo, &source);
+}

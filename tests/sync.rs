@@ -421,31 +421,65 @@ fn a_killed_copy_completes_when_run_again() {
     assert_same_tree(&source, &restored);
 }
 
-/// A small tmpfs mounted for a test, unmounted when dropped.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    /// Mounts a tmpfs of `megabytes` at `path`; `None` when not root (mounting needs it).
-    fn mount(path: &Path, megabytes: u32) -> Option<SmallDisk> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return None;
+#[test]
+fn an_interrupted_copy_keeps_its_packs_says_so_and_the_rerun_copies_only_the_rest() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir(&source).unwrap();
+    for i in 0..6 {
+        fs::write(
+            source.join(format!("f{i}")),
+            pseudo_random(8_000_000, 60 + i),
+        )
+        .unwrap();
+    }
+    let repo = sandbox.plain_repo_with_backup_of(&source);
+    let copy = sandbox.path("copy");
+    let like = [
+        "init",
+        "--repo",
+        text(&copy),
+        "--encryption",
+        "none",
+        "--like",
+    ];
+    sandbox.ok(&[&like[..], &[text(&repo)]].concat());
+    let child = sandbox
+        .cairn()
+        .args(["sync", "--limit-rate", "16M", text(&repo), text(&copy)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..1200 {
+        if pack_bytes(&copy).0 > 0 {
+            break;
         }
-        fs::create_dir_all(path).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
-            .arg(path)
-            .status()
-            .unwrap();
-        assert!(status.success(), "mounting a tmpfs");
-        Some(SmallDisk(path.to_owned()))
+        std::thread::sleep(std::time::Duration::from_millis(25));
     }
-}
+    // SAFETY: signals a child this test started and has not waited for.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let output = child.wait_with_output().unwrap();
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(130), "{message}");
+    assert!(message.contains("packs kept"), "{message}");
+    assert_eq!(
+        fs::read_dir(copy.join("locks")).unwrap().count(),
+        0,
+        "lock released"
+    );
+    let (kept, _) = pack_bytes(&copy);
+    assert!(kept > 0);
 
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
+    let rerun = json(&sandbox, &["sync", text(&repo), text(&copy)]);
+    assert_eq!(rerun["checkpoints_copied"], 1, "{rerun}");
+    let ((whole, _), (copied, _)) = (pack_bytes(&repo), pack_bytes(&copy));
+    assert!(
+        copied <= whole + whole / 20,
+        "{copied} bytes copied in all for {whole}: {rerun}"
+    );
+    let check = sandbox.run(&["check", "--read-data", "--repo", text(&copy)]);
+    assert!(check.status.success(), "{}", stderr(&check));
 }
 
 #[test]

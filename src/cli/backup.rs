@@ -1,6 +1,7 @@
 //! `cairn backup`: one new checkpoint of the given paths, with progress on a terminal and a
 //! cost summary (bytes read, bytes added, duration). Exit 3 when the checkpoint was saved but
-//! some files could not be read.
+//! some files could not be read; 130 when SIGINT or SIGTERM stopped it, after saying what was
+//! kept for the next run.
 
 use super::{GlobalArgs, print_json, show_progress};
 use anyhow::Result;
@@ -54,6 +55,9 @@ pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
     if let Some(host) = args.host {
         options.host = host;
     }
+    if !args.dry_run {
+        cairn::interrupt::install()?;
+    }
     let progress = Progress::default();
     let draw = show_progress(args.json);
     let done = std::sync::atomic::AtomicBool::new(false);
@@ -64,7 +68,13 @@ pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
         let outcome = backup::run_opening(|| global.open(), &options, &progress);
         done.store(true, Ordering::Relaxed);
         outcome
-    })?;
+    });
+    let outcome = match outcome {
+        Err(_) if cairn::interrupt::requested() => {
+            return Ok(super::interrupted("backup", &progress));
+        }
+        outcome => outcome?,
+    };
     for error in &outcome.errors {
         eprintln!(
             "warning: {}: {} (not in the checkpoint)",

@@ -443,6 +443,17 @@ fn draw_run_progress(
 }
 
 /// Whether to draw progress: stderr is a terminal and the output is not JSON.
+/// Reports a run that a signal stopped, with what it kept for the next one; exit 130.
+fn interrupted(what: &str, progress: &cairn::progress::Progress) -> ExitCode {
+    use std::sync::atomic::Ordering::Relaxed;
+    eprintln!(
+        "interrupted: {} in {} packs kept; run the {what} again to continue",
+        indicatif::HumanBytes(progress.added_bytes.load(Relaxed)),
+        progress.added_packs.load(Relaxed)
+    );
+    ExitCode::from(cairn::interrupt::EXIT_CODE)
+}
+
 fn show_progress(json: bool) -> bool {
     !json && std::io::stderr().is_terminal()
 }

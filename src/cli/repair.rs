@@ -1,9 +1,12 @@
-//! `cairn repair index|checkpoints`: rebuild the index from the packs; rewrite damaged
-//! checkpoints without what cannot be read.
+//! `cairn repair index|packs|checkpoints`: rebuild the index from the packs; rewrite damaged
+//! packs without their unreadable blobs; rewrite damaged checkpoints without what cannot be
+//! read.
 
 use super::{GlobalArgs, print_json};
 use anyhow::Result;
-use cairn::repair::{self, CheckpointRepairReport, IndexRepairReport, RepairOptions};
+use cairn::repair::{
+    self, CheckpointRepairReport, IndexRepairReport, PackRepairReport, RepairOptions,
+};
 use clap::{Args, Subcommand};
 use std::process::ExitCode;
 
@@ -17,6 +20,10 @@ pub struct RepairArgs {
 enum RepairCommand {
     /// Rebuild the index files from the pack headers (after index files were lost or damaged)
     Index(RepairFlags),
+    /// Read every pack; copy the readable blobs of damaged packs into new ones and drop the
+    /// unreadable ones (and those of missing packs) from the index, so the next backup
+    /// stores that content again
+    Packs(RepairFlags),
     /// Rewrite checkpoints that reference missing or unreadable data, dropping what is lost
     Checkpoints(RepairFlags),
 }
@@ -40,6 +47,14 @@ pub fn run(global: &GlobalArgs, args: RepairArgs) -> Result<ExitCode> {
                 print_json(&report)?;
             } else {
                 print_index_report(&report)?;
+            }
+        }
+        RepairCommand::Packs(flags) => {
+            let report = repair::packs(&repo, &options(&flags))?;
+            if flags.json {
+                print_json(&report)?;
+            } else {
+                print_packs_report(&report)?;
             }
         }
         RepairCommand::Checkpoints(flags) => {
@@ -87,6 +102,31 @@ fn print_index_report(report: &IndexRepairReport) -> Result<()> {
         eprintln!(
             "unreadable packs are left out of the index (a later prune deletes them; move them \
              out of the repository to keep them); `cairn repair checkpoints` drops what needed them"
+        );
+    }
+    Ok(())
+}
+
+fn print_packs_report(report: &PackRepairReport) -> Result<()> {
+    let would = if report.dry_run { "would be " } else { "" };
+    for pack in &report.damaged_packs {
+        outln!(
+            "pack {} ({}): {} blobs {would}kept, {} {would}dropped",
+            pack.name, pack.reason, pack.blobs_kept, pack.blobs_dropped
+        );
+    }
+    outln!(
+        "{} packs read, {} damaged or missing; {} blobs {would}kept, {} {would}dropped from the index",
+        report.packs_read,
+        report.damaged_packs.len(),
+        report.blobs_kept,
+        report.blobs_dropped
+    );
+    if report.blobs_dropped > 0 {
+        eprintln!(
+            "next: back up the affected paths again (`cairn check` names them) to store the dropped \
+             content anew, which heals every checkpoint that needs it; if the sources no longer \
+             hold it, `cairn repair checkpoints` drops what cannot be read"
         );
     }
     Ok(())

@@ -82,6 +82,9 @@ pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
             "bytes": stats.bytes,
             "skipped": stats.skipped,
             "errors": stats.errors.iter().map(|e| json!({"path": e.path, "message": e.message})).collect::<Vec<_>>(),
+            "out_of_space": stats.out_of_space.as_ref().map(|full| json!({
+                "path": full.path, "message": full.message, "free_bytes": full.free_bytes,
+            })),
         }))?;
     } else {
         eprintln!(
@@ -91,6 +94,25 @@ pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
             HumanBytes(stats.bytes),
             args.target.display(),
             started.elapsed().as_secs_f64()
+        );
+    }
+    if let Some(full) = &stats.out_of_space {
+        let missing = total.saturating_sub(stats.bytes);
+        let needed = missing.saturating_sub(full.free_bytes.unwrap_or(0));
+        bail!(
+            "no space left on device: the restore into {} stopped while writing {} \
+             (that file was removed). Restored {} files, {} dirs, {} of {}; not restored: the \
+             rest, {}. About {} more free space is needed ({} free now): free some, or \
+             restore elsewhere, then run the restore again with --overwrite.",
+            args.target.display(),
+            full.path.display(),
+            stats.files,
+            stats.dirs,
+            HumanBytes(stats.bytes),
+            HumanBytes(total),
+            HumanBytes(missing),
+            HumanBytes(needed.max(1)),
+            HumanBytes(full.free_bytes.unwrap_or(0))
         );
     }
     if !stats.errors.is_empty() {

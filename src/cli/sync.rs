@@ -131,6 +131,10 @@ pub fn run(global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode> {
     if let Some(n) = args.concurrency {
         options.concurrency = n.max(1);
     }
+    // Into a repository a signal stops the run cleanly (what is packed stays indexed).
+    if !args.dry_run && matches!(destination, Endpoint::Repository { .. }) {
+        cairn::interrupt::install()?;
+    }
     let progress = Progress::default();
     let done = AtomicBool::new(false);
     let report = std::thread::scope(|scope| {
@@ -153,7 +157,13 @@ pub fn run(global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode> {
         );
         done.store(true, Ordering::Relaxed);
         report
-    })?;
+    });
+    let report = match report {
+        Err(_) if cairn::interrupt::requested() => {
+            return Ok(super::interrupted("sync", &progress));
+        }
+        report => report?,
+    };
     for error in &report.errors {
         eprintln!("warning: {}: {}", error.path.display(), error.message);
     }
@@ -190,16 +200,21 @@ enum Listing {
 }
 
 impl Listing {
-    /// A printer of changes whose paths are below `prefix` in what the user named.
+    /// A printer of changes whose paths are below `prefix` in what the user named. A line
+    /// that cannot be written (a closed pipe) is dropped; the summary after the sync reports
+    /// the failed write.
     fn printer(self, prefix: &Path) -> impl FnMut(&Change) + '_ {
-        move |change: &Change| match self {
-            Listing::Quiet => {}
-            Listing::Itemized => println!("{}", change.itemized(prefix)),
-            Listing::Names if change.update == Update::Deleted => {
-                println!("deleting {}", change.name(prefix))
-            }
-            Listing::Names if change.is_named_by_verbose() => println!("{}", change.name(prefix)),
-            Listing::Names => {}
+        use std::io::Write as _;
+        move |change: &Change| {
+            let line = match self {
+                Listing::Itemized => change.itemized(prefix),
+                Listing::Names if change.update == Update::Deleted => {
+                    format!("deleting {}", change.name(prefix))
+                }
+                Listing::Names if change.is_named_by_verbose() => change.name(prefix),
+                Listing::Quiet | Listing::Names => return,
+            };
+            let _ = writeln!(std::io::stdout().lock(), "{line}");
         }
     }
 }

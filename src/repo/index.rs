@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 /// Version of the cache's own layout; a cache with another version is rebuilt.
-const CACHE_SCHEMA_VERSION: u32 = 1;
+const CACHE_SCHEMA_VERSION: u32 = 2;
 
 /// The largest index file plaintext accepted. A fresh index file lists up to 256 packs, whose
 /// entries take far less than this even for packs of tiny blobs.
@@ -77,6 +77,8 @@ pub fn read_index_file(backend: &dyn Backend, codec: &Codec, name: &str) -> Resu
 pub struct BlobIndex {
     _db: sled::Db,
     blobs: sled::Tree,
+    /// Every pack an imported index file lists (so packs no index file lists can be found).
+    packs: sled::Tree,
     files: sled::Tree,
     path: PathBuf,
 }
@@ -120,6 +122,7 @@ impl BlobIndex {
         let meta = open_tree("meta")?;
         let index = BlobIndex {
             blobs: open_tree("blobs")?,
+            packs: open_tree("packs")?,
             files: open_tree("index_files")?,
             _db: db,
             path,
@@ -137,6 +140,7 @@ impl BlobIndex {
 
     fn clear(&self) -> Result<()> {
         self.blobs.clear().map_err(|e| cache_error(&self.path, e))?;
+        self.packs.clear().map_err(|e| cache_error(&self.path, e))?;
         self.files.clear().map_err(|e| cache_error(&self.path, e))
     }
 
@@ -162,9 +166,19 @@ impl BlobIndex {
             .map_err(|e| cache_error(&self.path, e))
     }
 
+    /// Whether an imported index file lists pack `id`.
+    pub fn contains_pack(&self, id: &PackId) -> Result<bool> {
+        self.packs
+            .contains_key(id.0)
+            .map_err(|e| cache_error(&self.path, e))
+    }
+
     /// Records the blobs of index file `name`, which must already be durable in the repository.
-    pub fn add_index_file(&self, name: &str, packs: &IndexedPacks) -> Result<()> {
+    pub fn add_index_file(&self, name: &str, packs: &[(PackId, Vec<PackEntry>)]) -> Result<()> {
         for (pack, entries) in packs {
+            self.packs
+                .insert(pack.0, &[])
+                .map_err(|e| cache_error(&self.path, e))?;
             for entry in entries {
                 let mut value = Vec::with_capacity(ENTRY_BYTES);
                 value.extend_from_slice(&pack.0);
@@ -258,6 +272,7 @@ mod tests {
         let index = BlobIndex::open(cache.path()).unwrap();
         assert!(!index.contains(&BlobId([1; 32])).unwrap());
         index.sync(&backend, &codec).unwrap();
+        assert!(index.contains_pack(&PackId([9; 32])).unwrap());
         let found = index.get(&BlobId([1; 32])).unwrap().unwrap();
         assert_eq!(
             found,
@@ -283,5 +298,6 @@ mod tests {
             !index.contains(&BlobId([1; 32])).unwrap(),
             "a removed index file empties the cache"
         );
+        assert!(!index.contains_pack(&PackId([9; 32])).unwrap());
     }
 }

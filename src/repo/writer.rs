@@ -5,12 +5,13 @@
 
 use super::Repository;
 use super::index::{IndexedPacks, encode_index_file};
-use super::pack::{BlobKind, PackBuilder, pack_object_name};
-use crate::error::{Error, Result};
+use super::pack::{BlobKind, PackBuilder, fetch_header, pack_id_of_object, pack_object_name};
+use crate::error::{Error, ErrorKind, Result};
 use crate::id::BlobId;
+use crate::progress::Progress;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex};
 
 /// An index file is written after this many packs, or once a pack is written this long
@@ -189,21 +190,20 @@ impl BlobSink<'_> {
 /// Runs `body` with a sink into `repo` (nothing is written in a dry run, but sizes are
 /// counted); `queued` encoded blobs may wait for the packer. Once `body` returns, the last
 /// pack and index file are written. Returns `body`'s value and the number of blobs stored;
-/// a failed write is reported rather than the failure it caused in `body`. `added_bytes`
-/// counts the bytes of packs as they are written.
+/// a failed write is reported rather than the failure it caused in `body`. `progress`
+/// counts the packs and their bytes as they are written.
 pub fn with_blob_sink<T>(
     repo: &Repository,
     dry_run: bool,
     queued: usize,
-    added_bytes: &AtomicU64,
+    progress: &Progress,
     body: impl FnOnce(&BlobSink) -> Result<T>,
 ) -> Result<(T, u64)> {
     let flights = Flights::default();
     let (packer_tx, packer_rx) = bounded(queued.max(1));
     std::thread::scope(|scope| {
         let flights = &flights;
-        let packer =
-            scope.spawn(move || run_packer(repo, packer_rx, flights, dry_run, added_bytes));
+        let packer = scope.spawn(move || run_packer(repo, packer_rx, flights, dry_run, progress));
         let sink = BlobSink {
             repo,
             flights,
@@ -275,13 +275,67 @@ pub fn replace_index_files(
     })
 }
 
+/// Packs no index file listed, taken into the index by `recover_orphan_packs`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecoveredPacks {
+    pub packs: u64,
+    pub bytes: u64,
+    /// Packs whose header could not be read or opened (torn or damaged): left for prune.
+    pub unreadable: u64,
+}
+
+/// Indexes the packs no index file lists: those a killed run stored before its next index
+/// file, and those a backup running alongside has not indexed yet. One listing of `data/`;
+/// for each pack the cache does not know, two ranged reads give its header, which must open
+/// under the repository's key and lie inside the pack, and an index file is written for the
+/// packs whose header does. A pack whose header does not is left as it is, unused (the next
+/// prune deletes it). Nothing is deleted here, so another run's fresh packs are safe; listing
+/// them too is harmless, since a blob is the same wherever it is stored. Runs that write call
+/// it once they hold their lock, so the work of an interrupted run is reused, not stored again.
+pub fn recover_orphan_packs(repo: &Repository) -> Result<RecoveredPacks> {
+    let mut recovered = RecoveredPacks::default();
+    let mut packs: IndexedPacks = Vec::new();
+    for object in repo.backend().list("data/")? {
+        let Some(pack) = pack_id_of_object(&object.name) else {
+            continue;
+        };
+        if repo.index().contains_pack(&pack)? {
+            continue;
+        }
+        match fetch_header(repo.backend(), &pack, object.size, repo.codec()) {
+            Ok(entries) => {
+                recovered.packs += 1;
+                recovered.bytes += object.size;
+                packs.push((pack, entries));
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::NotFound) => {
+                tracing::warn!("leaving pack {} unused: {e}", object.name);
+                recovered.unreadable += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for group in packs.chunks(PACKS_PER_FRESH_INDEX_FILE) {
+        let name = put_index_file(repo, group)?;
+        repo.index().add_index_file(&name, group)?;
+    }
+    if recovered.packs > 0 {
+        tracing::info!(
+            "indexed {} packs ({} bytes) an earlier run left unindexed",
+            recovered.packs,
+            recovered.bytes
+        );
+    }
+    Ok(recovered)
+}
+
 /// Appends blobs to packs, stores them and writes index files. Returns the number of blobs.
 fn run_packer(
     repo: &Repository,
     blobs: Receiver<EncodedBlob>,
     flights: &Flights,
     dry_run: bool,
-    added_bytes: &AtomicU64,
+    progress: &Progress,
 ) -> Result<u64> {
     let mut builder = PackBuilder::default();
     let mut unindexed: IndexedPacks = Vec::new();
@@ -292,7 +346,10 @@ fn run_packer(
         if !dry_run {
             repo.backend().put(&pack_object_name(&id), &bytes)?;
         }
-        added_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        progress
+            .added_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        progress.added_packs.fetch_add(1, Ordering::Relaxed);
         unindexed.push((id, entries));
         Ok(())
     };
@@ -351,9 +408,9 @@ pub(crate) mod tests {
     fn a_blob_claimed_elsewhere_is_waited_for_until_queued_or_released() {
         let dir = tempfile::tempdir().unwrap();
         let repo = repository(dir.path());
-        let added = AtomicU64::new(0);
+        let progress = Progress::default();
         let (queued, released) = (BlobId([1; 32]), BlobId([2; 32]));
-        with_blob_sink(&repo, false, 4, &added, |sink| {
+        with_blob_sink(&repo, false, 4, &progress, |sink| {
             assert_eq!(sink.claim(&queued)?, Claim::Mine);
             assert_eq!(sink.claim(&released)?, Claim::Mine);
             std::thread::scope(|scope| {

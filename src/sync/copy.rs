@@ -20,7 +20,7 @@ use crate::repo::Repository;
 use crate::repo::backend::RangeRequest;
 use crate::repo::index::BlobLocation;
 use crate::repo::pack::pack_object_name;
-use crate::repo::writer::{BlobSink, Claim, with_blob_sink};
+use crate::repo::writer::{BlobSink, Claim, recover_orphan_packs, with_blob_sink};
 use crate::throttle::RateLimiter;
 use crate::tree::{Content, EntryKind, file_chunks, load_tree};
 use std::collections::HashSet;
@@ -159,7 +159,9 @@ pub fn run(
     let lock = if options.dry_run {
         None
     } else {
-        Some(crate::repo::lock::acquire(to, false, "sync")?)
+        let lock = crate::repo::lock::acquire(to, false, "sync")?;
+        recover_orphan_packs(to)?;
+        Some(lock)
     };
     let checkpoints = checkpoints_to_copy(from, to, only)?;
     let mut plan = CopyPlan::default();
@@ -181,27 +183,21 @@ pub fn run(
         return Ok(report);
     }
     let limiter = options.rate_limit.map(RateLimiter::new);
-    let (_, stored) = with_blob_sink(
-        to,
-        false,
-        options.concurrency * 2,
-        &progress.added_bytes,
-        |sink| {
-            copy_data(
-                from,
-                sink,
-                &plan.data,
-                options.concurrency,
-                limiter.as_ref(),
-                progress,
-            )?;
-            // One batch at a time, in order.
-            for batch in batches(&plan.structure) {
-                copy_blobs(from, sink, batch, limiter.as_ref(), progress)?;
-            }
-            Ok(())
-        },
-    )?;
+    let (_, stored) = with_blob_sink(to, false, options.concurrency * 2, progress, |sink| {
+        copy_data(
+            from,
+            sink,
+            &plan.data,
+            options.concurrency,
+            limiter.as_ref(),
+            progress,
+        )?;
+        // One batch at a time, in order.
+        for batch in batches(&plan.structure) {
+            copy_blobs(from, sink, batch, limiter.as_ref(), progress)?;
+        }
+        Ok(())
+    })?;
     // Another writer may have stored some of the planned blobs meanwhile.
     report.blobs_skipped += report.blobs_copied - stored;
     report.blobs_copied = stored;
@@ -269,6 +265,7 @@ fn copy_blobs(
     limiter: Option<&RateLimiter>,
     progress: &Progress,
 ) -> Result<()> {
+    crate::interrupt::check()?;
     let mut wanted = Vec::with_capacity(batch.len());
     let mut elsewhere = Vec::new();
     for blob in batch {

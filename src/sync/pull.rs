@@ -24,7 +24,7 @@ use crate::id::BlobId;
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::repo::pack::BlobKind;
-use crate::repo::writer::{BlobSink, Claim, with_blob_sink};
+use crate::repo::writer::{BlobSink, Claim, recover_orphan_packs, with_blob_sink};
 use crate::throttle::RateLimiter;
 use crate::tree::{ChunkRef, Content, Entry, EntryKind, Tree, load_tree};
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -94,7 +94,14 @@ fn run_pull_worker(context: &PullContext, sink: &BlobSink, jobs: Receiver<PullJo
             .iter()
             .map(|job| (job.path.clone(), job.size))
             .collect();
-        let results = pull_files(context, sink, &files);
+        // Once interrupted, the queued files are answered without being fetched.
+        let results = match crate::interrupt::check() {
+            Ok(()) => pull_files(context, sink, &files),
+            Err(_) => files
+                .iter()
+                .map(|_| Err(FileError::Repository(Error::Interrupted)))
+                .collect(),
+        };
         context
             .progress
             .bytes_read
@@ -312,6 +319,7 @@ impl PullWalker<'_> {
     fn pull_tree(&self, parent_root: Option<Tree>) -> Result<Receiver<BlobId>> {
         let mut stack = vec![self.open_level(Vec::new(), parent_root, None)?];
         loop {
+            crate::interrupt::check()?;
             let level = stack
                 .last_mut()
                 .expect("the walk holds a level until the root is sent");
@@ -467,7 +475,9 @@ pub fn run(
     let lock = if options.dry_run {
         None
     } else {
-        Some(crate::repo::lock::acquire(repo, false, "sync")?)
+        let lock = crate::repo::lock::acquire(repo, false, "sync")?;
+        recover_orphan_packs(repo)?;
+        Some(lock)
     };
     let (host, paths) = match source.about()? {
         Some(about) => (about.host, vec![about.path]),
@@ -523,13 +533,8 @@ pub fn run(
             Ok((root, stats))
         })
     };
-    let ((root, mut stats), added_blobs) = with_blob_sink(
-        repo,
-        options.dry_run,
-        threads * 2,
-        &progress.added_bytes,
-        walk,
-    )?;
+    let ((root, mut stats), added_blobs) =
+        with_blob_sink(repo, options.dry_run, threads * 2, progress, walk)?;
     let errors = errors.into_inner().expect("not poisoned");
     stats.added_blobs = added_blobs;
     stats.errors = errors.len() as u64;

@@ -560,3 +560,49 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// A small tmpfs mounted for a test, unmounted when dropped.
+pub struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `megabytes` at `path`; `None` when not root (mounting needs it).
+    pub fn mount(path: &Path, megabytes: u32) -> Option<SmallDisk> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        fs::create_dir_all(path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs");
+        Some(SmallDisk(path.to_owned()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Bytes of every whole pack in `repo`, and how many there are.
+pub fn pack_bytes(repo: &Path) -> (u64, usize) {
+    let mut bytes = 0;
+    let mut count = 0;
+    for shard in fs::read_dir(repo.join("data"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for pack in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+            if !pack.file_name().to_string_lossy().starts_with('.') {
+                bytes += pack.metadata().unwrap().len();
+                count += 1;
+            }
+        }
+    }
+    (bytes, count)
+}
