@@ -1143,6 +1143,8 @@ fn restore_keeps_dense_files_dense_unless_asked_for_sparse() {
         } else {
             assert!(allocated >= 3 << 20, "restored dense: {allocated}");
         }
+    }
+}
 
 /// The short ids of every checkpoint, oldest first.
 fn short_ids(sandbox: &Sandbox, extra: &[String]) -> Vec<String> {
