@@ -112,7 +112,10 @@ fn print_packs_report(report: &PackRepairReport) -> Result<()> {
     for pack in &report.damaged_packs {
         outln!(
             "pack {} ({}): {} blobs {would}kept, {} {would}dropped",
-            pack.name, pack.reason, pack.blobs_kept, pack.blobs_dropped
+            pack.name,
+            pack.reason,
+            pack.blobs_kept,
+            pack.blobs_dropped
         );
     }
     outln!(

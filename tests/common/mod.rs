@@ -208,19 +208,20 @@ pub fn make_tree(root: &Path) {
 }
 
 /// What is compared of one entry.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
-    kind: &'static str,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime_ns: i128,
-    size: u64,
-    content: Option<Vec<u8>>,
-    target: Option<PathBuf>,
-    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i128,
+    pub size: u64,
+    /// The BLAKE3 hash of a regular file's bytes (short in a failed assertion's message).
+    pub content: Option<String>,
+    pub target: Option<PathBuf>,
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Index of the first path of this entry's hard-link group, in walk order.
-    link_group: Option<usize>,
+    pub link_group: Option<usize>,
 }
 
 /// `root` (as the empty path) and every entry below it, keyed by relative path.
@@ -283,7 +284,9 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Snapshot> {
                 gid: m.gid(),
                 mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
                 size: if ft.is_file() { m.len() } else { m.rdev() },
-                content: ft.is_file().then(|| fs::read(&path).unwrap()),
+                content: ft
+                    .is_file()
+                    .then(|| blake3::hash(&fs::read(&path).unwrap()).to_hex().to_string()),
                 target: ft.is_symlink().then(|| fs::read_link(&path).unwrap()),
                 xattrs,
                 link_group,
