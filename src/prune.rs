@@ -21,7 +21,7 @@ use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::repo::index::{IndexedPacks, read_index_file};
 use crate::repo::pack::{PackEntry, pack_id_of_object, pack_object_name};
-use crate::repo::writer::{replace_index_files, with_blob_sink};
+use crate::repo::writer::{commit_pack_rewrite, packs_holding, with_blob_sink};
 use crate::tree::{Content, EntryKind, decode_chunk_list, load_tree};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -276,14 +276,13 @@ pub fn run(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
     })?;
     // Where the repacked blobs landed. A new pack may have the very id of an old one (the
     // same blobs in the same order, unencrypted): it stays, whatever was decided for the old.
-    let mut repacked_into: HashMap<PackId, Vec<PackEntry>> = HashMap::new();
-    for entry in repack.iter().flat_map(|pack| &packs[pack].used) {
-        let location = repo.locate(&entry.id)?;
-        repacked_into
-            .entry(location.pack)
-            .or_default()
-            .push(location.entry);
-    }
+    let repacked_into = packs_holding(
+        repo,
+        repack
+            .iter()
+            .flat_map(|pack| &packs[pack].used)
+            .map(|e| &e.id),
+    )?;
     let gone: HashSet<PackId> = gone
         .into_iter()
         .filter(|pack| !repacked_into.contains_key(pack))
@@ -300,13 +299,9 @@ pub fn run(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
         .collect();
     listed.extend(repacked_into);
     let old_names: Vec<String> = old_index_files.into_iter().map(|(name, _)| name).collect();
-    let replaced = replace_index_files(repo, &listed, &old_names, false)?;
+    let replaced = commit_pack_rewrite(repo, &listed, &old_names, &gone)?;
     report.index_files_written = replaced.written;
     report.index_files_deleted = replaced.deleted;
-    for pack in &gone {
-        repo.backend().delete(&pack_object_name(pack))?;
-    }
-    repo.index().sync(repo.backend(), repo.codec())?;
     report.bytes_after = repo.backend().list("data/")?.iter().map(|o| o.size).sum();
     Ok(report)
 }

@@ -35,8 +35,10 @@ use crate::prune::{index_files, merge_listings};
 use crate::repo::Repository;
 use crate::repo::index::IndexedPacks;
 use crate::repo::lock;
-use crate::repo::pack::{BlobKind, PackEntry, fetch_header, pack_id_of_object, pack_object_name};
-use crate::repo::writer::{BlobSink, replace_index_files, with_blob_sink};
+use crate::repo::pack::{BlobKind, fetch_header, pack_id_of_object, pack_object_name};
+use crate::repo::writer::{
+    BlobSink, commit_pack_rewrite, packs_holding, replace_index_files, with_blob_sink,
+};
 use crate::tree::{Content, Entry, EntryKind, Tree, file_chunks, load_tree};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -531,23 +533,12 @@ pub fn packs(repo: &Repository, options: &RepairOptions) -> Result<PackRepairRep
         return Ok(report);
     }
     // Where the kept blobs landed: the packs just written.
-    let mut new_packs: HashMap<PackId, Vec<PackEntry>> = HashMap::new();
-    for id in &kept {
-        let location = repo.locate(id)?;
-        new_packs
-            .entry(location.pack)
-            .or_default()
-            .push(location.entry);
-    }
+    let new_packs = packs_holding(repo, &kept)?;
     lock.ensure_held()?;
     intact.extend(new_packs);
     let old_names: Vec<String> = old_index_files.into_iter().map(|(name, _)| name).collect();
-    let written = replace_index_files(repo, &intact, &old_names, false)?;
+    let written = commit_pack_rewrite(repo, &intact, &old_names, &replaced)?;
     report.index_files_written = written.written;
     report.index_files_deleted = written.deleted;
-    for pack in &replaced {
-        repo.backend().delete(&pack_object_name(pack))?;
-    }
-    repo.index().sync(repo.backend(), repo.codec())?;
     Ok(report)
 }

@@ -327,17 +327,7 @@ fn sync_matches_rsync_and_restore_matches_the_source_through_rounds_of_random_ch
     let from_checkpoints = sandbox.path("from-checkpoints");
     let from_server = sandbox.path("from-server");
     let token = sandbox.path("token");
-    fs::write(&token, "differential\n").unwrap();
-    let server = Server::spawn(sandbox.cairn().args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--token-file",
-        text(&token),
-        "--source",
-        &format!("tree={}", text(&source)),
-    ]));
-    let served = format!("{}/source/tree", server.url);
+    let (_server, served) = Server::source(&sandbox, "tree", &source, &token);
     let seed = std::env::var("CAIRN_DIFFERENTIAL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -973,17 +973,7 @@ fn metadata_only_changes_reach_a_directory_from_a_served_source() {
     let source = sandbox.path("source");
     make_metadata_tree(&source);
     let token = sandbox.path("token");
-    fs::write(&token, "metadata-token\n").unwrap();
-    let server = Server::spawn(sandbox.cairn().args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--token-file",
-        text(&token),
-        "--source",
-        &format!("home={}", text(&source)),
-    ]));
-    let url = format!("{}/source/home", server.url);
+    let (_server, url) = Server::source(&sandbox, "home", &source, &token);
     let target = sandbox.path("target");
     metadata_changes_arrive(&sandbox, &source, &target, &|| {
         sandbox.ok(&["sync", "--token-file", text(&token), &url, text(&target)]);
@@ -998,17 +988,7 @@ fn a_served_source_is_its_contents_and_a_directory_in_it_keeps_its_name() {
     fs::write(source.join("misc/sub/f"), b"f").unwrap();
     fs::write(source.join("top"), b"t").unwrap();
     let token = sandbox.path("token");
-    fs::write(&token, "served-token\n").unwrap();
-    let server = Server::spawn(sandbox.cairn().args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--token-file",
-        text(&token),
-        "--source",
-        &format!("home={}", text(&source)),
-    ]));
-    let url = format!("{}/source/home", server.url);
+    let (_server, url) = Server::source(&sandbox, "home", &source, &token);
     let sync = |from: &str, to: &Path| {
         sandbox.ok(&[
             "sync",

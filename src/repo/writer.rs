@@ -275,6 +275,38 @@ pub fn replace_index_files(
     })
 }
 
+/// Where blobs just copied by a `BlobSink` landed: the new packs holding `ids`, with their
+/// entries, as the local index now knows them.
+pub(crate) fn packs_holding<'a>(
+    repo: &Repository,
+    ids: impl IntoIterator<Item = &'a BlobId>,
+) -> Result<HashMap<crate::id::PackId, Vec<super::pack::PackEntry>>> {
+    let mut packs: HashMap<_, Vec<_>> = HashMap::new();
+    for id in ids {
+        let location = repo.locate(id)?;
+        packs.entry(location.pack).or_default().push(location.entry);
+    }
+    Ok(packs)
+}
+
+/// How every rewrite of packs (prune, `repair packs`) ends, once the blobs that stay are in
+/// packs: one fresh set of index files listing `listed`, then the index files named in
+/// `old_index_files` are deleted, then the packs in `unlisted` (which nothing lists any
+/// more), and the local cache learns of it. Each step leaves every needed blob listed.
+pub(crate) fn commit_pack_rewrite<'a>(
+    repo: &Repository,
+    listed: &[(crate::id::PackId, Vec<super::pack::PackEntry>)],
+    old_index_files: &[String],
+    unlisted: impl IntoIterator<Item = &'a crate::id::PackId>,
+) -> Result<IndexFilesReplaced> {
+    let replaced = replace_index_files(repo, listed, old_index_files, false)?;
+    for pack in unlisted {
+        repo.backend().delete(&pack_object_name(pack))?;
+    }
+    repo.index().sync(repo.backend(), repo.codec())?;
+    Ok(replaced)
+}
+
 /// Packs no index file listed, taken into the index by `recover_orphan_packs`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RecoveredPacks {

@@ -479,7 +479,7 @@ pub fn run(
         recover_orphan_packs(repo)?;
         Some(lock)
     };
-    let (host, paths) = match source.about()? {
+    let (host, paths) = match source.about() {
         Some(about) => (about.host, vec![about.path]),
         None => {
             let (authority, path) = source_identity(source.url());

@@ -283,22 +283,30 @@ impl RemoteSource {
     }
 
     /// The source's host name and path on its server; `None` when the server is too old to
-    /// say, or says something no checkpoint should record.
-    pub fn about(&self) -> Result<Option<SourceAbout>> {
+    /// say (a warning when it answers something no checkpoint should record): it only names
+    /// the checkpoint, which then names the source by its URL.
+    pub fn about(&self) -> Option<SourceAbout> {
         let url = format!("{}/about", self.url());
         let max_bytes = (MAX_ABOUT_HOST_BYTES + MAX_ABOUT_PATH_BYTES + 16) as u64;
-        let body = match call_counted(&self.client, &self.received, &url, None, max_bytes) {
-            Ok(body) => body,
-            Err(e) if e.kind() == crate::error::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        let answer = call_counted(&self.client, &self.received, &url, None, max_bytes);
+        let about = match answer {
+            Ok(body) => postcard::from_bytes::<SourceAbout>(&body).map_err(|e| e.to_string()),
+            Err(e) if e.kind() == crate::error::ErrorKind::NotFound => return None,
+            Err(e) => Err(e.to_string()),
         };
-        let about: SourceAbout = postcard::from_bytes(&body)
-            .map_err(|e| Error::corrupt(&url, format!("unreadable answer: {e}")))?;
-        if !about.is_plausible() {
-            tracing::warn!("{url}: the server names an unusable host or path; recording its URL");
-            return Ok(None);
+        match about {
+            Ok(about) if about.is_plausible() => Some(about),
+            Ok(_) => {
+                tracing::warn!(
+                    "{url}: the server names an unusable host or path; recording the URL"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!("{url}: {e}; recording the URL");
+                None
+            }
         }
-        Ok(Some(about))
     }
 
     /// The last component of the source's URL: its name on the server.

@@ -557,6 +557,25 @@ impl Server {
     }
 }
 
+impl Server {
+    /// `cairn serve` on a free loopback port serving directory `dir` as source `name`, with
+    /// the bearer token in `token` (written here); returns the server and the source's URL.
+    pub fn source(sandbox: &Sandbox, name: &str, dir: &Path, token: &Path) -> (Self, String) {
+        fs::write(token, "source-token\n").unwrap();
+        let server = Server::spawn(sandbox.cairn().args([
+            OsStr::new("serve"),
+            OsStr::new("--listen"),
+            OsStr::new("127.0.0.1:0"),
+            OsStr::new("--token-file"),
+            token.as_os_str(),
+            OsStr::new("--source"),
+            OsStr::new(&format!("{name}={}", dir.display())),
+        ]));
+        let url = format!("{}/source/{name}", server.url);
+        (server, url)
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
