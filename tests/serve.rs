@@ -784,4 +784,11 @@ fn a_pulled_checkpoint_records_the_machine_and_path_of_its_source() {
     .unwrap();
     assert_eq!(backup["parent"], pulled["id"], "{backup}");
     assert_eq!(backup["bytes_read"], 0, "{backup}");
+
+    // The other way round, a pull never takes a local backup as its parent: the server names
+    // the host and path, and must not be able to probe another series' stat cache.
+    sync_json(&sandbox, &[&url, text(&repo)], &client);
+    let again = list(&sandbox)[2].clone();
+    assert_eq!(again["pulled_from"], url.as_str(), "{again}");
+    assert_eq!(again["parent"], pulled["id"], "{again}");
 }

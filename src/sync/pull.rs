@@ -442,9 +442,12 @@ fn without_port(authority: &str) -> &str {
     }
 }
 
-/// The parent of a pull: the newest checkpoint of the same source path from the same server,
-/// or else from the same host on another port (a server moved to another port, or from HTTP
-/// to HTTPS, still serves the same tree; only the stat cache is taken from the parent).
+/// The parent of a pull: the newest checkpoint of the source's host and path pulled from the
+/// same server (on any port: a server moved to another port, or from HTTP to HTTPS, still
+/// serves the same tree), or else one recorded under the URL's identity before servers said
+/// where their sources live. Never a local backup or another server's pull: the server names
+/// the host and path, and the stat cache must not let it probe another series (a file it
+/// lists with a parent's size and times is not asked for, which it would notice).
 fn find_pull_parent(
     repo: &Repository,
     host: &str,
@@ -457,9 +460,16 @@ fn find_pull_parent(
     let (authority, url_path) = source_identity(url);
     let url_paths = [url_path];
     let server = without_port(&authority);
-    Ok(newest(&|c| c.host == host && c.paths == paths)
-        .or_else(|| newest(&|c| c.paths == url_paths && c.host == authority))
-        .or_else(|| newest(&|c| c.paths == url_paths && without_port(&c.host) == server)))
+    let same_server = |pulled_from: &Option<String>| {
+        pulled_from
+            .as_deref()
+            .is_some_and(|from| without_port(&source_identity(from).0) == server)
+    };
+    Ok(
+        newest(&|c| c.host == host && c.paths == paths && same_server(&c.pulled_from))
+            .or_else(|| newest(&|c| c.paths == url_paths && c.host == authority))
+            .or_else(|| newest(&|c| c.paths == url_paths && without_port(&c.host) == server)),
+    )
 }
 
 /// Pulls the served source into `repo` as a new checkpoint (unless a dry run).
