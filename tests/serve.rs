@@ -792,3 +792,68 @@ fn a_pulled_checkpoint_records_the_machine_and_path_of_its_source() {
     assert_eq!(again["pulled_from"], url.as_str(), "{again}");
     assert_eq!(again["parent"], pulled["id"], "{again}");
 }
+
+#[test]
+fn an_interrupted_pull_keeps_its_packs_says_so_and_the_rerun_pulls_only_the_rest() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir(&source).unwrap();
+    let mut total = 0;
+    for i in 0..6 {
+        let bytes = pseudo_random(8_000_000, 90 + i);
+        total += bytes.len() as u64;
+        fs::write(source.join(format!("f{i}")), bytes).unwrap();
+    }
+    let token = sandbox.path("token");
+    let (_server, url) = Server::source(&sandbox, "home", &source, &token);
+    let repo = sandbox.path("repo");
+    sandbox.ok(&["init", "--repo", text(&repo), "--encryption", "none"]);
+    let child = sandbox
+        .cairn()
+        .args(["sync", "--limit-rate", "16M", "--token-file", text(&token)])
+        .args([url.as_str(), text(&repo)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..1200 {
+        if pack_bytes(&repo).0 > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    // SAFETY: signals a child this test started and has not waited for.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let output = child.wait_with_output().unwrap();
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(130), "{message}");
+    assert!(message.contains("packs kept"), "{message}");
+    assert_eq!(
+        fs::read_dir(repo.join("locks")).unwrap().count(),
+        0,
+        "lock released"
+    );
+    let saved = fs::read_dir(repo.join("checkpoints")).map_or(0, |d| d.count());
+    assert_eq!(saved, 0, "no checkpoint of a stopped pull");
+    let (kept, _) = pack_bytes(&repo);
+    assert!(kept > 0 && kept < total, "{kept} of {total} bytes kept");
+
+    let rerun = sync_json(
+        &sandbox,
+        &[&url, text(&repo)],
+        &["--token-file".into(), text(&token).into()],
+    );
+    assert_eq!(rerun["checkpoints_copied"], 1, "{rerun}");
+    let stored = pack_bytes(&repo).0;
+    assert!(
+        stored <= total + total / 20,
+        "{stored} bytes of packs in all for {total} bytes of incompressible files: {rerun}"
+    );
+    let moved = rerun["bytes_transferred"].as_u64().unwrap();
+    assert!(
+        moved <= total - kept + total / 20,
+        "{moved} moved again, {kept} were kept: {rerun}"
+    );
+    let check = sandbox.run(&["check", "--read-data", "--repo", text(&repo)]);
+    assert!(check.status.success(), "{}", stderr(&check));
+}

@@ -185,7 +185,14 @@ fn pull_files(
                 release_group(sink, group);
                 Err(Error::Network(format!("not fetched: {message}")))
             }
-            None => fetch_and_store(context, sink, &paths, group),
+            // A signal stops the pull between requests, like a failed request.
+            None => match crate::interrupt::check() {
+                Ok(()) => fetch_and_store(context, sink, &paths, group),
+                Err(e) => {
+                    release_group(sink, group);
+                    Err(e)
+                }
+            },
         };
         if let Err(e) = outcome {
             failed.get_or_insert_with(|| e.to_string());
