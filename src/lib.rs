@@ -45,6 +45,7 @@ pub mod repo;
 pub mod restore;
 pub mod retention;
 pub mod serve;
+pub mod space;
 pub mod speed;
 pub mod sync;
 pub mod target;

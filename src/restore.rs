@@ -23,6 +23,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsmeta::running_as_root;
 use crate::id::BlobId;
 use crate::repo::Repository;
+use crate::space::{OutOfSpace, SpaceFailure, is_out_of_space};
 use crate::target::{TargetDir, check_path_length, set_directories_metadata, set_metadata_of};
 use crate::tree::{Entry, EntryKind, is_valid_name, load_tree, read_chunk, sized_file_chunks};
 use crossbeam_channel::{Receiver, bounded};
@@ -85,55 +86,9 @@ pub struct RestoreStats {
     /// Entries not restored: device nodes without root, for example.
     pub skipped: Vec<String>,
     pub errors: Vec<RestoreError>,
-    /// Set when the target's filesystem filled up and the restore stopped.
+    /// Set when the target's filesystem filled up and the restore stopped; its missing
+    /// bytes are for the caller, who knows the total, to set.
     pub out_of_space: Option<OutOfSpace>,
-}
-
-/// Where a restore stopped because the target's filesystem is full.
-#[derive(Debug, Clone)]
-pub struct OutOfSpace {
-    /// The path being written or created when the space ran out (it is not left behind).
-    pub path: PathBuf,
-    pub message: String,
-    /// Bytes still free for this user on the target's filesystem afterwards.
-    pub free_bytes: Option<u64>,
-}
-
-/// Whether `error` says the filesystem (or the user's quota) is full.
-fn is_out_of_space(error: &Error) -> bool {
-    matches!(error, Error::Io { cause, .. }
-        if matches!(cause.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
-}
-
-/// Bytes free for unprivileged writers on the filesystem holding `path`.
-fn free_bytes(path: &Path) -> Option<u64> {
-    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `path` is NUL-terminated and `stat` is a valid buffer statvfs fills on success.
-    if unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) } != 0 {
-        return None;
-    }
-    // SAFETY: statvfs returned 0, so it filled `stat`.
-    let stat = unsafe { stat.assume_init() };
-    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
-}
-
-/// The first out-of-space failure of a restore; once set, nothing more is written.
-type SpaceFailure = Mutex<Option<OutOfSpace>>;
-
-/// Records that writing `path` failed with `error` for want of space (the first one wins).
-fn record_out_of_space(full: &SpaceFailure, path: PathBuf, error: &Error) {
-    full.lock()
-        .expect("not poisoned")
-        .get_or_insert_with(|| OutOfSpace {
-            path,
-            message: error.to_string(),
-            free_bytes: None,
-        });
-}
-
-fn is_full(full: &SpaceFailure) -> bool {
-    full.lock().expect("not poisoned").is_some()
 }
 
 /// Writes `data` at `offset`, skipping aligned all-zero blocks so they stay holes.
@@ -288,7 +243,7 @@ fn run_worker(
 ) {
     for job in jobs {
         // Once the filesystem is full, the queued files are dropped unwritten.
-        if is_full(full) {
+        if full.is_full() {
             continue;
         }
         if let Err(e) = restore_file(repo, &job, progress, sparse) {
@@ -296,7 +251,7 @@ fn run_worker(
             let _ = job.dir.unlink(&job.entry.name);
             let path = job.dir.child_path(&job.entry.name);
             if is_out_of_space(&e) {
-                record_out_of_space(full, path, &e);
+                full.record(path, &e);
                 continue;
             }
             errors.lock().expect("not poisoned").push(RestoreError {
@@ -338,7 +293,7 @@ impl Planner<'_> {
             own: None,
         }];
         while let Some(level) = stack.last_mut() {
-            if is_full(self.full) {
+            if self.full.is_full() {
                 return Ok(());
             }
             let Some(entry) = level.entries.next() else {
@@ -355,7 +310,7 @@ impl Planner<'_> {
             match self.restore_entry(dir, relative, entry) {
                 Ok(Some(next)) => stack.push(next),
                 Ok(None) => {}
-                Err(e) if is_out_of_space(&e) => record_out_of_space(self.full, shown, &e),
+                Err(e) if is_out_of_space(&e) => self.full.record(shown, &e),
                 Err(e) => return Err(e),
             }
         }
@@ -487,13 +442,7 @@ pub fn run(
         (planned, links, dirs, stats)
     });
     stats.errors = errors.into_inner().expect("not poisoned");
-    stats.out_of_space = full
-        .into_inner()
-        .expect("not poisoned")
-        .map(|full| OutOfSpace {
-            free_bytes: free_bytes(target),
-            ..full
-        });
+    stats.out_of_space = full.into_outcome(target);
     // Out of space, the files to link to may be missing; the message says what was restored.
     let links = match stats.out_of_space {
         Some(_) => Vec::new(),

@@ -491,7 +491,7 @@ fn a_full_disk_fails_clearly_and_leaves_nothing_half_written() {
     };
     let source = sandbox.path("source");
     fs::create_dir(&source).unwrap();
-    for i in 0..4 {
+    for i in 0..6 {
         fs::write(
             source.join(format!("f{i}")),
             pseudo_random(1_500_000, 40 + i),
@@ -500,23 +500,64 @@ fn a_full_disk_fails_clearly_and_leaves_nothing_half_written() {
     }
     let repo = sandbox.plain_repo_with_backup_of(&source);
 
-    // Into a directory: the files that fit are whole, the rest absent, no temporary files.
+    // Into a directory, from a checkpoint or a directory: the sync stops at the first file
+    // that does not fit and says so once; the files that fit are whole, the rest absent, no
+    // temporary files.
     let target = sandbox.path("small/target");
-    let full = sandbox.run(&["sync", &format!("{}::latest", text(&repo)), text(&target)]);
-    assert_fails(&full, 3, "No space left");
-    for entry in fs::read_dir(&target).unwrap().flatten() {
-        let name = entry.file_name();
-        assert!(
-            !name.to_string_lossy().starts_with(".cairn-sync-"),
-            "{name:?} left behind"
-        );
-        let written = fs::read(entry.path()).unwrap();
+    let checkpoint = format!("{}::latest", text(&repo));
+    let contents = format!("{}/", text(&source));
+    for from in [&checkpoint, &contents] {
+        let full = sandbox.run(&["sync", from, text(&target)]);
+        let message = stderr(&full);
+        assert_eq!(full.status.code(), Some(1), "{message}");
         assert_eq!(
-            written,
-            fs::read(source.join(&name)).unwrap(),
-            "{name:?} half-written"
+            message.to_lowercase().matches("no space left").count(),
+            1,
+            "one message: {message}"
         );
+        assert!(message.contains("not synced"), "{message}");
+        assert!(message.contains("more free space"), "{message}");
+        let mut synced = 0;
+        for entry in fs::read_dir(&target).unwrap().flatten() {
+            let name = entry.file_name();
+            assert!(
+                !name.to_string_lossy().starts_with(".cairn-sync-"),
+                "{name:?} left behind"
+            );
+            let written = fs::read(entry.path()).unwrap();
+            assert_eq!(
+                written,
+                fs::read(source.join(&name)).unwrap(),
+                "{name:?} half-written"
+            );
+            synced += 1;
+        }
+        assert!((1..6).contains(&synced), "{synced} files synced");
+        fs::remove_dir_all(&target).unwrap();
     }
+
+    // `--json` carries the same facts.
+    let full = sandbox.run(&["sync", &checkpoint, text(&target), "--json"]);
+    assert_eq!(full.status.code(), Some(1), "{}", stderr(&full));
+    let report: serde_json::Value = serde_json::from_slice(&full.stdout).unwrap();
+    let out_of_space = &report["out_of_space"];
+    assert!(
+        out_of_space["message"]
+            .as_str()
+            .unwrap()
+            .contains("No space left"),
+        "{report}"
+    );
+    assert!(
+        out_of_space["bytes_missing"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(
+        out_of_space["bytes_needed"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(report["files_written"].as_u64().unwrap() >= 1, "{report}");
+    fs::remove_dir_all(&target).unwrap();
 
     // Into a repository: a clear error and no checkpoint.
     let copy = sandbox.path("small/copy");

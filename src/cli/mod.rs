@@ -454,6 +454,30 @@ fn interrupted(what: &str, progress: &cairn::progress::Progress) -> ExitCode {
     ExitCode::from(cairn::interrupt::EXIT_CODE)
 }
 
+/// The one error of a `run` ("restore", "sync") into `target` that stopped on a full
+/// filesystem: where it stopped, what it wrote (`done`, a sentence), what was not `past`
+/// ("restored"), how much more free space that needs, and how to go on (`again`).
+fn out_of_space_error(
+    full: &cairn::space::OutOfSpace,
+    target: &Path,
+    run: &str,
+    past: &str,
+    done: &str,
+    again: &str,
+) -> anyhow::Error {
+    use indicatif::HumanBytes;
+    anyhow::anyhow!(
+        "no space left on device: the {run} into {} stopped while writing {} (that file was \
+         not left behind). {done}; not {past}: the rest, {}. About {} more free space is \
+         needed ({} free now): free some, or {run} elsewhere, then run the {run} again{again}.",
+        target.display(),
+        full.path.display(),
+        HumanBytes(full.bytes_missing),
+        HumanBytes(full.bytes_needed),
+        HumanBytes(full.free_bytes.unwrap_or(0))
+    )
+}
+
 fn show_progress(json: bool) -> bool {
     !json && std::io::stderr().is_terminal()
 }

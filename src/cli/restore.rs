@@ -61,7 +61,7 @@ pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
     } else {
         node.size
     };
-    let stats = std::thread::scope(|scope| {
+    let mut stats = std::thread::scope(|scope| {
         if show_progress(args.json) {
             scope.spawn(|| draw_progress(&progress, total, &done));
         }
@@ -69,6 +69,9 @@ pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
         done.store(true, Ordering::Relaxed);
         stats
     })?;
+    if let Some(full) = &mut stats.out_of_space {
+        full.set_missing(total.saturating_sub(stats.bytes));
+    }
     for skipped in &stats.skipped {
         eprintln!("skipped: {skipped}");
     }
@@ -82,9 +85,7 @@ pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
             "bytes": stats.bytes,
             "skipped": stats.skipped,
             "errors": stats.errors.iter().map(|e| json!({"path": e.path, "message": e.message})).collect::<Vec<_>>(),
-            "out_of_space": stats.out_of_space.as_ref().map(|full| json!({
-                "path": full.path, "message": full.message, "free_bytes": full.free_bytes,
-            })),
+            "out_of_space": stats.out_of_space,
         }))?;
     } else {
         eprintln!(
@@ -97,23 +98,17 @@ pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
         );
     }
     if let Some(full) = &stats.out_of_space {
-        let missing = total.saturating_sub(stats.bytes);
-        let needed = missing.saturating_sub(full.free_bytes.unwrap_or(0));
-        bail!(
-            "no space left on device: the restore into {} stopped while writing {} \
-             (that file was removed). Restored {} files, {} dirs, {} of {}; not restored: the \
-             rest, {}. About {} more free space is needed ({} free now): free some, or \
-             restore elsewhere, then run the restore again with --overwrite.",
-            args.target.display(),
-            full.path.display(),
+        let done = format!(
+            "Restored {} files, {} dirs, {} of {}",
             stats.files,
             stats.dirs,
             HumanBytes(stats.bytes),
-            HumanBytes(total),
-            HumanBytes(missing),
-            HumanBytes(needed.max(1)),
-            HumanBytes(full.free_bytes.unwrap_or(0))
+            HumanBytes(total)
         );
+        let again = " with --overwrite";
+        let error =
+            super::out_of_space_error(full, &args.target, "restore", "restored", &done, again);
+        return Err(error);
     }
     if !stats.errors.is_empty() {
         bail!(

@@ -8,7 +8,8 @@
 //! itself into `DST/DIR`; a file goes to `DST/FILE`). The destination repository opens with
 //! the main secret (`--password-file`, `CAIRN_PASSWORD`, `--key-file`), a source repository
 //! with the `--from-*` ones when given. Exit 3 when the sync finished but some paths failed,
-//! 25 (rsync's code) when `--max-delete` left entries undeleted.
+//! 25 (rsync's code) when `--max-delete` left entries undeleted, 1 when a full target
+//! filesystem stopped a sync into a directory (one message says what is missing).
 
 use super::{FromCredentials, GlobalArgs, print_json, show_progress};
 use anyhow::{Context, Result, bail};
@@ -171,6 +172,17 @@ pub fn run(global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode> {
         print_json(&report)?;
     } else {
         print_report(&report)?;
+    }
+    if let Some(full) = &report.out_of_space {
+        let done = format!(
+            "Synced {} files ({} of them already up to date)",
+            report.files_written + report.files_unchanged,
+            report.files_unchanged
+        );
+        let target = Path::new(&args.destination);
+        return Err(super::out_of_space_error(
+            full, target, "sync", "synced", &done, "",
+        ));
     }
     if report.deletions_skipped > 0 {
         eprintln!(

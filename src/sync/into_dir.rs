@@ -19,6 +19,11 @@
 //! existing symlink or file where a directory belongs is removed rather than followed; a
 //! file found the same gets its metadata on the descriptor it was compared through. Both
 //! trees are walked with an explicit stack.
+//!
+//! A full filesystem (`ENOSPC`, `EDQUOT`) stops the sync at once, as it stops a restore
+//! (`space`): the file being written never gets its name and its temporary file is removed,
+//! the workers drop the files still queued, the walk stops, no hard links are made, and the
+//! report says where it stopped, what is missing and how much more space that needs.
 
 use super::itemize::{Change, Differences, Update, differences};
 use super::{SyncError, SyncOptions, SyncReport};
@@ -29,6 +34,7 @@ use crate::id::BlobId;
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::restore::{fill_holes, write_sparse};
+use crate::space::{SpaceFailure, is_out_of_space};
 use crate::target::{
     TargetDir, check_path_length, may_adjust_in_place, same_kind, set_directories_metadata,
     set_metadata_of,
@@ -420,7 +426,7 @@ impl TreeSource for DirectorySource {
         {
             return Ok(FileWrite::Same);
         }
-        let copied = copy_file(&source, out, entry.size, limiter).context_io(context)?;
+        let copied = copy_file(&source, &path, out, entry.size, limiter)?;
         check_size(copied, entry)?;
         Ok(FileWrite::Written {
             fetched: copied,
@@ -491,28 +497,32 @@ impl TreeSource for SingleEntry {
 
 /// Copies `from` into the new file `out`, leaving holes where blocks are zeros, and reads no
 /// more than one byte past `size` (the size it was listed with): a file that grew, or a
-/// device swapped in, is cut off there. Returns the bytes read.
+/// device swapped in, is cut off there. Returns the bytes read; `from_path` names `from` in
+/// a failure to read it.
 fn copy_file(
     from: &File,
+    from_path: &Path,
     out: &File,
     size: u64,
     limiter: Option<&RateLimiter>,
-) -> std::io::Result<u64> {
+) -> Result<u64> {
     let mut buffer = vec![0; 1 << 20];
     let mut offset = 0u64;
     while offset <= size {
         let want = buffer.len().min((size + 1 - offset) as usize);
-        let read = from.read_at(&mut buffer[..want], offset)?;
+        let read = from
+            .read_at(&mut buffer[..want], offset)
+            .context_io(|| format!("reading {}", from_path.display()))?;
         if read == 0 {
             break;
         }
         if let Some(limiter) = limiter {
             limiter.take(read as u64);
         }
-        write_sparse(out, offset, &buffer[..read])?;
+        write_at(out, offset, &buffer[..read])?;
         offset += read as u64;
     }
-    out.set_len(offset)?;
+    out.set_len(offset).map_err(write_error)?;
     Ok(offset)
 }
 
@@ -659,9 +669,8 @@ fn finish_file<D>(
                 if !in_place {
                     // Another user's file, or one with a name outside the target: its bytes
                     // are right, but it is replaced by a copy rather than changed.
-                    copy_file(old, &out, job.entry.size, None)
-                        .and_then(|_| fill_unless_sparse(job, &out))
-                        .context_io(|| format!("copying {}", shown.display()))?;
+                    copy_file(old, &shown, &out, job.entry.size, None)?;
+                    fill_unless_sparse(job, &out).map_err(write_error)?;
                     set_metadata_of(out.as_fd(), &job.entry, &shown).map_err(metadata_error)?;
                     drop(out);
                     job.target
@@ -752,6 +761,7 @@ struct Planner<'a, S: TreeSource> {
     progress: &'a Progress,
     files: crossbeam_channel::Sender<FileJob<S::Dir>>,
     errors: &'a Mutex<Vec<SyncError>>,
+    full: &'a SpaceFailure,
     /// Directories (relative to the target) with their metadata, deepest first.
     dirs: Vec<(PathBuf, Entry)>,
     /// Hard links to make once the files are written, by paths relative to the target.
@@ -762,8 +772,8 @@ struct Planner<'a, S: TreeSource> {
 
 impl<S: TreeSource> Planner<'_, S> {
     /// Syncs the source directory `root` into `target`, walking with an explicit stack.
-    /// Wrong data from the source stops everything; an entry that cannot be read or written
-    /// is reported and the rest goes on.
+    /// Wrong data from the source stops everything, and so does a full filesystem; an entry
+    /// that cannot be read or written otherwise is reported and the rest goes on.
     fn sync_tree(&mut self, root: S::Dir, target: Option<Arc<TargetDir>>) -> Result<()> {
         let entries = self.list_dir(&root, target.as_deref(), Path::new(""))?;
         let mut stack = vec![Level {
@@ -774,6 +784,9 @@ impl<S: TreeSource> Planner<'_, S> {
             own: None,
         }];
         while let Some(level) = stack.last_mut() {
+            if self.full.is_full() {
+                return Ok(());
+            }
             let Some((entry, subdir)) = level.entries.next() else {
                 let done = stack.pop().expect("the loop holds a level");
                 if let Some(own) = done.own {
@@ -811,7 +824,12 @@ impl<S: TreeSource> Planner<'_, S> {
         }
     }
 
+    /// Reports that `path` could not be synced (a full filesystem stops the sync instead).
     fn report_error(&self, path: PathBuf, e: Error) {
+        if is_out_of_space(&e) {
+            self.full.record(path, &e);
+            return;
+        }
         self.errors.lock().expect("not poisoned").push(SyncError {
             path,
             message: e.to_string(),
@@ -1197,9 +1215,14 @@ fn run_sync_worker<S: TreeSource>(
     limiter: Option<&RateLimiter>,
     progress: &Progress,
     errors: &Mutex<Vec<SyncError>>,
+    full: &SpaceFailure,
     totals: &WorkerTotals,
 ) {
     while let Ok(first) = jobs.recv() {
+        // Once the filesystem is full, the queued files are dropped unwritten.
+        if full.is_full() {
+            continue;
+        }
         let mut batch = vec![first];
         while batch.len() < FILES_PER_BATCH {
             match jobs.try_recv() {
@@ -1220,6 +1243,7 @@ fn run_sync_worker<S: TreeSource>(
                     }
                     progress.file_done(job.entry.size);
                 }
+                Err(e) if is_out_of_space(&e) => full.record(job.shown(), &e),
                 Err(e) => errors.lock().expect("not poisoned").push(SyncError {
                     path: job.shown(),
                     message: e.to_string(),
@@ -1281,6 +1305,7 @@ pub fn run<S: TreeSource>(
         }
     }
     let errors = Mutex::new(Vec::new());
+    let full = SpaceFailure::default();
     let totals: WorkerTotals = Mutex::new((0, 0, 0));
     let limiter = options.rate_limit.map(RateLimiter::new);
     let threads = options.concurrency.max(1);
@@ -1290,10 +1315,11 @@ pub fn run<S: TreeSource>(
         scope.spawn(|| source.count(&root, progress, &counting_stopped));
         let workers: Vec<_> = (0..threads)
             .map(|_| {
-                let (jobs, errors, totals, limiter) =
-                    (jobs.clone(), &errors, &totals, limiter.as_ref());
-                scope
-                    .spawn(move || run_sync_worker(source, jobs, limiter, progress, errors, totals))
+                let (jobs, errors, full, totals, limiter) =
+                    (jobs.clone(), &errors, &full, &totals, limiter.as_ref());
+                scope.spawn(move || {
+                    run_sync_worker(source, jobs, limiter, progress, errors, full, totals)
+                })
             })
             .collect();
         drop(jobs);
@@ -1303,6 +1329,7 @@ pub fn run<S: TreeSource>(
             progress,
             files,
             errors: &errors,
+            full: &full,
             dirs: Vec::new(),
             links: LinkGroups::default(),
             report: SyncReport {
@@ -1324,12 +1351,25 @@ pub fn run<S: TreeSource>(
         for worker in workers {
             worker.join().expect("sync workers do not panic");
         }
-        counting_stopped.store(true, Ordering::Relaxed);
+        // Out of space, the count goes on to its end: the report says how much is missing.
+        if !full.is_full() {
+            counting_stopped.store(true, Ordering::Relaxed);
+        }
         (planned, dirs, links, report)
     });
     planned?;
     let mut errors = errors.into_inner().expect("not poisoned");
-    for later in &links.pending {
+    report.out_of_space = full.into_outcome(target).map(|mut full| {
+        let total = progress.total_bytes.load(Ordering::Relaxed);
+        full.set_missing(total.saturating_sub(progress.bytes_done.load(Ordering::Relaxed)));
+        full
+    });
+    // Out of space, the files to link to may be missing; the report says what was synced.
+    let pending = match report.out_of_space {
+        Some(_) => &[][..],
+        None => &links.pending[..],
+    };
+    for later in pending {
         if later.linked {
             report.files_unchanged += 1;
             continue;

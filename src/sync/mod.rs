@@ -112,4 +112,6 @@ pub struct SyncReport {
     /// Entries the source lacks that `max_delete` left in place (a directory counts once).
     pub deletions_skipped: u64,
     pub errors: Vec<SyncError>,
+    /// Into a directory: set when the target's filesystem filled up and the sync stopped.
+    pub out_of_space: Option<crate::space::OutOfSpace>,
 }
