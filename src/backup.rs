@@ -749,7 +749,7 @@ fn find_parent(
     Ok(checkpoint::list(repo)?
         .into_iter()
         .rev()
-        .find(|(_, c)| c.host == host && c.paths == paths))
+        .find(|(_, c)| c.series() == (host, paths, None)))
 }
 
 /// Backs up `options.paths` into `repo` and writes the checkpoint (unless a dry run).

@@ -56,6 +56,10 @@ pub struct CheckReport {
     pub blobs_read: u64,
     /// Packs whose bytes no longer hash to their id (`read_data` only).
     pub mismatched_packs: u64,
+    /// Packs no index file lists (a stopped run's, or a stopped rewrite's): nothing reads
+    /// them, so they are not read; the next writing run takes them back when they are whole
+    /// and prune deletes the rest (`read_data` only).
+    pub unlisted_packs: u64,
     pub damaged: Vec<DamagedBlob>,
     /// Every checkpoint that needs a damaged blob, in catalogue order.
     pub affected_checkpoints: Vec<AffectedCheckpoint>,
@@ -141,6 +145,10 @@ impl Checker<'_> {
         }
         let codec = self.repo.codec();
         for pack in self.packs.keys().copied().collect::<Vec<_>>() {
+            if !by_pack.contains_key(&pack) {
+                self.report.unlisted_packs += 1;
+                continue;
+            }
             let name = pack_object_name(&pack);
             let bytes = match self.repo.backend().get(&name) {
                 Ok(bytes) => bytes,

@@ -51,6 +51,28 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// The server a pulled checkpoint came from (the host of `pulled_from`, without scheme,
+    /// port or path); `None` for a local backup.
+    pub fn pulled_from_server(&self) -> Option<&str> {
+        let url = self.pulled_from.as_deref()?;
+        let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let authority = rest.split('/').next().unwrap_or_default();
+        Some(match authority.rsplit_once(':') {
+            Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+                host
+            }
+            _ => authority,
+        })
+    }
+
+    /// What makes checkpoints one series: the stat cache of the next run, `forget`'s policies
+    /// and which `latest` a note names. The host and paths, and for a pull the server it came
+    /// from: a server names the host and paths it records, so its pulls never join the series
+    /// of local backups (nor of another server's pulls) that they claim.
+    pub fn series(&self) -> (&str, &[String], Option<&str>) {
+        (&self.host, &self.paths, self.pulled_from_server())
+    }
+
     /// The directory entry of the checkpoint's root.
     pub fn root_entry(&self) -> Entry {
         self.root

@@ -482,7 +482,9 @@ pub fn packs(repo: &Repository, options: &RepairOptions) -> Result<PackRepairRep
     with_blob_sink(repo, options.dry_run, 8, &Progress::default(), |sink| {
         for (pack, entries) in listings {
             let name = pack_object_name(&pack);
-            if !present.contains_key(&pack) {
+            // Absent from the listing is asked again before the pack's blobs are dropped: a
+            // listing that came back short must not cost them.
+            if !present.contains_key(&pack) && !repo.backend().exists(&name)? {
                 report.damaged_packs.push(RepairedPack {
                     name,
                     reason: "missing".into(),
@@ -534,6 +536,9 @@ pub fn packs(repo: &Repository, options: &RepairOptions) -> Result<PackRepairRep
     }
     // Where the kept blobs landed: the packs just written.
     let new_packs = packs_holding(repo, &kept)?;
+    // A new pack may have the very id of a damaged one (the same blobs in the same order,
+    // unencrypted, when only its header was hurt): written over it, it stays.
+    replaced.retain(|pack| !new_packs.contains_key(pack));
     lock.ensure_held()?;
     intact.extend(new_packs);
     let old_names: Vec<String> = old_index_files.into_iter().map(|(name, _)| name).collect();

@@ -217,6 +217,9 @@ pub fn apply(policy: &Policy, series: &[Candidate<'_>]) -> Vec<Vec<Reason>> {
 pub struct SeriesPlan {
     pub host: String,
     pub paths: Vec<String>,
+    /// For pulled checkpoints, the server they were pulled from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pulled_from: Option<String>,
     pub checkpoints: Vec<Decision>,
 }
 
@@ -229,22 +232,22 @@ pub struct Decision {
     pub reasons: Vec<Reason>,
 }
 
-/// Applies `policy` to every series of `checkpoints` (of `host` only, when given).
+/// Applies `policy` to every series of `checkpoints` (see `Checkpoint::series`).
 pub fn plan(
     policy: &Policy,
     checkpoints: Vec<(CheckpointId, Checkpoint)>,
 ) -> Result<Vec<SeriesPlan>> {
     type Series = Vec<(CheckpointId, Checkpoint)>;
-    let mut series: BTreeMap<(String, Vec<String>), Series> = BTreeMap::new();
+    type Key = (String, Vec<String>, Option<String>);
+    let mut series: BTreeMap<Key, Series> = BTreeMap::new();
     for (id, record) in checkpoints {
-        series
-            .entry((record.host.clone(), record.paths.clone()))
-            .or_default()
-            .push((id, record));
+        let (host, paths, server) = record.series();
+        let key = (host.to_owned(), paths.to_vec(), server.map(str::to_owned));
+        series.entry(key).or_default().push((id, record));
     }
     series
         .into_iter()
-        .map(|((host, paths), mut members)| {
+        .map(|((host, paths, pulled_from), mut members)| {
             members.sort_by(|a, b| checkpoint::catalogue_order((&b.0, &b.1), (&a.0, &a.1)));
             let candidates = members
                 .iter()
@@ -276,6 +279,7 @@ pub fn plan(
             Ok(SeriesPlan {
                 host,
                 paths,
+                pulled_from,
                 checkpoints,
             })
         })

@@ -1213,6 +1213,62 @@ fn repair_packs_drops_a_damaged_blob_and_the_next_backup_heals_every_checkpoint(
 }
 
 #[test]
+fn a_damaged_pack_a_stopped_repair_left_behind_is_not_taken_back() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("a.bin"), pseudo_random(3_000_000, 27)).unwrap();
+    fs::write(source.join("b.bin"), pseudo_random(3_000_000, 28)).unwrap();
+    let repo = sandbox.path("repo");
+    let extra = init(&sandbox, &repo, "keyfile");
+    backup_json(&sandbox, &extra, &[&source]);
+    let [pack] = packs(&repo).try_into().unwrap();
+    let mut damaged = fs::read(&pack).unwrap();
+    let middle = damaged.len() / 2;
+    damaged[middle..middle + 16].copy_from_slice(&[0x55; 16]);
+    fs::write(&pack, &damaged).unwrap();
+    sandbox.ok(&with(&["repair", "packs"], &extra));
+    // As if the repair had stopped after its new index files, before deleting the pack.
+    fs::write(&pack, &damaged).unwrap();
+
+    // The next backup must not index the damaged pack again (which would list the dropped
+    // blob once more and have the backup reuse it): it stores the content anew.
+    let healed = backup_json(&sandbox, &extra, &[&source]);
+    assert!(healed["added_bytes"].as_u64().unwrap() > 0, "{healed}");
+    let check = sandbox.run(&with(&["check", "--read-data"], &extra));
+    assert!(check.status.success(), "{}", stderr(&check));
+}
+
+#[test]
+fn repair_packs_keeps_a_pack_rebuilt_under_its_own_id() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("a.bin"), pseudo_random(300_000, 17)).unwrap();
+    let repo = sandbox.path("repo");
+    let extra = init(&sandbox, &repo, "none");
+    backup_json(&sandbox, &extra, &[&source]);
+    // Unencrypted, with every blob whole and only the pack's last byte hurt (its header's
+    // length), the repair writes the very same pack again, under the very same name.
+    let [pack] = packs(&repo).try_into().unwrap();
+    let whole = fs::read(&pack).unwrap();
+    let mut hurt = whole.clone();
+    *hurt.last_mut().unwrap() ^= 0xff;
+    fs::write(&pack, &hurt).unwrap();
+
+    let repaired: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&with(&["repair", "packs", "--json"], &extra))).unwrap();
+    assert_eq!(repaired["blobs_dropped"], 0, "{repaired}");
+    assert_eq!(
+        fs::read(&pack).unwrap(),
+        whole,
+        "the pack is rebuilt, not deleted"
+    );
+    let check = sandbox.run(&with(&["check", "--read-data"], &extra));
+    assert!(check.status.success(), "{}", stderr(&check));
+}
+
+#[test]
 fn check_summarises_a_lost_pack_and_names_every_checkpoint_it_affects() {
     let sandbox = Sandbox::new();
     let source = sandbox.path("source");

@@ -775,22 +775,34 @@ fn a_pulled_checkpoint_records_the_machine_and_path_of_its_source() {
     );
     assert_eq!(pulled["pulled_from"], url.as_str(), "{pulled}");
 
-    // A backup of the same directory on the same machine continues the pulled series: the
-    // pull is its parent and no unchanged file is read again.
+    // The server names the host and path, so its pulls are a series of their own: a local
+    // backup of that very directory does not continue it (a server claiming a local series
+    // could otherwise make `forget` drop its backups), and a pull never takes a local backup
+    // as its parent (its stat cache would tell the server that series' sizes and times).
     let backup: serde_json::Value = serde_json::from_str(&sandbox.ok(&with(
         &["backup", "--json", "--repo", text(&repo), text(&source)],
         &client,
     )))
     .unwrap();
-    assert_eq!(backup["parent"], pulled["id"], "{backup}");
-    assert_eq!(backup["bytes_read"], 0, "{backup}");
-
-    // The other way round, a pull never takes a local backup as its parent: the server names
-    // the host and path, and must not be able to probe another series' stat cache.
+    assert_eq!(backup["parent"], serde_json::Value::Null, "{backup}");
     sync_json(&sandbox, &[&url, text(&repo)], &client);
     let again = list(&sandbox)[2].clone();
     assert_eq!(again["pulled_from"], url.as_str(), "{again}");
     assert_eq!(again["parent"], pulled["id"], "{again}");
+    let forget = with(
+        &[
+            "forget",
+            "--repo",
+            text(&repo),
+            "--keep-last",
+            "1",
+            "--dry-run",
+            "--json",
+        ],
+        &client,
+    );
+    let plans: serde_json::Value = serde_json::from_str(&sandbox.ok(&forget)).unwrap();
+    assert_eq!(plans["series"].as_array().unwrap().len(), 2, "{plans}");
 }
 
 #[test]

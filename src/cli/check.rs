@@ -36,6 +36,7 @@ pub fn run(global: &GlobalArgs, args: CheckArgs) -> Result<ExitCode> {
             "packs": report.packs,
             "blobs_read": report.blobs_read,
             "mismatched_packs": report.mismatched_packs,
+            "unlisted_packs": report.unlisted_packs,
             "problems": report.problems,
             "affected_checkpoints": report.affected_checkpoints.iter().map(|c| json!({
                 "id": c.id.to_hex(), "short_id": c.id.short(), "paths": c.paths,
@@ -58,6 +59,13 @@ pub fn run(global: &GlobalArgs, args: CheckArgs) -> Result<ExitCode> {
                 String::new()
             }
         );
+        if report.unlisted_packs > 0 {
+            eprintln!(
+                "{} packs no index file lists were not read (left by a stopped run: the next \
+                 backup takes them back if whole, `cairn prune` deletes the rest)",
+                report.unlisted_packs
+            );
+        }
     }
     if report.is_sound() {
         eprintln!("no problems found");

@@ -118,7 +118,14 @@ pub fn run(global: &GlobalArgs, args: ForgetArgs) -> Result<ExitCode> {
 
 fn print_plans(plans: &[SeriesPlan]) -> Result<()> {
     for plan in plans {
-        outln!("{} {}", plan.host, plan.paths.join(" "));
+        match &plan.pulled_from {
+            Some(server) => outln!(
+                "{} {} (pulled from {server})",
+                plan.host,
+                plan.paths.join(" ")
+            ),
+            None => outln!("{} {}", plan.host, plan.paths.join(" ")),
+        }
         for decision in &plan.checkpoints {
             let time = decision
                 .time

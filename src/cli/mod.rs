@@ -442,7 +442,6 @@ fn draw_run_progress(
     });
 }
 
-/// Whether to draw progress: stderr is a terminal and the output is not JSON.
 /// Reports a run that a signal stopped, with what it kept for the next one; exit 130.
 fn interrupted(what: &str, progress: &cairn::progress::Progress) -> ExitCode {
     use std::sync::atomic::Ordering::Relaxed;
@@ -478,6 +477,7 @@ fn out_of_space_error(
     )
 }
 
+/// Whether to draw progress: stderr is a terminal and the output is not JSON.
 fn show_progress(json: bool) -> bool {
     !json && std::io::stderr().is_terminal()
 }
@@ -543,7 +543,7 @@ fn resolve_checkpoint(
     if reference == "latest" && filter.is_empty() {
         let catalogue = cairn::checkpoint::list(repo)?;
         let series: std::collections::BTreeSet<_> =
-            catalogue.iter().map(|(_, c)| (&c.host, &c.paths)).collect();
+            catalogue.iter().map(|(_, c)| c.series()).collect();
         if series.len() > 1 {
             eprintln!(
                 "note: latest is {} of {} {}, the newest of {} series; --host, --path or --tag choose another",

@@ -320,8 +320,8 @@ pub struct RecoveredPacks {
 /// file, and those a backup running alongside has not indexed yet. One listing of `data/`;
 /// for each pack the cache does not know, two ranged reads give its header, which must open
 /// under the repository's key and lie inside the pack, and an index file is written for the
-/// packs whose header does. A pack whose header does not is left as it is, unused (the next
-/// prune deletes it). Nothing is deleted here, so another run's fresh packs are safe; listing
+/// packs whose header does; a pack that shares blobs with listed ones is read whole and must
+/// match its id. A pack that fails is left as it is, unused (the next prune deletes it). Nothing is deleted here, so another run's fresh packs are safe; listing
 /// them too is harmless, since a blob is the same wherever it is stored. Runs that write call
 /// it once they hold their lock, so the work of an interrupted run is reused, not stored again.
 pub fn recover_orphan_packs(repo: &Repository) -> Result<RecoveredPacks> {
@@ -334,7 +334,25 @@ pub fn recover_orphan_packs(repo: &Repository) -> Result<RecoveredPacks> {
         if repo.index().contains_pack(&pack)? {
             continue;
         }
-        match fetch_header(repo.backend(), &pack, object.size, repo.codec()) {
+        let header = fetch_header(repo.backend(), &pack, object.size, repo.codec());
+        // A pack some of whose blobs are listed elsewhere is the leftover of a rewrite (prune,
+        // `repair packs`) stopped before it deleted it, possibly a damaged one the repair
+        // meant to drop: it is read whole and taken only if its bytes match its id.
+        let header = header.and_then(|entries| {
+            let rewritten = entries
+                .iter()
+                .map(|entry| repo.index().contains(&entry.id))
+                .collect::<Result<Vec<bool>>>()?
+                .contains(&true);
+            if rewritten && blake3::hash(&repo.backend().get(&object.name)?).as_bytes() != &pack.0 {
+                return Err(Error::corrupt(
+                    &object.name,
+                    "bytes do not match the pack's id",
+                ));
+            }
+            Ok(entries)
+        });
+        match header {
             Ok(entries) => {
                 recovered.packs += 1;
                 recovered.bytes += object.size;

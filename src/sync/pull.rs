@@ -208,9 +208,12 @@ fn pull_files(
     // A file's result goes to the tree builder only once every chunk it refers to is queued
     // for the packer, so its tree can never be packed (and indexed) before them. This worker
     // holds no unqueued claim while it waits, so waits cannot form a cycle.
+    // After a failure, a file still waiting for a chunk is not done: it must not reach the
+    // tree builder as if whole.
     for (i, offset, chunk) in elsewhere {
         if failed.is_some() {
-            break;
+            results[i].get_or_insert_with(|| Err(FileError::Source("not fetched".into())));
+            continue;
         }
         let stored = wait_or_store(context, sink, &paths[i], offset, chunk);
         if let Err(e) = stored {
@@ -467,16 +470,9 @@ fn find_pull_parent(
     let (authority, url_path) = source_identity(url);
     let url_paths = [url_path];
     let server = without_port(&authority);
-    let same_server = |pulled_from: &Option<String>| {
-        pulled_from
-            .as_deref()
-            .is_some_and(|from| without_port(&source_identity(from).0) == server)
-    };
-    Ok(
-        newest(&|c| c.host == host && c.paths == paths && same_server(&c.pulled_from))
-            .or_else(|| newest(&|c| c.paths == url_paths && c.host == authority))
-            .or_else(|| newest(&|c| c.paths == url_paths && without_port(&c.host) == server)),
-    )
+    Ok(newest(&|c| c.series() == (host, paths, Some(server)))
+        .or_else(|| newest(&|c| c.paths == url_paths && c.host == authority))
+        .or_else(|| newest(&|c| c.paths == url_paths && without_port(&c.host) == server)))
 }
 
 /// Pulls the served source into `repo` as a new checkpoint (unless a dry run).
