@@ -258,18 +258,7 @@ pub fn run(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
             let name = pack_object_name(pack);
             let bytes = repo.backend().get(&name)?;
             for entry in &packs[pack].used {
-                let start = entry.offset as usize;
-                let stored = bytes
-                    .get(start..start + entry.length as usize)
-                    .ok_or_else(|| Error::corrupt(&name, "truncated pack"))?;
-                let where_ = || format!("pack {pack} blob {}", entry.id);
-                repo.codec().decode_blob(stored, entry, &where_)?;
-                sink.send_encoded(
-                    entry.id,
-                    entry.kind,
-                    stored.to_vec(),
-                    entry.raw_length as usize,
-                )?;
+                sink.copy_stored(pack, &bytes, entry)??;
             }
         }
         Ok(())

@@ -506,21 +506,10 @@ pub fn packs(repo: &Repository, options: &RepairOptions) -> Result<PackRepairRep
                 blobs_dropped: 0,
             };
             for entry in &entries {
-                let start = entry.offset as usize;
-                let where_ = || format!("pack {pack} blob {}", entry.id);
-                let readable = bytes
-                    .get(start..start + entry.length as usize)
-                    .filter(|stored| repo.codec().decode_blob(stored, entry, &where_).is_ok());
-                let Some(stored) = readable else {
+                if sink.copy_stored(&pack, &bytes, entry)?.is_err() {
                     repaired.blobs_dropped += 1;
                     continue;
-                };
-                sink.send_encoded(
-                    entry.id,
-                    entry.kind,
-                    stored.to_vec(),
-                    entry.raw_length as usize,
-                )?;
+                }
                 kept.push(entry.id);
                 repaired.blobs_kept += 1;
             }

@@ -80,6 +80,35 @@ impl BlobSink<'_> {
         self.repo
     }
 
+    /// Stores blob `entry` of `pack` (read whole into `bytes`) again as it is stored, once it
+    /// decodes to its id: how prune repacks and `repair packs` rescues. The inner error is the
+    /// blob's own (truncated or damaged; nothing is sent), the outer one the sink's.
+    pub(crate) fn copy_stored(
+        &self,
+        pack: &crate::id::PackId,
+        bytes: &[u8],
+        entry: &super::pack::PackEntry,
+    ) -> Result<Result<()>> {
+        let start = entry.offset as usize;
+        let where_ = || format!("pack {pack} blob {}", entry.id);
+        let Some(stored) = bytes.get(start..start + entry.length as usize) else {
+            return Ok(Err(Error::corrupt(
+                where_(),
+                "lies past the end of its pack",
+            )));
+        };
+        if let Err(e) = self.repo.codec().decode_blob(stored, entry, &where_) {
+            return Ok(Err(e));
+        }
+        self.send_encoded(
+            entry.id,
+            entry.kind,
+            stored.to_vec(),
+            entry.raw_length as usize,
+        )?;
+        Ok(Ok(()))
+    }
+
     /// Takes blob `id` on, unless the repository has it or another thread does. Never waits.
     pub fn claim(&self, id: &BlobId) -> Result<Claim> {
         if self.repo.index().contains(id)? {
