@@ -1122,3 +1122,43 @@ fn a_directory_replaced_by_a_non_directory_is_deleted_like_rsync() {
     assert!(forced.lines().any(|l| l == "deleting x/sub/"), "{forced}");
     assert_same_tree(&source, &target);
 }
+
+#[test]
+fn xattrs_cairn_does_not_manage_are_left_alone_in_the_target() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    if !is_root() || !xattrs_supported(&source) {
+        return;
+    }
+    fs::write(source.join("f"), b"f").unwrap();
+    fs::write(source.join("g"), b"g").unwrap();
+    xattr::set(source.join("f"), "user.a", b"1").unwrap();
+    // The source machine's label is not the target's to take.
+    xattr::set(source.join("g"), "security.selinux", b"source_t").unwrap();
+    let contents = format!("{}/", text(&source));
+    let target = sandbox.path("target");
+    sandbox.ok(&["sync", "--delete", &contents, text(&target)]);
+    assert_eq!(
+        xattr::get(target.join("g"), "security.selinux").unwrap(),
+        None
+    );
+    // The target's own label stays; a trusted.* name the source lacks goes, as root.
+    for name in ["f", "g", ""] {
+        xattr::set(target.join(name), "security.selinux", b"target_t").unwrap();
+    }
+    xattr::set(target.join("f"), "trusted.x", b"1").unwrap();
+    let first = sandbox.ok(&["sync", "-i", "--delete", &contents, text(&target)]);
+    assert_eq!(itemized(&first), [".f........x f"]);
+    for name in ["f", "g", ""] {
+        let label = xattr::get(target.join(name), "security.selinux").unwrap();
+        assert_eq!(label.as_deref(), Some(&b"target_t"[..]), "{name}");
+    }
+    assert_eq!(xattr::get(target.join("f"), "trusted.x").unwrap(), None);
+    assert_eq!(
+        xattr::get(target.join("f"), "user.a").unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+    let second = sandbox.ok(&["sync", "-i", "--delete", &contents, text(&target)]);
+    assert_eq!(itemized(&second), Vec::<String>::new(), "{second}");
+}
