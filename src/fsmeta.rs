@@ -125,8 +125,45 @@ fn group_name(gid: u32) -> Option<String> {
     })
 }
 
+/// Whether xattr `name` is a POSIX ACL (`system.posix_acl_access`, `_default`).
+pub fn is_acl_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"system.posix_acl_")
+}
+
+/// Whether cairn sets, compares and removes xattr `name` when it writes a tree (restore,
+/// sync into a directory), as `rsync -aAX` does: `user.*` and the POSIX ACLs for anyone;
+/// run `as_root`, every other namespace too except the rest of `system.*` (the kernel's)
+/// and `security.selinux`, a label the target system's policy assigns. Backups record every
+/// xattr; the ones outside are neither copied nor touched in the target.
+pub fn manages_xattr(name: &[u8], as_root: bool) -> bool {
+    if name.starts_with(b"user.") || is_acl_xattr(name) {
+        return true;
+    }
+    as_root && !name.starts_with(b"system.") && name != b"security.selinux"
+}
+
 /// Whether this process may set owners and create device nodes.
 pub fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn managed_xattrs_are_rsyncs_but_for_selinux_labels() {
+        for (name, as_user, as_root) in [
+            (&b"user.a"[..], true, true),
+            (b"system.posix_acl_access", true, true),
+            (b"trusted.x", false, true),
+            (b"security.capability", false, true),
+            (b"security.selinux", false, false),
+            (b"system.nfs4_acl", false, false),
+        ] {
+            assert_eq!(manages_xattr(name, false), as_user, "{name:?}");
+            assert_eq!(manages_xattr(name, true), as_root, "{name:?}");
+        }
+    }
 }

@@ -14,7 +14,7 @@
 //!
 //! Paths are kept only to name things in messages.
 
-use crate::fsmeta::running_as_root;
+use crate::fsmeta::{manages_xattr, running_as_root};
 use crate::tree::{Entry, EntryKind, Xattr};
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::{File, Metadata};
@@ -579,7 +579,7 @@ impl TargetDir {
     /// lacks, warning of each failure.
     fn set_xattrs(&self, path: &Path, name: &[u8], entry: &Entry, deref: bool) {
         remove_stale_xattrs(path, deref, entry, &self.child_path(name));
-        for attr in &entry.xattrs {
+        for attr in managed_xattrs(entry) {
             let attr_name = OsStr::from_bytes(&attr.name);
             let set = if deref {
                 xattr::set_deref(path, attr_name, &attr.value)
@@ -654,7 +654,7 @@ pub fn set_metadata_of(fd: BorrowedFd<'_>, entry: &Entry, shown: &Path) -> io::R
         entry,
         shown,
     );
-    for attr in &entry.xattrs {
+    for attr in managed_xattrs(entry) {
         let name = c_name(&attr.name)?;
         // SAFETY: fd is open, name NUL-terminated, and value valid for its length.
         let rc = unsafe {
@@ -675,8 +675,18 @@ pub fn set_metadata_of(fd: BorrowedFd<'_>, entry: &Entry, shown: &Path) -> io::R
     check(unsafe { libc::futimens(fd, times.as_ptr()) })
 }
 
+/// The xattrs of `entry` that are written: those `manages_xattr` names for this process.
+fn managed_xattrs(entry: &Entry) -> impl Iterator<Item = &Xattr> {
+    let as_root = running_as_root();
+    entry
+        .xattrs
+        .iter()
+        .filter(move |x| manages_xattr(&x.name, as_root))
+}
+
 /// Removes the xattrs of `path` (followed when `deref`) that `entry` lacks: an attribute
-/// removed from the source goes from the copy too. `shown` names it in warnings.
+/// removed from the source goes from the copy too; one cairn does not manage stays.
+/// `shown` names it in warnings.
 fn remove_stale_xattrs(path: &Path, deref: bool, entry: &Entry, shown: &Path) {
     let names = if deref {
         xattr::list_deref(path)
@@ -687,8 +697,11 @@ fn remove_stale_xattrs(path: &Path, deref: bool, entry: &Entry, shown: &Path) {
     let Ok(names) = names else {
         return;
     };
+    let as_root = running_as_root();
     for name in names {
-        if entry.xattrs.iter().any(|x| x.name == name.as_bytes()) {
+        let name_bytes = name.as_bytes();
+        if !manages_xattr(name_bytes, as_root) || entry.xattrs.iter().any(|x| x.name == name_bytes)
+        {
             continue;
         }
         let removed = if deref {

@@ -1063,3 +1063,102 @@ fn a_served_source_is_its_contents_and_a_directory_in_it_keeps_its_name() {
     ]);
     assert_fails(&file, 1, "not a directory");
 }
+
+#[test]
+fn a_directory_replaced_by_a_non_directory_is_deleted_like_rsync() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    for name in ["e", "empty", "x"] {
+        fs::write(source.join(name), name).unwrap();
+    }
+    std::os::unix::fs::symlink("e", source.join("l")).unwrap();
+    let target = sandbox.path("target");
+    for dir in ["empty", "l/q", "x/sub"] {
+        fs::create_dir_all(target.join(dir)).unwrap();
+    }
+    for name in ["l/q/z", "x/f", "x/sub/g"] {
+        fs::write(target.join(name), name).unwrap();
+    }
+    let contents = format!("{}/", text(&source));
+    // Without --delete a non-empty directory stays and is an error; an empty one is replaced.
+    let kept = sandbox.run(&["sync", "-i", &contents, text(&target)]);
+    assert_fails(&kept, 3, "non-empty directory");
+    assert!(target.join("x/sub/g").is_file() && target.join("l/q/z").is_file());
+    assert_eq!(fs::read(target.join("empty")).unwrap(), b"empty");
+    let stdout = String::from_utf8_lossy(&kept.stdout);
+    assert!(!stdout.contains("deleting"), "{stdout}");
+    // With --delete each entry a replaced directory holds counts against --max-delete, the
+    // same in a dry run as in the real run.
+    let limited = ["sync", "--delete", "--max-delete", "2", "--json"];
+    let places = [contents.as_str(), text(&target)];
+    for run in [
+        [&limited[..], &["--dry-run"], &places].concat(),
+        [&limited[..], &places].concat(),
+    ] {
+        let output = sandbox.run(&run);
+        assert_fails(&output, 3, "--max-delete");
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["entries_deleted"], 2, "l/q/z, l/q: {report}");
+        assert_eq!(report["deletions_skipped"], 1, "x: {report}");
+    }
+    assert!(target.join("x/sub/g").is_file());
+    assert_eq!(fs::read_link(target.join("l")).unwrap(), Path::new("e"));
+    let listed = sandbox.ok(&["sync", "-i", "--delete", &contents, text(&target)]);
+    assert_eq!(
+        itemized(&listed),
+        [
+            "*deleting   x/f",
+            "*deleting   x/sub/g",
+            "*deleting   x/sub/",
+            ">f+++++++++ x"
+        ]
+    );
+    assert_same_tree(&source, &target);
+    // --force replaces a non-empty directory without --delete, listing what it removes.
+    fs::remove_file(target.join("x")).unwrap();
+    fs::create_dir_all(target.join("x/sub")).unwrap();
+    let forced = sandbox.ok(&["sync", "-v", "--force", &contents, text(&target)]);
+    assert!(forced.lines().any(|l| l == "deleting x/sub/"), "{forced}");
+    assert_same_tree(&source, &target);
+}
+
+#[test]
+fn xattrs_cairn_does_not_manage_are_left_alone_in_the_target() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    if !is_root() || !xattrs_supported(&source) {
+        return;
+    }
+    fs::write(source.join("f"), b"f").unwrap();
+    fs::write(source.join("g"), b"g").unwrap();
+    xattr::set(source.join("f"), "user.a", b"1").unwrap();
+    // The source machine's label is not the target's to take.
+    xattr::set(source.join("g"), "security.selinux", b"source_t").unwrap();
+    let contents = format!("{}/", text(&source));
+    let target = sandbox.path("target");
+    sandbox.ok(&["sync", "--delete", &contents, text(&target)]);
+    assert_eq!(
+        xattr::get(target.join("g"), "security.selinux").unwrap(),
+        None
+    );
+    // The target's own label stays; a trusted.* name the source lacks goes, as root.
+    for name in ["f", "g", ""] {
+        xattr::set(target.join(name), "security.selinux", b"target_t").unwrap();
+    }
+    xattr::set(target.join("f"), "trusted.x", b"1").unwrap();
+    let first = sandbox.ok(&["sync", "-i", "--delete", &contents, text(&target)]);
+    assert_eq!(itemized(&first), [".f........x f"]);
+    for name in ["f", "g", ""] {
+        let label = xattr::get(target.join(name), "security.selinux").unwrap();
+        assert_eq!(label.as_deref(), Some(&b"target_t"[..]), "{name}");
+    }
+    assert_eq!(xattr::get(target.join("f"), "trusted.x").unwrap(), None);
+    assert_eq!(
+        xattr::get(target.join("f"), "user.a").unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+    let second = sandbox.ok(&["sync", "-i", "--delete", &contents, text(&target)]);
+    assert_eq!(itemized(&second), Vec::<String>::new(), "{second}");
+}

@@ -40,11 +40,15 @@ pub struct SyncArgs {
     /// Into a directory: remove what the source lacks
     #[arg(long)]
     delete: bool,
+    /// Into a directory: replace a non-empty directory by the source's file, symlink or
+    /// special file, removing what it holds (--delete does too)
+    #[arg(long)]
+    force: bool,
     /// Into a directory: leave runs of zeros in files as holes; without it files are dense
     #[arg(short = 'S', long)]
     sparse: bool,
-    /// With --delete: remove at most N entries (files and directories each count), then
-    /// leave the rest, say so and exit 25; 0 removes nothing
+    /// With --delete or --force: remove at most N entries (files and directories each
+    /// count), then leave the rest, say so and exit 25; 0 removes nothing
     #[arg(long, value_name = "N")]
     max_delete: Option<u64>,
     /// Into a directory: print each entry created, written, linked or deleted
@@ -124,6 +128,7 @@ pub fn run(global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode> {
     let mut options = SyncOptions {
         dry_run: args.dry_run,
         delete: args.delete,
+        force: args.force,
         max_delete: args.max_delete,
         rate_limit: args.limit_rate,
         sparse: args.sparse,

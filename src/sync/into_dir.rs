@@ -11,8 +11,9 @@
 //! takes every chunk the old file already holds from there (chunked the same way) and only
 //! the rest from the source; when the old file turns out to hold exactly the source's chunks,
 //! only its metadata is set. Directories, symlinks and special files are created or replaced
-//! as needed; with `delete`, whatever the source lacks is removed. Directory metadata is
-//! applied last, deepest first.
+//! as needed; with `delete`, whatever the source lacks is removed. A directory replaced by
+//! another kind of entry loses what it holds only as deletions (`delete` or `force`, within
+//! `max_delete`), like rsync. Directory metadata is applied last, deepest first.
 //!
 //! Nothing is written outside the target (invariant 4): every write goes through
 //! `target::TargetDir`, beneath the target's descriptor; source names are validated; an
@@ -882,12 +883,7 @@ impl<S: TreeSource> Planner<'_, S> {
             }
             let (report, changes) = (&mut self.report, &mut *self.changes);
             let mut allow = |path: &Path, is_dir: bool| {
-                if max_delete.is_some_and(|max| report.entries_deleted >= max) {
-                    return false;
-                }
-                report.entries_deleted += 1;
-                changes(&Change::deleted(relative.join(path), is_dir));
-                true
+                delete_within(report, changes, max_delete, relative.join(path), is_dir)
             };
             if !target
                 .remove_each(&name, dry_run, &mut allow)
@@ -897,6 +893,45 @@ impl<S: TreeSource> Planner<'_, S> {
             }
         }
         Ok(())
+    }
+
+    /// Clears directory `name` of `target` (at `relative` below the sync's target) for an
+    /// entry of another kind, as rsync does. With `delete` or `force` each entry it holds
+    /// is asked for like a deletion (listed, counted, within `max_delete`); the directory
+    /// itself is replaced, not deleted. Otherwise only an empty directory goes. In a dry
+    /// run nothing is removed and the answer is the real run's. A directory that stays is
+    /// an error: the entry is not synced.
+    fn make_way(&mut self, target: &TargetDir, name: &[u8], relative: &Path) -> Result<()> {
+        let (dry_run, max_delete) = (self.options.dry_run, self.options.max_delete);
+        let deleting = self.options.delete || self.options.force;
+        let own = Path::new(OsStr::from_bytes(name));
+        let parent = relative.parent().unwrap_or(Path::new(""));
+        let (report, changes) = (&mut self.report, &mut *self.changes);
+        let mut allow = |path: &Path, is_dir: bool| {
+            if path == own {
+                return true;
+            }
+            deleting && delete_within(report, changes, max_delete, parent.join(path), is_dir)
+        };
+        if target
+            .remove_each(name, dry_run, &mut allow)
+            .context_io(|| format!("removing {}", target.child_path(name).display()))?
+        {
+            return Ok(());
+        }
+        if !deleting {
+            return Err(Error::InvalidInput(
+                "cannot replace a non-empty directory by the source's entry: run with \
+                 --delete or --force to remove what it holds"
+                    .into(),
+            ));
+        }
+        self.report.deletions_skipped += 1;
+        Err(Error::InvalidInput(
+            "cannot replace the directory by the source's entry: removing what it holds \
+             stopped at the --max-delete limit"
+                .into(),
+        ))
     }
 
     /// How entry `name` of `target` (`.` for the target itself), of `entry`'s kind as
@@ -1016,6 +1051,9 @@ impl<S: TreeSource> Planner<'_, S> {
             }
             EntryKind::File(_) => {
                 let group = self.links.group_of(&entry);
+                if let (true, Some(t)) = (is_dir, &target) {
+                    self.make_way(t, name, &relative)?;
+                }
                 if let LinkRole::Later(first) = &group {
                     let inode = existing.as_ref().map(|m| (m.dev(), m.ino()));
                     let (linked, listed) = self.links.later(first, inode, differences);
@@ -1056,11 +1094,6 @@ impl<S: TreeSource> Planner<'_, S> {
                     self.progress.file_done(entry.size);
                     return Ok(None);
                 };
-                if is_dir {
-                    target
-                        .remove(name)
-                        .context_io(|| format!("removing {}", shown.display()))?;
-                }
                 let job = FileJob {
                     dir: dir.clone(),
                     target,
@@ -1084,6 +1117,9 @@ impl<S: TreeSource> Planner<'_, S> {
                     self.report.files_unchanged += 1;
                     return Ok(None);
                 }
+                if let (true, Some(t)) = (is_dir, &target) {
+                    self.make_way(t, name, &relative)?;
+                }
                 self.list_change(Update::Created, &entry, &relative, differences);
                 self.report.files_written += 1;
                 let Some(t) = writable else {
@@ -1097,12 +1133,9 @@ impl<S: TreeSource> Planner<'_, S> {
                     kind => t.make_node(&temp, kind),
                 }
                 .context_io(created)?;
-                let placed = t.set_metadata_of_new(&temp, &entry).and_then(|()| {
-                    if is_dir {
-                        t.remove(name)?;
-                    }
-                    t.rename(&temp, name)
-                });
+                let placed = t
+                    .set_metadata_of_new(&temp, &entry)
+                    .and_then(|()| t.rename(&temp, name));
                 if let Err(e) = placed {
                     let _ = t.unlink(&temp);
                     return Err(e).context_io(created);
@@ -1122,6 +1155,23 @@ impl<S: TreeSource> Planner<'_, S> {
     ) {
         (self.changes)(&Change::of(update, entry, relative, differences));
     }
+}
+
+/// Whether `--delete` may remove one more entry (at `path` relative to the sync's target)
+/// within `max_delete`; if so it is counted and listed.
+fn delete_within(
+    report: &mut SyncReport,
+    changes: &mut dyn FnMut(&Change),
+    max_delete: Option<u64>,
+    path: PathBuf,
+    is_dir: bool,
+) -> bool {
+    if max_delete.is_some_and(|max| report.entries_deleted >= max) {
+        return false;
+    }
+    report.entries_deleted += 1;
+    changes(&Change::deleted(path, is_dir));
+    true
 }
 
 /// Where a regular file stands among the source's hard links.
@@ -1421,14 +1471,6 @@ fn link(root: &TargetDir, path: &Path, first: &Path, errors: &[SyncError]) -> Re
     let (dir, name) = root.open_parent(path).context_io(context)?;
     let temp = temp_name();
     dir.hard_link(&from, from_name, &temp).context_io(context)?;
-    if dir
-        .metadata(name)
-        .ok()
-        .flatten()
-        .is_some_and(|m| m.is_dir())
-    {
-        dir.remove(name).context_io(context)?;
-    }
     dir.rename(&temp, name)
         .context_io(|| format!("replacing {}", shown.display()))?;
     // Renaming a link over another name of the same inode leaves both names.

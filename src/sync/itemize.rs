@@ -1,9 +1,11 @@
 //! What a sync into a directory finds different, and how it lists what it does: the
 //! comparison of a source entry with what the target holds at its place (every recorded
-//! attribute: size, mtime, mode, owner, group, xattrs, symlink target, device number), and
+//! attribute: size, mtime, mode, owner, group, the xattrs cairn manages, symlink target,
+//! device number), and
 //! rsync's itemized form of each change (`-i`, `YXcstpoguax`: `>f.st...... path`,
 //! `cd+++++++++ dir/`, `*deleting   path`).
 
+use crate::fsmeta::{is_acl_xattr, manages_xattr};
 use crate::tree::{Entry, EntryKind, Xattr};
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
@@ -59,18 +61,21 @@ impl Differences {
 }
 
 /// How an entry in the target of the same kind (`metadata`, its `xattrs` sorted by name and,
-/// for a symlink, its `link` target) differs from `entry`. Owners are compared only when
-/// `owners` (a sync run as root, which sets them); a symlink has no mode of its own.
+/// for a symlink, its `link` target) differs from `entry`. Owners are compared only
+/// `as_root` (a sync that sets them), xattrs only those `manages_xattr` names; a symlink has
+/// no mode of its own.
 pub fn differences(
     metadata: &Metadata,
     xattrs: &[Xattr],
     link: Option<&[u8]>,
     entry: &Entry,
-    owners: bool,
+    as_root: bool,
 ) -> Differences {
-    let is_acl = |x: &&Xattr| x.name.starts_with(b"system.posix_acl_");
     let split = |list: &[Xattr]| -> (Vec<Xattr>, Vec<Xattr>) {
-        list.iter().cloned().partition(|x| is_acl(&x))
+        list.iter()
+            .filter(|x| manages_xattr(&x.name, as_root))
+            .cloned()
+            .partition(|x| is_acl_xattr(&x.name))
     };
     let (old_acl, old_other) = split(xattrs);
     let (new_acl, new_other) = split(&entry.xattrs);
@@ -88,8 +93,8 @@ pub fn differences(
         size: matches!(entry.kind, EntryKind::File(_)) && metadata.len() != entry.size,
         time: crate::fsmeta::mtime_ns(metadata) != entry.mtime_ns,
         perms: !is_symlink && metadata.mode() & 0o7777 != entry.mode,
-        owner: owners && metadata.uid() != entry.uid,
-        group: owners && metadata.gid() != entry.gid,
+        owner: as_root && metadata.uid() != entry.uid,
+        group: as_root && metadata.gid() != entry.gid,
         acl: old_acl != new_sorted.0,
         xattrs: old_other != new_sorted.1,
     }

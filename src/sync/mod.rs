@@ -23,8 +23,11 @@ pub struct SyncOptions {
     pub dry_run: bool,
     /// Into a directory: remove what the source lacks.
     pub delete: bool,
-    /// With `delete`: remove at most this many entries (each file and directory counts),
-    /// leave the rest and report them skipped.
+    /// Into a directory: replace a non-empty directory by the source's file, symlink or
+    /// special file even without `delete` (rsync's `--force`); `delete` implies it.
+    pub force: bool,
+    /// With `delete` or `force`: remove at most this many entries (each file and directory
+    /// counts), leave the rest and report them skipped.
     pub max_delete: Option<u64>,
     /// Parallel transfers.
     pub concurrency: usize,
@@ -40,6 +43,7 @@ impl Default for SyncOptions {
         SyncOptions {
             dry_run: false,
             delete: false,
+            force: false,
             max_delete: None,
             concurrency: std::thread::available_parallelism().map_or(4, |n| 2 * n.get()),
             rate_limit: None,
