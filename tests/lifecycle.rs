@@ -286,15 +286,7 @@ fn a_killed_backup_leaves_a_sound_repository_and_the_next_one_reuses_its_packs()
     let repo = sandbox.path("repo");
     sandbox.ok(&["init", "--repo", text(&repo), "--encryption", "none"]);
     let source = sandbox.path("source");
-    fs::create_dir_all(&source).unwrap();
-    let total: u64 = 6 * 8_000_000;
-    for i in 0..6 {
-        fs::write(
-            source.join(format!("f{i}")),
-            pseudo_random(8_000_000, 50 + i),
-        )
-        .unwrap();
-    }
+    let total = random_files(&source, 6, 8_000_000, 50);
     let backup_slowly = || spawn_slow_backup(&sandbox, &repo, &source, "4M");
     // Killed early (before any index file), then killed once an index file lists packs.
     let mut early = backup_slowly();

@@ -809,13 +809,7 @@ fn a_pulled_checkpoint_records_the_machine_and_path_of_its_source() {
 fn an_interrupted_pull_keeps_its_packs_says_so_and_the_rerun_pulls_only_the_rest() {
     let sandbox = Sandbox::new();
     let source = sandbox.path("source");
-    fs::create_dir(&source).unwrap();
-    let mut total = 0;
-    for i in 0..6 {
-        let bytes = pseudo_random(8_000_000, 90 + i);
-        total += bytes.len() as u64;
-        fs::write(source.join(format!("f{i}")), bytes).unwrap();
-    }
+    let total = random_files(&source, 6, 8_000_000, 90);
     let token = sandbox.path("token");
     let (_server, url) = Server::source(&sandbox, "home", &source, &token);
     let repo = sandbox.path("repo");

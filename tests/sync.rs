@@ -425,14 +425,7 @@ fn a_killed_copy_completes_when_run_again() {
 fn an_interrupted_copy_keeps_its_packs_says_so_and_the_rerun_copies_only_the_rest() {
     let sandbox = Sandbox::new();
     let source = sandbox.path("source");
-    fs::create_dir(&source).unwrap();
-    for i in 0..6 {
-        fs::write(
-            source.join(format!("f{i}")),
-            pseudo_random(8_000_000, 60 + i),
-        )
-        .unwrap();
-    }
+    random_files(&source, 6, 8_000_000, 60);
     let repo = sandbox.plain_repo_with_backup_of(&source);
     let copy = sandbox.path("copy");
     let like = [
@@ -490,14 +483,7 @@ fn a_full_disk_fails_clearly_and_leaves_nothing_half_written() {
         return;
     };
     let source = sandbox.path("source");
-    fs::create_dir(&source).unwrap();
-    for i in 0..6 {
-        fs::write(
-            source.join(format!("f{i}")),
-            pseudo_random(1_500_000, 40 + i),
-        )
-        .unwrap();
-    }
+    random_files(&source, 6, 1_500_000, 40);
     let repo = sandbox.plain_repo_with_backup_of(&source);
 
     // Into a directory, from a checkpoint or a directory: the sync stops at the first file

@@ -102,6 +102,16 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Makes directory `dir` holding `count` files `f0`, `f1`, … of `size` incompressible bytes
+/// each (file `i` from seed `seed + i`); returns their total size.
+pub fn random_files(dir: &Path, count: u64, size: usize, seed: u64) -> u64 {
+    fs::create_dir_all(dir).unwrap();
+    for i in 0..count {
+        fs::write(dir.join(format!("f{i}")), pseudo_random(size, seed + i)).unwrap();
+    }
+    count * size as u64
+}
+
 /// Whether this filesystem takes `user.` xattrs.
 pub fn xattrs_supported(dir: &Path) -> bool {
     let probe = dir.join(".xattr-probe");
