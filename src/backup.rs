@@ -26,7 +26,7 @@ use crate::fsmeta::{ctime_ns, entry_from_metadata, mtime_ns, read_xattrs};
 use crate::id::{BlobId, CheckpointId};
 use crate::repo::Repository;
 use crate::repo::pack::BlobKind;
-use crate::repo::writer::{BlobSink, recover_orphan_packs, with_blob_sink};
+use crate::repo::writer::{BlobSink, take_orphan_packs, with_blob_sink};
 use crate::throttle::{RateLimiter, Throttled};
 use crate::tree::{
     ChunkRef, Content, Entry, EntryKind, INLINE_CHUNKS_MAX, Tree, encode_chunk_list, load_tree,
@@ -888,10 +888,9 @@ fn back_up(
     let lock = if options.dry_run {
         None
     } else {
-        let lock = crate::repo::lock::acquire(repo, false, "backup")?;
-        recover_orphan_packs(repo)?;
-        Some(lock)
+        Some(crate::repo::lock::acquire(repo, false, "backup")?)
     };
+    let orphans = take_orphan_packs(repo, options.dry_run)?;
     let parent = match options.parent {
         Some(id) => Some((id, checkpoint::load(repo, &id)?)),
         None => find_parent(repo, &options.host, path_strings)?,
@@ -970,7 +969,10 @@ fn back_up(
         })
     };
     let ((root, mut stats), added_blobs) =
-        with_blob_sink(repo, options.dry_run, threads * 2, progress, walk)?;
+        with_blob_sink(repo, options.dry_run, threads * 2, progress, |sink| {
+            sink.count_as_stored(&orphans);
+            walk(sink)
+        })?;
     stats.added_blobs = added_blobs;
 
     let errors = errors.into_inner().expect("not poisoned");

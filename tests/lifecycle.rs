@@ -664,7 +664,18 @@ fn packs_a_killed_backup_left_unindexed_are_reused_not_stored_again() {
     killed.wait().unwrap();
     let (orphaned, _) = pack_bytes(&repo);
 
+    // A dry run counts what the killed run left as stored, as the real run will.
+    let dry_run = [
+        "backup",
+        "--dry-run",
+        "--json",
+        "--repo",
+        text(&repo),
+        text(&source),
+    ];
+    let dry: serde_json::Value = serde_json::from_str(&sandbox.ok(&dry_run)).unwrap();
     let done = backup_json(&sandbox, &repo, &source);
+    assert_eq!(dry["added_blobs"], done["added_blobs"], "{dry} {done}");
     let added = done["added_bytes"].as_u64().unwrap();
     assert!(
         orphaned + added <= clean + clean / 20,

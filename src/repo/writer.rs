@@ -80,6 +80,15 @@ impl BlobSink<'_> {
         self.repo
     }
 
+    /// Counts `ids` as stored already: in a dry run, the blobs of the packs the real run would
+    /// first take back (`take_orphan_packs`).
+    pub fn count_as_stored(&self, ids: &[BlobId]) {
+        let mut blobs = self.flights.lock();
+        for id in ids {
+            blobs.insert(*id, Flight::Queued);
+        }
+    }
+
     /// Stores blob `entry` of `pack` (read whole into `bytes`) again as it is stored, once it
     /// decodes to its id: how prune repacks and `repair packs` rescues. The inner error is the
     /// blob's own (truncated or damaged; nothing is sent), the outer one the sink's.
@@ -345,15 +354,9 @@ pub struct RecoveredPacks {
     pub unreadable: u64,
 }
 
-/// Indexes the packs no index file lists: those a killed run stored before its next index
-/// file, and those a backup running alongside has not indexed yet. One listing of `data/`;
-/// for each pack the cache does not know, two ranged reads give its header, which must open
-/// under the repository's key and lie inside the pack, and an index file is written for the
-/// packs whose header does; a pack that shares blobs with listed ones is read whole and must
-/// match its id. A pack that fails is left as it is, unused (the next prune deletes it). Nothing is deleted here, so another run's fresh packs are safe; listing
-/// them too is harmless, since a blob is the same wherever it is stored. Runs that write call
-/// it once they hold their lock, so the work of an interrupted run is reused, not stored again.
-pub fn recover_orphan_packs(repo: &Repository) -> Result<RecoveredPacks> {
+/// The packs `recover_orphan_packs` would index, with their entries, found without writing
+/// anything.
+fn find_orphan_packs(repo: &Repository) -> Result<(RecoveredPacks, IndexedPacks)> {
     let mut recovered = RecoveredPacks::default();
     let mut packs: IndexedPacks = Vec::new();
     for object in repo.backend().list("data/")? {
@@ -394,6 +397,19 @@ pub fn recover_orphan_packs(repo: &Repository) -> Result<RecoveredPacks> {
             Err(e) => return Err(e),
         }
     }
+    Ok((recovered, packs))
+}
+
+/// Indexes the packs no index file lists: those a killed run stored before its next index
+/// file, and those a backup running alongside has not indexed yet. One listing of `data/`;
+/// for each pack the cache does not know, two ranged reads give its header, which must open
+/// under the repository's key and lie inside the pack, and an index file is written for the
+/// packs whose header does; a pack that shares blobs with listed ones is read whole and must
+/// match its id. A pack that fails is left as it is, unused (the next prune deletes it). Nothing is deleted here, so another run's fresh packs are safe; listing
+/// them too is harmless, since a blob is the same wherever it is stored. Runs that write call
+/// it once they hold their lock, so the work of an interrupted run is reused, not stored again.
+pub fn recover_orphan_packs(repo: &Repository) -> Result<RecoveredPacks> {
+    let (recovered, packs) = find_orphan_packs(repo)?;
     for group in packs.chunks(PACKS_PER_FRESH_INDEX_FILE) {
         let name = put_index_file(repo, group)?;
         repo.index().add_index_file(&name, group)?;
@@ -406,6 +422,22 @@ pub fn recover_orphan_packs(repo: &Repository) -> Result<RecoveredPacks> {
         );
     }
     Ok(recovered)
+}
+
+/// What a run that writes does first (see `recover_orphan_packs`): a real run indexes the
+/// orphan packs and returns nothing; a dry run, which writes nothing, returns their blobs,
+/// for its sink to count as stored (`BlobSink::count_as_stored`), so it reports what the
+/// real run would add.
+pub fn take_orphan_packs(repo: &Repository, dry_run: bool) -> Result<Vec<BlobId>> {
+    if !dry_run {
+        recover_orphan_packs(repo)?;
+        return Ok(Vec::new());
+    }
+    let (_, packs) = find_orphan_packs(repo)?;
+    Ok(packs
+        .iter()
+        .flat_map(|(_, entries)| entries.iter().map(|entry| entry.id))
+        .collect())
 }
 
 /// Appends blobs to packs, stores them and writes index files. Returns the number of blobs.

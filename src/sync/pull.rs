@@ -24,7 +24,7 @@ use crate::id::BlobId;
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::repo::pack::BlobKind;
-use crate::repo::writer::{BlobSink, Claim, recover_orphan_packs, with_blob_sink};
+use crate::repo::writer::{BlobSink, Claim, take_orphan_packs, with_blob_sink};
 use crate::throttle::RateLimiter;
 use crate::tree::{ChunkRef, Content, Entry, EntryKind, Tree, load_tree};
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -488,10 +488,9 @@ pub fn run(
     let lock = if options.dry_run {
         None
     } else {
-        let lock = crate::repo::lock::acquire(repo, false, "sync")?;
-        recover_orphan_packs(repo)?;
-        Some(lock)
+        Some(crate::repo::lock::acquire(repo, false, "sync")?)
     };
+    let orphans = take_orphan_packs(repo, options.dry_run)?;
     let (host, paths) = match source.about() {
         Some(about) => (about.host, vec![about.path]),
         None => {
@@ -547,7 +546,10 @@ pub fn run(
         })
     };
     let ((root, mut stats), added_blobs) =
-        with_blob_sink(repo, options.dry_run, threads * 2, progress, walk)?;
+        with_blob_sink(repo, options.dry_run, threads * 2, progress, |sink| {
+            sink.count_as_stored(&orphans);
+            walk(sink)
+        })?;
     let errors = errors.into_inner().expect("not poisoned");
     stats.added_blobs = added_blobs;
     stats.errors = errors.len() as u64;
