@@ -542,18 +542,12 @@ fn base_name(path: &Path) -> Vec<u8> {
 /// (never above `/`). How a source path is recorded in a checkpoint, and how `--path` filters
 /// name one.
 pub fn clean_path(path: &Path) -> std::io::Result<PathBuf> {
-    use std::path::Component;
-    let mut clean = PathBuf::from("/");
-    for component in std::path::absolute(path)?.components() {
-        match component {
-            Component::Normal(name) => clean.push(name),
-            Component::ParentDir => {
-                clean.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    Ok(clean)
+    let absolute = std::path::absolute(path)?;
+    let components: Vec<_> = absolute.components().collect();
+    Ok(crate::target::apply_lexically(
+        PathBuf::from("/"),
+        &components,
+    ))
 }
 
 /// The absolute, cleaned form of a source path as recorded in the checkpoint, so that

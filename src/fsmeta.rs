@@ -48,17 +48,37 @@ pub fn ctime_ns(metadata: &Metadata) -> i128 {
     timestamp::from_parts(metadata.ctime(), metadata.ctime_nsec())
 }
 
-/// The extended attributes of `path` (not following symlinks). Filesystems without xattr
-/// support give none.
+/// The extended attributes of `path` (not following symlinks), sorted by name. Filesystems
+/// without xattr support give none.
 pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<Xattr>> {
-    let names = match xattr::list(path) {
+    xattrs_of(path, false)
+}
+
+/// `read_xattrs` of what `path` leads to: a descriptor's `/proc/self/fd` link, which reaches
+/// the inode it holds, a symlink's own included.
+pub fn read_xattrs_through(path: &Path) -> std::io::Result<Vec<Xattr>> {
+    xattrs_of(path, true)
+}
+
+fn xattrs_of(path: &Path, deref: bool) -> std::io::Result<Vec<Xattr>> {
+    let names = if deref {
+        xattr::list_deref(path)
+    } else {
+        xattr::list(path)
+    };
+    let names = match names {
         Ok(names) => names,
         Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
     let mut out = Vec::new();
     for name in names {
-        if let Some(value) = xattr::get(path, &name)? {
+        let value = if deref {
+            xattr::get_deref(path, &name)?
+        } else {
+            xattr::get(path, &name)?
+        };
+        if let Some(value) = value {
             out.push(Xattr {
                 name: name.as_bytes().to_vec(),
                 value,

@@ -14,7 +14,7 @@
 //!
 //! Paths are kept only to name things in messages.
 
-use crate::fsmeta::{manages_xattr, running_as_root};
+use crate::fsmeta::{manages_xattr, read_xattrs_through, running_as_root};
 use crate::tree::{Entry, EntryKind, Xattr};
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::{File, Metadata};
@@ -504,21 +504,7 @@ impl TargetDir {
     pub fn xattrs(&self, name: &[u8]) -> io::Result<Vec<Xattr>> {
         let pinned = self.pin(name)?;
         // The magic link leads to the pinned inode itself, a symlink included.
-        let magic = format!("/proc/self/fd/{}", pinned.as_raw_fd());
-        let names = match xattr::list_deref(&magic) {
-            Ok(names) => names,
-            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut out = Vec::new();
-        for name in names {
-            if let Some(value) = xattr::get_deref(&magic, &name)? {
-                let name = name.as_bytes().to_vec();
-                out.push(Xattr { name, value });
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        read_xattrs_through(Path::new(&format!("/proc/self/fd/{}", pinned.as_raw_fd())))
     }
 
     /// Applies owner (when root), mode, xattrs and times of `entry` to entry `name` of this
@@ -732,6 +718,24 @@ fn entry_times(entry: &Entry) -> [libc::timespec; 2] {
     [time, time]
 }
 
+/// `base` with `components` applied by their text alone: a name is pushed, `..` takes away
+/// the last name (never above `/`), anything else is nothing.
+pub fn apply_lexically<'a>(
+    mut base: PathBuf,
+    components: impl IntoIterator<Item = &'a Component<'a>>,
+) -> PathBuf {
+    for component in components {
+        match component {
+            Component::ParentDir => {
+                base.pop();
+            }
+            Component::Normal(name) => base.push(name),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    base
+}
+
 /// `path` with its deepest existing ancestor resolved (symlinks and all) and the rest, which
 /// does not exist yet and will be created as plain directories, appended with `.` and `..`
 /// applied: where a target will really be, to compare with a source.
@@ -740,21 +744,12 @@ pub fn resolve_future_path(path: &Path) -> io::Result<PathBuf> {
     let components: Vec<Component> = absolute.components().collect();
     for existing in (1..=components.len()).rev() {
         let prefix: PathBuf = components[..existing].iter().collect();
-        let mut resolved = match std::fs::canonicalize(&prefix) {
+        let resolved = match std::fs::canonicalize(&prefix) {
             Ok(resolved) => resolved,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        for component in &components[existing..] {
-            match component {
-                Component::ParentDir => {
-                    resolved.pop();
-                }
-                Component::Normal(name) => resolved.push(name),
-                _ => {}
-            }
-        }
-        return Ok(resolved);
+        return Ok(apply_lexically(resolved, &components[existing..]));
     }
     Err(io::Error::new(
         io::ErrorKind::NotFound,
