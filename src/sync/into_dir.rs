@@ -934,30 +934,6 @@ impl<S: TreeSource> Planner<'_, S> {
         ))
     }
 
-    /// How entry `name` of `target` (`.` for the target itself), of `entry`'s kind as
-    /// `metadata` says, differs from `entry`.
-    fn compare(
-        &self,
-        target: &TargetDir,
-        name: &[u8],
-        metadata: &fs::Metadata,
-        entry: &Entry,
-    ) -> Result<Differences> {
-        let shown = || format!("reading {}", target.child_path(name).display());
-        let xattrs = target.xattrs(name).context_io(shown)?;
-        let link = match entry.kind {
-            EntryKind::Symlink(_) => Some(target.read_link(name).context_io(shown)?),
-            _ => None,
-        };
-        Ok(differences(
-            metadata,
-            &xattrs,
-            link.as_deref(),
-            entry,
-            running_as_root(),
-        ))
-    }
-
     /// Brings one entry of `target` up to date; a directory is returned to be walked.
     fn sync_entry(
         &mut self,
@@ -985,7 +961,7 @@ impl<S: TreeSource> Planner<'_, S> {
             .filter(|m| same_kind(m, &entry.kind))
             .zip(target.as_deref());
         let compared = match old {
-            Some((m, t)) => Some((m, self.compare(t, name, m, &entry)?)),
+            Some((m, t)) => Some((m, compare(t, name, m, &entry)?)),
             None => None,
         };
         let differences = compared.map(|(_, d)| d);
@@ -1155,6 +1131,29 @@ impl<S: TreeSource> Planner<'_, S> {
     ) {
         (self.changes)(&Change::of(update, entry, relative, differences));
     }
+}
+
+/// How entry `name` of `target` (`.` for the target itself), of `entry`'s kind as
+/// `metadata` says, differs from `entry`.
+fn compare(
+    target: &TargetDir,
+    name: &[u8],
+    metadata: &fs::Metadata,
+    entry: &Entry,
+) -> Result<Differences> {
+    let shown = || format!("reading {}", target.child_path(name).display());
+    let xattrs = target.xattrs(name).context_io(shown)?;
+    let link = match entry.kind {
+        EntryKind::Symlink(_) => Some(target.read_link(name).context_io(shown)?),
+        _ => None,
+    };
+    Ok(differences(
+        metadata,
+        &xattrs,
+        link.as_deref(),
+        entry,
+        running_as_root(),
+    ))
 }
 
 /// Whether `--delete` may remove one more entry (at `path` relative to the sync's target)
@@ -1344,8 +1343,7 @@ pub fn run<S: TreeSource>(
                 let metadata = metadata.ok_or_else(|| {
                     Error::InvalidInput(format!("sync target {} is gone", target.display()))
                 })?;
-                let xattrs = dir.xattrs(b".").context_io(reading)?;
-                let d = differences(&metadata, &xattrs, None, entry, running_as_root());
+                let d = compare(dir, b".", &metadata, entry)?;
                 d.metadata()
                     .then(|| Change::of(Update::Attributes, entry, Path::new(""), Some(d)))
             }
