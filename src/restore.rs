@@ -5,8 +5,9 @@
 //! fetch, verify and write their chunks. Blocks of zeros are written as holes and, unless
 //! `sparse` asks to keep them, filled with zeros once the file is complete: cairn does not
 //! record which files were sparse, so files come back dense, as with rsync or restic, and
-//! with `--sparse` every zero run becomes a hole. Hard links are made once their first path is written, and directory metadata is
-//! applied last, deepest first, so writing into a directory does not disturb its mtime.
+//! with `--sparse` every zero run becomes a hole. Hard links are made once their first path
+//! is written, and directory metadata is applied last, deepest first, so writing into a
+//! directory does not disturb its mtime.
 //!
 //! Nothing is ever written outside the target (invariant 4): every write goes through
 //! `target::TargetDir`, beneath the target's descriptor, names come from validated trees, and

@@ -15,8 +15,8 @@
 //! listing order (a tree walker reads them next) and hands them to the kernel's page cache
 //! through the adapter's `PagePusher`, and a listing decodes its subdirectories' trees.
 //! The checkpoint catalogue is re-listed every few seconds, so checkpoints made while
-//! mounted appear; a `CheckpointFilter` (host, paths, tags) can narrow it. Hard-linked files of one checkpoint share one inode, so `cp -a`
-//! recreates the links.
+//! mounted appear; a `CheckpointFilter` (host, paths, tags) can narrow it. Hard-linked
+//! files of one checkpoint share one inode, so `cp -a` recreates the links.
 
 use crate::checkpoint::{self, Checkpoint, CheckpointFilter};
 use crate::error::Error;

@@ -531,28 +531,34 @@ impl FilterArgs {
 }
 
 /// Resolves a checkpoint reference among the checkpoints `filters` lets through. When a
-/// bare `latest` picks one of several series (host and paths), a note on stderr says which,
-/// since the newest checkpoint of a repository may be of another source than expected.
+/// bare `latest` picks one of several series (`Checkpoint::series`), a note on stderr says
+/// which, since the newest checkpoint of a repository may be of another source than
+/// expected; the catalogue it is counted from is the one `latest` is taken from.
 fn resolve_checkpoint(
     repo: &Repository,
     reference: &str,
     filters: &FilterArgs,
 ) -> Result<(cairn::id::CheckpointId, cairn::checkpoint::Checkpoint)> {
     let filter = filters.filter()?;
-    let found = cairn::checkpoint::resolve_matching(repo, reference, &filter)?;
-    if reference == "latest" && filter.is_empty() {
-        let catalogue = cairn::checkpoint::list(repo)?;
-        let series: std::collections::BTreeSet<_> =
-            catalogue.iter().map(|(_, c)| c.series()).collect();
-        if series.len() > 1 {
-            eprintln!(
-                "note: latest is {} of {} {}, the newest of {} series; --host, --path or --tag choose another",
-                found.0.short(),
-                found.1.host,
-                found.1.paths.join(" "),
-                series.len()
-            );
-        }
+    if reference != "latest" || !filter.is_empty() {
+        return Ok(cairn::checkpoint::resolve_matching(
+            repo, reference, &filter,
+        )?);
+    }
+    let catalogue = cairn::checkpoint::list(repo)?;
+    let Some(found) = catalogue.last().cloned() else {
+        // None at all: the error says so.
+        return Ok(cairn::checkpoint::resolve(repo, reference)?);
+    };
+    let series: std::collections::BTreeSet<_> = catalogue.iter().map(|(_, c)| c.series()).collect();
+    if series.len() > 1 {
+        eprintln!(
+            "note: latest is {} of {} {}, the newest of {} series; --host, --path or --tag choose another",
+            found.0.short(),
+            found.1.host,
+            found.1.paths.join(" "),
+            series.len()
+        );
     }
     Ok(found)
 }
