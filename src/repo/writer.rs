@@ -371,11 +371,13 @@ fn find_orphan_packs(repo: &Repository) -> Result<(RecoveredPacks, IndexedPacks)
         // `repair packs`) stopped before it deleted it, possibly a damaged one the repair
         // meant to drop: it is read whole and taken only if its bytes match its id.
         let header = header.and_then(|entries| {
-            let rewritten = entries
-                .iter()
-                .map(|entry| repo.index().contains(&entry.id))
-                .collect::<Result<Vec<bool>>>()?
-                .contains(&true);
+            let mut rewritten = false;
+            for entry in &entries {
+                if repo.index().contains(&entry.id)? {
+                    rewritten = true;
+                    break;
+                }
+            }
             if rewritten && blake3::hash(&repo.backend().get(&object.name)?).as_bytes() != &pack.0 {
                 return Err(Error::corrupt(
                     &object.name,
@@ -405,9 +407,10 @@ fn find_orphan_packs(repo: &Repository) -> Result<(RecoveredPacks, IndexedPacks)
 /// for each pack the cache does not know, two ranged reads give its header, which must open
 /// under the repository's key and lie inside the pack, and an index file is written for the
 /// packs whose header does; a pack that shares blobs with listed ones is read whole and must
-/// match its id. A pack that fails is left as it is, unused (the next prune deletes it). Nothing is deleted here, so another run's fresh packs are safe; listing
-/// them too is harmless, since a blob is the same wherever it is stored. Runs that write call
-/// it once they hold their lock, so the work of an interrupted run is reused, not stored again.
+/// match its id. A pack that fails is left as it is, unused (the next prune deletes it).
+/// Nothing is deleted here, so another run's fresh packs are safe; listing them too is
+/// harmless, since a blob is the same wherever it is stored. Runs that write call it once
+/// they hold their lock, so the work of an interrupted run is reused, not stored again.
 pub fn recover_orphan_packs(repo: &Repository) -> Result<RecoveredPacks> {
     let (recovered, packs) = find_orphan_packs(repo)?;
     for group in packs.chunks(PACKS_PER_FRESH_INDEX_FILE) {
