@@ -340,6 +340,9 @@ struct Walker<'a> {
     dirs: Sender<PendingDir>,
     errors: &'a Mutex<Vec<SourceError>>,
     parent_trees: &'a ParentTrees,
+    /// Whether a parent's chunk list must be found in the index before it is reused: unless
+    /// the cache trusts the parent (`BlobIndex::trusts_parent`).
+    verify_reused: bool,
 }
 
 pub(crate) fn abandoned() -> Error {
@@ -368,10 +371,14 @@ impl Walker<'_> {
             .ok()
     }
 
-    /// Whether every blob of a parent's file content is in the index. One dropped by `cairn
-    /// repair packs` is not: the file is read again, so the backup stores it anew and heals
-    /// the older checkpoints that need it, instead of referring to it once more.
+    /// Whether every blob of a parent's file content is in the index, as far as it must be
+    /// checked (`verify_reused`). One dropped by `cairn repair packs` is not: the file is
+    /// read again, so the backup stores it anew and heals the older checkpoints that need
+    /// it, instead of referring to it once more.
     fn is_indexed(&self, content: &Content) -> bool {
+        if !self.verify_reused {
+            return true;
+        }
         let index = self.repo.index();
         if let Content::ChunkList(list) = content
             && !index.contains(list).unwrap_or(false)
@@ -893,6 +900,10 @@ fn back_up(
         Some((_, c)) => Some(load_tree(repo, &c.tree)?),
         None => None,
     };
+    let verify_reused = match &parent {
+        Some((id, _)) => !repo.index().trusts_parent(id)?,
+        None => false,
+    };
     // One directory: the checkpoint's root is its contents, and its own metadata is kept.
     let single_dir = match sources.as_slice() {
         [single] => fs::symlink_metadata(single)
@@ -946,6 +957,7 @@ fn back_up(
                 dirs: dir_tx,
                 errors: &errors,
                 parent_trees: &parent_trees,
+                verify_reused,
             };
             let walked = match &single_dir {
                 Some((single, _)) => walker.scan_dir(single, parent_root.as_ref()),
@@ -995,7 +1007,10 @@ fn back_up(
         if let Some(lock) = &lock {
             lock.ensure_held()?;
         }
-        Some(checkpoint::save(repo, &checkpoint)?)
+        let id = checkpoint::save(repo, &checkpoint)?;
+        // Every blob it refers to is indexed: the next backup may reuse it unchecked.
+        repo.index().trust_parent(&id)?;
+        Some(id)
     };
     Ok(BackupOutcome {
         id,

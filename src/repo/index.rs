@@ -13,12 +13,15 @@ use super::backend::{Backend, create_private_dir};
 use super::codec::Codec;
 use super::pack::{ENTRY_BYTES, PackEntry, parse_entries};
 use crate::error::{Error, ErrorKind, Result};
-use crate::id::{BlobId, ID_BYTES, PackId};
+use crate::id::{BlobId, CheckpointId, ID_BYTES, PackId};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 /// Version of the cache's own layout; a cache with another version is rebuilt.
 const CACHE_SCHEMA_VERSION: u32 = 2;
+
+/// The `meta` key of the checkpoint `BlobIndex::trusts_parent` names.
+const TRUSTED_PARENT_KEY: &str = "trusted_parent";
 
 /// The largest index file plaintext accepted. A fresh index file lists up to 256 packs, whose
 /// entries take far less than this even for packs of tiny blobs.
@@ -76,6 +79,8 @@ pub fn read_index_file(backend: &dyn Backend, codec: &Codec, name: &str) -> Resu
 /// The local sled cache of every index file of one repository.
 pub struct BlobIndex {
     _db: sled::Db,
+    /// The schema version, and the trusted parent (see `trusts_parent`).
+    meta: sled::Tree,
     blobs: sled::Tree,
     /// Every pack an imported index file lists (so packs no index file lists can be found).
     packs: sled::Tree,
@@ -121,6 +126,7 @@ impl BlobIndex {
         let open_tree = |name: &str| db.open_tree(name).map_err(|e| cache_error(&path, e));
         let meta = open_tree("meta")?;
         let index = BlobIndex {
+            meta: meta.clone(),
             blobs: open_tree("blobs")?,
             packs: open_tree("packs")?,
             files: open_tree("index_files")?,
@@ -139,6 +145,9 @@ impl BlobIndex {
     }
 
     fn clear(&self) -> Result<()> {
+        self.meta
+            .remove(TRUSTED_PARENT_KEY)
+            .map_err(|e| cache_error(&self.path, e))?;
         self.blobs.clear().map_err(|e| cache_error(&self.path, e))?;
         self.packs.clear().map_err(|e| cache_error(&self.path, e))?;
         self.files.clear().map_err(|e| cache_error(&self.path, e))
@@ -192,6 +201,27 @@ impl BlobIndex {
         }
         self.files
             .insert(name, &[])
+            .map_err(|e| cache_error(&self.path, e))?;
+        Ok(())
+    }
+
+    /// Whether every blob checkpoint `id` refers to is known to be indexed: it was saved by a
+    /// backup through this cache, and no index file has been removed since (a prune or a
+    /// `repair packs`, here or on another machine, which may have dropped blobs). A backup
+    /// reuses a trusted parent's chunk lists without looking each chunk up.
+    pub fn trusts_parent(&self, id: &CheckpointId) -> Result<bool> {
+        let trusted = self
+            .meta
+            .get(TRUSTED_PARENT_KEY)
+            .map_err(|e| cache_error(&self.path, e))?;
+        Ok(trusted.as_deref() == Some(&id.0[..]))
+    }
+
+    /// Records checkpoint `id`, just saved by a backup whose every blob is indexed, as the
+    /// one `trusts_parent` names.
+    pub fn trust_parent(&self, id: &CheckpointId) -> Result<()> {
+        self.meta
+            .insert(TRUSTED_PARENT_KEY, &id.0[..])
             .map_err(|e| cache_error(&self.path, e))?;
         Ok(())
     }
