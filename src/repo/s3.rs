@@ -7,8 +7,8 @@
 //!
 //! Credentials and settings come the way the AWS tools take them: `AWS_ACCESS_KEY_ID`,
 //! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_PROFILE` with `~/.aws/credentials`,
-//! `AWS_REGION` or `AWS_DEFAULT_REGION`. Without a region, an AWS host names its own, and
-//! another store is asked for its bucket's (`x-amz-bucket-region`), else `us-east-1`.
+//! `AWS_REGION` or `AWS_DEFAULT_REGION`. Without a region, an AWS host names its own (else
+//! `us-east-1`), and another store names the one it expects when asked in `us-east-1`.
 //! Addressing is path-style (`HOST/BUCKET/NAME`) except on AWS, or when asked for
 //! (`S3Settings::virtual_host_style`).
 //!
@@ -144,37 +144,40 @@ impl S3Backend {
     pub fn new(location: S3Location, settings: &S3Settings) -> Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = http_client(settings)?;
-        let region = match env("AWS_REGION")
+        let configured = env("AWS_REGION")
             .or_else(|| env("AWS_DEFAULT_REGION"))
-            .or_else(|| location.aws_region())
-        {
-            Some(region) => region,
-            None if location.is_aws() => "us-east-1".to_owned(),
-            None => runtime()
-                .block_on(bucket_region(&client, &location))
-                .unwrap_or_else(|| "us-east-1".to_owned()),
-        };
-        let mut builder = S3::default()
-            .endpoint(&location.endpoint)
-            .bucket(&location.bucket)
-            .root(&format!("/{}", location.prefix))
-            .region(&region)
-            .disable_ec2_metadata();
-        if settings.virtual_host_style || location.is_aws() {
-            builder = builder.enable_virtual_host_style();
-        }
-        let operator = Operator::new(builder)
-            .map_err(|e| Error::InvalidInput(format!("{location}: {}", e.message())))?;
-        let transport = opendal::HttpTransporter::new(
-            opendal_http_transport_reqwest::ReqwestTransport::new(client),
-        );
-        let context = operator.context().with_http_transport(transport);
-        Ok(S3Backend {
-            operator: operator.with_context(context),
+            .or_else(|| location.aws_region());
+        let region = configured.clone().unwrap_or_else(|| "us-east-1".to_owned());
+        let mut backend = S3Backend {
+            operator: operator(&location, settings, &client, &region)?,
             key_id: env("AWS_ACCESS_KEY_ID"),
             location,
             region,
-        })
+        };
+        if configured.is_none()
+            && !backend.location.is_aws()
+            && let Some(region) = backend.region_the_store_expects()
+        {
+            backend.operator = operator(&backend.location, settings, &client, &region)?;
+            backend.region = region;
+        }
+        Ok(backend)
+    }
+
+    /// The region the store names when asked in the wrong one: stores answer a request
+    /// signed for another region with the one they expect (Garage: `expected:
+    /// 'DATE/REGION/s3/aws4_request'`; AWS and MinIO: `expecting 'REGION'`). One small read,
+    /// made only when no region is configured.
+    fn region_the_store_expects(&self) -> Option<String> {
+        let operator = self.operator.clone();
+        let answer =
+            runtime().block_on(async move { operator.read_with("config").range(0..1).await });
+        let text = answer.err()?.to_string();
+        if let Some((_, rest)) = text.split_once("expected: '") {
+            return rest.split('/').nth(1).map(str::to_owned);
+        }
+        let (_, rest) = text.split_once("expecting '")?;
+        rest.split('\'').next().map(str::to_owned)
     }
 
     /// Runs `request` on the client's runtime and waits for it, its error made cairn's.
@@ -189,7 +192,12 @@ impl S3Backend {
     }
 
     /// Reads `range` of object `name` as it arrives, refused once past `limit` bytes.
-    fn read_bounded(&self, name: &str, range: std::ops::Range<u64>, limit: u64) -> Result<Vec<u8>> {
+    fn read_bounded(
+        &self,
+        name: &str,
+        range: impl std::ops::RangeBounds<u64> + Send + 'static,
+        limit: u64,
+    ) -> Result<Vec<u8>> {
         let what = || format!("reading {name}");
         let operator = self.operator.clone();
         let name_owned = name.to_owned();
@@ -199,9 +207,7 @@ impl S3Backend {
             let mut stream = reader.into_bytes_stream(range).await?;
             let mut bytes = Vec::new();
             while let Some(piece) = stream.next().await {
-                let piece = piece.map_err(|e| {
-                    opendal::Error::new(StoreErrorKind::Unexpected, e.to_string()).set_temporary()
-                })?;
+                let piece = piece.map_err(from_stream_error)?;
                 if bytes.len() as u64 + piece.len() as u64 > limit {
                     return Ok(Err(Error::corrupt(
                         format!("{location}/{name_owned}"),
@@ -219,20 +225,18 @@ impl S3Backend {
     fn error(&self, what: &str, error: opendal::Error) -> Error {
         let location = &self.location;
         let bucket = &location.bucket;
-        let said = error.message().to_owned();
+        let said = store_words(&error);
         let text = error.to_string();
         let key = self.key_id.as_deref().unwrap_or("(none given)");
         match error.kind() {
-            StoreErrorKind::NotFound => {
-                Error::NotFound(format!("{location}: {what}: no such object"))
-            }
-            StoreErrorKind::ConfigInvalid if text.contains("NoSuchBucket") => {
-                Error::NotFound(format!(
-                    "{location}: bucket {bucket} does not exist at {}: create it (for example \
+            _ if text.contains("NoSuchBucket") => Error::InvalidInput(format!(
+                "{location}: bucket {bucket} does not exist at {}: create it (for example \
                  `garage bucket create {bucket}`, `mc mb ALIAS/{bucket}` or `aws s3 mb s3://{bucket}`) \
                  or correct the bucket in --repo",
-                    location.endpoint
-                ))
+                location.endpoint
+            )),
+            StoreErrorKind::NotFound => {
+                Error::NotFound(format!("{location}: {what}: no such object"))
             }
             StoreErrorKind::PermissionDenied if text.contains("SignatureDoesNotMatch") => {
                 Error::Network(format!(
@@ -245,7 +249,7 @@ impl S3Backend {
                  AWS_SECRET_ACCESS_KEY, and that this key may read and write bucket {bucket} \
                  (Garage: `garage bucket allow --read --write --key KEY {bucket}`)"
             )),
-            _ if text.contains("AuthorizationHeaderMalformed") || text.contains("region") => {
+            _ if text.contains("AuthorizationHeaderMalformed") || text.contains("the region") => {
                 Error::Network(format!(
                     "{location}: {what}: the store expects another region than {}: set \
                      AWS_REGION to the bucket's region (the store said: {said})",
@@ -253,7 +257,9 @@ impl S3Backend {
                 ))
             }
             StoreErrorKind::RateLimited => Error::Unavailable(format!("throttled ({said})")),
-            _ if error.is_temporary() => Error::Unavailable(temporary_cause(&said, location)),
+            _ if error.is_temporary() => {
+                Error::Unavailable(temporary_cause(&text, &said, location))
+            }
             _ => Error::Network(format!("{location}: {what}: {said}")),
         }
     }
@@ -261,13 +267,75 @@ impl S3Backend {
 
 /// What a temporary failure says, in words: a connection that failed says the endpoint is
 /// unreachable.
-fn temporary_cause(said: &str, location: &S3Location) -> String {
-    let lower = said.to_ascii_lowercase();
-    if lower.contains("connect") || lower.contains("dns") || lower.contains("error sending request")
-    {
-        format!("cannot reach {} ({said})", location.endpoint)
+fn temporary_cause(text: &str, said: &str, location: &S3Location) -> String {
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("error sending request") || lower.contains("connect") {
+        format!("cannot reach {}", location.endpoint)
     } else {
         said.to_owned()
+    }
+}
+
+/// The OpenDAL operator for the bucket at `location`, signing for `region`, sending through
+/// `client`.
+fn operator(
+    location: &S3Location,
+    settings: &S3Settings,
+    client: &reqwest::Client,
+    region: &str,
+) -> Result<Operator> {
+    let mut builder = S3::default()
+        .endpoint(&location.endpoint)
+        .bucket(&location.bucket)
+        .root(&format!("/{}", location.prefix))
+        .region(region)
+        .disable_ec2_metadata();
+    if settings.virtual_host_style || location.is_aws() {
+        builder = builder.enable_virtual_host_style();
+    }
+    let operator = Operator::new(builder)
+        .map_err(|e| Error::InvalidInput(format!("{location}: {}", e.message())))?;
+    let transport = opendal::HttpTransporter::new(
+        opendal_http_transport_reqwest::ReqwestTransport::new(client.clone()),
+    );
+    let context = operator.context().with_http_transport(transport);
+    Ok(operator.with_context(context))
+}
+
+/// The store's error inside a failed read of a body, with its kind and whether it is worth
+/// another try; a bare I/O error (a reset connection) is.
+fn from_stream_error(error: std::io::Error) -> opendal::Error {
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<opendal::Error>())
+    {
+        Some(store) => opendal::Error::new(store.kind(), store.to_string())
+            .with_temporary(store.is_temporary()),
+        None => opendal::Error::new(StoreErrorKind::Unexpected, error.to_string()).set_temporary(),
+    }
+}
+
+/// What the store said, in its own words: the S3 error's code and message when it sent
+/// one, else the HTTP status, else OpenDAL's description.
+fn store_words(error: &opendal::Error) -> String {
+    let text = error.to_string();
+    let quoted = |field: &str| {
+        let (_, rest) = text.split_once(&format!("{field}: \""))?;
+        rest.split('"').next().filter(|s| !s.is_empty())
+    };
+    match (quoted("code"), quoted("message")) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_owned(),
+        _ => match text.split_once("status: ") {
+            Some((_, rest)) => format!(
+                "HTTP {}",
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .unwrap_or("?")
+            ),
+            None if !error.message().is_empty() => error.message().to_owned(),
+            None => text,
+        },
     }
 }
 
@@ -294,26 +362,13 @@ fn http_client(settings: &S3Settings) -> Result<reqwest::Client> {
         .map_err(|e| Error::InvalidInput(format!("preparing the S3 client: {e}")))
 }
 
-/// The region a store says its bucket is in (`x-amz-bucket-region` on a HEAD of the bucket),
-/// asked once when none is configured.
-async fn bucket_region(client: &reqwest::Client, location: &S3Location) -> Option<String> {
-    let answer = client
-        .head(format!("{}/{}", location.endpoint, location.bucket))
-        .send()
-        .await
-        .ok()?;
-    let region = answer.headers().get("x-amz-bucket-region")?.to_str().ok()?;
-    (!region.is_empty()).then(|| region.to_owned())
-}
-
 impl Backend for S3Backend {
     fn location(&self) -> String {
         self.location.to_string()
     }
 
     fn get(&self, name: &str) -> Result<Vec<u8>> {
-        let limit = max_whole_object_bytes(name);
-        self.read_bounded(name, 0..limit + 1, limit)
+        self.read_bounded(name, .., max_whole_object_bytes(name))
     }
 
     fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
