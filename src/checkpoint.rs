@@ -5,11 +5,13 @@
 //! everywhere: a full id, a unique prefix of 4 or more hex digits, or `latest`: the newest
 //! checkpoint a [`CheckpointFilter`] lets through (host, paths, tags; all of them by default).
 
+use crate::catalogue::Listing;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, CheckpointId};
 use crate::repo::Repository;
 use crate::tree::{Entry, EntryKind};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// What a backup did, stored in its checkpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,12 +87,13 @@ fn object_name(id: &CheckpointId) -> String {
     format!("checkpoints/{id}")
 }
 
-/// Stores `checkpoint` and returns its id.
+/// Stores `checkpoint` and returns its id; the local catalogue learns it too.
 pub fn save(repo: &Repository, checkpoint: &Checkpoint) -> Result<CheckpointId> {
     let json = serde_json::to_vec(checkpoint).expect("checkpoints serialize");
     let id = CheckpointId(repo.codec().id_of(&json));
     repo.backend()
         .put(&object_name(&id), &repo.codec().encode(&json, true))?;
+    repo.catalogue().insert(repo.codec(), id, checkpoint);
     Ok(id)
 }
 
@@ -166,8 +169,27 @@ pub fn catalogue_order(
     a.1.time.cmp(&b.1.time).then(a.0.cmp(b.0))
 }
 
-/// Every checkpoint, oldest first.
+/// Every checkpoint, oldest first, shared with the local catalogue it is read from (one
+/// listing of the repository; only records the catalogue lacks are read).
+pub fn list_shared(repo: &Repository) -> Result<Listing> {
+    let synced = repo.catalogue().sync(repo)?;
+    match synced.unreadable.into_iter().next() {
+        Some((_, error)) => Err(error),
+        None => Ok(synced.checkpoints),
+    }
+}
+
+/// Every checkpoint, oldest first (see [`list_shared`]).
 pub fn list(repo: &Repository) -> Result<Vec<(CheckpointId, Checkpoint)>> {
+    Ok(list_shared(repo)?
+        .into_iter()
+        .map(|(id, record)| (id, Arc::unwrap_or_clone(record)))
+        .collect())
+}
+
+/// Every checkpoint, oldest first, read from the repository itself and not from the local
+/// catalogue: for the commands that must not trust the cache (check, repair, prune).
+pub fn read_all(repo: &Repository) -> Result<Vec<(CheckpointId, Checkpoint)>> {
     let mut all = list_ids(repo)?
         .into_iter()
         .map(|id| Ok((id, load(repo, &id)?)))
@@ -291,7 +313,6 @@ mod tests {
     use crate::repo::config::EncryptionMode;
     use crate::repo::{InitOptions, Secret};
     use crate::tree::root_entry;
-    use std::sync::Arc;
 
     fn record(tree: BlobId, root: Option<Entry>) -> Checkpoint {
         Checkpoint {

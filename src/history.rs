@@ -41,11 +41,24 @@ pub fn child_history(
     Ok(out)
 }
 
-/// The history of a `/`-separated path, starting from the checkpoints' root entries.
-pub fn path_history(load: &TreeLoader, roots: PathHistory, path: &str) -> Result<PathHistory> {
+/// The components of a `/`-separated path inside a checkpoint.
+pub fn components(path: &str) -> Vec<Vec<u8>> {
+    path.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .map(|c| c.as_bytes().to_vec())
+        .collect()
+}
+
+/// The history of the path made of `components`, starting from the checkpoints' root
+/// entries.
+pub fn path_history(
+    load: &TreeLoader,
+    roots: PathHistory,
+    components: &[Vec<u8>],
+) -> Result<PathHistory> {
     let mut history = roots;
-    for component in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
-        history = child_history(load, &history, component.as_bytes())?;
+    for component in components {
+        history = child_history(load, &history, component)?;
     }
     Ok(history)
 }
@@ -164,7 +177,7 @@ mod tests {
             .iter()
             .map(|t| Some(root_entry(*t)))
             .collect();
-        let history = path_history(&load, roots, "x").unwrap();
+        let history = path_history(&load, roots, &components("x")).unwrap();
         assert_eq!(loads.get(), 2);
         assert_eq!(versions(&history).len(), 2);
     }

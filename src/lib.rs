@@ -24,6 +24,7 @@
 //! ```
 
 pub mod backup;
+pub mod catalogue;
 pub mod check;
 pub mod checkpoint;
 pub mod chunker;

@@ -79,7 +79,7 @@ struct PackUse {
 /// Every blob that some checkpoint references: trees, chunk lists and data.
 fn used_blobs(repo: &Repository) -> Result<HashSet<BlobId>> {
     let mut used = HashSet::new();
-    let mut trees: Vec<BlobId> = checkpoint::list(repo)?
+    let mut trees: Vec<BlobId> = checkpoint::read_all(repo)?
         .into_iter()
         .map(|(_, record)| record.tree)
         .collect();

@@ -18,16 +18,16 @@
 //! mounted appear; a `CheckpointFilter` (host, paths, tags) can narrow it. Hard-linked
 //! files of one checkpoint share one inode, so `cp -a` recreates the links.
 
-use crate::checkpoint::{self, Checkpoint, CheckpointFilter};
+use crate::checkpoint::{Checkpoint, CheckpointFilter};
 use crate::error::Error;
-use crate::history::{PathHistory, child_history, versions};
+use crate::history::{PathHistory, versions};
 use crate::holes::{ZeroChunks, data_bytes, seek};
 use crate::id::{BlobId, CheckpointId};
 use crate::repo::Repository;
 use crate::tree::{ChunkRef, Entry, EntryKind, Tree, Xattr, load_tree, sized_file_chunks};
 use crossbeam_channel::{Sender, bounded};
 use quick_cache::sync::Cache;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::ops::{Deref, Range};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -155,8 +155,6 @@ struct Catalogue {
     /// Replaced whole on every change, so a reader can keep a consistent snapshot.
     checkpoints: CatalogueEntries,
     names: Vec<String>,
-    /// Checkpoints the view's filter leaves out, so a re-listing does not load them again.
-    left_out: HashSet<CheckpointId>,
     listed: Instant,
     generation: u64,
 }
@@ -348,7 +346,6 @@ impl Vfs {
             catalogue: RwLock::new(Catalogue {
                 checkpoints: Arc::new(Vec::new()),
                 names: Vec::new(),
-                left_out: HashSet::new(),
                 listed: Instant::now() - CATALOGUE_TTL * 2,
                 generation: 0,
             }),
@@ -376,32 +373,13 @@ impl Vfs {
         {
             return Ok(());
         }
-        let ids = checkpoint::list_ids(&self.repo)?;
-        let mut catalogue = self.catalogue.write().expect("not poisoned");
-        let known: HashMap<CheckpointId, Arc<Checkpoint>> =
-            catalogue.checkpoints.iter().cloned().collect();
-        let mut all = Vec::with_capacity(ids.len());
-        for id in ids {
-            if catalogue.left_out.contains(&id) {
-                continue;
-            }
-            let record = match known.get(&id) {
-                Some(record) => record.clone(),
-                None => match checkpoint::load(&self.repo, &id) {
-                    Ok(record) if self.filter.matches(&record) => Arc::new(record),
-                    Ok(_) => {
-                        catalogue.left_out.insert(id);
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!("checkpoint {id} is unreadable: {e}");
-                        continue;
-                    }
-                },
-            };
-            all.push((id, record));
+        let synced = self.repo.catalogue().sync(&self.repo)?;
+        for (id, e) in &synced.unreadable {
+            tracing::warn!("checkpoint {id} is unreadable: {e}");
         }
-        all.sort_by(|a, b| checkpoint::catalogue_order((&a.0, &a.1), (&b.0, &b.1)));
+        let mut all = synced.checkpoints;
+        all.retain(|(_, record)| self.filter.matches(record));
+        let mut catalogue = self.catalogue.write().expect("not poisoned");
         let changed = all.len() != catalogue.checkpoints.len()
             || all
                 .iter()
@@ -525,15 +503,15 @@ impl Vfs {
         {
             return Ok(history);
         }
-        let history = match path.split_last() {
-            None => checkpoints
+        let history = if path.is_empty() {
+            checkpoints
                 .iter()
                 .map(|(_, r)| Some(r.root_entry()))
-                .collect(),
-            Some((name, parent)) => {
-                let parent = self.history(&Arc::new(parent.to_vec()), generation, checkpoints)?;
-                child_history(&|id| self.tree(id), &parent, name)?
-            }
+                .collect()
+        } else {
+            self.repo
+                .catalogue()
+                .path_history(self.repo.codec(), checkpoints, path, &|id| self.tree(id))?
         };
         let history = Arc::new(history);
         self.histories
@@ -745,6 +723,22 @@ impl Vfs {
                 let (id, record) = &catalogue.checkpoints[i];
                 checkpoint_node(*id, record, name.into_owned())
             }));
+        }
+        if let NodeKind::History(path) = node {
+            // A directory's child is found by its own (kept) history, not by listing the
+            // union of the names in every version of the directory.
+            self.refresh_catalogue()?;
+            let (generation, checkpoints) = self.catalogue_snapshot();
+            let history = self.history(path, generation, &checkpoints)?;
+            if history.iter().flatten().any(Entry::is_dir) {
+                let mut child = path.as_ref().clone();
+                child.push(name.to_vec());
+                let child = Arc::new(child);
+                let child_history = self.history(&child, generation, &checkpoints)?;
+                if child_history.iter().any(Option::is_some) {
+                    return Ok(Some(NodeKind::History(child)));
+                }
+            }
         }
         Ok(self
             .list(node)?

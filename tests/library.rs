@@ -520,3 +520,203 @@ fn repairs_stopped_at_any_write_or_delete_lose_nothing_and_resume() {
     }
     assert!(completed, "the repairs never got to their end");
 }
+
+/// A backend that counts the checkpoint records read whole (`get` of `checkpoints/…`) and
+/// the listings of `checkpoints/`.
+struct CountingBackend {
+    inner: LocalBackend,
+    record_gets: std::sync::Mutex<Vec<String>>,
+    checkpoint_lists: AtomicUsize,
+    ranged_reads: AtomicUsize,
+}
+
+impl CountingBackend {
+    fn new(inner: LocalBackend) -> Arc<Self> {
+        Arc::new(CountingBackend {
+            inner,
+            record_gets: Default::default(),
+            checkpoint_lists: AtomicUsize::new(0),
+            ranged_reads: AtomicUsize::new(0),
+        })
+    }
+
+    /// The checkpoint records read since the last call, and the listings of `checkpoints/`.
+    fn take_counts(&self) -> (Vec<String>, usize) {
+        let gets = std::mem::take(&mut *self.record_gets.lock().unwrap());
+        (gets, self.checkpoint_lists.swap(0, Ordering::SeqCst))
+    }
+}
+
+impl Backend for CountingBackend {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn get(&self, name: &str) -> Result<Vec<u8>> {
+        if name.starts_with("checkpoints/") {
+            self.record_gets.lock().unwrap().push(name.to_owned());
+        }
+        self.inner.get(name)
+    }
+    fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
+        self.ranged_reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.get_range(name, offset, length)
+    }
+    fn put(&self, name: &str, data: &[u8]) -> Result<()> {
+        self.inner.put(name, data)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        if prefix == "checkpoints/" {
+            self.checkpoint_lists.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.list(prefix)
+    }
+    fn delete(&self, name: &str) -> Result<()> {
+        self.inner.delete(name)
+    }
+    fn exists(&self, name: &str) -> Result<bool> {
+        self.inner.exists(name)
+    }
+}
+
+#[test]
+fn the_local_catalogue_reads_each_checkpoint_record_once_and_follows_the_listing() {
+    let sandbox = Sandbox::new();
+    init_repo(&sandbox, ChunkerParams::default());
+    let source = sandbox.path("source");
+    std::fs::create_dir_all(source.join("docs")).unwrap();
+    std::fs::write(source.join("docs/notes.txt"), "first").unwrap();
+    let elsewhere = open(
+        Arc::new(LocalBackend::new(sandbox.path("repo"))),
+        &sandbox.path("other-cache"),
+    );
+    for round in 0..3 {
+        std::fs::write(source.join("counter"), round.to_string()).unwrap();
+        back_up(&elsewhere, &source).unwrap();
+    }
+    let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
+    let cache = sandbox.path("cache");
+    let ids = |repo: &Repository| -> Vec<cairn::id::CheckpointId> {
+        cairn::checkpoint::list(repo)
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    };
+
+    // A cold cache reads each record once, with one listing.
+    let repo = open(counting.clone(), &cache);
+    assert_eq!(ids(&repo).len(), 3);
+    let (gets, lists) = counting.take_counts();
+    assert_eq!((gets.len(), lists), (3, 1), "{gets:?}");
+
+    // Another run (another process) reads none: `list`, `latest` and a no-op backup.
+    drop(repo);
+    let repo = open(counting.clone(), &cache);
+    assert_eq!(ids(&repo).len(), 3);
+    cairn::checkpoint::resolve(&repo, "latest").unwrap();
+    let outcome = back_up(&repo, &source).unwrap();
+    let own = outcome.id.unwrap();
+    let (gets, _) = counting.take_counts();
+    assert_eq!(gets, Vec::<String>::new(), "records read again");
+    drop(repo);
+    let repo = open(counting.clone(), &cache);
+    assert!(ids(&repo).contains(&own));
+    let (gets, lists) = counting.take_counts();
+    assert_eq!(
+        (gets, lists),
+        (Vec::new(), 1),
+        "its own checkpoint read back"
+    );
+
+    // A checkpoint made elsewhere is read, and only it.
+    std::fs::write(source.join("counter"), "elsewhere").unwrap();
+    let added = back_up(&elsewhere, &source).unwrap().id.unwrap();
+    assert!(ids(&repo).contains(&added));
+    let (gets, _) = counting.take_counts();
+    assert_eq!(gets, vec![format!("checkpoints/{added}")]);
+
+    // One forgotten elsewhere disappears, though the catalogue still holds its record.
+    cairn::checkpoint::remove(&elsewhere, &own).unwrap();
+    assert!(!ids(&repo).contains(&own));
+    drop(repo);
+    let repo = open(counting.clone(), &cache);
+    assert_eq!(ids(&repo).len(), 4);
+    assert!(!ids(&repo).contains(&own));
+    let (gets, _) = counting.take_counts();
+    assert!(gets.is_empty(), "{gets:?}");
+
+    // A lost or damaged catalogue is rebuilt from the repository, silently.
+    drop(repo);
+    let catalogue_files: Vec<_> = entries_below(&cache)
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "catalogue"))
+        .collect();
+    assert_eq!(catalogue_files.len(), 1, "{catalogue_files:?}");
+    let catalogue_file = catalogue_files[0].clone();
+    std::fs::write(&catalogue_file, b"\x01 damaged").unwrap();
+    let repo = open(counting.clone(), &cache);
+    assert_eq!(ids(&repo).len(), 4);
+    let (gets, _) = counting.take_counts();
+    assert_eq!(gets.len(), 4);
+    drop(repo);
+    std::fs::remove_file(&catalogue_file).unwrap();
+    let repo = open(counting.clone(), &cache);
+    assert_eq!(ids(&repo).len(), 4);
+    assert_eq!(counting.take_counts().0.len(), 4);
+    let mode = std::fs::metadata(&catalogue_file).unwrap().permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o077, 0);
+}
+
+#[test]
+fn a_path_history_reads_trees_only_of_checkpoints_it_has_not_seen() {
+    let sandbox = Sandbox::new();
+    init_repo(&sandbox, ChunkerParams::default());
+    let source = sandbox.path("source");
+    std::fs::create_dir_all(source.join("docs")).unwrap();
+    let elsewhere = open(
+        Arc::new(LocalBackend::new(sandbox.path("repo"))),
+        &sandbox.path("other-cache"),
+    );
+    for round in 0..6 {
+        std::fs::write(source.join("counter"), round.to_string()).unwrap();
+        if round % 3 == 0 {
+            std::fs::write(source.join("docs/notes.txt"), format!("notes {round}")).unwrap();
+        }
+        back_up(&elsewhere, &source).unwrap();
+    }
+    let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
+    let cache = sandbox.path("cache");
+    let path = cairn::history::components("docs/notes.txt");
+    // The history of the path as `cairn history` and the mount compute it, and the number
+    // of tree blobs it read.
+    let history = |repo: &Repository| {
+        let listing = cairn::checkpoint::list_shared(repo).unwrap();
+        counting.ranged_reads.store(0, Ordering::SeqCst);
+        let load = |id: &cairn::id::BlobId| cairn::tree::load_tree(repo, id).map(Arc::new);
+        let history = repo
+            .catalogue()
+            .path_history(repo.codec(), &listing, &path, &load)
+            .unwrap();
+        let versions: Vec<_> = cairn::history::versions(&history)
+            .into_iter()
+            .map(|v| (v.change, v.checkpoints))
+            .collect();
+        (versions, counting.ranged_reads.load(Ordering::SeqCst))
+    };
+
+    let repo = open(counting.clone(), &cache);
+    let (first, trees_read) = history(&repo);
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert_eq!(trees_read, 8, "six roots and two versions of docs");
+    drop(repo);
+
+    let repo = open(counting.clone(), &cache);
+    assert_eq!(history(&repo), (first.clone(), 0), "kept, not read again");
+
+    std::fs::write(source.join("docs/notes.txt"), "changed elsewhere").unwrap();
+    back_up(&elsewhere, &source).unwrap();
+    let (after, trees_read) = history(&repo);
+    assert_eq!(trees_read, 2, "only the new checkpoint's trees");
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert_eq!(after[..2], first[..]);
+}

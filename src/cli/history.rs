@@ -3,7 +3,7 @@
 use super::{GlobalArgs, print_json};
 use anyhow::Result;
 use cairn::checkpoint;
-use cairn::history::{path_history, versions};
+use cairn::history::{components, versions};
 use cairn::timestamp;
 use cairn::tree::load_tree;
 use clap::Args;
@@ -25,16 +25,16 @@ pub struct HistoryArgs {
 
 pub fn run(global: &GlobalArgs, args: HistoryArgs) -> Result<ExitCode> {
     let repo = global.open()?;
-    let catalogue = checkpoint::list_matching(&repo, &args.filters.filter()?)?;
-    let roots = catalogue
-        .iter()
-        .map(|(_, c)| Some(c.root_entry()))
-        .collect();
+    let filter = args.filters.filter()?;
+    let mut catalogue = checkpoint::list_shared(&repo)?;
+    catalogue.retain(|(_, c)| filter.matches(c));
     let cache = quick_cache::sync::Cache::new(4096);
     let load = |id: &cairn::id::BlobId| {
         cache.get_or_insert_with(id, || load_tree(&repo, id).map(Arc::new))
     };
-    let history = path_history(&load, roots, &args.path)?;
+    let history =
+        repo.catalogue()
+            .path_history(repo.codec(), &catalogue, &components(&args.path), &load)?;
     let versions = versions(&history);
     if versions.is_empty() {
         anyhow::bail!(

@@ -98,6 +98,7 @@ pub struct Repository {
     codec: Codec,
     chunker: Chunker,
     index: BlobIndex,
+    catalogue: crate::catalogue::Catalogue,
     /// How long taking a lock waits for conflicting locks, in milliseconds.
     lock_wait_ms: std::sync::atomic::AtomicU64,
     /// The id of the `keys/<id>` object that opened the repository (password mode only).
@@ -354,6 +355,7 @@ impl Repository {
             codec,
             chunker,
             index,
+            catalogue: crate::catalogue::Catalogue::in_dir(&repository_cache),
             lock_wait_ms: Default::default(),
             opened_key,
         })
@@ -466,6 +468,11 @@ impl Repository {
 
     pub fn index(&self) -> &BlobIndex {
         &self.index
+    }
+
+    /// The local catalogue of checkpoint records.
+    pub fn catalogue(&self) -> &crate::catalogue::Catalogue {
+        &self.catalogue
     }
 
     /// The id of the `keys/<id>` object whose password opened the repository; `None` unless
