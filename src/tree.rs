@@ -160,7 +160,7 @@ impl Tree {
 
 /// Reads and validates tree `id`.
 pub fn load_tree(repo: &Repository, id: &BlobId) -> Result<Tree> {
-    let bytes = repo.read_blob(id)?;
+    let bytes = repo.read_tree_blob(id)?;
     Tree::decode(&bytes, &|| format!("tree {id}"))
 }
 

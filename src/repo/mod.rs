@@ -13,6 +13,7 @@ pub mod lock;
 pub mod pack;
 pub mod remembered;
 pub mod s3;
+pub mod tree_cache;
 pub mod writer;
 
 use crate::chunker::{Chunker, ChunkerParams};
@@ -99,6 +100,8 @@ pub struct Repository {
     chunker: Chunker,
     index: BlobIndex,
     catalogue: crate::catalogue::Catalogue,
+    /// Trees kept locally for a repository a round trip away.
+    trees: tree_cache::TreeCache,
     /// How long taking a lock waits for conflicting locks, in milliseconds.
     lock_wait_ms: std::sync::atomic::AtomicU64,
     /// The id of the `keys/<id>` object that opened the repository (password mode only).
@@ -349,6 +352,9 @@ impl Repository {
         let codec = Codec::new(master, config.compression_level);
         let index = BlobIndex::open(&repository_cache)?;
         index.sync(backend.as_ref(), &codec)?;
+        let trees = tree_cache::TreeCache::in_dir(
+            (backend.preferred_concurrency() > 1).then(|| repository_cache.join("trees")),
+        );
         Ok(Repository {
             backend,
             config,
@@ -356,6 +362,7 @@ impl Repository {
             chunker,
             index,
             catalogue: crate::catalogue::Catalogue::in_dir(&repository_cache),
+            trees,
             lock_wait_ms: Default::default(),
             opened_key,
         })
@@ -504,6 +511,23 @@ impl Repository {
                 self.backend.location()
             ))
         })
+    }
+
+    /// Reads tree `id` like `read_blob`, from the local cache of trees when the repository
+    /// is a round trip away and the tree is kept there (see `tree_cache`).
+    pub fn read_tree_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
+        if let Some(plaintext) = self.trees.get(&self.codec, id) {
+            return Ok(plaintext);
+        }
+        let location = self.locate(id)?;
+        let plaintext = self.read_blob_at(&location, id)?;
+        self.keep_tree(id, &self.codec.encode(&plaintext, true));
+        Ok(plaintext)
+    }
+
+    /// Keeps tree `id`, in its stored form, in the local cache of trees (when there is one).
+    pub fn keep_tree(&self, id: &BlobId, stored: &[u8]) {
+        self.trees.put(id, stored);
     }
 
     /// Reads blob `id`, decrypts and decompresses it, and checks it against its id.

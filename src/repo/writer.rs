@@ -211,6 +211,9 @@ impl BlobSink<'_> {
             match self.claim(&id)? {
                 Claim::Mine => {
                     let encoded = self.repo.codec().encode(plaintext, true);
+                    if kind == BlobKind::Tree {
+                        self.repo.keep_tree(&id, &encoded);
+                    }
                     self.send_encoded(id, kind, encoded, plaintext.len())?;
                     return Ok(id);
                 }
