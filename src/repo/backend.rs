@@ -64,6 +64,12 @@ pub trait Backend: Send + Sync {
     fn delete(&self, name: &str) -> Result<()>;
     /// Whether the object exists.
     fn exists(&self, name: &str) -> Result<bool>;
+    /// How many requests are worth keeping under way at once (packs uploading, reads ahead):
+    /// a local disk gains little from more than one, a remote store, where each request
+    /// waits a round trip, much.
+    fn concurrent_requests(&self) -> usize {
+        1
+    }
 }
 
 /// The modes the local backend creates directories and files with. Private by default, as

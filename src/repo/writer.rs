@@ -1,7 +1,8 @@
 //! Writing blobs into a repository: a `BlobSink` many threads share, which stores each blob
 //! the repository lacks exactly once, and the packer thread behind it, which appends encoded
-//! blobs to packs, stores them and writes an index file every few packs, so an interrupted
-//! run leaves reusable work behind. Backup and sync both write through it.
+//! blobs to packs, hands them to uploader threads (several in flight on a remote backend) and
+//! writes an index file every few packs, so an interrupted run leaves reusable work behind.
+//! Backup and sync both write through it.
 
 use super::Repository;
 use super::index::{IndexedPacks, encode_index_file};
@@ -443,7 +444,161 @@ pub fn take_orphan_packs(repo: &Repository, dry_run: bool) -> Result<Vec<BlobId>
         .collect())
 }
 
+/// A pack handed to an uploader thread; `upload` is `None` in a dry run.
+struct PackInFlight<'scope> {
+    id: crate::id::PackId,
+    entries: Vec<super::pack::PackEntry>,
+    bytes: u64,
+    upload: Option<std::thread::ScopedJoinHandle<'scope, Result<()>>>,
+}
+
+/// The packer's state: a pack of file chunks and one of metadata (trees and chunk lists)
+/// being filled, the packs being uploaded (oldest first), and the stored packs no index file
+/// lists yet, in the order they were finished.
+struct Packer<'scope, 'env> {
+    repo: &'env Repository,
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    flights: &'env Flights,
+    dry_run: bool,
+    progress: &'env Progress,
+    data: PackBuilder,
+    metadata: PackBuilder,
+    in_flight: std::collections::VecDeque<PackInFlight<'scope>>,
+    most_in_flight: usize,
+    unindexed: IndexedPacks,
+    last_index: std::time::Instant,
+}
+
+impl<'scope, 'env> Packer<'scope, 'env> {
+    /// Finishes the metadata pack, or the data pack, and hands it to an uploader thread,
+    /// first waiting for the oldest uploads while as many as the backend takes at once are
+    /// under way.
+    fn send_off(&mut self, metadata: bool) -> Result<()> {
+        let builder = if metadata {
+            &mut self.metadata
+        } else {
+            &mut self.data
+        };
+        let (id, bytes, entries) = builder.finish(self.repo.codec());
+        while self.in_flight.len() >= self.most_in_flight {
+            self.land_oldest()?;
+        }
+        let size = bytes.len() as u64;
+        let upload = (!self.dry_run).then(|| {
+            let backend = self.repo.backend();
+            self.scope
+                .spawn(move || backend.put(&pack_object_name(&id), &bytes))
+        });
+        self.in_flight.push_back(PackInFlight {
+            id,
+            entries,
+            bytes: size,
+            upload,
+        });
+        Ok(())
+    }
+
+    /// Waits for the oldest upload; once it is stored its pack waits for an index file.
+    fn land_oldest(&mut self) -> Result<()> {
+        let Some(pack) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        if let Some(upload) = pack.upload {
+            upload.join().expect("uploads do not panic")?;
+        }
+        self.progress
+            .added_bytes
+            .fetch_add(pack.bytes, Ordering::Relaxed);
+        self.progress.added_packs.fetch_add(1, Ordering::Relaxed);
+        self.unindexed.push((pack.id, pack.entries));
+        Ok(())
+    }
+
+    /// Waits for every upload under way.
+    fn land_all(&mut self) -> Result<()> {
+        while !self.in_flight.is_empty() {
+            self.land_oldest()?;
+        }
+        Ok(())
+    }
+
+    /// Stores the metadata pack once every blob its trees and chunk lists refer to is
+    /// stored: the pending chunks go off in a pack of their own, and every upload lands first.
+    fn send_off_metadata(&mut self) -> Result<()> {
+        if !self.data.is_empty() {
+            self.send_off(false)?;
+        }
+        self.land_all()?;
+        self.send_off(true)?;
+        self.land_all()
+    }
+
+    /// Writes an index file listing the stored packs no index file lists yet, and forgets
+    /// their blobs as flights (the index cache has them now).
+    fn write_index(&mut self) -> Result<()> {
+        self.last_index = std::time::Instant::now();
+        if self.dry_run || self.unindexed.is_empty() {
+            return Ok(());
+        }
+        let name = put_index_file(self.repo, &self.unindexed)?;
+        self.repo.index().add_index_file(&name, &self.unindexed)?;
+        let mut blobs = self.flights.lock();
+        for (_, entries) in self.unindexed.drain(..) {
+            for entry in entries {
+                blobs.remove(&entry.id);
+            }
+        }
+        self.flights.changed.notify_all();
+        Ok(())
+    }
+
+    fn add(&mut self, blob: &EncodedBlob) -> Result<()> {
+        let metadata = blob.kind != BlobKind::Data;
+        let builder = if metadata {
+            &mut self.metadata
+        } else {
+            &mut self.data
+        };
+        builder.add(blob.id, blob.kind, &blob.encoded, blob.raw_length);
+        if !builder.is_full() {
+            return Ok(());
+        }
+        if metadata {
+            self.send_off_metadata()?;
+        } else {
+            self.send_off(false)?;
+        }
+        if self.unindexed.len() >= PACKS_PER_INDEX_FILE
+            || self.last_index.elapsed() >= INDEX_FILE_INTERVAL
+        {
+            self.write_index()?;
+        }
+        Ok(())
+    }
+
+    /// Stores what is left and writes the last index file.
+    fn finish(&mut self) -> Result<()> {
+        if !self.metadata.is_empty() {
+            self.send_off_metadata()?;
+        } else if !self.data.is_empty() {
+            self.send_off(false)?;
+        }
+        self.land_all()?;
+        self.write_index()
+    }
+}
+
 /// Appends blobs to packs, stores them and writes index files. Returns the number of blobs.
+///
+/// File chunks go into data packs, which are uploaded by up to
+/// `Backend::concurrent_requests` threads while the next pack fills, so at most that many
+/// packs plus the two being filled are held in memory. Uploads land in the order the packs
+/// were finished, and an index file lists only landed packs, so no index file ever names a
+/// pack that is not stored. Trees and chunk lists go into metadata packs, stored only once
+/// every upload before them has landed: a stored tree's blobs are stored too, even when a
+/// killed run leaves packs that no index file lists (`recover_orphan_packs` takes them all).
+/// A failed upload stops the packer with its error once it is its turn to land; the uploads
+/// still under way finish before the error is returned.
 fn run_packer(
     repo: &Repository,
     blobs: Receiver<EncodedBlob>,
@@ -451,55 +606,28 @@ fn run_packer(
     dry_run: bool,
     progress: &Progress,
 ) -> Result<u64> {
-    let mut builder = PackBuilder::default();
-    let mut unindexed: IndexedPacks = Vec::new();
-    let mut count = 0u64;
-    let mut last_index = std::time::Instant::now();
-    let flush_pack = |builder: &mut PackBuilder, unindexed: &mut IndexedPacks| -> Result<()> {
-        let (id, bytes, entries) = builder.finish(repo.codec());
-        if !dry_run {
-            repo.backend().put(&pack_object_name(&id), &bytes)?;
+    std::thread::scope(|scope| {
+        let mut packer = Packer {
+            repo,
+            scope,
+            flights,
+            dry_run,
+            progress,
+            data: PackBuilder::default(),
+            metadata: PackBuilder::default(),
+            in_flight: std::collections::VecDeque::new(),
+            most_in_flight: repo.backend().concurrent_requests().max(1),
+            unindexed: Vec::new(),
+            last_index: std::time::Instant::now(),
+        };
+        let mut count = 0u64;
+        for blob in blobs {
+            packer.add(&blob)?;
+            count += 1;
         }
-        progress
-            .added_bytes
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        progress.added_packs.fetch_add(1, Ordering::Relaxed);
-        unindexed.push((id, entries));
-        Ok(())
-    };
-    let write_index = |unindexed: &mut IndexedPacks| -> Result<()> {
-        if dry_run || unindexed.is_empty() {
-            return Ok(());
-        }
-        let name = put_index_file(repo, unindexed)?;
-        repo.index().add_index_file(&name, unindexed)?;
-        let mut blobs = flights.lock();
-        for (_, entries) in unindexed.drain(..) {
-            for entry in entries {
-                blobs.remove(&entry.id);
-            }
-        }
-        flights.changed.notify_all();
-        Ok(())
-    };
-    for blob in blobs {
-        builder.add(blob.id, blob.kind, &blob.encoded, blob.raw_length);
-        count += 1;
-        if builder.is_full() {
-            flush_pack(&mut builder, &mut unindexed)?;
-            if unindexed.len() >= PACKS_PER_INDEX_FILE
-                || last_index.elapsed() >= INDEX_FILE_INTERVAL
-            {
-                write_index(&mut unindexed)?;
-                last_index = std::time::Instant::now();
-            }
-        }
-    }
-    if !builder.is_empty() {
-        flush_pack(&mut builder, &mut unindexed)?;
-    }
-    write_index(&mut unindexed)?;
-    Ok(count)
+        packer.finish()?;
+        Ok(count)
+    })
 }
 
 #[cfg(test)]
