@@ -10,16 +10,19 @@ use super::pack::{BlobKind, PackBuilder, fetch_header, pack_id_of_object, pack_o
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::BlobId;
 use crate::progress::Progress;
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex};
 
-/// An index file is written after this many packs, or once a pack is written this long
-/// after the last index file, and at the end of the run: what a killed run leaves behind
-/// is reused by the next one once an index file lists it.
+/// An index file is written once this many stored packs wait for one, or once a stored pack
+/// has waited this long since the last index file, and at the end of the run: what a killed
+/// run leaves behind is reused by the next one once an index file lists it.
 const PACKS_PER_INDEX_FILE: usize = 32;
 const INDEX_FILE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often a packer waiting for blobs looks for finished uploads to index.
+const UPLOAD_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Packs listed per index file when a whole fresh set of index files is written.
 const PACKS_PER_FRESH_INDEX_FILE: usize = 256;
@@ -452,8 +455,8 @@ struct PackInFlight<'scope> {
     upload: Option<std::thread::ScopedJoinHandle<'scope, Result<()>>>,
 }
 
-/// The packer's state: a pack of file chunks and one of metadata (trees and chunk lists)
-/// being filled, the packs being uploaded (oldest first), and the stored packs no index file
+/// The packer's state: a pack of file chunks and the metadata blobs (trees and chunk lists)
+/// being gathered, the packs being uploaded (oldest first), and the stored packs no index file
 /// lists yet, in the order they were finished.
 struct Packer<'scope, 'env> {
     repo: &'env Repository,
@@ -470,16 +473,10 @@ struct Packer<'scope, 'env> {
 }
 
 impl<'scope, 'env> Packer<'scope, 'env> {
-    /// Finishes the metadata pack, or the data pack, and hands it to an uploader thread,
-    /// first waiting for the oldest uploads while as many as the backend takes at once are
-    /// under way.
-    fn send_off(&mut self, metadata: bool) -> Result<()> {
-        let builder = if metadata {
-            &mut self.metadata
-        } else {
-            &mut self.data
-        };
-        let (id, bytes, entries) = builder.finish(self.repo.codec());
+    /// Finishes the data pack and hands it to an uploader thread, first waiting for the
+    /// oldest uploads while as many as the backend takes at once are under way.
+    fn send_off(&mut self) -> Result<()> {
+        let (id, bytes, entries) = self.data.finish(self.repo.codec());
         while self.in_flight.len() >= self.most_in_flight {
             self.land_oldest()?;
         }
@@ -514,6 +511,27 @@ impl<'scope, 'env> Packer<'scope, 'env> {
         Ok(())
     }
 
+    /// Takes in the uploads that have finished, oldest first, without waiting.
+    fn land_finished(&mut self) -> Result<()> {
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|pack| pack.upload.as_ref().is_none_or(|u| u.is_finished()))
+        {
+            self.land_oldest()?;
+        }
+        Ok(())
+    }
+
+    /// Writes an index file once `PACKS_PER_INDEX_FILE` landed packs wait for one, or once a
+    /// landed pack has waited past `INDEX_FILE_INTERVAL` since the last index file.
+    fn index_if_due(&mut self) -> Result<()> {
+        self.land_finished()?;
+        let due = self.unindexed.len() >= PACKS_PER_INDEX_FILE
+            || (!self.unindexed.is_empty() && self.last_index.elapsed() >= INDEX_FILE_INTERVAL);
+        if due { self.write_index() } else { Ok(()) }
+    }
+
     /// Waits for every upload under way.
     fn land_all(&mut self) -> Result<()> {
         while !self.in_flight.is_empty() {
@@ -522,14 +540,12 @@ impl<'scope, 'env> Packer<'scope, 'env> {
         Ok(())
     }
 
-    /// Stores the metadata pack once every blob its trees and chunk lists refer to is
-    /// stored: the pending chunks go off in a pack of their own, and every upload lands first.
+    /// Stores the metadata blobs once every blob their trees and chunk lists refer to is
+    /// stored: every upload lands first, and the chunks not sent off yet go in the same pack.
     fn send_off_metadata(&mut self) -> Result<()> {
-        if !self.data.is_empty() {
-            self.send_off(false)?;
-        }
         self.land_all()?;
-        self.send_off(true)?;
+        self.data.take_from(&mut self.metadata);
+        self.send_off()?;
         self.land_all()
     }
 
@@ -560,20 +576,14 @@ impl<'scope, 'env> Packer<'scope, 'env> {
             &mut self.data
         };
         builder.add(blob.id, blob.kind, &blob.encoded, blob.raw_length);
-        if !builder.is_full() {
-            return Ok(());
+        if builder.is_full() {
+            if metadata {
+                self.send_off_metadata()?;
+            } else {
+                self.send_off()?;
+            }
         }
-        if metadata {
-            self.send_off_metadata()?;
-        } else {
-            self.send_off(false)?;
-        }
-        if self.unindexed.len() >= PACKS_PER_INDEX_FILE
-            || self.last_index.elapsed() >= INDEX_FILE_INTERVAL
-        {
-            self.write_index()?;
-        }
-        Ok(())
+        self.index_if_due()
     }
 
     /// Stores what is left and writes the last index file.
@@ -581,7 +591,7 @@ impl<'scope, 'env> Packer<'scope, 'env> {
         if !self.metadata.is_empty() {
             self.send_off_metadata()?;
         } else if !self.data.is_empty() {
-            self.send_off(false)?;
+            self.send_off()?;
         }
         self.land_all()?;
         self.write_index()
@@ -590,13 +600,14 @@ impl<'scope, 'env> Packer<'scope, 'env> {
 
 /// Appends blobs to packs, stores them and writes index files. Returns the number of blobs.
 ///
-/// File chunks go into data packs, which are uploaded by up to
-/// `Backend::concurrent_requests` threads while the next pack fills, so at most that many
-/// packs plus the two being filled are held in memory. Uploads land in the order the packs
-/// were finished, and an index file lists only landed packs, so no index file ever names a
-/// pack that is not stored. Trees and chunk lists go into metadata packs, stored only once
-/// every upload before them has landed: a stored tree's blobs are stored too, even when a
-/// killed run leaves packs that no index file lists (`recover_orphan_packs` takes them all).
+/// File chunks fill data packs, which are uploaded by up to `Backend::concurrent_requests`
+/// threads while the next pack fills, so at most that many packs plus the two being filled
+/// are held in memory. Uploads land in the order the packs were finished, and an index file
+/// lists only landed packs, so no index file ever names a pack that is not stored. Trees and
+/// chunk lists gather apart and are stored, with the chunks not yet sent off, in a pack put
+/// only once every upload before it has landed (at the end, or when 16 MiB of them have
+/// gathered): a stored tree's blobs are stored too, even when a killed run leaves packs that
+/// no index file lists (`recover_orphan_packs` takes them all).
 /// A failed upload stops the packer with its error once it is its turn to land; the uploads
 /// still under way finish before the error is returned.
 fn run_packer(
@@ -621,9 +632,16 @@ fn run_packer(
             last_index: std::time::Instant::now(),
         };
         let mut count = 0u64;
-        for blob in blobs {
-            packer.add(&blob)?;
-            count += 1;
+        loop {
+            match blobs.recv_timeout(UPLOAD_CHECK_INTERVAL) {
+                Ok(blob) => {
+                    packer.add(&blob)?;
+                    count += 1;
+                }
+                // While no blob comes, finished uploads are still taken in and indexed.
+                Err(RecvTimeoutError::Timeout) => packer.index_if_due()?,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
         }
         packer.finish()?;
         Ok(count)
