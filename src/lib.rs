@@ -41,6 +41,7 @@ pub mod interrupt;
 pub mod mount;
 pub mod progress;
 pub mod prune;
+pub mod readahead;
 pub mod repair;
 pub mod repo;
 pub mod restore;

@@ -1,8 +1,9 @@
 //! Restore: a checkpoint's tree (or one path in it) back into a directory, exactly.
 //!
 //! The planner (the calling thread) walks the tree in order, creating directories, symlinks,
-//! FIFOs and device nodes as it goes and handing regular files to worker threads, which
-//! fetch, verify and write their chunks. Blocks of zeros are written as holes and, unless
+//! FIFOs and device nodes as it goes and handing regular files, in batches of up to 256
+//! files or 8 MiB, to worker threads, which fetch their chunks ahead, neighbours in a pack in
+//! one ranged read (`readahead`), verify them and write the files. Blocks of zeros are written as holes and, unless
 //! `sparse` asks to keep them, filled with zeros once the file is complete: cairn does not
 //! record which files were sparse, so files come back dense, as with rsync or restic, and
 //! with `--sparse` every zero run becomes a hole. Hard links are made once their first path
@@ -23,10 +24,11 @@
 use crate::error::{Error, IoContext, Result};
 use crate::fsmeta::running_as_root;
 use crate::id::BlobId;
+use crate::readahead::{self, ChunkStream, Delivered};
 use crate::repo::Repository;
 use crate::space::{OutOfSpace, SpaceFailure, is_out_of_space};
 use crate::target::{TargetDir, check_path_length, set_directories_metadata, set_metadata_of};
-use crate::tree::{Entry, EntryKind, is_valid_name, load_tree, read_chunk, sized_file_chunks};
+use crate::tree::{ChunkRef, Entry, EntryKind, is_valid_name, load_tree, sized_file_chunks};
 use crossbeam_channel::{Receiver, bounded};
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -157,45 +159,54 @@ fn seek_from(file: &fs::File, offset: u64, whence: i32) -> std::io::Result<Optio
     }
 }
 
-/// Writes one regular file's content and metadata.
+/// Writes one regular file's content, whose `chunks` come next from `stream`, and metadata.
+/// Every chunk of the file is taken from the stream, whatever fails.
 fn restore_file(
-    repo: &Repository,
     job: &FileJob,
+    chunks: &[ChunkRef],
+    stream: &mut impl Iterator<Item = Delivered<()>>,
     progress: &RestoreProgress,
     sparse: bool,
 ) -> Result<()> {
-    let EntryKind::File(content) = &job.entry.kind else {
-        unreachable!("only regular files are sent to workers");
+    let mut chunks_left = chunks.len();
+    let mut written = || -> Result<()> {
+        let shown = job.dir.child_path(&job.entry.name);
+        let context = || format!("writing {}", shown.display());
+        let file = job.dir.create_file(&job.entry.name).context_io(context)?;
+        let mut offset = 0u64;
+        while chunks_left > 0 {
+            let ((), data) = stream
+                .next()
+                .expect("the stream holds every chunk of the batch");
+            chunks_left -= 1;
+            let data = data?.bytes;
+            write_sparse(&file, offset, &data).context_io(context)?;
+            offset += data.len() as u64;
+            progress
+                .bytes_done
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        if offset != job.entry.size {
+            return Err(Error::corrupt(
+                shown.display().to_string(),
+                format!(
+                    "chunks hold {offset} bytes where the tree says {}",
+                    job.entry.size
+                ),
+            ));
+        }
+        file.set_len(offset).context_io(context)?;
+        if !sparse {
+            fill_holes(&file).context_io(context)?;
+        }
+        set_metadata_of(file.as_fd(), &job.entry, &shown)
+            .context_io(|| format!("setting metadata of {}", shown.display()))?;
+        progress.files_done.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     };
-    let shown = job.dir.child_path(&job.entry.name);
-    let context = || format!("writing {}", shown.display());
-    let file = job.dir.create_file(&job.entry.name).context_io(context)?;
-    let mut offset = 0u64;
-    for chunk in sized_file_chunks(repo, content, job.entry.size)? {
-        let data = read_chunk(repo, &chunk)?;
-        write_sparse(&file, offset, &data).context_io(context)?;
-        offset += data.len() as u64;
-        progress
-            .bytes_done
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-    }
-    if offset != job.entry.size {
-        return Err(Error::corrupt(
-            shown.display().to_string(),
-            format!(
-                "chunks hold {offset} bytes where the tree says {}",
-                job.entry.size
-            ),
-        ));
-    }
-    file.set_len(offset).context_io(context)?;
-    if !sparse {
-        fill_holes(&file).context_io(context)?;
-    }
-    set_metadata_of(file.as_fd(), &job.entry, &shown)
-        .context_io(|| format!("setting metadata of {}", shown.display()))?;
-    progress.files_done.fetch_add(1, Ordering::Relaxed);
-    Ok(())
+    let result = written();
+    stream.take(chunks_left).for_each(drop);
+    result
 }
 
 /// The hard-link groups met in a walk, by paths relative to the target: the first path of
@@ -234,32 +245,66 @@ struct FileJob {
     entry: Entry,
 }
 
+/// Files the planner hands a worker together, at most, and bytes of their content: their
+/// chunks are read in few requests (`readahead`).
+const FILES_PER_BATCH: usize = 256;
+const BATCH_BYTES: u64 = readahead::WINDOW_BYTES;
+
+/// Restores batches of files: each batch's chunks are read ahead, coalesced, while its files
+/// are written one after the other.
 fn run_worker(
     repo: &Repository,
-    jobs: Receiver<FileJob>,
+    batches: Receiver<Vec<FileJob>>,
     errors: &Mutex<Vec<RestoreError>>,
     full: &SpaceFailure,
     progress: &RestoreProgress,
     sparse: bool,
 ) {
-    for job in jobs {
+    for batch in batches {
         // Once the filesystem is full, the queued files are dropped unwritten.
         if full.is_full() {
             continue;
         }
-        if let Err(e) = restore_file(repo, &job, progress, sparse) {
+        let failed = |job: &FileJob, e: Error| {
             // Never leave a file with missing or wrong bytes under its real name.
             let _ = job.dir.unlink(&job.entry.name);
             let path = job.dir.child_path(&job.entry.name);
             if is_out_of_space(&e) {
                 full.record(path, &e);
-                continue;
+                return;
             }
             errors.lock().expect("not poisoned").push(RestoreError {
                 path,
                 message: format!("{e}"),
             });
-        }
+        };
+        let lists: Vec<Option<Vec<ChunkRef>>> = batch
+            .iter()
+            .map(|job| {
+                let EntryKind::File(content) = &job.entry.kind else {
+                    unreachable!("only regular files are sent to workers");
+                };
+                sized_file_chunks(repo, content, job.entry.size)
+                    .map_err(|e| failed(job, e))
+                    .ok()
+            })
+            .collect();
+        let chunks = lists
+            .iter()
+            .flat_map(|list| list.iter().flatten().map(|chunk| ((), *chunk)));
+        std::thread::scope(|scope| {
+            let mut stream = ChunkStream::new(repo, scope, chunks);
+            for (job, list) in batch.iter().zip(&lists) {
+                if full.is_full() {
+                    return;
+                }
+                if let Some(chunks) = list
+                    && let Err(e) = restore_file(job, chunks, &mut stream, progress, sparse)
+                {
+                    failed(job, e);
+                }
+            }
+        });
     }
 }
 
@@ -275,7 +320,10 @@ struct Level {
 /// Walks the tree, creating everything but regular files, which go to the workers.
 struct Planner<'a> {
     repo: &'a Repository,
-    files: crossbeam_channel::Sender<FileJob>,
+    files: crossbeam_channel::Sender<Vec<FileJob>>,
+    /// Files not yet handed to a worker, and the bytes of their content.
+    batch: Vec<FileJob>,
+    batch_bytes: u64,
     /// Hard links to make once the files exist.
     links: HardLinkGroups,
     /// Directories (relative to the target) with their metadata, deepest first.
@@ -285,6 +333,17 @@ struct Planner<'a> {
 }
 
 impl Planner<'_> {
+    /// Hands the files gathered so far to a worker.
+    fn send_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        self.batch_bytes = 0;
+        self.files
+            .send(std::mem::take(&mut self.batch))
+            .expect("restore workers outlive the planner");
+    }
+
     /// Restores the tree `tree_id` into `root`, walking it with an explicit stack.
     fn restore_tree(&mut self, tree_id: &BlobId, root: Arc<TargetDir>) -> Result<()> {
         let mut stack = vec![Level {
@@ -344,9 +403,11 @@ impl Planner<'_> {
             EntryKind::Dir(_) => unreachable!("directories are handled above"),
             EntryKind::File(_) => {
                 if !self.links.defer(&entry, &relative) {
-                    self.files
-                        .send(FileJob { dir, entry })
-                        .expect("restore workers outlive the planner");
+                    self.batch_bytes += entry.size;
+                    self.batch.push(FileJob { dir, entry });
+                    if self.batch.len() >= FILES_PER_BATCH || self.batch_bytes >= BATCH_BYTES {
+                        self.send_batch();
+                    }
                 }
                 return Ok(None);
             }
@@ -407,7 +468,7 @@ pub fn run(
     let errors = Mutex::new(Vec::new());
     let full = SpaceFailure::default();
     let threads = options.threads.max(1);
-    let (files, jobs) = bounded::<FileJob>(threads * 4);
+    let (files, jobs) = bounded::<Vec<FileJob>>(threads);
     let (planned, links, mut dirs, mut stats) = std::thread::scope(|scope| {
         for _ in 0..threads {
             let jobs = jobs.clone();
@@ -417,6 +478,8 @@ pub fn run(
         let mut planner = Planner {
             repo,
             files,
+            batch: Vec::new(),
+            batch_bytes: 0,
             links: HardLinkGroups::default(),
             dirs: Vec::new(),
             stats: RestoreStats::default(),
@@ -435,6 +498,7 @@ pub fn run(
                     .map(|_| ())
             }
         };
+        planner.send_batch();
         // Taking the planner apart drops its sender, which lets the workers finish; the
         // scope waits for them.
         let Planner {

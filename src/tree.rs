@@ -210,9 +210,12 @@ fn content_location(content: &Content) -> String {
     }
 }
 
-/// The bytes of one chunk, checked against the length the tree gives it before anything is
-/// read: a blob whose recorded raw length differs is refused unread.
-pub fn read_chunk(repo: &Repository, chunk: &ChunkRef) -> Result<Vec<u8>> {
+/// Where chunk `chunk` is stored, once its recorded raw length is the length the tree gives
+/// it: a blob whose length differs is refused unread.
+pub fn locate_chunk(
+    repo: &Repository,
+    chunk: &ChunkRef,
+) -> Result<crate::repo::index::BlobLocation> {
     let location = repo.locate(&chunk.id)?;
     if location.entry.raw_length != chunk.length {
         return Err(Error::corrupt(
@@ -223,7 +226,13 @@ pub fn read_chunk(repo: &Repository, chunk: &ChunkRef) -> Result<Vec<u8>> {
             ),
         ));
     }
-    repo.read_blob_at(&location, &chunk.id)
+    Ok(location)
+}
+
+/// The bytes of one chunk, checked against the length the tree gives it before anything is
+/// read (`locate_chunk`).
+pub fn read_chunk(repo: &Repository, chunk: &ChunkRef) -> Result<Vec<u8>> {
+    repo.read_blob_at(&locate_chunk(repo, chunk)?, &chunk.id)
 }
 
 /// Decodes chunk list blob `id` (its size already bounded by `MAX_CHUNK_LIST_BYTES`), refusing

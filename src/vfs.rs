@@ -11,7 +11,8 @@
 //! Everything is loaded lazily: a directory's tree is read when it is first listed or looked
 //! up, a file's chunk list when it is first read. Decoded trees, chunk lists and chunks are
 //! kept in bounded caches. Reading ahead happens in the background: a read prefetches the
-//! next chunks of its file, the first read in a directory decodes the files after it in
+//! next chunks of its file (the next eight at every eighth chunk, neighbours in a pack in one
+//! ranged read), the first read in a directory decodes the files after it in
 //! listing order (a tree walker reads them next) and hands them to the kernel's page cache
 //! through the adapter's `PagePusher`, and a listing decodes its subdirectories' trees.
 //! The checkpoint catalogue is re-listed every few seconds, so checkpoints made while
@@ -23,6 +24,7 @@ use crate::error::Error;
 use crate::history::{PathHistory, versions};
 use crate::holes::{ZeroChunks, data_bytes, seek};
 use crate::id::{BlobId, CheckpointId};
+use crate::readahead::ChunkStream;
 use crate::repo::Repository;
 use crate::tree::{ChunkRef, Entry, EntryKind, Tree, Xattr, load_tree, sized_file_chunks};
 use crossbeam_channel::{Sender, bounded};
@@ -45,8 +47,10 @@ const CATALOGUE_TTL: Duration = Duration::from_secs(2);
 const CHUNK_CACHE_BYTES: u64 = 64 << 20;
 /// Decoded trees kept in memory.
 const TREE_CACHE_ITEMS: usize = 4096;
-/// Chunks read ahead of a sequential reader.
-const PREFETCH_CHUNKS: usize = 2;
+/// Chunks read ahead of a sequential reader, in one coalesced read (`readahead`): asked for
+/// when the reader reaches the start of every this many-th chunk, so each chunk is asked for
+/// once.
+const PREFETCH_CHUNKS: usize = 8;
 /// Background threads that prefetch chunks and trees.
 const PREFETCH_THREADS: usize = 4;
 /// Files of a directory whose first chunk is fetched ahead of the reader.
@@ -204,7 +208,8 @@ pub struct Vfs {
 
 /// What the background threads fetch ahead of a reader.
 enum Prefetch {
-    Chunk(ChunkRef),
+    /// Chunks of a file, read together.
+    Chunks(Vec<ChunkRef>),
     Tree(BlobId),
     /// The first chunk of file `ino`, handed to the kernel's page cache when it takes it.
     FileStart(Ino, ChunkRef),
@@ -275,7 +280,15 @@ fn serve_prefetch(
             .map(drop)
     };
     match request {
-        Prefetch::Chunk(chunk) => fetch_chunk(&chunk),
+        Prefetch::Chunks(wanted) => std::thread::scope(|scope| {
+            let wanted = wanted.into_iter().map(|chunk| (chunk.id, chunk));
+            for (id, read) in ChunkStream::new(repo, scope, wanted) {
+                let mut data = read?.bytes;
+                data.shrink_to_fit();
+                chunks.insert(id, Arc::new(data));
+            }
+            Ok(())
+        }),
         Prefetch::Tree(id) => cached_tree(trees, repo, &id).map(drop),
         Prefetch::FileStart(ino, chunk) => {
             let Some(push) = page_pusher.get() else {
@@ -994,9 +1007,23 @@ impl Vfs {
             position = start + to as u64;
             i += 1;
         }
-        for next in index.chunks.iter().skip(i).take(PREFETCH_CHUNKS) {
-            if !self.chunks.contains_key(&next.id) {
-                let _ = self.prefetch.try_send(Prefetch::Chunk(*next));
+        let first = index.ends.partition_point(|&e| e <= offset);
+        let at_chunk_start = index
+            .chunks
+            .get(first)
+            .is_some_and(|chunk| index.ends[first] - chunk.length as u64 == offset);
+        if at_chunk_start && first.is_multiple_of(PREFETCH_CHUNKS) {
+            // The chunks after `first` up to the next prefetch point, past what this read took.
+            let wanted: Vec<ChunkRef> = index
+                .chunks
+                .iter()
+                .take(first + 1 + PREFETCH_CHUNKS)
+                .skip(i.max(first + 1))
+                .filter(|next| !self.chunks.contains_key(&next.id))
+                .copied()
+                .collect();
+            if !wanted.is_empty() {
+                let _ = self.prefetch.try_send(Prefetch::Chunks(wanted));
             }
         }
         self.note_read(ino);

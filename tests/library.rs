@@ -126,15 +126,14 @@ struct FailingBackend {
 
 /// Takes one from `left`, or fails with `ENOSPC` when nothing is left.
 fn take_one(left: &AtomicUsize, what: &str) -> Result<()> {
-    let n = left.load(Ordering::SeqCst);
-    if n == 0 {
-        return Err(Error::io(
-            what.to_owned(),
-            std::io::Error::from_raw_os_error(libc::ENOSPC),
-        ));
-    }
-    left.store(n - 1, Ordering::SeqCst);
-    Ok(())
+    left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .map(drop)
+        .map_err(|_| {
+            Error::io(
+                what.to_owned(),
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            )
+        })
 }
 
 impl Backend for FailingBackend {
@@ -160,6 +159,11 @@ impl Backend for FailingBackend {
     }
     fn exists(&self, name: &str) -> Result<bool> {
         self.inner.exists(name)
+    }
+    /// Like a remote store: several packs upload at once, so a write fails while others
+    /// are under way, and packs finished later may be stored before it.
+    fn preferred_concurrency(&self) -> usize {
+        3
     }
 }
 
@@ -209,6 +213,95 @@ fn a_backup_stopped_at_any_write_leaves_a_sound_repository_and_resumes() {
         Arc::new(LocalBackend::new(sandbox.path("repo"))),
         &sandbox.path("cache"),
     );
+    assert_latest_restores_to(&repo, &source, &sandbox.path("target"));
+}
+
+/// A local backend that takes several puts at once, like a remote store, and notes how many
+/// packs were being uploaded at the same moment. The first pack upload waits (for at most
+/// 20 seconds) until a second one starts, so a packer that uploads one pack at a time shows
+/// as one at a time rather than by chance.
+struct OverlapBackend {
+    inner: LocalBackend,
+    uploading: std::sync::Mutex<(usize, usize)>,
+    changed: std::sync::Condvar,
+}
+
+impl OverlapBackend {
+    /// The most pack uploads seen under way at once.
+    fn most_at_once(&self) -> usize {
+        self.uploading.lock().unwrap().1
+    }
+}
+
+impl Backend for OverlapBackend {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn get(&self, name: &str) -> Result<Vec<u8>> {
+        self.inner.get(name)
+    }
+    fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
+        self.inner.get_range(name, offset, length)
+    }
+    fn put(&self, name: &str, data: &[u8]) -> Result<()> {
+        if !name.starts_with("data/") {
+            return self.inner.put(name, data);
+        }
+        let mut uploading = self.uploading.lock().unwrap();
+        uploading.0 += 1;
+        uploading.1 = uploading.1.max(uploading.0);
+        self.changed.notify_all();
+        let (mut uploading, _) = self
+            .changed
+            .wait_timeout_while(uploading, std::time::Duration::from_secs(20), |u| u.1 < 2)
+            .unwrap();
+        drop(uploading);
+        let stored = self.inner.put(name, data);
+        uploading = self.uploading.lock().unwrap();
+        uploading.0 -= 1;
+        stored
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        self.inner.list(prefix)
+    }
+    fn delete(&self, name: &str) -> Result<()> {
+        self.inner.delete(name)
+    }
+    fn exists(&self, name: &str) -> Result<bool> {
+        self.inner.exists(name)
+    }
+    fn preferred_concurrency(&self) -> usize {
+        4
+    }
+}
+
+#[test]
+fn a_backup_to_a_remote_like_backend_keeps_several_packs_uploading() {
+    let sandbox = Sandbox::new();
+    init_repo(&sandbox, ChunkerParams::default());
+    let source = sandbox.path("source");
+    make_tree(&source);
+    // Enough for three packs.
+    for i in 0..3 {
+        std::fs::write(
+            source.join(format!("blob{i}")),
+            pseudo_random(14_000_000, 300 + i),
+        )
+        .unwrap();
+    }
+    let backend = Arc::new(OverlapBackend {
+        inner: LocalBackend::new(sandbox.path("repo")),
+        uploading: std::sync::Mutex::new((0, 0)),
+        changed: std::sync::Condvar::new(),
+    });
+    let repo = open(backend.clone(), &sandbox.path("cache"));
+    back_up(&repo, &source).unwrap();
+    assert!(
+        backend.most_at_once() >= 2,
+        "packs were uploaded one at a time"
+    );
+    let report = check::run(&repo, &CheckOptions { read_data: true }).unwrap();
+    assert!(report.is_sound(), "{report:?}");
     assert_latest_restores_to(&repo, &source, &sandbox.path("target"));
 }
 
@@ -544,6 +637,18 @@ impl CountingBackend {
     fn take_counts(&self) -> (Vec<String>, usize) {
         let gets = std::mem::take(&mut *self.record_gets.lock().unwrap());
         (gets, self.checkpoint_lists.swap(0, Ordering::SeqCst))
+/// A local backend that counts the ranges read from packs: one per `get_range`, one per range
+/// of a `get_ranges` (a store without batched reads makes a request for each).
+struct CountingBackend {
+    inner: LocalBackend,
+    pack_reads: AtomicUsize,
+}
+
+impl CountingBackend {
+    fn count(&self, name: &str, ranges: usize) {
+        if name.starts_with("data/") {
+            self.pack_reads.fetch_add(ranges, Ordering::SeqCst);
+        }
     }
 }
 
@@ -560,6 +665,19 @@ impl Backend for CountingBackend {
     fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
         self.ranged_reads.fetch_add(1, Ordering::SeqCst);
         self.inner.get_range(name, offset, length)
+    }
+        self.count(name, 1);
+        self.inner.get(name)
+    }
+    fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
+        self.count(name, 1);
+        self.inner.get_range(name, offset, length)
+    }
+    fn get_ranges(&self, ranges: &[cairn::repo::backend::RangeRequest]) -> Result<Vec<Vec<u8>>> {
+        for range in ranges {
+            self.count(&range.name, 1);
+        }
+        self.inner.get_ranges(ranges)
     }
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
         self.inner.put(name, data)
@@ -719,4 +837,58 @@ fn a_path_history_reads_trees_only_of_checkpoints_it_has_not_seen() {
     assert_eq!(trees_read, 2, "only the new checkpoint's trees");
     assert_eq!(after.len(), 3, "{after:?}");
     assert_eq!(after[..2], first[..]);
+/// A thousand small files in one directory, backed up together, through a counting backend.
+fn thousand_small_files_backed_up(sandbox: &Sandbox) -> (Arc<CountingBackend>, Repository) {
+    init_repo(sandbox, ChunkerParams::default());
+    let source = sandbox.path("source");
+    std::fs::create_dir_all(&source).unwrap();
+    for i in 0..1000u64 {
+        let bytes = pseudo_random(200 + (i as usize * 7) % 1800, 1000 + i);
+        std::fs::write(source.join(format!("file{i:04}")), bytes).unwrap();
+    }
+    let counting = Arc::new(CountingBackend {
+        inner: LocalBackend::new(sandbox.path("repo")),
+        pack_reads: AtomicUsize::new(0),
+    });
+    let repo = open(counting.clone(), &sandbox.path("cache"));
+    back_up(&repo, &source).unwrap();
+    counting.pack_reads.store(0, Ordering::SeqCst);
+    (counting, repo)
+}
+
+#[test]
+fn restoring_a_thousand_small_files_reads_their_packs_in_few_ranges() {
+    let sandbox = Sandbox::new();
+    let (counting, repo) = thousand_small_files_backed_up(&sandbox);
+    let target = sandbox.path("target");
+    assert_latest_restores_to(&repo, &sandbox.path("source"), &target);
+    let reads = counting.pack_reads.load(Ordering::SeqCst);
+    assert!(reads <= 20, "{reads} ranged reads for 1,000 files");
+}
+
+#[test]
+fn syncing_a_checkpoint_of_a_thousand_small_files_into_a_directory_reads_few_ranges() {
+    use cairn::sync::into_dir::{self, CheckpointSource};
+    let sandbox = Sandbox::new();
+    let (counting, repo) = thousand_small_files_backed_up(&sandbox);
+    let (_, latest) = cairn::checkpoint::resolve(&repo, "latest").unwrap();
+    let source = CheckpointSource {
+        repo: &repo,
+        totals: (latest.stats.files, latest.stats.bytes),
+    };
+    let target = sandbox.path("target");
+    let report = into_dir::run(
+        &source,
+        latest.tree,
+        latest.root.as_ref(),
+        &target,
+        &cairn::sync::SyncOptions::default(),
+        &Progress::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_same_tree(&sandbox.path("source"), &target);
+    let reads = counting.pack_reads.load(Ordering::SeqCst);
+    assert!(reads <= 40, "{reads} ranged reads for 1,000 files");
 }

@@ -2,7 +2,8 @@
 
 use super::{GlobalArgs, split_reference};
 use anyhow::{Result, bail};
-use cairn::tree::{EntryKind, find_entry, read_chunk, sized_file_chunks};
+use cairn::readahead::ChunkStream;
+use cairn::tree::{EntryKind, find_entry, sized_file_chunks};
 use clap::Args;
 use std::io::Write;
 use std::process::ExitCode;
@@ -25,10 +26,15 @@ pub fn run(global: &GlobalArgs, args: CatArgs) -> Result<ExitCode> {
     };
     let mut out = std::io::stdout().lock();
     // The chunks add up to the recorded size and each read is checked against its length,
-    // so what is written is the whole file or the command fails.
-    for chunk in sized_file_chunks(&repo, content, entry.size)? {
-        out.write_all(&read_chunk(&repo, &chunk)?)?;
-    }
+    // so what is written is the whole file or the command fails. They are read ahead,
+    // neighbours in a pack together, while stdout takes the ones before.
+    let chunks = sized_file_chunks(&repo, content, entry.size)?;
+    std::thread::scope(|scope| -> Result<()> {
+        for ((), chunk) in ChunkStream::new(&repo, scope, chunks.into_iter().map(|c| ((), c))) {
+            out.write_all(&chunk?.bytes)?;
+        }
+        Ok(())
+    })?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }

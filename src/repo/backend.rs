@@ -88,8 +88,9 @@ pub trait Backend: Send + Sync {
             .map(|object| object.size)
             .ok_or_else(|| Error::NotFound(format!("{}: no object {name}", self.location())))
     }
-    /// How many requests are worth keeping in flight: 1 for a local disk, more where each
-    /// request waits for a round trip.
+    /// How many requests are worth keeping under way at once (packs uploading, reads ahead):
+    /// a local disk gains little from more than one, a remote store, where each request
+    /// waits a round trip, much.
     fn preferred_concurrency(&self) -> usize {
         1
     }

@@ -406,6 +406,10 @@ fn status_error(
     }
 }
 
+/// Requests kept under way at once against a server: four 16 MiB packs uploading, or four
+/// batched reads, keep a link with tens of milliseconds of round trip busy.
+const CONCURRENT_REQUESTS: usize = 4;
+
 /// A listed object, as the server sends it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ListedObject {
@@ -541,6 +545,10 @@ impl Backend for HttpBackend {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             other => other,
         }
+    }
+
+    fn preferred_concurrency(&self) -> usize {
+        CONCURRENT_REQUESTS
     }
 
     fn exists(&self, name: &str) -> Result<bool> {

@@ -537,22 +537,30 @@ impl Repository {
 
     /// Reads blob `id` from `location` and checks it against its id.
     pub fn read_blob_at(&self, location: &BlobLocation, id: &BlobId) -> Result<Vec<u8>> {
-        let pack_name = pack_object_name(&location.pack);
         let where_ = || format!("pack {} blob {}", location.pack, id);
         codec::check_blob_lengths(&location.entry, &where_)?;
         let stored = self
             .backend
             .get_range(
-                &pack_name,
+                &pack_object_name(&location.pack),
                 location.entry.offset as u64,
                 location.entry.length as u64,
             )
-            .map_err(|e| match e.kind() {
-                ErrorKind::NotFound => Error::NotFound(format!("{} is missing ({e})", where_())),
-                ErrorKind::Corrupt => Error::corrupt(where_(), e.to_string()),
-                _ => e,
-            })?;
+            .map_err(|e| blob_read_error(e, &where_))?;
         self.codec.decode_blob(&stored, &location.entry, &where_)
+    }
+
+    /// Decodes blob `id`, whose stored bytes at `location` are `stored` (read along with its
+    /// neighbours), and checks it against its id, as `read_blob_at` does.
+    pub fn decode_blob_at(
+        &self,
+        location: &BlobLocation,
+        id: &BlobId,
+        stored: &[u8],
+    ) -> Result<Vec<u8>> {
+        let where_ = || format!("pack {} blob {}", location.pack, id);
+        codec::check_blob_lengths(&location.entry, &where_)?;
+        self.codec.decode_blob(stored, &location.entry, &where_)
     }
 
     /// Encodes `value` as JSON and stores it under `name`, sealed when encrypted.
@@ -572,6 +580,16 @@ impl Repository {
         let stored = self.backend.get(name)?;
         self.codec
             .decode(&stored, MAX_RECORD_BYTES, &|| name.to_owned())
+    }
+}
+
+/// A failed read of the blob `where_` names: a missing or truncated pack says which blob it
+/// cost.
+fn blob_read_error(e: Error, where_: &dyn Fn() -> String) -> Error {
+    match e.kind() {
+        ErrorKind::NotFound => Error::NotFound(format!("{} is missing ({e})", where_())),
+        ErrorKind::Corrupt => Error::corrupt(where_(), e.to_string()),
+        _ => e,
     }
 }
 

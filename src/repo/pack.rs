@@ -148,6 +148,16 @@ impl PackBuilder {
         self.bytes.extend_from_slice(encoded);
     }
 
+    /// Moves the blobs of `other` in after this pack's; `other` is empty afterwards.
+    pub fn take_from(&mut self, other: &mut PackBuilder) {
+        let bytes = std::mem::take(&mut other.bytes);
+        for entry in std::mem::take(&mut other.entries) {
+            let start = entry.offset as usize;
+            let encoded = &bytes[start..start + entry.length as usize];
+            self.add(entry.id, entry.kind, encoded, entry.raw_length as usize);
+        }
+    }
+
     /// Appends the header and returns the pack's id, bytes and entries; the builder is empty
     /// afterwards.
     pub fn finish(&mut self, codec: &Codec) -> (PackId, Vec<u8>, Vec<PackEntry>) {

@@ -123,6 +123,11 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// Packs uploading and read-ahead windows kept under way at once: five requests of up to
+/// 16 MiB keep a link busy at tens of milliseconds of round trip and bound the memory
+/// (restic's default for S3 is five connections too).
+const REQUESTS_WORTH_KEEPING_UNDER_WAY: usize = 5;
+
 /// Requests one `get_ranges` call keeps in flight at once.
 const RANGES_IN_FLIGHT: usize = 8;
 
@@ -462,7 +467,7 @@ impl Backend for S3Backend {
     }
 
     fn preferred_concurrency(&self) -> usize {
-        RANGES_IN_FLIGHT
+        REQUESTS_WORTH_KEEPING_UNDER_WAY
     }
 }
 

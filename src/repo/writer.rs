@@ -1,7 +1,8 @@
 //! Writing blobs into a repository: a `BlobSink` many threads share, which stores each blob
 //! the repository lacks exactly once, and the packer thread behind it, which appends encoded
-//! blobs to packs, stores them and writes an index file every few packs, so an interrupted
-//! run leaves reusable work behind. Backup and sync both write through it.
+//! blobs to packs, hands them to uploader threads (several in flight on a remote backend) and
+//! writes an index file every few packs, so an interrupted run leaves reusable work behind.
+//! Backup and sync both write through it.
 
 use super::Repository;
 use super::index::{IndexedPacks, encode_index_file};
@@ -9,16 +10,19 @@ use super::pack::{BlobKind, PackBuilder, fetch_header, pack_id_of_object, pack_o
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::BlobId;
 use crate::progress::Progress;
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex};
 
-/// An index file is written after this many packs, or once a pack is written this long
-/// after the last index file, and at the end of the run: what a killed run leaves behind
-/// is reused by the next one once an index file lists it.
+/// An index file is written once this many stored packs wait for one, or once a stored pack
+/// has waited this long since the last index file, and at the end of the run: what a killed
+/// run leaves behind is reused by the next one once an index file lists it.
 const PACKS_PER_INDEX_FILE: usize = 32;
 const INDEX_FILE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often a packer waiting for blobs looks for finished uploads to index.
+const UPLOAD_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Packs listed per index file when a whole fresh set of index files is written.
 const PACKS_PER_FRESH_INDEX_FILE: usize = 256;
@@ -446,7 +450,169 @@ pub fn take_orphan_packs(repo: &Repository, dry_run: bool) -> Result<Vec<BlobId>
         .collect())
 }
 
+/// A pack handed to an uploader thread; `upload` is `None` in a dry run.
+struct PackInFlight<'scope> {
+    id: crate::id::PackId,
+    entries: Vec<super::pack::PackEntry>,
+    bytes: u64,
+    upload: Option<std::thread::ScopedJoinHandle<'scope, Result<()>>>,
+}
+
+/// The packer's state: a pack of file chunks and the metadata blobs (trees and chunk lists)
+/// being gathered, the packs being uploaded (oldest first), and the stored packs no index file
+/// lists yet, in the order they were finished.
+struct Packer<'scope, 'env> {
+    repo: &'env Repository,
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    flights: &'env Flights,
+    dry_run: bool,
+    progress: &'env Progress,
+    data: PackBuilder,
+    metadata: PackBuilder,
+    in_flight: std::collections::VecDeque<PackInFlight<'scope>>,
+    most_in_flight: usize,
+    unindexed: IndexedPacks,
+    last_index: std::time::Instant,
+}
+
+impl<'scope, 'env> Packer<'scope, 'env> {
+    /// Finishes the data pack and hands it to an uploader thread, first waiting for the
+    /// oldest uploads while as many as the backend takes at once are under way.
+    fn send_off(&mut self) -> Result<()> {
+        let (id, bytes, entries) = self.data.finish(self.repo.codec());
+        while self.in_flight.len() >= self.most_in_flight {
+            self.land_oldest()?;
+        }
+        let size = bytes.len() as u64;
+        let upload = (!self.dry_run).then(|| {
+            let backend = self.repo.backend();
+            self.scope
+                .spawn(move || backend.put(&pack_object_name(&id), &bytes))
+        });
+        self.in_flight.push_back(PackInFlight {
+            id,
+            entries,
+            bytes: size,
+            upload,
+        });
+        Ok(())
+    }
+
+    /// Waits for the oldest upload; once it is stored its pack waits for an index file.
+    fn land_oldest(&mut self) -> Result<()> {
+        let Some(pack) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        if let Some(upload) = pack.upload {
+            upload.join().expect("uploads do not panic")?;
+        }
+        self.progress
+            .added_bytes
+            .fetch_add(pack.bytes, Ordering::Relaxed);
+        self.progress.added_packs.fetch_add(1, Ordering::Relaxed);
+        self.unindexed.push((pack.id, pack.entries));
+        Ok(())
+    }
+
+    /// Takes in the uploads that have finished, oldest first, without waiting.
+    fn land_finished(&mut self) -> Result<()> {
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|pack| pack.upload.as_ref().is_none_or(|u| u.is_finished()))
+        {
+            self.land_oldest()?;
+        }
+        Ok(())
+    }
+
+    /// Writes an index file once `PACKS_PER_INDEX_FILE` landed packs wait for one, or once a
+    /// landed pack has waited past `INDEX_FILE_INTERVAL` since the last index file.
+    fn index_if_due(&mut self) -> Result<()> {
+        self.land_finished()?;
+        let due = self.unindexed.len() >= PACKS_PER_INDEX_FILE
+            || (!self.unindexed.is_empty() && self.last_index.elapsed() >= INDEX_FILE_INTERVAL);
+        if due { self.write_index() } else { Ok(()) }
+    }
+
+    /// Waits for every upload under way.
+    fn land_all(&mut self) -> Result<()> {
+        while !self.in_flight.is_empty() {
+            self.land_oldest()?;
+        }
+        Ok(())
+    }
+
+    /// Stores the metadata blobs once every blob their trees and chunk lists refer to is
+    /// stored: every upload lands first, and the chunks not sent off yet go in the same pack.
+    fn send_off_metadata(&mut self) -> Result<()> {
+        self.land_all()?;
+        self.data.take_from(&mut self.metadata);
+        self.send_off()?;
+        self.land_all()
+    }
+
+    /// Writes an index file listing the stored packs no index file lists yet, and forgets
+    /// their blobs as flights (the index cache has them now).
+    fn write_index(&mut self) -> Result<()> {
+        self.last_index = std::time::Instant::now();
+        if self.dry_run || self.unindexed.is_empty() {
+            return Ok(());
+        }
+        let name = put_index_file(self.repo, &self.unindexed)?;
+        self.repo.index().add_index_file(&name, &self.unindexed)?;
+        let mut blobs = self.flights.lock();
+        for (_, entries) in self.unindexed.drain(..) {
+            for entry in entries {
+                blobs.remove(&entry.id);
+            }
+        }
+        self.flights.changed.notify_all();
+        Ok(())
+    }
+
+    fn add(&mut self, blob: &EncodedBlob) -> Result<()> {
+        let metadata = blob.kind != BlobKind::Data;
+        let builder = if metadata {
+            &mut self.metadata
+        } else {
+            &mut self.data
+        };
+        builder.add(blob.id, blob.kind, &blob.encoded, blob.raw_length);
+        if builder.is_full() {
+            if metadata {
+                self.send_off_metadata()?;
+            } else {
+                self.send_off()?;
+            }
+        }
+        self.index_if_due()
+    }
+
+    /// Stores what is left and writes the last index file.
+    fn finish(&mut self) -> Result<()> {
+        if !self.metadata.is_empty() {
+            self.send_off_metadata()?;
+        } else if !self.data.is_empty() {
+            self.send_off()?;
+        }
+        self.land_all()?;
+        self.write_index()
+    }
+}
+
 /// Appends blobs to packs, stores them and writes index files. Returns the number of blobs.
+///
+/// File chunks fill data packs, which are uploaded by up to `Backend::preferred_concurrency`
+/// threads while the next pack fills, so at most that many packs plus the two being filled
+/// are held in memory. Uploads land in the order the packs were finished, and an index file
+/// lists only landed packs, so no index file ever names a pack that is not stored. Trees and
+/// chunk lists gather apart and are stored, with the chunks not yet sent off, in a pack put
+/// only once every upload before it has landed (at the end, or when 16 MiB of them have
+/// gathered): a stored tree's blobs are stored too, even when a killed run leaves packs that
+/// no index file lists (`recover_orphan_packs` takes them all).
+/// A failed upload stops the packer with its error once it is its turn to land; the uploads
+/// still under way finish before the error is returned.
 fn run_packer(
     repo: &Repository,
     blobs: Receiver<EncodedBlob>,
@@ -454,55 +620,35 @@ fn run_packer(
     dry_run: bool,
     progress: &Progress,
 ) -> Result<u64> {
-    let mut builder = PackBuilder::default();
-    let mut unindexed: IndexedPacks = Vec::new();
-    let mut count = 0u64;
-    let mut last_index = std::time::Instant::now();
-    let flush_pack = |builder: &mut PackBuilder, unindexed: &mut IndexedPacks| -> Result<()> {
-        let (id, bytes, entries) = builder.finish(repo.codec());
-        if !dry_run {
-            repo.backend().put(&pack_object_name(&id), &bytes)?;
-        }
-        progress
-            .added_bytes
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        progress.added_packs.fetch_add(1, Ordering::Relaxed);
-        unindexed.push((id, entries));
-        Ok(())
-    };
-    let write_index = |unindexed: &mut IndexedPacks| -> Result<()> {
-        if dry_run || unindexed.is_empty() {
-            return Ok(());
-        }
-        let name = put_index_file(repo, unindexed)?;
-        repo.index().add_index_file(&name, unindexed)?;
-        let mut blobs = flights.lock();
-        for (_, entries) in unindexed.drain(..) {
-            for entry in entries {
-                blobs.remove(&entry.id);
+    std::thread::scope(|scope| {
+        let mut packer = Packer {
+            repo,
+            scope,
+            flights,
+            dry_run,
+            progress,
+            data: PackBuilder::default(),
+            metadata: PackBuilder::default(),
+            in_flight: std::collections::VecDeque::new(),
+            most_in_flight: repo.backend().preferred_concurrency().max(1),
+            unindexed: Vec::new(),
+            last_index: std::time::Instant::now(),
+        };
+        let mut count = 0u64;
+        loop {
+            match blobs.recv_timeout(UPLOAD_CHECK_INTERVAL) {
+                Ok(blob) => {
+                    packer.add(&blob)?;
+                    count += 1;
+                }
+                // While no blob comes, finished uploads are still taken in and indexed.
+                Err(RecvTimeoutError::Timeout) => packer.index_if_due()?,
+                Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        flights.changed.notify_all();
-        Ok(())
-    };
-    for blob in blobs {
-        builder.add(blob.id, blob.kind, &blob.encoded, blob.raw_length);
-        count += 1;
-        if builder.is_full() {
-            flush_pack(&mut builder, &mut unindexed)?;
-            if unindexed.len() >= PACKS_PER_INDEX_FILE
-                || last_index.elapsed() >= INDEX_FILE_INTERVAL
-            {
-                write_index(&mut unindexed)?;
-                last_index = std::time::Instant::now();
-            }
-        }
-    }
-    if !builder.is_empty() {
-        flush_pack(&mut builder, &mut unindexed)?;
-    }
-    write_index(&mut unindexed)?;
-    Ok(count)
+        packer.finish()?;
+        Ok(count)
+    })
 }
 
 #[cfg(test)]

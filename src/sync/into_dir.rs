@@ -33,6 +33,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsmeta::{entry_from_metadata, read_xattrs, running_as_root};
 use crate::id::BlobId;
 use crate::progress::Progress;
+use crate::readahead::ChunkStream;
 use crate::repo::Repository;
 use crate::restore::{fill_holes, write_sparse};
 use crate::space::{SpaceFailure, is_out_of_space};
@@ -155,33 +156,98 @@ impl TreeSource for CheckpointSource<'_> {
 
     fn write_file(
         &self,
-        _: &BlobId,
+        dir: &BlobId,
         entry: &Entry,
         old: Option<&File>,
         out: &File,
         limiter: Option<&RateLimiter>,
     ) -> Result<FileWrite> {
-        let EntryKind::File(content) = &entry.kind else {
-            return Err(Error::InvalidInput("not a regular file".into()));
+        let task = FileTask {
+            dir,
+            entry,
+            old,
+            out,
         };
-        let chunks = sized_file_chunks(self.repo, content, entry.size)?;
+        self.write_files(std::slice::from_ref(&task), limiter)
+            .pop()
+            .expect("one result per file")
+    }
+
+    /// Starts each file's rebuild, then reads the chunks none of the old files held, for all
+    /// the files together, ahead and coalesced (`readahead`).
+    fn write_files(
+        &self,
+        files: &[FileTask<'_, BlobId>],
+        limiter: Option<&RateLimiter>,
+    ) -> Vec<Result<FileWrite>> {
         let repo = self.repo;
         let id_of = |data: &[u8]| BlobId(repo.codec().id_of(data));
-        let mut fetch = |missing: &[(u64, ChunkRef)]| -> Result<(Vec<Vec<u8>>, u64)> {
-            let mut parts = Vec::with_capacity(missing.len());
-            let mut stored = 0;
-            for (_, chunk) in missing {
-                let location = repo.locate(&chunk.id)?;
-                let length = location.entry.length as u64;
-                if let Some(limiter) = limiter {
-                    limiter.take(length);
-                }
-                stored += length;
-                parts.push(repo.read_blob_at(&location, &chunk.id)?);
+        let mut results: Vec<Option<Result<FileWrite>>> = files.iter().map(|_| None).collect();
+        let mut rebuilds: Vec<Option<Rebuild>> = files.iter().map(|_| None).collect();
+        for (i, file) in files.iter().enumerate() {
+            let EntryKind::File(content) = &file.entry.kind else {
+                results[i] = Some(Err(Error::InvalidInput("not a regular file".into())));
+                continue;
+            };
+            let started = sized_file_chunks(repo, content, file.entry.size).and_then(|chunks| {
+                start_rebuild(
+                    &chunks,
+                    file.entry,
+                    file.old,
+                    repo.chunker(),
+                    &id_of,
+                    file.out,
+                )
+            });
+            match started {
+                Ok(Some(rebuild)) => rebuilds[i] = Some(rebuild),
+                Ok(None) => results[i] = Some(Ok(FileWrite::Same)),
+                Err(e) => results[i] = Some(Err(e)),
             }
-            Ok((parts, stored))
-        };
-        rebuild_file(&chunks, entry, old, repo.chunker(), &id_of, &mut fetch, out)
+        }
+        let mut fetched = vec![0u64; files.len()];
+        let missing = rebuilds.iter().enumerate().flat_map(|(i, rebuild)| {
+            let missing = rebuild.as_ref().map_or(&[][..], |r| &r.missing[..]);
+            missing
+                .iter()
+                .map(move |&(at, chunk)| ((i, at, chunk.length), chunk))
+        });
+        std::thread::scope(|scope| {
+            for ((i, at, length), chunk) in ChunkStream::new(repo, scope, missing) {
+                if results[i].is_some() {
+                    continue;
+                }
+                let written = chunk.and_then(|chunk| {
+                    if let Some(limiter) = limiter {
+                        limiter.take(chunk.stored_length);
+                    }
+                    if chunk.bytes.len() != length as usize {
+                        return Err(Error::corrupt(
+                            files[i].entry.name_lossy(),
+                            format!("the chunk at offset {at} has the wrong length"),
+                        ));
+                    }
+                    write_at(files[i].out, at, &chunk.bytes)?;
+                    Ok(chunk.stored_length)
+                });
+                match written {
+                    Ok(stored) => fetched[i] += stored,
+                    Err(e) => results[i] = Some(Err(e)),
+                }
+            }
+        });
+        results
+            .into_iter()
+            .zip(rebuilds)
+            .zip(files.iter().zip(fetched))
+            .map(
+                |((result, rebuild), (file, fetched))| match (result, rebuild) {
+                    (Some(result), _) => result,
+                    (None, Some(rebuild)) => finish_rebuild(rebuild, fetched, file.out),
+                    (None, None) => Err(Error::InvalidInput("not written".into())),
+                },
+            )
+            .collect()
     }
 }
 
@@ -616,8 +682,11 @@ fn temp_name() -> Vec<u8> {
     format!("{TEMP_PREFIX}{suffix}").into_bytes()
 }
 
-/// Files a worker takes on together, at most.
+/// Files the planner hands a worker together, at most (each holds its old and its new file
+/// open while the batch is written), and bytes of their content: a checkpoint's chunks for
+/// them are read in few requests (`readahead`), a remote source's in few round trips.
 const FILES_PER_BATCH: usize = 64;
+const BATCH_BYTES: u64 = crate::readahead::WINDOW_BYTES;
 
 /// A file ready to be written: the old one (if a regular file is there) and the new one,
 /// open under its temporary name.
@@ -760,7 +829,10 @@ struct Planner<'a, S: TreeSource> {
     source: &'a S,
     options: &'a SyncOptions,
     progress: &'a Progress,
-    files: crossbeam_channel::Sender<FileJob<S::Dir>>,
+    files: crossbeam_channel::Sender<Vec<FileJob<S::Dir>>>,
+    /// Files not yet handed to a worker, and the bytes of their content.
+    batch: Vec<FileJob<S::Dir>>,
+    batch_bytes: u64,
     errors: &'a Mutex<Vec<SyncError>>,
     full: &'a SpaceFailure,
     /// Directories (relative to the target) with their metadata, deepest first.
@@ -772,6 +844,17 @@ struct Planner<'a, S: TreeSource> {
 }
 
 impl<S: TreeSource> Planner<'_, S> {
+    /// Hands the files gathered so far to a worker.
+    fn send_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        self.batch_bytes = 0;
+        self.files
+            .send(std::mem::take(&mut self.batch))
+            .expect("sync workers outlive the planner");
+    }
+
     /// Syncs the source directory `root` into `target`, walking with an explicit stack.
     /// Wrong data from the source stops everything, and so does a full filesystem; an entry
     /// that cannot be read or written otherwise is reported and the rest goes on.
@@ -1077,9 +1160,11 @@ impl<S: TreeSource> Planner<'_, S> {
                     entry,
                     sparse: self.options.sparse,
                 };
-                self.files
-                    .send(job)
-                    .expect("sync workers outlive the planner");
+                self.batch_bytes += job.entry.size;
+                self.batch.push(job);
+                if self.batch.len() >= FILES_PER_BATCH || self.batch_bytes >= BATCH_BYTES {
+                    self.send_batch();
+                }
             }
             EntryKind::Symlink(_)
             | EntryKind::Fifo
@@ -1257,27 +1342,20 @@ impl LinkGroups {
 /// reused.
 type WorkerTotals = Mutex<(u64, u64, u64)>;
 
-/// Takes file jobs in batches and brings each file up to date.
+/// Takes batches of file jobs and brings each file up to date.
 fn run_sync_worker<S: TreeSource>(
     source: &S,
-    jobs: crossbeam_channel::Receiver<FileJob<S::Dir>>,
+    jobs: crossbeam_channel::Receiver<Vec<FileJob<S::Dir>>>,
     limiter: Option<&RateLimiter>,
     progress: &Progress,
     errors: &Mutex<Vec<SyncError>>,
     full: &SpaceFailure,
     totals: &WorkerTotals,
 ) {
-    while let Ok(first) = jobs.recv() {
+    for batch in jobs {
         // Once the filesystem is full, the queued files are dropped unwritten.
         if full.is_full() {
             continue;
-        }
-        let mut batch = vec![first];
-        while batch.len() < FILES_PER_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
         }
         let results = sync_files(source, &batch, limiter);
         for (job, result) in batch.into_iter().zip(results) {
@@ -1357,7 +1435,7 @@ pub fn run<S: TreeSource>(
     let totals: WorkerTotals = Mutex::new((0, 0, 0));
     let limiter = options.rate_limit.map(RateLimiter::new);
     let threads = options.concurrency.max(1);
-    let (files, jobs) = bounded::<FileJob<S::Dir>>(threads * FILES_PER_BATCH);
+    let (files, jobs) = bounded::<Vec<FileJob<S::Dir>>>(threads);
     let counting_stopped = AtomicBool::new(false);
     let (planned, mut dirs, links, mut report) = std::thread::scope(|scope| {
         scope.spawn(|| source.count(&root, progress, &counting_stopped));
@@ -1376,6 +1454,8 @@ pub fn run<S: TreeSource>(
             options,
             progress,
             files,
+            batch: Vec::new(),
+            batch_bytes: 0,
             errors: &errors,
             full: &full,
             dirs: Vec::new(),
@@ -1387,6 +1467,7 @@ pub fn run<S: TreeSource>(
             changes,
         };
         let planned = planner.sync_tree(root.clone(), target_dir.clone());
+        planner.send_batch();
         let Planner {
             files,
             dirs,

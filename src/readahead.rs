@@ -1,0 +1,301 @@
+//! Reading many chunks with few requests, ahead of their use: what restore, sync into a
+//! directory, `cat` and the mount's read-ahead read file content through.
+//!
+//! A `ChunkStream` takes chunks in the order they are needed and cuts them into windows of
+//! at most `WINDOW_BYTES` (stored or decoded, whichever is more) and `WINDOW_CHUNKS` chunks.
+//! In a window, chunks are located in the index and sorted by pack and offset; neighbours in
+//! one pack, with gaps of at most `GAP_BYTES` between them, become one ranged read, and the
+//! ranges of a window go to the backend in one `get_ranges` call (one request for a served
+//! repository). Up to `Backend::preferred_concurrency` windows are read at once, on threads of
+//! their own, while the caller takes the chunks of the oldest one, each decoded and checked
+//! against its id, in the order it gave them. Memory is bounded by the windows under way.
+//!
+//! A chunk that cannot be read costs only itself: when a window's read fails because an
+//! object is missing or short, each of its chunks is read alone, so the error names the
+//! chunk (and the caller the file) it concerns, and its neighbours still arrive.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::repo::Repository;
+use crate::repo::backend::RangeRequest;
+use crate::repo::index::BlobLocation;
+use crate::repo::pack::pack_object_name;
+use crate::tree::{ChunkRef, locate_chunk};
+use std::collections::VecDeque;
+use std::thread::{Scope, ScopedJoinHandle};
+
+/// Bytes of chunks one window holds, at most (the last chunk may go past it).
+pub const WINDOW_BYTES: u64 = 8 << 20;
+
+/// Chunks one window holds, at most.
+const WINDOW_CHUNKS: usize = 4096;
+
+/// Bytes between two neighbours in a pack that are read through rather than asked for as
+/// two ranges; a window reads through at most `WINDOW_BYTES` of such gaps.
+const GAP_BYTES: u64 = 64 << 10;
+
+/// One chunk of a window: what the caller tagged it with, and where it is stored (or why it
+/// cannot be read).
+struct Planned<T> {
+    tag: T,
+    chunk: ChunkRef,
+    location: Result<BlobLocation>,
+}
+
+/// A chunk read: its bytes, and the bytes it is stored as (what crossed from the backend
+/// for it, gaps read through aside).
+#[derive(Debug)]
+pub struct ReadChunk {
+    pub bytes: Vec<u8>,
+    pub stored_length: u64,
+}
+
+/// A chunk's tag and the chunk, or its error.
+pub type Delivered<T> = (T, Result<ReadChunk>);
+
+/// The chunks of an iterator, read a window at a time ahead of their use (see the module
+/// documentation). Yields every chunk it is given, in order, with its tag.
+pub struct ChunkStream<'scope, 'env, T, I> {
+    repo: &'env Repository,
+    scope: &'scope Scope<'scope, 'env>,
+    chunks: std::iter::Fuse<I>,
+    reads: VecDeque<ScopedJoinHandle<'scope, Vec<Delivered<T>>>>,
+    ready: std::vec::IntoIter<Delivered<T>>,
+    windows_at_once: usize,
+}
+
+impl<'scope, 'env, T, I> ChunkStream<'scope, 'env, T, I>
+where
+    T: Send + 'scope,
+    I: Iterator<Item = (T, ChunkRef)>,
+{
+    /// A stream of `chunks` of `repo`, whose reads run on threads of `scope`.
+    pub fn new(
+        repo: &'env Repository,
+        scope: &'scope Scope<'scope, 'env>,
+        chunks: impl IntoIterator<IntoIter = I>,
+    ) -> Self {
+        ChunkStream {
+            repo,
+            scope,
+            chunks: chunks.into_iter().fuse(),
+            reads: VecDeque::new(),
+            ready: Vec::new().into_iter(),
+            windows_at_once: repo.backend().preferred_concurrency().max(1),
+        }
+    }
+
+    /// Starts reading windows until as many as the backend takes at once are under way.
+    fn read_ahead(&mut self) {
+        while self.reads.len() < self.windows_at_once {
+            let window = self.next_window();
+            if window.is_empty() {
+                return;
+            }
+            let repo = self.repo;
+            self.reads
+                .push_back(self.scope.spawn(move || read_window(repo, window)));
+        }
+    }
+
+    /// The next chunks, located, up to a window's bounds; empty when none are left.
+    fn next_window(&mut self) -> Vec<Planned<T>> {
+        let mut window = Vec::new();
+        let mut bytes = 0u64;
+        while bytes < WINDOW_BYTES && window.len() < WINDOW_CHUNKS {
+            let Some((tag, chunk)) = self.chunks.next() else {
+                break;
+            };
+            let location = locate_chunk(self.repo, &chunk);
+            if let Ok(at) = &location {
+                bytes += u64::from(at.entry.length.max(at.entry.raw_length));
+            }
+            window.push(Planned {
+                tag,
+                chunk,
+                location,
+            });
+        }
+        window
+    }
+}
+
+impl<'scope, 'env, T, I> Iterator for ChunkStream<'scope, 'env, T, I>
+where
+    T: Send + 'scope,
+    I: Iterator<Item = (T, ChunkRef)>,
+{
+    type Item = Delivered<T>;
+
+    fn next(&mut self) -> Option<Delivered<T>> {
+        loop {
+            self.read_ahead();
+            if let Some(delivered) = self.ready.next() {
+                return Some(delivered);
+            }
+            let read = self.reads.pop_front()?;
+            self.ready = read.join().expect("window reads do not panic").into_iter();
+        }
+    }
+}
+
+/// A run of neighbouring chunks of one pack, read as one range: the indexes (into the
+/// window) of the chunks it holds.
+struct Span {
+    range: RangeRequest,
+    members: Vec<usize>,
+}
+
+/// Groups the located chunks of `window` into spans of neighbours.
+fn spans_of<T>(window: &[Planned<T>]) -> Vec<Span> {
+    let mut located: Vec<(usize, &BlobLocation)> = window
+        .iter()
+        .enumerate()
+        .filter_map(|(i, planned)| planned.location.as_ref().ok().map(|at| (i, at)))
+        .collect();
+    located.sort_by_key(|(_, at)| (at.pack, at.entry.offset));
+    let mut spans: Vec<Span> = Vec::new();
+    let mut gaps_read = 0u64;
+    for (i, at) in located {
+        let (start, length) = (u64::from(at.entry.offset), u64::from(at.entry.length));
+        let name = pack_object_name(&at.pack);
+        if let Some(span) = spans.last_mut().filter(|span| span.range.name == name) {
+            let end = span.range.offset + span.range.length;
+            let gap = start.saturating_sub(end);
+            if gap <= GAP_BYTES && gaps_read + gap <= WINDOW_BYTES {
+                gaps_read += gap;
+                span.range.length = end.max(start + length) - span.range.offset;
+                span.members.push(i);
+                continue;
+            }
+        }
+        spans.push(Span {
+            range: RangeRequest {
+                name,
+                offset: start,
+                length,
+            },
+            members: vec![i],
+        });
+    }
+    spans
+}
+
+/// Reads and decodes the chunks of `window`, in its order.
+fn read_window<T>(repo: &Repository, window: Vec<Planned<T>>) -> Vec<Delivered<T>> {
+    let spans = spans_of(&window);
+    let ranges: Vec<RangeRequest> = spans.iter().map(|span| span.range.clone()).collect();
+    let mut decoded: Vec<Option<Result<Vec<u8>>>> = window.iter().map(|_| None).collect();
+    match repo.backend().get_ranges(&ranges) {
+        Ok(parts) => {
+            for (span, part) in spans.iter().zip(&parts) {
+                for &i in &span.members {
+                    let (chunk, at) = located(&window[i]);
+                    let start = (u64::from(at.entry.offset) - span.range.offset) as usize;
+                    let stored = part.get(start..start + at.entry.length as usize);
+                    decoded[i] = Some(match stored {
+                        Some(stored) => repo.decode_blob_at(at, &chunk.id, stored),
+                        None => Err(Error::corrupt(&span.range.name, "short ranged read")),
+                    });
+                }
+            }
+        }
+        // Which chunk a missing or short pack costs is found by reading each alone.
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Corrupt) => {
+            for &i in spans.iter().flat_map(|span| &span.members) {
+                let (chunk, at) = located(&window[i]);
+                decoded[i] = Some(repo.read_blob_at(at, &chunk.id));
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            for &i in spans.iter().flat_map(|span| &span.members) {
+                decoded[i] = Some(Err(Error::Network(format!(
+                    "reading blob {}: {message}",
+                    window[i].chunk.id
+                ))));
+            }
+        }
+    }
+    window
+        .into_iter()
+        .zip(decoded)
+        .map(|(planned, decoded)| match planned.location {
+            Ok(at) => {
+                let read = decoded.expect("every located chunk is read");
+                let chunk = read.map(|bytes| ReadChunk {
+                    bytes,
+                    stored_length: u64::from(at.entry.length),
+                });
+                (planned.tag, chunk)
+            }
+            Err(e) => (planned.tag, Err(e)),
+        })
+        .collect()
+}
+
+/// The chunk and location of a chunk known to be located.
+fn located<T>(planned: &Planned<T>) -> (&ChunkRef, &BlobLocation) {
+    let at = planned
+        .location
+        .as_ref()
+        .expect("spans hold located chunks");
+    (&planned.chunk, at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::{BackupOptions, Progress};
+
+    #[test]
+    fn neighbours_in_a_pack_are_read_together_and_every_chunk_arrives_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = crate::repo::writer::tests::repository(dir.path());
+        let source = dir.path().join("source");
+        std::fs::create_dir(&source).unwrap();
+        let mut expected = Vec::new();
+        for i in 0..50u8 {
+            let bytes = vec![i; 100 + usize::from(i)];
+            std::fs::write(source.join(format!("f{i:02}")), &bytes).unwrap();
+            expected.push(bytes);
+        }
+        let outcome = crate::backup::run(
+            &repo,
+            &BackupOptions::new(vec![source]),
+            &Progress::default(),
+        )
+        .unwrap();
+        let root = crate::tree::load_tree(&repo, &outcome.checkpoint.tree).unwrap();
+        let mut chunks = Vec::new();
+        for (i, entry) in root.entries.iter().enumerate() {
+            let crate::tree::EntryKind::File(content) = &entry.kind else {
+                panic!("only files");
+            };
+            for chunk in crate::tree::file_chunks(&repo, content).unwrap() {
+                chunks.push((i, chunk));
+            }
+        }
+        // Each file twice, the second time backwards: order is the caller's, not the pack's.
+        let backwards: Vec<_> = chunks.iter().rev().copied().collect();
+        chunks.extend(backwards);
+        let window: Vec<Planned<usize>> = chunks
+            .iter()
+            .map(|&(tag, chunk)| Planned {
+                tag,
+                chunk,
+                location: locate_chunk(&repo, &chunk),
+            })
+            .collect();
+        assert_eq!(spans_of(&window).len(), 1, "one pack, one range");
+        let got: Vec<(usize, Vec<u8>)> = std::thread::scope(|scope| {
+            ChunkStream::new(&repo, scope, chunks.clone())
+                .map(|(tag, chunk)| (tag, chunk.unwrap().bytes))
+                .collect()
+        });
+        let wanted: Vec<(usize, Vec<u8>)> = chunks
+            .iter()
+            .map(|&(i, _)| (i, expected[i].clone()))
+            .collect();
+        assert_eq!(got, wanted);
+    }
+}
