@@ -637,18 +637,6 @@ impl CountingBackend {
     fn take_counts(&self) -> (Vec<String>, usize) {
         let gets = std::mem::take(&mut *self.record_gets.lock().unwrap());
         (gets, self.checkpoint_lists.swap(0, Ordering::SeqCst))
-/// A local backend that counts the ranges read from packs: one per `get_range`, one per range
-/// of a `get_ranges` (a store without batched reads makes a request for each).
-struct CountingBackend {
-    inner: LocalBackend,
-    pack_reads: AtomicUsize,
-}
-
-impl CountingBackend {
-    fn count(&self, name: &str, ranges: usize) {
-        if name.starts_with("data/") {
-            self.pack_reads.fetch_add(ranges, Ordering::SeqCst);
-        }
     }
 }
 
@@ -665,19 +653,6 @@ impl Backend for CountingBackend {
     fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
         self.ranged_reads.fetch_add(1, Ordering::SeqCst);
         self.inner.get_range(name, offset, length)
-    }
-        self.count(name, 1);
-        self.inner.get(name)
-    }
-    fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
-        self.count(name, 1);
-        self.inner.get_range(name, offset, length)
-    }
-    fn get_ranges(&self, ranges: &[cairn::repo::backend::RangeRequest]) -> Result<Vec<Vec<u8>>> {
-        for range in ranges {
-            self.count(&range.name, 1);
-        }
-        self.inner.get_ranges(ranges)
     }
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
         self.inner.put(name, data)
@@ -837,8 +812,57 @@ fn a_path_history_reads_trees_only_of_checkpoints_it_has_not_seen() {
     assert_eq!(trees_read, 2, "only the new checkpoint's trees");
     assert_eq!(after.len(), 3, "{after:?}");
     assert_eq!(after[..2], first[..]);
+}
+
+/// A local backend that counts the ranges read from packs: one per `get_range`, one per range
+/// of a `get_ranges` (a store without batched reads makes a request for each).
+struct PackReadCounter {
+    inner: LocalBackend,
+    pack_reads: AtomicUsize,
+}
+
+impl PackReadCounter {
+    fn count(&self, name: &str, ranges: usize) {
+        if name.starts_with("data/") {
+            self.pack_reads.fetch_add(ranges, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Backend for PackReadCounter {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn get(&self, name: &str) -> Result<Vec<u8>> {
+        self.count(name, 1);
+        self.inner.get(name)
+    }
+    fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
+        self.count(name, 1);
+        self.inner.get_range(name, offset, length)
+    }
+    fn get_ranges(&self, ranges: &[cairn::repo::backend::RangeRequest]) -> Result<Vec<Vec<u8>>> {
+        for range in ranges {
+            self.count(&range.name, 1);
+        }
+        self.inner.get_ranges(ranges)
+    }
+    fn put(&self, name: &str, data: &[u8]) -> Result<()> {
+        self.inner.put(name, data)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        self.inner.list(prefix)
+    }
+    fn delete(&self, name: &str) -> Result<()> {
+        self.inner.delete(name)
+    }
+    fn exists(&self, name: &str) -> Result<bool> {
+        self.inner.exists(name)
+    }
+}
+
 /// A thousand small files in one directory, backed up together, through a counting backend.
-fn thousand_small_files_backed_up(sandbox: &Sandbox) -> (Arc<CountingBackend>, Repository) {
+fn thousand_small_files_backed_up(sandbox: &Sandbox) -> (Arc<PackReadCounter>, Repository) {
     init_repo(sandbox, ChunkerParams::default());
     let source = sandbox.path("source");
     std::fs::create_dir_all(&source).unwrap();
@@ -846,7 +870,7 @@ fn thousand_small_files_backed_up(sandbox: &Sandbox) -> (Arc<CountingBackend>, R
         let bytes = pseudo_random(200 + (i as usize * 7) % 1800, 1000 + i);
         std::fs::write(source.join(format!("file{i:04}")), bytes).unwrap();
     }
-    let counting = Arc::new(CountingBackend {
+    let counting = Arc::new(PackReadCounter {
         inner: LocalBackend::new(sandbox.path("repo")),
         pack_reads: AtomicUsize::new(0),
     });

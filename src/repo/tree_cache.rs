@@ -37,7 +37,9 @@ impl TreeCache {
     pub fn get(&self, codec: &Codec, id: &BlobId) -> Option<Vec<u8>> {
         let stored = std::fs::read(self.path_of(id)?).ok()?;
         let plaintext = codec
-            .decode(&stored, u64::from(MAX_TREE_BYTES), &|| format!("kept tree {id}"))
+            .decode(&stored, u64::from(MAX_TREE_BYTES), &|| {
+                format!("kept tree {id}")
+            })
             .ok()?;
         (codec.id_of(&plaintext) == id.0).then_some(plaintext)
     }
@@ -70,5 +72,4 @@ impl TreeCache {
             let _ = std::fs::remove_file(&temporary);
         }
     }
-
 }
