@@ -44,6 +44,11 @@ pub enum Error {
     /// A server could not be reached or answered with an error.
     #[error("{0}")]
     Network(String),
+    /// A store did not answer this time (a 5xx, throttling, a timeout, a reset connection):
+    /// the same request may succeed later. `repo::layers::Retrying` tries it again; what
+    /// reaches the user once the tries are spent is a `Network` error.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("local index cache {path}: {message}")]
     Cache { path: PathBuf, message: String },
     /// A repository's config contradicts what vouches for it: the settings sealed under its
@@ -58,7 +63,9 @@ impl Error {
             Error::Io { cause, .. } if cause.kind() == std::io::ErrorKind::NotFound => {
                 ErrorKind::NotFound
             }
-            Error::Io { .. } | Error::Cache { .. } | Error::Network(_) => ErrorKind::Io,
+            Error::Io { .. } | Error::Cache { .. } | Error::Network(_) | Error::Unavailable(_) => {
+                ErrorKind::Io
+            }
             Error::Corrupt { .. } | Error::Tampered { .. } => ErrorKind::Corrupt,
             Error::WrongKey(_) => ErrorKind::Crypto,
             Error::NotFound(_) => ErrorKind::NotFound,

@@ -4,7 +4,7 @@
 //!
 //! Every request needs the bearer token. `--append-only` never deletes or overwrites an
 //! object (lock objects excepted, which clients must be able to remove): a new object is
-//! created without replacing (`LocalBackend::put_new`), so racing uploads create it once;
+//! created without replacing (`Backend::put_new`), so racing uploads create it once;
 //! `--read-only` refuses every write. Object names are checked against the repository
 //! layout, so no request reaches outside the repository directory.
 //!
@@ -27,7 +27,7 @@
 //! and no symlink on the way, so nothing outside the served directory is reachable.
 
 use crate::error::{Error, ErrorKind};
-use crate::repo::backend::{Backend, LocalBackend, PutNew, RangeRequest};
+use crate::repo::backend::{Backend, PutNew, RangeRequest};
 use crate::repo::http::ListedObject;
 use crate::sync::wire::{
     BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, MAX_BLOBS_BYTES, SourceAbout,
@@ -64,8 +64,8 @@ pub enum Access {
 
 /// How to serve.
 pub struct ServeOptions {
-    /// The repository, if one is served.
-    pub repo: Option<std::path::PathBuf>,
+    /// The repository's store (a directory or an object store), if one is served.
+    pub repo: Option<Arc<dyn Backend>>,
     /// Live source directories by name, served read-only.
     pub sources: Vec<(String, std::path::PathBuf)>,
     pub access: Access,
@@ -100,16 +100,16 @@ pub fn default_max_connections() -> usize {
 }
 
 struct ServerState {
-    backend: Option<LocalBackend>,
+    backend: Option<Arc<dyn Backend>>,
     sources: HashMap<String, PathBuf>,
     access: Access,
     token: String,
 }
 
 impl ServerState {
-    fn backend(&self) -> crate::error::Result<&LocalBackend> {
+    fn backend(&self) -> crate::error::Result<&dyn Backend> {
         self.backend
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| Error::NotFound("this server serves no repository".into()))
     }
 }
@@ -208,7 +208,7 @@ pub(crate) fn parse_range(value: &str) -> Option<(u64, u64)> {
 
 /// Refuses ranges a client cannot mean: past the end of their object, or more than
 /// `MAX_BLOBS_BYTES` in all (the server allocates what is asked for).
-fn check_ranges(backend: &LocalBackend, ranges: &[RangeRequest]) -> crate::error::Result<()> {
+fn check_ranges(backend: &dyn Backend, ranges: &[RangeRequest]) -> crate::error::Result<()> {
     let total = ranges
         .iter()
         .try_fold(0u64, |sum, r| sum.checked_add(r.length))
@@ -847,7 +847,7 @@ pub fn run(
     ready: impl FnOnce(SocketAddr),
 ) -> crate::error::Result<()> {
     if let Some(repo) = &options.repo {
-        crate::repo::Repository::read_config(&LocalBackend::new(repo))?;
+        crate::repo::Repository::read_config(repo.as_ref())?;
     }
     let mut sources = HashMap::new();
     for (name, dir) in options.sources {
@@ -865,7 +865,7 @@ pub fn run(
         sources.insert(name, dir);
     }
     let state = Arc::new(ServerState {
-        backend: options.repo.as_ref().map(LocalBackend::new),
+        backend: options.repo,
         sources,
         access: options.access,
         token: options.token,

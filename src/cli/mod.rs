@@ -35,6 +35,8 @@ use anyhow::{Context, Result, bail};
 use cairn::repo::backend::{Backend, LocalBackend};
 use cairn::repo::config::EncryptionMode;
 use cairn::repo::http::{HttpBackend, HttpTimeouts, Remote};
+use cairn::repo::layers::{self, Layers, RetryPolicy};
+use cairn::repo::s3::{S3Backend, S3Location, S3Settings};
 use cairn::repo::{Repository, Secret};
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
@@ -55,7 +57,8 @@ pub struct Cli {
 /// Options every subcommand takes.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// The repository: a directory, or the URL of a `cairn serve` (https://host:port/repo)
+    /// The repository: a directory, the URL of a `cairn serve` (https://host:port/repo), or
+    /// an S3 bucket (s3:https://host[:port]/bucket[/prefix]; credentials from AWS_* variables)
     #[arg(long, global = true, env = "CAIRN_REPO")]
     repo: Option<PathBuf>,
     /// Read the password from this file (first line); `CAIRN_PASSWORD` also works
@@ -83,6 +86,20 @@ pub struct GlobalArgs {
     /// the rest)
     #[arg(long, global = true, env = "CAIRN_HTTP_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     http_timeout: Option<std::time::Duration>,
+    /// How long to keep trying a store that does not answer (a 5xx, throttling, a timeout,
+    /// a reset) before giving up, with growing pauses between tries (default: 2m)
+    #[arg(long, global = true, env = "CAIRN_RETRY_FOR", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    retry_for: Option<std::time::Duration>,
+    /// Send at most this many bytes per second to the repository's store (e.g. 5M)
+    #[arg(long, global = true, env = "CAIRN_LIMIT_UPLOAD", value_name = "RATE", value_parser = rate)]
+    limit_upload: Option<u64>,
+    /// Receive at most this many bytes per second from the repository's store (e.g. 20M)
+    #[arg(long, global = true, env = "CAIRN_LIMIT_DOWNLOAD", value_name = "RATE", value_parser = rate)]
+    limit_download: Option<u64>,
+    /// Address S3 buckets as BUCKET.HOST (virtual-hosted style) instead of HOST/BUCKET;
+    /// AWS endpoints always are
+    #[arg(long, global = true, env = "CAIRN_S3_VIRTUAL_HOST_STYLE")]
+    s3_virtual_host_style: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,11 +186,58 @@ impl GlobalArgs {
 
     /// The backend of a repository location: a directory, or an `http(s)://` URL served
     /// by `cairn serve`.
+    /// The backend of a repository location: a directory, an `http(s)://` URL served by
+    /// `cairn serve`, or an `s3:` bucket; inside the layers every store is used through
+    /// (retries, and the rate limits asked for).
     fn backend_at(&self, location: &Path) -> Result<Arc<dyn Backend>> {
-        match location.to_str().filter(|l| is_url(l)) {
-            Some(url) => Ok(Arc::new(HttpBackend::new(self.remote(url)?)?)),
-            None => Ok(Arc::new(LocalBackend::new(location))),
-        }
+        let text = location.to_str();
+        let store: Arc<dyn Backend> = match text {
+            Some(s3) if is_s3(s3) => Arc::new(S3Backend::new(
+                S3Location::parse(s3)?,
+                &S3Settings {
+                    ca_pem: self.extra_ca()?,
+                    timeouts: self.timeouts(),
+                    virtual_host_style: self.s3_virtual_host_style,
+                },
+            )?),
+            Some(url) if is_url(url) => Arc::new(HttpBackend::new(self.remote(url)?)?),
+            _ => Arc::new(LocalBackend::new(location)),
+        };
+        let max_in_flight = match store.preferred_concurrency() {
+            1 => None,
+            many => Some(2 * many),
+        };
+        Ok(layers::wrap(
+            store,
+            Layers {
+                retry: RetryPolicy {
+                    give_up_after: self
+                        .retry_for
+                        .unwrap_or(RetryPolicy::default().give_up_after),
+                    ..RetryPolicy::default()
+                },
+                max_in_flight,
+                upload_limit: self.limit_upload,
+                download_limit: self.limit_download,
+            },
+        ))
+    }
+
+    /// The PEM certificates of `--tls-ca`, if given.
+    fn extra_ca(&self) -> Result<Option<Vec<u8>>> {
+        self.tls_ca
+            .as_ref()
+            .map(|file| {
+                std::fs::read(file)
+                    .with_context(|| format!("reading the CA certificate {}", file.display()))
+            })
+            .transpose()
+    }
+
+    /// How long to wait for a server or store (`--http-timeout`).
+    fn timeouts(&self) -> HttpTimeouts {
+        self.http_timeout
+            .map_or_else(HttpTimeouts::default, HttpTimeouts::all)
     }
 
     /// How to reach the server at `url`: the token and the extra CA.
@@ -181,17 +245,8 @@ impl GlobalArgs {
         Ok(Remote {
             url: url.trim_end_matches('/').to_owned(),
             token: self.token()?,
-            ca_pem: match &self.tls_ca {
-                Some(file) => {
-                    Some(std::fs::read(file).with_context(|| {
-                        format!("reading the CA certificate {}", file.display())
-                    })?)
-                }
-                None => None,
-            },
-            timeouts: self
-                .http_timeout
-                .map_or_else(HttpTimeouts::default, HttpTimeouts::all),
+            ca_pem: self.extra_ca()?,
+            timeouts: self.timeouts(),
         })
     }
 
@@ -382,6 +437,11 @@ impl FromCredentials {
 /// Whether a repository location is a server's URL.
 fn is_url(location: &str) -> bool {
     location.starts_with("http://") || location.starts_with("https://")
+}
+
+/// Whether a repository location is an S3 bucket.
+fn is_s3(location: &str) -> bool {
+    location.starts_with("s3:")
 }
 
 /// Draws a progress bar `NAME: [bar] bytes/total rate ETA message` on stderr, refreshed by

@@ -61,7 +61,10 @@ fn source(text: &str) -> std::result::Result<(String, PathBuf), String> {
 }
 
 pub fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
-    let repo = global.repo.clone();
+    let repo = match &global.repo {
+        Some(location) => Some(global.backend_at(location)?),
+        None => None,
+    };
     if repo.is_none() && args.sources.is_empty() {
         bail!("nothing to serve: give --repo R, --source NAME=DIR, or both");
     }

@@ -92,6 +92,12 @@ impl Endpoint {
             }
             _ => (text, None),
         };
+        if super::is_s3(location) {
+            return Ok(Endpoint::Repository {
+                path: PathBuf::from(location),
+                checkpoint,
+            });
+        }
         if super::is_url(location) {
             if location.contains("/source/") && checkpoint.is_none() {
                 return Ok(Endpoint::Served(location.trim_end_matches('/').to_owned()));
@@ -393,7 +399,10 @@ fn pull_directory(
 /// Refuses a target directory inside `source` (a directory or a local repository) or
 /// containing it: the sync would read what it writes, or `--delete` what it reads.
 fn refuse_overlap(source: &Path, target: &Path) -> Result<()> {
-    if source.to_str().is_some_and(super::is_url) {
+    if source
+        .to_str()
+        .is_some_and(|s| super::is_url(s) || super::is_s3(s))
+    {
         return Ok(());
     }
     let source = std::fs::canonicalize(source)?;

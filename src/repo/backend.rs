@@ -64,6 +64,35 @@ pub trait Backend: Send + Sync {
     fn delete(&self, name: &str) -> Result<()>;
     /// Whether the object exists.
     fn exists(&self, name: &str) -> Result<bool>;
+    /// Stores object `name` only if no object has that name, and otherwise says whether the
+    /// one there holds these bytes. A store that can create exclusively makes racing
+    /// writers create it once; this default looks first and then writes, which is as much
+    /// as an object store without conditional writes allows (names are content-addressed
+    /// or fresh, so a lost race writes the same bytes).
+    fn put_new(&self, name: &str, data: &[u8]) -> Result<PutNew> {
+        if self.exists(name)? {
+            return Ok(if self.get(name)? == data {
+                PutNew::AlreadyThere
+            } else {
+                PutNew::Different
+            });
+        }
+        self.put(name, data)?;
+        Ok(PutNew::Created)
+    }
+    /// The size of object `name` in bytes.
+    fn size(&self, name: &str) -> Result<u64> {
+        self.list(name)?
+            .into_iter()
+            .find(|object| object.name == name)
+            .map(|object| object.size)
+            .ok_or_else(|| Error::NotFound(format!("{}: no object {name}", self.location())))
+    }
+    /// How many requests are worth keeping in flight: 1 for a local disk, more where each
+    /// request waits for a round trip.
+    fn preferred_concurrency(&self) -> usize {
+        1
+    }
 }
 
 /// The modes the local backend creates directories and files with. Private by default, as
@@ -204,7 +233,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .context_io(|| format!("syncing directory {}", dir.display()))
 }
 
-/// What `LocalBackend::put_new` found.
+/// What `Backend::put_new` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutNew {
     Created,
@@ -244,10 +273,9 @@ impl LocalBackend {
         Ok((path, temp))
     }
 
-    /// Stores object `name` only if no object has that name: the bytes go to a temporary
-    /// file that is then hard-linked to the name, which fails rather than replace, so of
-    /// racing writers exactly one creates it. An object already there is compared.
-    pub fn put_new(&self, name: &str, data: &[u8]) -> Result<PutNew> {
+    /// `Backend::put_new`: the bytes go to a temporary file that is then hard-linked to the
+    /// name, which fails rather than replace, so of racing writers exactly one creates it.
+    fn create_exclusively(&self, name: &str, data: &[u8]) -> Result<PutNew> {
         let (path, temp) = self.write_temporary(name, data)?;
         let linked = fs::hard_link(&temp, &path);
         let _ = fs::remove_file(&temp);
@@ -266,14 +294,6 @@ impl LocalBackend {
             }
             Err(e) => Err(Error::io(format!("creating {}", path.display()), e)),
         }
-    }
-
-    /// The size of object `name` in bytes.
-    pub fn size(&self, name: &str) -> Result<u64> {
-        let path = self.path_of(name)?;
-        fs::metadata(&path)
-            .map(|m| m.len())
-            .context_io(|| format!("reading {}", path.display()))
     }
 }
 
@@ -360,6 +380,17 @@ impl Backend for LocalBackend {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
         }
+    }
+
+    fn put_new(&self, name: &str, data: &[u8]) -> Result<PutNew> {
+        self.create_exclusively(name, data)
+    }
+
+    fn size(&self, name: &str) -> Result<u64> {
+        let path = self.path_of(name)?;
+        fs::metadata(&path)
+            .map(|m| m.len())
+            .context_io(|| format!("reading {}", path.display()))
     }
 }
 

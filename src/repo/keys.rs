@@ -23,7 +23,7 @@ pub(super) fn key_id(name: &str) -> &str {
     name.strip_prefix(KEYS_PREFIX).unwrap_or(name)
 }
 
-fn key_object_name(id: &str) -> String {
+pub(super) fn key_object_name(id: &str) -> String {
     format!("{KEYS_PREFIX}{id}")
 }
 

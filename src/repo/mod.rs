@@ -8,9 +8,11 @@ pub mod config;
 pub mod http;
 pub mod index;
 pub mod keys;
+pub mod layers;
 pub mod lock;
 pub mod pack;
 pub mod remembered;
+pub mod s3;
 pub mod writer;
 
 use crate::chunker::{Chunker, ChunkerParams};
@@ -242,6 +244,7 @@ impl Repository {
             (_, Some(like)) => Some(like.generate_like()),
             (_, None) => Some(MasterKey::generate()),
         };
+        let mut written_key = None;
         match options.encryption {
             EncryptionMode::None => {}
             EncryptionMode::Keyfile => {
@@ -257,7 +260,7 @@ impl Repository {
                     .as_deref()
                     .ok_or_else(|| Error::InvalidInput("password mode needs a password".into()))?;
                 let master = master.as_ref().expect("made for encrypted modes");
-                keys::write_password_key(backend, master, password)?;
+                written_key = Some(keys::write_password_key(backend, master, password)?);
             }
         }
         let settings = Settings {
@@ -281,10 +284,20 @@ impl Repository {
             key_check: None,
             sealed_settings,
         };
-        backend.put(
-            "config",
-            &serde_json::to_vec_pretty(&config).expect("config serializes"),
-        )?;
+        let config_bytes = serde_json::to_vec_pretty(&config).expect("config serializes");
+        backend.put("config", &config_bytes)?;
+        // An object store cannot create exclusively, so two racing inits may both have
+        // written: the config read back tells which one won, and the loser takes its key
+        // back out and says so.
+        if backend.get("config")? != config_bytes {
+            if let Some(key) = written_key {
+                backend.delete(&keys::key_object_name(&key))?;
+            }
+            return Err(Error::InvalidInput(format!(
+                "{} was initialised by another run at the same time: that repository stands;                  open it with its password (or choose another location)",
+                backend.location()
+            )));
+        }
         Ok(config)
     }
 
