@@ -468,13 +468,14 @@ fn store_errors_name_the_bucket_or_endpoint_exit_1_and_leave_no_checkpoint() {
         let output = bounded(&wrong_secret, &args);
         assert_fails(&output, 1, KEY_ID);
         assert!(
-            stderr(&output).to_lowercase().contains("access denied"),
+            stderr(&output).contains("AWS_SECRET_ACCESS_KEY"),
             "{}",
             stderr(&output)
         );
     }
 
-    // An endpoint nobody answers at.
+    // An endpoint nobody answers at: tried again for --retry-for (2 minutes unless told),
+    // then named.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -490,6 +491,8 @@ fn store_errors_name_the_bucket_or_endpoint_exit_1_and_leave_no_checkpoint() {
             &dead,
             "--password-file",
             pw,
+            "--retry-for",
+            "5s",
         ],
     );
     assert_fails(&output, 1, &format!("127.0.0.1:{port}"));

@@ -113,14 +113,16 @@ fn a_lost_node_is_survived_a_lost_quorum_fails_clearly_and_restarted_nodes_heal(
     cluster.check_read_data();
     cluster.assert_latest_is(&source, "restored-1");
 
-    // Two nodes down: no quorum. The backup fails within bounds, saying so.
+    // Two nodes down: no quorum. The backup tries again for --retry-for (2 minutes unless
+    // told), then fails saying so.
     cluster.garage.kill(1);
     let more = big_source(&cluster.sandbox, "more", 2, 100);
     let failed = run_bounded(
         cluster
             .sandbox
             .cairn()
-            .args(["backup", "--repo", &cluster.repo, text(&more)]),
+            .args(["backup", "--retry-for", "10s", "--repo", &cluster.repo])
+            .arg(&more),
         Duration::from_secs(120),
     );
     assert!(!failed.timed_out, "{}", stderr(&failed.output));
