@@ -188,15 +188,25 @@ impl S3Backend {
             .map_err(|e| self.error(&what(), e))
     }
 
-    /// Reads `range` of object `name` as it arrives, refused once past `limit` bytes.
-    fn read_bounded(&self, name: &str, range: std::ops::Range<u64>, limit: u64) -> Result<Vec<u8>> {
+    /// Reads `range` of object `name` (the whole object when `None`: one GET without a
+    /// range, as a range past the object's end is an error to the client) as it arrives,
+    /// refused once past `limit` bytes.
+    fn read_bounded(
+        &self,
+        name: &str,
+        range: Option<std::ops::Range<u64>>,
+        limit: u64,
+    ) -> Result<Vec<u8>> {
         let what = || format!("reading {name}");
         let operator = self.operator.clone();
         let name_owned = name.to_owned();
         let location = self.location.to_string();
         let outcome = runtime().block_on(async move {
             let reader = operator.reader(&name_owned).await?;
-            let mut stream = reader.into_bytes_stream(range).await?;
+            let mut stream = match range {
+                Some(range) => reader.into_bytes_stream(range).await?,
+                None => reader.into_bytes_stream(..).await?,
+            };
             let mut bytes = Vec::new();
             while let Some(piece) = stream.next().await {
                 let piece = piece.map_err(|e| {
@@ -313,14 +323,14 @@ impl Backend for S3Backend {
 
     fn get(&self, name: &str) -> Result<Vec<u8>> {
         let limit = max_whole_object_bytes(name);
-        self.read_bounded(name, 0..limit + 1, limit)
+        self.read_bounded(name, None, limit)
     }
 
     fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
         let end = offset.checked_add(length).ok_or_else(|| {
             Error::InvalidInput(format!("{name}: {length} bytes at {offset} overflow"))
         })?;
-        let bytes = self.read_bounded(name, offset..end, length)?;
+        let bytes = self.read_bounded(name, Some(offset..end), length)?;
         if (bytes.len() as u64) < length {
             return Err(Error::corrupt(
                 format!("{}/{name}", self.location),
