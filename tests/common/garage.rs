@@ -247,17 +247,14 @@ impl Garage {
             let healthy = health
                 .as_deref()
                 .is_some_and(|h| h.contains(r#""healthy""#));
-            if healthy
-                && self
-                    .s3(&["-o", "/dev/null", &self.bucket_url("")])
-                    .status
-                    .success()
-            {
+            let listing = self.s3(&[&self.bucket_url("")]);
+            if healthy && listing.status.success() {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "garage did not become healthy: {health:?}"
+                "garage did not become healthy: {health:?}; the bucket answered: {}",
+                String::from_utf8_lossy(&listing.stdout)
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -331,7 +328,13 @@ impl Garage {
     /// `curl` signing for the bucket's key, with `args`; its output whatever the status.
     fn s3(&self, args: &[&str]) -> Output {
         Command::new("curl")
-            .args(["-sS", "--fail-with-body", "--aws-sigv4"])
+            .args(["-sS", "--fail-with-body"])
+            // Garage wants the payload's hash named; curl before 8.0 leaves it out.
+            .args([
+                "-H",
+                "x-amz-content-sha256: UNSIGNED-PAYLOAD",
+                "--aws-sigv4",
+            ])
             .arg(format!("aws:amz:{REGION}:s3"))
             .arg("--user")
             .arg(format!("{KEY_ID}:{SECRET}"))
@@ -361,11 +364,16 @@ impl Garage {
         let mut objects = BTreeMap::new();
         let mut token: Option<String> = None;
         loop {
-            let mut url = format!("{}?list-type=2&prefix={prefix}", self.bucket_url(""));
-            if let Some(token) = &token {
-                url.push_str("&continuation-token=");
-                url.push_str(&percent_encode(token));
-            }
+            // The query in the order and encoding SigV4 signs it: curl does not sort it.
+            let continuation = token
+                .as_deref()
+                .map(|t| format!("continuation-token={}&", percent_encode(t)))
+                .unwrap_or_default();
+            let url = format!(
+                "{}?{continuation}list-type=2&prefix={}",
+                self.bucket_url(""),
+                percent_encode(prefix)
+            );
             let body = String::from_utf8(self.s3_ok(&[&url])).unwrap();
             for contents in body.split("<Contents>").skip(1) {
                 let key = xml_field(contents, "Key").unwrap();
