@@ -209,9 +209,7 @@ impl S3Backend {
             };
             let mut bytes = Vec::new();
             while let Some(piece) = stream.next().await {
-                let piece = piece.map_err(|e| {
-                    opendal::Error::new(StoreErrorKind::Unexpected, e.to_string()).set_temporary()
-                })?;
+                let piece = piece.map_err(store_error_of_stream)?;
                 if bytes.len() as u64 + piece.len() as u64 > limit {
                     return Ok(Err(Error::corrupt(
                         format!("{location}/{name_owned}"),
@@ -266,6 +264,20 @@ impl S3Backend {
             _ if error.is_temporary() => Error::Unavailable(temporary_cause(&said, location)),
             _ => Error::Network(format!("{location}: {what}: {said}")),
         }
+    }
+}
+
+/// The store's own error inside an error of a read stream (the first piece of a stream makes
+/// the request, so its answer, an access denied as much as a reset, arrives here), with its
+/// kind kept; anything else broke the transfer and may be tried again.
+fn store_error_of_stream(error: std::io::Error) -> opendal::Error {
+    let text = error.to_string();
+    match error
+        .into_inner()
+        .map(|inner| inner.downcast::<opendal::Error>())
+    {
+        Some(Ok(store)) => *store,
+        _ => opendal::Error::new(StoreErrorKind::Unexpected, text).set_temporary(),
     }
 }
 
