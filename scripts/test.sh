@@ -15,12 +15,17 @@ apt_install() {
 
 # setpriv (util-linux) runs one test as an unprivileged user when the suite runs as root;
 # fuse3 gives fusermount3, which the mount tests need; rsync is what the differential test
-# compares `cairn sync` with.
+# compares `cairn sync` with; curl signs the S3 requests the S3 tests make to inspect a bucket.
 command -v setpriv >/dev/null || apt_install util-linux
 command -v fusermount3 >/dev/null || apt_install fuse3
 command -v rsync >/dev/null || apt_install rsync
+command -v curl >/dev/null || apt_install curl
 command -v cargo >/dev/null || { echo "scripts/test.sh: needs a Rust toolchain (rustup.rs)" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
+# The S3 tests run against a real Garage (one node, and a three-node cluster): built once into
+# the tools cache, and a failure here fails the suite rather than skipping those tests.
+garage_env="$(bash scripts/garage.sh)"
+export "$garage_env"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -184,8 +184,6 @@ impl GlobalArgs {
         self.backend_at(self.repo_path()?)
     }
 
-    /// The backend of a repository location: a directory, or an `http(s)://` URL served
-    /// by `cairn serve`.
     /// The backend of a repository location: a directory, an `http(s)://` URL served by
     /// `cairn serve`, or an `s3:` bucket; inside the layers every store is used through
     /// (retries, and the rate limits asked for).

@@ -212,7 +212,7 @@ impl S3Backend {
             let mut stream = reader.into_bytes_stream(range).await?;
             let mut bytes = Vec::new();
             while let Some(piece) = stream.next().await {
-                let piece = piece.map_err(from_stream_error)?;
+                let piece = piece.map_err(store_error_of_stream)?;
                 if bytes.len() as u64 + piece.len() as u64 > limit {
                     return Ok(Err(Error::corrupt(
                         format!("{location}/{name_owned}"),
@@ -270,6 +270,20 @@ impl S3Backend {
     }
 }
 
+/// The store's own error inside an error of a read stream (the first piece of a stream makes
+/// the request, so its answer, an access denied as much as a reset, arrives here), with its
+/// kind kept; anything else broke the transfer and may be tried again.
+fn store_error_of_stream(error: std::io::Error) -> opendal::Error {
+    let text = error.to_string();
+    match error
+        .into_inner()
+        .map(|inner| inner.downcast::<opendal::Error>())
+    {
+        Some(Ok(store)) => *store,
+        _ => opendal::Error::new(StoreErrorKind::Unexpected, text).set_temporary(),
+    }
+}
+
 /// What a temporary failure says, in words: a connection that failed says the endpoint is
 /// unreachable.
 fn temporary_cause(text: &str, said: &str, location: &S3Location) -> String {
@@ -307,18 +321,6 @@ fn operator(
     Ok(operator.with_context(context))
 }
 
-/// The store's error inside a failed read of a body, with its kind and whether it is worth
-/// another try; a bare I/O error (a reset connection) is.
-fn from_stream_error(error: std::io::Error) -> opendal::Error {
-    match error
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<opendal::Error>())
-    {
-        Some(store) => opendal::Error::new(store.kind(), store.to_string())
-            .with_temporary(store.is_temporary()),
-        None => opendal::Error::new(StoreErrorKind::Unexpected, error.to_string()).set_temporary(),
-    }
-}
 
 /// What the store said, in its own words: the S3 error's code and message when it sent
 /// one, else the HTTP status, else OpenDAL's description.
@@ -380,7 +382,7 @@ impl Backend for S3Backend {
         let end = offset.checked_add(length).ok_or_else(|| {
             Error::InvalidInput(format!("{name}: {length} bytes at {offset} overflow"))
         })?;
-        let bytes = self.read_bounded(name, offset..end, length)?;
+        let bytes = self.read_bounded(name, Some(offset..end), length)?;
         if (bytes.len() as u64) < length {
             return Err(Error::corrupt(
                 format!("{}/{name}", self.location),

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod garage;
+
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fs;
@@ -16,13 +18,22 @@ use std::time::{Duration, Instant};
 /// A scratch area with a cache directory every command shares.
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
+    /// Environment variables every command gets (an object store's credentials).
+    envs: Vec<(String, String)>,
 }
 
 impl Sandbox {
     pub fn new() -> Self {
         Sandbox {
             dir: tempfile::tempdir().unwrap(),
+            envs: Vec::new(),
         }
+    }
+
+    /// The sandbox whose commands also get `envs`.
+    pub fn with_envs(mut self, envs: Vec<(String, String)>) -> Self {
+        self.envs.extend(envs);
+        self
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -37,7 +48,14 @@ impl Sandbox {
             .env_remove("CAIRN_PASSWORD")
             .env_remove("CAIRN_NEW_PASSWORD")
             .env_remove("CAIRN_REPO")
-            .env_remove("CAIRN_KEY_FILE");
+            .env_remove("CAIRN_KEY_FILE")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)));
         command
     }
 
@@ -482,17 +500,22 @@ pub struct Mounted {
 
 impl Mounted {
     /// Mounts `repo` at `<sandbox>/mnt` and waits until the filesystem is up.
-    pub fn start(sandbox: &Sandbox, repo: &Path) -> Self {
+    pub fn start(sandbox: &Sandbox, repo: impl AsRef<OsStr>) -> Self {
         Self::start_with::<&str>(sandbox, repo, &[])
     }
 
     /// Like `start`, with `extra` arguments (a key or password file) after the repository.
-    pub fn start_with<S: AsRef<OsStr>>(sandbox: &Sandbox, repo: &Path, extra: &[S]) -> Self {
+    pub fn start_with<S: AsRef<OsStr>>(
+        sandbox: &Sandbox,
+        repo: impl AsRef<OsStr>,
+        extra: &[S],
+    ) -> Self {
         let point = sandbox.path("mnt");
         fs::create_dir_all(&point).unwrap();
         let child = sandbox
             .cairn()
-            .args(["mount", "--repo", repo.to_str().unwrap()])
+            .args(["mount", "--repo"])
+            .arg(repo)
             .args(extra)
             .arg(&point)
             .stdout(Stdio::null())
