@@ -382,7 +382,7 @@ impl Backend for S3Backend {
         let end = offset.checked_add(length).ok_or_else(|| {
             Error::InvalidInput(format!("{name}: {length} bytes at {offset} overflow"))
         })?;
-        let bytes = self.read_bounded(name, Some(offset..end), length)?;
+        let bytes = self.read_bounded(name, offset..end, length)?;
         if (bytes.len() as u64) < length {
             return Err(Error::corrupt(
                 format!("{}/{name}", self.location),
