@@ -135,8 +135,6 @@ fn a_node_lost_mid_backup_is_survived_and_a_lost_quorum_fails_clearly() {
 }
 
 #[test]
-#[ignore = "the backup after a lost quorum sometimes fails: `repository is locked by locks \
-            that keep changing` (a lock object of the failed run is listed but not found)"]
 fn nodes_back_after_a_lost_quorum_take_the_next_backup() {
     let mut cluster = Cluster::new();
     let more = big_source(&cluster.sandbox, "more", 2, 100);

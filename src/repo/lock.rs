@@ -14,6 +14,7 @@ use super::backend::Backend;
 use super::codec::Codec;
 use crate::error::{Error, ErrorKind, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -154,15 +155,17 @@ fn refresh_until_stopped(
 /// Lock objects with their records (`None`: unreadable).
 type Locks = Vec<(String, Option<LockRecord>)>;
 
-/// Every lock object of `repo` with its record, and whether one vanished between the
-/// listing and its reading (a refresh or a release).
-fn read_locks(repo: &Repository) -> Result<(Locks, bool)> {
+/// Every lock object of `repo` with its record, and the names of those that vanished between
+/// the listing and their reading (a refresh or a release).
+fn read_locks(repo: &Repository) -> Result<(Locks, BTreeSet<String>)> {
     let mut locks = Vec::new();
-    let mut vanished = false;
+    let mut vanished = BTreeSet::new();
     for object in repo.backend().list("locks/")? {
         match repo.read_json_object::<LockRecord>(&object.name) {
             Ok(record) => locks.push((object.name, Some(record))),
-            Err(e) if e.kind() == ErrorKind::NotFound => vanished = true,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                vanished.insert(object.name);
+            }
             Err(e) => {
                 tracing::warn!("unreadable lock {}: {e}", object.name);
                 locks.push((object.name, None));
@@ -179,10 +182,15 @@ pub fn list(repo: &Repository) -> Result<Locks> {
 
 /// The first live lock other than `own` that conflicts with a lock of kind `exclusive`. A
 /// lock that vanished while being read may have been refreshed under a new name, so the
-/// listing is read again until it holds still.
+/// listing is read again (after a growing pause) until it holds still: until nothing
+/// vanishes that had not vanished on the pass before.
 fn conflicting(repo: &Repository, own: &str, exclusive: bool) -> Result<Option<String>> {
     let host = crate::host_name();
-    for _ in 0..10 {
+    let mut vanished_before = BTreeSet::new();
+    for pass in 0..10 {
+        if pass > 0 {
+            std::thread::sleep(Duration::from_millis(50 * pass));
+        }
         let (locks, vanished) = read_locks(repo)?;
         for (name, record) in locks {
             if name == own {
@@ -199,9 +207,12 @@ fn conflicting(repo: &Repository, own: &str, exclusive: bool) -> Result<Option<S
                 _ => {}
             }
         }
-        if !vanished {
+        // A name listed again and still not there to read is no lock: an object store may
+        // list for a while what a failed or interrupted write or delete left behind.
+        if vanished.is_subset(&vanished_before) {
             return Ok(None);
         }
+        vanished_before = vanished;
     }
     Ok(Some("locks that keep changing".to_owned()))
 }

@@ -321,7 +321,6 @@ fn operator(
     Ok(operator.with_context(context))
 }
 
-
 /// What the store said, in its own words: the S3 error's code and message when it sent
 /// one, else the HTTP status, else OpenDAL's description.
 fn store_words(error: &opendal::Error) -> String {
