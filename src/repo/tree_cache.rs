@@ -13,8 +13,6 @@
 use super::codec::Codec;
 use super::pack::MAX_TREE_BYTES;
 use crate::id::BlobId;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 /// Where kept trees live; `None` for a repository on a local disk, where a tree is a read of
@@ -57,19 +55,6 @@ impl TreeCache {
         if crate::repo::backend::create_private_dir(dir).is_err() {
             return;
         }
-        let temporary = dir.join(format!(
-            ".{id}.tmp-{}",
-            hex::encode(crate::crypto::random_bytes::<6>())
-        ));
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temporary)
-            .and_then(|mut file| file.write_all(stored))
-            .and_then(|()| std::fs::rename(&temporary, &path));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&temporary);
-        }
+        let _ = crate::catalogue::write_private_atomically(&path, stored);
     }
 }
