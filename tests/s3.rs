@@ -112,21 +112,24 @@ fn every_file_type_round_trips_through_backup_restore_and_sync() {
     }
 }
 
-/// `count` files of 100 bytes in `<sandbox>/<name>`.
+/// `count` files of 100 bytes in `<sandbox>/<name>`, ten to a directory: a backup's trees
+/// grow with them.
 fn small_files(sandbox: &Sandbox, name: &str, count: u64) -> std::path::PathBuf {
     let dir = sandbox.path(name);
-    fs::create_dir_all(&dir).unwrap();
     for i in 0..count {
-        fs::write(dir.join(format!("f{i}")), pseudo_random(100, i)).unwrap();
+        let subdirectory = dir.join(format!("d{}", i / 10));
+        fs::create_dir_all(&subdirectory).unwrap();
+        fs::write(subdirectory.join(format!("f{i}")), pseudo_random(100, i)).unwrap();
     }
     dir
 }
 
 #[test]
-fn a_no_op_backup_stores_no_data_and_its_requests_do_not_grow_with_the_files() {
+fn a_no_op_backup_stores_no_data_and_its_requests_do_not_grow_with_the_files_and_directories() {
     let s3 = S3Repo::new();
     let mut no_op_requests = Vec::new();
-    // Two repositories of one checkpoint each, of 10 and of 1,000 files.
+    // Two repositories of one checkpoint each, of 10 files in one directory and of 1,000
+    // in 100.
     for files in [10, 1000] {
         let prefix = format!("files-{files}");
         let repo = s3.garage.repo(&prefix);
