@@ -218,8 +218,16 @@ fn check_ranges(backend: &dyn Backend, ranges: &[RangeRequest]) -> crate::error:
             "more than {MAX_BLOBS_BYTES} bytes asked in one request"
         )));
     }
+    // Ranges of one request mostly share a pack: its size is asked once (a request to
+    // the store when it is an object store).
+    let mut sizes = HashMap::new();
     for range in ranges {
-        let size = backend.size(&range.name)?;
+        let size = match sizes.get(&range.name) {
+            Some(&size) => size,
+            None => *sizes
+                .entry(range.name.clone())
+                .or_insert(backend.size(&range.name)?),
+        };
         if range
             .offset
             .checked_add(range.length)
