@@ -1130,7 +1130,7 @@ s3_row() {
     fi
     for f in 1 2 3 4 5 6 7 8 9 10; do vals+=("$(median "$t" "$s" "$f")"); done
     req="$(awk -v a="${vals[*]:4}" 'BEGIN { n = split(a, x, " "); for (i = 1; i <= n; i++) s += x[i]; print s }')"
-    if [ "$t" != cairn ]; then
+    if [ "$t" != cairn ] && [ -n "${VERSION[cairn]:-}" ]; then
         cw="$(median cairn "$s" 1)"
         cc="$(median cairn "$s" 2)"
         cr="$(median cairn "$s" 3)"
