@@ -13,10 +13,16 @@
 # `cairn backup` of B; rows 7a-7b sync A over loopback against an rsync daemon. The notes give cairn's target ratios: first backup vs floor, restore vs
 # cp -a, mount read vs restore, and the foreground job's slowdowns.
 #
+# With --s3 it measures the same tools on an S3-compatible object store instead: one Garage node
+# on free loopback ports (scripts/garage.sh provides the binary), and for cairn and restic (each
+# through its own s3 backend) a first backup of version A, the same backup again unchanged and a
+# restore, with the S3 requests of each step by type from Garage's own counters.
+#
 #   scripts/bench.sh --quick            # small generated tree, one run: about a minute
 #   scripts/bench.sh                    # two Debian kernel source trees (6.1 -> 6.12), 3 runs
 #   scripts/bench.sh --data DIR         # DIR, then a copy of it with ~5% of files modified
 #   scripts/bench.sh --install-peers    # apt-get restic + borg, cargo install rustic + bupstash
+#   scripts/bench.sh --s3 --runs 1      # version A only, into a local Garage (cairn and restic)
 #
 # Needs root (it drops the page cache before every timed step, and mounts FUSE filesystems).
 set -euo pipefail
@@ -47,6 +53,8 @@ Usage: scripts/bench.sh [OPTIONS]
   --keep             keep the work directory
   --install-peers    install restic, borg (apt-get), rustic and bupstash (cargo install; these
                      compile for several minutes), then exit
+  --s3               the S3 rows instead of the rows below: cairn and restic against one Garage
+                     node on loopback (S3 rows, below); version A only
   -h, --help         this text
 
 Rows (each: wall s, CPU s, peak RSS, repository size; median of the runs):
@@ -64,6 +72,17 @@ Rows (each: wall s, CPU s, peak RSS, repository size; median of the runs):
 The notes add cairn's target ratios: first backup / max(cold tar of A, in-memory pipeline)
 (<= 1.5), restore / cp -a (<= 1.2), restore / mount tar read (>= 0.7), and the foreground
 job's slowdown during the low-priority backup (< 10%) and during the plain one.
+
+S3 rows (--s3; each: wall s, CPU s, peak RSS, Garage's CPU s, S3 requests by type; median of
+the runs): s1 backup A (first), s2 backup A again (unchanged), s3 restore latest. The
+repositories are s3:http://127.0.0.1:PORT/bench/TOOL in one Garage node (scripts/garage.sh;
+$CAIRN_GARAGE overrides), credentials in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, region
+"garage". Requests are the step's delta of Garage's api_s3_request_counter per endpoint,
+grouped GET (GetObject), PUT (PutObject, UploadPart, CopyObject, multipart create/complete),
+LIST (ListObjects*, ListBuckets, ListMultipartUploads), HEAD (HeadObject, HeadBucket),
+DELETE (DeleteObject(s), AbortMultipartUpload) and other. The restic row adds the ratios
+cairn/restic of wall, CPU, peak RSS and requests. borg and bupstash have no S3 backend;
+rustic is not set up for S3 here.
 EOF
 }
 
@@ -83,6 +102,7 @@ STEP_TIMEOUT=""
 VERIFY=1
 KEEP=0
 INSTALL_PEERS=0
+S3=0
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -97,6 +117,7 @@ while [ $# -gt 0 ]; do
         --no-verify) VERIFY=0 ;;
         --keep) KEEP=1 ;;
         --install-peers) INSTALL_PEERS=1 ;;
+        --s3) S3=1 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "bench.sh: unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -166,6 +187,7 @@ command -v xz >/dev/null || missing+=(xz-utils)
 # Mounts (and their daemons) that are up right now, so the exit trap can take them down.
 declare -A ACTIVE_MOUNTS=()   # mountpoint -> daemon pid
 BG_PID=""                     # a background backup (rows 6b, 6c) that is running right now
+GARAGE_PID=""                 # the Garage node of the S3 rows while it runs
 
 cleanup() {
     local mnt
@@ -177,6 +199,10 @@ cleanup() {
         fusermount3 -u -z "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
         kill "${ACTIVE_MOUNTS[$mnt]}" 2>/dev/null || true
     done
+    if [ -n "$GARAGE_PID" ]; then
+        kill "$GARAGE_PID" 2>/dev/null || true
+        wait "$GARAGE_PID" 2>/dev/null || true
+    fi
     if [ -n "$WORK" ] && [ "$KEEP" = 1 ]; then
         say "work directory kept: $WORK"
     elif [ -n "$WORK" ]; then
@@ -244,6 +270,12 @@ TOOLS=()
 declare -A VERSION=() SKIPPED=()
 for t in "${ALL_TOOLS[@]}"; do
     case ",$TOOLS_WANTED," in *",$t,"*) ;; *) continue ;; esac
+    if [ "$S3" = 1 ]; then
+        case "$t" in
+            borg | bupstash) SKIPPED[$t]="no S3 backend"; continue ;;
+            rustic) SKIPPED[$t]="its S3 backend (OpenDAL) is not set up by --s3"; continue ;;
+        esac
+    fi
     case "$t" in
         cairn) VERSION[$t]="$("$CAIRN" --version 2>&1 | head -n1)" ;;
         restic) command -v restic >/dev/null && VERSION[$t]="$(restic version 2>&1 | head -n1)" ;;
@@ -420,39 +452,46 @@ kernel_version() {   # "6.1.192" from a tree's Makefile
 }
 
 mkdir -p "$WORK/gen"
+B=""
 if [ "$QUICK" = 1 ]; then
     say "== generating the --quick data"
     A="$WORK/gen/A"
     B="$WORK/gen/B"
     mkdir -p "$A"
     python3 -c "$GEN_PY" gen "$A" 1
-    cp -a "$A" "$B"
-    change="$(python3 -c "$GEN_PY" mutate "$B" 2 5)"
     DATA_DESC="generated --quick tree (seed 1; ~35% random, ~65% compressible text)"
-    B_DESC="a copy of A with $change (seed 2)"
 elif [ -n "$DATA_DIR" ]; then
     [ -d "$DATA_DIR" ] || die "--data $DATA_DIR is not a directory"
     A="$(cd "$DATA_DIR" && pwd)"
     B="$WORK/gen/B"
-    say "== copying $A and modifying ~5% of its files"
-    cp -a "$A" "$B"
-    change="$(python3 -c "$GEN_PY" mutate "$B" 2 5)"
     DATA_DESC="$A"
-    B_DESC="a copy of A with $change (seed 2)"
 else
     A="$(kernel_tree 6.1)"
-    B="$(kernel_tree 6.12)"
     DATA_DESC="Debian linux-source-6.1 (kernel $(kernel_version "$A")), $A"
-    B_DESC="Debian linux-source-6.12 (kernel $(kernel_version "$B")), $B"
 fi
 A_STATS="$(describe_tree "$A")"
-B_STATS="$(describe_tree "$B")"
 say "A: $DATA_DESC: $A_STATS"
-say "B: $B_DESC: $B_STATS"
+# Version B: the next kernel, or a copy of A with ~5% of its files modified. The S3 rows back
+# up version A only.
+if [ "$S3" = 0 ]; then
+    if [ -n "$B" ]; then
+        say "== copying $A and modifying ~5% of its files"
+        cp -a "$A" "$B"
+        change="$(python3 -c "$GEN_PY" mutate "$B" 2 5)"
+        B_DESC="a copy of A with $change (seed 2)"
+    else
+        B="$(kernel_tree 6.12)"
+        B_DESC="Debian linux-source-6.12 (kernel $(kernel_version "$B")), $B"
+    fi
+    B_STATS="$(describe_tree "$B")"
+    say "B: $B_DESC: $B_STATS"
+fi
 
 # Every backup reads the same fixed path, so stat caches and parent snapshots work across
-# versions: version A or B is synced into it (untimed) before the backups.
+# versions: version A or B is synced into it (untimed) before the backups. The S3 rows read A
+# where it is.
 SRC="$WORK/src"
+[ "$S3" = 0 ] || SRC="$A"
 sync_src() {   # sync_src DIR
     mkdir -p "$SRC"
     rsync -aH --delete "$1/" "$SRC/"
@@ -909,6 +948,235 @@ run_netsync() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# S3 rows (--s3): cairn and restic against one Garage node on loopback
+# ---------------------------------------------------------------------------------------------
+
+# The key, bucket and tokens of the bench's Garage (a key id is GK and 24 hex digits).
+S3_KEY_ID="GK0123456789abcdef01234567"
+S3_SECRET="5ecre75ecre75ecre75ecre75ecre75ecre75ecre75ecre75ecre75ecre75ec0"
+S3_BUCKET="bench"
+S3_REGION="garage"
+GARAGE_METRICS_TOKEN="cairn-bench-metrics-token"
+S3_STEPS=(s1 s2 s3)
+STEP_LABEL[s1]="s1. S3: backup A (first)"
+STEP_LABEL[s2]="s2. S3: backup A again (unchanged)"
+STEP_LABEL[s3]="s3. S3: restore latest"
+S3_KINDS=(GET PUT LIST HEAD DELETE other)
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# garage CMD...: the Garage CLI against the bench's node, quiet.
+garage_cli() { RUST_LOG=warn "$GARAGE" -c "$GARAGE_DIR/garage.toml" "$@" </dev/null; }
+
+# retry CMD...: run CMD until it succeeds, for up to 60 s (a node just started may not answer).
+retry() {
+    local i
+    for ((i = 0; i < 600; i++)); do
+        "$@" >>"$LOG" 2>&1 && return 0
+        sleep 0.1
+    done
+    log "  = still failing after 60s: $*"
+    return 1
+}
+
+# garage_start: one Garage node (replication_factor 1) in $WORK/garage on free loopback ports,
+# with the layout applied, the key imported and the bucket made and allowed; sets GARAGE_PID,
+# S3_ENDPOINT and GARAGE_ADMIN. Untimed.
+garage_start() {
+    local s3_port rpc_port id
+    GARAGE="${CAIRN_GARAGE:-}"
+    [ -n "$GARAGE" ] || GARAGE="$(bash "$ROOT/scripts/garage.sh" | sed -n 's/^CAIRN_GARAGE=//p')"
+    [ -x "$GARAGE" ] || die "no Garage binary (scripts/garage.sh provides it, or set CAIRN_GARAGE)"
+    GARAGE_VERSION="$("$GARAGE" --version 2>&1 | head -n1)"
+    GARAGE_DIR="$WORK/garage"
+    mkdir -p "$GARAGE_DIR"
+    s3_port="$(free_port)"
+    rpc_port="$(free_port)"
+    GARAGE_ADMIN="127.0.0.1:$(free_port)"
+    S3_ENDPOINT="http://127.0.0.1:$s3_port"
+    cat >"$GARAGE_DIR/garage.toml" <<EOF
+metadata_dir = "$GARAGE_DIR/meta"
+data_dir = "$GARAGE_DIR/data"
+db_engine = "sqlite"
+metadata_fsync = false
+data_fsync = false
+block_size = "1M"
+compression_level = "none"
+replication_factor = 1
+consistency_mode = "consistent"
+rpc_bind_addr = "127.0.0.1:$rpc_port"
+rpc_public_addr = "127.0.0.1:$rpc_port"
+rpc_secret = "$(printf cairn-bench-rpc | sha256sum | cut -c1-64)"
+
+[s3_api]
+api_bind_addr = "127.0.0.1:$s3_port"
+s3_region = "$S3_REGION"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "$GARAGE_ADMIN"
+metrics_token = "$GARAGE_METRICS_TOKEN"
+EOF
+    log ""
+    log "=== Garage ($GARAGE_VERSION) in $GARAGE_DIR, S3 at $S3_ENDPOINT"
+    RUST_LOG=garage=warn "$GARAGE" -c "$GARAGE_DIR/garage.toml" server </dev/null >>"$GARAGE_DIR/garage.log" 2>&1 &
+    GARAGE_PID=$!
+    retry curl -s -o /dev/null "$S3_ENDPOINT/" || die "Garage did not come up (see $GARAGE_DIR/garage.log)"
+    id="$(retry_output garage_cli node id -q)" || die "Garage did not say its node id (see $LOG)"
+    garage_cli layout assign -z dc1 -c 1G "${id%%@*}" >>"$LOG" 2>&1 \
+        && garage_cli layout apply --version 1 >>"$LOG" 2>&1 \
+        && retry garage_cli key import --yes -n bench "$S3_KEY_ID" "$S3_SECRET" \
+        && retry garage_cli bucket create "$S3_BUCKET" \
+        && garage_cli bucket allow --read --write --owner "$S3_BUCKET" --key bench >>"$LOG" 2>&1 \
+        && retry s3_curl "$S3_ENDPOINT/$S3_BUCKET/?list-type=2" \
+        || die "could not set up Garage (see $LOG)"
+    export AWS_ACCESS_KEY_ID="$S3_KEY_ID" AWS_SECRET_ACCESS_KEY="$S3_SECRET" \
+        AWS_REGION="$S3_REGION" AWS_DEFAULT_REGION="$S3_REGION"
+}
+
+# retry_output CMD...: like retry, printing CMD's output once it succeeds.
+retry_output() {
+    local i out
+    for ((i = 0; i < 600; i++)); do
+        if out="$("$@" 2>>"$LOG")"; then
+            printf '%s\n' "$out"
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# s3_curl URL: a request signed for the bench's key (Garage wants the payload hash named).
+s3_curl() {
+    curl -sS --fail-with-body -o /dev/null -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" \
+        --aws-sigv4 "aws:amz:$S3_REGION:s3" --user "$S3_KEY_ID:$S3_SECRET" "$1"
+}
+
+# s3_requests: the S3 requests Garage served so far, by type, as "GET PUT LIST HEAD DELETE other".
+s3_requests() {
+    curl -sS --fail -H "Authorization: Bearer $GARAGE_METRICS_TOKEN" "http://$GARAGE_ADMIN/metrics" | awk '
+        /^api_s3_request_counter\{/ {
+            match($0, /api_endpoint="[^"]*"/)
+            e = substr($0, RSTART + 14, RLENGTH - 15)
+            if (e == "GetObject") k = "GET"
+            else if (e ~ /^(PutObject|UploadPart|UploadPartCopy|CopyObject|CreateMultipartUpload|CompleteMultipartUpload)$/) k = "PUT"
+            else if (e ~ /^List/) k = "LIST"
+            else if (e ~ /^Head/) k = "HEAD"
+            else if (e ~ /^(DeleteObject|DeleteObjects|AbortMultipartUpload)$/) k = "DELETE"
+            else k = "other"
+            n[k] += $NF
+        }
+        END { printf "%d %d %d %d %d %d", n["GET"], n["PUT"], n["LIST"], n["HEAD"], n["DELETE"], n["other"] }'
+}
+
+# run_s3_tool TOOL RUN: init (untimed), first backup, unchanged backup and restore of version A
+# in a fresh repository s3:ENDPOINT/bench/TOOL-RUN and a fresh cache. Each step's result is
+# "wall cpu rss garage_cpu GET PUT LIST HEAD DELETE other".
+run_s3_tool() {
+    local t=$1 run=$2 d="$WORK/tools/$1" repo step r0 r1 g0 g1 status
+    repo="s3:$S3_ENDPOINT/$S3_BUCKET/$t-$run"
+    rm -rf "$d"
+    mkdir -p "$d/cache" "$d/restore"
+    tool_env "$t" "$d"
+    case "$t" in
+        cairn) export CAIRN_REPO="$repo" ;;
+        restic) export RESTIC_REPOSITORY="$repo" ;;
+    esac
+    log ""
+    log "=== run $run: $t on $repo"
+    log_cmd init "$t"
+    status=0
+    case "$t" in
+        cairn) "$CAIRN" init --repo "$repo" >>"$LOG" 2>&1 || status=$? ;;
+        restic) restic init >>"$LOG" 2>&1 || status=$? ;;
+    esac
+    if [ "$status" != 0 ]; then
+        say "    $t: init FAILED (see $LOG)"
+        for step in "${S3_STEPS[@]}"; do RES[$t|$step|$run]=FAILED; done
+        return
+    fi
+    for step in "${S3_STEPS[@]}"; do
+        case "$step" in
+            s1) backup_cmd "$t" 1 ;;
+            s2) backup_cmd "$t" 2 ;;
+            s3) restore_cmd "$t" "$d/restore" ;;
+        esac
+        r0="$(s3_requests)"
+        g0="$(proc_cpu "$GARAGE_PID")"
+        if timed "$t" "$step" "$run" "${CMD[@]}"; then
+            g1="$(proc_cpu "$GARAGE_PID")"
+            r1="$(s3_requests)"
+            RES[$t|$step|$run]="${RES[$t|$step|$run]} $(awk -v a="$g0" -v b="$g1" 'BEGIN { printf "%.2f", b - a }') $(
+                awk -v a="$r0" -v b="$r1" 'BEGIN { n = split(a, x, " "); split(b, y, " ")
+                    for (i = 1; i <= n; i++) printf "%s%d", (i > 1 ? " " : ""), y[i] - x[i] }')"
+            log "  = garage cpu, GET PUT LIST HEAD DELETE other: ${RES[$t|$step|$run]#* * * }"
+            if [ "$step" = s3 ] && [ "$VERIFY" = 1 ] && [ "$run" = 1 ]; then
+                verify_restore "$t" "$(inside "$d/restore")"
+            fi
+        fi
+        say "    $t ${STEP_LABEL[$step]}: ${RES[$t|$step|$run]}"
+    done
+    rm -rf "$d"
+}
+
+# s3_row TOOL STEP: one line of the S3 table; the restic row adds cairn/restic ratios.
+s3_row() {
+    local t=$1 s=$2 wall f vals=() ratios="— | — | — | —" cw cc cr creq req
+    wall="$(median "$t" "$s" 1)"
+    if [ "$wall" = FAILED ]; then
+        printf '| %s | %s | FAILED | | | | | | | | | | — | — | — | — |\n' "${STEP_LABEL[$s]}" "$t"
+        return
+    fi
+    for f in 1 2 3 4 5 6 7 8 9 10; do vals+=("$(median "$t" "$s" "$f")"); done
+    req="$(awk -v a="${vals[*]:4}" 'BEGIN { n = split(a, x, " "); for (i = 1; i <= n; i++) s += x[i]; print s }')"
+    if [ "$t" != cairn ] && [ -n "${VERSION[cairn]:-}" ]; then
+        cw="$(median cairn "$s" 1)"
+        cc="$(median cairn "$s" 2)"
+        cr="$(median cairn "$s" 3)"
+        creq=0
+        for f in 5 6 7 8 9 10; do creq="$(awk -v a="$creq" -v b="$(median cairn "$s" "$f")" 'BEGIN { print a + b }')"; done
+        ratios="$(ratio "$cw" "${vals[0]}") | $(ratio "$cc" "${vals[1]}") | $(ratio "$cr" "${vals[2]}") | $(ratio "$creq" "$req")"
+    fi
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${STEP_LABEL[$s]}" "$t" \
+        "$(fmt "${vals[0]}" 1 2)" "$(fmt "${vals[1]}" 1 2)" "$(fmt "${vals[2]}" 1024 0)" "$(fmt "${vals[3]}" 1 2)" \
+        "$(fmt "${vals[4]}" 1 0)" "$(fmt "${vals[5]}" 1 0)" "$(fmt "${vals[6]}" 1 0)" "$(fmt "${vals[7]}" 1 0)" \
+        "$(fmt "${vals[8]}" 1 0)" "$(fmt "${vals[9]}" 1 0)" "$req" "$ratios"
+}
+
+# s3_report: the S3 rows as Markdown.
+s3_report() {
+    local t s
+    echo "# cairn benchmark: S3 (one Garage node on loopback)"
+    echo
+    echo "- Command: \`$CMDLINE\`"
+    echo "- Date: $START_DATE; host $(hostname), $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, Linux $(uname -r); work directory (Garage's data and metadata, caches, restores) on $fstype"
+    echo "- cairn: ${VERSION[cairn]:-not benchmarked} (commit $CAIRN_COMMIT; binary $CAIRN_ORIG built $CAIRN_BUILT)"
+    for t in restic borg rustic bupstash; do
+        if [ -n "${VERSION[$t]:-}" ]; then echo "- $t: ${VERSION[$t]}"; fi
+        if [ -n "${SKIPPED[$t]:-}" ]; then echo "- $t: skipped, ${SKIPPED[$t]}"; fi
+    done
+    echo "- Garage: $GARAGE_VERSION, one node (replication_factor 1, sqlite metadata, no fsync, block_size 1M, no compression), S3 API at $S3_ENDPOINT"
+    echo "- Version A: $DATA_DESC — $A_STATS; backed up where it is"
+    echo "- Settings: encryption on (cairn password mode, restic repository password), cairn's default zstd level 3, restic \`auto\`; a fresh repository (s3:…/$S3_BUCKET/TOOL-RUN) and cache per tool and run"
+    echo "- Page cache: \`sync; echo 3 > /proc/sys/vm/drop_caches\` before every timed step (Garage's files included)"
+    echo "- Each cell: median of $RUNS run(s). Wall and CPU (user+sys) in seconds and peak RSS in MiB are the tool's; Garage CPU is the node's CPU seconds during the step."
+    echo "  Requests: the step's delta of Garage's \`api_s3_request_counter\`: GET = GetObject; PUT = PutObject, UploadPart(Copy), CopyObject, Create/CompleteMultipartUpload;"
+    echo "  LIST = List*; HEAD = Head*; DELETE = DeleteObject(s), AbortMultipartUpload; other = the rest. The restic row gives cairn/restic for wall, CPU, RSS and all requests (below 1: cairn less)."
+    echo
+    echo "| Step | Tool | Wall s | CPU s | Peak RSS MiB | Garage CPU s | GET | PUT | LIST | HEAD | DELETE | other | requests | cairn/restic wall | CPU | RSS | requests |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for s in "${S3_STEPS[@]}"; do
+        for t in "${TOOLS[@]}"; do s3_row "$t" "$s"; done
+    done
+    echo
+    for t in "${TOOLS[@]}"; do
+        [ -z "${NOTES[$t]:-}" ] || echo "- $t: ${NOTES[$t]}"
+    done
+    echo "- Full log: $LOG"
+}
+
+# ---------------------------------------------------------------------------------------------
 # The runs
 # ---------------------------------------------------------------------------------------------
 
@@ -918,21 +1186,32 @@ START_DATE="$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     echo "date: $START_DATE; work: $WORK ($fstype)"
     for t in "${TOOLS[@]}"; do echo "$t: ${VERSION[$t]}"; done
     echo "A: $DATA_DESC: $A_STATS"
-    echo "B: $B_DESC: $B_STATS"
+    [ "$S3" = 1 ] || echo "B: $B_DESC: $B_STATS"
 } >>"$LOG"
 
-for ((run = 1; run <= RUNS; run++)); do
-    say "== run $run of $RUNS (page cache dropped before every timed step; each line: wall s, CPU s, peak RSS KiB, repository bytes)"
-    run_floors "$run"
-    for t in "${TOOLS[@]}"; do
-        say "  -- $t"
-        run_tool "$t" "$run"
-        if [ "$t" = cairn ]; then
-            run_lowimpact "$run"
-            if command -v rsync >/dev/null; then run_netsync "$run"; fi
-        fi
+if [ "$S3" = 1 ]; then
+    garage_start
+    for ((run = 1; run <= RUNS; run++)); do
+        say "== S3 run $run of $RUNS (page cache dropped before every timed step; each line: wall s, CPU s, peak RSS KiB, Garage CPU s, requests GET PUT LIST HEAD DELETE other)"
+        for t in "${TOOLS[@]}"; do
+            say "  -- $t"
+            run_s3_tool "$t" "$run"
+        done
     done
-done
+else
+    for ((run = 1; run <= RUNS; run++)); do
+        say "== run $run of $RUNS (page cache dropped before every timed step; each line: wall s, CPU s, peak RSS KiB, repository bytes)"
+        run_floors "$run"
+        for t in "${TOOLS[@]}"; do
+            say "  -- $t"
+            run_tool "$t" "$run"
+            if [ "$t" = cairn ]; then
+                run_lowimpact "$run"
+                if command -v rsync >/dev/null; then run_netsync "$run"; fi
+            fi
+        done
+    done
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Results: the median over the runs of each number, one Markdown table
@@ -1030,6 +1309,13 @@ io_scheduler() {
         echo unknown
     fi
 }
+
+if [ "$S3" = 1 ]; then
+    s3_report >"$OUT"
+    echo
+    cat "$OUT"
+    exit 0
+fi
 
 # cairn's target ratios, from the medians.
 B1="$(median cairn b1 1)"
