@@ -58,12 +58,21 @@ pub fn garage_binary() -> PathBuf {
 }
 
 /// A loopback port nobody listens on right now.
+/// A loopback port free now, below the kernel's ephemeral range (32768 and up): a port the
+/// kernel handed out for port 0 and that was closed again can be taken by any outgoing
+/// connection before Garage binds it, and a node then reaches something else. Each test
+/// process starts at its own place in 20000..32000 and counts up from there.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() % 400) * 30;
+    loop {
+        let port = 20_000 + (start + NEXT.fetch_add(1, Ordering::SeqCst)) % 12_000;
+        let port = u16::try_from(port).expect("below 32000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One Garage node: its config, its ports and, while it runs, its process.
