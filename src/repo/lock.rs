@@ -159,13 +159,13 @@ type Locks = Vec<(String, Option<LockRecord>)>;
 fn read_locks(repo: &Repository) -> Result<(Locks, bool)> {
     let mut locks = Vec::new();
     let mut vanished = false;
-    for object in repo.backend().list("locks/")? {
-        match repo.read_json_object::<LockRecord>(&object.name) {
-            Ok(record) => locks.push((object.name, Some(record))),
+    for name in repo.backend().list_names("locks/")? {
+        match repo.read_json_object::<LockRecord>(&name) {
+            Ok(record) => locks.push((name, Some(record))),
             Err(e) if e.kind() == ErrorKind::NotFound => vanished = true,
             Err(e) => {
-                tracing::warn!("unreadable lock {}: {e}", object.name);
-                locks.push((object.name, None));
+                tracing::warn!("unreadable lock {name}: {e}");
+                locks.push((name, None));
             }
         }
     }
