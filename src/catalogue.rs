@@ -5,11 +5,18 @@
 //! The repository decides what exists: each sync lists `checkpoints/` once, reads (and
 //! checks against its id) only the records the catalogue does not hold, and drops those no
 //! longer listed. Records never change once written, so a record checked once stays true.
-//! The file is written whole to a temporary name and renamed over the old one, so processes
-//! sharing the cache (a mount running for days, `list` and `backup` beside it) never see it
-//! half-written and need no lock: the last writer wins, and any version is a correct subset
-//! that the next listing completes. A missing, damaged or unreadable file is an empty
-//! catalogue, rebuilt from the repository without a word.
+//! The file is a log: a new record is appended (`O_APPEND`, one write of whole records,
+//! then fsync), so saving a checkpoint costs the same at ten or ten thousand. Records no
+//! longer listed stay in the file until they outnumber a quarter of the live ones (and
+//! `STALE_RECORDS_KEPT`); then, or when the file is missing, damaged or torn, it is written
+//! whole to a temporary name and renamed over the old one. Processes sharing the cache (a
+//! mount running for days, `list` and `backup` beside it) need no lock: appends of whole
+//! records do not interleave, a record appended to a file just replaced is lost from the
+//! catalogue only, and every version of the file is a correct subset that the next listing
+//! completes. Reading stops at the first record that cannot be read (a torn tail of a
+//! killed writer); what came before is kept and the file is written whole at the next
+//! save. A missing or unreadable file is an empty catalogue, rebuilt from the repository
+//! without a word.
 //!
 //! Beside the records, the catalogue keeps the history of the paths `history` and the
 //! mount's `history/` were asked for (`histories/<keyed hash of the path>`): the entry at the
@@ -20,10 +27,11 @@
 //! `u32::MAX` where the path is absent). The most recently written `MAX_PATH_HISTORIES`
 //! are kept.
 //!
-//! Every file is encoded by the repository's codec: sealed under the master key when the
-//! repository is encrypted (records name hosts and paths), private (0600 in the 0700 cache
-//! directory) in every case. Its plaintext is a header line, then per record its id, the
-//! length of its JSON (u32 LE) and the JSON.
+//! Every record and path history is encoded by the repository's codec: sealed under the
+//! master key when the repository is encrypted (records name hosts and paths), private
+//! (0600 in the 0700 cache directory) in every case. The catalogue file is the line
+//! `HEADER`, then per record its stored form (the id and the record's JSON, encoded) with
+//! its length (u32 LE) before it.
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Error, ErrorKind, Result};
@@ -36,11 +44,19 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// The first line of the plaintext; a file with another one is rebuilt.
-const HEADER: &[u8] = b"cairn catalogue 1\n";
+/// The first bytes of the file; a file that starts otherwise is rebuilt.
+const HEADER: &[u8] = b"cairn catalogue log 2\n";
 
 /// The largest catalogue file read: far more than a million checkpoint records.
 const MAX_CATALOGUE_BYTES: u64 = 4 << 30;
+
+/// The largest stored record the file may hold: a checkpoint record (16 MiB at most) with
+/// its id and the codec's framing.
+const MAX_FRAME_BYTES: u64 = (16 << 20) + 4096;
+
+/// Stale records (forgotten, or appended twice by racing processes) the file may hold
+/// beyond a quarter of its live ones before it is compacted.
+const STALE_RECORDS_KEPT: usize = 64;
 
 /// The first line of a path history's plaintext.
 const HISTORY_HEADER: &[u8] = b"cairn path history 1\n";
@@ -69,7 +85,17 @@ pub struct Synced {
 pub struct Catalogue {
     path: PathBuf,
     histories: PathBuf,
-    records: Mutex<Option<HashMap<CheckpointId, Arc<Checkpoint>>>>,
+    known: Mutex<Option<Known>>,
+}
+
+/// The records as this process knows them, and what it knows of the file.
+struct Known {
+    records: HashMap<CheckpointId, Arc<Checkpoint>>,
+    /// The records the file holds, stale ones included.
+    stored: usize,
+    /// Whether the file must be written whole before records are appended to it: it is
+    /// missing, of another version, damaged or torn.
+    rewrite: bool,
 }
 
 impl Catalogue {
@@ -78,38 +104,33 @@ impl Catalogue {
         Catalogue {
             path: dir.join("catalogue"),
             histories: dir.join("histories"),
-            records: Mutex::new(None),
+            known: Mutex::new(None),
         }
     }
 
     /// Brings the catalogue up to date with one listing of `checkpoints/` in `repo`.
     pub fn sync(&self, repo: &Repository) -> Result<Synced> {
         let listed = checkpoint::list_ids(repo)?;
-        let mut guard = self.records.lock().expect("not poisoned");
-        let records = guard.get_or_insert_with(|| self.read_file(repo.codec()));
+        let mut guard = self.known.lock().expect("not poisoned");
+        let known = guard.get_or_insert_with(|| self.read_file(repo.codec()));
         let listed_set: HashSet<CheckpointId> = listed.iter().copied().collect();
-        let known = records.len();
-        records.retain(|id, _| listed_set.contains(id));
-        let mut changed = records.len() != known;
+        known.records.retain(|id, _| listed_set.contains(id));
+        let mut added = Vec::new();
         let mut unreadable = Vec::new();
         for id in listed {
-            if records.contains_key(&id) {
+            if known.records.contains_key(&id) {
                 continue;
             }
             match checkpoint::load(repo, &id) {
-                Ok(record) => {
-                    records.insert(id, Arc::new(record));
-                    changed = true;
-                }
+                Ok(record) => added.push((id, Arc::new(record))),
                 // Forgotten since it was listed.
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => unreadable.push((id, e)),
             }
         }
-        if changed {
-            self.write_file(repo.codec(), records);
-        }
-        let mut checkpoints: Listing = records
+        self.save(repo.codec(), known, added);
+        let mut checkpoints: Listing = known
+            .records
             .iter()
             .map(|(id, record)| (*id, record.clone()))
             .collect();
@@ -123,10 +144,11 @@ impl Catalogue {
     /// Adds record `id`, just written to the repository by this process, so no later run
     /// reads it back.
     pub fn insert(&self, codec: &Codec, id: CheckpointId, record: &Checkpoint) {
-        let mut guard = self.records.lock().expect("not poisoned");
-        let records = guard.get_or_insert_with(|| self.read_file(codec));
-        records.insert(id, Arc::new(record.clone()));
-        self.write_file(codec, records);
+        let mut guard = self.known.lock().expect("not poisoned");
+        let known = guard.get_or_insert_with(|| self.read_file(codec));
+        if !known.records.contains_key(&id) {
+            self.save(codec, known, vec![(id, Arc::new(record.clone()))]);
+        }
     }
 
     /// The entry at the path made of `components` in each of `checkpoints` (in their
@@ -161,9 +183,9 @@ impl Catalogue {
             let found = path_history(load, roots, components)?;
             known.extend(missing.iter().map(|(id, _)| *id).zip(found));
         }
-        if let Some(records) = self.records.lock().expect("not poisoned").as_ref() {
+        if let Some(catalogue) = self.known.lock().expect("not poisoned").as_ref() {
             let before = known.len();
-            known.retain(|id, _| records.contains_key(id));
+            known.retain(|id, _| catalogue.records.contains_key(id));
             changed |= known.len() != before;
         }
         let history = checkpoints
@@ -184,62 +206,114 @@ impl Catalogue {
         Ok(history)
     }
 
-    /// The records in the file; none when it is missing or cannot be read.
-    fn read_file(&self, codec: &Codec) -> HashMap<CheckpointId, Arc<Checkpoint>> {
-        match self.try_read_file(codec) {
-            Ok(records) => records,
-            Err(e) => {
-                if e.kind() != ErrorKind::NotFound {
-                    tracing::info!("rebuilding the checkpoint catalogue: {e}");
-                }
-                HashMap::new()
-            }
+    /// The records in the file: none when it is missing or of another version, those
+    /// before the damage when it is damaged or torn.
+    fn read_file(&self, codec: &Codec) -> Known {
+        let mut known = Known {
+            records: HashMap::new(),
+            stored: 0,
+            rewrite: true,
+        };
+        if let Err(e) = self.try_read_file(codec, &mut known)
+            && e.kind() != ErrorKind::NotFound
+        {
+            tracing::info!("rebuilding the checkpoint catalogue: {e}");
         }
+        known
     }
 
-    fn try_read_file(&self, codec: &Codec) -> Result<HashMap<CheckpointId, Arc<Checkpoint>>> {
+    /// Reads the records of the file into `known`, up to the first that cannot be read
+    /// (an error); `known.rewrite` is cleared only when every one could be.
+    fn try_read_file(&self, codec: &Codec, known: &mut Known) -> Result<()> {
         let location = || self.path.display().to_string();
         let stored = read_bounded(&self.path, MAX_CATALOGUE_BYTES)?;
-        let plaintext = codec.decode(&stored, MAX_CATALOGUE_BYTES, &location)?;
-        let mut rest = plaintext
-            .strip_prefix(HEADER)
-            .ok_or_else(|| Error::corrupt(location(), "not a catalogue of this version"))?;
-        let mut records = HashMap::new();
-        while !rest.is_empty() {
-            let truncated = || Error::corrupt(location(), "truncated");
-            let id = rest
-                .get(..ID_BYTES)
-                .and_then(CheckpointId::from_slice)
-                .ok_or_else(truncated)?;
-            let length = rest
-                .get(ID_BYTES..ID_BYTES + 4)
-                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
-                .ok_or_else(truncated)?;
-            let json = rest
-                .get(ID_BYTES + 4..ID_BYTES + 4 + length)
-                .ok_or_else(truncated)?;
+        let mut reader = Reader {
+            rest: stored
+                .strip_prefix(HEADER)
+                .ok_or_else(|| Error::corrupt(location(), "not a catalogue of this version"))?,
+            location: &location,
+        };
+        while !reader.rest.is_empty() {
+            let plaintext = codec.decode(reader.framed()?, MAX_FRAME_BYTES, &location)?;
+            let (id, json) = plaintext
+                .split_at_checked(ID_BYTES)
+                .ok_or_else(|| Error::corrupt(location(), "truncated record"))?;
+            let id = CheckpointId::from_slice(id).expect("32 bytes");
             let record = checkpoint::decode(json, &format!("{} record {id}", location()))?;
-            records.insert(id, Arc::new(record));
-            rest = &rest[ID_BYTES + 4 + length..];
+            known.records.insert(id, Arc::new(record));
+            known.stored += 1;
         }
-        Ok(records)
+        known.rewrite = false;
+        Ok(())
     }
 
-    /// Replaces the file with `records`. A catalogue that cannot be written costs only
-    /// reads on the next run, so a failure is logged, not returned.
-    fn write_file(&self, codec: &Codec, records: &HashMap<CheckpointId, Arc<Checkpoint>>) {
-        let mut plaintext = HEADER.to_vec();
-        for (id, record) in records {
-            let json = serde_json::to_vec(record.as_ref()).expect("checkpoints serialize");
-            plaintext.extend_from_slice(&id.0);
-            let length = u32::try_from(json.len()).expect("records are at most 16 MiB");
-            plaintext.extend_from_slice(&length.to_le_bytes());
-            plaintext.extend_from_slice(&json);
+    /// Adds the records of `added` to `known` and to the file: appended when the file is
+    /// sound and holds few stale records, the file written whole otherwise. A catalogue
+    /// that cannot be written costs only reads on the next run, so a failure is logged,
+    /// not returned.
+    fn save(&self, codec: &Codec, known: &mut Known, added: Vec<(CheckpointId, Arc<Checkpoint>)>) {
+        let live = known.records.len();
+        let stale = known.stored.saturating_sub(live);
+        let compact = known.rewrite || stale > STALE_RECORDS_KEPT.max(live / 4);
+        if !compact && added.is_empty() {
+            return;
         }
-        if let Err(e) = write_private_atomically(&self.path, &codec.encode(&plaintext, true)) {
+        let mut appended = Vec::new();
+        for (id, record) in &added {
+            push_framed(&mut appended, &encode_record(codec, id, record));
+        }
+        known.records.extend(added.iter().cloned());
+        let written = if compact {
+            self.write_whole(codec, known)
+        } else {
+            match append_synced(&self.path, &appended) {
+                Ok(()) => {
+                    known.stored += added.len();
+                    Ok(())
+                }
+                // Removed or replaced by something unwritable meanwhile.
+                Err(_) => self.write_whole(codec, known),
+            }
+        };
+        if let Err(e) = written {
             tracing::info!("could not save the checkpoint catalogue: {e}");
+            known.rewrite = true;
         }
     }
+
+    /// Replaces the file with one holding the records of `known`.
+    fn write_whole(&self, codec: &Codec, known: &mut Known) -> Result<()> {
+        let mut bytes = HEADER.to_vec();
+        for (id, record) in &known.records {
+            push_framed(&mut bytes, &encode_record(codec, id, record));
+        }
+        write_private_atomically(&self.path, &bytes)?;
+        known.stored = known.records.len();
+        known.rewrite = false;
+        Ok(())
+    }
+}
+
+/// The stored form of record `id` in the file: its id and JSON, encoded by `codec`.
+fn encode_record(codec: &Codec, id: &CheckpointId, record: &Checkpoint) -> Vec<u8> {
+    let mut plaintext = id.0.to_vec();
+    serde_json::to_writer(&mut plaintext, record).expect("checkpoints serialize");
+    codec.encode(&plaintext, true)
+}
+
+/// Appends `bytes` to the existing file `path` in one write and syncs it. Writes with
+/// `O_APPEND` of whole records by several processes do not interleave; the file is not
+/// created, so a missing one is written whole (with its header) instead.
+fn append_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_data()
+        })
+        .map_err(|e| Error::io(format!("appending to {}", path.display()), e))
 }
 
 /// The bytes of file `path`, refused when it holds more than `max_bytes`.

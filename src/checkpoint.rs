@@ -152,9 +152,9 @@ pub fn copy_record(from: &Repository, to: &Repository, id: &CheckpointId) -> Res
 pub fn list_ids(repo: &Repository) -> Result<Vec<CheckpointId>> {
     let mut ids: Vec<CheckpointId> = repo
         .backend()
-        .list("checkpoints/")?
+        .list_names("checkpoints/")?
         .into_iter()
-        .filter_map(|o| CheckpointId::from_hex(o.name.strip_prefix("checkpoints/")?))
+        .filter_map(|name| CheckpointId::from_hex(name.strip_prefix("checkpoints/")?))
         .collect();
     ids.sort();
     Ok(ids)

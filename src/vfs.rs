@@ -26,7 +26,7 @@ use crate::holes::{ZeroChunks, data_bytes, seek};
 use crate::id::{BlobId, CheckpointId};
 use crate::readahead::ChunkStream;
 use crate::repo::Repository;
-use crate::tree::{ChunkRef, Entry, EntryKind, Tree, Xattr, load_tree, sized_file_chunks};
+use crate::tree::{ChunkRef, Content, Entry, EntryKind, Tree, Xattr, load_tree, sized_file_chunks};
 use crossbeam_channel::{Sender, bounded};
 use quick_cache::sync::Cache;
 use std::collections::{BTreeSet, HashMap};
@@ -57,6 +57,11 @@ const PREFETCH_THREADS: usize = 4;
 const PREFETCH_WINDOW_FILES: usize = 64;
 /// Directories whose reading order is kept for the prefetcher.
 const READING_ORDERS: usize = 1024;
+/// Bytes of `history/` path histories kept in memory. A history holds an entry per
+/// checkpoint, so a count alone would let ten thousand checkpoints take gigabytes.
+const HISTORY_CACHE_BYTES: u64 = 32 << 20;
+/// Path histories kept in memory at most, however small.
+const HISTORY_CACHE_ITEMS: usize = 4096;
 
 /// What kind of file a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +187,39 @@ impl quick_cache::Weighter<BlobId, Arc<Vec<u8>>> for ChunkWeight {
     }
 }
 
+#[derive(Clone)]
+struct HistoryWeight;
+
+/// Path histories with the catalogue generation they were computed for, bounded by the
+/// bytes they hold.
+type HistoryCache = Cache<HistoryPath, (u64, Arc<PathHistory>), HistoryWeight>;
+
+impl quick_cache::Weighter<HistoryPath, (u64, Arc<PathHistory>)> for HistoryWeight {
+    fn weight(&self, path: &HistoryPath, value: &(u64, Arc<PathHistory>)) -> u64 {
+        let path_bytes: usize = path.iter().map(|c| c.len() + 24).sum();
+        let entry_bytes: usize = value.1.iter().flatten().map(entry_heap_bytes).sum();
+        let slots = value.1.len() * std::mem::size_of::<Option<Entry>>();
+        (path_bytes + entry_bytes + slots) as u64
+    }
+}
+
+/// The bytes `entry` holds outside itself.
+fn entry_heap_bytes(entry: &Entry) -> usize {
+    let kind = match &entry.kind {
+        EntryKind::File(Content::Chunks(chunks)) => std::mem::size_of_val(chunks.as_slice()),
+        EntryKind::Symlink(target) => target.len(),
+        _ => 0,
+    };
+    let xattrs: usize = entry
+        .xattrs
+        .iter()
+        .map(|x| std::mem::size_of::<Xattr>() + x.name.len() + x.value.len())
+        .sum();
+    let owners =
+        entry.user.as_ref().map_or(0, String::len) + entry.group.as_ref().map_or(0, String::len);
+    entry.name.len() + kind + xattrs + owners
+}
+
 /// The virtual filesystem over one repository.
 pub struct Vfs {
     repo: Arc<Repository>,
@@ -198,7 +236,7 @@ pub struct Vfs {
     zero_chunks: ZeroChunks,
     chunks: Arc<ChunkCache>,
     /// Histories of `history/` paths, with the catalogue generation they were computed for.
-    histories: Cache<HistoryPath, (u64, Arc<PathHistory>)>,
+    histories: HistoryCache,
     prefetch: Sender<Prefetch>,
     /// Set by the FUSE adapter: where prefetched file starts go.
     page_pusher: Arc<OnceLock<PagePusher>>,
@@ -365,7 +403,11 @@ impl Vfs {
             trees,
             chunk_lists: Cache::new(1024),
             chunks,
-            histories: Cache::new(4096),
+            histories: Cache::with_weighter(
+                HISTORY_CACHE_ITEMS,
+                HISTORY_CACHE_BYTES,
+                HistoryWeight,
+            ),
             prefetch,
             reading_orders: Cache::new(READING_ORDERS),
             page_pusher,

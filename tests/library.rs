@@ -616,12 +616,14 @@ fn repairs_stopped_at_any_write_or_delete_lose_nothing_and_resume() {
 
 /// A backend that counts the checkpoint records read whole (`get` of `checkpoints/…`), the
 /// listings of `checkpoints/`, and the ranges read from packs: one per `get_range`, one per
-/// range of a `get_ranges` (a store without batched reads makes a request for each).
+/// range of a `get_ranges` (a store without batched reads makes a request for each); and
+/// records the prefixes listed with sizes.
 struct CountingBackend {
     inner: LocalBackend,
     record_gets: std::sync::Mutex<Vec<String>>,
     checkpoint_lists: AtomicUsize,
     ranged_reads: AtomicUsize,
+    sized_lists: std::sync::Mutex<Vec<String>>,
 }
 
 impl CountingBackend {
@@ -631,6 +633,7 @@ impl CountingBackend {
             record_gets: Default::default(),
             checkpoint_lists: AtomicUsize::new(0),
             ranged_reads: AtomicUsize::new(0),
+            sized_lists: Default::default(),
         })
     }
 
@@ -666,7 +669,14 @@ impl Backend for CountingBackend {
         if prefix == "checkpoints/" {
             self.checkpoint_lists.fetch_add(1, Ordering::SeqCst);
         }
+        self.sized_lists.lock().unwrap().push(prefix.to_owned());
         self.inner.list(prefix)
+    }
+    fn list_names(&self, prefix: &str) -> Result<Vec<String>> {
+        if prefix == "checkpoints/" {
+            self.checkpoint_lists.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.list_names(prefix)
     }
     fn delete(&self, name: &str) -> Result<()> {
         self.inner.delete(name)
@@ -674,6 +684,82 @@ impl Backend for CountingBackend {
     fn exists(&self, name: &str) -> Result<bool> {
         self.inner.exists(name)
     }
+}
+
+/// The catalogue file in cache directory `cache`.
+fn catalogue_file(cache: &std::path::Path) -> std::path::PathBuf {
+    let found: Vec<_> = entries_below(cache)
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "catalogue"))
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    found[0].clone()
+}
+
+#[test]
+fn a_new_checkpoint_is_appended_to_the_catalogue_and_a_torn_tail_is_read_again() {
+    let sandbox = Sandbox::new();
+    init_repo(&sandbox, ChunkerParams::default());
+    let source = sandbox.path("source");
+    std::fs::create_dir_all(&source).unwrap();
+    let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
+    let cache = sandbox.path("cache");
+    let repo = open(counting.clone(), &cache);
+    for round in 0..3 {
+        std::fs::write(source.join("counter"), round.to_string()).unwrap();
+        back_up(&repo, &source).unwrap();
+    }
+    let file = catalogue_file(&cache);
+    let inode = |path: &std::path::Path| {
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+    };
+    let (before, inode_before) = (std::fs::read(&file).unwrap(), inode(&file));
+
+    // Saving a checkpoint appends its record: the file is neither replaced nor rewritten.
+    std::fs::write(source.join("counter"), "last").unwrap();
+    let last = back_up(&repo, &source).unwrap().id.unwrap();
+    let after = std::fs::read(&file).unwrap();
+    assert_eq!(inode(&file), inode_before, "the catalogue was replaced");
+    assert!(
+        after.len() > before.len() && after.starts_with(&before),
+        "the catalogue was rewritten"
+    );
+    drop(repo);
+
+    // A writer killed while appending leaves a torn tail: the records before it are kept,
+    // the torn one is read again from the repository, and the file is made whole.
+    std::fs::write(&file, &after[..after.len() - 5]).unwrap();
+    counting.take_counts();
+    let repo = open(counting.clone(), &cache);
+    assert_eq!(cairn::checkpoint::list(&repo).unwrap().len(), 4);
+    assert_eq!(
+        counting.take_counts().0,
+        vec![format!("checkpoints/{last}")]
+    );
+    drop(repo);
+    let repo = open(counting.clone(), &cache);
+    assert_eq!(cairn::checkpoint::list(&repo).unwrap().len(), 4);
+    assert_eq!(counting.take_counts().0, Vec::<String>::new());
+}
+
+#[test]
+fn opening_listing_and_a_no_op_backup_list_checkpoints_index_and_locks_by_name_only() {
+    let sandbox = Sandbox::new();
+    init_repo(&sandbox, ChunkerParams::default());
+    let source = sandbox.path("source");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("file"), "content").unwrap();
+    let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
+    let cache = sandbox.path("cache");
+    back_up(&open(counting.clone(), &cache), &source).unwrap();
+    counting.sized_lists.lock().unwrap().clear();
+
+    let repo = open(counting.clone(), &cache);
+    assert_eq!(cairn::checkpoint::list(&repo).unwrap().len(), 1);
+    cairn::checkpoint::resolve(&repo, "latest").unwrap();
+    back_up(&repo, &source).unwrap();
+    let sized = std::mem::take(&mut *counting.sized_lists.lock().unwrap());
+    assert_eq!(sized, Vec::<String>::new(), "listed with a stat per object");
 }
 
 #[test]
@@ -745,12 +831,7 @@ fn the_local_catalogue_reads_each_checkpoint_record_once_and_follows_the_listing
 
     // A lost or damaged catalogue is rebuilt from the repository, silently.
     drop(repo);
-    let catalogue_files: Vec<_> = entries_below(&cache)
-        .into_iter()
-        .filter(|p| p.file_name().is_some_and(|n| n == "catalogue"))
-        .collect();
-    assert_eq!(catalogue_files.len(), 1, "{catalogue_files:?}");
-    let catalogue_file = catalogue_files[0].clone();
+    let catalogue_file = catalogue_file(&cache);
     std::fs::write(&catalogue_file, b"\x01 damaged").unwrap();
     let repo = open(counting.clone(), &cache);
     assert_eq!(ids(&repo).len(), 4);

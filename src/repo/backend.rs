@@ -61,6 +61,11 @@ pub trait Backend: Send + Sync {
     fn put(&self, name: &str, data: &[u8]) -> Result<()>;
     /// Every object whose name starts with `prefix` (e.g. `"data/"`), in no particular order.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    /// The names `list` gives, for callers that need no sizes; a store that learns sizes
+    /// only at a cost (a local directory: a `stat` per object) lists names alone.
+    fn list_names(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self.list(prefix)?.into_iter().map(|o| o.name).collect())
+    }
     fn delete(&self, name: &str) -> Result<()>;
     /// Whether the object exists.
     fn exists(&self, name: &str) -> Result<bool>;
@@ -192,36 +197,49 @@ impl LocalBackend {
         Ok(self.root.join(name))
     }
 
-    /// Every file below `dir` (named `rel/...`), skipping temporary files of puts.
-    fn walk(&self, dir: &Path, rel: &str, out: &mut Vec<ObjectInfo>) -> Result<()> {
-        let entries = match fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
-        };
-        for entry in entries {
-            let entry = entry.context_io(|| format!("listing {}", dir.display()))?;
-            let Some(file_name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
+    /// Calls `found` with the name and directory entry of every object whose name starts
+    /// with `prefix`, skipping temporary files of puts. Directories are told from files by
+    /// the type `readdir` gives (a `stat` only for a symbolic link), and walked with a
+    /// list of pending ones, not recursion.
+    fn visit(
+        &self,
+        prefix: &str,
+        mut found: impl FnMut(String, &fs::DirEntry) -> Result<()>,
+    ) -> Result<()> {
+        let top = prefix.rsplit_once('/').map_or("", |(dir, _)| dir);
+        let mut pending = vec![top.to_owned()];
+        while let Some(rel) = pending.pop() {
+            let dir = self.root.join(&rel);
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
             };
-            if file_name.starts_with('.') {
-                continue;
-            }
-            let name = if rel.is_empty() {
-                file_name
-            } else {
-                format!("{rel}/{file_name}")
-            };
-            let metadata = entry
-                .metadata()
-                .context_io(|| format!("reading {}", entry.path().display()))?;
-            if metadata.is_dir() {
-                self.walk(&entry.path(), &name, out)?;
-            } else {
-                out.push(ObjectInfo {
-                    name,
-                    size: metadata.len(),
-                });
+            for entry in entries {
+                let entry = entry.context_io(|| format!("listing {}", dir.display()))?;
+                let Some(file_name) = entry.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                if file_name.starts_with('.') {
+                    continue;
+                }
+                let name = if rel.is_empty() {
+                    file_name
+                } else {
+                    format!("{rel}/{file_name}")
+                };
+                let reading = || format!("reading {}", entry.path().display());
+                let file_type = entry.file_type().context_io(reading)?;
+                let is_dir = if file_type.is_symlink() {
+                    fs::metadata(entry.path()).context_io(reading)?.is_dir()
+                } else {
+                    file_type.is_dir()
+                };
+                if is_dir {
+                    pending.push(name);
+                } else if name.starts_with(prefix) {
+                    found(name, &entry)?;
+                }
             }
         }
         Ok(())
@@ -357,10 +375,26 @@ impl Backend for LocalBackend {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        let dir = prefix.rsplit_once('/').map_or("", |(dir, _)| dir);
         let mut out = Vec::new();
-        self.walk(&self.root.join(dir), dir, &mut out)?;
-        out.retain(|object| object.name.starts_with(prefix));
+        self.visit(prefix, |name, entry| {
+            let metadata = entry
+                .metadata()
+                .context_io(|| format!("reading {}", entry.path().display()))?;
+            out.push(ObjectInfo {
+                name,
+                size: metadata.len(),
+            });
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn list_names(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        self.visit(prefix, |name, _| {
+            out.push(name);
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -420,6 +454,12 @@ mod tests {
             }]
         );
         assert_eq!(backend.list("index/").unwrap().len(), 1);
+        assert_eq!(backend.list_names("data/").unwrap(), vec!["data/ab/abcd"]);
+        assert_eq!(
+            backend.list_names("data/ab/ab").unwrap(),
+            vec!["data/ab/abcd"]
+        );
+        assert_eq!(backend.list_names("data/cd").unwrap(), Vec::<String>::new());
         backend.delete("data/ab/abcd").unwrap();
         assert!(!backend.exists("data/ab/abcd").unwrap());
         assert_eq!(

@@ -228,11 +228,7 @@ impl BlobIndex {
 
     /// Brings the cache up to date with the repository's `index/` files.
     pub fn sync(&self, backend: &dyn Backend, codec: &Codec) -> Result<()> {
-        let listed: HashSet<String> = backend
-            .list("index/")?
-            .into_iter()
-            .map(|o| o.name)
-            .collect();
+        let listed: HashSet<String> = backend.list_names("index/")?.into_iter().collect();
         let mut known = HashSet::new();
         for key in self.files.iter().keys() {
             let key = key.map_err(|e| cache_error(&self.path, e))?;

@@ -143,6 +143,11 @@ impl Backend for Retrying {
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         self.run(&format!("listing {prefix}"), || self.inner.list(prefix))
     }
+    fn list_names(&self, prefix: &str) -> Result<Vec<String>> {
+        self.run(&format!("listing {prefix}"), || {
+            self.inner.list_names(prefix)
+        })
+    }
     fn delete(&self, name: &str) -> Result<()> {
         self.run(&format!("deleting {name}"), || self.inner.delete(name))
     }
@@ -213,6 +218,10 @@ impl Backend for Bounded {
         let _permit = self.permit();
         self.inner.list(prefix)
     }
+    fn list_names(&self, prefix: &str) -> Result<Vec<String>> {
+        let _permit = self.permit();
+        self.inner.list_names(prefix)
+    }
     fn delete(&self, name: &str) -> Result<()> {
         let _permit = self.permit();
         self.inner.delete(name)
@@ -280,6 +289,9 @@ impl Backend for Limited {
     }
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         self.inner.list(prefix)
+    }
+    fn list_names(&self, prefix: &str) -> Result<Vec<String>> {
+        self.inner.list_names(prefix)
     }
     fn delete(&self, name: &str) -> Result<()> {
         self.inner.delete(name)

@@ -160,15 +160,15 @@ type Locks = Vec<(String, Option<LockRecord>)>;
 fn read_locks(repo: &Repository) -> Result<(Locks, BTreeSet<String>)> {
     let mut locks = Vec::new();
     let mut vanished = BTreeSet::new();
-    for object in repo.backend().list("locks/")? {
-        match repo.read_json_object::<LockRecord>(&object.name) {
-            Ok(record) => locks.push((object.name, Some(record))),
+    for name in repo.backend().list_names("locks/")? {
+        match repo.read_json_object::<LockRecord>(&name) {
+            Ok(record) => locks.push((name, Some(record))),
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                vanished.insert(object.name);
+                vanished.insert(name);
             }
             Err(e) => {
-                tracing::warn!("unreadable lock {}: {e}", object.name);
-                locks.push((object.name, None));
+                tracing::warn!("unreadable lock {name}: {e}");
+                locks.push((name, None));
             }
         }
     }

@@ -194,7 +194,7 @@ fn refuse_downgrade_to_none(backend: &dyn Backend, config: &Config, given: Secre
     if config.carries_a_seal() {
         evidence.push("the config carries a seal only an encryption key makes".to_owned());
     }
-    let keys = backend.list(keys::KEYS_PREFIX)?.len();
+    let keys = backend.list_names(keys::KEYS_PREFIX)?.len();
     if keys > 0 {
         evidence.push(format!(
             "{} holds {keys} password key(s)",

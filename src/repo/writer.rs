@@ -366,14 +366,19 @@ pub struct RecoveredPacks {
 fn find_orphan_packs(repo: &Repository) -> Result<(RecoveredPacks, IndexedPacks)> {
     let mut recovered = RecoveredPacks::default();
     let mut packs: IndexedPacks = Vec::new();
-    for object in repo.backend().list("data/")? {
-        let Some(pack) = pack_id_of_object(&object.name) else {
+    // Names only: the size is asked for of the few packs no index file lists.
+    for name in repo.backend().list_names("data/")? {
+        let Some(pack) = pack_id_of_object(&name) else {
             continue;
         };
         if repo.index().contains_pack(&pack)? {
             continue;
         }
-        let header = fetch_header(repo.backend(), &pack, object.size, repo.codec());
+        let mut size = 0;
+        let header = repo.backend().size(&name).and_then(|found| {
+            size = found;
+            fetch_header(repo.backend(), &pack, size, repo.codec())
+        });
         // A pack some of whose blobs are listed elsewhere is the leftover of a rewrite (prune,
         // `repair packs`) stopped before it deleted it, possibly a damaged one the repair
         // meant to drop: it is read whole and taken only if its bytes match its id.
@@ -385,22 +390,19 @@ fn find_orphan_packs(repo: &Repository) -> Result<(RecoveredPacks, IndexedPacks)
                     break;
                 }
             }
-            if rewritten && blake3::hash(&repo.backend().get(&object.name)?).as_bytes() != &pack.0 {
-                return Err(Error::corrupt(
-                    &object.name,
-                    "bytes do not match the pack's id",
-                ));
+            if rewritten && blake3::hash(&repo.backend().get(&name)?).as_bytes() != &pack.0 {
+                return Err(Error::corrupt(&name, "bytes do not match the pack's id"));
             }
             Ok(entries)
         });
         match header {
             Ok(entries) => {
                 recovered.packs += 1;
-                recovered.bytes += object.size;
+                recovered.bytes += size;
                 packs.push((pack, entries));
             }
             Err(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::NotFound) => {
-                tracing::warn!("leaving pack {} unused: {e}", object.name);
+                tracing::warn!("leaving pack {name} unused: {e}");
                 recovered.unreadable += 1;
             }
             Err(e) => return Err(e),
@@ -410,8 +412,9 @@ fn find_orphan_packs(repo: &Repository) -> Result<(RecoveredPacks, IndexedPacks)
 }
 
 /// Indexes the packs no index file lists: those a killed run stored before its next index
-/// file, and those a backup running alongside has not indexed yet. One listing of `data/`;
-/// for each pack the cache does not know, two ranged reads give its header, which must open
+/// file, and those a backup running alongside has not indexed yet. One listing of the names
+/// in `data/`; for each pack the cache does not know, its size and two ranged reads give its
+/// header, which must open
 /// under the repository's key and lie inside the pack, and an index file is written for the
 /// packs whose header does; a pack that shares blobs with listed ones is read whole and must
 /// match its id. A pack that fails is left as it is, unused (the next prune deletes it).
