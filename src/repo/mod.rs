@@ -520,8 +520,9 @@ impl Repository {
             return Ok(plaintext);
         }
         let location = self.locate(id)?;
-        let plaintext = self.read_blob_at(&location, id)?;
-        self.keep_tree(id, &self.codec.encode(&plaintext, true));
+        let stored = self.read_stored_blob(&location, id)?;
+        let plaintext = self.decode_blob_at(&location, id, &stored)?;
+        self.keep_tree(id, &stored);
         Ok(plaintext)
     }
 
@@ -537,17 +538,22 @@ impl Repository {
 
     /// Reads blob `id` from `location` and checks it against its id.
     pub fn read_blob_at(&self, location: &BlobLocation, id: &BlobId) -> Result<Vec<u8>> {
+        let stored = self.read_stored_blob(location, id)?;
+        self.decode_blob_at(location, id, &stored)
+    }
+
+    /// The bytes of blob `id` as stored at `location`, its lengths checked before they are
+    /// asked for.
+    fn read_stored_blob(&self, location: &BlobLocation, id: &BlobId) -> Result<Vec<u8>> {
         let where_ = || format!("pack {} blob {}", location.pack, id);
         codec::check_blob_lengths(&location.entry, &where_)?;
-        let stored = self
-            .backend
+        self.backend
             .get_range(
                 &pack_object_name(&location.pack),
                 location.entry.offset as u64,
                 location.entry.length as u64,
             )
-            .map_err(|e| blob_read_error(e, &where_))?;
-        self.codec.decode_blob(&stored, &location.entry, &where_)
+            .map_err(|e| blob_read_error(e, &where_))
     }
 
     /// Decodes blob `id`, whose stored bytes at `location` are `stored` (read along with its

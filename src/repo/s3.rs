@@ -203,11 +203,10 @@ impl S3Backend {
         range: impl std::ops::RangeBounds<u64> + Send + 'static,
         limit: u64,
     ) -> Result<Vec<u8>> {
-        let what = || format!("reading {name}");
         let operator = self.operator.clone();
         let name_owned = name.to_owned();
         let location = self.location.to_string();
-        let outcome = runtime().block_on(async move {
+        self.wait(|| format!("reading {name}"), async move {
             let reader = operator.reader(&name_owned).await?;
             let mut stream = reader.into_bytes_stream(range).await?;
             let mut bytes = Vec::new();
@@ -222,8 +221,7 @@ impl S3Backend {
                 bytes.extend_from_slice(&piece);
             }
             Ok(Ok(bytes))
-        });
-        outcome.map_err(|e| self.error(&what(), e))?
+        })?
     }
 
     /// The error a user reads for what the store answered `what`.
