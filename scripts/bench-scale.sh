@@ -15,9 +15,10 @@ SMALL=${1:-100}
 LARGE=${2:-10000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-/dev/shm/cairn-bench-scale}
-CAIRN="$ROOT/target/debug/cairn"
-GENERATE="$ROOT/target/debug/examples/scale_repo"
-(cd "$ROOT" && cargo build --quiet && cargo build --quiet --example scale_repo)
+# The release build, as users run it.
+CAIRN="$ROOT/target/release/cairn"
+GENERATE="$ROOT/target/release/examples/scale_repo"
+(cd "$ROOT" && cargo build --release --quiet && cargo build --release --quiet --example scale_repo)
 
 # Median wall seconds of three runs of "$@" (output discarded), after one warm-up run.
 median_time() {

@@ -747,10 +747,23 @@ fn find_parent(
     host: &str,
     paths: &[String],
 ) -> Result<Option<(CheckpointId, Checkpoint)>> {
-    Ok(checkpoint::list(repo)?
-        .into_iter()
-        .rev()
-        .find(|(_, c)| c.series() == (host, paths, None)))
+    let newest_known = |listing: crate::catalogue::Listing| {
+        listing
+            .into_iter()
+            .rev()
+            .find(|s| s.label.series() == (host, paths, None))
+    };
+    // The catalogue as this cache knows it, without a listing; a parent forgotten since
+    // (its trees may be pruned) sends it to the repository.
+    let mut found = newest_known(repo.catalogue().known(repo)?);
+    if let Some(summary) = &found
+        && !checkpoint::exists(repo, &summary.id)?
+    {
+        found = newest_known(checkpoint::list_shared(repo)?);
+    }
+    found
+        .map(|summary| Ok((summary.id, repo.catalogue().record(repo, &summary)?)))
+        .transpose()
 }
 
 /// Backs up `options.paths` into `repo` and writes the checkpoint (unless a dry run).

@@ -1,21 +1,33 @@
 //! The local catalogue: every checkpoint record of a repository, kept in the repository's
-//! cache directory (`<cache>/<repository id>/catalogue`) so that commands which list
-//! checkpoints read one local file instead of every `checkpoints/<id>` object on every run.
+//! cache directory (`<cache>/<repository id>/`) so that commands which list checkpoints read
+//! local files instead of every `checkpoints/<id>` object on every run, and read no more of
+//! them than they need.
 //!
-//! The repository decides what exists: each sync lists `checkpoints/` once, reads (and
-//! checks against its id) only the records the catalogue does not hold, and drops those no
-//! longer listed. Records never change once written, so a record checked once stays true.
-//! The file is a log: a new record is appended (`O_APPEND`, one write of whole records,
-//! then fsync), so saving a checkpoint costs the same at ten or ten thousand. Records no
-//! longer listed stay in the file until they outnumber a quarter of the live ones (and
-//! `STALE_RECORDS_KEPT`); then, or when the file is missing, damaged or torn, it is written
-//! whole to a temporary name and renamed over the old one. Processes sharing the cache (a
-//! mount running for days, `list` and `backup` beside it) need no lock: appends of whole
-//! records do not interleave, a record appended to a file just replaced is lost from the
-//! catalogue only, and every version of the file is a correct subset that the next listing
-//! completes. Reading stops at the first record that cannot be read (a torn tail of a
-//! killed writer); what came before is kept and the file is written whole at the next
-//! save. A missing or unreadable file is an empty catalogue, rebuilt from the repository
+//! Two files. `catalogue` is a log of whole records: a new record is appended (`O_APPEND`,
+//! one write of whole records, then fsync), so saving a checkpoint costs the same at ten or
+//! ten thousand. `catalogue.summary` holds, per live checkpoint in catalogue order, what
+//! listing, ordering, filtering and naming need: its id, time, label (host, paths, tags,
+//! the URL it was pulled from; each distinct label stored once) and where its record is in
+//! the log; with it the backend's listing token of `checkpoints/` at which it was complete
+//! (see `Backend::listing_token`). A command reads the summary whole (one decode) and
+//! records one by one at their offsets, each checked against its id; a record that cannot
+//! be read there is read from the repository.
+//!
+//! The repository decides what exists: a sync lists `checkpoints/` once, reads (and checks
+//! against its id) only the records the catalogue does not hold, and drops those no longer
+//! listed; when the backend gives a listing token equal to the summary's, nothing was added
+//! or removed and the listing is skipped. Records never change once written, so a record
+//! checked once stays true. Records no longer listed stay in the log until they outnumber a
+//! quarter of the live ones (and `STALE_RECORDS_KEPT`); then, or when the log is missing,
+//! damaged or torn, it is written whole (live records copied as they are stored) to a
+//! temporary name and renamed over the old one, and the summary after it. Processes sharing
+//! the cache (a mount running for days, `list` and `backup` beside it) need no lock:
+//! appends of whole records do not interleave, both files are replaced by rename, every
+//! version of the summary is a correct subset of the repository at its token (a stale token
+//! only costs a listing), and a record found at an offset is used only if it is the record
+//! asked for. Reading the log stops at the first record that cannot be read (a torn tail of
+//! a killed writer); what came before is kept and the log is written whole at the next
+//! save. Missing or unreadable files are an empty catalogue, rebuilt from the repository
 //! without a word.
 //!
 //! Beside the records, the catalogue keeps the history of the paths `history` and the
@@ -27,13 +39,16 @@
 //! `u32::MAX` where the path is absent). The most recently written `MAX_PATH_HISTORIES`
 //! are kept.
 //!
-//! Every record and path history is encoded by the repository's codec: sealed under the
-//! master key when the repository is encrypted (records name hosts and paths), private
-//! (0600 in the 0700 cache directory) in every case. The catalogue file is the line
-//! `HEADER`, then per record its stored form (the id and the record's JSON, encoded) with
-//! its length (u32 LE) before it.
+//! Every record, summary and path history is encoded by the repository's codec: sealed under
+//! the master key when the repository is encrypted (records name hosts and paths), private
+//! (0600 in the 0700 cache directory) in every case. The log is the line `HEADER`, then per
+//! record its stored form (the id and the record's JSON, encoded) with its length (u32 LE)
+//! before it. The summary's plaintext is the line `SUMMARY_HEADER`, the listing token
+//! (framed; empty for none), the number of records in the log (u64 LE), the labels (u32 LE
+//! count, each framed JSON), then per checkpoint its id, label index (u32 LE), record offset
+//! (u64 LE; `u64::MAX` for none) and frame length (u32 LE) and framed time.
 
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint::{self, Checkpoint, Label};
 use crate::error::{Error, ErrorKind, Result};
 use crate::history::{PathHistory, TreeLoader, path_history};
 use crate::id::{CheckpointId, ID_BYTES};
@@ -44,19 +59,25 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// The first bytes of the file; a file that starts otherwise is rebuilt.
+/// The first bytes of the log; a file that starts otherwise is rebuilt.
 const HEADER: &[u8] = b"cairn catalogue log 2\n";
+
+/// The first line of the summary's plaintext.
+const SUMMARY_HEADER: &[u8] = b"cairn catalogue summary 1\n";
 
 /// The largest catalogue file read: far more than a million checkpoint records.
 const MAX_CATALOGUE_BYTES: u64 = 4 << 30;
 
-/// The largest stored record the file may hold: a checkpoint record (16 MiB at most) with
+/// The largest stored record the log may hold: a checkpoint record (16 MiB at most) with
 /// its id and the codec's framing.
 const MAX_FRAME_BYTES: u64 = (16 << 20) + 4096;
 
-/// Stale records (forgotten, or appended twice by racing processes) the file may hold
+/// Stale records (forgotten, or appended twice by racing processes) the log may hold
 /// beyond a quarter of its live ones before it is compacted.
 const STALE_RECORDS_KEPT: usize = 64;
+
+/// Records wanted at once beyond which the log is read whole rather than record by record.
+const RECORDS_READ_ONE_BY_ONE: usize = 32;
 
 /// The first line of a path history's plaintext.
 const HISTORY_HEADER: &[u8] = b"cairn path history 1\n";
@@ -67,11 +88,42 @@ const MAX_PATH_HISTORIES: usize = 256;
 /// The entry index of a checkpoint where the path is absent.
 const ABSENT: u32 = u32::MAX;
 
+/// The record offset of a checkpoint the log does not hold.
+const NOT_STORED: u64 = u64::MAX;
+
 /// The entry at one path by checkpoint.
-type PathEntries = HashMap<CheckpointId, Option<Entry>>;
+type PathEntries = HashMap<CheckpointId, Option<Arc<Entry>>>;
+
+/// What the catalogue holds of one checkpoint without reading its record: enough to list,
+/// order, filter and name it.
+#[derive(Debug)]
+pub struct Summary {
+    pub id: CheckpointId,
+    /// RFC 3339 UTC, as in the record.
+    pub time: String,
+    pub label: Arc<Label>,
+    /// Where the record is in the log: offset of its frame and the frame's length.
+    stored_at: Option<(u64, u32)>,
+}
+
+impl Summary {
+    fn of(id: CheckpointId, record: &Checkpoint, stored_at: Option<(u64, u32)>) -> Self {
+        Summary {
+            id,
+            time: record.time.clone(),
+            label: Arc::new(record.label()),
+            stored_at,
+        }
+    }
+
+    /// The order of the catalogue: oldest first, ties broken by id.
+    fn order(&self, other: &Summary) -> std::cmp::Ordering {
+        self.time.cmp(&other.time).then(self.id.cmp(&other.id))
+    }
+}
 
 /// Checkpoints in catalogue order, shared.
-pub type Listing = Vec<(CheckpointId, Arc<Checkpoint>)>;
+pub type Listing = Vec<Arc<Summary>>;
 
 /// What a sync found: the checkpoints whose records could be read, in catalogue order, and
 /// those listed whose records could not (with why).
@@ -80,22 +132,28 @@ pub struct Synced {
     pub unreadable: Vec<(CheckpointId, Error)>,
 }
 
-/// The catalogue of one repository: its file, and the records as this process last knew
-/// them (read from the file on first use).
+/// The catalogue of one repository: its files, and the summaries as this process last knew
+/// them (read from the files on first use).
 pub struct Catalogue {
     path: PathBuf,
+    summary_path: PathBuf,
     histories: PathBuf,
     known: Mutex<Option<Known>>,
 }
 
-/// The records as this process knows them, and what it knows of the file.
+/// The checkpoints as this process knows them, and what it knows of the files.
 struct Known {
-    records: HashMap<CheckpointId, Arc<Checkpoint>>,
-    /// The records the file holds, stale ones included.
+    /// In catalogue order.
+    summaries: Listing,
+    /// The listing token of `checkpoints/` at which `summaries` held every checkpoint.
+    token: Option<String>,
+    /// The records the log holds, stale ones included.
     stored: usize,
-    /// Whether the file must be written whole before records are appended to it: it is
+    /// Whether the log must be written whole before records are appended to it: it is
     /// missing, of another version, damaged or torn.
     rewrite: bool,
+    /// Whether the summary file lacks what `summaries` holds.
+    summary_stale: bool,
 }
 
 impl Catalogue {
@@ -103,64 +161,189 @@ impl Catalogue {
     pub fn in_dir(dir: &Path) -> Self {
         Catalogue {
             path: dir.join("catalogue"),
+            summary_path: dir.join("catalogue.summary"),
             histories: dir.join("histories"),
             known: Mutex::new(None),
         }
     }
 
-    /// Brings the catalogue up to date with one listing of `checkpoints/` in `repo`.
+    /// Brings the catalogue up to date with one listing of `checkpoints/` in `repo`, or
+    /// with none when the backend's listing token shows nothing changed since the last.
     pub fn sync(&self, repo: &Repository) -> Result<Synced> {
-        let listed = checkpoint::list_ids(repo)?;
+        let token = repo.backend().listing_token("checkpoints/");
         let mut guard = self.known.lock().expect("not poisoned");
-        let known = guard.get_or_insert_with(|| self.read_file(repo.codec()));
-        let listed_set: HashSet<CheckpointId> = listed.iter().copied().collect();
-        known.records.retain(|id, _| listed_set.contains(id));
+        let known = guard.get_or_insert_with(|| self.read_files(repo.codec()));
+        if token.is_some() && token == known.token {
+            return Ok(Synced {
+                checkpoints: known.summaries.clone(),
+                unreadable: Vec::new(),
+            });
+        }
+        let listed: HashSet<CheckpointId> = checkpoint::list_ids(repo)?.into_iter().collect();
+        let before = known.summaries.len();
+        known.summaries.retain(|s| listed.contains(&s.id));
+        let held: HashSet<CheckpointId> = known.summaries.iter().map(|s| s.id).collect();
         let mut added = Vec::new();
         let mut unreadable = Vec::new();
-        for id in listed {
-            if known.records.contains_key(&id) {
-                continue;
-            }
-            match checkpoint::load(repo, &id) {
-                Ok(record) => added.push((id, Arc::new(record))),
+        for id in listed.difference(&held) {
+            match checkpoint::load(repo, id) {
+                Ok(record) => added.push((*id, record)),
                 // Forgotten since it was listed.
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => unreadable.push((id, e)),
+                Err(e) => unreadable.push((*id, e)),
             }
         }
+        // Unreadable records are looked for again by the next sync.
+        let token = token.filter(|_| unreadable.is_empty());
+        known.summary_stale |= known.summaries.len() != before || token != known.token;
+        known.token = token;
         self.save(repo.codec(), known, added);
-        let mut checkpoints: Listing = known
-            .records
-            .iter()
-            .map(|(id, record)| (*id, record.clone()))
-            .collect();
-        checkpoints.sort_by(|a, b| checkpoint::catalogue_order((&a.0, &a.1), (&b.0, &b.1)));
         Ok(Synced {
-            checkpoints,
+            checkpoints: known.summaries.clone(),
             unreadable,
         })
+    }
+
+    /// The checkpoints the catalogue holds, without asking the repository when it holds
+    /// any (none: a sync): for a backup's parent, where one missed by the catalogue only
+    /// costs reading files the parent would have let it skip.
+    pub fn known(&self, repo: &Repository) -> Result<Listing> {
+        {
+            let mut guard = self.known.lock().expect("not poisoned");
+            let known = guard.get_or_insert_with(|| self.read_files(repo.codec()));
+            if !known.summaries.is_empty() {
+                return Ok(known.summaries.clone());
+            }
+        }
+        Ok(self.sync(repo)?.checkpoints)
     }
 
     /// Adds record `id`, just written to the repository by this process, so no later run
     /// reads it back.
     pub fn insert(&self, codec: &Codec, id: CheckpointId, record: &Checkpoint) {
         let mut guard = self.known.lock().expect("not poisoned");
-        let known = guard.get_or_insert_with(|| self.read_file(codec));
-        if !known.records.contains_key(&id) {
-            self.save(codec, known, vec![(id, Arc::new(record.clone()))]);
+        let known = guard.get_or_insert_with(|| self.read_files(codec));
+        if !known.summaries.iter().any(|s| s.id == id) {
+            self.save(codec, known, vec![(id, record.clone())]);
         }
     }
 
+    /// The record of `summary`, from the log when it is there and is that record, from the
+    /// repository otherwise (and then written to the log again).
+    pub fn record(&self, repo: &Repository, summary: &Summary) -> Result<Checkpoint> {
+        let frame = summary.stored_at.and_then(|(offset, length)| {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::File::open(&self.path).ok()?;
+            let mut frame = vec![0; length as usize + 4];
+            file.read_exact_at(&mut frame, offset).ok()?;
+            Some(frame)
+        });
+        let mut read_again = Vec::new();
+        let record = self.record_from(repo, summary, frame.as_deref(), &mut read_again)?;
+        self.store_again(repo.codec(), read_again);
+        Ok(record)
+    }
+
+    /// The records of `summaries`, in their order (see [`Catalogue::record`]); many are
+    /// read from the log in one read of it.
+    pub fn records(
+        &self,
+        repo: &Repository,
+        summaries: &[Arc<Summary>],
+    ) -> Result<Vec<Checkpoint>> {
+        if summaries.len() <= RECORDS_READ_ONE_BY_ONE {
+            return summaries.iter().map(|s| self.record(repo, s)).collect();
+        }
+        let log = read_bounded(&self.path, MAX_CATALOGUE_BYTES).unwrap_or_default();
+        let mut read_again = Vec::new();
+        let records = summaries
+            .iter()
+            .map(|summary| {
+                let frame = summary.stored_at.and_then(|(offset, length)| {
+                    let start = usize::try_from(offset).ok()?;
+                    log.get(start..start.checked_add(length as usize + 4)?)
+                });
+                self.record_from(repo, summary, frame, &mut read_again)
+            })
+            .collect();
+        self.store_again(repo.codec(), read_again);
+        records
+    }
+
+    /// The record of `summary` from `frame` (its framed stored form, if the log had one
+    /// where the summary says) when it is that record; from the repository otherwise, and
+    /// then pushed to `read_again`.
+    fn record_from(
+        &self,
+        repo: &Repository,
+        summary: &Summary,
+        frame: Option<&[u8]>,
+        read_again: &mut Vec<(CheckpointId, Checkpoint)>,
+    ) -> Result<Checkpoint> {
+        let location = || self.path.display().to_string();
+        let from_log = frame
+            .ok_or_else(|| Error::NotFound(location()))
+            .and_then(|frame| {
+                let mut reader = Reader {
+                    rest: frame,
+                    location: &location,
+                };
+                let (id, record) = decode_record(repo.codec(), reader.framed()?, &location)?;
+                if id == summary.id {
+                    Ok(record)
+                } else {
+                    Err(Error::corrupt(
+                        location(),
+                        "another record where the summary says",
+                    ))
+                }
+            });
+        match from_log {
+            Ok(record) => Ok(record),
+            Err(e) => {
+                tracing::debug!("reading checkpoint {} from the repository: {e}", summary.id);
+                let record = checkpoint::load(repo, &summary.id)?;
+                read_again.push((summary.id, record.clone()));
+                Ok(record)
+            }
+        }
+    }
+
+    /// Writes `records`, which the log should have held and did not (it was lost, damaged
+    /// or torn), into a log written whole.
+    fn store_again(&self, codec: &Codec, records: Vec<(CheckpointId, Checkpoint)>) {
+        if records.is_empty() {
+            return;
+        }
+        let mut guard = self.known.lock().expect("not poisoned");
+        let known = guard.get_or_insert_with(|| self.read_files(codec));
+        let ids: HashSet<CheckpointId> = records.iter().map(|(id, _)| *id).collect();
+        let live: HashSet<CheckpointId> = known
+            .summaries
+            .iter()
+            .map(|s| s.id)
+            .filter(|id| ids.contains(id))
+            .collect();
+        known.summaries.retain(|s| !live.contains(&s.id));
+        known.rewrite = true;
+        let records = records
+            .into_iter()
+            .filter(|(id, _)| live.contains(id))
+            .collect();
+        self.save(codec, known, records);
+    }
+
     /// The entry at the path made of `components` in each of `checkpoints` (in their
-    /// order), reading trees with `load` only for checkpoints the kept history of that path
-    /// lacks.
+    /// order), reading records and trees (with `load`) only for checkpoints the kept
+    /// history of that path lacks.
     pub fn path_history(
         &self,
-        codec: &Codec,
-        checkpoints: &[(CheckpointId, Arc<Checkpoint>)],
+        repo: &Repository,
+        checkpoints: &[Arc<Summary>],
         components: &[Vec<u8>],
         load: &TreeLoader,
     ) -> Result<PathHistory> {
+        let codec = repo.codec();
         let mut key = b"cairn path history\0".to_vec();
         key.extend_from_slice(&components.join(&b'/'));
         let file = self.histories.join(hex::encode(codec.id_of(&key)));
@@ -173,24 +356,33 @@ impl Catalogue {
                 HashMap::new()
             }
         };
-        let missing: Vec<&(CheckpointId, Arc<Checkpoint>)> = checkpoints
+        let missing: Vec<Arc<Summary>> = checkpoints
             .iter()
-            .filter(|(id, _)| !known.contains_key(id))
+            .filter(|s| !known.contains_key(&s.id))
+            .cloned()
             .collect();
         let mut changed = !missing.is_empty();
         if changed {
-            let roots = missing.iter().map(|(_, r)| Some(r.root_entry())).collect();
+            let records = self.records(repo, &missing)?;
+            let roots = records
+                .iter()
+                .map(|r| Some(Arc::new(r.root_entry())))
+                .collect();
             let found = path_history(load, roots, components)?;
-            known.extend(missing.iter().map(|(id, _)| *id).zip(found));
+            known.extend(missing.iter().map(|s| s.id).zip(found));
         }
-        if let Some(catalogue) = self.known.lock().expect("not poisoned").as_ref() {
+        if let Some(catalogue) = self.known.lock().expect("not poisoned").as_ref()
+            && known.len() > catalogue.summaries.len()
+        {
+            // Holds more than every live checkpoint: some were forgotten.
+            let live: HashSet<CheckpointId> = catalogue.summaries.iter().map(|s| s.id).collect();
             let before = known.len();
-            known.retain(|id, _| catalogue.records.contains_key(id));
+            known.retain(|id, _| live.contains(id));
             changed |= known.len() != before;
         }
         let history = checkpoints
             .iter()
-            .map(|(id, _)| known.get(id).cloned().flatten())
+            .map(|s| known.get(&s.id).cloned().flatten())
             .collect();
         if changed {
             let written =
@@ -206,112 +398,299 @@ impl Catalogue {
         Ok(history)
     }
 
-    /// The records in the file: none when it is missing or of another version, those
-    /// before the damage when it is damaged or torn.
-    fn read_file(&self, codec: &Codec) -> Known {
+    /// What the files hold: the summary when it can be read, else the records of the log
+    /// (none when it is missing or of another version, those before the damage when it is
+    /// damaged or torn).
+    fn read_files(&self, codec: &Codec) -> Known {
+        match self.read_summary(codec) {
+            Ok(known) => return known,
+            Err(e) if e.kind() != ErrorKind::NotFound => {
+                tracing::info!("rebuilding the checkpoint catalogue's summary: {e}")
+            }
+            Err(_) => {}
+        }
         let mut known = Known {
-            records: HashMap::new(),
+            summaries: Vec::new(),
+            token: None,
             stored: 0,
             rewrite: true,
+            summary_stale: true,
         };
-        if let Err(e) = self.try_read_file(codec, &mut known)
+        if let Err(e) = self.read_log(codec, &mut known)
             && e.kind() != ErrorKind::NotFound
         {
             tracing::info!("rebuilding the checkpoint catalogue: {e}");
         }
+        known.summaries.sort_by(|a, b| a.order(b));
         known
     }
 
-    /// Reads the records of the file into `known`, up to the first that cannot be read
-    /// (an error); `known.rewrite` is cleared only when every one could be.
-    fn try_read_file(&self, codec: &Codec, known: &mut Known) -> Result<()> {
+    /// Reads the summaries of the records of the log into `known`, up to the first that
+    /// cannot be read (an error); `known.rewrite` is cleared only when every one could be.
+    fn read_log(&self, codec: &Codec, known: &mut Known) -> Result<()> {
         let location = || self.path.display().to_string();
         let stored = read_bounded(&self.path, MAX_CATALOGUE_BYTES)?;
+        let records = stored
+            .strip_prefix(HEADER)
+            .ok_or_else(|| Error::corrupt(location(), "not a catalogue of this version"))?;
         let mut reader = Reader {
-            rest: stored
-                .strip_prefix(HEADER)
-                .ok_or_else(|| Error::corrupt(location(), "not a catalogue of this version"))?,
+            rest: records,
             location: &location,
         };
+        let mut seen = HashSet::new();
         while !reader.rest.is_empty() {
-            let plaintext = codec.decode(reader.framed()?, MAX_FRAME_BYTES, &location)?;
-            let (id, json) = plaintext
-                .split_at_checked(ID_BYTES)
-                .ok_or_else(|| Error::corrupt(location(), "truncated record"))?;
-            let id = CheckpointId::from_slice(id).expect("32 bytes");
-            let record = checkpoint::decode(json, &format!("{} record {id}", location()))?;
-            known.records.insert(id, Arc::new(record));
+            let offset = (stored.len() - reader.rest.len()) as u64;
+            let frame = reader.framed()?;
+            let (id, record) = decode_record(codec, frame, &location)?;
+            let length = u32::try_from(frame.len()).expect("framed with a u32 length");
+            if seen.insert(id) {
+                known
+                    .summaries
+                    .push(Arc::new(Summary::of(id, &record, Some((offset, length)))));
+            }
             known.stored += 1;
         }
         known.rewrite = false;
         Ok(())
     }
 
-    /// Adds the records of `added` to `known` and to the file: appended when the file is
-    /// sound and holds few stale records, the file written whole otherwise. A catalogue
-    /// that cannot be written costs only reads on the next run, so a failure is logged,
-    /// not returned.
-    fn save(&self, codec: &Codec, known: &mut Known, added: Vec<(CheckpointId, Arc<Checkpoint>)>) {
-        let live = known.records.len();
-        let stale = known.stored.saturating_sub(live);
+    /// Reads the summary file.
+    fn read_summary(&self, codec: &Codec) -> Result<Known> {
+        let location = || self.summary_path.display().to_string();
+        let stored = read_bounded(&self.summary_path, MAX_CATALOGUE_BYTES)?;
+        let plaintext = codec.decode(&stored, MAX_CATALOGUE_BYTES, &location)?;
+        let mut reader = Reader {
+            rest: plaintext.strip_prefix(SUMMARY_HEADER).ok_or_else(|| {
+                Error::corrupt(location(), "not a catalogue summary of this version")
+            })?,
+            location: &location,
+        };
+        let token = reader.framed()?;
+        let token = (!token.is_empty()).then(|| String::from_utf8_lossy(token).into_owned());
+        let stored_records = reader.u64()?;
+        let mut labels = Vec::new();
+        for _ in 0..reader.u32()? {
+            let label: Label = serde_json::from_slice(reader.framed()?)
+                .map_err(|e| Error::corrupt(location(), e.to_string()))?;
+            labels.push(Arc::new(label));
+        }
+        let mut summaries = Vec::new();
+        while !reader.rest.is_empty() {
+            let id = CheckpointId::from_slice(reader.take(ID_BYTES)?).expect("32 bytes");
+            let label = labels
+                .get(reader.u32()? as usize)
+                .ok_or_else(|| Error::corrupt(location(), "label index out of range"))?
+                .clone();
+            let offset = reader.u64()?;
+            let length = reader.u32()?;
+            let time = String::from_utf8(reader.framed()?.to_vec())
+                .map_err(|e| Error::corrupt(location(), e.to_string()))?;
+            summaries.push(Arc::new(Summary {
+                id,
+                time,
+                label,
+                stored_at: (offset != NOT_STORED).then_some((offset, length)),
+            }));
+        }
+        if !summaries.is_sorted_by(|a, b| a.order(b).is_lt()) {
+            return Err(Error::corrupt(location(), "checkpoints out of order"));
+        }
+        Ok(Known {
+            summaries,
+            token,
+            stored: usize::try_from(stored_records).unwrap_or(usize::MAX),
+            rewrite: false,
+            summary_stale: false,
+        })
+    }
+
+    /// Writes the summary file from `known`.
+    fn write_summary(&self, codec: &Codec, known: &Known) -> Result<()> {
+        let mut labels: Vec<&Label> = Vec::new();
+        let mut label_indices: HashMap<&Label, u32> = HashMap::new();
+        let mut checkpoints = Vec::with_capacity(known.summaries.len() * 96);
+        for summary in &known.summaries {
+            let index = *label_indices.entry(&summary.label).or_insert_with(|| {
+                labels.push(&summary.label);
+                u32::try_from(labels.len() - 1).expect("fewer than 2^32 labels")
+            });
+            checkpoints.extend_from_slice(&summary.id.0);
+            checkpoints.extend_from_slice(&index.to_le_bytes());
+            let (offset, length) = summary.stored_at.unwrap_or((NOT_STORED, 0));
+            checkpoints.extend_from_slice(&offset.to_le_bytes());
+            checkpoints.extend_from_slice(&length.to_le_bytes());
+            push_framed(&mut checkpoints, summary.time.as_bytes());
+        }
+        let mut plaintext = SUMMARY_HEADER.to_vec();
+        push_framed(
+            &mut plaintext,
+            known.token.as_deref().unwrap_or_default().as_bytes(),
+        );
+        plaintext.extend_from_slice(&(known.stored as u64).to_le_bytes());
+        let count = u32::try_from(labels.len()).expect("fewer than 2^32 labels");
+        plaintext.extend_from_slice(&count.to_le_bytes());
+        for label in labels {
+            push_framed(
+                &mut plaintext,
+                &serde_json::to_vec(label).expect("labels serialize"),
+            );
+        }
+        plaintext.extend_from_slice(&checkpoints);
+        write_private_atomically(&self.summary_path, &codec.encode(&plaintext, false))
+    }
+
+    /// Adds the records of `added` to `known` and to the log (appended when the log is
+    /// sound and holds few stale records, the log written whole otherwise), then writes
+    /// the summary if it changed. A catalogue that cannot be written costs only reads on
+    /// the next run, so a failure is logged, not returned.
+    fn save(&self, codec: &Codec, known: &mut Known, added: Vec<(CheckpointId, Checkpoint)>) {
+        let live = known.summaries.len() + added.len();
+        let stale = known.stored.saturating_sub(known.summaries.len());
         let compact = known.rewrite || stale > STALE_RECORDS_KEPT.max(live / 4);
-        if !compact && added.is_empty() {
+        if !compact && added.is_empty() && !known.summary_stale {
             return;
         }
-        let mut appended = Vec::new();
-        for (id, record) in &added {
-            push_framed(&mut appended, &encode_record(codec, id, record));
-        }
-        known.records.extend(added.iter().cloned());
+        let frames: Vec<Vec<u8>> = added
+            .iter()
+            .map(|(id, record)| encode_record(codec, id, record))
+            .collect();
         let written = if compact {
-            self.write_whole(codec, known)
+            self.write_whole(known, &added, &frames)
         } else {
+            let mut appended = Vec::new();
+            for frame in &frames {
+                push_framed(&mut appended, frame);
+            }
             match append_synced(&self.path, &appended) {
-                Ok(()) => {
+                Ok(start) => {
+                    let mut offset = start;
+                    for ((id, record), frame) in added.iter().zip(&frames) {
+                        let length = frame.len() as u32;
+                        insert_ordered(known, Summary::of(*id, record, Some((offset, length))));
+                        offset += u64::from(length) + 4;
+                    }
                     known.stored += added.len();
                     Ok(())
                 }
                 // Removed or replaced by something unwritable meanwhile.
-                Err(_) => self.write_whole(codec, known),
+                Err(_) => self.write_whole(known, &added, &frames),
             }
         };
         if let Err(e) = written {
             tracing::info!("could not save the checkpoint catalogue: {e}");
             known.rewrite = true;
+            for (id, record) in &added {
+                insert_ordered(known, Summary::of(*id, record, None));
+            }
+        }
+        match self.write_summary(codec, known) {
+            Ok(()) => known.summary_stale = false,
+            Err(e) => tracing::info!("could not save the checkpoint catalogue's summary: {e}"),
         }
     }
 
-    /// Replaces the file with one holding the records of `known`.
-    fn write_whole(&self, codec: &Codec, known: &mut Known) -> Result<()> {
+    /// Replaces the log with one holding the live records of `known` (copied as the old
+    /// log stores them) and those of `added` (stored as `frames`). A live record the old
+    /// log does not hold where its summary says is left out of the new one, to be read
+    /// from the repository.
+    fn write_whole(
+        &self,
+        known: &mut Known,
+        added: &[(CheckpointId, Checkpoint)],
+        frames: &[Vec<u8>],
+    ) -> Result<()> {
+        let old = read_bounded(&self.path, MAX_CATALOGUE_BYTES).unwrap_or_default();
         let mut bytes = HEADER.to_vec();
-        for (id, record) in &known.records {
-            push_framed(&mut bytes, &encode_record(codec, id, record));
+        let mut summaries = Vec::with_capacity(known.summaries.len() + added.len());
+        for summary in &known.summaries {
+            let frame = summary.stored_at.and_then(|(offset, length)| {
+                let start = usize::try_from(offset).ok()?;
+                old.get(start..start.checked_add(length as usize + 4)?)
+            });
+            let stored_at = frame.map(|frame| {
+                let offset = bytes.len() as u64;
+                bytes.extend_from_slice(frame);
+                (offset, (frame.len() - 4) as u32)
+            });
+            summaries.push(Arc::new(Summary {
+                id: summary.id,
+                time: summary.time.clone(),
+                label: summary.label.clone(),
+                stored_at,
+            }));
+        }
+        let mut placed = Vec::with_capacity(added.len());
+        for ((id, record), frame) in added.iter().zip(frames) {
+            let offset = bytes.len() as u64;
+            push_framed(&mut bytes, frame);
+            placed.push(Summary::of(*id, record, Some((offset, frame.len() as u32))));
         }
         write_private_atomically(&self.path, &bytes)?;
-        known.stored = known.records.len();
+        known.summaries = summaries;
+        for summary in placed {
+            insert_ordered(known, summary);
+        }
+        known.stored = known
+            .summaries
+            .iter()
+            .filter(|s| s.stored_at.is_some())
+            .count();
         known.rewrite = false;
+        known.summary_stale = true;
         Ok(())
     }
 }
 
-/// The stored form of record `id` in the file: its id and JSON, encoded by `codec`.
+/// Inserts `summary` into `known.summaries` at its place in catalogue order.
+fn insert_ordered(known: &mut Known, summary: Summary) {
+    let at = known
+        .summaries
+        .partition_point(|s| s.order(&summary).is_lt());
+    known.summaries.insert(at, Arc::new(summary));
+    known.summary_stale = true;
+}
+
+/// The stored form of record `id` in the log: its id and JSON, encoded by `codec`.
 fn encode_record(codec: &Codec, id: &CheckpointId, record: &Checkpoint) -> Vec<u8> {
     let mut plaintext = id.0.to_vec();
     serde_json::to_writer(&mut plaintext, record).expect("checkpoints serialize");
     codec.encode(&plaintext, true)
 }
 
-/// Appends `bytes` to the existing file `path` in one write and syncs it. Writes with
-/// `O_APPEND` of whole records by several processes do not interleave; the file is not
-/// created, so a missing one is written whole (with its header) instead.
-fn append_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
+/// The id and record of a stored record of the log, checked against its id.
+fn decode_record(
+    codec: &Codec,
+    stored: &[u8],
+    location: &dyn Fn() -> String,
+) -> Result<(CheckpointId, Checkpoint)> {
+    let plaintext = codec.decode(stored, MAX_FRAME_BYTES, location)?;
+    let (id, json) = plaintext
+        .split_at_checked(ID_BYTES)
+        .ok_or_else(|| Error::corrupt(location(), "truncated record"))?;
+    let id = CheckpointId::from_slice(id).expect("32 bytes");
+    if codec.id_of(json) != id.0 {
+        return Err(Error::corrupt(
+            location(),
+            format!("record {id} does not match its id"),
+        ));
+    }
+    let record = checkpoint::decode(json, &format!("{} record {id}", location()))?;
+    Ok((id, record))
+}
+
+/// Appends `bytes` to the existing file `path` in one write, syncs it, and returns the
+/// offset the bytes start at. Writes with `O_APPEND` of whole records by several processes
+/// do not interleave, and leave the file offset at the end of this one's bytes; the file is
+/// not created, so a missing one is written whole (with its header) instead.
+fn append_synced(path: &Path, bytes: &[u8]) -> Result<u64> {
+    use std::io::{Seek, Write};
     std::fs::OpenOptions::new()
         .append(true)
         .open(path)
         .and_then(|mut file| {
             file.write_all(bytes)?;
-            file.sync_data()
+            file.sync_data()?;
+            Ok(file.stream_position()? - bytes.len() as u64)
         })
         .map_err(|e| Error::io(format!("appending to {}", path.display()), e))
 }
@@ -357,21 +736,24 @@ pub(crate) fn write_private_atomically(path: &Path, bytes: &[u8]) -> Result<()> 
     })
 }
 
-/// The plaintext of the kept history of the path made of `components`.
+/// The plaintext of the kept history of the path made of `components`. Entries shared by
+/// checkpoints (one `Arc` each) are encoded once; equal ones held apart are found by their
+/// JSON.
 fn encode_path_history(components: &[Vec<u8>], known: &PathEntries) -> Vec<u8> {
     let mut entries: Vec<Vec<u8>> = Vec::new();
-    let mut indices: HashMap<Vec<u8>, u32> = HashMap::new();
+    let mut by_json: HashMap<Vec<u8>, u32> = HashMap::new();
+    let mut by_pointer: HashMap<*const Entry, u32> = HashMap::new();
     let mut by_checkpoint = Vec::with_capacity(known.len() * (ID_BYTES + 4));
     for (id, entry) in known {
         let index = match entry {
             None => ABSENT,
-            Some(entry) => {
-                let json = serde_json::to_vec(entry).expect("entries serialize");
-                *indices.entry(json.clone()).or_insert_with(|| {
+            Some(entry) => *by_pointer.entry(Arc::as_ptr(entry)).or_insert_with(|| {
+                let json = serde_json::to_vec(entry.as_ref()).expect("entries serialize");
+                *by_json.entry(json.clone()).or_insert_with(|| {
                     entries.push(json);
                     u32::try_from(entries.len() - 1).expect("fewer than 2^32 versions")
                 })
-            }
+            }),
         };
         by_checkpoint.extend_from_slice(&id.0);
         by_checkpoint.extend_from_slice(&index.to_le_bytes());
@@ -415,7 +797,7 @@ fn read_path_history(file: &Path, codec: &Codec, components: &[Vec<u8>]) -> Resu
         let json = reader.framed()?;
         let entry: Entry =
             serde_json::from_slice(json).map_err(|e| Error::corrupt(location(), e.to_string()))?;
-        entries.push(entry);
+        entries.push(Arc::new(entry));
     }
     let mut known = HashMap::new();
     while !reader.rest.is_empty() {
@@ -448,6 +830,12 @@ impl<'a> Reader<'a> {
         let (taken, rest) = self.rest.split_at(length);
         self.rest = rest;
         Ok(taken)
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 
     fn u32(&mut self) -> Result<u32> {

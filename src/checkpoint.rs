@@ -11,7 +11,6 @@ use crate::id::{BlobId, CheckpointId};
 use crate::repo::Repository;
 use crate::tree::{Entry, EntryKind};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
 /// What a backup did, stored in its checkpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,18 +52,10 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// The server a pulled checkpoint came from (the host of `pulled_from`, without scheme,
-    /// port or path); `None` for a local backup.
+    /// The server a pulled checkpoint came from (see [`server_of`]); `None` for a local
+    /// backup.
     pub fn pulled_from_server(&self) -> Option<&str> {
-        let url = self.pulled_from.as_deref()?;
-        let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-        let authority = rest.split('/').next().unwrap_or_default();
-        Some(match authority.rsplit_once(':') {
-            Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
-                host
-            }
-            _ => authority,
-        })
+        server_of(self.pulled_from.as_deref())
     }
 
     /// What makes checkpoints one series: the stat cache of the next run, `forget`'s policies
@@ -75,11 +66,54 @@ impl Checkpoint {
         (&self.host, &self.paths, self.pulled_from_server())
     }
 
+    /// The fields that name the checkpoint's series and that filters choose it by.
+    pub fn label(&self) -> Label {
+        Label {
+            host: self.host.clone(),
+            paths: self.paths.clone(),
+            tags: self.tags.clone(),
+            pulled_from: self.pulled_from.clone(),
+        }
+    }
+
     /// The directory entry of the checkpoint's root.
     pub fn root_entry(&self) -> Entry {
         self.root
             .clone()
             .unwrap_or_else(|| crate::tree::root_entry(self.tree))
+    }
+}
+
+/// The host of URL `pulled_from` (without scheme, port or path): the server a pulled
+/// checkpoint came from.
+fn server_of(pulled_from: Option<&str>) -> Option<&str> {
+    let url = pulled_from?;
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or_default();
+    Some(match authority.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    })
+}
+
+/// The fields of a checkpoint that name its series and that filters choose it by, which the
+/// local catalogue keeps for every checkpoint without its whole record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Label {
+    pub host: String,
+    pub paths: Vec<String>,
+    pub tags: Vec<String>,
+    pub pulled_from: Option<String>,
+}
+
+impl Label {
+    /// The series of the checkpoint (see [`Checkpoint::series`]).
+    pub fn series(&self) -> (&str, &[String], Option<&str>) {
+        (
+            &self.host,
+            &self.paths,
+            server_of(self.pulled_from.as_deref()),
+        )
     }
 }
 
@@ -169,8 +203,9 @@ pub fn catalogue_order(
     a.1.time.cmp(&b.1.time).then(a.0.cmp(b.0))
 }
 
-/// Every checkpoint, oldest first, shared with the local catalogue it is read from (one
-/// listing of the repository; only records the catalogue lacks are read).
+/// What the local catalogue holds of every checkpoint, oldest first, brought up to date with
+/// the repository (see [`crate::catalogue::Catalogue::sync`]): ids, times and labels, without
+/// reading any record.
 pub fn list_shared(repo: &Repository) -> Result<Listing> {
     let synced = repo.catalogue().sync(repo)?;
     match synced.unreadable.into_iter().next() {
@@ -179,12 +214,11 @@ pub fn list_shared(repo: &Repository) -> Result<Listing> {
     }
 }
 
-/// Every checkpoint, oldest first (see [`list_shared`]).
+/// Every checkpoint with its record, oldest first (see [`list_shared`]).
 pub fn list(repo: &Repository) -> Result<Vec<(CheckpointId, Checkpoint)>> {
-    Ok(list_shared(repo)?
-        .into_iter()
-        .map(|(id, record)| (id, Arc::unwrap_or_clone(record)))
-        .collect())
+    let listing = list_shared(repo)?;
+    let records = repo.catalogue().records(repo, &listing)?;
+    Ok(listing.iter().map(|s| s.id).zip(records).collect())
 }
 
 /// Every checkpoint, oldest first, read from the repository itself and not from the local
@@ -216,16 +250,22 @@ impl CheckpointFilter {
     }
 
     pub fn matches(&self, checkpoint: &Checkpoint) -> bool {
-        (self.hosts.is_empty() || self.hosts.contains(&checkpoint.host))
-            && self
-                .paths
-                .iter()
-                .all(|path| checkpoint.paths.contains(path))
+        self.matches_fields(&checkpoint.host, &checkpoint.paths, &checkpoint.tags)
+    }
+
+    /// Whether the checkpoint labelled `label` passes.
+    pub fn matches_label(&self, label: &Label) -> bool {
+        self.matches_fields(&label.host, &label.paths, &label.tags)
+    }
+
+    fn matches_fields(&self, host: &String, paths: &[String], tags: &[String]) -> bool {
+        (self.hosts.is_empty() || self.hosts.contains(host))
+            && self.paths.iter().all(|path| paths.contains(path))
             && (self.tag_groups.is_empty()
                 || self
                     .tag_groups
                     .iter()
-                    .any(|group| group.iter().all(|tag| checkpoint.tags.contains(tag))))
+                    .any(|group| group.iter().all(|tag| tags.contains(tag))))
     }
 
     /// The filter in the words of its flags, for messages: `host h, path /p, tag a,b`.
@@ -244,14 +284,15 @@ impl CheckpointFilter {
     }
 }
 
-/// Every checkpoint `filter` lets through, oldest first.
+/// Every checkpoint `filter` lets through, oldest first, with its record.
 pub fn list_matching(
     repo: &Repository,
     filter: &CheckpointFilter,
 ) -> Result<Vec<(CheckpointId, Checkpoint)>> {
-    let mut all = list(repo)?;
-    all.retain(|(_, checkpoint)| filter.matches(checkpoint));
-    Ok(all)
+    let mut listing = list_shared(repo)?;
+    listing.retain(|summary| filter.matches_label(&summary.label));
+    let records = repo.catalogue().records(repo, &listing)?;
+    Ok(listing.iter().map(|s| s.id).zip(records).collect())
 }
 
 /// Resolves a reference over every checkpoint: `latest`, a full id, or a unique prefix of at
@@ -268,7 +309,15 @@ pub fn resolve_matching(
     filter: &CheckpointFilter,
 ) -> Result<(CheckpointId, Checkpoint)> {
     if reference == "latest" {
-        return list_matching(repo, filter)?.pop().ok_or_else(|| {
+        let listing = list_shared(repo)?;
+        let newest = listing
+            .iter()
+            .rev()
+            .find(|summary| filter.matches_label(&summary.label));
+        if let Some(summary) = newest {
+            return Ok((summary.id, repo.catalogue().record(repo, summary)?));
+        }
+        return Err({
             let location = repo.backend().location();
             Error::NotFound(if filter.is_empty() {
                 format!("repository {location} has no checkpoints yet")
@@ -313,6 +362,7 @@ mod tests {
     use crate::repo::config::EncryptionMode;
     use crate::repo::{InitOptions, Secret};
     use crate::tree::root_entry;
+    use std::sync::Arc;
 
     fn record(tree: BlobId, root: Option<Entry>) -> Checkpoint {
         Checkpoint {

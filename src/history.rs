@@ -14,22 +14,22 @@ use std::sync::Arc;
 pub type TreeLoader<'a> = dyn Fn(&BlobId) -> Result<Arc<Tree>> + 'a;
 
 /// The entry at one path in each checkpoint of a catalogue, in catalogue order.
-pub type PathHistory = Vec<Option<Entry>>;
+pub type PathHistory = Vec<Option<Arc<Entry>>>;
 
 /// The history of `name` inside the directory whose history is `parent`.
 pub fn child_history(
     load: &TreeLoader,
-    parent: &[Option<Entry>],
+    parent: &[Option<Arc<Entry>>],
     name: &[u8],
 ) -> Result<PathHistory> {
     let mut out = Vec::with_capacity(parent.len());
-    let mut previous: Option<(BlobId, Option<Entry>)> = None;
+    let mut previous: Option<(BlobId, Option<Arc<Entry>>)> = None;
     for entry in parent {
         let child = match entry.as_ref().map(|e| &e.kind) {
             Some(EntryKind::Dir(tree)) => match &previous {
                 Some((id, child)) if id == tree => child.clone(),
                 _ => {
-                    let child = load(tree)?.get(name).cloned();
+                    let child = load(tree)?.get(name).cloned().map(Arc::new);
                     previous = Some((*tree, child.clone()));
                     child
                 }
@@ -93,7 +93,7 @@ fn same_version(a: &Entry, b: &Entry) -> bool {
 
 /// Collapses a history into its distinct versions, oldest first. Absence before the first
 /// appearance is not listed; absence after it is a `Removed` version.
-pub fn versions(history: &[Option<Entry>]) -> Vec<Version> {
+pub fn versions(history: &[Option<Arc<Entry>>]) -> Vec<Version> {
     let mut out: Vec<Version> = Vec::new();
     for (index, entry) in history.iter().enumerate() {
         if let Some(last) = out.last_mut() {
@@ -116,7 +116,7 @@ pub fn versions(history: &[Option<Entry>]) -> Vec<Version> {
             continue;
         }
         out.push(Version {
-            entry: entry.clone(),
+            entry: entry.as_deref().cloned(),
             checkpoints: vec![index],
             change,
         });
@@ -142,8 +142,8 @@ mod tests {
 
     #[test]
     fn versions_collapse_and_report_changes() {
-        let a = Some(file("f", 1, 10));
-        let b = Some(file("f", 2, 12));
+        let a = Some(Arc::new(file("f", 1, 10)));
+        let b = Some(Arc::new(file("f", 2, 12)));
         let history = vec![None, a.clone(), a.clone(), b.clone(), None, None, b.clone()];
         let versions = versions(&history);
         let summary: Vec<(Change, Vec<usize>)> = versions
@@ -175,7 +175,7 @@ mod tests {
         };
         let roots: PathHistory = [tree_a, tree_a, tree_a, tree_b, tree_b]
             .iter()
-            .map(|t| Some(root_entry(*t)))
+            .map(|t| Some(Arc::new(root_entry(*t))))
             .collect();
         let history = path_history(&load, roots, &components("x")).unwrap();
         assert_eq!(loads.get(), 2);

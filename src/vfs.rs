@@ -19,6 +19,7 @@
 //! mounted appear; a `CheckpointFilter` (host, paths, tags) can narrow it. Hard-linked
 //! files of one checkpoint share one inode, so `cp -a` recreates the links.
 
+use crate::catalogue::Summary;
 use crate::checkpoint::{Checkpoint, CheckpointFilter};
 use crate::error::Error;
 use crate::history::{PathHistory, versions};
@@ -157,7 +158,7 @@ impl Slot {
 }
 
 /// Every checkpoint, oldest first, shared by snapshot.
-type CatalogueEntries = Arc<Vec<(CheckpointId, Arc<Checkpoint>)>>;
+type CatalogueEntries = Arc<Vec<Arc<Summary>>>;
 
 /// The checkpoints as last listed.
 struct Catalogue {
@@ -197,7 +198,20 @@ type HistoryCache = Cache<HistoryPath, (u64, Arc<PathHistory>), HistoryWeight>;
 impl quick_cache::Weighter<HistoryPath, (u64, Arc<PathHistory>)> for HistoryWeight {
     fn weight(&self, path: &HistoryPath, value: &(u64, Arc<PathHistory>)) -> u64 {
         let path_bytes: usize = path.iter().map(|c| c.len() + 24).sum();
-        let entry_bytes: usize = value.1.iter().flatten().map(entry_heap_bytes).sum();
+        // Checkpoints in a run of one version share its entry: counted once.
+        let mut previous = std::ptr::null();
+        let entry_bytes: usize = value
+            .1
+            .iter()
+            .flatten()
+            .filter(|e| {
+                !std::ptr::eq(
+                    std::mem::replace(&mut previous, Arc::as_ptr(e)),
+                    Arc::as_ptr(e),
+                )
+            })
+            .map(|e| std::mem::size_of::<Entry>() + entry_heap_bytes(e))
+            .sum();
         let slots = value.1.len() * std::mem::size_of::<Option<Entry>>();
         (path_bytes + entry_bytes + slots) as u64
     }
@@ -271,8 +285,8 @@ fn compact_time(rfc3339: &str) -> String {
     format!("{date}T{clock}Z")
 }
 
-fn checkpoint_dir_name(id: &CheckpointId, record: &Checkpoint) -> String {
-    format!("{}_{}", compact_time(&record.time), id.short())
+fn checkpoint_dir_name(summary: &Summary) -> String {
+    format!("{}_{}", compact_time(&summary.time), summary.id.short())
 }
 
 fn time_ns(rfc3339: &str) -> i128 {
@@ -433,18 +447,18 @@ impl Vfs {
             tracing::warn!("checkpoint {id} is unreadable: {e}");
         }
         let mut all = synced.checkpoints;
-        all.retain(|(_, record)| self.filter.matches(record));
+        all.retain(|summary| self.filter.matches_label(&summary.label));
         let mut catalogue = self.catalogue.write().expect("not poisoned");
         let changed = all.len() != catalogue.checkpoints.len()
             || all
                 .iter()
                 .zip(catalogue.checkpoints.iter())
-                .any(|(a, b)| a.0 != b.0);
+                .any(|(a, b)| a.id != b.id);
         if changed {
             catalogue.generation += 1;
             catalogue.names = all
                 .iter()
-                .map(|(id, r)| checkpoint_dir_name(id, r))
+                .map(|summary| checkpoint_dir_name(summary))
                 .collect();
             catalogue.checkpoints = Arc::new(all);
         }
@@ -551,7 +565,7 @@ impl Vfs {
         &self,
         path: &HistoryPath,
         generation: u64,
-        checkpoints: &[(CheckpointId, Arc<Checkpoint>)],
+        checkpoints: &[Arc<Summary>],
     ) -> VfsResult<Arc<PathHistory>> {
         if let Some((g, history)) = self.histories.get(path)
             && g == generation
@@ -559,14 +573,16 @@ impl Vfs {
             return Ok(history);
         }
         let history = if path.is_empty() {
-            checkpoints
+            self.repo
+                .catalogue()
+                .records(&self.repo, checkpoints)?
                 .iter()
-                .map(|(_, r)| Some(r.root_entry()))
+                .map(|r| Some(Arc::new(r.root_entry())))
                 .collect()
         } else {
             self.repo
                 .catalogue()
-                .path_history(self.repo.codec(), checkpoints, path, &|id| self.tree(id))?
+                .path_history(&self.repo, checkpoints, path, &|id| self.tree(id))?
         };
         let history = Arc::new(history);
         self.histories
@@ -593,7 +609,7 @@ impl Vfs {
                     (b"history".to_vec(), NodeKind::History(Arc::new(Vec::new()))),
                     (b"tags".to_vec(), NodeKind::TagsDir),
                 ];
-                if let Some(((_, _), name)) = catalogue_entries()?.pop() {
+                if let Some((_, name)) = catalogue_entries()?.pop() {
                     out.push((
                         b"latest".to_vec(),
                         NodeKind::Link(format!("checkpoints/{name}").into_bytes()),
@@ -601,19 +617,25 @@ impl Vfs {
                 }
                 out
             }
-            NodeKind::CheckpointsDir => catalogue_entries()?
-                .into_iter()
-                .map(|((id, record), name)| {
-                    (
-                        name.clone().into_bytes(),
-                        checkpoint_node(id, &record, name),
-                    )
-                })
-                .collect(),
+            NodeKind::CheckpointsDir => {
+                let (summaries, names): (Vec<_>, Vec<_>) = catalogue_entries()?.into_iter().unzip();
+                let records = self.repo.catalogue().records(&self.repo, &summaries)?;
+                summaries
+                    .iter()
+                    .zip(records)
+                    .zip(names)
+                    .map(|((summary, record), name)| {
+                        (
+                            name.clone().into_bytes(),
+                            checkpoint_node(summary.id, &record, name),
+                        )
+                    })
+                    .collect()
+            }
             NodeKind::TagsDir => {
                 let tags: BTreeSet<String> = catalogue_entries()?
                     .into_iter()
-                    .flat_map(|((_, r), _)| r.tags.clone())
+                    .flat_map(|(summary, _)| summary.label.tags.clone())
                     .collect();
                 tags.into_iter()
                     .map(|t| (t.clone().into_bytes(), NodeKind::Tag(t)))
@@ -621,7 +643,7 @@ impl Vfs {
             }
             NodeKind::Tag(tag) => catalogue_entries()?
                 .into_iter()
-                .filter(|((_, r), _)| r.tags.contains(tag))
+                .filter(|(summary, _)| summary.label.tags.contains(tag))
                 .map(|(_, name)| {
                     let target = format!("../../checkpoints/{name}").into_bytes();
                     (name.into_bytes(), NodeKind::Link(target))
@@ -680,13 +702,12 @@ impl Vfs {
                 continue;
             };
             let first = version.checkpoints[0];
-            let (id, record) = &checkpoints[first];
+            let Summary { id, time, .. } = checkpoints[first].as_ref();
             let extension = std::path::Path::new(std::ffi::OsStr::new(&*entry.name_lossy()))
                 .extension()
                 .map(|e| format!(".{}", e.to_string_lossy()))
                 .unwrap_or_default();
-            let name =
-                format!("{}_{}{extension}", compact_time(&record.time), id.short()).into_bytes();
+            let name = format!("{}_{}{extension}", compact_time(time), id.short()).into_bytes();
             let mut entry = entry;
             entry.name = name.clone();
             out.push((
@@ -706,7 +727,7 @@ impl Vfs {
             catalogue
                 .checkpoints
                 .last()
-                .map_or(0, |(_, r)| time_ns(&r.time))
+                .map_or(0, |summary| time_ns(&summary.time))
         };
         match node {
             NodeKind::Root
@@ -774,18 +795,32 @@ impl Vfs {
             self.refresh_catalogue()?;
             let catalogue = self.catalogue.read().expect("not poisoned");
             let name = String::from_utf8_lossy(name);
-            return Ok(catalogue.names.iter().position(|n| *n == name).map(|i| {
-                let (id, record) = &catalogue.checkpoints[i];
-                checkpoint_node(*id, record, name.into_owned())
-            }));
+            let Some(found) = catalogue.names.iter().position(|n| *n == name) else {
+                return Ok(None);
+            };
+            let summary = catalogue.checkpoints[found].clone();
+            drop(catalogue);
+            let record = self.repo.catalogue().record(&self.repo, &summary)?;
+            return Ok(Some(checkpoint_node(
+                summary.id,
+                &record,
+                name.into_owned(),
+            )));
         }
         if let NodeKind::History(path) = node {
             // A directory's child is found by its own (kept) history, not by listing the
             // union of the names in every version of the directory.
             self.refresh_catalogue()?;
             let (generation, checkpoints) = self.catalogue_snapshot();
-            let history = self.history(path, generation, &checkpoints)?;
-            if history.iter().flatten().any(Entry::is_dir) {
+            // The root is a directory in every checkpoint; its own history would read
+            // every checkpoint's record.
+            let a_directory = path.is_empty()
+                || self
+                    .history(path, generation, &checkpoints)?
+                    .iter()
+                    .flatten()
+                    .any(|e| e.is_dir());
+            if a_directory {
                 let mut child = path.as_ref().clone();
                 child.push(name.to_vec());
                 let child = Arc::new(child);

@@ -684,6 +684,9 @@ impl Backend for CountingBackend {
     fn exists(&self, name: &str) -> Result<bool> {
         self.inner.exists(name)
     }
+    fn listing_token(&self, prefix: &str) -> Option<String> {
+        self.inner.listing_token(prefix)
+    }
 }
 
 /// The catalogue file in cache directory `cache`.
@@ -846,6 +849,106 @@ fn the_local_catalogue_reads_each_checkpoint_record_once_and_follows_the_listing
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o077, 0);
 }
 
+/// Lets the last change to the repository's directories settle: a listing token is given only
+/// once the change is older than a clock tick could hide (see `Backend::listing_token`).
+fn let_changes_settle() {
+    std::thread::sleep(std::time::Duration::from_millis(150));
+}
+
+#[test]
+fn runs_after_nothing_changed_list_no_checkpoints_and_read_records_only_from_the_catalogue() {
+    let sandbox = Sandbox::new();
+    init_repo(&sandbox, ChunkerParams::default());
+    let source = sandbox.path("source");
+    std::fs::create_dir_all(&source).unwrap();
+    let elsewhere = open(
+        Arc::new(LocalBackend::new(sandbox.path("repo"))),
+        &sandbox.path("other-cache"),
+    );
+    let mut made = Vec::new();
+    for round in 0..40 {
+        std::fs::write(source.join("counter"), round.to_string()).unwrap();
+        made.push(back_up(&elsewhere, &source).unwrap().id.unwrap());
+    }
+    let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
+    let cache = sandbox.path("cache");
+    let ids = |repo: &Repository| -> Vec<cairn::id::CheckpointId> {
+        cairn::checkpoint::list(repo)
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    };
+    let_changes_settle();
+    assert_eq!(ids(&open(counting.clone(), &cache)), made);
+    let (gets, lists) = counting.take_counts();
+    assert_eq!(
+        (gets.len(), lists),
+        (made.len(), 1),
+        "a cold cache reads each record once"
+    );
+
+    // Nothing added or removed since: no listing, no record read from the repository.
+    let_changes_settle();
+    let repo = open(counting.clone(), &cache);
+    assert_eq!(ids(&repo), made);
+    let (_, latest) = cairn::checkpoint::resolve(&repo, "latest").unwrap();
+    assert_eq!(
+        latest.time,
+        cairn::checkpoint::load(&elsewhere, made.last().unwrap())
+            .unwrap()
+            .time
+    );
+    assert_eq!(counting.take_counts(), (Vec::new(), 0));
+
+    // A backup finds its parent in the catalogue without a listing, and the next run
+    // sees its own checkpoint at once.
+    let own = back_up(&repo, &source).unwrap().id.unwrap();
+    assert_eq!(counting.take_counts(), (Vec::new(), 0));
+    made.push(own);
+    drop(repo);
+
+    // A change made elsewhere is listed and read, and only it.
+    std::fs::write(source.join("counter"), "elsewhere").unwrap();
+    let added = back_up(&elsewhere, &source).unwrap().id.unwrap();
+    made.push(added);
+    let_changes_settle();
+    let repo = open(counting.clone(), &cache);
+    assert_eq!(ids(&repo), made);
+    assert_eq!(
+        counting.take_counts(),
+        (vec![format!("checkpoints/{added}")], 1)
+    );
+    drop(repo);
+
+    // A lost summary is rebuilt from the log alone; a damaged log from the repository,
+    // once.
+    let directory = catalogue_file(&cache).parent().unwrap().to_path_buf();
+    std::fs::remove_file(directory.join("catalogue.summary")).unwrap();
+    let repo = open(counting.clone(), &cache);
+    assert_eq!(ids(&repo), made);
+    assert_eq!(counting.take_counts().0, Vec::<String>::new());
+    drop(repo);
+    let log = directory.join("catalogue");
+    let mut damaged = std::fs::read(&log).unwrap();
+    let middle = damaged.len() / 2;
+    damaged[middle..].fill(0x5a);
+    std::fs::write(&log, damaged).unwrap();
+    let_changes_settle();
+    let repo = open(counting.clone(), &cache);
+    assert_eq!(ids(&repo), made);
+    let (read_again, _) = counting.take_counts();
+    assert!(
+        !read_again.is_empty() && read_again.len() < made.len(),
+        "{}",
+        read_again.len()
+    );
+    drop(repo);
+    let repo = open(counting.clone(), &cache);
+    assert_eq!(ids(&repo), made);
+    assert_eq!(counting.take_counts(), (Vec::new(), 0));
+}
+
 #[test]
 fn a_path_history_reads_trees_only_of_checkpoints_it_has_not_seen() {
     let sandbox = Sandbox::new();
@@ -874,7 +977,7 @@ fn a_path_history_reads_trees_only_of_checkpoints_it_has_not_seen() {
         let load = |id: &cairn::id::BlobId| cairn::tree::load_tree(repo, id).map(Arc::new);
         let history = repo
             .catalogue()
-            .path_history(repo.codec(), &listing, &path, &load)
+            .path_history(repo, &listing, &path, &load)
             .unwrap();
         let versions: Vec<_> = cairn::history::versions(&history)
             .into_iter()

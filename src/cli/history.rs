@@ -23,18 +23,21 @@ pub struct HistoryArgs {
     filters: super::FilterArgs,
 }
 
+/// The checkpoints named on a version's line; `--json` names them all.
+const IDS_SHOWN: usize = 8;
+
 pub fn run(global: &GlobalArgs, args: HistoryArgs) -> Result<ExitCode> {
     let repo = global.open()?;
     let filter = args.filters.filter()?;
     let mut catalogue = checkpoint::list_shared(&repo)?;
-    catalogue.retain(|(_, c)| filter.matches(c));
+    catalogue.retain(|summary| filter.matches_label(&summary.label));
     let cache = quick_cache::sync::Cache::new(4096);
     let load = |id: &cairn::id::BlobId| {
         cache.get_or_insert_with(id, || load_tree(&repo, id).map(Arc::new))
     };
     let history =
         repo.catalogue()
-            .path_history(repo.codec(), &catalogue, &components(&args.path), &load)?;
+            .path_history(&repo, &catalogue, &components(&args.path), &load)?;
     let versions = versions(&history);
     if versions.is_empty() {
         anyhow::bail!(
@@ -43,32 +46,32 @@ pub fn run(global: &GlobalArgs, args: HistoryArgs) -> Result<ExitCode> {
             catalogue.len()
         );
     }
-    let rows: Vec<_> = versions
-        .iter()
-        .map(|version| {
-            let ids: Vec<String> = version
-                .checkpoints
-                .iter()
-                .map(|&i| catalogue[i].0.short())
-                .collect();
-            let (first_id, first) = &catalogue[version.checkpoints[0]];
-            json!({
-                "change": version.change,
-                "time": first.time,
-                "checkpoint": first_id.to_hex(),
-                "checkpoints": ids,
-                "size": version.entry.as_ref().map(|e| e.size),
-                "mtime": version.entry.as_ref().map(|e| timestamp::rfc3339_nanos(e.mtime_ns)),
-                "type": version.entry.as_ref().map(|e| e.type_char().to_string()),
-            })
-        })
-        .collect();
     if args.json {
+        let rows: Vec<_> = versions
+            .iter()
+            .map(|version| {
+                let ids: Vec<String> = version
+                    .checkpoints
+                    .iter()
+                    .map(|&i| catalogue[i].id.short())
+                    .collect();
+                let first = &catalogue[version.checkpoints[0]];
+                json!({
+                    "change": version.change,
+                    "time": first.time,
+                    "checkpoint": first.id.to_hex(),
+                    "checkpoints": ids,
+                    "size": version.entry.as_ref().map(|e| e.size),
+                    "mtime": version.entry.as_ref().map(|e| timestamp::rfc3339_nanos(e.mtime_ns)),
+                    "type": version.entry.as_ref().map(|e| e.type_char().to_string()),
+                })
+            })
+            .collect();
         print_json(&rows)?;
         return Ok(ExitCode::SUCCESS);
     }
-    for (version, row) in versions.iter().zip(&rows) {
-        let time = row["time"].as_str().unwrap_or_default();
+    for version in &versions {
+        let time = &catalogue[version.checkpoints[0]].time;
         let detail = match &version.entry {
             Some(entry) => format!(
                 "{:>10}  mtime {}",
@@ -77,17 +80,19 @@ pub fn run(global: &GlobalArgs, args: HistoryArgs) -> Result<ExitCode> {
             ),
             None => String::new(),
         };
-        let ids = row["checkpoints"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .unwrap_or_default();
+        let ids = version
+            .checkpoints
+            .iter()
+            .take(IDS_SHOWN)
+            .map(|&i| catalogue[i].id.short())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let more = match version.checkpoints.len().saturating_sub(IDS_SHOWN) {
+            0 => String::new(),
+            more => format!(" and {more} more"),
+        };
         outln!(
-            "{}  {:<8} {detail}  in {ids}",
+            "{}  {:<8} {detail}  in {ids}{more}",
             time.get(..19).unwrap_or(time).replace('T', " "),
             format!("{:?}", version.change).to_lowercase(),
         );

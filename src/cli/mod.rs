@@ -603,12 +603,14 @@ fn resolve_checkpoint(
             repo, reference, &filter,
         )?);
     }
-    let catalogue = cairn::checkpoint::list(repo)?;
-    let Some(found) = catalogue.last().cloned() else {
+    let catalogue = cairn::checkpoint::list_shared(repo)?;
+    let Some(newest) = catalogue.last() else {
         // None at all: the error says so.
         return Ok(cairn::checkpoint::resolve(repo, reference)?);
     };
-    let series: std::collections::BTreeSet<_> = catalogue.iter().map(|(_, c)| c.series()).collect();
+    let found = (newest.id, repo.catalogue().record(repo, newest)?);
+    let labels: std::collections::HashSet<_> = catalogue.iter().map(|s| &s.label).collect();
+    let series: std::collections::BTreeSet<_> = labels.iter().map(|l| l.series()).collect();
     if series.len() > 1 {
         eprintln!(
             "note: latest is {} of {} {}, the newest of {} series; --host, --path or --tag choose another",

@@ -99,6 +99,14 @@ pub trait Backend: Send + Sync {
     fn preferred_concurrency(&self) -> usize {
         1
     }
+    /// A token that differs whenever the objects under `prefix` (a top-level prefix such as
+    /// `"checkpoints/"`) have changed since it was taken, when the store can give one at no
+    /// cost and be sure of it; `None` otherwise, and then a caller lists. A caller that keeps
+    /// what a listing found with the token taken just before it may skip the next listing
+    /// while the token is the same.
+    fn listing_token(&self, _prefix: &str) -> Option<String> {
+        None
+    }
 }
 
 /// The modes the local backend creates directories and files with. Private by default, as
@@ -427,6 +435,59 @@ impl Backend for LocalBackend {
             .map(|m| m.len())
             .context_io(|| format!("reading {}", path.display()))
     }
+
+    /// The directory's identity and change time: creating, renaming or removing an entry
+    /// sets the change time to the current time. Given only on local filesystems whose
+    /// change times come from this machine's clock, and only once the last change is
+    /// `SETTLED` old: a change made within the same clock tick as the one the token saw
+    /// could not be told from it, and none can be made in a tick already past.
+    fn listing_token(&self, prefix: &str) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        /// How old the last change must be: far more than one tick of the clock that
+        /// stamps files (1 to 10 ms).
+        const SETTLED: std::time::Duration = std::time::Duration::from_millis(100);
+        let dir = self.path_of(prefix.strip_suffix('/')?).ok()?;
+        if !changes_are_stamped_by_this_machine(&dir) {
+            return None;
+        }
+        let stat = fs::metadata(&dir).ok()?;
+        let changed = std::time::UNIX_EPOCH
+            + std::time::Duration::new(u64::try_from(stat.ctime()).ok()?, stat.ctime_nsec() as u32);
+        let age = std::time::SystemTime::now().duration_since(changed).ok()?;
+        (age >= SETTLED).then(|| {
+            format!(
+                "{}:{}:{}.{}",
+                stat.dev(),
+                stat.ino(),
+                stat.ctime(),
+                stat.ctime_nsec()
+            )
+        })
+    }
+}
+
+/// Whether directory `dir` is on a local filesystem (ext4, XFS, Btrfs, tmpfs, F2FS, ZFS),
+/// where a change time comes from this machine's clock; a network or FUSE filesystem's may
+/// come from another.
+fn changes_are_stamped_by_this_machine(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    const LOCAL_FILESYSTEMS: [i64; 6] = [
+        0xEF53,      // ext2/3/4
+        0x5846_5342, // XFS
+        0x9123_683E, // Btrfs
+        0x0102_1994, // tmpfs
+        0xF2F5_2010, // F2FS
+        0x2FC1_2FC1, // ZFS
+    ];
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut info: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string and `info` a statfs the call fills.
+    if unsafe { libc::statfs(path.as_ptr(), &mut info) } != 0 {
+        return false;
+    }
+    LOCAL_FILESYSTEMS.contains(&(info.f_type as i64))
 }
 
 #[cfg(test)]

@@ -23,6 +23,9 @@ const CACHE_SCHEMA_VERSION: u32 = 2;
 /// The `meta` key of the checkpoint `BlobIndex::trusts_parent` names.
 const TRUSTED_PARENT_KEY: &str = "trusted_parent";
 
+/// The `meta` key of the backend's listing token of `index/` the cache was last synced at.
+const LISTING_TOKEN_KEY: &str = "index_listing_token";
+
 /// The largest index file plaintext accepted. A fresh index file lists up to 256 packs, whose
 /// entries take far less than this even for packs of tiny blobs.
 pub const MAX_INDEX_FILE_BYTES: u64 = 1 << 30;
@@ -145,9 +148,11 @@ impl BlobIndex {
     }
 
     fn clear(&self) -> Result<()> {
-        self.meta
-            .remove(TRUSTED_PARENT_KEY)
-            .map_err(|e| cache_error(&self.path, e))?;
+        for key in [TRUSTED_PARENT_KEY, LISTING_TOKEN_KEY] {
+            self.meta
+                .remove(key)
+                .map_err(|e| cache_error(&self.path, e))?;
+        }
         self.blobs.clear().map_err(|e| cache_error(&self.path, e))?;
         self.packs.clear().map_err(|e| cache_error(&self.path, e))?;
         self.files.clear().map_err(|e| cache_error(&self.path, e))
@@ -226,8 +231,31 @@ impl BlobIndex {
         Ok(())
     }
 
-    /// Brings the cache up to date with the repository's `index/` files.
+    /// Brings the cache up to date with the repository's `index/` files, without listing
+    /// them when the backend's listing token says none was added or removed since the
+    /// last sync.
     pub fn sync(&self, backend: &dyn Backend, codec: &Codec) -> Result<()> {
+        let token = backend.listing_token("index/");
+        if let Some(token) = &token {
+            let synced_at = self
+                .meta
+                .get(LISTING_TOKEN_KEY)
+                .map_err(|e| cache_error(&self.path, e))?;
+            if synced_at.as_deref() == Some(token.as_bytes()) {
+                return Ok(());
+            }
+        }
+        self.sync_listed(backend, codec)?;
+        let recorded = match &token {
+            Some(token) => self.meta.insert(LISTING_TOKEN_KEY, token.as_bytes()),
+            None => self.meta.remove(LISTING_TOKEN_KEY),
+        };
+        recorded.map_err(|e| cache_error(&self.path, e))?;
+        Ok(())
+    }
+
+    /// Brings the cache up to date with a listing of the repository's `index/` files.
+    pub fn sync_listed(&self, backend: &dyn Backend, codec: &Codec) -> Result<()> {
         let listed: HashSet<String> = backend.list_names("index/")?.into_iter().collect();
         let mut known = HashSet::new();
         for key in self.files.iter().keys() {

@@ -160,6 +160,9 @@ impl Backend for Retrying {
     fn preferred_concurrency(&self) -> usize {
         self.inner.preferred_concurrency()
     }
+    fn listing_token(&self, prefix: &str) -> Option<String> {
+        self.inner.listing_token(prefix)
+    }
 }
 
 /// At most a fixed number of requests in flight; the others wait for a free one.
@@ -237,6 +240,9 @@ impl Backend for Bounded {
     fn preferred_concurrency(&self) -> usize {
         self.inner.preferred_concurrency()
     }
+    fn listing_token(&self, prefix: &str) -> Option<String> {
+        self.inner.listing_token(prefix)
+    }
 }
 
 /// Bytes per second capped: what is sent is paid for before the request, what is received
@@ -304,6 +310,9 @@ impl Backend for Limited {
     }
     fn preferred_concurrency(&self) -> usize {
         self.inner.preferred_concurrency()
+    }
+    fn listing_token(&self, prefix: &str) -> Option<String> {
+        self.inner.listing_token(prefix)
     }
 }
 

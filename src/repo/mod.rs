@@ -504,7 +504,7 @@ impl Repository {
         if let Some(location) = self.index.get(id)? {
             return Ok(location);
         }
-        self.index.sync(self.backend(), &self.codec)?;
+        self.index.sync_listed(self.backend(), &self.codec)?;
         self.index.get(id)?.ok_or_else(|| {
             Error::NotFound(format!(
                 "blob {id} is not in repository {}",

@@ -18,7 +18,7 @@ use super::{SyncError, SyncOptions, SyncReport};
 use crate::backup::{
     FileError, PendingDir, PendingEntry, SourceError, abandoned, file_content, run_tree_builder,
 };
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint::{self, Checkpoint, Label};
 use crate::error::{Error, Result};
 use crate::id::BlobId;
 use crate::progress::Progress;
@@ -464,15 +464,16 @@ fn find_pull_parent(
     paths: &[String],
     url: &str,
 ) -> Result<Option<(crate::id::CheckpointId, Checkpoint)>> {
-    let all = checkpoint::list(repo)?;
-    let newest =
-        |matches: &dyn Fn(&Checkpoint) -> bool| all.iter().rev().find(|(_, c)| matches(c)).cloned();
+    let all = checkpoint::list_shared(repo)?;
+    let newest = |matches: &dyn Fn(&Label) -> bool| all.iter().rev().find(|s| matches(&s.label));
     let (authority, url_path) = source_identity(url);
     let url_paths = [url_path];
     let server = without_port(&authority);
-    Ok(newest(&|c| c.series() == (host, paths, Some(server)))
+    newest(&|c| c.series() == (host, paths, Some(server)))
         .or_else(|| newest(&|c| c.paths == url_paths && c.host == authority))
-        .or_else(|| newest(&|c| c.paths == url_paths && without_port(&c.host) == server)))
+        .or_else(|| newest(&|c| c.paths == url_paths && without_port(&c.host) == server))
+        .map(|summary| Ok((summary.id, repo.catalogue().record(repo, summary)?)))
+        .transpose()
 }
 
 /// Pulls the served source into `repo` as a new checkpoint (unless a dry run).
