@@ -756,7 +756,10 @@ fn find_parent(
     // The catalogue as this cache knows it, without a listing; a parent forgotten since
     // (its trees may be pruned) sends it to the repository.
     let mut found = newest_known(repo.catalogue().known(repo)?);
+    // A parent saved through this cache with no index file removed since keeps every
+    // blob, even if its record was forgotten meanwhile.
     if let Some(summary) = &found
+        && !repo.index().trusts_parent(&summary.id)?
         && !checkpoint::exists(repo, &summary.id)?
     {
         found = newest_known(checkpoint::list_shared(repo)?);

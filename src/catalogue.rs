@@ -430,78 +430,17 @@ impl Catalogue {
     fn read_log(&self, codec: &Codec, known: &mut Known) -> Result<()> {
         let location = || self.path.display().to_string();
         let stored = read_bounded(&self.path, MAX_CATALOGUE_BYTES)?;
-        let records = stored
-            .strip_prefix(HEADER)
-            .ok_or_else(|| Error::corrupt(location(), "not a catalogue of this version"))?;
-        let mut reader = Reader {
-            rest: records,
-            location: &location,
-        };
-        let mut seen = HashSet::new();
-        while !reader.rest.is_empty() {
-            let offset = (stored.len() - reader.rest.len()) as u64;
-            let frame = reader.framed()?;
-            let (id, record) = decode_record(codec, frame, &location)?;
-            let length = u32::try_from(frame.len()).expect("framed with a u32 length");
-            if seen.insert(id) {
-                known
-                    .summaries
-                    .push(Arc::new(Summary::of(id, &record, Some((offset, length)))));
-            }
-            known.stored += 1;
-        }
-        known.rewrite = false;
-        Ok(())
+        decode_log(&stored, codec, &location, known)
     }
 
     /// Reads the summary file.
     fn read_summary(&self, codec: &Codec) -> Result<Known> {
         let location = || self.summary_path.display().to_string();
         let stored = read_bounded(&self.summary_path, MAX_CATALOGUE_BYTES)?;
-        let plaintext = codec.decode(&stored, MAX_CATALOGUE_BYTES, &location)?;
-        let mut reader = Reader {
-            rest: plaintext.strip_prefix(SUMMARY_HEADER).ok_or_else(|| {
-                Error::corrupt(location(), "not a catalogue summary of this version")
-            })?,
-            location: &location,
-        };
-        let token = reader.framed()?;
-        let token = (!token.is_empty()).then(|| String::from_utf8_lossy(token).into_owned());
-        let stored_records = reader.u64()?;
-        let mut labels = Vec::new();
-        for _ in 0..reader.u32()? {
-            let label: Label = serde_json::from_slice(reader.framed()?)
-                .map_err(|e| Error::corrupt(location(), e.to_string()))?;
-            labels.push(Arc::new(label));
-        }
-        let mut summaries = Vec::new();
-        while !reader.rest.is_empty() {
-            let id = CheckpointId::from_slice(reader.take(ID_BYTES)?).expect("32 bytes");
-            let label = labels
-                .get(reader.u32()? as usize)
-                .ok_or_else(|| Error::corrupt(location(), "label index out of range"))?
-                .clone();
-            let offset = reader.u64()?;
-            let length = reader.u32()?;
-            let time = String::from_utf8(reader.framed()?.to_vec())
-                .map_err(|e| Error::corrupt(location(), e.to_string()))?;
-            summaries.push(Arc::new(Summary {
-                id,
-                time,
-                label,
-                stored_at: (offset != NOT_STORED).then_some((offset, length)),
-            }));
-        }
-        if !summaries.is_sorted_by(|a, b| a.order(b).is_lt()) {
-            return Err(Error::corrupt(location(), "checkpoints out of order"));
-        }
-        Ok(Known {
-            summaries,
-            token,
-            stored: usize::try_from(stored_records).unwrap_or(usize::MAX),
-            rewrite: false,
-            summary_stale: false,
-        })
+        decode_summary(
+            &codec.decode(&stored, MAX_CATALOGUE_BYTES, &location)?,
+            &location,
+        )
     }
 
     /// Writes the summary file from `known`.
@@ -638,6 +577,122 @@ impl Catalogue {
         known.rewrite = false;
         known.summary_stale = true;
         Ok(())
+    }
+}
+
+/// Reads the summaries of the records of log `stored` into `known` (see
+/// `Catalogue::read_log`).
+fn decode_log(
+    stored: &[u8],
+    codec: &Codec,
+    location: &dyn Fn() -> String,
+    known: &mut Known,
+) -> Result<()> {
+    let records = stored
+        .strip_prefix(HEADER)
+        .ok_or_else(|| Error::corrupt(location(), "not a catalogue of this version"))?;
+    let mut reader = Reader {
+        rest: records,
+        location,
+    };
+    let mut seen = HashSet::new();
+    while !reader.rest.is_empty() {
+        let offset = (stored.len() - reader.rest.len()) as u64;
+        let frame = reader.framed()?;
+        let (id, record) = decode_record(codec, frame, location)?;
+        let length = u32::try_from(frame.len()).expect("framed with a u32 length");
+        if seen.insert(id) {
+            known
+                .summaries
+                .push(Arc::new(Summary::of(id, &record, Some((offset, length)))));
+        }
+        known.stored += 1;
+    }
+    known.rewrite = false;
+    Ok(())
+}
+
+/// Parses the plaintext of a summary file.
+fn decode_summary(plaintext: &[u8], location: &dyn Fn() -> String) -> Result<Known> {
+    let mut reader = Reader {
+        rest: plaintext
+            .strip_prefix(SUMMARY_HEADER)
+            .ok_or_else(|| Error::corrupt(location(), "not a catalogue summary of this version"))?,
+        location,
+    };
+    let token = reader.framed()?;
+    let token = (!token.is_empty()).then(|| String::from_utf8_lossy(token).into_owned());
+    let stored_records = reader.u64()?;
+    let mut labels = Vec::new();
+    for _ in 0..reader.u32()? {
+        let label: Label = serde_json::from_slice(reader.framed()?)
+            .map_err(|e| Error::corrupt(location(), e.to_string()))?;
+        labels.push(Arc::new(label));
+    }
+    let mut summaries = Vec::new();
+    while !reader.rest.is_empty() {
+        let id = CheckpointId::from_slice(reader.take(ID_BYTES)?).expect("32 bytes");
+        let label = labels
+            .get(reader.u32()? as usize)
+            .ok_or_else(|| Error::corrupt(location(), "label index out of range"))?
+            .clone();
+        let offset = reader.u64()?;
+        let length = reader.u32()?;
+        let time = String::from_utf8(reader.framed()?.to_vec())
+            .map_err(|e| Error::corrupt(location(), e.to_string()))?;
+        summaries.push(Arc::new(Summary {
+            id,
+            time,
+            label,
+            stored_at: (offset != NOT_STORED).then_some((offset, length)),
+        }));
+    }
+    if !summaries.is_sorted_by(|a, b| a.order(b).is_lt()) {
+        return Err(Error::corrupt(location(), "checkpoints out of order"));
+    }
+    Ok(Known {
+        summaries,
+        token,
+        stored: usize::try_from(stored_records).unwrap_or(usize::MAX),
+        rewrite: false,
+        summary_stale: false,
+    })
+}
+
+/// The decoders of the catalogue's files, for `crate::fuzzing`.
+pub(crate) mod decoders {
+    use super::*;
+
+    /// The log, through `codec`.
+    pub fn log(stored: &[u8], codec: &Codec, location: &dyn Fn() -> String) {
+        let mut known = Known {
+            summaries: Vec::new(),
+            token: None,
+            stored: 0,
+            rewrite: true,
+            summary_stale: true,
+        };
+        let _ = decode_log(stored, codec, location, &mut known);
+    }
+
+    /// A summary's plaintext.
+    pub fn summary(plaintext: &[u8], location: &dyn Fn() -> String) {
+        let _ = decode_summary(plaintext, location);
+    }
+
+    /// A path history's plaintext, for the path it names (its first frame, when there is
+    /// one) and for another.
+    pub fn path_history(plaintext: &[u8], location: &dyn Fn() -> String) {
+        let named = plaintext
+            .strip_prefix(HISTORY_HEADER)
+            .and_then(|rest| {
+                let length = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+                rest.get(4..4 + length)
+            })
+            .unwrap_or_default();
+        let components: Vec<Vec<u8>> = named.split(|b| *b == b'/').map(<[u8]>::to_vec).collect();
+        let _ = decode_path_history(plaintext, &components, location);
+        let _ = decode_path_history(plaintext, &[b"other".to_vec()], location);
     }
 }
 
@@ -782,11 +837,20 @@ fn read_path_history(file: &Path, codec: &Codec, components: &[Vec<u8>]) -> Resu
     let location = || file.display().to_string();
     let stored = read_bounded(file, MAX_CATALOGUE_BYTES)?;
     let plaintext = codec.decode(&stored, MAX_CATALOGUE_BYTES, &location)?;
+    decode_path_history(&plaintext, components, &location)
+}
+
+/// Parses the plaintext of the kept history of the path made of `components`.
+fn decode_path_history(
+    plaintext: &[u8],
+    components: &[Vec<u8>],
+    location: &dyn Fn() -> String,
+) -> Result<PathEntries> {
     let mut reader = Reader {
         rest: plaintext
             .strip_prefix(HISTORY_HEADER)
             .ok_or_else(|| Error::corrupt(location(), "not a path history of this version"))?,
-        location: &location,
+        location,
     };
     if reader.framed()? != components.join(&b'/') {
         return Err(Error::corrupt(location(), "the history of another path"));

@@ -28,6 +28,9 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("lock", lock),
     ("server_answer", server_answer),
     ("client_request", client_request),
+    ("catalogue_log", catalogue_log),
+    ("catalogue_summary", catalogue_summary),
+    ("path_history", path_history),
 ];
 
 fn location() -> String {
@@ -45,6 +48,24 @@ fn codecs() -> &'static [Codec; 2] {
             Codec::new(Some(crate::crypto::MasterKey::generate()), 3),
         ]
     })
+}
+
+/// The local catalogue's log of records (a cache file another local user could not write,
+/// but a damaged disk or a bug could).
+pub fn catalogue_log(data: &[u8]) {
+    for codec in codecs() {
+        crate::catalogue::decoders::log(data, codec, &location);
+    }
+}
+
+/// The plaintext of the local catalogue's summary.
+pub fn catalogue_summary(data: &[u8]) {
+    crate::catalogue::decoders::summary(data, &location);
+}
+
+/// The plaintext of a kept path history.
+pub fn path_history(data: &[u8]) {
+    crate::catalogue::decoders::path_history(data, &location);
 }
 
 /// A whole pack, read through its header.

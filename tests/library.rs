@@ -624,6 +624,7 @@ struct CountingBackend {
     checkpoint_lists: AtomicUsize,
     ranged_reads: AtomicUsize,
     sized_lists: std::sync::Mutex<Vec<String>>,
+    pack_lists: AtomicUsize,
 }
 
 impl CountingBackend {
@@ -634,6 +635,7 @@ impl CountingBackend {
             checkpoint_lists: AtomicUsize::new(0),
             ranged_reads: AtomicUsize::new(0),
             sized_lists: Default::default(),
+            pack_lists: AtomicUsize::new(0),
         })
     }
 
@@ -675,6 +677,9 @@ impl Backend for CountingBackend {
     fn list_names(&self, prefix: &str) -> Result<Vec<String>> {
         if prefix == "checkpoints/" {
             self.checkpoint_lists.fetch_add(1, Ordering::SeqCst);
+        }
+        if prefix == "data/" {
+            self.pack_lists.fetch_add(1, Ordering::SeqCst);
         }
         self.inner.list_names(prefix)
     }
@@ -847,6 +852,49 @@ fn the_local_catalogue_reads_each_checkpoint_record_once_and_follows_the_listing
     assert_eq!(counting.take_counts().0.len(), 4);
     let mode = std::fs::metadata(&catalogue_file).unwrap().permissions();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o077, 0);
+}
+
+#[test]
+fn runs_after_runs_that_finished_list_no_packs_and_a_failed_runs_packs_are_reused() {
+    let sandbox = Sandbox::new();
+    init_repo(&sandbox, ChunkerParams::default());
+    let source = sandbox.path("source");
+    make_tree(&source);
+    let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
+    let cache = sandbox.path("cache");
+    let pack_lists = || counting.pack_lists.swap(0, Ordering::SeqCst);
+    // A new cache knows nothing of earlier runs: the first run looks for their packs.
+    back_up(&open(counting.clone(), &cache), &source).unwrap();
+    assert_eq!(pack_lists(), 1);
+    std::fs::write(source.join("more"), pseudo_random(100_000, 7)).unwrap();
+    back_up(&open(counting.clone(), &cache), &source).unwrap();
+    assert_eq!(
+        pack_lists(),
+        0,
+        "runs that finished left nothing to look for"
+    );
+
+    // A run whose writes fail after its lock and two packs leaves them unindexed, and its
+    // mark: the next run looks for them once and stores only the rest.
+    for i in 0..2 {
+        let blob = pseudo_random(18_000_000, 200 + i);
+        std::fs::write(source.join(format!("blob{i}")), blob).unwrap();
+    }
+    let failing = Arc::new(FailingBackend {
+        inner: LocalBackend::new(sandbox.path("repo")),
+        puts_left: AtomicUsize::new(3),
+        deletes_left: AtomicUsize::new(usize::MAX),
+    });
+    assert!(back_up(&open(failing, &cache), &source).is_err());
+    let outcome = back_up(&open(counting.clone(), &cache), &source).unwrap();
+    assert_eq!(pack_lists(), 1);
+    assert!(
+        outcome.checkpoint.stats.added_bytes < 30_000_000,
+        "{} bytes stored again",
+        outcome.checkpoint.stats.added_bytes
+    );
+    back_up(&open(counting.clone(), &cache), &source).unwrap();
+    assert_eq!(pack_lists(), 0);
 }
 
 /// Lets the last change to the repository's directories settle: a listing token is given only

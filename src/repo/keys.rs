@@ -23,6 +23,11 @@ pub(super) fn key_id(name: &str) -> &str {
     name.strip_prefix(KEYS_PREFIX).unwrap_or(name)
 }
 
+/// Whether `id` could name a key: the hex digits of a BLAKE3 hash.
+pub(super) fn is_key_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 pub(super) fn key_object_name(id: &str) -> String {
     format!("{KEYS_PREFIX}{id}")
 }

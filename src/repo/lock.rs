@@ -155,12 +155,15 @@ fn refresh_until_stopped(
 /// Lock objects with their records (`None`: unreadable).
 type Locks = Vec<(String, Option<LockRecord>)>;
 
-/// Every lock object of `repo` with its record, and the names of those that vanished between
-/// the listing and their reading (a refresh or a release).
-fn read_locks(repo: &Repository) -> Result<(Locks, BTreeSet<String>)> {
+/// Every lock object of `repo` but `own` with its record, and the names of those that
+/// vanished between the listing and their reading (a refresh or a release).
+fn read_locks(repo: &Repository, own: &str) -> Result<(Locks, BTreeSet<String>)> {
     let mut locks = Vec::new();
     let mut vanished = BTreeSet::new();
     for name in repo.backend().list_names("locks/")? {
+        if name == own {
+            continue;
+        }
         match repo.read_json_object::<LockRecord>(&name) {
             Ok(record) => locks.push((name, Some(record))),
             Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -177,7 +180,7 @@ fn read_locks(repo: &Repository) -> Result<(Locks, BTreeSet<String>)> {
 
 /// Every lock object of `repo` with its record (`None`: unreadable).
 pub fn list(repo: &Repository) -> Result<Locks> {
-    Ok(read_locks(repo)?.0)
+    Ok(read_locks(repo, "")?.0)
 }
 
 /// The first live lock other than `own` that conflicts with a lock of kind `exclusive`. A
@@ -191,11 +194,8 @@ fn conflicting(repo: &Repository, own: &str, exclusive: bool) -> Result<Option<S
         if pass > 0 {
             std::thread::sleep(Duration::from_millis(50 * pass));
         }
-        let (locks, vanished) = read_locks(repo)?;
+        let (locks, vanished) = read_locks(repo, own)?;
         for (name, record) in locks {
-            if name == own {
-                continue;
-            }
             match record {
                 Some(other)
                     if other.stale_because(&host).is_none() && (exclusive || other.exclusive) =>

@@ -37,6 +37,9 @@ use std::sync::Arc;
 /// The largest record (checkpoint or lock) plaintext accepted.
 pub const MAX_RECORD_BYTES: u64 = 16 << 20;
 
+/// The file in a repository's cache directory naming the key that last opened it.
+const LAST_KEY_FILE: &str = "last-key";
+
 /// The secret that opens a repository.
 pub enum Secret {
     None,
@@ -106,6 +109,8 @@ pub struct Repository {
     lock_wait_ms: std::sync::atomic::AtomicU64,
     /// The id of the `keys/<id>` object that opened the repository (password mode only).
     opened_key: Option<String>,
+    /// This repository's directory in the local cache.
+    cache_dir: std::path::PathBuf,
 }
 
 fn write_key_file(path: &Path, key_file: &KeyFile) -> Result<()> {
@@ -342,7 +347,23 @@ impl Repository {
                 (None, None)
             }
             mode => {
-                let (master, opened_key) = Self::unlock(backend.as_ref(), &config, secret(mode)?)?;
+                let last_key = repository_cache.join(LAST_KEY_FILE);
+                let tried_first = std::fs::read_to_string(&last_key).ok();
+                let (master, opened_key) = Self::unlock(
+                    backend.as_ref(),
+                    &config,
+                    secret(mode)?,
+                    tried_first.as_deref(),
+                )?;
+                if let Some(id) = &opened_key
+                    && tried_first.as_deref() != Some(id)
+                {
+                    // Only a saving: a key that cannot be remembered is found by listing.
+                    let _ = backend::create_private_dir(&repository_cache).and_then(|()| {
+                        std::fs::write(&last_key, id)
+                            .map_err(|e| Error::io(last_key.display().to_string(), e))
+                    });
+                }
                 (Some(master), opened_key)
             }
         };
@@ -365,19 +386,34 @@ impl Repository {
             trees,
             lock_wait_ms: Default::default(),
             opened_key,
+            cache_dir: repository_cache,
         })
     }
 
     /// The master key `secret` opens, and in password mode the id of the key object that
-    /// opened it.
+    /// opened it. In password mode key `tried_first` (the one that opened the repository
+    /// last time, remembered in the cache) is tried before the keys are listed.
     fn unlock(
         backend: &dyn Backend,
         config: &Config,
         secret: Secret,
+        tried_first: Option<&str>,
     ) -> Result<(MasterKey, Option<String>)> {
         let location = backend.location();
         match (config.encryption, secret) {
             (EncryptionMode::Password, Secret::Password(password)) => {
+                if let Some(id) = tried_first.filter(|id| keys::is_key_id(id)) {
+                    let opened = backend
+                        .get(&keys::key_object_name(id))
+                        .ok()
+                        .and_then(|bytes| serde_json::from_slice::<PasswordKey>(&bytes).ok())
+                        .and_then(|key| key.unwrap(&password).ok().flatten());
+                    if let Some(master) = opened
+                        && verify_master_key(config, &master, &location)?
+                    {
+                        return Ok((master, Some(id.to_owned())));
+                    }
+                }
                 // A key the password opens whose master key the config does not accept.
                 let mut unaccepted_key = None;
                 for object in backend.list(keys::KEYS_PREFIX)? {
@@ -484,6 +520,11 @@ impl Repository {
 
     /// The id of the `keys/<id>` object whose password opened the repository; `None` unless
     /// it is in password mode.
+    /// This repository's directory in the local cache (private; it exists once opened).
+    pub(crate) fn cache_dir(&self) -> &Path {
+        &self.cache_dir
+    }
+
     pub fn opened_key(&self) -> Option<&str> {
         self.opened_key.as_deref()
     }

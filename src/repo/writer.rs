@@ -244,6 +244,27 @@ pub fn with_blob_sink<T>(
     progress: &Progress,
     body: impl FnOnce(&BlobSink) -> Result<T>,
 ) -> Result<(T, u64)> {
+    let mark = if dry_run {
+        None
+    } else {
+        Some(RunMark::create(&runs_dir(repo))?)
+    };
+    let (value, blobs) = write_through_sink(repo, dry_run, queued, progress, body)?;
+    // Every pack the run wrote is in an index file: nothing of it is left to recover.
+    if let Some(mark) = mark {
+        mark.finished();
+    }
+    Ok((value, blobs))
+}
+
+/// The body of `with_blob_sink`.
+fn write_through_sink<T>(
+    repo: &Repository,
+    dry_run: bool,
+    queued: usize,
+    progress: &Progress,
+    body: impl FnOnce(&BlobSink) -> Result<T>,
+) -> Result<(T, u64)> {
     let flights = Flights::default();
     let (packer_tx, packer_rx) = bounded(queued.max(1));
     std::thread::scope(|scope| {
@@ -422,6 +443,9 @@ fn find_orphan_packs(repo: &Repository) -> Result<(RecoveredPacks, IndexedPacks)
 /// harmless, since a blob is the same wherever it is stored. Runs that write call it once
 /// they hold their lock, so the work of an interrupted run is reused, not stored again.
 pub fn recover_orphan_packs(repo: &Repository) -> Result<RecoveredPacks> {
+    let Some(ended) = ended_runs(&runs_dir(repo)) else {
+        return Ok(RecoveredPacks::default());
+    };
     let (recovered, packs) = find_orphan_packs(repo)?;
     for group in packs.chunks(PACKS_PER_FRESH_INDEX_FILE) {
         let name = put_index_file(repo, group)?;
@@ -434,7 +458,90 @@ pub fn recover_orphan_packs(repo: &Repository) -> Result<RecoveredPacks> {
             recovered.bytes
         );
     }
+    for mark in ended {
+        let _ = std::fs::remove_file(mark);
+    }
+    super::backend::create_private_dir(&runs_dir(repo))?;
     Ok(recovered)
+}
+
+/// Where the marks of runs writing packs through this cache are kept (see [`RunMark`]).
+fn runs_dir(repo: &Repository) -> std::path::PathBuf {
+    repo.cache_dir().join("runs")
+}
+
+/// The mark, in the cache, of a run writing packs: a file the run holds an exclusive
+/// `flock` on for its whole life and removes once every pack it wrote is listed by an index
+/// file. A mark no process holds is a run that ended before that (killed, or failed), whose
+/// packs may lack index files. Only then, or when the cache has no marks directory yet (a
+/// new or lost cache), does `recover_orphan_packs` list `data/`; so a run after runs that
+/// finished lists no packs, whatever their number. Packs another machine's killed run left
+/// are not looked for: the next run there finds its own mark, and a prune removes them.
+struct RunMark {
+    path: std::path::PathBuf,
+    _held: std::fs::File,
+}
+
+impl RunMark {
+    /// Creates and holds a mark in `dir`: locked under a temporary name first, so no other
+    /// run ever sees it unheld.
+    fn create(dir: &std::path::Path) -> Result<RunMark> {
+        use std::os::unix::fs::OpenOptionsExt;
+        super::backend::create_private_dir(dir)?;
+        let name = hex::encode(crate::crypto::random_bytes::<16>());
+        let temporary = dir.join(format!(".{name}"));
+        let path = dir.join(name);
+        let held = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temporary)
+            .and_then(|file| {
+                lock_exclusively(&file)?;
+                std::fs::rename(&temporary, &path)?;
+                Ok(file)
+            })
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&temporary);
+                Error::io(format!("marking a run in {}", dir.display()), e)
+            })?;
+        Ok(RunMark { path, _held: held })
+    }
+
+    /// Removes the mark of a run whose packs are all indexed.
+    fn finished(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The marks in `dir` of runs that ended before their packs were all indexed, or `None`
+/// when none did. A missing or unreadable `dir` counts as one such run.
+fn ended_runs(dir: &std::path::Path) -> Option<Vec<std::path::PathBuf>> {
+    let Ok(listing) = std::fs::read_dir(dir) else {
+        return Some(Vec::new());
+    };
+    let ended: Vec<std::path::PathBuf> = listing
+        .flatten()
+        .filter(|entry| !entry.file_name().as_encoded_bytes().starts_with(b"."))
+        .map(|entry| entry.path())
+        .filter(|path| {
+            // Held: a run under way. Taken: its holder is gone.
+            std::fs::File::open(path).is_ok_and(|file| lock_exclusively(&file).is_ok())
+        })
+        .collect();
+    (!ended.is_empty()).then_some(ended)
+}
+
+/// Takes an exclusive `flock` on `file` without waiting; released when the file is closed
+/// (or its process ends, however it ends).
+fn lock_exclusively(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor `file` owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// What a run that writes does first (see `recover_orphan_packs`): a real run indexes the
@@ -444,6 +551,9 @@ pub fn recover_orphan_packs(repo: &Repository) -> Result<RecoveredPacks> {
 pub fn take_orphan_packs(repo: &Repository, dry_run: bool) -> Result<Vec<BlobId>> {
     if !dry_run {
         recover_orphan_packs(repo)?;
+        return Ok(Vec::new());
+    }
+    if ended_runs(&runs_dir(repo)).is_none() {
         return Ok(Vec::new());
     }
     let (_, packs) = find_orphan_packs(repo)?;
