@@ -705,11 +705,13 @@ fn insert_ordered(known: &mut Known, summary: Summary) {
     known.summary_stale = true;
 }
 
-/// The stored form of record `id` in the log: its id and JSON, encoded by `codec`.
+/// The stored form of record `id` in the log: its id and JSON, encoded by `codec`, not
+/// compressed (a record alone compresses little, and `list` and the mount's `checkpoints/`
+/// decode every one).
 fn encode_record(codec: &Codec, id: &CheckpointId, record: &Checkpoint) -> Vec<u8> {
     let mut plaintext = id.0.to_vec();
     serde_json::to_writer(&mut plaintext, record).expect("checkpoints serialize");
-    codec.encode(&plaintext, true)
+    codec.encode(&plaintext, false)
 }
 
 /// The id and record of a stored record of the log, checked against its id.
