@@ -127,6 +127,24 @@ impl Backend for Retrying {
             self.inner.get_range(name, offset, length)
         })
     }
+    /// A stream cut off is taken up again where it stopped: what was handed over stays.
+    fn get_range_streamed(
+        &self,
+        name: &str,
+        offset: u64,
+        length: u64,
+        take: &mut dyn FnMut(&[u8]),
+    ) -> Result<()> {
+        let mut done = 0u64;
+        self.run(&format!("reading {name}"), || {
+            let (from, left) = (offset + done, length - done);
+            self.inner
+                .get_range_streamed(name, from, left, &mut |piece| {
+                    done += piece.len() as u64;
+                    take(piece);
+                })
+        })
+    }
     fn get_ranges(&self, ranges: &[RangeRequest]) -> Result<Vec<Vec<u8>>> {
         self.run(&format!("reading {} blob ranges", ranges.len()), || {
             self.inner.get_ranges(ranges)
@@ -202,6 +220,16 @@ impl Backend for Bounded {
         let _permit = self.permit();
         self.inner.get_range(name, offset, length)
     }
+    fn get_range_streamed(
+        &self,
+        name: &str,
+        offset: u64,
+        length: u64,
+        take: &mut dyn FnMut(&[u8]),
+    ) -> Result<()> {
+        let _permit = self.permit();
+        self.inner.get_range_streamed(name, offset, length, take)
+    }
     fn get_ranges(&self, ranges: &[RangeRequest]) -> Result<Vec<Vec<u8>>> {
         let _permit = self.permit();
         self.inner.get_ranges(ranges)
@@ -273,6 +301,19 @@ impl Backend for Limited {
         let bytes = self.inner.get_range(name, offset, length)?;
         self.received(bytes.len());
         Ok(bytes)
+    }
+    fn get_range_streamed(
+        &self,
+        name: &str,
+        offset: u64,
+        length: u64,
+        take: &mut dyn FnMut(&[u8]),
+    ) -> Result<()> {
+        self.inner
+            .get_range_streamed(name, offset, length, &mut |piece| {
+                self.received(piece.len());
+                take(piece);
+            })
     }
     fn get_ranges(&self, ranges: &[RangeRequest]) -> Result<Vec<Vec<u8>>> {
         let all = self.inner.get_ranges(ranges)?;
