@@ -204,8 +204,8 @@ struct FileJob {
 /// Files the planner hands the writer together, at most, and bytes of their content: the
 /// chunks of a round are read pack by pack, so a pack is read about once per round it
 /// serves. A round costs memory for its files' entries and chunk lists, not their bytes.
-const ROUND_FILES: usize = 16_384;
-const ROUND_BYTES: u64 = 1 << 30;
+pub(crate) const ROUND_FILES: usize = 16_384;
+pub(crate) const ROUND_BYTES: u64 = 1 << 30;
 
 /// Where a file of a round stands.
 enum Writing {
