@@ -255,7 +255,7 @@ fn located<T>(planned: &Planned<T>) -> (&ChunkRef, &BlobLocation) {
 
 /// Bytes between two needed blobs of a pack that a stretch reads through rather than ending
 /// there and asking again: on a fast link about what one round trip could have carried,
-/// and what a GET costs on a paying store in transfer (see DESIGN.md, "Reading ahead").
+/// and what a GET costs on a paying store in transfer (DESIGN.md, "Reading content").
 const STRETCH_GAP_BYTES: u64 = 1 << 20;
 
 /// Bytes one stretch asks for, at most: a pack and a half, so a whole pack is one request

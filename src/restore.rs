@@ -204,7 +204,7 @@ struct FileJob {
 /// Files the planner hands the writer together, at most, and bytes of their content: the
 /// chunks of a round are read pack by pack, so a pack is read about once per round it
 /// serves. A round costs memory for its files' entries and chunk lists, not their bytes.
-pub(crate) const ROUND_FILES: usize = 16_384;
+pub(crate) const ROUND_FILES: usize = 32_768;
 pub(crate) const ROUND_BYTES: u64 = 1 << 30;
 
 /// Where a file of a round stands.
@@ -242,10 +242,10 @@ impl RoundFile {
     fn take_chunk(&self, offset: u64, length: u32, chunk: Result<&ReadChunk>, out: &Outcome) {
         {
             let mut state = self.state.lock().expect("not poisoned");
-            if !matches!(*state, Writing::Failed(_)) {
-                if let Err(e) = self.write_chunk(&mut state, offset, length, chunk, out) {
-                    *state = Writing::Failed(e);
-                }
+            if !matches!(*state, Writing::Failed(_))
+                && let Err(e) = self.write_chunk(&mut state, offset, length, chunk, out)
+            {
+                *state = Writing::Failed(e);
             }
         }
         if self.chunks_left.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -546,8 +546,9 @@ pub fn run(
         .threads
         .max(repo.backend().preferred_concurrency())
         .max(1);
-    // One round waits while one is written and the next is planned.
-    let (files, rounds) = bounded::<Vec<FileJob>>(1);
+    // The planner hands a round over once the writer is done with the one before: at most
+    // two rounds are held, one written and one planned.
+    let (files, rounds) = bounded::<Vec<FileJob>>(0);
     let (planned, links, mut dirs, mut stats) = std::thread::scope(|scope| {
         let out = Outcome {
             errors: &errors,

@@ -10,7 +10,8 @@
 //! interrupted sync never leaves a half-written file under a real name. A rebuilt file
 //! takes every chunk the old file already holds from there (chunked the same way) and only
 //! the rest from the source; when the old file turns out to hold exactly the source's chunks,
-//! only its metadata is set. Directories, symlinks and special files are created or replaced
+//! only its metadata is set. From a checkpoint, files with nothing at their place go instead
+//! to one round writer, in rounds read pack by pack as restore reads them (`sync_round`). Directories, symlinks and special files are created or replaced
 //! as needed; with `delete`, whatever the source lacks is removed. A directory replaced by
 //! another kind of entry loses what it holds only as deletions (`delete` or `force`, within
 //! `max_delete`), like rsync. Directory metadata is applied last, deepest first.
@@ -823,14 +824,6 @@ fn sync_files<S: TreeSource>(
         .collect()
 }
 
-/// What the planner hands the workers: a batch of files written through the source's
-/// `write_files`, or a round of files with nothing at their place, read from a checkpoint's
-/// repository pack by pack.
-enum Work<D> {
-    Batch(Vec<FileJob<D>>),
-    Round(Vec<FileJob<D>>),
-}
-
 /// Where a file of a round stands.
 enum Writing {
     /// No chunk has arrived: its temporary file is not created yet.
@@ -1034,11 +1027,13 @@ struct Planner<'a, S: TreeSource> {
     source: &'a S,
     options: &'a SyncOptions,
     progress: &'a Progress,
-    files: crossbeam_channel::Sender<Work<S::Dir>>,
+    files: crossbeam_channel::Sender<Vec<FileJob<S::Dir>>>,
+    /// Where rounds go (see `sync_round`), for a checkpoint source.
+    rounds: crossbeam_channel::Sender<Vec<FileJob<S::Dir>>>,
     /// Files not yet handed to a worker, and the bytes of their content.
     batch: Vec<FileJob<S::Dir>>,
     batch_bytes: u64,
-    /// Files for a round (see `Work`) not yet handed to a worker, and their bytes.
+    /// Files for a round (see `sync_round`) not yet handed over, and their bytes.
     round: Vec<FileJob<S::Dir>>,
     round_bytes: u64,
     errors: &'a Mutex<Vec<SyncError>>,
@@ -1059,19 +1054,19 @@ impl<S: TreeSource> Planner<'_, S> {
         }
         self.batch_bytes = 0;
         self.files
-            .send(Work::Batch(std::mem::take(&mut self.batch)))
+            .send(std::mem::take(&mut self.batch))
             .expect("sync workers outlive the planner");
     }
 
-    /// Hands the files gathered for a round so far to a worker.
+    /// Hands the files gathered for a round so far to the round writer.
     fn send_round(&mut self) {
         if self.round.is_empty() {
             return;
         }
         self.round_bytes = 0;
-        self.files
-            .send(Work::Round(std::mem::take(&mut self.round)))
-            .expect("sync workers outlive the planner");
+        self.rounds
+            .send(std::mem::take(&mut self.round))
+            .expect("the round writer outlives the planner");
     }
 
     /// Syncs the source directory `root` into `target`, walking with an explicit stack.
@@ -1569,57 +1564,87 @@ impl LinkGroups {
 /// reused.
 type WorkerTotals = Mutex<(u64, u64, u64)>;
 
-/// Takes batches and rounds of file jobs and brings each file up to date; a round is read
-/// with `readers` stretches at once.
-#[allow(clippy::too_many_arguments)]
+/// Where the workers report each file: totals, progress, errors, a full filesystem.
+struct Outcomes<'a> {
+    progress: &'a Progress,
+    errors: &'a Mutex<Vec<SyncError>>,
+    full: &'a SpaceFailure,
+    totals: &'a WorkerTotals,
+}
+
+impl Outcomes<'_> {
+    /// Records how the file of `job` was brought up to date, or why it was not.
+    fn record<D>(&self, job: &FileJob<D>, result: Result<FileWrite>) {
+        match result {
+            Ok(how) => {
+                let mut totals = self.totals.lock().expect("not poisoned");
+                totals.0 += 1;
+                if let FileWrite::Written { fetched, reused } = how {
+                    totals.1 += fetched;
+                    totals.2 += reused;
+                    self.progress
+                        .bytes_read
+                        .fetch_add(fetched, Ordering::Relaxed);
+                }
+                self.progress.file_done(job.entry.size);
+            }
+            Err(e) if is_out_of_space(&e) => self.full.record(job.shown(), &e),
+            // Once the filesystem is full, files given up on are not errors of their own.
+            Err(_) if self.full.is_full() => {}
+            Err(e) => self.errors.lock().expect("not poisoned").push(SyncError {
+                path: job.shown(),
+                message: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Takes batches of file jobs and brings each file up to date.
 fn run_sync_worker<S: TreeSource>(
     source: &S,
-    jobs: crossbeam_channel::Receiver<Work<S::Dir>>,
-    readers: usize,
+    jobs: crossbeam_channel::Receiver<Vec<FileJob<S::Dir>>>,
     limiter: Option<&RateLimiter>,
-    progress: &Progress,
-    errors: &Mutex<Vec<SyncError>>,
-    full: &SpaceFailure,
-    totals: &WorkerTotals,
+    outcomes: &Outcomes,
 ) {
-    let done = |job: &FileJob<S::Dir>, result: Result<FileWrite>| match result {
-        Ok(how) => {
-            let mut totals = totals.lock().expect("not poisoned");
-            totals.0 += 1;
-            if let FileWrite::Written { fetched, reused } = how {
-                totals.1 += fetched;
-                totals.2 += reused;
-                progress.bytes_read.fetch_add(fetched, Ordering::Relaxed);
-            }
-            progress.file_done(job.entry.size);
-        }
-        Err(e) if is_out_of_space(&e) => full.record(job.shown(), &e),
-        // Once the filesystem is full, files given up on are not errors of their own.
-        Err(_) if full.is_full() => {}
-        Err(e) => errors.lock().expect("not poisoned").push(SyncError {
-            path: job.shown(),
-            message: e.to_string(),
-        }),
-    };
-    for work in jobs {
+    for batch in jobs {
         // Once the filesystem is full, the queued files are dropped unwritten.
-        if full.is_full() {
+        if outcomes.full.is_full() {
             continue;
         }
-        match (work, source.repository()) {
-            (Work::Round(round), Some(repo)) => {
-                sync_round(repo, &round, readers, limiter, full, &done)
-            }
-            (Work::Batch(batch) | Work::Round(batch), _) => {
-                let results = sync_files(source, &batch, limiter);
-                for (job, result) in batch.iter().zip(results) {
-                    done(job, result);
-                }
-            }
+        let results = sync_files(source, &batch, limiter);
+        for (job, result) in batch.iter().zip(results) {
+            outcomes.record(job, result);
         }
         if let Some(received) = source.bytes_received() {
-            progress.bytes_read.store(received, Ordering::Relaxed);
+            outcomes
+                .progress
+                .bytes_read
+                .store(received, Ordering::Relaxed);
         }
+    }
+}
+
+/// Writes the rounds of a checkpoint source one after the other, each read from `repo`
+/// with `readers` stretches at once.
+fn run_round_writer<D: Sync>(
+    repo: &Repository,
+    rounds: crossbeam_channel::Receiver<Vec<FileJob<D>>>,
+    readers: usize,
+    limiter: Option<&RateLimiter>,
+    outcomes: &Outcomes,
+) {
+    for round in rounds {
+        if outcomes.full.is_full() {
+            continue;
+        }
+        sync_round(
+            repo,
+            &round,
+            readers,
+            limiter,
+            outcomes.full,
+            &|job, result| outcomes.record(job, result),
+        );
     }
 }
 
@@ -1675,30 +1700,39 @@ pub fn run<S: TreeSource>(
     let totals: WorkerTotals = Mutex::new((0, 0, 0));
     let limiter = options.rate_limit.map(RateLimiter::new);
     let threads = options.concurrency.max(1);
-    let readers = source.repository().map_or(1, |repo| {
-        threads.max(repo.backend().preferred_concurrency())
-    });
-    let (files, jobs) = bounded::<Work<S::Dir>>(threads);
+    let (files, jobs) = bounded::<Vec<FileJob<S::Dir>>>(threads);
+    // A round is handed over once the writer is done with the one before: at most two are
+    // held, one written and one planned.
+    let (rounds, round_jobs) = bounded::<Vec<FileJob<S::Dir>>>(0);
+    let outcomes = Outcomes {
+        progress,
+        errors: &errors,
+        full: &full,
+        totals: &totals,
+    };
     let counting_stopped = AtomicBool::new(false);
     let (planned, mut dirs, links, mut report) = std::thread::scope(|scope| {
         scope.spawn(|| source.count(&root, progress, &counting_stopped));
-        let workers: Vec<_> = (0..threads)
+        let (outcomes, limiter) = (&outcomes, limiter.as_ref());
+        let mut workers: Vec<_> = (0..threads)
             .map(|_| {
-                let (jobs, errors, full, totals, limiter) =
-                    (jobs.clone(), &errors, &full, &totals, limiter.as_ref());
-                scope.spawn(move || {
-                    run_sync_worker(
-                        source, jobs, readers, limiter, progress, errors, full, totals,
-                    )
-                })
+                let jobs = jobs.clone();
+                scope.spawn(move || run_sync_worker(source, jobs, limiter, outcomes))
             })
             .collect();
         drop(jobs);
+        if let Some(repo) = source.repository() {
+            let readers = threads.max(repo.backend().preferred_concurrency());
+            workers.push(
+                scope.spawn(move || run_round_writer(repo, round_jobs, readers, limiter, outcomes)),
+            );
+        }
         let mut planner = Planner {
             source,
             options,
             progress,
             files,
+            rounds,
             batch: Vec::new(),
             batch_bytes: 0,
             round: Vec::new(),
@@ -1718,13 +1752,14 @@ pub fn run<S: TreeSource>(
         planner.send_round();
         let Planner {
             files,
+            rounds,
             dirs,
             links,
             report,
             ..
         } = planner;
-        // With the planner's sender gone, the workers finish what is queued and stop.
-        drop(files);
+        // With the planner's senders gone, the workers finish what is queued and stop.
+        drop((files, rounds));
         for worker in workers {
             worker.join().expect("sync workers do not panic");
         }
