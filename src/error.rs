@@ -91,6 +91,36 @@ impl Error {
         }
     }
 
+    /// The same error again, for another place it concerns (a blob several files hold):
+    /// `std::io::Error` cannot be cloned, so an I/O cause is made anew, same code and text.
+    pub fn duplicate(&self) -> Self {
+        match self {
+            Error::Io { context, cause } => Error::Io {
+                context: context.clone(),
+                cause: match cause.raw_os_error() {
+                    Some(code) => std::io::Error::from_raw_os_error(code),
+                    None => std::io::Error::new(cause.kind(), cause.to_string()),
+                },
+            },
+            Error::Corrupt { location, what } => Error::corrupt(location.clone(), what.clone()),
+            Error::WrongKey(message) => Error::WrongKey(message.clone()),
+            Error::NotFound(message) => Error::NotFound(message.clone()),
+            Error::InvalidInput(message) => Error::InvalidInput(message.clone()),
+            Error::Locked(message) => Error::Locked(message.clone()),
+            Error::Interrupted => Error::Interrupted,
+            Error::Network(message) => Error::Network(message.clone()),
+            Error::Unavailable(message) => Error::Unavailable(message.clone()),
+            Error::Cache { path, message } => Error::Cache {
+                path: path.clone(),
+                message: message.clone(),
+            },
+            Error::Tampered { repository, what } => Error::Tampered {
+                repository: repository.clone(),
+                what: what.clone(),
+            },
+        }
+    }
+
     /// Wrong bytes found at `location` (a pack, blob or file name).
     pub fn corrupt(location: impl Into<String>, what: impl Into<String>) -> Self {
         Error::Corrupt {

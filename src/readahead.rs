@@ -13,14 +13,25 @@
 //! A chunk that cannot be read costs only itself: when a window's read fails because an
 //! object is missing or short, each of its chunks is read alone, so the error names the
 //! chunk (and the caller the file) it concerns, and its neighbours still arrive.
+//!
+//! Restore and sync into a directory, which know every place a round of files needs each
+//! chunk, read by pack instead (`read_by_pack`): the chunks of the round are located and
+//! grouped by pack, each blob once however many places need it; each pack's needed blobs,
+//! sorted by offset, make stretches read in one streamed request each, from the first
+//! needed blob to the last (a stretch ends only at a gap over `STRETCH_GAP_BYTES` or at
+//! `STRETCH_BYTES`); several stretches are read at once, and each blob is decoded, checked
+//! against its id and handed to every place that needs it as soon as its last byte arrives.
+//! Memory is one blob's buffer per stretch under way (on a store that streams), not packs.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::id::{BlobId, PackId};
 use crate::repo::Repository;
 use crate::repo::backend::RangeRequest;
 use crate::repo::index::BlobLocation;
-use crate::repo::pack::pack_object_name;
+use crate::repo::pack::{PACK_TARGET_BYTES, pack_object_name};
 use crate::tree::{ChunkRef, locate_chunk};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{Scope, ScopedJoinHandle};
 
 /// Bytes of chunks one window holds, at most (the last chunk may go past it).
@@ -240,6 +251,202 @@ fn located<T>(planned: &Planned<T>) -> (&ChunkRef, &BlobLocation) {
         .as_ref()
         .expect("spans hold located chunks");
     (&planned.chunk, at)
+}
+
+/// Bytes between two needed blobs of a pack that a stretch reads through rather than ending
+/// there and asking again: on a fast link about what one round trip could have carried,
+/// and what a GET costs on a paying store in transfer (DESIGN.md, "Reading content").
+const STRETCH_GAP_BYTES: u64 = 1 << 20;
+
+/// Bytes one stretch asks for, at most: a pack and a half, so a whole pack is one request
+/// and a backend that cannot stream holds no more than that.
+const STRETCH_BYTES: u64 = PACK_TARGET_BYTES as u64 * 3 / 2;
+
+/// One blob a round needs: where it is stored, and every place (an index into the round's
+/// places) it goes to.
+struct Need {
+    at: BlobLocation,
+    id: BlobId,
+    places: Vec<usize>,
+}
+
+/// Needed blobs of one pack, by offset, read in one request from the first to the last.
+struct Stretch {
+    name: String,
+    offset: u64,
+    length: u64,
+    needs: Vec<Need>,
+}
+
+/// Reads the chunks of `places` pack by pack (see the module documentation) with up to
+/// `readers` stretches under way, and hands each chunk, or why it cannot be read, to
+/// `deliver` with its place's tag: exactly once per place, from the reading threads, in no
+/// particular order. Once `stop` says so, the stretches not yet started are not read: their
+/// places get `Error::Interrupted`.
+pub fn read_by_pack<T: Sync>(
+    repo: &Repository,
+    places: Vec<(T, ChunkRef)>,
+    readers: usize,
+    stop: &(dyn Fn() -> bool + Sync),
+    deliver: &(dyn Fn(&T, Result<&ReadChunk>) + Sync),
+) {
+    let mut tags = Vec::with_capacity(places.len());
+    let mut packs: Vec<(PackId, Vec<Need>)> = Vec::new();
+    let mut pack_of: HashMap<PackId, usize> = HashMap::new();
+    let mut need_of: HashMap<BlobId, (usize, usize)> = HashMap::new();
+    for (place, (tag, chunk)) in places.into_iter().enumerate() {
+        tags.push(tag);
+        if let Some(&(pack, need)) = need_of.get(&chunk.id) {
+            packs[pack].1[need].places.push(place);
+            continue;
+        }
+        match locate_chunk(repo, &chunk) {
+            Ok(at) => {
+                let pack = *pack_of.entry(at.pack).or_insert_with(|| {
+                    packs.push((at.pack, Vec::new()));
+                    packs.len() - 1
+                });
+                let needs = &mut packs[pack].1;
+                need_of.insert(chunk.id, (pack, needs.len()));
+                needs.push(Need {
+                    at,
+                    id: chunk.id,
+                    places: vec![place],
+                });
+            }
+            Err(e) => deliver(&tags[place], Err(e)),
+        }
+    }
+    drop(need_of);
+    let stretches = stretches_of(packs);
+    let next = AtomicUsize::new(0);
+    let tags = &tags;
+    std::thread::scope(|scope| {
+        for _ in 0..readers.clamp(1, stretches.len().max(1)) {
+            scope.spawn(|| {
+                while let Some(stretch) = stretches.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    if stop() {
+                        for need in &stretch.needs {
+                            hand_over(need, Err(Error::Interrupted), tags, deliver);
+                        }
+                        continue;
+                    }
+                    read_stretch(repo, stretch, tags, deliver);
+                }
+            });
+        }
+    });
+}
+
+/// Cuts each pack's needed blobs, sorted by offset, into stretches; packs in the order
+/// they were first needed.
+fn stretches_of(packs: Vec<(PackId, Vec<Need>)>) -> Vec<Stretch> {
+    let mut stretches: Vec<Stretch> = Vec::new();
+    for (pack, mut needs) in packs {
+        needs.sort_by_key(|need| need.at.entry.offset);
+        let name = pack_object_name(&pack);
+        let mut current: Option<Stretch> = None;
+        for need in needs {
+            let start = u64::from(need.at.entry.offset);
+            let end = start + u64::from(need.at.entry.length);
+            if let Some(stretch) = current.as_mut() {
+                let stretch_end = stretch.offset + stretch.length;
+                // Blobs that overlap (an index no writer made) go to a request of their own.
+                let joins = start >= stretch_end
+                    && start - stretch_end <= STRETCH_GAP_BYTES
+                    && end - stretch.offset <= STRETCH_BYTES;
+                if joins {
+                    stretch.length = end - stretch.offset;
+                    stretch.needs.push(need);
+                    continue;
+                }
+            }
+            stretches.extend(current.replace(Stretch {
+                name: name.clone(),
+                offset: start,
+                length: end - start,
+                needs: vec![need],
+            }));
+        }
+        stretches.extend(current);
+    }
+    stretches
+}
+
+/// Reads one stretch as it streams in, handing each blob over once its bytes are in.
+/// When the read fails because the pack is missing or short, the blobs not yet handed
+/// over are read alone, so each error names its blob.
+fn read_stretch<T>(
+    repo: &Repository,
+    stretch: &Stretch,
+    tags: &[T],
+    deliver: &(dyn Fn(&T, Result<&ReadChunk>) + Sync),
+) {
+    let needs = &stretch.needs;
+    let mut next = 0;
+    let mut position = stretch.offset;
+    let mut stored = Vec::new();
+    let streamed = repo.backend().get_range_streamed(
+        &stretch.name,
+        stretch.offset,
+        stretch.length,
+        &mut |mut piece: &[u8]| {
+            while let Some(need) = needs.get(next).filter(|_| !piece.is_empty()) {
+                let start = u64::from(need.at.entry.offset);
+                if position < start {
+                    let skipped = (start - position).min(piece.len() as u64) as usize;
+                    piece = &piece[skipped..];
+                    position += skipped as u64;
+                    continue;
+                }
+                let end = start + u64::from(need.at.entry.length);
+                let taken = (end - position).min(piece.len() as u64) as usize;
+                stored.extend_from_slice(&piece[..taken]);
+                piece = &piece[taken..];
+                position += taken as u64;
+                if position == end {
+                    let decoded = repo.decode_blob_at(&need.at, &need.id, &stored);
+                    stored.clear();
+                    hand_over(need, decoded, tags, deliver);
+                    next += 1;
+                }
+            }
+        },
+    );
+    let rest = &needs[next..];
+    match streamed {
+        Ok(()) if rest.is_empty() => {}
+        Err(e) if !matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Corrupt) => {
+            let message = e.to_string();
+            for need in rest {
+                let error = Error::Network(format!("reading blob {}: {message}", need.id));
+                hand_over(need, Err(error), tags, deliver);
+            }
+        }
+        // A missing or short pack (or blobs of no length, which no stream ends): which blob
+        // it costs is found by reading each alone.
+        _ => {
+            for need in rest {
+                hand_over(need, repo.read_blob_at(&need.at, &need.id), tags, deliver);
+            }
+        }
+    }
+}
+
+/// Hands a blob read (or its error) to every place that needs it.
+fn hand_over<T>(
+    need: &Need,
+    read: Result<Vec<u8>>,
+    tags: &[T],
+    deliver: &(dyn Fn(&T, Result<&ReadChunk>) + Sync),
+) {
+    let read = read.map(|bytes| ReadChunk {
+        bytes,
+        stored_length: u64::from(need.at.entry.length),
+    });
+    for &place in &need.places {
+        deliver(&tags[place], read.as_ref().map_err(Error::duplicate));
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,13 @@
 //! Restore: a checkpoint's tree (or one path in it) back into a directory, exactly.
 //!
 //! The planner (the calling thread) walks the tree in order, creating directories, symlinks,
-//! FIFOs and device nodes as it goes and handing regular files, in batches of up to 256
-//! files or 8 MiB, to worker threads, which fetch their chunks ahead, neighbours in a pack in
-//! one ranged read (`readahead`), verify them and write the files. Blocks of zeros are written as holes and, unless
+//! FIFOs and device nodes as it goes and handing regular files, in rounds of up to
+//! `ROUND_FILES` files or `ROUND_BYTES` of content, to a writer thread, which reads each
+//! round's chunks pack by pack (`readahead::read_by_pack`: each pack's needed stretch in one
+//! streamed request, several at once) and writes every chunk, verified, to each place in the
+//! round's files that holds it. A file is created when its first chunk arrives and finished
+//! (length, holes filled, metadata) when its last has been written, so only files partly
+//! written are open. Blocks of zeros are written as holes and, unless
 //! `sparse` asks to keep them, filled with zeros once the file is complete: cairn does not
 //! record which files were sparse, so files come back dense, as with rsync or restic, and
 //! with `--sparse` every zero run becomes a hole. Hard links are made once their first path
@@ -16,19 +20,19 @@
 //! tree is walked with an explicit stack, so depth costs heap, not the thread's stack. A file
 //! whose chunk is missing or corrupt is deleted, never left with wrong bytes.
 //!
-//! A full filesystem (`ENOSPC`, `EDQUOT`) stops the restore at once: the file being written is
-//! deleted, the workers drop the files still queued, the walk stops, no hard links are made,
+//! A full filesystem (`ENOSPC`, `EDQUOT`) stops the restore at once: the files being written
+//! are deleted, the packs not yet read are not read, the walk stops, no hard links are made,
 //! and the outcome says where it stopped and how much space is left, so the user gets one
 //! message instead of one error per remaining file.
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsmeta::running_as_root;
 use crate::id::BlobId;
-use crate::readahead::{self, ChunkStream, Delivered};
+use crate::readahead::{self, ReadChunk};
 use crate::repo::Repository;
 use crate::space::{OutOfSpace, SpaceFailure, is_out_of_space};
 use crate::target::{TargetDir, check_path_length, set_directories_metadata, set_metadata_of};
-use crate::tree::{ChunkRef, Entry, EntryKind, is_valid_name, load_tree, sized_file_chunks};
+use crate::tree::{Entry, EntryKind, is_valid_name, load_tree, sized_file_chunks};
 use crossbeam_channel::{Receiver, bounded};
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -37,6 +41,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -48,7 +53,8 @@ const HOLE_BLOCK_BYTES: usize = 4096;
 pub struct RestoreOptions {
     /// Restore into a target that already has content, replacing what is in the way.
     pub overwrite: bool,
-    /// File workers; defaults to twice the number of cores (they wait on I/O).
+    /// Stretches of packs read (and their chunks written) at once, at least as many as the
+    /// backend keeps under way; defaults to twice the number of cores (they wait on I/O).
     pub threads: usize,
     /// Leave runs of zeros as holes (`--sparse`); otherwise files are written dense.
     pub sparse: bool,
@@ -159,56 +165,6 @@ fn seek_from(file: &fs::File, offset: u64, whence: i32) -> std::io::Result<Optio
     }
 }
 
-/// Writes one regular file's content, whose `chunks` come next from `stream`, and metadata.
-/// Every chunk of the file is taken from the stream, whatever fails.
-fn restore_file(
-    job: &FileJob,
-    chunks: &[ChunkRef],
-    stream: &mut impl Iterator<Item = Delivered<()>>,
-    progress: &RestoreProgress,
-    sparse: bool,
-) -> Result<()> {
-    let mut chunks_left = chunks.len();
-    let mut written = || -> Result<()> {
-        let shown = job.dir.child_path(&job.entry.name);
-        let context = || format!("writing {}", shown.display());
-        let file = job.dir.create_file(&job.entry.name).context_io(context)?;
-        let mut offset = 0u64;
-        while chunks_left > 0 {
-            let ((), data) = stream
-                .next()
-                .expect("the stream holds every chunk of the batch");
-            chunks_left -= 1;
-            let data = data?.bytes;
-            write_sparse(&file, offset, &data).context_io(context)?;
-            offset += data.len() as u64;
-            progress
-                .bytes_done
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
-        if offset != job.entry.size {
-            return Err(Error::corrupt(
-                shown.display().to_string(),
-                format!(
-                    "chunks hold {offset} bytes where the tree says {}",
-                    job.entry.size
-                ),
-            ));
-        }
-        file.set_len(offset).context_io(context)?;
-        if !sparse {
-            fill_holes(&file).context_io(context)?;
-        }
-        set_metadata_of(file.as_fd(), &job.entry, &shown)
-            .context_io(|| format!("setting metadata of {}", shown.display()))?;
-        progress.files_done.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    };
-    let result = written();
-    stream.take(chunks_left).for_each(drop);
-    result
-}
-
 /// The hard-link groups met in a walk, by paths relative to the target: the first path of
 /// each group is written like any file, the others are kept to be linked to it once it
 /// exists.
@@ -239,72 +195,191 @@ impl HardLinkGroups {
     }
 }
 
-/// A regular file for the workers: entry `entry.name` of `dir`.
+/// A regular file for the writer: entry `entry.name` of `dir`.
 struct FileJob {
     dir: Arc<TargetDir>,
     entry: Entry,
 }
 
-/// Files the planner hands a worker together, at most, and bytes of their content: their
-/// chunks are read in few requests (`readahead`).
-const FILES_PER_BATCH: usize = 256;
-const BATCH_BYTES: u64 = readahead::WINDOW_BYTES;
+/// Files the planner hands the writer together, at most, and bytes of their content: the
+/// chunks of a round are read pack by pack, so a pack is read about once per round it
+/// serves. A round costs memory for its files' entries and chunk lists, not their bytes.
+pub(crate) const ROUND_FILES: usize = 32_768;
+pub(crate) const ROUND_BYTES: u64 = 1 << 30;
 
-/// Restores batches of files: each batch's chunks are read ahead, coalesced, while its files
-/// are written one after the other.
-fn run_worker(
-    repo: &Repository,
-    batches: Receiver<Vec<FileJob>>,
-    errors: &Mutex<Vec<RestoreError>>,
-    full: &SpaceFailure,
-    progress: &RestoreProgress,
+/// Where a file of a round stands.
+enum Writing {
+    /// No chunk has arrived: the file is not created yet.
+    Waiting,
+    Open(fs::File),
+    /// It cannot be restored; it is removed once its last chunk has come.
+    Failed(Error),
+    Finished,
+}
+
+/// A file of a round, and how many of its chunks are still to come.
+struct RoundFile {
+    job: FileJob,
+    state: Mutex<Writing>,
+    chunks_left: AtomicUsize,
+}
+
+/// What the writer reports into, shared by the threads writing a round.
+struct Outcome<'a> {
+    errors: &'a Mutex<Vec<RestoreError>>,
+    full: &'a SpaceFailure,
+    progress: &'a RestoreProgress,
     sparse: bool,
-) {
-    for batch in batches {
+}
+
+impl RoundFile {
+    fn shown(&self) -> PathBuf {
+        self.job.dir.child_path(&self.job.entry.name)
+    }
+
+    /// Writes `chunk` (or records why it cannot be) at `offset`, where `length` bytes
+    /// belong; the file is finished once this was its last chunk.
+    fn take_chunk(&self, offset: u64, length: u32, chunk: Result<&ReadChunk>, out: &Outcome) {
+        {
+            let mut state = self.state.lock().expect("not poisoned");
+            if !matches!(*state, Writing::Failed(_))
+                && let Err(e) = self.write_chunk(&mut state, offset, length, chunk, out)
+            {
+                *state = Writing::Failed(e);
+            }
+        }
+        if self.chunks_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.finish(out);
+        }
+    }
+
+    fn write_chunk(
+        &self,
+        state: &mut Writing,
+        offset: u64,
+        length: u32,
+        chunk: Result<&ReadChunk>,
+        out: &Outcome,
+    ) -> Result<()> {
+        let bytes = &chunk?.bytes;
+        let context = || format!("writing {}", self.shown().display());
+        if bytes.len() != length as usize {
+            return Err(Error::corrupt(
+                self.shown().display().to_string(),
+                format!("the chunk at offset {offset} has the wrong length"),
+            ));
+        }
+        if matches!(state, Writing::Waiting) {
+            *state = Writing::Open(self.create().context_io(context)?);
+        }
+        let Writing::Open(file) = state else {
+            unreachable!("a file takes chunks only while open");
+        };
+        write_sparse(file, offset, bytes).context_io(context)?;
+        out.progress
+            .bytes_done
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn create(&self) -> std::io::Result<fs::File> {
+        self.job.dir.create_file(&self.job.entry.name)
+    }
+
+    /// Gives the file, all of whose chunks are written, its length, its zeros (unless
+    /// sparse) and its metadata; or removes it when it failed.
+    fn finish(&self, out: &Outcome) {
+        let state = std::mem::replace(
+            &mut *self.state.lock().expect("not poisoned"),
+            Writing::Finished,
+        );
+        let shown = self.shown();
+        let context = || format!("writing {}", shown.display());
+        let finished = match state {
+            Writing::Failed(e) => Err(e),
+            Writing::Finished => unreachable!("a file is finished once"),
+            // A file without chunks is created here.
+            Writing::Waiting => self.create().context_io(context),
+            Writing::Open(file) => Ok(file),
+        }
+        .and_then(|file| {
+            file.set_len(self.job.entry.size).context_io(context)?;
+            if !out.sparse {
+                fill_holes(&file).context_io(context)?;
+            }
+            set_metadata_of(file.as_fd(), &self.job.entry, &shown)
+                .context_io(|| format!("setting metadata of {}", shown.display()))
+        });
+        match finished {
+            Ok(()) => {
+                out.progress.files_done.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => failed(&self.job, e, out),
+        }
+    }
+}
+
+/// Records why the file of `job` could not be restored, and removes what was written of
+/// it: a file is never left with missing or wrong bytes under its real name. Once the
+/// filesystem is full, files given up on are not errors of their own.
+fn failed(job: &FileJob, e: Error, out: &Outcome) {
+    let _ = job.dir.unlink(&job.entry.name);
+    let path = job.dir.child_path(&job.entry.name);
+    if is_out_of_space(&e) {
+        out.full.record(path, &e);
+    } else if !out.full.is_full() {
+        out.errors.lock().expect("not poisoned").push(RestoreError {
+            path,
+            message: format!("{e}"),
+        });
+    }
+}
+
+/// Restores the rounds of files, one after the other, each read pack by pack with
+/// `readers` stretches under way.
+fn run_writer(repo: &Repository, rounds: Receiver<Vec<FileJob>>, readers: usize, out: &Outcome) {
+    for jobs in rounds {
         // Once the filesystem is full, the queued files are dropped unwritten.
-        if full.is_full() {
+        if out.full.is_full() {
             continue;
         }
-        let failed = |job: &FileJob, e: Error| {
-            // Never leave a file with missing or wrong bytes under its real name.
-            let _ = job.dir.unlink(&job.entry.name);
-            let path = job.dir.child_path(&job.entry.name);
-            if is_out_of_space(&e) {
-                full.record(path, &e);
-                return;
+        let mut round = Vec::with_capacity(jobs.len());
+        let mut places = Vec::new();
+        for job in jobs {
+            let EntryKind::File(content) = &job.entry.kind else {
+                unreachable!("only regular files are sent to the writer");
+            };
+            let chunks = match sized_file_chunks(repo, content, job.entry.size) {
+                Ok(chunks) => chunks,
+                Err(e) => {
+                    failed(&job, e, out);
+                    continue;
+                }
+            };
+            let mut offset = 0u64;
+            for chunk in &chunks {
+                places.push(((round.len(), offset, chunk.length), *chunk));
+                offset += u64::from(chunk.length);
             }
-            errors.lock().expect("not poisoned").push(RestoreError {
-                path,
-                message: format!("{e}"),
+            round.push(RoundFile {
+                job,
+                state: Mutex::new(Writing::Waiting),
+                chunks_left: AtomicUsize::new(chunks.len()),
             });
-        };
-        let lists: Vec<Option<Vec<ChunkRef>>> = batch
+        }
+        for file in round
             .iter()
-            .map(|job| {
-                let EntryKind::File(content) = &job.entry.kind else {
-                    unreachable!("only regular files are sent to workers");
-                };
-                sized_file_chunks(repo, content, job.entry.size)
-                    .map_err(|e| failed(job, e))
-                    .ok()
-            })
-            .collect();
-        let chunks = lists
-            .iter()
-            .flat_map(|list| list.iter().flatten().map(|chunk| ((), *chunk)));
-        std::thread::scope(|scope| {
-            let mut stream = ChunkStream::new(repo, scope, chunks);
-            for (job, list) in batch.iter().zip(&lists) {
-                if full.is_full() {
-                    return;
-                }
-                if let Some(chunks) = list
-                    && let Err(e) = restore_file(job, chunks, &mut stream, progress, sparse)
-                {
-                    failed(job, e);
-                }
-            }
-        });
+            .filter(|f| f.chunks_left.load(Ordering::Relaxed) == 0)
+        {
+            file.finish(out);
+        }
+        readahead::read_by_pack(
+            repo,
+            places,
+            readers,
+            &|| out.full.is_full(),
+            &|&(file, offset, length), chunk| round[file].take_chunk(offset, length, chunk, out),
+        );
     }
 }
 
@@ -317,13 +392,13 @@ struct Level {
     own: Option<Entry>,
 }
 
-/// Walks the tree, creating everything but regular files, which go to the workers.
+/// Walks the tree, creating everything but regular files, which go to the writer.
 struct Planner<'a> {
     repo: &'a Repository,
     files: crossbeam_channel::Sender<Vec<FileJob>>,
-    /// Files not yet handed to a worker, and the bytes of their content.
-    batch: Vec<FileJob>,
-    batch_bytes: u64,
+    /// Files not yet handed to the writer, and the bytes of their content.
+    round: Vec<FileJob>,
+    round_bytes: u64,
     /// Hard links to make once the files exist.
     links: HardLinkGroups,
     /// Directories (relative to the target) with their metadata, deepest first.
@@ -333,15 +408,15 @@ struct Planner<'a> {
 }
 
 impl Planner<'_> {
-    /// Hands the files gathered so far to a worker.
-    fn send_batch(&mut self) {
-        if self.batch.is_empty() {
+    /// Hands the files gathered so far to the writer.
+    fn send_round(&mut self) {
+        if self.round.is_empty() {
             return;
         }
-        self.batch_bytes = 0;
+        self.round_bytes = 0;
         self.files
-            .send(std::mem::take(&mut self.batch))
-            .expect("restore workers outlive the planner");
+            .send(std::mem::take(&mut self.round))
+            .expect("the restore writer outlives the planner");
     }
 
     /// Restores the tree `tree_id` into `root`, walking it with an explicit stack.
@@ -403,10 +478,10 @@ impl Planner<'_> {
             EntryKind::Dir(_) => unreachable!("directories are handled above"),
             EntryKind::File(_) => {
                 if !self.links.defer(&entry, &relative) {
-                    self.batch_bytes += entry.size;
-                    self.batch.push(FileJob { dir, entry });
-                    if self.batch.len() >= FILES_PER_BATCH || self.batch_bytes >= BATCH_BYTES {
-                        self.send_batch();
+                    self.round_bytes += entry.size;
+                    self.round.push(FileJob { dir, entry });
+                    if self.round.len() >= ROUND_FILES || self.round_bytes >= ROUND_BYTES {
+                        self.send_round();
                     }
                 }
                 return Ok(None);
@@ -467,19 +542,26 @@ pub fn run(
     let root = Arc::new(prepare_target(target, options.overwrite)?);
     let errors = Mutex::new(Vec::new());
     let full = SpaceFailure::default();
-    let threads = options.threads.max(1);
-    let (files, jobs) = bounded::<Vec<FileJob>>(threads);
+    let readers = options
+        .threads
+        .max(repo.backend().preferred_concurrency())
+        .max(1);
+    // The planner hands a round over once the writer is done with the one before: at most
+    // two rounds are held, one written and one planned.
+    let (files, rounds) = bounded::<Vec<FileJob>>(0);
     let (planned, links, mut dirs, mut stats) = std::thread::scope(|scope| {
-        for _ in 0..threads {
-            let jobs = jobs.clone();
-            let (errors, full) = (&errors, &full);
-            scope.spawn(move || run_worker(repo, jobs, errors, full, progress, options.sparse));
-        }
+        let out = Outcome {
+            errors: &errors,
+            full: &full,
+            progress,
+            sparse: options.sparse,
+        };
+        scope.spawn(move || run_writer(repo, rounds, readers, &out));
         let mut planner = Planner {
             repo,
             files,
-            batch: Vec::new(),
-            batch_bytes: 0,
+            round: Vec::new(),
+            round_bytes: 0,
             links: HardLinkGroups::default(),
             dirs: Vec::new(),
             stats: RestoreStats::default(),
@@ -498,9 +580,9 @@ pub fn run(
                     .map(|_| ())
             }
         };
-        planner.send_batch();
-        // Taking the planner apart drops its sender, which lets the workers finish; the
-        // scope waits for them.
+        planner.send_round();
+        // Taking the planner apart drops its sender, which lets the writer finish; the
+        // scope waits for it.
         let Planner {
             links, dirs, stats, ..
         } = planner;

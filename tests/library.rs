@@ -1103,3 +1103,62 @@ fn syncing_a_checkpoint_of_a_thousand_small_files_into_a_directory_reads_few_ran
     let reads = counting.ranged_reads.load(Ordering::SeqCst);
     assert!(reads <= 40, "{reads} ranged reads for 1,000 files");
 }
+
+#[test]
+fn restoring_thousands_of_files_over_several_packs_reads_each_pack_in_few_ranges() {
+    let sandbox = Sandbox::new();
+    init_repo(&sandbox, ChunkerParams::default());
+    let source = sandbox.path("source");
+    small_and_large_files(&source);
+    let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
+    let repo = open(counting.clone(), &sandbox.path("cache"));
+    back_up(&repo, &source).unwrap();
+    let packs = counting.list_names("data/").unwrap().len();
+    assert!(packs >= 3, "{packs} packs: the tree should span several");
+    counting.ranged_reads.store(0, Ordering::SeqCst);
+    assert_latest_restores_to(&repo, &source, &sandbox.path("target"));
+    let reads = counting.ranged_reads.load(Ordering::SeqCst);
+    // Each pack about once, and each of the four trees.
+    assert!(
+        reads <= packs + 4 + 2,
+        "{reads} ranged reads for {packs} packs of 3,006 files"
+    );
+}
+
+#[test]
+fn syncing_a_checkpoint_of_thousands_of_files_into_a_new_directory_reads_each_pack_in_few_ranges() {
+    use cairn::sync::into_dir::{self, CheckpointSource};
+    let sandbox = Sandbox::new();
+    init_repo(&sandbox, ChunkerParams::default());
+    let source = sandbox.path("source");
+    small_and_large_files(&source);
+    let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
+    let repo = open(counting.clone(), &sandbox.path("cache"));
+    back_up(&repo, &source).unwrap();
+    let packs = counting.list_names("data/").unwrap().len();
+    counting.ranged_reads.store(0, Ordering::SeqCst);
+    let (_, latest) = cairn::checkpoint::resolve(&repo, "latest").unwrap();
+    let checkpoint = CheckpointSource {
+        repo: &repo,
+        totals: (latest.stats.files, latest.stats.bytes),
+    };
+    let target = sandbox.path("target");
+    let report = into_dir::run(
+        &checkpoint,
+        latest.tree,
+        latest.root.as_ref(),
+        &target,
+        &cairn::sync::SyncOptions::default(),
+        &Progress::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_same_tree(&source, &target);
+    let reads = counting.ranged_reads.load(Ordering::SeqCst);
+    // Each pack about once, and each of the four trees.
+    assert!(
+        reads <= packs + 4 + 2,
+        "{reads} ranged reads for {packs} packs of 3,006 files"
+    );
+}

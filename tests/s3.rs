@@ -3,7 +3,7 @@
 //! type, no-op backups, wrong passwords, a lost cache, damage found by `check --read-data`,
 //! the mount, forget and prune, concurrent backups, sync and serve) holds on S3 too; errors of
 //! the store name the bucket or endpoint and leave nothing behind; and a no-op backup makes as
-//! many requests for 1,000 files as for 10.
+//! many requests for 1,000 files as for 10, and a restore about one GET per pack.
 
 mod common;
 
@@ -166,6 +166,24 @@ fn a_no_op_backup_stores_no_data_and_its_requests_do_not_grow_with_the_files_and
             few.get(endpoint)
         );
     }
+}
+
+#[test]
+fn a_restore_reads_each_pack_in_about_one_get() {
+    let s3 = S3Repo::new();
+    let source = s3.sandbox.path("source");
+    small_and_large_files(&source);
+    s3.ok(&["backup", text(&source)]);
+    let packs = s3.objects("data/").len() as u64;
+    let before = s3.garage.requests();
+    assert_same_tree(&source, &s3.restore("latest", "restored"));
+    let made = s3.garage.requests().since(&before);
+    // Each pack about once; the config, the key and the trees come from one GET each at
+    // most (the trees are in the cache the backup filled).
+    assert!(
+        made.get("GetObject") <= packs + 4,
+        "restoring 3,006 files from {packs} packs made {made:?}"
+    );
 }
 
 #[test]

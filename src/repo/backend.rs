@@ -42,6 +42,9 @@ pub fn max_whole_object_bytes(name: &str) -> u64 {
     }
 }
 
+/// The piece a local disk hands a streamed range over in.
+const STREAMED_PIECE_BYTES: u64 = 1 << 20;
+
 /// Storage of named immutable objects.
 pub trait Backend: Send + Sync {
     /// A human-readable location, for messages.
@@ -50,6 +53,20 @@ pub trait Backend: Send + Sync {
     fn get(&self, name: &str) -> Result<Vec<u8>>;
     /// `length` bytes from `offset`; fewer bytes than asked is a corrupt (truncated) object.
     fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>>;
+    /// `length` bytes from `offset` in one request, handed to `take` in order as they arrive,
+    /// in pieces of any size, so a long stretch of a pack is read without being held whole.
+    /// Fewer bytes than asked is a corrupt (truncated) object, as for `get_range`; pieces
+    /// handed over before an error stay handed over. This default reads the range whole.
+    fn get_range_streamed(
+        &self,
+        name: &str,
+        offset: u64,
+        length: u64,
+        take: &mut dyn FnMut(&[u8]),
+    ) -> Result<()> {
+        take(&self.get_range(name, offset, length)?);
+        Ok(())
+    }
     /// Several ranges, in order; a remote backend asks for them in one request.
     fn get_ranges(&self, ranges: &[RangeRequest]) -> Result<Vec<Vec<u8>>> {
         ranges
@@ -302,6 +319,43 @@ impl LocalBackend {
 
     /// `Backend::put_new`: the bytes go to a temporary file that is then hard-linked to the
     /// name, which fails rather than replace, so of racing writers exactly one creates it.
+    /// Fills `out` from `offset` of object `name`, then hands it to `take`; an object that
+    /// ends first is corrupt (truncated).
+    fn read_range(
+        &self,
+        name: &str,
+        offset: u64,
+        out: &mut [u8],
+        take: &mut dyn FnMut(&[u8]),
+    ) -> Result<()> {
+        let path = self.path_of(name)?;
+        let context = || format!("reading {}", path.display());
+        let file = self
+            .open_files
+            .get_or_insert_with(name, || fs::File::open(&path).map(Arc::new))
+            .context_io(context)?;
+        let mut filled = 0;
+        while filled < out.len() {
+            match file.read_at(&mut out[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(context(), e)),
+            }
+        }
+        if filled != out.len() {
+            return Err(Error::corrupt(
+                path.display().to_string(),
+                format!(
+                    "truncated: wanted {} bytes at offset {offset}, found {filled}",
+                    out.len()
+                ),
+            ));
+        }
+        take(out);
+        Ok(())
+    }
+
     fn create_exclusively(&self, name: &str, data: &[u8]) -> Result<PutNew> {
         let (path, temp) = self.write_temporary(name, data)?;
         let linked = fs::hard_link(&temp, &path);
@@ -348,29 +402,26 @@ impl Backend for LocalBackend {
     }
 
     fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
-        let path = self.path_of(name)?;
-        let context = || format!("reading {}", path.display());
-        let file = self
-            .open_files
-            .get_or_insert_with(name, || fs::File::open(&path).map(Arc::new))
-            .context_io(context)?;
         let mut out = vec![0u8; length as usize];
-        let mut filled = 0;
-        while filled < out.len() {
-            match file.read_at(&mut out[filled..], offset + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io(context(), e)),
-            }
-        }
-        if filled != out.len() {
-            return Err(Error::corrupt(
-                path.display().to_string(),
-                format!("truncated: wanted {length} bytes at offset {offset}, found {filled}"),
-            ));
-        }
+        self.read_range(name, offset, &mut out, &mut |_| {})?;
         Ok(out)
+    }
+
+    fn get_range_streamed(
+        &self,
+        name: &str,
+        offset: u64,
+        length: u64,
+        take: &mut dyn FnMut(&[u8]),
+    ) -> Result<()> {
+        let mut piece = vec![0u8; length.min(STREAMED_PIECE_BYTES) as usize];
+        let mut done = 0;
+        while done < length {
+            let part = (length - done).min(piece.len() as u64) as usize;
+            self.read_range(name, offset + done, &mut piece[..part], take)?;
+            done += part as u64;
+        }
+        Ok(())
     }
 
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {

@@ -127,6 +127,24 @@ impl Backend for Retrying {
             self.inner.get_range(name, offset, length)
         })
     }
+    /// A stream cut off is taken up again where it stopped: what was handed over stays.
+    fn get_range_streamed(
+        &self,
+        name: &str,
+        offset: u64,
+        length: u64,
+        take: &mut dyn FnMut(&[u8]),
+    ) -> Result<()> {
+        let mut done = 0u64;
+        self.run(&format!("reading {name}"), || {
+            let (from, left) = (offset + done, length - done);
+            self.inner
+                .get_range_streamed(name, from, left, &mut |piece| {
+                    done += piece.len() as u64;
+                    take(piece);
+                })
+        })
+    }
     fn get_ranges(&self, ranges: &[RangeRequest]) -> Result<Vec<Vec<u8>>> {
         self.run(&format!("reading {} blob ranges", ranges.len()), || {
             self.inner.get_ranges(ranges)
@@ -205,6 +223,16 @@ impl Backend for Bounded {
         let _permit = self.permit();
         self.inner.get_range(name, offset, length)
     }
+    fn get_range_streamed(
+        &self,
+        name: &str,
+        offset: u64,
+        length: u64,
+        take: &mut dyn FnMut(&[u8]),
+    ) -> Result<()> {
+        let _permit = self.permit();
+        self.inner.get_range_streamed(name, offset, length, take)
+    }
     fn get_ranges(&self, ranges: &[RangeRequest]) -> Result<Vec<Vec<u8>>> {
         let _permit = self.permit();
         self.inner.get_ranges(ranges)
@@ -280,6 +308,19 @@ impl Backend for Limited {
         self.received(bytes.len());
         Ok(bytes)
     }
+    fn get_range_streamed(
+        &self,
+        name: &str,
+        offset: u64,
+        length: u64,
+        take: &mut dyn FnMut(&[u8]),
+    ) -> Result<()> {
+        self.inner
+            .get_range_streamed(name, offset, length, &mut |piece| {
+                self.received(piece.len());
+                take(piece);
+            })
+    }
     fn get_ranges(&self, ranges: &[RangeRequest]) -> Result<Vec<Vec<u8>>> {
         let all = self.inner.get_ranges(ranges)?;
         self.received(all.iter().map(Vec::len).sum());
@@ -350,6 +391,22 @@ mod tests {
         fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
             self.inner.get_range(name, offset, length)
         }
+        /// While failures are left, hands over the first half of the range and is cut off.
+        fn get_range_streamed(
+            &self,
+            name: &str,
+            offset: u64,
+            length: u64,
+            take: &mut dyn FnMut(&[u8]),
+        ) -> Result<()> {
+            let left = self.failures.load(Ordering::SeqCst);
+            if left > 0 {
+                self.failures.store(left - 1, Ordering::SeqCst);
+                take(&self.inner.get_range(name, offset, length / 2)?);
+                return Err(Error::Unavailable("connection reset".into()));
+            }
+            self.inner.get_range_streamed(name, offset, length, take)
+        }
         fn put(&self, name: &str, data: &[u8]) -> Result<()> {
             self.inner.put(name, data)
         }
@@ -392,6 +449,23 @@ mod tests {
         let store = flaky(dir.path(), 3);
         let backend = wrap(store.clone(), quick(Duration::from_secs(30)));
         assert_eq!(backend.get("config").unwrap(), b"x");
+        assert_eq!(store.failures.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_stream_cut_off_is_taken_up_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = flaky(dir.path(), 3);
+        let bytes: Vec<u8> = (0..100).collect();
+        store.inner.put("data/pack", &bytes).unwrap();
+        let backend = wrap(store.clone(), quick(Duration::from_secs(30)));
+        let mut received = Vec::new();
+        backend
+            .get_range_streamed("data/pack", 10, 80, &mut |piece| {
+                received.extend_from_slice(piece)
+            })
+            .unwrap();
+        assert_eq!(received, &bytes[10..90]);
         assert_eq!(store.failures.load(Ordering::SeqCst), 0);
     }
 

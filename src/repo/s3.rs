@@ -392,6 +392,47 @@ impl Backend for S3Backend {
         Ok(bytes)
     }
 
+    fn get_range_streamed(
+        &self,
+        name: &str,
+        offset: u64,
+        length: u64,
+        take: &mut dyn FnMut(&[u8]),
+    ) -> Result<()> {
+        if length == 0 {
+            return Ok(());
+        }
+        let end = offset.checked_add(length).ok_or_else(|| {
+            Error::InvalidInput(format!("{name}: {length} bytes at {offset} overflow"))
+        })?;
+        let object = format!("{}/{name}", self.location);
+        let operator = self.operator.clone();
+        let mut received = 0u64;
+        self.wait(|| format!("reading {name}"), async {
+            let reader = operator.reader(name).await?;
+            let mut stream = reader.into_bytes_stream(offset..end).await?;
+            while let Some(piece) = stream.next().await {
+                let piece = piece.map_err(store_error_of_stream)?;
+                if received + piece.len() as u64 > length {
+                    return Ok(Err(Error::corrupt(
+                        &object,
+                        format!("more than the {length} bytes asked for at {offset}"),
+                    )));
+                }
+                received += piece.len() as u64;
+                take(&piece);
+            }
+            Ok(Ok(()))
+        })??;
+        if received < length {
+            return Err(Error::corrupt(
+                object,
+                format!("truncated: {received} bytes at {offset} where {length} were expected"),
+            ));
+        }
+        Ok(())
+    }
+
     fn get_ranges(&self, ranges: &[RangeRequest]) -> Result<Vec<Vec<u8>>> {
         let mut all = Vec::with_capacity(ranges.len());
         for window in ranges.chunks(RANGES_IN_FLIGHT) {

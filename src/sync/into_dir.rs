@@ -10,7 +10,8 @@
 //! interrupted sync never leaves a half-written file under a real name. A rebuilt file
 //! takes every chunk the old file already holds from there (chunked the same way) and only
 //! the rest from the source; when the old file turns out to hold exactly the source's chunks,
-//! only its metadata is set. Directories, symlinks and special files are created or replaced
+//! only its metadata is set. From a checkpoint, files with nothing at their place go instead
+//! to one round writer, in rounds read pack by pack as restore reads them (`sync_round`). Directories, symlinks and special files are created or replaced
 //! as needed; with `delete`, whatever the source lacks is removed. A directory replaced by
 //! another kind of entry loses what it holds only as deletions (`delete` or `force`, within
 //! `max_delete`), like rsync. Directory metadata is applied last, deepest first.
@@ -33,9 +34,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsmeta::{entry_from_metadata, read_xattrs, running_as_root};
 use crate::id::BlobId;
 use crate::progress::Progress;
-use crate::readahead::ChunkStream;
+use crate::readahead::{self, ChunkStream, ReadChunk};
 use crate::repo::Repository;
-use crate::restore::{fill_holes, write_sparse};
+use crate::restore::{ROUND_BYTES, ROUND_FILES, fill_holes, write_sparse};
 use crate::space::{SpaceFailure, is_out_of_space};
 use crate::target::{
     TargetDir, check_path_length, may_adjust_in_place, same_kind, set_directories_metadata,
@@ -54,7 +55,7 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Temporary files of a sync start with this; leftovers of an interrupted run are removed.
@@ -110,6 +111,13 @@ pub trait TreeSource: Sync {
         limiter: Option<&RateLimiter>,
     ) -> Result<FileWrite>;
 
+    /// The repository a checkpoint's chunks come from: files with nothing at their place
+    /// are then written in rounds read pack by pack (`sync_round`), not through
+    /// `write_files`.
+    fn repository(&self) -> Option<&Repository> {
+        None
+    }
+
     /// Writes several files, each as `write_file` does; one result per file. A source that
     /// pays per request (over the network) asks for them together.
     fn write_files(
@@ -136,6 +144,10 @@ impl TreeSource for CheckpointSource<'_> {
 
     fn count(&self, _: &BlobId, progress: &Progress, _: &AtomicBool) {
         progress.set_totals(self.totals.0, self.totals.1);
+    }
+
+    fn repository(&self) -> Option<&Repository> {
+        Some(self.repo)
     }
 
     fn list(
@@ -812,6 +824,192 @@ fn sync_files<S: TreeSource>(
         .collect()
 }
 
+/// Where a file of a round stands.
+enum Writing {
+    /// No chunk has arrived: its temporary file is not created yet.
+    Waiting,
+    Open {
+        temp: Vec<u8>,
+        out: File,
+    },
+    /// It cannot be written; its temporary file (if any) goes once its last chunk has come.
+    Failed {
+        error: Error,
+        temp: Option<Vec<u8>>,
+    },
+    Finished,
+}
+
+/// A file of a round: its job, its temporary file once created, the chunks still to come
+/// and the bytes fetched for it.
+struct RoundFile<'a, D> {
+    job: &'a FileJob<D>,
+    state: Mutex<Writing>,
+    chunks_left: AtomicUsize,
+    fetched: AtomicU64,
+}
+
+impl<D> RoundFile<'_, D> {
+    /// Writes `chunk` (or keeps why it cannot be written) at `offset`, where `length` bytes
+    /// belong; the file is finished once this was its last chunk.
+    fn take_chunk(
+        &self,
+        offset: u64,
+        length: u32,
+        chunk: Result<&ReadChunk>,
+        limiter: Option<&RateLimiter>,
+        done: &(dyn Fn(&FileJob<D>, Result<FileWrite>) + Sync),
+    ) {
+        {
+            let mut state = self.state.lock().expect("not poisoned");
+            if !matches!(*state, Writing::Failed { .. })
+                && let Err(error) = self.write_chunk(&mut state, offset, length, chunk, limiter)
+            {
+                let temp = match std::mem::replace(&mut *state, Writing::Finished) {
+                    Writing::Open { temp, .. } => Some(temp),
+                    _ => None,
+                };
+                *state = Writing::Failed { error, temp };
+            }
+        }
+        if self.chunks_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            done(self.job, self.finish());
+        }
+    }
+
+    fn write_chunk(
+        &self,
+        state: &mut Writing,
+        offset: u64,
+        length: u32,
+        chunk: Result<&ReadChunk>,
+        limiter: Option<&RateLimiter>,
+    ) -> Result<()> {
+        let chunk = chunk?;
+        if let Some(limiter) = limiter {
+            limiter.take(chunk.stored_length);
+        }
+        if chunk.bytes.len() != length as usize {
+            return Err(Error::corrupt(
+                self.job.entry.name_lossy(),
+                format!("the chunk at offset {offset} has the wrong length"),
+            ));
+        }
+        if matches!(state, Writing::Waiting) {
+            *state = self.create()?;
+        }
+        let Writing::Open { out, .. } = state else {
+            unreachable!("a file takes chunks only while open");
+        };
+        write_at(out, offset, &chunk.bytes)?;
+        self.fetched
+            .fetch_add(chunk.stored_length, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Creates the file's temporary file beside its place.
+    fn create(&self) -> Result<Writing> {
+        let temp = temp_name();
+        let target = &self.job.target;
+        let out = target
+            .create_file(&temp)
+            .context_io(|| format!("creating {}", target.child_path(&temp).display()))?;
+        Ok(Writing::Open { temp, out })
+    }
+
+    /// Puts the file, all of whose chunks are written, in place (`finish_file`); or removes
+    /// its temporary file when it failed.
+    fn finish(&self) -> Result<FileWrite> {
+        let state = std::mem::replace(
+            &mut *self.state.lock().expect("not poisoned"),
+            Writing::Finished,
+        );
+        let (temp, out) = match state {
+            Writing::Failed { error, temp } => {
+                if let Some(temp) = temp {
+                    let _ = self.job.target.unlink(&temp);
+                }
+                return Err(error);
+            }
+            Writing::Finished => unreachable!("a file is finished once"),
+            // A file without chunks gets its (empty) temporary file here.
+            Writing::Waiting => match self.create()? {
+                Writing::Open { temp, out } => (temp, out),
+                _ => unreachable!("create opens"),
+            },
+            Writing::Open { temp, out } => (temp, out),
+        };
+        let written = out
+            .set_len(self.job.entry.size)
+            .map_err(write_error)
+            .map(|()| FileWrite::Written {
+                fetched: self.fetched.load(Ordering::Relaxed),
+                reused: 0,
+            });
+        let prepared = Prepared {
+            old: None,
+            temp,
+            out,
+        };
+        finish_file(self.job, prepared, written)
+    }
+}
+
+/// Writes a round of files that have nothing at their place: every chunk read from
+/// `repo` pack by pack, `readers` stretches at once, into temporary files created as their
+/// first chunk arrives; each file is put in place as its last chunk is written, and
+/// `done` told. Once the filesystem is full, the packs not yet read are not read.
+fn sync_round<D: Sync>(
+    repo: &Repository,
+    jobs: &[FileJob<D>],
+    readers: usize,
+    limiter: Option<&RateLimiter>,
+    full: &SpaceFailure,
+    done: &(dyn Fn(&FileJob<D>, Result<FileWrite>) + Sync),
+) {
+    let mut round = Vec::with_capacity(jobs.len());
+    let mut places = Vec::new();
+    for job in jobs {
+        let chunks = match &job.entry.kind {
+            EntryKind::File(content) => sized_file_chunks(repo, content, job.entry.size),
+            _ => Err(Error::InvalidInput("not a regular file".into())),
+        };
+        let chunks = match chunks {
+            Ok(chunks) => chunks,
+            Err(e) => {
+                done(job, Err(e));
+                continue;
+            }
+        };
+        let mut offset = 0u64;
+        for chunk in &chunks {
+            places.push(((round.len(), offset, chunk.length), *chunk));
+            offset += u64::from(chunk.length);
+        }
+        round.push(RoundFile {
+            job,
+            state: Mutex::new(Writing::Waiting),
+            chunks_left: AtomicUsize::new(chunks.len()),
+            fetched: AtomicU64::new(0),
+        });
+    }
+    for file in round
+        .iter()
+        .filter(|f| f.chunks_left.load(Ordering::Relaxed) == 0)
+    {
+        done(file.job, file.finish());
+    }
+    readahead::read_by_pack(
+        repo,
+        places,
+        readers,
+        &|| full.is_full(),
+        &|&(file, offset, length), chunk| {
+            round[file].take_chunk(offset, length, chunk, limiter, done)
+        },
+    );
+}
+
 /// One directory being walked: the source's handle, where it is written (`None` in a dry run
 /// below a directory that does not exist yet), its remaining entries, and its own entry
 /// (whose metadata it gets at the end; `None` for the target itself).
@@ -830,9 +1028,14 @@ struct Planner<'a, S: TreeSource> {
     options: &'a SyncOptions,
     progress: &'a Progress,
     files: crossbeam_channel::Sender<Vec<FileJob<S::Dir>>>,
+    /// Where rounds go (see `sync_round`), for a checkpoint source.
+    rounds: crossbeam_channel::Sender<Vec<FileJob<S::Dir>>>,
     /// Files not yet handed to a worker, and the bytes of their content.
     batch: Vec<FileJob<S::Dir>>,
     batch_bytes: u64,
+    /// Files for a round (see `sync_round`) not yet handed over, and their bytes.
+    round: Vec<FileJob<S::Dir>>,
+    round_bytes: u64,
     errors: &'a Mutex<Vec<SyncError>>,
     full: &'a SpaceFailure,
     /// Directories (relative to the target) with their metadata, deepest first.
@@ -853,6 +1056,17 @@ impl<S: TreeSource> Planner<'_, S> {
         self.files
             .send(std::mem::take(&mut self.batch))
             .expect("sync workers outlive the planner");
+    }
+
+    /// Hands the files gathered for a round so far to the round writer.
+    fn send_round(&mut self) {
+        if self.round.is_empty() {
+            return;
+        }
+        self.round_bytes = 0;
+        self.rounds
+            .send(std::mem::take(&mut self.round))
+            .expect("the round writer outlives the planner");
     }
 
     /// Syncs the source directory `root` into `target`, walking with an explicit stack.
@@ -1160,10 +1374,18 @@ impl<S: TreeSource> Planner<'_, S> {
                     entry,
                     sparse: self.options.sparse,
                 };
-                self.batch_bytes += job.entry.size;
-                self.batch.push(job);
-                if self.batch.len() >= FILES_PER_BATCH || self.batch_bytes >= BATCH_BYTES {
-                    self.send_batch();
+                if !job.has_old && self.source.repository().is_some() {
+                    self.round_bytes += job.entry.size;
+                    self.round.push(job);
+                    if self.round.len() >= ROUND_FILES || self.round_bytes >= ROUND_BYTES {
+                        self.send_round();
+                    }
+                } else {
+                    self.batch_bytes += job.entry.size;
+                    self.batch.push(job);
+                    if self.batch.len() >= FILES_PER_BATCH || self.batch_bytes >= BATCH_BYTES {
+                        self.send_batch();
+                    }
                 }
             }
             EntryKind::Symlink(_)
@@ -1342,44 +1564,87 @@ impl LinkGroups {
 /// reused.
 type WorkerTotals = Mutex<(u64, u64, u64)>;
 
+/// Where the workers report each file: totals, progress, errors, a full filesystem.
+struct Outcomes<'a> {
+    progress: &'a Progress,
+    errors: &'a Mutex<Vec<SyncError>>,
+    full: &'a SpaceFailure,
+    totals: &'a WorkerTotals,
+}
+
+impl Outcomes<'_> {
+    /// Records how the file of `job` was brought up to date, or why it was not.
+    fn record<D>(&self, job: &FileJob<D>, result: Result<FileWrite>) {
+        match result {
+            Ok(how) => {
+                let mut totals = self.totals.lock().expect("not poisoned");
+                totals.0 += 1;
+                if let FileWrite::Written { fetched, reused } = how {
+                    totals.1 += fetched;
+                    totals.2 += reused;
+                    self.progress
+                        .bytes_read
+                        .fetch_add(fetched, Ordering::Relaxed);
+                }
+                self.progress.file_done(job.entry.size);
+            }
+            Err(e) if is_out_of_space(&e) => self.full.record(job.shown(), &e),
+            // Once the filesystem is full, files given up on are not errors of their own.
+            Err(_) if self.full.is_full() => {}
+            Err(e) => self.errors.lock().expect("not poisoned").push(SyncError {
+                path: job.shown(),
+                message: e.to_string(),
+            }),
+        }
+    }
+}
+
 /// Takes batches of file jobs and brings each file up to date.
 fn run_sync_worker<S: TreeSource>(
     source: &S,
     jobs: crossbeam_channel::Receiver<Vec<FileJob<S::Dir>>>,
     limiter: Option<&RateLimiter>,
-    progress: &Progress,
-    errors: &Mutex<Vec<SyncError>>,
-    full: &SpaceFailure,
-    totals: &WorkerTotals,
+    outcomes: &Outcomes,
 ) {
     for batch in jobs {
         // Once the filesystem is full, the queued files are dropped unwritten.
-        if full.is_full() {
+        if outcomes.full.is_full() {
             continue;
         }
         let results = sync_files(source, &batch, limiter);
-        for (job, result) in batch.into_iter().zip(results) {
-            match result {
-                Ok(how) => {
-                    let mut totals = totals.lock().expect("not poisoned");
-                    totals.0 += 1;
-                    if let FileWrite::Written { fetched, reused } = how {
-                        totals.1 += fetched;
-                        totals.2 += reused;
-                        progress.bytes_read.fetch_add(fetched, Ordering::Relaxed);
-                    }
-                    progress.file_done(job.entry.size);
-                }
-                Err(e) if is_out_of_space(&e) => full.record(job.shown(), &e),
-                Err(e) => errors.lock().expect("not poisoned").push(SyncError {
-                    path: job.shown(),
-                    message: e.to_string(),
-                }),
-            }
+        for (job, result) in batch.iter().zip(results) {
+            outcomes.record(job, result);
         }
         if let Some(received) = source.bytes_received() {
-            progress.bytes_read.store(received, Ordering::Relaxed);
+            outcomes
+                .progress
+                .bytes_read
+                .store(received, Ordering::Relaxed);
         }
+    }
+}
+
+/// Writes the rounds of a checkpoint source one after the other, each read from `repo`
+/// with `readers` stretches at once.
+fn run_round_writer<D: Sync>(
+    repo: &Repository,
+    rounds: crossbeam_channel::Receiver<Vec<FileJob<D>>>,
+    readers: usize,
+    limiter: Option<&RateLimiter>,
+    outcomes: &Outcomes,
+) {
+    for round in rounds {
+        if outcomes.full.is_full() {
+            continue;
+        }
+        sync_round(
+            repo,
+            &round,
+            readers,
+            limiter,
+            outcomes.full,
+            &|job, result| outcomes.record(job, result),
+        );
     }
 }
 
@@ -1436,26 +1701,42 @@ pub fn run<S: TreeSource>(
     let limiter = options.rate_limit.map(RateLimiter::new);
     let threads = options.concurrency.max(1);
     let (files, jobs) = bounded::<Vec<FileJob<S::Dir>>>(threads);
+    // A round is handed over once the writer is done with the one before: at most two are
+    // held, one written and one planned.
+    let (rounds, round_jobs) = bounded::<Vec<FileJob<S::Dir>>>(0);
+    let outcomes = Outcomes {
+        progress,
+        errors: &errors,
+        full: &full,
+        totals: &totals,
+    };
     let counting_stopped = AtomicBool::new(false);
     let (planned, mut dirs, links, mut report) = std::thread::scope(|scope| {
         scope.spawn(|| source.count(&root, progress, &counting_stopped));
-        let workers: Vec<_> = (0..threads)
+        let (outcomes, limiter) = (&outcomes, limiter.as_ref());
+        let mut workers: Vec<_> = (0..threads)
             .map(|_| {
-                let (jobs, errors, full, totals, limiter) =
-                    (jobs.clone(), &errors, &full, &totals, limiter.as_ref());
-                scope.spawn(move || {
-                    run_sync_worker(source, jobs, limiter, progress, errors, full, totals)
-                })
+                let jobs = jobs.clone();
+                scope.spawn(move || run_sync_worker(source, jobs, limiter, outcomes))
             })
             .collect();
         drop(jobs);
+        if let Some(repo) = source.repository() {
+            let readers = threads.max(repo.backend().preferred_concurrency());
+            workers.push(
+                scope.spawn(move || run_round_writer(repo, round_jobs, readers, limiter, outcomes)),
+            );
+        }
         let mut planner = Planner {
             source,
             options,
             progress,
             files,
+            rounds,
             batch: Vec::new(),
             batch_bytes: 0,
+            round: Vec::new(),
+            round_bytes: 0,
             errors: &errors,
             full: &full,
             dirs: Vec::new(),
@@ -1468,15 +1749,17 @@ pub fn run<S: TreeSource>(
         };
         let planned = planner.sync_tree(root.clone(), target_dir.clone());
         planner.send_batch();
+        planner.send_round();
         let Planner {
             files,
+            rounds,
             dirs,
             links,
             report,
             ..
         } = planner;
-        // With the planner's sender gone, the workers finish what is queued and stop.
-        drop(files);
+        // With the planner's senders gone, the workers finish what is queued and stop.
+        drop((files, rounds));
         for worker in workers {
             worker.join().expect("sync workers do not panic");
         }

@@ -162,6 +162,21 @@ pub const YEAR_2300_SECONDS: i64 = 10_413_792_000;
 /// 1960-06-01T12:00:00Z in seconds: before the epoch.
 pub const YEAR_1960_SECONDS: i64 = -302_443_200;
 
+/// 3,000 small files in three directories with six of 6 MiB among them: more files than a
+/// round of restore's reads takes, spread over several packs.
+pub fn small_and_large_files(source: &Path) {
+    for i in 0..3000u64 {
+        let dir = source.join(format!("d{}", i / 1000));
+        fs::create_dir_all(&dir).unwrap();
+        let bytes = pseudo_random(200 + (i as usize * 13) % 3000, 5000 + i);
+        fs::write(dir.join(format!("small{i:04}")), bytes).unwrap();
+        if i % 500 == 250 {
+            let large = pseudo_random(6 << 20, 9000 + i);
+            fs::write(dir.join(format!("large{i:04}")), large).unwrap();
+        }
+    }
+}
+
 /// A tree whose entries carry times outside i64 nanoseconds since 1970 or before it:
 /// `future.txt` (2300-01-01T00:00:00.123456789Z), `past.txt` (1960-06-01T12:00:00.000000005Z),
 /// a symlink dated 2300 and a directory `old` dated 1960.
