@@ -156,6 +156,19 @@ struct Known {
     summary_stale: bool,
 }
 
+impl Known {
+    /// Nothing known, both files to be written.
+    fn nothing() -> Self {
+        Known {
+            summaries: Vec::new(),
+            token: None,
+            stored: 0,
+            rewrite: true,
+            summary_stale: true,
+        }
+    }
+}
+
 impl Catalogue {
     /// The catalogue kept in cache directory `dir` (which must exist and be private).
     pub fn in_dir(dir: &Path) -> Self {
@@ -409,13 +422,7 @@ impl Catalogue {
             }
             Err(_) => {}
         }
-        let mut known = Known {
-            summaries: Vec::new(),
-            token: None,
-            stored: 0,
-            rewrite: true,
-            summary_stale: true,
-        };
+        let mut known = Known::nothing();
         if let Err(e) = self.read_log(codec, &mut known)
             && e.kind() != ErrorKind::NotFound
         {
@@ -665,13 +672,7 @@ pub(crate) mod decoders {
 
     /// The log, through `codec`.
     pub fn log(stored: &[u8], codec: &Codec, location: &dyn Fn() -> String) {
-        let mut known = Known {
-            summaries: Vec::new(),
-            token: None,
-            stored: 0,
-            rewrite: true,
-            summary_stale: true,
-        };
+        let mut known = Known::nothing();
         let _ = decode_log(stored, codec, location, &mut known);
     }
 

@@ -1077,35 +1077,40 @@ fn restoring_a_thousand_small_files_reads_their_packs_in_few_ranges() {
     assert!(reads <= 20, "{reads} ranged reads for 1,000 files");
 }
 
-#[test]
-fn syncing_a_checkpoint_of_a_thousand_small_files_into_a_directory_reads_few_ranges() {
+/// Syncs the latest checkpoint of `repo` into directory `target`, without errors.
+fn sync_latest_into(repo: &Repository, target: &std::path::Path) {
     use cairn::sync::into_dir::{self, CheckpointSource};
-    let sandbox = Sandbox::new();
-    let (counting, repo) = thousand_small_files_backed_up(&sandbox);
-    let (_, latest) = cairn::checkpoint::resolve(&repo, "latest").unwrap();
+    let (_, latest) = cairn::checkpoint::resolve(repo, "latest").unwrap();
     let source = CheckpointSource {
-        repo: &repo,
+        repo,
         totals: (latest.stats.files, latest.stats.bytes),
     };
-    let target = sandbox.path("target");
     let report = into_dir::run(
         &source,
         latest.tree,
         latest.root.as_ref(),
-        &target,
+        target,
         &cairn::sync::SyncOptions::default(),
         &Progress::default(),
         &mut |_| {},
     )
     .unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
+}
+
+#[test]
+fn syncing_a_checkpoint_of_a_thousand_small_files_into_a_directory_reads_few_ranges() {
+    let sandbox = Sandbox::new();
+    let (counting, repo) = thousand_small_files_backed_up(&sandbox);
+    let target = sandbox.path("target");
+    sync_latest_into(&repo, &target);
     assert_same_tree(&sandbox.path("source"), &target);
     let reads = counting.ranged_reads.load(Ordering::SeqCst);
     assert!(reads <= 40, "{reads} ranged reads for 1,000 files");
 }
 
 #[test]
-fn restoring_thousands_of_files_over_several_packs_reads_each_pack_in_few_ranges() {
+fn restoring_or_syncing_thousands_of_files_over_several_packs_reads_each_pack_in_few_ranges() {
     let sandbox = Sandbox::new();
     init_repo(&sandbox, ChunkerParams::default());
     let source = sandbox.path("source");
@@ -1115,50 +1120,25 @@ fn restoring_thousands_of_files_over_several_packs_reads_each_pack_in_few_ranges
     back_up(&repo, &source).unwrap();
     let packs = counting.list_names("data/").unwrap().len();
     assert!(packs >= 3, "{packs} packs: the tree should span several");
-    counting.ranged_reads.store(0, Ordering::SeqCst);
-    assert_latest_restores_to(&repo, &source, &sandbox.path("target"));
-    let reads = counting.ranged_reads.load(Ordering::SeqCst);
-    // Each pack about once, and each of the four trees.
-    assert!(
-        reads <= packs + 4 + 2,
-        "{reads} ranged reads for {packs} packs of 3,006 files"
-    );
-}
-
-#[test]
-fn syncing_a_checkpoint_of_thousands_of_files_into_a_new_directory_reads_each_pack_in_few_ranges() {
-    use cairn::sync::into_dir::{self, CheckpointSource};
-    let sandbox = Sandbox::new();
-    init_repo(&sandbox, ChunkerParams::default());
-    let source = sandbox.path("source");
-    small_and_large_files(&source);
-    let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
-    let repo = open(counting.clone(), &sandbox.path("cache"));
-    back_up(&repo, &source).unwrap();
-    let packs = counting.list_names("data/").unwrap().len();
-    counting.ranged_reads.store(0, Ordering::SeqCst);
-    let (_, latest) = cairn::checkpoint::resolve(&repo, "latest").unwrap();
-    let checkpoint = CheckpointSource {
-        repo: &repo,
-        totals: (latest.stats.files, latest.stats.bytes),
-    };
-    let target = sandbox.path("target");
-    let report = into_dir::run(
-        &checkpoint,
-        latest.tree,
-        latest.root.as_ref(),
-        &target,
-        &cairn::sync::SyncOptions::default(),
-        &Progress::default(),
-        &mut |_| {},
-    )
-    .unwrap();
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
-    assert_same_tree(&source, &target);
-    let reads = counting.ranged_reads.load(Ordering::SeqCst);
-    // Each pack about once, and each of the four trees.
-    assert!(
-        reads <= packs + 4 + 2,
-        "{reads} ranged reads for {packs} packs of 3,006 files"
-    );
+    // Each pack about once, and each of the four trees, by restore and by a sync of the
+    // checkpoint into a new directory.
+    type WriteInto<'a> = &'a dyn Fn(&std::path::Path);
+    let ways: [(&str, WriteInto); 2] = [
+        ("restore", &|target| {
+            assert_latest_restores_to(&repo, &source, target)
+        }),
+        ("sync", &|target| {
+            sync_latest_into(&repo, target);
+            assert_same_tree(&source, target);
+        }),
+    ];
+    for (way, write) in ways {
+        counting.ranged_reads.store(0, Ordering::SeqCst);
+        write(&sandbox.path(way));
+        let reads = counting.ranged_reads.load(Ordering::SeqCst);
+        assert!(
+            reads <= packs + 4 + 2,
+            "{way}: {reads} ranged reads for {packs} packs of 3,006 files"
+        );
+    }
 }
