@@ -244,13 +244,7 @@ impl Catalogue {
     /// The record of `summary`, from the log when it is there and is that record, from the
     /// repository otherwise (and then written to the log again).
     pub fn record(&self, repo: &Repository, summary: &Summary) -> Result<Checkpoint> {
-        let frame = summary.stored_at.and_then(|(offset, length)| {
-            use std::os::unix::fs::FileExt;
-            let file = std::fs::File::open(&self.path).ok()?;
-            let mut frame = vec![0; length as usize + 4];
-            file.read_exact_at(&mut frame, offset).ok()?;
-            Some(frame)
-        });
+        let frame = summary.stored_at.and_then(|place| self.frame_at(place));
         let mut read_again = Vec::new();
         let record = self.record_from(repo, summary, frame.as_deref(), &mut read_again)?;
         self.store_again(repo.codec(), read_again);
@@ -293,33 +287,78 @@ impl Catalogue {
         frame: Option<&[u8]>,
         read_again: &mut Vec<(CheckpointId, Checkpoint)>,
     ) -> Result<Checkpoint> {
-        let location = || self.path.display().to_string();
         let from_log = frame
-            .ok_or_else(|| Error::NotFound(location()))
-            .and_then(|frame| {
-                let mut reader = Reader {
-                    rest: frame,
-                    location: &location,
-                };
-                let (id, record) = decode_record(repo.codec(), reader.framed()?, &location)?;
-                if id == summary.id {
-                    Ok(record)
-                } else {
-                    Err(Error::corrupt(
-                        location(),
-                        "another record where the summary says",
-                    ))
-                }
-            });
-        match from_log {
-            Ok(record) => Ok(record),
-            Err(e) => {
-                tracing::debug!("reading checkpoint {} from the repository: {e}", summary.id);
-                let record = checkpoint::load(repo, &summary.id)?;
-                read_again.push((summary.id, record.clone()));
-                Ok(record)
-            }
+            .ok_or_else(|| Error::NotFound(self.path.display().to_string()))
+            .and_then(|frame| self.checked_record(repo.codec(), &summary.id, frame));
+        let error = match from_log {
+            Ok(record) => return Ok(record),
+            Err(e) => e,
+        };
+        // Another process may have written the log whole since this one read the summary.
+        let moved = self
+            .place_now(repo.codec(), &summary.id, summary.stored_at)
+            .and_then(|place| self.frame_at(place))
+            .and_then(|frame| self.checked_record(repo.codec(), &summary.id, &frame).ok());
+        if let Some(record) = moved {
+            return Ok(record);
         }
+        tracing::debug!(
+            "reading checkpoint {} from the repository: {error}",
+            summary.id
+        );
+        let record = checkpoint::load(repo, &summary.id)?;
+        read_again.push((summary.id, record.clone()));
+        Ok(record)
+    }
+
+    /// Record `id` from `frame` (its framed stored form), if that is what the frame holds.
+    fn checked_record(&self, codec: &Codec, id: &CheckpointId, frame: &[u8]) -> Result<Checkpoint> {
+        let location = || self.path.display().to_string();
+        let mut reader = Reader {
+            rest: frame,
+            location: &location,
+        };
+        let (found, record) = decode_record(codec, reader.framed()?, &location)?;
+        if found == *id {
+            Ok(record)
+        } else {
+            Err(Error::corrupt(
+                location(),
+                "another record where the summary says",
+            ))
+        }
+    }
+
+    /// The frame of `length` bytes (and its length) at `offset` in the log.
+    fn frame_at(&self, (offset, length): (u64, u32)) -> Option<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(&self.path).ok()?;
+        let mut frame = vec![0; length as usize + 4];
+        file.read_exact_at(&mut frame, offset).ok()?;
+        Some(frame)
+    }
+
+    /// Where the log holds record `id` now, when that is not `stale`: the summary file is
+    /// read again when the one this process knows places it at `stale` too.
+    fn place_now(
+        &self,
+        codec: &Codec,
+        id: &CheckpointId,
+        stale: Option<(u64, u32)>,
+    ) -> Option<(u64, u32)> {
+        let mut guard = self.known.lock().expect("not poisoned");
+        let known = guard.get_or_insert_with(|| self.read_files(codec));
+        let place = |known: &Known| {
+            let summary = known.summaries.iter().find(|s| s.id == *id)?;
+            summary.stored_at
+        };
+        if place(known) == stale
+            && !known.summary_stale
+            && let Ok(fresh) = self.read_summary(codec)
+        {
+            *known = fresh;
+        }
+        place(known).filter(|found| Some(*found) != stale)
     }
 
     /// Writes `records`, which the log should have held and did not (it was lost, damaged
@@ -501,7 +540,7 @@ impl Catalogue {
             .map(|(id, record)| encode_record(codec, id, record))
             .collect();
         let written = if compact {
-            self.write_whole(known, &added, &frames)
+            self.write_whole(codec, known, &added, &frames)
         } else {
             let mut appended = Vec::new();
             for frame in &frames {
@@ -519,7 +558,7 @@ impl Catalogue {
                     Ok(())
                 }
                 // Removed or replaced by something unwritable meanwhile.
-                Err(_) => self.write_whole(known, &added, &frames),
+                Err(_) => self.write_whole(codec, known, &added, &frames),
             }
         };
         if let Err(e) = written {
@@ -536,11 +575,12 @@ impl Catalogue {
     }
 
     /// Replaces the log with one holding the live records of `known` (copied as the old
-    /// log stores them) and those of `added` (stored as `frames`). A live record the old
+    /// log stores them, each checked to be the record its summary names) and those of `added` (stored as `frames`). A live record the old
     /// log does not hold where its summary says is left out of the new one, to be read
     /// from the repository.
     fn write_whole(
         &self,
+        codec: &Codec,
         known: &mut Known,
         added: &[(CheckpointId, Checkpoint)],
         frames: &[Vec<u8>],
@@ -549,10 +589,14 @@ impl Catalogue {
         let mut bytes = HEADER.to_vec();
         let mut summaries = Vec::with_capacity(known.summaries.len() + added.len());
         for summary in &known.summaries {
-            let frame = summary.stored_at.and_then(|(offset, length)| {
-                let start = usize::try_from(offset).ok()?;
-                old.get(start..start.checked_add(length as usize + 4)?)
-            });
+            // Only frames that hold the record the summary names are kept.
+            let frame = summary
+                .stored_at
+                .and_then(|(offset, length)| {
+                    let start = usize::try_from(offset).ok()?;
+                    old.get(start..start.checked_add(length as usize + 4)?)
+                })
+                .filter(|frame| self.checked_record(codec, &summary.id, frame).is_ok());
             let stored_at = frame.map(|frame| {
                 let offset = bytes.len() as u64;
                 bytes.extend_from_slice(frame);

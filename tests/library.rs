@@ -855,6 +855,49 @@ fn the_local_catalogue_reads_each_checkpoint_record_once_and_follows_the_listing
 }
 
 #[test]
+fn a_catalogue_another_process_wrote_anew_is_followed_without_asking_the_repository() {
+    let sandbox = Sandbox::new();
+    init_repo(&sandbox, ChunkerParams::default());
+    let source = sandbox.path("source");
+    std::fs::create_dir_all(&source).unwrap();
+    let writer = open(
+        Arc::new(LocalBackend::new(sandbox.path("repo"))),
+        &sandbox.path("other-cache"),
+    );
+    for round in 0..40 {
+        std::fs::write(source.join("counter"), round.to_string()).unwrap();
+        back_up(&writer, &source).unwrap();
+    }
+    let cache = sandbox.path("cache");
+    let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
+    let long_running = open(counting.clone(), &cache);
+    let listing = cairn::checkpoint::list_shared(&long_running).unwrap();
+    counting.take_counts();
+
+    // Another process finds the catalogue gone and writes it anew: its records land at
+    // other offsets than the long-running one's summary says.
+    let directory = catalogue_file(&cache).parent().unwrap().to_path_buf();
+    std::fs::remove_file(directory.join("catalogue")).unwrap();
+    std::fs::remove_file(directory.join("catalogue.summary")).unwrap();
+    let other = open(Arc::new(LocalBackend::new(sandbox.path("repo"))), &cache);
+    assert_eq!(cairn::checkpoint::list(&other).unwrap().len(), 40);
+    drop(other);
+
+    let records = long_running
+        .catalogue()
+        .records(&long_running, &listing)
+        .unwrap();
+    let times: Vec<&str> = records.iter().map(|r| r.time.as_str()).collect();
+    let expected: Vec<&str> = listing.iter().map(|s| s.time.as_str()).collect();
+    assert_eq!(times, expected);
+    assert_eq!(
+        counting.take_counts().0,
+        Vec::<String>::new(),
+        "read from the repository"
+    );
+}
+
+#[test]
 fn runs_after_runs_that_finished_list_no_packs_and_a_failed_runs_packs_are_reused() {
     let sandbox = Sandbox::new();
     init_repo(&sandbox, ChunkerParams::default());
