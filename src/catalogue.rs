@@ -25,7 +25,8 @@
 //! appends of whole records do not interleave, both files are replaced by rename, every
 //! version of the summary is a correct subset of the repository at its token (a stale token
 //! only costs a listing), and a record found at an offset is used only if it is the record
-//! asked for. Reading the log stops at the first record that cannot be read (a torn tail of
+//! asked for (if not, it is looked for where the summary file now places it, then in the
+//! repository). Reading the log stops at the first record that cannot be read (a torn tail of
 //! a killed writer); what came before is kept and the log is written whole at the next
 //! save. Missing or unreadable files are an empty catalogue, rebuilt from the repository
 //! without a word.
