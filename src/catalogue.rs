@@ -267,10 +267,7 @@ impl Catalogue {
         let records = summaries
             .iter()
             .map(|summary| {
-                let frame = summary.stored_at.and_then(|(offset, length)| {
-                    let start = usize::try_from(offset).ok()?;
-                    log.get(start..start.checked_add(length as usize + 4)?)
-                });
+                let frame = summary.stored_at.and_then(|place| frame_in(&log, place));
                 self.record_from(repo, summary, frame, &mut read_again)
             })
             .collect();
@@ -576,9 +573,9 @@ impl Catalogue {
     }
 
     /// Replaces the log with one holding the live records of `known` (copied as the old
-    /// log stores them, each checked to be the record its summary names) and those of `added` (stored as `frames`). A live record the old
-    /// log does not hold where its summary says is left out of the new one, to be read
-    /// from the repository.
+    /// log stores them, each checked to be the record its summary names) and those of
+    /// `added` (stored as `frames`). A live record the old log does not hold where its
+    /// summary says is left out of the new one, to be read from the repository.
     fn write_whole(
         &self,
         codec: &Codec,
@@ -593,10 +590,7 @@ impl Catalogue {
             // Only frames that hold the record the summary names are kept.
             let frame = summary
                 .stored_at
-                .and_then(|(offset, length)| {
-                    let start = usize::try_from(offset).ok()?;
-                    old.get(start..start.checked_add(length as usize + 4)?)
-                })
+                .and_then(|place| frame_in(&old, place))
                 .filter(|frame| self.checked_record(codec, &summary.id, frame).is_ok());
             let stored_at = frame.map(|frame| {
                 let offset = bytes.len() as u64;
@@ -740,6 +734,12 @@ pub(crate) mod decoders {
         let _ = decode_path_history(plaintext, &components, location);
         let _ = decode_path_history(plaintext, &[b"other".to_vec()], location);
     }
+}
+
+/// The frame of `length` bytes (and its length) at `offset` in `log`, a log read whole.
+fn frame_in(log: &[u8], (offset, length): (u64, u32)) -> Option<&[u8]> {
+    let start = usize::try_from(offset).ok()?;
+    log.get(start..start.checked_add(length as usize + 4)?)
 }
 
 /// Inserts `summary` into `known.summaries` at its place in catalogue order.

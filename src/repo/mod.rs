@@ -360,8 +360,7 @@ impl Repository {
                 {
                     // Only a saving: a key that cannot be remembered is found by listing.
                     let _ = backend::create_private_dir(&repository_cache).and_then(|()| {
-                        std::fs::write(&last_key, id)
-                            .map_err(|e| Error::io(last_key.display().to_string(), e))
+                        crate::catalogue::write_private_atomically(&last_key, id.as_bytes())
                     });
                 }
                 (Some(master), opened_key)

@@ -249,22 +249,6 @@ pub fn with_blob_sink<T>(
     } else {
         Some(RunMark::create(&runs_dir(repo))?)
     };
-    let (value, blobs) = write_through_sink(repo, dry_run, queued, progress, body)?;
-    // Every pack the run wrote is in an index file: nothing of it is left to recover.
-    if let Some(mark) = mark {
-        mark.finished();
-    }
-    Ok((value, blobs))
-}
-
-/// The body of `with_blob_sink`.
-fn write_through_sink<T>(
-    repo: &Repository,
-    dry_run: bool,
-    queued: usize,
-    progress: &Progress,
-    body: impl FnOnce(&BlobSink) -> Result<T>,
-) -> Result<(T, u64)> {
     let flights = Flights::default();
     let (packer_tx, packer_rx) = bounded(queued.max(1));
     std::thread::scope(|scope| {
@@ -278,6 +262,10 @@ fn write_through_sink<T>(
         let value = body(&sink);
         drop(sink);
         let blobs = packer.join().expect("the packer does not panic")?;
+        // Every pack the run wrote is in an index file: nothing of it is left to recover.
+        if let Some(mark) = mark {
+            mark.finished();
+        }
         Ok((value?, blobs))
     })
 }
