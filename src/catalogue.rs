@@ -7,8 +7,8 @@
 //! one write of whole records, then fsync), so saving a checkpoint costs the same at ten or
 //! ten thousand. `catalogue.summary` holds, per live checkpoint in catalogue order, what
 //! listing, ordering, filtering and naming need: its id, time, label (host, paths, tags,
-//! the URL it was pulled from; each distinct label stored once) and where its record is in
-//! the log; with it the backend's listing token of `checkpoints/` at which it was complete
+//! the URL it was pulled from; each distinct label stored once), what `stat` says of its
+//! root directory and where its record is in the log; with it the backend's listing token of `checkpoints/` at which it was complete
 //! (see `Backend::listing_token`). A command reads the summary whole (one decode) and
 //! records one by one at their offsets, each checked against its id; a record that cannot
 //! be read there is read from the repository.
@@ -47,9 +47,11 @@
 //! before it. The summary's plaintext is the line `SUMMARY_HEADER`, the listing token
 //! (framed; empty for none), the number of records in the log (u64 LE), the labels (u32 LE
 //! count, each framed JSON), then per checkpoint its id, label index (u32 LE), record offset
-//! (u64 LE; `u64::MAX` for none) and frame length (u32 LE) and framed time.
+//! (u64 LE; `u64::MAX` for none) and frame length (u32 LE), framed time, and its root's
+//! mode, uid, gid (u32 LE), size (u64 LE), mtime and ctime (nanoseconds, i128 LE) and
+//! whether it has extended attributes (one byte, 0 or 1).
 
-use crate::checkpoint::{self, Checkpoint, Label};
+use crate::checkpoint::{self, Checkpoint, Label, RootStat};
 use crate::error::{Error, ErrorKind, Result};
 use crate::history::{PathHistory, TreeLoader, path_history};
 use crate::id::{CheckpointId, ID_BYTES};
@@ -64,7 +66,7 @@ use std::sync::{Arc, Mutex};
 const HEADER: &[u8] = b"cairn catalogue log 2\n";
 
 /// The first line of the summary's plaintext.
-const SUMMARY_HEADER: &[u8] = b"cairn catalogue summary 1\n";
+const SUMMARY_HEADER: &[u8] = b"cairn catalogue summary 2\n";
 
 /// The largest catalogue file read: far more than a million checkpoint records.
 const MAX_CATALOGUE_BYTES: u64 = 4 << 30;
@@ -97,12 +99,13 @@ type PathEntries = HashMap<CheckpointId, Option<Arc<Entry>>>;
 
 /// What the catalogue holds of one checkpoint without reading its record: enough to list,
 /// order, filter and name it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Summary {
     pub id: CheckpointId,
     /// RFC 3339 UTC, as in the record.
     pub time: String,
     pub label: Arc<Label>,
+    pub root: RootStat,
     /// Where the record is in the log: offset of its frame and the frame's length.
     stored_at: Option<(u64, u32)>,
 }
@@ -113,6 +116,7 @@ impl Summary {
             id,
             time: record.time.clone(),
             label: Arc::new(record.label()),
+            root: record.root_stat(),
             stored_at,
         }
     }
@@ -503,6 +507,14 @@ impl Catalogue {
             checkpoints.extend_from_slice(&offset.to_le_bytes());
             checkpoints.extend_from_slice(&length.to_le_bytes());
             push_framed(&mut checkpoints, summary.time.as_bytes());
+            let root = &summary.root;
+            for field in [root.mode, root.uid, root.gid] {
+                checkpoints.extend_from_slice(&field.to_le_bytes());
+            }
+            checkpoints.extend_from_slice(&root.size.to_le_bytes());
+            checkpoints.extend_from_slice(&root.mtime_ns.to_le_bytes());
+            checkpoints.extend_from_slice(&root.ctime_ns.to_le_bytes());
+            checkpoints.push(u8::from(root.has_xattrs));
         }
         let mut plaintext = SUMMARY_HEADER.to_vec();
         push_framed(
@@ -598,10 +610,8 @@ impl Catalogue {
                 (offset, (frame.len() - 4) as u32)
             });
             summaries.push(Arc::new(Summary {
-                id: summary.id,
-                time: summary.time.clone(),
-                label: summary.label.clone(),
                 stored_at,
+                ..Summary::clone(summary)
             }));
         }
         let mut placed = Vec::with_capacity(added.len());
@@ -686,10 +696,24 @@ fn decode_summary(plaintext: &[u8], location: &dyn Fn() -> String) -> Result<Kno
         let length = reader.u32()?;
         let time = String::from_utf8(reader.framed()?.to_vec())
             .map_err(|e| Error::corrupt(location(), e.to_string()))?;
+        let root = RootStat {
+            mode: reader.u32()?,
+            uid: reader.u32()?,
+            gid: reader.u32()?,
+            size: reader.u64()?,
+            mtime_ns: reader.i128()?,
+            ctime_ns: reader.i128()?,
+            has_xattrs: match reader.take(1)? {
+                [0] => false,
+                [1] => true,
+                _ => return Err(Error::corrupt(location(), "bad root xattrs flag")),
+            },
+        };
         summaries.push(Arc::new(Summary {
             id,
             time,
             label,
+            root,
             stored_at: (offset != NOT_STORED).then_some((offset, length)),
         }));
     }
@@ -947,6 +971,12 @@ impl<'a> Reader<'a> {
     fn u64(&mut self) -> Result<u64> {
         Ok(u64::from_le_bytes(
             self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn i128(&mut self) -> Result<i128> {
+        Ok(i128::from_le_bytes(
+            self.take(16)?.try_into().expect("16 bytes"),
         ))
     }
 

@@ -82,6 +82,41 @@ impl Checkpoint {
             .clone()
             .unwrap_or_else(|| crate::tree::root_entry(self.tree))
     }
+
+    /// What `stat` says of the checkpoint's root directory: its own entry's, dated by the
+    /// checkpoint when the root has no metadata of its own (a checkpoint of several paths).
+    pub fn root_stat(&self) -> RootStat {
+        let root = self.root_entry();
+        let (mtime_ns, ctime_ns) = if root.name.is_empty() {
+            let time = crate::timestamp::parse_rfc3339(&self.time).unwrap_or(0);
+            (time, time)
+        } else {
+            (root.mtime_ns, root.ctime_ns)
+        };
+        RootStat {
+            mode: root.mode,
+            uid: root.uid,
+            gid: root.gid,
+            size: root.size,
+            mtime_ns,
+            ctime_ns,
+            has_xattrs: !root.xattrs.is_empty(),
+        }
+    }
+}
+
+/// What `stat` says of a checkpoint's root directory, which the local catalogue keeps for
+/// every checkpoint so that listing them (the mount's `checkpoints/`) reads no record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RootStat {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+    /// Whether the root has extended attributes (read from the record when asked for).
+    pub has_xattrs: bool,
 }
 
 /// The host of URL `pulled_from` (without scheme, port or path): the server a pulled

@@ -59,6 +59,11 @@ pub fn from_system_time(time: SystemTime) -> i128 {
     }
 }
 
+/// Nanoseconds since the epoch of an RFC 3339 time (as checkpoint records hold), if it is one.
+pub fn parse_rfc3339(text: &str) -> Option<i128> {
+    humantime::parse_rfc3339(text).ok().map(from_system_time)
+}
+
 /// RFC 3339 in UTC with nanoseconds, e.g. `1960-06-01T12:00:00.000000005Z`; years outside
 /// 0000..9999 get a sign and as many digits as they need (ISO 8601's expanded years).
 pub fn rfc3339_nanos(ns: i128) -> String {

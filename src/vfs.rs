@@ -20,7 +20,7 @@
 //! files of one checkpoint share one inode, so `cp -a` recreates the links.
 
 use crate::catalogue::Summary;
-use crate::checkpoint::{Checkpoint, CheckpointFilter};
+use crate::checkpoint::CheckpointFilter;
 use crate::error::Error;
 use crate::history::{PathHistory, versions};
 use crate::holes::{ZeroChunks, data_bytes, seek};
@@ -63,6 +63,9 @@ const READING_ORDERS: usize = 1024;
 const HISTORY_CACHE_BYTES: u64 = 32 << 20;
 /// Path histories kept in memory at most, however small.
 const HISTORY_CACHE_ITEMS: usize = 4096;
+/// Root entries of checkpoints kept in memory (read from their records when a checkpoint's
+/// directory is first listed or looked into).
+const ROOT_CACHE_ITEMS: usize = 1024;
 
 /// What kind of file a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +126,9 @@ enum NodeKind {
     Link(Vec<u8>),
     /// A directory under `history/`, named by its path components.
     History(HistoryPath),
+    /// `checkpoints/<name>`: a checkpoint's root directory, known by its summary until its
+    /// contents are asked for (a listing of ten thousand reads no record).
+    Checkpoint(Arc<Summary>),
     /// An entry of a checkpoint's tree (or a version in `history/`).
     Entry {
         entry: Arc<Entry>,
@@ -130,12 +136,24 @@ enum NodeKind {
     },
 }
 
+impl NodeKind {
+    /// What hard-linked files of one checkpoint share: the checkpoint and the source's
+    /// device and inode numbers.
+    fn hardlink_key(&self) -> Option<(CheckpointId, u64, u64)> {
+        match self {
+            NodeKind::Entry { entry, checkpoint } => entry
+                .hardlink_key()
+                .map(|(dev, ino)| (*checkpoint, dev, ino)),
+            _ => None,
+        }
+    }
+}
+
 /// One inode: what it is, the names it is known by, and how many lookups the kernel holds.
 /// Inode numbers are never reused, so a cache keyed by one cannot serve another node.
 struct Slot {
     kind: NodeKind,
     names: Vec<(Ino, Vec<u8>)>,
-    hardlink: Option<(CheckpointId, u64, u64)>,
     lookups: u64,
     /// Whether a read of this file was answered: the kernel then keeps its bytes cached for
     /// as long as it keeps the inode, so prefetching them again would be wasted work.
@@ -145,11 +163,10 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(kind: NodeKind, hardlink: Option<(CheckpointId, u64, u64)>) -> Self {
+    fn new(kind: NodeKind) -> Self {
         Slot {
             kind,
             names: Vec::new(),
-            hardlink,
             lookups: 0,
             was_read: AtomicBool::new(false),
             place: None,
@@ -245,6 +262,8 @@ pub struct Vfs {
     children: RwLock<HashMap<(Ino, Vec<u8>), Ino>>,
     hardlinks: Mutex<HashMap<(CheckpointId, u64, u64), Ino>>,
     catalogue: RwLock<Catalogue>,
+    /// Root entries of checkpoints, read from their records.
+    roots: Cache<CheckpointId, Arc<Entry>>,
     trees: Arc<Cache<BlobId, Arc<Tree>>>,
     chunk_lists: Cache<Ino, Arc<ChunkIndex>>,
     zero_chunks: ZeroChunks,
@@ -287,25 +306,6 @@ fn compact_time(rfc3339: &str) -> String {
 
 fn checkpoint_dir_name(summary: &Summary) -> String {
     format!("{}_{}", compact_time(&summary.time), summary.id.short())
-}
-
-fn time_ns(rfc3339: &str) -> i128 {
-    humantime::parse_rfc3339(rfc3339).map_or(0, crate::timestamp::from_system_time)
-}
-
-/// The node of `checkpoints/<name>`: the checkpoint's root directory under that name (dated
-/// by the checkpoint when the root has no metadata of its own).
-fn checkpoint_node(id: CheckpointId, record: &Checkpoint, name: String) -> NodeKind {
-    let mut root = record.root_entry();
-    if root.name.is_empty() {
-        root.mtime_ns = time_ns(&record.time);
-        root.ctime_ns = root.mtime_ns;
-    }
-    root.name = name.into_bytes();
-    NodeKind::Entry {
-        entry: Arc::new(root),
-        checkpoint: id,
-    }
 }
 
 /// A decoded tree, from `trees` or loaded into it.
@@ -404,7 +404,7 @@ impl Vfs {
             zero_chunks: ZeroChunks::new(&repo),
             repo,
             filter,
-            nodes: RwLock::new(HashMap::from([(ROOT_INO, Slot::new(NodeKind::Root, None))])),
+            nodes: RwLock::new(HashMap::from([(ROOT_INO, Slot::new(NodeKind::Root))])),
             next_ino: AtomicU64::new(ROOT_INO + 1),
             children: RwLock::new(HashMap::new()),
             hardlinks: Mutex::new(HashMap::new()),
@@ -414,6 +414,7 @@ impl Vfs {
                 listed: Instant::now() - CATALOGUE_TTL * 2,
                 generation: 0,
             }),
+            roots: Cache::new(ROOT_CACHE_ITEMS),
             trees,
             chunk_lists: Cache::new(1024),
             chunks,
@@ -492,17 +493,12 @@ impl Vfs {
             }
             None => {
                 let kind = kind?;
-                let link_key = match &kind {
-                    NodeKind::Entry { entry, checkpoint } => entry
-                        .hardlink_key()
-                        .map(|(dev, ino)| (*checkpoint, dev, ino)),
-                    _ => None,
-                };
+                let link_key = kind.hardlink_key();
                 let ino = match link_key.as_ref().and_then(|k| hardlinks.get(k)) {
                     Some(&ino) => ino,
                     None => {
                         let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
-                        nodes.insert(ino, Slot::new(kind, link_key));
+                        nodes.insert(ino, Slot::new(kind));
                         if let Some(k) = link_key {
                             hardlinks.insert(k, ino);
                         }
@@ -544,13 +540,29 @@ impl Vfs {
         for key in slot.names {
             children.remove(&key);
         }
-        if let Some(key) = slot.hardlink {
+        if let Some(key) = slot.kind.hardlink_key() {
             hardlinks.remove(&key);
         }
     }
 
     fn tree(&self, id: &BlobId) -> crate::error::Result<Arc<Tree>> {
         cached_tree(&self.trees, &self.repo, id)
+    }
+
+    /// The root entry of the checkpoint `summary` stands for.
+    fn checkpoint_root(&self, summary: &Summary) -> VfsResult<Arc<Entry>> {
+        Ok(self.roots.get_or_insert_with(&summary.id, || {
+            let record = self.repo.catalogue().record(&self.repo, summary)?;
+            Ok::<_, Error>(Arc::new(record.root_entry()))
+        })?)
+    }
+
+    /// The node a checkpoint's contents are read through: its root entry.
+    fn root_node(&self, summary: &Summary) -> VfsResult<NodeKind> {
+        Ok(NodeKind::Entry {
+            entry: self.checkpoint_root(summary)?,
+            checkpoint: summary.id,
+        })
     }
 
     /// The catalogue's generation and checkpoints, as one consistent snapshot.
@@ -609,7 +621,15 @@ impl Vfs {
                     (b"history".to_vec(), NodeKind::History(Arc::new(Vec::new()))),
                     (b"tags".to_vec(), NodeKind::TagsDir),
                 ];
-                if let Some((_, name)) = catalogue_entries()?.pop() {
+                self.refresh_catalogue()?;
+                let newest = self
+                    .catalogue
+                    .read()
+                    .expect("not poisoned")
+                    .names
+                    .last()
+                    .cloned();
+                if let Some(name) = newest {
                     out.push((
                         b"latest".to_vec(),
                         NodeKind::Link(format!("checkpoints/{name}").into_bytes()),
@@ -617,21 +637,10 @@ impl Vfs {
                 }
                 out
             }
-            NodeKind::CheckpointsDir => {
-                let (summaries, names): (Vec<_>, Vec<_>) = catalogue_entries()?.into_iter().unzip();
-                let records = self.repo.catalogue().records(&self.repo, &summaries)?;
-                summaries
-                    .iter()
-                    .zip(records)
-                    .zip(names)
-                    .map(|((summary, record), name)| {
-                        (
-                            name.clone().into_bytes(),
-                            checkpoint_node(summary.id, &record, name),
-                        )
-                    })
-                    .collect()
-            }
+            NodeKind::CheckpointsDir => catalogue_entries()?
+                .into_iter()
+                .map(|(summary, name)| (name.into_bytes(), NodeKind::Checkpoint(summary)))
+                .collect(),
             NodeKind::TagsDir => {
                 let tags: BTreeSet<String> = catalogue_entries()?
                     .into_iter()
@@ -667,6 +676,7 @@ impl Vfs {
                     .collect()
             }
             NodeKind::Link(_) => return Err(VfsError::NotDirectory),
+            NodeKind::Checkpoint(summary) => return self.list(&self.root_node(summary)?),
         })
     }
 
@@ -724,10 +734,9 @@ impl Vfs {
     fn attr_of(&self, ino: Ino, node: &NodeKind) -> Attr {
         let newest = || {
             let catalogue = self.catalogue.read().expect("not poisoned");
-            catalogue
-                .checkpoints
-                .last()
-                .map_or(0, |summary| time_ns(&summary.time))
+            catalogue.checkpoints.last().map_or(0, |summary| {
+                crate::timestamp::parse_rfc3339(&summary.time).unwrap_or(0)
+            })
         };
         match node {
             NodeKind::Root
@@ -741,6 +750,18 @@ impl Vfs {
                 perm: 0o777,
                 ..synthetic_dir(ino, newest())
             },
+            NodeKind::Checkpoint(summary) => {
+                let root = &summary.root;
+                Attr {
+                    size: root.size,
+                    perm: (root.mode & 0o7777) as u16,
+                    uid: root.uid,
+                    gid: root.gid,
+                    ctime_ns: root.ctime_ns,
+                    allocated: root.size,
+                    ..synthetic_dir(ino, root.mtime_ns)
+                }
+            }
             NodeKind::Entry { entry, .. } => {
                 let (kind, rdev) = match &entry.kind {
                     EntryKind::File(_) => (FileKind::RegularFile, 0),
@@ -781,6 +802,9 @@ impl Vfs {
 
     /// The child `name` of a directory node, if it has one.
     fn find_child(&self, node: &NodeKind, name: &[u8]) -> VfsResult<Option<NodeKind>> {
+        if let NodeKind::Checkpoint(summary) = node {
+            return self.find_child(&self.root_node(summary)?, name);
+        }
         if let NodeKind::Entry { entry, checkpoint } = node
             && let EntryKind::Dir(tree) = &entry.kind
         {
@@ -798,13 +822,8 @@ impl Vfs {
             let Some(found) = catalogue.names.iter().position(|n| *n == name) else {
                 return Ok(None);
             };
-            let summary = catalogue.checkpoints[found].clone();
-            drop(catalogue);
-            let record = self.repo.catalogue().record(&self.repo, &summary)?;
-            return Ok(Some(checkpoint_node(
-                summary.id,
-                &record,
-                name.into_owned(),
+            return Ok(Some(NodeKind::Checkpoint(
+                catalogue.checkpoints[found].clone(),
             )));
         }
         if let NodeKind::History(path) = node {
@@ -839,7 +858,10 @@ impl Vfs {
 
     /// Whether `ino` is checkpoint content (never changes), as opposed to a catalogue view.
     pub fn is_immutable(&self, ino: Ino) -> bool {
-        matches!(self.node(ino), Ok(NodeKind::Entry { .. }))
+        matches!(
+            self.node(ino),
+            Ok(NodeKind::Entry { .. } | NodeKind::Checkpoint(_))
+        )
     }
 
     /// The attributes of `ino`.
@@ -854,7 +876,10 @@ impl Vfs {
         // Checkpoint content never changes, and a name under `history/` stays valid while the
         // checkpoints it came from exist; the other views (new checkpoints, tags, `latest`)
         // are listed anew.
-        let stable = matches!(node, NodeKind::Entry { .. } | NodeKind::History(_));
+        let stable = matches!(
+            node,
+            NodeKind::Entry { .. } | NodeKind::Checkpoint(_) | NodeKind::History(_)
+        );
         if stable && let Some(ino) = self.intern(parent, name, None, true) {
             return self.getattr(ino);
         }
@@ -1002,6 +1027,9 @@ impl Vfs {
     pub fn xattrs(&self, ino: Ino) -> VfsResult<Vec<Xattr>> {
         Ok(match self.node(ino)? {
             NodeKind::Entry { entry, .. } => entry.xattrs.clone(),
+            NodeKind::Checkpoint(summary) if summary.root.has_xattrs => {
+                self.checkpoint_root(&summary)?.xattrs.clone()
+            }
             _ => Vec::new(),
         })
     }

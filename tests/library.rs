@@ -947,6 +947,53 @@ fn let_changes_settle() {
 }
 
 #[test]
+fn listing_the_mounts_checkpoints_reads_no_record_until_one_is_looked_into() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let sandbox = Sandbox::new();
+    init_repo(&sandbox, ChunkerParams::default());
+    let source = sandbox.path("source");
+    std::fs::create_dir_all(&source).unwrap();
+    let cache = sandbox.path("cache");
+    let repo = open(Arc::new(LocalBackend::new(sandbox.path("repo"))), &cache);
+    for round in 0..12 {
+        std::fs::write(source.join("counter"), round.to_string()).unwrap();
+        back_up(&repo, &source).unwrap();
+    }
+    drop(repo);
+    // With the records gone from the local log, any record wanted is a GET.
+    std::fs::remove_file(catalogue_file(&cache)).unwrap();
+    let_changes_settle();
+    let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
+    let repo = Arc::new(open(counting.clone(), &cache));
+    let vfs = cairn::vfs::Vfs::new(repo, Default::default()).unwrap();
+    let checkpoints = vfs.lookup(cairn::vfs::ROOT_INO, b"checkpoints").unwrap();
+    let listed = vfs.readdir(checkpoints.ino).unwrap();
+    assert_eq!(listed.len(), 12);
+    let source_meta = std::fs::metadata(&source).unwrap();
+    for (attr, name) in &listed {
+        let looked_up = vfs.hold_listed(checkpoints.ino, name).unwrap();
+        assert_eq!(looked_up.ino, attr.ino);
+        assert_eq!(
+            u32::from(attr.perm),
+            source_meta.permissions().mode() & 0o7777
+        );
+        assert_eq!(attr.uid, source_meta.uid());
+        assert!(vfs.xattrs(attr.ino).unwrap().is_empty());
+    }
+    let (gets, _) = counting.take_counts();
+    assert_eq!(gets, Vec::<String>::new(), "listed from the summary");
+    // Looking into one reads its record, once.
+    let (newest, name) = listed.last().unwrap();
+    assert_eq!(
+        vfs.lookup(newest.ino, b"counter").unwrap().size,
+        "11".len() as u64
+    );
+    assert_eq!(vfs.readdir(newest.ino).unwrap().len(), 1);
+    let (gets, _) = counting.take_counts();
+    assert_eq!(gets.len(), 1, "{name:?}: {gets:?}");
+}
+
+#[test]
 fn runs_after_nothing_changed_list_no_checkpoints_and_read_records_only_from_the_catalogue() {
     let sandbox = Sandbox::new();
     init_repo(&sandbox, ChunkerParams::default());
