@@ -13,16 +13,19 @@
 # `cairn backup` of B; rows 7a-7b sync A over loopback against an rsync daemon. The notes give cairn's target ratios: first backup vs floor, restore vs
 # cp -a, mount read vs restore, and the foreground job's slowdowns.
 #
-# With --s3 it measures the same tools on an S3-compatible object store instead: one Garage node
-# on free loopback ports (scripts/garage.sh provides the binary), and for cairn and restic (each
-# through its own s3 backend) a first backup of version A, the same backup again unchanged and a
-# restore, with the S3 requests of each step by type from Garage's own counters.
+# With --s3 it measures the same tools on an S3-compatible object store instead: Garage on free
+# loopback ports (scripts/garage.sh provides the binary; one node, or with --s3-nodes 3 a
+# cluster with replication_factor 3), and for cairn, restic (its s3 backend) and rustic (its
+# OpenDAL s3 backend) a first backup of version A, the same backup again unchanged, a backup of
+# version B, a restore and a read of the latest snapshot through the mount with tar, with the
+# S3 requests of each step by type from Garage's own counters.
 #
 #   scripts/bench.sh --quick            # small generated tree, one run: about a minute
 #   scripts/bench.sh                    # two Debian kernel source trees (6.1 -> 6.12), 3 runs
 #   scripts/bench.sh --data DIR         # DIR, then a copy of it with ~5% of files modified
 #   scripts/bench.sh --install-peers    # apt-get restic + borg, cargo install rustic + bupstash
-#   scripts/bench.sh --s3 --runs 1      # version A only, into a local Garage (cairn and restic)
+#   scripts/bench.sh --s3               # into one local Garage node (cairn, restic, rustic)
+#   scripts/bench.sh --s3 --s3-nodes 3  # into a local 3-node Garage cluster
 #
 # Needs root (it drops the page cache before every timed step, and mounts FUSE filesystems).
 set -euo pipefail
@@ -53,8 +56,14 @@ Usage: scripts/bench.sh [OPTIONS]
   --keep             keep the work directory
   --install-peers    install restic, borg (apt-get), rustic and bupstash (cargo install; these
                      compile for several minutes), then exit
-  --s3               the S3 rows instead of the rows below: cairn and restic against one Garage
-                     node on loopback (S3 rows, below); version A only
+  --s3               the S3 rows instead of the rows below: cairn, restic and rustic against
+                     Garage on loopback (S3 rows, below)
+  --s3-nodes N       Garage nodes for --s3: 1 (default) or 3 (replication_factor 3,
+                     consistency_mode consistent; requests are counted at the node the tools
+                     talk to, Garage CPU is all nodes')
+  --s3-delay MS      for --s3: the tools reach Garage through a TCP proxy on loopback that
+                     holds every byte MS milliseconds each way (a link with 2*MS round trips;
+                     run once with 0 to compare: the proxy's own cost is in both)
   -h, --help         this text
 
 Rows (each: wall s, CPU s, peak RSS, repository size; median of the runs):
@@ -74,15 +83,16 @@ The notes add cairn's target ratios: first backup / max(cold tar of A, in-memory
 job's slowdown during the low-priority backup (< 10%) and during the plain one.
 
 S3 rows (--s3; each: wall s, CPU s, peak RSS, Garage's CPU s, S3 requests by type; median of
-the runs): s1 backup A (first), s2 backup A again (unchanged), s3 restore latest. The
-repositories are s3:http://127.0.0.1:PORT/bench/TOOL in one Garage node (scripts/garage.sh;
-$CAIRN_GARAGE overrides), credentials in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, region
-"garage". Requests are the step's delta of Garage's api_s3_request_counter per endpoint,
+the runs): s1 backup A (first), s2 backup A again (unchanged), s3 backup B, s4 restore
+latest, s5 mount: read latest with tar (tools with a mount; wall is tar's, CPU and RSS the
+daemon's and tar's, requests from the mount's start to its end). The repositories are
+s3:http://127.0.0.1:PORT/bench/TOOL-RUN in Garage (scripts/garage.sh; $CAIRN_GARAGE
+overrides), credentials in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (rustic: OPENDAL_*),
+region "garage". Requests are the step's delta of Garage's api_s3_request_counter per endpoint,
 grouped GET (GetObject), PUT (PutObject, UploadPart, CopyObject, multipart create/complete),
 LIST (ListObjects*, ListBuckets, ListMultipartUploads), HEAD (HeadObject, HeadBucket),
-DELETE (DeleteObject(s), AbortMultipartUpload) and other. The restic row adds the ratios
-cairn/restic of wall, CPU, peak RSS and requests. borg and bupstash have no S3 backend;
-rustic is not set up for S3 here.
+DELETE (DeleteObject(s), AbortMultipartUpload) and other. Each peer's row adds the ratios
+cairn/peer of wall, CPU, peak RSS and requests. borg and bupstash have no S3 backend.
 EOF
 }
 
@@ -103,6 +113,8 @@ VERIFY=1
 KEEP=0
 INSTALL_PEERS=0
 S3=0
+S3_NODES=1
+S3_DELAY_MS=""
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -118,6 +130,8 @@ while [ $# -gt 0 ]; do
         --keep) KEEP=1 ;;
         --install-peers) INSTALL_PEERS=1 ;;
         --s3) S3=1 ;;
+        --s3-nodes) S3_NODES="${2:?--s3-nodes needs 1 or 3}"; shift ;;
+        --s3-delay) S3_DELAY_MS="${2:?--s3-delay needs milliseconds}"; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "bench.sh: unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -131,6 +145,8 @@ if [ -z "$STEP_TIMEOUT" ]; then
     if [ "$QUICK" = 1 ]; then STEP_TIMEOUT=600; else STEP_TIMEOUT=7200; fi
 fi
 case "$RUNS" in '' | *[!0-9]* | 0) echo "bench.sh: --runs must be a positive integer" >&2; exit 2 ;; esac
+case "$S3_NODES" in 1 | 3) ;; *) echo "bench.sh: --s3-nodes must be 1 or 3" >&2; exit 2 ;; esac
+case "$S3_DELAY_MS" in '' | [0-9] | [0-9][0-9] | [0-9][0-9][0-9]) ;; *) echo "bench.sh: --s3-delay must be 0-999 ms" >&2; exit 2 ;; esac
 if [ "$QUICK" = 1 ] && [ -n "$DATA_DIR" ]; then
     echo "bench.sh: --quick and --data are exclusive" >&2
     exit 2
@@ -187,7 +203,8 @@ command -v xz >/dev/null || missing+=(xz-utils)
 # Mounts (and their daemons) that are up right now, so the exit trap can take them down.
 declare -A ACTIVE_MOUNTS=()   # mountpoint -> daemon pid
 BG_PID=""                     # a background backup (rows 6b, 6c) that is running right now
-GARAGE_PID=""                 # the Garage node of the S3 rows while it runs
+GARAGE_PIDS=()                # the Garage nodes of the S3 rows while they run
+DELAY_PID=""                  # the delaying proxy in front of them (--s3-delay)
 
 cleanup() {
     local mnt
@@ -199,9 +216,10 @@ cleanup() {
         fusermount3 -u -z "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
         kill "${ACTIVE_MOUNTS[$mnt]}" 2>/dev/null || true
     done
-    if [ -n "$GARAGE_PID" ]; then
-        kill "$GARAGE_PID" 2>/dev/null || true
-        wait "$GARAGE_PID" 2>/dev/null || true
+    [ -z "$DELAY_PID" ] || kill "$DELAY_PID" 2>/dev/null || true
+    if [ ${#GARAGE_PIDS[@]} -gt 0 ]; then
+        kill "${GARAGE_PIDS[@]}" 2>/dev/null || true
+        wait "${GARAGE_PIDS[@]}" 2>/dev/null || true
     fi
     if [ -n "$WORK" ] && [ "$KEEP" = 1 ]; then
         say "work directory kept: $WORK"
@@ -273,7 +291,6 @@ for t in "${ALL_TOOLS[@]}"; do
     if [ "$S3" = 1 ]; then
         case "$t" in
             borg | bupstash) SKIPPED[$t]="no S3 backend"; continue ;;
-            rustic) SKIPPED[$t]="its S3 backend (OpenDAL) is not set up by --s3"; continue ;;
         esac
     fi
     case "$t" in
@@ -471,27 +488,22 @@ else
 fi
 A_STATS="$(describe_tree "$A")"
 say "A: $DATA_DESC: $A_STATS"
-# Version B: the next kernel, or a copy of A with ~5% of its files modified. The S3 rows back
-# up version A only.
-if [ "$S3" = 0 ]; then
-    if [ -n "$B" ]; then
-        say "== copying $A and modifying ~5% of its files"
-        cp -a "$A" "$B"
-        change="$(python3 -c "$GEN_PY" mutate "$B" 2 5)"
-        B_DESC="a copy of A with $change (seed 2)"
-    else
-        B="$(kernel_tree 6.12)"
-        B_DESC="Debian linux-source-6.12 (kernel $(kernel_version "$B")), $B"
-    fi
-    B_STATS="$(describe_tree "$B")"
-    say "B: $B_DESC: $B_STATS"
+# Version B: the next kernel, or a copy of A with ~5% of its files modified.
+if [ -n "$B" ]; then
+    say "== copying $A and modifying ~5% of its files"
+    cp -a "$A" "$B"
+    change="$(python3 -c "$GEN_PY" mutate "$B" 2 5)"
+    B_DESC="a copy of A with $change (seed 2)"
+else
+    B="$(kernel_tree 6.12)"
+    B_DESC="Debian linux-source-6.12 (kernel $(kernel_version "$B")), $B"
 fi
+B_STATS="$(describe_tree "$B")"
+say "B: $B_DESC: $B_STATS"
 
 # Every backup reads the same fixed path, so stat caches and parent snapshots work across
-# versions: version A or B is synced into it (untimed) before the backups. The S3 rows read A
-# where it is.
+# versions: version A or B is synced into it (untimed) before the backups.
 SRC="$WORK/src"
-[ "$S3" = 0 ] || SRC="$A"
 sync_src() {   # sync_src DIR
     mkdir -p "$SRC"
     rsync -aH --delete "$1/" "$SRC/"
@@ -948,7 +960,7 @@ run_netsync() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# S3 rows (--s3): cairn and restic against one Garage node on loopback
+# S3 rows (--s3): cairn, restic and rustic against Garage on loopback
 # ---------------------------------------------------------------------------------------------
 
 # The key, bucket and tokens of the bench's Garage (a key id is GK and 24 hex digits).
@@ -957,16 +969,18 @@ S3_SECRET="5ecre75ecre75ecre75ecre75ecre75ecre75ecre75ecre75ecre75ecre75ec0"
 S3_BUCKET="bench"
 S3_REGION="garage"
 GARAGE_METRICS_TOKEN="cairn-bench-metrics-token"
-S3_STEPS=(s1 s2 s3)
+S3_STEPS=(s1 s2 s3 s4 s5)
 STEP_LABEL[s1]="s1. S3: backup A (first)"
 STEP_LABEL[s2]="s2. S3: backup A again (unchanged)"
-STEP_LABEL[s3]="s3. S3: restore latest"
+STEP_LABEL[s3]="s3. S3: backup B (next version)"
+STEP_LABEL[s4]="s4. S3: restore latest"
+STEP_LABEL[s5]="s5. S3: mount: read latest with tar"
 S3_KINDS=(GET PUT LIST HEAD DELETE other)
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# garage CMD...: the Garage CLI against the bench's node, quiet.
-garage_cli() { RUST_LOG=warn "$GARAGE" -c "$GARAGE_DIR/garage.toml" "$@" </dev/null; }
+# garage_cli CMD...: the Garage CLI against the bench's first node (the one the tools talk to), quiet.
+garage_cli() { RUST_LOG=warn "$GARAGE" -c "$GARAGE_DIR/node1/garage.toml" "$@" </dev/null; }
 
 # retry CMD...: run CMD until it succeeds, for up to 60 s (a node just started may not answer).
 retry() {
@@ -979,30 +993,35 @@ retry() {
     return 1
 }
 
-# garage_start: one Garage node (replication_factor 1) in $WORK/garage on free loopback ports,
-# with the layout applied, the key imported and the bucket made and allowed; sets GARAGE_PID,
-# S3_ENDPOINT and GARAGE_ADMIN. Untimed.
+# garage_start: $S3_NODES Garage nodes (replication_factor $S3_NODES) in $WORK/garage/nodeN on
+# free loopback ports, connected, with the layout applied, the key imported and the bucket made
+# and allowed; sets GARAGE_PIDS, and S3_ENDPOINT and GARAGE_ADMIN of the first node. Untimed.
 garage_start() {
-    local s3_port rpc_port id
+    local n s3_port rpc_port admin dir id ids=()
     GARAGE="${CAIRN_GARAGE:-}"
     [ -n "$GARAGE" ] || GARAGE="$(bash "$ROOT/scripts/garage.sh" | sed -n 's/^CAIRN_GARAGE=//p')"
     [ -x "$GARAGE" ] || die "no Garage binary (scripts/garage.sh provides it, or set CAIRN_GARAGE)"
     GARAGE_VERSION="$("$GARAGE" --version 2>&1 | head -n1)"
     GARAGE_DIR="$WORK/garage"
-    mkdir -p "$GARAGE_DIR"
-    s3_port="$(free_port)"
-    rpc_port="$(free_port)"
-    GARAGE_ADMIN="127.0.0.1:$(free_port)"
-    S3_ENDPOINT="http://127.0.0.1:$s3_port"
-    cat >"$GARAGE_DIR/garage.toml" <<EOF
-metadata_dir = "$GARAGE_DIR/meta"
-data_dir = "$GARAGE_DIR/data"
+    for ((n = 1; n <= S3_NODES; n++)); do
+        dir="$GARAGE_DIR/node$n"
+        mkdir -p "$dir"
+        s3_port="$(free_port)"
+        rpc_port="$(free_port)"
+        admin="127.0.0.1:$(free_port)"
+        if [ "$n" = 1 ]; then
+            GARAGE_ADMIN="$admin"
+            S3_ENDPOINT="http://127.0.0.1:$s3_port"
+        fi
+        cat >"$dir/garage.toml" <<EOF
+metadata_dir = "$dir/meta"
+data_dir = "$dir/data"
 db_engine = "sqlite"
 metadata_fsync = false
 data_fsync = false
 block_size = "1M"
 compression_level = "none"
-replication_factor = 1
+replication_factor = $S3_NODES
 consistency_mode = "consistent"
 rpc_bind_addr = "127.0.0.1:$rpc_port"
 rpc_public_addr = "127.0.0.1:$rpc_port"
@@ -1014,17 +1033,26 @@ s3_region = "$S3_REGION"
 root_domain = ".s3.garage.localhost"
 
 [admin]
-api_bind_addr = "$GARAGE_ADMIN"
+api_bind_addr = "$admin"
 metrics_token = "$GARAGE_METRICS_TOKEN"
 EOF
+        RUST_LOG=garage=warn "$GARAGE" -c "$dir/garage.toml" server </dev/null >>"$dir/garage.log" 2>&1 &
+        GARAGE_PIDS+=($!)
+    done
     log ""
-    log "=== Garage ($GARAGE_VERSION) in $GARAGE_DIR, S3 at $S3_ENDPOINT"
-    RUST_LOG=garage=warn "$GARAGE" -c "$GARAGE_DIR/garage.toml" server </dev/null >>"$GARAGE_DIR/garage.log" 2>&1 &
-    GARAGE_PID=$!
-    retry curl -s -o /dev/null "$S3_ENDPOINT/" || die "Garage did not come up (see $GARAGE_DIR/garage.log)"
-    id="$(retry_output garage_cli node id -q)" || die "Garage did not say its node id (see $LOG)"
-    garage_cli layout assign -z dc1 -c 1G "${id%%@*}" >>"$LOG" 2>&1 \
-        && garage_cli layout apply --version 1 >>"$LOG" 2>&1 \
+    log "=== Garage ($GARAGE_VERSION), $S3_NODES node(s) in $GARAGE_DIR, S3 at $S3_ENDPOINT"
+    retry curl -s -o /dev/null "$S3_ENDPOINT/" || die "Garage did not come up (see $GARAGE_DIR/node1/garage.log)"
+    for ((n = 1; n <= S3_NODES; n++)); do
+        id="$(retry_output env RUST_LOG=warn "$GARAGE" -c "$GARAGE_DIR/node$n/garage.toml" node id -q </dev/null)" \
+            || die "Garage node $n did not say its id (see $LOG)"
+        ids+=("$id")
+        [ "$n" = 1 ] || retry garage_cli node connect "$id" || die "could not connect Garage node $n (see $LOG)"
+    done
+    for ((n = 1; n <= S3_NODES; n++)); do
+        id="${ids[$((n - 1))]}"
+        garage_cli layout assign -z "dc$n" -c 1G "${id%%@*}" >>"$LOG" 2>&1 || die "could not assign Garage node $n (see $LOG)"
+    done
+    garage_cli layout apply --version 1 >>"$LOG" 2>&1 \
         && retry garage_cli key import --yes -n bench "$S3_KEY_ID" "$S3_SECRET" \
         && retry garage_cli bucket create "$S3_BUCKET" \
         && garage_cli bucket allow --read --write --owner "$S3_BUCKET" --key bench >>"$LOG" 2>&1 \
@@ -1032,6 +1060,72 @@ EOF
         || die "could not set up Garage (see $LOG)"
     export AWS_ACCESS_KEY_ID="$S3_KEY_ID" AWS_SECRET_ACCESS_KEY="$S3_SECRET" \
         AWS_REGION="$S3_REGION" AWS_DEFAULT_REGION="$S3_REGION"
+    [ -z "$S3_DELAY_MS" ] || delay_start
+}
+
+# A TCP proxy that forwards each direction's bytes DELAY seconds after it read them, reading
+# on meanwhile, so a link with that latency keeps its throughput (what tc netem would do; this
+# kernel has no netem). Arguments: listen port, target port, delay in seconds.
+DELAY_PY='
+import asyncio, sys
+listen, target, delay = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+async def pipe(reader, writer):
+    loop = asyncio.get_running_loop()
+    queue = asyncio.Queue()
+    async def read():
+        try:
+            while True:
+                data = await reader.read(262144)
+                await queue.put((loop.time() + delay, data))
+                if not data:
+                    break
+        except Exception:
+            await queue.put((loop.time(), b""))
+    async def write():
+        try:
+            while True:
+                due, data = await queue.get()
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())
+                if not data:
+                    break
+                writer.write(data)
+                await writer.drain()
+        except Exception:
+            pass
+        finally:
+            writer.close()
+    await asyncio.gather(read(), write())
+async def handle(reader, writer):
+    upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", target)
+    await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", listen)
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+'
+
+# delay_start: puts the delaying proxy in front of the first Garage node; S3_ENDPOINT is the
+# proxy from then on. Untimed.
+delay_start() {
+    local port target
+    port="$(free_port)"
+    target="${S3_ENDPOINT##*:}"
+    python3 -c "$DELAY_PY" "$port" "$target" "$(awk -v ms="$S3_DELAY_MS" 'BEGIN { print ms / 1000 }')" >>"$LOG" 2>&1 &
+    DELAY_PID=$!
+    S3_ENDPOINT="http://127.0.0.1:$port"
+    retry s3_curl "$S3_ENDPOINT/$S3_BUCKET/?list-type=2" || die "the delaying proxy did not come up (see $LOG)"
+    log "=== S3 through a proxy delaying ${S3_DELAY_MS} ms each way, at $S3_ENDPOINT"
+}
+
+# garage_cpu: CPU seconds all Garage nodes have used so far.
+garage_cpu() {
+    local pid total=0
+    for pid in "${GARAGE_PIDS[@]}"; do
+        total="$(awk -v a="$total" -v b="$(proc_cpu "$pid")" 'BEGIN { printf "%.2f", a + b }')"
+    done
+    echo "$total"
 }
 
 # retry_output CMD...: like retry, printing CMD's output once it succeeds.
@@ -1070,26 +1164,78 @@ s3_requests() {
         END { printf "%d %d %d %d %d %d", n["GET"], n["PUT"], n["LIST"], n["HEAD"], n["DELETE"], n["other"] }'
 }
 
-# run_s3_tool TOOL RUN: init (untimed), first backup, unchanged backup and restore of version A
-# in a fresh repository s3:ENDPOINT/bench/TOOL-RUN and a fresh cache. Each step's result is
-# "wall cpu rss garage_cpu GET PUT LIST HEAD DELETE other".
+
+# s3_tool_env TOOL RUN: point the tool at its repository s3:ENDPOINT/bench/TOOL-RUN.
+s3_tool_env() {
+    local t=$1 run=$2
+    case "$t" in
+        cairn) export CAIRN_REPO="s3:$S3_ENDPOINT/$S3_BUCKET/$t-$run" ;;
+        restic) export RESTIC_REPOSITORY="s3:$S3_ENDPOINT/$S3_BUCKET/$t-$run" ;;
+        rustic)
+            export RUSTIC_REPOSITORY="opendal:s3" OPENDAL_BUCKET="$S3_BUCKET" OPENDAL_ROOT="/$t-$run" \
+                OPENDAL_ENDPOINT="$S3_ENDPOINT" OPENDAL_REGION="$S3_REGION" \
+                OPENDAL_ACCESS_KEY_ID="$S3_KEY_ID" OPENDAL_SECRET_ACCESS_KEY="$S3_SECRET"
+            ;;
+    esac
+}
+
+# s3_measured TOOL STEP RUN R0 G0: appends Garage's CPU since G0 and the requests since R0 to
+# the step's result.
+s3_measured() {
+    local key="$1|$2|$3" r0=$4 g0=$5 g1 r1
+    g1="$(garage_cpu)"
+    r1="$(s3_requests)"
+    RES[$key]="${RES[$key]} $(awk -v a="$g0" -v b="$g1" 'BEGIN { printf "%.2f", b - a }') $(
+        awk -v a="$r0" -v b="$r1" 'BEGIN { n = split(a, x, " "); split(b, y, " ")
+            for (i = 1; i <= n; i++) printf "%s%d", (i > 1 ? " " : ""), y[i] - x[i] }')"
+    log "  = garage cpu, GET PUT LIST HEAD DELETE other: ${RES[$key]#* * * }"
+}
+
+# s3_mount_step TOOL RUN DIR: a fresh mount of the latest snapshot, a cold read of it with tar,
+# unmount. Wall is tar's; CPU adds the daemon's, RSS is the larger peak; the requests are all
+# the mount made, from its start to its end.
+s3_mount_step() {
+    local t=$1 run=$2 d=$3 key="$1|s5|$2" r0 g0 c0 c1 hwm wall cpu rss
+    r0="$(s3_requests)"
+    g0="$(garage_cpu)"
+    drop_caches
+    if ! mount_start "$t" "$d/mnt"; then
+        RES[$key]=FAILED
+        mount_stop "$t" "$d/mnt"
+        return
+    fi
+    c0="$(proc_cpu "$MPID")"
+    if timed "$t" s5 "$run" bash -c "$TAR_CMD" _ "$MDIR" "$d/count"; then
+        c1="$(proc_cpu "$MPID")"
+        hwm="$(proc_hwm "$MPID")"
+        read -r wall cpu rss <<<"${RES[$key]}"
+        RES[$key]="$(awk -v w="$wall" -v c="$cpu" -v r="$rss" -v a="$c0" -v b="$c1" -v h="${hwm:-0}" \
+            'BEGIN { printf "%s %.2f %d", w, c + b - a, (h > r ? h : r) }')"
+        log "  = daemon cpu $(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f", b - a }')s, daemon peak rss ${hwm:-?} KiB, tar bytes $(cat "$d/count")"
+        mount_stop "$t" "$d/mnt"
+        s3_measured "$t" s5 "$run" "$r0" "$g0"
+    else
+        mount_stop "$t" "$d/mnt"
+    fi
+}
+
+# run_s3_tool TOOL RUN: init (untimed), the backups of A, A again and B, the restore and the
+# mount read, in a fresh repository s3:ENDPOINT/bench/TOOL-RUN and a fresh cache. Each step's
+# result is "wall cpu rss garage_cpu GET PUT LIST HEAD DELETE other".
 run_s3_tool() {
-    local t=$1 run=$2 d="$WORK/tools/$1" repo step r0 r1 g0 g1 status
-    repo="s3:$S3_ENDPOINT/$S3_BUCKET/$t-$run"
+    local t=$1 run=$2 d="$WORK/tools/$1" step r0 g0 status
     rm -rf "$d"
     mkdir -p "$d/cache" "$d/restore"
     tool_env "$t" "$d"
-    case "$t" in
-        cairn) export CAIRN_REPO="$repo" ;;
-        restic) export RESTIC_REPOSITORY="$repo" ;;
-    esac
+    s3_tool_env "$t" "$run"
     log ""
-    log "=== run $run: $t on $repo"
+    log "=== run $run: $t on S3, $S3_ENDPOINT/$S3_BUCKET/$t-$run"
     log_cmd init "$t"
     status=0
     case "$t" in
-        cairn) "$CAIRN" init --repo "$repo" >>"$LOG" 2>&1 || status=$? ;;
+        cairn) "$CAIRN" init --repo "$CAIRN_REPO" >>"$LOG" 2>&1 || status=$? ;;
         restic) restic init >>"$LOG" 2>&1 || status=$? ;;
+        rustic) rustic init >>"$LOG" 2>&1 || status=$? ;;
     esac
     if [ "$status" != 0 ]; then
         say "    $t: init FAILED (see $LOG)"
@@ -1098,20 +1244,25 @@ run_s3_tool() {
     fi
     for step in "${S3_STEPS[@]}"; do
         case "$step" in
-            s1) backup_cmd "$t" 1 ;;
+            s1) sync_src "$A"; backup_cmd "$t" 1 ;;
             s2) backup_cmd "$t" 2 ;;
-            s3) restore_cmd "$t" "$d/restore" ;;
+            s3) sync_src "$B"; backup_cmd "$t" 3 ;;
+            s4) restore_cmd "$t" "$d/restore" ;;
+            s5)
+                if [ -n "${CAN_MOUNT[$t]:-}" ]; then
+                    s3_mount_step "$t" "$run" "$d"
+                else
+                    RES[$t|$step|$run]="n/a (no mount command)"
+                fi
+                say "    $t ${STEP_LABEL[$step]}: ${RES[$t|$step|$run]}"
+                continue
+                ;;
         esac
         r0="$(s3_requests)"
-        g0="$(proc_cpu "$GARAGE_PID")"
+        g0="$(garage_cpu)"
         if timed "$t" "$step" "$run" "${CMD[@]}"; then
-            g1="$(proc_cpu "$GARAGE_PID")"
-            r1="$(s3_requests)"
-            RES[$t|$step|$run]="${RES[$t|$step|$run]} $(awk -v a="$g0" -v b="$g1" 'BEGIN { printf "%.2f", b - a }') $(
-                awk -v a="$r0" -v b="$r1" 'BEGIN { n = split(a, x, " "); split(b, y, " ")
-                    for (i = 1; i <= n; i++) printf "%s%d", (i > 1 ? " " : ""), y[i] - x[i] }')"
-            log "  = garage cpu, GET PUT LIST HEAD DELETE other: ${RES[$t|$step|$run]#* * * }"
-            if [ "$step" = s3 ] && [ "$VERIFY" = 1 ] && [ "$run" = 1 ]; then
+            s3_measured "$t" "$step" "$run" "$r0" "$g0"
+            if [ "$step" = s4 ] && [ "$VERIFY" = 1 ] && [ "$run" = 1 ]; then
                 verify_restore "$t" "$(inside "$d/restore")"
             fi
         fi
@@ -1120,18 +1271,20 @@ run_s3_tool() {
     rm -rf "$d"
 }
 
-# s3_row TOOL STEP: one line of the S3 table; the restic row adds cairn/restic ratios.
+# s3_row TOOL STEP: one line of the S3 table; a peer's row adds the ratios cairn/peer.
 s3_row() {
     local t=$1 s=$2 wall f vals=() ratios="— | — | — | —" cw cc cr creq req
     wall="$(median "$t" "$s" 1)"
-    if [ "$wall" = FAILED ]; then
-        printf '| %s | %s | FAILED | | | | | | | | | | — | — | — | — |\n' "${STEP_LABEL[$s]}" "$t"
-        return
-    fi
+    case "$wall" in
+        FAILED | n/a*)
+            printf '| %s | %s | %s | | | | | | | | | | | — | — | — | — |\n' "${STEP_LABEL[$s]}" "$t" "$wall"
+            return
+            ;;
+    esac
     for f in 1 2 3 4 5 6 7 8 9 10; do vals+=("$(median "$t" "$s" "$f")"); done
     req="$(awk -v a="${vals[*]:4}" 'BEGIN { n = split(a, x, " "); for (i = 1; i <= n; i++) s += x[i]; print s }')"
-    if [ "$t" != cairn ] && [ -n "${VERSION[cairn]:-}" ]; then
-        cw="$(median cairn "$s" 1)"
+    cw="$(median cairn "$s" 1 2>/dev/null || echo FAILED)"
+    if [ "$t" != cairn ] && [ -n "${VERSION[cairn]:-}" ] && [[ "$cw" != FAILED && "$cw" != n/a* ]]; then
         cc="$(median cairn "$s" 2)"
         cr="$(median cairn "$s" 3)"
         creq=0
@@ -1146,8 +1299,9 @@ s3_row() {
 
 # s3_report: the S3 rows as Markdown.
 s3_report() {
-    local t s
-    echo "# cairn benchmark: S3 (one Garage node on loopback)"
+    local t s nodes="one node (replication_factor 1)"
+    [ "$S3_NODES" = 1 ] || nodes="$S3_NODES nodes on one machine (replication_factor $S3_NODES, consistency_mode consistent; the tools talk to the first)"
+    echo "# cairn benchmark: S3 (Garage on loopback, $S3_NODES node(s))"
     echo
     echo "- Command: \`$CMDLINE\`"
     echo "- Date: $START_DATE; host $(hostname), $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, Linux $(uname -r); work directory (Garage's data and metadata, caches, restores) on $fstype"
@@ -1156,20 +1310,28 @@ s3_report() {
         if [ -n "${VERSION[$t]:-}" ]; then echo "- $t: ${VERSION[$t]}"; fi
         if [ -n "${SKIPPED[$t]:-}" ]; then echo "- $t: skipped, ${SKIPPED[$t]}"; fi
     done
-    echo "- Garage: $GARAGE_VERSION, one node (replication_factor 1, sqlite metadata, no fsync, block_size 1M, no compression), S3 API at $S3_ENDPOINT"
-    echo "- Version A: $DATA_DESC — $A_STATS; backed up where it is"
-    echo "- Settings: encryption on (cairn password mode, restic repository password), cairn's default zstd level 3, restic \`auto\`; a fresh repository (s3:…/$S3_BUCKET/TOOL-RUN) and cache per tool and run"
+    echo "- Garage: $GARAGE_VERSION, $nodes, sqlite metadata, no fsync, block_size 1M, no compression, S3 API at $S3_ENDPOINT"
+    echo "- Version A: $DATA_DESC — $A_STATS"
+    echo "- Version B: $B_DESC — $B_STATS"
+    echo "- Settings: encryption on (cairn password mode, restic and rustic repository password), cairn's default zstd level 3, restic \`auto\`, rustic's default; a fresh repository (…/$S3_BUCKET/TOOL-RUN) and cache per tool and run; each version synced into one path before its backup"
+    [ -z "$S3_DELAY_MS" ] || echo "- Link: the tools reach Garage through a TCP proxy on loopback holding every byte $S3_DELAY_MS ms each way ($((2 * S3_DELAY_MS)) ms round trip; Python asyncio, reads of 256 KiB)"
     echo "- Page cache: \`sync; echo 3 > /proc/sys/vm/drop_caches\` before every timed step (Garage's files included)"
-    echo "- Each cell: median of $RUNS run(s). Wall and CPU (user+sys) in seconds and peak RSS in MiB are the tool's; Garage CPU is the node's CPU seconds during the step."
-    echo "  Requests: the step's delta of Garage's \`api_s3_request_counter\`: GET = GetObject; PUT = PutObject, UploadPart(Copy), CopyObject, Create/CompleteMultipartUpload;"
-    echo "  LIST = List*; HEAD = Head*; DELETE = DeleteObject(s), AbortMultipartUpload; other = the rest. The restic row gives cairn/restic for wall, CPU, RSS and all requests (below 1: cairn less)."
+    echo "- Each cell: median of $RUNS run(s). Wall and CPU (user+sys) in seconds and peak RSS in MiB are the tool's (s5: tar's wall; CPU of tar and the mount daemon; the daemon's RSS); Garage CPU is all nodes' CPU seconds during the step."
+    echo "  Requests: the step's delta of Garage's \`api_s3_request_counter\` at the node the tools talk to: GET = GetObject; PUT = PutObject, UploadPart(Copy), CopyObject, Create/CompleteMultipartUpload;"
+    echo "  LIST = List*; HEAD = Head*; DELETE = DeleteObject(s), AbortMultipartUpload; other = the rest. A peer's row gives cairn/peer for wall, CPU, RSS and all requests (below 1: cairn less)."
     echo
-    echo "| Step | Tool | Wall s | CPU s | Peak RSS MiB | Garage CPU s | GET | PUT | LIST | HEAD | DELETE | other | requests | cairn/restic wall | CPU | RSS | requests |"
+    echo "| Step | Tool | Wall s | CPU s | Peak RSS MiB | Garage CPU s | GET | PUT | LIST | HEAD | DELETE | other | requests | cairn/peer wall | CPU | RSS | requests |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for s in "${S3_STEPS[@]}"; do
         for t in "${TOOLS[@]}"; do s3_row "$t" "$s"; done
     done
     echo
+    local rw mw
+    rw="$(median cairn s4 1)"
+    mw="$(median cairn s5 1)"
+    if [[ "$rw" =~ ^[0-9.]+$ && "$mw" =~ ^[0-9.]+$ ]]; then
+        echo "- cairn mount read throughput / its restore throughput (same bytes): $(awk -v r="$rw" -v m="$mw" 'BEGIN { printf "%.2f", r / m }') (target >= 0.7)"
+    fi
     for t in "${TOOLS[@]}"; do
         [ -z "${NOTES[$t]:-}" ] || echo "- $t: ${NOTES[$t]}"
     done
@@ -1186,7 +1348,7 @@ START_DATE="$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     echo "date: $START_DATE; work: $WORK ($fstype)"
     for t in "${TOOLS[@]}"; do echo "$t: ${VERSION[$t]}"; done
     echo "A: $DATA_DESC: $A_STATS"
-    [ "$S3" = 1 ] || echo "B: $B_DESC: $B_STATS"
+    echo "B: $B_DESC: $B_STATS"
 } >>"$LOG"
 
 if [ "$S3" = 1 ]; then
