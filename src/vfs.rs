@@ -24,12 +24,13 @@ use crate::checkpoint::CheckpointFilter;
 use crate::error::Error;
 use crate::history::{PathHistory, versions};
 use crate::holes::{ZeroChunks, data_bytes, seek};
-use crate::id::{BlobId, CheckpointId};
+use crate::id::{BlobId, CheckpointId, PackId};
 use crate::readahead::ChunkStream;
 use crate::repo::Repository;
+use crate::repo::pack::BlobKind;
 use crate::tree::{ChunkRef, Content, Entry, EntryKind, Tree, Xattr, load_tree, sized_file_chunks};
 use crossbeam_channel::{Sender, bounded};
-use quick_cache::sync::Cache;
+use quick_cache::sync::{Cache, GuardResult};
 use std::collections::{BTreeSet, HashMap};
 use std::ops::{Deref, Range};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -52,9 +53,15 @@ const TREE_CACHE_ITEMS: usize = 4096;
 /// when the reader reaches the start of every this many-th chunk, so each chunk is asked for
 /// once.
 const PREFETCH_CHUNKS: usize = 8;
+/// Bytes of a pack read ahead of a reader at once (asked for again when the reader is half
+/// way through them): one coalesced read, `readahead`'s window.
+const PACK_READAHEAD_BYTES: u64 = crate::readahead::WINDOW_BYTES;
+/// Packs whose read-ahead is followed at once; beyond them it starts anew.
+const PACK_READAHEAD_PACKS: usize = 64;
 /// Background threads that prefetch chunks and trees.
 const PREFETCH_THREADS: usize = 4;
-/// Files of a directory whose first chunk is fetched ahead of the reader.
+/// Files of a directory whose first chunk is fetched ahead of the reader, at most; more are
+/// asked for, in one coalesced read, once the reader is half way through those asked for.
 const PREFETCH_WINDOW_FILES: usize = 64;
 /// Directories whose reading order is kept for the prefetcher.
 const READING_ORDERS: usize = 1024;
@@ -275,6 +282,9 @@ pub struct Vfs {
     page_pusher: Arc<OnceLock<PagePusher>>,
     /// The files of recently listed directories, in listing order, with their first chunks.
     reading_orders: Cache<Ino, Arc<ReadingOrder>>,
+    /// Per pack being read, the offset up to which its blobs were asked for; `None` when the
+    /// store answers without a round trip (a local disk), where reading by file is enough.
+    pack_ahead: Option<Mutex<HashMap<PackId, u64>>>,
 }
 
 /// What the background threads fetch ahead of a reader.
@@ -282,8 +292,9 @@ enum Prefetch {
     /// Chunks of a file, read together.
     Chunks(Vec<ChunkRef>),
     Tree(BlobId),
-    /// The first chunk of file `ino`, handed to the kernel's page cache when it takes it.
-    FileStart(Ino, ChunkRef),
+    /// The first chunks of files, read together; each handed to the kernel's page cache
+    /// when it takes it.
+    FileStarts(Vec<(Ino, ChunkRef)>),
 }
 
 /// Offers decoded bytes of a file (inode, offset, bytes) to the kernel's page cache, so the
@@ -318,7 +329,8 @@ fn cached_tree(
 }
 
 /// Serves one prefetch request. A file's first chunk goes to the kernel's page cache when a
-/// pusher is set and the kernel takes it, and to the chunk cache otherwise.
+/// pusher is set and the kernel takes it, and to the chunk cache otherwise; the first chunks
+/// of several files are read together (neighbours in a pack in one ranged read).
 fn serve_prefetch(
     request: Prefetch,
     repo: &Repository,
@@ -326,35 +338,71 @@ fn serve_prefetch(
     trees: &Cache<BlobId, Arc<Tree>>,
     page_pusher: &OnceLock<PagePusher>,
 ) -> crate::error::Result<()> {
-    let fetch_chunk = |chunk: &ChunkRef| {
-        chunks
-            .get_or_insert_with(&chunk.id, || cached_chunk(repo, chunk))
-            .map(drop)
-    };
     match request {
         Prefetch::Chunks(wanted) => std::thread::scope(|scope| {
-            let wanted = wanted.into_iter().map(|chunk| (chunk.id, chunk));
-            for (id, read) in ChunkStream::new(repo, scope, wanted) {
-                let mut data = read?.bytes;
-                data.shrink_to_fit();
-                chunks.insert(id, Arc::new(data));
+            // Each chunk's place in the cache is held while it is read, so a reader asking
+            // for it waits for this read instead of making its own.
+            let mut held = HashMap::new();
+            let mut order = Vec::new();
+            for chunk in wanted {
+                if let GuardResult::Guard(guard) =
+                    chunks.get_value_or_guard(&chunk.id, Some(Duration::ZERO))
+                {
+                    held.insert(chunk.id, guard);
+                    order.push((chunk.id, chunk));
+                }
+            }
+            for (id, read) in ChunkStream::new(repo, scope, order) {
+                let guard = held.remove(&id);
+                match read {
+                    Ok(read) => {
+                        let mut data = read.bytes;
+                        data.shrink_to_fit();
+                        if let Some(guard) = guard {
+                            let _ = guard.insert(Arc::new(data));
+                        }
+                    }
+                    // The reader will ask for it, and be told what is wrong.
+                    Err(e) => tracing::debug!("prefetching chunk {id} failed: {e}"),
+                }
             }
             Ok(())
         }),
         Prefetch::Tree(id) => cached_tree(trees, repo, &id).map(drop),
-        Prefetch::FileStart(ino, chunk) => {
-            let Some(push) = page_pusher.get() else {
-                return fetch_chunk(&chunk);
+        Prefetch::FileStarts(files) => std::thread::scope(|scope| {
+            let deliver = |ino: Ino, id: BlobId, data: Arc<Vec<u8>>| {
+                let taken = page_pusher.get().is_some_and(|push| push(ino, 0, &data));
+                if !taken {
+                    chunks.insert(id, data);
+                }
             };
-            let data = match chunks.get(&chunk.id) {
-                Some(data) => data,
-                None => cached_chunk(repo, &chunk)?,
-            };
-            if !push(ino, 0, &data) {
-                chunks.insert(chunk.id, data);
+            // A chunk being read elsewhere is left to that read: a reader of the file then
+            // finds it in the chunk cache.
+            let mut wanted = Vec::new();
+            for (ino, chunk) in files {
+                match chunks.get_value_or_guard(&chunk.id, Some(Duration::ZERO)) {
+                    GuardResult::Value(data) => deliver(ino, chunk.id, data),
+                    GuardResult::Guard(_) => wanted.push(((ino, chunk.id), chunk)),
+                    GuardResult::Timeout => {}
+                }
+            }
+            if let [((ino, id), chunk)] = wanted[..] {
+                deliver(ino, id, cached_chunk(repo, &chunk)?);
+                return Ok(());
+            }
+            for ((ino, id), read) in ChunkStream::new(repo, scope, wanted) {
+                match read {
+                    Ok(read) => {
+                        let mut data = read.bytes;
+                        data.shrink_to_fit();
+                        deliver(ino, id, Arc::new(data));
+                    }
+                    // The reader will ask for it, and be told what is wrong.
+                    Err(e) => tracing::debug!("prefetching chunk {id} failed: {e}"),
+                }
             }
             Ok(())
-        }
+        }),
     }
 }
 
@@ -400,6 +448,7 @@ impl Vfs {
                 }
             });
         }
+        let remote = repo.backend().preferred_concurrency() > 1;
         let vfs = Vfs {
             zero_chunks: ZeroChunks::new(&repo),
             repo,
@@ -425,6 +474,7 @@ impl Vfs {
             ),
             prefetch,
             reading_orders: Cache::new(READING_ORDERS),
+            pack_ahead: remote.then(|| Mutex::new(HashMap::new())),
             page_pusher,
         };
         vfs.refresh_catalogue()?;
@@ -983,23 +1033,49 @@ impl Vfs {
         let Some(order) = self.reading_orders.get(&dir) else {
             return;
         };
+        // Asked for again only once the reader is half way through what was asked for, so
+        // each request holds half a window or more.
         let end = (place + 1 + PREFETCH_WINDOW_FILES).min(order.files.len());
+        if order.requested.load(Ordering::Relaxed) > place + 1 + PREFETCH_WINDOW_FILES / 2 {
+            return;
+        }
         let start = order
             .requested
             .fetch_max(end, Ordering::Relaxed)
             .max(place + 1);
         let nodes = self.nodes.read().expect("not poisoned");
-        for (ino, chunk) in order.files.get(start..end).unwrap_or_default() {
-            let was_read = nodes
-                .get(ino)
-                .is_some_and(|slot| slot.was_read.load(Ordering::Relaxed));
-            if !was_read
-                && self
+        let batch: Vec<(Ino, ChunkRef)> = order
+            .files
+            .get(start..end)
+            .unwrap_or_default()
+            .iter()
+            .filter(|(ino, _)| {
+                !nodes
+                    .get(ino)
+                    .is_some_and(|slot| slot.was_read.load(Ordering::Relaxed))
+            })
+            .copied()
+            .collect();
+        // Files read from the page cache are never read here: the pack's read-ahead is
+        // kept ahead of the last file asked for.
+        if let Some((_, last)) = batch.last() {
+            self.read_ahead_in_pack(last);
+        }
+        // A remote store is asked once for the batch (one coalesced read); a local disk once
+        // per file, which the prefetch threads then decode side by side.
+        if self.pack_ahead.is_some() {
+            if !batch.is_empty() {
+                let _ = self.prefetch.try_send(Prefetch::FileStarts(batch));
+            }
+        } else {
+            for file in batch {
+                if self
                     .prefetch
-                    .try_send(Prefetch::FileStart(*ino, *chunk))
+                    .try_send(Prefetch::FileStarts(vec![file]))
                     .is_err()
-            {
-                break;
+                {
+                    break;
+                }
             }
         }
     }
@@ -1084,13 +1160,73 @@ impl Vfs {
     /// A chunk's bytes. A chunk read whole in one request (most small files) is not worth
     /// caching; one that later requests will read more of is kept.
     fn chunk(&self, chunk: &ChunkRef, read_whole: bool) -> VfsResult<Arc<Vec<u8>>> {
-        Ok(match self.chunks.get(&chunk.id) {
-            Some(data) => data,
-            None if read_whole => cached_chunk(&self.repo, chunk)?,
-            None => self
-                .chunks
-                .get_or_insert_with(&chunk.id, || cached_chunk(&self.repo, chunk))?,
+        // A chunk being read ahead is waited for, not read again.
+        Ok(match self.chunks.get_value_or_guard(&chunk.id, None) {
+            GuardResult::Value(data) => data,
+            GuardResult::Guard(guard) => {
+                let data = cached_chunk(&self.repo, chunk)?;
+                if !read_whole {
+                    let _ = guard.insert(data.clone());
+                }
+                data
+            }
+            GuardResult::Timeout => cached_chunk(&self.repo, chunk)?,
         })
+    }
+
+    /// On a remote store, asks the prefetcher for the data blobs stored after `chunk` in its pack,
+    /// `PACK_READAHEAD_BYTES` at a time, again each time the reader is half way through
+    /// them: a program reading files in about the order they were backed up (tar, cp -a,
+    /// rsync) then finds them decoded in memory, read in a few large ranges, instead of
+    /// asking the store for each file (a round trip each, on an object store).
+    fn read_ahead_in_pack(&self, chunk: &ChunkRef) {
+        let Some(pack_ahead) = &self.pack_ahead else {
+            return;
+        };
+        let Ok(Some(at)) = self.repo.index().get(&chunk.id) else {
+            return;
+        };
+        let here = u64::from(at.entry.offset);
+        let from = {
+            let mut ahead = pack_ahead.lock().expect("not poisoned");
+            let asked = ahead.get(&at.pack).copied().unwrap_or(0);
+            let ahead_of_reader = asked.saturating_sub(here);
+            if ahead_of_reader > PACK_READAHEAD_BYTES / 2 && ahead_of_reader <= PACK_READAHEAD_BYTES
+            {
+                return;
+            }
+            if ahead.len() >= PACK_READAHEAD_PACKS {
+                ahead.clear();
+            }
+            let from = if ahead_of_reader > 0 && ahead_of_reader <= PACK_READAHEAD_BYTES {
+                asked
+            } else {
+                here + u64::from(at.entry.length)
+            };
+            ahead.insert(at.pack, from + PACK_READAHEAD_BYTES);
+            from
+        };
+        let Ok(from) = u32::try_from(from) else {
+            return;
+        };
+        let Ok(entries) = self
+            .repo
+            .index()
+            .placed_from(&at.pack, from, PACK_READAHEAD_BYTES)
+        else {
+            return;
+        };
+        let wanted: Vec<ChunkRef> = entries
+            .into_iter()
+            .filter(|e| e.kind == BlobKind::Data && !self.chunks.contains_key(&e.id))
+            .map(|e| ChunkRef {
+                id: e.id,
+                length: e.raw_length,
+            })
+            .collect();
+        if !wanted.is_empty() {
+            let _ = self.prefetch.try_send(Prefetch::Chunks(wanted));
+        }
     }
 
     /// Up to `size` bytes of file `ino` from `offset`; fewer only at the end of the file.
@@ -1106,6 +1242,9 @@ impl Vfs {
             let start = index.ends[i] - chunk.length as u64;
             let from = (position - start) as usize;
             let read_whole = from == 0 && end >= index.ends[i];
+            if from == 0 {
+                self.read_ahead_in_pack(chunk);
+            }
             let data = self.chunk(chunk, read_whole)?;
             let to = ((end - start) as usize).min(data.len());
             pieces.push((data, from..to));

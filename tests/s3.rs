@@ -287,6 +287,47 @@ fn the_mount_reads_files_and_shows_the_history_view() {
     assert!(mount.terminate().success());
 }
 
+#[test]
+fn reading_many_small_files_through_the_mount_takes_few_gets() {
+    let s3 = S3Repo::new();
+    let source = small_files(&s3.sandbox, "small", 1000);
+    s3.ok(&["backup", text(&source)]);
+    let mount = Mounted::start_with(&s3.sandbox, &s3.repo, &["--password-file", &s3.password]);
+    let latest = mount.path("latest");
+    let before = s3.garage.requests();
+    // As tar reads them: directory by directory, each file once, in listing order.
+    let mut directories: Vec<_> = fs::read_dir(&latest)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    directories.sort();
+    let mut read = 0;
+    for directory in directories {
+        let mut files: Vec<_> = fs::read_dir(&directory)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for file in files {
+            let relative = file.strip_prefix(&latest).unwrap();
+            assert_eq!(
+                fs::read(&file).unwrap(),
+                fs::read(source.join(relative)).unwrap()
+            );
+            read += 1;
+        }
+    }
+    let made = s3.garage.requests().since(&before);
+    assert_eq!(read, 1000);
+    // The files' blobs lie side by side in one pack: read ahead in a few large ranges, not
+    // a request per file or per directory.
+    assert!(
+        made.get("GetObject") <= 20,
+        "reading 1,000 files in 100 directories made {made:?}"
+    );
+    assert!(mount.terminate().success());
+}
+
 /// A tree of 20 files of 100 KB; `version` rewrites a third of them with new content.
 fn write_version(root: &Path, version: u64) {
     fs::create_dir_all(root).unwrap();
