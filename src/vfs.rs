@@ -1044,6 +1044,9 @@ impl Vfs {
             .fetch_max(end, Ordering::Relaxed)
             .max(place + 1);
         let nodes = self.nodes.read().expect("not poisoned");
+        // At most one read-ahead window of bytes: one request, and bounded memory, however
+        // large the files' first chunks.
+        let mut bytes = 0u64;
         let batch: Vec<(Ino, ChunkRef)> = order
             .files
             .get(start..end)
@@ -1053,6 +1056,11 @@ impl Vfs {
                 !nodes
                     .get(ino)
                     .is_some_and(|slot| slot.was_read.load(Ordering::Relaxed))
+            })
+            .take_while(|(_, chunk)| {
+                let first = bytes == 0;
+                bytes += u64::from(chunk.length);
+                first || bytes <= PACK_READAHEAD_BYTES
             })
             .copied()
             .collect();
