@@ -720,18 +720,18 @@ mount_stop() {   # mount_stop TOOL MNT
 proc_cpu() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($12 + $13) / hz }' || echo 0; }
 proc_hwm() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
-# mount_step TOOL STEP RUN TOOLDIR: a fresh mount, a cold read of the latest snapshot through
-# it, unmount. The row gets the reader's wall time, CPU of reader + daemon, and the larger of
-# the two peak RSS values (the daemon's, in practice).
-mount_step() {
-    local t=$1 step=$2 run=$3 d=$4 key="$1|$2|$3" cmd c0 c1 hwm wall cpu rss
+# mount_read TOOL STEP RUN TOOLDIR CMD: a fresh mount, a cold read of the latest snapshot
+# through it with CMD (TAR_CMD or FIND_CMD), unmount. The row gets the reader's wall time, CPU
+# of reader + daemon, and the larger of the two peak RSS values (the daemon's, in practice).
+# Returns 1 when the mount or the read failed.
+mount_read() {
+    local t=$1 step=$2 run=$3 d=$4 cmd=$5 key="$1|$2|$3" c0 c1 hwm wall cpu rss status=0
     local mnt="$d/mnt"
-    if [ "$step" = mt ]; then cmd=$TAR_CMD; else cmd=$FIND_CMD; fi
     if ! mount_start "$t" "$mnt"; then
         RES[$key]=FAILED
         say "    $t $step: FAILED (the mount did not come up; see $LOG)"
         mount_stop "$t" "$mnt"
-        return
+        return 1
     fi
     c0="$(proc_cpu "$MPID")"
     if timed "$t" "$step" "$run" bash -c "$cmd" _ "$MDIR" "$d/count"; then
@@ -742,9 +742,20 @@ mount_step() {
             'BEGIN { printf "%s %.2f %d", w, c + b - a, (h > r ? h : r) }')"
         COUNT[$key]="$(cat "$d/count")"
         log "  = daemon cpu $(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f", b - a }')s, daemon peak rss ${hwm:-?} KiB, output ${COUNT[$key]}"
+    else
+        status=1
     fi
     mount_stop "$t" "$mnt"
-    add_size "$t" "$step" "$run" "$d/repo"
+    return "$status"
+}
+
+# mount_step TOOL STEP RUN TOOLDIR: row 5a (tar) or 5b (find) through the mount, with the
+# repository's size.
+mount_step() {
+    local cmd
+    if [ "$2" = mt ]; then cmd=$TAR_CMD; else cmd=$FIND_CMD; fi
+    mount_read "$1" "$2" "$3" "$4" "$cmd" || true
+    add_size "$1" "$2" "$3" "$4/repo"
 }
 
 # listing DIR: one line per entry below DIR with what a restore must reproduce.
@@ -1191,31 +1202,14 @@ s3_measured() {
     log "  = garage cpu, GET PUT LIST HEAD DELETE other: ${RES[$key]#* * * }"
 }
 
-# s3_mount_step TOOL RUN DIR: a fresh mount of the latest snapshot, a cold read of it with tar,
-# unmount. Wall is tar's; CPU adds the daemon's, RSS is the larger peak; the requests are all
-# the mount made, from its start to its end.
+# s3_mount_step TOOL RUN DIR: row s5, a read of the latest snapshot with tar through a fresh
+# mount (see mount_read), with the requests the mount made from its start to its end.
 s3_mount_step() {
-    local t=$1 run=$2 d=$3 key="$1|s5|$2" r0 g0 c0 c1 hwm wall cpu rss
+    local r0 g0
     r0="$(s3_requests)"
     g0="$(garage_cpu)"
-    drop_caches
-    if ! mount_start "$t" "$d/mnt"; then
-        RES[$key]=FAILED
-        mount_stop "$t" "$d/mnt"
-        return
-    fi
-    c0="$(proc_cpu "$MPID")"
-    if timed "$t" s5 "$run" bash -c "$TAR_CMD" _ "$MDIR" "$d/count"; then
-        c1="$(proc_cpu "$MPID")"
-        hwm="$(proc_hwm "$MPID")"
-        read -r wall cpu rss <<<"${RES[$key]}"
-        RES[$key]="$(awk -v w="$wall" -v c="$cpu" -v r="$rss" -v a="$c0" -v b="$c1" -v h="${hwm:-0}" \
-            'BEGIN { printf "%s %.2f %d", w, c + b - a, (h > r ? h : r) }')"
-        log "  = daemon cpu $(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f", b - a }')s, daemon peak rss ${hwm:-?} KiB, tar bytes $(cat "$d/count")"
-        mount_stop "$t" "$d/mnt"
-        s3_measured "$t" s5 "$run" "$r0" "$g0"
-    else
-        mount_stop "$t" "$d/mnt"
+    if mount_read "$1" s5 "$2" "$3" "$TAR_CMD"; then
+        s3_measured "$1" s5 "$2" "$r0" "$g0"
     fi
 }
 
