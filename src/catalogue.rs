@@ -8,10 +8,10 @@
 //! ten thousand. `catalogue.summary` holds, per live checkpoint in catalogue order, what
 //! listing, ordering, filtering and naming need: its id, time, label (host, paths, tags,
 //! the URL it was pulled from; each distinct label stored once), what `stat` says of its
-//! root directory and where its record is in the log; with it the backend's listing token of `checkpoints/` at which it was complete
-//! (see `Backend::listing_token`). A command reads the summary whole (one decode) and
-//! records one by one at their offsets, each checked against its id; a record that cannot
-//! be read there is read from the repository.
+//! root directory and where its record is in the log; with it the backend's listing token
+//! of `checkpoints/` at which it was complete (see `Backend::listing_token`). A command
+//! reads the summary whole (one decode) and records one by one at their offsets, each
+//! checked against its id; a record that cannot be read there is read from the repository.
 //!
 //! The repository decides what exists: a sync lists `checkpoints/` once, reads (and checks
 //! against its id) only the records the catalogue does not hold, and drops those no longer

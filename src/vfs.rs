@@ -356,10 +356,8 @@ fn serve_prefetch(
                 let guard = held.remove(&id);
                 match read {
                     Ok(read) => {
-                        let mut data = read.bytes;
-                        data.shrink_to_fit();
                         if let Some(guard) = guard {
-                            let _ = guard.insert(Arc::new(data));
+                            let _ = guard.insert(trimmed(read.bytes));
                         }
                     }
                     // The reader will ask for it, and be told what is wrong.
@@ -392,11 +390,7 @@ fn serve_prefetch(
             }
             for ((ino, id), read) in ChunkStream::new(repo, scope, wanted) {
                 match read {
-                    Ok(read) => {
-                        let mut data = read.bytes;
-                        data.shrink_to_fit();
-                        deliver(ino, id, Arc::new(data));
-                    }
+                    Ok(read) => deliver(ino, id, trimmed(read.bytes)),
                     // The reader will ask for it, and be told what is wrong.
                     Err(e) => tracing::debug!("prefetching chunk {id} failed: {e}"),
                 }
@@ -406,11 +400,15 @@ fn serve_prefetch(
     }
 }
 
-/// Reads a chunk for the cache, trimmed so its weight is what it holds.
+/// Reads a chunk for the cache (see `trimmed`).
 fn cached_chunk(repo: &Repository, chunk: &ChunkRef) -> crate::error::Result<Arc<Vec<u8>>> {
-    let mut data = crate::tree::read_chunk(repo, chunk)?;
+    Ok(trimmed(crate::tree::read_chunk(repo, chunk)?))
+}
+
+/// A chunk's bytes for the cache, trimmed so its weight is what it holds.
+fn trimmed(mut data: Vec<u8>) -> Arc<Vec<u8>> {
     data.shrink_to_fit();
-    Ok(Arc::new(data))
+    Arc::new(data)
 }
 
 fn synthetic_dir(ino: Ino, mtime_ns: i128) -> Attr {
@@ -1182,8 +1180,8 @@ impl Vfs {
         })
     }
 
-    /// On a remote store, asks the prefetcher for the data blobs stored after `chunk` in its pack,
-    /// `PACK_READAHEAD_BYTES` at a time, again each time the reader is half way through
+    /// On a remote store, asks the prefetcher for the data blobs stored after `chunk` in its
+    /// pack, `PACK_READAHEAD_BYTES` at a time, again each time the reader is half way through
     /// them: a program reading files in about the order they were backed up (tar, cp -a,
     /// rsync) then finds them decoded in memory, read in a few large ranges, instead of
     /// asking the store for each file (a round trip each, on an object store).
@@ -1198,19 +1196,17 @@ impl Vfs {
         let from = {
             let mut ahead = pack_ahead.lock().expect("not poisoned");
             let asked = ahead.get(&at.pack).copied().unwrap_or(0);
-            let ahead_of_reader = asked.saturating_sub(here);
-            if ahead_of_reader > PACK_READAHEAD_BYTES / 2 && ahead_of_reader <= PACK_READAHEAD_BYTES
-            {
-                return;
-            }
+            let from = match asked.saturating_sub(here) {
+                // More than half a stretch is asked for ahead of the reader already.
+                n if n > PACK_READAHEAD_BYTES / 2 && n <= PACK_READAHEAD_BYTES => return,
+                // The reader is near the end of what was asked for: the next stretch.
+                n if n > 0 && n <= PACK_READAHEAD_BYTES => asked,
+                // A pack newly read, or read far from where it was: from the reader on.
+                _ => here + u64::from(at.entry.length),
+            };
             if ahead.len() >= PACK_READAHEAD_PACKS {
                 ahead.clear();
             }
-            let from = if ahead_of_reader > 0 && ahead_of_reader <= PACK_READAHEAD_BYTES {
-                asked
-            } else {
-                here + u64::from(at.entry.length)
-            };
             ahead.insert(at.pack, from + PACK_READAHEAD_BYTES);
             from
         };
