@@ -151,10 +151,14 @@ impl Tree {
     }
 
     pub fn get(&self, name: &[u8]) -> Option<&Entry> {
+        self.position(name).map(|i| &self.entries[i])
+    }
+
+    /// Where the entry called `name` is in the (sorted) entries, if there is one.
+    pub fn position(&self, name: &[u8]) -> Option<usize> {
         self.entries
             .binary_search_by(|e| e.name.as_slice().cmp(name))
             .ok()
-            .map(|i| &self.entries[i])
     }
 }
 

@@ -328,6 +328,76 @@ fn reading_many_small_files_through_the_mount_takes_few_gets() {
     assert!(mount.terminate().success());
 }
 
+/// Every file below `root` with its bytes, read the way tar and `cp -a` read a tree: depth
+/// first, each directory's entries by name with files and directories interleaved, each
+/// file whole, once.
+fn read_depth_first(root: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut read = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            let mut entries: Vec<_> = fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            entries.sort();
+            pending.extend(entries.into_iter().rev());
+        } else {
+            let bytes = fs::read(&path).unwrap();
+            read.push((path.strip_prefix(root).unwrap().to_path_buf(), bytes));
+        }
+    }
+    read
+}
+
+#[test]
+fn a_tree_walk_through_the_mount_reads_the_packs_in_a_few_large_ranges() {
+    let s3 = S3Repo::new();
+    let source = s3.sandbox.path("tree");
+    // 1,200 files of 1 to 40 KB in 24 directories two levels down, files beside the
+    // directories at the first level (sorting before and after them), and two files of
+    // several chunks: about 30 MB in two or three packs.
+    let mut seed = 0u64;
+    let mut next_file = |path: std::path::PathBuf, length: u64| {
+        seed += 1;
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, pseudo_random(length as usize, seed)).unwrap();
+    };
+    for a in 0..4 {
+        let top = source.join(format!("a{a}"));
+        next_file(top.join("b-file"), 20_000);
+        for m in 0..6 {
+            for f in 0..50u64 {
+                let length = 1_000 + (f * 7_919 + m * 104_729) % 40_000;
+                next_file(top.join(format!("m{m}/f{f:02}")), length);
+            }
+        }
+        next_file(top.join("n-file"), 30_000);
+    }
+    next_file(source.join("a1/large"), 3_000_000);
+    next_file(source.join("a2/m3/large"), 3_000_000);
+    s3.ok(&["backup", text(&source)]);
+    let packs = s3.objects("data/").len();
+    let mount = Mounted::start_with(&s3.sandbox, &s3.repo, &["--password-file", &s3.password]);
+    let before = s3.garage.requests();
+    let read = read_depth_first(&mount.path("latest"));
+    let made = s3.garage.requests().since(&before);
+    assert_eq!(read.len(), 1_210);
+    for (path, bytes) in &read {
+        assert!(
+            *bytes == fs::read(source.join(path)).unwrap(),
+            "{path:?} differs"
+        );
+    }
+    // The walk ahead reads each pack in a few large ranges as the reader goes, not a
+    // request per file, per directory or per few megabytes.
+    assert!(
+        made.get("GetObject") <= 4 * packs as u64 + 8,
+        "reading 1,210 files in {packs} packs made {made:?}"
+    );
+    assert!(mount.terminate().success());
+}
+
 /// A tree of 20 files of 100 KB; `version` rewrites a third of them with new content.
 fn write_version(root: &Path, version: u64) {
     fs::create_dir_all(root).unwrap();

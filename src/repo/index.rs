@@ -87,19 +87,8 @@ pub struct BlobIndex {
     blobs: sled::Tree,
     /// Every pack an imported index file lists (so packs no index file lists can be found).
     packs: sled::Tree,
-    /// Every blob by where it is stored: pack id and offset (big-endian, so a pack's blobs
-    /// are in offset order) to its entry.
-    placed: sled::Tree,
     files: sled::Tree,
     path: PathBuf,
-}
-
-/// The key of the blob stored at `offset` in `pack` in the `placed` tree.
-fn placed_key(pack: &PackId, offset: u32) -> [u8; ID_BYTES + 4] {
-    let mut key = [0; ID_BYTES + 4];
-    key[..ID_BYTES].copy_from_slice(&pack.0);
-    key[ID_BYTES..].copy_from_slice(&offset.to_be_bytes());
-    key
 }
 
 fn cache_error(path: &Path, e: sled::Error) -> Error {
@@ -138,12 +127,13 @@ impl BlobIndex {
             Err(e) => return Err(cache_error(&path, e)),
         };
         let open_tree = |name: &str| db.open_tree(name).map_err(|e| cache_error(&path, e));
+        // Blobs by their place in a pack, which earlier versions kept for the mount.
+        db.drop_tree("placed").map_err(|e| cache_error(&path, e))?;
         let meta = open_tree("meta")?;
         let index = BlobIndex {
             meta: meta.clone(),
             blobs: open_tree("blobs")?,
             packs: open_tree("packs")?,
-            placed: open_tree("placed")?,
             files: open_tree("index_files")?,
             _db: db,
             path,
@@ -167,9 +157,6 @@ impl BlobIndex {
         }
         self.blobs.clear().map_err(|e| cache_error(&self.path, e))?;
         self.packs.clear().map_err(|e| cache_error(&self.path, e))?;
-        self.placed
-            .clear()
-            .map_err(|e| cache_error(&self.path, e))?;
         self.files.clear().map_err(|e| cache_error(&self.path, e))
     }
 
@@ -202,28 +189,6 @@ impl BlobIndex {
             .map_err(|e| cache_error(&self.path, e))
     }
 
-    /// The entries of pack `pack` stored at `offset` or after, in offset order, until they
-    /// hold `bytes` as stored (or the pack ends): what follows a blob in its pack.
-    pub fn placed_from(&self, pack: &PackId, offset: u32, bytes: u64) -> Result<Vec<PackEntry>> {
-        let mut entries = Vec::new();
-        let mut held = 0u64;
-        for item in self
-            .placed
-            .range(placed_key(pack, offset)..placed_key(pack, u32::MAX))
-        {
-            if held >= bytes {
-                break;
-            }
-            let (_, value) = item.map_err(|e| cache_error(&self.path, e))?;
-            let Some(entry) = PackEntry::read_from(&value) else {
-                continue;
-            };
-            held += u64::from(entry.length);
-            entries.push(entry);
-        }
-        Ok(entries)
-    }
-
     /// Records the blobs of index file `name`, which must already be durable in the repository.
     pub fn add_index_file(&self, name: &str, packs: &[(PackId, Vec<PackEntry>)]) -> Result<()> {
         for (pack, entries) in packs {
@@ -238,9 +203,6 @@ impl BlobIndex {
                 value.extend_from_slice(&entry_bytes[ID_BYTES..]);
                 self.blobs
                     .insert(&entry.id.0[..], value)
-                    .map_err(|e| cache_error(&self.path, e))?;
-                self.placed
-                    .insert(placed_key(pack, entry.offset), entry_bytes)
                     .map_err(|e| cache_error(&self.path, e))?;
             }
         }
@@ -350,30 +312,6 @@ mod tests {
         let bytes = encode_index_file(&packs);
         assert_eq!(decode_index_file(&bytes, &|| "i".into()).unwrap(), packs);
         assert!(decode_index_file(&bytes[..bytes.len() - 1], &|| "i".into()).is_err());
-    }
-
-    #[test]
-    fn what_follows_a_blob_in_its_pack_is_found_in_offset_order() {
-        let cache = tempfile::tempdir().unwrap();
-        let index = BlobIndex::open(cache.path()).unwrap();
-        let pack = PackId([7; 32]);
-        index
-            .add_index_file("a", &[(pack, vec![entry(3), entry(1), entry(2), entry(5)])])
-            .unwrap();
-        index
-            .add_index_file("b", &[(PackId([8; 32]), vec![entry(4)])])
-            .unwrap();
-        let ids =
-            |entries: Vec<PackEntry>| -> Vec<u8> { entries.iter().map(|e| e.id.0[0]).collect() };
-        assert_eq!(
-            ids(index.placed_from(&pack, 0, u64::MAX).unwrap()),
-            [1, 2, 3, 5]
-        );
-        assert_eq!(ids(index.placed_from(&pack, 20, 15).unwrap()), [2, 3]);
-        assert_eq!(
-            ids(index.placed_from(&pack, 51, 100).unwrap()),
-            Vec::<u8>::new()
-        );
     }
 
     #[test]

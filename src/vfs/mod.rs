@@ -10,11 +10,13 @@
 //!
 //! Everything is loaded lazily: a directory's tree is read when it is first listed or looked
 //! up, a file's chunk list when it is first read. Decoded trees, chunk lists and chunks are
-//! kept in bounded caches. Reading ahead happens in the background: a read prefetches the
-//! next chunks of its file (the next eight at every eighth chunk, neighbours in a pack in one
-//! ranged read), the first read in a directory decodes the files after it in
-//! listing order (a tree walker reads them next) and hands them to the kernel's page cache
-//! through the adapter's `PagePusher`, and a listing decodes its subdirectories' trees.
+//! kept in bounded caches. Reading ahead happens in the background: a listing decodes its
+//! subdirectories' trees, and the first read in a directory hands the files after it in
+//! listing order (a tree walker reads them next) to the kernel's page cache through the
+//! adapter's `PagePusher`. On a local disk those file starts are read one by one, and a
+//! read prefetches the next chunks of its file (the next eight at every eighth chunk); on a
+//! store a round trip away, `walk_ahead` reads the checkpoint in the walker's order ahead of
+//! it, pack by pack, and both come from there.
 //! The checkpoint catalogue is re-listed every few seconds, so checkpoints made while
 //! mounted appear; a `CheckpointFilter` (host, paths, tags) can narrow it. Hard-linked
 //! files of one checkpoint share one inode, so `cp -a` recreates the links.
@@ -24,10 +26,9 @@ use crate::checkpoint::CheckpointFilter;
 use crate::error::Error;
 use crate::history::{PathHistory, versions};
 use crate::holes::{ZeroChunks, data_bytes, seek};
-use crate::id::{BlobId, CheckpointId, PackId};
+use crate::id::{BlobId, CheckpointId};
 use crate::readahead::ChunkStream;
 use crate::repo::Repository;
-use crate::repo::pack::BlobKind;
 use crate::tree::{ChunkRef, Content, Entry, EntryKind, Tree, Xattr, load_tree, sized_file_chunks};
 use crossbeam_channel::{Sender, bounded};
 use quick_cache::sync::{Cache, GuardResult};
@@ -36,6 +37,9 @@ use std::ops::{Deref, Range};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
+use walk_ahead::{WalkAhead, WalkStart};
+
+mod walk_ahead;
 
 /// An inode number.
 pub type Ino = u64;
@@ -53,11 +57,8 @@ const TREE_CACHE_ITEMS: usize = 4096;
 /// when the reader reaches the start of every this many-th chunk, so each chunk is asked for
 /// once.
 const PREFETCH_CHUNKS: usize = 8;
-/// Bytes of a pack read ahead of a reader at once (asked for again when the reader is half
-/// way through them): one coalesced read, `readahead`'s window.
-const PACK_READAHEAD_BYTES: u64 = crate::readahead::WINDOW_BYTES;
-/// Packs whose read-ahead is followed at once; beyond them it starts anew.
-const PACK_READAHEAD_PACKS: usize = 64;
+/// Bytes of file starts asked for in one request, at most.
+const FILE_STARTS_BYTES: u64 = crate::readahead::WINDOW_BYTES;
 /// Background threads that prefetch chunks and trees.
 const PREFETCH_THREADS: usize = 4;
 /// Files of a directory whose first chunk is fetched ahead of the reader, at most; more are
@@ -195,13 +196,16 @@ struct Catalogue {
 
 /// A file's chunks with their end offsets, and which of them are holes.
 struct ChunkIndex {
-    chunks: Vec<ChunkRef>,
+    chunks: Arc<[ChunkRef]>,
     ends: Vec<u64>,
     holes: Vec<bool>,
 }
 
 #[derive(Clone)]
 struct ChunkWeight;
+
+/// Decoded trees.
+type TreeCache = Cache<BlobId, Arc<Tree>>;
 
 /// Decoded chunks, bounded by their bytes.
 type ChunkCache = Cache<BlobId, Arc<Vec<u8>>, ChunkWeight>;
@@ -271,7 +275,7 @@ pub struct Vfs {
     catalogue: RwLock<Catalogue>,
     /// Root entries of checkpoints, read from their records.
     roots: Cache<CheckpointId, Arc<Entry>>,
-    trees: Arc<Cache<BlobId, Arc<Tree>>>,
+    trees: Arc<TreeCache>,
     chunk_lists: Cache<Ino, Arc<ChunkIndex>>,
     zero_chunks: ZeroChunks,
     chunks: Arc<ChunkCache>,
@@ -280,11 +284,12 @@ pub struct Vfs {
     prefetch: Sender<Prefetch>,
     /// Set by the FUSE adapter: where prefetched file starts go.
     page_pusher: Arc<OnceLock<PagePusher>>,
-    /// The files of recently listed directories, in listing order, with their first chunks.
+    /// The files of recently listed directories, in listing order, with their first chunks
+    /// (a local disk: file by file, see `note_read`).
     reading_orders: Cache<Ino, Arc<ReadingOrder>>,
-    /// Per pack being read, the offset up to which its blobs were asked for; `None` when the
-    /// store answers without a round trip (a local disk), where reading by file is enough.
-    pack_ahead: Option<Mutex<HashMap<PackId, u64>>>,
+    /// On a store a round trip away, the walk that reads a checkpoint ahead of its reader;
+    /// `None` on a local disk, where reading file by file is enough.
+    walk: Option<Arc<WalkAhead>>,
 }
 
 /// What the background threads fetch ahead of a reader.
@@ -292,9 +297,8 @@ enum Prefetch {
     /// Chunks of a file, read together.
     Chunks(Vec<ChunkRef>),
     Tree(BlobId),
-    /// The first chunks of files, read together; each handed to the kernel's page cache
-    /// when it takes it.
-    FileStarts(Vec<(Ino, ChunkRef)>),
+    /// The first chunk of a file, handed to the kernel's page cache when it takes it.
+    FileStart(Ino, ChunkRef),
 }
 
 /// Offers decoded bytes of a file (inode, offset, bytes) to the kernel's page cache, so the
@@ -321,82 +325,87 @@ fn checkpoint_dir_name(summary: &Summary) -> String {
 
 /// A decoded tree, from `trees` or loaded into it.
 fn cached_tree(
-    trees: &Cache<BlobId, Arc<Tree>>,
+    trees: &TreeCache,
     repo: &Repository,
     id: &BlobId,
 ) -> crate::error::Result<Arc<Tree>> {
     trees.get_or_insert_with(id, || load_tree(repo, id).map(Arc::new))
 }
 
-/// Serves one prefetch request. A file's first chunk goes to the kernel's page cache when a
-/// pusher is set and the kernel takes it, and to the chunk cache otherwise; the first chunks
-/// of several files are read together (neighbours in a pack in one ranged read).
-fn serve_prefetch(
-    request: Prefetch,
-    repo: &Repository,
-    chunks: &ChunkCache,
-    trees: &Cache<BlobId, Arc<Tree>>,
-    page_pusher: &OnceLock<PagePusher>,
-) -> crate::error::Result<()> {
-    match request {
-        Prefetch::Chunks(wanted) => std::thread::scope(|scope| {
-            // Each chunk's place in the cache is held while it is read, so a reader asking
-            // for it waits for this read instead of making its own.
-            let mut held = HashMap::new();
-            let mut order = Vec::new();
-            for chunk in wanted {
-                if let GuardResult::Guard(guard) =
-                    chunks.get_value_or_guard(&chunk.id, Some(Duration::ZERO))
-                {
-                    held.insert(chunk.id, guard);
-                    order.push((chunk.id, chunk));
-                }
-            }
-            for (id, read) in ChunkStream::new(repo, scope, order) {
-                let guard = held.remove(&id);
-                match read {
-                    Ok(read) => {
-                        if let Some(guard) = guard {
-                            let _ = guard.insert(trimmed(read.bytes));
-                        }
+/// What the prefetch threads read with and into.
+struct Prefetcher {
+    repo: Arc<Repository>,
+    chunks: Arc<ChunkCache>,
+    trees: Arc<TreeCache>,
+    page_pusher: Arc<OnceLock<PagePusher>>,
+    /// On a store a round trip away, the walk ahead: file starts come from it, never from a
+    /// request of their own.
+    walk: Option<Arc<WalkAhead>>,
+}
+
+impl Prefetcher {
+    /// Serves one prefetch request. A file's first chunk goes to the kernel's page cache
+    /// when a pusher is set and the kernel takes it, and to the chunk cache otherwise.
+    fn serve(&self, request: Prefetch) -> crate::error::Result<()> {
+        let repo = &self.repo;
+        match request {
+            Prefetch::Chunks(wanted) => std::thread::scope(|scope| {
+                // Each chunk's place in the cache is held while it is read, so a reader
+                // asking for it waits for this read instead of making its own.
+                let mut held = HashMap::new();
+                let mut order = Vec::new();
+                for chunk in wanted {
+                    if let GuardResult::Guard(guard) = self
+                        .chunks
+                        .get_value_or_guard(&chunk.id, Some(Duration::ZERO))
+                    {
+                        held.insert(chunk.id, guard);
+                        order.push((chunk.id, chunk));
                     }
-                    // The reader will ask for it, and be told what is wrong.
-                    Err(e) => tracing::debug!("prefetching chunk {id} failed: {e}"),
                 }
-            }
-            Ok(())
-        }),
-        Prefetch::Tree(id) => cached_tree(trees, repo, &id).map(drop),
-        Prefetch::FileStarts(files) => std::thread::scope(|scope| {
-            let deliver = |ino: Ino, id: BlobId, data: Arc<Vec<u8>>| {
-                let taken = page_pusher.get().is_some_and(|push| push(ino, 0, &data));
-                if !taken {
-                    chunks.insert(id, data);
+                for (id, read) in ChunkStream::new(repo, scope, order) {
+                    let guard = held.remove(&id);
+                    match read {
+                        Ok(read) => {
+                            if let Some(guard) = guard {
+                                let _ = guard.insert(trimmed(read.bytes));
+                            }
+                        }
+                        // The reader will ask for it, and be told what is wrong.
+                        Err(e) => tracing::debug!("prefetching chunk {id} failed: {e}"),
+                    }
                 }
-            };
-            // A chunk being read elsewhere is left to that read: a reader of the file then
-            // finds it in the chunk cache.
-            let mut wanted = Vec::new();
-            for (ino, chunk) in files {
-                match chunks.get_value_or_guard(&chunk.id, Some(Duration::ZERO)) {
-                    GuardResult::Value(data) => deliver(ino, chunk.id, data),
-                    GuardResult::Guard(_) => wanted.push(((ino, chunk.id), chunk)),
-                    GuardResult::Timeout => {}
+                Ok(())
+            }),
+            Prefetch::Tree(id) => cached_tree(&self.trees, repo, &id).map(drop),
+            Prefetch::FileStart(ino, chunk) => {
+                let data = match &self.walk {
+                    Some(walk) => match walk.take_ahead(&chunk.id) {
+                        Some(data) => data,
+                        None => return Ok(()),
+                    },
+                    // A chunk being read elsewhere is left to that read: a reader of the
+                    // file then finds it in the chunk cache.
+                    None => match self
+                        .chunks
+                        .get_value_or_guard(&chunk.id, Some(Duration::ZERO))
+                    {
+                        GuardResult::Value(data) => data,
+                        GuardResult::Guard(_) => cached_chunk(repo, &chunk)?,
+                        GuardResult::Timeout => return Ok(()),
+                    },
+                };
+                // What the walk hands over is in the chunk cache already.
+                let taken = self
+                    .page_pusher
+                    .get()
+                    .is_some_and(|push| push(ino, 0, &data));
+                if !taken && self.walk.is_none() {
+                    self.chunks.insert(chunk.id, data);
                 }
+                Ok(())
             }
-            if let [((ino, id), chunk)] = wanted[..] {
-                deliver(ino, id, cached_chunk(repo, &chunk)?);
-                return Ok(());
-            }
-            for ((ino, id), read) in ChunkStream::new(repo, scope, wanted) {
-                match read {
-                    Ok(read) => deliver(ino, id, trimmed(read.bytes)),
-                    // The reader will ask for it, and be told what is wrong.
-                    Err(e) => tracing::debug!("prefetching chunk {id} failed: {e}"),
-                }
-            }
-            Ok(())
-        }),
+        }
     }
 }
 
@@ -434,19 +443,27 @@ impl Vfs {
         let chunks = Arc::new(Cache::with_weighter(4096, CHUNK_CACHE_BYTES, ChunkWeight));
         let trees = Arc::new(Cache::new(TREE_CACHE_ITEMS));
         let page_pusher = Arc::new(OnceLock::<PagePusher>::new());
+        let remote = repo.backend().preferred_concurrency() > 1;
+        let walk =
+            remote.then(|| Arc::new(WalkAhead::new(repo.clone(), trees.clone(), chunks.clone())));
         let (prefetch, requests) = bounded::<Prefetch>(2 * PREFETCH_WINDOW_FILES);
+        let prefetcher = Arc::new(Prefetcher {
+            repo: repo.clone(),
+            chunks: chunks.clone(),
+            trees: trees.clone(),
+            page_pusher: page_pusher.clone(),
+            walk: walk.clone(),
+        });
         for _ in 0..PREFETCH_THREADS {
-            let (repo, chunks, trees) = (repo.clone(), chunks.clone(), trees.clone());
-            let (requests, page_pusher) = (requests.clone(), page_pusher.clone());
+            let (prefetcher, requests) = (prefetcher.clone(), requests.clone());
             std::thread::spawn(move || {
                 for request in requests {
-                    if let Err(e) = serve_prefetch(request, &repo, &chunks, &trees, &page_pusher) {
+                    if let Err(e) = prefetcher.serve(request) {
                         tracing::debug!("prefetch failed: {e}");
                     }
                 }
             });
         }
-        let remote = repo.backend().preferred_concurrency() > 1;
         let vfs = Vfs {
             zero_chunks: ZeroChunks::new(&repo),
             repo,
@@ -472,7 +489,7 @@ impl Vfs {
             ),
             prefetch,
             reading_orders: Cache::new(READING_ORDERS),
-            pack_ahead: remote.then(|| Mutex::new(HashMap::new())),
+            walk,
             page_pusher,
         };
         vfs.refresh_catalogue()?;
@@ -1058,30 +1075,18 @@ impl Vfs {
             .take_while(|(_, chunk)| {
                 let first = bytes == 0;
                 bytes += u64::from(chunk.length);
-                first || bytes <= PACK_READAHEAD_BYTES
+                first || bytes <= FILE_STARTS_BYTES
             })
             .copied()
             .collect();
-        // Files read from the page cache are never read here: the pack's read-ahead is
-        // kept ahead of the last file asked for.
-        if let Some((_, last)) = batch.last() {
-            self.read_ahead_in_pack(last);
-        }
-        // A remote store is asked once for the batch (one coalesced read); a local disk once
-        // per file, which the prefetch threads then decode side by side.
-        if self.pack_ahead.is_some() {
-            if !batch.is_empty() {
-                let _ = self.prefetch.try_send(Prefetch::FileStarts(batch));
-            }
-        } else {
-            for file in batch {
-                if self
-                    .prefetch
-                    .try_send(Prefetch::FileStarts(vec![file]))
-                    .is_err()
-                {
-                    break;
-                }
+        // One request per file, which the prefetch threads serve side by side.
+        for (ino, chunk) in batch {
+            if self
+                .prefetch
+                .try_send(Prefetch::FileStart(ino, chunk))
+                .is_err()
+            {
+                break;
             }
         }
     }
@@ -1139,7 +1144,7 @@ impl Vfs {
                 .collect();
             let holes = self.zero_chunks.holes(&self.repo, &chunks);
             Ok::<_, Error>(Arc::new(ChunkIndex {
-                chunks,
+                chunks: chunks.into(),
                 ends,
                 holes,
             }))
@@ -1163,6 +1168,78 @@ impl Vfs {
         Ok(seek(&index.ends, &index.holes, offset, want_data))
     }
 
+    /// Chunk `i` of file `ino` from the walk ahead, when there is one and it holds the chunk;
+    /// `from` is where the read starts in the chunk, `through_end` says it reaches its end.
+    /// A read of a chunk's start that the walk did not foresee, of a file's first chunk or of
+    /// the one after a chunk just read, moves the walk there.
+    fn walked_chunk(
+        &self,
+        ino: Ino,
+        index: &ChunkIndex,
+        i: usize,
+        from: usize,
+        through_end: bool,
+    ) -> Option<Arc<Vec<u8>>> {
+        let walk = self.walk.as_ref()?;
+        let chunk = &index.chunks[i];
+        if let Some(data) = walk.take(&chunk.id, through_end) {
+            return Some(data);
+        }
+        if let Some(data) = self.chunks.get(&chunk.id) {
+            return Some(data);
+        }
+        let sequential = i == 0 || self.chunks.contains_key(&index.chunks[i - 1].id);
+        if from == 0 && sequential {
+            walk.start_at(WalkStart {
+                dirs: self.path_from_root(ino).unwrap_or_default(),
+                chunks: index.chunks.clone(),
+                next_chunk: i + 1,
+            });
+        }
+        None
+    }
+
+    /// The directories from the root of the checkpoint file `ino` is in down to the file:
+    /// each one's tree and the place in it of the next step down. `None` when the file is
+    /// not in a checkpoint's tree (a version in `history/`).
+    fn path_from_root(&self, ino: Ino) -> Option<Vec<(Arc<Tree>, usize)>> {
+        // Each directory above the file, innermost first, with the name of the step below.
+        let mut steps: Vec<(NodeKind, Vec<u8>)> = Vec::new();
+        {
+            let nodes = self.nodes.read().expect("not poisoned");
+            let mut at = ino;
+            loop {
+                let (parent, name) = nodes.get(&at)?.names.first()?.clone();
+                let parent_kind = nodes.get(&parent)?.kind.clone();
+                let top = matches!(parent_kind, NodeKind::Checkpoint(_));
+                if !top && !matches!(&parent_kind, NodeKind::Entry { entry, .. } if entry.is_dir())
+                {
+                    return None;
+                }
+                steps.push((parent_kind, name));
+                if top {
+                    break;
+                }
+                at = parent;
+            }
+        }
+        (steps.into_iter().rev())
+            .map(|(dir, name)| {
+                let entry = match dir {
+                    NodeKind::Checkpoint(summary) => self.checkpoint_root(&summary).ok()?,
+                    NodeKind::Entry { entry, .. } => entry,
+                    _ => return None,
+                };
+                let EntryKind::Dir(id) = &entry.kind else {
+                    return None;
+                };
+                let tree = self.tree(id).ok()?;
+                let place = tree.position(&name)?;
+                Some((tree, place))
+            })
+            .collect()
+    }
+
     /// A chunk's bytes. A chunk read whole in one request (most small files) is not worth
     /// caching; one that later requests will read more of is kept.
     fn chunk(&self, chunk: &ChunkRef, read_whole: bool) -> VfsResult<Arc<Vec<u8>>> {
@@ -1180,59 +1257,6 @@ impl Vfs {
         })
     }
 
-    /// On a remote store, asks the prefetcher for the data blobs stored after `chunk` in its
-    /// pack, `PACK_READAHEAD_BYTES` at a time, again each time the reader is half way through
-    /// them: a program reading files in about the order they were backed up (tar, cp -a,
-    /// rsync) then finds them decoded in memory, read in a few large ranges, instead of
-    /// asking the store for each file (a round trip each, on an object store).
-    fn read_ahead_in_pack(&self, chunk: &ChunkRef) {
-        let Some(pack_ahead) = &self.pack_ahead else {
-            return;
-        };
-        let Ok(Some(at)) = self.repo.index().get(&chunk.id) else {
-            return;
-        };
-        let here = u64::from(at.entry.offset);
-        let from = {
-            let mut ahead = pack_ahead.lock().expect("not poisoned");
-            let asked = ahead.get(&at.pack).copied().unwrap_or(0);
-            let from = match asked.saturating_sub(here) {
-                // More than half a stretch is asked for ahead of the reader already.
-                n if n > PACK_READAHEAD_BYTES / 2 && n <= PACK_READAHEAD_BYTES => return,
-                // The reader is near the end of what was asked for: the next stretch.
-                n if n > 0 && n <= PACK_READAHEAD_BYTES => asked,
-                // A pack newly read, or read far from where it was: from the reader on.
-                _ => here + u64::from(at.entry.length),
-            };
-            if ahead.len() >= PACK_READAHEAD_PACKS {
-                ahead.clear();
-            }
-            ahead.insert(at.pack, from + PACK_READAHEAD_BYTES);
-            from
-        };
-        let Ok(from) = u32::try_from(from) else {
-            return;
-        };
-        let Ok(entries) = self
-            .repo
-            .index()
-            .placed_from(&at.pack, from, PACK_READAHEAD_BYTES)
-        else {
-            return;
-        };
-        let wanted: Vec<ChunkRef> = entries
-            .into_iter()
-            .filter(|e| e.kind == BlobKind::Data && !self.chunks.contains_key(&e.id))
-            .map(|e| ChunkRef {
-                id: e.id,
-                length: e.raw_length,
-            })
-            .collect();
-        if !wanted.is_empty() {
-            let _ = self.prefetch.try_send(Prefetch::Chunks(wanted));
-        }
-    }
-
     /// Up to `size` bytes of file `ino` from `offset`; fewer only at the end of the file.
     pub fn read(&self, ino: Ino, offset: u64, size: u32) -> VfsResult<FileBytes> {
         let index = self.chunk_index(ino)?;
@@ -1245,11 +1269,11 @@ impl Vfs {
             let chunk = &index.chunks[i];
             let start = index.ends[i] - chunk.length as u64;
             let from = (position - start) as usize;
-            let read_whole = from == 0 && end >= index.ends[i];
-            if from == 0 {
-                self.read_ahead_in_pack(chunk);
-            }
-            let data = self.chunk(chunk, read_whole)?;
+            let through_end = end >= index.ends[i];
+            let data = match self.walked_chunk(ino, &index, i, from, through_end) {
+                Some(data) => data,
+                None => self.chunk(chunk, from == 0 && through_end)?,
+            };
             let to = ((end - start) as usize).min(data.len());
             pieces.push((data, from..to));
             position = start + to as u64;
@@ -1260,7 +1284,7 @@ impl Vfs {
             .chunks
             .get(first)
             .is_some_and(|chunk| index.ends[first] - chunk.length as u64 == offset);
-        if at_chunk_start && first.is_multiple_of(PREFETCH_CHUNKS) {
+        if self.walk.is_none() && at_chunk_start && first.is_multiple_of(PREFETCH_CHUNKS) {
             // The chunks after `first` up to the next prefetch point, past what this read took.
             let wanted: Vec<ChunkRef> = index
                 .chunks
