@@ -54,7 +54,7 @@ struct Planned<T> {
 
 /// A chunk read: its bytes, and the bytes it is stored as (what crossed from the backend
 /// for it, gaps read through aside).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ReadChunk {
     pub bytes: Vec<u8>,
     pub stored_length: u64,
@@ -281,14 +281,14 @@ struct Stretch {
 /// Reads the chunks of `places` pack by pack (see the module documentation) with up to
 /// `readers` stretches under way, and hands each chunk, or why it cannot be read, to
 /// `deliver` with its place's tag: exactly once per place, from the reading threads, in no
-/// particular order. Once `stop` says so, the stretches not yet started are not read: their
+/// particular order (a chunk with one place is handed over as decoded, not copied). Once `stop` says so, the stretches not yet started are not read: their
 /// places get `Error::Interrupted`.
 pub fn read_by_pack<T: Sync>(
     repo: &Repository,
     places: Vec<(T, ChunkRef)>,
     readers: usize,
     stop: &(dyn Fn() -> bool + Sync),
-    deliver: &(dyn Fn(&T, Result<&ReadChunk>) + Sync),
+    deliver: &(dyn Fn(&T, Result<ReadChunk>) + Sync),
 ) {
     let mut tags = Vec::with_capacity(places.len());
     let mut packs: Vec<(PackId, Vec<Need>)> = Vec::new();
@@ -380,7 +380,7 @@ fn read_stretch<T>(
     repo: &Repository,
     stretch: &Stretch,
     tags: &[T],
-    deliver: &(dyn Fn(&T, Result<&ReadChunk>) + Sync),
+    deliver: &(dyn Fn(&T, Result<ReadChunk>) + Sync),
 ) {
     let needs = &stretch.needs;
     let mut next = 0;
@@ -438,15 +438,24 @@ fn hand_over<T>(
     need: &Need,
     read: Result<Vec<u8>>,
     tags: &[T],
-    deliver: &(dyn Fn(&T, Result<&ReadChunk>) + Sync),
+    deliver: &(dyn Fn(&T, Result<ReadChunk>) + Sync),
 ) {
     let read = read.map(|bytes| ReadChunk {
         bytes,
         stored_length: u64::from(need.at.entry.length),
     });
-    for &place in &need.places {
-        deliver(&tags[place], read.as_ref().map_err(Error::duplicate));
+    let Some((&last, others)) = need.places.split_last() else {
+        return;
+    };
+    for &place in others {
+        deliver(
+            &tags[place],
+            read.as_ref()
+                .map(ReadChunk::clone)
+                .map_err(Error::duplicate),
+        );
     }
+    deliver(&tags[last], read);
 }
 
 #[cfg(test)]

@@ -378,7 +378,14 @@ fn run_writer(repo: &Repository, rounds: Receiver<Vec<FileJob>>, readers: usize,
             places,
             readers,
             &|| out.full.is_full(),
-            &|&(file, offset, length), chunk| round[file].take_chunk(offset, length, chunk, out),
+            &|&(file, offset, length), chunk| {
+                round[file].take_chunk(
+                    offset,
+                    length,
+                    chunk.as_ref().map_err(Error::duplicate),
+                    out,
+                )
+            },
         );
     }
 }

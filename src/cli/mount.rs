@@ -34,6 +34,10 @@ pub fn run(global: &GlobalArgs, args: MountArgs) -> Result<ExitCode> {
     // SAFETY: mallopt only changes a malloc tuning parameter; no allocation is in flight
     // on other threads yet.
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) };
+    // One heap per thread (glibc's default, up to 16 here) holds what other threads freed:
+    // two keep a mount over S3 at 320 MiB rather than 425 on the kernel tree.
+    // SAFETY: as above.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let repo = Arc::new(global.open()?);
     // Held while mounted: a prune waits until the checkpoints are unmounted.
     let _lock = cairn::repo::lock::acquire_for_reading(&repo, "mount")?;

@@ -1005,6 +1005,7 @@ fn sync_round<D: Sync>(
         readers,
         &|| full.is_full(),
         &|&(file, offset, length), chunk| {
+            let chunk = chunk.as_ref().map_err(Error::duplicate);
             round[file].take_chunk(offset, length, chunk, limiter, done)
         },
     );

@@ -12,16 +12,19 @@
 //! How far ahead the walk goes starts at `WINDOW_START_BYTES` and grows to twice what the
 //! reader has taken since the walk started, up to `WINDOW_MAX_BYTES` (as a kernel's
 //! read-ahead ramps up), so a single `cat` reads little beyond its file. A read the walk did
-//! not foresee (another subtree, another program, a file it skipped) moves the walk there;
-//! chunks the reader has gone more than `BEHIND_BYTES` past are dropped, so memory is bounded
-//! by the window and that margin whatever the reader does.
+//! not foresee (another subtree, another program, a file it skipped) moves the walk there.
+//! The window bounds the bytes held or under way, whatever the reader does; chunks the reader
+//! has gone more than `BEHIND_BYTES` past without taking are dropped, and a chunk it has used
+//! up goes to the mount's chunk cache, where a read arriving late still finds it. Two fetcher
+//! threads read the walker's batches, so the next is under way while one arrives.
 
-use super::{ChunkCache, TreeCache, cached_tree};
+use super::{ChunkCache, TreeCache, cached_tree, trimmed};
 use crate::error::{ErrorKind, Result};
 use crate::id::BlobId;
 use crate::readahead::{ReadChunk, read_by_pack};
 use crate::repo::Repository;
 use crate::tree::{ChunkRef, EntryKind, Tree, file_chunks};
+use crossbeam_channel::{Receiver, Sender, bounded};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -36,8 +39,13 @@ const BATCH_MIN_BYTES: u64 = 1 << 20;
 /// Chunks the reader has gone past are kept this many bytes behind it, for reads that
 /// arrive out of order (several request threads, the kernel's own read-ahead).
 const BEHIND_BYTES: u64 = 8 << 20;
+/// Batches read at once: the next is under way while the last one's tail arrives and decodes.
+const FETCHERS: usize = 2;
 /// How long a reader waits for a chunk the walk is reading before it reads it itself.
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
+
+/// The chunks a walk (known by its number) registered together, to be read as one.
+type Batch = (u64, Vec<(BlobId, ChunkRef)>);
 
 /// Where a walk starts: a file of a checkpoint and the first of its chunks to read.
 pub(super) struct WalkStart {
@@ -174,12 +182,13 @@ impl Shared {
 
     /// Stores a chunk the walk read, or forgets it when it could not be read (the reader
     /// then reads it itself, and is told what is wrong).
-    fn deliver(&self, id: &BlobId, read: Result<&ReadChunk>) {
+    fn deliver(&self, id: &BlobId, read: Result<ReadChunk>) {
+        let read = read.map(|read| trimmed(read.bytes));
         let mut state = self.lock();
         match read {
-            Ok(read) => {
+            Ok(bytes) => {
                 if let Some(held) = state.held.get_mut(id) {
-                    held.bytes = Some(Arc::new(read.bytes.clone()));
+                    held.bytes = Some(bytes);
                 }
             }
             Err(e) => {
@@ -194,7 +203,8 @@ impl Shared {
     }
 }
 
-/// The walk ahead of one mount: a thread that follows the reader through a checkpoint.
+/// The walk ahead of one mount: a thread that follows the reader through a checkpoint, and
+/// the threads that read what it finds.
 pub(super) struct WalkAhead {
     shared: Arc<Shared>,
     /// Where chunks go once the walk is done with them.
@@ -207,7 +217,12 @@ impl WalkAhead {
     pub fn new(repo: Arc<Repository>, trees: Arc<TreeCache>, chunks: Arc<ChunkCache>) -> Self {
         let shared = Arc::new(Shared::default());
         let walker = shared.clone();
-        std::thread::spawn(move || walk(&walker, &repo, &trees));
+        let (batches, to_fetch) = bounded(1);
+        for _ in 0..FETCHERS {
+            let (shared, repo, to_fetch) = (shared.clone(), repo.clone(), to_fetch.clone());
+            std::thread::spawn(move || fetch(&shared, &repo, to_fetch));
+        }
+        std::thread::spawn(move || walk(&walker, &repo, &trees, batches));
         WalkAhead { shared, chunks }
     }
 
@@ -343,10 +358,10 @@ impl Cursor {
     }
 }
 
-/// The walker thread: waits for a start, then reads ahead of the reader a batch at a time
-/// while the window has room, until the checkpoint ends or the walk starts elsewhere.
-fn walk(shared: &Shared, repo: &Repository, trees: &TreeCache) {
-    let readers = repo.backend().preferred_concurrency().max(1);
+/// The walker thread: waits for a start, then gathers and registers the chunks ahead of the
+/// reader a batch at a time while the window has room, and hands each batch to the fetcher
+/// threads, until the checkpoint ends or the walk starts elsewhere.
+fn walk(shared: &Shared, repo: &Repository, trees: &TreeCache, batches: Sender<Batch>) {
     let mut cursor: Option<(u64, Cursor)> = None;
     loop {
         let (walk, batch) = {
@@ -389,12 +404,137 @@ fn walk(shared: &Shared, repo: &Repository, trees: &TreeCache) {
                 .map(|chunk| (chunk.id, *chunk))
                 .collect()
         };
-        if wanted.is_empty() {
-            continue;
+        if !wanted.is_empty() && batches.send((walk, wanted)).is_err() {
+            return;
         }
+    }
+}
+
+/// A fetcher thread: reads the batches the walker registered, pack by pack, until the walker
+/// ends; a batch of a walk that has moved on is given up where it has not started.
+fn fetch(shared: &Shared, repo: &Repository, batches: Receiver<Batch>) {
+    let readers = repo.backend().preferred_concurrency().max(1);
+    for (walk, wanted) in batches {
         let moved_on = || shared.lock().walk != walk;
         read_by_pack(repo, wanted, readers, &moved_on, &|id, read| {
             shared.deliver(id, read)
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::{BackupOptions, Progress};
+    use crate::tree::{Entry, load_tree};
+    use quick_cache::sync::Cache;
+
+    /// The chunks of every file below `tree`, depth first with files and directories
+    /// interleaved by name: the order tar reads them in.
+    fn walker_order(repo: &Repository, tree: &Tree) -> Vec<ChunkRef> {
+        let mut chunks = Vec::new();
+        let mut pending: Vec<Entry> = tree.entries.iter().rev().cloned().collect();
+        while let Some(entry) = pending.pop() {
+            match &entry.kind {
+                EntryKind::File(content) => chunks.extend(file_chunks(repo, content).unwrap()),
+                EntryKind::Dir(id) => {
+                    let below = load_tree(repo, id).unwrap();
+                    pending.extend(below.entries.into_iter().rev());
+                }
+                _ => {}
+            }
+        }
+        chunks
+    }
+
+    #[test]
+    fn the_walk_reads_what_follows_a_file_in_the_order_a_tree_walker_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Arc::new(crate::repo::writer::tests::repository(dir.path()));
+        let source = dir.path().join("source");
+        // Directories and files interleaved by name, three levels, one file of several
+        // chunks, and two files of one content (a chunk used twice).
+        let files: [(&str, usize); 9] = [
+            ("a/1", 3_000),
+            ("a/2", 5_000),
+            ("b-file", 7_000),
+            ("c/d/x", 11_000),
+            ("c/d/y", 6_000_000),
+            ("c/e", 13_000),
+            ("c/same", 17_000),
+            ("same", 17_000),
+            ("z", 19_000),
+        ];
+        for (i, (path, length)) in files.iter().enumerate() {
+            let path = source.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            let mut state = if path.ends_with("same") {
+                99
+            } else {
+                i as u64 + 1
+            };
+            let bytes: Vec<u8> = (0..*length)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state >> 32) as u8
+                })
+                .collect();
+            std::fs::write(path, bytes).unwrap();
+        }
+        let outcome = crate::backup::run(
+            &repo,
+            &BackupOptions::new(vec![source]),
+            &Progress::default(),
+        )
+        .unwrap();
+        let root = Arc::new(load_tree(&repo, &outcome.checkpoint.tree).unwrap());
+        let order = walker_order(&repo, &root);
+        assert!(order.len() > files.len(), "a file of several chunks");
+
+        // The reader reads a/1 itself: the walk starts after it.
+        let EntryKind::Dir(a) = root.entries[0].kind else {
+            panic!("a is a directory")
+        };
+        let a = Arc::new(load_tree(&repo, &a).unwrap());
+        let EntryKind::File(first) = a.entries[0].kind.clone() else {
+            panic!("a/1 is a file")
+        };
+        let trees = Arc::new(Cache::new(64));
+        let start = || WalkStart {
+            dirs: vec![(root.clone(), 0), (a.clone(), 0)],
+            chunks: file_chunks(&repo, &first).unwrap().into(),
+            next_chunk: 1,
+        };
+        let mut cursor = Cursor::new(start());
+        let walked: Vec<ChunkRef> = std::iter::from_fn(|| cursor.next(&repo, &trees)).collect();
+        assert_eq!(walked, order[1..], "the walk goes where the walker goes");
+
+        let chunks = Arc::new(Cache::with_weighter(
+            64,
+            64 << 20,
+            super::super::ChunkWeight,
+        ));
+        let walk = WalkAhead::new(repo.clone(), trees, chunks.clone());
+        walk.start_at(start());
+        for (n, chunk) in order.iter().enumerate().skip(1) {
+            // The walk holds each chunk by the time a reader could ask, or is reading it
+            // (then `take` waits); before it has got there, `take` says it does not have it.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let taken = loop {
+                if let Some(bytes) = walk.take(&chunk.id, true) {
+                    break bytes;
+                }
+                assert!(Instant::now() < deadline, "chunk {n} never arrived");
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            assert_eq!(*taken, crate::tree::read_chunk(&repo, chunk).unwrap());
+            // Used up, it is in the chunk cache for a read that arrives late.
+            assert!(chunks.contains_key(&chunk.id) || order[n + 1..].contains(chunk));
+        }
+        let state = walk.shared.lock();
+        assert_eq!(state.held_bytes, 0, "everything read ahead was taken");
+        assert!(state.held.is_empty() && state.by_use.is_empty());
     }
 }
