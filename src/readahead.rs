@@ -281,8 +281,9 @@ struct Stretch {
 /// Reads the chunks of `places` pack by pack (see the module documentation) with up to
 /// `readers` stretches under way, and hands each chunk, or why it cannot be read, to
 /// `deliver` with its place's tag: exactly once per place, from the reading threads, in no
-/// particular order (a chunk with one place is handed over as decoded, not copied). Once `stop` says so, the stretches not yet started are not read: their
-/// places get `Error::Interrupted`.
+/// particular order (a chunk with one place is handed over as decoded, not copied). Once
+/// `stop` says so, the stretches not yet started are not read: their places get
+/// `Error::Interrupted`.
 pub fn read_by_pack<T: Sync>(
     repo: &Repository,
     places: Vec<(T, ChunkRef)>,

@@ -57,7 +57,8 @@ const TREE_CACHE_ITEMS: usize = 4096;
 /// when the reader reaches the start of every this many-th chunk, so each chunk is asked for
 /// once.
 const PREFETCH_CHUNKS: usize = 8;
-/// Bytes of file starts asked for in one request, at most.
+/// Bytes of file starts asked for after one read, at most (the first is asked for whatever
+/// its size).
 const FILE_STARTS_BYTES: u64 = crate::readahead::WINDOW_BYTES;
 /// Background threads that prefetch chunks and trees.
 const PREFETCH_THREADS: usize = 4;
@@ -1059,8 +1060,8 @@ impl Vfs {
             .fetch_max(end, Ordering::Relaxed)
             .max(place + 1);
         let nodes = self.nodes.read().expect("not poisoned");
-        // At most one read-ahead window of bytes: one request, and bounded memory, however
-        // large the files' first chunks.
+        // At most one read-ahead window of bytes in flight, however large the files' first
+        // chunks.
         let mut bytes = 0u64;
         let batch: Vec<(Ino, ChunkRef)> = order
             .files

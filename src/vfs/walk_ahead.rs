@@ -362,7 +362,7 @@ impl Cursor {
 /// reader a batch at a time while the window has room, and hands each batch to the fetcher
 /// threads, until the checkpoint ends or the walk starts elsewhere.
 fn walk(shared: &Shared, repo: &Repository, trees: &TreeCache, batches: Sender<Batch>) {
-    let mut cursor: Option<(u64, Cursor)> = None;
+    let mut cursor: Option<Cursor> = None;
     loop {
         let (walk, batch) = {
             let mut state = shared.lock();
@@ -370,8 +370,10 @@ fn walk(shared: &Shared, repo: &Repository, trees: &TreeCache, batches: Sender<B
                 if state.stopped {
                     return;
                 }
+                // A start is taken under the lock that set it, so the cursor always follows
+                // the current walk.
                 if let Some(start) = state.start.take() {
-                    cursor = Some((state.walk, Cursor::new(start)));
+                    cursor = Some(Cursor::new(start));
                 }
                 let batch = state.batch();
                 if cursor.is_some() && state.held_bytes + batch <= state.window() {
@@ -380,9 +382,8 @@ fn walk(shared: &Shared, repo: &Repository, trees: &TreeCache, batches: Sender<B
                 state = shared.changed.wait(state).expect("not poisoned");
             }
         };
-        let walker = match cursor.as_mut() {
-            Some((started, walker)) if *started == walk => walker,
-            _ => continue,
+        let Some(walker) = cursor.as_mut() else {
+            continue;
         };
         let mut chunks = Vec::new();
         let mut bytes = 0u64;
