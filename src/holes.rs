@@ -7,8 +7,9 @@
 //! (`Chunker::zero_run_chunk_len`), so every all-zero chunk inside a file has that length and
 //! one id, computed once; only a file's last chunk (a hole that ends the file) can be all zeros
 //! at another length, and its id is computed for that length and remembered. A zero chunk of
-//! any other length (one cut by another chunker) counts as data: the answer may be dense, it
-//! is never wrong.
+//! any other length (one cut by another chunker), and the only chunk of a file, count as data:
+//! the answer may be dense, it is never wrong. (Hashing zeros of every small file's length to
+//! find the rare all-zero one would cost as much as hashing the files themselves.)
 
 use crate::id::BlobId;
 use crate::repo::Repository;
@@ -62,8 +63,18 @@ impl ZeroChunks {
         chunks
             .iter()
             .enumerate()
-            .map(|(i, chunk)| self.is_zero(repo, chunk, i == last))
+            .map(|(i, chunk)| self.is_zero(repo, chunk, i == last && last > 0))
             .collect()
+    }
+
+    /// The bytes of a file's chunks that are not holes.
+    pub fn data_bytes(&self, repo: &Repository, chunks: &[ChunkRef]) -> u64 {
+        chunks
+            .iter()
+            .zip(self.holes(repo, chunks))
+            .filter(|(_, hole)| !hole)
+            .map(|(chunk, _)| u64::from(chunk.length))
+            .sum()
     }
 }
 
@@ -87,16 +98,6 @@ pub fn seek(ends: &[u64], holes: &[bool], offset: u64, want_data: bool) -> Optio
         None if want_data => None,
         None => Some(size),
     }
-}
-
-/// Bytes of a file that are not holes.
-pub fn data_bytes(chunks: &[ChunkRef], holes: &[bool]) -> u64 {
-    chunks
-        .iter()
-        .zip(holes)
-        .filter(|(_, hole)| !**hole)
-        .map(|(chunk, _)| u64::from(chunk.length))
-        .sum()
 }
 
 #[cfg(test)]

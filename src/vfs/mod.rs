@@ -25,12 +25,13 @@ use crate::catalogue::Summary;
 use crate::checkpoint::CheckpointFilter;
 use crate::error::Error;
 use crate::history::{PathHistory, versions};
-use crate::holes::{ZeroChunks, data_bytes, seek};
+use crate::holes::{ZeroChunks, seek};
 use crate::id::{BlobId, CheckpointId};
 use crate::readahead::ChunkStream;
 use crate::repo::Repository;
-use crate::tree::{ChunkRef, Content, Entry, EntryKind, Tree, Xattr, load_tree, sized_file_chunks};
-use crossbeam_channel::{Sender, bounded};
+use crate::tree::{
+    ChunkRef, Content, Entry, EntryKind, Tree, Xattr, check_file_size, load_tree, sized_file_chunks,
+};
 use quick_cache::sync::{Cache, GuardResult};
 use std::collections::{BTreeSet, HashMap};
 use std::ops::{Deref, Range};
@@ -38,8 +39,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use walk_ahead::{WalkAhead, WalkStart};
+use work_queue::WorkQueue;
 
 mod walk_ahead;
+mod work_queue;
 
 /// An inode number.
 pub type Ino = u64;
@@ -195,11 +198,12 @@ struct Catalogue {
     generation: u64,
 }
 
-/// A file's chunks with their end offsets, and which of them are holes.
+/// A file's chunks with their end offsets, and which of them are holes (known once a seek
+/// asks).
 struct ChunkIndex {
     chunks: Arc<[ChunkRef]>,
     ends: Vec<u64>,
-    holes: Vec<bool>,
+    holes: OnceLock<Vec<bool>>,
 }
 
 #[derive(Clone)]
@@ -282,7 +286,7 @@ pub struct Vfs {
     chunks: Arc<ChunkCache>,
     /// Histories of `history/` paths, with the catalogue generation they were computed for.
     histories: HistoryCache,
-    prefetch: Sender<Prefetch>,
+    prefetch: Arc<WorkQueue<Prefetch>>,
     /// Set by the FUSE adapter: where prefetched file starts go.
     page_pusher: Arc<OnceLock<PagePusher>>,
     /// The files of recently listed directories, in listing order, with their first chunks
@@ -447,7 +451,7 @@ impl Vfs {
         let remote = repo.backend().preferred_concurrency() > 1;
         let walk =
             remote.then(|| Arc::new(WalkAhead::new(repo.clone(), trees.clone(), chunks.clone())));
-        let (prefetch, requests) = bounded::<Prefetch>(2 * PREFETCH_WINDOW_FILES);
+        let prefetch = Arc::new(WorkQueue::new(2 * PREFETCH_WINDOW_FILES));
         let prefetcher = Arc::new(Prefetcher {
             repo: repo.clone(),
             chunks: chunks.clone(),
@@ -456,9 +460,9 @@ impl Vfs {
             walk: walk.clone(),
         });
         for _ in 0..PREFETCH_THREADS {
-            let (prefetcher, requests) = (prefetcher.clone(), requests.clone());
+            let (prefetcher, requests) = (prefetcher.clone(), prefetch.clone());
             std::thread::spawn(move || {
-                for request in requests {
+                while let Some(request) = requests.pop() {
                     if let Err(e) = prefetcher.serve(request) {
                         tracing::debug!("prefetch failed: {e}");
                     }
@@ -1004,11 +1008,11 @@ impl Vfs {
                 continue;
             };
             match &entry.kind {
-                EntryKind::File(crate::tree::Content::Chunks(chunks)) => {
+                EntryKind::File(Content::Chunks(chunks)) => {
                     files.extend(chunks.first().map(|chunk| (*ino, *chunk)));
                 }
                 EntryKind::Dir(tree) if !self.trees.contains_key(tree) => {
-                    let _ = self.prefetch.try_send(Prefetch::Tree(*tree));
+                    self.prefetch.try_push(Prefetch::Tree(*tree));
                 }
                 _ => {}
             }
@@ -1082,11 +1086,7 @@ impl Vfs {
             .collect();
         // One request per file, which the prefetch threads serve side by side.
         for (ino, chunk) in batch {
-            if self
-                .prefetch
-                .try_send(Prefetch::FileStart(ino, chunk))
-                .is_err()
-            {
+            if !self.prefetch.try_push(Prefetch::FileStart(ino, chunk)) {
                 break;
             }
         }
@@ -1143,22 +1143,28 @@ impl Vfs {
                     Some(*end)
                 })
                 .collect();
-            let holes = self.zero_chunks.holes(&self.repo, &chunks);
             Ok::<_, Error>(Arc::new(ChunkIndex {
                 chunks: chunks.into(),
                 ends,
-                holes,
+                holes: OnceLock::new(),
             }))
         })?)
     }
 
     /// The bytes of file `ino` that are not holes. It costs no data read, but a file with a
-    /// separate chunk list needs that list; one that cannot be read counts as all data (its
-    /// reads fail with the error).
+    /// separate chunk list needs that list; one that cannot be read, or whose chunks do not
+    /// add up to its size, counts as all data (its reads fail with the error).
     fn allocated_bytes(&self, ino: Ino, entry: &Entry) -> u64 {
-        match self.chunk_index_of(ino, entry) {
-            Ok(index) => data_bytes(&index.chunks, &index.holes),
-            Err(_) => entry.size,
+        let data_bytes = |chunks: &[ChunkRef]| self.zero_chunks.data_bytes(&self.repo, chunks);
+        match &entry.kind {
+            EntryKind::File(Content::Chunks(chunks)) => match check_file_size(chunks, entry.size) {
+                Ok(()) => data_bytes(chunks),
+                Err(_) => entry.size,
+            },
+            _ => match self.chunk_index_of(ino, entry) {
+                Ok(index) => data_bytes(&index.chunks),
+                Err(_) => entry.size,
+            },
         }
     }
 
@@ -1166,7 +1172,8 @@ impl Vfs {
     /// `None` when there is no such place (ENXIO).
     pub fn seek(&self, ino: Ino, offset: u64, want_data: bool) -> VfsResult<Option<u64>> {
         let index = self.chunk_index(ino)?;
-        Ok(seek(&index.ends, &index.holes, offset, want_data))
+        let holes = (index.holes).get_or_init(|| self.zero_chunks.holes(&self.repo, &index.chunks));
+        Ok(seek(&index.ends, holes, offset, want_data))
     }
 
     /// Chunk `i` of file `ino` from the walk ahead, when there is one and it holds the chunk;
@@ -1296,7 +1303,7 @@ impl Vfs {
                 .copied()
                 .collect();
             if !wanted.is_empty() {
-                let _ = self.prefetch.try_send(Prefetch::Chunks(wanted));
+                self.prefetch.try_push(Prefetch::Chunks(wanted));
             }
         }
         self.note_read(ino);
@@ -1314,6 +1321,13 @@ impl Vfs {
                 FileBytes::Joined(joined)
             }
         })
+    }
+}
+
+impl Drop for Vfs {
+    /// Ends the prefetch threads.
+    fn drop(&mut self) {
+        self.prefetch.close();
     }
 }
 

@@ -87,6 +87,10 @@ struct State {
     /// Bytes the reader has taken from the walk since it last started.
     taken_since_start: u64,
     stopped: bool,
+    /// Readers waiting for a chunk under way.
+    readers_waiting: usize,
+    /// Whether the walker thread waits, and if so whether it has a walk to go on with.
+    walker_waits: Option<bool>,
 }
 
 impl State {
@@ -98,6 +102,22 @@ impl State {
     /// Bytes one read of the walk asks for now.
     fn batch(&self) -> u64 {
         (self.window() / 4).max(BATCH_MIN_BYTES)
+    }
+
+    /// Whether the window has room for the walk's next batch.
+    fn has_room(&self) -> bool {
+        self.held_bytes + self.batch() <= self.window()
+    }
+
+    /// Whether the walker thread waits for something that is now there: a stop, a start,
+    /// or room for the walk it has.
+    fn walker_can_go_on(&self) -> bool {
+        match self.walker_waits {
+            None => false,
+            Some(walking) => {
+                self.stopped || self.start.is_some() || (walking && self.has_room())
+            }
+        }
     }
 
     /// Drops the next use of held chunk `id`, and the chunk when no use is left.
@@ -167,17 +187,34 @@ impl State {
     }
 }
 
-/// The lock and the signal the walker thread and the readers share.
+/// The lock and the signals the walker thread and the readers share. Each side is woken
+/// only when it waits and what it waits for may be there: a wake-up per chunk would cost
+/// more than reading it.
 #[derive(Default)]
 struct Shared {
     state: Mutex<State>,
-    /// Signalled when a chunk arrives, the reader moves on, or the walk starts anew.
-    changed: Condvar,
+    /// Signalled to readers when a chunk arrives or is given up, or the walk starts anew.
+    arrived: Condvar,
+    /// Signalled to the walker when it can go on (`State::walker_can_go_on`).
+    walker: Condvar,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().expect("not poisoned")
+    }
+
+    /// Wakes whoever waits for what has changed in `state`, and unlocks it.
+    fn release(&self, state: MutexGuard<'_, State>) {
+        let readers = state.readers_waiting > 0;
+        let walker = state.walker_can_go_on();
+        drop(state);
+        if readers {
+            self.arrived.notify_all();
+        }
+        if walker {
+            self.walker.notify_one();
+        }
     }
 
     /// Stores a chunk the walk read, or forgets it when it could not be read (the reader
@@ -198,8 +235,7 @@ impl Shared {
                 state.forget(id);
             }
         }
-        drop(state);
-        self.changed.notify_all();
+        self.release(state);
     }
 }
 
@@ -243,8 +279,7 @@ impl WalkAhead {
         state.held_bytes = 0;
         state.reader_at = state.cursor_at;
         state.taken_since_start = 0;
-        drop(state);
-        self.shared.changed.notify_all();
+        self.shared.release(state);
     }
 
     /// Chunk `id` for the reader when the walk holds it, waiting for it while the walk reads
@@ -272,12 +307,14 @@ impl WalkAhead {
             if left.is_zero() {
                 return None;
             }
+            state.readers_waiting += 1;
             state = self
                 .shared
-                .changed
+                .arrived
                 .wait_timeout(state, left)
                 .expect("not poisoned")
                 .0;
+            state.readers_waiting -= 1;
         };
         let held = &state.held[id];
         let (at, length) = (held.uses.front().copied(), held.length);
@@ -294,16 +331,16 @@ impl WalkAhead {
             }
         }
         state.drop_passed();
-        drop(state);
-        self.shared.changed.notify_all();
+        self.shared.release(state);
         Some(bytes)
     }
 }
 
 impl Drop for WalkAhead {
     fn drop(&mut self) {
-        self.shared.lock().stopped = true;
-        self.shared.changed.notify_all();
+        let mut state = self.shared.lock();
+        state.stopped = true;
+        self.shared.release(state);
     }
 }
 
@@ -375,11 +412,12 @@ fn walk(shared: &Shared, repo: &Repository, trees: &TreeCache, batches: Sender<B
                 if let Some(start) = state.start.take() {
                     cursor = Some(Cursor::new(start));
                 }
-                let batch = state.batch();
-                if cursor.is_some() && state.held_bytes + batch <= state.window() {
-                    break (state.walk, batch);
+                if cursor.is_some() && state.has_room() {
+                    break (state.walk, state.batch());
                 }
-                state = shared.changed.wait(state).expect("not poisoned");
+                state.walker_waits = Some(cursor.is_some());
+                state = shared.walker.wait(state).expect("not poisoned");
+                state.walker_waits = None;
             }
         };
         let Some(walker) = cursor.as_mut() else {
