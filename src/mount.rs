@@ -303,6 +303,10 @@ impl Filesystem for CairnFs {
             reply.error(Errno::EBADF);
             return;
         };
+        // The call past the last entry: the kernel holds them all (see `listing_taken`).
+        if offset as usize >= entries.len() + 2 {
+            self.vfs.listing_taken(ino.0);
+        }
         for (index, (child, _, name)) in with_dots(ino, &entries).skip(offset as usize) {
             let is_dot = name == b"." || name == b"..";
             let attr = if is_dot {

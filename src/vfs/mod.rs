@@ -68,6 +68,10 @@ const PREFETCH_THREADS: usize = 4;
 /// Files of a directory whose first chunk is fetched ahead of the reader, at most; more are
 /// asked for, in one coalesced read, once the reader is half way through those asked for.
 const PREFETCH_WINDOW_FILES: usize = 64;
+/// Files of a fully listed directory whose starts go to the kernel before the listing's
+/// reader is answered (`Vfs::listing_taken`); the rest of the window follows in the
+/// background, a few files behind a reader that would otherwise overtake it.
+const FILE_STARTS_SERVED_FIRST: usize = 4;
 /// Directories whose reading order is kept for the prefetcher.
 const READING_ORDERS: usize = 1024;
 /// Bytes of `history/` path histories kept in memory. A history holds an entry per
@@ -287,6 +291,8 @@ pub struct Vfs {
     /// Histories of `history/` paths, with the catalogue generation they were computed for.
     histories: HistoryCache,
     prefetch: Arc<WorkQueue<Prefetch>>,
+    /// What the prefetch threads serve requests with, for one served at once.
+    prefetcher: Arc<Prefetcher>,
     /// Set by the FUSE adapter: where prefetched file starts go.
     page_pusher: Arc<OnceLock<PagePusher>>,
     /// The files of recently listed directories, in listing order, with their first chunks
@@ -493,6 +499,7 @@ impl Vfs {
                 HistoryWeight,
             ),
             prefetch,
+            prefetcher,
             reading_orders: Cache::new(READING_ORDERS),
             walk,
             page_pusher,
@@ -1050,19 +1057,41 @@ impl Vfs {
         let Some((dir, place)) = place else {
             return;
         };
-        let Some(order) = self.reading_orders.get(&dir) else {
-            return;
-        };
-        // Asked for again only once the reader is half way through what was asked for, so
-        // each request holds half a window or more.
-        let end = (place + 1 + PREFETCH_WINDOW_FILES).min(order.files.len());
-        if order.requested.load(Ordering::Relaxed) > place + 1 + PREFETCH_WINDOW_FILES / 2 {
+        if let Some(order) = self.reading_orders.get(&dir) {
+            self.ask_for_file_starts(&order, place + 1, 0);
+        }
+    }
+
+    /// Notes that the kernel holds every entry of directory `dir`'s listing (the reader has
+    /// listed it to its end). On a store a round trip away the walk ahead is likely to hold
+    /// the first files' starts already: they go to the kernel's page cache now, the first
+    /// few before the reader is answered, so a walker reading the directory's files next
+    /// finds them there. (A read of the first files would otherwise come before the
+    /// background pushed them: a tar of the kernel tree missed 6,200 of 78,000 files, now
+    /// 800.) On a local disk nothing is read until a file is, so a program that only lists
+    /// reads nothing.
+    pub fn listing_taken(&self, dir: Ino) {
+        if self.walk.is_none() {
             return;
         }
-        let start = order
-            .requested
-            .fetch_max(end, Ordering::Relaxed)
-            .max(place + 1);
+        if let Some(order) = self.reading_orders.get(&dir)
+            && order.requested.load(Ordering::Relaxed) == 0
+        {
+            self.ask_for_file_starts(&order, 0, FILE_STARTS_SERVED_FIRST);
+        }
+    }
+
+    /// Asks the prefetcher for the starts of the files of `order` from place `from` on, a
+    /// window of them, unless it was asked for most of them already; the first `served_now`
+    /// are served before this returns.
+    fn ask_for_file_starts(&self, order: &ReadingOrder, from: usize, served_now: usize) {
+        // Asked for again only once the reader is half way through what was asked for, so
+        // each request holds half a window or more.
+        let end = (from + PREFETCH_WINDOW_FILES).min(order.files.len());
+        if order.requested.load(Ordering::Relaxed) > from + PREFETCH_WINDOW_FILES / 2 {
+            return;
+        }
+        let start = order.requested.fetch_max(end, Ordering::Relaxed).max(from);
         let nodes = self.nodes.read().expect("not poisoned");
         // At most one read-ahead window of bytes in flight, however large the files' first
         // chunks.
@@ -1084,6 +1113,13 @@ impl Vfs {
             })
             .copied()
             .collect();
+        drop(nodes);
+        let mut batch = batch.into_iter();
+        for (ino, chunk) in batch.by_ref().take(served_now) {
+            if let Err(e) = self.prefetcher.serve(Prefetch::FileStart(ino, chunk)) {
+                tracing::debug!("prefetch failed: {e}");
+            }
+        }
         // One request per file, which the prefetch threads serve side by side.
         for (ino, chunk) in batch {
             if !self.prefetch.try_push(Prefetch::FileStart(ino, chunk)) {

@@ -114,9 +114,7 @@ impl State {
     fn walker_can_go_on(&self) -> bool {
         match self.walker_waits {
             None => false,
-            Some(walking) => {
-                self.stopped || self.start.is_some() || (walking && self.has_room())
-            }
+            Some(walking) => self.stopped || self.start.is_some() || (walking && self.has_room()),
         }
     }
 
