@@ -120,4 +120,25 @@ mod tests {
         assert_eq!(seek(&dense, &[false, false], 5, false), Some(20));
         assert_eq!(seek(&[], &[], 0, true), None);
     }
+
+    #[test]
+    fn zero_chunks_are_holes_except_a_files_only_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = crate::repo::writer::tests::repository(dir.path());
+        let zeros = ZeroChunks::new(&repo);
+        let chunk = |bytes: &[u8]| ChunkRef {
+            id: BlobId(repo.codec().id_of(bytes)),
+            length: bytes.len() as u32,
+        };
+        let run = zeros.zero_run;
+        let (tail, data) = (chunk(&[0; 5000]), chunk(&[1; 5000]));
+        assert_eq!(zeros.holes(&repo, &[run, data, tail]), [true, false, true]);
+        assert_eq!(zeros.data_bytes(&repo, &[run, data, tail]), 5000);
+        // Zeros of another length inside a file are no chunk the chunker cuts: data.
+        assert_eq!(zeros.holes(&repo, &[tail, data]), [false, false]);
+        // A file of one chunk is data, whatever it holds: finding the rare all-zero one
+        // would hash zeros of every small file's length.
+        assert_eq!(zeros.holes(&repo, &[tail]), [false]);
+        assert_eq!(zeros.data_bytes(&repo, &[tail]), 5000);
+    }
 }
