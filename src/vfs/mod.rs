@@ -420,6 +420,15 @@ impl Prefetcher {
     }
 }
 
+/// Starts a background thread named `name` (as `top -H` and `perf` show it), like
+/// `std::thread::spawn`, which panics too when no thread can be made.
+fn spawn_named(name: &str, body: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(body)
+        .expect("starting a thread");
+}
+
 /// Reads a chunk for the cache (see `trimmed`).
 fn cached_chunk(repo: &Repository, chunk: &ChunkRef) -> crate::error::Result<Arc<Vec<u8>>> {
     Ok(trimmed(crate::tree::read_chunk(repo, chunk)?))
@@ -467,7 +476,7 @@ impl Vfs {
         });
         for _ in 0..PREFETCH_THREADS {
             let (prefetcher, requests) = (prefetcher.clone(), prefetch.clone());
-            std::thread::spawn(move || {
+            spawn_named("cairn-prefetch", move || {
                 while let Some(request) = requests.pop() {
                     if let Err(e) = prefetcher.serve(request) {
                         tracing::debug!("prefetch failed: {e}");

@@ -18,7 +18,7 @@
 //! up goes to the mount's chunk cache, where a read arriving late still finds it. Two fetcher
 //! threads read the walker's batches, so the next is under way while one arrives.
 
-use super::{ChunkCache, TreeCache, cached_tree, trimmed};
+use super::{ChunkCache, TreeCache, cached_tree, spawn_named, trimmed};
 use crate::error::{ErrorKind, Result};
 use crate::id::BlobId;
 use crate::readahead::{ReadChunk, read_by_pack};
@@ -254,9 +254,9 @@ impl WalkAhead {
         let (batches, to_fetch) = bounded(1);
         for _ in 0..FETCHERS {
             let (shared, repo, to_fetch) = (shared.clone(), repo.clone(), to_fetch.clone());
-            std::thread::spawn(move || fetch(&shared, &repo, to_fetch));
+            spawn_named("cairn-fetch", move || fetch(&shared, &repo, to_fetch));
         }
-        std::thread::spawn(move || walk(&walker, &repo, &trees, batches));
+        spawn_named("cairn-walk", move || walk(&walker, &repo, &trees, batches));
         WalkAhead { shared, chunks }
     }
 
