@@ -1,13 +1,12 @@
 //! The FUSE adapter: serves a `Vfs` read-only through fuser. It owns only what FUSE needs —
 //! attribute conversion, directory listings (by handle, or by directory where the kernel
-//! opens none), errno mapping and the mount session — and knows
-//! nothing of repositories. Checkpoint content is immutable, so entries get long TTLs and
-//! files are opened with `FOPEN_KEEP_CACHE`; the synthetic directories (`checkpoints/`,
-//! `tags/`, `history/`, `latest`) get short ones so new checkpoints show up. Listings are
-//! READDIRPLUS, and file starts the VFS decodes ahead of a reader are stored straight into
-//! the kernel's page cache (FUSE_NOTIFY_STORE), so a tree walk costs few round trips. A
-//! failed blob read is logged with its pack and blob id and reported as EIO, never as wrong
-//! bytes.
+//! opens none), errno mapping and the mount session — and knows nothing of repositories.
+//! Checkpoint content is immutable, so entries get long TTLs and files are never opened (the
+//! kernel then keeps their pages); the synthetic directories (`checkpoints/`, `tags/`,
+//! `history/`, `latest`) get short TTLs so new checkpoints show up. Listings are READDIRPLUS,
+//! and file starts the VFS decodes ahead of a reader are stored straight into the kernel's
+//! page cache (FUSE_NOTIFY_STORE), so a tree walk costs few round trips. A failed blob read
+//! is logged with its pack and blob id and reported as EIO, never as wrong bytes.
 
 use crate::error::{Error, Result};
 use crate::timestamp::to_system_time;
