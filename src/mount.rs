@@ -147,6 +147,12 @@ impl CairnFs {
         {
             return Ok(listing.clone());
         }
+        // The directory's previous listing is let go before the new one is made, which interns
+        // the same names again: released after, it would forget the new listing's inodes.
+        let previous = self.by_dir.lock().expect("not poisoned").remove(&ino.0);
+        if let Some(previous) = previous {
+            self.release(&previous);
+        }
         let listing = Arc::new(self.vfs.readdir(ino.0).map_err(errno)?);
         let mut by_dir = self.by_dir.lock().expect("not poisoned");
         let mut dropped = by_dir.insert(ino.0, listing.clone());
@@ -167,11 +173,18 @@ impl CairnFs {
 
     /// Notes that a READDIR(PLUS) of `ino` went past the end of its listing: without
     /// handles, that is where the listing is done with.
-    fn listed_to_end(&self, ino: INodeNo) {
+    fn listed_to_end(&self, ino: INodeNo, listing: &Arc<Listing>) {
         if !self.no_opendir {
             return;
         }
-        let done = self.by_dir.lock().expect("not poisoned").remove(&ino.0);
+        // Only the listing this reader went through: another may have made a newer one.
+        let done = {
+            let mut by_dir = self.by_dir.lock().expect("not poisoned");
+            match by_dir.get(&ino.0) {
+                Some(kept) if Arc::ptr_eq(kept, listing) => by_dir.remove(&ino.0),
+                _ => None,
+            }
+        };
         if let Some(done) = done {
             self.release(&done);
         }
@@ -336,7 +349,7 @@ impl Filesystem for CairnFs {
             Err(e) => return reply.error(e),
         };
         if offset as usize >= entries.len() + 2 {
-            self.listed_to_end(ino);
+            self.listed_to_end(ino, &entries);
         }
         for (index, (child, kind, name)) in with_dots(ino, &entries).skip(offset as usize) {
             if reply.add(
@@ -368,7 +381,7 @@ impl Filesystem for CairnFs {
         // The call past the last entry: the kernel holds them all (see `listing_taken`).
         if offset as usize >= entries.len() + 2 {
             self.vfs.listing_taken(ino.0);
-            self.listed_to_end(ino);
+            self.listed_to_end(ino, &entries);
         }
         for (index, (child, _, name)) in with_dots(ino, &entries).skip(offset as usize) {
             let is_dot = name == b"." || name == b"..";
