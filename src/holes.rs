@@ -7,9 +7,10 @@
 //! (`Chunker::zero_run_chunk_len`), so every all-zero chunk inside a file has that length and
 //! one id, computed once; only a file's last chunk (a hole that ends the file) can be all zeros
 //! at another length, and its id is computed for that length and remembered. A zero chunk of
-//! any other length (one cut by another chunker), and the only chunk of a file, count as data:
-//! the answer may be dense, it is never wrong. (Hashing zeros of every small file's length to
-//! find the rare all-zero one would cost as much as hashing the files themselves.)
+//! any other length (one cut by another chunker) counts as data, and so does a file's only
+//! chunk unless it is that run: the answer may be dense, it is never wrong. (Hashing zeros of
+//! every small file's length to find the rare all-zero one would cost as much as hashing the
+//! files themselves.)
 
 use crate::id::BlobId;
 use crate::repo::Repository;

@@ -133,6 +133,12 @@ fn with_dots(
         .map(|(index, entry)| (index as u64 + 1, entry))
 }
 
+/// Whether a READDIR(PLUS) at `offset` asks past the last entry of `entries` (after `.`
+/// and `..`): the call that tells the kernel the listing has ended.
+fn past_end(offset: u64, entries: &Listing) -> bool {
+    offset as usize >= entries.len() + 2
+}
+
 impl CairnFs {
     /// The listing a READDIR(PLUS) of directory `ino` at `offset` reads: the one behind
     /// handle `fh`, or without handles the directory's, made anew at offset 0 or when it was
@@ -348,7 +354,7 @@ impl Filesystem for CairnFs {
             Ok(entries) => entries,
             Err(e) => return reply.error(e),
         };
-        if offset as usize >= entries.len() + 2 {
+        if past_end(offset, &entries) {
             self.listed_to_end(ino, &entries);
         }
         for (index, (child, kind, name)) in with_dots(ino, &entries).skip(offset as usize) {
@@ -379,7 +385,7 @@ impl Filesystem for CairnFs {
             Err(e) => return reply.error(e),
         };
         // The call past the last entry: the kernel holds them all (see `listing_taken`).
-        if offset as usize >= entries.len() + 2 {
+        if past_end(offset, &entries) {
             self.vfs.listing_taken(ino.0);
             self.listed_to_end(ino, &entries);
         }
