@@ -302,26 +302,7 @@ fn unreadable_files_are_listed_and_exit_3() {
     let extra = init(&sandbox, &repo, "none");
     // Root reads everything, so run the backup as an unprivileged user when we are root.
     let mut command = if unsafe { libc::geteuid() } == 0 {
-        for dir in [
-            sandbox.dir.path().to_path_buf(),
-            repo.clone(),
-            source.clone(),
-        ] {
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
-        }
-        // cairn made the config private to root.
-        fs::set_permissions(repo.join("config"), fs::Permissions::from_mode(0o644)).unwrap();
-        fs::create_dir_all(sandbox.path("cache")).unwrap();
-        fs::set_permissions(sandbox.path("cache"), fs::Permissions::from_mode(0o777)).unwrap();
-        // A copy of the binary in the sandbox, so the user can run it wherever the build is.
-        let binary = sandbox.path("cairn");
-        fs::copy(env!("CARGO_BIN_EXE_cairn"), &binary).unwrap();
-        fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
-        let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
-        c.arg(&binary);
-        c.env("CAIRN_CACHE_DIR", sandbox.path("cache-nobody"));
-        c
+        sandbox.cairn_as_nobody(&[&repo, &source])
     } else {
         sandbox.cairn()
     };

@@ -12,7 +12,7 @@ use cairn::repair::{self, RepairOptions};
 use cairn::repo::backend::{Backend, LocalBackend, ObjectInfo};
 use cairn::repo::config::EncryptionMode;
 use cairn::repo::{InitOptions, Repository, Secret};
-use cairn::restore::{self, RestoreOptions, RestoreProgress};
+use cairn::restore::{self, RestoreOptions};
 use cairn::tree::{Content, EntryKind, find_entry};
 use common::*;
 use std::collections::HashSet;
@@ -72,13 +72,13 @@ fn files_with_many_chunks_use_a_chunk_list_blob() {
         entry.kind
     );
     let target = sandbox.path("target");
-    let node = outcome.checkpoint.root_entry();
     restore::run(
         &repo,
-        &node,
+        &outcome.checkpoint,
+        "",
         &target,
         &RestoreOptions::default(),
-        &RestoreProgress::default(),
+        &Progress::default(),
     )
     .unwrap();
     assert_same_tree(&source, &target);
@@ -98,10 +98,11 @@ fn assert_latest_restores_to(
     let (_, latest) = cairn::checkpoint::resolve(repo, "latest").unwrap();
     restore::run(
         repo,
-        &latest.root_entry(),
+        &latest,
+        "",
         target,
         &RestoreOptions::default(),
-        &RestoreProgress::default(),
+        &Progress::default(),
     )
     .unwrap();
     assert_same_tree(source, target);
@@ -438,10 +439,11 @@ fn restored_names(
     let target = sandbox.path(at);
     restore::run(
         repo,
-        &record.root_entry(),
+        record,
+        "",
         &target,
         &RestoreOptions::default(),
-        &RestoreProgress::default(),
+        &Progress::default(),
     )
     .unwrap();
     let mut names: Vec<String> = std::fs::read_dir(&target)
@@ -1173,7 +1175,7 @@ fn sync_latest_into(repo: &Repository, target: &std::path::Path) {
     let (_, latest) = cairn::checkpoint::resolve(repo, "latest").unwrap();
     let source = CheckpointSource {
         repo,
-        totals: (latest.stats.files, latest.stats.bytes),
+        totals: Some((latest.stats.files, latest.stats.bytes)),
     };
     let report = into_dir::run(
         &source,

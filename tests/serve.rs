@@ -731,7 +731,7 @@ fn progress_has_a_total_and_reaches_it_for_served_local_and_checkpoint_sources()
     let (_, record) = cairn::checkpoint::resolve(&repo, "latest").unwrap();
     let checkpoint = CheckpointSource {
         repo: &repo,
-        totals: (record.stats.files, record.stats.bytes),
+        totals: Some((record.stats.files, record.stats.bytes)),
     };
     let progress = Progress::default();
     let restored = sandbox.path("restored");

@@ -612,6 +612,50 @@ fn syncs_into_a_directory_keep_dense_files_dense_unless_asked_for_sparse() {
     }
 }
 
+#[test]
+fn device_nodes_are_skipped_and_named_by_every_run_into_a_directory_when_not_root() {
+    if !is_root() {
+        eprintln!("skipped: making a device node to back up needs root");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("file"), b"kept\n").unwrap();
+    mknod(&source.join("fifo"), libc::S_IFIFO, 0);
+    mknod(&source.join("null"), libc::S_IFCHR, libc::makedev(1, 3));
+    let repo = sandbox.plain_repo_with_backup_of(&source);
+    let latest = format!("{}::latest", text(&repo));
+    let contents = format!("{}/", text(&source));
+    let runs: [(&str, Vec<&str>); 3] = [
+        ("sync-checkpoint", vec!["sync", &latest]),
+        ("sync-directory", vec!["sync", &contents]),
+        (
+            "restore",
+            vec!["restore", "--repo", text(&repo), "latest", "--target"],
+        ),
+    ];
+    for (name, args) in runs {
+        let target = sandbox.path(name);
+        fs::create_dir_all(&target).unwrap();
+        let output = sandbox
+            .cairn_as_nobody(&[&repo, &target])
+            .args(&args)
+            .arg(&target)
+            .output()
+            .unwrap();
+        let said = stderr(&output);
+        assert!(output.status.success(), "{name} failed: {said}");
+        assert!(
+            said.contains("null (device node; only root can create it)"),
+            "{name}: {said}"
+        );
+        assert_eq!(fs::read(target.join("file")).unwrap(), b"kept\n", "{name}");
+        assert!(target.join("fifo").exists(), "{name}");
+        assert!(fs::symlink_metadata(target.join("null")).is_err(), "{name}");
+    }
+}
+
 /// Runs `cairn sync ARGS`, asserting success; the stdout lines, sorted.
 fn sorted_lines(sandbox: &Sandbox, args: &[&str]) -> Vec<String> {
     let mut lines: Vec<String> = sandbox.ok(args).lines().map(str::to_owned).collect();

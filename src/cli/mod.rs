@@ -535,6 +535,19 @@ fn out_of_space_error(
     )
 }
 
+/// Says on stderr which entries a run into a directory left out and why (a device node when
+/// not root); returns the lines, "PATH (why)", for a JSON report.
+fn report_skipped(skipped: &[cairn::sync::SyncError]) -> Vec<String> {
+    let lines: Vec<String> = skipped
+        .iter()
+        .map(|s| format!("{} ({})", s.path.display(), s.message))
+        .collect();
+    for line in &lines {
+        eprintln!("skipped: {line}");
+    }
+    lines
+}
+
 /// Whether to draw progress: stderr is a terminal and the output is not JSON.
 fn show_progress(json: bool) -> bool {
     !json && std::io::stderr().is_terminal()

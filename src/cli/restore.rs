@@ -2,8 +2,8 @@
 
 use super::{GlobalArgs, print_json, show_progress, split_reference};
 use anyhow::{Result, bail};
-use cairn::restore::{self, RestoreOptions, RestoreProgress};
-use cairn::tree::find_entry;
+use cairn::progress::Progress;
+use cairn::restore::{self, RestoreOptions};
 use clap::Args;
 use indicatif::HumanBytes;
 use serde_json::json;
@@ -32,9 +32,9 @@ pub struct RestoreArgs {
     filters: super::FilterArgs,
 }
 
-fn draw_progress(progress: &RestoreProgress, total_bytes: u64, done: &AtomicBool) {
+fn draw_progress(progress: &Progress, done: &AtomicBool) {
     super::draw_bytes_progress("restore", done, |bar| {
-        bar.set_length(total_bytes);
+        bar.set_length(progress.total_bytes.load(Ordering::Relaxed));
         bar.set_position(progress.bytes_done.load(Ordering::Relaxed));
         bar.set_message(format!(
             "{} files",
@@ -48,61 +48,53 @@ pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
     let repo = global.open()?;
     let (reference, path) = split_reference(&args.reference);
     let (_, record) = super::resolve_checkpoint(&repo, reference, &args.filters)?;
-    let node = find_entry(&repo, record.root_entry(), path)?;
     let options = RestoreOptions {
         overwrite: args.overwrite,
         sparse: args.sparse,
         ..RestoreOptions::default()
     };
-    let progress = RestoreProgress::default();
+    let progress = Progress::default();
     let done = AtomicBool::new(false);
-    let total = if path.trim_matches('/').is_empty() {
-        record.stats.bytes
-    } else {
-        node.size
-    };
-    let mut stats = std::thread::scope(|scope| {
+    let report = std::thread::scope(|scope| {
         if show_progress(args.json) {
-            scope.spawn(|| draw_progress(&progress, total, &done));
+            scope.spawn(|| draw_progress(&progress, &done));
         }
-        let stats = restore::run(&repo, &node, &args.target, &options, &progress);
+        let report = restore::run(&repo, &record, path, &args.target, &options, &progress);
         done.store(true, Ordering::Relaxed);
-        stats
+        report
     })?;
-    if let Some(full) = &mut stats.out_of_space {
-        full.set_missing(total.saturating_sub(stats.bytes));
-    }
-    for skipped in &stats.skipped {
-        eprintln!("skipped: {skipped}");
-    }
-    for error in &stats.errors {
+    let files = report.files_written + report.files_unchanged;
+    let bytes = progress.bytes_done.load(Ordering::Relaxed);
+    let skipped = super::report_skipped(&report.skipped);
+    for error in &report.errors {
         eprintln!("error: {}: {}", error.path.display(), error.message);
     }
     if args.json {
         print_json(&json!({
-            "files": stats.files,
-            "dirs": stats.dirs,
-            "bytes": stats.bytes,
-            "skipped": stats.skipped,
-            "errors": stats.errors.iter().map(|e| json!({"path": e.path, "message": e.message})).collect::<Vec<_>>(),
-            "out_of_space": stats.out_of_space,
+            "files": files,
+            "dirs": report.dirs,
+            "bytes": bytes,
+            "skipped": skipped,
+            "errors": report.errors,
+            "out_of_space": report.out_of_space,
         }))?;
     } else {
         eprintln!(
             "restored {} files, {} dirs, {} into {} in {:.1}s",
-            stats.files,
-            stats.dirs,
-            HumanBytes(stats.bytes),
+            files,
+            report.dirs,
+            HumanBytes(bytes),
             args.target.display(),
             started.elapsed().as_secs_f64()
         );
     }
-    if let Some(full) = &stats.out_of_space {
+    if let Some(full) = &report.out_of_space {
+        let total = progress.total_bytes.load(Ordering::Relaxed);
         let done = format!(
             "Restored {} files, {} dirs, {} of {}",
-            stats.files,
-            stats.dirs,
-            HumanBytes(stats.bytes),
+            files,
+            report.dirs,
+            HumanBytes(bytes),
             HumanBytes(total)
         );
         let again = " with --overwrite";
@@ -110,10 +102,10 @@ pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
             super::out_of_space_error(full, &args.target, "restore", "restored", &done, again);
         return Err(error);
     }
-    if !stats.errors.is_empty() {
+    if !report.errors.is_empty() {
         bail!(
             "{} files could not be restored (listed above); they were not written",
-            stats.errors.len()
+            report.errors.len()
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -15,7 +15,7 @@ use super::{FromCredentials, GlobalArgs, print_json, show_progress};
 use anyhow::{Context, Result, bail};
 use cairn::backup::{self, BackupOptions, Progress};
 use cairn::checkpoint;
-use cairn::sync::into_dir::{CheckpointSource, DirectorySource, SingleEntry};
+use cairn::sync::into_dir::{CheckpointSource, DirectorySource, OneEntry, local_one_entry};
 use cairn::sync::itemize::{Change, Update};
 use cairn::sync::remote::RemoteSource;
 use cairn::sync::wire::ChunkSpec;
@@ -176,6 +176,7 @@ pub fn run(global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode> {
         }
         report => report?,
     };
+    super::report_skipped(&report.skipped);
     for error in &report.errors {
         eprintln!("warning: {}: {}", error.path.display(), error.message);
     }
@@ -328,12 +329,11 @@ fn sync(
         (Endpoint::Repository { path, checkpoint }, Endpoint::Directory(target)) => {
             refuse_overlap(&path, &target)?;
             let repo = open_source(&path)?;
-            let _lock = cairn::repo::lock::acquire_for_reading(&repo, "sync")?;
             let reference = checkpoint.as_deref().unwrap_or("latest");
             let (_, record) = checkpoint::resolve(&repo, reference)?;
             let source = CheckpointSource {
                 repo: &repo,
-                totals: (record.stats.files, record.stats.bytes),
+                totals: Some((record.stats.files, record.stats.bytes)),
             };
             let root = record.root.as_ref();
             Ok(into_dir::run(
@@ -508,7 +508,13 @@ impl LocalSync<'_> {
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
         let source_dir = std::fs::canonicalize(parent.unwrap_or(Path::new(".")))
             .with_context(|| format!("reading {}", path.display()))?;
-        let source = SingleEntry::new(&source_dir, name, target_name.as_bytes())?;
+        let entry = local_one_entry(&source_dir, name)?;
+        let source = OneEntry::new(
+            &DirectorySource,
+            source_dir.clone(),
+            entry,
+            target_name.as_bytes(),
+        )?;
         let resolved = cairn::target::resolve_future_path(&dir.join(&target_name))
             .with_context(|| format!("resolving {}", target.display()))?;
         if resolved == source_dir.join(name) {
@@ -524,7 +530,7 @@ impl LocalSync<'_> {
         };
         Ok(into_dir::run(
             &source,
-            source_dir,
+            (),
             None,
             &dir,
             &options,

@@ -36,7 +36,6 @@ use crate::id::BlobId;
 use crate::progress::Progress;
 use crate::readahead::{self, ChunkStream, ReadChunk};
 use crate::repo::Repository;
-use crate::restore::{ROUND_BYTES, ROUND_FILES, fill_holes, write_sparse};
 use crate::space::{SpaceFailure, is_out_of_space};
 use crate::target::{
     TargetDir, check_path_length, may_adjust_in_place, same_kind, set_directories_metadata,
@@ -51,7 +50,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::Read;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -60,6 +59,81 @@ use std::sync::{Arc, Mutex};
 
 /// Temporary files of a sync start with this; leftovers of an interrupted run are removed.
 const TEMP_PREFIX: &str = ".cairn-sync-";
+
+/// Runs of zero bytes at least this long, aligned to it, are left as holes.
+const HOLE_BLOCK_BYTES: usize = 4096;
+
+/// Files with nothing at their place handed to the round writer together, at most, and
+/// bytes of their content: the chunks of a round are read pack by pack, so a pack is read
+/// about once per round it serves. A round costs memory for its files' entries and chunk
+/// lists, not their bytes.
+const ROUND_FILES: usize = 32_768;
+const ROUND_BYTES: u64 = 1 << 30;
+
+/// Writes `data` at `offset`, skipping aligned all-zero blocks so they stay holes.
+fn write_sparse(file: &fs::File, offset: u64, data: &[u8]) -> std::io::Result<()> {
+    let mut run_start = None;
+    let mut at = 0;
+    while at < data.len() {
+        let end = (at + HOLE_BLOCK_BYTES).min(data.len());
+        let zero = end - at == HOLE_BLOCK_BYTES && data[at..end].iter().all(|&b| b == 0);
+        match (zero, run_start) {
+            (false, None) => run_start = Some(at),
+            (true, Some(start)) => {
+                file.write_all_at(&data[start..at], offset + start as u64)?;
+                run_start = None;
+            }
+            _ => {}
+        }
+        at = end;
+    }
+    if let Some(start) = run_start {
+        file.write_all_at(&data[start..], offset + start as u64)?;
+    }
+    Ok(())
+}
+
+/// Bytes of zeros written at a time into a hole.
+const FILL_BYTES: usize = 1 << 20;
+
+/// Writes zeros into every hole of `file` (found with `SEEK_HOLE`/`SEEK_DATA`), so a file
+/// written with `write_sparse` becomes dense: what restore and sync give without `--sparse`.
+fn fill_holes(file: &fs::File) -> std::io::Result<()> {
+    let size = file.metadata()?.len();
+    let mut zeros = Vec::new();
+    let mut at = 0;
+    while at < size {
+        let hole = match seek_from(file, at, libc::SEEK_HOLE)? {
+            Some(hole) if hole < size => hole,
+            _ => break,
+        };
+        let data = seek_from(file, hole, libc::SEEK_DATA)?.unwrap_or(size);
+        zeros.resize(FILL_BYTES.min((data - hole) as usize).max(zeros.len()), 0);
+        let mut offset = hole;
+        while offset < data {
+            let length = zeros.len().min((data - offset) as usize);
+            file.write_all_at(&zeros[..length], offset)?;
+            offset += length as u64;
+        }
+        at = data;
+    }
+    Ok(())
+}
+
+/// `lseek(file, offset, whence)` for `SEEK_HOLE`/`SEEK_DATA`; `None` for ENXIO (none left).
+fn seek_from(file: &fs::File, offset: u64, whence: i32) -> std::io::Result<Option<u64>> {
+    let offset = i64::try_from(offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    // SAFETY: lseek on an open descriptor has no other preconditions.
+    let found = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+    if found >= 0 {
+        return Ok(Some(found as u64));
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::ENXIO) => Ok(None),
+        _ => Err(error),
+    }
+}
 
 /// How a file was brought up to date.
 pub enum FileWrite {
@@ -135,15 +209,42 @@ pub trait TreeSource: Sync {
 /// A checkpoint's tree in a repository.
 pub struct CheckpointSource<'a> {
     pub repo: &'a Repository,
-    /// The regular files in the tree and their bytes (the checkpoint's statistics).
-    pub totals: (u64, u64),
+    /// The regular files in the tree and their bytes, when known (a whole checkpoint's
+    /// statistics); otherwise they are counted from the trees.
+    pub totals: Option<(u64, u64)>,
 }
 
 impl TreeSource for CheckpointSource<'_> {
     type Dir = BlobId;
 
-    fn count(&self, _: &BlobId, progress: &Progress, _: &AtomicBool) {
-        progress.set_totals(self.totals.0, self.totals.1);
+    fn count(&self, root: &BlobId, progress: &Progress, stop: &AtomicBool) {
+        if let Some((files, bytes)) = self.totals {
+            progress.set_totals(files, bytes);
+            return;
+        }
+        // The trees are read again by the walk, from the repository's tree cache.
+        let mut pending = vec![*root];
+        while let Some(id) = pending.pop() {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let Ok(tree) = load_tree(self.repo, &id) else {
+                return;
+            };
+            for entry in tree.entries {
+                match entry.kind {
+                    EntryKind::Dir(id) => pending.push(id),
+                    EntryKind::File(_) => {
+                        progress.total_files.fetch_add(1, Ordering::Relaxed);
+                        progress
+                            .total_bytes
+                            .fetch_add(entry.size, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        progress.counted.store(true, Ordering::Relaxed);
     }
 
     fn repository(&self) -> Option<&Repository> {
@@ -514,47 +615,45 @@ impl TreeSource for DirectorySource {
     }
 }
 
-/// One file, symlink or special file of a live directory, synced into a target directory
-/// under a name of its own (`cairn sync FILE DIR`). Its directory is the source's root.
-pub struct SingleEntry {
+/// One entry (not a directory) of directory `parent` of a source, written into the target
+/// under a name of its own: `cairn sync FILE DIR/NAME`, or a restore of one file of a
+/// checkpoint. Its own directory handle is `()`: the listing is this one entry.
+pub struct OneEntry<'a, S: TreeSource> {
+    source: &'a S,
+    parent: S::Dir,
     /// As listed in its directory.
     entry: Entry,
     /// The name it gets in the target.
     name: Vec<u8>,
 }
 
-impl SingleEntry {
-    /// Entry `name` of directory `dir`, to be named `target_name` in the target.
-    pub fn new(dir: &Path, name: &OsStr, target_name: &[u8]) -> Result<SingleEntry> {
-        let path = dir.join(name);
-        let entry = path_entry(&path, name.as_bytes().to_vec())
-            .context_io(|| format!("reading {}", path.display()))?
-            .ok_or_else(|| {
-                Error::InvalidInput(format!(
-                    "{} is a socket, which cairn does not sync",
-                    path.display()
-                ))
-            })?;
-        Ok(SingleEntry {
+impl<'a, S: TreeSource> OneEntry<'a, S> {
+    /// Entry `entry` of `source`'s directory `parent`, to be named `name` in the target.
+    pub fn new(source: &'a S, parent: S::Dir, entry: Entry, name: &[u8]) -> Result<Self> {
+        if entry.is_dir() {
+            return Err(Error::InvalidInput(format!(
+                "{} is a directory: sync it as a tree",
+                entry.name_lossy()
+            )));
+        }
+        Ok(OneEntry {
+            source,
+            parent,
             entry,
-            name: target_name.to_vec(),
+            name: name.to_vec(),
         })
     }
 }
 
-impl TreeSource for SingleEntry {
-    type Dir = PathBuf;
+impl<S: TreeSource> TreeSource for OneEntry<'_, S> {
+    type Dir = ();
 
-    fn count(&self, _: &PathBuf, progress: &Progress, _: &AtomicBool) {
+    fn count(&self, _: &(), progress: &Progress, _: &AtomicBool) {
         let is_file = matches!(self.entry.kind, EntryKind::File(_));
         progress.set_totals(u64::from(is_file), self.entry.size);
     }
 
-    fn list(
-        &self,
-        _: &PathBuf,
-        _: &Mutex<Vec<SyncError>>,
-    ) -> Result<Vec<(Entry, Option<PathBuf>)>> {
+    fn list(&self, _: &(), _: &Mutex<Vec<SyncError>>) -> Result<Vec<(Entry, Option<()>)>> {
         let entry = Entry {
             name: self.name.clone(),
             ..self.entry.clone()
@@ -562,16 +661,39 @@ impl TreeSource for SingleEntry {
         Ok(vec![(entry, None)])
     }
 
+    fn bytes_received(&self) -> Option<u64> {
+        self.source.bytes_received()
+    }
+
+    fn repository(&self) -> Option<&Repository> {
+        self.source.repository()
+    }
+
     fn write_file(
         &self,
-        dir: &PathBuf,
+        _: &(),
         _: &Entry,
         old: Option<&File>,
         out: &File,
         limiter: Option<&RateLimiter>,
     ) -> Result<FileWrite> {
-        DirectorySource.write_file(dir, &self.entry, old, out, limiter)
+        self.source
+            .write_file(&self.parent, &self.entry, old, out, limiter)
     }
+}
+
+/// The entry named `name` in local directory `dir`, for a `OneEntry` source; a socket is
+/// refused.
+pub fn local_one_entry(dir: &Path, name: &OsStr) -> Result<Entry> {
+    let path = dir.join(name);
+    path_entry(&path, name.as_bytes().to_vec())
+        .context_io(|| format!("reading {}", path.display()))?
+        .ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "{} is a socket, which cairn does not sync",
+                path.display()
+            ))
+        })
 }
 
 /// Copies `from` into the new file `out`, leaving holes where blocks are zeros, and reads no
@@ -840,30 +962,38 @@ enum Writing {
     Finished,
 }
 
-/// A file of a round: its job, its temporary file once created, the chunks still to come
-/// and the bytes fetched for it.
+/// A file of a round: its job, its temporary file once created, the chunks still to come,
+/// the bytes fetched for it and the bytes of it written (counted done as they are).
 struct RoundFile<'a, D> {
     job: &'a FileJob<D>,
     state: Mutex<Writing>,
     chunks_left: AtomicUsize,
     fetched: AtomicU64,
+    written: AtomicU64,
 }
 
 impl<D> RoundFile<'_, D> {
     /// Writes `chunk` (or keeps why it cannot be written) at `offset`, where `length` bytes
-    /// belong; the file is finished once this was its last chunk.
+    /// belong; the file is finished, and recorded in `outcomes`, once this was its last chunk.
     fn take_chunk(
         &self,
         offset: u64,
         length: u32,
         chunk: Result<&ReadChunk>,
         limiter: Option<&RateLimiter>,
-        done: &(dyn Fn(&FileJob<D>, Result<FileWrite>) + Sync),
+        outcomes: &Outcomes,
     ) {
         {
             let mut state = self.state.lock().expect("not poisoned");
             if !matches!(*state, Writing::Failed { .. })
-                && let Err(error) = self.write_chunk(&mut state, offset, length, chunk, limiter)
+                && let Err(error) = self.write_chunk(
+                    &mut state,
+                    offset,
+                    length,
+                    chunk,
+                    limiter,
+                    outcomes.progress,
+                )
             {
                 let temp = match std::mem::replace(&mut *state, Writing::Finished) {
                     Writing::Open { temp, .. } => Some(temp),
@@ -873,10 +1003,17 @@ impl<D> RoundFile<'_, D> {
             }
         }
         if self.chunks_left.fetch_sub(1, Ordering::AcqRel) == 1 {
-            done(self.job, self.finish());
+            self.record(outcomes);
         }
     }
 
+    /// Finishes the file and records how that went.
+    fn record(&self, outcomes: &Outcomes) {
+        let result = self.finish();
+        outcomes.record(self.job, result, self.written.load(Ordering::Relaxed));
+    }
+
+    /// Writes one chunk; its bytes count as done at once, so a large file's progress moves.
     fn write_chunk(
         &self,
         state: &mut Writing,
@@ -884,6 +1021,7 @@ impl<D> RoundFile<'_, D> {
         length: u32,
         chunk: Result<&ReadChunk>,
         limiter: Option<&RateLimiter>,
+        progress: &Progress,
     ) -> Result<()> {
         let chunk = chunk?;
         if let Some(limiter) = limiter {
@@ -904,6 +1042,9 @@ impl<D> RoundFile<'_, D> {
         write_at(out, offset, &chunk.bytes)?;
         self.fetched
             .fetch_add(chunk.stored_length, Ordering::Relaxed);
+        let length = u64::from(length);
+        self.written.fetch_add(length, Ordering::Relaxed);
+        progress.bytes_done.fetch_add(length, Ordering::Relaxed);
         Ok(())
     }
 
@@ -958,14 +1099,13 @@ impl<D> RoundFile<'_, D> {
 /// Writes a round of files that have nothing at their place: every chunk read from
 /// `repo` pack by pack, `readers` stretches at once, into temporary files created as their
 /// first chunk arrives; each file is put in place as its last chunk is written, and
-/// `done` told. Once the filesystem is full, the packs not yet read are not read.
+/// recorded in `outcomes`. Once the filesystem is full, the packs not yet read are not read.
 fn sync_round<D: Sync>(
     repo: &Repository,
     jobs: &[FileJob<D>],
     readers: usize,
     limiter: Option<&RateLimiter>,
-    full: &SpaceFailure,
-    done: &(dyn Fn(&FileJob<D>, Result<FileWrite>) + Sync),
+    outcomes: &Outcomes,
 ) {
     let mut round = Vec::with_capacity(jobs.len());
     let mut places = Vec::new();
@@ -977,7 +1117,7 @@ fn sync_round<D: Sync>(
         let chunks = match chunks {
             Ok(chunks) => chunks,
             Err(e) => {
-                done(job, Err(e));
+                outcomes.record(job, Err(e), 0);
                 continue;
             }
         };
@@ -991,35 +1131,47 @@ fn sync_round<D: Sync>(
             state: Mutex::new(Writing::Waiting),
             chunks_left: AtomicUsize::new(chunks.len()),
             fetched: AtomicU64::new(0),
+            written: AtomicU64::new(0),
         });
     }
     for file in round
         .iter()
         .filter(|f| f.chunks_left.load(Ordering::Relaxed) == 0)
     {
-        done(file.job, file.finish());
+        file.record(outcomes);
     }
     readahead::read_by_pack(
         repo,
         places,
         readers,
-        &|| full.is_full(),
+        &|| outcomes.full.is_full(),
         &|&(file, offset, length), chunk| {
             let chunk = chunk.as_ref().map_err(Error::duplicate);
-            round[file].take_chunk(offset, length, chunk, limiter, done)
+            round[file].take_chunk(offset, length, chunk, limiter, outcomes)
         },
     );
 }
 
 /// One directory being walked: the source's handle, where it is written (`None` in a dry run
-/// below a directory that does not exist yet), its remaining entries, and its own entry
-/// (whose metadata it gets at the end; `None` for the target itself).
+/// below a directory that does not exist yet), whether this run made that directory (then
+/// nothing is at any entry's place, and nothing there is looked at), its remaining entries,
+/// and its own entry (whose metadata it gets at the end; `None` for the target itself).
 struct Level<D> {
     target: Option<Arc<TargetDir>>,
+    fresh: bool,
     relative: PathBuf,
     entries: std::vec::IntoIter<(Entry, Option<D>)>,
     source: D,
     own: Option<Entry>,
+}
+
+/// Where an entry goes: the directory it is written into (`None` in a dry run below a
+/// directory that does not exist yet), whether this run made that directory, and its path
+/// below the sync's target.
+struct Place {
+    target: Option<Arc<TargetDir>>,
+    fresh: bool,
+    relative: PathBuf,
 }
 
 /// Walks source and target side by side, fixing all but regular files, which go to workers,
@@ -1073,10 +1225,16 @@ impl<S: TreeSource> Planner<'_, S> {
     /// Syncs the source directory `root` into `target`, walking with an explicit stack.
     /// Wrong data from the source stops everything, and so does a full filesystem; an entry
     /// that cannot be read or written otherwise is reported and the rest goes on.
-    fn sync_tree(&mut self, root: S::Dir, target: Option<Arc<TargetDir>>) -> Result<()> {
-        let entries = self.list_dir(&root, target.as_deref(), Path::new(""))?;
+    fn sync_tree(
+        &mut self,
+        root: S::Dir,
+        target: Option<Arc<TargetDir>>,
+        fresh: bool,
+    ) -> Result<()> {
+        let entries = self.list_dir(&root, target.as_deref().filter(|_| !fresh), Path::new(""))?;
         let mut stack = vec![Level {
             target,
+            fresh,
             relative: PathBuf::new(),
             entries: entries.into_iter(),
             source: root,
@@ -1104,7 +1262,12 @@ impl<S: TreeSource> Planner<'_, S> {
             let relative = level.relative.join(OsStr::from_bytes(&entry.name));
             let (source_dir, target) = (level.source.clone(), level.target.clone());
             let shown = self.shown(target.as_deref(), &relative);
-            match self.sync_entry(&source_dir, subdir, target, relative, entry) {
+            let place = Place {
+                target,
+                fresh: level.fresh,
+                relative,
+            };
+            match self.sync_entry(&source_dir, subdir, place, entry) {
                 Ok(Some(next)) => stack.push(next),
                 Ok(None) => {}
                 Err(e) if e.kind() == crate::error::ErrorKind::Corrupt => return Err(e),
@@ -1232,21 +1395,25 @@ impl<S: TreeSource> Planner<'_, S> {
         ))
     }
 
-    /// Brings one entry of `target` up to date; a directory is returned to be walked.
+    /// Brings one entry of `place` up to date; a directory is returned to be walked.
     fn sync_entry(
         &mut self,
         dir: &S::Dir,
         subdir: Option<S::Dir>,
-        target: Option<Arc<TargetDir>>,
-        relative: PathBuf,
+        place: Place,
         entry: Entry,
     ) -> Result<Option<Level<S::Dir>>> {
+        let Place {
+            target,
+            fresh,
+            relative,
+        } = place;
         let dry_run = self.options.dry_run;
         let name = entry.name.as_slice();
         let shown = self.shown(target.as_deref(), &relative);
         let created = || format!("creating {}", shown.display());
         check_path_length(&relative).context_io(created)?;
-        let existing = match &target {
+        let existing = match target.as_ref().filter(|_| !fresh) {
             Some(t) => t
                 .metadata(name)
                 .context_io(|| format!("reading {}", shown.display()))?,
@@ -1287,6 +1454,7 @@ impl<S: TreeSource> Planner<'_, S> {
         let writable = target.as_deref().filter(|_| !dry_run);
         match &entry.kind {
             EntryKind::Dir(_) => {
+                self.report.dirs += 1;
                 match differences {
                     None => self.list_change(Update::Created, &entry, &relative, None),
                     Some(d) if d.metadata() => {
@@ -1307,7 +1475,10 @@ impl<S: TreeSource> Planner<'_, S> {
                     self.dirs.push((relative, entry));
                     return Ok(None);
                 };
-                let entries = match self.list_dir(&subdir, subtarget.as_deref(), &relative) {
+                // Made by this run unless a directory was there: nothing inside to compare.
+                let sub_fresh = subtarget.is_some() && !is_dir;
+                let listed_target = subtarget.as_deref().filter(|_| !sub_fresh);
+                let entries = match self.list_dir(&subdir, listed_target, &relative) {
                     Ok(entries) => entries,
                     Err(e) if e.kind() == crate::error::ErrorKind::Corrupt => return Err(e),
                     Err(e) => {
@@ -1317,6 +1488,7 @@ impl<S: TreeSource> Planner<'_, S> {
                 };
                 return Ok(Some(Level {
                     target: subtarget,
+                    fresh: sub_fresh,
                     relative,
                     entries: entries.into_iter(),
                     source: subdir,
@@ -1346,7 +1518,8 @@ impl<S: TreeSource> Planner<'_, S> {
                     self.progress.file_done(entry.size);
                     return Ok(None);
                 }
-                let content_differs = differences.is_none_or(|d| d.content());
+                let content_differs =
+                    self.options.ignore_times || differences.is_none_or(|d| d.content());
                 if let Some(fixed) = fixed_in_place(content_differs)? {
                     if fixed {
                         self.list_change(Update::Attributes, &entry, &relative, differences);
@@ -1388,6 +1561,13 @@ impl<S: TreeSource> Planner<'_, S> {
                         self.send_batch();
                     }
                 }
+            }
+            EntryKind::CharDevice(_) | EntryKind::BlockDevice(_) if !running_as_root() => {
+                self.report.skipped.push(SyncError {
+                    path: shown,
+                    message: "device node; only root can create it".into(),
+                });
+                return Ok(None);
             }
             EntryKind::Symlink(_)
             | EntryKind::Fifo
@@ -1574,8 +1754,15 @@ struct Outcomes<'a> {
 }
 
 impl Outcomes<'_> {
-    /// Records how the file of `job` was brought up to date, or why it was not.
-    fn record<D>(&self, job: &FileJob<D>, result: Result<FileWrite>) {
+    /// Records how the file of `job` was brought up to date, or why it was not;
+    /// `counted` of its bytes were counted done as they were written.
+    fn record<D>(&self, job: &FileJob<D>, result: Result<FileWrite>, counted: u64) {
+        if result.is_err() {
+            // A file not written is not done: its bytes stay to do.
+            self.progress
+                .bytes_done
+                .fetch_sub(counted, Ordering::Relaxed);
+        }
         match result {
             Ok(how) => {
                 let mut totals = self.totals.lock().expect("not poisoned");
@@ -1587,7 +1774,8 @@ impl Outcomes<'_> {
                         .bytes_read
                         .fetch_add(fetched, Ordering::Relaxed);
                 }
-                self.progress.file_done(job.entry.size);
+                self.progress
+                    .file_done(job.entry.size.saturating_sub(counted));
             }
             Err(e) if is_out_of_space(&e) => self.full.record(job.shown(), &e),
             // Once the filesystem is full, files given up on are not errors of their own.
@@ -1614,7 +1802,7 @@ fn run_sync_worker<S: TreeSource>(
         }
         let results = sync_files(source, &batch, limiter);
         for (job, result) in batch.iter().zip(results) {
-            outcomes.record(job, result);
+            outcomes.record(job, result, 0);
         }
         if let Some(received) = source.bytes_received() {
             outcomes
@@ -1638,29 +1826,43 @@ fn run_round_writer<D: Sync>(
         if outcomes.full.is_full() {
             continue;
         }
-        sync_round(
-            repo,
-            &round,
-            readers,
-            limiter,
-            outcomes.full,
-            &|job, result| outcomes.record(job, result),
-        );
+        sync_round(repo, &round, readers, limiter, outcomes);
     }
 }
 
-/// Opens the target of a sync, creating it unless this is a dry run; `None` in a dry run
-/// into a directory that does not exist yet.
-fn open_target(target: &Path, dry_run: bool) -> Result<Option<TargetDir>> {
-    let context = || format!("opening sync target {}", target.display());
+/// The target directory as the run found it.
+enum Opened {
+    /// It was there (and, when the options require it, empty).
+    Existing(TargetDir),
+    /// This run made it: nothing in it needs looking at.
+    Made(TargetDir),
+    /// It is not there and this is a dry run.
+    Absent,
+}
+
+/// Opens the target, creating it unless this is a dry run; refuses a target that holds
+/// anything when `options.require_empty`.
+fn open_target(target: &Path, options: &SyncOptions) -> Result<Opened> {
+    let context = || format!("opening target {}", target.display());
     match fs::symlink_metadata(target) {
-        Ok(m) if m.is_dir() => TargetDir::open(target, false).map(Some).context_io(context),
+        Ok(m) if m.is_dir() => {
+            let dir = TargetDir::open(target, false).context_io(context)?;
+            if options.require_empty && !dir.names().context_io(context)?.is_empty() {
+                return Err(Error::InvalidInput(format!(
+                    "target {} is not empty: choose an empty or new directory, or pass --overwrite",
+                    target.display()
+                )));
+            }
+            Ok(Opened::Existing(dir))
+        }
         Ok(_) => Err(Error::InvalidInput(format!(
-            "sync target {} exists and is not a directory",
+            "target {} exists and is not a directory",
             target.display()
         ))),
-        Err(_) if dry_run => Ok(None),
-        Err(_) => TargetDir::open(target, true).map(Some).context_io(context),
+        Err(_) if options.dry_run => Ok(Opened::Absent),
+        Err(_) => Ok(Opened::Made(
+            TargetDir::open(target, true).context_io(context)?,
+        )),
     }
 }
 
@@ -1676,16 +1878,24 @@ pub fn run<S: TreeSource>(
     progress: &Progress,
     changes: &mut dyn FnMut(&Change),
 ) -> Result<SyncReport> {
-    let existed = fs::symlink_metadata(target).is_ok();
-    let target_dir = open_target(target, options.dry_run)?.map(Arc::new);
+    // Chunks read from a repository stay there while they are read.
+    let _lock = match source.repository() {
+        Some(repo) => crate::repo::lock::acquire_for_reading(repo, "restore")?,
+        None => None,
+    };
+    let (target_dir, fresh) = match open_target(target, options)? {
+        Opened::Existing(dir) => (Some(Arc::new(dir)), false),
+        Opened::Made(dir) => (Some(Arc::new(dir)), true),
+        Opened::Absent => (None, true),
+    };
     if let Some(entry) = root_entry {
-        let root_change = match target_dir.as_deref().filter(|_| existed) {
+        let root_change = match target_dir.as_deref().filter(|_| !fresh) {
             None => Some(Change::of(Update::Created, entry, Path::new(""), None)),
             Some(dir) => {
-                let reading = || format!("reading sync target {}", target.display());
+                let reading = || format!("reading target {}", target.display());
                 let metadata = dir.metadata(b".").context_io(reading)?;
                 let metadata = metadata.ok_or_else(|| {
-                    Error::InvalidInput(format!("sync target {} is gone", target.display()))
+                    Error::InvalidInput(format!("target {} is gone", target.display()))
                 })?;
                 let d = compare(dir, b".", &metadata, entry)?;
                 d.metadata()
@@ -1748,7 +1958,7 @@ pub fn run<S: TreeSource>(
             },
             changes,
         };
-        let planned = planner.sync_tree(root.clone(), target_dir.clone());
+        let planned = planner.sync_tree(root.clone(), target_dir.clone(), fresh);
         planner.send_batch();
         planner.send_round();
         let Planner {

@@ -36,6 +36,13 @@ pub struct SyncOptions {
     /// Into a directory: leave runs of zeros in written files as holes (`--sparse`, like
     /// rsync's `-S`); otherwise written files are dense.
     pub sparse: bool,
+    /// Into a directory: rebuild every file, even one whose size and mtime match (rsync's
+    /// `--ignore-times`, what `restore --overwrite` does); chunks the old file holds are
+    /// still taken from it, so only what differs is read from the source.
+    pub ignore_times: bool,
+    /// Into a directory: refuse a target that exists and holds anything (a restore without
+    /// `--overwrite`).
+    pub require_empty: bool,
 }
 
 impl Default for SyncOptions {
@@ -48,6 +55,8 @@ impl Default for SyncOptions {
             concurrency: std::thread::available_parallelism().map_or(4, |n| 2 * n.get()),
             rate_limit: None,
             sparse: false,
+            ignore_times: false,
+            require_empty: false,
         }
     }
 }
@@ -115,6 +124,11 @@ pub struct SyncReport {
     pub entries_deleted: u64,
     /// Entries the source lacks that `max_delete` left in place (a directory counts once).
     pub deletions_skipped: u64,
+    /// Into a directory: the source's directories walked (created, updated or found right).
+    pub dirs: u64,
+    /// Into a directory: entries not written for a reason that is not an error (a device
+    /// node, which only root can make).
+    pub skipped: Vec<SyncError>,
     pub errors: Vec<SyncError>,
     /// Into a directory: set when the target's filesystem filled up and the sync stopped.
     pub out_of_space: Option<crate::space::OutOfSpace>,

@@ -78,6 +78,33 @@ impl Sandbox {
 }
 
 impl Sandbox {
+    /// `cairn` run as the unprivileged user 65534, for what only root may do (tests run as
+    /// root): a copy of the binary in the sandbox, opened to everyone, with its own cache, and
+    /// everything under `owned` given to that user.
+    pub fn cairn_as_nobody(&self, owned: &[&Path]) -> Command {
+        const NOBODY: u32 = 65534;
+        fs::set_permissions(self.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let binary = self.path("cairn");
+        fs::copy(env!("CARGO_BIN_EXE_cairn"), &binary).unwrap();
+        fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
+        let cache = self.path("cache-nobody");
+        fs::create_dir_all(&cache).unwrap();
+        let mut pending: Vec<PathBuf> = owned.iter().map(|p| p.to_path_buf()).collect();
+        pending.push(cache.clone());
+        while let Some(path) = pending.pop() {
+            std::os::unix::fs::lchown(&path, Some(NOBODY), Some(NOBODY)).unwrap();
+            if is_real_dir(&path) {
+                pending.extend(fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            }
+        }
+        let mut command = Command::new("setpriv");
+        command
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&binary)
+            .env("CAIRN_CACHE_DIR", cache);
+        command
+    }
+
     /// Initialises an unencrypted repository at `<sandbox>/repo` and backs `source` up into it.
     pub fn plain_repo_with_backup_of(&self, source: &Path) -> PathBuf {
         let repo = self.path("repo");
