@@ -286,16 +286,40 @@ pub fn plan(
         .collect()
 }
 
-/// Removes the checkpoint records `plans` keep no reason for; returns how many.
-pub fn forget(repo: &Repository, plans: &[SeriesPlan]) -> Result<u64> {
+/// What `forget` decided for each series and how many records it removed (would remove, in a
+/// dry run).
+#[derive(Debug, Serialize)]
+pub struct Forgotten {
+    pub series: Vec<SeriesPlan>,
+    pub removed: u64,
+}
+
+/// Applies `policy` to the checkpoints `filter` selects and removes the records it keeps no
+/// reason for; a dry run only counts them. The repository's exclusive lock is held from the
+/// listing to the last removal, as for any deletion, so no backup adds to a series while its
+/// plan is made (a dry run takes none).
+pub fn forget(
+    repo: &Repository,
+    policy: &Policy,
+    filter: &checkpoint::CheckpointFilter,
+    dry_run: bool,
+) -> Result<Forgotten> {
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(crate::repo::lock::acquire(repo, true, "forget")?)
+    };
+    let series = plan(policy, checkpoint::list_matching(repo, filter)?)?;
     let mut removed = 0;
-    for decision in plans.iter().flat_map(|p| &p.checkpoints) {
+    for decision in series.iter().flat_map(|p| &p.checkpoints) {
         if decision.reasons.is_empty() {
-            checkpoint::remove(repo, &decision.id)?;
+            if !dry_run {
+                checkpoint::remove(repo, &decision.id)?;
+            }
             removed += 1;
         }
     }
-    Ok(removed)
+    Ok(Forgotten { series, removed })
 }
 
 #[cfg(test)]

@@ -1234,3 +1234,52 @@ fn restoring_or_syncing_thousands_of_files_over_several_packs_reads_each_pack_in
         );
     }
 }
+
+#[test]
+fn a_view_of_the_checkpoints_holds_the_shared_lock_so_a_prune_waits_for_it() {
+    let sandbox = Sandbox::new();
+    init_repo(&sandbox, ChunkerParams::default());
+    let source = sandbox.path("source");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("file"), b"shown").unwrap();
+    let repo = Arc::new(open(
+        Arc::new(LocalBackend::new(sandbox.path("repo"))),
+        &sandbox.path("cache"),
+    ));
+    back_up(&repo, &source).unwrap();
+    let vfs = cairn::vfs::Vfs::new(repo.clone(), Default::default()).unwrap();
+    let prune = cairn::prune::run(&repo, &Default::default());
+    assert!(matches!(prune, Err(Error::Locked(_))), "{prune:?}");
+    drop(vfs);
+    cairn::prune::run(&repo, &Default::default()).unwrap();
+}
+
+#[test]
+fn forget_takes_the_exclusive_lock_and_a_dry_run_none() {
+    let sandbox = Sandbox::new();
+    init_repo(&sandbox, ChunkerParams::default());
+    let source = sandbox.path("source");
+    std::fs::create_dir_all(&source).unwrap();
+    let repo = open(
+        Arc::new(LocalBackend::new(sandbox.path("repo"))),
+        &sandbox.path("cache"),
+    );
+    for round in 0..3 {
+        std::fs::write(source.join("counter"), round.to_string()).unwrap();
+        back_up(&repo, &source).unwrap();
+    }
+    let policy = cairn::retention::Policy {
+        last: 1,
+        ..Default::default()
+    };
+    let filter = Default::default();
+    let reading = cairn::repo::lock::acquire(&repo, false, "a reader").unwrap();
+    let planned = cairn::retention::forget(&repo, &policy, &filter, true).unwrap();
+    assert_eq!(planned.removed, 2);
+    let refused = cairn::retention::forget(&repo, &policy, &filter, false);
+    assert!(matches!(refused, Err(Error::Locked(_))), "{refused:?}");
+    drop(reading);
+    let done = cairn::retention::forget(&repo, &policy, &filter, false).unwrap();
+    assert_eq!(done.removed, 2);
+    assert_eq!(cairn::checkpoint::list(&repo).unwrap().len(), 1);
+}

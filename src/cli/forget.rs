@@ -4,7 +4,6 @@
 
 use super::{GlobalArgs, print_json};
 use anyhow::{Result, bail};
-use cairn::checkpoint;
 use cairn::retention::{self, Policy, SeriesPlan};
 use clap::Args;
 use serde_json::json;
@@ -64,26 +63,8 @@ pub fn run(global: &GlobalArgs, args: ForgetArgs) -> Result<ExitCode> {
         );
     }
     let repo = global.open()?;
-    // Removing records takes the repository for itself, like any deletion.
-    let lock = if args.dry_run {
-        None
-    } else {
-        Some(cairn::repo::lock::acquire(&repo, true, "forget")?)
-    };
-    let plans = retention::plan(
-        &policy,
-        checkpoint::list_matching(&repo, &args.filters.filter()?)?,
-    )?;
-    let removed = if args.dry_run {
-        plans
-            .iter()
-            .flat_map(|p| &p.checkpoints)
-            .filter(|d| d.reasons.is_empty())
-            .count() as u64
-    } else {
-        retention::forget(&repo, &plans)?
-    };
-    drop(lock);
+    let forgotten = retention::forget(&repo, &policy, &args.filters.filter()?, args.dry_run)?;
+    let (plans, removed) = (&forgotten.series, forgotten.removed);
     let pruned = if args.prune {
         let options = cairn::prune::PruneOptions {
             dry_run: args.dry_run,
@@ -101,7 +82,7 @@ pub fn run(global: &GlobalArgs, args: ForgetArgs) -> Result<ExitCode> {
             "prune": pruned,
         }))?;
     } else {
-        print_plans(&plans)?;
+        print_plans(plans)?;
         let would = if args.dry_run { "would be " } else { "" };
         outln!("{removed} checkpoints {would}removed");
         if let Some(report) = &pruned {

@@ -39,8 +39,6 @@ pub fn run(global: &GlobalArgs, args: MountArgs) -> Result<ExitCode> {
     // SAFETY: as above.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let repo = Arc::new(global.open()?);
-    // Held while mounted: a prune waits until the checkpoints are unmounted.
-    let _lock = cairn::repo::lock::acquire_for_reading(&repo, "mount")?;
     let vfs = Vfs::new(repo.clone(), args.filters.filter()?)?;
     let options = MountOptions {
         allow_other: args.allow_other,

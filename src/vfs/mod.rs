@@ -274,6 +274,9 @@ fn entry_heap_bytes(entry: &Entry) -> usize {
 /// The virtual filesystem over one repository.
 pub struct Vfs {
     repo: Arc<Repository>,
+    /// The repository's shared lock, held as long as the view lives: a prune waits until the
+    /// checkpoints are no longer shown (none where the repository cannot be written).
+    _read_lock: Option<crate::repo::lock::LockGuard>,
     /// Which checkpoints the view shows (and so which one `latest` is).
     filter: CheckpointFilter,
     /// Every inode the kernel may know. Lock order: `children`, `hardlinks`, `nodes`.
@@ -457,9 +460,10 @@ fn synthetic_dir(ino: Ino, mtime_ns: i128) -> Attr {
 }
 
 impl Vfs {
-    /// A view of the checkpoints of `repo` that `filter` lets through; starts the prefetch
-    /// threads.
+    /// A view of the checkpoints of `repo` that `filter` lets through, under the repository's
+    /// shared lock; starts the prefetch threads.
     pub fn new(repo: Arc<Repository>, filter: CheckpointFilter) -> VfsResult<Self> {
+        let read_lock = crate::repo::lock::acquire_for_reading(&repo, "mount")?;
         let chunks = Arc::new(Cache::with_weighter(4096, CHUNK_CACHE_BYTES, ChunkWeight));
         let trees = Arc::new(Cache::new(TREE_CACHE_ITEMS));
         let page_pusher = Arc::new(OnceLock::<PagePusher>::new());
@@ -485,6 +489,7 @@ impl Vfs {
             });
         }
         let vfs = Vfs {
+            _read_lock: read_lock,
             zero_chunks: ZeroChunks::new(&repo),
             repo,
             filter,
