@@ -117,6 +117,14 @@ fn back_up(repo: &Repository, source: &std::path::Path) -> Result<backup::Backup
     )
 }
 
+/// Backs `source` up `rounds` times, its file `counter` holding the round's number each time.
+fn back_up_rounds(repo: &Repository, source: &std::path::Path, rounds: u32) {
+    for round in 0..rounds {
+        std::fs::write(source.join("counter"), round.to_string()).unwrap();
+        back_up(repo, source).unwrap();
+    }
+}
+
 /// A backend whose puts (and, when limited, deletes) start failing after a set number, like
 /// a full disk or a killed process: what was done before stays, nothing after it is.
 struct FailingBackend {
@@ -715,10 +723,7 @@ fn a_new_checkpoint_is_appended_to_the_catalogue_and_a_torn_tail_is_read_again()
     let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
     let cache = sandbox.path("cache");
     let repo = open(counting.clone(), &cache);
-    for round in 0..3 {
-        std::fs::write(source.join("counter"), round.to_string()).unwrap();
-        back_up(&repo, &source).unwrap();
-    }
+    back_up_rounds(&repo, &source, 3);
     let file = catalogue_file(&cache);
     let inode = |path: &std::path::Path| {
         std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
@@ -783,10 +788,7 @@ fn the_local_catalogue_reads_each_checkpoint_record_once_and_follows_the_listing
         Arc::new(LocalBackend::new(sandbox.path("repo"))),
         &sandbox.path("other-cache"),
     );
-    for round in 0..3 {
-        std::fs::write(source.join("counter"), round.to_string()).unwrap();
-        back_up(&elsewhere, &source).unwrap();
-    }
+    back_up_rounds(&elsewhere, &source, 3);
     let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
     let cache = sandbox.path("cache");
     let ids = |repo: &Repository| -> Vec<cairn::id::CheckpointId> {
@@ -866,10 +868,7 @@ fn a_catalogue_another_process_wrote_anew_is_followed_without_asking_the_reposit
         Arc::new(LocalBackend::new(sandbox.path("repo"))),
         &sandbox.path("other-cache"),
     );
-    for round in 0..40 {
-        std::fs::write(source.join("counter"), round.to_string()).unwrap();
-        back_up(&writer, &source).unwrap();
-    }
+    back_up_rounds(&writer, &source, 40);
     let cache = sandbox.path("cache");
     let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
     let long_running = open(counting.clone(), &cache);
@@ -957,10 +956,7 @@ fn listing_the_mounts_checkpoints_reads_no_record_until_one_is_looked_into() {
     std::fs::create_dir_all(&source).unwrap();
     let cache = sandbox.path("cache");
     let repo = open(Arc::new(LocalBackend::new(sandbox.path("repo"))), &cache);
-    for round in 0..12 {
-        std::fs::write(source.join("counter"), round.to_string()).unwrap();
-        back_up(&repo, &source).unwrap();
-    }
+    back_up_rounds(&repo, &source, 12);
     drop(repo);
     // With the records gone from the local log, any record wanted is a GET.
     std::fs::remove_file(catalogue_file(&cache)).unwrap();
@@ -1264,10 +1260,7 @@ fn forget_takes_the_exclusive_lock_and_a_dry_run_none() {
         Arc::new(LocalBackend::new(sandbox.path("repo"))),
         &sandbox.path("cache"),
     );
-    for round in 0..3 {
-        std::fs::write(source.join("counter"), round.to_string()).unwrap();
-        back_up(&repo, &source).unwrap();
-    }
+    back_up_rounds(&repo, &source, 3);
     let policy = cairn::retention::Policy {
         last: 1,
         ..Default::default()
