@@ -21,7 +21,7 @@
 //! the checkpoint, and the backup goes on.
 
 use crate::checkpoint::{self, Checkpoint, CheckpointStats};
-use crate::error::{Error, Result};
+use crate::error::{Error, PathError, Result};
 use crate::fsmeta::{ctime_ns, entry_from_metadata, mtime_ns, read_xattrs};
 use crate::id::{BlobId, CheckpointId};
 use crate::repo::Repository;
@@ -97,20 +97,13 @@ impl BackupOptions {
 
 pub use crate::progress::Progress;
 
-/// A source path that could not be backed up.
-#[derive(Debug, Clone)]
-pub struct SourceError {
-    pub path: PathBuf,
-    pub message: String,
-}
-
 /// What a backup produced.
 #[derive(Debug)]
 pub struct BackupOutcome {
     /// The new checkpoint's id (`None` after a dry run).
     pub id: Option<CheckpointId>,
     pub checkpoint: Checkpoint,
-    pub errors: Vec<SourceError>,
+    pub errors: Vec<PathError>,
 }
 
 /// Matches paths against the exclude patterns.
@@ -277,7 +270,7 @@ pub(crate) struct PendingDir {
 pub(crate) fn run_tree_builder(
     sink: &BlobSink,
     dirs: Receiver<PendingDir>,
-    errors: &Mutex<Vec<SourceError>>,
+    errors: &Mutex<Vec<PathError>>,
     progress: &Progress,
 ) -> Result<CheckpointStats> {
     let mut stats = CheckpointStats::default();
@@ -298,7 +291,7 @@ pub(crate) fn run_tree_builder(
                             errors
                                 .lock()
                                 .expect("not poisoned")
-                                .push(SourceError { path, message });
+                                .push(PathError { path, message });
                             continue;
                         }
                     }
@@ -338,7 +331,7 @@ struct Walker<'a> {
     /// Files about to be read, for the read-ahead threads.
     read_ahead: Sender<PathBuf>,
     dirs: Sender<PendingDir>,
-    errors: &'a Mutex<Vec<SourceError>>,
+    errors: &'a Mutex<Vec<PathError>>,
     parent_trees: &'a ParentTrees,
     /// Whether a parent's chunk list must be found in the index before it is reused: unless
     /// the cache trusts the parent (`BlobIndex::trusts_parent`).
@@ -351,7 +344,7 @@ pub(crate) fn abandoned() -> Error {
 
 impl Walker<'_> {
     fn soft_error(&self, path: &Path, message: impl ToString) {
-        self.errors.lock().expect("not poisoned").push(SourceError {
+        self.errors.lock().expect("not poisoned").push(PathError {
             path: path.to_owned(),
             message: message.to_string(),
         });

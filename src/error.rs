@@ -5,6 +5,15 @@
 
 use std::path::PathBuf;
 
+/// A problem with one path that a run went on without: a source file that could not be read,
+/// a target entry that could not be written, or one left out for a reason (a device node when
+/// not root). Backups, pulls, restores and syncs all report these.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PathError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
 /// The classes of failure a caller can act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {

@@ -537,7 +537,7 @@ fn out_of_space_error(
 
 /// Says on stderr which entries a run into a directory left out and why (a device node when
 /// not root); returns the lines, "PATH (why)", for a JSON report.
-fn report_skipped(skipped: &[cairn::sync::SyncError]) -> Vec<String> {
+fn report_skipped(skipped: &[cairn::error::PathError]) -> Vec<String> {
     let lines: Vec<String> = skipped
         .iter()
         .map(|s| format!("{} ({})", s.path.display(), s.message))

@@ -19,7 +19,7 @@ use cairn::sync::into_dir::{CheckpointSource, DirectorySource, OneEntry, local_o
 use cairn::sync::itemize::{Change, Update};
 use cairn::sync::remote::RemoteSource;
 use cairn::sync::wire::ChunkSpec;
-use cairn::sync::{SyncError, SyncOptions, SyncReport, copy, into_dir, pull};
+use cairn::sync::{SyncOptions, SyncReport, copy, into_dir, pull};
 use clap::Args;
 use indicatif::HumanBytes;
 use std::ffi::OsString;
@@ -391,7 +391,7 @@ fn pull_directory(
         checkpoints_copied: u64::from(outcome.id.is_some()),
         blobs_copied: stats.added_blobs,
         bytes_transferred: stats.bytes_read,
-        errors: outcome.errors.into_iter().map(SyncError::from).collect(),
+        errors: outcome.errors,
         ..SyncReport::default()
     })
 }

@@ -28,9 +28,9 @@
 //! report says where it stopped, what is missing and how much more space that needs.
 
 use super::itemize::{Change, Differences, Update, differences};
-use super::{SyncError, SyncOptions, SyncReport};
+use super::{SyncOptions, SyncReport};
 use crate::chunker::Chunker;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, PathError, Result};
 use crate::fsmeta::{entry_from_metadata, read_xattrs, running_as_root};
 use crate::id::BlobId;
 use crate::progress::Progress;
@@ -161,7 +161,7 @@ pub trait TreeSource: Sync {
     fn list(
         &self,
         dir: &Self::Dir,
-        errors: &Mutex<Vec<SyncError>>,
+        errors: &Mutex<Vec<PathError>>,
     ) -> Result<Vec<(Entry, Option<Self::Dir>)>>;
 
     /// Counts the regular files below `root` and their bytes into `progress`: the total
@@ -254,7 +254,7 @@ impl TreeSource for CheckpointSource<'_> {
     fn list(
         &self,
         dir: &BlobId,
-        _: &Mutex<Vec<SyncError>>,
+        _: &Mutex<Vec<PathError>>,
     ) -> Result<Vec<(Entry, Option<BlobId>)>> {
         let tree = load_tree(self.repo, dir)?;
         Ok(tree
@@ -542,10 +542,10 @@ impl TreeSource for DirectorySource {
     fn list(
         &self,
         dir: &PathBuf,
-        errors: &Mutex<Vec<SyncError>>,
+        errors: &Mutex<Vec<PathError>>,
     ) -> Result<Vec<(Entry, Option<PathBuf>)>> {
         let report = |path: &Path, message: String| {
-            errors.lock().expect("not poisoned").push(SyncError {
+            errors.lock().expect("not poisoned").push(PathError {
                 path: path.to_owned(),
                 message,
             })
@@ -653,7 +653,7 @@ impl<S: TreeSource> TreeSource for OneEntry<'_, S> {
         progress.set_totals(u64::from(is_file), self.entry.size);
     }
 
-    fn list(&self, _: &(), _: &Mutex<Vec<SyncError>>) -> Result<Vec<(Entry, Option<()>)>> {
+    fn list(&self, _: &(), _: &Mutex<Vec<PathError>>) -> Result<Vec<(Entry, Option<()>)>> {
         let entry = Entry {
             name: self.name.clone(),
             ..self.entry.clone()
@@ -1189,7 +1189,7 @@ struct Planner<'a, S: TreeSource> {
     /// Files for a round (see `sync_round`) not yet handed over, and their bytes.
     round: Vec<FileJob<S::Dir>>,
     round_bytes: u64,
-    errors: &'a Mutex<Vec<SyncError>>,
+    errors: &'a Mutex<Vec<PathError>>,
     full: &'a SpaceFailure,
     /// Directories (relative to the target) with their metadata, deepest first.
     dirs: Vec<(PathBuf, Entry)>,
@@ -1292,7 +1292,7 @@ impl<S: TreeSource> Planner<'_, S> {
             self.full.record(path, &e);
             return;
         }
-        self.errors.lock().expect("not poisoned").push(SyncError {
+        self.errors.lock().expect("not poisoned").push(PathError {
             path,
             message: e.to_string(),
         });
@@ -1563,7 +1563,7 @@ impl<S: TreeSource> Planner<'_, S> {
                 }
             }
             EntryKind::CharDevice(_) | EntryKind::BlockDevice(_) if !running_as_root() => {
-                self.report.skipped.push(SyncError {
+                self.report.skipped.push(PathError {
                     path: shown,
                     message: "device node; only root can create it".into(),
                 });
@@ -1748,7 +1748,7 @@ type WorkerTotals = Mutex<(u64, u64, u64)>;
 /// Where the workers report each file: totals, progress, errors, a full filesystem.
 struct Outcomes<'a> {
     progress: &'a Progress,
-    errors: &'a Mutex<Vec<SyncError>>,
+    errors: &'a Mutex<Vec<PathError>>,
     full: &'a SpaceFailure,
     totals: &'a WorkerTotals,
 }
@@ -1780,7 +1780,7 @@ impl Outcomes<'_> {
             Err(e) if is_out_of_space(&e) => self.full.record(job.shown(), &e),
             // Once the filesystem is full, files given up on are not errors of their own.
             Err(_) if self.full.is_full() => {}
-            Err(e) => self.errors.lock().expect("not poisoned").push(SyncError {
+            Err(e) => self.errors.lock().expect("not poisoned").push(PathError {
                 path: job.shown(),
                 message: e.to_string(),
             }),
@@ -2003,7 +2003,7 @@ pub fn run<S: TreeSource>(
         };
         match link(root_dir, &later.path, &later.first, &errors) {
             Ok(()) => report.files_written += 1,
-            Err(e) => errors.push(SyncError {
+            Err(e) => errors.push(PathError {
                 path: target.join(&later.path),
                 message: e.to_string(),
             }),
@@ -2014,7 +2014,7 @@ pub fn run<S: TreeSource>(
             dirs.push((PathBuf::new(), entry.clone()));
         }
         for (path, message) in set_directories_metadata(root_dir, &dirs) {
-            errors.push(SyncError { path, message });
+            errors.push(PathError { path, message });
         }
     }
     let (written, fetched, reused) = totals.into_inner().expect("not poisoned");
@@ -2030,7 +2030,7 @@ pub fn run<S: TreeSource>(
 }
 
 /// Makes `path` a hard link of `first` (both relative to `root`).
-fn link(root: &TargetDir, path: &Path, first: &Path, errors: &[SyncError]) -> Result<()> {
+fn link(root: &TargetDir, path: &Path, first: &Path, errors: &[PathError]) -> Result<()> {
     let shown_first = root.path().join(first);
     if errors.iter().any(|e| e.path == shown_first) {
         return Err(Error::InvalidInput(format!(

@@ -13,8 +13,8 @@ pub mod pull;
 pub mod remote;
 pub mod wire;
 
+use crate::error::PathError;
 use serde::Serialize;
-use std::path::PathBuf;
 
 /// Inputs of a sync.
 #[derive(Debug, Clone)]
@@ -85,22 +85,6 @@ pub(crate) fn runs<T>(
     out
 }
 
-/// A path that could not be synced; the sync went on without it.
-#[derive(Debug, Clone, Serialize)]
-pub struct SyncError {
-    pub path: PathBuf,
-    pub message: String,
-}
-
-impl From<crate::backup::SourceError> for SyncError {
-    fn from(e: crate::backup::SourceError) -> Self {
-        SyncError {
-            path: e.path,
-            message: e.message,
-        }
-    }
-}
-
 /// What a sync did (or, in a dry run, would do).
 #[derive(Debug, Default, Serialize)]
 pub struct SyncReport {
@@ -128,8 +112,8 @@ pub struct SyncReport {
     pub dirs: u64,
     /// Into a directory: entries not written for a reason that is not an error (a device
     /// node, which only root can make).
-    pub skipped: Vec<SyncError>,
-    pub errors: Vec<SyncError>,
+    pub skipped: Vec<PathError>,
+    pub errors: Vec<PathError>,
     /// Into a directory: set when the target's filesystem filled up and the sync stopped.
     pub out_of_space: Option<crate::space::OutOfSpace>,
 }

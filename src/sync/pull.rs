@@ -14,12 +14,12 @@
 //! on any port.
 
 use super::remote::{RemotePath, RemoteSource, child_path};
-use super::{SyncError, SyncOptions, SyncReport};
+use super::{SyncOptions, SyncReport};
 use crate::backup::{
-    FileError, PendingDir, PendingEntry, SourceError, abandoned, file_content, run_tree_builder,
+    FileError, PendingDir, PendingEntry, abandoned, file_content, run_tree_builder,
 };
 use crate::checkpoint::{self, Checkpoint, Label};
-use crate::error::{Error, Result};
+use crate::error::{Error, PathError, Result};
 use crate::id::BlobId;
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -309,7 +309,7 @@ struct PullWalker<'a> {
     source: &'a RemoteSource,
     files: Sender<PullJob>,
     dirs: Sender<PendingDir>,
-    errors: &'a Mutex<Vec<SourceError>>,
+    errors: &'a Mutex<Vec<PathError>>,
 }
 
 /// One directory of the walk: its path below the source, its tree in the parent checkpoint,
@@ -429,7 +429,7 @@ impl PullWalker<'_> {
     }
 
     fn soft_error(&self, path: &[u8], message: String) {
-        self.errors.lock().expect("not poisoned").push(SourceError {
+        self.errors.lock().expect("not poisoned").push(PathError {
             path: PathBuf::from(String::from_utf8_lossy(path).into_owned()),
             message,
         });
@@ -597,7 +597,7 @@ pub fn run(
         blobs_copied: added_blobs + context.planned.load(Ordering::Relaxed),
         blobs_skipped: context.skipped.load(Ordering::Relaxed),
         bytes_transferred: record.stats.bytes_read,
-        errors: errors.into_iter().map(SyncError::from).collect(),
+        errors,
         ..SyncReport::default()
     })
 }

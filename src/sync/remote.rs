@@ -8,7 +8,6 @@
 //! sizes, chunks by the bytes asked for; a size the server claims never sizes a buffer
 //! before the bytes arrive.
 
-use super::SyncError;
 use super::into_dir::{
     FileTask, FileWrite, Rebuild, TreeSource, finish_rebuild, rebuild_file, start_rebuild,
     write_at, write_fetched,
@@ -19,7 +18,7 @@ use super::wire::{
     read_blobs,
 };
 use crate::chunker::Chunker;
-use crate::error::{Error, Result};
+use crate::error::{Error, PathError, Result};
 use crate::id::BlobId;
 use crate::progress::Progress;
 use crate::repo::http::{Ask, HttpClient, MAX_SMALL_ANSWER_BYTES, Remote};
@@ -589,7 +588,7 @@ impl TreeSource for RemoteSource {
     fn list(
         &self,
         dir: &RemotePath,
-        _: &Mutex<Vec<SyncError>>,
+        _: &Mutex<Vec<PathError>>,
     ) -> Result<Vec<(Entry, Option<RemotePath>)>> {
         Ok(self
             .list_dir(dir)?
