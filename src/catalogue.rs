@@ -57,6 +57,7 @@ use crate::history::{PathHistory, TreeLoader, path_history};
 use crate::id::{CheckpointId, ID_BYTES};
 use crate::repo::Repository;
 use crate::repo::codec::Codec;
+use crate::repo::objects::ObjectKind;
 use crate::tree::Entry;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -188,7 +189,9 @@ impl Catalogue {
     /// Brings the catalogue up to date with one listing of `checkpoints/` in `repo`, or
     /// with none when the backend's listing token shows nothing changed since the last.
     pub fn sync(&self, repo: &Repository) -> Result<Synced> {
-        let token = repo.backend().listing_token("checkpoints/");
+        let token = repo
+            .backend()
+            .listing_token(ObjectKind::Checkpoint.prefix());
         let mut guard = self.known.lock().expect("not poisoned");
         let known = guard.get_or_insert_with(|| self.read_files(repo.codec()));
         if token.is_some() && token == known.token {

@@ -14,6 +14,7 @@ use crate::error::Result;
 use crate::id::{BlobId, CheckpointId, PackId};
 use crate::repo::Repository;
 use crate::repo::index::{BlobLocation, read_index_file};
+use crate::repo::objects::ObjectKind;
 use crate::repo::pack::{PackEntry, pack_id_of_object, pack_object_name, read_header};
 use crate::tree::{ChunkRef, Content, EntryKind, Tree, check_file_size, decode_chunk_list};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -93,7 +94,7 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn load_index(&mut self) -> Result<()> {
-        for object in self.repo.backend().list("index/")? {
+        for object in self.repo.backend().list(ObjectKind::Index.prefix())? {
             match read_index_file(self.repo.backend(), self.repo.codec(), &object.name) {
                 Ok(packs) => {
                     for (pack, entries) in packs {
@@ -105,7 +106,7 @@ impl Checker<'_> {
                 Err(e) => self.report.problems.push(format!("{e}")),
             }
         }
-        for object in self.repo.backend().list("data/")? {
+        for object in self.repo.backend().list(ObjectKind::Pack.prefix())? {
             match pack_id_of_object(&object.name) {
                 Some(id) => {
                     self.packs.insert(id, object.size);

@@ -9,6 +9,7 @@ use crate::catalogue::Listing;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, CheckpointId};
 use crate::repo::Repository;
+use crate::repo::objects::ObjectKind;
 use crate::tree::{Entry, EntryKind};
 use serde::{Deserialize, Serialize};
 
@@ -153,7 +154,7 @@ impl Label {
 }
 
 fn object_name(id: &CheckpointId) -> String {
-    format!("checkpoints/{id}")
+    ObjectKind::Checkpoint.name(&id.to_string())
 }
 
 /// Stores `checkpoint` and returns its id; the local catalogue learns it too.
@@ -221,9 +222,11 @@ pub fn copy_record(from: &Repository, to: &Repository, id: &CheckpointId) -> Res
 pub fn list_ids(repo: &Repository) -> Result<Vec<CheckpointId>> {
     let mut ids: Vec<CheckpointId> = repo
         .backend()
-        .list_names("checkpoints/")?
+        .list_names(ObjectKind::Checkpoint.prefix())?
         .into_iter()
-        .filter_map(|name| CheckpointId::from_hex(name.strip_prefix("checkpoints/")?))
+        .filter_map(|name| {
+            CheckpointId::from_hex(name.strip_prefix(ObjectKind::Checkpoint.prefix())?)
+        })
         .collect();
     ids.sort();
     Ok(ids)

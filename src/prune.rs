@@ -20,6 +20,7 @@ use crate::id::{BlobId, PackId};
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::repo::index::{IndexedPacks, read_index_file};
+use crate::repo::objects::ObjectKind;
 use crate::repo::pack::{PackEntry, pack_id_of_object, pack_object_name};
 use crate::repo::writer::{commit_pack_rewrite, packs_holding, with_blob_sink};
 use crate::tree::{Content, EntryKind, decode_chunk_list, load_tree};
@@ -109,7 +110,7 @@ fn used_blobs(repo: &Repository) -> Result<HashSet<BlobId>> {
 pub(crate) fn index_files(repo: &Repository) -> Result<Vec<(String, IndexedPacks)>> {
     let mut names: Vec<String> = repo
         .backend()
-        .list("index/")?
+        .list(ObjectKind::Index.prefix())?
         .into_iter()
         .map(|o| o.name)
         .collect();
@@ -162,7 +163,7 @@ pub fn run(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
     let used = used_blobs(repo)?;
     let old_index_files = index_files(repo)?;
     let mut present: HashMap<PackId, u64> = HashMap::new();
-    for object in repo.backend().list("data/")? {
+    for object in repo.backend().list(ObjectKind::Pack.prefix())? {
         let pack = pack_id_of_object(&object.name).ok_or_else(|| {
             Error::corrupt(
                 &object.name,
@@ -291,7 +292,12 @@ pub fn run(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
     let replaced = commit_pack_rewrite(repo, &listed, &old_names, &gone)?;
     report.index_files_written = replaced.written;
     report.index_files_deleted = replaced.deleted;
-    report.bytes_after = repo.backend().list("data/")?.iter().map(|o| o.size).sum();
+    report.bytes_after = repo
+        .backend()
+        .list(ObjectKind::Pack.prefix())?
+        .iter()
+        .map(|o| o.size)
+        .sum();
     Ok(report)
 }
 

@@ -35,6 +35,7 @@ use crate::prune::{index_files, merge_listings};
 use crate::repo::Repository;
 use crate::repo::index::IndexedPacks;
 use crate::repo::lock;
+use crate::repo::objects::ObjectKind;
 use crate::repo::pack::{BlobKind, fetch_header, pack_id_of_object, pack_object_name};
 use crate::repo::writer::{
     BlobSink, commit_pack_rewrite, packs_holding, replace_index_files, with_blob_sink,
@@ -80,7 +81,7 @@ pub fn index(repo: &Repository, options: &RepairOptions) -> Result<IndexRepairRe
         dry_run: options.dry_run,
         ..IndexRepairReport::default()
     };
-    let mut objects = repo.backend().list("data/")?;
+    let mut objects = repo.backend().list(ObjectKind::Pack.prefix())?;
     objects.sort_by(|a, b| a.name.cmp(&b.name));
     let mut readable: IndexedPacks = Vec::new();
     for object in objects {
@@ -110,7 +111,7 @@ pub fn index(repo: &Repository, options: &RepairOptions) -> Result<IndexRepairRe
     report.packs_read = readable.len() as u64;
     let old: Vec<String> = repo
         .backend()
-        .list("index/")?
+        .list(ObjectKind::Index.prefix())?
         .into_iter()
         .map(|o| o.name)
         .collect();
@@ -346,9 +347,10 @@ pub fn checkpoints(repo: &Repository, options: &RepairOptions) -> Result<Checkpo
     for id in checkpoint::list_ids(repo)? {
         match checkpoint::load(repo, &id) {
             Ok(record) => records.push((id, record)),
-            Err(e) => report
-                .unreadable_checkpoints
-                .push(format!("checkpoints/{id}: {e}")),
+            Err(e) => report.unreadable_checkpoints.push(format!(
+                "{}: {e}",
+                ObjectKind::Checkpoint.name(&id.to_string())
+            )),
         }
     }
     records.sort_by(|a, b| checkpoint::catalogue_order((&a.0, &a.1), (&b.0, &b.1)));
@@ -472,7 +474,7 @@ pub fn packs(repo: &Repository, options: &RepairOptions) -> Result<PackRepairRep
     let listings = merge_listings(old_index_files.iter().flat_map(|(_, listed)| listed));
     let present: HashMap<PackId, u64> = repo
         .backend()
-        .list("data/")?
+        .list(ObjectKind::Pack.prefix())?
         .into_iter()
         .filter_map(|object| Some((pack_id_of_object(&object.name)?, object.size)))
         .collect();

@@ -29,6 +29,7 @@
 use crate::error::{Error, ErrorKind};
 use crate::repo::backend::{Backend, PutNew, RangeRequest};
 use crate::repo::http::ListedObject;
+use crate::repo::objects::{self, ObjectKind};
 use crate::sync::wire::{
     BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, MAX_BLOBS_BYTES, SourceAbout,
     TreeRecord, lean_entry,
@@ -120,14 +121,11 @@ type Shared = Arc<ServerState>;
 /// directory followed by plain components (no `.`, `..` or empty parts, hex and a few safe
 /// characters only).
 pub(crate) fn valid_object_name(name: &str) -> bool {
-    if name == "config" {
+    if name == objects::CONFIG {
         return true;
     }
     let mut parts = name.split('/');
-    let top_ok = matches!(
-        parts.next(),
-        Some("keys" | "data" | "index" | "checkpoints" | "locks")
-    );
+    let top_ok = parts.next().and_then(ObjectKind::from_dir).is_some();
     let rest: Vec<&str> = parts.collect();
     top_ok
         && !rest.is_empty()
@@ -145,10 +143,7 @@ fn valid_prefix(prefix: &str) -> bool {
     prefix.is_empty()
         || valid_object_name(prefix)
         || valid_object_name(&format!("{prefix}x"))
-        || matches!(
-            prefix,
-            "keys/" | "data/" | "index/" | "checkpoints/" | "locks/"
-        )
+        || ObjectKind::ALL.iter().any(|kind| kind.prefix() == prefix)
 }
 
 fn error_response(e: &Error) -> Response {
@@ -295,7 +290,7 @@ async fn put_object(
     }
     let result = blocking(move || {
         let backend = state.backend()?;
-        if state.access == Access::AppendOnly && !name.starts_with("locks/") {
+        if state.access == Access::AppendOnly && ObjectKind::of(&name) != Some(ObjectKind::Lock) {
             // An identical object is a retried upload (a run killed before its index file,
             // say): accepted, since nothing changes.
             return Ok(backend.put_new(&name, &body)? != PutNew::Different);
@@ -321,7 +316,7 @@ async fn delete_object(State(state): State<Shared>, Path(name): Path<String>) ->
     }
     let allowed = match state.access {
         Access::ReadWrite => true,
-        Access::AppendOnly => name.starts_with("locks/"),
+        Access::AppendOnly => ObjectKind::of(&name) == Some(ObjectKind::Lock),
         Access::ReadOnly => false,
     };
     if !allowed {

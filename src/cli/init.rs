@@ -39,7 +39,7 @@ pub fn run(global: &GlobalArgs, args: InitArgs) -> Result<ExitCode> {
     let path = global.repo_path()?;
     if let Ok(mut entries) = std::fs::read_dir(path)
         && entries.next().is_some()
-        && !path.join("config").exists()
+        && !path.join(cairn::repo::objects::CONFIG).exists()
     {
         bail!(
             "{} is not empty: create the repository in a new or empty directory",

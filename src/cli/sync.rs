@@ -122,7 +122,7 @@ impl Endpoint {
 
 /// Whether `path` holds a cairn repository: a `config` naming the format.
 fn is_repository(path: &Path) -> bool {
-    std::fs::read(path.join("config"))
+    std::fs::read(path.join(cairn::repo::objects::CONFIG))
         .ok()
         .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
         .is_some_and(|config| config.get("cairn_repository").is_some())

@@ -35,7 +35,11 @@ pub struct RangeRequest {
 /// object (`config`, `keys/…`, `checkpoints/…`, `locks/…`) 16 MiB. A larger one is no object
 /// cairn wrote, and is refused before it is read (invariant 7).
 pub fn max_whole_object_bytes(name: &str) -> u64 {
-    if name.starts_with("data/") || name.starts_with("index/") {
+    use crate::repo::objects::ObjectKind;
+    if matches!(
+        ObjectKind::of(name),
+        Some(ObjectKind::Pack | ObjectKind::Index)
+    ) {
         (1 << 30) + (16 << 20)
     } else {
         16 << 20

@@ -14,6 +14,7 @@
 
 use super::backend::{Backend, ObjectInfo, RangeRequest};
 use crate::error::{Error, ErrorKind, Result};
+use crate::repo::objects::ObjectKind;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Read;
@@ -528,7 +529,10 @@ impl Backend for HttpBackend {
                         .map_err(|e| Error::Network(format!("{url}: unreadable listing: {e}")))
                 })?;
         let mut sizes = self.listed_sizes.lock().expect("not poisoned");
-        for object in listed.iter().filter(|o| !o.name.starts_with("data/")) {
+        for object in listed
+            .iter()
+            .filter(|o| ObjectKind::of(&o.name) != Some(ObjectKind::Pack))
+        {
             sizes.insert(object.name.clone(), object.size);
         }
         Ok(listed

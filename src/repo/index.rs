@@ -14,6 +14,7 @@ use super::codec::Codec;
 use super::pack::{ENTRY_BYTES, PackEntry, parse_entries};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{BlobId, CheckpointId, ID_BYTES, PackId};
+use crate::repo::objects::ObjectKind;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -237,7 +238,7 @@ impl BlobIndex {
     /// them when the backend's listing token says none was added or removed since the
     /// last sync.
     pub fn sync(&self, backend: &dyn Backend, codec: &Codec) -> Result<()> {
-        let token = backend.listing_token("index/");
+        let token = backend.listing_token(ObjectKind::Index.prefix());
         if let Some(token) = &token {
             let synced_at = self
                 .meta
@@ -258,7 +259,10 @@ impl BlobIndex {
 
     /// Brings the cache up to date with a listing of the repository's `index/` files.
     pub fn sync_listed(&self, backend: &dyn Backend, codec: &Codec) -> Result<()> {
-        let listed: HashSet<String> = backend.list_names("index/")?.into_iter().collect();
+        let listed: HashSet<String> = backend
+            .list_names(ObjectKind::Index.prefix())?
+            .into_iter()
+            .collect();
         let mut known = HashSet::new();
         for key in self.files.iter().keys() {
             let key = key.map_err(|e| cache_error(&self.path, e))?;

@@ -10,9 +10,9 @@ use super::backend::Backend;
 use super::config::{Config, EncryptionMode};
 use crate::crypto::{MasterKey, PasswordKey};
 use crate::error::{Error, Result};
+use crate::repo::objects::ObjectKind;
 
 /// The prefix of every key object's name.
-pub(super) const KEYS_PREFIX: &str = "keys/";
 /// The fewest hex digits of a key id that name a key.
 const KEY_ID_PREFIX_DIGITS_MIN: usize = 4;
 /// Hex digits of a key id shown in messages.
@@ -20,7 +20,7 @@ const SHORT_KEY_ID_DIGITS: usize = 8;
 
 /// The id of key object `name`: its name without `keys/`.
 pub(super) fn key_id(name: &str) -> &str {
-    name.strip_prefix(KEYS_PREFIX).unwrap_or(name)
+    name.strip_prefix(ObjectKind::Key.prefix()).unwrap_or(name)
 }
 
 /// Whether `id` could name a key: the hex digits of a BLAKE3 hash.
@@ -29,7 +29,7 @@ pub(super) fn is_key_id(id: &str) -> bool {
 }
 
 pub(super) fn key_object_name(id: &str) -> String {
-    format!("{KEYS_PREFIX}{id}")
+    ObjectKind::Key.name(id)
 }
 
 /// The first digits of a key id, as shown to people.
@@ -127,7 +127,7 @@ impl Repository {
     pub fn keys(&self) -> Result<Vec<KeyInfo>> {
         let opened = self.opened_password_key()?;
         let mut keys = Vec::new();
-        for object in self.backend.list(KEYS_PREFIX)? {
+        for object in self.backend.list(ObjectKind::Key.prefix())? {
             let id = key_id(&object.name).to_owned();
             let parsed = self.backend.get(&object.name).and_then(|bytes| {
                 serde_json::from_slice::<PasswordKey>(&bytes)

@@ -13,6 +13,7 @@ use super::Repository;
 use super::backend::Backend;
 use super::codec::Codec;
 use crate::error::{Error, ErrorKind, Result};
+use crate::repo::objects::ObjectKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -83,7 +84,7 @@ fn put_record(backend: &dyn Backend, codec: &Codec, name: &str, record: &LockRec
 }
 
 fn new_lock_name() -> String {
-    format!("locks/{}", hex::encode(crate::crypto::random_bytes::<16>()))
+    ObjectKind::Lock.name(&hex::encode(crate::crypto::random_bytes::<16>()))
 }
 
 /// A held lock, refreshed in the background; dropping it removes the lock object.
@@ -160,7 +161,7 @@ type Locks = Vec<(String, Option<LockRecord>)>;
 fn read_locks(repo: &Repository, own: &str) -> Result<(Locks, BTreeSet<String>)> {
     let mut locks = Vec::new();
     let mut vanished = BTreeSet::new();
-    for name in repo.backend().list_names("locks/")? {
+    for name in repo.backend().list_names(ObjectKind::Lock.prefix())? {
         if name == own {
             continue;
         }

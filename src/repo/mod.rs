@@ -10,6 +10,7 @@ pub mod index;
 pub mod keys;
 pub mod layers;
 pub mod lock;
+pub mod objects;
 pub mod pack;
 pub mod remembered;
 pub mod s3;
@@ -27,6 +28,7 @@ use config::{
     FORMAT_VERSION_OLDEST, Settings,
 };
 use index::{BlobIndex, BlobLocation};
+use objects::ObjectKind;
 use pack::pack_object_name;
 use remembered::RememberedSettings;
 use serde::Serialize;
@@ -199,11 +201,11 @@ fn refuse_downgrade_to_none(backend: &dyn Backend, config: &Config, given: Secre
     if config.carries_a_seal() {
         evidence.push("the config carries a seal only an encryption key makes".to_owned());
     }
-    let keys = backend.list_names(keys::KEYS_PREFIX)?.len();
+    let keys = backend.list_names(ObjectKind::Key.prefix())?.len();
     if keys > 0 {
         evidence.push(format!(
             "{} holds {keys} password key(s)",
-            keys::KEYS_PREFIX
+            ObjectKind::Key.prefix()
         ));
     }
     if evidence.is_empty() {
@@ -229,7 +231,7 @@ impl Repository {
     /// Creates a new repository. Writes the key (file or `keys/`) first and `config` last, so
     /// a repository with a config is always complete.
     pub fn init(backend: &dyn Backend, options: InitOptions) -> Result<Config> {
-        if backend.exists("config")? {
+        if backend.exists(objects::CONFIG)? {
             return Err(Error::InvalidInput(format!(
                 "{} already holds a cairn repository",
                 backend.location()
@@ -294,11 +296,11 @@ impl Repository {
             sealed_settings,
         };
         let config_bytes = serde_json::to_vec_pretty(&config).expect("config serializes");
-        backend.put("config", &config_bytes)?;
+        backend.put(objects::CONFIG, &config_bytes)?;
         // An object store cannot create exclusively, so two racing inits may both have
         // written: the config read back tells which one won, and the loser takes its key
         // back out and says so.
-        if backend.get("config")? != config_bytes {
+        if backend.get(objects::CONFIG)? != config_bytes {
             if let Some(key) = written_key {
                 backend.delete(&keys::key_object_name(&key))?;
             }
@@ -312,7 +314,7 @@ impl Repository {
 
     /// Reads the plaintext `config`, with a clear error when there is no repository.
     pub fn read_config(backend: &dyn Backend) -> Result<Config> {
-        let bytes = backend.get("config").map_err(|e| {
+        let bytes = backend.get(objects::CONFIG).map_err(|e| {
             if e.kind() == ErrorKind::NotFound {
                 Error::NotFound(format!(
                     "no cairn repository at {} (no config file): create one with `cairn init --repo {}`",
@@ -415,7 +417,7 @@ impl Repository {
                 }
                 // A key the password opens whose master key the config does not accept.
                 let mut unaccepted_key = None;
-                for object in backend.list(keys::KEYS_PREFIX)? {
+                for object in backend.list(ObjectKind::Key.prefix())? {
                     let bytes = backend.get(&object.name)?;
                     let unwrapped = serde_json::from_slice::<PasswordKey>(&bytes)
                         .map_err(|e| Error::corrupt(&object.name, e.to_string()))

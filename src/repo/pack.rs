@@ -7,6 +7,7 @@ use super::backend::Backend;
 use super::codec::Codec;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, ID_BYTES, PackId};
+use crate::repo::objects::ObjectKind;
 use serde::{Deserialize, Serialize};
 
 /// A pack is closed once it holds this many bytes.
@@ -109,7 +110,7 @@ impl PackEntry {
 /// The storage name of a pack: `data/<first two hex digits>/<hex id>`.
 pub fn pack_object_name(id: &PackId) -> String {
     let hex = id.to_hex();
-    format!("data/{}/{}", &hex[..2], hex)
+    format!("{}{}/{hex}", ObjectKind::Pack.prefix(), &hex[..2])
 }
 
 /// The pack a `data/` object name stands for; `None` when the name is not a pack's.

@@ -10,6 +10,7 @@ use super::pack::{BlobKind, PackBuilder, fetch_header, pack_id_of_object, pack_o
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::BlobId;
 use crate::progress::Progress;
+use crate::repo::objects::ObjectKind;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -276,7 +277,7 @@ fn encode_index_object(
     packs: &[(crate::id::PackId, Vec<super::pack::PackEntry>)],
 ) -> (String, Vec<u8>) {
     let encoded = repo.codec().encode(&encode_index_file(packs), true);
-    let name = format!("index/{}", blake3::hash(&encoded).to_hex());
+    let name = ObjectKind::Index.name(&blake3::hash(&encoded).to_hex());
     (name, encoded)
 }
 
@@ -376,7 +377,7 @@ fn find_orphan_packs(repo: &Repository) -> Result<(RecoveredPacks, IndexedPacks)
     let mut recovered = RecoveredPacks::default();
     let mut packs: IndexedPacks = Vec::new();
     // Names only: the size is asked for of the few packs no index file lists.
-    for name in repo.backend().list_names("data/")? {
+    for name in repo.backend().list_names(ObjectKind::Pack.prefix())? {
         let Some(pack) = pack_id_of_object(&name) else {
             continue;
         };

@@ -1,0 +1,84 @@
+//! The kinds of objects a repository holds and the names they are stored under: the one
+//! place that spells the layout (`config`, `keys/`, `data/`, `index/`, `checkpoints/`,
+//! `locks/`; docs/FORMAT.md describes each).
+
+/// The name of the repository's config object.
+pub const CONFIG: &str = "config";
+
+/// A kind of object in a repository; every object of a kind is named under its prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    /// A key file: the master key sealed with a password.
+    Key,
+    /// A pack of encrypted blobs (named `data/<2 hex>/<hex id>`).
+    Pack,
+    /// An index file: which blobs the packs hold.
+    Index,
+    /// A checkpoint record.
+    Checkpoint,
+    /// A lock object of a run under way.
+    Lock,
+}
+
+impl ObjectKind {
+    /// Every kind.
+    pub const ALL: [ObjectKind; 5] = [
+        ObjectKind::Key,
+        ObjectKind::Pack,
+        ObjectKind::Index,
+        ObjectKind::Checkpoint,
+        ObjectKind::Lock,
+    ];
+
+    /// The directory the kind's objects are named under, without its slash.
+    pub const fn dir(self) -> &'static str {
+        match self {
+            ObjectKind::Key => "keys",
+            ObjectKind::Pack => "data",
+            ObjectKind::Index => "index",
+            ObjectKind::Checkpoint => "checkpoints",
+            ObjectKind::Lock => "locks",
+        }
+    }
+
+    /// The prefix to list the kind's objects by (its directory and a slash).
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            ObjectKind::Key => "keys/",
+            ObjectKind::Pack => "data/",
+            ObjectKind::Index => "index/",
+            ObjectKind::Checkpoint => "checkpoints/",
+            ObjectKind::Lock => "locks/",
+        }
+    }
+
+    /// The kind whose directory is `dir` (a name's first component).
+    pub fn from_dir(dir: &str) -> Option<ObjectKind> {
+        ObjectKind::ALL.into_iter().find(|kind| kind.dir() == dir)
+    }
+
+    /// The kind an object named `name` is of; `None` for the config and unknown names.
+    pub fn of(name: &str) -> Option<ObjectKind> {
+        ObjectKind::from_dir(name.split_once('/')?.0)
+    }
+
+    /// The name of the kind's object `leaf` (for a pack, see `pack::pack_object_name`).
+    pub fn name(self, leaf: &str) -> String {
+        format!("{}{leaf}", self.prefix())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_dirs_with_a_slash_and_names_map_back_to_their_kind() {
+        for kind in ObjectKind::ALL {
+            assert_eq!(kind.prefix(), format!("{}/", kind.dir()));
+            assert_eq!(ObjectKind::of(&kind.name("ab12")), Some(kind));
+        }
+        assert_eq!(ObjectKind::of(CONFIG), None);
+        assert_eq!(ObjectKind::of("other/x"), None);
+    }
+}
