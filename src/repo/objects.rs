@@ -30,18 +30,8 @@ impl ObjectKind {
         ObjectKind::Lock,
     ];
 
-    /// The directory the kind's objects are named under, without its slash.
-    pub const fn dir(self) -> &'static str {
-        match self {
-            ObjectKind::Key => "keys",
-            ObjectKind::Pack => "data",
-            ObjectKind::Index => "index",
-            ObjectKind::Checkpoint => "checkpoints",
-            ObjectKind::Lock => "locks",
-        }
-    }
-
-    /// The prefix to list the kind's objects by (its directory and a slash).
+    /// The directory the kind's objects are named under, with its slash: the prefix to list
+    /// them by.
     pub const fn prefix(self) -> &'static str {
         match self {
             ObjectKind::Key => "keys/",
@@ -52,9 +42,11 @@ impl ObjectKind {
         }
     }
 
-    /// The kind whose directory is `dir` (a name's first component).
+    /// The kind whose directory is `dir` (a name's first component, without its slash).
     pub fn from_dir(dir: &str) -> Option<ObjectKind> {
-        ObjectKind::ALL.into_iter().find(|kind| kind.dir() == dir)
+        ObjectKind::ALL
+            .into_iter()
+            .find(|kind| kind.prefix().strip_suffix('/') == Some(dir))
     }
 
     /// The kind an object named `name` is of; `None` for the config and unknown names.
@@ -75,7 +67,12 @@ mod tests {
     #[test]
     fn prefixes_are_dirs_with_a_slash_and_names_map_back_to_their_kind() {
         for kind in ObjectKind::ALL {
-            assert_eq!(kind.prefix(), format!("{}/", kind.dir()));
+            let dir = kind
+                .prefix()
+                .strip_suffix('/')
+                .expect("a prefix ends in a slash");
+            assert!(!dir.is_empty() && !dir.contains('/'), "{kind:?}");
+            assert_eq!(ObjectKind::from_dir(dir), Some(kind));
             assert_eq!(ObjectKind::of(&kind.name("ab12")), Some(kind));
         }
         assert_eq!(ObjectKind::of(CONFIG), None);
