@@ -1,14 +1,16 @@
 //! File metadata from the filesystem into tree entries: what `lstat`, `readlink` and the
-//! xattr calls report becomes an `Entry`. Nothing here follows symlinks. Writing metadata back
+//! xattr calls report becomes an `Entry`, the one way a backup, a served source and a sync
+//! from a directory list a live file. Nothing here follows symlinks. Writing metadata back
 //! belongs to `target`, which sets it through descriptors.
 
+use crate::id::BlobId;
 use crate::timestamp;
-use crate::tree::{Entry, EntryKind, Xattr};
+use crate::tree::{Content, Entry, EntryKind, Xattr};
 use std::collections::HashMap;
 use std::ffi::CStr;
-use std::fs::Metadata;
+use std::fs::{self, Metadata};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -36,6 +38,54 @@ pub fn entry_from_metadata(
         links: metadata.nlink(),
         xattrs,
     }
+}
+
+/// The entry for one directory entry of a live source; `None` for sockets.
+pub(crate) fn local_entry(child: &fs::DirEntry) -> std::io::Result<Option<Entry>> {
+    let metadata = child.metadata()?;
+    listed_entry(
+        &child.path(),
+        child.file_name().as_bytes().to_vec(),
+        &metadata,
+    )
+}
+
+/// The entry of `path` (not following a symlink), named `name`; `None` for a socket.
+pub(crate) fn path_entry(path: &Path, name: Vec<u8>) -> std::io::Result<Option<Entry>> {
+    listed_entry(path, name, &fs::symlink_metadata(path)?)
+}
+
+/// The entry of a live file, named `name`, from its `lstat` metadata, as a listing gives it:
+/// a symlink's target, a device's number and the xattrs are read; a directory's tree and a
+/// file's chunks are not (they are reached by path). `None` for a socket or an unknown type,
+/// which no tree holds.
+pub(crate) fn listed_entry(
+    path: &Path,
+    name: Vec<u8>,
+    metadata: &Metadata,
+) -> std::io::Result<Option<Entry>> {
+    let file_type = metadata.file_type();
+    let kind = if file_type.is_dir() {
+        // The id is never read: a live directory is reached by its path.
+        EntryKind::Dir(BlobId([0; 32]))
+    } else if file_type.is_file() {
+        EntryKind::File(Content::Chunks(Vec::new()))
+    } else if file_type.is_symlink() {
+        EntryKind::Symlink(fs::read_link(path)?.as_os_str().as_bytes().to_vec())
+    } else if file_type.is_fifo() {
+        EntryKind::Fifo
+    } else if file_type.is_char_device() {
+        EntryKind::CharDevice(metadata.rdev())
+    } else if file_type.is_block_device() {
+        EntryKind::BlockDevice(metadata.rdev())
+    } else {
+        return Ok(None);
+    };
+    let xattrs = read_xattrs(path).unwrap_or_else(|e| {
+        tracing::warn!("{}: cannot read xattrs: {e}", path.display());
+        Vec::new()
+    });
+    Ok(Some(entry_from_metadata(name, metadata, kind, xattrs)))
 }
 
 /// Modification time in nanoseconds since the epoch.

@@ -478,7 +478,7 @@ fn source_entries(root: &std::path::Path, rel: &[u8]) -> crate::error::Result<Ve
     let path = fd_path(&dir);
     let mut entries = Vec::new();
     for child in fs::read_dir(&path).map_err(|e| Error::io(format!("listing {}", shown(rel)), e))? {
-        let entry = child.and_then(|child| crate::sync::into_dir::local_entry(&child));
+        let entry = child.and_then(|child| crate::fsmeta::local_entry(&child));
         match entry {
             Ok(Some(entry)) => entries.push(entry),
             Ok(None) => {}
@@ -561,7 +561,7 @@ impl std::io::Write for StreamWriter {
 /// postcard-encoded.
 fn stat_source_path(root: &std::path::Path, rel: &[u8]) -> crate::error::Result<Vec<u8>> {
     let entry = match rel.iter().rposition(|&b| b == b'/') {
-        _ if rel.is_empty() => crate::sync::into_dir::path_entry(root, Vec::new()),
+        _ if rel.is_empty() => crate::fsmeta::path_entry(root, Vec::new()),
         split => {
             let (parent, name) = match split {
                 Some(at) => (&rel[..at], &rel[at + 1..]),
@@ -575,10 +575,7 @@ fn stat_source_path(root: &std::path::Path, rel: &[u8]) -> crate::error::Result<
                     shown(rel)
                 )));
             }
-            crate::sync::into_dir::path_entry(
-                &fd_path(&dir).join(OsStr::from_bytes(name)),
-                name.to_vec(),
-            )
+            crate::fsmeta::path_entry(&fd_path(&dir).join(OsStr::from_bytes(name)), name.to_vec())
         }
     };
     let entry = entry.map_err(|e| Error::io(format!("reading {}", shown(rel)), e))?;

@@ -31,7 +31,7 @@ use super::itemize::{Change, Differences, Update, differences};
 use super::{SyncOptions, SyncReport};
 use crate::chunker::Chunker;
 use crate::error::{Error, IoContext, PathError, Result};
-use crate::fsmeta::{entry_from_metadata, read_xattrs, running_as_root};
+use crate::fsmeta::{local_entry, path_entry, running_as_root};
 use crate::id::BlobId;
 use crate::progress::Progress;
 use crate::readahead::{self, ChunkStream, ReadChunk};
@@ -42,9 +42,7 @@ use crate::target::{
     set_metadata_of,
 };
 use crate::throttle::RateLimiter;
-use crate::tree::{
-    ChunkRef, Content, Entry, EntryKind, is_valid_name, load_tree, sized_file_chunks,
-};
+use crate::tree::{ChunkRef, Entry, EntryKind, is_valid_name, load_tree, sized_file_chunks};
 use crossbeam_channel::bounded;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -52,7 +50,7 @@ use std::fs::{self, File};
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -725,43 +723,6 @@ fn copy_file(
     }
     out.set_len(offset).map_err(write_error)?;
     Ok(offset)
-}
-
-/// The entry for one directory entry of a live source; `None` for sockets.
-pub(crate) fn local_entry(child: &fs::DirEntry) -> std::io::Result<Option<Entry>> {
-    let metadata = child.metadata()?;
-    entry_of(
-        &child.path(),
-        child.file_name().as_bytes().to_vec(),
-        &metadata,
-    )
-}
-
-/// The entry of `path` (not following a symlink), named `name`; `None` for a socket.
-pub(crate) fn path_entry(path: &Path, name: Vec<u8>) -> std::io::Result<Option<Entry>> {
-    entry_of(path, name, &fs::symlink_metadata(path)?)
-}
-
-fn entry_of(path: &Path, name: Vec<u8>, metadata: &fs::Metadata) -> std::io::Result<Option<Entry>> {
-    let file_type = metadata.file_type();
-    let kind = if file_type.is_dir() {
-        // The id is never read: a live directory is reached by its path.
-        EntryKind::Dir(BlobId([0; 32]))
-    } else if file_type.is_file() {
-        EntryKind::File(Content::Chunks(Vec::new()))
-    } else if file_type.is_symlink() {
-        EntryKind::Symlink(fs::read_link(path)?.as_os_str().as_bytes().to_vec())
-    } else if file_type.is_fifo() {
-        EntryKind::Fifo
-    } else if file_type.is_char_device() {
-        EntryKind::CharDevice(metadata.rdev())
-    } else if file_type.is_block_device() {
-        EntryKind::BlockDevice(metadata.rdev())
-    } else {
-        return Ok(None);
-    };
-    let xattrs = read_xattrs(path).unwrap_or_default();
-    Ok(Some(entry_from_metadata(name, metadata, kind, xattrs)))
 }
 
 /// Whether two open files hold the same bytes.

@@ -1,0 +1,569 @@
+//! Local paths as a backup's source: directories listed in name order with `lstat`,
+//! `readlink` and the xattr calls (`fsmeta`), changed files read, chunked, hashed and stored
+//! by one worker per core with the kernel asked to read ahead of them, and the files and
+//! bytes to come counted by a scan ahead that also warms the kernel's caches for the walk.
+
+use super::trees::file_content;
+use super::{FileError, FileJob, Identity, Root, Settings, Source};
+use crate::checkpoint::{self, Checkpoint};
+use crate::error::{Error, PathError, Result};
+use crate::fsmeta::listed_entry;
+use crate::id::CheckpointId;
+use crate::progress::Progress;
+use crate::repo::Repository;
+use crate::repo::pack::BlobKind;
+use crate::repo::writer::BlobSink;
+use crate::throttle::{RateLimiter, Throttled};
+use crate::tree::{ChunkRef, Content, Entry};
+use crossbeam_channel::Receiver;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use std::collections::HashSet;
+use std::fs::{self, Metadata};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Threads asking the kernel to start reading queued files.
+const READ_AHEAD_THREADS: usize = 4;
+/// Bytes of a queued file the kernel is asked to read ahead; sequential reading takes over
+/// after that.
+const READ_AHEAD_BYTES: i64 = 2 << 20;
+/// Threads of the scan ahead: enough metadata reads in flight to keep a disk busy.
+const SCAN_AHEAD_THREADS: usize = 4;
+
+/// Inputs of a backup.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub paths: Vec<PathBuf>,
+    pub tags: Vec<String>,
+    /// Glob patterns: without `/` they match a name anywhere, with `/` the whole path.
+    pub excludes: Vec<String>,
+    /// Scan, chunk and count, but write nothing to the repository.
+    pub dry_run: bool,
+    pub host: String,
+    /// The checkpoint whose stat cache to use; `None` picks the newest one of this host with
+    /// the same paths.
+    pub parent: Option<CheckpointId>,
+    /// File workers; defaults to the number of cores.
+    pub threads: usize,
+    /// A cap on the bytes read from source files per second, shared by all file workers.
+    pub read_limit: Option<u64>,
+    /// Keep one read in flight at a time (one file worker, no read-ahead or scan-ahead
+    /// threads), so a backup running at low priority leaves the disk to others.
+    pub one_read_at_a_time: bool,
+}
+
+impl BackupOptions {
+    pub fn new(paths: Vec<PathBuf>) -> Self {
+        BackupOptions {
+            paths,
+            tags: Vec::new(),
+            excludes: Vec::new(),
+            dry_run: false,
+            host: crate::host_name(),
+            parent: None,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            read_limit: None,
+            one_read_at_a_time: false,
+        }
+    }
+}
+
+/// Local paths being backed up.
+pub(super) struct LocalSource {
+    /// Absolute and cleaned, as the checkpoint records them.
+    paths: Vec<PathBuf>,
+    identity: Identity,
+    excludes: Excludes,
+    /// The parent asked for, if any.
+    parent: Option<CheckpointId>,
+    read_limiter: Option<RateLimiter>,
+    scan_threads: usize,
+}
+
+impl LocalSource {
+    /// Checks the inputs of a backup: usable tags, source paths that exist, and distinct
+    /// base names when there are several.
+    pub fn check(options: &BackupOptions) -> Result<Self> {
+        if let Some(tag) = options
+            .tags
+            .iter()
+            .find(|t| !crate::tree::is_valid_name(t.as_bytes()))
+        {
+            return Err(Error::InvalidInput(format!(
+                "tag {tag:?} is not usable: a tag must be non-empty and contain no `/` (it names a directory in the mount)"
+            )));
+        }
+        if options.paths.is_empty() {
+            return Err(Error::InvalidInput(
+                "nothing to back up: give at least one path".into(),
+            ));
+        }
+        let mut paths = Vec::new();
+        for path in &options.paths {
+            let absolute = recorded_path(path)?;
+            fs::symlink_metadata(&absolute)
+                .map_err(|e| Error::io(format!("cannot back up {}", path.display()), e))?;
+            paths.push(absolute);
+        }
+        if options.paths.len() > 1 {
+            let mut names = HashSet::new();
+            for source in &paths {
+                let name = base_name(source);
+                if !crate::tree::is_valid_name(&name) || !names.insert(name) {
+                    return Err(Error::InvalidInput(format!(
+                        "{} cannot be one of several backup paths: each needs a distinct base name",
+                        source.display()
+                    )));
+                }
+            }
+        }
+        let identity = Identity {
+            host: options.host.clone(),
+            paths: paths
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect(),
+            pulled_from: None,
+        };
+        Ok(LocalSource {
+            excludes: Excludes::new(&options.excludes)?,
+            paths,
+            identity,
+            parent: options.parent,
+            read_limiter: options.read_limit.map(RateLimiter::new),
+            scan_threads: match options.one_read_at_a_time {
+                true => 1,
+                false => SCAN_AHEAD_THREADS,
+            },
+        })
+    }
+
+    /// How the engine runs for `options`: at low priority, one read in flight at a time
+    /// (one file worker, no read-ahead hints, no parent trees decoded ahead).
+    pub fn settings(&self, options: &BackupOptions) -> Settings {
+        let one_at_a_time = options.one_read_at_a_time;
+        Settings {
+            purpose: "backup",
+            tags: options.tags.clone(),
+            dry_run: options.dry_run,
+            threads: if one_at_a_time {
+                1
+            } else {
+                options.threads.max(1)
+            },
+            read_ahead_threads: if one_at_a_time { 0 } else { READ_AHEAD_THREADS },
+            parent_trees_ahead: !one_at_a_time,
+        }
+    }
+
+    /// The entry of `path`, named `name`, whose metadata (not following symlinks) `stat`
+    /// reads; `None` when it is excluded, unreadable (reported in `errors`) or a socket.
+    fn entry(
+        &self,
+        path: &Path,
+        name: Vec<u8>,
+        stat: impl FnOnce() -> std::io::Result<Metadata>,
+        errors: &Mutex<Vec<PathError>>,
+    ) -> Option<Entry> {
+        if self.excludes.matches(path) {
+            return None;
+        }
+        let soft_error = |message: String| {
+            let path = path.to_owned();
+            errors
+                .lock()
+                .expect("not poisoned")
+                .push(PathError { path, message });
+        };
+        let metadata = stat().map_err(|e| soft_error(e.to_string())).ok()?;
+        match listed_entry(path, name, &metadata) {
+            Ok(Some(entry)) => Some(entry),
+            Ok(None) if metadata.file_type().is_socket() => {
+                let shown = path.display();
+                tracing::warn!("{shown}: skipping socket (sockets cannot be backed up)");
+                None
+            }
+            Ok(None) => {
+                soft_error("unknown file type".into());
+                None
+            }
+            Err(e) => {
+                soft_error(e.to_string());
+                None
+            }
+        }
+    }
+}
+
+impl Source for LocalSource {
+    type Path = PathBuf;
+
+    fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    fn find_parent(&self, repo: &Repository) -> Result<Option<(CheckpointId, Checkpoint)>> {
+        match self.parent {
+            Some(id) => Ok(Some((id, checkpoint::load(repo, &id)?))),
+            None => find_parent(repo, &self.identity.host, &self.identity.paths),
+        }
+    }
+
+    fn root(&self, errors: &Mutex<Vec<PathError>>) -> Result<Root<PathBuf>> {
+        // One directory: the checkpoint's root is its contents, and its own entry is kept.
+        if let [single] = self.paths.as_slice()
+            && fs::symlink_metadata(single).is_ok_and(|m| m.is_dir())
+        {
+            let stat = || fs::symlink_metadata(single);
+            let entry = self.entry(single, base_name(single), stat, errors);
+            let path = single.clone();
+            return Ok(Root::Dir { path, entry });
+        }
+        let mut entries = Vec::with_capacity(self.paths.len());
+        for path in &self.paths {
+            let stat = || fs::symlink_metadata(path);
+            if let Some(entry) = self.entry(path, base_name(path), stat, errors) {
+                entries.push((entry, path.clone()));
+            }
+        }
+        Ok(Root::Paths(entries))
+    }
+
+    fn list(&self, dir: &PathBuf, errors: &Mutex<Vec<PathError>>) -> Result<Vec<Entry>> {
+        let children = sorted_children(dir).unwrap_or_else(|e| {
+            let (path, message) = (dir.clone(), e.to_string());
+            errors
+                .lock()
+                .expect("not poisoned")
+                .push(PathError { path, message });
+            Vec::new()
+        });
+        let mut entries = Vec::with_capacity(children.len());
+        for (name, child) in children {
+            crate::interrupt::check()?;
+            match child {
+                // Stats relative to the open directory: no path walk from the root per entry.
+                Ok(child) => {
+                    let stat = || child.metadata();
+                    entries.extend(self.entry(&child.path(), name, stat, errors));
+                }
+                Err(e) => {
+                    let (path, message) = (dir.clone(), e.to_string());
+                    errors
+                        .lock()
+                        .expect("not poisoned")
+                        .push(PathError { path, message });
+                }
+            }
+        }
+        Ok(entries)
+    }
+
+    fn child(&self, dir: &PathBuf, name: &[u8]) -> PathBuf {
+        dir.join(std::ffi::OsStr::from_bytes(name))
+    }
+
+    fn count_totals(&self, progress: &Progress, stop: &AtomicBool) {
+        scan_ahead(
+            &self.paths,
+            &self.excludes,
+            progress,
+            self.scan_threads,
+            stop,
+        );
+    }
+
+    fn read_ahead(&self, file: &PathBuf) {
+        read_ahead(file);
+    }
+
+    fn store_files(&self, sink: &BlobSink, jobs: Receiver<FileJob<PathBuf>>, progress: &Progress) {
+        let mut buffer = Vec::new();
+        let limiter = self.read_limiter.as_ref();
+        for job in jobs {
+            // Once interrupted, the queued files are answered without being read.
+            let result = match crate::interrupt::check() {
+                Ok(()) => store_file(sink, limiter, &job.path, &mut buffer, progress),
+                Err(e) => Err(StoreError::Repository(e)),
+            };
+            let result = result.map_err(|e| match e {
+                StoreError::Read(e) => FileError::Source(PathError {
+                    path: job.path,
+                    message: e.to_string(),
+                }),
+                StoreError::Repository(e) => FileError::Repository(e),
+            });
+            // The tree builder may have stopped after a fatal error; then nobody waits.
+            let _ = job.result.send(result);
+        }
+    }
+}
+
+/// Why a local file could not be stored.
+enum StoreError {
+    Read(std::io::Error),
+    Repository(Error),
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError::Read(e)
+    }
+}
+
+/// Matches paths against the exclude patterns.
+struct Excludes {
+    by_name: GlobSet,
+    by_path: GlobSet,
+}
+
+impl Excludes {
+    fn new(patterns: &[String]) -> Result<Self> {
+        let mut by_name = GlobSetBuilder::new();
+        let mut by_path = GlobSetBuilder::new();
+        for pattern in patterns {
+            let glob = Glob::new(pattern).map_err(|e| {
+                Error::InvalidInput(format!("bad exclude pattern {pattern:?}: {e}"))
+            })?;
+            if pattern.contains('/') {
+                by_path.add(glob);
+            } else {
+                by_name.add(glob);
+            }
+        }
+        let build = |b: GlobSetBuilder| b.build().map_err(|e| Error::InvalidInput(e.to_string()));
+        Ok(Excludes {
+            by_name: build(by_name)?,
+            by_path: build(by_path)?,
+        })
+    }
+
+    fn matches(&self, path: &Path) -> bool {
+        path.file_name()
+            .is_some_and(|name| self.by_name.is_match(name))
+            || self.by_path.is_match(path)
+    }
+}
+
+fn open_source(path: &Path) -> std::io::Result<fs::File> {
+    // O_NOATIME keeps the backup from touching access times; only the owner (or root) may
+    // ask for it, so fall back without it.
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME | libc::O_NOFOLLOW)
+        .open(path)
+        .or_else(|_| {
+            fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+        })
+}
+
+/// Asks the kernel to start reading the start of a file the workers will read soon, so the
+/// reads of many small files overlap on the disk instead of waiting one by one. Holds no
+/// memory of its own: the bytes land in the page cache.
+fn read_ahead(path: &Path) {
+    if let Ok(file) = open_source(path) {
+        // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open.
+        unsafe {
+            libc::posix_fadvise(
+                file.as_raw_fd(),
+                0,
+                READ_AHEAD_BYTES,
+                libc::POSIX_FADV_WILLNEED,
+            )
+        };
+    }
+}
+
+/// Reads, chunks and stores one file; returns its content and the bytes read.
+fn store_file(
+    sink: &BlobSink,
+    read_limiter: Option<&RateLimiter>,
+    path: &Path,
+    buffer: &mut Vec<u8>,
+    progress: &Progress,
+) -> std::result::Result<(Content, u64), StoreError> {
+    let file = Throttled::new(open_source(path)?, read_limiter);
+    let mut chunks = Vec::new();
+    let read = sink
+        .repo()
+        .chunker()
+        .for_each_chunk(file, buffer, |chunk| {
+            crate::interrupt::check().map_err(StoreError::Repository)?;
+            let id = sink
+                .store(BlobKind::Data, chunk)
+                .map_err(StoreError::Repository)?;
+            chunks.push(ChunkRef {
+                id,
+                length: chunk.len() as u32,
+            });
+            progress
+                .bytes_read
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            Ok::<(), StoreError>(())
+        })?;
+    let content = file_content(sink, chunks).map_err(StoreError::Repository)?;
+    Ok((content, read))
+}
+
+/// The entries of directory `path` with their names, in byte order of the names (the order
+/// of a tree's entries).
+fn sorted_children(path: &Path) -> std::io::Result<Vec<(Vec<u8>, std::io::Result<fs::DirEntry>)>> {
+    let mut children: Vec<_> = fs::read_dir(path)?
+        .map(|child| {
+            let name = child.as_ref().map(|c| c.file_name().into_vec());
+            (name.unwrap_or_default(), child)
+        })
+        .collect();
+    children.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(children)
+}
+
+/// The last component of a source path, as an entry name.
+fn base_name(path: &Path) -> Vec<u8> {
+    path.file_name()
+        .map(|n| n.as_bytes().to_vec())
+        .unwrap_or_default()
+}
+
+/// `path` made absolute against the working directory and cleaned without looking at the
+/// filesystem: `.` and empty components dropped, `..` taking away the component before it
+/// (never above `/`). How a source path is recorded in a checkpoint, and how `--path` filters
+/// name one.
+pub fn clean_path(path: &Path) -> std::io::Result<PathBuf> {
+    let absolute = std::path::absolute(path)?;
+    let components: Vec<_> = absolute.components().collect();
+    Ok(crate::target::apply_lexically(
+        PathBuf::from("/"),
+        &components,
+    ))
+}
+
+/// The absolute, cleaned form of a source path as recorded in the checkpoint, so that
+/// `src/misc/../misc` and `src/misc` are one series. When cleaning would name another file
+/// (`..` after a symlink to a directory leads out of that directory, not back), the path
+/// with its directories' symlinks resolved is recorded instead.
+pub(crate) fn recorded_path(path: &Path) -> Result<PathBuf> {
+    let resolving = |e| Error::io(format!("resolving {}", path.display()), e);
+    let clean = clean_path(path).map_err(resolving)?;
+    let has_parent_step = path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir);
+    if !has_parent_step {
+        return Ok(clean);
+    }
+    let identity = |p: &Path| fs::symlink_metadata(p).map(|m| (m.dev(), m.ino()));
+    let given =
+        identity(path).map_err(|e| Error::io(format!("cannot back up {}", path.display()), e))?;
+    if identity(&clean).ok() == Some(given) {
+        return Ok(clean);
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => Ok(fs::canonicalize(parent).map_err(resolving)?.join(name)),
+        // `a/..`: a directory, whose own symlinks may be resolved too.
+        _ => fs::canonicalize(path).map_err(resolving),
+    }
+}
+
+/// Counts the files and bytes below `paths` into `progress` (the ETA's denominator) on
+/// several threads. Running ahead of the walker, it also brings directories and inodes into
+/// the kernel's caches, so on a cold cache the walker's own calls rarely wait for the disk:
+/// the many small reads of a metadata walk overlap instead of queueing one by one. Stops
+/// early, without a final count, when `stop` is set.
+fn scan_ahead(
+    paths: &[PathBuf],
+    excludes: &Excludes,
+    progress: &Progress,
+    threads: usize,
+    stop: &AtomicBool,
+) {
+    let mut roots = Vec::new();
+    for path in paths {
+        scan_ahead_visit(
+            path.clone(),
+            || fs::symlink_metadata(path),
+            excludes,
+            progress,
+            &mut roots,
+        );
+    }
+    super::walk::parallel_depth_first(roots, threads, stop, |dir: PathBuf| {
+        let mut subdirs = Vec::new();
+        for (_, child) in sorted_children(&dir).unwrap_or_default() {
+            if let Ok(child) = child {
+                let stat = || child.metadata();
+                scan_ahead_visit(child.path(), stat, excludes, progress, &mut subdirs);
+            }
+        }
+        subdirs
+    });
+    if !stop.load(Ordering::Relaxed) {
+        progress.counted.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Counts the files and bytes below directory `root` into `progress`, as a backup's scan
+/// ahead does, and marks the count final unless `stop` was set first.
+pub(crate) fn count_tree(root: &Path, progress: &Progress, threads: usize, stop: &AtomicBool) {
+    let no_excludes = Excludes::new(&[]).expect("no patterns, nothing to reject");
+    scan_ahead(&[root.to_owned()], &no_excludes, progress, threads, stop);
+}
+
+/// Counts `path` when it is a file, or adds it to `subdirs` when it is a directory; `stat`
+/// reads its metadata (not following symlinks).
+fn scan_ahead_visit(
+    path: PathBuf,
+    stat: impl FnOnce() -> std::io::Result<Metadata>,
+    excludes: &Excludes,
+    progress: &Progress,
+    subdirs: &mut Vec<PathBuf>,
+) {
+    if excludes.matches(&path) {
+        return;
+    }
+    let Ok(metadata) = stat() else {
+        return;
+    };
+    if metadata.is_dir() {
+        subdirs.push(path);
+    } else if metadata.is_file() {
+        progress.total_files.fetch_add(1, Ordering::Relaxed);
+        progress
+            .total_bytes
+            .fetch_add(metadata.len(), Ordering::Relaxed);
+    }
+}
+
+/// The checkpoint whose stat cache a backup of `paths` from `host` uses.
+fn find_parent(
+    repo: &Repository,
+    host: &str,
+    paths: &[String],
+) -> Result<Option<(CheckpointId, Checkpoint)>> {
+    let newest_known = |listing: crate::catalogue::Listing| {
+        listing
+            .into_iter()
+            .rev()
+            .find(|s| s.label.series() == (host, paths, None))
+    };
+    // The catalogue as this cache knows it, without a listing; a parent forgotten since
+    // (its trees may be pruned) sends it to the repository.
+    let mut found = newest_known(repo.catalogue().known(repo)?);
+    // A parent saved through this cache with no index file removed since keeps every
+    // blob, even if its record was forgotten meanwhile.
+    if let Some(summary) = &found
+        && !repo.index().trusts_parent(&summary.id)?
+        && !checkpoint::exists(repo, &summary.id)?
+    {
+        found = newest_known(checkpoint::list_shared(repo)?);
+    }
+    found
+        .map(|summary| Ok((summary.id, repo.catalogue().record(repo, &summary)?)))
+        .transpose()
+}

@@ -1,0 +1,331 @@
+//! The walk of a backup: the source's directories in name order, depth first, with an
+//! explicit stack (a source decides the depth, which must cost heap, not the thread's stack).
+//! Each file is compared with the parent checkpoint's entry (the stat cache) and either
+//! taken over or handed to the file workers; each directory goes to the tree builder once
+//! its children are walked. The parent's trees are decoded ahead of the walker.
+
+use super::trees::{PendingDir, PendingEntry};
+use super::{FileJob, Root, Source, abandoned};
+use crate::error::{PathError, Result};
+use crate::id::BlobId;
+use crate::repo::Repository;
+use crate::tree::{Content, Entry, EntryKind, Tree, load_tree};
+use crossbeam_channel::{Receiver, Sender, bounded};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Files the walker may queue ahead of the file workers.
+pub(super) const FILES_QUEUED: usize = 256;
+/// Threads decoding the parent checkpoint's trees ahead of the walker.
+const PARENT_TREE_THREADS: usize = 2;
+/// Parent trees decoded ahead of the walker at most.
+const PARENT_TREES_AHEAD: usize = 256;
+
+/// Parent trees decoded ahead of the walker, taken out as it reaches them.
+pub(super) struct ParentTrees {
+    ahead: quick_cache::sync::Cache<BlobId, Arc<Tree>>,
+}
+
+impl Default for ParentTrees {
+    fn default() -> Self {
+        ParentTrees {
+            ahead: quick_cache::sync::Cache::new(PARENT_TREES_AHEAD),
+        }
+    }
+}
+
+/// Walks a source and feeds the workers and the tree builder.
+pub(super) struct Walker<'a, S: Source> {
+    pub repo: &'a Repository,
+    pub source: &'a S,
+    pub files: Sender<FileJob<S::Path>>,
+    /// Files about to be read, for the read-ahead threads (`None`: no hints).
+    pub read_ahead: Option<Sender<S::Path>>,
+    pub dirs: Sender<PendingDir>,
+    pub errors: &'a Mutex<Vec<PathError>>,
+    pub parent_trees: &'a ParentTrees,
+    /// Whether a parent's chunk list must be found in the index before it is reused: unless
+    /// the cache trusts the parent (`BlobIndex::trusts_parent`).
+    pub verify_reused: bool,
+}
+
+/// One directory of the walk.
+struct Level<P> {
+    /// Where its entries are (`None` for a root of several paths, named in `paths`).
+    dir: Option<P>,
+    /// Its tree in the parent checkpoint.
+    parent: Option<Arc<Tree>>,
+    /// The entries still to walk, and for a root of several paths the path of each.
+    entries: std::vec::IntoIter<Entry>,
+    paths: Option<std::vec::IntoIter<P>>,
+    /// What is pending of the entries walked.
+    pending: Vec<PendingEntry>,
+    /// Its own entry (`None` for the root).
+    own: Option<Entry>,
+}
+
+impl<S: Source> Walker<'_, S> {
+    /// Walks the whole source from `root`; returns where the root tree's id will arrive.
+    pub fn walk(&self, root: Root<S::Path>, parent: Option<Arc<Tree>>) -> Result<Receiver<BlobId>> {
+        let first = match root {
+            Root::Dir { path, .. } => self.open_level(path, parent, None)?,
+            Root::Paths(paths) => {
+                let (entries, paths): (Vec<Entry>, Vec<S::Path>) = paths.into_iter().unzip();
+                Level {
+                    dir: None,
+                    parent,
+                    pending: Vec::with_capacity(entries.len()),
+                    entries: entries.into_iter(),
+                    paths: Some(paths.into_iter()),
+                    own: None,
+                }
+            }
+        };
+        let mut stack = vec![first];
+        loop {
+            crate::interrupt::check()?;
+            let level = stack
+                .last_mut()
+                .expect("the walk holds a level until the root is sent");
+            let Some(entry) = level.entries.next() else {
+                let done = stack.pop().expect("the walk holds a level");
+                let (done_sender, receiver) = bounded(1);
+                self.dirs
+                    .send(PendingDir {
+                        entries: done.pending,
+                        done: done_sender,
+                    })
+                    .map_err(|_| abandoned())?;
+                match (done.own, stack.last_mut()) {
+                    (Some(own), Some(parent)) => {
+                        parent.pending.push(PendingEntry::Dir(own, receiver))
+                    }
+                    _ => return Ok(receiver),
+                }
+                continue;
+            };
+            let path = match (&mut level.paths, &level.dir) {
+                (Some(paths), _) => paths.next().expect("a path for each entry"),
+                (None, Some(dir)) => self.source.child(dir, &entry.name),
+                (None, None) => unreachable!("a level has a directory or its paths"),
+            };
+            let parent_entry = level.parent.as_ref().and_then(|tree| tree.get(&entry.name));
+            match &entry.kind {
+                EntryKind::Dir(_) => {
+                    let parent_tree = self.parent_tree(parent_entry);
+                    let next = self.open_level(path, parent_tree, Some(entry))?;
+                    stack.push(next);
+                }
+                EntryKind::File(_) => {
+                    let reused = unchanged_content(parent_entry, &entry)
+                        .filter(|content| self.is_indexed(content));
+                    let pending = match reused {
+                        Some(content) => PendingEntry::Ready(Entry {
+                            kind: EntryKind::File(content),
+                            ..entry
+                        }),
+                        None => {
+                            if let Some(read_ahead) = &self.read_ahead {
+                                // Dropped when the read-ahead threads are busy: only a hint.
+                                let _ = read_ahead.try_send(path.clone());
+                            }
+                            let (result, receiver) = bounded(1);
+                            let size = entry.size;
+                            let job = FileJob { path, size, result };
+                            self.files.send(job).map_err(|_| abandoned())?;
+                            PendingEntry::File(entry, receiver)
+                        }
+                    };
+                    level.pending.push(pending);
+                }
+                _ => level.pending.push(PendingEntry::Ready(entry)),
+            }
+        }
+    }
+
+    /// Lists directory `dir` into a new level.
+    fn open_level(
+        &self,
+        dir: S::Path,
+        parent: Option<Arc<Tree>>,
+        own: Option<Entry>,
+    ) -> Result<Level<S::Path>> {
+        let entries = self.source.list(&dir, self.errors)?;
+        Ok(Level {
+            dir: Some(dir),
+            parent,
+            pending: Vec::with_capacity(entries.len()),
+            entries: entries.into_iter(),
+            paths: None,
+            own,
+        })
+    }
+
+    /// The parent checkpoint's tree for a directory, if there is a usable one.
+    fn parent_tree(&self, parent: Option<&Entry>) -> Option<Arc<Tree>> {
+        let EntryKind::Dir(id) = parent?.kind else {
+            return None;
+        };
+        if let Some((_, tree)) = self.parent_trees.ahead.remove(&id) {
+            return Some(tree);
+        }
+        load_tree(self.repo, &id)
+            .map(Arc::new)
+            .map_err(|e| tracing::warn!("parent tree {id} unreadable, reading all files: {e}"))
+            .ok()
+    }
+
+    /// Whether every blob of a parent's file content is in the index, as far as it must be
+    /// checked (`verify_reused`). One dropped by `cairn repair packs` is not: the file is
+    /// read again, so the backup stores it anew and heals the older checkpoints that need
+    /// it, instead of referring to it once more.
+    fn is_indexed(&self, content: &Content) -> bool {
+        if !self.verify_reused {
+            return true;
+        }
+        let index = self.repo.index();
+        if let Content::ChunkList(list) = content
+            && !index.contains(list).unwrap_or(false)
+        {
+            return false;
+        }
+        crate::tree::file_chunks(self.repo, content).is_ok_and(|chunks| {
+            chunks
+                .iter()
+                .all(|chunk| index.contains(&chunk.id).unwrap_or(false))
+        })
+    }
+}
+
+/// The parent's content for a listed file when it is unchanged: same size, mtime, ctime and
+/// inode.
+fn unchanged_content(parent: Option<&Entry>, listed: &Entry) -> Option<Content> {
+    let parent = parent?;
+    let EntryKind::File(content) = &parent.kind else {
+        return None;
+    };
+    let unchanged = parent.size == listed.size
+        && parent.mtime_ns == listed.mtime_ns
+        && parent.ctime_ns == listed.ctime_ns
+        && parent.inode == listed.inode;
+    unchanged.then(|| content.clone())
+}
+
+/// Decodes the parent checkpoint's trees below `root` ahead of the walker, in its order, into
+/// `trees`, which the walker empties as it goes; waits while `trees` holds its fill, so memory
+/// stays bounded whatever the size of the tree.
+pub(super) fn load_parent_trees_ahead(
+    repo: &Repository,
+    root: &Tree,
+    trees: &ParentTrees,
+    stop: &AtomicBool,
+) {
+    let subdirs = |tree: &Tree| -> Vec<BlobId> {
+        tree.entries
+            .iter()
+            .filter_map(|entry| match entry.kind {
+                EntryKind::Dir(id) => Some(id),
+                _ => None,
+            })
+            .collect()
+    };
+    parallel_depth_first(subdirs(root), PARENT_TREE_THREADS, stop, |id: BlobId| {
+        // Wait a little for the walker to catch up; entries it never takes (directories gone
+        // from the source) are evicted once the wait is over.
+        for _ in 0..20 {
+            if trees.ahead.len() < PARENT_TREES_AHEAD || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        match load_tree(repo, &id) {
+            Ok(tree) => {
+                let children = subdirs(&tree);
+                trees.ahead.insert(id, Arc::new(tree));
+                children
+            }
+            Err(_) => Vec::new(),
+        }
+    });
+}
+
+/// Work waiting for the threads of `parallel_depth_first`, and how many items are in hand.
+struct DepthFirstQueue<T> {
+    pending: Vec<T>,
+    busy: usize,
+}
+
+/// Visits `roots` and everything `visit` returns for them, on `threads` threads, roughly
+/// depth first in the given order (the first child is taken next), until nothing is left or
+/// `stop` is set. `visit` may block (`stop` is checked between items).
+pub(super) fn parallel_depth_first<T: Send>(
+    roots: Vec<T>,
+    threads: usize,
+    stop: &AtomicBool,
+    visit: impl Fn(T) -> Vec<T> + Sync,
+) {
+    let queue = Mutex::new(DepthFirstQueue {
+        pending: roots.into_iter().rev().collect(),
+        busy: 0,
+    });
+    let wakeup = std::sync::Condvar::new();
+    let work = || loop {
+        let item = {
+            let mut queue = queue.lock().expect("not poisoned");
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                if let Some(item) = queue.pending.pop() {
+                    queue.busy += 1;
+                    break item;
+                }
+                if queue.busy == 0 {
+                    return;
+                }
+                queue = wakeup.wait(queue).expect("not poisoned");
+            }
+        };
+        let children = visit(item);
+        let mut queue = queue.lock().expect("not poisoned");
+        queue.busy -= 1;
+        queue.pending.extend(children.into_iter().rev());
+        wakeup.notify_all();
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..threads.max(1) {
+            scope.spawn(work);
+        }
+        work();
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn parallel_depth_first_visits_every_node_once_and_stops_when_asked() {
+        // Node n has children 4n+1 ..= 4n+4, below 5,000.
+        let children = |n: u32| (4 * n + 1..=4 * n + 4).filter(|c| *c < 5000).collect();
+        let seen = Mutex::new(Vec::new());
+        parallel_depth_first(vec![0], 3, &AtomicBool::new(false), |n| {
+            seen.lock().unwrap().push(n);
+            children(n)
+        });
+        let mut seen = seen.into_inner().unwrap();
+        seen.sort();
+        assert_eq!(seen, (0..5000).collect::<Vec<_>>());
+
+        let stop = AtomicBool::new(false);
+        let visited = AtomicU64::new(0);
+        parallel_depth_first(vec![0], 3, &stop, |n| {
+            if visited.fetch_add(1, Ordering::Relaxed) == 10 {
+                stop.store(true, Ordering::Relaxed);
+            }
+            children(n)
+        });
+        assert!(visited.load(Ordering::Relaxed) < 20);
+    }
+}
