@@ -806,6 +806,41 @@ fn a_pulled_checkpoint_records_the_machine_and_path_of_its_source() {
 }
 
 #[test]
+fn repair_packs_drops_a_damaged_blob_and_the_next_pull_heals_every_checkpoint() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("a.bin"), pseudo_random(3_000_000, 17)).unwrap();
+    fs::write(source.join("b.bin"), pseudo_random(3_000_000, 18)).unwrap();
+    let server = serve_with(&sandbox, &["--source", &format!("home={}", text(&source))]);
+    let url = format!("{}/source/home", server.url);
+    let client = client_args(&sandbox);
+    let repo = sandbox.path("repo");
+    let repo_args = with(&["--repo", text(&repo)], &client);
+    let with_repo = |command: &[&'static str]| [command, &repo_args].concat();
+    sandbox.ok(&with_repo(&["init"]));
+    sync_json(&sandbox, &[&url, text(&repo)], &client);
+    // Sixteen bytes in the middle of the only pack are overwritten, and the repair drops
+    // the blob they were in.
+    let packs: Vec<PathBuf> = file_contents(&repo.join("data")).into_keys().collect();
+    let [pack] = packs.try_into().unwrap();
+    let mut bytes = fs::read(&pack).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle..middle + 16].copy_from_slice(&[0x55; 16]);
+    fs::write(&pack, &bytes).unwrap();
+    sandbox.ok(&with_repo(&["repair", "packs"]));
+    assert_eq!(sandbox.run(&with_repo(&["check"])).status.code(), Some(1));
+
+    // The files are unchanged, but the stat cache must not hand the new checkpoint a chunk
+    // the repository lost: the pull asks for it again, which heals the old checkpoint too.
+    let healed = sync_json(&sandbox, &[&url, text(&repo)], &client);
+    assert_eq!(healed["checkpoints_copied"], 1, "{healed}");
+    assert!(healed["blobs_copied"].as_u64().unwrap() > 0, "{healed}");
+    let check = sandbox.run(&with_repo(&["check", "--read-data"]));
+    assert!(check.status.success(), "{}", stderr(&check));
+}
+
+#[test]
 fn an_interrupted_pull_keeps_its_packs_says_so_and_the_rerun_pulls_only_the_rest() {
     let sandbox = Sandbox::new();
     let source = sandbox.path("source");
