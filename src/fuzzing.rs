@@ -7,9 +7,9 @@
 //! `tests/fuzz_corpus.rs` replays the committed corpus and every crash ever found through the
 //! same functions on stable, so a fixed crash stays fixed. Not part of the public API.
 
+use crate::net::wire::{BlobsRequest, ChunksRequest, ChunksResponse, FileRanges, TreeRecord};
 use crate::repo::codec::Codec;
 use crate::repo::pack::{ENTRY_BYTES, PackEntry};
-use crate::sync::wire::{BlobsRequest, ChunksRequest, ChunksResponse, FileRanges, TreeRecord};
 use crate::tree::Entry;
 
 /// A harness: arbitrary bytes in, nothing out.
@@ -160,10 +160,10 @@ pub fn server_answer(data: &[u8]) {
                     ranges: vec![(0, 7), (7, 4096)],
                 }],
             };
-            let _ = crate::sync::wire::read_blobs(body, &request, "fuzz input");
+            let _ = crate::net::wire::read_blobs(body, &request, "fuzz input");
         }
         _ => {
-            let _ = serde_json::from_slice::<Vec<crate::repo::http::ListedObject>>(body);
+            let _ = serde_json::from_slice::<Vec<crate::net::wire::ListedObject>>(body);
             let _ = postcard::from_bytes::<TreeRecord>(body);
         }
     }
@@ -181,7 +181,7 @@ pub fn client_request(data: &[u8]) {
             {
                 let _ = ranges
                     .iter()
-                    .all(|r| crate::serve::valid_object_name(&r.name));
+                    .all(|r| crate::net::server::valid_object_name(&r.name));
             }
         }
         1 => {
@@ -194,8 +194,8 @@ pub fn client_request(data: &[u8]) {
         }
         _ => {
             let text = String::from_utf8_lossy(body);
-            let _ = crate::serve::parse_range(&text);
-            let _ = crate::serve::valid_object_name(&text);
+            let _ = crate::net::server::parse_range(&text);
+            let _ = crate::net::server::valid_object_name(&text);
         }
     }
 }

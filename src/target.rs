@@ -6,7 +6,7 @@
 //! descriptor with `O_NOFOLLOW | O_DIRECTORY`, every entry is created, renamed, linked and
 //! removed with `*at()` calls on the descriptor of the directory it lives in, and metadata is
 //! set on a descriptor (`fchmod`, `fchown`, `fsetxattr`, `futimens`) or, for symlinks and
-//! special files, beside one with `AT_SYMLINK_NOFOLLOW` (see `fsmeta`). No path beneath the
+//! special files, beside one with `AT_SYMLINK_NOFOLLOW` (see `fs::meta`). No path beneath the
 //! target is ever resolved twice, so a directory swapped for a symlink while a run goes on
 //! makes the next step fail (`ELOOP`, `ENOTDIR`) instead of sending writes outside the target
 //! (invariant 4). Directories are created private (0700) and get their real mode at the end,
@@ -14,7 +14,7 @@
 //!
 //! Paths are kept only to name things in messages.
 
-use crate::fsmeta::{manages_xattr, read_xattrs_through, running_as_root};
+use crate::fs::meta::{manages_xattr, read_xattrs_through, running_as_root};
 use crate::tree::{Entry, EntryKind, Xattr};
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::{File, Metadata};

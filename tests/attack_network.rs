@@ -160,7 +160,7 @@ fn answer_deep_tree(stream: &mut TcpStream, request: &str) -> std::io::Result<()
         let mut encoder = zstd::stream::write::Encoder::new(stream, 1)?;
         let mut at = Vec::new();
         for _ in 0..DEEP_TREE_LEVELS {
-            let record = cairn::sync::wire::TreeRecord {
+            let record = cairn::net::wire::TreeRecord {
                 path: serde_bytes::ByteBuf::from(at.clone()),
                 entries: Ok(vec![dir(b"d")]),
             };
@@ -215,7 +215,7 @@ fn answer_huge_file(stream: &mut TcpStream, request: &str) -> std::io::Result<()
             &postcard::to_stdvec(&(1u64, HUGE_FILE_BYTES)).unwrap(),
         )
     } else if path.contains("/tree") {
-        let record = cairn::sync::wire::TreeRecord {
+        let record = cairn::net::wire::TreeRecord {
             path: serde_bytes::ByteBuf::new(),
             entries: Ok(vec![big]),
         };

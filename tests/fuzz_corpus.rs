@@ -42,11 +42,11 @@ fn every_target_has_a_corpus_and_every_input_and_past_crash_replays_cleanly() {
 #[test]
 #[ignore = "writes fuzz/corpus; run by hand when the format changes"]
 fn write_seed_corpus() {
-    use cairn::repo::codec::Codec;
-    use cairn::repo::pack::{BlobKind, read_header};
-    use cairn::sync::wire::{
+    use cairn::net::wire::{
         BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, FileRanges, TreeRecord,
     };
+    use cairn::repo::codec::Codec;
+    use cairn::repo::pack::{BlobKind, read_header};
     use cairn::tree::{Content, EntryKind, Tree};
 
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");

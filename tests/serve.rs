@@ -488,7 +488,7 @@ fn fake_server(answer: impl Fn(&str) -> Vec<u8> + Send + 'static) -> String {
 /// record behind its length.
 fn listing(line: &str, entries: &[cairn::tree::Entry]) -> Vec<u8> {
     let encoded = if line.contains("/tree") {
-        let record = cairn::sync::wire::TreeRecord {
+        let record = cairn::net::wire::TreeRecord {
             path: serde_bytes::ByteBuf::new(),
             entries: Ok(entries.to_vec()),
         };
@@ -569,7 +569,7 @@ fn a_hostile_or_lying_server_is_refused_and_nothing_is_saved() {
             listing(line, &[file_entry(b"f", 5)])
         } else if line.contains("/chunks") {
             let id = cairn::id::BlobId(*blake3::hash(b"hello").as_bytes());
-            postcard::to_stdvec(&cairn::sync::wire::ChunksResponse {
+            postcard::to_stdvec(&cairn::net::wire::ChunksResponse {
                 files: vec![Ok(vec![cairn::tree::ChunkRef { id, length: 5 }])],
             })
             .unwrap()
@@ -657,14 +657,14 @@ fn assert_progress_complete(
 
 #[test]
 fn progress_has_a_total_and_reaches_it_for_served_local_and_checkpoint_sources() {
+    use cairn::net::client::Remote;
+    use cairn::net::wire::ChunkSpec;
     use cairn::progress::Progress;
     use cairn::repo::backend::LocalBackend;
     use cairn::repo::config::EncryptionMode;
-    use cairn::repo::http::Remote;
     use cairn::repo::{InitOptions, Repository, Secret};
     use cairn::sync::into_dir::{CheckpointSource, DirectorySource};
     use cairn::sync::remote::RemoteSource;
-    use cairn::sync::wire::ChunkSpec;
     use cairn::sync::{SyncOptions, into_dir, pull};
 
     let sandbox = Sandbox::new();

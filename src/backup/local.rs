@@ -1,5 +1,5 @@
 //! Local paths as a backup's source: directories listed in name order with `lstat`,
-//! `readlink` and the xattr calls (`fsmeta`), changed files read, chunked, hashed and stored
+//! `readlink` and the xattr calls (`fs::meta`), changed files read, chunked, hashed and stored
 //! by one worker per core with the kernel asked to read ahead of them, and the files and
 //! bytes to come counted by a scan ahead that also warms the kernel's caches for the walk.
 
@@ -7,13 +7,13 @@ use super::trees::file_content;
 use super::{FileError, FileJob, Identity, Root, Settings, Source};
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Error, PathError, Result};
-use crate::fsmeta::listed_entry;
+use crate::fs::meta::listed_entry;
+use crate::fs::throttle::{RateLimiter, Throttled};
 use crate::id::CheckpointId;
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::repo::pack::BlobKind;
 use crate::repo::writer::BlobSink;
-use crate::throttle::{RateLimiter, Throttled};
 use crate::tree::{ChunkRef, Content, Entry};
 use crossbeam_channel::Receiver;
 use globset::{Glob, GlobSet, GlobSetBuilder};

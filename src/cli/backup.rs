@@ -44,7 +44,7 @@ pub struct BackupArgs {
 
 pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
     if args.low_priority {
-        cairn::throttle::lower_priority()?;
+        cairn::fs::throttle::lower_priority()?;
     }
     let mut options = BackupOptions::new(args.paths);
     options.tags = args.tags;

@@ -32,9 +32,10 @@ mod sync;
 mod unlock;
 
 use anyhow::{Context, Result, bail};
+use cairn::net::client::{HttpTimeouts, Remote};
 use cairn::repo::backend::{Backend, LocalBackend};
 use cairn::repo::config::EncryptionMode;
-use cairn::repo::http::{HttpBackend, HttpTimeouts, Remote};
+use cairn::repo::http::HttpBackend;
 use cairn::repo::layers::{self, Layers, RetryPolicy};
 use cairn::repo::s3::{S3Backend, S3Location, S3Settings};
 use cairn::repo::{Repository, Secret};
@@ -170,7 +171,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 /// Parses a `--limit-rate` value for clap.
 fn rate(text: &str) -> std::result::Result<u64, String> {
-    cairn::throttle::parse_rate(text).map_err(|e| e.to_string())
+    cairn::fs::throttle::parse_rate(text).map_err(|e| e.to_string())
 }
 
 impl GlobalArgs {

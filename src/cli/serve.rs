@@ -8,7 +8,7 @@
 
 use super::GlobalArgs;
 use anyhow::{Context, Result, bail};
-use cairn::serve::{Access, ServeOptions};
+use cairn::net::server::{Access, ServeOptions};
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
@@ -52,7 +52,7 @@ fn source(text: &str) -> std::result::Result<(String, PathBuf), String> {
     let (name, dir) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?}: give NAME=DIR"))?;
-    if !cairn::serve::valid_source_name(name) {
+    if !cairn::net::server::valid_source_name(name) {
         return Err(format!(
             "source name {name:?}: use letters, digits, - and _"
         ));
@@ -99,9 +99,9 @@ pub fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
         client_timeout: args.client_timeout,
         max_connections: args
             .max_connections
-            .unwrap_or_else(cairn::serve::default_max_connections),
+            .unwrap_or_else(cairn::net::server::default_max_connections),
     };
-    cairn::serve::run(listener, options, |address| {
+    cairn::net::server::run(listener, options, |address| {
         // Whoever started the server may stop reading its output: never fail on that.
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on {scheme}://{address}");

@@ -15,10 +15,10 @@ use super::{FromCredentials, GlobalArgs, print_json, show_progress};
 use anyhow::{Context, Result, bail};
 use cairn::backup::{self, BackupOptions, Progress};
 use cairn::checkpoint;
+use cairn::net::wire::ChunkSpec;
 use cairn::sync::into_dir::{CheckpointSource, DirectorySource, OneEntry, local_one_entry};
 use cairn::sync::itemize::{Change, Update};
 use cairn::sync::remote::RemoteSource;
-use cairn::sync::wire::ChunkSpec;
 use cairn::sync::{SyncOptions, SyncReport, copy, into_dir, pull};
 use clap::Args;
 use indicatif::HumanBytes;
@@ -464,11 +464,11 @@ impl LocalSync<'_> {
         }
         refuse_overlap(&source, target)?;
         let metadata = std::fs::symlink_metadata(&source)?;
-        let root = cairn::fsmeta::entry_from_metadata(
+        let root = cairn::fs::meta::entry_from_metadata(
             Vec::new(),
             &metadata,
             cairn::tree::EntryKind::Dir(cairn::id::BlobId([0; 32])),
-            cairn::fsmeta::read_xattrs(&source).unwrap_or_default(),
+            cairn::fs::meta::read_xattrs(&source).unwrap_or_default(),
         );
         Ok(into_dir::run(
             &DirectorySource,

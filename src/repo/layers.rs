@@ -10,7 +10,7 @@
 
 use super::backend::{Backend, ObjectInfo, PutNew, RangeRequest};
 use crate::error::{Error, Result};
-use crate::throttle::RateLimiter;
+use crate::fs::throttle::RateLimiter;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 

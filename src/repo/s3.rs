@@ -18,8 +18,8 @@
 //! may carry, and a multipart upload would cost three requests or more for it.
 
 use super::backend::{Backend, ObjectInfo, RangeRequest, max_whole_object_bytes};
-use super::http::HttpTimeouts;
 use crate::error::{Error, Result};
+use crate::net::client::HttpTimeouts;
 use opendal::services::S3;
 use opendal::{ErrorKind as StoreErrorKind, Operator};
 use std::sync::OnceLock;

@@ -14,6 +14,7 @@
 use super::{SyncOptions, SyncReport};
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Error, Result};
+use crate::fs::throttle::RateLimiter;
 use crate::id::{BlobId, CheckpointId};
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -21,7 +22,6 @@ use crate::repo::backend::RangeRequest;
 use crate::repo::index::BlobLocation;
 use crate::repo::pack::pack_object_name;
 use crate::repo::writer::{BlobSink, Claim, recover_orphan_packs, with_blob_sink};
-use crate::throttle::RateLimiter;
 use crate::tree::{Content, EntryKind, file_chunks, load_tree};
 use std::collections::HashSet;
 use std::sync::Mutex;

@@ -31,7 +31,8 @@ use super::itemize::{Change, Differences, Update, differences};
 use super::{SyncOptions, SyncReport};
 use crate::chunker::Chunker;
 use crate::error::{Error, IoContext, PathError, Result};
-use crate::fsmeta::{local_entry, path_entry, running_as_root};
+use crate::fs::meta::{local_entry, path_entry, running_as_root};
+use crate::fs::throttle::RateLimiter;
 use crate::id::BlobId;
 use crate::progress::Progress;
 use crate::readahead::{self, ChunkStream, ReadChunk};
@@ -41,7 +42,6 @@ use crate::target::{
     TargetDir, check_path_length, may_adjust_in_place, same_kind, set_directories_metadata,
     set_metadata_of,
 };
-use crate::throttle::RateLimiter;
 use crate::tree::{ChunkRef, Entry, EntryKind, is_valid_name, load_tree, sized_file_chunks};
 use crossbeam_channel::bounded;
 use std::collections::{HashMap, HashSet};

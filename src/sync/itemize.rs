@@ -5,7 +5,7 @@
 //! rsync's itemized form of each change (`-i`, `YXcstpoguax`: `>f.st...... path`,
 //! `cd+++++++++ dir/`, `*deleting   path`).
 
-use crate::fsmeta::{is_acl_xattr, manages_xattr};
+use crate::fs::meta::{is_acl_xattr, manages_xattr};
 use crate::tree::{Entry, EntryKind, Xattr};
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
@@ -91,7 +91,7 @@ pub fn differences(
     Differences {
         value,
         size: matches!(entry.kind, EntryKind::File(_)) && metadata.len() != entry.size,
-        time: crate::fsmeta::mtime_ns(metadata) != entry.mtime_ns,
+        time: crate::fs::meta::mtime_ns(metadata) != entry.mtime_ns,
         perms: !is_symlink && metadata.mode() & 0o7777 != entry.mode,
         owner: as_root && metadata.uid() != entry.uid,
         group: as_root && metadata.gid() != entry.gid,

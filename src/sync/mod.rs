@@ -11,7 +11,6 @@ pub mod into_dir;
 pub mod itemize;
 pub mod pull;
 pub mod remote;
-pub mod wire;
 
 use crate::error::PathError;
 use serde::Serialize;

@@ -12,17 +12,17 @@ use super::into_dir::{
     FileTask, FileWrite, Rebuild, TreeSource, finish_rebuild, rebuild_file, start_rebuild,
     write_at, write_fetched,
 };
-use super::wire::{
+use crate::chunker::Chunker;
+use crate::error::{Error, PathError, Result};
+use crate::fs::throttle::RateLimiter;
+use crate::id::BlobId;
+use crate::net::client::{Ask, HttpClient, MAX_SMALL_ANSWER_BYTES, Remote};
+use crate::net::wire::{
     BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, FileRanges, MAX_ABOUT_HOST_BYTES,
     MAX_ABOUT_PATH_BYTES, MAX_LISTING_BYTES, SourceAbout, TreeRecord, max_compressed_bytes,
     read_blobs,
 };
-use crate::chunker::Chunker;
-use crate::error::{Error, PathError, Result};
-use crate::id::BlobId;
 use crate::progress::Progress;
-use crate::repo::http::{Ask, HttpClient, MAX_SMALL_ANSWER_BYTES, Remote};
-use crate::throttle::RateLimiter;
 use crate::tree::{ChunkRef, Entry, EntryKind, is_valid_name};
 use std::fs::File;
 use std::io::Read;

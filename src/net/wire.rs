@@ -1,5 +1,7 @@
-//! What a client and `cairn serve --source` say to each other about a live source directory,
-//! encoded with postcard. The client lists directories (`GET …/list?path=HEX`: the entries as
+//! What a client and `cairn serve` say to each other. About a served repository: JSON
+//! listings of objects (`ListedObject`) and range requests (`repo::backend::RangeRequest`);
+//! the objects themselves cross as stored. About a live source directory, encoded with
+//! postcard: the client lists directories (`GET …/list?path=HEX`: the entries as
 //! cairn tree entries, in one zstd frame), asks for the chunk lists of changed files
 //! (`POST …/chunks`, many files per request), and then for just the chunks it lacks
 //! (`POST …/blobs`, many files per request, the answer one zstd frame), checking every chunk
@@ -199,4 +201,11 @@ impl SourceAbout {
             && self.path.len() <= MAX_ABOUT_PATH_BYTES
             && plain(&self.path)
     }
+}
+
+/// A listed object, as the server sends it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListedObject {
+    pub name: String,
+    pub size: u64,
 }
