@@ -142,7 +142,7 @@ pub fn server_answer(data: &[u8]) {
         0 => {
             // A streamed tree listing: records until the end or the first error.
             let mut reader = body;
-            while let Ok(Some(_)) = crate::sync::remote::read_record(&mut reader) {}
+            while let Ok(Some(_)) = crate::source::remote::read_record(&mut reader) {}
         }
         1 => {
             let _ = postcard::from_bytes::<Option<Entry>>(body);

@@ -47,6 +47,7 @@ pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod retention;
+pub mod source;
 pub mod space;
 pub mod speed;
 pub mod sync;

@@ -1167,13 +1167,14 @@ fn restoring_a_thousand_small_files_reads_their_packs_in_few_ranges() {
 
 /// Syncs the latest checkpoint of `repo` into directory `target`, without errors.
 fn sync_latest_into(repo: &Repository, target: &std::path::Path) {
-    use cairn::sync::into_dir::{self, CheckpointSource};
+    use cairn::restore::into_dir;
+    use cairn::source::checkpoint::CheckpointSource;
     let (_, latest) = cairn::checkpoint::resolve(repo, "latest").unwrap();
     let source = CheckpointSource {
         repo,
         totals: Some((latest.stats.files, latest.stats.bytes)),
     };
-    let report = into_dir::run(
+    let report = into_dir(
         &source,
         latest.tree,
         latest.root.as_ref(),

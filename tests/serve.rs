@@ -663,9 +663,11 @@ fn progress_has_a_total_and_reaches_it_for_served_local_and_checkpoint_sources()
     use cairn::repo::backend::LocalBackend;
     use cairn::repo::config::EncryptionMode;
     use cairn::repo::{InitOptions, Repository, Secret};
-    use cairn::sync::into_dir::{CheckpointSource, DirectorySource};
-    use cairn::sync::remote::RemoteSource;
-    use cairn::sync::{SyncOptions, into_dir, pull};
+    use cairn::restore::into_dir;
+    use cairn::source::checkpoint::CheckpointSource;
+    use cairn::source::local::DirectorySource;
+    use cairn::source::remote::RemoteSource;
+    use cairn::sync::{SyncOptions, pull};
 
     let sandbox = Sandbox::new();
     let source = sandbox.path("source");
@@ -684,7 +686,7 @@ fn progress_has_a_total_and_reaches_it_for_served_local_and_checkpoint_sources()
     let served = RemoteSource::new(remote(), ChunkSpec::plain(), true).unwrap();
     let progress = Progress::default();
     let mirror = sandbox.path("mirror");
-    let report = into_dir::run(
+    let report = into_dir(
         &served,
         Vec::new(),
         None,
@@ -699,7 +701,7 @@ fn progress_has_a_total_and_reaches_it_for_served_local_and_checkpoint_sources()
     // Local directory → directory.
     let progress = Progress::default();
     let copy = sandbox.path("copy");
-    let report = into_dir::run(
+    let report = into_dir(
         &DirectorySource,
         source.clone(),
         None,
@@ -735,7 +737,7 @@ fn progress_has_a_total_and_reaches_it_for_served_local_and_checkpoint_sources()
     };
     let progress = Progress::default();
     let restored = sandbox.path("restored");
-    let report = into_dir::run(
+    let report = into_dir(
         &checkpoint,
         record.tree,
         None,

@@ -22,7 +22,7 @@ use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::repo::pack::BlobKind;
 use crate::repo::writer::{BlobSink, Claim};
-use crate::sync::remote::{RemotePath, RemoteSource, child_path};
+use crate::source::remote::{RemotePath, RemoteSource, child_path};
 use crate::tree::{ChunkRef, Content, Entry};
 use crossbeam_channel::Receiver;
 use std::path::PathBuf;

@@ -16,10 +16,13 @@ use anyhow::{Context, Result, bail};
 use cairn::backup::{self, BackupOptions, Progress};
 use cairn::checkpoint;
 use cairn::net::wire::ChunkSpec;
-use cairn::sync::into_dir::{CheckpointSource, DirectorySource, OneEntry, local_one_entry};
-use cairn::sync::itemize::{Change, Update};
-use cairn::sync::remote::RemoteSource;
-use cairn::sync::{SyncOptions, SyncReport, copy, into_dir, pull};
+use cairn::restore;
+use cairn::restore::itemize::{Change, Update};
+use cairn::source::OneEntry;
+use cairn::source::checkpoint::CheckpointSource;
+use cairn::source::local::{DirectorySource, local_one_entry};
+use cairn::source::remote::RemoteSource;
+use cairn::sync::{SyncOptions, SyncReport, copy, pull};
 use clap::Args;
 use indicatif::HumanBytes;
 use std::ffi::OsString;
@@ -292,7 +295,7 @@ fn sync(
                 Some(name) => (target.join(name), PathBuf::from(name)),
                 None => (target, PathBuf::new()),
             };
-            Ok(into_dir::run(
+            Ok(restore::into_dir(
                 &source,
                 sub.as_bytes().to_vec(),
                 root.as_ref(),
@@ -336,7 +339,7 @@ fn sync(
                 totals: Some((record.stats.files, record.stats.bytes)),
             };
             let root = record.root.as_ref();
-            Ok(into_dir::run(
+            Ok(restore::into_dir(
                 &source,
                 record.tree,
                 root,
@@ -470,7 +473,7 @@ impl LocalSync<'_> {
             cairn::tree::EntryKind::Dir(cairn::id::BlobId([0; 32])),
             cairn::fs::meta::read_xattrs(&source).unwrap_or_default(),
         );
-        Ok(into_dir::run(
+        Ok(restore::into_dir(
             &DirectorySource,
             source,
             Some(&root),
@@ -528,7 +531,7 @@ impl LocalSync<'_> {
             delete: false,
             ..self.options.clone()
         };
-        Ok(into_dir::run(
+        Ok(restore::into_dir(
             &source,
             (),
             None,

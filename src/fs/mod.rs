@@ -1,7 +1,9 @@
 //! The local filesystem as cairn reads it: a live file's entry (`meta`: `lstat`, `readlink`,
-//! xattrs), paths opened beneath a root without following symlinks (`beneath`), and reads
-//! and transfers held to a rate (`throttle`). Writing a target tree belongs to `target`.
+//! xattrs), paths opened beneath a root without following symlinks (`beneath`), files written
+//! with holes (`sparse`), and reads and transfers held to a rate (`throttle`). Writing a target
+//! tree belongs to `target`.
 
 pub mod beneath;
 pub mod meta;
+pub mod sparse;
 pub mod throttle;

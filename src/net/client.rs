@@ -1,5 +1,5 @@
 //! The client side of cairn's protocol: `HttpClient` is the one way cairn talks to a
-//! `cairn serve` (a served repository in `repo::http`, a served source in `sync::remote`),
+//! `cairn serve` (a served repository in `repo::http`, a served source in `source::remote`),
 //! with a bearer token on every request, and it keeps invariant 7 against a hostile or broken server:
 //! every answer is read as it arrives and cut off past the most bytes the request can
 //! mean (a server's claimed length never sizes a buffer), every wait is bounded

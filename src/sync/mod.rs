@@ -1,16 +1,12 @@
 //! Sync: moving data between repositories and directories, copying only what the destination
-//! lacks. `copy` takes checkpoints from one repository to another blob by blob; `into_dir`
-//! makes a directory match a checkpoint or another directory the way rsync would, rebuilding
-//! changed files from the chunks they already hold, listing what it does as rsync's `-i`
-//! does (`itemize`). A local directory pulled into a
-//! repository is a backup (see `backup`); a served one (`remote`, over `cairn serve
-//! --source`) is pulled by `pull`, asking only for the chunks the repository lacks.
+//! lacks, with the options and report every direction shares. `copy` takes checkpoints from
+//! one repository to another blob by blob; a directory is made to match a checkpoint or
+//! another directory by the restore engine (`restore::into_dir`), the way rsync would. A local
+//! directory pulled into a repository is a backup (see `backup`); a served one (over `cairn
+//! serve --source`) is pulled by `pull`, the backup engine with a served source.
 
 pub mod copy;
-pub mod into_dir;
-pub mod itemize;
 pub mod pull;
-pub mod remote;
 
 use crate::error::PathError;
 use serde::Serialize;

@@ -1,13 +1,13 @@
 //! Served directory → repository: a pull is a backup whose source is a directory served by
 //! `cairn serve --source` (`backup::remote`), reported as a sync.
 
-use super::remote::RemoteSource;
 use super::{SyncOptions, SyncReport};
 use crate::backup::remote::ServedSource;
 use crate::backup::{self, Started};
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::repo::Repository;
+use crate::source::remote::RemoteSource;
 
 /// Pulls the served source into `repo` as a new checkpoint (unless a dry run).
 pub fn run(

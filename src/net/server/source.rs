@@ -91,7 +91,7 @@ fn write_source_tree(
         };
         if let Ok(entries) = &entries {
             let subdirs = entries.iter().filter(|e| e.is_dir()).rev();
-            to_list.extend(subdirs.map(|e| crate::sync::remote::child_path(&dir, &e.name)));
+            to_list.extend(subdirs.map(|e| crate::source::remote::child_path(&dir, &e.name)));
         }
         let record = TreeRecord {
             path: serde_bytes::ByteBuf::from(dir),

@@ -8,10 +8,6 @@
 //! sizes, chunks by the bytes asked for; a size the server claims never sizes a buffer
 //! before the bytes arrive.
 
-use super::into_dir::{
-    FileTask, FileWrite, Rebuild, TreeSource, finish_rebuild, rebuild_file, start_rebuild,
-    write_at, write_fetched,
-};
 use crate::chunker::Chunker;
 use crate::error::{Error, PathError, Result};
 use crate::fs::throttle::RateLimiter;
@@ -23,6 +19,10 @@ use crate::net::wire::{
     read_blobs,
 };
 use crate::progress::Progress;
+use crate::source::{
+    FileTask, FileWrite, Rebuild, TreeSource, finish_rebuild, rebuild_file, start_rebuild,
+    write_at, write_fetched,
+};
 use crate::tree::{ChunkRef, Entry, EntryKind, is_valid_name};
 use std::fs::File;
 use std::io::Read;
@@ -690,7 +690,7 @@ impl TreeSource for RemoteSource {
             .copied()
             .filter(|i| missing_bytes(i) > 0)
             .collect();
-        for group in super::runs(&pending, usize::MAX, BATCH_BYTES, missing_bytes) {
+        for group in crate::sync::runs(&pending, usize::MAX, BATCH_BYTES, missing_bytes) {
             let wanted: Vec<(RemotePath, Vec<(u64, ChunkRef)>)> = group
                 .iter()
                 .map(|&i| {

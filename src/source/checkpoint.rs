@@ -1,0 +1,179 @@
+//! A checkpoint's tree in a repository as a source: directories are trees, files are read chunk
+//! by chunk from the packs (several files' chunks in one pass), and a changed file takes what
+//! the old file holds.
+
+use super::FileTask;
+use super::FileWrite;
+use super::Rebuild;
+use super::TreeSource;
+use super::finish_rebuild;
+use super::start_rebuild;
+use super::write_at;
+use crate::error::{Error, PathError, Result};
+use crate::fs::throttle::RateLimiter;
+use crate::id::BlobId;
+use crate::progress::Progress;
+use crate::readahead::ChunkStream;
+use crate::repo::Repository;
+use crate::tree::{Entry, EntryKind, load_tree, sized_file_chunks};
+use std::fs::File;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// A checkpoint's tree in a repository.
+pub struct CheckpointSource<'a> {
+    pub repo: &'a Repository,
+    /// The regular files in the tree and their bytes, when known (a whole checkpoint's
+    /// statistics); otherwise they are counted from the trees.
+    pub totals: Option<(u64, u64)>,
+}
+
+impl TreeSource for CheckpointSource<'_> {
+    type Dir = BlobId;
+
+    fn count(&self, root: &BlobId, progress: &Progress, stop: &AtomicBool) {
+        if let Some((files, bytes)) = self.totals {
+            progress.set_totals(files, bytes);
+            return;
+        }
+        // The trees are read again by the walk, from the repository's tree cache.
+        let mut pending = vec![*root];
+        while let Some(id) = pending.pop() {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let Ok(tree) = load_tree(self.repo, &id) else {
+                return;
+            };
+            for entry in tree.entries {
+                match entry.kind {
+                    EntryKind::Dir(id) => pending.push(id),
+                    EntryKind::File(_) => {
+                        progress.total_files.fetch_add(1, Ordering::Relaxed);
+                        progress
+                            .total_bytes
+                            .fetch_add(entry.size, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        progress.counted.store(true, Ordering::Relaxed);
+    }
+
+    fn repository(&self) -> Option<&Repository> {
+        Some(self.repo)
+    }
+
+    fn list(
+        &self,
+        dir: &BlobId,
+        _: &Mutex<Vec<PathError>>,
+    ) -> Result<Vec<(Entry, Option<BlobId>)>> {
+        let tree = load_tree(self.repo, dir)?;
+        Ok(tree
+            .entries
+            .into_iter()
+            .map(|entry| match entry.kind {
+                EntryKind::Dir(id) => (entry, Some(id)),
+                _ => (entry, None),
+            })
+            .collect())
+    }
+
+    fn write_file(
+        &self,
+        dir: &BlobId,
+        entry: &Entry,
+        old: Option<&File>,
+        out: &File,
+        limiter: Option<&RateLimiter>,
+    ) -> Result<FileWrite> {
+        let task = FileTask {
+            dir,
+            entry,
+            old,
+            out,
+        };
+        self.write_files(std::slice::from_ref(&task), limiter)
+            .pop()
+            .expect("one result per file")
+    }
+
+    /// Starts each file's rebuild, then reads the chunks none of the old files held, for all
+    /// the files together, ahead and coalesced (`readahead`).
+    fn write_files(
+        &self,
+        files: &[FileTask<'_, BlobId>],
+        limiter: Option<&RateLimiter>,
+    ) -> Vec<Result<FileWrite>> {
+        let repo = self.repo;
+        let id_of = |data: &[u8]| BlobId(repo.codec().id_of(data));
+        let mut results: Vec<Option<Result<FileWrite>>> = files.iter().map(|_| None).collect();
+        let mut rebuilds: Vec<Option<Rebuild>> = files.iter().map(|_| None).collect();
+        for (i, file) in files.iter().enumerate() {
+            let EntryKind::File(content) = &file.entry.kind else {
+                results[i] = Some(Err(Error::InvalidInput("not a regular file".into())));
+                continue;
+            };
+            let started = sized_file_chunks(repo, content, file.entry.size).and_then(|chunks| {
+                start_rebuild(
+                    &chunks,
+                    file.entry,
+                    file.old,
+                    repo.chunker(),
+                    &id_of,
+                    file.out,
+                )
+            });
+            match started {
+                Ok(Some(rebuild)) => rebuilds[i] = Some(rebuild),
+                Ok(None) => results[i] = Some(Ok(FileWrite::Same)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        let mut fetched = vec![0u64; files.len()];
+        let missing = rebuilds.iter().enumerate().flat_map(|(i, rebuild)| {
+            let missing = rebuild.as_ref().map_or(&[][..], |r| &r.missing[..]);
+            missing
+                .iter()
+                .map(move |&(at, chunk)| ((i, at, chunk.length), chunk))
+        });
+        std::thread::scope(|scope| {
+            for ((i, at, length), chunk) in ChunkStream::new(repo, scope, missing) {
+                if results[i].is_some() {
+                    continue;
+                }
+                let written = chunk.and_then(|chunk| {
+                    if let Some(limiter) = limiter {
+                        limiter.take(chunk.stored_length);
+                    }
+                    if chunk.bytes.len() != length as usize {
+                        return Err(Error::corrupt(
+                            files[i].entry.name_lossy(),
+                            format!("the chunk at offset {at} has the wrong length"),
+                        ));
+                    }
+                    write_at(files[i].out, at, &chunk.bytes)?;
+                    Ok(chunk.stored_length)
+                });
+                match written {
+                    Ok(stored) => fetched[i] += stored,
+                    Err(e) => results[i] = Some(Err(e)),
+                }
+            }
+        });
+        results
+            .into_iter()
+            .zip(rebuilds)
+            .zip(files.iter().zip(fetched))
+            .map(
+                |((result, rebuild), (file, fetched))| match (result, rebuild) {
+                    (Some(result), _) => result,
+                    (None, Some(rebuild)) => finish_rebuild(rebuild, fetched, file.out),
+                    (None, None) => Err(Error::InvalidInput("not written".into())),
+                },
+            )
+            .collect()
+    }
+}
