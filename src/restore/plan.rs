@@ -5,15 +5,8 @@
 
 use super::TEMP_PREFIX;
 use super::itemize::{Change, Differences, Update, differences};
-use super::links::LaterLink;
-use super::links::LinkGroups;
-use super::links::LinkRole;
-use super::write::BATCH_BYTES;
-use super::write::FILES_PER_BATCH;
-use super::write::FileJob;
-use super::write::ROUND_BYTES;
-use super::write::ROUND_FILES;
-use super::write::temp_name;
+use super::links::{LaterLink, LinkGroups, LinkRole};
+use super::write::{BATCH_BYTES, FILES_PER_BATCH, FileJob, ROUND_BYTES, ROUND_FILES, temp_name};
 use crate::error::{Error, IoContext, PathError, Result};
 use crate::fs::meta::running_as_root;
 use crate::progress::Progress;
@@ -240,12 +233,7 @@ impl<S: TreeSource> Planner<'_, S> {
     /// itself is replaced, not deleted. Otherwise only an empty directory goes. In a dry
     /// run nothing is removed and the answer is the real run's. A directory that stays is
     /// an error: the entry is not synced.
-    fn make_way(
-        &mut self,
-        target: &TargetDir,
-        name: &[u8],
-        relative: &Path,
-    ) -> Result<()> {
+    fn make_way(&mut self, target: &TargetDir, name: &[u8], relative: &Path) -> Result<()> {
         let (dry_run, max_delete) = (self.options.dry_run, self.options.max_delete);
         let deleting = self.options.delete || self.options.force;
         let own = Path::new(OsStr::from_bytes(name));
@@ -428,6 +416,7 @@ impl<S: TreeSource> Planner<'_, S> {
                     dir: dir.clone(),
                     target,
                     has_old: existing.as_ref().is_some_and(|m| m.is_file()),
+                    fresh,
                     entry,
                     sparse: self.options.sparse,
                 };

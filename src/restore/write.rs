@@ -10,12 +10,8 @@ use crate::fs::throttle::RateLimiter;
 use crate::progress::Progress;
 use crate::readahead::{self, ReadChunk};
 use crate::repo::Repository;
-use crate::source::FileTask;
-use crate::source::FileWrite;
-use crate::source::TreeSource;
 use crate::source::local::copy_file;
-use crate::source::write_at;
-use crate::source::write_error;
+use crate::source::{FileTask, FileWrite, TreeSource, write_at, write_error};
 use crate::space::{SpaceFailure, is_out_of_space};
 use crate::target::{TargetDir, may_adjust_in_place, set_metadata_of};
 use crate::tree::{Entry, EntryKind, sized_file_chunks};
@@ -40,6 +36,9 @@ pub(super) struct FileJob<D> {
     pub(super) entry: Entry,
     /// Whether a regular file is at its place now.
     pub(super) has_old: bool,
+    /// Whether this run made the target directory, so nothing else is at the file's name:
+    /// it is written there directly, without a temporary name and a rename.
+    pub(super) fresh: bool,
     /// Leave zero runs of a written file as holes, rather than fill them.
     pub(super) sparse: bool,
 }
@@ -47,6 +46,15 @@ pub(super) struct FileJob<D> {
 impl<D> FileJob<D> {
     pub(super) fn shown(&self) -> PathBuf {
         self.target.child_path(&self.entry.name)
+    }
+
+    /// The name the new file is written under: a fresh temporary one, renamed over the old
+    /// file once written; in a directory this run made, its own.
+    fn writing_name(&self) -> Vec<u8> {
+        match self.fresh {
+            true => self.entry.name.clone(),
+            false => temp_name(),
+        }
     }
 }
 
@@ -63,7 +71,7 @@ pub(super) const FILES_PER_BATCH: usize = 64;
 pub(super) const BATCH_BYTES: u64 = crate::readahead::WINDOW_BYTES;
 
 /// A file ready to be written: the old one (if a regular file is there) and the new one,
-/// open under its temporary name.
+/// open under its temporary name (or its own, in a directory this run made).
 struct Prepared {
     pub(super) old: Option<File>,
     pub(super) temp: Vec<u8>,
@@ -76,7 +84,7 @@ fn prepare_file<D>(job: &FileJob<D>) -> Result<Prepared> {
     } else {
         None
     };
-    let temp = temp_name();
+    let temp = job.writing_name();
     let out = job
         .target
         .create_file(&temp)
@@ -136,9 +144,11 @@ fn finish_file<D>(
                     .context_io(|| format!("writing {}", shown.display()))?;
                 set_metadata_of(out.as_fd(), &job.entry, &shown).map_err(metadata_error)?;
                 drop(out);
-                job.target
-                    .rename(&temp, &job.entry.name)
-                    .context_io(|| format!("replacing {}", shown.display()))?;
+                if temp != job.entry.name {
+                    job.target
+                        .rename(&temp, &job.entry.name)
+                        .context_io(|| format!("replacing {}", shown.display()))?;
+                }
             }
         }
         Ok(how)
@@ -288,9 +298,10 @@ impl<D> RoundFile<'_, D> {
         Ok(())
     }
 
-    /// Creates the file's temporary file beside its place.
+    /// Creates the file's temporary file beside its place, or, in a directory this run
+    /// made, the file itself.
     pub(super) fn create(&self) -> Result<Writing> {
-        let temp = temp_name();
+        let temp = self.job.writing_name();
         let target = &self.job.target;
         let out = target
             .create_file(&temp)
