@@ -31,6 +31,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo clippy --lib --no-default-features (the library without mount, serve, client, S3, CLI)"
+cargo clippy --lib --locked --no-default-features -- -D warnings
 echo "== cargo test"
 cargo test --locked --all-targets
 cargo test --locked --doc

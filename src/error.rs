@@ -16,6 +16,7 @@ pub struct PathError {
 
 /// The classes of failure a caller can act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ErrorKind {
     Io,
     Corrupt,
@@ -27,8 +28,10 @@ pub enum ErrorKind {
     Interrupted,
 }
 
-/// Everything the cairn library can fail with.
+/// Everything the cairn library can fail with. New kinds of failure may be added: match on
+/// `kind()` to act on a class.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Shows its cause in its own text, and so does not also report it as `source()`: a
     /// chain printed whole would say it twice.

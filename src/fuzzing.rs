@@ -142,7 +142,7 @@ pub fn server_answer(data: &[u8]) {
         0 => {
             // A streamed tree listing: records until the end or the first error.
             let mut reader = body;
-            while let Ok(Some(_)) = crate::source::remote::read_record(&mut reader) {}
+            while let Ok(Some(_)) = crate::net::wire::read_record(&mut reader) {}
         }
         1 => {
             let _ = postcard::from_bytes::<Option<Entry>>(body);
@@ -181,7 +181,7 @@ pub fn client_request(data: &[u8]) {
             {
                 let _ = ranges
                     .iter()
-                    .all(|r| crate::net::server::valid_object_name(&r.name));
+                    .all(|r| crate::repo::objects::valid_object_name(&r.name));
             }
         }
         1 => {
@@ -194,8 +194,9 @@ pub fn client_request(data: &[u8]) {
         }
         _ => {
             let text = String::from_utf8_lossy(body);
+            #[cfg(feature = "server")]
             let _ = crate::net::server::parse_range(&text);
-            let _ = crate::net::server::valid_object_name(&text);
+            let _ = crate::repo::objects::valid_object_name(&text);
         }
     }
 }

@@ -1,26 +1,55 @@
 //! cairn: content-addressed, deduplicating, compressed and encrypted backups of directory
 //! trees, kept as immutable checkpoints you can list, browse and restore.
 //!
-//! The library holds everything; the `cairn` binary is a thin command line over it.
-//! Layers, top to bottom: [`backup`], [`restore`] and [`check`] run whole operations over a
-//! [`repo::Repository`]; [`checkpoint`] and [`tree`] define what a backup is made of; the
-//! repository stores blobs in packs through a [`repo::backend::Backend`], using
-//! [`chunker`], [`crypto`] and [`id`].
+//! The library holds everything; the `cairn` binary is a thin command line over it. Data
+//! flows one way, a source copied into a target: [`backup`] turns local paths (or a served
+//! directory) into a checkpoint in a [`Repository`]; [`restore`] writes a checkpoint (or a
+//! live or served directory, see [`source`]) into a directory; a [`Vfs`] is the browsable
+//! view of every checkpoint, and [`mount`] (feature `mount`) hands it to FUSE. The repository
+//! stores blobs in packs through a [`repo::backend::Backend`]: a local directory, a
+//! `cairn serve` (feature `client`) or an S3-compatible store (feature `s3`).
 //!
-//! ```no_run
-//! use cairn::repo::{InitOptions, Repository, Secret, backend::LocalBackend};
-//! use cairn::repo::config::EncryptionMode;
+//! The common calls are re-exported here. A backup, a listing, a restore and a look through
+//! the view, in a temporary directory:
+//!
+//! ```
+//! use cairn::repo::{backend::LocalBackend, config::EncryptionMode};
+//! use cairn::{BackupOptions, InitOptions, Progress, Repository, RestoreOptions, Secret, Vfs};
 //! use std::sync::Arc;
 //!
-//! let backend = Arc::new(LocalBackend::new("/tmp/repo"));
+//! let work = std::env::temp_dir().join(format!("cairn-doc-{}", std::process::id()));
+//! let source = work.join("source");
+//! std::fs::create_dir_all(&source).unwrap();
+//! std::fs::write(source.join("notes.txt"), "remember the milk\n").unwrap();
+//!
+//! // A repository in a local directory, unencrypted (pass a password or key file otherwise).
+//! let backend = Arc::new(LocalBackend::new(work.join("repo")));
 //! Repository::init(backend.as_ref(), InitOptions::new(EncryptionMode::None))?;
-//! let repo = Repository::open(backend, |_| Ok(Secret::None), "/tmp/cache".as_ref())?;
-//! let options = cairn::backup::BackupOptions::new(vec!["/etc".into()]);
-//! let outcome = cairn::backup::run(&repo, &options, &cairn::backup::Progress::default())?;
-//! if let Some(id) = outcome.id {
-//!     println!("checkpoint {id}");
-//! }
-//! # Ok::<(), cairn::error::Error>(())
+//! let repo = Repository::open(backend, |_| Ok(Secret::None), &work.join("cache"))?;
+//!
+//! // Back the source up: one checkpoint.
+//! let outcome = cairn::backup::run(&repo, &BackupOptions::new(vec![source]), &Progress::default())?;
+//! assert!(outcome.errors.is_empty());
+//!
+//! // List the checkpoints and restore the newest into a new directory.
+//! let checkpoints = cairn::checkpoint::list(&repo)?;
+//! let (_, newest) = checkpoints.last().expect("one checkpoint");
+//! let target = work.join("restored");
+//! let report = cairn::restore::run(&repo, newest, "", &target, &RestoreOptions::default(), &Progress::default())?;
+//! assert_eq!(report.files_written, 1);
+//! assert_eq!(std::fs::read(target.join("notes.txt")).unwrap(), b"remember the milk\n");
+//!
+//! // Browse it without restoring: /latest/notes.txt in the view of every checkpoint.
+//! let vfs = Vfs::new(Arc::new(repo), Default::default())?;
+//! let latest = vfs.lookup(cairn::vfs::ROOT_INO, b"latest")?;
+//! let dir = vfs.lookup(cairn::vfs::ROOT_INO, b"checkpoints")?;
+//! let name = vfs.readlink(latest.ino)?;
+//! let checkpoint = vfs.lookup(dir.ino, &name[b"checkpoints/".len()..])?;
+//! let notes = vfs.lookup(checkpoint.ino, b"notes.txt")?;
+//! assert_eq!(&*vfs.read(notes.ino, 0, 4096)?, b"remember the milk\n");
+//! drop(vfs);
+//! let _ = std::fs::remove_dir_all(&work);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod backup;
@@ -38,6 +67,7 @@ pub mod history;
 pub mod holes;
 pub mod id;
 pub mod interrupt;
+#[cfg(feature = "mount")]
 pub mod mount;
 pub mod net;
 pub mod progress;
@@ -55,6 +85,15 @@ pub mod target;
 pub mod timestamp;
 pub mod tree;
 pub mod vfs;
+
+pub use backup::{BackupOptions, BackupOutcome, Progress};
+pub use checkpoint::{Checkpoint, CheckpointFilter};
+pub use error::{Error, ErrorKind, PathError, Result};
+pub use id::{BlobId, CheckpointId};
+pub use repo::{InitOptions, Repository, Secret};
+pub use restore::RestoreOptions;
+pub use sync::{SyncOptions, SyncReport};
+pub use vfs::Vfs;
 
 /// This machine's host name, as recorded in checkpoints and locks.
 pub fn host_name() -> String {

@@ -20,6 +20,7 @@ use crate::id::{BlobId, PackId};
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::repo::index::{IndexedPacks, read_index_file};
+use crate::repo::lock::LockGuard;
 use crate::repo::objects::ObjectKind;
 use crate::repo::pack::{PackEntry, pack_id_of_object, pack_object_name};
 use crate::repo::writer::{commit_pack_rewrite, packs_holding, with_blob_sink};
@@ -148,7 +149,8 @@ pub(crate) fn merge_listings<'a>(
     merged
 }
 
-/// Prunes `repo` (which the caller has not locked).
+/// Prunes `repo` (which the caller has not locked): decides under the lock what to delete and
+/// repack, then, unless a dry run, does it.
 pub fn run(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
     // A dry run changes nothing: it reads like a restore does.
     let lock = if options.dry_run {
@@ -156,13 +158,157 @@ pub fn run(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
     } else {
         Some(crate::repo::lock::acquire(repo, true, "prune")?)
     };
-    let mut report = PruneReport {
-        dry_run: options.dry_run,
-        ..PruneReport::default()
-    };
-    let used = used_blobs(repo)?;
-    let old_index_files = index_files(repo)?;
-    let mut present: HashMap<PackId, u64> = HashMap::new();
+    let plan = Plan::decide(repo, options.max_unused_percent)?;
+    if options.dry_run {
+        return Ok(PruneReport {
+            dry_run: true,
+            bytes_after: plan.report.bytes_before - plan.bytes_gone + plan.report.bytes_repacked,
+            ..plan.report
+        });
+    }
+    plan.execute(repo, lock.as_ref())
+}
+
+/// What a prune will do, decided from the repository as it is, before anything changes.
+struct Plan {
+    /// The numbers, as far as they are known before the work.
+    report: PruneReport,
+    /// How much of each indexed pack is used.
+    packs: HashMap<PackId, PackUse>,
+    /// Partly used packs whose used blobs move into new packs.
+    repack: Vec<PackId>,
+    /// Packs deleted: unused, unlisted, or repacked.
+    gone: HashSet<PackId>,
+    bytes_gone: u64,
+    /// Indexed packs that stay as they are, in the order first listed.
+    staying: Vec<PackId>,
+    /// The index files read, replaced at the end.
+    old_index_files: Vec<String>,
+}
+
+impl Plan {
+    /// Reads every checkpoint's trees, every index file and the list of packs, and decides:
+    /// packs with no used blob and packs no index file lists are deleted; partly used packs
+    /// are repacked, most wasteful first, until the unused bytes left are at most
+    /// `max_unused_percent` of the used ones.
+    fn decide(repo: &Repository, max_unused_percent: f64) -> Result<Plan> {
+        let used = used_blobs(repo)?;
+        let old_index_files = index_files(repo)?;
+        let present = present_packs(repo)?;
+        let mut report = PruneReport {
+            packs_before: present.len() as u64,
+            bytes_before: present.values().sum(),
+            ..PruneReport::default()
+        };
+        let listings = merge_listings(old_index_files.iter().flat_map(|(_, listed)| listed));
+        let (packs, pack_order) = pack_use(listings, &used, &present)?;
+        report.used_blobs = packs.values().map(|p| p.used.len() as u64).sum();
+        report.used_bytes = packs.values().map(|p| p.used_bytes).sum();
+
+        let mut doomed: Vec<PackId> = present
+            .keys()
+            .filter(|pack| !packs.contains_key(pack))
+            .copied()
+            .collect();
+        let mut partly: Vec<PackId> = Vec::new();
+        for pack in &pack_order {
+            let usage = &packs[pack];
+            if usage.used.is_empty() {
+                doomed.push(*pack);
+            } else if usage.unused_bytes > 0 {
+                partly.push(*pack);
+            }
+        }
+        partly.sort_by_key(|pack| std::cmp::Reverse(packs[pack].unused_bytes));
+        let tolerated = (report.used_bytes as f64 * max_unused_percent / 100.0) as u64;
+        let mut waste: u64 = partly.iter().map(|p| packs[p].unused_bytes).sum();
+        let mut repack: Vec<PackId> = Vec::new();
+        for pack in partly {
+            if waste <= tolerated {
+                break;
+            }
+            waste -= packs[&pack].unused_bytes;
+            repack.push(pack);
+        }
+        report.unused_bytes_kept = waste;
+        report.packs_repacked = repack.len() as u64;
+        report.blobs_repacked = repack.iter().map(|p| packs[p].used.len() as u64).sum();
+        report.bytes_repacked = repack.iter().map(|p| packs[p].used_bytes).sum();
+        report.packs_deleted = doomed.len() as u64;
+        let gone: HashSet<PackId> = doomed.iter().chain(&repack).copied().collect();
+        let staying = pack_order
+            .into_iter()
+            .filter(|pack| !gone.contains(pack))
+            .collect();
+        Ok(Plan {
+            bytes_gone: gone.iter().map(|p| present[p]).sum(),
+            report,
+            packs,
+            repack,
+            gone,
+            staying,
+            old_index_files: old_index_files.into_iter().map(|(name, _)| name).collect(),
+        })
+    }
+
+    /// Does what was decided, in the order that keeps every used blob reachable (see the
+    /// module's documentation); checks the lock is still held before the first deletion.
+    fn execute(self, repo: &Repository, lock: Option<&LockGuard>) -> Result<PruneReport> {
+        let Plan {
+            mut report,
+            packs,
+            repack,
+            gone,
+            staying,
+            old_index_files,
+            ..
+        } = self;
+        // (1) Repacked blobs into new packs, each checked against its id on the way.
+        with_blob_sink(repo, false, 8, &Progress::default(), |sink| {
+            for pack in &repack {
+                let name = pack_object_name(pack);
+                let bytes = repo.backend().get(&name)?;
+                for entry in &packs[pack].used {
+                    sink.copy_stored(pack, &bytes, entry)??;
+                }
+            }
+            Ok(())
+        })?;
+        // Where the repacked blobs landed. A new pack may have the very id of an old one (the
+        // same blobs in the same order, unencrypted): it stays, whatever was decided for it.
+        let repacked_into = packs_holding(
+            repo,
+            repack
+                .iter()
+                .flat_map(|pack| &packs[pack].used)
+                .map(|e| &e.id),
+        )?;
+        let gone: HashSet<PackId> = gone
+            .into_iter()
+            .filter(|pack| !repacked_into.contains_key(pack))
+            .collect();
+        if let Some(lock) = lock {
+            lock.ensure_held()?;
+        }
+        // (2) One fresh set of index files for the packs that stay and the new ones, then (3)
+        // the old index files, then (4) the packs nothing lists any more.
+        let mut listed: IndexedPacks = staying
+            .iter()
+            .filter(|pack| !repacked_into.contains_key(pack))
+            .map(|pack| (*pack, packs[pack].entries.clone()))
+            .collect();
+        listed.extend(repacked_into);
+        let replaced = commit_pack_rewrite(repo, &listed, &old_index_files, &gone)?;
+        report.index_files_written = replaced.written;
+        report.index_files_deleted = replaced.deleted;
+        report.bytes_after = present_packs(repo)?.values().sum();
+        Ok(report)
+    }
+}
+
+/// Every pack in the repository, with its size.
+fn present_packs(repo: &Repository) -> Result<HashMap<PackId, u64>> {
+    let mut present = HashMap::new();
     for object in repo.backend().list(ObjectKind::Pack.prefix())? {
         let pack = pack_id_of_object(&object.name).ok_or_else(|| {
             Error::corrupt(
@@ -172,11 +318,17 @@ pub fn run(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
         })?;
         present.insert(pack, object.size);
     }
-    report.packs_before = present.len() as u64;
-    report.bytes_before = present.values().sum();
+    Ok(present)
+}
 
-    let listings = merge_listings(old_index_files.iter().flat_map(|(_, listed)| listed));
-    // Sort every indexed entry into its pack; the first copy of a used blob is the kept one.
+/// Sorts every indexed entry into its pack, in the order the packs are first listed; the
+/// first copy of a used blob is the kept one. Fails when a listed pack is missing or a used
+/// blob is listed nowhere: pruning then could lose data.
+fn pack_use(
+    listings: Vec<(PackId, Vec<PackEntry>)>,
+    used: &HashSet<BlobId>,
+    present: &HashMap<PackId, u64>,
+) -> Result<(HashMap<PackId, PackUse>, Vec<PackId>)> {
     let mut packs: HashMap<PackId, PackUse> = HashMap::new();
     let mut pack_order: Vec<PackId> = Vec::new();
     let mut kept: HashSet<BlobId> = HashSet::new();
@@ -206,99 +358,7 @@ pub fn run(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
             "a checkpoint needs it but no index file lists it: run `cairn check` before pruning",
         ));
     }
-    report.used_blobs = kept.len() as u64;
-    report.used_bytes = packs.values().map(|p| p.used_bytes).sum();
-
-    // Decide: delete unused and unlisted packs; repack the most wasteful partly used ones
-    // until the waste left is within bounds.
-    let mut doomed: Vec<PackId> = present
-        .keys()
-        .filter(|pack| !packs.contains_key(pack))
-        .copied()
-        .collect();
-    let mut partly: Vec<PackId> = Vec::new();
-    for pack in &pack_order {
-        let usage = &packs[pack];
-        if usage.used.is_empty() {
-            doomed.push(*pack);
-        } else if usage.unused_bytes > 0 {
-            partly.push(*pack);
-        }
-    }
-    partly.sort_by_key(|pack| std::cmp::Reverse(packs[pack].unused_bytes));
-    let tolerated = (report.used_bytes as f64 * options.max_unused_percent / 100.0) as u64;
-    let mut waste: u64 = partly.iter().map(|p| packs[p].unused_bytes).sum();
-    let mut repack: Vec<PackId> = Vec::new();
-    for pack in partly {
-        if waste <= tolerated {
-            break;
-        }
-        waste -= packs[&pack].unused_bytes;
-        repack.push(pack);
-    }
-    report.unused_bytes_kept = waste;
-    report.packs_repacked = repack.len() as u64;
-    report.blobs_repacked = repack.iter().map(|p| packs[p].used.len() as u64).sum();
-    report.bytes_repacked = repack.iter().map(|p| packs[p].used_bytes).sum();
-    report.packs_deleted = doomed.len() as u64;
-    let gone: HashSet<PackId> = doomed.iter().chain(&repack).copied().collect();
-    let staying: Vec<PackId> = pack_order
-        .iter()
-        .filter(|pack| !gone.contains(pack))
-        .copied()
-        .collect();
-    let bytes_gone: u64 = gone.iter().map(|p| present[p]).sum();
-    if options.dry_run {
-        report.bytes_after = report.bytes_before - bytes_gone + report.bytes_repacked;
-        return Ok(report);
-    }
-
-    // (1) Repacked blobs into new packs, each checked against its id on the way.
-    with_blob_sink(repo, false, 8, &Progress::default(), |sink| {
-        for pack in &repack {
-            let name = pack_object_name(pack);
-            let bytes = repo.backend().get(&name)?;
-            for entry in &packs[pack].used {
-                sink.copy_stored(pack, &bytes, entry)??;
-            }
-        }
-        Ok(())
-    })?;
-    // Where the repacked blobs landed. A new pack may have the very id of an old one (the
-    // same blobs in the same order, unencrypted): it stays, whatever was decided for the old.
-    let repacked_into = packs_holding(
-        repo,
-        repack
-            .iter()
-            .flat_map(|pack| &packs[pack].used)
-            .map(|e| &e.id),
-    )?;
-    let gone: HashSet<PackId> = gone
-        .into_iter()
-        .filter(|pack| !repacked_into.contains_key(pack))
-        .collect();
-    if let Some(lock) = &lock {
-        lock.ensure_held()?;
-    }
-    // (2) One fresh set of index files for the packs that stay and the new ones, then (3)
-    // the old index files, then (4) the packs nothing lists any more.
-    let mut listed: IndexedPacks = staying
-        .iter()
-        .filter(|pack| !repacked_into.contains_key(pack))
-        .map(|pack| (*pack, packs[pack].entries.clone()))
-        .collect();
-    listed.extend(repacked_into);
-    let old_names: Vec<String> = old_index_files.into_iter().map(|(name, _)| name).collect();
-    let replaced = commit_pack_rewrite(repo, &listed, &old_names, &gone)?;
-    report.index_files_written = replaced.written;
-    report.index_files_deleted = replaced.deleted;
-    report.bytes_after = repo
-        .backend()
-        .list(ObjectKind::Pack.prefix())?
-        .iter()
-        .map(|o| o.size)
-        .sum();
-    Ok(report)
+    Ok((packs, pack_order))
 }
 
 #[cfg(test)]

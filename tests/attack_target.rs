@@ -270,8 +270,3 @@ fn another_users_file_in_the_target_is_replaced_not_made_the_entrys() {
     );
     assert_eq!((now.uid(), now.mode() & 0o7777), (0, 0o4755));
 }
-
-fn running_as_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}

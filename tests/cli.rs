@@ -301,7 +301,7 @@ fn unreadable_files_are_listed_and_exit_3() {
     let repo = sandbox.path("repo");
     let extra = init(&sandbox, &repo, "none");
     // Root reads everything, so run the backup as an unprivileged user when we are root.
-    let mut command = if unsafe { libc::geteuid() } == 0 {
+    let mut command = if running_as_root() {
         sandbox.cairn_as_nobody(&[&repo, &source])
     } else {
         sandbox.cairn()

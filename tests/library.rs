@@ -1170,10 +1170,7 @@ fn sync_latest_into(repo: &Repository, target: &std::path::Path) {
     use cairn::restore::into_dir;
     use cairn::source::checkpoint::CheckpointSource;
     let (_, latest) = cairn::checkpoint::resolve(repo, "latest").unwrap();
-    let source = CheckpointSource {
-        repo,
-        totals: Some((latest.stats.files, latest.stats.bytes)),
-    };
+    let source = CheckpointSource::whole(repo, &latest);
     let report = into_dir(
         &source,
         latest.tree,

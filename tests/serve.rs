@@ -731,10 +731,7 @@ fn progress_has_a_total_and_reaches_it_for_served_local_and_checkpoint_sources()
     assert_progress_complete(&progress, expected, report.bytes_transferred);
 
     let (_, record) = cairn::checkpoint::resolve(&repo, "latest").unwrap();
-    let checkpoint = CheckpointSource {
-        repo: &repo,
-        totals: Some((record.stats.files, record.stats.bytes)),
-    };
+    let checkpoint = CheckpointSource::whole(&repo, &record);
     let progress = Progress::default();
     let restored = sandbox.path("restored");
     let report = into_dir(

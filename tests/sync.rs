@@ -614,7 +614,7 @@ fn syncs_into_a_directory_keep_dense_files_dense_unless_asked_for_sparse() {
 
 #[test]
 fn device_nodes_are_skipped_and_named_by_every_run_into_a_directory_when_not_root() {
-    if !is_root() {
+    if !running_as_root() {
         eprintln!("skipped: making a device node to back up needs root");
         return;
     }
@@ -670,12 +670,6 @@ fn itemized(output: &str) -> Vec<String> {
         .filter(|l| l.len() > 12 && l.as_bytes()[11] == b' ' && !l.contains("transferred"))
         .map(str::to_owned)
         .collect()
-}
-
-/// Whether this test runs as root (owners and device nodes can be set).
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 fn lchown(path: &Path, uid: u32, gid: u32) {
@@ -807,7 +801,7 @@ fn make_change_tree(root: &Path) {
     fs::write(root.join("gone/x"), b"x\n").unwrap();
     fs::write(root.join("gone2"), b"2\n").unwrap();
     fs::write(root.join("same"), b"same\n").unwrap();
-    if is_root() {
+    if running_as_root() {
         mknod(&root.join("null"), libc::S_IFCHR, libc::makedev(1, 3));
     }
 }
@@ -843,7 +837,7 @@ fn change_tree(root: &Path) -> Vec<String> {
     fs::remove_file(root.join("gone2")).unwrap();
     fs::write(root.join("new"), b"n\n").unwrap();
     fs::hard_link(root.join("same"), root.join("zlink")).unwrap();
-    if is_root() {
+    if running_as_root() {
         lchown(&root.join("null"), 7, 8);
         expected.push(".D....og... null");
     }
@@ -945,7 +939,7 @@ fn make_metadata_tree(root: &Path) {
     xattr::set(root.join("tagged"), "user.a", b"1").unwrap();
     xattr::set(root.join("retagged"), "user.b", b"1").unwrap();
     mknod(&root.join("fifo"), libc::S_IFIFO, 0);
-    if is_root() {
+    if running_as_root() {
         mknod(&root.join("null"), libc::S_IFCHR, libc::makedev(1, 3));
     }
     std::os::unix::fs::symlink("plain", root.join("link")).unwrap();
@@ -962,7 +956,7 @@ fn change_metadata(root: &Path) {
     xattr::set(root.join("retagged"), "user.b", b"changed").unwrap();
     xattr::remove(root.join("tagged"), "user.a").unwrap();
     let mut special = vec!["fifo"];
-    if is_root() {
+    if running_as_root() {
         special.push("null");
     }
     for name in special {
@@ -971,7 +965,7 @@ fn change_metadata(root: &Path) {
     }
     chmod(&root.join("d"), 0o711);
     xattr::set(root.join("d"), "user.dir", b"x").unwrap();
-    if is_root() {
+    if running_as_root() {
         for name in ["fifo", "null", "link", "d"] {
             lchown(&root.join(name), 4321, 4322);
         }
@@ -1158,7 +1152,7 @@ fn xattrs_cairn_does_not_manage_are_left_alone_in_the_target() {
     let sandbox = Sandbox::new();
     let source = sandbox.path("source");
     fs::create_dir_all(&source).unwrap();
-    if !is_root() || !xattrs_supported(&source) {
+    if !running_as_root() || !xattrs_supported(&source) {
         return;
     }
     fs::write(source.join("f"), b"f").unwrap();

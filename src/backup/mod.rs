@@ -26,13 +26,16 @@
 //! the checkpoint, and the backup goes on.
 
 mod local;
+#[cfg(feature = "client")]
 pub(crate) mod remote;
 mod trees;
 mod walk;
 
 pub use crate::progress::Progress;
+pub(crate) use local::count_tree;
+#[cfg(feature = "server")]
+pub(crate) use local::recorded_path;
 pub use local::{BackupOptions, clean_path};
-pub(crate) use local::{count_tree, recorded_path};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Error, PathError, Result};
@@ -190,7 +193,8 @@ pub(crate) type FileResult = std::result::Result<(Content, u64), FileError>;
 /// A file for the workers.
 pub(crate) struct FileJob<P> {
     pub path: P,
-    /// Its size in the listing.
+    /// Its size in the listing (what a served source's answer may hold).
+    #[cfg_attr(not(feature = "client"), allow(dead_code))]
     pub size: u64,
     pub result: Sender<FileResult>,
 }

@@ -32,7 +32,8 @@ mod sync;
 mod unlock;
 
 use anyhow::{Context, Result, bail};
-use cairn::net::client::{HttpTimeouts, Remote};
+use cairn::net::HttpTimeouts;
+use cairn::net::client::Remote;
 use cairn::repo::backend::{Backend, LocalBackend};
 use cairn::repo::config::EncryptionMode;
 use cairn::repo::http::HttpBackend;

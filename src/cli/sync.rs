@@ -334,10 +334,7 @@ fn sync(
             let repo = open_source(&path)?;
             let reference = checkpoint.as_deref().unwrap_or("latest");
             let (_, record) = checkpoint::resolve(&repo, reference)?;
-            let source = CheckpointSource {
-                repo: &repo,
-                totals: Some((record.stats.files, record.stats.bytes)),
-            };
+            let source = CheckpointSource::whole(&repo, &record);
             let root = record.root.as_ref();
             Ok(restore::into_dir(
                 &source,
@@ -466,13 +463,9 @@ impl LocalSync<'_> {
             bail!("{} is not a directory or a repository", dir.display());
         }
         refuse_overlap(&source, target)?;
-        let metadata = std::fs::symlink_metadata(&source)?;
-        let root = cairn::fs::meta::entry_from_metadata(
-            Vec::new(),
-            &metadata,
-            cairn::tree::EntryKind::Dir(cairn::id::BlobId([0; 32])),
-            cairn::fs::meta::read_xattrs(&source).unwrap_or_default(),
-        );
+        let root = cairn::fs::meta::path_entry(&source, Vec::new())
+            .with_context(|| format!("reading {}", source.display()))?
+            .with_context(|| format!("{} is not a directory", source.display()))?;
         Ok(restore::into_dir(
             &DirectorySource,
             source,

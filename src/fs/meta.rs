@@ -51,7 +51,7 @@ pub(crate) fn local_entry(child: &fs::DirEntry) -> std::io::Result<Option<Entry>
 }
 
 /// The entry of `path` (not following a symlink), named `name`; `None` for a socket.
-pub(crate) fn path_entry(path: &Path, name: Vec<u8>) -> std::io::Result<Option<Entry>> {
+pub fn path_entry(path: &Path, name: Vec<u8>) -> std::io::Result<Option<Entry>> {
     listed_entry(path, name, &fs::symlink_metadata(path)?)
 }
 

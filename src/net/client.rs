@@ -7,39 +7,11 @@
 //! and requests that only read are tried again a few times, with a pause, before the
 //! error names the server and says what to do.
 
+use super::HttpTimeouts;
 use crate::error::{Error, Result};
 use std::io::Read;
 use std::time::{Duration, Instant};
 use ureq::Agent;
-
-/// How long a client waits for a server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HttpTimeouts {
-    /// To connect (TCP and TLS).
-    pub connect: Duration,
-    /// For the response headers, for each read of a body, and for a body to move on by
-    /// `MIN_PROGRESS_BYTES`.
-    pub idle: Duration,
-}
-
-impl HttpTimeouts {
-    /// The same wait for every step (`--http-timeout`).
-    pub fn all(wait: Duration) -> Self {
-        HttpTimeouts {
-            connect: wait,
-            idle: wait,
-        }
-    }
-}
-
-impl Default for HttpTimeouts {
-    fn default() -> Self {
-        HttpTimeouts {
-            connect: Duration::from_secs(30),
-            idle: Duration::from_secs(60),
-        }
-    }
-}
 
 /// A body that brings fewer bytes than this in an idle timeout is given up on, so a server
 /// sending a byte at a time cannot hold a client forever.

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::id::BlobId;
 use crate::tree::ChunkRef;
 use serde::{Deserialize, Serialize};
+use std::io::Read;
 
 /// A listing of one directory larger than this (decompressed) is refused: over a million
 /// entries.
@@ -208,4 +209,46 @@ impl SourceAbout {
 pub struct ListedObject {
     pub name: String,
     pub size: u64,
+}
+
+/// A path below the source: components joined by `/`, empty for its root.
+pub type RemotePath = Vec<u8>;
+
+/// `dir/name`, or `name` at the root.
+pub fn child_path(dir: &[u8], name: &[u8]) -> RemotePath {
+    if dir.is_empty() {
+        return name.to_vec();
+    }
+    [dir, b"/", name].concat()
+}
+
+/// Writes one record of a streamed listing: its length (four bytes, little-endian), then the
+/// record, postcard-encoded.
+pub fn write_record(out: &mut impl std::io::Write, record: &TreeRecord) -> std::io::Result<()> {
+    let encoded = postcard::to_stdvec(record).expect("records serialize");
+    out.write_all(&(encoded.len() as u32).to_le_bytes())?;
+    out.write_all(&encoded)
+}
+
+/// The next record of a streamed listing; `None` at its end.
+pub fn read_record(reader: &mut dyn Read) -> std::io::Result<Option<TreeRecord>> {
+    let mut length = [0u8; 4];
+    match reader.read_exact(&mut length) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let length = u32::from_le_bytes(length) as usize;
+    if length as u64 > MAX_LISTING_BYTES {
+        return Err(std::io::Error::other("a listing record is too large"));
+    }
+    // Grown as the bytes arrive: the length the server wrote sizes nothing up front.
+    let mut record = Vec::new();
+    reader.take(length as u64).read_to_end(&mut record)?;
+    if record.len() != length {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+    }
+    postcard::from_bytes(&record)
+        .map(Some)
+        .map_err(std::io::Error::other)
 }

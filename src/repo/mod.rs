@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod codec;
 pub mod config;
+#[cfg(feature = "client")]
 pub mod http;
 pub mod index;
 pub mod keys;
@@ -13,6 +14,7 @@ pub mod lock;
 pub mod objects;
 pub mod pack;
 pub mod remembered;
+#[cfg(feature = "s3")]
 pub mod s3;
 pub mod tree_cache;
 pub mod writer;

@@ -60,6 +60,27 @@ impl ObjectKind {
     }
 }
 
+/// Whether `name` is an object name of the repository layout: `config`, or a known top-level
+/// directory followed by plain components (no `.`, `..` or empty parts, hex and a few safe
+/// characters only).
+pub fn valid_object_name(name: &str) -> bool {
+    if name == CONFIG {
+        return true;
+    }
+    let mut parts = name.split('/');
+    let top_ok = parts.next().and_then(ObjectKind::from_dir).is_some();
+    let rest: Vec<&str> = parts.collect();
+    top_ok
+        && !rest.is_empty()
+        && rest.iter().all(|part| {
+            !part.is_empty()
+                && !part.starts_with('.')
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@
 
 use super::backend::{Backend, ObjectInfo, RangeRequest, max_whole_object_bytes};
 use crate::error::{Error, Result};
-use crate::net::client::HttpTimeouts;
+use crate::net::HttpTimeouts;
 use opendal::services::S3;
 use opendal::{ErrorKind as StoreErrorKind, Operator};
 use std::sync::OnceLock;

@@ -8,7 +8,10 @@
 //! keeps its content, and only differing metadata is set on it in place (so are symlinks and
 //! special files whose target or number is right); any other file goes to the workers,
 //! which rebuild it in a temporary file beside it and rename that over the old one, so an
-//! interrupted sync never leaves a half-written file under a real name. A rebuilt file
+//! interrupted sync never leaves a half-written file under the name of one it found. (In a
+//! directory the run made itself nothing can be replaced, so files are written under their
+//! own names: a file cut short there has its mtime unset, and the next sync rewrites it.)
+//! A rebuilt file
 //! takes every chunk the old file already holds from there (chunked the same way) and only
 //! the rest from the source; when the old file turns out to hold exactly the source's chunks,
 //! only its metadata is set. From a checkpoint, files with nothing at their place go instead
@@ -46,9 +49,8 @@ use crate::error::{Error, IoContext, PathError, Result};
 use crate::fs::throttle::RateLimiter;
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::source::OneEntry;
-use crate::source::TreeSource;
 use crate::source::checkpoint::CheckpointSource;
+use crate::source::{OneEntry, TreeSource};
 use crate::space::SpaceFailure;
 use crate::sync::{SyncOptions, SyncReport};
 use crate::target::{TargetDir, set_directories_metadata};
@@ -114,12 +116,9 @@ pub fn run(
     let path = path.trim_matches('/');
     let node = find_entry(repo, record.root_entry(), path)?;
     if let EntryKind::Dir(tree) = &node.kind {
-        let whole = path
-            .is_empty()
-            .then_some((record.stats.files, record.stats.bytes));
-        let source = CheckpointSource {
-            repo,
-            totals: whole,
+        let source = match path.is_empty() {
+            true => CheckpointSource::whole(repo, record),
+            false => CheckpointSource::part(repo),
         };
         let own = Some(&node).filter(|n| !n.name.is_empty());
         return into_dir(&source, *tree, own, target, &sync, progress, &mut |_| {});
@@ -128,7 +127,7 @@ pub fn run(
     let EntryKind::Dir(parent) = find_entry(repo, record.root_entry(), parent_path)?.kind else {
         return Err(Error::NotFound(format!("{parent_path} is not a directory")));
     };
-    let checkpoint = CheckpointSource { repo, totals: None };
+    let checkpoint = CheckpointSource::part(repo);
     let name = node.name.clone();
     let one = OneEntry::new(&checkpoint, parent, node, &name)?;
     into_dir(&one, (), None, target, &sync, progress, &mut |_| {})

@@ -2,13 +2,8 @@
 //! by chunk from the packs (several files' chunks in one pass), and a changed file takes what
 //! the old file holds.
 
-use super::FileTask;
-use super::FileWrite;
-use super::Rebuild;
-use super::TreeSource;
-use super::finish_rebuild;
-use super::start_rebuild;
-use super::write_at;
+use super::{FileTask, FileWrite, Rebuild, TreeSource, finish_rebuild, start_rebuild, write_at};
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, PathError, Result};
 use crate::fs::throttle::RateLimiter;
 use crate::id::BlobId;
@@ -22,18 +17,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A checkpoint's tree in a repository.
 pub struct CheckpointSource<'a> {
-    pub repo: &'a Repository,
-    /// The regular files in the tree and their bytes, when known (a whole checkpoint's
-    /// statistics); otherwise they are counted from the trees.
-    pub totals: Option<(u64, u64)>,
+    repo: &'a Repository,
+    /// The checkpoint whose statistics give the regular files and bytes of the tree, for a
+    /// whole checkpoint; for part of one they are counted from the trees.
+    whole: Option<&'a Checkpoint>,
+}
+
+impl<'a> CheckpointSource<'a> {
+    /// All of checkpoint `record`: its statistics are the progress totals.
+    pub fn whole(repo: &'a Repository, record: &'a Checkpoint) -> Self {
+        CheckpointSource {
+            repo,
+            whole: Some(record),
+        }
+    }
+
+    /// A directory of a checkpoint: the progress totals are counted from its trees.
+    pub fn part(repo: &'a Repository) -> Self {
+        CheckpointSource { repo, whole: None }
+    }
 }
 
 impl TreeSource for CheckpointSource<'_> {
     type Dir = BlobId;
 
     fn count(&self, root: &BlobId, progress: &Progress, stop: &AtomicBool) {
-        if let Some((files, bytes)) = self.totals {
-            progress.set_totals(files, bytes);
+        if let Some(record) = self.whole {
+            progress.set_totals(record.stats.files, record.stats.bytes);
             return;
         }
         // The trees are read again by the walk, from the repository's tree cache.

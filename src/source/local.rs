@@ -1,11 +1,7 @@
 //! A live local directory as a source: entries listed with `fs::meta`, files copied from the
 //! source, or taken as they are when the old file holds the same bytes.
 
-use super::FileWrite;
-use super::TreeSource;
-use super::check_size;
-use super::write_at;
-use super::write_error;
+use super::{FileWrite, TreeSource, check_size, write_at, write_error};
 use crate::error::{Error, IoContext, PathError, Result};
 use crate::fs::meta::{local_entry, path_entry};
 use crate::fs::throttle::RateLimiter;

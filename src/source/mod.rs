@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod local;
+#[cfg(feature = "client")]
 pub mod remote;
 
 use crate::chunker::Chunker;

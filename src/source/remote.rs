@@ -15,8 +15,8 @@ use crate::id::BlobId;
 use crate::net::client::{Ask, HttpClient, MAX_SMALL_ANSWER_BYTES, Remote};
 use crate::net::wire::{
     BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, FileRanges, MAX_ABOUT_HOST_BYTES,
-    MAX_ABOUT_PATH_BYTES, MAX_LISTING_BYTES, SourceAbout, TreeRecord, max_compressed_bytes,
-    read_blobs,
+    MAX_ABOUT_PATH_BYTES, MAX_LISTING_BYTES, RemotePath, SourceAbout, child_path,
+    max_compressed_bytes, read_blobs, read_record,
 };
 use crate::progress::Progress;
 use crate::source::{
@@ -97,17 +97,6 @@ fn call_counted(
     let bytes = client.read_bytes(url, ask, max_bytes)?;
     received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
     Ok(bytes)
-}
-
-/// A path below the source: components joined by `/`, empty for its root.
-pub type RemotePath = Vec<u8>;
-
-/// `dir/name`, or `name` at the root.
-pub fn child_path(dir: &[u8], name: &[u8]) -> RemotePath {
-    if dir.is_empty() {
-        return name.to_vec();
-    }
-    [dir, b"/", name].concat()
 }
 
 impl RemoteSource {
@@ -546,29 +535,6 @@ impl RemoteSource {
     pub fn id_of(&self, data: &[u8]) -> BlobId {
         self.spec.id_of(data)
     }
-}
-
-/// The next record of a streamed listing; `None` at its end.
-pub(crate) fn read_record(reader: &mut dyn Read) -> std::io::Result<Option<TreeRecord>> {
-    let mut length = [0u8; 4];
-    match reader.read_exact(&mut length) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let length = u32::from_le_bytes(length) as usize;
-    if length as u64 > MAX_LISTING_BYTES {
-        return Err(std::io::Error::other("a listing record is too large"));
-    }
-    // Grown as the bytes arrive: the length the server wrote sizes nothing up front.
-    let mut record = Vec::new();
-    reader.take(length as u64).read_to_end(&mut record)?;
-    if record.len() != length {
-        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
-    }
-    postcard::from_bytes(&record)
-        .map(Some)
-        .map_err(std::io::Error::other)
 }
 
 impl TreeSource for RemoteSource {

@@ -6,6 +6,7 @@
 //! serve --source`) is pulled by `pull`, the backup engine with a served source.
 
 pub mod copy;
+#[cfg(feature = "client")]
 pub mod pull;
 
 use crate::error::PathError;

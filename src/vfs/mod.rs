@@ -113,6 +113,7 @@ pub struct Attr {
 
 /// Why a VFS call failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum VfsError {
     #[error("no such entry")]
     NotFound,

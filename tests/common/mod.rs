@@ -258,8 +258,7 @@ pub fn make_tree(root: &Path) {
     .unwrap();
     // Sockets are skipped with a notice, so `snapshot` leaves them out too.
     std::os::unix::net::UnixListener::bind(root.join("socket")).unwrap();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if running_as_root() {
         let null = std::ffi::CString::new(root.join("dev-null").as_os_str().as_bytes()).unwrap();
         // SAFETY: null is a valid path; makedev(1, 3) is /dev/null's device number.
         let rc = unsafe { libc::mknod(null.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
@@ -702,4 +701,10 @@ pub fn pack_bytes(repo: &Path) -> (u64, usize) {
         }
     }
     (bytes, count)
+}
+
+/// Whether the tests run as root (who may make device nodes, chown, and read anything).
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }

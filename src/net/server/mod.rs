@@ -30,7 +30,7 @@
 mod objects;
 mod source;
 
-pub(crate) use objects::{parse_range, valid_object_name};
+pub(crate) use objects::parse_range;
 pub use source::valid_source_name;
 
 use crate::error::{Error, ErrorKind};

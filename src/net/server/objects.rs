@@ -7,7 +7,7 @@ use super::{Access, Shared, blocking};
 use crate::error::Error;
 use crate::net::wire::{ListedObject, MAX_BLOBS_BYTES};
 use crate::repo::backend::{Backend, PutNew, RangeRequest};
-use crate::repo::objects::{self, ObjectKind};
+use crate::repo::objects::{ObjectKind, valid_object_name};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -15,27 +15,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use std::collections::HashMap;
-
-/// Whether `name` is an object name of the repository layout: `config`, or a known top-level
-/// directory followed by plain components (no `.`, `..` or empty parts, hex and a few safe
-/// characters only).
-pub(crate) fn valid_object_name(name: &str) -> bool {
-    if name == objects::CONFIG {
-        return true;
-    }
-    let mut parts = name.split('/');
-    let top_ok = parts.next().and_then(ObjectKind::from_dir).is_some();
-    let rest: Vec<&str> = parts.collect();
-    top_ok
-        && !rest.is_empty()
-        && rest.iter().all(|part| {
-            !part.is_empty()
-                && !part.starts_with('.')
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-}
 
 /// A prefix for `list`: empty, `config`, or a layout directory with a trailing slash.
 fn valid_prefix(prefix: &str) -> bool {

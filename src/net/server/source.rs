@@ -8,7 +8,7 @@ use crate::error::Error;
 use crate::fs::beneath::{fd_path, open_beneath, shown};
 use crate::net::wire::{
     BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, MAX_BLOBS_BYTES, SourceAbout,
-    TreeRecord, lean_entry,
+    TreeRecord, child_path, lean_entry, write_record,
 };
 use crate::tree::{ChunkRef, Entry};
 use axum::Router;
@@ -91,15 +91,13 @@ fn write_source_tree(
         };
         if let Ok(entries) = &entries {
             let subdirs = entries.iter().filter(|e| e.is_dir()).rev();
-            to_list.extend(subdirs.map(|e| crate::source::remote::child_path(&dir, &e.name)));
+            to_list.extend(subdirs.map(|e| child_path(&dir, &e.name)));
         }
         let record = TreeRecord {
             path: serde_bytes::ByteBuf::from(dir),
             entries,
         };
-        let encoded = postcard::to_stdvec(&record).expect("records serialize");
-        out.write_all(&(encoded.len() as u32).to_le_bytes())?;
-        out.write_all(&encoded)?;
+        write_record(out, &record)?;
     }
     Ok(())
 }
@@ -277,15 +275,25 @@ fn bad_request(what: &str) -> Response {
     (StatusCode::BAD_REQUEST, what.to_owned()).into_response()
 }
 
+/// Runs `work` on the path `query` names below source `name`, as `on_source` does.
+async fn on_source_path(
+    state: Shared,
+    name: String,
+    query: ListQuery,
+    work: fn(&std::path::Path, &[u8]) -> crate::error::Result<Vec<u8>>,
+) -> Response {
+    let Ok(rel) = hex::decode(&query.path) else {
+        return bad_request("the path must be hex");
+    };
+    on_source(state, name, move |root| work(&root, &rel)).await
+}
+
 async fn list_source(
     State(state): State<Shared>,
     Path(name): Path<String>,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    let Ok(rel) = hex::decode(&query.path) else {
-        return bad_request("the path must be hex");
-    };
-    on_source(state, name, move |root| list_source_dir(&root, &rel)).await
+    on_source_path(state, name, query, list_source_dir).await
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -339,10 +347,7 @@ async fn stat_source(
     Path(name): Path<String>,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    let Ok(rel) = hex::decode(&query.path) else {
-        return bad_request("the path must be hex");
-    };
-    on_source(state, name, move |root| stat_source_path(&root, &rel)).await
+    on_source_path(state, name, query, stat_source_path).await
 }
 
 /// The files and bytes of the whole source, counted as a backup's scan ahead counts them:
