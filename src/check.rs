@@ -11,7 +11,7 @@
 
 use crate::checkpoint;
 use crate::error::Result;
-use crate::id::{BlobId, CheckpointId, PackId};
+use crate::id::{BlobId, CheckpointId, PackId, TreeId};
 use crate::repo::Repository;
 use crate::repo::index::{BlobLocation, read_index_file};
 use crate::repo::objects::ObjectKind;
@@ -238,8 +238,9 @@ impl Checker<'_> {
 
     /// Walks the trees below `root`, each distinct tree once. The walk keeps its own stack of
     /// trees to visit, so a tree nested however deep costs heap, never call stack.
-    fn walk_trees(&mut self, root: BlobId, root_path: String) {
-        let mut pending = vec![(root, root_path, None)];
+    fn walk_trees(&mut self, root: TreeId, root_path: String) {
+        // Trees are checked as the blobs they are stored as.
+        let mut pending = vec![(root.blob(), root_path, None)];
         while let Some((tree_id, path, holder)) = pending.pop() {
             if let Some(holder) = holder {
                 self.holders.entry(tree_id).or_default().push(holder);
@@ -258,7 +259,7 @@ impl Checker<'_> {
                 let separator = if path.ends_with('/') { "" } else { "/" };
                 let child = format!("{path}{separator}{}", entry.name_lossy());
                 match entry.kind {
-                    EntryKind::Dir(id) => subtrees.push((id, child, Some(tree_id))),
+                    EntryKind::Dir(id) => subtrees.push((id.blob(), child, Some(tree_id))),
                     EntryKind::File(Content::Chunks(chunks)) => {
                         self.check_file(&chunks, entry.size, &child, tree_id)
                     }
@@ -350,7 +351,8 @@ pub fn run(repo: &Repository, options: &CheckOptions) -> Result<CheckReport> {
     checker.report.affected_checkpoints = records
         .into_iter()
         .filter(|(_, record)| {
-            with_damage.contains(&record.tree) || checker.bad.contains_key(&record.tree)
+            let root = record.tree.blob();
+            with_damage.contains(&root) || checker.bad.contains_key(&root)
         })
         .map(|(id, record)| AffectedCheckpoint {
             id,

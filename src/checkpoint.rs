@@ -7,7 +7,7 @@
 
 use crate::catalogue::Listing;
 use crate::error::{Error, Result};
-use crate::id::{BlobId, CheckpointId};
+use crate::id::{CheckpointId, TreeId};
 use crate::repo::Repository;
 use crate::repo::objects::ObjectKind;
 use crate::tree::{Entry, EntryKind};
@@ -38,7 +38,7 @@ pub struct Checkpoint {
     pub host: String,
     pub paths: Vec<String>,
     pub tags: Vec<String>,
-    pub tree: BlobId,
+    pub tree: TreeId,
     /// The backed-up directory's own entry (name, mode, owner, times, xattrs) when the
     /// checkpoint is of one directory; its kind is `Dir(tree)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -402,7 +402,7 @@ mod tests {
     use crate::tree::root_entry;
     use std::sync::Arc;
 
-    fn record(tree: BlobId, root: Option<Entry>) -> Checkpoint {
+    fn record(tree: TreeId, root: Option<Entry>) -> Checkpoint {
         Checkpoint {
             time: "2026-11-23T18:00:00.000000000Z".into(),
             host: "h".into(),
@@ -419,7 +419,7 @@ mod tests {
 
     #[test]
     fn root_times_past_i64_nanoseconds_round_trip_as_json_numbers() {
-        let tree = BlobId([7; 32]);
+        let tree = TreeId([7; 32]);
         let mut root = root_entry(tree);
         root.name = b"src".to_vec();
         root.mtime_ns = 10_413_792_000_123_456_789; // 2300-01-01
@@ -444,7 +444,7 @@ mod tests {
         Repository::init(backend.as_ref(), InitOptions::new(EncryptionMode::None)).unwrap();
         let repo =
             Repository::open(backend, |_| Ok(Secret::None), &dir.path().join("cache")).unwrap();
-        let tree = BlobId([7; 32]);
+        let tree = TreeId([7; 32]);
 
         let mut good = root_entry(tree);
         good.name = b"src".to_vec();
@@ -454,7 +454,7 @@ mod tests {
         let mut escaping = good.clone();
         escaping.name = b"../../etc".to_vec();
         let mut not_the_root = good.clone();
-        not_the_root.kind = EntryKind::Dir(BlobId([8; 32]));
+        not_the_root.kind = EntryKind::Dir(TreeId([8; 32]));
         let mut a_file = good;
         a_file.kind = EntryKind::Symlink(b"/etc/passwd".to_vec());
         for forged in [escaping, not_the_root, a_file] {

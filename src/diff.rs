@@ -20,7 +20,7 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
-use crate::id::BlobId;
+use crate::id::TreeId;
 use crate::repo::Repository;
 use crate::tree::{Content, Entry, EntryKind, file_chunks, load_tree};
 use serde::Serialize;
@@ -87,8 +87,8 @@ pub fn diff_checkpoints(repo: &Repository, a: &Checkpoint, b: &Checkpoint) -> Re
 enum Step {
     /// Compare directory trees `a` and `b`, whose entries live below `prefix`.
     Dirs {
-        a: BlobId,
-        b: BlobId,
+        a: TreeId,
+        b: TreeId,
         prefix: String,
     },
     /// Report `entry` at `path`, and everything below it, as `kind`.
@@ -148,7 +148,7 @@ impl Differ<'_> {
     }
 
     /// The steps that compare directory trees `a` and `b`, whose entries live below `prefix`.
-    fn dirs(&mut self, a: &BlobId, b: &BlobId, prefix: &str) -> Result<Vec<Step>> {
+    fn dirs(&mut self, a: &TreeId, b: &TreeId, prefix: &str) -> Result<Vec<Step>> {
         if a == b {
             return Ok(Vec::new());
         }
@@ -567,7 +567,7 @@ mod tests {
             first_right.kind, right.kind,
             "the sibling subtree is shared"
         );
-        let location = f.repo.locate(&right_tree).unwrap();
+        let location = f.repo.locate(&right_tree.blob()).unwrap();
         let right_read = (
             pack_object_name(&location.pack),
             location.entry.offset as u64,

@@ -6,12 +6,12 @@
 //! into one `Version`.
 
 use crate::error::Result;
-use crate::id::BlobId;
+use crate::id::TreeId;
 use crate::tree::{Entry, EntryKind, Tree};
 use std::sync::Arc;
 
 /// Loads (and usually caches) a tree by id.
-pub type TreeLoader<'a> = dyn Fn(&BlobId) -> Result<Arc<Tree>> + 'a;
+pub type TreeLoader<'a> = dyn Fn(&TreeId) -> Result<Arc<Tree>> + 'a;
 
 /// The entry at one path in each checkpoint of a catalogue, in catalogue order.
 pub type PathHistory = Vec<Option<Arc<Entry>>>;
@@ -23,7 +23,7 @@ pub fn child_history(
     name: &[u8],
 ) -> Result<PathHistory> {
     let mut out = Vec::with_capacity(parent.len());
-    let mut previous: Option<(BlobId, Option<Arc<Entry>>)> = None;
+    let mut previous: Option<(TreeId, Option<Arc<Entry>>)> = None;
     for entry in parent {
         let child = match entry.as_ref().map(|e| &e.kind) {
             Some(EntryKind::Dir(tree)) => match &previous {
@@ -132,7 +132,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn file(name: &str, mtime_ns: i128, size: u64) -> Entry {
-        let mut entry = root_entry(BlobId([0; 32]));
+        let mut entry = root_entry(TreeId([0; 32]));
         entry.name = name.as_bytes().to_vec();
         entry.kind = EntryKind::File(crate::tree::Content::Chunks(Vec::new()));
         entry.mtime_ns = mtime_ns;
@@ -164,12 +164,12 @@ mod tests {
     #[test]
     fn unchanged_parents_are_read_once() {
         let mut trees = HashMap::new();
-        let tree_a = BlobId([1; 32]);
-        let tree_b = BlobId([2; 32]);
+        let tree_a = TreeId([1; 32]);
+        let tree_b = TreeId([2; 32]);
         trees.insert(tree_a, Arc::new(Tree::from_entries(vec![file("x", 1, 1)])));
         trees.insert(tree_b, Arc::new(Tree::from_entries(vec![file("x", 2, 1)])));
         let loads = Cell::new(0);
-        let load = |id: &BlobId| {
+        let load = |id: &TreeId| {
             loads.set(loads.get() + 1);
             Ok(trees[id].clone())
         };

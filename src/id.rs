@@ -78,6 +78,26 @@ define_id!(
     BlobId
 );
 define_id!(
+    /// Id of a tree: the blob holding one directory's entries. A tree is stored as a blob,
+    /// so its id is that blob's (`blob()`), but a tree id names a directory: it is what a
+    /// directory entry and a checkpoint record refer to, and only trees are loaded by it.
+    TreeId
+);
+
+impl TreeId {
+    /// The blob the tree is stored as.
+    pub const fn blob(self) -> BlobId {
+        BlobId(self.0)
+    }
+}
+
+impl From<TreeId> for BlobId {
+    fn from(tree: TreeId) -> BlobId {
+        tree.blob()
+    }
+}
+
+define_id!(
     /// Id of a pack file: the plain BLAKE3 hash of the pack's bytes as stored.
     PackId
 );

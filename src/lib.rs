@@ -89,7 +89,7 @@ pub mod vfs;
 pub use backup::{BackupOptions, BackupOutcome, Progress};
 pub use checkpoint::{Checkpoint, CheckpointFilter};
 pub use error::{Error, ErrorKind, PathError, Result};
-pub use id::{BlobId, CheckpointId};
+pub use id::{BlobId, CheckpointId, TreeId};
 pub use repo::{InitOptions, Repository, Secret};
 pub use restore::RestoreOptions;
 pub use sync::{SyncOptions, SyncReport};

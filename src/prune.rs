@@ -16,7 +16,7 @@
 
 use crate::checkpoint;
 use crate::error::{Error, Result};
-use crate::id::{BlobId, PackId};
+use crate::id::{BlobId, PackId, TreeId};
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::repo::index::{IndexedPacks, read_index_file};
@@ -81,12 +81,12 @@ struct PackUse {
 /// Every blob that some checkpoint references: trees, chunk lists and data.
 fn used_blobs(repo: &Repository) -> Result<HashSet<BlobId>> {
     let mut used = HashSet::new();
-    let mut trees: Vec<BlobId> = checkpoint::read_all(repo)?
+    let mut trees: Vec<TreeId> = checkpoint::read_all(repo)?
         .into_iter()
         .map(|(_, record)| record.tree)
         .collect();
     while let Some(id) = trees.pop() {
-        if !used.insert(id) {
+        if !used.insert(id.blob()) {
             continue;
         }
         for entry in load_tree(repo, &id)?.entries {

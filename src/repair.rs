@@ -29,18 +29,18 @@
 use crate::check::{self, CheckOptions};
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Error, ErrorKind, Result};
-use crate::id::{BlobId, CheckpointId, PackId};
+use crate::id::{BlobId, CheckpointId, PackId, TreeId};
 use crate::progress::Progress;
 use crate::prune::{index_files, merge_listings};
 use crate::repo::Repository;
 use crate::repo::index::IndexedPacks;
 use crate::repo::lock;
 use crate::repo::objects::ObjectKind;
-use crate::repo::pack::{BlobKind, fetch_header, pack_id_of_object, pack_object_name};
+use crate::repo::pack::{fetch_header, pack_id_of_object, pack_object_name};
 use crate::repo::writer::{
     BlobSink, commit_pack_rewrite, packs_holding, replace_index_files, with_blob_sink,
 };
-use crate::tree::{Content, Entry, EntryKind, Tree, file_chunks, load_tree};
+use crate::tree::{Content, Entry, EntryKind, Tree, file_chunks, load_tree, store_tree};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
@@ -156,12 +156,12 @@ struct TreeTotals {
 #[derive(Debug, Clone)]
 struct RewrittenTree {
     /// The tree's new id; its old one when nothing below it was dropped.
-    id: BlobId,
+    id: TreeId,
     /// Names of the entries dropped from this tree itself.
     dropped: Vec<String>,
     /// Subdirectories (name, old tree id) below which something was dropped: the paths are
     /// spelled out only for the report, so deep trees do not repeat long paths per level.
-    dropped_below: Vec<(String, BlobId)>,
+    dropped_below: Vec<(String, TreeId)>,
     totals: TreeTotals,
 }
 
@@ -169,18 +169,18 @@ struct RewrittenTree {
 struct TreeRewriter<'a> {
     sink: &'a BlobSink<'a>,
     damaged: HashSet<BlobId>,
-    done: HashMap<BlobId, RewrittenTree>,
+    done: HashMap<TreeId, RewrittenTree>,
 }
 
 /// A tree being rewritten: the entries still to look at, and what is kept so far.
 struct PendingTree {
-    id: BlobId,
+    id: TreeId,
     entries: std::vec::IntoIter<Entry>,
     /// A directory entry waiting for its subtree, which is being rewritten above this one.
     waiting: Option<Entry>,
     kept: Vec<Entry>,
     dropped: Vec<String>,
-    dropped_below: Vec<(String, BlobId)>,
+    dropped_below: Vec<(String, TreeId)>,
     totals: TreeTotals,
 }
 
@@ -188,8 +188,8 @@ impl TreeRewriter<'_> {
     /// Tree `id` rewritten, or `None` when it is damaged. Subtrees are rewritten first,
     /// with an explicit stack of the trees in progress, so a tree nested however deep is
     /// rewritten without exhausting the call stack.
-    fn rewrite(&mut self, id: BlobId) -> Result<Option<RewrittenTree>> {
-        if self.damaged.contains(&id) {
+    fn rewrite(&mut self, id: TreeId) -> Result<Option<RewrittenTree>> {
+        if self.damaged.contains(&id.blob()) {
             return Ok(None);
         }
         if let Some(done) = self.done.get(&id) {
@@ -208,7 +208,7 @@ impl TreeRewriter<'_> {
                 continue;
             };
             if let EntryKind::Dir(subtree) = entry.kind
-                && !self.damaged.contains(&subtree)
+                && !self.damaged.contains(&subtree.blob())
                 && !self.done.contains_key(&subtree)
             {
                 tree.waiting = Some(entry);
@@ -221,7 +221,7 @@ impl TreeRewriter<'_> {
         unreachable!("the loop returns when the outermost tree is finished")
     }
 
-    fn open(&self, id: BlobId) -> Result<PendingTree> {
+    fn open(&self, id: TreeId) -> Result<PendingTree> {
         let tree = load_tree(self.sink.repo(), &id)?;
         Ok(PendingTree {
             id,
@@ -310,17 +310,16 @@ impl TreeRewriter<'_> {
 
     /// Stores a rewritten tree. A tree the index lists but whose stored copy is damaged
     /// would be deduplicated against that copy, so it is refused.
-    fn store(&self, tree: &Tree) -> Result<BlobId> {
-        let encoded = tree.encode();
+    fn store(&self, tree: &Tree) -> Result<TreeId> {
         let repo = self.sink.repo();
-        let id = BlobId(repo.codec().id_of(&encoded));
+        let id = BlobId(repo.codec().id_of(&tree.encode()));
         if self.damaged.contains(&id) && repo.index().contains(&id)? {
             return Err(Error::corrupt(
                 format!("tree {id}"),
                 "a repaired checkpoint needs this tree, but the index lists a damaged copy of it: run `cairn repair index` first",
             ));
         }
-        self.sink.store(BlobKind::Tree, &encoded)
+        store_tree(self.sink, tree)
     }
 }
 
@@ -417,7 +416,7 @@ pub fn checkpoints(repo: &Repository, options: &RepairOptions) -> Result<Checkpo
 /// (`dropped` paths were left out).
 fn repaired_record(
     mut record: Checkpoint,
-    root_id: BlobId,
+    root_id: TreeId,
     totals: TreeTotals,
     dropped: usize,
 ) -> Checkpoint {

@@ -7,9 +7,10 @@
 //! steer a restore outside its target (invariant 4).
 
 use crate::error::{Error, Result};
-use crate::id::BlobId;
+use crate::id::{BlobId, TreeId};
 use crate::repo::Repository;
-use crate::repo::pack::MAX_FILE_CHUNKS;
+use crate::repo::pack::{BlobKind, MAX_FILE_CHUNKS};
+use crate::repo::writer::BlobSink;
 use serde::{Deserialize, Serialize};
 
 /// Files with more chunks than this keep their chunk list in a separate blob.
@@ -35,7 +36,7 @@ pub enum Content {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
     File(Content),
-    Dir(BlobId),
+    Dir(TreeId),
     Symlink(#[serde(with = "serde_bytes")] Vec<u8>),
     Fifo,
     CharDevice(u64),
@@ -162,9 +163,15 @@ impl Tree {
     }
 }
 
+/// Stores `tree` through `sink` (deduplicated like any blob); returns its id.
+pub fn store_tree(sink: &BlobSink, tree: &Tree) -> Result<TreeId> {
+    let id = sink.store(BlobKind::Tree, &tree.encode())?;
+    Ok(TreeId(id.0))
+}
+
 /// Reads and validates tree `id`.
-pub fn load_tree(repo: &Repository, id: &BlobId) -> Result<Tree> {
-    let bytes = repo.read_tree_blob(id)?;
+pub fn load_tree(repo: &Repository, id: &TreeId) -> Result<Tree> {
+    let bytes = repo.read_tree_blob(&id.blob())?;
     Tree::decode(&bytes, &|| format!("tree {id}"))
 }
 
@@ -286,7 +293,7 @@ pub fn find_entry(repo: &Repository, root: Entry, path: &str) -> Result<Entry> {
 
 /// A nameless directory entry for a root tree that has no metadata of its own (the root of a
 /// checkpoint of several paths).
-pub fn root_entry(root: BlobId) -> Entry {
+pub fn root_entry(root: TreeId) -> Entry {
     Entry {
         name: Vec::new(),
         kind: EntryKind::Dir(root),
@@ -323,7 +330,7 @@ pub(crate) mod tests {
                 ))
             }),
             any::<[u8; 32]>().prop_map(|id| EntryKind::File(Content::ChunkList(BlobId(id)))),
-            any::<[u8; 32]>().prop_map(|id| EntryKind::Dir(BlobId(id))),
+            any::<[u8; 32]>().prop_map(|id| EntryKind::Dir(TreeId(id))),
             proptest::collection::vec(any::<u8>(), 0..40).prop_map(EntryKind::Symlink),
             Just(EntryKind::Fifo),
             any::<u64>().prop_map(EntryKind::CharDevice),
@@ -420,7 +427,7 @@ pub(crate) mod tests {
     #[test]
     fn hostile_names_are_rejected() {
         for name in [&b".."[..], b".", b"", b"a/b", b"a\0"] {
-            let mut entry = root_entry(BlobId([0; 32]));
+            let mut entry = root_entry(TreeId([0; 32]));
             entry.name = name.to_vec();
             let bytes = Tree {
                 entries: vec![entry],
@@ -432,7 +439,7 @@ pub(crate) mod tests {
 
     #[test]
     fn unsorted_entries_are_rejected() {
-        let mut a = root_entry(BlobId([0; 32]));
+        let mut a = root_entry(TreeId([0; 32]));
         a.name = b"b".to_vec();
         let mut b = a.clone();
         b.name = b"a".to_vec();

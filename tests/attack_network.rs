@@ -149,7 +149,7 @@ fn answer(mut stream: TcpStream, hostility: Hostility) -> std::io::Result<()> {
 /// A served source whose tree is `d/d/d/…`, `DEEP_TREE_LEVELS` deep: the streamed listing
 /// holds one record per level, compressed on the fly (the paths alone are gigabytes).
 fn answer_deep_tree(stream: &mut TcpStream, request: &str) -> std::io::Result<()> {
-    let dir = |name: &[u8]| entry(name, EntryKind::Dir(cairn::id::BlobId([0; 32])), 0);
+    let dir = |name: &[u8]| entry(name, EntryKind::Dir(cairn::id::TreeId([0; 32])), 0);
     let path = request.split_whitespace().nth(1).unwrap_or_default();
     if path.contains("/stat") {
         send(stream, &postcard::to_stdvec(&Some(dir(b""))).unwrap())
@@ -200,7 +200,7 @@ fn entry(name: &[u8], kind: EntryKind, size: u64) -> Entry {
 
 /// A served source whose root holds `big`, a file of 2^62 bytes.
 fn answer_huge_file(stream: &mut TcpStream, request: &str) -> std::io::Result<()> {
-    let root = entry(b"", EntryKind::Dir(cairn::id::BlobId([0; 32])), 0);
+    let root = entry(b"", EntryKind::Dir(cairn::id::TreeId([0; 32])), 0);
     let big = entry(
         b"big",
         EntryKind::File(Content::Chunks(Vec::new())),

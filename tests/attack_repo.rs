@@ -7,7 +7,7 @@
 mod common;
 
 use cairn::checkpoint::{self, Checkpoint, CheckpointStats};
-use cairn::id::BlobId;
+use cairn::id::{BlobId, TreeId};
 use cairn::progress::Progress;
 use cairn::repo::backend::LocalBackend;
 use cairn::repo::config::EncryptionMode;
@@ -73,7 +73,7 @@ fn store_hello_chunk(repo: &Repository) -> ChunkRef {
 }
 
 fn entry(name: &str, kind: EntryKind, size: u64) -> Entry {
-    let mut entry = root_entry(BlobId([0; 32]));
+    let mut entry = root_entry(TreeId([0; 32]));
     entry.name = name.as_bytes().to_vec();
     entry.kind = kind;
     entry.mode = if size == 0 { 0o755 } else { 0o644 };
@@ -85,8 +85,10 @@ fn file(name: &str, chunks: Vec<ChunkRef>, size: u64) -> Entry {
     entry(name, EntryKind::File(Content::Chunks(chunks)), size)
 }
 
-/// Writes a checkpoint of root tree `tree` and returns its id in hex.
+/// Writes a checkpoint of root tree `tree` (a blob stored as a tree, crafted or not) and
+/// returns its id in hex.
 fn save_checkpoint(repo: &Repository, tree: BlobId) -> String {
+    let tree = TreeId(tree.0);
     let time = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
     let record = Checkpoint {
         time,
@@ -297,7 +299,7 @@ fn deep_chain(repo: &Repository, depth: usize, leaf: ChunkRef) -> BlobId {
         let mut tree = Tree::from_entries(vec![file("f", vec![leaf], leaf.length.into())]);
         let mut id = sink.store(BlobKind::Tree, &tree.encode())?;
         for _ in 1..depth {
-            tree = Tree::from_entries(vec![entry("d", EntryKind::Dir(id), 0)]);
+            tree = Tree::from_entries(vec![entry("d", EntryKind::Dir(TreeId(id.0)), 0)]);
             id = sink.store(BlobKind::Tree, &tree.encode())?;
         }
         Ok(id)

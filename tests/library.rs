@@ -428,8 +428,11 @@ fn two_backups_then_a_truncated_pack(
     let first = backup(&repo);
     std::fs::write(source.join("later"), pseudo_random(2_000_000, 3)).unwrap();
     let second = backup(&repo);
-    let first_pack = pack_holding(&repo, &first.checkpoint.tree);
-    assert_ne!(first_pack, pack_holding(&repo, &second.checkpoint.tree));
+    let first_pack = pack_holding(&repo, &first.checkpoint.tree.blob());
+    assert_ne!(
+        first_pack,
+        pack_holding(&repo, &second.checkpoint.tree.blob())
+    );
     let pack_path = sandbox.path("repo").join(&first_pack);
     let pack = std::fs::read(&pack_path).unwrap();
     std::fs::write(&pack_path, &pack[..pack.len() - 10]).unwrap();
@@ -1110,7 +1113,7 @@ fn a_path_history_reads_trees_only_of_checkpoints_it_has_not_seen() {
     let history = |repo: &Repository| {
         let listing = cairn::checkpoint::list_shared(repo).unwrap();
         counting.ranged_reads.store(0, Ordering::SeqCst);
-        let load = |id: &cairn::id::BlobId| cairn::tree::load_tree(repo, id).map(Arc::new);
+        let load = |id: &cairn::id::TreeId| cairn::tree::load_tree(repo, id).map(Arc::new);
         let history = repo
             .catalogue()
             .path_history(repo, &listing, &path, &load)

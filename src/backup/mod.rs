@@ -39,7 +39,7 @@ pub use local::{BackupOptions, clean_path};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Error, PathError, Result};
-use crate::id::{BlobId, CheckpointId};
+use crate::id::{CheckpointId, TreeId};
 use crate::repo::Repository;
 use crate::repo::writer::{BlobSink, take_orphan_packs, with_blob_sink};
 use crate::tree::{Content, Entry, EntryKind, load_tree};
@@ -272,7 +272,7 @@ fn back_up<S: Source>(
     let walk_done = AtomicBool::new(false);
     let parent_trees = ParentTrees::default();
     let walk = |sink: &BlobSink| {
-        std::thread::scope(|scope| -> Result<(BlobId, _)> {
+        std::thread::scope(|scope| -> Result<(TreeId, _)> {
             if let Some(root) = &parent_root
                 && settings.parent_trees_ahead
             {

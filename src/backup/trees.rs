@@ -5,12 +5,12 @@
 use super::{FileError, FileResult};
 use crate::checkpoint::CheckpointStats;
 use crate::error::{Error, PathError, Result};
-use crate::id::BlobId;
+use crate::id::TreeId;
 use crate::progress::Progress;
 use crate::repo::pack::BlobKind;
 use crate::repo::writer::BlobSink;
 use crate::tree::{
-    ChunkRef, Content, Entry, EntryKind, INLINE_CHUNKS_MAX, Tree, encode_chunk_list,
+    ChunkRef, Content, Entry, EntryKind, INLINE_CHUNKS_MAX, Tree, encode_chunk_list, store_tree,
 };
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::Mutex;
@@ -22,13 +22,13 @@ pub(super) enum PendingEntry {
     /// A file whose content a worker is storing; the listed entry takes it.
     File(Entry, Receiver<FileResult>),
     /// A directory whose tree is being built; the listed entry takes its id.
-    Dir(Entry, Receiver<BlobId>),
+    Dir(Entry, Receiver<TreeId>),
 }
 
 /// A directory whose children have all been walked.
 pub(super) struct PendingDir {
     pub entries: Vec<PendingEntry>,
-    pub done: Sender<BlobId>,
+    pub done: Sender<TreeId>,
 }
 
 /// A file's content for its tree entry: the chunks inline, or stored as a chunk list blob
@@ -90,8 +90,7 @@ pub(super) fn run_tree_builder(
             }
             entries.push(entry);
         }
-        let tree = Tree::from_entries(entries);
-        let id = sink.store(BlobKind::Tree, &tree.encode())?;
+        let id = store_tree(sink, &Tree::from_entries(entries))?;
         // The parent's receiver is gone only when the walk was abandoned.
         let _ = dir.done.send(id);
     }

@@ -7,7 +7,7 @@
 use super::trees::{PendingDir, PendingEntry};
 use super::{FileJob, Root, Source, abandoned};
 use crate::error::{PathError, Result};
-use crate::id::BlobId;
+use crate::id::TreeId;
 use crate::repo::Repository;
 use crate::tree::{Content, Entry, EntryKind, Tree, load_tree};
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -23,7 +23,7 @@ const PARENT_TREES_AHEAD: usize = 256;
 
 /// Parent trees decoded ahead of the walker, taken out as it reaches them.
 pub(super) struct ParentTrees {
-    ahead: quick_cache::sync::Cache<BlobId, Arc<Tree>>,
+    ahead: quick_cache::sync::Cache<TreeId, Arc<Tree>>,
 }
 
 impl Default for ParentTrees {
@@ -66,7 +66,7 @@ struct Level<P> {
 
 impl<S: Source> Walker<'_, S> {
     /// Walks the whole source from `root`; returns where the root tree's id will arrive.
-    pub fn walk(&self, root: Root<S::Path>, parent: Option<Arc<Tree>>) -> Result<Receiver<BlobId>> {
+    pub fn walk(&self, root: Root<S::Path>, parent: Option<Arc<Tree>>) -> Result<Receiver<TreeId>> {
         let first = match root {
             Root::Dir { path, .. } => self.open_level(path, parent, None)?,
             Root::Paths(paths) => {
@@ -220,7 +220,7 @@ pub(super) fn load_parent_trees_ahead(
     trees: &ParentTrees,
     stop: &AtomicBool,
 ) {
-    let subdirs = |tree: &Tree| -> Vec<BlobId> {
+    let subdirs = |tree: &Tree| -> Vec<TreeId> {
         tree.entries
             .iter()
             .filter_map(|entry| match entry.kind {
@@ -229,7 +229,7 @@ pub(super) fn load_parent_trees_ahead(
             })
             .collect()
     };
-    parallel_depth_first(subdirs(root), PARENT_TREE_THREADS, stop, |id: BlobId| {
+    parallel_depth_first(subdirs(root), PARENT_TREE_THREADS, stop, |id: TreeId| {
         // Wait a little for the walker to catch up; entries it never takes (directories gone
         // from the source) are evicted once the wait is over.
         for _ in 0..20 {

@@ -32,7 +32,7 @@ pub fn run(global: &GlobalArgs, args: HistoryArgs) -> Result<ExitCode> {
     let mut catalogue = checkpoint::list_shared(&repo)?;
     catalogue.retain(|summary| filter.matches_label(&summary.label));
     let cache = quick_cache::sync::Cache::new(4096);
-    let load = |id: &cairn::id::BlobId| {
+    let load = |id: &cairn::id::TreeId| {
         cache.get_or_insert_with(id, || load_tree(&repo, id).map(Arc::new))
     };
     let history =

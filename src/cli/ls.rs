@@ -82,7 +82,7 @@ impl Lister<'_> {
     /// Shows the entries of `tree`, below `prefix`, and with `recursive` everything below
     /// them, each directory followed by its contents. The walk keeps its own stack of open
     /// directories, so a tree nested however deep is listed without exhausting the call stack.
-    fn list_dir(&mut self, tree: &cairn::id::BlobId, prefix: &str) -> Result<()> {
+    fn list_dir(&mut self, tree: &cairn::id::TreeId, prefix: &str) -> Result<()> {
         let mut open = vec![(
             load_tree(self.repo, tree)?.entries.into_iter(),
             prefix.to_owned(),

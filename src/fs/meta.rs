@@ -3,7 +3,7 @@
 //! from a directory list a live file. Nothing here follows symlinks. Writing metadata back
 //! belongs to `target`, which sets it through descriptors.
 
-use crate::id::BlobId;
+use crate::id::TreeId;
 use crate::timestamp;
 use crate::tree::{Content, Entry, EntryKind, Xattr};
 use std::collections::HashMap;
@@ -67,7 +67,7 @@ pub(crate) fn listed_entry(
     let file_type = metadata.file_type();
     let kind = if file_type.is_dir() {
         // The id is never read: a live directory is reached by its path.
-        EntryKind::Dir(BlobId([0; 32]))
+        EntryKind::Dir(TreeId([0; 32]))
     } else if file_type.is_file() {
         EntryKind::File(Content::Chunks(Vec::new()))
     } else if file_type.is_symlink() {

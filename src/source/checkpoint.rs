@@ -6,7 +6,7 @@ use super::{FileTask, FileWrite, Rebuild, TreeSource, finish_rebuild, start_rebu
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, PathError, Result};
 use crate::fs::throttle::RateLimiter;
-use crate::id::BlobId;
+use crate::id::{BlobId, TreeId};
 use crate::progress::Progress;
 use crate::readahead::ChunkStream;
 use crate::repo::Repository;
@@ -39,9 +39,9 @@ impl<'a> CheckpointSource<'a> {
 }
 
 impl TreeSource for CheckpointSource<'_> {
-    type Dir = BlobId;
+    type Dir = TreeId;
 
-    fn count(&self, root: &BlobId, progress: &Progress, stop: &AtomicBool) {
+    fn count(&self, root: &TreeId, progress: &Progress, stop: &AtomicBool) {
         if let Some(record) = self.whole {
             progress.set_totals(record.stats.files, record.stats.bytes);
             return;
@@ -77,9 +77,9 @@ impl TreeSource for CheckpointSource<'_> {
 
     fn list(
         &self,
-        dir: &BlobId,
+        dir: &TreeId,
         _: &Mutex<Vec<PathError>>,
-    ) -> Result<Vec<(Entry, Option<BlobId>)>> {
+    ) -> Result<Vec<(Entry, Option<TreeId>)>> {
         let tree = load_tree(self.repo, dir)?;
         Ok(tree
             .entries
@@ -93,7 +93,7 @@ impl TreeSource for CheckpointSource<'_> {
 
     fn write_file(
         &self,
-        dir: &BlobId,
+        dir: &TreeId,
         entry: &Entry,
         old: Option<&File>,
         out: &File,
@@ -114,7 +114,7 @@ impl TreeSource for CheckpointSource<'_> {
     /// the files together, ahead and coalesced (`readahead`).
     fn write_files(
         &self,
-        files: &[FileTask<'_, BlobId>],
+        files: &[FileTask<'_, TreeId>],
         limiter: Option<&RateLimiter>,
     ) -> Vec<Result<FileWrite>> {
         let repo = self.repo;

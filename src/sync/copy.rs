@@ -15,7 +15,7 @@ use super::{SyncOptions, SyncReport};
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Error, Result};
 use crate::fs::throttle::RateLimiter;
-use crate::id::{BlobId, CheckpointId};
+use crate::id::{BlobId, CheckpointId, TreeId};
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::repo::backend::RangeRequest;
@@ -56,21 +56,21 @@ impl CopyPlan {
     /// Plans the tree `root` and, unless the destination holds it, everything below it: each
     /// tree after its subtrees, walked with an explicit stack of the trees in progress, so a
     /// tree nested however deep is planned without exhausting the call stack.
-    fn add_tree(&mut self, from: &Repository, to: &Repository, root: BlobId) -> Result<()> {
-        if !self.visit(to, root)? {
+    fn add_tree(&mut self, from: &Repository, to: &Repository, root: TreeId) -> Result<()> {
+        if !self.visit(to, root.blob())? {
             return Ok(());
         }
         let mut stack = vec![(root, self.add_files(from, to, root)?)];
         while let Some((id, subtrees)) = stack.last_mut() {
             match subtrees.next() {
                 Some(subtree) => {
-                    if self.visit(to, subtree)? {
+                    if self.visit(to, subtree.blob())? {
                         let below = self.add_files(from, to, subtree)?;
                         stack.push((subtree, below));
                     }
                 }
                 None => {
-                    let id = *id;
+                    let id = id.blob();
                     stack.pop();
                     self.structure.push((id, from.locate(&id)?));
                 }
@@ -84,8 +84,8 @@ impl CopyPlan {
         &mut self,
         from: &Repository,
         to: &Repository,
-        id: BlobId,
-    ) -> Result<std::vec::IntoIter<BlobId>> {
+        id: TreeId,
+    ) -> Result<std::vec::IntoIter<TreeId>> {
         let mut subtrees = Vec::new();
         for entry in load_tree(from, &id)?.entries {
             match entry.kind {

@@ -26,7 +26,7 @@ use crate::checkpoint::CheckpointFilter;
 use crate::error::Error;
 use crate::history::{PathHistory, versions};
 use crate::holes::{ZeroChunks, seek};
-use crate::id::{BlobId, CheckpointId};
+use crate::id::{BlobId, CheckpointId, TreeId};
 use crate::readahead::ChunkStream;
 use crate::repo::Repository;
 use crate::tree::{
@@ -215,7 +215,7 @@ struct ChunkIndex {
 struct ChunkWeight;
 
 /// Decoded trees.
-type TreeCache = Cache<BlobId, Arc<Tree>>;
+type TreeCache = Cache<TreeId, Arc<Tree>>;
 
 /// Decoded chunks, bounded by their bytes.
 type ChunkCache = Cache<BlobId, Arc<Vec<u8>>, ChunkWeight>;
@@ -311,7 +311,7 @@ pub struct Vfs {
 enum Prefetch {
     /// Chunks of a file, read together.
     Chunks(Vec<ChunkRef>),
-    Tree(BlobId),
+    Tree(TreeId),
     /// The first chunk of a file, handed to the kernel's page cache when it takes it.
     FileStart(Ino, ChunkRef),
 }
@@ -342,7 +342,7 @@ fn checkpoint_dir_name(summary: &Summary) -> String {
 fn cached_tree(
     trees: &TreeCache,
     repo: &Repository,
-    id: &BlobId,
+    id: &TreeId,
 ) -> crate::error::Result<Arc<Tree>> {
     trees.get_or_insert_with(id, || load_tree(repo, id).map(Arc::new))
 }
@@ -637,7 +637,7 @@ impl Vfs {
         }
     }
 
-    fn tree(&self, id: &BlobId) -> crate::error::Result<Arc<Tree>> {
+    fn tree(&self, id: &TreeId) -> crate::error::Result<Arc<Tree>> {
         cached_tree(&self.trees, &self.repo, id)
     }
 
