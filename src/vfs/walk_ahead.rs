@@ -18,7 +18,9 @@
 //! up goes to the mount's chunk cache, where a read arriving late still finds it. Two fetcher
 //! threads read the walker's batches, so the next is under way while one arrives.
 
-use super::{ChunkCache, TreeCache, cached_tree, spawn_named, trimmed};
+use super::content::{ChunkCache, trimmed};
+use super::prefetch::spawn_named;
+use super::{TreeCache, cached_tree};
 use crate::error::{ErrorKind, Result};
 use crate::id::BlobId;
 use crate::readahead::{ReadChunk, read_by_pack};
