@@ -8,7 +8,7 @@
 
 use super::GlobalArgs;
 use anyhow::{Context, Result, bail};
-use cairn::net::server::{Access, ServeOptions};
+use cairn::net::server::{Access, ServeOptions, SourceDir, TlsFiles};
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
@@ -21,7 +21,7 @@ pub struct ServeArgs {
     listen: String,
     /// Serve the live directory DIR, read-only, as http(s)://ADDR/source/NAME (repeatable)
     #[arg(long = "source", value_name = "NAME=DIR", value_parser = source)]
-    sources: Vec<(String, PathBuf)>,
+    sources: Vec<SourceDir>,
     /// Refuse every write
     #[arg(long, conflicts_with = "append_only")]
     read_only: bool,
@@ -48,7 +48,7 @@ pub struct ServeArgs {
 }
 
 /// Parses `NAME=DIR`.
-fn source(text: &str) -> std::result::Result<(String, PathBuf), String> {
+fn source(text: &str) -> std::result::Result<SourceDir, String> {
     let (name, dir) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?}: give NAME=DIR"))?;
@@ -57,7 +57,10 @@ fn source(text: &str) -> std::result::Result<(String, PathBuf), String> {
             "source name {name:?}: use letters, digits, - and _"
         ));
     }
-    Ok((name.to_owned(), PathBuf::from(dir)))
+    Ok(SourceDir {
+        name: name.to_owned(),
+        dir: PathBuf::from(dir),
+    })
 }
 
 pub fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
@@ -74,7 +77,10 @@ pub fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
     let listener = std::net::TcpListener::bind(&args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
-    let tls = args.tls_cert.zip(args.tls_key);
+    let tls = args
+        .tls_cert
+        .zip(args.tls_key)
+        .map(|(cert_chain, key)| TlsFiles { cert_chain, key });
     if tls.is_none() && !address.ip().is_loopback() && !args.insecure_http {
         bail!(
             "{address} is not a loopback address: serve it with --tls-cert and --tls-key, or pass --insecure-http to send the token and data in clear"
@@ -88,7 +94,7 @@ pub fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
         Access::ReadWrite
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let names: Vec<String> = args.sources.iter().map(|(name, _)| name.clone()).collect();
+    let names: Vec<String> = args.sources.iter().map(|s| s.name.clone()).collect();
     let serves_repo = repo.is_some();
     let options = ServeOptions {
         repo,

@@ -57,16 +57,30 @@ pub enum Access {
     ReadOnly,
 }
 
+/// A live directory served read-only as `/source/NAME`.
+#[derive(Debug, Clone)]
+pub struct SourceDir {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+/// The PEM files of an HTTPS server.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_chain: PathBuf,
+    pub key: PathBuf,
+}
+
 /// How to serve.
 pub struct ServeOptions {
     /// The repository's store (a directory or an object store), if one is served.
     pub repo: Option<Arc<dyn Backend>>,
     /// Live source directories by name, served read-only.
-    pub sources: Vec<(String, std::path::PathBuf)>,
+    pub sources: Vec<SourceDir>,
     pub access: Access,
     pub token: String,
-    /// PEM certificate chain and private key; plain HTTP without them.
-    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// HTTPS with these; plain HTTP without them.
+    pub tls: Option<TlsFiles>,
     /// How long a client may take over its TLS handshake or a request's headers, and how
     /// long an idle connection is kept.
     pub client_timeout: Duration,
@@ -171,7 +185,7 @@ pub fn run(
         crate::repo::Repository::read_config(repo.as_ref())?;
     }
     let mut sources = HashMap::new();
-    for (name, dir) in options.sources {
+    for SourceDir { name, dir } in options.sources {
         if !valid_source_name(&name) {
             return Err(Error::InvalidInput(format!(
                 "source name {name:?}: use letters, digits, - and _"
@@ -212,7 +226,10 @@ pub fn run(
             acquired: None,
         };
         match &options.tls {
-            Some((cert, key)) => {
+            Some(TlsFiles {
+                cert_chain: cert,
+                key,
+            }) => {
                 let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                     .await
                     .map_err(|e| {
