@@ -2,7 +2,7 @@
 //! by chunk from the packs (several files' chunks in one pass), and a changed file takes what
 //! the old file holds.
 
-use super::{FileTask, FileWrite, Rebuild, TreeSource, finish_rebuild, start_rebuild, write_at};
+use super::{FileTask, FileWrite, Rebuild, TreeSource, finish_rebuild, write_at};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, PathError, Result};
 use crate::fs::throttle::RateLimiter;
@@ -126,20 +126,10 @@ impl TreeSource for CheckpointSource<'_> {
                 results[i] = Some(Err(Error::InvalidInput("not a regular file".into())));
                 continue;
             };
-            let started = sized_file_chunks(repo, content, file.entry.size).and_then(|chunks| {
-                start_rebuild(
-                    &chunks,
-                    file.entry,
-                    file.old,
-                    repo.chunker(),
-                    &id_of,
-                    file.out,
-                )
-            });
-            match started {
-                Ok(Some(rebuild)) => rebuilds[i] = Some(rebuild),
-                Ok(None) => results[i] = Some(Ok(FileWrite::Same)),
-                Err(e) => results[i] = Some(Err(e)),
+            let chunks = sized_file_chunks(repo, content, file.entry.size);
+            match file.start_rebuild(chunks, repo.chunker(), &id_of) {
+                Ok(rebuild) => rebuilds[i] = Some(rebuild),
+                Err(result) => results[i] = Some(result),
             }
         }
         let mut fetched = vec![0u64; files.len()];

@@ -39,6 +39,27 @@ pub struct FileTask<'a, D> {
     pub out: &'a File,
 }
 
+impl<D> FileTask<'_, D> {
+    /// Starts rebuilding this file from its `chunks` (see `start_rebuild`): `Ok` with the
+    /// rebuild under way, or `Err` with the file's result when nothing is left to fetch (the
+    /// old file holds the content) or its chunks could not be had.
+    pub fn start_rebuild(
+        &self,
+        chunks: Result<Vec<ChunkRef>>,
+        chunker: &Chunker,
+        id_of: &dyn Fn(&[u8]) -> BlobId,
+    ) -> std::result::Result<Rebuild, Result<FileWrite>> {
+        let started = chunks.and_then(|chunks| {
+            start_rebuild(&chunks, self.entry, self.old, chunker, id_of, self.out)
+        });
+        match started {
+            Ok(Some(rebuild)) => Ok(rebuild),
+            Ok(None) => Err(Ok(FileWrite::Same)),
+            Err(e) => Err(Err(e)),
+        }
+    }
+}
+
 /// Where a directory sync reads from.
 pub trait TreeSource: Sync {
     /// A handle on one source directory.
@@ -115,7 +136,7 @@ pub struct Rebuild {
 /// Starts writing the file of `entry`, whose chunks are `chunks`, into `out`: every chunk
 /// `old` already holds (chunked with `chunker`, named by `id_of`) is copied from it. `None`
 /// when `old` holds exactly these chunks: nothing is written.
-pub fn start_rebuild(
+fn start_rebuild(
     chunks: &[ChunkRef],
     entry: &Entry,
     old: Option<&File>,

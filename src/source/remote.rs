@@ -20,8 +20,7 @@ use crate::net::wire::{
 };
 use crate::progress::Progress;
 use crate::source::{
-    FileTask, FileWrite, Rebuild, TreeSource, finish_rebuild, rebuild_file, start_rebuild,
-    write_at, write_fetched,
+    FileTask, FileWrite, Rebuild, TreeSource, finish_rebuild, rebuild_file, write_at, write_fetched,
 };
 use crate::tree::{ChunkRef, Entry, EntryKind, is_valid_name};
 use std::fs::File;
@@ -628,22 +627,11 @@ impl TreeSource for RemoteSource {
         let mut rebuilds: Vec<Option<Rebuild>> = files.iter().map(|_| None).collect();
         for (&i, list) in known.iter().zip(lists) {
             let file = &files[i];
-            let started = list
-                .map_err(|message| Error::Network(format!("{}: {message}", self.url())))
-                .and_then(|chunks| {
-                    start_rebuild(
-                        &chunks,
-                        file.entry,
-                        file.old,
-                        &self.chunker,
-                        &id_of,
-                        file.out,
-                    )
-                });
-            match started {
-                Ok(Some(rebuild)) => rebuilds[i] = Some(rebuild),
-                Ok(None) => results[i] = Some(Ok(FileWrite::Same)),
-                Err(e) => results[i] = Some(Err(e)),
+            let chunks =
+                list.map_err(|message| Error::Network(format!("{}: {message}", self.url())));
+            match file.start_rebuild(chunks, &self.chunker, &id_of) {
+                Ok(rebuild) => rebuilds[i] = Some(rebuild),
+                Err(result) => results[i] = Some(result),
             }
         }
         // Requests of up to BATCH_BYTES across files.
