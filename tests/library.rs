@@ -117,6 +117,32 @@ fn back_up(repo: &Repository, source: &std::path::Path) -> Result<backup::Backup
     )
 }
 
+#[test]
+fn the_one_directory_given_keeps_its_own_entry_whatever_the_excludes_say_of_its_name() {
+    let sandbox = Sandbox::new();
+    init_repo(&sandbox, ChunkerParams::default());
+    let repo = open(
+        Arc::new(LocalBackend::new(sandbox.path("repo"))),
+        &sandbox.path("cache"),
+    );
+    let source = sandbox.path("source");
+    std::fs::create_dir_all(source.join("source")).unwrap();
+    std::fs::write(source.join("kept"), b"kept").unwrap();
+    std::fs::write(source.join("source/inner"), b"excluded").unwrap();
+    let mut options = BackupOptions::new(vec![source.clone()]);
+    options.excludes = vec!["source".into()];
+    let outcome = backup::run(&repo, &options, &Progress::default()).unwrap();
+    // The pattern leaves out the subdirectory of that name, not the directory backed up.
+    let root = outcome
+        .checkpoint
+        .root
+        .expect("the directory's own entry is kept");
+    assert_eq!(root.name, b"source");
+    let tree = cairn::tree::load_tree(&repo, &outcome.checkpoint.tree).unwrap();
+    let names: Vec<&[u8]> = tree.entries.iter().map(|e| e.name.as_slice()).collect();
+    assert_eq!(names, [&b"kept"[..]]);
+}
+
 /// Backs `source` up `rounds` times, its file `counter` holding the round's number each time.
 fn back_up_rounds(repo: &Repository, source: &std::path::Path, rounds: u32) {
     for round in 0..rounds {

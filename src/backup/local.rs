@@ -150,11 +150,7 @@ impl LocalSource {
             purpose: "backup",
             tags: options.tags.clone(),
             dry_run: options.dry_run,
-            threads: if one_at_a_time {
-                1
-            } else {
-                options.threads.max(1)
-            },
+            threads: if one_at_a_time { 1 } else { options.threads },
             read_ahead_threads: if one_at_a_time { 0 } else { READ_AHEAD_THREADS },
             parent_trees_ahead: !one_at_a_time,
         }
@@ -172,13 +168,7 @@ impl LocalSource {
         if self.excludes.matches(path) {
             return None;
         }
-        let soft_error = |message: String| {
-            let path = path.to_owned();
-            errors
-                .lock()
-                .expect("not poisoned")
-                .push(PathError { path, message });
-        };
+        let soft_error = |message: String| report(errors, path, message);
         let metadata = stat().map_err(|e| soft_error(e.to_string())).ok()?;
         match listed_entry(path, name, &metadata) {
             Ok(Some(entry)) => Some(entry),
@@ -214,12 +204,13 @@ impl Source for LocalSource {
     }
 
     fn root(&self, errors: &Mutex<Vec<PathError>>) -> Result<Root<PathBuf>> {
-        // One directory: the checkpoint's root is its contents, and its own entry is kept.
+        // One directory: the checkpoint's root is its contents, and its own entry is kept
+        // (the path given is backed up whatever the excludes say of it).
         if let [single] = self.paths.as_slice()
-            && fs::symlink_metadata(single).is_ok_and(|m| m.is_dir())
+            && let Ok(metadata) = fs::symlink_metadata(single)
+            && metadata.is_dir()
         {
-            let stat = || fs::symlink_metadata(single);
-            let entry = self.entry(single, base_name(single), stat, errors);
+            let entry = listed_entry(single, base_name(single), &metadata).unwrap_or_default();
             let path = single.clone();
             return Ok(Root::Dir { path, entry });
         }
@@ -235,11 +226,7 @@ impl Source for LocalSource {
 
     fn list(&self, dir: &PathBuf, errors: &Mutex<Vec<PathError>>) -> Result<Vec<Entry>> {
         let children = sorted_children(dir).unwrap_or_else(|e| {
-            let (path, message) = (dir.clone(), e.to_string());
-            errors
-                .lock()
-                .expect("not poisoned")
-                .push(PathError { path, message });
+            report(errors, dir, e.to_string());
             Vec::new()
         });
         let mut entries = Vec::with_capacity(children.len());
@@ -251,13 +238,7 @@ impl Source for LocalSource {
                     let stat = || child.metadata();
                     entries.extend(self.entry(&child.path(), name, stat, errors));
                 }
-                Err(e) => {
-                    let (path, message) = (dir.clone(), e.to_string());
-                    errors
-                        .lock()
-                        .expect("not poisoned")
-                        .push(PathError { path, message });
-                }
+                Err(e) => report(errors, dir, e.to_string()),
             }
         }
         Ok(entries)
@@ -301,6 +282,15 @@ impl Source for LocalSource {
             let _ = job.result.send(result);
         }
     }
+}
+
+/// Reports `path` as left out of the backup, for `message`.
+fn report(errors: &Mutex<Vec<PathError>>, path: &Path, message: String) {
+    let path = path.to_owned();
+    errors
+        .lock()
+        .expect("not poisoned")
+        .push(PathError { path, message });
 }
 
 /// Why a local file could not be stored.

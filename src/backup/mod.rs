@@ -154,7 +154,7 @@ pub(crate) struct Settings {
     pub tags: Vec<String>,
     /// Read, chunk and count, but write nothing to the repository.
     pub dry_run: bool,
-    /// File workers.
+    /// File workers (at least one is started).
     pub threads: usize,
     /// Threads giving the source's read-ahead hints; none: no hints.
     pub read_ahead_threads: usize,

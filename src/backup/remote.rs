@@ -73,7 +73,7 @@ impl<'a> ServedSource<'a> {
             purpose: "sync",
             tags: Vec::new(),
             dry_run: self.dry_run,
-            threads: transfers.max(1),
+            threads: transfers,
             read_ahead_threads: 0,
             parent_trees_ahead: true,
         }
