@@ -385,15 +385,7 @@ fn pull_directory(
     backup_options.read_limit = options.rate_limit;
     let opened = || global.open_at(repo, global.credentials());
     let outcome = backup::run_opening(opened, &backup_options, progress)?;
-    let stats = &outcome.checkpoint.stats;
-    Ok(SyncReport {
-        dry_run: options.dry_run,
-        checkpoints_copied: u64::from(outcome.id.is_some()),
-        blobs_copied: stats.added_blobs,
-        bytes_transferred: stats.bytes_read,
-        errors: outcome.errors,
-        ..SyncReport::default()
-    })
+    Ok(SyncReport::of_backup(outcome, options.dry_run))
 }
 
 /// Refuses a target directory inside `source` (a directory or a local repository) or

@@ -113,3 +113,19 @@ pub struct SyncReport {
     /// Into a directory: set when the target's filesystem filled up and the sync stopped.
     pub out_of_space: Option<crate::space::OutOfSpace>,
 }
+
+impl SyncReport {
+    /// A backup into a repository (a directory or a served source pulled into it), reported
+    /// as a sync: the checkpoint written, the blobs added and the bytes read.
+    pub fn of_backup(outcome: crate::backup::BackupOutcome, dry_run: bool) -> Self {
+        let stats = &outcome.checkpoint.stats;
+        SyncReport {
+            dry_run,
+            checkpoints_copied: u64::from(outcome.id.is_some()),
+            blobs_copied: stats.added_blobs,
+            bytes_transferred: stats.bytes_read,
+            errors: outcome.errors,
+            ..SyncReport::default()
+        }
+    }
+}

@@ -20,13 +20,9 @@ pub fn run(
     let served = ServedSource::new(source, options.rate_limit, options.dry_run);
     let settings = served.settings(options.concurrency);
     let outcome = backup::back_up_opening(|| Ok(repo), &served, &settings, started, progress)?;
-    Ok(SyncReport {
-        dry_run: options.dry_run,
-        checkpoints_copied: u64::from(outcome.id.is_some()),
-        blobs_copied: outcome.checkpoint.stats.added_blobs + served.planned_chunks(),
-        blobs_skipped: served.chunks_held(),
-        bytes_transferred: outcome.checkpoint.stats.bytes_read,
-        errors: outcome.errors,
-        ..SyncReport::default()
-    })
+    let mut report = SyncReport::of_backup(outcome, options.dry_run);
+    // A dry run fetches no chunk: it counts those it would ask for.
+    report.blobs_copied += served.planned_chunks();
+    report.blobs_skipped = served.chunks_held();
+    Ok(report)
 }
