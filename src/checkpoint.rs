@@ -163,7 +163,10 @@ pub fn save(repo: &Repository, checkpoint: &Checkpoint) -> Result<CheckpointId> 
     let id = CheckpointId(repo.codec().id_of(&json));
     repo.backend()
         .put(&object_name(&id), &repo.codec().encode(&json, true))?;
-    repo.catalogue().insert(repo.codec(), id, checkpoint);
+    // The catalogue is a cache of what the repository holds, which a dry run did not add to.
+    if !repo.is_dry_run() {
+        repo.catalogue().insert(repo.codec(), id, checkpoint);
+    }
     Ok(id)
 }
 

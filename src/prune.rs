@@ -34,15 +34,12 @@ pub struct PruneOptions {
     /// Unused bytes tolerated in partly used packs, in percent of the used bytes; packs
     /// beyond it are repacked.
     pub max_unused_percent: f64,
-    /// Decide and report, change nothing.
-    pub dry_run: bool,
 }
 
 impl Default for PruneOptions {
     fn default() -> Self {
         PruneOptions {
             max_unused_percent: 5.0,
-            dry_run: false,
         }
     }
 }
@@ -150,16 +147,16 @@ pub(crate) fn merge_listings<'a>(
 }
 
 /// Prunes `repo` (which the caller has not locked): decides under the lock what to delete and
-/// repack, then, unless a dry run, does it.
+/// repack, then does it, unless `repo` is a dry run's (`Repository::into_dry_run`).
 pub fn run(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
     // A dry run changes nothing: it reads like a restore does.
-    let lock = if options.dry_run {
+    let lock = if repo.is_dry_run() {
         crate::repo::lock::acquire_for_reading(repo, "prune --dry-run")?
     } else {
         Some(crate::repo::lock::acquire(repo, true, "prune")?)
     };
     let plan = Plan::decide(repo, options.max_unused_percent)?;
-    if options.dry_run {
+    if repo.is_dry_run() {
         return Ok(PruneReport {
             dry_run: true,
             bytes_after: plan.report.bytes_before - plan.bytes_gone + plan.report.bytes_repacked,
@@ -264,7 +261,7 @@ impl Plan {
             ..
         } = self;
         // (1) Repacked blobs into new packs, each checked against its id on the way.
-        with_blob_sink(repo, false, 8, &Progress::default(), |sink| {
+        with_blob_sink(repo, 8, &Progress::default(), |sink| {
             for pack in &repack {
                 let name = pack_object_name(pack);
                 let bytes = repo.backend().get(&name)?;

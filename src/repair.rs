@@ -47,13 +47,6 @@ use std::collections::{HashMap, HashSet};
 /// The tag a repaired checkpoint carries.
 pub const REPAIRED_TAG: &str = "repaired";
 
-/// Inputs of a repair.
-#[derive(Debug, Clone, Default)]
-pub struct RepairOptions {
-    /// Read and report, write nothing.
-    pub dry_run: bool,
-}
-
 /// A pack left out of the rebuilt index.
 #[derive(Debug, Clone, Serialize)]
 pub struct UnreadablePack {
@@ -74,11 +67,10 @@ pub struct IndexRepairReport {
 }
 
 /// Rebuilds the index of `repo` (which the caller has not locked) from its pack headers.
-pub fn index(repo: &Repository, options: &RepairOptions) -> Result<IndexRepairReport> {
-    // A dry run changes nothing, so it waits for no one.
-    let _lock = lock::acquire(repo, !options.dry_run, "repair")?;
+pub fn index(repo: &Repository) -> Result<IndexRepairReport> {
+    let _lock = lock::acquire(repo, true, "repair")?;
     let mut report = IndexRepairReport {
-        dry_run: options.dry_run,
+        dry_run: repo.is_dry_run(),
         ..IndexRepairReport::default()
     };
     let mut objects = repo.backend().list(ObjectKind::Pack.prefix())?;
@@ -115,12 +107,10 @@ pub fn index(repo: &Repository, options: &RepairOptions) -> Result<IndexRepairRe
         .into_iter()
         .map(|o| o.name)
         .collect();
-    let replaced = replace_index_files(repo, &readable, &old, options.dry_run)?;
+    let replaced = replace_index_files(repo, &readable, &old)?;
     report.index_files_written = replaced.written;
     report.index_files_deleted = replaced.deleted;
-    if !options.dry_run {
-        repo.index().sync(repo.backend(), repo.codec())?;
-    }
+    repo.index().sync(repo.backend(), repo.codec())?;
     Ok(report)
 }
 
@@ -331,10 +321,10 @@ struct PlannedRecord {
 }
 
 /// Rewrites every damaged checkpoint of `repo` (which the caller has not locked).
-pub fn checkpoints(repo: &Repository, options: &RepairOptions) -> Result<CheckpointRepairReport> {
-    let _lock = lock::acquire(repo, !options.dry_run, "repair")?;
+pub fn checkpoints(repo: &Repository) -> Result<CheckpointRepairReport> {
+    let _lock = lock::acquire(repo, true, "repair")?;
     let mut report = CheckpointRepairReport {
-        dry_run: options.dry_run,
+        dry_run: repo.is_dry_run(),
         ..CheckpointRepairReport::default()
     };
     let damaged: HashSet<BlobId> = check::run(repo, &CheckOptions::default())?
@@ -359,7 +349,7 @@ pub fn checkpoints(repo: &Repository, options: &RepairOptions) -> Result<Checkpo
     }
 
     // New trees first: they are durable once the sink has finished.
-    let (planned, _) = with_blob_sink(repo, options.dry_run, 8, &Progress::default(), |sink| {
+    let (planned, _) = with_blob_sink(repo, 8, &Progress::default(), |sink| {
         let mut rewriter = TreeRewriter {
             sink,
             damaged,
@@ -396,16 +386,11 @@ pub fn checkpoints(repo: &Repository, options: &RepairOptions) -> Result<Checkpo
         dropped,
     } in planned
     {
-        let new_id = if options.dry_run {
-            None
-        } else {
-            let new_id = checkpoint::save(repo, &record)?;
-            checkpoint::remove(repo, &old_id)?;
-            Some(new_id)
-        };
+        let new_id = checkpoint::save(repo, &record)?;
+        checkpoint::remove(repo, &old_id)?;
         report.repaired.push(RepairedCheckpoint {
             old_id,
-            new_id,
+            new_id: (!repo.is_dry_run()).then_some(new_id),
             dropped,
         });
     }
@@ -463,10 +448,10 @@ pub struct PackRepairReport {
 /// deleted, and the blobs it held that do not read back, or that a missing pack held, are
 /// dropped from the index. The order is prune's: new packs and their index files, one fresh
 /// set of index files, the old index files, and last the damaged packs.
-pub fn packs(repo: &Repository, options: &RepairOptions) -> Result<PackRepairReport> {
-    let lock = lock::acquire(repo, !options.dry_run, "repair")?;
+pub fn packs(repo: &Repository) -> Result<PackRepairReport> {
+    let lock = lock::acquire(repo, true, "repair")?;
     let mut report = PackRepairReport {
-        dry_run: options.dry_run,
+        dry_run: repo.is_dry_run(),
         ..PackRepairReport::default()
     };
     let old_index_files = index_files(repo)?;
@@ -480,7 +465,7 @@ pub fn packs(repo: &Repository, options: &RepairOptions) -> Result<PackRepairRep
     let mut intact: IndexedPacks = Vec::new();
     let mut replaced: Vec<PackId> = Vec::new();
     let mut kept: Vec<BlobId> = Vec::new();
-    with_blob_sink(repo, options.dry_run, 8, &Progress::default(), |sink| {
+    with_blob_sink(repo, 8, &Progress::default(), |sink| {
         for (pack, entries) in listings {
             let name = pack_object_name(&pack);
             // Absent from the listing is asked again before the pack's blobs are dropped: a
@@ -521,7 +506,7 @@ pub fn packs(repo: &Repository, options: &RepairOptions) -> Result<PackRepairRep
     })?;
     report.blobs_kept = report.damaged_packs.iter().map(|p| p.blobs_kept).sum();
     report.blobs_dropped = report.damaged_packs.iter().map(|p| p.blobs_dropped).sum();
-    if options.dry_run || report.damaged_packs.is_empty() {
+    if report.damaged_packs.is_empty() {
         return Ok(report);
     }
     // Where the kept blobs landed: the packs just written.

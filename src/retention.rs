@@ -295,27 +295,20 @@ pub struct Forgotten {
 }
 
 /// Applies `policy` to the checkpoints `filter` selects and removes the records it keeps no
-/// reason for; a dry run only counts them. The repository's exclusive lock is held from the
-/// listing to the last removal, as for any deletion, so no backup adds to a series while its
-/// plan is made (a dry run takes none).
+/// reason for (a dry run's repository only counts them). The repository's exclusive lock is
+/// held from the listing to the last removal, as for any deletion, so no backup adds to a
+/// series while its plan is made (a dry run shares it).
 pub fn forget(
     repo: &Repository,
     policy: &Policy,
     filter: &checkpoint::CheckpointFilter,
-    dry_run: bool,
 ) -> Result<Forgotten> {
-    let _lock = if dry_run {
-        None
-    } else {
-        Some(crate::repo::lock::acquire(repo, true, "forget")?)
-    };
+    let _lock = crate::repo::lock::acquire(repo, true, "forget")?;
     let series = plan(policy, checkpoint::list_matching(repo, filter)?)?;
     let mut removed = 0;
     for decision in series.iter().flat_map(|p| &p.checkpoints) {
         if decision.reasons.is_empty() {
-            if !dry_run {
-                checkpoint::remove(repo, &decision.id)?;
-            }
+            checkpoint::remove(repo, &decision.id)?;
             removed += 1;
         }
     }

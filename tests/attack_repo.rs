@@ -54,7 +54,7 @@ fn put_raw_pack(repo: &Repository, blobs: &[(BlobId, BlobKind, &[u8], usize)]) {
 
 /// Stores honest blobs (trees, chunks) through the ordinary writer.
 fn store_blobs(repo: &Repository, blobs: &[(BlobKind, Vec<u8>)]) -> Vec<BlobId> {
-    let (ids, _) = with_blob_sink(repo, false, 8, &Progress::default(), |sink| {
+    let (ids, _) = with_blob_sink(repo, 8, &Progress::default(), |sink| {
         blobs
             .iter()
             .map(|(kind, plaintext)| sink.store(*kind, plaintext))
@@ -295,7 +295,7 @@ fn a_chunk_list_of_millions_of_entries_is_refused_before_it_is_decoded() {
 /// Stores a chain of `depth` directories named `d`, the deepest holding file `f` whose only
 /// chunk is `leaf`, and returns the root tree's id.
 fn deep_chain(repo: &Repository, depth: usize, leaf: ChunkRef) -> BlobId {
-    let (root, _) = with_blob_sink(repo, false, 8, &Progress::default(), |sink| {
+    let (root, _) = with_blob_sink(repo, 8, &Progress::default(), |sink| {
         let mut tree = Tree::from_entries(vec![file("f", vec![leaf], leaf.length.into())]);
         let mut id = sink.store(BlobKind::Tree, &tree.encode())?;
         for _ in 1..depth {

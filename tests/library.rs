@@ -8,7 +8,7 @@ use cairn::check::{self, CheckOptions};
 use cairn::checkpoint::Checkpoint;
 use cairn::chunker::ChunkerParams;
 use cairn::error::{Error, Result};
-use cairn::repair::{self, RepairOptions};
+use cairn::repair;
 use cairn::repo::backend::{Backend, LocalBackend, ObjectInfo};
 use cairn::repo::config::EncryptionMode;
 use cairn::repo::{InitOptions, Repository, Secret};
@@ -115,6 +115,77 @@ fn back_up(repo: &Repository, source: &std::path::Path) -> Result<backup::Backup
         &BackupOptions::new(vec![source.to_path_buf()]),
         &Progress::default(),
     )
+}
+
+/// Every object name in the repository at `root`, and the files of the cache at `cache`
+/// with their sizes: what a dry run must leave as it found.
+fn stored_and_cached(
+    root: &std::path::Path,
+    cache: &std::path::Path,
+) -> (Vec<String>, Vec<String>) {
+    let stored = LocalBackend::new(root)
+        .list("")
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .filter(|name| !name.starts_with("locks/"))
+        .collect::<std::collections::BTreeSet<_>>();
+    // sled rewrites its own files as it likes; what it holds is checked by a later run.
+    let cached = walkdir_names(cache)
+        .into_iter()
+        .filter(|name| !name.contains("index.sled"))
+        .collect();
+    (stored.into_iter().collect(), cached)
+}
+
+fn walkdir_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path.clone());
+            }
+            names.push(path.display().to_string());
+        }
+    }
+    names.sort();
+    names
+}
+
+#[test]
+fn a_dry_run_repository_goes_through_a_backup_and_keeps_nothing_in_the_store_or_the_cache() {
+    let sandbox = Sandbox::new();
+    init_repo(&sandbox, ChunkerParams::default());
+    let source = sandbox.path("source");
+    std::fs::create_dir_all(&source).unwrap();
+    common::random_files(&source, 20, 40_000, 1);
+    let (root, cache) = (sandbox.path("repo"), sandbox.path("cache"));
+    let backend = || Arc::new(LocalBackend::new(&root));
+    back_up(&open(backend(), &cache), &source).unwrap();
+    common::random_files(&source.join("more"), 10, 40_000, 2);
+    let before = stored_and_cached(&root, &cache);
+
+    let dry = open(backend(), &cache).into_dry_run();
+    assert!(dry.is_dry_run());
+    let planned = back_up(&dry, &source).unwrap();
+    drop(dry);
+    assert_eq!(planned.id, None);
+    assert!(planned.checkpoint.stats.added_blobs > 0, "{planned:?}");
+    let after = stored_and_cached(&root, &cache);
+    assert_eq!(before.0, after.0, "the dry run stored objects");
+    assert_eq!(before.1, after.1, "the dry run changed the cache");
+    // The cache's index must not know the dry run's blobs: the real run adds every one.
+    let repo = open(backend(), &cache);
+    assert_eq!(cairn::checkpoint::list(&repo).unwrap().len(), 1);
+    let done = back_up(&repo, &source).unwrap();
+    assert_eq!(
+        done.checkpoint.stats.added_blobs, planned.checkpoint.stats.added_blobs,
+        "the dry run reports what the real run adds"
+    );
+    assert_eq!(done.checkpoint.tree, planned.checkpoint.tree);
+    assert_eq!(cairn::checkpoint::list(&repo).unwrap().len(), 2);
 }
 
 #[test]
@@ -511,15 +582,14 @@ fn repair_rebuilds_a_damaged_index_and_drops_what_a_truncated_pack_held() {
 
     // The damaged index file does not stop the repository from opening.
     let repo = open(backend, &sandbox.path("cache"));
-    let options = RepairOptions::default();
-    let report = repair::index(&repo, &options).unwrap();
+    let report = repair::index(&repo).unwrap();
     assert_eq!(report.packs_read, 1, "{report:?}");
     assert_eq!(report.unreadable_packs.len(), 1, "{report:?}");
     assert_eq!(report.unreadable_packs[0].name, first_pack);
     assert!(repo.backend().exists(&first_pack).unwrap(), "left in place");
     assert!(!repo.backend().exists(&index_file).unwrap(), "replaced");
 
-    let report = repair::checkpoints(&repo, &options).unwrap();
+    let report = repair::checkpoints(&repo).unwrap();
     let dropped: Vec<Vec<String>> = report.repaired.iter().map(|r| r.dropped.clone()).collect();
     let (first_short, second_short) = (first_id.short(), second_id.short());
     assert_eq!(
@@ -579,8 +649,8 @@ fn repairs_stopped_at_any_write_or_delete_lose_nothing_and_resume() {
     }
     assert!(!in_lost_pack.is_empty());
     let repair_all = |repo: &Repository| -> Result<()> {
-        repair::index(repo, &RepairOptions::default())?;
-        repair::checkpoints(repo, &RepairOptions::default())?;
+        repair::index(repo)?;
+        repair::checkpoints(repo)?;
         Ok(())
     };
     let mut completed = false;
@@ -1278,7 +1348,7 @@ fn a_view_of_the_checkpoints_holds_the_shared_lock_so_a_prune_waits_for_it() {
 }
 
 #[test]
-fn forget_takes_the_exclusive_lock_and_a_dry_run_none() {
+fn forget_takes_the_exclusive_lock_and_a_dry_run_shares_it() {
     let sandbox = Sandbox::new();
     init_repo(&sandbox, ChunkerParams::default());
     let source = sandbox.path("source");
@@ -1293,13 +1363,19 @@ fn forget_takes_the_exclusive_lock_and_a_dry_run_none() {
         ..Default::default()
     };
     let filter = Default::default();
+    let dry = open(
+        Arc::new(LocalBackend::new(sandbox.path("repo"))),
+        &sandbox.path("cache"),
+    )
+    .into_dry_run();
     let reading = cairn::repo::lock::acquire(&repo, false, "a reader").unwrap();
-    let planned = cairn::retention::forget(&repo, &policy, &filter, true).unwrap();
+    let planned = cairn::retention::forget(&dry, &policy, &filter).unwrap();
     assert_eq!(planned.removed, 2);
-    let refused = cairn::retention::forget(&repo, &policy, &filter, false);
+    assert_eq!(cairn::checkpoint::list(&repo).unwrap().len(), 3);
+    let refused = cairn::retention::forget(&repo, &policy, &filter);
     assert!(matches!(refused, Err(Error::Locked(_))), "{refused:?}");
     drop(reading);
-    let done = cairn::retention::forget(&repo, &policy, &filter, false).unwrap();
+    let done = cairn::retention::forget(&repo, &policy, &filter).unwrap();
     assert_eq!(done.removed, 2);
     assert_eq!(cairn::checkpoint::list(&repo).unwrap().len(), 1);
 }

@@ -41,8 +41,6 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     /// Glob patterns: without `/` they match a name anywhere, with `/` the whole path.
     pub excludes: Vec<String>,
-    /// Scan, chunk and count, but write nothing to the repository.
-    pub dry_run: bool,
     pub host: String,
     /// The checkpoint whose stat cache to use; `None` picks the newest one of this host with
     /// the same paths.
@@ -62,7 +60,6 @@ impl BackupOptions {
             paths,
             tags: Vec::new(),
             excludes: Vec::new(),
-            dry_run: false,
             host: crate::host_name(),
             parent: None,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -149,7 +146,6 @@ impl LocalSource {
         Settings {
             purpose: "backup",
             tags: options.tags.clone(),
-            dry_run: options.dry_run,
             threads: if one_at_a_time { 1 } else { options.threads },
             read_ahead_threads: if one_at_a_time { 0 } else { READ_AHEAD_THREADS },
             parent_trees_ahead: !one_at_a_time,

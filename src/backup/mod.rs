@@ -41,7 +41,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Error, PathError, Result};
 use crate::id::{CheckpointId, TreeId};
 use crate::repo::Repository;
-use crate::repo::writer::{BlobSink, take_orphan_packs, with_blob_sink};
+use crate::repo::writer::{BlobSink, recover_orphan_packs, with_blob_sink};
 use crate::tree::{Content, Entry, EntryKind, load_tree};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::sync::Mutex;
@@ -152,8 +152,6 @@ pub(crate) struct Settings {
     /// Named in the repository's lock while the backup runs.
     pub purpose: &'static str,
     pub tags: Vec<String>,
-    /// Read, chunk and count, but write nothing to the repository.
-    pub dry_run: bool,
     /// File workers (at least one is started).
     pub threads: usize,
     /// Threads giving the source's read-ahead hints; none: no hints.
@@ -248,11 +246,8 @@ fn back_up<S: Source>(
 ) -> Result<BackupOutcome> {
     // The lock comes before the parent is read: a prune waited for meanwhile could delete
     // the chunks the parent's unchanged files would be taken from.
-    let lock = match settings.dry_run {
-        true => None,
-        false => Some(crate::repo::lock::acquire(repo, false, settings.purpose)?),
-    };
-    let orphans = take_orphan_packs(repo, settings.dry_run)?;
+    let lock = crate::repo::lock::acquire(repo, false, settings.purpose)?;
+    recover_orphan_packs(repo)?;
     let parent = source.find_parent(repo)?;
     let parent_root = match &parent {
         Some((_, c)) => Some(std::sync::Arc::new(load_tree(repo, &c.tree)?)),
@@ -315,11 +310,7 @@ fn back_up<S: Source>(
             Ok((root, stats))
         })
     };
-    let ((root, mut stats), added_blobs) =
-        with_blob_sink(repo, settings.dry_run, threads * 2, progress, |sink| {
-            sink.count_as_stored(&orphans);
-            walk(sink)
-        })?;
+    let ((root, mut stats), added_blobs) = with_blob_sink(repo, threads * 2, progress, walk)?;
     let errors = errors.into_inner().expect("not poisoned");
     stats.added_blobs = added_blobs;
     stats.errors = errors.len() as u64;
@@ -345,18 +336,12 @@ fn back_up<S: Source>(
         program_version: env!("CARGO_PKG_VERSION").to_owned(),
         pulled_from: identity.pulled_from.clone(),
     };
-    let id = match &lock {
-        None => None,
-        Some(lock) => {
-            lock.ensure_held()?;
-            let id = checkpoint::save(repo, &checkpoint)?;
-            // Every blob it refers to is indexed: the next backup may reuse it unchecked.
-            repo.index().trust_parent(&id)?;
-            Some(id)
-        }
-    };
+    lock.ensure_held()?;
+    let id = checkpoint::save(repo, &checkpoint)?;
+    // Every blob it refers to is indexed: the next backup may reuse it unchecked.
+    repo.index().trust_parent(&id)?;
     Ok(BackupOutcome {
-        id,
+        id: (!repo.is_dry_run()).then_some(id),
         checkpoint,
         errors,
     })

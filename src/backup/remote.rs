@@ -72,7 +72,6 @@ impl<'a> ServedSource<'a> {
         Settings {
             purpose: "sync",
             tags: Vec::new(),
-            dry_run: self.dry_run,
             threads: transfers,
             read_ahead_threads: 0,
             parent_trees_ahead: true,

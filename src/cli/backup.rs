@@ -49,7 +49,6 @@ pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
     let mut options = BackupOptions::new(args.paths);
     options.tags = args.tags;
     options.excludes = args.excludes;
-    options.dry_run = args.dry_run;
     options.read_limit = args.limit_rate;
     options.one_read_at_a_time = args.low_priority;
     if let Some(host) = args.host {
@@ -65,7 +64,7 @@ pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
         if draw {
             scope.spawn(|| super::draw_run_progress("backup", "read", &progress, &done));
         }
-        let outcome = backup::run_opening(|| global.open(), &options, &progress);
+        let outcome = backup::run_opening(|| global.open_for(args.dry_run), &options, &progress);
         done.store(true, Ordering::Relaxed);
         outcome
     });

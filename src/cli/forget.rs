@@ -62,15 +62,11 @@ pub fn run(global: &GlobalArgs, args: ForgetArgs) -> Result<ExitCode> {
              (with none, every checkpoint would be removed)"
         );
     }
-    let repo = global.open()?;
-    let forgotten = retention::forget(&repo, &policy, &args.filters.filter()?, args.dry_run)?;
+    let repo = global.open_for(args.dry_run)?;
+    let forgotten = retention::forget(&repo, &policy, &args.filters.filter()?)?;
     let (plans, removed) = (&forgotten.series, forgotten.removed);
     let pruned = if args.prune {
-        let options = cairn::prune::PruneOptions {
-            dry_run: args.dry_run,
-            ..Default::default()
-        };
-        Some(cairn::prune::run(&repo, &options)?)
+        Some(cairn::prune::run(&repo, &Default::default())?)
     } else {
         None
     };

@@ -304,6 +304,17 @@ impl GlobalArgs {
         self.open_at(self.repo_path()?, self.credentials())
     }
 
+    /// Opens the repository, as a dry run sees it when `dry_run` (nothing written is kept).
+    fn open_for(&self, dry_run: bool) -> Result<Repository> {
+        self.open_target(self.repo_path()?, dry_run)
+    }
+
+    /// Opens the repository at `path` to write into, as a dry run sees it when `dry_run`.
+    fn open_target(&self, path: &Path, dry_run: bool) -> Result<Repository> {
+        let repo = self.open_at(path, self.credentials())?;
+        Ok(if dry_run { repo.into_dry_run() } else { repo })
+    }
+
     /// Opens the repository at `path` with the secret `credentials` name.
     fn open_at(&self, path: &Path, credentials: Credentials) -> Result<Repository> {
         let backend = self.backend_at(path)?;

@@ -22,10 +22,9 @@ pub struct PruneArgs {
 }
 
 pub fn run(global: &GlobalArgs, args: PruneArgs) -> Result<ExitCode> {
-    let repo = global.open()?;
+    let repo = global.open_for(args.dry_run)?;
     let options = PruneOptions {
         max_unused_percent: args.max_unused.max(0.0),
-        dry_run: args.dry_run,
     };
     let report = prune::run(&repo, &options)?;
     if args.json {

@@ -4,9 +4,7 @@
 
 use super::{GlobalArgs, print_json};
 use anyhow::Result;
-use cairn::repair::{
-    self, CheckpointRepairReport, IndexRepairReport, PackRepairReport, RepairOptions,
-};
+use cairn::repair::{self, CheckpointRepairReport, IndexRepairReport, PackRepairReport};
 use clap::{Args, Subcommand};
 use std::process::ExitCode;
 
@@ -39,10 +37,14 @@ struct RepairFlags {
 }
 
 pub fn run(global: &GlobalArgs, args: RepairArgs) -> Result<ExitCode> {
-    let repo = global.open()?;
+    let flags = match &args.command {
+        RepairCommand::Index(flags) | RepairCommand::Packs(flags) => flags,
+        RepairCommand::Checkpoints(flags) => flags,
+    };
+    let repo = global.open_for(flags.dry_run)?;
     match args.command {
         RepairCommand::Index(flags) => {
-            let report = repair::index(&repo, &options(&flags))?;
+            let report = repair::index(&repo)?;
             if flags.json {
                 print_json(&report)?;
             } else {
@@ -50,7 +52,7 @@ pub fn run(global: &GlobalArgs, args: RepairArgs) -> Result<ExitCode> {
             }
         }
         RepairCommand::Packs(flags) => {
-            let report = repair::packs(&repo, &options(&flags))?;
+            let report = repair::packs(&repo)?;
             if flags.json {
                 print_json(&report)?;
             } else {
@@ -58,7 +60,7 @@ pub fn run(global: &GlobalArgs, args: RepairArgs) -> Result<ExitCode> {
             }
         }
         RepairCommand::Checkpoints(flags) => {
-            let report = repair::checkpoints(&repo, &options(&flags))?;
+            let report = repair::checkpoints(&repo)?;
             if flags.json {
                 print_json(&report)?;
             } else {
@@ -74,12 +76,6 @@ pub fn run(global: &GlobalArgs, args: RepairArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn options(flags: &RepairFlags) -> RepairOptions {
-    RepairOptions {
-        dry_run: flags.dry_run,
-    }
 }
 
 fn print_index_report(report: &IndexRepairReport) -> Result<()> {

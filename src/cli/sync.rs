@@ -274,7 +274,7 @@ fn sync(
                      repository whole (give its URL without the path after its name)"
                 );
             }
-            let repo = global.open_at(&path, global.credentials())?;
+            let repo = global.open_target(&path, options.dry_run)?;
             let source = RemoteSource::new(global.remote(&url)?, ChunkSpec::of(&repo), false)?;
             Ok(pull::run(&repo, &source, options, progress)?)
         }
@@ -322,7 +322,7 @@ fn sync(
         }
         (Endpoint::Repository { path, checkpoint }, Endpoint::Repository { path: to, .. }) => {
             let from = open_source(&path)?;
-            let to = global.open_at(&to, global.credentials())?;
+            let to = global.open_target(&to, options.dry_run)?;
             let only = match checkpoint {
                 Some(reference) => Some(checkpoint::resolve(&from, &reference)?.0),
                 None => None,
@@ -381,9 +381,8 @@ fn pull_directory(
         bail!("{} is not a directory or a repository", dir.display());
     }
     let mut backup_options = BackupOptions::new(vec![dir.to_owned()]);
-    backup_options.dry_run = options.dry_run;
     backup_options.read_limit = options.rate_limit;
-    let opened = || global.open_at(repo, global.credentials());
+    let opened = || global.open_target(repo, options.dry_run);
     let outcome = backup::run_opening(opened, &backup_options, progress)?;
     Ok(SyncReport::of_backup(outcome, options.dry_run))
 }

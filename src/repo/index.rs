@@ -15,8 +15,9 @@ use super::pack::{ENTRY_BYTES, PackEntry, parse_entries};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{BlobId, CheckpointId, ID_BYTES, PackId};
 use crate::repo::objects::ObjectKind;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// Version of the cache's own layout; a cache with another version is rebuilt.
 const CACHE_SCHEMA_VERSION: u32 = 3;
@@ -90,6 +91,15 @@ pub struct BlobIndex {
     packs: sled::Tree,
     files: sled::Tree,
     path: PathBuf,
+    /// A dry run's additions, which the cache never sees (`keep_additions_in_memory`).
+    in_memory: Option<Mutex<Additions>>,
+}
+
+/// Blobs and packs a dry run indexed.
+#[derive(Default)]
+struct Additions {
+    blobs: HashMap<BlobId, BlobLocation>,
+    packs: HashSet<PackId>,
 }
 
 fn cache_error(path: &Path, e: sled::Error) -> Error {
@@ -138,6 +148,7 @@ impl BlobIndex {
             files: open_tree("index_files")?,
             _db: db,
             path,
+            in_memory: None,
         };
         let schema = meta
             .get("schema")
@@ -161,7 +172,21 @@ impl BlobIndex {
         self.files.clear().map_err(|e| cache_error(&self.path, e))
     }
 
+    /// From now on, index files added and parents trusted are kept in memory only, for this
+    /// handle's life, and the cache is left as it was: a dry run's view.
+    pub(super) fn keep_additions_in_memory(&mut self) {
+        self.in_memory = Some(Mutex::default());
+    }
+
+    fn additions(&self) -> Option<std::sync::MutexGuard<'_, Additions>> {
+        let additions = self.in_memory.as_ref()?;
+        Some(additions.lock().expect("not poisoned"))
+    }
+
     pub fn get(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
+        if let Some(found) = self.additions().and_then(|a| a.blobs.get(id).copied()) {
+            return Ok(Some(found));
+        }
         let value = self
             .blobs
             .get(id.0)
@@ -178,6 +203,9 @@ impl BlobIndex {
     }
 
     pub fn contains(&self, id: &BlobId) -> Result<bool> {
+        if self.additions().is_some_and(|a| a.blobs.contains_key(id)) {
+            return Ok(true);
+        }
         self.blobs
             .contains_key(id.0)
             .map_err(|e| cache_error(&self.path, e))
@@ -185,6 +213,9 @@ impl BlobIndex {
 
     /// Whether an imported index file lists pack `id`.
     pub fn contains_pack(&self, id: &PackId) -> Result<bool> {
+        if self.additions().is_some_and(|a| a.packs.contains(id)) {
+            return Ok(true);
+        }
         self.packs
             .contains_key(id.0)
             .map_err(|e| cache_error(&self.path, e))
@@ -192,6 +223,19 @@ impl BlobIndex {
 
     /// Records the blobs of index file `name`, which must already be durable in the repository.
     pub fn add_index_file(&self, name: &str, packs: &[(PackId, Vec<PackEntry>)]) -> Result<()> {
+        if let Some(mut additions) = self.additions() {
+            for (pack, entries) in packs {
+                additions.packs.insert(*pack);
+                for entry in entries {
+                    let location = BlobLocation {
+                        pack: *pack,
+                        entry: *entry,
+                    };
+                    additions.blobs.insert(entry.id, location);
+                }
+            }
+            return Ok(());
+        }
         for (pack, entries) in packs {
             self.packs
                 .insert(pack.0, &[])
@@ -228,6 +272,9 @@ impl BlobIndex {
     /// Records checkpoint `id`, just saved by a backup whose every blob is indexed, as the
     /// one `trusts_parent` names.
     pub fn trust_parent(&self, id: &CheckpointId) -> Result<()> {
+        if self.in_memory.is_some() {
+            return Ok(());
+        }
         self.meta
             .insert(TRUSTED_PARENT_KEY, &id.0[..])
             .map_err(|e| cache_error(&self.path, e))?;

@@ -3,7 +3,9 @@
 //! exponential backoff and jitter, when the store did not answer this time
 //! (`Error::Unavailable`: a 5xx, throttling, a timeout, a reset); `Bounded` caps the requests
 //! in flight; `Limited` caps the bytes per second sent and received. `wrap` stacks them the
-//! one way every command uses: limit, then bound, then retry, then the store.
+//! one way every command uses: limit, then bound, then retry, then the store. `DryRun`
+//! stores nothing but a run's lock: a dry-run repository (`Repository::into_dry_run`) is one
+//! whose backend sits inside it.
 //!
 //! Every write cairn makes is idempotent (objects are named by their content, or are records
 //! written whole under a fresh name), so a request is tried again whatever it was.
@@ -66,6 +68,80 @@ pub fn wrap(backend: Arc<dyn Backend>, layers: Layers) -> Arc<dyn Backend> {
         });
     }
     wrapped
+}
+
+/// Writes and deletes that succeed without reaching the store, except for lock objects (a dry
+/// run holds its lock like any run, so nothing it reads is pruned under it); reads pass
+/// through, so what a run wrote is never read back: the repository keeps what it would
+/// have stored in memory instead (see `BlobIndex::keep_additions_in_memory`).
+pub struct DryRun {
+    pub(super) inner: Arc<dyn Backend>,
+}
+
+impl DryRun {
+    fn reaches_store(name: &str) -> bool {
+        super::objects::ObjectKind::of(name) == Some(super::objects::ObjectKind::Lock)
+    }
+}
+
+impl Backend for DryRun {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn get(&self, name: &str) -> Result<Vec<u8>> {
+        self.inner.get(name)
+    }
+    fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
+        self.inner.get_range(name, offset, length)
+    }
+    fn get_range_streamed(
+        &self,
+        name: &str,
+        offset: u64,
+        length: u64,
+        take: &mut dyn FnMut(&[u8]),
+    ) -> Result<()> {
+        self.inner.get_range_streamed(name, offset, length, take)
+    }
+    fn get_ranges(&self, ranges: &[RangeRequest]) -> Result<Vec<Vec<u8>>> {
+        self.inner.get_ranges(ranges)
+    }
+    fn put(&self, name: &str, data: &[u8]) -> Result<()> {
+        match Self::reaches_store(name) {
+            true => self.inner.put(name, data),
+            false => Ok(()),
+        }
+    }
+    fn put_new(&self, name: &str, data: &[u8]) -> Result<PutNew> {
+        match Self::reaches_store(name) {
+            true => self.inner.put_new(name, data),
+            false => Ok(PutNew::Created),
+        }
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        self.inner.list(prefix)
+    }
+    fn list_names(&self, prefix: &str) -> Result<Vec<String>> {
+        self.inner.list_names(prefix)
+    }
+    fn delete(&self, name: &str) -> Result<()> {
+        match Self::reaches_store(name) {
+            true => self.inner.delete(name),
+            false => Ok(()),
+        }
+    }
+    fn exists(&self, name: &str) -> Result<bool> {
+        self.inner.exists(name)
+    }
+    fn size(&self, name: &str) -> Result<u64> {
+        self.inner.size(name)
+    }
+    fn preferred_concurrency(&self) -> usize {
+        self.inner.preferred_concurrency()
+    }
+    fn listing_token(&self, prefix: &str) -> Option<String> {
+        self.inner.listing_token(prefix)
+    }
 }
 
 /// Tries a request again while the store answers `Error::Unavailable`.

@@ -306,9 +306,11 @@ fn acquire_as(
     }
 }
 
-/// Takes a lock on `repo` for `purpose`: shared, or `exclusive`. On a conflict the new lock
-/// is removed again and written anew on the next try, for as long as `repo.lock_wait()`.
+/// Takes a lock on `repo` for `purpose`: shared, or `exclusive`; a dry run, which changes
+/// nothing, always shares. On a conflict the new lock is removed again and written anew on
+/// the next try, for as long as `repo.lock_wait()`.
 pub fn acquire(repo: &Repository, exclusive: bool, purpose: &str) -> Result<LockGuard> {
+    let exclusive = exclusive && !repo.is_dry_run();
     Ok(acquire_as(repo, exclusive, purpose, false)?.expect("taken, or an error"))
 }
 

@@ -115,6 +115,8 @@ pub struct Repository {
     opened_key: Option<String>,
     /// This repository's directory in the local cache.
     cache_dir: std::path::PathBuf,
+    /// Whether this is a dry run's view (see `into_dry_run`).
+    dry_run: bool,
 }
 
 fn write_key_file(path: &Path, key_file: &KeyFile) -> Result<()> {
@@ -390,7 +392,27 @@ impl Repository {
             lock_wait_ms: Default::default(),
             opened_key,
             cache_dir: repository_cache,
+            dry_run: false,
         })
+    }
+
+    /// The repository as a dry run sees it: every write succeeds without reaching the store
+    /// or the local cache, while what was written is remembered in memory, so the run goes
+    /// through every step a real one takes (chunks stored once, packs and index files
+    /// written, the checkpoint saved) and reports what it would add. Only its lock is
+    /// stored, shared whatever the run asks for. Every command's `--dry-run` opens this.
+    pub fn into_dry_run(mut self) -> Repository {
+        self.backend = Arc::new(layers::DryRun {
+            inner: self.backend,
+        });
+        self.index.keep_additions_in_memory();
+        self.dry_run = true;
+        self
+    }
+
+    /// Whether this is a dry run's view (`into_dry_run`): nothing it writes is kept.
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run
     }
 
     /// The master key `secret` opens, and in password mode the id of the key object that

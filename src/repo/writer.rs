@@ -85,15 +85,6 @@ impl BlobSink<'_> {
         self.repo
     }
 
-    /// Counts `ids` as stored already: in a dry run, the blobs of the packs the real run would
-    /// first take back (`take_orphan_packs`).
-    pub fn count_as_stored(&self, ids: &[BlobId]) {
-        let mut blobs = self.flights.lock();
-        for id in ids {
-            blobs.insert(*id, Flight::Queued);
-        }
-    }
-
     /// Stores blob `entry` of `pack` (read whole into `bytes`) again as it is stored, once it
     /// decodes to its id: how prune repacks and `repair packs` rescues. The inner error is the
     /// blob's own (truncated or damaged; nothing is sent), the outer one the sink's.
@@ -233,28 +224,27 @@ impl BlobSink<'_> {
     }
 }
 
-/// Runs `body` with a sink into `repo` (nothing is written in a dry run, but sizes are
-/// counted); `queued` encoded blobs may wait for the packer. Once `body` returns, the last
+/// Runs `body` with a sink into `repo` (a dry run's repository keeps what it would write
+/// in memory); `queued` encoded blobs may wait for the packer. Once `body` returns, the last
 /// pack and index file are written. Returns `body`'s value and the number of blobs stored;
 /// a failed write is reported rather than the failure it caused in `body`. `progress`
 /// counts the packs and their bytes as they are written.
 pub fn with_blob_sink<T>(
     repo: &Repository,
-    dry_run: bool,
     queued: usize,
     progress: &Progress,
     body: impl FnOnce(&BlobSink) -> Result<T>,
 ) -> Result<(T, u64)> {
-    let mark = if dry_run {
-        None
-    } else {
-        Some(RunMark::create(&runs_dir(repo))?)
+    // A dry run leaves no packs behind, so it has no run to mark.
+    let mark = match repo.is_dry_run() {
+        true => None,
+        false => Some(RunMark::create(&runs_dir(repo))?),
     };
     let flights = Flights::default();
     let (packer_tx, packer_rx) = bounded(queued.max(1));
     std::thread::scope(|scope| {
         let flights = &flights;
-        let packer = scope.spawn(move || run_packer(repo, packer_rx, flights, dry_run, progress));
+        let packer = scope.spawn(move || run_packer(repo, packer_rx, flights, progress));
         let sink = BlobSink {
             repo,
             flights,
@@ -301,27 +291,21 @@ pub struct IndexFilesReplaced {
 
 /// Writes one fresh set of index files listing `packs` (all stored already), then deletes
 /// the index files named in `old` that are not among the new ones, so every pack stays
-/// listed at every moment (twice at worst). In a dry run nothing is written or deleted,
-/// only counted. The local cache learns of the change at the caller's next sync.
+/// listed at every moment (twice at worst). The local cache learns of the change at the caller's next sync.
 pub fn replace_index_files(
     repo: &Repository,
     packs: &[(crate::id::PackId, Vec<super::pack::PackEntry>)],
     old: &[String],
-    dry_run: bool,
 ) -> Result<IndexFilesReplaced> {
     let mut written = std::collections::HashSet::new();
     for group in packs.chunks(PACKS_PER_FRESH_INDEX_FILE) {
         let (name, encoded) = encode_index_object(repo, group);
-        if !dry_run {
-            repo.backend().put(&name, &encoded)?;
-        }
+        repo.backend().put(&name, &encoded)?;
         written.insert(name);
     }
     let mut deleted = 0;
     for name in old.iter().filter(|name| !written.contains(*name)) {
-        if !dry_run {
-            repo.backend().delete(name)?;
-        }
+        repo.backend().delete(name)?;
         deleted += 1;
     }
     Ok(IndexFilesReplaced {
@@ -354,7 +338,7 @@ pub(crate) fn commit_pack_rewrite<'a>(
     old_index_files: &[String],
     unlisted: impl IntoIterator<Item = &'a crate::id::PackId>,
 ) -> Result<IndexFilesReplaced> {
-    let replaced = replace_index_files(repo, listed, old_index_files, false)?;
+    let replaced = replace_index_files(repo, listed, old_index_files)?;
     for pack in unlisted {
         repo.backend().delete(&pack_object_name(pack))?;
     }
@@ -447,10 +431,13 @@ pub fn recover_orphan_packs(repo: &Repository) -> Result<RecoveredPacks> {
             recovered.bytes
         );
     }
-    for mark in ended {
-        let _ = std::fs::remove_file(mark);
+    // A dry run's index files are not kept: the marks stay for the next real run.
+    if !repo.is_dry_run() {
+        for mark in ended {
+            let _ = std::fs::remove_file(mark);
+        }
+        super::backend::create_private_dir(&runs_dir(repo))?;
     }
-    super::backend::create_private_dir(&runs_dir(repo))?;
     Ok(recovered)
 }
 
@@ -533,31 +520,12 @@ fn lock_exclusively(file: &std::fs::File) -> std::io::Result<()> {
     }
 }
 
-/// What a run that writes does first (see `recover_orphan_packs`): a real run indexes the
-/// orphan packs and returns nothing; a dry run, which writes nothing, returns their blobs,
-/// for its sink to count as stored (`BlobSink::count_as_stored`), so it reports what the
-/// real run would add.
-pub fn take_orphan_packs(repo: &Repository, dry_run: bool) -> Result<Vec<BlobId>> {
-    if !dry_run {
-        recover_orphan_packs(repo)?;
-        return Ok(Vec::new());
-    }
-    if ended_runs(&runs_dir(repo)).is_none() {
-        return Ok(Vec::new());
-    }
-    let (_, packs) = find_orphan_packs(repo)?;
-    Ok(packs
-        .iter()
-        .flat_map(|(_, entries)| entries.iter().map(|entry| entry.id))
-        .collect())
-}
-
-/// A pack handed to an uploader thread; `upload` is `None` in a dry run.
+/// A pack handed to an uploader thread.
 struct PackInFlight<'scope> {
     id: crate::id::PackId,
     entries: Vec<super::pack::PackEntry>,
     bytes: u64,
-    upload: Option<std::thread::ScopedJoinHandle<'scope, Result<()>>>,
+    upload: std::thread::ScopedJoinHandle<'scope, Result<()>>,
 }
 
 /// The packer's state: a pack of file chunks and the metadata blobs (trees and chunk lists)
@@ -567,7 +535,6 @@ struct Packer<'scope, 'env> {
     repo: &'env Repository,
     scope: &'scope std::thread::Scope<'scope, 'env>,
     flights: &'env Flights,
-    dry_run: bool,
     progress: &'env Progress,
     data: PackBuilder,
     metadata: PackBuilder,
@@ -586,11 +553,10 @@ impl<'scope, 'env> Packer<'scope, 'env> {
             self.land_oldest()?;
         }
         let size = bytes.len() as u64;
-        let upload = (!self.dry_run).then(|| {
-            let backend = self.repo.backend();
-            self.scope
-                .spawn(move || backend.put(&pack_object_name(&id), &bytes))
-        });
+        let backend = self.repo.backend();
+        let upload = self
+            .scope
+            .spawn(move || backend.put(&pack_object_name(&id), &bytes));
         self.in_flight.push_back(PackInFlight {
             id,
             entries,
@@ -605,9 +571,7 @@ impl<'scope, 'env> Packer<'scope, 'env> {
         let Some(pack) = self.in_flight.pop_front() else {
             return Ok(());
         };
-        if let Some(upload) = pack.upload {
-            upload.join().expect("uploads do not panic")?;
-        }
+        pack.upload.join().expect("uploads do not panic")?;
         self.progress
             .added_bytes
             .fetch_add(pack.bytes, Ordering::Relaxed);
@@ -621,7 +585,7 @@ impl<'scope, 'env> Packer<'scope, 'env> {
         while self
             .in_flight
             .front()
-            .is_some_and(|pack| pack.upload.as_ref().is_none_or(|u| u.is_finished()))
+            .is_some_and(|pack| pack.upload.is_finished())
         {
             self.land_oldest()?;
         }
@@ -658,7 +622,7 @@ impl<'scope, 'env> Packer<'scope, 'env> {
     /// their blobs as flights (the index cache has them now).
     fn write_index(&mut self) -> Result<()> {
         self.last_index = std::time::Instant::now();
-        if self.dry_run || self.unindexed.is_empty() {
+        if self.unindexed.is_empty() {
             return Ok(());
         }
         let name = put_index_file(self.repo, &self.unindexed)?;
@@ -719,7 +683,6 @@ fn run_packer(
     repo: &Repository,
     blobs: Receiver<EncodedBlob>,
     flights: &Flights,
-    dry_run: bool,
     progress: &Progress,
 ) -> Result<u64> {
     std::thread::scope(|scope| {
@@ -727,7 +690,6 @@ fn run_packer(
             repo,
             scope,
             flights,
-            dry_run,
             progress,
             data: PackBuilder::default(),
             metadata: PackBuilder::default(),
@@ -775,7 +737,7 @@ pub(crate) mod tests {
         let repo = repository(dir.path());
         let progress = Progress::default();
         let (queued, released) = (BlobId([1; 32]), BlobId([2; 32]));
-        with_blob_sink(&repo, false, 4, &progress, |sink| {
+        with_blob_sink(&repo, 4, &progress, |sink| {
             assert_eq!(sink.claim(&queued)?, Claim::Mine);
             assert_eq!(sink.claim(&released)?, Claim::Mine);
             std::thread::scope(|scope| {

@@ -139,7 +139,8 @@ fn checkpoints_to_copy(
     Ok(lacking)
 }
 
-/// Copies checkpoint `only` (or every checkpoint `to` lacks) from `from` into `to`.
+/// Copies checkpoint `only` (or every checkpoint `to` lacks) from `from` into `to`; into a
+/// dry run's repository, only plans and reports.
 pub fn run(
     from: &Repository,
     to: &Repository,
@@ -156,13 +157,8 @@ pub fn run(
         )));
     }
     let _source_lock = crate::repo::lock::acquire_for_reading(from, "sync")?;
-    let lock = if options.dry_run {
-        None
-    } else {
-        let lock = crate::repo::lock::acquire(to, false, "sync")?;
-        recover_orphan_packs(to)?;
-        Some(lock)
-    };
+    let lock = crate::repo::lock::acquire(to, false, "sync")?;
+    recover_orphan_packs(to)?;
     let checkpoints = checkpoints_to_copy(from, to, only)?;
     let mut plan = CopyPlan::default();
     for (_, record) in &checkpoints {
@@ -172,18 +168,19 @@ pub fn run(
     plan.data.sort_by_key(|(_, at)| (at.pack, at.entry.offset));
     progress.set_totals(0, plan.stored_bytes());
     let mut report = SyncReport {
-        dry_run: options.dry_run,
+        dry_run: to.is_dry_run(),
         checkpoints_copied: checkpoints.len() as u64,
         blobs_copied: (plan.data.len() + plan.structure.len()) as u64,
         blobs_skipped: plan.skipped,
         bytes_transferred: plan.stored_bytes(),
         ..SyncReport::default()
     };
-    if options.dry_run {
+    // A dry run plans, and reads no blob for a copy that is not kept.
+    if to.is_dry_run() {
         return Ok(report);
     }
     let limiter = options.rate_limit.map(RateLimiter::new);
-    let (_, stored) = with_blob_sink(to, false, options.concurrency * 2, progress, |sink| {
+    let (_, stored) = with_blob_sink(to, options.concurrency * 2, progress, |sink| {
         copy_data(
             from,
             sink,
@@ -202,9 +199,7 @@ pub fn run(
     report.blobs_skipped += report.blobs_copied - stored;
     report.blobs_copied = stored;
     for (id, _) in &checkpoints {
-        if let Some(lock) = &lock {
-            lock.ensure_held()?;
-        }
+        lock.ensure_held()?;
         checkpoint::copy_record(from, to, id)?;
     }
     Ok(report)

@@ -15,7 +15,9 @@ use serde::Serialize;
 /// Inputs of a sync.
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
-    /// Read what is needed to plan, write nothing, report what would move.
+    /// Into a directory: read what is needed to plan, write nothing, report what would
+    /// move. Into a repository the dry run is the repository's own
+    /// (`Repository::into_dry_run`).
     pub dry_run: bool,
     /// Into a directory: remove what the source lacks.
     pub delete: bool,

@@ -9,7 +9,8 @@ use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::source::remote::RemoteSource;
 
-/// Pulls the served source into `repo` as a new checkpoint (unless a dry run).
+/// Pulls the served source into `repo` as a new checkpoint; into a dry run's repository
+/// (`Repository::into_dry_run`) no chunk is fetched: those it would ask for are counted.
 pub fn run(
     repo: &Repository,
     source: &RemoteSource,
@@ -17,11 +18,11 @@ pub fn run(
     progress: &Progress,
 ) -> Result<SyncReport> {
     let started = Started::now();
-    let served = ServedSource::new(source, options.rate_limit, options.dry_run);
+    let dry_run = repo.is_dry_run();
+    let served = ServedSource::new(source, options.rate_limit, dry_run);
     let settings = served.settings(options.concurrency);
     let outcome = backup::back_up_opening(|| Ok(repo), &served, &settings, started, progress)?;
-    let mut report = SyncReport::of_backup(outcome, options.dry_run);
-    // A dry run fetches no chunk: it counts those it would ask for.
+    let mut report = SyncReport::of_backup(outcome, dry_run);
     report.blobs_copied += served.planned_chunks();
     report.blobs_skipped = served.chunks_held();
     Ok(report)
