@@ -702,7 +702,7 @@ fn progress_has_a_total_and_reaches_it_for_served_local_and_checkpoint_sources()
     let progress = Progress::default();
     let copy = sandbox.path("copy");
     let report = into_dir(
-        &DirectorySource,
+        &DirectorySource::default(),
         source.clone(),
         None,
         &copy,

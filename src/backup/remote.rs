@@ -16,7 +16,6 @@ use super::trees::file_content;
 use super::{FileError, FileJob, Identity, Root, Settings, Source};
 use crate::checkpoint::{self, Checkpoint, Label};
 use crate::error::{Error, PathError, Result};
-use crate::fs::throttle::RateLimiter;
 use crate::id::{BlobId, CheckpointId};
 use crate::net::wire::{RemotePath, child_path};
 use crate::progress::Progress;
@@ -34,7 +33,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 pub(crate) struct ServedSource<'a> {
     source: &'a RemoteSource,
     identity: Identity,
-    limiter: Option<RateLimiter>,
     /// Plan only: count the chunks the repository lacks instead of fetching them.
     dry_run: bool,
     /// Chunks a dry run would ask for, and their bytes.
@@ -45,9 +43,9 @@ pub(crate) struct ServedSource<'a> {
 }
 
 impl<'a> ServedSource<'a> {
-    /// `source`, pulled with at most `rate_limit` bytes a second (a dry run fetches no
-    /// chunk); asks the server where the source lives, to name the checkpoint.
-    pub fn new(source: &'a RemoteSource, rate_limit: Option<u64>, dry_run: bool) -> Self {
+    /// `source`, pulled (a dry run fetches no chunk); asks the server where the source
+    /// lives, to name the checkpoint.
+    pub fn new(source: &'a RemoteSource, dry_run: bool) -> Self {
         let (host, path) = match source.about() {
             Some(about) => (about.host, about.path),
             None => source_identity(source.url()),
@@ -59,7 +57,6 @@ impl<'a> ServedSource<'a> {
                 paths: vec![path],
                 pulled_from: Some(source.url().to_owned()),
             },
-            limiter: rate_limit.map(RateLimiter::new),
             dry_run,
             planned: AtomicU64::new(0),
             planned_bytes: AtomicU64::new(0),
@@ -396,10 +393,7 @@ fn fetch_and_store(
         .iter()
         .map(|(i, chunks)| (paths[*i].clone(), chunks.clone()))
         .collect();
-    let parts = match context
-        .source
-        .fetch_files(&wanted, context.limiter.as_ref())
-    {
+    let parts = match context.source.fetch_files(&wanted) {
         Ok(parts) => parts,
         Err(e) => {
             release_group(sink, group);

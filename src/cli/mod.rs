@@ -57,7 +57,7 @@ pub struct Cli {
 }
 
 /// Options every subcommand takes.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// The repository: a directory, the URL of a `cairn serve` (https://host:port/repo), or
     /// an S3 bucket (s3:https://host[:port]/bucket[/prefix]; credentials from AWS_* variables)
@@ -180,6 +180,19 @@ impl GlobalArgs {
         self.repo
             .as_ref()
             .context("no repository given: pass --repo PATH or set CAIRN_REPO")
+    }
+
+    /// These arguments with what is received from a store capped at `rate` bytes per
+    /// second as well (the lower cap wins).
+    fn receiving_at_most(&self, rate: Option<u64>) -> GlobalArgs {
+        let limit_download = match (self.limit_download, rate) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        GlobalArgs {
+            limit_download,
+            ..self.clone()
+        }
     }
 
     fn backend(&self) -> Result<Arc<dyn Backend>> {

@@ -139,7 +139,6 @@ pub fn run(global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode> {
         delete: args.delete,
         force: args.force,
         max_delete: args.max_delete,
-        rate_limit: args.limit_rate,
         sparse: args.sparse,
         ..SyncOptions::default()
     };
@@ -255,7 +254,9 @@ fn sync(
     progress: &Progress,
     listing: Listing,
 ) -> Result<SyncReport> {
-    let open_source = |path: &Path| global.open_at(path, args.from.resolve(global));
+    // `--limit-rate` caps what is read from the source, whatever it is.
+    let receiving = global.receiving_at_most(args.limit_rate);
+    let open_source = |path: &Path| receiving.open_at(path, args.from.resolve(global));
     match (source, destination) {
         (_, Endpoint::Served(url)) => {
             bail!("{url} is a served source directory: it is read-only, so it can only be a source")
@@ -275,12 +276,14 @@ fn sync(
                 );
             }
             let repo = global.open_target(&path, options.dry_run)?;
-            let source = RemoteSource::new(global.remote(&url)?, ChunkSpec::of(&repo), false)?;
+            let source = RemoteSource::new(global.remote(&url)?, ChunkSpec::of(&repo), false)?
+                .limited(args.limit_rate);
             Ok(pull::run(&repo, &source, options, progress)?)
         }
         (Endpoint::Served(url), Endpoint::Directory(target)) => {
             let (base, sub) = split_served(&url);
-            let source = RemoteSource::new(global.remote(base)?, ChunkSpec::plain(), true)?;
+            let source = RemoteSource::new(global.remote(base)?, ChunkSpec::plain(), true)?
+                .limited(args.limit_rate);
             let root = source.stat(sub.as_bytes())?.filter(|e| e.is_dir());
             if root.is_none() && !sub.is_empty() {
                 bail!("{url} is not a directory: a served source syncs directories");
@@ -318,7 +321,7 @@ fn sync(
             )
         }
         (Endpoint::Directory(dir), Endpoint::Repository { path, .. }) => {
-            pull_directory(global, &dir, &path, options, progress)
+            pull_directory(global, &dir, &path, args.limit_rate, options, progress)
         }
         (Endpoint::Repository { path, checkpoint }, Endpoint::Repository { path: to, .. }) => {
             let from = open_source(&path)?;
@@ -348,6 +351,7 @@ fn sync(
         }
         (Endpoint::Directory(dir), Endpoint::Directory(target)) => {
             let local = LocalSync {
+                source: DirectorySource::limited(args.limit_rate),
                 options,
                 progress,
                 listing,
@@ -374,6 +378,7 @@ fn pull_directory(
     global: &GlobalArgs,
     dir: &Path,
     repo: &Path,
+    read_limit: Option<u64>,
     options: &SyncOptions,
     progress: &Progress,
 ) -> Result<SyncReport> {
@@ -381,7 +386,7 @@ fn pull_directory(
         bail!("{} is not a directory or a repository", dir.display());
     }
     let mut backup_options = BackupOptions::new(vec![dir.to_owned()]);
-    backup_options.read_limit = options.rate_limit;
+    backup_options.read_limit = read_limit;
     let opened = || global.open_target(repo, options.dry_run);
     let outcome = backup::run_opening(opened, &backup_options, progress)?;
     Ok(SyncReport::of_backup(outcome, options.dry_run))
@@ -439,6 +444,7 @@ fn source_name(text: &str, path: &Path) -> Option<OsString> {
 
 /// A sync from this machine into a directory.
 struct LocalSync<'a> {
+    source: DirectorySource,
     options: &'a SyncOptions,
     progress: &'a Progress,
     listing: Listing,
@@ -458,7 +464,7 @@ impl LocalSync<'_> {
             .with_context(|| format!("reading {}", source.display()))?
             .with_context(|| format!("{} is not a directory", source.display()))?;
         Ok(restore::into_dir(
-            &DirectorySource,
+            &self.source,
             source,
             Some(&root),
             target,
@@ -497,7 +503,7 @@ impl LocalSync<'_> {
             .with_context(|| format!("reading {}", path.display()))?;
         let entry = local_one_entry(&source_dir, name)?;
         let source = OneEntry::new(
-            &DirectorySource,
+            &self.source,
             source_dir.clone(),
             entry,
             target_name.as_bytes(),

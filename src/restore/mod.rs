@@ -46,7 +46,6 @@ mod write;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, IoContext, PathError, Result};
-use crate::fs::throttle::RateLimiter;
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::source::checkpoint::CheckpointSource;
@@ -215,7 +214,6 @@ pub fn into_dir<S: TreeSource>(
     let errors = Mutex::new(Vec::new());
     let full = SpaceFailure::default();
     let totals: WorkerTotals = Mutex::new((0, 0, 0));
-    let limiter = options.rate_limit.map(RateLimiter::new);
     let threads = options.concurrency.max(1);
     let (files, jobs) = bounded::<Vec<FileJob<S::Dir>>>(threads);
     // A round is handed over once the writer is done with the one before: at most two are
@@ -230,19 +228,18 @@ pub fn into_dir<S: TreeSource>(
     let counting_stopped = AtomicBool::new(false);
     let (planned, mut dirs, links, mut report) = std::thread::scope(|scope| {
         scope.spawn(|| source.count(&root, progress, &counting_stopped));
-        let (outcomes, limiter) = (&outcomes, limiter.as_ref());
+        let outcomes = &outcomes;
         let mut workers: Vec<_> = (0..threads)
             .map(|_| {
                 let jobs = jobs.clone();
-                scope.spawn(move || run_sync_worker(source, jobs, limiter, outcomes))
+                scope.spawn(move || run_sync_worker(source, jobs, outcomes))
             })
             .collect();
         drop(jobs);
         if let Some(repo) = source.repository() {
             let readers = threads.max(repo.backend().preferred_concurrency());
-            workers.push(
-                scope.spawn(move || run_round_writer(repo, round_jobs, readers, limiter, outcomes)),
-            );
+            workers
+                .push(scope.spawn(move || run_round_writer(repo, round_jobs, readers, outcomes)));
         }
         let mut planner = Planner {
             source,

@@ -6,7 +6,6 @@
 use super::TEMP_PREFIX;
 use crate::error::{Error, IoContext, PathError, Result};
 use crate::fs::sparse::fill_holes;
-use crate::fs::throttle::RateLimiter;
 use crate::progress::Progress;
 use crate::readahead::{self, ReadChunk};
 use crate::repo::Repository;
@@ -160,11 +159,7 @@ fn finish_file<D>(
 }
 
 /// Brings a batch of files up to date; one result per job.
-fn sync_files<S: TreeSource>(
-    source: &S,
-    jobs: &[FileJob<S::Dir>],
-    limiter: Option<&RateLimiter>,
-) -> Vec<Result<FileWrite>> {
+fn sync_files<S: TreeSource>(source: &S, jobs: &[FileJob<S::Dir>]) -> Vec<Result<FileWrite>> {
     let prepared: Vec<Result<Prepared>> = jobs.iter().map(prepare_file).collect();
     let ready: Vec<(usize, &Prepared)> = prepared
         .iter()
@@ -181,7 +176,7 @@ fn sync_files<S: TreeSource>(
         })
         .collect();
     let mut written: Vec<Option<Result<FileWrite>>> = jobs.iter().map(|_| None).collect();
-    for (&(i, _), result) in ready.iter().zip(source.write_files(&tasks, limiter)) {
+    for (&(i, _), result) in ready.iter().zip(source.write_files(&tasks)) {
         written[i] = Some(result);
     }
     drop(tasks);
@@ -225,25 +220,12 @@ struct RoundFile<'a, D> {
 impl<D> RoundFile<'_, D> {
     /// Writes `chunk` (or keeps why it cannot be written) at `offset`, where `length` bytes
     /// belong; the file is finished, and recorded in `outcomes`, once this was its last chunk.
-    fn take_chunk(
-        &self,
-        offset: u64,
-        length: u32,
-        chunk: Result<&ReadChunk>,
-        limiter: Option<&RateLimiter>,
-        outcomes: &Outcomes,
-    ) {
+    fn take_chunk(&self, offset: u64, length: u32, chunk: Result<&ReadChunk>, outcomes: &Outcomes) {
         {
             let mut state = self.state.lock().expect("not poisoned");
             if !matches!(*state, Writing::Failed { .. })
-                && let Err(error) = self.write_chunk(
-                    &mut state,
-                    offset,
-                    length,
-                    chunk,
-                    limiter,
-                    outcomes.progress,
-                )
+                && let Err(error) =
+                    self.write_chunk(&mut state, offset, length, chunk, outcomes.progress)
             {
                 let temp = match std::mem::replace(&mut *state, Writing::Finished) {
                     Writing::Open { temp, .. } => Some(temp),
@@ -270,13 +252,9 @@ impl<D> RoundFile<'_, D> {
         offset: u64,
         length: u32,
         chunk: Result<&ReadChunk>,
-        limiter: Option<&RateLimiter>,
         progress: &Progress,
     ) -> Result<()> {
         let chunk = chunk?;
-        if let Some(limiter) = limiter {
-            limiter.take(chunk.stored_length);
-        }
         if chunk.bytes.len() != length as usize {
             return Err(Error::corrupt(
                 self.job.entry.name_lossy(),
@@ -355,7 +333,6 @@ pub(super) fn sync_round<D: Sync>(
     repo: &Repository,
     jobs: &[FileJob<D>],
     readers: usize,
-    limiter: Option<&RateLimiter>,
     outcomes: &Outcomes,
 ) {
     let mut round = Vec::with_capacity(jobs.len());
@@ -398,7 +375,7 @@ pub(super) fn sync_round<D: Sync>(
         &|| outcomes.full.is_full(),
         &|&(file, offset, length), chunk| {
             let chunk = chunk.as_ref().map_err(Error::duplicate);
-            round[file].take_chunk(offset, length, chunk, limiter, outcomes)
+            round[file].take_chunk(offset, length, chunk, outcomes)
         },
     );
 }
@@ -455,7 +432,6 @@ impl Outcomes<'_> {
 pub(super) fn run_sync_worker<S: TreeSource>(
     source: &S,
     jobs: crossbeam_channel::Receiver<Vec<FileJob<S::Dir>>>,
-    limiter: Option<&RateLimiter>,
     outcomes: &Outcomes,
 ) {
     for batch in jobs {
@@ -463,7 +439,7 @@ pub(super) fn run_sync_worker<S: TreeSource>(
         if outcomes.full.is_full() {
             continue;
         }
-        let results = sync_files(source, &batch, limiter);
+        let results = sync_files(source, &batch);
         for (job, result) in batch.iter().zip(results) {
             outcomes.record(job, result, 0);
         }
@@ -482,13 +458,12 @@ pub(super) fn run_round_writer<D: Sync>(
     repo: &Repository,
     rounds: crossbeam_channel::Receiver<Vec<FileJob<D>>>,
     readers: usize,
-    limiter: Option<&RateLimiter>,
     outcomes: &Outcomes,
 ) {
     for round in rounds {
         if outcomes.full.is_full() {
             continue;
         }
-        sync_round(repo, &round, readers, limiter, outcomes);
+        sync_round(repo, &round, readers, outcomes);
     }
 }

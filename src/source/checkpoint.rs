@@ -5,7 +5,6 @@
 use super::{FileTask, FileWrite, Rebuild, TreeSource, finish_rebuild, write_at};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, PathError, Result};
-use crate::fs::throttle::RateLimiter;
 use crate::id::{BlobId, TreeId};
 use crate::progress::Progress;
 use crate::readahead::ChunkStream;
@@ -97,7 +96,6 @@ impl TreeSource for CheckpointSource<'_> {
         entry: &Entry,
         old: Option<&File>,
         out: &File,
-        limiter: Option<&RateLimiter>,
     ) -> Result<FileWrite> {
         let task = FileTask {
             dir,
@@ -105,18 +103,14 @@ impl TreeSource for CheckpointSource<'_> {
             old,
             out,
         };
-        self.write_files(std::slice::from_ref(&task), limiter)
+        self.write_files(std::slice::from_ref(&task))
             .pop()
             .expect("one result per file")
     }
 
     /// Starts each file's rebuild, then reads the chunks none of the old files held, for all
     /// the files together, ahead and coalesced (`readahead`).
-    fn write_files(
-        &self,
-        files: &[FileTask<'_, TreeId>],
-        limiter: Option<&RateLimiter>,
-    ) -> Vec<Result<FileWrite>> {
+    fn write_files(&self, files: &[FileTask<'_, TreeId>]) -> Vec<Result<FileWrite>> {
         let repo = self.repo;
         let id_of = |data: &[u8]| BlobId(repo.codec().id_of(data));
         let mut results: Vec<Option<Result<FileWrite>>> = files.iter().map(|_| None).collect();
@@ -145,9 +139,6 @@ impl TreeSource for CheckpointSource<'_> {
                     continue;
                 }
                 let written = chunk.and_then(|chunk| {
-                    if let Some(limiter) = limiter {
-                        limiter.take(chunk.stored_length);
-                    }
                     if chunk.bytes.len() != length as usize {
                         return Err(Error::corrupt(
                             files[i].entry.name_lossy(),

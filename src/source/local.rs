@@ -16,8 +16,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 
-/// A live directory on this machine.
-pub struct DirectorySource;
+/// A live directory on this machine, read at most as fast as its limit allows.
+#[derive(Default)]
+pub struct DirectorySource {
+    limiter: Option<RateLimiter>,
+}
+
+impl DirectorySource {
+    /// A source whose files are read at most `bytes_per_second` (`None`: unlimited), the
+    /// cap shared by every transfer.
+    pub fn limited(bytes_per_second: Option<u64>) -> Self {
+        DirectorySource {
+            limiter: bytes_per_second.map(RateLimiter::new),
+        }
+    }
+}
 
 impl TreeSource for DirectorySource {
     type Dir = PathBuf;
@@ -69,7 +82,6 @@ impl TreeSource for DirectorySource {
         entry: &Entry,
         old: Option<&File>,
         out: &File,
-        limiter: Option<&RateLimiter>,
     ) -> Result<FileWrite> {
         let path = dir.join(OsStr::from_bytes(&entry.name));
         let context = || format!("reading {}", path.display());
@@ -93,7 +105,7 @@ impl TreeSource for DirectorySource {
         {
             return Ok(FileWrite::Same);
         }
-        let copied = copy_file(&source, &path, out, entry.size, limiter)?;
+        let copied = copy_file(&source, &path, out, entry.size, self.limiter.as_ref())?;
         check_size(copied, entry)?;
         Ok(FileWrite::Written {
             fetched: copied,

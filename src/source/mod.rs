@@ -12,7 +12,6 @@ pub mod remote;
 use crate::chunker::Chunker;
 use crate::error::{Error, PathError, Result};
 use crate::fs::sparse::write_sparse;
-use crate::fs::throttle::RateLimiter;
 use crate::id::BlobId;
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -91,7 +90,6 @@ pub trait TreeSource: Sync {
         entry: &Entry,
         old: Option<&File>,
         out: &File,
-        limiter: Option<&RateLimiter>,
     ) -> Result<FileWrite>;
 
     /// The repository a checkpoint's chunks come from: files with nothing at their place
@@ -103,14 +101,10 @@ pub trait TreeSource: Sync {
 
     /// Writes several files, each as `write_file` does; one result per file. A source that
     /// pays per request (over the network) asks for them together.
-    fn write_files(
-        &self,
-        files: &[FileTask<'_, Self::Dir>],
-        limiter: Option<&RateLimiter>,
-    ) -> Vec<Result<FileWrite>> {
+    fn write_files(&self, files: &[FileTask<'_, Self::Dir>]) -> Vec<Result<FileWrite>> {
         files
             .iter()
-            .map(|f| self.write_file(f.dir, f.entry, f.old, f.out, limiter))
+            .map(|f| self.write_file(f.dir, f.entry, f.old, f.out))
             .collect()
     }
 }
@@ -334,15 +328,7 @@ impl<S: TreeSource> TreeSource for OneEntry<'_, S> {
         self.source.repository()
     }
 
-    fn write_file(
-        &self,
-        _: &(),
-        _: &Entry,
-        old: Option<&File>,
-        out: &File,
-        limiter: Option<&RateLimiter>,
-    ) -> Result<FileWrite> {
-        self.source
-            .write_file(&self.parent, &self.entry, old, out, limiter)
+    fn write_file(&self, _: &(), _: &Entry, old: Option<&File>, out: &File) -> Result<FileWrite> {
+        self.source.write_file(&self.parent, &self.entry, old, out)
     }
 }

@@ -57,6 +57,8 @@ pub struct RemoteSource {
     lean: bool,
     /// Bytes of every answer received: listings, chunk lists and chunks, as sent.
     received: Arc<AtomicU64>,
+    /// The cap on the bytes of chunks fetched per second, shared by every transfer.
+    limiter: Option<RateLimiter>,
     /// The streamed listing of the whole tree, read as the walk asks for each directory.
     tree: Mutex<TreeStream>,
 }
@@ -111,8 +113,15 @@ impl RemoteSource {
             chunker,
             lean,
             received: Arc::new(AtomicU64::new(0)),
+            limiter: None,
             tree: Mutex::new(TreeStream::NotStarted),
         })
+    }
+
+    /// This source, fetching file contents at most `bytes_per_second` (`None`: unlimited).
+    pub fn limited(mut self, bytes_per_second: Option<u64>) -> Self {
+        self.limiter = bytes_per_second.map(RateLimiter::new);
+        self
     }
 
     /// The next directory of the streamed listing, if the stream is at `dir`; starts the
@@ -367,11 +376,7 @@ impl RemoteSource {
 
     /// The given byte ranges (offset, length) of the given files, in one request: per file,
     /// the ranges' bytes in order.
-    fn fetch_ranges(
-        &self,
-        wanted: Vec<FileRanges>,
-        limiter: Option<&RateLimiter>,
-    ) -> Result<Vec<Vec<Vec<u8>>>> {
+    fn fetch_ranges(&self, wanted: Vec<FileRanges>) -> Result<Vec<Vec<Vec<u8>>>> {
         let url = format!("{}/blobs", self.url());
         let request = BlobsRequest { files: wanted };
         let body = postcard::to_stdvec(&request).expect("requests serialize");
@@ -386,7 +391,7 @@ impl RemoteSource {
                 };
                 read_blobs(counted, &request, &url)
             })?;
-        if let Some(limiter) = limiter {
+        if let Some(limiter) = &self.limiter {
             limiter.take(self.received() - before);
         }
         Ok(parts)
@@ -397,7 +402,6 @@ impl RemoteSource {
     pub fn fetch_files(
         &self,
         wanted: &[(RemotePath, Vec<(u64, ChunkRef)>)],
-        limiter: Option<&RateLimiter>,
     ) -> Result<Vec<Vec<Vec<u8>>>> {
         let ranges = wanted
             .iter()
@@ -406,7 +410,7 @@ impl RemoteSource {
                 ranges: chunks.iter().map(|(at, c)| (*at, c.length)).collect(),
             })
             .collect();
-        let parts = self.fetch_ranges(ranges, limiter)?;
+        let parts = self.fetch_ranges(ranges)?;
         for ((path, chunks), data) in wanted.iter().zip(&parts) {
             for ((at, chunk), data) in chunks.iter().zip(data) {
                 if self.spec.id_of(data) != chunk.id {
@@ -430,11 +434,10 @@ impl RemoteSource {
         files: &[FileTask<'_, RemotePath>],
         owners: &[usize],
         wanted: Vec<FileRanges>,
-        limiter: Option<&RateLimiter>,
         results: &mut [Option<Result<FileWrite>>],
     ) -> Result<()> {
         let ranges: Vec<Vec<(u64, u32)>> = wanted.iter().map(|f| f.ranges.clone()).collect();
-        let parts = self.fetch_ranges(wanted, limiter)?;
+        let parts = self.fetch_ranges(wanted)?;
         for ((&i, ranges), parts) in owners.iter().zip(ranges).zip(parts) {
             let written = ranges
                 .iter()
@@ -455,7 +458,6 @@ impl RemoteSource {
         &self,
         files: &[FileTask<'_, RemotePath>],
         fresh: &[usize],
-        limiter: Option<&RateLimiter>,
         results: &mut [Option<Result<FileWrite>>],
     ) {
         // Requests of up to BATCH_BYTES, in pieces of up to PIECE_BYTES, made as they go: a
@@ -500,7 +502,7 @@ impl RemoteSource {
                     .ranges
                     .push((at, length));
             }
-            if let Err(e) = self.fetch_into(files, &owners, wanted.clone(), limiter, results) {
+            if let Err(e) = self.fetch_into(files, &owners, wanted.clone(), results) {
                 if owners.len() == 1 {
                     results[owners[0]] = Some(Err(e));
                     continue;
@@ -508,7 +510,7 @@ impl RemoteSource {
                 // One file the server cannot read (or that shrank) fails the whole request:
                 // ask file by file, so that only that file fails.
                 for (&i, one) in owners.iter().zip(wanted) {
-                    if let Err(e) = self.fetch_into(files, &[i], vec![one], limiter, results) {
+                    if let Err(e) = self.fetch_into(files, &[i], vec![one], results) {
                         results[i] = Some(Err(e));
                     }
                 }
@@ -572,7 +574,6 @@ impl TreeSource for RemoteSource {
         entry: &Entry,
         old: Option<&File>,
         out: &File,
-        limiter: Option<&RateLimiter>,
     ) -> Result<FileWrite> {
         let path = child_path(dir, &entry.name);
         let chunks = self.file_chunks(&path, entry.size)?;
@@ -580,7 +581,7 @@ impl TreeSource for RemoteSource {
         let mut fetch = |missing: &[(u64, ChunkRef)]| {
             let before = self.received();
             let wanted = [(path.clone(), missing.to_vec())];
-            let mut parts = self.fetch_files(&wanted, limiter)?;
+            let mut parts = self.fetch_files(&wanted)?;
             Ok((
                 parts.pop().expect("one file asked"),
                 self.received() - before,
@@ -591,15 +592,11 @@ impl TreeSource for RemoteSource {
 
     /// Chunk lists for all the files in one request, then their missing chunks in requests
     /// of up to 8 MiB across files.
-    fn write_files(
-        &self,
-        files: &[FileTask<'_, RemotePath>],
-        limiter: Option<&RateLimiter>,
-    ) -> Vec<Result<FileWrite>> {
+    fn write_files(&self, files: &[FileTask<'_, RemotePath>]) -> Vec<Result<FileWrite>> {
         let mut results: Vec<Option<Result<FileWrite>>> = files.iter().map(|_| None).collect();
         let (fresh, known): (Vec<usize>, Vec<usize>) =
             (0..files.len()).partition(|&i| files[i].old.is_none());
-        self.write_whole_files(files, &fresh, limiter, &mut results);
+        self.write_whole_files(files, &fresh, &mut results);
         if known.is_empty() {
             return results
                 .into_iter()
@@ -653,7 +650,7 @@ impl TreeSource for RemoteSource {
                     (path, missing.clone())
                 })
                 .collect();
-            match self.fetch_files(&wanted, limiter) {
+            match self.fetch_files(&wanted) {
                 Ok(parts) => {
                     for (&i, ((_, missing), parts)) in group.iter().zip(wanted.iter().zip(parts)) {
                         let file = &files[i];

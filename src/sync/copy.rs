@@ -14,7 +14,6 @@
 use super::{SyncOptions, SyncReport};
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Error, Result};
-use crate::fs::throttle::RateLimiter;
 use crate::id::{BlobId, CheckpointId, TreeId};
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -179,19 +178,11 @@ pub fn run(
     if to.is_dry_run() {
         return Ok(report);
     }
-    let limiter = options.rate_limit.map(RateLimiter::new);
     let (_, stored) = with_blob_sink(to, options.concurrency * 2, progress, |sink| {
-        copy_data(
-            from,
-            sink,
-            &plan.data,
-            options.concurrency,
-            limiter.as_ref(),
-            progress,
-        )?;
+        copy_data(from, sink, &plan.data, options.concurrency, progress)?;
         // One batch at a time, in order.
         for batch in batches(&plan.structure) {
-            copy_blobs(from, sink, batch, limiter.as_ref(), progress)?;
+            copy_blobs(from, sink, batch, progress)?;
         }
         Ok(())
     })?;
@@ -222,7 +213,6 @@ fn copy_data(
     sink: &BlobSink,
     data: &[(BlobId, BlobLocation)],
     threads: usize,
-    limiter: Option<&RateLimiter>,
     progress: &Progress,
 ) -> Result<()> {
     let batches = batches(data);
@@ -235,7 +225,7 @@ fn copy_data(
                     let Some(batch) = next.lock().expect("not poisoned").next() else {
                         return;
                     };
-                    if let Err(e) = copy_blobs(from, sink, batch, limiter, progress) {
+                    if let Err(e) = copy_blobs(from, sink, batch, progress) {
                         failure.lock().expect("not poisoned").get_or_insert(e);
                         // Stop the others: nothing is left to take.
                         *next.lock().expect("not poisoned") = [].iter();
@@ -257,7 +247,6 @@ fn copy_blobs(
     from: &Repository,
     sink: &BlobSink,
     batch: &[(BlobId, BlobLocation)],
-    limiter: Option<&RateLimiter>,
     progress: &Progress,
 ) -> Result<()> {
     crate::interrupt::check()?;
@@ -270,7 +259,7 @@ fn copy_blobs(
             Claim::Elsewhere => elsewhere.push(blob),
         }
     }
-    let moved = move_claimed(from, sink, &wanted, limiter);
+    let moved = move_claimed(from, sink, &wanted);
     if moved.is_err() {
         let claimed: Vec<BlobId> = wanted.iter().map(|(id, _)| *id).collect();
         sink.release(&claimed);
@@ -280,7 +269,7 @@ fn copy_blobs(
     // that refer to it come later); if that thread gave up, this one moves it.
     for blob in elsewhere {
         if !sink.wait_queued(&blob.0)? {
-            copy_blobs(from, sink, std::slice::from_ref(blob), limiter, progress)?;
+            copy_blobs(from, sink, std::slice::from_ref(blob), progress)?;
         }
     }
     progress.bytes_done.fetch_add(bytes, Ordering::Relaxed);
@@ -294,7 +283,6 @@ fn move_claimed(
     from: &Repository,
     sink: &BlobSink,
     wanted: &[&(BlobId, BlobLocation)],
-    limiter: Option<&RateLimiter>,
 ) -> Result<u64> {
     let ranges: Vec<RangeRequest> = wanted
         .iter()
@@ -305,9 +293,6 @@ fn move_claimed(
         })
         .collect();
     let bytes: u64 = ranges.iter().map(|r| r.length).sum();
-    if let Some(limiter) = limiter {
-        limiter.take(bytes);
-    }
     let stored = from.backend().get_ranges(&ranges)?;
     for ((id, at), (stored, range)) in wanted.iter().zip(stored.iter().zip(&ranges)) {
         let location = || {

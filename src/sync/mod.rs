@@ -29,8 +29,6 @@ pub struct SyncOptions {
     pub max_delete: Option<u64>,
     /// Parallel transfers.
     pub concurrency: usize,
-    /// A cap on the bytes moved per second, shared by every transfer.
-    pub rate_limit: Option<u64>,
     /// Into a directory: leave runs of zeros in written files as holes (`--sparse`, like
     /// rsync's `-S`); otherwise written files are dense.
     pub sparse: bool,
@@ -51,7 +49,6 @@ impl Default for SyncOptions {
             force: false,
             max_delete: None,
             concurrency: std::thread::available_parallelism().map_or(4, |n| 2 * n.get()),
-            rate_limit: None,
             sparse: false,
             ignore_times: false,
             require_empty: false,

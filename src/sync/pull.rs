@@ -19,7 +19,7 @@ pub fn run(
 ) -> Result<SyncReport> {
     let started = Started::now();
     let dry_run = repo.is_dry_run();
-    let served = ServedSource::new(source, options.rate_limit, dry_run);
+    let served = ServedSource::new(source, dry_run);
     let settings = served.settings(options.concurrency);
     let outcome = backup::back_up_opening(|| Ok(repo), &served, &settings, started, progress)?;
     let mut report = SyncReport::of_backup(outcome, dry_run);
