@@ -135,7 +135,14 @@ pub type Listing = Vec<Arc<Summary>>;
 /// those listed whose records could not (with why).
 pub struct Synced {
     pub checkpoints: Listing,
-    pub unreadable: Vec<(CheckpointId, Error)>,
+    pub unreadable: Vec<UnreadableRecord>,
+}
+
+/// A listed checkpoint whose record could not be read, and why.
+#[derive(Debug)]
+pub struct UnreadableRecord {
+    pub id: CheckpointId,
+    pub error: Error,
 }
 
 /// The catalogue of one repository: its files, and the summaries as this process last knew
@@ -211,7 +218,7 @@ impl Catalogue {
                 Ok(record) => added.push((*id, record)),
                 // Forgotten since it was listed.
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => unreadable.push((*id, e)),
+                Err(error) => unreadable.push(UnreadableRecord { id: *id, error }),
             }
         }
         // Unreadable records are looked for again by the next sync.

@@ -63,8 +63,12 @@ impl Checkpoint {
     /// and which `latest` a note names. The host and paths, and for a pull the server it came
     /// from: a server names the host and paths it records, so its pulls never join the series
     /// of local backups (nor of another server's pulls) that they claim.
-    pub fn series(&self) -> (&str, &[String], Option<&str>) {
-        (&self.host, &self.paths, self.pulled_from_server())
+    pub fn series(&self) -> Series<'_> {
+        Series {
+            host: &self.host,
+            paths: &self.paths,
+            server: self.pulled_from_server(),
+        }
     }
 
     /// The fields that name the checkpoint's series and that filters choose it by.
@@ -144,13 +148,22 @@ pub struct Label {
 
 impl Label {
     /// The series of the checkpoint (see [`Checkpoint::series`]).
-    pub fn series(&self) -> (&str, &[String], Option<&str>) {
-        (
-            &self.host,
-            &self.paths,
-            server_of(self.pulled_from.as_deref()),
-        )
+    pub fn series(&self) -> Series<'_> {
+        Series {
+            host: &self.host,
+            paths: &self.paths,
+            server: server_of(self.pulled_from.as_deref()),
+        }
     }
+}
+
+/// What makes checkpoints one series (see [`Checkpoint::series`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Series<'a> {
+    pub host: &'a str,
+    pub paths: &'a [String],
+    /// The server a pulled checkpoint came from; `None` for a local backup.
+    pub server: Option<&'a str>,
 }
 
 fn object_name(id: &CheckpointId) -> String {
@@ -250,26 +263,48 @@ pub fn catalogue_order(
 pub fn list_shared(repo: &Repository) -> Result<Listing> {
     let synced = repo.catalogue().sync(repo)?;
     match synced.unreadable.into_iter().next() {
-        Some((_, error)) => Err(error),
+        Some(unreadable) => Err(unreadable.error),
         None => Ok(synced.checkpoints),
     }
 }
 
+/// A checkpoint the repository holds: its id and its record.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub id: CheckpointId,
+    pub record: Checkpoint,
+}
+
+/// The listed checkpoints with their records, in the listing's order.
+fn with_records(listing: &Listing, records: Vec<Checkpoint>) -> Vec<Stored> {
+    listing
+        .iter()
+        .zip(records)
+        .map(|(summary, record)| Stored {
+            id: summary.id,
+            record,
+        })
+        .collect()
+}
+
 /// Every checkpoint with its record, oldest first (see [`list_shared`]).
-pub fn list(repo: &Repository) -> Result<Vec<(CheckpointId, Checkpoint)>> {
+pub fn list(repo: &Repository) -> Result<Vec<Stored>> {
     let listing = list_shared(repo)?;
     let records = repo.catalogue().records(repo, &listing)?;
-    Ok(listing.iter().map(|s| s.id).zip(records).collect())
+    Ok(with_records(&listing, records))
 }
 
 /// Every checkpoint, oldest first, read from the repository itself and not from the local
 /// catalogue: for the commands that must not trust the cache (check, repair, prune).
-pub fn read_all(repo: &Repository) -> Result<Vec<(CheckpointId, Checkpoint)>> {
+pub fn read_all(repo: &Repository) -> Result<Vec<Stored>> {
     let mut all = list_ids(repo)?
         .into_iter()
-        .map(|id| Ok((id, load(repo, &id)?)))
+        .map(|id| {
+            let record = load(repo, &id)?;
+            Ok(Stored { id, record })
+        })
         .collect::<Result<Vec<_>>>()?;
-    all.sort_by(|a, b| catalogue_order((&a.0, &a.1), (&b.0, &b.1)));
+    all.sort_by(|a, b| catalogue_order((&a.id, &a.record), (&b.id, &b.record)));
     Ok(all)
 }
 
@@ -326,19 +361,16 @@ impl CheckpointFilter {
 }
 
 /// Every checkpoint `filter` lets through, oldest first, with its record.
-pub fn list_matching(
-    repo: &Repository,
-    filter: &CheckpointFilter,
-) -> Result<Vec<(CheckpointId, Checkpoint)>> {
+pub fn list_matching(repo: &Repository, filter: &CheckpointFilter) -> Result<Vec<Stored>> {
     let mut listing = list_shared(repo)?;
     listing.retain(|summary| filter.matches_label(&summary.label));
     let records = repo.catalogue().records(repo, &listing)?;
-    Ok(listing.iter().map(|s| s.id).zip(records).collect())
+    Ok(with_records(&listing, records))
 }
 
 /// Resolves a reference over every checkpoint: `latest`, a full id, or a unique prefix of at
 /// least 4 hex digits.
-pub fn resolve(repo: &Repository, reference: &str) -> Result<(CheckpointId, Checkpoint)> {
+pub fn resolve(repo: &Repository, reference: &str) -> Result<Stored> {
     resolve_matching(repo, reference, &CheckpointFilter::default())
 }
 
@@ -348,7 +380,7 @@ pub fn resolve_matching(
     repo: &Repository,
     reference: &str,
     filter: &CheckpointFilter,
-) -> Result<(CheckpointId, Checkpoint)> {
+) -> Result<Stored> {
     if reference == "latest" {
         let listing = list_shared(repo)?;
         let newest = listing
@@ -356,7 +388,11 @@ pub fn resolve_matching(
             .rev()
             .find(|summary| filter.matches_label(&summary.label));
         if let Some(summary) = newest {
-            return Ok((summary.id, repo.catalogue().record(repo, summary)?));
+            let record = repo.catalogue().record(repo, summary)?;
+            return Ok(Stored {
+                id: summary.id,
+                record,
+            });
         }
         return Err({
             let location = repo.backend().location();
@@ -381,7 +417,10 @@ pub fn resolve_matching(
         .filter(|id| id.to_hex().starts_with(&reference))
         .collect();
     match matches.as_slice() {
-        [id] => Ok((*id, load(repo, id)?)),
+        [id] => Ok(Stored {
+            id: *id,
+            record: load(repo, id)?,
+        }),
         [] => Err(Error::NotFound(format!(
             "no checkpoint matches {reference:?}; `cairn list` shows them"
         ))),

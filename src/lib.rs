@@ -33,9 +33,9 @@
 //!
 //! // List the checkpoints and restore the newest into a new directory.
 //! let checkpoints = cairn::checkpoint::list(&repo)?;
-//! let (_, newest) = checkpoints.last().expect("one checkpoint");
+//! let newest = checkpoints.last().expect("one checkpoint");
 //! let target = work.join("restored");
-//! let report = cairn::restore::run(&repo, newest, "", &target, &RestoreOptions::default(), &Progress::default())?;
+//! let report = cairn::restore::run(&repo, &newest.record, "", &target, &RestoreOptions::default(), &Progress::default())?;
 //! assert_eq!(report.files_written, 1);
 //! assert_eq!(std::fs::read(target.join("notes.txt")).unwrap(), b"remember the milk\n");
 //!
@@ -87,7 +87,7 @@ pub mod tree;
 pub mod vfs;
 
 pub use backup::{BackupOptions, BackupOutcome, Progress};
-pub use checkpoint::{Checkpoint, CheckpointFilter};
+pub use checkpoint::{Checkpoint, CheckpointFilter, Stored};
 pub use error::{Error, ErrorKind, PathError, Result};
 pub use id::{BlobId, CheckpointId, TreeId};
 pub use repo::{InitOptions, Repository, Secret};

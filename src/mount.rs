@@ -10,7 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::timestamp::to_system_time;
-use crate::vfs::{Attr, FileKind, Ino, Vfs, VfsError};
+use crate::vfs::{Attr, FileKind, Ino, ListedEntry, Vfs, VfsError};
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
@@ -49,7 +49,7 @@ impl Default for MountOptions {
 }
 
 /// The entries of a directory: attributes and name.
-type Listing = Vec<(Attr, Vec<u8>)>;
+type Listing = Vec<ListedEntry>;
 
 /// Directory listings kept without a handle, at most: of readers that stopped before the
 /// end (see `CairnFs::by_dir`).
@@ -127,7 +127,7 @@ fn with_dots(
         .chain(
             entries
                 .iter()
-                .map(|(attr, name)| (attr.ino, attr.kind, name.as_slice())),
+                .map(|entry| (entry.attr.ino, entry.attr.kind, entry.name.as_slice())),
         )
         .enumerate()
         .map(|(index, entry)| (index as u64 + 1, entry))
@@ -199,7 +199,7 @@ impl CairnFs {
     /// Lets the VFS forget the entries of a listing the kernel never looked up.
     fn release(&self, listing: &Listing) {
         self.vfs
-            .release_listing(listing.iter().map(|(attr, _)| attr.ino));
+            .release_listing(listing.iter().map(|entry| entry.attr.ino));
     }
 
     /// The TTL for an attribute: long for checkpoint content, short for the catalogue views.

@@ -80,7 +80,7 @@ fn used_blobs(repo: &Repository) -> Result<HashSet<BlobId>> {
     let mut used = HashSet::new();
     let mut trees: Vec<TreeId> = checkpoint::read_all(repo)?
         .into_iter()
-        .map(|(_, record)| record.tree)
+        .map(|stored| stored.record.tree)
         .collect();
     while let Some(id) = trees.pop() {
         if !used.insert(id.blob()) {

@@ -7,7 +7,7 @@
 //! when any rule keeps it. Calendar periods are in local time, as people think of them.
 //! Forgetting removes only checkpoint records; `prune` then returns the space.
 
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint::{self, Series, Stored};
 use crate::error::{Error, Result};
 use crate::id::CheckpointId;
 use crate::repo::Repository;
@@ -233,25 +233,27 @@ pub struct Decision {
 }
 
 /// Applies `policy` to every series of `checkpoints` (see `Checkpoint::series`).
-pub fn plan(
-    policy: &Policy,
-    checkpoints: Vec<(CheckpointId, Checkpoint)>,
-) -> Result<Vec<SeriesPlan>> {
-    type Series = Vec<(CheckpointId, Checkpoint)>;
+pub fn plan(policy: &Policy, checkpoints: Vec<Stored>) -> Result<Vec<SeriesPlan>> {
     type Key = (String, Vec<String>, Option<String>);
-    let mut series: BTreeMap<Key, Series> = BTreeMap::new();
-    for (id, record) in checkpoints {
-        let (host, paths, server) = record.series();
+    let mut series: BTreeMap<Key, Vec<Stored>> = BTreeMap::new();
+    for stored in checkpoints {
+        let Series {
+            host,
+            paths,
+            server,
+        } = stored.record.series();
         let key = (host.to_owned(), paths.to_vec(), server.map(str::to_owned));
-        series.entry(key).or_default().push((id, record));
+        series.entry(key).or_default().push(stored);
     }
     series
         .into_iter()
         .map(|((host, paths, pulled_from), mut members)| {
-            members.sort_by(|a, b| checkpoint::catalogue_order((&b.0, &b.1), (&a.0, &a.1)));
+            members.sort_by(|a, b| {
+                checkpoint::catalogue_order((&b.id, &b.record), (&a.id, &a.record))
+            });
             let candidates = members
                 .iter()
-                .map(|(id, record)| {
+                .map(|Stored { id, record }| {
                     let time = humantime::parse_rfc3339(&record.time).map_err(|e| {
                         Error::corrupt(format!("checkpoint {id}"), format!("bad time: {e}"))
                     })?;
@@ -269,7 +271,7 @@ pub fn plan(
             let checkpoints = members
                 .iter()
                 .zip(reasons)
-                .map(|((id, record), reasons)| Decision {
+                .map(|(Stored { id, record }, reasons)| Decision {
                     id: *id,
                     time: record.time.clone(),
                     tags: record.tags.clone(),

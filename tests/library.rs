@@ -6,6 +6,7 @@ mod common;
 use cairn::backup::{self, BackupOptions, Progress};
 use cairn::check::{self, CheckOptions};
 use cairn::checkpoint::Checkpoint;
+use cairn::checkpoint::Stored;
 use cairn::chunker::ChunkerParams;
 use cairn::error::{Error, Result};
 use cairn::repair;
@@ -95,7 +96,7 @@ fn assert_latest_restores_to(
     source: &std::path::Path,
     target: &std::path::Path,
 ) {
-    let (_, latest) = cairn::checkpoint::resolve(repo, "latest").unwrap();
+    let latest = cairn::checkpoint::resolve(repo, "latest").unwrap().record;
     restore::run(
         repo,
         &latest,
@@ -611,15 +612,15 @@ fn repair_rebuilds_a_damaged_index_and_drops_what_a_truncated_pack_held() {
 
     let checkpoints = cairn::checkpoint::list(&repo).unwrap();
     assert_eq!(checkpoints.len(), 2);
-    for (id, record) in &checkpoints {
+    for Stored { id, record } in &checkpoints {
         assert!(record.tags.contains(&repair::REPAIRED_TAG.to_owned()));
         assert!(*id != first_id && *id != second_id);
     }
-    assert_eq!(checkpoints[0].1.stats.files, 0);
-    assert_eq!(checkpoints[1].1.stats.files, 1);
-    assert_eq!(checkpoints[1].1.stats.dirs, 0);
+    assert_eq!(checkpoints[0].record.stats.files, 0);
+    assert_eq!(checkpoints[1].record.stats.files, 1);
+    assert_eq!(checkpoints[1].record.stats.dirs, 0);
     assert_eq!(
-        restored_names(&sandbox, &repo, &checkpoints[1].1, "target"),
+        restored_names(&sandbox, &repo, &checkpoints[1].record, "target"),
         ["later"]
     );
 }
@@ -685,12 +686,15 @@ fn repairs_stopped_at_any_write_or_delete_lose_nothing_and_resume() {
         for checkpoint in [first_id, second_id] {
             let record = cairn::checkpoint::load(&original, &checkpoint).unwrap();
             assert!(
-                records.iter().any(|(id, r)| *id == checkpoint
-                    || r.time == record.time && r.tags.contains(&repair::REPAIRED_TAG.to_owned())),
+                records
+                    .iter()
+                    .any(|Stored { id, record: r }| *id == checkpoint
+                        || r.time == record.time
+                            && r.tags.contains(&repair::REPAIRED_TAG.to_owned())),
                 "{stopped}: checkpoint {checkpoint} is lost"
             );
         }
-        for (id, record) in &records {
+        for Stored { id, record } in &records {
             if record.tags.contains(&repair::REPAIRED_TAG.to_owned()) {
                 let prefix = format!("{}:", id.short());
                 assert!(
@@ -715,7 +719,7 @@ fn repairs_stopped_at_any_write_or_delete_lose_nothing_and_resume() {
         assert_eq!(records.len(), 2, "{stopped}");
         let at = format!("restored-{puts}-{deletes}");
         assert_eq!(
-            restored_names(&sandbox, &after, &records[1].1, &at),
+            restored_names(&sandbox, &after, &records[1].record, &at),
             ["later"]
         );
         std::fs::remove_dir_all(sandbox.path(&work)).unwrap();
@@ -894,7 +898,7 @@ fn the_local_catalogue_reads_each_checkpoint_record_once_and_follows_the_listing
         cairn::checkpoint::list(repo)
             .unwrap()
             .into_iter()
-            .map(|(id, _)| id)
+            .map(|stored| stored.id)
             .collect()
     };
 
@@ -1067,7 +1071,7 @@ fn listing_the_mounts_checkpoints_reads_no_record_until_one_is_looked_into() {
     let listed = vfs.readdir(checkpoints.ino).unwrap();
     assert_eq!(listed.len(), 12);
     let source_meta = std::fs::metadata(&source).unwrap();
-    for (attr, name) in &listed {
+    for cairn::vfs::ListedEntry { attr, name } in &listed {
         let looked_up = vfs.hold_listed(checkpoints.ino, name).unwrap();
         assert_eq!(looked_up.ino, attr.ino);
         assert_eq!(
@@ -1080,7 +1084,7 @@ fn listing_the_mounts_checkpoints_reads_no_record_until_one_is_looked_into() {
     let (gets, _) = counting.take_counts();
     assert_eq!(gets, Vec::<String>::new(), "listed from the summary");
     // Looking into one reads its record, once.
-    let (newest, name) = listed.last().unwrap();
+    let cairn::vfs::ListedEntry { attr: newest, name } = listed.last().unwrap();
     assert_eq!(
         vfs.lookup(newest.ino, b"counter").unwrap().size,
         "11".len() as u64
@@ -1111,7 +1115,7 @@ fn runs_after_nothing_changed_list_no_checkpoints_and_read_records_only_from_the
         cairn::checkpoint::list(repo)
             .unwrap()
             .into_iter()
-            .map(|(id, _)| id)
+            .map(|stored| stored.id)
             .collect()
     };
     let_changes_settle();
@@ -1127,7 +1131,7 @@ fn runs_after_nothing_changed_list_no_checkpoints_and_read_records_only_from_the
     let_changes_settle();
     let repo = open(counting.clone(), &cache);
     assert_eq!(ids(&repo), made);
-    let (_, latest) = cairn::checkpoint::resolve(&repo, "latest").unwrap();
+    let latest = cairn::checkpoint::resolve(&repo, "latest").unwrap().record;
     assert_eq!(
         latest.time,
         cairn::checkpoint::load(&elsewhere, made.last().unwrap())
@@ -1268,7 +1272,7 @@ fn restoring_a_thousand_small_files_reads_their_packs_in_few_ranges() {
 fn sync_latest_into(repo: &Repository, target: &std::path::Path) {
     use cairn::restore::into_dir;
     use cairn::source::checkpoint::CheckpointSource;
-    let (_, latest) = cairn::checkpoint::resolve(repo, "latest").unwrap();
+    let latest = cairn::checkpoint::resolve(repo, "latest").unwrap().record;
     let source = CheckpointSource::whole(repo, &latest);
     let report = into_dir(
         &source,

@@ -730,7 +730,7 @@ fn progress_has_a_total_and_reaches_it_for_served_local_and_checkpoint_sources()
     let report = pull::run(&repo, &pulled, &options, &progress).unwrap();
     assert_progress_complete(&progress, expected, report.bytes_transferred);
 
-    let (_, record) = cairn::checkpoint::resolve(&repo, "latest").unwrap();
+    let record = cairn::checkpoint::resolve(&repo, "latest").unwrap().record;
     let checkpoint = CheckpointSource::whole(&repo, &record);
     let progress = Progress::default();
     let restored = sandbox.path("restored");

@@ -7,7 +7,7 @@ use cairn::backup::{self, BackupOptions, Progress};
 use cairn::repo::backend::LocalBackend;
 use cairn::repo::config::EncryptionMode;
 use cairn::repo::{InitOptions, Repository, Secret};
-use cairn::vfs::{Attr, FileKind, Ino, ROOT_INO, Vfs};
+use cairn::vfs::{Attr, FileKind, Ino, ListedEntry, ROOT_INO, Vfs};
 use common::*;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -49,7 +49,7 @@ fn vfs_snapshot(vfs: &Vfs, dir: &Attr) -> BTreeMap<PathBuf, Snapshot> {
     let mut all = vec![(PathBuf::new(), dir.clone())];
     let mut stack = vec![(PathBuf::new(), dir.ino)];
     while let Some((path, ino)) = stack.pop() {
-        for (attr, name) in vfs.readdir(ino).unwrap() {
+        for ListedEntry { attr, name } in vfs.readdir(ino).unwrap() {
             let child = path.join(OsStr::from_bytes(&name));
             if attr.kind == FileKind::Directory {
                 stack.push((child.clone(), attr.ino));
@@ -105,12 +105,12 @@ fn vfs_snapshot(vfs: &Vfs, dir: &Attr) -> BTreeMap<PathBuf, Snapshot> {
 
 /// The checkpoint directories under `/checkpoints`, by name with the one `latest` names
 /// last (checkpoints made within one second may sort either way by name).
-fn checkpoint_dirs(vfs: &Vfs) -> Vec<(Attr, Vec<u8>)> {
+fn checkpoint_dirs(vfs: &Vfs) -> Vec<ListedEntry> {
     let checkpoints = vfs.lookup(ROOT_INO, b"checkpoints").unwrap();
     let latest = vfs.lookup(ROOT_INO, b"latest").unwrap();
     let newest = vfs.readlink(latest.ino).unwrap()[b"checkpoints/".len()..].to_vec();
     let mut listed = vfs.readdir(checkpoints.ino).unwrap();
-    listed.sort_by_key(|(_, name)| (*name == newest, name.clone()));
+    listed.sort_by_key(|entry| (entry.name == newest, entry.name.clone()));
     listed
 }
 
@@ -131,12 +131,12 @@ fn every_checkpoint_walks_and_reads_back_as_its_source_was() {
     let dirs = checkpoint_dirs(&vfs);
     assert_eq!(dirs.len(), 2);
     assert_eq!(
-        vfs_snapshot(&vfs, &dirs[0].0),
+        vfs_snapshot(&vfs, &dirs[0].attr),
         first,
         "the first checkpoint"
     );
     assert_eq!(
-        vfs_snapshot(&vfs, &dirs[1].0),
+        vfs_snapshot(&vfs, &dirs[1].attr),
         second,
         "the second checkpoint"
     );
@@ -180,10 +180,10 @@ fn a_files_history_lists_each_version_once_with_its_bytes() {
     // Oldest first by the files' own mtimes (checkpoints made within one second may sort
     // either way by name).
     let mut listed = vfs.readdir(dir.ino).unwrap();
-    listed.sort_by_key(|(attr, _)| attr.mtime_ns);
+    listed.sort_by_key(|entry| entry.attr.mtime_ns);
     let read: Vec<Vec<u8>> = listed
         .iter()
-        .map(|(attr, _)| read_all(&vfs, attr.ino, 4))
+        .map(|entry| read_all(&vfs, entry.attr.ino, 4))
         .collect();
     // The third round changed only the mtime: each content a version of its own, but no
     // version listed twice for the same (content, mtime).
@@ -192,12 +192,12 @@ fn a_files_history_lists_each_version_once_with_its_bytes() {
         "{:?}",
         listed
             .iter()
-            .map(|(_, n)| String::from_utf8_lossy(n))
+            .map(|entry| String::from_utf8_lossy(&entry.name))
             .collect::<Vec<_>>()
     );
     assert_eq!(read.first().unwrap(), b"first\n");
     assert_eq!(read.last().unwrap(), b"3\n");
-    for name in listed.iter().map(|(_, name)| name) {
+    for name in listed.iter().map(|entry| &entry.name) {
         assert!(name.ends_with(b".txt"), "{}", String::from_utf8_lossy(name));
     }
 }
@@ -225,8 +225,8 @@ fn a_checkpoint_made_while_the_view_lives_appears_once_the_catalogue_is_listed_a
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(dirs.len(), 2, "the new checkpoint appears");
-    let newest = vfs.lookup(dirs[1].0.ino, b"a").unwrap();
+    let newest = vfs.lookup(dirs[1].attr.ino, b"a").unwrap();
     assert_eq!(read_all(&vfs, newest.ino, 1 << 20), b"two");
-    let oldest = vfs.lookup(dirs[0].0.ino, b"a").unwrap();
+    let oldest = vfs.lookup(dirs[0].attr.ino, b"a").unwrap();
     assert_eq!(read_all(&vfs, oldest.ino, 1 << 20), b"one");
 }

@@ -5,7 +5,7 @@
 
 use super::trees::file_content;
 use super::{FileError, FileJob, Identity, Root, Settings, Source};
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint::{self, Checkpoint, Series};
 use crate::error::{Error, PathError, Result};
 use crate::fs::meta::listed_entry;
 use crate::fs::throttle::{RateLimiter, Throttled};
@@ -533,10 +533,14 @@ fn find_parent(
     paths: &[String],
 ) -> Result<Option<(CheckpointId, Checkpoint)>> {
     let newest_known = |listing: crate::catalogue::Listing| {
-        listing
-            .into_iter()
-            .rev()
-            .find(|s| s.label.series() == (host, paths, None))
+        listing.into_iter().rev().find(|s| {
+            s.label.series()
+                == Series {
+                    host,
+                    paths,
+                    server: None,
+                }
+        })
     };
     // The catalogue as this cache knows it, without a listing; a parent forgotten since
     // (its trees may be pruned) sends it to the repository.

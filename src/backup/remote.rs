@@ -14,7 +14,7 @@
 
 use super::trees::file_content;
 use super::{FileError, FileJob, Identity, Root, Settings, Source};
-use crate::checkpoint::{self, Checkpoint, Label};
+use crate::checkpoint::{self, Checkpoint, Label, Series};
 use crate::error::{Error, PathError, Result};
 use crate::id::{BlobId, CheckpointId};
 use crate::net::wire::{RemotePath, child_path};
@@ -445,7 +445,12 @@ fn find_pull_parent(
     let (authority, url_path) = source_identity(url);
     let url_paths = [url_path];
     let server = without_port(&authority);
-    newest(&|c| c.series() == (host, paths, Some(server)))
+    let pulled = Series {
+        host,
+        paths,
+        server: Some(server),
+    };
+    newest(&|c| c.series() == pulled)
         .or_else(|| newest(&|c| c.paths == url_paths && c.host == authority))
         .or_else(|| newest(&|c| c.paths == url_paths && without_port(&c.host) == server))
         .map(|summary| Ok((summary.id, repo.catalogue().record(repo, summary)?)))

@@ -19,7 +19,7 @@ pub struct CatArgs {
 pub fn run(global: &GlobalArgs, args: CatArgs) -> Result<ExitCode> {
     let repo = global.open()?;
     let (reference, path) = split_reference(&args.reference);
-    let (_, record) = super::resolve_checkpoint(&repo, reference, &args.filters)?;
+    let record = super::resolve_checkpoint(&repo, reference, &args.filters)?.record;
     let entry = find_entry(&repo, record.root_entry(), path)?;
     let EntryKind::File(content) = &entry.kind else {
         bail!("{path:?} is not a regular file in checkpoint {reference}");

@@ -34,8 +34,8 @@ fn marker(change: &Change) -> char {
 
 pub fn run(global: &GlobalArgs, args: DiffArgs) -> Result<ExitCode> {
     let repo = global.open()?;
-    let (_, a) = super::resolve_checkpoint(&repo, &args.a, &args.filters)?;
-    let (_, b) = super::resolve_checkpoint(&repo, &args.b, &args.filters)?;
+    let a = super::resolve_checkpoint(&repo, &args.a, &args.filters)?.record;
+    let b = super::resolve_checkpoint(&repo, &args.b, &args.filters)?.record;
     let changes = diff_checkpoints(&repo, &a, &b)?;
     if args.json {
         print_json(&changes)?;

@@ -2,7 +2,7 @@
 
 use super::{GlobalArgs, print_json};
 use anyhow::Result;
-use cairn::checkpoint;
+use cairn::checkpoint::{self, Stored};
 use clap::Args;
 use indicatif::HumanBytes;
 use serde_json::json;
@@ -23,7 +23,7 @@ pub fn run(global: &GlobalArgs, args: ListArgs) -> Result<ExitCode> {
     if args.json {
         let rows: Vec<_> = all
             .iter()
-            .map(|(id, c)| {
+            .map(|Stored { id, record: c }| {
                 json!({
                     "id": id.to_hex(),
                     "short_id": id.short(),
@@ -49,7 +49,7 @@ pub fn run(global: &GlobalArgs, args: ListArgs) -> Result<ExitCode> {
         "files",
         "size"
     );
-    for (id, c) in &all {
+    for Stored { id, record: c } in &all {
         let time = c.time.get(..19).unwrap_or(&c.time).replace('T', " ");
         outln!(
             "{:<8}  {:<19}  {:<12}  {:<12}  {:>8}  {:>10}  {}",

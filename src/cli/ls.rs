@@ -129,7 +129,7 @@ impl Lister<'_> {
 pub fn run(global: &GlobalArgs, args: LsArgs) -> Result<ExitCode> {
     let repo = global.open()?;
     let (reference, path) = split_reference(&args.reference);
-    let (_, record) = super::resolve_checkpoint(&repo, reference, &args.filters)?;
+    let record = super::resolve_checkpoint(&repo, reference, &args.filters)?.record;
     let entry = find_entry(&repo, record.root_entry(), path)?;
     let mut lister = Lister {
         repo: &repo,

@@ -32,6 +32,7 @@ mod sync;
 mod unlock;
 
 use anyhow::{Context, Result, bail};
+use cairn::checkpoint::Stored;
 use cairn::net::HttpTimeouts;
 use cairn::net::client::Remote;
 use cairn::repo::backend::{Backend, LocalBackend};
@@ -631,11 +632,7 @@ impl FilterArgs {
 /// bare `latest` picks one of several series (`Checkpoint::series`), a note on stderr says
 /// which, since the newest checkpoint of a repository may be of another source than
 /// expected; the catalogue it is counted from is the one `latest` is taken from.
-fn resolve_checkpoint(
-    repo: &Repository,
-    reference: &str,
-    filters: &FilterArgs,
-) -> Result<(cairn::id::CheckpointId, cairn::checkpoint::Checkpoint)> {
+fn resolve_checkpoint(repo: &Repository, reference: &str, filters: &FilterArgs) -> Result<Stored> {
     let filter = filters.filter()?;
     if reference != "latest" || !filter.is_empty() {
         return Ok(cairn::checkpoint::resolve_matching(
@@ -647,15 +644,18 @@ fn resolve_checkpoint(
         // None at all: the error says so.
         return Ok(cairn::checkpoint::resolve(repo, reference)?);
     };
-    let found = (newest.id, repo.catalogue().record(repo, newest)?);
+    let found = Stored {
+        id: newest.id,
+        record: repo.catalogue().record(repo, newest)?,
+    };
     let labels: std::collections::HashSet<_> = catalogue.iter().map(|s| &s.label).collect();
     let series: std::collections::BTreeSet<_> = labels.iter().map(|l| l.series()).collect();
     if series.len() > 1 {
         eprintln!(
             "note: latest is {} of {} {}, the newest of {} series; --host, --path or --tag choose another",
-            found.0.short(),
-            found.1.host,
-            found.1.paths.join(" "),
+            found.id.short(),
+            found.record.host,
+            found.record.paths.join(" "),
             series.len()
         );
     }

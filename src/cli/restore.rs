@@ -47,7 +47,7 @@ pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let repo = global.open()?;
     let (reference, path) = split_reference(&args.reference);
-    let (_, record) = super::resolve_checkpoint(&repo, reference, &args.filters)?;
+    let record = super::resolve_checkpoint(&repo, reference, &args.filters)?.record;
     let options = RestoreOptions {
         overwrite: args.overwrite,
         sparse: args.sparse,

@@ -327,7 +327,7 @@ fn sync(
             let from = open_source(&path)?;
             let to = global.open_target(&to, options.dry_run)?;
             let only = match checkpoint {
-                Some(reference) => Some(checkpoint::resolve(&from, &reference)?.0),
+                Some(reference) => Some(checkpoint::resolve(&from, &reference)?.id),
                 None => None,
             };
             Ok(copy::run(&from, &to, only, options, progress)?)
@@ -336,7 +336,7 @@ fn sync(
             refuse_overlap(&path, &target)?;
             let repo = open_source(&path)?;
             let reference = checkpoint.as_deref().unwrap_or("latest");
-            let (_, record) = checkpoint::resolve(&repo, reference)?;
+            let record = checkpoint::resolve(&repo, reference)?.record;
             let source = CheckpointSource::whole(&repo, &record);
             let root = record.root.as_ref();
             Ok(restore::into_dir(

@@ -21,7 +21,7 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs) -> Result<ExitCode> {
     let repo = global.open()?;
     let removed = cairn::repo::lock::remove_locks(&repo, args.remove_all, args.dry_run)?;
     let would = if args.dry_run { "would be " } else { "" };
-    for (_, why) in &removed {
+    for cairn::repo::lock::RemovedLock { why, .. } in &removed {
         outln!("{would}removed {why}");
     }
     let listed = cairn::repo::lock::list(&repo)?.len();

@@ -321,9 +321,18 @@ pub fn acquire_for_reading(repo: &Repository, purpose: &str) -> Result<Option<Lo
     acquire_as(repo, false, purpose, true)
 }
 
+/// A lock `remove_locks` removed (or would remove).
+#[derive(Debug, Clone)]
+pub struct RemovedLock {
+    /// The lock object's name.
+    pub name: String,
+    /// Why it was removed: whose lock it was and why it counts as stale.
+    pub why: String,
+}
+
 /// Removes stale locks, or every lock with `all` (in a dry run, only says which); returns
 /// them with why.
-pub fn remove_locks(repo: &Repository, all: bool, dry_run: bool) -> Result<Vec<(String, String)>> {
+pub fn remove_locks(repo: &Repository, all: bool, dry_run: bool) -> Result<Vec<RemovedLock>> {
     let host = crate::host_name();
     let mut removed = Vec::new();
     for (name, record) in list(repo)? {
@@ -339,7 +348,7 @@ pub fn remove_locks(repo: &Repository, all: bool, dry_run: bool) -> Result<Vec<(
         if !dry_run {
             repo.backend().delete(&name)?;
         }
-        removed.push((name, why));
+        removed.push(RemovedLock { name, why });
     }
     Ok(removed)
 }

@@ -12,7 +12,7 @@
 //! skips, and no checkpoint that lacks a blob.
 
 use super::{SyncOptions, SyncReport};
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint::{self, Stored};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, CheckpointId, TreeId};
 use crate::progress::Progress;
@@ -124,15 +124,18 @@ fn checkpoints_to_copy(
     from: &Repository,
     to: &Repository,
     only: Option<CheckpointId>,
-) -> Result<Vec<(CheckpointId, Checkpoint)>> {
+) -> Result<Vec<Stored>> {
     let candidates = match only {
-        Some(id) => vec![(id, checkpoint::load(from, &id)?)],
+        Some(id) => vec![Stored {
+            id,
+            record: checkpoint::load(from, &id)?,
+        }],
         None => checkpoint::list(from)?,
     };
     let mut lacking = Vec::new();
-    for (id, record) in candidates {
-        if !checkpoint::exists(to, &id)? {
-            lacking.push((id, record));
+    for stored in candidates {
+        if !checkpoint::exists(to, &stored.id)? {
+            lacking.push(stored);
         }
     }
     Ok(lacking)
@@ -160,7 +163,7 @@ pub fn run(
     recover_orphan_packs(to)?;
     let checkpoints = checkpoints_to_copy(from, to, only)?;
     let mut plan = CopyPlan::default();
-    for (_, record) in &checkpoints {
+    for Stored { record, .. } in &checkpoints {
         plan.add_tree(from, to, record.tree)?;
     }
     // Front to back through each source pack.
@@ -189,7 +192,7 @@ pub fn run(
     // Another writer may have stored some of the planned blobs meanwhile.
     report.blobs_skipped += report.blobs_copied - stored;
     report.blobs_copied = stored;
-    for (id, _) in &checkpoints {
+    for Stored { id, .. } in &checkpoints {
         lock.ensure_held()?;
         checkpoint::copy_record(from, to, id)?;
     }

@@ -98,6 +98,13 @@ pub enum FileKind {
     BlockDevice,
 }
 
+/// One entry of a directory listing (`Vfs::readdir`).
+#[derive(Debug, Clone)]
+pub struct ListedEntry {
+    pub name: Vec<u8>,
+    pub attr: Attr,
+}
+
 /// The attributes of a node, as `stat` reports them.
 #[derive(Debug, Clone)]
 pub struct Attr {

@@ -3,7 +3,9 @@
 //! `history/`), each node's attributes, listings and lookups.
 
 use super::Vfs;
-use super::{Attr, CATALOGUE_TTL, FileKind, Ino, ROOT_INO, VfsError, VfsResult, cached_tree};
+use super::{
+    Attr, CATALOGUE_TTL, FileKind, Ino, ListedEntry, ROOT_INO, VfsError, VfsResult, cached_tree,
+};
 use crate::catalogue::Summary;
 use crate::error::Error;
 use crate::history::{PathHistory, versions};
@@ -176,7 +178,8 @@ impl Vfs {
             return Ok(());
         }
         let synced = self.repo.catalogue().sync(&self.repo)?;
-        for (id, e) in &synced.unreadable {
+        for unreadable in &synced.unreadable {
+            let (id, e) = (unreadable.id, &unreadable.error);
             tracing::warn!("checkpoint {id} is unreadable: {e}");
         }
         let mut all = synced.checkpoints;
@@ -624,7 +627,7 @@ impl Vfs {
 
     /// The entries of directory `ino` (without `.` and `..`) with their attributes. Listing
     /// does not count as a lookup: `hold_listed` does, for the entries handed to the kernel.
-    pub fn readdir(&self, ino: Ino) -> VfsResult<Vec<(Attr, Vec<u8>)>> {
+    pub fn readdir(&self, ino: Ino) -> VfsResult<Vec<ListedEntry>> {
         let node = self.node(ino)?;
         let listing: Vec<(Ino, NodeKind, Vec<u8>)> = self
             .list(&node)?
@@ -639,7 +642,10 @@ impl Vfs {
         self.start_reading_order(ino, &listing);
         Ok(listing
             .into_iter()
-            .map(|(child, kind, name)| (self.attr_of(child, &kind), name))
+            .map(|(child, kind, name)| ListedEntry {
+                attr: self.attr_of(child, &kind),
+                name,
+            })
             .collect())
     }
 
