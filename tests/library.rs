@@ -10,15 +10,16 @@ use cairn::checkpoint::Stored;
 use cairn::chunker::ChunkerParams;
 use cairn::error::{Error, Result};
 use cairn::repair;
-use cairn::repo::backend::{Backend, LocalBackend, ObjectInfo};
+use cairn::repo::backend::{Backend, LocalBackend};
 use cairn::repo::config::EncryptionMode;
 use cairn::repo::{InitOptions, Repository, Secret};
 use cairn::restore::{self, RestoreOptions};
 use cairn::tree::{Content, EntryKind, find_entry};
+use common::backends::{Instrumented, MemoryBackend};
 use common::*;
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 /// Opens the sandbox's repository, giving its key file only when the config asks for one (a
 /// secret given for a `none` repository is refused as a downgrade).
@@ -44,11 +45,21 @@ fn init_repo_in_mode(
     mode: EncryptionMode,
 ) -> Arc<LocalBackend> {
     let backend = Arc::new(LocalBackend::new(sandbox.path("repo")));
+    init_store(sandbox, backend.as_ref(), chunker, mode);
+    backend
+}
+
+/// A repository in `store`, its key file in the sandbox (see `open`).
+fn init_store(
+    sandbox: &Sandbox,
+    store: &dyn Backend,
+    chunker: ChunkerParams,
+    mode: EncryptionMode,
+) {
     let mut options = InitOptions::new(mode);
     options.key_file = Some(sandbox.path("key"));
     options.chunker = chunker;
-    Repository::init(backend.as_ref(), options).unwrap();
-    backend
+    Repository::init(store, options).unwrap();
 }
 
 const TINY_CHUNKS: ChunkerParams = ChunkerParams {
@@ -223,61 +234,13 @@ fn back_up_rounds(repo: &Repository, source: &std::path::Path, rounds: u32) {
     }
 }
 
-/// A backend whose puts (and, when limited, deletes) start failing after a set number, like
-/// a full disk or a killed process: what was done before stays, nothing after it is.
-struct FailingBackend {
-    inner: LocalBackend,
-    puts_left: AtomicUsize,
-    deletes_left: AtomicUsize,
-}
-
-/// Takes one from `left`, or fails with `ENOSPC` when nothing is left.
-fn take_one(left: &AtomicUsize, what: &str) -> Result<()> {
-    left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .map(drop)
-        .map_err(|_| {
-            Error::io(
-                what.to_owned(),
-                std::io::Error::from_raw_os_error(libc::ENOSPC),
-            )
-        })
-}
-
-impl Backend for FailingBackend {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn get(&self, name: &str) -> Result<Vec<u8>> {
-        self.inner.get(name)
-    }
-    fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
-        self.inner.get_range(name, offset, length)
-    }
-    fn put(&self, name: &str, data: &[u8]) -> Result<()> {
-        take_one(&self.puts_left, &format!("writing {name}"))?;
-        self.inner.put(name, data)
-    }
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        self.inner.list(prefix)
-    }
-    fn delete(&self, name: &str) -> Result<()> {
-        take_one(&self.deletes_left, &format!("deleting {name}"))?;
-        self.inner.delete(name)
-    }
-    fn exists(&self, name: &str) -> Result<bool> {
-        self.inner.exists(name)
-    }
-    /// Like a remote store: several packs upload at once, so a write fails while others
-    /// are under way, and packs finished later may be stored before it.
-    fn preferred_concurrency(&self) -> usize {
-        3
-    }
-}
-
 #[test]
 fn a_backup_stopped_at_any_write_leaves_a_sound_repository_and_resumes() {
     let sandbox = Sandbox::new();
-    init_repo(&sandbox, ChunkerParams::default());
+    // The store in memory: each run sees what the failed runs before it left.
+    let store = MemoryBackend::new();
+    let mode = EncryptionMode::Keyfile;
+    init_store(&sandbox, store.as_ref(), ChunkerParams::default(), mode);
     let source = sandbox.path("source");
     make_tree(&source);
     // Enough data for several packs, so the run can stop between any two of them.
@@ -288,20 +251,13 @@ fn a_backup_stopped_at_any_write_leaves_a_sound_repository_and_resumes() {
         )
         .unwrap();
     }
+    let cache = sandbox.path("cache");
     let mut completed = false;
     for allowed_puts in 0.. {
-        let failing = Arc::new(FailingBackend {
-            inner: LocalBackend::new(sandbox.path("repo")),
-            puts_left: AtomicUsize::new(allowed_puts),
-            deletes_left: AtomicUsize::new(usize::MAX),
-        });
-        let repo = open(failing, &sandbox.path("cache"));
-        let result = back_up(&repo, &source);
+        let failing = Instrumented::failing_after(store.clone(), allowed_puts, usize::MAX);
+        let result = back_up(&open(failing, &cache), &source);
         // Whatever happened, the repository read through a healthy backend is sound.
-        let healthy = open(
-            Arc::new(LocalBackend::new(sandbox.path("repo"))),
-            &sandbox.path("cache"),
-        );
+        let healthy = open(store.clone(), &cache);
         let report = check::run(&healthy, &CheckOptions { read_data: true }).unwrap();
         assert!(report.is_sound(), "after {allowed_puts} puts: {report:?}");
         match result {
@@ -316,70 +272,7 @@ fn a_backup_stopped_at_any_write_leaves_a_sound_repository_and_resumes() {
         assert!(healthy.backend().list("locks/").unwrap().is_empty());
     }
     assert!(completed);
-    let repo = open(
-        Arc::new(LocalBackend::new(sandbox.path("repo"))),
-        &sandbox.path("cache"),
-    );
-    assert_latest_restores_to(&repo, &source, &sandbox.path("target"));
-}
-
-/// A local backend that takes several puts at once, like a remote store, and notes how many
-/// packs were being uploaded at the same moment. The first pack upload waits (for at most
-/// 20 seconds) until a second one starts, so a packer that uploads one pack at a time shows
-/// as one at a time rather than by chance.
-struct OverlapBackend {
-    inner: LocalBackend,
-    uploading: std::sync::Mutex<(usize, usize)>,
-    changed: std::sync::Condvar,
-}
-
-impl OverlapBackend {
-    /// The most pack uploads seen under way at once.
-    fn most_at_once(&self) -> usize {
-        self.uploading.lock().unwrap().1
-    }
-}
-
-impl Backend for OverlapBackend {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn get(&self, name: &str) -> Result<Vec<u8>> {
-        self.inner.get(name)
-    }
-    fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
-        self.inner.get_range(name, offset, length)
-    }
-    fn put(&self, name: &str, data: &[u8]) -> Result<()> {
-        if !name.starts_with("data/") {
-            return self.inner.put(name, data);
-        }
-        let mut uploading = self.uploading.lock().unwrap();
-        uploading.0 += 1;
-        uploading.1 = uploading.1.max(uploading.0);
-        self.changed.notify_all();
-        let (mut uploading, _) = self
-            .changed
-            .wait_timeout_while(uploading, std::time::Duration::from_secs(20), |u| u.1 < 2)
-            .unwrap();
-        drop(uploading);
-        let stored = self.inner.put(name, data);
-        uploading = self.uploading.lock().unwrap();
-        uploading.0 -= 1;
-        stored
-    }
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        self.inner.list(prefix)
-    }
-    fn delete(&self, name: &str) -> Result<()> {
-        self.inner.delete(name)
-    }
-    fn exists(&self, name: &str) -> Result<bool> {
-        self.inner.exists(name)
-    }
-    fn preferred_concurrency(&self) -> usize {
-        4
-    }
+    assert_latest_restores_to(&open(store, &cache), &source, &sandbox.path("target"));
 }
 
 #[test]
@@ -396,11 +289,7 @@ fn a_backup_to_a_remote_like_backend_keeps_several_packs_uploading() {
         )
         .unwrap();
     }
-    let backend = Arc::new(OverlapBackend {
-        inner: LocalBackend::new(sandbox.path("repo")),
-        uploading: std::sync::Mutex::new((0, 0)),
-        changed: std::sync::Condvar::new(),
-    });
+    let backend = Instrumented::overlapping(Arc::new(LocalBackend::new(sandbox.path("repo"))));
     let repo = open(backend.clone(), &sandbox.path("cache"));
     back_up(&repo, &source).unwrap();
     assert!(
@@ -461,11 +350,11 @@ fn prune_stopped_at_any_point_loses_nothing(mode: EncryptionMode) {
         let work = format!("work-{puts}-{deletes}");
         let _ = std::fs::remove_dir_all(sandbox.path(&work));
         copy_tree(&sandbox.path("repo"), &sandbox.path(&work));
-        let failing = Arc::new(FailingBackend {
-            inner: LocalBackend::new(sandbox.path(&work)),
-            puts_left: AtomicUsize::new(puts),
-            deletes_left: AtomicUsize::new(deletes),
-        });
+        let failing = Instrumented::failing_after(
+            Arc::new(LocalBackend::new(sandbox.path(&work))),
+            puts,
+            deletes,
+        );
         let cache = format!("cache-{puts}-{deletes}");
         let result = prune(&open(failing, &sandbox.path(&cache)));
         completed |= result.is_ok();
@@ -661,11 +550,11 @@ fn repairs_stopped_at_any_write_or_delete_lose_nothing_and_resume() {
     {
         let work = format!("work-{puts}-{deletes}");
         copy_tree(&sandbox.path("repo"), &sandbox.path(&work));
-        let failing = Arc::new(FailingBackend {
-            inner: LocalBackend::new(sandbox.path(&work)),
-            puts_left: AtomicUsize::new(puts),
-            deletes_left: AtomicUsize::new(deletes),
-        });
+        let failing = Instrumented::failing_after(
+            Arc::new(LocalBackend::new(sandbox.path(&work))),
+            puts,
+            deletes,
+        );
         let cache = format!("cache-{puts}-{deletes}");
         completed |= repair_all(&open(failing, &sandbox.path(&cache))).is_ok();
         let after = healthy(&work, &cache);
@@ -727,86 +616,6 @@ fn repairs_stopped_at_any_write_or_delete_lose_nothing_and_resume() {
     assert!(completed, "the repairs never got to their end");
 }
 
-/// A backend that counts the checkpoint records read whole (`get` of `checkpoints/…`), the
-/// listings of `checkpoints/`, and the ranges read from packs: one per `get_range`, one per
-/// range of a `get_ranges` (a store without batched reads makes a request for each); and
-/// records the prefixes listed with sizes.
-struct CountingBackend {
-    inner: LocalBackend,
-    record_gets: std::sync::Mutex<Vec<String>>,
-    checkpoint_lists: AtomicUsize,
-    ranged_reads: AtomicUsize,
-    sized_lists: std::sync::Mutex<Vec<String>>,
-    pack_lists: AtomicUsize,
-}
-
-impl CountingBackend {
-    fn new(inner: LocalBackend) -> Arc<Self> {
-        Arc::new(CountingBackend {
-            inner,
-            record_gets: Default::default(),
-            checkpoint_lists: AtomicUsize::new(0),
-            ranged_reads: AtomicUsize::new(0),
-            sized_lists: Default::default(),
-            pack_lists: AtomicUsize::new(0),
-        })
-    }
-
-    /// The checkpoint records read since the last call, and the listings of `checkpoints/`.
-    fn take_counts(&self) -> (Vec<String>, usize) {
-        let gets = std::mem::take(&mut *self.record_gets.lock().unwrap());
-        (gets, self.checkpoint_lists.swap(0, Ordering::SeqCst))
-    }
-}
-
-impl Backend for CountingBackend {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn get(&self, name: &str) -> Result<Vec<u8>> {
-        if name.starts_with("checkpoints/") {
-            self.record_gets.lock().unwrap().push(name.to_owned());
-        }
-        self.inner.get(name)
-    }
-    fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
-        self.ranged_reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.get_range(name, offset, length)
-    }
-    fn get_ranges(&self, ranges: &[cairn::repo::backend::RangeRequest]) -> Result<Vec<Vec<u8>>> {
-        self.ranged_reads.fetch_add(ranges.len(), Ordering::SeqCst);
-        self.inner.get_ranges(ranges)
-    }
-    fn put(&self, name: &str, data: &[u8]) -> Result<()> {
-        self.inner.put(name, data)
-    }
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        if prefix == "checkpoints/" {
-            self.checkpoint_lists.fetch_add(1, Ordering::SeqCst);
-        }
-        self.sized_lists.lock().unwrap().push(prefix.to_owned());
-        self.inner.list(prefix)
-    }
-    fn list_names(&self, prefix: &str) -> Result<Vec<String>> {
-        if prefix == "checkpoints/" {
-            self.checkpoint_lists.fetch_add(1, Ordering::SeqCst);
-        }
-        if prefix == "data/" {
-            self.pack_lists.fetch_add(1, Ordering::SeqCst);
-        }
-        self.inner.list_names(prefix)
-    }
-    fn delete(&self, name: &str) -> Result<()> {
-        self.inner.delete(name)
-    }
-    fn exists(&self, name: &str) -> Result<bool> {
-        self.inner.exists(name)
-    }
-    fn listing_token(&self, prefix: &str) -> Option<String> {
-        self.inner.listing_token(prefix)
-    }
-}
-
 /// The catalogue file in cache directory `cache`.
 fn catalogue_file(cache: &std::path::Path) -> std::path::PathBuf {
     let found: Vec<_> = entries_below(cache)
@@ -823,7 +632,7 @@ fn a_new_checkpoint_is_appended_to_the_catalogue_and_a_torn_tail_is_read_again()
     init_repo(&sandbox, ChunkerParams::default());
     let source = sandbox.path("source");
     std::fs::create_dir_all(&source).unwrap();
-    let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
+    let counting = Instrumented::new(Arc::new(LocalBackend::new(sandbox.path("repo"))));
     let cache = sandbox.path("cache");
     let repo = open(counting.clone(), &cache);
     back_up_rounds(&repo, &source, 3);
@@ -867,7 +676,7 @@ fn opening_listing_and_a_no_op_backup_list_checkpoints_index_and_locks_by_name_o
     let source = sandbox.path("source");
     std::fs::create_dir_all(&source).unwrap();
     std::fs::write(source.join("file"), "content").unwrap();
-    let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
+    let counting = Instrumented::new(Arc::new(LocalBackend::new(sandbox.path("repo"))));
     let cache = sandbox.path("cache");
     back_up(&open(counting.clone(), &cache), &source).unwrap();
     counting.sized_lists.lock().unwrap().clear();
@@ -892,7 +701,7 @@ fn the_local_catalogue_reads_each_checkpoint_record_once_and_follows_the_listing
         &sandbox.path("other-cache"),
     );
     back_up_rounds(&elsewhere, &source, 3);
-    let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
+    let counting = Instrumented::new(Arc::new(LocalBackend::new(sandbox.path("repo"))));
     let cache = sandbox.path("cache");
     let ids = |repo: &Repository| -> Vec<cairn::id::CheckpointId> {
         cairn::checkpoint::list(repo)
@@ -973,7 +782,7 @@ fn a_catalogue_another_process_wrote_anew_is_followed_without_asking_the_reposit
     );
     back_up_rounds(&writer, &source, 40);
     let cache = sandbox.path("cache");
-    let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
+    let counting = Instrumented::new(Arc::new(LocalBackend::new(sandbox.path("repo"))));
     let long_running = open(counting.clone(), &cache);
     let listing = cairn::checkpoint::list_shared(&long_running).unwrap();
     counting.take_counts();
@@ -1007,7 +816,7 @@ fn runs_after_runs_that_finished_list_no_packs_and_a_failed_runs_packs_are_reuse
     init_repo(&sandbox, ChunkerParams::default());
     let source = sandbox.path("source");
     make_tree(&source);
-    let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
+    let counting = Instrumented::new(Arc::new(LocalBackend::new(sandbox.path("repo"))));
     let cache = sandbox.path("cache");
     let pack_lists = || counting.pack_lists.swap(0, Ordering::SeqCst);
     // A new cache knows nothing of earlier runs: the first run looks for their packs.
@@ -1027,11 +836,11 @@ fn runs_after_runs_that_finished_list_no_packs_and_a_failed_runs_packs_are_reuse
         let blob = pseudo_random(18_000_000, 200 + i);
         std::fs::write(source.join(format!("blob{i}")), blob).unwrap();
     }
-    let failing = Arc::new(FailingBackend {
-        inner: LocalBackend::new(sandbox.path("repo")),
-        puts_left: AtomicUsize::new(3),
-        deletes_left: AtomicUsize::new(usize::MAX),
-    });
+    let failing = Instrumented::failing_after(
+        Arc::new(LocalBackend::new(sandbox.path("repo"))),
+        3,
+        usize::MAX,
+    );
     assert!(back_up(&open(failing, &cache), &source).is_err());
     let outcome = back_up(&open(counting.clone(), &cache), &source).unwrap();
     assert_eq!(pack_lists(), 1);
@@ -1064,7 +873,7 @@ fn listing_the_mounts_checkpoints_reads_no_record_until_one_is_looked_into() {
     // With the records gone from the local log, any record wanted is a GET.
     std::fs::remove_file(catalogue_file(&cache)).unwrap();
     let_changes_settle();
-    let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
+    let counting = Instrumented::new(Arc::new(LocalBackend::new(sandbox.path("repo"))));
     let repo = Arc::new(open(counting.clone(), &cache));
     let vfs = cairn::vfs::Vfs::new(repo, Default::default()).unwrap();
     let checkpoints = vfs.lookup(cairn::vfs::ROOT_INO, b"checkpoints").unwrap();
@@ -1109,7 +918,7 @@ fn runs_after_nothing_changed_list_no_checkpoints_and_read_records_only_from_the
         std::fs::write(source.join("counter"), round.to_string()).unwrap();
         made.push(back_up(&elsewhere, &source).unwrap().id.unwrap());
     }
-    let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
+    let counting = Instrumented::new(Arc::new(LocalBackend::new(sandbox.path("repo"))));
     let cache = sandbox.path("cache");
     let ids = |repo: &Repository| -> Vec<cairn::id::CheckpointId> {
         cairn::checkpoint::list(repo)
@@ -1205,7 +1014,7 @@ fn a_path_history_reads_trees_only_of_checkpoints_it_has_not_seen() {
         }
         back_up(&elsewhere, &source).unwrap();
     }
-    let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
+    let counting = Instrumented::new(Arc::new(LocalBackend::new(sandbox.path("repo"))));
     let cache = sandbox.path("cache");
     let path = cairn::history::components("docs/notes.txt");
     // The history of the path as `cairn history` and the mount compute it, and the number
@@ -1243,7 +1052,7 @@ fn a_path_history_reads_trees_only_of_checkpoints_it_has_not_seen() {
 }
 
 /// A thousand small files in one directory, backed up together, through a counting backend.
-fn thousand_small_files_backed_up(sandbox: &Sandbox) -> (Arc<CountingBackend>, Repository) {
+fn thousand_small_files_backed_up(sandbox: &Sandbox) -> (Arc<Instrumented>, Repository) {
     init_repo(sandbox, ChunkerParams::default());
     let source = sandbox.path("source");
     std::fs::create_dir_all(&source).unwrap();
@@ -1251,7 +1060,7 @@ fn thousand_small_files_backed_up(sandbox: &Sandbox) -> (Arc<CountingBackend>, R
         let bytes = pseudo_random(200 + (i as usize * 7) % 1800, 1000 + i);
         std::fs::write(source.join(format!("file{i:04}")), bytes).unwrap();
     }
-    let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
+    let counting = Instrumented::new(Arc::new(LocalBackend::new(sandbox.path("repo"))));
     let repo = open(counting.clone(), &sandbox.path("cache"));
     back_up(&repo, &source).unwrap();
     counting.ranged_reads.store(0, Ordering::SeqCst);
@@ -1304,7 +1113,7 @@ fn restoring_or_syncing_thousands_of_files_over_several_packs_reads_each_pack_in
     init_repo(&sandbox, ChunkerParams::default());
     let source = sandbox.path("source");
     small_and_large_files(&source);
-    let counting = CountingBackend::new(LocalBackend::new(sandbox.path("repo")));
+    let counting = Instrumented::new(Arc::new(LocalBackend::new(sandbox.path("repo"))));
     let repo = open(counting.clone(), &sandbox.path("cache"));
     back_up(&repo, &source).unwrap();
     let packs = counting.list_names("data/").unwrap().len();

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod backends;
 pub mod garage;
 
 use std::collections::{BTreeMap, HashMap};
