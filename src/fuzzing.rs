@@ -7,10 +7,11 @@
 //! `tests/fuzz_corpus.rs` replays the committed corpus and every crash ever found through the
 //! same functions on stable, so a fixed crash stays fixed. Not part of the public API.
 
-use crate::net::wire::{BlobsRequest, ChunksRequest, ChunksResponse, FileRanges, TreeRecord};
+use crate::net::wire::{
+    BlobsRequest, ChunksRequest, ChunksResponse, FileRanges, TreeRecord, WireEntry,
+};
 use crate::repo::codec::Codec;
 use crate::repo::pack::{ENTRY_BYTES, PackEntry};
-use crate::tree::Entry;
 
 /// A harness: arbitrary bytes in, nothing out.
 pub type Harness = fn(&[u8]);
@@ -145,7 +146,8 @@ pub fn server_answer(data: &[u8]) {
             while let Ok(Some(_)) = crate::net::wire::read_record(&mut reader) {}
         }
         1 => {
-            let _ = postcard::from_bytes::<Option<Entry>>(body);
+            let _ =
+                postcard::from_bytes::<Option<WireEntry>>(body).map(|e| e.map(WireEntry::listed));
         }
         2 => {
             let _ = postcard::from_bytes::<(u64, u64)>(body);

@@ -15,7 +15,7 @@
 //! Paths are kept only to name things in messages.
 
 use crate::fs::meta::{manages_xattr, read_xattrs_through, running_as_root};
-use crate::tree::{Entry, EntryKind, Xattr};
+use crate::tree::{Entry, Kind, Shape, Xattr};
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::{File, Metadata};
 use std::io;
@@ -251,11 +251,11 @@ impl TargetDir {
     }
 
     /// Creates FIFO or device node `name`, mode 0600 until its metadata is applied.
-    pub fn make_node(&self, name: &[u8], kind: &EntryKind) -> io::Result<()> {
+    pub fn make_node(&self, name: &[u8], kind: Shape<'_>) -> io::Result<()> {
         let (type_bits, rdev) = match kind {
-            EntryKind::Fifo => (libc::S_IFIFO, 0),
-            EntryKind::CharDevice(rdev) => (libc::S_IFCHR, *rdev),
-            EntryKind::BlockDevice(rdev) => (libc::S_IFBLK, *rdev),
+            Shape::Fifo => (libc::S_IFIFO, 0),
+            Shape::CharDevice(rdev) => (libc::S_IFCHR, rdev),
+            Shape::BlockDevice(rdev) => (libc::S_IFBLK, rdev),
             _ => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -463,15 +463,15 @@ impl TargetDir {
 }
 
 /// Whether `metadata` is of the kind `kind` names (a device of any number).
-pub fn same_kind(metadata: &Metadata, kind: &EntryKind) -> bool {
+pub fn same_kind(metadata: &Metadata, kind: Shape<'_>) -> bool {
     let file_type = metadata.file_type();
     match kind {
-        EntryKind::File(_) => file_type.is_file(),
-        EntryKind::Dir(_) => file_type.is_dir(),
-        EntryKind::Symlink(_) => file_type.is_symlink(),
-        EntryKind::Fifo => file_type.is_fifo(),
-        EntryKind::CharDevice(_) => file_type.is_char_device(),
-        EntryKind::BlockDevice(_) => file_type.is_block_device(),
+        Shape::File => file_type.is_file(),
+        Shape::Dir => file_type.is_dir(),
+        Shape::Symlink(_) => file_type.is_symlink(),
+        Shape::Fifo => file_type.is_fifo(),
+        Shape::CharDevice(_) => file_type.is_char_device(),
+        Shape::BlockDevice(_) => file_type.is_block_device(),
     }
 }
 
@@ -479,10 +479,10 @@ pub fn same_kind(metadata: &Metadata, kind: &EntryKind) -> bool {
 /// kind, no more names than the entry has (a hard link planted to a file elsewhere has more),
 /// and owned by the entry's owner or by this process, so a chown or chmod never turns
 /// someone else's file (a binary, say) into the entry's, setuid bits and all.
-pub fn may_adjust_in_place(metadata: &Metadata, entry: &Entry) -> bool {
+pub fn may_adjust_in_place(metadata: &Metadata, entry: &Entry<impl Kind>) -> bool {
     // SAFETY: geteuid has no preconditions.
     let this_process = unsafe { libc::geteuid() };
-    same_kind(metadata, &entry.kind)
+    same_kind(metadata, entry.kind.shape())
         && metadata.nlink() <= entry.links.max(1)
         && (metadata.uid() == entry.uid || metadata.uid() == this_process)
 }
@@ -512,7 +512,7 @@ impl TargetDir {
     /// file left in place. The inode is pinned with `O_PATH | O_NOFOLLOW` and checked with
     /// `may_adjust_in_place` first; `false` (nothing set) when it fails that check. A symlink
     /// gets its times and xattrs beside its directory's descriptor, never followed.
-    pub fn set_metadata_at(&self, name: &[u8], entry: &Entry) -> io::Result<bool> {
+    pub fn set_metadata_at(&self, name: &[u8], entry: &Entry<impl Kind>) -> io::Result<bool> {
         let c = c_name(name)?;
         let pinned = self.pin(name)?;
         if !may_adjust_in_place(&pinned.metadata()?, entry) {
@@ -525,7 +525,7 @@ impl TargetDir {
             check(unsafe { libc::fchownat(fd, c"".as_ptr(), entry.uid, entry.gid, empty) })?;
         }
         let times = entry_times(entry);
-        if matches!(entry.kind, EntryKind::Symlink(_)) {
+        if matches!(entry.kind.shape(), Shape::Symlink(_)) {
             // The directory's descriptor as a path, then the name, which lsetxattr does not
             // follow: the same anchoring as the *at() calls.
             let dir = self.fd.as_raw_fd();
@@ -551,7 +551,7 @@ impl TargetDir {
 
     /// `set_metadata_at` for a symlink or special file this run has just made: one that fails
     /// the check was put there by someone else meanwhile, an error.
-    pub fn set_metadata_of_new(&self, name: &[u8], entry: &Entry) -> io::Result<()> {
+    pub fn set_metadata_of_new(&self, name: &[u8], entry: &Entry<impl Kind>) -> io::Result<()> {
         if self.set_metadata_at(name, entry)? {
             return Ok(());
         }
@@ -563,7 +563,7 @@ impl TargetDir {
 
     /// Sets `entry`'s xattrs on `path` (following it when `deref`) and removes those it
     /// lacks, warning of each failure.
-    fn set_xattrs(&self, path: &Path, name: &[u8], entry: &Entry, deref: bool) {
+    fn set_xattrs(&self, path: &Path, name: &[u8], entry: &Entry<impl Kind>, deref: bool) {
         remove_stale_xattrs(path, deref, entry, &self.child_path(name));
         for attr in managed_xattrs(entry) {
             let attr_name = OsStr::from_bytes(&attr.name);
@@ -587,7 +587,7 @@ impl TargetDir {
 /// with why.
 pub fn set_directories_metadata(
     root: &TargetDir,
-    dirs: &[(PathBuf, Entry)],
+    dirs: &[(PathBuf, Entry<impl Kind>)],
 ) -> Vec<(PathBuf, String)> {
     let mut failed = Vec::new();
     // chain[i] is the directory at the first i + 1 names of the last path handled.
@@ -626,7 +626,11 @@ pub fn set_directories_metadata(
 
 /// Applies owner (when root), mode, xattrs and times of `entry` to the open file or
 /// directory `fd`; `shown` names it in warnings.
-pub fn set_metadata_of(fd: BorrowedFd<'_>, entry: &Entry, shown: &Path) -> io::Result<()> {
+pub fn set_metadata_of(
+    fd: BorrowedFd<'_>,
+    entry: &Entry<impl Kind>,
+    shown: &Path,
+) -> io::Result<()> {
     let fd = fd.as_raw_fd();
     if running_as_root() {
         // SAFETY: fd is an open descriptor.
@@ -662,7 +666,7 @@ pub fn set_metadata_of(fd: BorrowedFd<'_>, entry: &Entry, shown: &Path) -> io::R
 }
 
 /// The xattrs of `entry` that are written: those `manages_xattr` names for this process.
-fn managed_xattrs(entry: &Entry) -> impl Iterator<Item = &Xattr> {
+fn managed_xattrs<K>(entry: &Entry<K>) -> impl Iterator<Item = &Xattr> {
     let as_root = running_as_root();
     entry
         .xattrs
@@ -673,7 +677,7 @@ fn managed_xattrs(entry: &Entry) -> impl Iterator<Item = &Xattr> {
 /// Removes the xattrs of `path` (followed when `deref`) that `entry` lacks: an attribute
 /// removed from the source goes from the copy too; one cairn does not manage stays.
 /// `shown` names it in warnings.
-fn remove_stale_xattrs(path: &Path, deref: bool, entry: &Entry, shown: &Path) {
+fn remove_stale_xattrs(path: &Path, deref: bool, entry: &Entry<impl Kind>, shown: &Path) {
     let names = if deref {
         xattr::list_deref(path)
     } else {
@@ -713,7 +717,7 @@ fn warn_xattr(path: &Path, name: &OsStr, error: &io::Error) {
 
 /// Access and modification time for an entry: access times are not kept (reading a
 /// directory would change its tree id), so a written entry gets its mtime as atime.
-fn entry_times(entry: &Entry) -> [libc::timespec; 2] {
+fn entry_times(entry: &Entry<impl Kind>) -> [libc::timespec; 2] {
     let time = crate::timestamp::to_timespec(entry.mtime_ns);
     [time, time]
 }

@@ -43,6 +43,105 @@ pub enum EntryKind {
     BlockDevice(u64),
 }
 
+/// What a live listing says an entry is: its kind without what only storing it gives (a
+/// directory's tree, a file's chunks), which a listed directory and file are reached by
+/// path for instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListedKind {
+    File,
+    Dir,
+    Symlink(Vec<u8>),
+    Fifo,
+    CharDevice(u64),
+    BlockDevice(u64),
+}
+
+/// An entry as a live listing gives it (a local directory, a served source).
+pub type Listed = Entry<ListedKind>;
+
+/// The shape of an entry's kind, stored or listed: what it is and the target or device
+/// number that makes it, without a directory's tree or a file's chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape<'a> {
+    File,
+    Dir,
+    Symlink(&'a [u8]),
+    Fifo,
+    CharDevice(u64),
+    BlockDevice(u64),
+}
+
+/// A kind of entry, stored (`EntryKind`) or listed (`ListedKind`): what code that handles
+/// both (a restore from a checkpoint or from a live directory) asks of it.
+pub trait Kind {
+    fn shape(&self) -> Shape<'_>;
+    /// A stored file's content; `None` for any other entry and for a listed file.
+    fn content(&self) -> Option<&Content>;
+}
+
+impl Kind for EntryKind {
+    fn shape(&self) -> Shape<'_> {
+        match self {
+            EntryKind::File(_) => Shape::File,
+            EntryKind::Dir(_) => Shape::Dir,
+            EntryKind::Symlink(target) => Shape::Symlink(target),
+            EntryKind::Fifo => Shape::Fifo,
+            EntryKind::CharDevice(rdev) => Shape::CharDevice(*rdev),
+            EntryKind::BlockDevice(rdev) => Shape::BlockDevice(*rdev),
+        }
+    }
+    fn content(&self) -> Option<&Content> {
+        match self {
+            EntryKind::File(content) => Some(content),
+            _ => None,
+        }
+    }
+}
+
+impl Kind for ListedKind {
+    fn shape(&self) -> Shape<'_> {
+        match self {
+            ListedKind::File => Shape::File,
+            ListedKind::Dir => Shape::Dir,
+            ListedKind::Symlink(target) => Shape::Symlink(target),
+            ListedKind::Fifo => Shape::Fifo,
+            ListedKind::CharDevice(rdev) => Shape::CharDevice(*rdev),
+            ListedKind::BlockDevice(rdev) => Shape::BlockDevice(*rdev),
+        }
+    }
+    fn content(&self) -> Option<&Content> {
+        None
+    }
+}
+
+impl EntryKind {
+    /// This kind as a listing would give it.
+    pub fn listed(&self) -> ListedKind {
+        match self {
+            EntryKind::File(_) => ListedKind::File,
+            EntryKind::Dir(_) => ListedKind::Dir,
+            EntryKind::Symlink(target) => ListedKind::Symlink(target.clone()),
+            EntryKind::Fifo => ListedKind::Fifo,
+            EntryKind::CharDevice(rdev) => ListedKind::CharDevice(*rdev),
+            EntryKind::BlockDevice(rdev) => ListedKind::BlockDevice(*rdev),
+        }
+    }
+}
+
+impl ListedKind {
+    /// The stored kind of a listed entry that needs nothing stored: a symlink, a FIFO, a
+    /// device; `None` for a directory or a file, whose tree or chunks must be stored first.
+    pub fn stored(&self) -> Option<EntryKind> {
+        Some(match self {
+            ListedKind::File | ListedKind::Dir => return None,
+            ListedKind::Symlink(target) => EntryKind::Symlink(target.clone()),
+            ListedKind::Fifo => EntryKind::Fifo,
+            ListedKind::CharDevice(rdev) => EntryKind::CharDevice(*rdev),
+            ListedKind::BlockDevice(rdev) => EntryKind::BlockDevice(*rdev),
+        })
+    }
+}
+
 /// An extended attribute.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Xattr {
@@ -52,12 +151,13 @@ pub struct Xattr {
     pub value: Vec<u8>,
 }
 
-/// One directory entry and its metadata.
+/// One directory entry and its metadata; its kind is stored (`EntryKind`, in a tree) or
+/// listed (`ListedKind`, a live entry: see [`Listed`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
+pub struct Entry<K = EntryKind> {
     #[serde(with = "serde_bytes")]
     pub name: Vec<u8>,
-    pub kind: EntryKind,
+    pub kind: K,
     /// Permission bits (the low 12 bits of `st_mode`).
     pub mode: u32,
     pub uid: u32,
@@ -80,31 +180,62 @@ pub struct Entry {
     pub xattrs: Vec<Xattr>,
 }
 
-impl Entry {
+impl<K: Kind> Entry<K> {
     pub fn name_lossy(&self) -> std::borrow::Cow<'_, str> {
         String::from_utf8_lossy(&self.name)
     }
 
     pub fn is_dir(&self) -> bool {
-        matches!(self.kind, EntryKind::Dir(_))
+        self.kind.shape() == Shape::Dir
+    }
+
+    pub fn is_file(&self) -> bool {
+        self.kind.shape() == Shape::File
     }
 
     /// A one-letter kind as `ls -l` shows it.
     pub fn type_char(&self) -> char {
-        match self.kind {
-            EntryKind::File(_) => '-',
-            EntryKind::Dir(_) => 'd',
-            EntryKind::Symlink(_) => 'l',
-            EntryKind::Fifo => 'p',
-            EntryKind::CharDevice(_) => 'c',
-            EntryKind::BlockDevice(_) => 'b',
+        match self.kind.shape() {
+            Shape::File => '-',
+            Shape::Dir => 'd',
+            Shape::Symlink(_) => 'l',
+            Shape::Fifo => 'p',
+            Shape::CharDevice(_) => 'c',
+            Shape::BlockDevice(_) => 'b',
         }
     }
 
     /// The `(device, inode)` hard-link group of a regular file linked more than once.
     pub fn hardlink_key(&self) -> Option<(u64, u64)> {
-        (matches!(self.kind, EntryKind::File(_)) && self.links > 1)
-            .then_some((self.device, self.inode))
+        (self.is_file() && self.links > 1).then_some((self.device, self.inode))
+    }
+
+    /// This entry's metadata with another kind.
+    pub fn with_kind<L>(self, kind: L) -> Entry<L> {
+        Entry {
+            name: self.name,
+            kind,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            user: self.user,
+            group: self.group,
+            mtime_ns: self.mtime_ns,
+            ctime_ns: self.ctime_ns,
+            size: self.size,
+            device: self.device,
+            inode: self.inode,
+            links: self.links,
+            xattrs: self.xattrs,
+        }
+    }
+}
+
+impl Entry {
+    /// This stored entry as a listing would give it.
+    pub fn into_listed(self) -> Listed {
+        let kind = self.kind.listed();
+        self.with_kind(kind)
     }
 }
 

@@ -162,7 +162,7 @@ fn answer_deep_tree(stream: &mut TcpStream, request: &str) -> std::io::Result<()
         for _ in 0..DEEP_TREE_LEVELS {
             let record = cairn::net::wire::TreeRecord {
                 path: serde_bytes::ByteBuf::from(at.clone()),
-                entries: Ok(vec![dir(b"d")]),
+                entries: Ok(cairn::net::wire::to_wire(vec![dir(b"d").into_listed()])),
             };
             at.extend_from_slice(if at.is_empty() { b"d" } else { b"/d" });
             let encoded = postcard::to_stdvec(&record).unwrap();
@@ -217,7 +217,7 @@ fn answer_huge_file(stream: &mut TcpStream, request: &str) -> std::io::Result<()
     } else if path.contains("/tree") {
         let record = cairn::net::wire::TreeRecord {
             path: serde_bytes::ByteBuf::new(),
-            entries: Ok(vec![big]),
+            entries: Ok(cairn::net::wire::to_wire(vec![big.clone().into_listed()])),
         };
         let encoded = postcard::to_stdvec(&record).unwrap();
         let mut framed = (encoded.len() as u32).to_le_bytes().to_vec();

@@ -114,7 +114,9 @@ fn write_seed_corpus() {
     let tagged = |kind: u8, body: Vec<u8>| [vec![kind], body].concat();
     let listing = TreeRecord {
         path: serde_bytes::ByteBuf::new(),
-        entries: Ok(entries.clone()),
+        entries: Ok(cairn::net::wire::to_wire(
+            entries.iter().cloned().map(|e| e.into_listed()).collect(),
+        )),
     };
     let record = postcard::to_stdvec(&listing).unwrap();
     let stream = [(record.len() as u32).to_le_bytes().to_vec(), record.clone()].concat();

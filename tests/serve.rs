@@ -490,7 +490,9 @@ fn listing(line: &str, entries: &[cairn::tree::Entry]) -> Vec<u8> {
     let encoded = if line.contains("/tree") {
         let record = cairn::net::wire::TreeRecord {
             path: serde_bytes::ByteBuf::new(),
-            entries: Ok(entries.to_vec()),
+            entries: Ok(cairn::net::wire::to_wire(
+                entries.iter().cloned().map(|e| e.into_listed()).collect(),
+            )),
         };
         let record = postcard::to_stdvec(&record).unwrap();
         [&(record.len() as u32).to_le_bytes()[..], &record].concat()

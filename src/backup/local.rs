@@ -14,7 +14,7 @@ use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::repo::pack::BlobKind;
 use crate::repo::writer::BlobSink;
-use crate::tree::{ChunkRef, Content, Entry};
+use crate::tree::{ChunkRef, Content, Listed};
 use crossbeam_channel::Receiver;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use std::collections::HashSet;
@@ -160,7 +160,7 @@ impl LocalSource {
         name: Vec<u8>,
         stat: impl FnOnce() -> std::io::Result<Metadata>,
         errors: &Mutex<Vec<PathError>>,
-    ) -> Option<Entry> {
+    ) -> Option<Listed> {
         if self.excludes.matches(path) {
             return None;
         }
@@ -220,7 +220,7 @@ impl Source for LocalSource {
         Ok(Root::Paths(entries))
     }
 
-    fn list(&self, dir: &PathBuf, errors: &Mutex<Vec<PathError>>) -> Result<Vec<Entry>> {
+    fn list(&self, dir: &PathBuf, errors: &Mutex<Vec<PathError>>) -> Result<Vec<Listed>> {
         let children = sorted_children(dir).unwrap_or_else(|e| {
             report(errors, dir, e.to_string());
             Vec::new()

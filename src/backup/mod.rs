@@ -42,7 +42,7 @@ use crate::error::{Error, PathError, Result};
 use crate::id::{CheckpointId, TreeId};
 use crate::repo::Repository;
 use crate::repo::writer::{BlobSink, recover_orphan_packs, with_blob_sink};
-use crate::tree::{Content, Entry, EntryKind, load_tree};
+use crate::tree::{Content, EntryKind, Listed, load_tree};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -101,7 +101,7 @@ pub(crate) trait Source: Sync {
     /// The entries of directory `dir`, in name order. One that cannot be listed is reported
     /// in `errors` and walked empty, unless the source can no longer be trusted (then the
     /// backup fails). A file's content and a directory's tree in them are not read.
-    fn list(&self, dir: &Self::Path, errors: &Mutex<Vec<PathError>>) -> Result<Vec<Entry>>;
+    fn list(&self, dir: &Self::Path, errors: &Mutex<Vec<PathError>>) -> Result<Vec<Listed>>;
 
     /// Entry `name` of directory `dir`.
     fn child(&self, dir: &Self::Path, name: &[u8]) -> Self::Path;
@@ -141,9 +141,9 @@ pub(crate) struct Identity {
 pub(crate) enum Root<P> {
     /// One directory: the checkpoint's root tree is its contents, and its own entry (when
     /// known) is kept in the record.
-    Dir { path: P, entry: Option<Entry> },
+    Dir { path: P, entry: Option<Listed> },
     /// One entry per path, each under its own name in the root tree.
-    Paths(Vec<(Entry, P)>),
+    Paths(Vec<(Listed, P)>),
 }
 
 /// How the engine runs for one backup.
@@ -327,10 +327,7 @@ fn back_up<S: Source>(
         paths: identity.paths.clone(),
         tags: settings.tags.clone(),
         tree: root,
-        root: root_entry.map(|entry| Entry {
-            kind: EntryKind::Dir(root),
-            ..entry
-        }),
+        root: root_entry.map(|entry| entry.with_kind(EntryKind::Dir(root))),
         parent: parent.map(|(id, _)| id),
         stats,
         program_version: env!("CARGO_PKG_VERSION").to_owned(),

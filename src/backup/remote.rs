@@ -23,7 +23,7 @@ use crate::repo::Repository;
 use crate::repo::pack::BlobKind;
 use crate::repo::writer::{BlobSink, Claim};
 use crate::source::remote::RemoteSource;
-use crate::tree::{ChunkRef, Content, Entry};
+use crate::tree::{ChunkRef, Content, Listed};
 use crossbeam_channel::Receiver;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -104,7 +104,7 @@ impl Source for ServedSource<'_> {
             .source
             .stat(&[])?
             .filter(|e| e.is_dir())
-            .map(|e| Entry {
+            .map(|e| Listed {
                 name: self.source.name().as_bytes().to_vec(),
                 ..e
             });
@@ -116,7 +116,7 @@ impl Source for ServedSource<'_> {
 
     /// A directory below the root that cannot be listed is reported and pulled empty; the
     /// root, or a listing that cannot be trusted, fails the pull.
-    fn list(&self, dir: &RemotePath, errors: &Mutex<Vec<PathError>>) -> Result<Vec<Entry>> {
+    fn list(&self, dir: &RemotePath, errors: &Mutex<Vec<PathError>>) -> Result<Vec<Listed>> {
         // Each level keeps its path: past the cap a target has, a deeper tree would cost
         // memory that grows with the square of its depth.
         let listed = if dir.len() > crate::target::MAX_RELATIVE_PATH_BYTES {

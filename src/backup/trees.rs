@@ -10,7 +10,8 @@ use crate::progress::Progress;
 use crate::repo::pack::BlobKind;
 use crate::repo::writer::BlobSink;
 use crate::tree::{
-    ChunkRef, Content, Entry, EntryKind, INLINE_CHUNKS_MAX, Tree, encode_chunk_list, store_tree,
+    ChunkRef, Content, Entry, EntryKind, INLINE_CHUNKS_MAX, Listed, Tree, encode_chunk_list,
+    store_tree,
 };
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::Mutex;
@@ -20,9 +21,9 @@ pub(super) enum PendingEntry {
     /// Complete as it is.
     Ready(Entry),
     /// A file whose content a worker is storing; the listed entry takes it.
-    File(Entry, Receiver<FileResult>),
+    File(Listed, Receiver<FileResult>),
     /// A directory whose tree is being built; the listed entry takes its id.
-    Dir(Entry, Receiver<TreeId>),
+    Dir(Listed, Receiver<TreeId>),
 }
 
 /// A directory whose children have all been walked.
@@ -58,9 +59,8 @@ pub(super) fn run_tree_builder(
                 PendingEntry::File(entry, result) => {
                     match result.recv().expect("workers answer every job") {
                         Ok((content, size)) => Entry {
-                            kind: EntryKind::File(content),
                             size,
-                            ..entry
+                            ..entry.with_kind(EntryKind::File(content))
                         },
                         Err(FileError::Repository(e)) => return Err(e),
                         Err(FileError::Source(error)) => {
@@ -73,10 +73,7 @@ pub(super) fn run_tree_builder(
                     let id = tree
                         .recv()
                         .map_err(|_| Error::InvalidInput("tree builder lost a directory".into()))?;
-                    Entry {
-                        kind: EntryKind::Dir(id),
-                        ..entry
-                    }
+                    entry.with_kind(EntryKind::Dir(id))
                 }
             };
             match &entry.kind {

@@ -9,7 +9,7 @@ use super::{FileJob, Root, Source, abandoned};
 use crate::error::{PathError, Result};
 use crate::id::TreeId;
 use crate::repo::Repository;
-use crate::tree::{Content, Entry, EntryKind, Tree, load_tree};
+use crate::tree::{Content, Entry, EntryKind, Listed, ListedKind, Tree, load_tree};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -56,12 +56,12 @@ struct Level<P> {
     /// Its tree in the parent checkpoint.
     parent: Option<Arc<Tree>>,
     /// The entries still to walk, and for a root of several paths the path of each.
-    entries: std::vec::IntoIter<Entry>,
+    entries: std::vec::IntoIter<Listed>,
     paths: Option<std::vec::IntoIter<P>>,
     /// What is pending of the entries walked.
     pending: Vec<PendingEntry>,
     /// Its own entry (`None` for the root).
-    own: Option<Entry>,
+    own: Option<Listed>,
 }
 
 impl<S: Source> Walker<'_, S> {
@@ -70,7 +70,7 @@ impl<S: Source> Walker<'_, S> {
         let first = match root {
             Root::Dir { path, .. } => self.open_level(path, parent, None)?,
             Root::Paths(paths) => {
-                let (entries, paths): (Vec<Entry>, Vec<S::Path>) = paths.into_iter().unzip();
+                let (entries, paths): (Vec<Listed>, Vec<S::Path>) = paths.into_iter().unzip();
                 Level {
                     dir: None,
                     parent,
@@ -110,20 +110,22 @@ impl<S: Source> Walker<'_, S> {
                 (None, None) => unreachable!("a level has a directory or its paths"),
             };
             let parent_entry = level.parent.as_ref().and_then(|tree| tree.get(&entry.name));
-            match &entry.kind {
-                EntryKind::Dir(_) => {
+            match entry.kind.stored() {
+                Some(kind) => level
+                    .pending
+                    .push(PendingEntry::Ready(entry.with_kind(kind))),
+                None if entry.kind == ListedKind::Dir => {
                     let parent_tree = self.parent_tree(parent_entry);
                     let next = self.open_level(path, parent_tree, Some(entry))?;
                     stack.push(next);
                 }
-                EntryKind::File(_) => {
+                None => {
                     let reused = unchanged_content(parent_entry, &entry)
                         .filter(|content| self.is_indexed(content));
                     let pending = match reused {
-                        Some(content) => PendingEntry::Ready(Entry {
-                            kind: EntryKind::File(content),
-                            ..entry
-                        }),
+                        Some(content) => {
+                            PendingEntry::Ready(entry.with_kind(EntryKind::File(content)))
+                        }
                         None => {
                             if let Some(read_ahead) = &self.read_ahead {
                                 // Dropped when the read-ahead threads are busy: only a hint.
@@ -138,7 +140,6 @@ impl<S: Source> Walker<'_, S> {
                     };
                     level.pending.push(pending);
                 }
-                _ => level.pending.push(PendingEntry::Ready(entry)),
             }
         }
     }
@@ -148,7 +149,7 @@ impl<S: Source> Walker<'_, S> {
         &self,
         dir: S::Path,
         parent: Option<Arc<Tree>>,
-        own: Option<Entry>,
+        own: Option<Listed>,
     ) -> Result<Level<S::Path>> {
         let entries = self.source.list(&dir, self.errors)?;
         Ok(Level {
@@ -199,7 +200,7 @@ impl<S: Source> Walker<'_, S> {
 
 /// The parent's content for a listed file when it is unchanged: same size, mtime, ctime and
 /// inode.
-fn unchanged_content(parent: Option<&Entry>, listed: &Entry) -> Option<Content> {
+fn unchanged_content(parent: Option<&Entry>, listed: &Listed) -> Option<Content> {
     let parent = parent?;
     let EntryKind::File(content) = &parent.kind else {
         return None;

@@ -3,9 +3,8 @@
 //! from a directory list a live file. Nothing here follows symlinks. Writing metadata back
 //! belongs to `target`, which sets it through descriptors.
 
-use crate::id::TreeId;
 use crate::timestamp;
-use crate::tree::{Content, Entry, EntryKind, Xattr};
+use crate::tree::{Entry, Kind, Listed, ListedKind, Xattr};
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::fs::{self, Metadata};
@@ -15,13 +14,13 @@ use std::path::Path;
 use std::sync::Mutex;
 
 /// Builds the entry for `name` from its `lstat` metadata, with the given kind.
-pub fn entry_from_metadata(
+pub fn entry_from_metadata<K: Kind>(
     name: Vec<u8>,
     metadata: &Metadata,
-    kind: EntryKind,
+    kind: K,
     xattrs: Vec<Xattr>,
-) -> Entry {
-    let is_file = matches!(kind, EntryKind::File(_));
+) -> Entry<K> {
+    let is_file = kind.shape() == crate::tree::Shape::File;
     Entry {
         name,
         kind,
@@ -41,7 +40,7 @@ pub fn entry_from_metadata(
 }
 
 /// The entry for one directory entry of a live source; `None` for sockets.
-pub(crate) fn local_entry(child: &fs::DirEntry) -> std::io::Result<Option<Entry>> {
+pub(crate) fn local_entry(child: &fs::DirEntry) -> std::io::Result<Option<Listed>> {
     let metadata = child.metadata()?;
     listed_entry(
         &child.path(),
@@ -51,33 +50,31 @@ pub(crate) fn local_entry(child: &fs::DirEntry) -> std::io::Result<Option<Entry>
 }
 
 /// The entry of `path` (not following a symlink), named `name`; `None` for a socket.
-pub fn path_entry(path: &Path, name: Vec<u8>) -> std::io::Result<Option<Entry>> {
+pub fn path_entry(path: &Path, name: Vec<u8>) -> std::io::Result<Option<Listed>> {
     listed_entry(path, name, &fs::symlink_metadata(path)?)
 }
 
 /// The entry of a live file, named `name`, from its `lstat` metadata, as a listing gives it:
-/// a symlink's target, a device's number and the xattrs are read; a directory's tree and a
-/// file's chunks are not (they are reached by path). `None` for a socket or an unknown type,
-/// which no tree holds.
+/// a symlink's target, a device's number and the xattrs are read; a directory and a file are
+/// reached by path. `None` for a socket or an unknown type, which no tree holds.
 pub(crate) fn listed_entry(
     path: &Path,
     name: Vec<u8>,
     metadata: &Metadata,
-) -> std::io::Result<Option<Entry>> {
+) -> std::io::Result<Option<Listed>> {
     let file_type = metadata.file_type();
     let kind = if file_type.is_dir() {
-        // The id is never read: a live directory is reached by its path.
-        EntryKind::Dir(TreeId([0; 32]))
+        ListedKind::Dir
     } else if file_type.is_file() {
-        EntryKind::File(Content::Chunks(Vec::new()))
+        ListedKind::File
     } else if file_type.is_symlink() {
-        EntryKind::Symlink(fs::read_link(path)?.as_os_str().as_bytes().to_vec())
+        ListedKind::Symlink(fs::read_link(path)?.as_os_str().as_bytes().to_vec())
     } else if file_type.is_fifo() {
-        EntryKind::Fifo
+        ListedKind::Fifo
     } else if file_type.is_char_device() {
-        EntryKind::CharDevice(metadata.rdev())
+        ListedKind::CharDevice(metadata.rdev())
     } else if file_type.is_block_device() {
-        EntryKind::BlockDevice(metadata.rdev())
+        ListedKind::BlockDevice(metadata.rdev())
     } else {
         return Ok(None);
     };

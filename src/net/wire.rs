@@ -11,8 +11,8 @@
 
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::error::{Error, Result};
-use crate::id::BlobId;
-use crate::tree::ChunkRef;
+use crate::id::{BlobId, TreeId};
+use crate::tree::{ChunkRef, Content, Entry, EntryKind, Listed};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 
@@ -77,12 +77,47 @@ impl ChunkSpec {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TreeRecord {
     pub path: serde_bytes::ByteBuf,
-    pub entries: std::result::Result<Vec<crate::tree::Entry>, String>,
+    pub entries: std::result::Result<Vec<WireEntry>, String>,
+}
+
+/// A listed entry as the protocol carries it: in the encoding of a tree's entry, where a
+/// directory's tree id is all zeros and a file's chunk list empty, since a listing has
+/// neither. Read back, whatever a server put there is dropped (`listed`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WireEntry(Entry);
+
+impl From<Listed> for WireEntry {
+    fn from(listed: Listed) -> Self {
+        let kind = match listed.kind.stored() {
+            Some(kind) => kind,
+            None if listed.is_dir() => EntryKind::Dir(TreeId([0; 32])),
+            None => EntryKind::File(Content::Chunks(Vec::new())),
+        };
+        WireEntry(listed.with_kind(kind))
+    }
+}
+
+impl WireEntry {
+    /// The entry as listed.
+    pub fn listed(self) -> Listed {
+        self.0.into_listed()
+    }
+}
+
+/// Entries as the protocol carries them.
+pub fn to_wire(entries: Vec<Listed>) -> Vec<WireEntry> {
+    entries.into_iter().map(WireEntry::from).collect()
+}
+
+/// Entries the protocol carried, as listed.
+pub fn from_wire(entries: Vec<WireEntry>) -> Vec<Listed> {
+    entries.into_iter().map(WireEntry::listed).collect()
 }
 
 /// Clears what a sync between directories never reads, so listings cross smaller: the
 /// ctime, and the device and inode of files that are not hard links.
-pub fn lean_entry(mut entry: crate::tree::Entry) -> crate::tree::Entry {
+pub fn lean_entry(mut entry: Listed) -> Listed {
     entry.ctime_ns = 0;
     if entry.links <= 1 || entry.is_dir() {
         entry.device = 0;
@@ -251,4 +286,59 @@ pub fn read_record(reader: &mut dyn Read) -> std::io::Result<Option<TreeRecord>>
     postcard::from_bytes(&record)
         .map(Some)
         .map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::ListedKind;
+
+    fn listed(name: &[u8], kind: ListedKind) -> Listed {
+        Listed {
+            name: name.to_vec(),
+            kind,
+            mode: 0o755,
+            uid: 1,
+            gid: 2,
+            user: None,
+            group: None,
+            mtime_ns: 3,
+            ctime_ns: 4,
+            size: 0,
+            device: 5,
+            inode: 6,
+            links: 1,
+            xattrs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn listed_entries_cross_in_the_encoding_of_tree_entries_and_come_back_as_listed() {
+        for kind in [
+            ListedKind::Dir,
+            ListedKind::File,
+            ListedKind::Symlink(b"target".to_vec()),
+            ListedKind::Fifo,
+            ListedKind::CharDevice(7),
+        ] {
+            let entry = listed(b"e", kind);
+            let sent = postcard::to_stdvec(&WireEntry::from(entry.clone())).unwrap();
+            // What earlier versions sent: a tree's entry, zeros for a directory's tree and no
+            // chunk for a file.
+            let stored = match entry.kind.stored() {
+                Some(kind) => kind,
+                None if entry.is_dir() => EntryKind::Dir(TreeId([0; 32])),
+                None => EntryKind::File(Content::Chunks(Vec::new())),
+            };
+            let before = postcard::to_stdvec(&entry.clone().with_kind(stored)).unwrap();
+            assert_eq!(sent, before);
+            let back: WireEntry = postcard::from_bytes(&sent).unwrap();
+            assert_eq!(back.listed(), entry);
+        }
+        // Whatever a server puts where a listing has nothing is dropped.
+        let hostile = listed(b"d", ListedKind::Dir).with_kind(EntryKind::Dir(TreeId([9; 32])));
+        let sent = postcard::to_stdvec(&hostile).unwrap();
+        let back: WireEntry = postcard::from_bytes(&sent).unwrap();
+        assert_eq!(back.listed().kind, ListedKind::Dir);
+    }
 }

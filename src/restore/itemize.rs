@@ -6,7 +6,7 @@
 //! `cd+++++++++ dir/`, `*deleting   path`).
 
 use crate::fs::meta::{is_acl_xattr, manages_xattr};
-use crate::tree::{Entry, EntryKind, Xattr};
+use crate::tree::{Entry, Kind, Shape, Xattr};
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -68,7 +68,7 @@ pub fn differences(
     metadata: &Metadata,
     xattrs: &[Xattr],
     link: Option<&[u8]>,
-    entry: &Entry,
+    entry: &Entry<impl Kind>,
     as_root: bool,
 ) -> Differences {
     let split = |list: &[Xattr]| -> (Vec<Xattr>, Vec<Xattr>) {
@@ -82,15 +82,15 @@ pub fn differences(
     let mut new_sorted = (new_acl, new_other);
     new_sorted.0.sort_by(|a, b| a.name.cmp(&b.name));
     new_sorted.1.sort_by(|a, b| a.name.cmp(&b.name));
-    let value = match &entry.kind {
-        EntryKind::Symlink(target) => link != Some(target.as_slice()),
-        EntryKind::CharDevice(rdev) | EntryKind::BlockDevice(rdev) => metadata.rdev() != *rdev,
+    let value = match entry.kind.shape() {
+        Shape::Symlink(target) => link != Some(target),
+        Shape::CharDevice(rdev) | Shape::BlockDevice(rdev) => metadata.rdev() != rdev,
         _ => false,
     };
-    let is_symlink = matches!(entry.kind, EntryKind::Symlink(_));
+    let is_symlink = matches!(entry.kind.shape(), Shape::Symlink(_));
     Differences {
         value,
-        size: matches!(entry.kind, EntryKind::File(_)) && metadata.len() != entry.size,
+        size: entry.is_file() && metadata.len() != entry.size,
         time: crate::fs::meta::mtime_ns(metadata) != entry.mtime_ns,
         perms: !is_symlink && metadata.mode() & 0o7777 != entry.mode,
         owner: as_root && metadata.uid() != entry.uid,
@@ -132,13 +132,13 @@ pub struct Change {
 }
 
 /// The letter rsync gives a kind of entry.
-pub fn kind_letter(kind: &EntryKind) -> char {
+pub fn kind_letter(kind: Shape<'_>) -> char {
     match kind {
-        EntryKind::File(_) => 'f',
-        EntryKind::Dir(_) => 'd',
-        EntryKind::Symlink(_) => 'L',
-        EntryKind::CharDevice(_) | EntryKind::BlockDevice(_) => 'D',
-        EntryKind::Fifo => 'S',
+        Shape::File => 'f',
+        Shape::Dir => 'd',
+        Shape::Symlink(_) => 'L',
+        Shape::CharDevice(_) | Shape::BlockDevice(_) => 'D',
+        Shape::Fifo => 'S',
     }
 }
 
@@ -146,17 +146,17 @@ impl Change {
     /// A change of `entry` at `path`.
     pub fn of(
         update: Update,
-        entry: &Entry,
+        entry: &Entry<impl Kind>,
         path: &Path,
         differences: Option<Differences>,
     ) -> Change {
-        let link = match &entry.kind {
-            EntryKind::Symlink(target) => Some(target.clone()),
+        let link = match entry.kind.shape() {
+            Shape::Symlink(target) => Some(target.to_vec()),
             _ => None,
         };
         Change {
             update,
-            kind: kind_letter(&entry.kind),
+            kind: kind_letter(entry.kind.shape()),
             differences,
             path: path.to_owned(),
             link,

@@ -5,7 +5,7 @@ use super::itemize::Differences;
 use super::write::temp_name;
 use crate::error::{Error, IoContext, PathError, Result};
 use crate::target::TargetDir;
-use crate::tree::Entry;
+use crate::tree::{Entry, Kind};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -47,7 +47,7 @@ pub(super) struct LinkGroups {
 
 impl LinkGroups {
     /// Where `entry` stands: alone, the first of its group, or a later member.
-    pub(super) fn group_of(&self, entry: &Entry) -> LinkRole {
+    pub(super) fn group_of(&self, entry: &Entry<impl Kind>) -> LinkRole {
         let Some(key) = entry.hardlink_key() else {
             return LinkRole::Alone;
         };

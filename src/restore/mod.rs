@@ -177,7 +177,7 @@ fn open_target(target: &Path, options: &SyncOptions) -> Result<Opened> {
 pub fn into_dir<S: TreeSource>(
     source: &S,
     root: S::Dir,
-    root_entry: Option<&Entry>,
+    root_entry: Option<&Entry<S::Kind>>,
     target: &Path,
     options: &SyncOptions,
     progress: &Progress,
@@ -215,10 +215,10 @@ pub fn into_dir<S: TreeSource>(
     let full = SpaceFailure::default();
     let totals: WorkerTotals = Mutex::new((0, 0, 0));
     let threads = options.concurrency.max(1);
-    let (files, jobs) = bounded::<Vec<FileJob<S::Dir>>>(threads);
+    let (files, jobs) = bounded::<Vec<FileJob<S::Dir, S::Kind>>>(threads);
     // A round is handed over once the writer is done with the one before: at most two are
     // held, one written and one planned.
-    let (rounds, round_jobs) = bounded::<Vec<FileJob<S::Dir>>>(0);
+    let (rounds, round_jobs) = bounded::<Vec<FileJob<S::Dir, S::Kind>>>(0);
     let outcomes = Outcomes {
         progress,
         errors: &errors,

@@ -10,11 +10,12 @@ use super::write::{BATCH_BYTES, FILES_PER_BATCH, FileJob, ROUND_BYTES, ROUND_FIL
 use crate::error::{Error, IoContext, PathError, Result};
 use crate::fs::meta::running_as_root;
 use crate::progress::Progress;
+use crate::source::Listing;
 use crate::source::TreeSource;
 use crate::space::{SpaceFailure, is_out_of_space};
 use crate::sync::{SyncOptions, SyncReport};
 use crate::target::{TargetDir, check_path_length, may_adjust_in_place, same_kind};
-use crate::tree::{Entry, EntryKind, is_valid_name};
+use crate::tree::{Entry, Kind, Shape, is_valid_name};
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self};
@@ -27,13 +28,13 @@ use std::sync::{Arc, Mutex};
 /// below a directory that does not exist yet), whether this run made that directory (then
 /// nothing is at any entry's place, and nothing there is looked at), its remaining entries,
 /// and its own entry (whose metadata it gets at the end; `None` for the target itself).
-pub(super) struct Level<D> {
+pub(super) struct Level<D, K> {
     pub(super) target: Option<Arc<TargetDir>>,
     pub(super) fresh: bool,
     pub(super) relative: PathBuf,
-    pub(super) entries: std::vec::IntoIter<(Entry, Option<D>)>,
+    pub(super) entries: std::vec::IntoIter<(Entry<K>, Option<D>)>,
     pub(super) source: D,
-    pub(super) own: Option<Entry>,
+    pub(super) own: Option<Entry<K>>,
 }
 
 /// Where an entry goes: the directory it is written into (`None` in a dry run below a
@@ -51,19 +52,19 @@ pub(super) struct Planner<'a, S: TreeSource> {
     pub(super) source: &'a S,
     pub(super) options: &'a SyncOptions,
     pub(super) progress: &'a Progress,
-    pub(super) files: crossbeam_channel::Sender<Vec<FileJob<S::Dir>>>,
+    pub(super) files: crossbeam_channel::Sender<Vec<FileJob<S::Dir, S::Kind>>>,
     /// Where rounds go (see `sync_round`), for a checkpoint source.
-    pub(super) rounds: crossbeam_channel::Sender<Vec<FileJob<S::Dir>>>,
+    pub(super) rounds: crossbeam_channel::Sender<Vec<FileJob<S::Dir, S::Kind>>>,
     /// Files not yet handed to a worker, and the bytes of their content.
-    pub(super) batch: Vec<FileJob<S::Dir>>,
+    pub(super) batch: Vec<FileJob<S::Dir, S::Kind>>,
     pub(super) batch_bytes: u64,
     /// Files for a round (see `sync_round`) not yet handed over, and their bytes.
-    pub(super) round: Vec<FileJob<S::Dir>>,
+    pub(super) round: Vec<FileJob<S::Dir, S::Kind>>,
     pub(super) round_bytes: u64,
     pub(super) errors: &'a Mutex<Vec<PathError>>,
     pub(super) full: &'a SpaceFailure,
     /// Directories (relative to the target) with their metadata, deepest first.
-    pub(super) dirs: Vec<(PathBuf, Entry)>,
+    pub(super) dirs: Vec<(PathBuf, Entry<S::Kind>)>,
     /// Hard links to make once the files are written, by paths relative to the target.
     pub(super) links: LinkGroups,
     pub(super) report: SyncReport,
@@ -177,7 +178,7 @@ impl<S: TreeSource> Planner<'_, S> {
         dir: &S::Dir,
         target: Option<&TargetDir>,
         relative: &Path,
-    ) -> Result<Vec<(Entry, Option<S::Dir>)>> {
+    ) -> Result<Listing<S>> {
         let entries = self.source.list(dir, self.errors)?;
         if let Some(target) = target {
             self.remove_extras(&entries, target, relative)?;
@@ -189,7 +190,7 @@ impl<S: TreeSource> Planner<'_, S> {
     /// own leftovers; `relative` is where `target` is below the sync's target.
     fn remove_extras(
         &mut self,
-        entries: &[(Entry, Option<S::Dir>)],
+        entries: &Listing<S>,
         target: &TargetDir,
         relative: &Path,
     ) -> Result<()> {
@@ -272,8 +273,8 @@ impl<S: TreeSource> Planner<'_, S> {
         dir: &S::Dir,
         subdir: Option<S::Dir>,
         place: Place,
-        entry: Entry,
-    ) -> Result<Option<Level<S::Dir>>> {
+        entry: Entry<S::Kind>,
+    ) -> Result<Option<Level<S::Dir, S::Kind>>> {
         let Place {
             target,
             fresh,
@@ -294,7 +295,7 @@ impl<S: TreeSource> Planner<'_, S> {
         // What the target holds of the entry's kind, and how it differs.
         let old = existing
             .as_ref()
-            .filter(|m| same_kind(m, &entry.kind))
+            .filter(|m| same_kind(m, entry.kind.shape()))
             .zip(target.as_deref());
         let compared = match old {
             Some((m, t)) => Some((m, compare(t, name, m, &entry)?)),
@@ -323,8 +324,8 @@ impl<S: TreeSource> Planner<'_, S> {
         };
         // Below here a missing target means a dry run: nothing is written.
         let writable = target.as_deref().filter(|_| !dry_run);
-        match &entry.kind {
-            EntryKind::Dir(_) => {
+        match entry.kind.shape() {
+            Shape::Dir => {
                 self.report.dirs += 1;
                 match differences {
                     None => self.list_change(Update::Created, &entry, &relative, None),
@@ -366,7 +367,7 @@ impl<S: TreeSource> Planner<'_, S> {
                     own: Some(entry),
                 }));
             }
-            EntryKind::File(_) => {
+            Shape::File => {
                 let group = self.links.group_of(&entry);
                 if let (true, Some(t)) = (is_dir, &target) {
                     self.make_way(t, name, &relative)?;
@@ -434,17 +435,14 @@ impl<S: TreeSource> Planner<'_, S> {
                     }
                 }
             }
-            EntryKind::CharDevice(_) | EntryKind::BlockDevice(_) if !running_as_root() => {
+            Shape::CharDevice(_) | Shape::BlockDevice(_) if !running_as_root() => {
                 self.report.skipped.push(PathError {
                     path: shown,
                     message: "device node; only root can create it".into(),
                 });
                 return Ok(None);
             }
-            EntryKind::Symlink(_)
-            | EntryKind::Fifo
-            | EntryKind::CharDevice(_)
-            | EntryKind::BlockDevice(_) => {
+            Shape::Symlink(_) | Shape::Fifo | Shape::CharDevice(_) | Shape::BlockDevice(_) => {
                 let value_differs = differences.is_none_or(|d| d.value);
                 if let Some(fixed) = fixed_in_place(value_differs)? {
                     if fixed {
@@ -464,8 +462,8 @@ impl<S: TreeSource> Planner<'_, S> {
                 // Made under a temporary name, then renamed over what is there: a symlink
                 // or node is replaced at once, never missing.
                 let temp = temp_name();
-                match &entry.kind {
-                    EntryKind::Symlink(link_target) => t.symlink(link_target, &temp),
+                match entry.kind.shape() {
+                    Shape::Symlink(link_target) => t.symlink(link_target, &temp),
                     kind => t.make_node(&temp, kind),
                 }
                 .context_io(created)?;
@@ -485,7 +483,7 @@ impl<S: TreeSource> Planner<'_, S> {
     fn list_change(
         &mut self,
         update: Update,
-        entry: &Entry,
+        entry: &Entry<S::Kind>,
         relative: &Path,
         differences: Option<Differences>,
     ) {
@@ -499,12 +497,12 @@ pub(super) fn compare(
     target: &TargetDir,
     name: &[u8],
     metadata: &fs::Metadata,
-    entry: &Entry,
+    entry: &Entry<impl Kind>,
 ) -> Result<Differences> {
     let shown = || format!("reading {}", target.child_path(name).display());
     let xattrs = target.xattrs(name).context_io(shown)?;
-    let link = match entry.kind {
-        EntryKind::Symlink(_) => Some(target.read_link(name).context_io(shown)?),
+    let link = match entry.kind.shape() {
+        Shape::Symlink(_) => Some(target.read_link(name).context_io(shown)?),
         _ => None,
     };
     Ok(differences(

@@ -13,7 +13,7 @@ use crate::source::local::copy_file;
 use crate::source::{FileTask, FileWrite, TreeSource, write_at, write_error};
 use crate::space::{SpaceFailure, is_out_of_space};
 use crate::target::{TargetDir, may_adjust_in_place, set_metadata_of};
-use crate::tree::{Entry, EntryKind, sized_file_chunks};
+use crate::tree::{Entry, Kind, sized_file_chunks};
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -29,10 +29,10 @@ pub(super) const ROUND_BYTES: u64 = 1 << 30;
 
 /// A file for the workers: entry `entry.name` of source directory `dir`, written into
 /// `target`.
-pub(super) struct FileJob<D> {
+pub(super) struct FileJob<D, K> {
     pub(super) dir: D,
     pub(super) target: Arc<TargetDir>,
-    pub(super) entry: Entry,
+    pub(super) entry: Entry<K>,
     /// Whether a regular file is at its place now.
     pub(super) has_old: bool,
     /// Whether this run made the target directory, so nothing else is at the file's name:
@@ -42,7 +42,7 @@ pub(super) struct FileJob<D> {
     pub(super) sparse: bool,
 }
 
-impl<D> FileJob<D> {
+impl<D, K: Kind> FileJob<D, K> {
     pub(super) fn shown(&self) -> PathBuf {
         self.target.child_path(&self.entry.name)
     }
@@ -77,7 +77,7 @@ struct Prepared {
     pub(super) out: File,
 }
 
-fn prepare_file<D>(job: &FileJob<D>) -> Result<Prepared> {
+fn prepare_file<D, K: Kind>(job: &FileJob<D, K>) -> Result<Prepared> {
     let old = if job.has_old {
         job.target.open_file(&job.entry.name).ok()
     } else {
@@ -92,7 +92,7 @@ fn prepare_file<D>(job: &FileJob<D>) -> Result<Prepared> {
 }
 
 /// Makes the new file of `job` dense, unless the sync keeps holes (see `restore::fill_holes`).
-fn fill_unless_sparse<D>(job: &FileJob<D>, out: &File) -> std::io::Result<()> {
+fn fill_unless_sparse<D, K: Kind>(job: &FileJob<D, K>, out: &File) -> std::io::Result<()> {
     if job.sparse { Ok(()) } else { fill_holes(out) }
 }
 
@@ -100,8 +100,8 @@ fn fill_unless_sparse<D>(job: &FileJob<D>, out: &File) -> std::io::Result<()> {
 /// or, when the old one already held the content, sets the metadata on the old file's
 /// descriptor: the file that was compared, whatever its name holds now. Removes the
 /// temporary file when anything failed.
-fn finish_file<D>(
-    job: &FileJob<D>,
+fn finish_file<D, K: Kind>(
+    job: &FileJob<D, K>,
     prepared: Prepared,
     written: Result<FileWrite>,
 ) -> Result<FileWrite> {
@@ -159,14 +159,17 @@ fn finish_file<D>(
 }
 
 /// Brings a batch of files up to date; one result per job.
-fn sync_files<S: TreeSource>(source: &S, jobs: &[FileJob<S::Dir>]) -> Vec<Result<FileWrite>> {
+fn sync_files<S: TreeSource>(
+    source: &S,
+    jobs: &[FileJob<S::Dir, S::Kind>],
+) -> Vec<Result<FileWrite>> {
     let prepared: Vec<Result<Prepared>> = jobs.iter().map(prepare_file).collect();
     let ready: Vec<(usize, &Prepared)> = prepared
         .iter()
         .enumerate()
         .filter_map(|(i, p)| p.as_ref().ok().map(|p| (i, p)))
         .collect();
-    let tasks: Vec<FileTask<'_, S::Dir>> = ready
+    let tasks: Vec<FileTask<'_, S::Dir, S::Kind>> = ready
         .iter()
         .map(|&(i, p)| FileTask {
             dir: &jobs[i].dir,
@@ -209,15 +212,15 @@ pub(super) enum Writing {
 
 /// A file of a round: its job, its temporary file once created, the chunks still to come,
 /// the bytes fetched for it and the bytes of it written (counted done as they are).
-struct RoundFile<'a, D> {
-    pub(super) job: &'a FileJob<D>,
+struct RoundFile<'a, D, K> {
+    pub(super) job: &'a FileJob<D, K>,
     pub(super) state: Mutex<Writing>,
     chunks_left: AtomicUsize,
     pub(super) fetched: AtomicU64,
     pub(super) written: AtomicU64,
 }
 
-impl<D> RoundFile<'_, D> {
+impl<D, K: Kind> RoundFile<'_, D, K> {
     /// Writes `chunk` (or keeps why it cannot be written) at `offset`, where `length` bytes
     /// belong; the file is finished, and recorded in `outcomes`, once this was its last chunk.
     fn take_chunk(&self, offset: u64, length: u32, chunk: Result<&ReadChunk>, outcomes: &Outcomes) {
@@ -329,18 +332,18 @@ impl<D> RoundFile<'_, D> {
 /// `repo` pack by pack, `readers` stretches at once, into temporary files created as their
 /// first chunk arrives; each file is put in place as its last chunk is written, and
 /// recorded in `outcomes`. Once the filesystem is full, the packs not yet read are not read.
-pub(super) fn sync_round<D: Sync>(
+pub(super) fn sync_round<D: Sync, K: Kind + Sync>(
     repo: &Repository,
-    jobs: &[FileJob<D>],
+    jobs: &[FileJob<D, K>],
     readers: usize,
     outcomes: &Outcomes,
 ) {
     let mut round = Vec::with_capacity(jobs.len());
     let mut places = Vec::new();
     for job in jobs {
-        let chunks = match &job.entry.kind {
-            EntryKind::File(content) => sized_file_chunks(repo, content, job.entry.size),
-            _ => Err(Error::InvalidInput("not a regular file".into())),
+        let chunks = match job.entry.kind.content() {
+            Some(content) => sized_file_chunks(repo, content, job.entry.size),
+            None => Err(Error::InvalidInput("not a stored regular file".into())),
         };
         let chunks = match chunks {
             Ok(chunks) => chunks,
@@ -396,7 +399,12 @@ pub(super) struct Outcomes<'a> {
 impl Outcomes<'_> {
     /// Records how the file of `job` was brought up to date, or why it was not;
     /// `counted` of its bytes were counted done as they were written.
-    pub(super) fn record<D>(&self, job: &FileJob<D>, result: Result<FileWrite>, counted: u64) {
+    pub(super) fn record<D, K: Kind>(
+        &self,
+        job: &FileJob<D, K>,
+        result: Result<FileWrite>,
+        counted: u64,
+    ) {
         if result.is_err() {
             // A file not written is not done: its bytes stay to do.
             self.progress
@@ -431,7 +439,7 @@ impl Outcomes<'_> {
 /// Takes batches of file jobs and brings each file up to date.
 pub(super) fn run_sync_worker<S: TreeSource>(
     source: &S,
-    jobs: crossbeam_channel::Receiver<Vec<FileJob<S::Dir>>>,
+    jobs: crossbeam_channel::Receiver<Vec<FileJob<S::Dir, S::Kind>>>,
     outcomes: &Outcomes,
 ) {
     for batch in jobs {
@@ -454,9 +462,9 @@ pub(super) fn run_sync_worker<S: TreeSource>(
 
 /// Writes the rounds of a checkpoint source one after the other, each read from `repo`
 /// with `readers` stretches at once.
-pub(super) fn run_round_writer<D: Sync>(
+pub(super) fn run_round_writer<D: Sync, K: Kind + Sync>(
     repo: &Repository,
-    rounds: crossbeam_channel::Receiver<Vec<FileJob<D>>>,
+    rounds: crossbeam_channel::Receiver<Vec<FileJob<D, K>>>,
     readers: usize,
     outcomes: &Outcomes,
 ) {

@@ -39,6 +39,7 @@ impl<'a> CheckpointSource<'a> {
 
 impl TreeSource for CheckpointSource<'_> {
     type Dir = TreeId;
+    type Kind = EntryKind;
 
     fn count(&self, root: &TreeId, progress: &Progress, stop: &AtomicBool) {
         if let Some(record) = self.whole {
@@ -110,7 +111,7 @@ impl TreeSource for CheckpointSource<'_> {
 
     /// Starts each file's rebuild, then reads the chunks none of the old files held, for all
     /// the files together, ahead and coalesced (`readahead`).
-    fn write_files(&self, files: &[FileTask<'_, TreeId>]) -> Vec<Result<FileWrite>> {
+    fn write_files(&self, files: &[FileTask<'_, TreeId, EntryKind>]) -> Vec<Result<FileWrite>> {
         let repo = self.repo;
         let id_of = |data: &[u8]| BlobId(repo.codec().id_of(data));
         let mut results: Vec<Option<Result<FileWrite>>> = files.iter().map(|_| None).collect();

@@ -6,7 +6,7 @@ use crate::error::{Error, IoContext, PathError, Result};
 use crate::fs::meta::{local_entry, path_entry};
 use crate::fs::throttle::RateLimiter;
 use crate::progress::Progress;
-use crate::tree::Entry;
+use crate::tree::{Listed, ListedKind};
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::Read;
@@ -34,6 +34,7 @@ impl DirectorySource {
 
 impl TreeSource for DirectorySource {
     type Dir = PathBuf;
+    type Kind = ListedKind;
 
     fn count(&self, root: &PathBuf, progress: &Progress, stop: &AtomicBool) {
         crate::backup::count_tree(root, progress, 2, stop);
@@ -43,7 +44,7 @@ impl TreeSource for DirectorySource {
         &self,
         dir: &PathBuf,
         errors: &Mutex<Vec<PathError>>,
-    ) -> Result<Vec<(Entry, Option<PathBuf>)>> {
+    ) -> Result<Vec<(Listed, Option<PathBuf>)>> {
         let report = |path: &Path, message: String| {
             errors.lock().expect("not poisoned").push(PathError {
                 path: path.to_owned(),
@@ -79,7 +80,7 @@ impl TreeSource for DirectorySource {
     fn write_file(
         &self,
         dir: &PathBuf,
-        entry: &Entry,
+        entry: &Listed,
         old: Option<&File>,
         out: &File,
     ) -> Result<FileWrite> {
@@ -116,7 +117,7 @@ impl TreeSource for DirectorySource {
 
 /// The entry named `name` in local directory `dir`, for a `OneEntry` source; a socket is
 /// refused.
-pub fn local_one_entry(dir: &Path, name: &OsStr) -> Result<Entry> {
+pub fn local_one_entry(dir: &Path, name: &OsStr) -> Result<Listed> {
     let path = dir.join(name);
     path_entry(&path, name.as_bytes().to_vec())
         .context_io(|| format!("reading {}", path.display()))?

@@ -15,7 +15,7 @@ use crate::fs::sparse::write_sparse;
 use crate::id::BlobId;
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::tree::{ChunkRef, Entry, EntryKind};
+use crate::tree::{ChunkRef, Entry, Kind};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -31,14 +31,14 @@ pub enum FileWrite {
 }
 
 /// One file for `TreeSource::write_files`.
-pub struct FileTask<'a, D> {
+pub struct FileTask<'a, D, K> {
     pub dir: &'a D,
-    pub entry: &'a Entry,
+    pub entry: &'a Entry<K>,
     pub old: Option<&'a File>,
     pub out: &'a File,
 }
 
-impl<D> FileTask<'_, D> {
+impl<D, K: Kind> FileTask<'_, D, K> {
     /// Starts rebuilding this file from its `chunks` (see `start_rebuild`): `Ok` with the
     /// rebuild under way, or `Err` with the file's result when nothing is left to fetch (the
     /// old file holds the content) or its chunks could not be had.
@@ -59,18 +59,23 @@ impl<D> FileTask<'_, D> {
     }
 }
 
+/// The entries of a source's directory, each directory with its handle.
+pub type Listing<S> = Vec<(
+    Entry<<S as TreeSource>::Kind>,
+    Option<<S as TreeSource>::Dir>,
+)>;
+
 /// Where a directory sync reads from.
 pub trait TreeSource: Sync {
     /// A handle on one source directory.
     type Dir: Clone + Send + Sync;
+    /// The kind its entries have: stored (`EntryKind`, a checkpoint) or listed (`ListedKind`,
+    /// a live directory).
+    type Kind: Kind + Clone + Send + Sync;
 
     /// The entries of directory `dir`, sorted by name, each directory with its handle.
     /// Entries that cannot be read are left out and reported in `errors`.
-    fn list(
-        &self,
-        dir: &Self::Dir,
-        errors: &Mutex<Vec<PathError>>,
-    ) -> Result<Vec<(Entry, Option<Self::Dir>)>>;
+    fn list(&self, dir: &Self::Dir, errors: &Mutex<Vec<PathError>>) -> Result<Listing<Self>>;
 
     /// Counts the regular files below `root` and their bytes into `progress`: the total
     /// against which progress and the ETA are shown. Stops early when `stop` is set.
@@ -87,7 +92,7 @@ pub trait TreeSource: Sync {
     fn write_file(
         &self,
         dir: &Self::Dir,
-        entry: &Entry,
+        entry: &Entry<Self::Kind>,
         old: Option<&File>,
         out: &File,
     ) -> Result<FileWrite>;
@@ -101,7 +106,7 @@ pub trait TreeSource: Sync {
 
     /// Writes several files, each as `write_file` does; one result per file. A source that
     /// pays per request (over the network) asks for them together.
-    fn write_files(&self, files: &[FileTask<'_, Self::Dir>]) -> Vec<Result<FileWrite>> {
+    fn write_files(&self, files: &[FileTask<'_, Self::Dir, Self::Kind>]) -> Vec<Result<FileWrite>> {
         files
             .iter()
             .map(|f| self.write_file(f.dir, f.entry, f.old, f.out))
@@ -132,7 +137,7 @@ pub struct Rebuild {
 /// when `old` holds exactly these chunks: nothing is written.
 fn start_rebuild(
     chunks: &[ChunkRef],
-    entry: &Entry,
+    entry: &Entry<impl Kind>,
     old: Option<&File>,
     chunker: &Chunker,
     id_of: &dyn Fn(&[u8]) -> BlobId,
@@ -206,7 +211,7 @@ pub fn write_at(out: &File, at: u64, data: &[u8]) -> Result<()> {
 /// Writes fetched chunks (`parts`, for `batch`, a run of a rebuild's missing chunks); the
 /// fetch has checked each against its id.
 pub fn write_fetched(
-    entry: &Entry,
+    entry: &Entry<impl Kind>,
     batch: &[(u64, ChunkRef)],
     parts: &[Vec<u8>],
     out: &File,
@@ -236,7 +241,7 @@ pub fn finish_rebuild(rebuild: Rebuild, fetched: u64, out: &File) -> Result<File
 /// batches.
 pub fn rebuild_file(
     chunks: &[ChunkRef],
-    entry: &Entry,
+    entry: &Entry<impl Kind>,
     old: Option<&File>,
     chunker: &Chunker,
     id_of: &dyn Fn(&[u8]) -> BlobId,
@@ -261,7 +266,7 @@ fn fetch_batches(missing: &[(u64, ChunkRef)]) -> Vec<&[(u64, ChunkRef)]> {
 }
 
 /// The bytes written must be what the entry says.
-pub(crate) fn check_size(written: u64, entry: &Entry) -> Result<()> {
+pub(crate) fn check_size(written: u64, entry: &Entry<impl Kind>) -> Result<()> {
     if written != entry.size {
         return Err(Error::corrupt(
             entry.name_lossy(),
@@ -281,14 +286,14 @@ pub struct OneEntry<'a, S: TreeSource> {
     source: &'a S,
     parent: S::Dir,
     /// As listed in its directory.
-    entry: Entry,
+    entry: Entry<S::Kind>,
     /// The name it gets in the target.
     name: Vec<u8>,
 }
 
 impl<'a, S: TreeSource> OneEntry<'a, S> {
     /// Entry `entry` of `source`'s directory `parent`, to be named `name` in the target.
-    pub fn new(source: &'a S, parent: S::Dir, entry: Entry, name: &[u8]) -> Result<Self> {
+    pub fn new(source: &'a S, parent: S::Dir, entry: Entry<S::Kind>, name: &[u8]) -> Result<Self> {
         if entry.is_dir() {
             return Err(Error::InvalidInput(format!(
                 "{} is a directory: sync it as a tree",
@@ -306,13 +311,13 @@ impl<'a, S: TreeSource> OneEntry<'a, S> {
 
 impl<S: TreeSource> TreeSource for OneEntry<'_, S> {
     type Dir = ();
+    type Kind = S::Kind;
 
     fn count(&self, _: &(), progress: &Progress, _: &AtomicBool) {
-        let is_file = matches!(self.entry.kind, EntryKind::File(_));
-        progress.set_totals(u64::from(is_file), self.entry.size);
+        progress.set_totals(u64::from(self.entry.is_file()), self.entry.size);
     }
 
-    fn list(&self, _: &(), _: &Mutex<Vec<PathError>>) -> Result<Vec<(Entry, Option<()>)>> {
+    fn list(&self, _: &(), _: &Mutex<Vec<PathError>>) -> Result<Vec<(Entry<S::Kind>, Option<()>)>> {
         let entry = Entry {
             name: self.name.clone(),
             ..self.entry.clone()
@@ -328,7 +333,13 @@ impl<S: TreeSource> TreeSource for OneEntry<'_, S> {
         self.source.repository()
     }
 
-    fn write_file(&self, _: &(), _: &Entry, old: Option<&File>, out: &File) -> Result<FileWrite> {
+    fn write_file(
+        &self,
+        _: &(),
+        _: &Entry<S::Kind>,
+        old: Option<&File>,
+        out: &File,
+    ) -> Result<FileWrite> {
         self.source.write_file(&self.parent, &self.entry, old, out)
     }
 }

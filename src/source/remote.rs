@@ -15,14 +15,14 @@ use crate::id::BlobId;
 use crate::net::client::{Ask, HttpClient, MAX_SMALL_ANSWER_BYTES, Remote};
 use crate::net::wire::{
     BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, FileRanges, MAX_ABOUT_HOST_BYTES,
-    MAX_ABOUT_PATH_BYTES, MAX_LISTING_BYTES, RemotePath, SourceAbout, child_path,
-    max_compressed_bytes, read_blobs, read_record,
+    MAX_ABOUT_PATH_BYTES, MAX_LISTING_BYTES, RemotePath, SourceAbout, WireEntry, child_path,
+    from_wire, max_compressed_bytes, read_blobs, read_record,
 };
 use crate::progress::Progress;
 use crate::source::{
     FileTask, FileWrite, Rebuild, TreeSource, finish_rebuild, rebuild_file, write_at, write_fetched,
 };
-use crate::tree::{ChunkRef, Entry, EntryKind, is_valid_name};
+use crate::tree::{ChunkRef, Listed, ListedKind, is_valid_name};
 use std::fs::File;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -127,7 +127,7 @@ impl RemoteSource {
     /// The next directory of the streamed listing, if the stream is at `dir`; starts the
     /// stream at the first directory asked for (the walk's root). `None` means: list `dir`
     /// on its own.
-    fn streamed_listing(&self, dir: &[u8]) -> Option<Result<Vec<Entry>>> {
+    fn streamed_listing(&self, dir: &[u8]) -> Option<Result<Vec<Listed>>> {
         let mut tree = self.tree.lock().expect("not poisoned");
         if matches!(*tree, TreeStream::NotStarted) {
             *tree = TreeStream::Done;
@@ -175,7 +175,7 @@ impl RemoteSource {
             *tree = TreeStream::Done;
             return None;
         }
-        Some(record.entries.map_err(|message| {
+        Some(record.entries.map(from_wire).map_err(|message| {
             Error::Network(format!(
                 "{}: {}: {message}",
                 self.url(),
@@ -201,7 +201,7 @@ impl RemoteSource {
 
     /// The entries of directory `dir`, checked: valid names, sorted and unique. Taken from
     /// the streamed listing while the walk follows its order.
-    pub fn list_dir(&self, dir: &[u8]) -> Result<Vec<Entry>> {
+    pub fn list_dir(&self, dir: &[u8]) -> Result<Vec<Listed>> {
         let url = format!("{}/list?path={}", self.url(), hex::encode(dir));
         let entries = match self.streamed_listing(dir) {
             Some(entries) => entries?,
@@ -220,7 +220,7 @@ impl RemoteSource {
     }
 
     /// One directory's listing, on its own.
-    fn list_one(&self, url: &str) -> Result<Vec<Entry>> {
+    fn list_one(&self, url: &str) -> Result<Vec<Listed>> {
         let max_bytes = max_compressed_bytes(MAX_LISTING_BYTES);
         let body = self.client.read(url, Ask::Get, max_bytes, |answer| {
             let counted = Counted {
@@ -240,14 +240,16 @@ impl RemoteSource {
             ));
         }
         postcard::from_bytes(&body)
+            .map(from_wire)
             .map_err(|e| Error::corrupt(url, format!("unreadable listing: {e}")))
     }
 
     /// The entry of `path` itself (the source's root for an empty path); `None` for a socket.
-    pub fn stat(&self, path: &[u8]) -> Result<Option<Entry>> {
+    pub fn stat(&self, path: &[u8]) -> Result<Option<Listed>> {
         let url = format!("{}/stat?path={}", self.url(), hex::encode(path));
         let body = self.call(&url, None, MAX_SMALL_ANSWER_BYTES)?;
         postcard::from_bytes(&body)
+            .map(|entry: Option<WireEntry>| entry.map(WireEntry::listed))
             .map_err(|e| Error::corrupt(&url, format!("unreadable entry: {e}")))
     }
 
@@ -431,7 +433,7 @@ impl RemoteSource {
     /// failed as a whole.
     fn fetch_into(
         &self,
-        files: &[FileTask<'_, RemotePath>],
+        files: &[FileTask<'_, RemotePath, ListedKind>],
         owners: &[usize],
         wanted: Vec<FileRanges>,
         results: &mut [Option<Result<FileWrite>>],
@@ -456,7 +458,7 @@ impl RemoteSource {
     /// length is checked against the listing's size.
     fn write_whole_files(
         &self,
-        files: &[FileTask<'_, RemotePath>],
+        files: &[FileTask<'_, RemotePath, ListedKind>],
         fresh: &[usize],
         results: &mut [Option<Result<FileWrite>>],
     ) {
@@ -540,6 +542,7 @@ impl RemoteSource {
 
 impl TreeSource for RemoteSource {
     type Dir = RemotePath;
+    type Kind = ListedKind;
 
     fn count(&self, root: &RemotePath, progress: &Progress, stop: &AtomicBool) {
         // The server counts its whole source; a sync of a part of it has no total.
@@ -556,13 +559,12 @@ impl TreeSource for RemoteSource {
         &self,
         dir: &RemotePath,
         _: &Mutex<Vec<PathError>>,
-    ) -> Result<Vec<(Entry, Option<RemotePath>)>> {
+    ) -> Result<Vec<(Listed, Option<RemotePath>)>> {
         Ok(self
             .list_dir(dir)?
             .into_iter()
             .map(|entry| {
-                let subdir =
-                    matches!(entry.kind, EntryKind::Dir(_)).then(|| child_path(dir, &entry.name));
+                let subdir = entry.is_dir().then(|| child_path(dir, &entry.name));
                 (entry, subdir)
             })
             .collect())
@@ -571,7 +573,7 @@ impl TreeSource for RemoteSource {
     fn write_file(
         &self,
         dir: &RemotePath,
-        entry: &Entry,
+        entry: &Listed,
         old: Option<&File>,
         out: &File,
     ) -> Result<FileWrite> {
@@ -592,7 +594,10 @@ impl TreeSource for RemoteSource {
 
     /// Chunk lists for all the files in one request, then their missing chunks in requests
     /// of up to 8 MiB across files.
-    fn write_files(&self, files: &[FileTask<'_, RemotePath>]) -> Vec<Result<FileWrite>> {
+    fn write_files(
+        &self,
+        files: &[FileTask<'_, RemotePath, ListedKind>],
+    ) -> Vec<Result<FileWrite>> {
         let mut results: Vec<Option<Result<FileWrite>>> = files.iter().map(|_| None).collect();
         let (fresh, known): (Vec<usize>, Vec<usize>) =
             (0..files.len()).partition(|&i| files[i].old.is_none());

@@ -8,9 +8,9 @@ use crate::error::Error;
 use crate::fs::beneath::{fd_path, open_beneath, shown};
 use crate::net::wire::{
     BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, MAX_BLOBS_BYTES, SourceAbout,
-    TreeRecord, child_path, lean_entry, write_record,
+    TreeRecord, WireEntry, child_path, lean_entry, to_wire, write_record,
 };
-use crate::tree::{ChunkRef, Entry};
+use crate::tree::{ChunkRef, Listed};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -46,12 +46,13 @@ fn open_source_file(root: &std::path::Path, rel: &[u8]) -> crate::error::Result<
 /// one zstd frame.
 fn list_source_dir(root: &std::path::Path, rel: &[u8]) -> crate::error::Result<Vec<u8>> {
     // Listings repeat owners, modes and similar names: compressed, they cross in a fraction.
-    let encoded = postcard::to_stdvec(&source_entries(root, rel)?).expect("entries serialize");
+    let entries = to_wire(source_entries(root, rel)?);
+    let encoded = postcard::to_stdvec(&entries).expect("entries serialize");
     zstd::bulk::compress(&encoded, 3).map_err(|e| Error::io("compressing a listing", e))
 }
 
 /// The entries of source directory `rel`, sorted by name.
-fn source_entries(root: &std::path::Path, rel: &[u8]) -> crate::error::Result<Vec<Entry>> {
+fn source_entries(root: &std::path::Path, rel: &[u8]) -> crate::error::Result<Vec<Listed>> {
     let dir = open_beneath(
         root,
         rel,
@@ -95,7 +96,7 @@ fn write_source_tree(
         }
         let record = TreeRecord {
             path: serde_bytes::ByteBuf::from(dir),
-            entries,
+            entries: entries.map(to_wire),
         };
         write_record(out, &record)?;
     }
@@ -159,7 +160,7 @@ fn stat_source_path(root: &std::path::Path, rel: &[u8]) -> crate::error::Result<
         }
     };
     let entry = entry.map_err(|e| Error::io(format!("reading {}", shown(rel)), e))?;
-    Ok(postcard::to_stdvec(&entry).expect("entries serialize"))
+    Ok(postcard::to_stdvec(&entry.map(WireEntry::from)).expect("entries serialize"))
 }
 
 /// The chunk list of one source file, chunked and named as `spec` says.
