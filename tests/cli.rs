@@ -936,6 +936,7 @@ fn a_source_path_through_dot_dot_is_recorded_clean_and_keeps_its_series() {
 
 #[test]
 fn latest_is_scoped_by_host_path_and_tag() {
+    let steps = Steps::new();
     let sandbox = Sandbox::new();
     let src = sandbox.path("src");
     let json_dir = src.join("python/json");
@@ -950,6 +951,7 @@ fn latest_is_scoped_by_host_path_and_tag() {
     let part = backup_json(&sandbox, &extra, &[&json_dir]);
     let (whole_id, part_id) = (whole["id"].as_str().unwrap(), part["id"].as_str().unwrap());
 
+    steps.enter("unscoped latest names its series");
     // Unscoped, `latest` is the newest of any series, and says so.
     let output = sandbox.run(&with(&["ls", "latest"], &extra));
     assert!(String::from_utf8_lossy(&output.stdout).contains("decoder.py"));
@@ -1016,6 +1018,7 @@ fn latest_is_scoped_by_host_path_and_tag() {
     let cat = sandbox.ok(&with(&["cat", "latest:top", "--tag", "daily"], &extra));
     assert_eq!(cat, "top");
 
+    steps.enter("forget applies its policy to what the filter lets through");
     // forget applies its policy only to what the filter lets through.
     fs::write(json_dir.join("encoder.py"), b"encode").unwrap();
     backup_json(&sandbox, &extra, &[&json_dir]);
@@ -1033,6 +1036,7 @@ fn latest_is_scoped_by_host_path_and_tag() {
         "{left:?}"
     );
 
+    steps.enter("the mount's latest is the newest it shows");
     // The mount's `latest` is the newest checkpoint it shows.
     let mounted = common::Mounted::start_with(&sandbox, &repo, &["--path", src_arg]);
     let shown = fs::read_dir(mounted.path("checkpoints")).unwrap().count();

@@ -178,6 +178,7 @@ fn wait_for_a_lock(repo: &Path) {
 
 #[test]
 fn backups_run_together_a_prune_waits_for_them_and_unlock_removes_only_stale_locks() {
+    let steps = Steps::new();
     let sandbox = Sandbox::new();
     let repo = sandbox.path("repo");
     sandbox.ok(&["init", "--repo", text(&repo), "--encryption", "none"]);
@@ -185,6 +186,7 @@ fn backups_run_together_a_prune_waits_for_them_and_unlock_removes_only_stale_loc
     write_version(&one, 0);
     make_tree(&two);
 
+    steps.enter("two backups at once both succeed and restore");
     // Two backups of different trees at the same time both succeed and both restore.
     let started: Vec<Child> = [&one, &two]
         .iter()
@@ -229,6 +231,7 @@ fn backups_run_together_a_prune_waits_for_them_and_unlock_removes_only_stale_loc
         assert_same_tree(tree, &target);
     }
 
+    steps.enter("a prune refused, then waiting for a running backup");
     // A slow backup holds a shared lock: a prune fails at once, naming it, or waits for it
     // with --retry-lock and then succeeds.
     let slow_source = sandbox.path("slow");
@@ -249,6 +252,7 @@ fn backups_run_together_a_prune_waits_for_them_and_unlock_removes_only_stale_loc
     assert!(slow.wait().unwrap().success());
     sandbox.ok(&["check", "--repo", text(&repo), "--read-data"]);
 
+    steps.enter("a killed backup's stale lock stops nobody and unlock removes only it");
     // A backup killed mid-run leaves a stale lock: it stops nobody, and unlock removes it.
     // (New content each time, so the stat cache does not make the backups instant.)
     fs::write(slow_source.join("big"), pseudo_random(3_000_000, 10)).unwrap();
@@ -490,6 +494,7 @@ fn remove_keeping_mtime(path: &Path) {
 
 #[test]
 fn repair_checkpoints_drops_the_files_of_a_lost_pack_and_keeps_everything_else() {
+    let steps = Steps::new();
     let sandbox = Sandbox::new();
     let source = sandbox.path("source");
     fs::create_dir_all(source.join("dir")).unwrap();
@@ -515,6 +520,7 @@ fn repair_checkpoints_drops_the_files_of_a_lost_pack_and_keeps_everything_else()
             text(tree),
         ]);
     };
+    steps.enter("three checkpoints, two of the big files and one of another tree");
     backup(&source);
     fs::write(source.join("dir/small"), b"changed, still safe\n").unwrap();
     backup(&source);
@@ -522,7 +528,7 @@ fn repair_checkpoints_drops_the_files_of_a_lost_pack_and_keeps_everything_else()
     let ids_before = short_ids(&sandbox, &repo);
     let expected = restore_all(&sandbox, &repo, "expected");
 
-    // Lose the biggest pack: a full pack of the big files' chunks.
+    steps.enter("the biggest pack lost: check names only big files");
     let packs = file_contents(&repo.join("data"));
     let (lost, _) = packs.iter().max_by_key(|(_, bytes)| bytes.len()).unwrap();
     fs::remove_file(lost).unwrap();
@@ -546,12 +552,14 @@ fn repair_checkpoints_drops_the_files_of_a_lost_pack_and_keeps_everything_else()
         .collect();
     assert!(lost_names.len() < 3, "some big file survives: {affected:?}");
 
+    steps.enter("repair index, then a dry run plans the drops check named");
     sandbox.ok(&["repair", "index", "--repo", text(&repo)]);
     let planned = dry_run_changes_nothing(&sandbox, &repo, "checkpoints");
     let mut planned_drops = strings_of_each(&planned["repaired"], "dropped");
     planned_drops.sort();
     assert_eq!(planned_drops, affected, "{planned}");
 
+    steps.enter("repair checkpoints drops exactly those paths");
     let repaired = sandbox.ok(&["repair", "checkpoints", "--repo", text(&repo)]);
     for path in &affected {
         assert!(repaired.contains(&format!("dropped {path}")), "{repaired}");
@@ -562,8 +570,7 @@ fn repair_checkpoints_drops_the_files_of_a_lost_pack_and_keeps_everything_else()
     );
     sandbox.ok(&["check", "--repo", text(&repo), "--read-data"]);
 
-    // The undamaged checkpoint keeps its id; the repaired ones are tagged and restore every
-    // file they kept exactly.
+    steps.enter("the undamaged checkpoint keeps its id; the repaired restore what they kept");
     let list: serde_json::Value =
         serde_json::from_str(&sandbox.ok(&["list", "--repo", text(&repo), "--json"])).unwrap();
     let list = list.as_array().unwrap();
@@ -611,7 +618,7 @@ fn repair_checkpoints_drops_the_files_of_a_lost_pack_and_keeps_everything_else()
     ]);
     assert_same_tree(&other, &restored_other);
 
-    // A second repair finds nothing to do.
+    steps.enter("a second repair finds nothing to do");
     let again = sandbox.ok(&["repair", "checkpoints", "--repo", text(&repo)]);
     assert!(
         again.contains("3 checkpoints checked, 0 repaired"),

@@ -43,6 +43,7 @@ fn names(dir: &Path) -> Vec<String> {
 
 #[test]
 fn layout_metadata_and_cp_equal_restore() {
+    let steps = Steps::new();
     let sandbox = Sandbox::new();
     let (repo, source) = repo_with_two_checkpoints(&sandbox);
     let mount = Mounted::start(&sandbox, &repo);
@@ -72,6 +73,7 @@ fn layout_metadata_and_cp_equal_restore() {
             .exists()
     );
 
+    steps.enter("cp -a out of the mount equals restore");
     // `cp -a` out of the mount gives the same tree as `cairn restore` (and as the source).
     let copied = sandbox.path("copied");
     let status = Command::new("cp")
@@ -111,6 +113,7 @@ fn layout_metadata_and_cp_equal_restore() {
     }
     assert_same_tree(&source, &restored);
 
+    steps.enter("metadata as stat sees it through the mount");
     // Metadata as stat sees it through the mount.
     use std::os::unix::fs::MetadataExt;
     let through = fs::symlink_metadata(mount.path("latest/hello.txt")).unwrap();

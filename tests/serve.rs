@@ -213,6 +213,7 @@ fn repositories_sync_to_and_from_a_server_over_https() {
 
 #[test]
 fn the_server_refuses_what_its_mode_forbids_and_names_outside_the_repository() {
+    let steps = Steps::new();
     let sandbox = Sandbox::new();
     let source = sandbox.path("source");
     make_tree(&source);
@@ -252,6 +253,7 @@ fn the_server_refuses_what_its_mode_forbids_and_names_outside_the_repository() {
         ),
         409
     );
+    steps.enter("a retried upload of the same bytes is accepted");
     // The same bytes again (a retried upload) are accepted: nothing changes.
     let same = fs::read(repo.join(&name)).unwrap();
     let retried = agent
@@ -260,6 +262,7 @@ fn the_server_refuses_what_its_mode_forbids_and_names_outside_the_repository() {
         .send(&same[..]);
     assert_eq!(status(retried), 201);
     assert_eq!(status(agent.get(&object).call()), 401, "no token");
+    steps.enter("ranges past the end or absurdly large are refused");
     // Ranges past the end, or absurdly large, are refused instead of allocated.
     for range in [
         "bytes=0-1099511627775",
@@ -349,6 +352,7 @@ fn sync_json(sandbox: &Sandbox, args: &[&str], client: &[String]) -> serde_json:
 
 #[test]
 fn a_served_directory_pulls_into_a_repository_and_a_directory_moving_only_changes() {
+    let steps = Steps::new();
     let sandbox = Sandbox::new();
     let source = sandbox.path("source");
     let total = make_wide_tree(&source);
@@ -376,6 +380,7 @@ fn a_served_directory_pulls_into_a_repository_and_a_directory_moving_only_change
 
     change_one_percent(&source);
     std::thread::sleep(std::time::Duration::from_millis(1100));
+    steps.enter("the server on another port: the pull still finds its parent");
     // The server comes back on another port: the pull still finds its parent, so only the
     // changed files are looked at.
     drop(server);
@@ -400,6 +405,7 @@ fn a_served_directory_pulls_into_a_repository_and_a_directory_moving_only_change
     ));
     assert_same_tree(&source, &restored_2);
 
+    steps.enter("a copy of the new checkpoint moves only its blobs");
     // A copy of the new checkpoint into a repository holding the first moves only its blobs.
     let other = sandbox.path("other");
     sandbox.ok(&with(
@@ -430,6 +436,7 @@ fn a_served_directory_pulls_into_a_repository_and_a_directory_moving_only_change
     assert!(moved < total / 50, "{moved} of {total} bytes: {update}");
     assert_same_tree(&source, &mirror);
 
+    steps.enter("the served source is read-only and confined");
     // The served source is read-only and nothing outside it is reachable.
     let refused = sandbox.run(&with(&["sync", text(&mirror), &url], &client));
     assert_fails(&refused, 1, "read-only");

@@ -92,12 +92,14 @@ impl TwoVersions {
 
 #[test]
 fn a_repository_copy_moves_only_missing_blobs_and_restores_identically() {
+    let steps = Steps::new();
     let t = TwoVersions::new("password");
     let sandbox = &t.sandbox;
     let copy = sandbox.path("copy");
     let copy_password = password_file(sandbox, "pw2", "second secret");
     let main = ["--password-file", copy_password.as_str()];
     let from = ["--from-password-file", t.password.as_str()];
+    steps.enter("a repository not made alike is refused");
     // A repository not made alike is refused with the way out.
     let stranger = sandbox.path("stranger");
     sandbox.ok(&[&["init", "--repo", text(&stranger)][..], &main].concat());
@@ -111,6 +113,7 @@ fn a_repository_copy_moves_only_missing_blobs_and_restores_identically() {
         &from,
     ]
     .concat());
+    steps.enter("the first checkpoint alone, a dry run, then the rest");
     // The first checkpoint alone, then everything the copy lacks (the second).
     let first_only = format!("{}::{}", text(&t.repo), t.first);
     let one = json(
@@ -140,6 +143,7 @@ fn a_repository_copy_moves_only_missing_blobs_and_restores_identically() {
         "the dry run planned the same: {dry} {rest}"
     );
     assert_eq!(rest["bytes_transferred"], dry["bytes_transferred"]);
+    steps.enter("the second copy moves only the changed chunks and trees");
     // Version 2 changed three files: a few chunks and the trees above them.
     let blobs_two = rest["blobs_copied"].as_u64().unwrap();
     assert!(blobs_two < blobs_one, "{one} {rest}");
@@ -184,6 +188,7 @@ fn a_repository_copy_moves_only_missing_blobs_and_restores_identically() {
     let check =
         sandbox.run(&[&["check", "--read-data", "--repo", text(&copy)][..], &main].concat());
     assert!(check.status.success(), "{}", stderr(&check));
+    steps.enter("the copy is sealed under its own key");
     // The copy is sealed under its own key: the source's password does not open it.
     let wrong = sandbox.run(&[
         "list",

@@ -709,3 +709,31 @@ pub fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// The named steps of a long scenario test, so a failure says which step it was in:
+/// `steps.enter("restore after the prune")` before each; the step's name is printed when the
+/// test panics in it.
+pub struct Steps {
+    current: std::cell::Cell<&'static str>,
+}
+
+impl Steps {
+    pub fn new() -> Self {
+        Steps {
+            current: std::cell::Cell::new("setting up"),
+        }
+    }
+
+    /// The scenario goes on to step `name`.
+    pub fn enter(&self, name: &'static str) {
+        self.current.set(name);
+    }
+}
+
+impl Drop for Steps {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("failed in step: {}", self.current.get());
+        }
+    }
+}
