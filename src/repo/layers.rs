@@ -70,6 +70,78 @@ pub fn wrap(backend: Arc<dyn Backend>, layers: Layers) -> Arc<dyn Backend> {
     wrapped
 }
 
+/// Methods a layer hands to the backend inside it (`self.inner`) as they are: each layer
+/// writes only what it changes.
+macro_rules! pass_through {
+    ($($method:ident),+ $(,)?) => { $(pass_through!(@one $method);)+ };
+    (@one location) => {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+    };
+    (@one get) => {
+        fn get(&self, name: &str) -> Result<Vec<u8>> {
+            self.inner.get(name)
+        }
+    };
+    (@one get_range) => {
+        fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
+            self.inner.get_range(name, offset, length)
+        }
+    };
+    (@one get_range_streamed) => {
+        fn get_range_streamed(
+            &self,
+            name: &str,
+            offset: u64,
+            length: u64,
+            take: &mut dyn FnMut(&[u8]),
+        ) -> Result<()> {
+            self.inner.get_range_streamed(name, offset, length, take)
+        }
+    };
+    (@one get_ranges) => {
+        fn get_ranges(&self, ranges: &[RangeRequest]) -> Result<Vec<Vec<u8>>> {
+            self.inner.get_ranges(ranges)
+        }
+    };
+    (@one list) => {
+        fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+            self.inner.list(prefix)
+        }
+    };
+    (@one list_names) => {
+        fn list_names(&self, prefix: &str) -> Result<Vec<String>> {
+            self.inner.list_names(prefix)
+        }
+    };
+    (@one delete) => {
+        fn delete(&self, name: &str) -> Result<()> {
+            self.inner.delete(name)
+        }
+    };
+    (@one exists) => {
+        fn exists(&self, name: &str) -> Result<bool> {
+            self.inner.exists(name)
+        }
+    };
+    (@one size) => {
+        fn size(&self, name: &str) -> Result<u64> {
+            self.inner.size(name)
+        }
+    };
+    (@one preferred_concurrency) => {
+        fn preferred_concurrency(&self) -> usize {
+            self.inner.preferred_concurrency()
+        }
+    };
+    (@one listing_token) => {
+        fn listing_token(&self, prefix: &str) -> Option<String> {
+            self.inner.listing_token(prefix)
+        }
+    };
+}
+
 /// Writes and deletes that succeed without reaching the store, except for lock objects (a dry
 /// run holds its lock like any run, so nothing it reads is pruned under it); reads pass
 /// through, so what a run wrote is never read back: the repository keeps what it would
@@ -85,27 +157,19 @@ impl DryRun {
 }
 
 impl Backend for DryRun {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn get(&self, name: &str) -> Result<Vec<u8>> {
-        self.inner.get(name)
-    }
-    fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
-        self.inner.get_range(name, offset, length)
-    }
-    fn get_range_streamed(
-        &self,
-        name: &str,
-        offset: u64,
-        length: u64,
-        take: &mut dyn FnMut(&[u8]),
-    ) -> Result<()> {
-        self.inner.get_range_streamed(name, offset, length, take)
-    }
-    fn get_ranges(&self, ranges: &[RangeRequest]) -> Result<Vec<Vec<u8>>> {
-        self.inner.get_ranges(ranges)
-    }
+    pass_through!(
+        location,
+        get,
+        get_range,
+        get_range_streamed,
+        get_ranges,
+        list,
+        list_names,
+        exists,
+        size,
+        preferred_concurrency,
+        listing_token
+    );
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
         match Self::reaches_store(name) {
             true => self.inner.put(name, data),
@@ -118,29 +182,11 @@ impl Backend for DryRun {
             false => Ok(PutNew::Created),
         }
     }
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        self.inner.list(prefix)
-    }
-    fn list_names(&self, prefix: &str) -> Result<Vec<String>> {
-        self.inner.list_names(prefix)
-    }
     fn delete(&self, name: &str) -> Result<()> {
         match Self::reaches_store(name) {
             true => self.inner.delete(name),
             false => Ok(()),
         }
-    }
-    fn exists(&self, name: &str) -> Result<bool> {
-        self.inner.exists(name)
-    }
-    fn size(&self, name: &str) -> Result<u64> {
-        self.inner.size(name)
-    }
-    fn preferred_concurrency(&self) -> usize {
-        self.inner.preferred_concurrency()
-    }
-    fn listing_token(&self, prefix: &str) -> Option<String> {
-        self.inner.listing_token(prefix)
     }
 }
 
@@ -192,9 +238,7 @@ impl Retrying {
 }
 
 impl Backend for Retrying {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
+    pass_through!(location, preferred_concurrency, listing_token);
     fn get(&self, name: &str) -> Result<Vec<u8>> {
         self.run(&format!("reading {name}"), || self.inner.get(name))
     }
@@ -251,12 +295,6 @@ impl Backend for Retrying {
     fn size(&self, name: &str) -> Result<u64> {
         self.run(&format!("looking up {name}"), || self.inner.size(name))
     }
-    fn preferred_concurrency(&self) -> usize {
-        self.inner.preferred_concurrency()
-    }
-    fn listing_token(&self, prefix: &str) -> Option<String> {
-        self.inner.listing_token(prefix)
-    }
 }
 
 /// At most a fixed number of requests in flight; the others wait for a free one.
@@ -288,9 +326,7 @@ impl Drop for Permit<'_> {
 }
 
 impl Backend for Bounded {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
+    pass_through!(location, preferred_concurrency, listing_token);
     fn get(&self, name: &str) -> Result<Vec<u8>> {
         let _permit = self.permit();
         self.inner.get(name)
@@ -341,12 +377,6 @@ impl Backend for Bounded {
         let _permit = self.permit();
         self.inner.size(name)
     }
-    fn preferred_concurrency(&self) -> usize {
-        self.inner.preferred_concurrency()
-    }
-    fn listing_token(&self, prefix: &str) -> Option<String> {
-        self.inner.listing_token(prefix)
-    }
 }
 
 /// Bytes per second capped: what is sent is paid for before the request, what is received
@@ -371,9 +401,16 @@ impl Limited {
 }
 
 impl Backend for Limited {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
+    pass_through!(
+        location,
+        list,
+        list_names,
+        delete,
+        exists,
+        size,
+        preferred_concurrency,
+        listing_token
+    );
     fn get(&self, name: &str) -> Result<Vec<u8>> {
         let bytes = self.inner.get(name)?;
         self.received(bytes.len());
@@ -409,27 +446,6 @@ impl Backend for Limited {
     fn put_new(&self, name: &str, data: &[u8]) -> Result<PutNew> {
         self.sending(data.len());
         self.inner.put_new(name, data)
-    }
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        self.inner.list(prefix)
-    }
-    fn list_names(&self, prefix: &str) -> Result<Vec<String>> {
-        self.inner.list_names(prefix)
-    }
-    fn delete(&self, name: &str) -> Result<()> {
-        self.inner.delete(name)
-    }
-    fn exists(&self, name: &str) -> Result<bool> {
-        self.inner.exists(name)
-    }
-    fn size(&self, name: &str) -> Result<u64> {
-        self.inner.size(name)
-    }
-    fn preferred_concurrency(&self) -> usize {
-        self.inner.preferred_concurrency()
-    }
-    fn listing_token(&self, prefix: &str) -> Option<String> {
-        self.inner.listing_token(prefix)
     }
 }
 
