@@ -41,6 +41,7 @@ use cairn::repo::http::HttpBackend;
 use cairn::repo::layers::{self, Layers, RetryPolicy};
 use cairn::repo::s3::{S3Backend, S3Location, S3Settings};
 use cairn::repo::{Repository, Secret};
+use cairn::repo::{is_s3, is_url};
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -457,16 +458,6 @@ impl FromCredentials {
             lent: false,
         }
     }
-}
-
-/// Whether a repository location is a server's URL.
-fn is_url(location: &str) -> bool {
-    location.starts_with("http://") || location.starts_with("https://")
-}
-
-/// Whether a repository location is an S3 bucket.
-fn is_s3(location: &str) -> bool {
-    location.starts_with("s3:")
 }
 
 /// Draws a progress bar `NAME: [bar] bytes/total rate ETA message` on stderr, refreshed by

@@ -99,6 +99,24 @@ impl InitOptions {
     }
 }
 
+/// Whether a repository location is the URL of a `cairn serve` (`http://`, `https://`).
+pub fn is_url(location: &str) -> bool {
+    location.starts_with("http://") || location.starts_with("https://")
+}
+
+/// Whether a repository location is an S3 bucket (`s3:`).
+pub fn is_s3(location: &str) -> bool {
+    location.starts_with("s3:")
+}
+
+/// Whether local directory `path` holds a cairn repository: a `config` naming the format.
+pub fn is_local_repository(path: &Path) -> bool {
+    std::fs::read(path.join(objects::CONFIG))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .is_some_and(|config| config.get("cairn_repository").is_some())
+}
+
 /// An open repository.
 pub struct Repository {
     backend: Arc<dyn Backend>,

@@ -3,9 +3,11 @@
 //! one repository to another blob by blob; a directory is made to match a checkpoint or
 //! another directory by the restore engine (`restore::into_dir`), the way rsync would. A local
 //! directory pulled into a repository is a backup (see `backup`); a served one (over `cairn
-//! serve --source`) is pulled by `pull`, the backup engine with a served source.
+//! serve --source`) is pulled by `pull`, the backup engine with a served source. `endpoint`
+//! parses the sides of a sync as they are named and sends each pair to its engine.
 
 pub mod copy;
+pub mod endpoint;
 #[cfg(feature = "client")]
 pub mod pull;
 
