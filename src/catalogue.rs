@@ -129,7 +129,7 @@ impl Summary {
 }
 
 /// Checkpoints in catalogue order, shared.
-pub type Listing = Vec<Arc<Summary>>;
+pub(crate) type Listing = Vec<Arc<Summary>>;
 
 /// What a sync found: the checkpoints whose records could be read, in catalogue order, and
 /// those listed whose records could not (with why).
@@ -744,19 +744,19 @@ pub(crate) mod decoders {
     use super::*;
 
     /// The log, through `codec`.
-    pub fn log(stored: &[u8], codec: &Codec, location: &dyn Fn() -> String) {
+    pub(crate) fn log(stored: &[u8], codec: &Codec, location: &dyn Fn() -> String) {
         let mut known = Known::nothing();
         let _ = decode_log(stored, codec, location, &mut known);
     }
 
     /// A summary's plaintext.
-    pub fn summary(plaintext: &[u8], location: &dyn Fn() -> String) {
+    pub(crate) fn summary(plaintext: &[u8], location: &dyn Fn() -> String) {
         let _ = decode_summary(plaintext, location);
     }
 
     /// A path history's plaintext, for the path it names (its first frame, when there is
     /// one) and for another.
-    pub fn path_history(plaintext: &[u8], location: &dyn Fn() -> String) {
+    pub(crate) fn path_history(plaintext: &[u8], location: &dyn Fn() -> String) {
         let named = plaintext
             .strip_prefix(HISTORY_HEADER)
             .and_then(|rest| {

@@ -13,7 +13,7 @@ use std::ops::RangeInclusive;
 
 /// The largest chunk any valid chunker configuration cuts (FastCDC's maximum `max_bytes`),
 /// and so the largest data blob a reader accepts.
-pub const MAX_CHUNK_BYTES: u32 = fastcdc::v2020::MAXIMUM_MAX as u32;
+pub(crate) const MAX_CHUNK_BYTES: u32 = fastcdc::v2020::MAXIMUM_MAX as u32;
 
 /// Chunk size bounds in bytes, stored in the repository config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,11 +34,11 @@ impl Default for ChunkerParams {
 }
 
 /// The smallest and largest minimum chunk size a repository may use, in bytes.
-pub const MIN_BYTES_RANGE: RangeInclusive<u32> = 1024..=1024 * 1024;
+pub(crate) const MIN_BYTES_RANGE: RangeInclusive<u32> = 1024..=1024 * 1024;
 /// The smallest and largest average chunk size a repository may use, in bytes.
-pub const AVG_BYTES_RANGE: RangeInclusive<u32> = 4 * 1024..=4 * 1024 * 1024;
+pub(crate) const AVG_BYTES_RANGE: RangeInclusive<u32> = 4 * 1024..=4 * 1024 * 1024;
 /// The smallest and largest maximum chunk size a repository may use, in bytes.
-pub const MAX_BYTES_RANGE: RangeInclusive<u32> = 16 * 1024..=16 * 1024 * 1024;
+pub(crate) const MAX_BYTES_RANGE: RangeInclusive<u32> = 16 * 1024..=16 * 1024 * 1024;
 
 impl ChunkerParams {
     /// Refuses sizes that are unordered, odd, or outside cairn's bounds. The upper bounds are

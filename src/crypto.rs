@@ -11,11 +11,11 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 
 /// Bytes of the random nonce stored in front of every sealed object.
-pub const NONCE_BYTES: usize = 24;
+pub(crate) const NONCE_BYTES: usize = 24;
 /// Bytes of the Poly1305 tag stored after every sealed object.
-pub const TAG_BYTES: usize = 16;
+pub(crate) const TAG_BYTES: usize = 16;
 /// Bytes a sealed object is longer than its plaintext.
-pub const SEAL_OVERHEAD_BYTES: usize = NONCE_BYTES + TAG_BYTES;
+pub(crate) const SEAL_OVERHEAD_BYTES: usize = NONCE_BYTES + TAG_BYTES;
 /// Largest argon2 memory cost accepted from a key (1 GiB; cairn makes keys of 64 MiB).
 const KDF_MEMORY_KIB_MAX: u32 = 1 << 20;
 /// Largest argon2 iteration count accepted from a key (cairn makes keys of 2).
@@ -24,7 +24,7 @@ const KDF_ITERATIONS_MAX: u32 = 16;
 const MASTER_KEY_BYTES: usize = 32 + 32 + 8;
 
 /// Fills `buf` with bytes from the operating system's random source.
-pub fn random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut buf = [0u8; N];
     getrandom::getrandom(&mut buf).expect("the operating system's random source is available");
     buf
@@ -117,7 +117,7 @@ fn open_with(key: &[u8; 32], sealed: &[u8]) -> Option<Vec<u8>> {
 
 /// The argon2id cost parameters stored with each password-wrapped key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KdfParams {
+pub(crate) struct KdfParams {
     pub algorithm: String,
     pub memory_kib: u32,
     pub iterations: u32,
@@ -167,7 +167,7 @@ impl KdfParams {
 
 /// `keys/<id>` in a password-mode repository: the master key wrapped by a password.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PasswordKey {
+pub(crate) struct PasswordKey {
     /// When the key was made (RFC 3339); informational.
     #[serde(default)]
     pub created: String,
@@ -180,7 +180,7 @@ pub struct PasswordKey {
 }
 
 impl PasswordKey {
-    pub fn wrap(master: &MasterKey, password: &[u8]) -> Result<Self> {
+    pub(crate) fn wrap(master: &MasterKey, password: &[u8]) -> Result<Self> {
         let kdf = KdfParams::new_random();
         let wrapping_key = kdf.derive(password)?;
         Ok(PasswordKey {
@@ -192,7 +192,7 @@ impl PasswordKey {
     }
 
     /// The master key, or `None` when the password is not this key's.
-    pub fn unwrap(&self, password: &[u8]) -> Result<Option<MasterKey>> {
+    pub(crate) fn unwrap(&self, password: &[u8]) -> Result<Option<MasterKey>> {
         let wrapping_key = self.kdf.derive(password)?;
         let sealed = hex::decode(&self.wrapped)
             .map_err(|_| Error::corrupt("key file", "wrapped key is not hex"))?;
@@ -202,7 +202,7 @@ impl PasswordKey {
 
 /// The key file of a `keyfile`-mode repository, kept by the user outside the repository.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KeyFile {
+pub(crate) struct KeyFile {
     pub cairn_key_file: u32,
     pub repository: String,
     /// Hex of the master key: encryption key, id key, chunker seed (little-endian u64).
@@ -210,7 +210,7 @@ pub struct KeyFile {
 }
 
 impl KeyFile {
-    pub fn new(master: &MasterKey, repository: String) -> Self {
+    pub(crate) fn new(master: &MasterKey, repository: String) -> Self {
         KeyFile {
             cairn_key_file: 1,
             repository,
@@ -218,7 +218,7 @@ impl KeyFile {
         }
     }
 
-    pub fn master_key(&self) -> Option<MasterKey> {
+    pub(crate) fn master_key(&self) -> Option<MasterKey> {
         MasterKey::from_bytes(&hex::decode(&self.master_key).ok()?)
     }
 }

@@ -21,7 +21,7 @@ use quick_cache::sync::Cache;
 const TAIL_LENGTHS: usize = 1024;
 
 /// Recognizes the all-zero chunks of one repository by their ids.
-pub struct ZeroChunks {
+pub(crate) struct ZeroChunks {
     /// The chunk cut inside any long run of zeros.
     zero_run: ChunkRef,
     /// The id of zeros of a given length, for last chunks.
@@ -29,7 +29,7 @@ pub struct ZeroChunks {
 }
 
 impl ZeroChunks {
-    pub fn new(repo: &Repository) -> Self {
+    pub(crate) fn new(repo: &Repository) -> Self {
         let length = repo.chunker().zero_run_chunk_len();
         ZeroChunks {
             zero_run: ChunkRef {
@@ -41,7 +41,7 @@ impl ZeroChunks {
     }
 
     /// Whether `chunk`, the last of its file when `last`, holds only zeros.
-    pub fn is_zero(&self, repo: &Repository, chunk: &ChunkRef, last: bool) -> bool {
+    pub(crate) fn is_zero(&self, repo: &Repository, chunk: &ChunkRef, last: bool) -> bool {
         if *chunk == self.zero_run {
             return true;
         }
@@ -59,7 +59,7 @@ impl ZeroChunks {
     }
 
     /// For each chunk of a file, in order, whether it is a hole.
-    pub fn holes(&self, repo: &Repository, chunks: &[ChunkRef]) -> Vec<bool> {
+    pub(crate) fn holes(&self, repo: &Repository, chunks: &[ChunkRef]) -> Vec<bool> {
         let last = chunks.len().saturating_sub(1);
         chunks
             .iter()
@@ -69,7 +69,7 @@ impl ZeroChunks {
     }
 
     /// The bytes of a file's chunks that are not holes.
-    pub fn data_bytes(&self, repo: &Repository, chunks: &[ChunkRef]) -> u64 {
+    pub(crate) fn data_bytes(&self, repo: &Repository, chunks: &[ChunkRef]) -> u64 {
         chunks
             .iter()
             .zip(self.holes(repo, chunks))
@@ -86,7 +86,7 @@ fn zeros_id(repo: &Repository, length: usize) -> BlobId {
 /// The offset `SEEK_DATA` (`want_data`) or `SEEK_HOLE` answers from `offset` in a file whose
 /// chunks end at `ends` and are holes where `holes` says; `None` for ENXIO (at or past the
 /// end, or no data after `offset`). The end of the file counts as a hole.
-pub fn seek(ends: &[u64], holes: &[bool], offset: u64, want_data: bool) -> Option<u64> {
+pub(crate) fn seek(ends: &[u64], holes: &[bool], offset: u64, want_data: bool) -> Option<u64> {
     let size = ends.last().copied().unwrap_or(0);
     if offset >= size {
         return None;

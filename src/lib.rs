@@ -52,39 +52,51 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![warn(unreachable_pub)]
+
+// What a caller does: back up, restore, sync, browse, look after a repository.
 pub mod backup;
-pub mod catalogue;
 pub mod check;
-pub mod checkpoint;
-pub mod chunker;
-pub mod crypto;
 pub mod diff;
-pub mod error;
-pub mod fs;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod history;
-pub mod holes;
-pub mod id;
-pub mod interrupt;
 #[cfg(feature = "mount")]
 pub mod mount;
-pub mod net;
-pub mod progress;
 pub mod prune;
-pub mod readahead;
 pub mod repair;
-pub mod repo;
 pub mod restore;
 pub mod retention;
+pub mod sync;
+pub mod vfs;
+
+// What it works on: checkpoints, trees and ids; sources to read; repositories and their
+// stores, including the encoders of the on-disk format (repo::{codec, pack, index, writer})
+// for tools that read or craft repositories; the network protocol and its client and server.
+pub mod checkpoint;
+pub mod id;
+pub mod net;
+pub mod repo;
 pub mod source;
+pub mod tree;
+
+// Helpers a front end needs: errors, progress, interruption, throttling, timestamps.
+pub mod error;
+pub mod fs;
+pub mod interrupt;
+pub mod progress;
+pub mod readahead;
 pub mod space;
 pub mod speed;
-pub mod sync;
-pub mod target;
 pub mod timestamp;
-pub mod tree;
-pub mod vfs;
+
+// Internals.
+pub(crate) mod catalogue;
+pub(crate) mod chunker;
+pub(crate) mod crypto;
+pub(crate) mod holes;
+pub(crate) mod target;
+
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use backup::{BackupOptions, BackupOutcome, Progress};
 pub use checkpoint::{Checkpoint, CheckpointFilter, Stored};

@@ -27,10 +27,10 @@ use std::path::{Component, Path, PathBuf};
 /// The longest path beneath a target that is written, in bytes: twice `PATH_MAX`, deeper than
 /// any tool but cairn could reach. A walk keeps each level's path, so this bounds its memory
 /// (a tree made deep on purpose would otherwise cost the square of its depth).
-pub const MAX_RELATIVE_PATH_BYTES: usize = 8 << 10;
+pub(crate) const MAX_RELATIVE_PATH_BYTES: usize = 8 << 10;
 
 /// Refuses a path beneath the target longer than `MAX_RELATIVE_PATH_BYTES`.
-pub fn check_path_length(relative: &Path) -> io::Result<()> {
+pub(crate) fn check_path_length(relative: &Path) -> io::Result<()> {
     if relative.as_os_str().len() <= MAX_RELATIVE_PATH_BYTES {
         return Ok(());
     }
@@ -46,7 +46,7 @@ pub fn check_path_length(relative: &Path) -> io::Result<()> {
 
 /// An open directory of a target tree.
 #[derive(Debug)]
-pub struct TargetDir {
+pub(crate) struct TargetDir {
     fd: OwnedFd,
     /// Where it is, for messages only.
     path: PathBuf,
@@ -101,7 +101,7 @@ impl TargetDir {
     /// above it are followed, as they are by rsync and cp; the target itself must be a
     /// directory, not a symlink, as the callers checked); with `create`, creates it and its
     /// missing parents first.
-    pub fn open(path: &Path, create: bool) -> io::Result<TargetDir> {
+    pub(crate) fn open(path: &Path, create: bool) -> io::Result<TargetDir> {
         raise_open_file_limit();
         if create {
             std::fs::create_dir_all(path)?;
@@ -116,22 +116,22 @@ impl TargetDir {
     }
 
     /// Where this directory is, for messages.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Where entry `name` of this directory is, for messages.
-    pub fn child_path(&self, name: &[u8]) -> PathBuf {
+    pub(crate) fn child_path(&self, name: &[u8]) -> PathBuf {
         self.path.join(OsStr::from_bytes(name))
     }
 
     /// The directory's descriptor, for setting its metadata.
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 
     /// The metadata of entry `name` (a symlink is not followed); `None` when there is none.
-    pub fn metadata(&self, name: &[u8]) -> io::Result<Option<std::fs::Metadata>> {
+    pub(crate) fn metadata(&self, name: &[u8]) -> io::Result<Option<std::fs::Metadata>> {
         let c = c_name(name)?;
         // SAFETY: the descriptor is open and c is a valid NUL-terminated name.
         let fd = unsafe {
@@ -149,7 +149,7 @@ impl TargetDir {
     }
 
     /// Opens subdirectory `name`; fails when it is a symlink or not a directory.
-    pub fn open_dir(&self, name: &[u8]) -> io::Result<TargetDir> {
+    pub(crate) fn open_dir(&self, name: &[u8]) -> io::Result<TargetDir> {
         let mut dir = self.open_unnamed_dir(name)?;
         dir.path = self.child_path(name);
         Ok(dir)
@@ -168,7 +168,7 @@ impl TargetDir {
 
     /// Opens the directory at `relative` beneath this one, one name at a time, never
     /// following a symlink; an empty path opens this directory again.
-    pub fn open_beneath(&self, relative: &Path) -> io::Result<TargetDir> {
+    pub(crate) fn open_beneath(&self, relative: &Path) -> io::Result<TargetDir> {
         // SAFETY: the descriptor is open and "." is a valid NUL-terminated name.
         let fd = owned(unsafe { libc::openat(self.fd.as_raw_fd(), c".".as_ptr(), DIR_FLAGS) })?;
         let mut dir = TargetDir {
@@ -189,21 +189,21 @@ impl TargetDir {
 
     /// The directory holding `relative` (a path beneath this one), opened as `open_beneath`
     /// does, and the last name of `relative`.
-    pub fn open_parent<'a>(&self, relative: &'a Path) -> io::Result<(TargetDir, &'a [u8])> {
+    pub(crate) fn open_parent<'a>(&self, relative: &'a Path) -> io::Result<(TargetDir, &'a [u8])> {
         let name = relative.file_name().map_or(&[][..], |n| n.as_bytes());
         let parent = self.open_beneath(relative.parent().unwrap_or(Path::new("")))?;
         Ok((parent, name))
     }
 
     /// Creates subdirectory `name`, private until its metadata is applied.
-    pub fn make_dir(&self, name: &[u8]) -> io::Result<()> {
+    pub(crate) fn make_dir(&self, name: &[u8]) -> io::Result<()> {
         let c = c_name(name)?;
         // SAFETY: the descriptor is open and c is a valid NUL-terminated name.
         check(unsafe { libc::mkdirat(self.fd.as_raw_fd(), c.as_ptr(), 0o700) })
     }
 
     /// Opens subdirectory `name`, first replacing whatever else is there by a new directory.
-    pub fn ensure_dir(&self, name: &[u8]) -> io::Result<TargetDir> {
+    pub(crate) fn ensure_dir(&self, name: &[u8]) -> io::Result<TargetDir> {
         match self.metadata(name)? {
             Some(m) if m.is_dir() => {}
             Some(_) => {
@@ -216,7 +216,7 @@ impl TargetDir {
     }
 
     /// Creates regular file `name`, which must not exist, open for reading and writing.
-    pub fn create_file(&self, name: &[u8]) -> io::Result<File> {
+    pub(crate) fn create_file(&self, name: &[u8]) -> io::Result<File> {
         let c = c_name(name)?;
         let flags =
             libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
@@ -227,7 +227,7 @@ impl TargetDir {
 
     /// Opens regular file `name` for reading; fails when it is anything else (a FIFO is not
     /// waited on, a symlink not followed).
-    pub fn open_file(&self, name: &[u8]) -> io::Result<File> {
+    pub(crate) fn open_file(&self, name: &[u8]) -> io::Result<File> {
         let c = c_name(name)?;
         let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
         // SAFETY: the descriptor is open and c is a valid NUL-terminated name.
@@ -244,14 +244,14 @@ impl TargetDir {
     }
 
     /// Creates symlink `name` pointing at `target`.
-    pub fn symlink(&self, target: &[u8], name: &[u8]) -> io::Result<()> {
+    pub(crate) fn symlink(&self, target: &[u8], name: &[u8]) -> io::Result<()> {
         let (target, c) = (c_name(target)?, c_name(name)?);
         // SAFETY: both are valid NUL-terminated strings and the descriptor is open.
         check(unsafe { libc::symlinkat(target.as_ptr(), self.fd.as_raw_fd(), c.as_ptr()) })
     }
 
     /// Creates FIFO or device node `name`, mode 0600 until its metadata is applied.
-    pub fn make_node(&self, name: &[u8], kind: Shape<'_>) -> io::Result<()> {
+    pub(crate) fn make_node(&self, name: &[u8], kind: Shape<'_>) -> io::Result<()> {
         let (type_bits, rdev) = match kind {
             Shape::Fifo => (libc::S_IFIFO, 0),
             Shape::CharDevice(rdev) => (libc::S_IFCHR, rdev),
@@ -277,7 +277,12 @@ impl TargetDir {
 
     /// Makes `name` a hard link of `from_name` in directory `from` (a symlink is linked as
     /// itself, never followed).
-    pub fn hard_link(&self, from: &TargetDir, from_name: &[u8], name: &[u8]) -> io::Result<()> {
+    pub(crate) fn hard_link(
+        &self,
+        from: &TargetDir,
+        from_name: &[u8],
+        name: &[u8],
+    ) -> io::Result<()> {
         let (from_c, c) = (c_name(from_name)?, c_name(name)?);
         // SAFETY: both descriptors are open and both names valid NUL-terminated strings.
         check(unsafe {
@@ -292,7 +297,7 @@ impl TargetDir {
     }
 
     /// Renames entry `from` of this directory to `to`, replacing what `to` was.
-    pub fn rename(&self, from: &[u8], to: &[u8]) -> io::Result<()> {
+    pub(crate) fn rename(&self, from: &[u8], to: &[u8]) -> io::Result<()> {
         let (from_c, to_c) = (c_name(from)?, c_name(to)?);
         let fd = self.fd.as_raw_fd();
         // SAFETY: the descriptor is open and both names are valid NUL-terminated strings.
@@ -300,7 +305,7 @@ impl TargetDir {
     }
 
     /// The target of symlink `name`.
-    pub fn read_link(&self, name: &[u8]) -> io::Result<Vec<u8>> {
+    pub(crate) fn read_link(&self, name: &[u8]) -> io::Result<Vec<u8>> {
         let c = c_name(name)?;
         let mut buffer = vec![0u8; 256];
         loop {
@@ -330,7 +335,7 @@ impl TargetDir {
     }
 
     /// The names in this directory (without `.` and `..`), in no particular order.
-    pub fn names(&self) -> io::Result<Vec<Vec<u8>>> {
+    pub(crate) fn names(&self) -> io::Result<Vec<Vec<u8>>> {
         // A descriptor of its own, which closedir closes.
         // SAFETY: the descriptor is open and "." is a valid NUL-terminated name.
         let fd = owned(unsafe { libc::openat(self.fd.as_raw_fd(), c".".as_ptr(), DIR_FLAGS) })?;
@@ -366,7 +371,7 @@ impl TargetDir {
 
     /// Removes whatever is at `name`: a file, a symlink (never followed) or a whole directory
     /// tree, walked with an explicit stack of descriptors. Nothing there is fine.
-    pub fn remove(&self, name: &[u8]) -> io::Result<()> {
+    pub(crate) fn remove(&self, name: &[u8]) -> io::Result<()> {
         self.remove_each(name, false, &mut |_, _| true).map(|_| ())
     }
 
@@ -375,7 +380,7 @@ impl TargetDir {
     /// directory): what `--delete` lists and counts. A directory goes only once everything
     /// in it has; the first refusal stops the walk. With `dry_run` nothing is removed, only
     /// asked. Returns whether all of `name` was (or would be) removed.
-    pub fn remove_each(
+    pub(crate) fn remove_each(
         &self,
         name: &[u8],
         dry_run: bool,
@@ -449,7 +454,7 @@ impl TargetDir {
     }
 
     /// Removes non-directory entry `name`.
-    pub fn unlink(&self, name: &[u8]) -> io::Result<()> {
+    pub(crate) fn unlink(&self, name: &[u8]) -> io::Result<()> {
         let c = c_name(name)?;
         // SAFETY: the descriptor is open and c is a valid NUL-terminated name.
         check(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) })
@@ -463,7 +468,7 @@ impl TargetDir {
 }
 
 /// Whether `metadata` is of the kind `kind` names (a device of any number).
-pub fn same_kind(metadata: &Metadata, kind: Shape<'_>) -> bool {
+pub(crate) fn same_kind(metadata: &Metadata, kind: Shape<'_>) -> bool {
     let file_type = metadata.file_type();
     match kind {
         Shape::File => file_type.is_file(),
@@ -479,7 +484,7 @@ pub fn same_kind(metadata: &Metadata, kind: Shape<'_>) -> bool {
 /// kind, no more names than the entry has (a hard link planted to a file elsewhere has more),
 /// and owned by the entry's owner or by this process, so a chown or chmod never turns
 /// someone else's file (a binary, say) into the entry's, setuid bits and all.
-pub fn may_adjust_in_place(metadata: &Metadata, entry: &Entry<impl Kind>) -> bool {
+pub(crate) fn may_adjust_in_place(metadata: &Metadata, entry: &Entry<impl Kind>) -> bool {
     // SAFETY: geteuid has no preconditions.
     let this_process = unsafe { libc::geteuid() };
     same_kind(metadata, entry.kind.shape())
@@ -501,7 +506,7 @@ impl TargetDir {
 
     /// The xattrs of entry `name` (`.` for this directory), sorted by name, read on its
     /// pinned inode (a symlink's own, never followed); none where the filesystem has none.
-    pub fn xattrs(&self, name: &[u8]) -> io::Result<Vec<Xattr>> {
+    pub(crate) fn xattrs(&self, name: &[u8]) -> io::Result<Vec<Xattr>> {
         let pinned = self.pin(name)?;
         // The magic link leads to the pinned inode itself, a symlink included.
         read_xattrs_through(Path::new(&format!("/proc/self/fd/{}", pinned.as_raw_fd())))
@@ -512,7 +517,11 @@ impl TargetDir {
     /// file left in place. The inode is pinned with `O_PATH | O_NOFOLLOW` and checked with
     /// `may_adjust_in_place` first; `false` (nothing set) when it fails that check. A symlink
     /// gets its times and xattrs beside its directory's descriptor, never followed.
-    pub fn set_metadata_at(&self, name: &[u8], entry: &Entry<impl Kind>) -> io::Result<bool> {
+    pub(crate) fn set_metadata_at(
+        &self,
+        name: &[u8],
+        entry: &Entry<impl Kind>,
+    ) -> io::Result<bool> {
         let c = c_name(name)?;
         let pinned = self.pin(name)?;
         if !may_adjust_in_place(&pinned.metadata()?, entry) {
@@ -551,7 +560,11 @@ impl TargetDir {
 
     /// `set_metadata_at` for a symlink or special file this run has just made: one that fails
     /// the check was put there by someone else meanwhile, an error.
-    pub fn set_metadata_of_new(&self, name: &[u8], entry: &Entry<impl Kind>) -> io::Result<()> {
+    pub(crate) fn set_metadata_of_new(
+        &self,
+        name: &[u8],
+        entry: &Entry<impl Kind>,
+    ) -> io::Result<()> {
         if self.set_metadata_at(name, entry)? {
             return Ok(());
         }
@@ -585,7 +598,7 @@ impl TargetDir {
 /// the whole costs one open per directory however deep the tree. A directory replaced
 /// meanwhile (by a symlink, say) is reported, never followed: the paths that failed come back
 /// with why.
-pub fn set_directories_metadata(
+pub(crate) fn set_directories_metadata(
     root: &TargetDir,
     dirs: &[(PathBuf, Entry<impl Kind>)],
 ) -> Vec<(PathBuf, String)> {
@@ -626,7 +639,7 @@ pub fn set_directories_metadata(
 
 /// Applies owner (when root), mode, xattrs and times of `entry` to the open file or
 /// directory `fd`; `shown` names it in warnings.
-pub fn set_metadata_of(
+pub(crate) fn set_metadata_of(
     fd: BorrowedFd<'_>,
     entry: &Entry<impl Kind>,
     shown: &Path,
@@ -724,7 +737,7 @@ fn entry_times(entry: &Entry<impl Kind>) -> [libc::timespec; 2] {
 
 /// `base` with `components` applied by their text alone: a name is pushed, `..` takes away
 /// the last name (never above `/`), anything else is nothing.
-pub fn apply_lexically<'a>(
+pub(crate) fn apply_lexically<'a>(
     mut base: PathBuf,
     components: impl IntoIterator<Item = &'a Component<'a>>,
 ) -> PathBuf {
@@ -743,7 +756,7 @@ pub fn apply_lexically<'a>(
 /// `path` with its deepest existing ancestor resolved (symlinks and all) and the rest, which
 /// does not exist yet and will be created as plain directories, appended with `.` and `..`
 /// applied: where a target will really be, to compare with a source.
-pub fn resolve_future_path(path: &Path) -> io::Result<PathBuf> {
+pub(crate) fn resolve_future_path(path: &Path) -> io::Result<PathBuf> {
     let absolute = std::path::absolute(path)?;
     let components: Vec<Component> = absolute.components().collect();
     for existing in (1..=components.len()).rev() {

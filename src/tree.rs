@@ -448,7 +448,7 @@ pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    pub fn arb_entry() -> impl Strategy<Value = Entry> {
+    pub(crate) fn arb_entry() -> impl Strategy<Value = Entry> {
         let kind = prop_oneof![
             proptest::collection::vec((any::<[u8; 32]>(), any::<u32>()), 0..4).prop_map(|c| {
                 EntryKind::File(Content::Chunks(

@@ -59,7 +59,7 @@ fn worked_example_of_format_md_holds() {
 
 #[test]
 fn sealed_settings_json_is_the_one_format_md_shows() {
-    use cairn::chunker::ChunkerParams;
+    use cairn::repo::config::ChunkerParams;
     use cairn::repo::config::{EncryptionMode, FORMAT_VERSION, Settings};
     let settings = Settings {
         cairn_repository: FORMAT_VERSION,

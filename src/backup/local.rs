@@ -84,7 +84,7 @@ pub(super) struct LocalSource {
 impl LocalSource {
     /// Checks the inputs of a backup: usable tags, source paths that exist, and distinct
     /// base names when there are several.
-    pub fn check(options: &BackupOptions) -> Result<Self> {
+    pub(super) fn check(options: &BackupOptions) -> Result<Self> {
         if let Some(tag) = options
             .tags
             .iter()
@@ -141,7 +141,7 @@ impl LocalSource {
 
     /// How the engine runs for `options`: at low priority, one read in flight at a time
     /// (one file worker, no read-ahead hints, no parent trees decoded ahead).
-    pub fn settings(&self, options: &BackupOptions) -> Settings {
+    pub(super) fn settings(&self, options: &BackupOptions) -> Settings {
         let one_at_a_time = options.one_read_at_a_time;
         Settings {
             purpose: "backup",

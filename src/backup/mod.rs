@@ -168,7 +168,7 @@ pub(crate) struct Started {
 }
 
 impl Started {
-    pub fn now() -> Self {
+    pub(crate) fn now() -> Self {
         Started {
             at: Instant::now(),
             time: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),

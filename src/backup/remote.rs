@@ -45,7 +45,7 @@ pub(crate) struct ServedSource<'a> {
 impl<'a> ServedSource<'a> {
     /// `source`, pulled (a dry run fetches no chunk); asks the server where the source
     /// lives, to name the checkpoint.
-    pub fn new(source: &'a RemoteSource, dry_run: bool) -> Self {
+    pub(crate) fn new(source: &'a RemoteSource, dry_run: bool) -> Self {
         let (host, path) = match source.about() {
             Some(about) => (about.host, about.path),
             None => source_identity(source.url()),
@@ -65,7 +65,7 @@ impl<'a> ServedSource<'a> {
     }
 
     /// How the engine runs a pull with `transfers` parallel transfers.
-    pub fn settings(&self, transfers: usize) -> Settings {
+    pub(crate) fn settings(&self, transfers: usize) -> Settings {
         Settings {
             purpose: "sync",
             tags: Vec::new(),
@@ -76,12 +76,12 @@ impl<'a> ServedSource<'a> {
     }
 
     /// Chunks a dry run would have asked for.
-    pub fn planned_chunks(&self) -> u64 {
+    pub(crate) fn planned_chunks(&self) -> u64 {
         self.planned.load(Ordering::Relaxed)
     }
 
     /// Chunks of changed files the repository already held.
-    pub fn chunks_held(&self) -> u64 {
+    pub(crate) fn chunks_held(&self) -> u64 {
         self.skipped.load(Ordering::Relaxed)
     }
 }

@@ -66,7 +66,11 @@ struct Level<P> {
 
 impl<S: Source> Walker<'_, S> {
     /// Walks the whole source from `root`; returns where the root tree's id will arrive.
-    pub fn walk(&self, root: Root<S::Path>, parent: Option<Arc<Tree>>) -> Result<Receiver<TreeId>> {
+    pub(super) fn walk(
+        &self,
+        root: Root<S::Path>,
+        parent: Option<Arc<Tree>>,
+    ) -> Result<Receiver<TreeId>> {
         let first = match root {
             Root::Dir { path, .. } => self.open_level(path, parent, None)?,
             Root::Paths(paths) => {

@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 
 /// `rel` as messages name it.
-pub fn shown(rel: &[u8]) -> String {
+pub(crate) fn shown(rel: &[u8]) -> String {
     format!("path {:?}", String::from_utf8_lossy(rel))
 }
 
@@ -18,7 +18,7 @@ pub fn shown(rel: &[u8]) -> String {
 /// with no symlink anywhere on the way (`openat2` with `RESOLVE_BENEATH |
 /// RESOLVE_NO_SYMLINKS`), so a directory swapped for a symlink meanwhile cannot lead
 /// outside `root`.
-pub fn open_beneath(root: &Path, rel: &[u8], flags: i32) -> Result<fs::File> {
+pub(crate) fn open_beneath(root: &Path, rel: &[u8], flags: i32) -> Result<fs::File> {
     let valid = rel.is_empty() || rel.split(|&b| b == b'/').all(crate::tree::is_valid_name);
     if !valid {
         return Err(Error::InvalidInput(format!(
@@ -71,6 +71,6 @@ pub fn open_beneath(root: &Path, rel: &[u8], flags: i32) -> Result<fs::File> {
 
 /// A path that reaches into the open directory `dir` through /proc, for the calls that need a
 /// path (listing, readlink, xattrs) without resolving the source path again.
-pub fn fd_path(dir: &fs::File) -> PathBuf {
+pub(crate) fn fd_path(dir: &fs::File) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()))
 }

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 /// Builds the entry for `name` from its `lstat` metadata, with the given kind.
-pub fn entry_from_metadata<K: Kind>(
+pub(crate) fn entry_from_metadata<K: Kind>(
     name: Vec<u8>,
     metadata: &Metadata,
     kind: K,
@@ -50,7 +50,7 @@ pub(crate) fn local_entry(child: &fs::DirEntry) -> std::io::Result<Option<Listed
 }
 
 /// The entry of `path` (not following a symlink), named `name`; `None` for a socket.
-pub fn path_entry(path: &Path, name: Vec<u8>) -> std::io::Result<Option<Listed>> {
+pub(crate) fn path_entry(path: &Path, name: Vec<u8>) -> std::io::Result<Option<Listed>> {
     listed_entry(path, name, &fs::symlink_metadata(path)?)
 }
 
@@ -86,24 +86,24 @@ pub(crate) fn listed_entry(
 }
 
 /// Modification time in nanoseconds since the epoch.
-pub fn mtime_ns(metadata: &Metadata) -> i128 {
+pub(crate) fn mtime_ns(metadata: &Metadata) -> i128 {
     timestamp::from_parts(metadata.mtime(), metadata.mtime_nsec())
 }
 
 /// Status-change time in nanoseconds since the epoch.
-pub fn ctime_ns(metadata: &Metadata) -> i128 {
+pub(crate) fn ctime_ns(metadata: &Metadata) -> i128 {
     timestamp::from_parts(metadata.ctime(), metadata.ctime_nsec())
 }
 
 /// The extended attributes of `path` (not following symlinks), sorted by name. Filesystems
 /// without xattr support give none.
-pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<Xattr>> {
+pub(crate) fn read_xattrs(path: &Path) -> std::io::Result<Vec<Xattr>> {
     xattrs_of(path, false)
 }
 
 /// `read_xattrs` of what `path` leads to: a descriptor's `/proc/self/fd` link, which reaches
 /// the inode it holds, a symlink's own included.
-pub fn read_xattrs_through(path: &Path) -> std::io::Result<Vec<Xattr>> {
+pub(crate) fn read_xattrs_through(path: &Path) -> std::io::Result<Vec<Xattr>> {
     xattrs_of(path, true)
 }
 
@@ -193,7 +193,7 @@ fn group_name(gid: u32) -> Option<String> {
 }
 
 /// Whether xattr `name` is a POSIX ACL (`system.posix_acl_access`, `_default`).
-pub fn is_acl_xattr(name: &[u8]) -> bool {
+pub(crate) fn is_acl_xattr(name: &[u8]) -> bool {
     name.starts_with(b"system.posix_acl_")
 }
 
@@ -202,7 +202,7 @@ pub fn is_acl_xattr(name: &[u8]) -> bool {
 /// run `as_root`, every other namespace too except the rest of `system.*` (the kernel's)
 /// and `security.selinux`, a label the target system's policy assigns. Backups record every
 /// xattr; the ones outside are neither copied nor touched in the target.
-pub fn manages_xattr(name: &[u8], as_root: bool) -> bool {
+pub(crate) fn manages_xattr(name: &[u8], as_root: bool) -> bool {
     if name.starts_with(b"user.") || is_acl_xattr(name) {
         return true;
     }
@@ -210,7 +210,7 @@ pub fn manages_xattr(name: &[u8], as_root: bool) -> bool {
 }
 
 /// Whether this process may set owners and create device nodes.
-pub fn running_as_root() -> bool {
+pub(crate) fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }

@@ -3,7 +3,8 @@
 //! with holes (`sparse`), and reads and transfers held to a rate (`throttle`). Writing a target
 //! tree belongs to `target`.
 
-pub mod beneath;
-pub mod meta;
-pub mod sparse;
+#[cfg(feature = "server")]
+pub(crate) mod beneath;
+pub(crate) mod meta;
+pub(crate) mod sparse;
 pub mod throttle;

@@ -6,10 +6,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 /// Runs of zero bytes at least this long, aligned to it, are left as holes.
-pub const HOLE_BLOCK_BYTES: usize = 4096;
+pub(crate) const HOLE_BLOCK_BYTES: usize = 4096;
 
 /// Writes `data` at `offset`, skipping aligned all-zero blocks so they stay holes.
-pub fn write_sparse(file: &fs::File, offset: u64, data: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_sparse(file: &fs::File, offset: u64, data: &[u8]) -> std::io::Result<()> {
     let mut run_start = None;
     let mut at = 0;
     while at < data.len() {
@@ -36,7 +36,7 @@ const FILL_BYTES: usize = 1 << 20;
 
 /// Writes zeros into every hole of `file` (found with `SEEK_HOLE`/`SEEK_DATA`), so a file
 /// written with `write_sparse` becomes dense: what restore and sync give without `--sparse`.
-pub fn fill_holes(file: &fs::File) -> std::io::Result<()> {
+pub(crate) fn fill_holes(file: &fs::File) -> std::io::Result<()> {
     let size = file.metadata()?.len();
     let mut zeros = Vec::new();
     let mut at = 0;

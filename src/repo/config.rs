@@ -6,7 +6,7 @@
 //! the key check that tells a wrong key apart from a corrupt object. Format 1 sealed only the
 //! repository id (`key_check`); such configs are still read.
 
-use crate::chunker::ChunkerParams;
+pub use crate::chunker::ChunkerParams;
 use serde::{Deserialize, Serialize};
 
 /// The repository format version this build writes.

@@ -13,10 +13,10 @@ pub mod layers;
 pub mod lock;
 pub mod objects;
 pub mod pack;
-pub mod remembered;
+pub(crate) mod remembered;
 #[cfg(feature = "s3")]
 pub mod s3;
-pub mod tree_cache;
+pub(crate) mod tree_cache;
 pub mod writer;
 
 use crate::chunker::{Chunker, ChunkerParams};

@@ -18,13 +18,13 @@ use std::path::{Path, PathBuf};
 const SETTINGS_FILE_NAME: &str = "settings.json";
 
 /// The settings remembered for one repository id.
-pub struct RememberedSettings {
+pub(crate) struct RememberedSettings {
     path: PathBuf,
 }
 
 impl RememberedSettings {
     /// The settings remembered in `repository_cache` (`<cache root>/<id>`).
-    pub fn at(repository_cache: &Path) -> Self {
+    pub(crate) fn at(repository_cache: &Path) -> Self {
         RememberedSettings {
             path: repository_cache.join(SETTINGS_FILE_NAME),
         }
@@ -48,7 +48,7 @@ impl RememberedSettings {
     }
 
     /// Fails when this machine remembers other settings for the repository than `now`.
-    pub fn check(&self, now: &Settings, location: &str) -> Result<()> {
+    pub(crate) fn check(&self, now: &Settings, location: &str) -> Result<()> {
         let Some(remembered) = self.read()? else {
             return Ok(());
         };
@@ -68,7 +68,7 @@ impl RememberedSettings {
     }
 
     /// Records `settings` unless settings are remembered already.
-    pub fn remember(&self, settings: &Settings) -> Result<()> {
+    pub(crate) fn remember(&self, settings: &Settings) -> Result<()> {
         if self.read()?.is_some() {
             return Ok(());
         }

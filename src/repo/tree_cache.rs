@@ -17,12 +17,12 @@ use std::path::PathBuf;
 
 /// Where kept trees live; `None` for a repository on a local disk, where a tree is a read of
 /// a local pack anyway.
-pub struct TreeCache {
+pub(crate) struct TreeCache {
     dir: Option<PathBuf>,
 }
 
 impl TreeCache {
-    pub fn in_dir(dir: Option<PathBuf>) -> Self {
+    pub(crate) fn in_dir(dir: Option<PathBuf>) -> Self {
         TreeCache { dir }
     }
 
@@ -32,7 +32,7 @@ impl TreeCache {
     }
 
     /// The plaintext of tree `id` if it is kept and opens to bytes with that id.
-    pub fn get(&self, codec: &Codec, id: &BlobId) -> Option<Vec<u8>> {
+    pub(crate) fn get(&self, codec: &Codec, id: &BlobId) -> Option<Vec<u8>> {
         let stored = std::fs::read(self.path_of(id)?).ok()?;
         let plaintext = codec
             .decode(&stored, u64::from(MAX_TREE_BYTES), &|| {
@@ -44,7 +44,7 @@ impl TreeCache {
 
     /// Keeps tree `id`, stored form `stored` (as `Codec::encode` made it). A failure only
     /// means the tree is read from the repository next time.
-    pub fn put(&self, id: &BlobId, stored: &[u8]) {
+    pub(crate) fn put(&self, id: &BlobId, stored: &[u8]) {
         let Some(path) = self.path_of(id) else {
             return;
         };

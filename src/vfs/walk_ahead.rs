@@ -250,7 +250,11 @@ pub(super) struct WalkAhead {
 impl WalkAhead {
     /// Starts the walker thread over `repo`, loading trees through `trees`; chunks the
     /// reader has used up go to `chunks`.
-    pub fn new(repo: Arc<Repository>, trees: Arc<TreeCache>, chunks: Arc<ChunkCache>) -> Self {
+    pub(super) fn new(
+        repo: Arc<Repository>,
+        trees: Arc<TreeCache>,
+        chunks: Arc<ChunkCache>,
+    ) -> Self {
         let shared = Arc::new(Shared::default());
         let walker = shared.clone();
         let (batches, to_fetch) = bounded(1);
@@ -263,7 +267,7 @@ impl WalkAhead {
     }
 
     /// Moves the walk to `start`: the reader is reading there now.
-    pub fn start_at(&self, start: WalkStart) {
+    pub(super) fn start_at(&self, start: WalkStart) {
         let mut state = self.shared.lock();
         tracing::debug!(
             "the walk ahead moves, dropping {} chunks ({} bytes)",
@@ -285,13 +289,13 @@ impl WalkAhead {
     /// Chunk `id` for the reader when the walk holds it, waiting for it while the walk reads
     /// it; `None` when the walk does not have it. The reader is then at the chunk's place in
     /// the walk; `through_end` says it has read the chunk to its end, which uses it up.
-    pub fn take(&self, id: &BlobId, through_end: bool) -> Option<Arc<Vec<u8>>> {
+    pub(super) fn take(&self, id: &BlobId, through_end: bool) -> Option<Arc<Vec<u8>>> {
         self.take_at(id, through_end, true)
     }
 
     /// Chunk `id`, used up, for a file start handed to the kernel ahead of the reader (which
     /// stays where it is); like `take` otherwise.
-    pub fn take_ahead(&self, id: &BlobId) -> Option<Arc<Vec<u8>>> {
+    pub(super) fn take_ahead(&self, id: &BlobId) -> Option<Arc<Vec<u8>>> {
         self.take_at(id, true, false)
     }
 

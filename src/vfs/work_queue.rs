@@ -25,7 +25,7 @@ pub(super) struct WorkQueue<T> {
 
 impl<T> WorkQueue<T> {
     /// A queue that holds `capacity` items at most.
-    pub fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize) -> Self {
         WorkQueue {
             queue: Mutex::new(Queue {
                 items: VecDeque::with_capacity(capacity),
@@ -38,7 +38,7 @@ impl<T> WorkQueue<T> {
     }
 
     /// Queues `item`; false (the item dropped) when the queue is full or closed.
-    pub fn try_push(&self, item: T) -> bool {
+    pub(super) fn try_push(&self, item: T) -> bool {
         let mut queue = self.queue.lock().expect("not poisoned");
         if queue.closed || queue.items.len() >= self.capacity {
             return false;
@@ -53,7 +53,7 @@ impl<T> WorkQueue<T> {
     }
 
     /// The oldest item, waiting for one; `None` once the queue is closed.
-    pub fn pop(&self) -> Option<T> {
+    pub(super) fn pop(&self) -> Option<T> {
         let mut queue = self.queue.lock().expect("not poisoned");
         loop {
             if queue.closed {
@@ -69,7 +69,7 @@ impl<T> WorkQueue<T> {
     }
 
     /// Drops what is queued and ends every `pop`, now and later.
-    pub fn close(&self) {
+    pub(super) fn close(&self) {
         let mut queue = self.queue.lock().expect("not poisoned");
         queue.closed = true;
         queue.items.clear();
