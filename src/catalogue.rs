@@ -52,7 +52,7 @@
 //! whether it has extended attributes (one byte, 0 or 1).
 
 use crate::checkpoint::{self, Checkpoint, Label, RootStat};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Missing, Result};
 use crate::history::{PathHistory, TreeLoader, path_history};
 use crate::id::{CheckpointId, ID_BYTES};
 use crate::repo::Repository;
@@ -300,7 +300,12 @@ impl Catalogue {
         read_again: &mut Vec<(CheckpointId, Checkpoint)>,
     ) -> Result<Checkpoint> {
         let from_log = frame
-            .ok_or_else(|| Error::NotFound(self.path.display().to_string()))
+            .ok_or_else(|| {
+                Error::not_found(
+                    Missing::LocalPath(self.path.clone()),
+                    self.path.display().to_string(),
+                )
+            })
             .and_then(|frame| self.checked_record(repo.codec(), &summary.id, frame));
         let error = match from_log {
             Ok(record) => return Ok(record),

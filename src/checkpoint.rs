@@ -6,7 +6,7 @@
 //! checkpoint a [`CheckpointFilter`] lets through (host, paths, tags; all of them by default).
 
 use crate::catalogue::Listing;
-use crate::error::{Error, Result};
+use crate::error::{Error, Missing, Result};
 use crate::id::{CheckpointId, TreeId};
 use crate::repo::Repository;
 use crate::repo::objects::ObjectKind;
@@ -396,14 +396,13 @@ pub fn resolve_matching(
         }
         return Err({
             let location = repo.backend().location();
-            Error::NotFound(if filter.is_empty() {
+            let asked = filter.describe();
+            let message = if filter.is_empty() {
                 format!("repository {location} has no checkpoints yet")
             } else {
-                format!(
-                    "no checkpoint in {location} matches {}; `cairn list` shows them all",
-                    filter.describe()
-                )
-            })
+                format!("no checkpoint in {location} matches {asked}; `cairn list` shows them all")
+            };
+            Error::not_found(Missing::Checkpoint { asked }, message)
         });
     }
     let reference = reference.to_ascii_lowercase();
@@ -421,9 +420,12 @@ pub fn resolve_matching(
             id: *id,
             record: load(repo, id)?,
         }),
-        [] => Err(Error::NotFound(format!(
-            "no checkpoint matches {reference:?}; `cairn list` shows them"
-        ))),
+        [] => Err(Error::not_found(
+            Missing::Checkpoint {
+                asked: reference.clone(),
+            },
+            format!("no checkpoint matches {reference:?}; `cairn list` shows them"),
+        )),
         many => Err(Error::InvalidInput(format!(
             "{reference:?} is ambiguous: it matches {} checkpoints ({}); give more digits",
             many.len(),

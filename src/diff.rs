@@ -297,6 +297,7 @@ mod tests {
     use crate::backup::{self, BackupOptions, Progress};
     use crate::repo::backend::{Backend, LocalBackend, ObjectInfo};
     use crate::repo::config::EncryptionMode;
+    use crate::repo::layers::pass_through;
     use crate::repo::pack::pack_object_name;
     use crate::repo::{InitOptions, Secret};
     use crate::tree::find_entry;
@@ -313,27 +314,10 @@ mod tests {
     }
 
     impl Backend for RecordingBackend {
-        fn location(&self) -> String {
-            self.inner.location()
-        }
-        fn get(&self, name: &str) -> Result<Vec<u8>> {
-            self.inner.get(name)
-        }
+        pass_through!(location, get, put, list, delete, exists);
         fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
             self.reads.lock().unwrap().push((name.to_owned(), offset));
             self.inner.get_range(name, offset, length)
-        }
-        fn put(&self, name: &str, data: &[u8]) -> Result<()> {
-            self.inner.put(name, data)
-        }
-        fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-            self.inner.list(prefix)
-        }
-        fn delete(&self, name: &str) -> Result<()> {
-            self.inner.delete(name)
-        }
-        fn exists(&self, name: &str) -> Result<bool> {
-            self.inner.exists(name)
         }
     }
 

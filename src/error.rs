@@ -1,9 +1,15 @@
-//! The library's error type. Every error carries the path, object or id it concerns, and
-//! `kind()` sorts it into the few classes callers act on. Integrity failures (a MAC or hash
+//! The library's error type. Every error says in its text what it concerns, and `kind()`
+//! sorts it into the few classes callers act on. What a caller may act on beyond the class
+//! is typed: a `NotFound` carries what was missing (`Missing`: a repository, an object, a
+//! blob, a checkpoint, a path, a key), a `Locked` what stood in the way (`LockConflict`: whose
+//! lock, or this run's own gone stale). `InvalidInput` is a request a person must correct and
+//! carries only its text, which names the argument and what to give instead. Integrity failures (a MAC or hash
 //! that does not match) are `Corrupt` and never folded into `Io`: they mean the repository
 //! holds wrong bytes, not that the disk said no.
 
+use crate::id::BlobId;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// A problem with one path that a run went on without: a source file that could not be read,
 /// a target entry that could not be written, or one left out for a reason (a device node when
@@ -12,6 +18,52 @@ use std::path::PathBuf;
 pub struct PathError {
     pub path: PathBuf,
     pub message: String,
+}
+
+/// What a `NotFound` error looked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Missing {
+    /// No repository at this location (no config object).
+    Repository { location: String },
+    /// An object of a store, by name (a pack, an index file, a record).
+    Object { name: String },
+    /// A blob no index file lists.
+    Blob(BlobId),
+    /// A checkpoint matching what was asked: an id prefix or a filter's description (empty:
+    /// any checkpoint at all).
+    Checkpoint { asked: String },
+    /// A path inside a checkpoint, or a component of it that is not a directory.
+    PathInCheckpoint { path: String },
+    /// A key of the repository matching an id prefix.
+    Key { asked: String },
+    /// A local path (a mount point, a cache file).
+    LocalPath(PathBuf),
+    /// What a server was asked for and does not have (the request, as described).
+    OnServer { asked: String },
+}
+
+/// What kept a run from its lock, in a `Locked` error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LockConflict {
+    /// Another run's lock: its object's name and what the run wrote into it.
+    HeldBy {
+        lock: String,
+        host: String,
+        pid: u32,
+        purpose: String,
+        exclusive: bool,
+        /// When the lock was taken or last refreshed (RFC 3339).
+        since: String,
+    },
+    /// A lock that could not be read stands in the way of an exclusive one.
+    Unreadable { lock: String },
+    /// Locks kept appearing and vanishing while they were read.
+    KeptChanging,
+    /// This run's own lock was last written this long ago and may look stale to others, so
+    /// the run stopped before committing anything.
+    OwnLockStale { age: Duration },
 }
 
 /// The classes of failure a caller can act on.
@@ -44,12 +96,15 @@ pub enum Error {
     Corrupt { location: String, what: String },
     #[error("{0}")]
     WrongKey(String),
-    #[error("{0}")]
-    NotFound(String),
+    #[error("{message}")]
+    NotFound { missing: Missing, message: String },
     #[error("{0}")]
     InvalidInput(String),
-    #[error("{0}")]
-    Locked(String),
+    #[error("{message}")]
+    Locked {
+        conflict: Box<LockConflict>,
+        message: String,
+    },
     /// A signal asked the run to stop; what it wrote so far is kept.
     #[error("interrupted")]
     Interrupted,
@@ -80,9 +135,9 @@ impl Error {
             }
             Error::Corrupt { .. } | Error::Tampered { .. } => ErrorKind::Corrupt,
             Error::WrongKey(_) => ErrorKind::Crypto,
-            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::NotFound { .. } => ErrorKind::NotFound,
             Error::InvalidInput(_) => ErrorKind::InvalidInput,
-            Error::Locked(_) => ErrorKind::Locked,
+            Error::Locked { .. } => ErrorKind::Locked,
             Error::Interrupted => ErrorKind::Interrupted,
         }
     }
@@ -116,9 +171,15 @@ impl Error {
             },
             Error::Corrupt { location, what } => Error::corrupt(location.clone(), what.clone()),
             Error::WrongKey(message) => Error::WrongKey(message.clone()),
-            Error::NotFound(message) => Error::NotFound(message.clone()),
+            Error::NotFound { missing, message } => Error::NotFound {
+                missing: missing.clone(),
+                message: message.clone(),
+            },
             Error::InvalidInput(message) => Error::InvalidInput(message.clone()),
-            Error::Locked(message) => Error::Locked(message.clone()),
+            Error::Locked { conflict, message } => Error::Locked {
+                conflict: conflict.clone(),
+                message: message.clone(),
+            },
             Error::Interrupted => Error::Interrupted,
             Error::Network(message) => Error::Network(message.clone()),
             Error::Unavailable(message) => Error::Unavailable(message.clone()),
@@ -130,6 +191,30 @@ impl Error {
                 repository: repository.clone(),
                 what: what.clone(),
             },
+        }
+    }
+
+    /// `missing` was not found; `message` says so to a person.
+    pub fn not_found(missing: Missing, message: impl Into<String>) -> Self {
+        Error::NotFound {
+            missing,
+            message: message.into(),
+        }
+    }
+
+    /// What was not found, when this is a `NotFound` error.
+    pub fn missing(&self) -> Option<&Missing> {
+        match self {
+            Error::NotFound { missing, .. } => Some(missing),
+            _ => None,
+        }
+    }
+
+    /// What kept the run from its lock, when this is a `Locked` error.
+    pub fn lock_conflict(&self) -> Option<&LockConflict> {
+        match self {
+            Error::Locked { conflict, .. } => Some(conflict),
+            _ => None,
         }
     }
 

@@ -100,7 +100,7 @@ pub mod fuzzing;
 
 pub use backup::{BackupOptions, BackupOutcome, Progress};
 pub use checkpoint::{Checkpoint, CheckpointFilter, Stored};
-pub use error::{Error, ErrorKind, PathError, Result};
+pub use error::{Error, ErrorKind, LockConflict, Missing, PathError, Result};
 pub use id::{BlobId, CheckpointId, TreeId};
 pub use repo::{InitOptions, Repository, Secret};
 pub use restore::RestoreOptions;

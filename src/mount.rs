@@ -8,7 +8,7 @@
 //! page cache (FUSE_NOTIFY_STORE), so a tree walk costs few round trips. A failed blob read
 //! is logged with its pack and blob id and reported as EIO, never as wrong bytes.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Missing, Result};
 use crate::timestamp::to_system_time;
 use crate::vfs::{Attr, FileKind, Ino, ListedEntry, Vfs, VfsError};
 use fuser::{
@@ -474,7 +474,10 @@ pub fn check_mountpoint(mountpoint: &Path) -> Result<()> {
         Some(libc::ENOTCONN) => Error::InvalidInput(format!(
             "{shown} is a stale mount left by a process that died: run `fusermount3 -u {shown}` and try again"
         )),
-        Some(libc::ENOENT) => Error::NotFound(format!("mountpoint {shown} does not exist: create it with `mkdir -p {shown}`")),
+        Some(libc::ENOENT) => Error::not_found(
+            Missing::LocalPath(mountpoint.to_owned()),
+            format!("mountpoint {shown} does not exist: create it with `mkdir -p {shown}`"),
+        ),
         _ => Error::io(format!("checking mountpoint {shown}"), e),
     })?;
     if !metadata.is_dir() {

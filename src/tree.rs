@@ -6,7 +6,7 @@
 //! containing `/` or NUL) and unsorted or repeated names, so a tree from storage can never
 //! steer a restore outside its target (invariant 4).
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Missing, Result};
 use crate::id::{BlobId, TreeId};
 use crate::repo::Repository;
 use crate::repo::pack::{BlobKind, MAX_FILE_CHUNKS};
@@ -406,7 +406,12 @@ pub fn find_entry(repo: &Repository, root: Entry, path: &str) -> Result<Entry> {
     let mut walked = String::new();
     for component in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
         let EntryKind::Dir(tree_id) = current.kind else {
-            return Err(Error::NotFound(format!("{walked} is not a directory")));
+            return Err(Error::not_found(
+                Missing::PathInCheckpoint {
+                    path: walked.clone(),
+                },
+                format!("{walked} is not a directory"),
+            ));
         };
         let tree = load_tree(repo, &tree_id)?;
         walked = if walked.is_empty() {
@@ -414,10 +419,14 @@ pub fn find_entry(repo: &Repository, root: Entry, path: &str) -> Result<Entry> {
         } else {
             format!("{walked}/{component}")
         };
-        current = tree
-            .get(component.as_bytes())
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("no {walked} in this checkpoint")))?;
+        current = tree.get(component.as_bytes()).cloned().ok_or_else(|| {
+            Error::not_found(
+                Missing::PathInCheckpoint {
+                    path: walked.clone(),
+                },
+                format!("no {walked} in this checkpoint"),
+            )
+        })?;
     }
     Ok(current)
 }

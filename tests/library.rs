@@ -7,7 +7,7 @@ use cairn::backup::{self, BackupOptions, Progress};
 use cairn::check::{self, CheckOptions};
 use cairn::checkpoint::Checkpoint;
 use cairn::checkpoint::Stored;
-use cairn::error::{Error, Result};
+use cairn::error::{LockConflict, Missing, Result};
 use cairn::repair;
 use cairn::repo::backend::{Backend, LocalBackend};
 use cairn::repo::config::ChunkerParams;
@@ -32,6 +32,23 @@ fn open(backend: Arc<dyn Backend>, cache: &std::path::Path) -> Repository {
         })
     };
     Repository::open(backend, secret, cache).unwrap()
+}
+
+/// The sandbox's repository, opened with its cache in the sandbox's `cache` folder.
+fn open_local(sandbox: &Sandbox, cache: &str) -> Repository {
+    open(
+        Arc::new(LocalBackend::new(sandbox.path("repo"))),
+        &sandbox.path(cache),
+    )
+}
+
+/// A keyfile-mode repository with the default chunk sizes and an empty source directory in
+/// the sandbox; gives the source's path.
+fn init_repo_with_source(sandbox: &Sandbox) -> std::path::PathBuf {
+    init_repo(sandbox, ChunkerParams::default());
+    let source = sandbox.path("source");
+    std::fs::create_dir_all(&source).unwrap();
+    source
 }
 
 /// A keyfile-mode repository in the sandbox, with the given chunk sizes.
@@ -169,9 +186,7 @@ fn walkdir_names(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn a_dry_run_repository_goes_through_a_backup_and_keeps_nothing_in_the_store_or_the_cache() {
     let sandbox = Sandbox::new();
-    init_repo(&sandbox, ChunkerParams::default());
-    let source = sandbox.path("source");
-    std::fs::create_dir_all(&source).unwrap();
+    let source = init_repo_with_source(&sandbox);
     common::random_files(&source, 20, 40_000, 1);
     let (root, cache) = (sandbox.path("repo"), sandbox.path("cache"));
     let backend = || Arc::new(LocalBackend::new(&root));
@@ -204,10 +219,7 @@ fn a_dry_run_repository_goes_through_a_backup_and_keeps_nothing_in_the_store_or_
 fn the_one_directory_given_keeps_its_own_entry_whatever_the_excludes_say_of_its_name() {
     let sandbox = Sandbox::new();
     init_repo(&sandbox, ChunkerParams::default());
-    let repo = open(
-        Arc::new(LocalBackend::new(sandbox.path("repo"))),
-        &sandbox.path("cache"),
-    );
+    let repo = open_local(&sandbox, "cache");
     let source = sandbox.path("source");
     std::fs::create_dir_all(source.join("source")).unwrap();
     std::fs::write(source.join("kept"), b"kept").unwrap();
@@ -629,9 +641,7 @@ fn catalogue_file(cache: &std::path::Path) -> std::path::PathBuf {
 #[test]
 fn a_new_checkpoint_is_appended_to_the_catalogue_and_a_torn_tail_is_read_again() {
     let sandbox = Sandbox::new();
-    init_repo(&sandbox, ChunkerParams::default());
-    let source = sandbox.path("source");
-    std::fs::create_dir_all(&source).unwrap();
+    let source = init_repo_with_source(&sandbox);
     let counting = Instrumented::new(Arc::new(LocalBackend::new(sandbox.path("repo"))));
     let cache = sandbox.path("cache");
     let repo = open(counting.clone(), &cache);
@@ -672,9 +682,7 @@ fn a_new_checkpoint_is_appended_to_the_catalogue_and_a_torn_tail_is_read_again()
 #[test]
 fn opening_listing_and_a_no_op_backup_list_checkpoints_index_and_locks_by_name_only() {
     let sandbox = Sandbox::new();
-    init_repo(&sandbox, ChunkerParams::default());
-    let source = sandbox.path("source");
-    std::fs::create_dir_all(&source).unwrap();
+    let source = init_repo_with_source(&sandbox);
     std::fs::write(source.join("file"), "content").unwrap();
     let counting = Instrumented::new(Arc::new(LocalBackend::new(sandbox.path("repo"))));
     let cache = sandbox.path("cache");
@@ -696,10 +704,7 @@ fn the_local_catalogue_reads_each_checkpoint_record_once_and_follows_the_listing
     let source = sandbox.path("source");
     std::fs::create_dir_all(source.join("docs")).unwrap();
     std::fs::write(source.join("docs/notes.txt"), "first").unwrap();
-    let elsewhere = open(
-        Arc::new(LocalBackend::new(sandbox.path("repo"))),
-        &sandbox.path("other-cache"),
-    );
+    let elsewhere = open_local(&sandbox, "other-cache");
     back_up_rounds(&elsewhere, &source, 3);
     let counting = Instrumented::new(Arc::new(LocalBackend::new(sandbox.path("repo"))));
     let cache = sandbox.path("cache");
@@ -773,13 +778,8 @@ fn the_local_catalogue_reads_each_checkpoint_record_once_and_follows_the_listing
 #[test]
 fn a_catalogue_another_process_wrote_anew_is_followed_without_asking_the_repository() {
     let sandbox = Sandbox::new();
-    init_repo(&sandbox, ChunkerParams::default());
-    let source = sandbox.path("source");
-    std::fs::create_dir_all(&source).unwrap();
-    let writer = open(
-        Arc::new(LocalBackend::new(sandbox.path("repo"))),
-        &sandbox.path("other-cache"),
-    );
+    let source = init_repo_with_source(&sandbox);
+    let writer = open_local(&sandbox, "other-cache");
     back_up_rounds(&writer, &source, 40);
     let cache = sandbox.path("cache");
     let counting = Instrumented::new(Arc::new(LocalBackend::new(sandbox.path("repo"))));
@@ -863,9 +863,7 @@ fn let_changes_settle() {
 fn listing_the_mounts_checkpoints_reads_no_record_until_one_is_looked_into() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let sandbox = Sandbox::new();
-    init_repo(&sandbox, ChunkerParams::default());
-    let source = sandbox.path("source");
-    std::fs::create_dir_all(&source).unwrap();
+    let source = init_repo_with_source(&sandbox);
     let cache = sandbox.path("cache");
     let repo = open(Arc::new(LocalBackend::new(sandbox.path("repo"))), &cache);
     back_up_rounds(&repo, &source, 12);
@@ -906,13 +904,8 @@ fn listing_the_mounts_checkpoints_reads_no_record_until_one_is_looked_into() {
 #[test]
 fn runs_after_nothing_changed_list_no_checkpoints_and_read_records_only_from_the_catalogue() {
     let sandbox = Sandbox::new();
-    init_repo(&sandbox, ChunkerParams::default());
-    let source = sandbox.path("source");
-    std::fs::create_dir_all(&source).unwrap();
-    let elsewhere = open(
-        Arc::new(LocalBackend::new(sandbox.path("repo"))),
-        &sandbox.path("other-cache"),
-    );
+    let source = init_repo_with_source(&sandbox);
+    let elsewhere = open_local(&sandbox, "other-cache");
     let mut made = Vec::new();
     for round in 0..40 {
         std::fs::write(source.join("counter"), round.to_string()).unwrap();
@@ -1003,10 +996,7 @@ fn a_path_history_reads_trees_only_of_checkpoints_it_has_not_seen() {
     init_repo(&sandbox, ChunkerParams::default());
     let source = sandbox.path("source");
     std::fs::create_dir_all(source.join("docs")).unwrap();
-    let elsewhere = open(
-        Arc::new(LocalBackend::new(sandbox.path("repo"))),
-        &sandbox.path("other-cache"),
-    );
+    let elsewhere = open_local(&sandbox, "other-cache");
     for round in 0..6 {
         std::fs::write(source.join("counter"), round.to_string()).unwrap();
         if round % 3 == 0 {
@@ -1144,18 +1134,19 @@ fn restoring_or_syncing_thousands_of_files_over_several_packs_reads_each_pack_in
 #[test]
 fn a_view_of_the_checkpoints_holds_the_shared_lock_so_a_prune_waits_for_it() {
     let sandbox = Sandbox::new();
-    init_repo(&sandbox, ChunkerParams::default());
-    let source = sandbox.path("source");
-    std::fs::create_dir_all(&source).unwrap();
+    let source = init_repo_with_source(&sandbox);
     std::fs::write(source.join("file"), b"shown").unwrap();
-    let repo = Arc::new(open(
-        Arc::new(LocalBackend::new(sandbox.path("repo"))),
-        &sandbox.path("cache"),
-    ));
+    let repo = Arc::new(open_local(&sandbox, "cache"));
     back_up(&repo, &source).unwrap();
     let vfs = cairn::vfs::Vfs::new(repo.clone(), Default::default()).unwrap();
     let prune = cairn::prune::run(&repo, &Default::default());
-    assert!(matches!(prune, Err(Error::Locked(_))), "{prune:?}");
+    let error = prune.unwrap_err();
+    match error.lock_conflict() {
+        Some(LockConflict::HeldBy { purpose, pid, .. }) => {
+            assert_eq!((purpose.as_str(), *pid), ("mount", std::process::id()))
+        }
+        _ => panic!("{error:?}"),
+    }
     drop(vfs);
     cairn::prune::run(&repo, &Default::default()).unwrap();
 }
@@ -1163,32 +1154,90 @@ fn a_view_of_the_checkpoints_holds_the_shared_lock_so_a_prune_waits_for_it() {
 #[test]
 fn forget_takes_the_exclusive_lock_and_a_dry_run_shares_it() {
     let sandbox = Sandbox::new();
-    init_repo(&sandbox, ChunkerParams::default());
-    let source = sandbox.path("source");
-    std::fs::create_dir_all(&source).unwrap();
-    let repo = open(
-        Arc::new(LocalBackend::new(sandbox.path("repo"))),
-        &sandbox.path("cache"),
-    );
+    let source = init_repo_with_source(&sandbox);
+    let repo = open_local(&sandbox, "cache");
     back_up_rounds(&repo, &source, 3);
     let policy = cairn::retention::Policy {
         last: 1,
         ..Default::default()
     };
     let filter = Default::default();
-    let dry = open(
-        Arc::new(LocalBackend::new(sandbox.path("repo"))),
-        &sandbox.path("cache"),
-    )
-    .into_dry_run();
+    let dry = open_local(&sandbox, "cache").into_dry_run();
     let reading = cairn::repo::lock::acquire(&repo, false, "a reader").unwrap();
     let planned = cairn::retention::forget(&dry, &policy, &filter).unwrap();
     assert_eq!(planned.removed, 2);
     assert_eq!(cairn::checkpoint::list(&repo).unwrap().len(), 3);
     let refused = cairn::retention::forget(&repo, &policy, &filter);
-    assert!(matches!(refused, Err(Error::Locked(_))), "{refused:?}");
+    let error = refused.unwrap_err();
+    match error.lock_conflict() {
+        Some(LockConflict::HeldBy {
+            purpose,
+            host,
+            exclusive,
+            ..
+        }) => {
+            assert_eq!(purpose, "a reader");
+            assert_eq!(*host, cairn::host_name());
+            assert!(!exclusive);
+            assert!(error.to_string().contains("a reader"), "{error}");
+        }
+        _ => panic!("{error:?}"),
+    }
     drop(reading);
     let done = cairn::retention::forget(&repo, &policy, &filter).unwrap();
     assert_eq!(done.removed, 2);
     assert_eq!(cairn::checkpoint::list(&repo).unwrap().len(), 1);
+}
+
+#[test]
+fn a_not_found_error_carries_what_was_missing() {
+    let sandbox = Sandbox::new();
+    let nowhere = LocalBackend::new(sandbox.path("nothing here"));
+    let no_repository = Repository::open(
+        Arc::new(nowhere),
+        |_| Ok(Secret::None),
+        &sandbox.path("cache"),
+    );
+    let Err(error) = no_repository else {
+        panic!("opened a repository where there is none")
+    };
+    assert!(
+        matches!(error.missing(), Some(Missing::Repository { location }) if location.contains("nothing here")),
+        "{error:?}"
+    );
+
+    let source = init_repo_with_source(&sandbox);
+    std::fs::write(source.join("file"), b"some bytes to keep").unwrap();
+    let repo = open_local(&sandbox, "cache");
+    back_up(&repo, &source).unwrap();
+
+    let error = cairn::checkpoint::resolve(&repo, "0000ffff").unwrap_err();
+    assert_eq!(
+        error.missing(),
+        Some(&Missing::Checkpoint {
+            asked: "0000ffff".into()
+        })
+    );
+    let latest = cairn::checkpoint::resolve(&repo, "latest").unwrap();
+    let error = find_entry(&repo, latest.record.root_entry(), "no/such/path").unwrap_err();
+    assert_eq!(
+        error.missing(),
+        Some(&Missing::PathInCheckpoint { path: "no".into() })
+    );
+    let error = find_entry(&repo, latest.record.root_entry(), "file/below").unwrap_err();
+    assert_eq!(
+        error.missing(),
+        Some(&Missing::PathInCheckpoint {
+            path: "file".into()
+        })
+    );
+
+    let file = find_entry(&repo, latest.record.root_entry(), "file").unwrap();
+    let EntryKind::File(Content::Chunks(chunks)) = file.kind else {
+        panic!("a file of chunks: {file:?}")
+    };
+    let pack = cairn::repo::pack::pack_object_name(&repo.locate(&chunks[0].id).unwrap().pack);
+    repo.backend().delete(&pack).unwrap();
+    let error = repo.read_blob(&chunks[0].id).unwrap_err();
+    assert_eq!(error.missing(), Some(&Missing::Object { name: pack }));
 }

@@ -8,7 +8,7 @@
 //! error names the server and says what to do.
 
 use super::HttpTimeouts;
-use crate::error::{Error, Result};
+use crate::error::{Error, Missing, Result};
 use std::io::Read;
 use std::time::{Duration, Instant};
 use ureq::Agent;
@@ -358,7 +358,12 @@ fn status_error(
         401 => Error::InvalidInput(format!(
             "{what}: the server refused the token (401): pass the server's token with --token-file FILE or CAIRN_TOKEN"
         )),
-        404 => Error::NotFound(format!("{what}: not found on the server")),
+        404 => Error::not_found(
+            Missing::OnServer {
+                asked: what.to_owned(),
+            },
+            format!("{what}: not found on the server"),
+        ),
         403 | 409 => Error::InvalidInput(format!(
             "{what}: refused by the server ({status}): {detail}"
         )),

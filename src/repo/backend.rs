@@ -8,7 +8,7 @@
 //! (0750 / 0640) when the repository's root directory is: see `CreationModes`. `put_new`
 //! links the temporary file instead of renaming it, so it never replaces an object.
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Missing, Result};
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
@@ -112,7 +112,14 @@ pub trait Backend: Send + Sync {
             .into_iter()
             .find(|object| object.name == name)
             .map(|object| object.size)
-            .ok_or_else(|| Error::NotFound(format!("{}: no object {name}", self.location())))
+            .ok_or_else(|| {
+                Error::not_found(
+                    Missing::Object {
+                        name: name.to_owned(),
+                    },
+                    format!("{}: no object {name}", self.location()),
+                )
+            })
     }
     /// How many requests are worth keeping under way at once (packs uploading, reads ahead):
     /// a local disk gains little from more than one, a remote store, where each request

@@ -9,7 +9,7 @@ use super::Repository;
 use super::backend::Backend;
 use super::config::{Config, EncryptionMode};
 use crate::crypto::{MasterKey, PasswordKey};
-use crate::error::{Error, Result};
+use crate::error::{Error, Missing, Result};
 use crate::repo::objects::ObjectKind;
 
 /// The prefix of every key object's name.
@@ -251,9 +251,14 @@ fn find_key<'a>(keys: &'a [KeyInfo], id_prefix: &str, location: &str) -> Result<
         .collect();
     match matches.as_slice() {
         [key] => Ok(key),
-        [] => Err(Error::NotFound(format!(
-            "no key of repository {location} matches {id_prefix:?}; `cairn key list` shows them"
-        ))),
+        [] => Err(Error::not_found(
+            Missing::Key {
+                asked: id_prefix.clone(),
+            },
+            format!(
+                "no key of repository {location} matches {id_prefix:?}; `cairn key list` shows them"
+            ),
+        )),
         many => Err(Error::InvalidInput(format!(
             "{id_prefix:?} is ambiguous: it matches {} keys ({}); give more digits",
             many.len(),

@@ -105,6 +105,11 @@ macro_rules! pass_through {
             self.inner.get_ranges(ranges)
         }
     };
+    (@one put) => {
+        fn put(&self, name: &str, data: &[u8]) -> Result<()> {
+            self.inner.put(name, data)
+        }
+    };
     (@one list) => {
         fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
             self.inner.list(prefix)
@@ -141,6 +146,8 @@ macro_rules! pass_through {
         }
     };
 }
+#[cfg(test)]
+pub(crate) use pass_through;
 
 /// Writes and deletes that succeed without reaching the store, except for lock objects (a dry
 /// run holds its lock like any run, so nothing it reads is pruned under it); reads pass

@@ -12,7 +12,7 @@
 use super::Repository;
 use super::backend::Backend;
 use super::codec::Codec;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, LockConflict, Result};
 use crate::repo::objects::ObjectKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -77,6 +77,26 @@ impl LockRecord {
     }
 }
 
+/// Who or what holds the lock a run waited for, as its error says it.
+fn holder_words(conflict: &LockConflict) -> String {
+    match conflict {
+        LockConflict::HeldBy {
+            lock,
+            host,
+            pid,
+            purpose,
+            since,
+            ..
+        } => format!("{purpose} (pid {pid} on {host}, since {since}; {lock})"),
+        LockConflict::Unreadable { lock } => format!("an unreadable lock ({lock})"),
+        LockConflict::KeptChanging => "locks that keep changing".to_owned(),
+        LockConflict::OwnLockStale { age } => format!(
+            "this run's own lock, last written {} ago",
+            humantime::format_duration(*age)
+        ),
+    }
+}
+
 /// Writes `record` as lock object `name`.
 fn put_record(backend: &dyn Backend, codec: &Codec, name: &str, record: &LockRecord) -> Result<()> {
     let json = serde_json::to_vec(record).expect("lock records serialize");
@@ -105,10 +125,15 @@ impl LockGuard {
     pub fn ensure_held(&self) -> Result<()> {
         let age = self.written.lock().expect("not poisoned").elapsed();
         if age + REFRESH_EVERY >= STALE_AFTER {
-            return Err(Error::Locked(format!(
-                "the repository lock was last written {} ago and may have been taken for                  stale: stopping before committing anything; run again",
-                humantime::format_duration(Duration::from_secs(age.as_secs()))
-            )));
+            let age = Duration::from_secs(age.as_secs());
+            return Err(Error::Locked {
+                conflict: Box::new(LockConflict::OwnLockStale { age }),
+                message: format!(
+                    "the repository lock was last written {} ago and may have been taken for \
+                     stale: stopping before committing anything; run again",
+                    humantime::format_duration(age)
+                ),
+            });
         }
         Ok(())
     }
@@ -188,7 +213,7 @@ pub fn list(repo: &Repository) -> Result<Locks> {
 /// lock that vanished while being read may have been refreshed under a new name, so the
 /// listing is read again (after a growing pause) until it holds still: until nothing
 /// vanishes that had not vanished on the pass before.
-fn conflicting(repo: &Repository, own: &str, exclusive: bool) -> Result<Option<String>> {
+fn conflicting(repo: &Repository, own: &str, exclusive: bool) -> Result<Option<LockConflict>> {
     let host = crate::host_name();
     let mut vanished_before = BTreeSet::new();
     for pass in 0..10 {
@@ -201,10 +226,17 @@ fn conflicting(repo: &Repository, own: &str, exclusive: bool) -> Result<Option<S
                 Some(other)
                     if other.stale_because(&host).is_none() && (exclusive || other.exclusive) =>
                 {
-                    return Ok(Some(other.describe(&name)));
+                    return Ok(Some(LockConflict::HeldBy {
+                        lock: name,
+                        host: other.host,
+                        pid: other.pid,
+                        purpose: other.purpose,
+                        exclusive: other.exclusive,
+                        since: other.time,
+                    }));
                 }
                 // An unreadable lock is someone's: for an exclusive lock, better to wait.
-                None if exclusive => return Ok(Some(format!("an unreadable lock ({name})"))),
+                None if exclusive => return Ok(Some(LockConflict::Unreadable { lock: name })),
                 _ => {}
             }
         }
@@ -215,13 +247,13 @@ fn conflicting(repo: &Repository, own: &str, exclusive: bool) -> Result<Option<S
         }
         vanished_before = vanished;
     }
-    Ok(Some("locks that keep changing".to_owned()))
+    Ok(Some(LockConflict::KeptChanging))
 }
 
 /// One try at a lock.
 enum Attempt {
     Held(LockGuard),
-    Conflict(String),
+    Conflict(LockConflict),
     /// The lock object could not be written.
     Unwritable(Error),
 }
@@ -295,10 +327,15 @@ fn acquire_as(
                     humantime::format_duration(Duration::from_secs(started.elapsed().as_secs()))
                 )
             };
-            return Err(Error::Locked(format!(
-                "repository is locked by {holder}: {waited}; if that process is gone, \
-                 `cairn unlock` removes its lock"
-            )));
+            let message = format!(
+                "repository is locked by {}: {waited}; if that process is gone, \
+                 `cairn unlock` removes its lock",
+                holder_words(&holder)
+            );
+            return Err(Error::Locked {
+                conflict: Box::new(holder),
+                message,
+            });
         }
         // A little jitter, so two runs waiting for each other do not retry in step.
         let jitter = u64::from(crate::crypto::random_bytes::<1>()[0]) * 2;

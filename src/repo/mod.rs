@@ -21,7 +21,7 @@ pub mod writer;
 
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::crypto::{KeyFile, MasterKey, PasswordKey};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Missing, Result};
 use crate::id::BlobId;
 use backend::Backend;
 use codec::Codec;
@@ -327,7 +327,7 @@ impl Repository {
                 backend.delete(&keys::key_object_name(&key))?;
             }
             return Err(Error::InvalidInput(format!(
-                "{} was initialised by another run at the same time: that repository stands;                  open it with its password (or choose another location)",
+                "{} was initialised by another run at the same time: that repository stands; open it with its password (or choose another location)",
                 backend.location()
             )));
         }
@@ -338,11 +338,16 @@ impl Repository {
     pub fn read_config(backend: &dyn Backend) -> Result<Config> {
         let bytes = backend.get(objects::CONFIG).map_err(|e| {
             if e.kind() == ErrorKind::NotFound {
-                Error::NotFound(format!(
-                    "no cairn repository at {} (no config file): create one with `cairn init --repo {}`",
-                    backend.location(),
-                    backend.location()
-                ))
+                let location = backend.location();
+                Error::not_found(
+                    Missing::Repository {
+                        location: location.clone(),
+                    },
+                    format!(
+                        "no cairn repository at {location} (no config file): create one with \
+                         `cairn init --repo {location}`"
+                    ),
+                )
             } else {
                 e
             }
@@ -590,10 +595,10 @@ impl Repository {
         }
         self.index.sync_listed(self.backend(), &self.codec)?;
         self.index.get(id)?.ok_or_else(|| {
-            Error::NotFound(format!(
-                "blob {id} is not in repository {}",
-                self.backend.location()
-            ))
+            Error::not_found(
+                Missing::Blob(*id),
+                format!("blob {id} is not in repository {}", self.backend.location()),
+            )
         })
     }
 
@@ -631,13 +636,14 @@ impl Repository {
     fn read_stored_blob(&self, location: &BlobLocation, id: &BlobId) -> Result<Vec<u8>> {
         let where_ = || format!("pack {} blob {}", location.pack, id);
         codec::check_blob_lengths(&location.entry, &where_)?;
+        let pack = pack_object_name(&location.pack);
         self.backend
             .get_range(
-                &pack_object_name(&location.pack),
+                &pack,
                 location.entry.offset as u64,
                 location.entry.length as u64,
             )
-            .map_err(|e| blob_read_error(e, &where_))
+            .map_err(|e| blob_read_error(e, pack, &where_))
     }
 
     /// Decodes blob `id`, whose stored bytes at `location` are `stored` (read along with its
@@ -673,11 +679,14 @@ impl Repository {
     }
 }
 
-/// A failed read of the blob `where_` names: a missing or truncated pack says which blob it
-/// cost.
-fn blob_read_error(e: Error, where_: &dyn Fn() -> String) -> Error {
+/// A failed read of the blob `where_` names, in object `pack`: a missing or truncated pack
+/// says which blob it cost.
+fn blob_read_error(e: Error, pack: String, where_: &dyn Fn() -> String) -> Error {
     match e.kind() {
-        ErrorKind::NotFound => Error::NotFound(format!("{} is missing ({e})", where_())),
+        ErrorKind::NotFound => Error::not_found(
+            Missing::Object { name: pack },
+            format!("{} is missing ({e})", where_()),
+        ),
         ErrorKind::Corrupt => Error::corrupt(where_(), e.to_string()),
         _ => e,
     }

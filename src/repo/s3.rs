@@ -18,7 +18,7 @@
 //! may carry, and a multipart upload would cost three requests or more for it.
 
 use super::backend::{Backend, ObjectInfo, RangeRequest, max_whole_object_bytes};
-use crate::error::{Error, Result};
+use crate::error::{Error, Missing, Result};
 use crate::net::HttpTimeouts;
 use opendal::services::S3;
 use opendal::{ErrorKind as StoreErrorKind, Operator};
@@ -188,12 +188,13 @@ impl S3Backend {
     /// Runs `request` on the client's runtime and waits for it, its error made cairn's.
     fn wait<T>(
         &self,
-        what: impl FnOnce() -> String,
+        action: &str,
+        name: &str,
         request: impl Future<Output = opendal::Result<T>>,
     ) -> Result<T> {
         runtime()
             .block_on(request)
-            .map_err(|e| self.error(&what(), e))
+            .map_err(|e| self.error(action, name, e))
     }
 
     /// Reads `range` of object `name` as it arrives, refused once past `limit` bytes.
@@ -206,7 +207,7 @@ impl S3Backend {
         let operator = self.operator.clone();
         let name_owned = name.to_owned();
         let location = self.location.to_string();
-        self.wait(|| format!("reading {name}"), async move {
+        self.wait("reading", name, async move {
             let reader = operator.reader(&name_owned).await?;
             let mut stream = reader.into_bytes_stream(range).await?;
             let mut bytes = Vec::new();
@@ -224,8 +225,10 @@ impl S3Backend {
         })?
     }
 
-    /// The error a user reads for what the store answered `what`.
-    fn error(&self, what: &str, error: opendal::Error) -> Error {
+    /// The error a user reads for what the store answered to `action` (reading, storing, …)
+    /// on object `name`.
+    fn error(&self, action: &str, name: &str, error: opendal::Error) -> Error {
+        let what = format!("{action} {name}");
         let location = &self.location;
         let bucket = &location.bucket;
         let said = store_words(&error);
@@ -238,9 +241,12 @@ impl S3Backend {
                  or correct the bucket in --repo",
                 location.endpoint
             )),
-            StoreErrorKind::NotFound => {
-                Error::NotFound(format!("{location}: {what}: no such object"))
-            }
+            StoreErrorKind::NotFound => Error::not_found(
+                Missing::Object {
+                    name: name.to_owned(),
+                },
+                format!("{location}: {what}: no such object"),
+            ),
             StoreErrorKind::PermissionDenied if text.contains("SignatureDoesNotMatch") => {
                 Error::Network(format!(
                     "{location}: {what}: the store refused the signature of key {key}: \
@@ -408,7 +414,7 @@ impl Backend for S3Backend {
         let object = format!("{}/{name}", self.location);
         let operator = self.operator.clone();
         let mut received = 0u64;
-        self.wait(|| format!("reading {name}"), async {
+        self.wait("reading", name, async {
             let reader = operator.reader(name).await?;
             let mut stream = reader.into_bytes_stream(offset..end).await?;
             while let Some(piece) = stream.next().await {
@@ -455,7 +461,7 @@ impl Backend for S3Backend {
 
     fn put(&self, name: &str, data: &[u8]) -> Result<()> {
         let operator = self.operator.clone();
-        self.wait(|| format!("storing {name}"), async move {
+        self.wait("storing", name, async move {
             operator.write(name, data.to_vec()).await.map(|_| ())
         })
     }
@@ -468,7 +474,7 @@ impl Backend for S3Backend {
             None => "",
         };
         let operator = self.operator.clone();
-        let entries = self.wait(|| format!("listing {prefix}"), async move {
+        let entries = self.wait("listing", prefix, async move {
             let mut lister = operator.lister_with(directory).recursive(true).await?;
             let mut objects = Vec::new();
             while let Some(entry) = lister.next().await {
@@ -487,21 +493,21 @@ impl Backend for S3Backend {
 
     fn delete(&self, name: &str) -> Result<()> {
         let operator = self.operator.clone();
-        self.wait(|| format!("deleting {name}"), async move {
-            operator.delete(name).await
-        })
+        self.wait("deleting", name, async move { operator.delete(name).await })
     }
 
     fn exists(&self, name: &str) -> Result<bool> {
         let operator = self.operator.clone();
-        self.wait(|| format!("looking up {name}"), async move {
-            operator.exists(name).await
-        })
+        self.wait(
+            "looking up",
+            name,
+            async move { operator.exists(name).await },
+        )
     }
 
     fn size(&self, name: &str) -> Result<u64> {
         let operator = self.operator.clone();
-        self.wait(|| format!("looking up {name}"), async move {
+        self.wait("looking up", name, async move {
             Ok(operator.stat(name).await?.content_length())
         })
     }

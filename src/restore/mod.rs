@@ -45,7 +45,7 @@ mod plan;
 mod write;
 
 use crate::checkpoint::Checkpoint;
-use crate::error::{Error, IoContext, PathError, Result};
+use crate::error::{Error, IoContext, Missing, PathError, Result};
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::source::checkpoint::CheckpointSource;
@@ -124,7 +124,12 @@ pub fn run(
     }
     let parent_path = path.rsplit_once('/').map_or("", |(parent, _)| parent);
     let EntryKind::Dir(parent) = find_entry(repo, record.root_entry(), parent_path)?.kind else {
-        return Err(Error::NotFound(format!("{parent_path} is not a directory")));
+        return Err(Error::not_found(
+            Missing::PathInCheckpoint {
+                path: parent_path.to_owned(),
+            },
+            format!("{parent_path} is not a directory"),
+        ));
     };
     let checkpoint = CheckpointSource::part(repo);
     let name = node.name.clone();

@@ -3,7 +3,7 @@
 //! faults (a full disk after a number of puts or deletes; pack uploads held until two are
 //! under way at once, as on a remote store).
 
-use cairn::error::{Error, Result};
+use cairn::error::{Error, Missing, Result};
 use cairn::repo::backend::{Backend, ObjectInfo, RangeRequest};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,7 +28,12 @@ impl MemoryBackend {
 }
 
 fn missing(name: &str) -> Error {
-    Error::NotFound(format!("memory: no object {name}"))
+    Error::not_found(
+        Missing::Object {
+            name: name.to_owned(),
+        },
+        format!("memory: no object {name}"),
+    )
 }
 
 impl Backend for MemoryBackend {

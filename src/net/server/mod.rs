@@ -33,7 +33,7 @@ mod source;
 pub(crate) use objects::parse_range;
 pub use source::valid_source_name;
 
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, ErrorKind, Missing};
 use crate::repo::backend::Backend;
 use axum::Router;
 use axum::extract::{Request, State};
@@ -117,9 +117,14 @@ pub(super) struct ServerState {
 
 impl ServerState {
     pub(super) fn backend(&self) -> crate::error::Result<&dyn Backend> {
-        self.backend
-            .as_deref()
-            .ok_or_else(|| Error::NotFound("this server serves no repository".into()))
+        self.backend.as_deref().ok_or_else(|| {
+            Error::not_found(
+                Missing::OnServer {
+                    asked: "/repo".into(),
+                },
+                "this server serves no repository",
+            )
+        })
     }
 }
 
