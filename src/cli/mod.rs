@@ -35,13 +35,10 @@ use anyhow::{Context, Result, bail};
 use cairn::checkpoint::Stored;
 use cairn::net::HttpTimeouts;
 use cairn::net::client::Remote;
-use cairn::repo::backend::{Backend, LocalBackend};
+use cairn::repo::backend::Backend;
 use cairn::repo::config::EncryptionMode;
-use cairn::repo::http::HttpBackend;
-use cairn::repo::layers::{self, Layers, RetryPolicy};
-use cairn::repo::s3::{S3Backend, S3Location, S3Settings};
-use cairn::repo::{Repository, Secret};
-use cairn::repo::{is_s3, is_url};
+use cairn::repo::layers::RetryPolicy;
+use cairn::repo::{Repository, Secret, StoreOptions, is_s3, is_url, open_store};
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -205,37 +202,24 @@ impl GlobalArgs {
     /// `cairn serve`, or an `s3:` bucket; inside the layers every store is used through
     /// (retries, and the rate limits asked for).
     fn backend_at(&self, location: &Path) -> Result<Arc<dyn Backend>> {
-        let text = location.to_str();
-        let store: Arc<dyn Backend> = match text {
-            Some(s3) if is_s3(s3) => Arc::new(S3Backend::new(
-                S3Location::parse(s3)?,
-                &S3Settings {
-                    ca_pem: self.extra_ca()?,
-                    timeouts: self.timeouts(),
-                    virtual_host_style: self.s3_virtual_host_style,
-                },
-            )?),
-            Some(url) if is_url(url) => Arc::new(HttpBackend::new(self.remote(url)?)?),
-            _ => Arc::new(LocalBackend::new(location)),
-        };
-        let max_in_flight = match store.preferred_concurrency() {
-            1 => None,
-            many => Some(2 * many),
-        };
-        Ok(layers::wrap(
-            store,
-            Layers {
-                retry: RetryPolicy {
-                    give_up_after: self
-                        .retry_for
-                        .unwrap_or(RetryPolicy::default().give_up_after),
-                    ..RetryPolicy::default()
-                },
-                max_in_flight,
-                upload_limit: self.limit_upload,
-                download_limit: self.limit_download,
+        // The CA file and the token are read only for a store across the network.
+        let served = location.to_str().is_some_and(is_url);
+        let networked = served || location.to_str().is_some_and(is_s3);
+        let options = StoreOptions {
+            ca_pem: if networked { self.extra_ca()? } else { None },
+            timeouts: self.timeouts(),
+            token: if served { Some(self.token()?) } else { None },
+            s3_virtual_host_style: self.s3_virtual_host_style,
+            retry: RetryPolicy {
+                give_up_after: self
+                    .retry_for
+                    .unwrap_or(RetryPolicy::default().give_up_after),
+                ..RetryPolicy::default()
             },
-        ))
+            upload_limit: self.limit_upload,
+            download_limit: self.limit_download,
+        };
+        Ok(open_store(location, &options)?)
     }
 
     /// The PEM certificates of `--tls-ca`, if given.

@@ -10,6 +10,7 @@ pub mod http;
 pub mod index;
 pub mod keys;
 pub mod layers;
+pub mod location;
 pub mod lock;
 pub mod objects;
 pub mod pack;
@@ -30,6 +31,7 @@ use config::{
     FORMAT_VERSION_OLDEST, Settings,
 };
 use index::{BlobIndex, BlobLocation};
+pub use location::{StoreOptions, is_local_repository, is_s3, is_url, open_store};
 use objects::ObjectKind;
 use pack::pack_object_name;
 use remembered::RememberedSettings;
@@ -97,24 +99,6 @@ impl InitOptions {
             ..InitOptions::new(encryption)
         })
     }
-}
-
-/// Whether a repository location is the URL of a `cairn serve` (`http://`, `https://`).
-pub fn is_url(location: &str) -> bool {
-    location.starts_with("http://") || location.starts_with("https://")
-}
-
-/// Whether a repository location is an S3 bucket (`s3:`).
-pub fn is_s3(location: &str) -> bool {
-    location.starts_with("s3:")
-}
-
-/// Whether local directory `path` holds a cairn repository: a `config` naming the format.
-pub fn is_local_repository(path: &Path) -> bool {
-    std::fs::read(path.join(objects::CONFIG))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-        .is_some_and(|config| config.get("cairn_repository").is_some())
 }
 
 /// An open repository.
