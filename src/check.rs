@@ -27,6 +27,8 @@ const PATHS_PER_PROBLEM: usize = 10;
 pub struct CheckOptions {
     /// Read, decrypt and verify every blob of every pack.
     pub read_data: bool,
+    /// Walk only this checkpoint (a copy verified where it landed); every one otherwise.
+    pub only: Option<CheckpointId>,
 }
 
 /// A blob that cannot be read back.
@@ -317,6 +319,8 @@ impl Checker<'_> {
 
 /// Checks `repo`; the report says what, if anything, is damaged.
 pub fn run(repo: &Repository, options: &CheckOptions) -> Result<CheckReport> {
+    // Shared: a prune deleting packs under a check would look like damage.
+    let _lock = crate::repo::lock::acquire_for_reading(repo, "check")?;
     let mut checker = Checker {
         repo,
         index: HashMap::new(),
@@ -333,7 +337,11 @@ pub fn run(repo: &Repository, options: &CheckOptions) -> Result<CheckReport> {
         checker.read_all_data()?;
     }
     let mut records = Vec::new();
-    for id in checkpoint::list_ids(repo)? {
+    let ids = match options.only {
+        Some(id) => vec![id],
+        None => checkpoint::list_ids(repo)?,
+    };
+    for id in ids {
         match checkpoint::load(repo, &id) {
             Ok(record) => records.push((id, record)),
             Err(e) => checker

@@ -11,11 +11,13 @@ use crate::checkpoint::{self, Series, Stored};
 use crate::error::{Error, Result};
 use crate::id::CheckpointId;
 use crate::repo::Repository;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// How many checkpoints each rule keeps, and the tags that keep a checkpoint regardless.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// How many checkpoints each rule keeps, and the tags that keep a checkpoint regardless. A
+/// plan's `keep` table is one (`keep = { last = 10, daily = 7 }`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Policy {
     pub last: u32,
     pub hourly: u32,

@@ -112,9 +112,15 @@ fn files_with_many_chunks_use_a_chunk_list_blob() {
     .unwrap();
     assert_same_tree(&source, &target);
     assert!(
-        check::run(&repo, &CheckOptions { read_data: true })
-            .unwrap()
-            .is_sound()
+        check::run(
+            &repo,
+            &CheckOptions {
+                read_data: true,
+                ..Default::default()
+            }
+        )
+        .unwrap()
+        .is_sound()
     );
 }
 
@@ -270,7 +276,14 @@ fn a_backup_stopped_at_any_write_leaves_a_sound_repository_and_resumes() {
         let result = back_up(&open(failing, &cache), &source);
         // Whatever happened, the repository read through a healthy backend is sound.
         let healthy = open(store.clone(), &cache);
-        let report = check::run(&healthy, &CheckOptions { read_data: true }).unwrap();
+        let report = check::run(
+            &healthy,
+            &CheckOptions {
+                read_data: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert!(report.is_sound(), "after {allowed_puts} puts: {report:?}");
         match result {
             Ok(outcome) => {
@@ -308,7 +321,14 @@ fn a_backup_to_a_remote_like_backend_keeps_several_packs_uploading() {
         backend.most_at_once() >= 2,
         "packs were uploaded one at a time"
     );
-    let report = check::run(&repo, &CheckOptions { read_data: true }).unwrap();
+    let report = check::run(
+        &repo,
+        &CheckOptions {
+            read_data: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(report.is_sound(), "{report:?}");
     assert_latest_restores_to(&repo, &source, &sandbox.path("target"));
 }
@@ -374,7 +394,14 @@ fn prune_stopped_at_any_point_loses_nothing(mode: EncryptionMode) {
         // A lock the stopped run could not remove is this (live) process's; a killed run's
         // would be stale. Remove it as `unlock --remove-all` would.
         cairn::repo::lock::remove_locks(&after, true, false).unwrap();
-        let report = check::run(&after, &CheckOptions { read_data: true }).unwrap();
+        let report = check::run(
+            &after,
+            &CheckOptions {
+                read_data: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert!(
             report.is_sound(),
             "stopped at {puts} puts, {deletes} deletes: {report:?}"
@@ -1240,4 +1267,25 @@ fn a_not_found_error_carries_what_was_missing() {
     repo.backend().delete(&pack).unwrap();
     let error = repo.read_blob(&chunks[0].id).unwrap_err();
     assert_eq!(error.missing(), Some(&Missing::Object { name: pack }));
+}
+
+#[test]
+fn a_check_holds_the_shared_lock_so_it_waits_for_a_prune() {
+    let sandbox = Sandbox::new();
+    let source = init_repo_with_source(&sandbox);
+    std::fs::write(source.join("file"), b"checked").unwrap();
+    let repo = open_local(&sandbox, "cache");
+    back_up(&repo, &source).unwrap();
+    let pruning = cairn::repo::lock::acquire(&repo, true, "a prune").unwrap();
+    let error = check::run(&repo, &CheckOptions::default()).unwrap_err();
+    match error.lock_conflict() {
+        Some(LockConflict::HeldBy { purpose, .. }) => assert_eq!(purpose, "a prune"),
+        _ => panic!("{error:?}"),
+    }
+    drop(pruning);
+    assert!(
+        check::run(&repo, &CheckOptions::default())
+            .unwrap()
+            .is_sound()
+    );
 }

@@ -26,6 +26,7 @@ pub fn run(global: &GlobalArgs, args: CheckArgs) -> Result<ExitCode> {
         &repo,
         &CheckOptions {
             read_data: args.read_data,
+            ..Default::default()
         },
     )?;
     if args.json {
