@@ -321,6 +321,11 @@ impl Checker<'_> {
 pub fn run(repo: &Repository, options: &CheckOptions) -> Result<CheckReport> {
     // Shared: a prune deleting packs under a check would look like damage.
     let _lock = crate::repo::lock::acquire_for_reading(repo, "check")?;
+    run_locked(repo, options)
+}
+
+/// A check within a lock the caller holds (a repair's exclusive one).
+pub(crate) fn run_locked(repo: &Repository, options: &CheckOptions) -> Result<CheckReport> {
     let mut checker = Checker {
         repo,
         index: HashMap::new(),

@@ -327,7 +327,7 @@ pub fn checkpoints(repo: &Repository) -> Result<CheckpointRepairReport> {
         dry_run: repo.is_dry_run(),
         ..CheckpointRepairReport::default()
     };
-    let damaged: HashSet<BlobId> = check::run(repo, &CheckOptions::default())?
+    let damaged: HashSet<BlobId> = check::run_locked(repo, &CheckOptions::default())?
         .damaged
         .into_iter()
         .map(|d| d.blob)
