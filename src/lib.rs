@@ -61,6 +61,7 @@ pub mod diff;
 pub mod history;
 #[cfg(feature = "mount")]
 pub mod mount;
+pub mod plan;
 pub mod prune;
 pub mod repair;
 pub mod restore;

@@ -670,7 +670,7 @@ fn key_add_gives_a_second_password_that_opens_the_repository() {
         &["key", "add", "--new-password-file", &empty],
         &first,
     ));
-    assert_fails(&refused, 1, "the new password is empty");
+    assert_fails(&refused, 1, "empty.txt is empty");
     let no_password = sandbox.run(&with(&["key", "add"], &first));
     assert_fails(&no_password, 1, "CAIRN_NEW_PASSWORD");
     assert_eq!(

@@ -24,6 +24,7 @@ mod list;
 mod ls;
 mod mount;
 mod pipeline_speed;
+mod plan;
 mod prune;
 mod repair;
 mod restore;
@@ -65,6 +66,14 @@ pub struct GlobalArgs {
     /// Read the password from this file (first line); `CAIRN_PASSWORD` also works
     #[arg(long, global = true)]
     password_file: Option<PathBuf>,
+    /// Run this command (with `sh -c`) for the password: the first line it prints
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_PASSWORD_COMMAND",
+        value_name = "COMMAND"
+    )]
+    password_command: Option<String>,
     /// The key file of a keyfile-mode repository
     #[arg(long, global = true, env = "CAIRN_KEY_FILE")]
     key_file: Option<PathBuf>,
@@ -101,6 +110,13 @@ pub struct GlobalArgs {
     /// AWS endpoints always are
     #[arg(long, global = true, env = "CAIRN_S3_VIRTUAL_HOST_STYLE")]
     s3_virtual_host_style: bool,
+    /// The plans file (default: $XDG_CONFIG_HOME/cairn/cairn.toml or ~/.config/cairn/cairn.toml)
+    #[arg(long, global = true, env = "CAIRN_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Whether `CAIRN_PASSWORD` and `CAIRN_TOKEN` count: not for a plan's target, whose
+    /// secrets the plan names.
+    #[arg(skip = true)]
+    secrets_from_environment: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,6 +125,13 @@ enum Command {
     Init(init::InitArgs),
     /// Back up paths into a new checkpoint
     Backup(backup::BackupArgs),
+    /// Run a plan of the configuration file: back up, copy to every target, verify
+    Run(plan::RunArgs),
+    /// Show what each target of each plan holds, and whether the newest checkpoint is in
+    /// every target
+    Status(plan::StatusArgs),
+    /// Manage the plans of the configuration file
+    Plans(plan::PlansArgs),
     /// List checkpoints
     List(list::ListArgs),
     /// List the entries of a checkpoint or of a directory in it
@@ -150,6 +173,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Init(args) => init::run(global, args),
         Command::Backup(args) => backup::run(global, args),
+        Command::Run(args) => plan::run(global, args),
+        Command::Status(args) => plan::status(global, args),
+        Command::Plans(args) => plan::plans(global, args),
         Command::List(args) => list::run(global, args),
         Command::Ls(args) => ls::run(global, args),
         Command::Cat(args) => cat::run(global, args),
@@ -166,6 +192,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Unlock(args) => unlock::run(global, args),
         Command::Key(args) => key::run(global, args),
         Command::PipelineSpeed(args) => pipeline_speed::run(args),
+    }
+}
+
+/// `count` and `noun`, in the plural unless the count is one: "1 checkpoint", "2 files".
+fn counted(count: impl Into<u64>, noun: &str) -> String {
+    match count.into() {
+        1 => format!("1 {noun}"),
+        count => format!("{count} {noun}s"),
     }
 }
 
@@ -251,7 +285,9 @@ impl GlobalArgs {
 
     /// The server token from `CAIRN_TOKEN` or `--token-file`.
     fn token(&self) -> Result<String> {
-        if let Some(token) = std::env::var_os("CAIRN_TOKEN") {
+        if let Some(token) =
+            std::env::var_os("CAIRN_TOKEN").filter(|_| self.secrets_from_environment)
+        {
             let token = token.to_string_lossy().trim().to_owned();
             if token.is_empty() {
                 bail!("CAIRN_TOKEN is empty");
@@ -286,8 +322,9 @@ impl GlobalArgs {
     /// Where the secret of `--repo` comes from.
     fn credentials(&self) -> Credentials<'_> {
         Credentials {
-            password_env: "CAIRN_PASSWORD",
+            password_env: Some("CAIRN_PASSWORD").filter(|_| self.secrets_from_environment),
             password_file: self.password_file.as_deref(),
+            password_command: self.password_command.as_deref(),
             key_file: self.key_file.as_deref(),
             lent: false,
         }
@@ -334,12 +371,13 @@ impl GlobalArgs {
     }
 }
 
-/// Where one repository's secret comes from: an environment variable or a file for the
-/// password (else a prompt on a terminal), or a key file.
+/// Where one repository's secret comes from: an environment variable, a file or a command for
+/// the password (else a prompt on a terminal), or a key file.
 #[derive(Debug, Clone, Copy)]
 struct Credentials<'a> {
-    password_env: &'static str,
+    password_env: Option<&'static str>,
     password_file: Option<&'a Path>,
+    password_command: Option<&'a str>,
     key_file: Option<&'a Path>,
     /// Whether these are the main repository's credentials lent to a second repository that
     /// was given none of its own (`FromCredentials`).
@@ -354,31 +392,41 @@ impl Credentials<'_> {
         if self.lent {
             return Ok(Secret::None);
         }
-        if let Some(password) = std::env::var_os(self.password_env) {
-            return Ok(Secret::Password(std::os::unix::ffi::OsStringExt::into_vec(
-                password,
-            )));
-        }
-        if let Some(file) = self.password_file {
-            return read_password_file(file).map(Secret::Password);
+        if self.password_given() {
+            return self.password(false).map(Secret::Password);
         }
         Ok(self
             .key_file
             .map_or(Secret::None, |file| Secret::KeyFile(file.to_path_buf())))
     }
 
-    /// The password from the environment variable, the password file, or a prompt.
+    /// Whether a password is given without asking for one.
+    fn password_given(&self) -> bool {
+        self.password_env
+            .is_some_and(|name| std::env::var_os(name).is_some())
+            || self.password_file.is_some()
+            || self.password_command.is_some()
+    }
+
+    /// The password from the environment variable, the password file, the password
+    /// command, or a prompt.
     fn password(&self, confirm: bool) -> Result<Vec<u8>> {
-        if let Some(password) = std::env::var_os(self.password_env) {
+        if let Some(password) = self.password_env.and_then(std::env::var_os) {
             return Ok(std::os::unix::ffi::OsStringExt::into_vec(password));
         }
         if let Some(file) = self.password_file {
             return read_password_file(file);
         }
+        if let Some(command) = self.password_command {
+            return run_password_command(command);
+        }
         if !std::io::stdin().is_terminal() {
             bail!(
-                "a password is needed: set {}, pass a password file, or run on a terminal",
+                "a password is needed: {}pass --password-file FILE or --password-command \
+                 COMMAND, or run on a terminal",
                 self.password_env
+                    .map(|name| format!("set {name}, "))
+                    .unwrap_or_default()
             );
         }
         prompt_password("repository password", confirm)
@@ -395,8 +443,39 @@ impl Credentials<'_> {
 fn read_password_file(file: &Path) -> Result<Vec<u8>> {
     let text =
         std::fs::read(file).with_context(|| format!("reading password file {}", file.display()))?;
+    let line = first_line(&text);
+    if line.is_empty() {
+        bail!(
+            "password file {} is empty: write the password on its first line",
+            file.display()
+        );
+    }
+    Ok(line.to_vec())
+}
+
+/// The first line `command` prints (run by `sh -c`, stdin and stderr left to the user, so it
+/// may ask for a passphrase of its own).
+fn run_password_command(command: &str) -> Result<Vec<u8>> {
+    let output = std::process::Command::new("sh")
+        .args(["-c", command])
+        .stdin(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running password command {command:?}"))?;
+    if !output.status.success() {
+        bail!("password command {command:?} failed ({})", output.status);
+    }
+    let line = first_line(&output.stdout);
+    if line.is_empty() {
+        bail!("password command {command:?} printed no password");
+    }
+    Ok(line.to_vec())
+}
+
+/// `text` up to its first line ending (`\n` or `\r\n`).
+fn first_line(text: &[u8]) -> &[u8] {
     let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
-    Ok(line.strip_suffix(b"\r").unwrap_or(line).to_vec())
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 /// Asks for `what` (a password) on the terminal, twice when `confirm`; refuses an empty one.
@@ -436,8 +515,9 @@ impl FromCredentials {
             };
         }
         Credentials {
-            password_env: "CAIRN_FROM_PASSWORD",
+            password_env: Some("CAIRN_FROM_PASSWORD"),
             password_file: self.from_password_file.as_deref(),
+            password_command: None,
             key_file: self.from_key_file.as_deref(),
             lent: false,
         }

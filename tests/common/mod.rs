@@ -47,6 +47,8 @@ impl Sandbox {
         command
             .env("CAIRN_CACHE_DIR", self.path("cache"))
             .env_remove("CAIRN_PASSWORD")
+            .env_remove("CAIRN_PASSWORD_COMMAND")
+            .env_remove("CAIRN_CONFIG")
             .env_remove("CAIRN_NEW_PASSWORD")
             .env_remove("CAIRN_REPO")
             .env_remove("CAIRN_KEY_FILE")
