@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("catalogue_log", catalogue_log),
     ("catalogue_summary", catalogue_summary),
     ("path_history", path_history),
+    ("plan", plan),
 ];
 
 fn location() -> String {
@@ -104,6 +105,11 @@ pub fn index_file(data: &[u8]) {
 /// The plaintext of a checkpoint record.
 pub fn checkpoint(data: &[u8]) {
     let _ = crate::checkpoint::decode(data, "checkpoints/fuzz");
+}
+
+/// A plan a repository keeps (`plans/<id>`), as read once its seal is opened.
+pub fn plan(data: &[u8]) {
+    let _ = crate::plan::decode_stored(data, "plans/fuzz");
 }
 
 /// A repository's `config`.

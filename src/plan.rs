@@ -5,6 +5,10 @@
 //! where it landed, and applies the plan's retention in each; `status` says what each target
 //! holds. Opening a target (its store and its secret) is the caller's, as it is for
 //! `sync::endpoint`: a plan names where secrets come from and never holds one.
+//!
+//! Each target also keeps the plan itself, sealed under its key (`plans/<id>`, see
+//! docs/FORMAT.md), so that on a new machine the repository and its password are enough to
+//! get the plans back (`stored`).
 
 use crate::backup::{self, BackupOptions, BackupOutcome};
 use crate::check::{self, CheckOptions};
@@ -13,6 +17,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::id::CheckpointId;
 use crate::progress::Progress;
 use crate::repo::Repository;
+use crate::repo::objects::ObjectKind;
 use crate::retention::{self, Policy};
 use crate::sync::{SyncOptions, SyncReport, copy};
 use serde::{Deserialize, Serialize};
@@ -151,6 +156,77 @@ impl Plan {
     }
 }
 
+/// A plan as a repository keeps it: its name, when it was stored and from where.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredPlan {
+    pub name: String,
+    /// RFC 3339 UTC; of several versions of one plan, the newest is the plan.
+    pub time: String,
+    pub host: String,
+    pub plan: Plan,
+}
+
+/// Keeps plan `name` in `repo` unless this very plan is there already (one object per
+/// version, named by its contents, so nothing is overwritten); older versions of the plan
+/// are removed where the store allows it.
+pub fn store(repo: &Repository, name: &str, plan: &Plan) -> Result<()> {
+    let identity = serde_json::to_vec(&(name, plan)).expect("plans serialize");
+    let object = ObjectKind::Plan.name(&hex::encode(repo.codec().id_of(&identity)));
+    if repo.backend().exists(&object)? {
+        return Ok(());
+    }
+    let record = StoredPlan {
+        name: name.to_owned(),
+        time: humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
+        host: crate::host_name(),
+        plan: plan.clone(),
+    };
+    let json = serde_json::to_vec(&record).expect("plans serialize");
+    repo.backend()
+        .put(&object, &repo.codec().encode(&json, true))?;
+    for older in repo.backend().list_names(ObjectKind::Plan.prefix())? {
+        if older != object && read_stored(repo, &older).is_ok_and(|kept| kept.name == name) {
+            // An append-only server refuses: the newest version is the plan all the same.
+            let _ = repo.backend().delete(&older);
+        }
+    }
+    Ok(())
+}
+
+/// The plans `repo` keeps, the newest version of each, by name; with the objects that could
+/// not be read and why.
+pub fn stored(repo: &Repository) -> Result<(BTreeMap<String, StoredPlan>, Vec<Error>)> {
+    let mut plans: BTreeMap<String, StoredPlan> = BTreeMap::new();
+    let mut unreadable = Vec::new();
+    for object in repo.backend().list_names(ObjectKind::Plan.prefix())? {
+        match read_stored(repo, &object) {
+            Ok(kept) => match plans.get(&kept.name) {
+                Some(newer) if newer.time >= kept.time => {}
+                _ => {
+                    plans.insert(kept.name.clone(), kept);
+                }
+            },
+            Err(e) => unreadable.push(e),
+        }
+    }
+    Ok((plans, unreadable))
+}
+
+fn read_stored(repo: &Repository, object: &str) -> Result<StoredPlan> {
+    decode_stored(&repo.read_object_plaintext(object)?, object)
+}
+
+/// Parses and checks the plaintext of plan object `object` (named in errors).
+pub fn decode_stored(plaintext: &[u8], object: &str) -> Result<StoredPlan> {
+    let kept: StoredPlan =
+        serde_json::from_slice(plaintext).map_err(|e| Error::corrupt(object, e.to_string()))?;
+    kept.plan
+        .check(&kept.name)
+        .map_err(|why| Error::corrupt(object, format!("plan {}: {why}", kept.name)))?;
+    Ok(kept)
+}
+
 /// What a run did in one target.
 #[derive(Debug)]
 pub struct TargetReport {
@@ -268,6 +344,13 @@ pub fn run(
         }
     }
     opened[primary] = Some(source);
+    for (i, repo) in opened.iter().enumerate() {
+        if let Some(repo) = repo.as_ref().filter(|_| targets[i].holds_checkpoint)
+            && let Err(e) = store(repo, name, plan)
+        {
+            tracing::warn!("could not keep plan {name} in {}: {e}", targets[i].repo);
+        }
+    }
     if let Some(policy) = &plan.keep {
         for (i, repo) in opened.iter().enumerate() {
             let Some(repo) = repo.as_ref().filter(|_| targets[i].holds_checkpoint) else {

@@ -175,6 +175,67 @@ fn a_plan_with_an_unreachable_target_puts_each_run_in_the_others_and_keeps_what_
         shown.contains("http://127.0.0.1:1/repo: unreadable"),
         "{shown}"
     );
+
+    steps.enter("a target gives the plan back, as the plans file said it");
+    let recovered = sandbox
+        .cairn()
+        .env("CAIRN_PASSWORD", "password of c")
+        .args(["plans", "recover", "--repo", text(&sandbox.path("repo-c"))])
+        .output()
+        .unwrap();
+    assert!(recovered.status.success(), "{}", stderr(&recovered));
+    let as_written: toml::Table = fs::read_to_string(&config).unwrap().parse().unwrap();
+    let as_kept: toml::Table = String::from_utf8_lossy(&recovered.stdout).parse().unwrap();
+    assert_eq!(
+        as_kept["plans"]["home"]["sources"],
+        as_written["plans"]["home"]["sources"]
+    );
+    assert_eq!(
+        as_kept["plans"]["home"]["targets"],
+        as_written["plans"]["home"]["targets"]
+    );
+
+    steps.enter("recover --write writes a new plans file and never over one");
+    let new_machine = sandbox.path("new-machine/cairn.toml");
+    let recover_into_new_machine = || {
+        sandbox
+            .cairn()
+            .env("CAIRN_PASSWORD", "password of a")
+            .args([
+                "--config",
+                text(&new_machine),
+                "plans",
+                "recover",
+                "--write",
+            ])
+            .args(["--repo", text(&sandbox.path("repo-a"))])
+            .output()
+            .unwrap()
+    };
+    let written = recover_into_new_machine();
+    assert!(written.status.success(), "{}", stderr(&written));
+    let status = sandbox
+        .cairn()
+        .args([
+            "--config",
+            text(&new_machine),
+            "--retry-for",
+            "1s",
+            "status",
+            "home",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains(short),
+        "the recovered plan finds the checkpoints: {}",
+        stderr(&status)
+    );
+    assert_fails(
+        &recover_into_new_machine(),
+        1,
+        "a plans file is there already",
+    );
 }
 
 #[test]

@@ -13,6 +13,7 @@ use cairn::repo::{InitOptions, Repository};
 use clap::{Args, Subcommand};
 use indicatif::HumanBytes;
 use serde_json::json;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -48,6 +49,13 @@ enum PlansCommand {
     Init {
         /// The plan, as named in the configuration file
         plan: String,
+    },
+    /// Print the plans a repository keeps (every `run` and `init` stores its plan in each
+    /// target) as a plans file; with --write, write it where the plans file belongs
+    Recover {
+        /// Write the plans file (refused when one exists) instead of printing it
+        #[arg(long)]
+        write: bool,
     },
 }
 
@@ -306,7 +314,66 @@ fn age(time: &str, now: std::time::SystemTime) -> String {
 pub fn plans(global: &GlobalArgs, args: PlansArgs) -> Result<ExitCode> {
     match args.command {
         PlansCommand::Init { plan } => init(global, &plan),
+        PlansCommand::Recover { write } => recover(global, write),
     }
+}
+
+/// The plans `--repo` keeps, as a plans file.
+fn recover(global: &GlobalArgs, write: bool) -> Result<ExitCode> {
+    let repo = global.open()?;
+    let (kept, unreadable) = plan::stored(&repo)?;
+    for error in &unreadable {
+        eprintln!("warning: {error}");
+    }
+    if kept.is_empty() {
+        bail!(
+            "{} keeps no plan: only repositories that `cairn run` or `cairn plans init` wrote \
+             to hold one",
+            repo.backend().location()
+        );
+    }
+    for stored in kept.values() {
+        eprintln!(
+            "plan {}: stored {} from {}",
+            stored.name,
+            stored.time.get(..19).unwrap_or(&stored.time),
+            stored.host
+        );
+    }
+    let config = Config {
+        plans: kept
+            .into_iter()
+            .map(|(name, stored)| (name, stored.plan))
+            .collect(),
+    };
+    let text = toml::to_string(&config).context("writing the plans as TOML")?;
+    if !write {
+        outln!("{}", text.trim_end());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let path = match &global.config {
+        Some(path) => path.clone(),
+        None => default_config_path()?,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| {
+            format!(
+                "writing {}: a plans file is there already; print the plans without --write \
+                 and merge them by hand",
+                path.display()
+            )
+        })?;
+    std::io::Write::write_all(&mut file, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("plans written to {}", path.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Creates the plan's targets that hold no repository yet.
@@ -317,7 +384,16 @@ fn init(global: &GlobalArgs, name: &str) -> Result<ExitCode> {
     let mut failed = 0;
     for target in &plan.targets {
         let args = for_target(global, target);
-        match init_target(&args, target, model.as_ref()) {
+        let made = init_target(&args, target, model.as_ref());
+        if let Ok((repo, _)) = &made
+            && let Err(e) = plan::store(repo, name, plan)
+        {
+            eprintln!(
+                "warning: {}: could not keep the plan there: {e}",
+                target.repo
+            );
+        }
+        match made {
             Ok((repo, created)) => {
                 eprintln!(
                     "  {}: {}",

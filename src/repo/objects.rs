@@ -1,6 +1,6 @@
 //! The kinds of objects a repository holds and the names they are stored under: the one
 //! place that spells the layout (`config`, `keys/`, `data/`, `index/`, `checkpoints/`,
-//! `locks/`; docs/FORMAT.md describes each).
+//! `locks/`, `plans/`; docs/FORMAT.md describes each).
 
 /// The name of the repository's config object.
 pub const CONFIG: &str = "config";
@@ -18,16 +18,19 @@ pub enum ObjectKind {
     Checkpoint,
     /// A lock object of a run under way.
     Lock,
+    /// A plan whose checkpoints the repository keeps, so a new machine can recover it.
+    Plan,
 }
 
 impl ObjectKind {
     /// Every kind.
-    pub const ALL: [ObjectKind; 5] = [
+    pub const ALL: [ObjectKind; 6] = [
         ObjectKind::Key,
         ObjectKind::Pack,
         ObjectKind::Index,
         ObjectKind::Checkpoint,
         ObjectKind::Lock,
+        ObjectKind::Plan,
     ];
 
     /// The directory the kind's objects are named under, with its slash: the prefix to list
@@ -39,6 +42,7 @@ impl ObjectKind {
             ObjectKind::Index => "index/",
             ObjectKind::Checkpoint => "checkpoints/",
             ObjectKind::Lock => "locks/",
+            ObjectKind::Plan => "plans/",
         }
     }
 
