@@ -20,6 +20,8 @@ command -v setpriv >/dev/null || apt_install util-linux
 command -v fusermount3 >/dev/null || apt_install fuse3
 command -v rsync >/dev/null || apt_install rsync
 command -v curl >/dev/null || apt_install curl
+# cron's crontab is what `cairn schedule --with cron` edits where systemd is not running.
+command -v crontab >/dev/null || apt_install cron
 command -v cargo >/dev/null || { echo "scripts/test.sh: needs a Rust toolchain (rustup.rs)" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 # The S3 tests run against a real Garage (one node, and a three-node cluster): built once into

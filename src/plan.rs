@@ -53,6 +53,10 @@ pub struct Plan {
     /// Read source files at most this fast, in bytes per second ("20M", "512K").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_rate: Option<String>,
+    /// When `cairn schedule` runs the plan: `hourly`, `daily`, `weekly`, `monthly`, or a
+    /// systemd calendar event such as `*-*-* 03:30` (default: daily).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
 }
 
 /// One repository of a plan and where its secret comes from.

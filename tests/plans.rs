@@ -281,3 +281,117 @@ fn an_empty_password_file_is_said_to_be_empty_not_a_wrong_password() {
     ]);
     assert!(by_command.status.success(), "{}", stderr(&by_command));
 }
+
+#[test]
+fn a_schedule_writes_units_or_a_crontab_line_whose_command_runs_the_plan() {
+    let steps = Steps::new();
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    make_tree(&source);
+    let config = write_plan(&sandbox, &source);
+    let units = sandbox.path("units");
+    let cairn = |args: &[&str]| {
+        sandbox
+            .cairn()
+            .args(["--config", text(&config), "--retry-for", "1s"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let _ = cairn(&["plans", "init", "home"]);
+
+    steps.enter("systemd units, low-priority, running this binary on this plans file");
+    let written = cairn(&["schedule", "home", "--unit-dir", text(&units)]);
+    assert!(written.status.success(), "{}", stderr(&written));
+    let service = fs::read_to_string(units.join("cairn-plan-home.service")).unwrap();
+    let timer = fs::read_to_string(units.join("cairn-plan-home.timer")).unwrap();
+    assert!(timer.contains("OnCalendar=daily\n"), "{timer}");
+    assert!(service.contains("Nice=19\n") && service.contains("IOSchedulingClass=idle\n"));
+    let exec = service
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart line");
+    assert!(
+        exec.starts_with(env!("CARGO_BIN_EXE_cairn")) && exec.ends_with(" run home"),
+        "{exec}"
+    );
+    if std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let verified = std::process::Command::new("systemd-analyze")
+            .args(["verify", text(&units.join("cairn-plan-home.timer"))])
+            .output()
+            .unwrap();
+        assert!(verified.status.success(), "{}", stderr(&verified));
+    }
+
+    steps.enter("the scheduled command runs the plan");
+    let ran = std::process::Command::new("sh")
+        .args(["-c", exec])
+        .env_remove("CAIRN_PASSWORD")
+        .output()
+        .unwrap();
+    assert_eq!(ran.status.code(), Some(3), "{}", stderr(&ran));
+    assert_eq!(
+        checkpoint_ids(&sandbox, &sandbox.path("repo-c"), "password of c").len(),
+        1
+    );
+
+    steps.enter("--remove takes the units away");
+    let removed = cairn(&["schedule", "home", "--remove", "--unit-dir", text(&units)]);
+    assert!(removed.status.success(), "{}", stderr(&removed));
+    assert!(!units.join("cairn-plan-home.timer").exists());
+    assert!(!units.join("cairn-plan-home.service").exists());
+
+    steps.enter("cron: one line, replaced on a second schedule, gone on --remove");
+    let crontab = |args: &[&str]| std::process::Command::new("crontab").args(args).output();
+    let before = crontab(&["-l"]).expect("crontab (cron) is installed by scripts/test.sh");
+    for _ in 0..2 {
+        let scheduled = cairn(&["schedule", "home", "--with", "cron"]);
+        assert!(scheduled.status.success(), "{}", stderr(&scheduled));
+    }
+    let listed = String::from_utf8(crontab(&["-l"]).unwrap().stdout).unwrap();
+    let ours: Vec<&str> = listed
+        .lines()
+        .filter(|l| l.ends_with("# cairn-plan-home"))
+        .collect();
+    assert_eq!(ours.len(), 1, "{listed}");
+    assert!(
+        ours[0].starts_with("@daily nice -n 19 ionice -c 3 "),
+        "{listed}"
+    );
+    assert!(
+        ours[0].contains(exec),
+        "cron runs what systemd would: {listed}"
+    );
+    let removed = cairn(&["schedule", "home", "--with", "cron", "--remove"]);
+    assert!(removed.status.success(), "{}", stderr(&removed));
+    let listed = String::from_utf8(crontab(&["-l"]).unwrap().stdout).unwrap();
+    assert!(!listed.contains("cairn-plan-home"), "{listed}");
+    if before.status.success() {
+        let mut restore = std::process::Command::new("crontab")
+            .arg("-")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        restore
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&before.stdout)
+            .unwrap();
+        restore.wait().unwrap();
+    }
+
+    steps.enter("a calendar event cron cannot run is refused");
+    let calendar = fs::read_to_string(&config).unwrap().replace(
+        "keep = { last = 1 }",
+        "keep = { last = 1 }\nschedule = \"*-*-* 03:30\"",
+    );
+    fs::write(&config, calendar).unwrap();
+    let refused = cairn(&["schedule", "home", "--with", "cron"]);
+    assert_fails(&refused, 1, "cron cannot run");
+}

@@ -28,6 +28,7 @@ mod plan;
 mod prune;
 mod repair;
 mod restore;
+mod schedule;
 mod serve;
 mod sync;
 mod unlock;
@@ -132,6 +133,8 @@ enum Command {
     Status(plan::StatusArgs),
     /// Manage the plans of the configuration file
     Plans(plan::PlansArgs),
+    /// Run a plan at the times its `schedule` names (a systemd timer, or cron)
+    Schedule(schedule::ScheduleArgs),
     /// List checkpoints
     List(list::ListArgs),
     /// List the entries of a checkpoint or of a directory in it
@@ -176,6 +179,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => plan::run(global, args),
         Command::Status(args) => plan::status(global, args),
         Command::Plans(args) => plan::plans(global, args),
+        Command::Schedule(args) => schedule::run(global, args),
         Command::List(args) => list::run(global, args),
         Command::Ls(args) => ls::run(global, args),
         Command::Cat(args) => cat::run(global, args),

@@ -59,8 +59,8 @@ enum PlansCommand {
     },
 }
 
-/// The configuration file and its name for messages.
-fn load_config(global: &GlobalArgs) -> Result<(Config, String)> {
+/// The plans file, its name for messages, and its path.
+pub(super) fn load_config(global: &GlobalArgs) -> Result<(Config, String, PathBuf)> {
     let path = match &global.config {
         Some(path) => path.clone(),
         None => default_config_path()?,
@@ -71,7 +71,7 @@ fn load_config(global: &GlobalArgs) -> Result<(Config, String)> {
             "reading the plans file {shown}: write one (see docs/PLANS.md) or pass --config FILE"
         )
     })?;
-    Ok((Config::parse(&text, &shown)?, shown))
+    Ok((Config::parse(&text, &shown)?, shown, path))
 }
 
 fn default_config_path() -> Result<PathBuf> {
@@ -109,7 +109,7 @@ fn open_target(global: &GlobalArgs, target: &Target) -> cairn::Result<Repository
 }
 
 pub fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> {
-    let (config, origin) = load_config(global)?;
+    let (config, origin, _) = load_config(global)?;
     let plan = config.plan(&args.plan, &origin)?;
     if plan.low_priority {
         cairn::fs::throttle::lower_priority()?;
@@ -229,7 +229,7 @@ fn print_run_summary(name: &str, report: &plan::RunReport) -> Result<()> {
 }
 
 pub fn status(global: &GlobalArgs, args: StatusArgs) -> Result<ExitCode> {
-    let (config, origin) = load_config(global)?;
+    let (config, origin, _) = load_config(global)?;
     let names: Vec<&String> = match &args.plan {
         Some(name) => {
             config.plan(name, &origin)?;
@@ -378,7 +378,7 @@ fn recover(global: &GlobalArgs, write: bool) -> Result<ExitCode> {
 
 /// Creates the plan's targets that hold no repository yet.
 fn init(global: &GlobalArgs, name: &str) -> Result<ExitCode> {
-    let (config, origin) = load_config(global)?;
+    let (config, origin, _) = load_config(global)?;
     let plan = config.plan(name, &origin)?;
     let mut model: Option<Repository> = None;
     let mut failed = 0;
