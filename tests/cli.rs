@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use std::fs;
 use std::path::Path;
+use std::process::Command;
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -1331,4 +1332,57 @@ fn a_restore_into_a_full_disk_stops_at_once_and_says_what_is_missing() {
             "{name:?}"
         );
     }
+}
+
+#[test]
+fn completions_load_in_bash_and_complete_commands_and_options() {
+    let sandbox = Sandbox::new();
+    let script = sandbox.path("cairn.bash");
+    fs::write(&script, sandbox.ok(&["completions", "bash"])).unwrap();
+    let complete = |words: &str, current: usize| {
+        let output = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source {}; COMP_WORDS=({words}); COMP_CWORD={current}; \
+                 _cairn cairn \"${{COMP_WORDS[$COMP_CWORD]}}\" \"${{COMP_WORDS[$COMP_CWORD-1]}}\"; \
+                 echo \"${{COMPREPLY[@]}}\"",
+                script.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert_eq!(complete("cairn ba", 1).trim(), "backup");
+    assert!(complete("cairn backup --ex", 2).contains("--exclude"));
+    assert!(complete("cairn plans ''", 2).contains("recover"));
+    for shell in ["zsh", "fish"] {
+        let other = sandbox.ok(&["completions", shell]);
+        assert!(
+            other.contains("backup") && other.contains("exclude"),
+            "{shell}"
+        );
+    }
+}
+
+#[test]
+fn a_man_page_is_written_for_every_command() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path("man1");
+    sandbox.ok(&["man", "--dir", dir.to_str().unwrap()]);
+    for page in [
+        "cairn.1",
+        "cairn-backup.1",
+        "cairn-plans-recover.1",
+        "cairn-schedule.1",
+    ] {
+        let text = fs::read_to_string(dir.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}");
+    }
+    let backup = fs::read_to_string(dir.join("cairn-backup.1")).unwrap();
+    assert!(backup.contains("exclude"), "the options are in the page");
+    assert!(
+        !dir.join("cairn-pipeline-speed.1").exists(),
+        "hidden commands get no page"
+    );
 }

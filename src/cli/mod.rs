@@ -16,6 +16,7 @@ mod backup;
 mod cat;
 mod check;
 mod diff;
+mod docs;
 mod forget;
 mod history;
 mod init;
@@ -166,6 +167,10 @@ enum Command {
     Unlock(unlock::UnlockArgs),
     /// Manage the passwords of a password-mode repository: list, add, change, remove
     Key(key::KeyArgs),
+    /// Print a shell's completion script (bash, zsh, fish, elvish, powershell)
+    Completions(docs::CompletionsArgs),
+    /// Write a man page for cairn and for each of its commands
+    Man(docs::ManArgs),
     /// Measure the backup pipeline in memory on some files (the floor in scripts/bench.sh)
     #[command(hide = true)]
     PipelineSpeed(pipeline_speed::PipelineSpeedArgs),
@@ -195,6 +200,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Repair(args) => repair::run(global, args),
         Command::Unlock(args) => unlock::run(global, args),
         Command::Key(args) => key::run(global, args),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
         Command::PipelineSpeed(args) => pipeline_speed::run(args),
     }
 }
