@@ -313,11 +313,36 @@ fn unreadable_files_are_listed_and_exit_3() {
         .output()
         .unwrap();
     assert_fails(&output, 3, "secret.txt");
+    assert!(
+        stderr(&output).contains("1 path could not be read"),
+        "{}",
+        stderr(&output)
+    );
     let listing = sandbox.ok(&with(&["ls", "latest"], &extra));
     assert!(
         listing.contains("fine.txt") && !listing.contains("secret.txt"),
         "{listing}"
     );
+
+    // In JSON, `errors` is a count as in the checkpoint's stats, the paths are `unreadable`.
+    let mut command = if running_as_root() {
+        sandbox.cairn_as_nobody(&[&repo, &source])
+    } else {
+        sandbox.cairn()
+    };
+    let output = command
+        .args(with(&["backup", "--json"], &extra))
+        .arg(&source)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["errors"], 1, "{report}");
+    let path = report["unreadable"][0]["path"].as_str().unwrap();
+    assert!(path.ends_with("secret.txt"), "{report}");
+    let listed: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&with(&["list", "--json"], &extra))).unwrap();
+    assert_eq!(listed[1]["stats"]["errors"], report["errors"]);
 }
 
 #[test]

@@ -272,14 +272,14 @@ fn backups_run_together_a_prune_waits_for_them_and_unlock_removes_only_stale_loc
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
-    assert!(dry.contains("1 locks would be removed, 1 left"), "{dry}");
+    assert!(dry.contains("1 lock would be removed, 1 left"), "{dry}");
     let unlocked = sandbox.ok(&["unlock", "--repo", text(&repo)]);
     assert!(
-        unlocked.contains("is gone") && unlocked.contains("1 locks removed, 1 left"),
+        unlocked.contains("is gone") && unlocked.contains("1 lock removed, 1 left"),
         "{unlocked}"
     );
     let all = sandbox.ok(&["unlock", "--repo", text(&repo), "--remove-all"]);
-    assert!(all.contains("1 locks removed, 0 left"), "{all}");
+    assert!(all.contains("1 lock removed, 0 left"), "{all}");
     live.kill().unwrap();
     live.wait().unwrap();
 }

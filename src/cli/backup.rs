@@ -97,7 +97,9 @@ pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
             "added_bytes": stats.added_bytes,
             "added_blobs": stats.added_blobs,
             "duration_ms": stats.duration_ms,
-            "errors": outcome.errors.iter().map(|e| json!({"path": e.path, "message": e.message})).collect::<Vec<_>>(),
+            // A count, as in the checkpoint's stats (`list --json`); the paths are `unreadable`.
+            "errors": outcome.errors.len(),
+            "unreadable": outcome.errors,
         }))?;
     } else {
         let seconds = stats.duration_ms as f64 / 1000.0;
@@ -105,14 +107,14 @@ pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
             outln!("{id}");
         }
         eprintln!(
-            "{} {} files, {} dirs, {}: read {}, {} {} to the repository, in {seconds:.1}s",
+            "{} {}, {}, {}: read {}, {} {} to the repository, in {seconds:.1}s",
             if args.dry_run {
                 "dry run:"
             } else {
                 "checkpoint saved:"
             },
-            stats.files,
-            stats.dirs,
+            super::counted(stats.files, "file"),
+            super::counted(stats.dirs, "dir"),
             HumanBytes(stats.bytes),
             HumanBytes(stats.bytes_read),
             if args.dry_run { "would add" } else { "added" },
@@ -123,8 +125,8 @@ pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!(
-            "{} paths could not be read and are missing from the checkpoint",
-            outcome.errors.len()
+            "{} could not be read: not in the checkpoint",
+            super::counted(outcome.errors.len(), "path")
         );
         Ok(ExitCode::from(3))
     }

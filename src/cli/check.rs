@@ -50,10 +50,10 @@ pub fn run(global: &GlobalArgs, args: CheckArgs) -> Result<ExitCode> {
     } else {
         print_summary(&report)?;
         eprintln!(
-            "checked {} checkpoints, {} trees, {} packs{}",
-            report.checkpoints,
-            report.trees,
-            report.packs,
+            "checked {}, {}, {}{}",
+            super::counted(report.checkpoints, "checkpoint"),
+            super::counted(report.trees, "tree"),
+            super::counted(report.packs, "pack"),
             if args.read_data {
                 format!(", read {} blobs", report.blobs_read)
             } else {

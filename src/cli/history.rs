@@ -41,9 +41,9 @@ pub fn run(global: &GlobalArgs, args: HistoryArgs) -> Result<ExitCode> {
     let versions = versions(&history);
     if versions.is_empty() {
         anyhow::bail!(
-            "{} is in none of the {} checkpoints",
+            "{} is in none of the {}",
             args.path,
-            catalogue.len()
+            super::counted(catalogue.len(), "checkpoint")
         );
     }
     if args.json {

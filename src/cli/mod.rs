@@ -207,8 +207,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// `count` and `noun`, in the plural unless the count is one: "1 checkpoint", "2 files".
-fn counted(count: impl Into<u64>, noun: &str) -> String {
-    match count.into() {
+fn counted(count: impl TryInto<u64>, noun: &str) -> String {
+    match count.try_into().unwrap_or(u64::MAX) {
         1 => format!("1 {noun}"),
         count => format!("{count} {noun}s"),
     }

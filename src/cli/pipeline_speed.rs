@@ -39,10 +39,10 @@ pub fn run(args: PipelineSpeedArgs) -> Result<ExitCode> {
         }))?;
     } else {
         outln!(
-            "{} files, {} bytes, {} chunks through chunk+hash+compress+seal on {} threads in {:.2} s: {:.0} MiB/s",
-            speed.files,
+            "{}, {} bytes, {} through chunk+hash+compress+seal on {} threads in {:.2} s: {:.0} MiB/s",
+            super::counted(speed.files, "file"),
             speed.bytes,
-            speed.chunks,
+            super::counted(speed.chunks, "chunk"),
             speed.threads,
             speed.seconds,
             speed.mib_per_second()

@@ -159,6 +159,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> {
             "id": report.checkpoint.map(|id| id.to_hex()),
             "short_id": report.checkpoint.map(|id| id.short()),
             "errors": unreadable.len(),
+            "unreadable": unreadable,
             "targets": report.targets.iter().map(|t| json!({
                 "repo": t.repo,
                 "holds_checkpoint": t.holds_checkpoint,
@@ -277,7 +278,7 @@ pub fn status(global: &GlobalArgs, args: StatusArgs) -> Result<ExitCode> {
                 (None, None) => "no checkpoint of this plan".to_owned(),
                 (None, Some(latest)) => format!(
                     "{}, latest {} {} ({} ago, {})",
-                    counted(target.checkpoints.len() as u64, "checkpoint"),
+                    counted(target.checkpoints.len(), "checkpoint"),
                     latest.id.short(),
                     latest.record.time.get(..19).unwrap_or(&latest.record.time),
                     age(&latest.record.time, now),

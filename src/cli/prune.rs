@@ -39,12 +39,12 @@ pub fn run(global: &GlobalArgs, args: PruneArgs) -> Result<ExitCode> {
 pub(super) fn print_report(report: &PruneReport) -> Result<()> {
     let would = if report.dry_run { "would be " } else { "" };
     outln!(
-        "{} blobs in use ({}); {} packs {would}deleted, {} {would}repacked ({} blobs, {})",
-        report.used_blobs,
+        "{} in use ({}); {} {would}deleted, {} {would}repacked ({}, {})",
+        super::counted(report.used_blobs, "blob"),
         HumanBytes(report.used_bytes),
-        report.packs_deleted,
+        super::counted(report.packs_deleted, "pack"),
         report.packs_repacked,
-        report.blobs_repacked,
+        super::counted(report.blobs_repacked, "blob"),
         HumanBytes(report.bytes_repacked),
     );
     outln!(

@@ -84,10 +84,10 @@ fn print_index_report(report: &IndexRepairReport) -> Result<()> {
         outln!("unreadable pack {}: {}", pack.name, pack.reason);
     }
     outln!(
-        "{} packs read, {} unreadable; {} blobs indexed",
-        report.packs_read,
+        "{} read, {} unreadable; {} indexed",
+        super::counted(report.packs_read, "pack"),
         report.unreadable_packs.len(),
-        report.blobs_indexed
+        super::counted(report.blobs_indexed, "blob")
     );
     outln!(
         "index files: {} {would}written, {} {would}deleted",

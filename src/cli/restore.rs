@@ -36,9 +36,9 @@ fn draw_progress(progress: &Progress, done: &AtomicBool) {
     super::draw_bytes_progress("restore", done, |bar| {
         bar.set_length(progress.total_bytes.load(Ordering::Relaxed));
         bar.set_position(progress.bytes_done.load(Ordering::Relaxed));
-        bar.set_message(format!(
-            "{} files",
-            progress.files_done.load(Ordering::Relaxed)
+        bar.set_message(super::counted(
+            progress.files_done.load(Ordering::Relaxed),
+            "file",
         ));
     });
 }
@@ -80,9 +80,9 @@ pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
         }))?;
     } else {
         eprintln!(
-            "restored {} files, {} dirs, {} into {} in {:.1}s",
-            files,
-            report.dirs,
+            "restored {}, {}, {} into {} in {:.1}s",
+            super::counted(files, "file"),
+            super::counted(report.dirs, "dir"),
             HumanBytes(bytes),
             args.target.display(),
             started.elapsed().as_secs_f64()
@@ -91,9 +91,9 @@ pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
     if let Some(full) = &report.out_of_space {
         let total = progress.total_bytes.load(Ordering::Relaxed);
         let done = format!(
-            "Restored {} files, {} dirs, {} of {}",
-            files,
-            report.dirs,
+            "Restored {}, {}, {} of {}",
+            super::counted(files, "file"),
+            super::counted(report.dirs, "dir"),
             HumanBytes(bytes),
             HumanBytes(total)
         );
@@ -104,8 +104,8 @@ pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
     }
     if !report.errors.is_empty() {
         bail!(
-            "{} files could not be restored (listed above); they were not written",
-            report.errors.len()
+            "{} could not be restored (listed above): not written",
+            super::counted(report.errors.len(), "file")
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -127,8 +127,8 @@ pub fn run(global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode> {
     }
     if let Some(full) = &report.out_of_space {
         let done = format!(
-            "Synced {} files ({} of them already up to date)",
-            report.files_written + report.files_unchanged,
+            "Synced {} ({} of them already up to date)",
+            super::counted(report.files_written + report.files_unchanged, "file"),
             report.files_unchanged
         );
         let target = Path::new(&args.destination);

@@ -30,6 +30,9 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs) -> Result<ExitCode> {
     } else {
         listed
     };
-    outln!("{} locks {would}removed, {left} left", removed.len());
+    outln!(
+        "{} {would}removed, {left} left",
+        super::counted(removed.len(), "lock")
+    );
     Ok(ExitCode::SUCCESS)
 }
