@@ -319,6 +319,29 @@ pub fn forget(
     Ok(Forgotten { series, removed })
 }
 
+/// Removes the checkpoint records `ids` names (a dry run's repository only counts them),
+/// under the exclusive lock; an id the repository does not hold is an error before anything
+/// is removed.
+pub fn forget_named(repo: &Repository, ids: &[CheckpointId]) -> Result<u64> {
+    let _lock = crate::repo::lock::acquire(repo, true, "forget")?;
+    for id in ids {
+        if !checkpoint::exists(repo, id)? {
+            return Err(Error::not_found(
+                crate::error::Missing::Checkpoint { asked: id.to_hex() },
+                format!(
+                    "no checkpoint {} in {}; nothing was removed",
+                    id.short(),
+                    repo.backend().location()
+                ),
+            ));
+        }
+    }
+    for id in ids {
+        checkpoint::remove(repo, id)?;
+    }
+    Ok(ids.len() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1411,3 +1411,49 @@ fn a_man_page_is_written_for_every_command() {
         "hidden commands get no page"
     );
 }
+
+#[test]
+fn forget_removes_the_checkpoints_named_and_nothing_when_one_is_not_there() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    let repo = sandbox.path("repo");
+    let extra = init(&sandbox, &repo, "none");
+    let ids: Vec<String> = (0..3)
+        .map(|round| {
+            fs::write(source.join("file"), format!("round {round}")).unwrap();
+            backup_json(&sandbox, &extra, &[&source])["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let listed = || {
+        let list: serde_json::Value =
+            serde_json::from_str(&sandbox.ok(&with(&["list", "--json"], &extra))).unwrap();
+        json_strings(&list, "id")
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+
+    let dry = sandbox.ok(&with(&["forget", &ids[0][..8], "--dry-run"], &extra));
+    assert!(dry.contains("1 checkpoint would be removed"), "{dry}");
+    assert_eq!(listed().len(), 3);
+
+    let missing = sandbox.run(&with(&["forget", &ids[0][..8], "ffffffff"], &extra));
+    assert_fails(&missing, 1, "no checkpoint matches \"ffffffff\"");
+    assert_eq!(listed().len(), 3, "nothing removed when one is not there");
+
+    let done = sandbox.ok(&with(&["forget", &ids[0][..8], "latest"], &extra));
+    assert!(done.contains("2 checkpoints removed"), "{done}");
+    assert_eq!(listed(), vec![ids[1].clone()]);
+
+    let both = sandbox.run(&with(&["forget", &ids[1][..8], "--keep-last", "1"], &extra));
+    assert_eq!(
+        both.status.code(),
+        Some(2),
+        "a policy and names together: {}",
+        stderr(&both)
+    );
+}

@@ -1,6 +1,6 @@
 //! `cairn forget`: removes checkpoint records by a retention policy, series by series (one
-//! host and set of paths), printing what is kept and why and what is removed; with
-//! `--prune`, a prune follows and returns the space.
+//! host and set of paths), printing what is kept and why and what is removed, or removes the
+//! checkpoints named (`forget ID...`); with `--prune`, a prune follows and returns the space.
 
 use super::{GlobalArgs, print_json};
 use anyhow::{Result, bail};
@@ -11,6 +11,10 @@ use std::process::ExitCode;
 
 #[derive(Debug, Args)]
 pub struct ForgetArgs {
+    /// Remove these checkpoints (ids, unique prefixes of 4+ hex digits, or `latest`) instead
+    /// of applying a policy
+    #[arg(value_name = "CHECKPOINT", conflicts_with_all = ["keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_tags"])]
+    checkpoints: Vec<String>,
     /// Keep the N newest checkpoints of each series
     #[arg(long, value_name = "N", default_value_t = 0)]
     keep_last: u32,
@@ -46,6 +50,9 @@ pub struct ForgetArgs {
 }
 
 pub fn run(global: &GlobalArgs, args: ForgetArgs) -> Result<ExitCode> {
+    if !args.checkpoints.is_empty() {
+        return forget_named(global, &args);
+    }
     let policy = Policy {
         last: args.keep_last,
         hourly: args.keep_hourly,
@@ -80,7 +87,7 @@ pub fn run(global: &GlobalArgs, args: ForgetArgs) -> Result<ExitCode> {
     } else {
         print_plans(plans)?;
         let would = if args.dry_run { "would be " } else { "" };
-        outln!("{removed} checkpoints {would}removed");
+        outln!("{} {would}removed", super::counted(removed, "checkpoint"));
         if let Some(report) = &pruned {
             super::prune::print_report(report)?;
             if args.dry_run {
@@ -88,6 +95,42 @@ pub fn run(global: &GlobalArgs, args: ForgetArgs) -> Result<ExitCode> {
                     "(the prune above still counts the checkpoints forget would remove as in use)"
                 );
             }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `forget ID...`: the named checkpoints, resolved first, removed together.
+fn forget_named(global: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
+    let repo = global.open_for(args.dry_run)?;
+    let mut ids = Vec::new();
+    for reference in &args.checkpoints {
+        let stored = super::resolve_checkpoint(&repo, reference, &args.filters)?;
+        if !ids.contains(&stored.id) {
+            ids.push(stored.id);
+        }
+    }
+    let removed = retention::forget_named(&repo, &ids)?;
+    let pruned = if args.prune {
+        Some(cairn::prune::run(&repo, &Default::default())?)
+    } else {
+        None
+    };
+    let would = if args.dry_run { "would be " } else { "" };
+    if args.json {
+        print_json(&json!({
+            "dry_run": args.dry_run,
+            "ids": ids.iter().map(|id| id.to_hex()).collect::<Vec<_>>(),
+            "removed": removed,
+            "prune": pruned,
+        }))?;
+    } else {
+        for id in &ids {
+            outln!("  {}  {would}removed", id.short());
+        }
+        outln!("{} {would}removed", super::counted(removed, "checkpoint"));
+        if let Some(report) = &pruned {
+            super::prune::print_report(report)?;
         }
     }
     Ok(ExitCode::SUCCESS)
