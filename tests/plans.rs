@@ -50,6 +50,16 @@ password_command = "echo password of c"
     config
 }
 
+/// `cairn ARGS` with the plans file `config`, giving up quickly on what does not answer.
+fn with_plans(sandbox: &Sandbox, config: &Path, args: &[&str]) -> std::process::Output {
+    sandbox
+        .cairn()
+        .args(["--config", text(config), "--retry-for", "1s"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// The checkpoint ids `list --json` shows in `repo`, opened with `secret` (a password).
 fn checkpoint_ids(sandbox: &Sandbox, repo: &Path, password: &str) -> Vec<String> {
     let output = sandbox
@@ -74,14 +84,7 @@ fn a_plan_with_an_unreachable_target_puts_each_run_in_the_others_and_keeps_what_
     make_tree(&source);
     fs::write(source.join("scratch.tmp"), "left out").unwrap();
     let config = write_plan(&sandbox, &source);
-    let plan = |args: &[&str]| {
-        sandbox
-            .cairn()
-            .args(["--config", text(&config), "--retry-for", "1s"])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let plan = |args: &[&str]| with_plans(&sandbox, &config, args);
 
     steps.enter("plans init creates the reachable targets");
     let init = plan(&["plans", "init", "home"]);
@@ -214,18 +217,7 @@ fn a_plan_with_an_unreachable_target_puts_each_run_in_the_others_and_keeps_what_
     };
     let written = recover_into_new_machine();
     assert!(written.status.success(), "{}", stderr(&written));
-    let status = sandbox
-        .cairn()
-        .args([
-            "--config",
-            text(&new_machine),
-            "--retry-for",
-            "1s",
-            "status",
-            "home",
-        ])
-        .output()
-        .unwrap();
+    let status = with_plans(&sandbox, &new_machine, &["status", "home"]);
     assert!(
         String::from_utf8_lossy(&status.stdout).contains(short),
         "the recovered plan finds the checkpoints: {}",
@@ -290,14 +282,7 @@ fn a_schedule_writes_units_or_a_crontab_line_whose_command_runs_the_plan() {
     make_tree(&source);
     let config = write_plan(&sandbox, &source);
     let units = sandbox.path("units");
-    let cairn = |args: &[&str]| {
-        sandbox
-            .cairn()
-            .args(["--config", text(&config), "--retry-for", "1s"])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let cairn = |args: &[&str]| with_plans(&sandbox, &config, args);
     let _ = cairn(&["plans", "init", "home"]);
 
     steps.enter("systemd units, low-priority, running this binary on this plans file");
