@@ -66,6 +66,7 @@ pub mod prune;
 pub mod repair;
 pub mod restore;
 pub mod retention;
+pub mod stats;
 pub mod sync;
 pub mod vfs;
 

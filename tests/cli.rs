@@ -1457,3 +1457,41 @@ fn forget_removes_the_checkpoints_named_and_nothing_when_one_is_not_there() {
         stderr(&both)
     );
 }
+
+#[test]
+fn stats_say_what_the_checkpoints_hold_and_what_is_stored() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    let data = pseudo_random(300_000, 9);
+    fs::write(source.join("a.bin"), &data).unwrap();
+    fs::write(source.join("copy.bin"), &data).unwrap();
+    fs::write(source.join("text.txt"), "words ".repeat(20_000)).unwrap();
+    let repo = sandbox.path("repo");
+    let extra = init(&sandbox, &repo, "none");
+    backup_json(&sandbox, &extra, &[&source]);
+    backup_json(&sandbox, &extra, &[&source]);
+
+    let report: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&with(&["stats", "--json"], &extra))).unwrap();
+    let stats = &report["repository"];
+    let one_tree = 2 * 300_000 + 120_000;
+    assert_eq!(stats["checkpoints"], 2);
+    assert_eq!(stats["restore_bytes"], 2 * one_tree, "{report}");
+    let raw = stats["raw_bytes"].as_u64().unwrap();
+    assert!(
+        (420_000..430_000).contains(&raw),
+        "one copy of the random data, one of the text, and the trees: {raw}"
+    );
+    let stored = stats["stored_bytes"].as_u64().unwrap();
+    assert!(stored < raw, "the text compresses: {stored} of {raw}");
+    let pack_bytes = stats["pack_bytes"].as_u64().unwrap();
+    assert!(pack_bytes >= stored, "{report}");
+    assert!(report["deduplication"].as_f64().unwrap() > 3.0, "{report}");
+    assert_eq!(report["checkpoints"].as_array().unwrap().len(), 2);
+    assert_eq!(report["checkpoints"][1]["bytes"], one_tree);
+
+    let text = sandbox.ok(&with(&["stats"], &extra));
+    assert!(text.starts_with("2 checkpoints, "), "{text}");
+    assert!(text.contains("x deduplication"), "{text}");
+}

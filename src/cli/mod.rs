@@ -31,6 +31,7 @@ mod repair;
 mod restore;
 mod schedule;
 mod serve;
+mod stats;
 mod sync;
 mod unlock;
 
@@ -167,6 +168,8 @@ enum Command {
     Unlock(unlock::UnlockArgs),
     /// Manage the passwords of a password-mode repository: list, add, change, remove
     Key(key::KeyArgs),
+    /// Show the repository's sizes: as restored, deduplicated, stored
+    Stats(stats::StatsArgs),
     /// Print a shell's completion script (bash, zsh, fish, elvish, powershell)
     Completions(docs::CompletionsArgs),
     /// Write a man page for cairn and for each of its commands
@@ -200,6 +203,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Repair(args) => repair::run(global, args),
         Command::Unlock(args) => unlock::run(global, args),
         Command::Key(args) => key::run(global, args),
+        Command::Stats(args) => stats::run(global, args),
         Command::Completions(args) => docs::completions(args),
         Command::Man(args) => docs::man(args),
         Command::PipelineSpeed(args) => pipeline_speed::run(args),
