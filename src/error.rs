@@ -3,9 +3,9 @@
 //! is typed: a `NotFound` carries what was missing (`Missing`: a repository, an object, a
 //! blob, a checkpoint, a path, a key), a `Locked` what stood in the way (`LockConflict`: whose
 //! lock, or this run's own gone stale). `InvalidInput` is a request a person must correct and
-//! carries only its text, which names the argument and what to give instead. Integrity failures (a MAC or hash
-//! that does not match) are `Corrupt` and never folded into `Io`: they mean the repository
-//! holds wrong bytes, not that the disk said no.
+//! carries only its text, which names the argument and what to give instead. Integrity
+//! failures (a MAC or hash that does not match) are `Corrupt` and never folded into `Io`:
+//! they mean the repository holds wrong bytes, not that the disk said no.
 
 use crate::id::BlobId;
 use std::path::PathBuf;

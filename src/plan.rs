@@ -232,7 +232,7 @@ pub fn decode_stored(plaintext: &[u8], object: &str) -> Result<StoredPlan> {
 }
 
 /// What a run did in one target.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct TargetReport {
     pub repo: String,
     /// Whether the target holds the run's checkpoint: made there, or copied and verified.
@@ -286,11 +286,7 @@ pub fn run(
         .iter()
         .map(|target| TargetReport {
             repo: target.repo.clone(),
-            holds_checkpoint: false,
-            backed_up_here: false,
-            copied: None,
-            forgotten: 0,
-            error: None,
+            ..Default::default()
         })
         .collect();
     let mut opened: Vec<Option<Repository>> = Vec::with_capacity(plan.targets.len());
@@ -330,13 +326,17 @@ pub fn run(
     let id = outcome
         .id
         .expect("a backup that is no dry run names its checkpoint");
-    let source = opened[primary].take().expect("the backup's target is open");
+    let source = opened[primary]
+        .as_ref()
+        .expect("the backup's target is open");
     for (i, repo) in opened.iter().enumerate() {
-        let Some(repo) = repo else { continue };
-        if targets[i].error.is_some() {
+        let Some(repo) = repo
+            .as_ref()
+            .filter(|_| i != primary && targets[i].error.is_none())
+        else {
             continue;
-        }
-        match replicate(&source, repo, id, progress) {
+        };
+        match replicate(source, repo, id, progress) {
             Ok(report) => {
                 targets[i].copied = Some(report);
                 targets[i].holds_checkpoint = true;
@@ -347,25 +347,19 @@ pub fn run(
             }
         }
     }
-    opened[primary] = Some(source);
     for (i, repo) in opened.iter().enumerate() {
-        if let Some(repo) = repo.as_ref().filter(|_| targets[i].holds_checkpoint)
-            && let Err(e) = store(repo, name, plan)
-        {
+        let Some(repo) = repo.as_ref().filter(|_| targets[i].holds_checkpoint) else {
+            continue;
+        };
+        if let Err(e) = store(repo, name, plan) {
             tracing::warn!("could not keep plan {name} in {}: {e}", targets[i].repo);
         }
-    }
-    if let Some(policy) = &plan.keep {
-        for (i, repo) in opened.iter().enumerate() {
-            let Some(repo) = repo.as_ref().filter(|_| targets[i].holds_checkpoint) else {
-                continue;
-            };
-            match retention::forget(repo, policy, &Plan::filter(name)) {
-                Ok(forgotten) => targets[i].forgotten = forgotten.removed,
-                Err(e) => {
-                    stop_if_interrupted(&e)?;
-                    targets[i].error = Some(e);
-                }
+        let Some(policy) = &plan.keep else { continue };
+        match retention::forget(repo, policy, &Plan::filter(name)) {
+            Ok(forgotten) => targets[i].forgotten = forgotten.removed,
+            Err(e) => {
+                stop_if_interrupted(&e)?;
+                targets[i].error = Some(e);
             }
         }
     }

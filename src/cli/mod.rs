@@ -290,12 +290,12 @@ impl GlobalArgs {
 
     /// How to reach the server at `url`: the token and the extra CA.
     fn remote(&self, url: &str) -> Result<Remote> {
-        Ok(Remote {
-            url: url.trim_end_matches('/').to_owned(),
-            token: self.token()?,
-            ca_pem: self.extra_ca()?,
-            timeouts: self.timeouts(),
-        })
+        Ok(Remote::new(
+            url,
+            self.token()?,
+            self.extra_ca()?,
+            self.timeouts(),
+        ))
     }
 
     /// The server token from `CAIRN_TOKEN` or `--token-file`.

@@ -61,10 +61,7 @@ enum PlansCommand {
 
 /// The plans file, its name for messages, and its path.
 pub(super) fn load_config(global: &GlobalArgs) -> Result<(Config, String, PathBuf)> {
-    let path = match &global.config {
-        Some(path) => path.clone(),
-        None => default_config_path()?,
-    };
+    let path = config_path(global)?;
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -74,7 +71,11 @@ pub(super) fn load_config(global: &GlobalArgs) -> Result<(Config, String, PathBu
     Ok((Config::parse(&text, &shown)?, shown, path))
 }
 
-fn default_config_path() -> Result<PathBuf> {
+/// `--config` (or `CAIRN_CONFIG`), else the plans file's place in the user's configuration.
+fn config_path(global: &GlobalArgs) -> Result<PathBuf> {
+    if let Some(path) = &global.config {
+        return Ok(path.clone());
+    }
     if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir).join("cairn/cairn.toml"));
     }
@@ -352,10 +353,7 @@ fn recover(global: &GlobalArgs, write: bool) -> Result<ExitCode> {
         outln!("{}", text.trim_end());
         return Ok(ExitCode::SUCCESS);
     }
-    let path = match &global.config {
-        Some(path) => path.clone(),
-        None => default_config_path()?,
-    };
+    let path = config_path(global)?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -385,17 +383,14 @@ fn init(global: &GlobalArgs, name: &str) -> Result<ExitCode> {
     let mut failed = 0;
     for target in &plan.targets {
         let args = for_target(global, target);
-        let made = init_target(&args, target, model.as_ref());
-        if let Ok((repo, _)) = &made
-            && let Err(e) = plan::store(repo, name, plan)
-        {
-            eprintln!(
-                "warning: {}: could not keep the plan there: {e}",
-                target.repo
-            );
-        }
-        match made {
+        match init_target(&args, target, model.as_ref()) {
             Ok((repo, created)) => {
+                if let Err(e) = plan::store(&repo, name, plan) {
+                    eprintln!(
+                        "warning: {}: could not keep the plan there: {e}",
+                        target.repo
+                    );
+                }
                 eprintln!(
                     "  {}: {}",
                     target.repo,

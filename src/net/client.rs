@@ -40,6 +40,21 @@ pub struct Remote {
 }
 
 impl Remote {
+    /// The server at `url` (a trailing slash dropped), reached with `token`.
+    pub fn new(
+        url: &str,
+        token: String,
+        ca_pem: Option<Vec<u8>>,
+        timeouts: HttpTimeouts,
+    ) -> Remote {
+        Remote {
+            url: url.trim_end_matches('/').to_owned(),
+            token,
+            ca_pem,
+            timeouts,
+        }
+    }
+
     /// An HTTP agent for this remote: the extra CA trusted, error statuses returned as
     /// responses (they are turned into messages here), every wait bounded by `timeouts`.
     fn agent(&self) -> Result<Agent> {

@@ -96,12 +96,8 @@ fn served_store(url: &str, options: &StoreOptions) -> Result<Arc<dyn Backend>> {
     let token = options.token.clone().ok_or_else(|| {
         crate::error::Error::InvalidInput(format!("{url}: a server token is needed"))
     })?;
-    let remote = crate::net::client::Remote {
-        url: url.trim_end_matches('/').to_owned(),
-        token,
-        ca_pem: options.ca_pem.clone(),
-        timeouts: options.timeouts,
-    };
+    let remote =
+        crate::net::client::Remote::new(url, token, options.ca_pem.clone(), options.timeouts);
     Ok(Arc::new(super::http::HttpBackend::new(remote)?))
 }
 

@@ -70,11 +70,13 @@ impl LockRecord {
     }
 
     fn describe(&self, name: &str) -> String {
-        format!(
-            "{} (pid {} on {}, since {}; {name})",
-            self.purpose, self.pid, self.host, self.time
-        )
+        held_by(&self.purpose, self.pid, &self.host, &self.time, name)
     }
+}
+
+/// Whose lock object `name` is, as messages say it.
+fn held_by(purpose: &str, pid: u32, host: &str, since: &str, name: &str) -> String {
+    format!("{purpose} (pid {pid} on {host}, since {since}; {name})")
 }
 
 /// Who or what holds the lock a run waited for, as its error says it.
@@ -87,7 +89,7 @@ fn holder_words(conflict: &LockConflict) -> String {
             purpose,
             since,
             ..
-        } => format!("{purpose} (pid {pid} on {host}, since {since}; {lock})"),
+        } => held_by(purpose, *pid, host, since, lock),
         LockConflict::Unreadable { lock } => format!("an unreadable lock ({lock})"),
         LockConflict::KeptChanging => "locks that keep changing".to_owned(),
         LockConflict::OwnLockStale { age } => format!(

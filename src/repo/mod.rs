@@ -311,7 +311,8 @@ impl Repository {
                 backend.delete(&keys::key_object_name(&key))?;
             }
             return Err(Error::InvalidInput(format!(
-                "{} was initialised by another run at the same time: that repository stands; open it with its password (or choose another location)",
+                "{} was initialised by another run at the same time: that repository stands; open \
+                 it with its password (or choose another location)",
                 backend.location()
             )));
         }
