@@ -859,7 +859,7 @@ fn an_interrupted_pull_keeps_its_packs_says_so_and_the_rerun_pulls_only_the_rest
     sandbox.ok(&["init", "--repo", text(&repo), "--encryption", "none"]);
     let child = sandbox
         .cairn()
-        .args(["sync", "--limit-rate", "16M", "--token-file", text(&token)])
+        .args(["sync", "--limit-rate", "8M", "--token-file", text(&token)])
         .args([url.as_str(), text(&repo)])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
