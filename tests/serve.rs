@@ -852,7 +852,9 @@ fn repair_packs_drops_a_damaged_blob_and_the_next_pull_heals_every_checkpoint() 
 fn an_interrupted_pull_keeps_its_packs_says_so_and_the_rerun_pulls_only_the_rest() {
     let sandbox = Sandbox::new();
     let source = sandbox.path("source");
-    let total = random_files(&source, 6, 8_000_000, 90);
+    // 96 MB read at 8 MB/s: the first pack lands after about two seconds and the pull has
+    // about ten more to go when the signal arrives, however slow the machine is that day.
+    let total = random_files(&source, 12, 8_000_000, 90);
     let token = sandbox.path("token");
     let (_server, url) = Server::source(&sandbox, "home", &source, &token);
     let repo = sandbox.path("repo");
