@@ -83,7 +83,7 @@ pub struct Version {
 }
 
 /// Whether two entries are the same version: same kind and content, size, mode and mtime.
-fn same_version(a: &Entry, b: &Entry) -> bool {
+pub(crate) fn same_version(a: &Entry, b: &Entry) -> bool {
     let same_kind = match (&a.kind, &b.kind) {
         (EntryKind::Dir(_), EntryKind::Dir(_)) => true,
         (x, y) => x == y,

@@ -58,6 +58,7 @@
 pub mod backup;
 pub mod check;
 pub mod diff;
+pub mod find;
 pub mod history;
 #[cfg(feature = "mount")]
 pub mod mount;
@@ -76,6 +77,7 @@ pub mod vfs;
 pub mod checkpoint;
 pub mod id;
 pub mod net;
+pub mod pattern;
 pub mod repo;
 pub mod source;
 pub mod tree;

@@ -10,13 +10,13 @@ use crate::error::{Error, PathError, Result};
 use crate::fs::meta::listed_entry;
 use crate::fs::throttle::{RateLimiter, Throttled};
 use crate::id::CheckpointId;
+use crate::pattern::Patterns;
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::repo::pack::BlobKind;
 use crate::repo::writer::BlobSink;
 use crate::tree::{ChunkRef, Content, Listed};
 use crossbeam_channel::Receiver;
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use std::collections::HashSet;
 use std::fs::{self, Metadata};
 use std::os::fd::AsRawFd;
@@ -39,7 +39,8 @@ const SCAN_AHEAD_THREADS: usize = 4;
 pub struct BackupOptions {
     pub paths: Vec<PathBuf>,
     pub tags: Vec<String>,
-    /// Glob patterns: without `/` they match a name anywhere, with `/` the whole path.
+    /// Patterns of what to leave out (`crate::pattern`): a name anywhere (`*.o`), a path
+    /// below the backup root (`/build`, `src/gen`), directories only (`cache/`).
     pub excludes: Vec<String>,
     pub host: String,
     /// The checkpoint whose stat cache to use; `None` picks the newest one of this host with
@@ -127,7 +128,7 @@ impl LocalSource {
             pulled_from: None,
         };
         Ok(LocalSource {
-            excludes: Excludes::new(&options.excludes)?,
+            excludes: Excludes::new(&options.excludes, &paths)?,
             paths,
             identity,
             parent: options.parent,
@@ -137,6 +138,12 @@ impl LocalSource {
                 false => SCAN_AHEAD_THREADS,
             },
         })
+    }
+
+    /// The exclude patterns that have matched nothing so far.
+    pub(super) fn unmatched_excludes(&self) -> Vec<String> {
+        let unmatched = self.excludes.patterns.unmatched();
+        unmatched.into_iter().map(str::to_owned).collect()
     }
 
     /// How the engine runs for `options`: at low priority, one read in flight at a time
@@ -161,11 +168,14 @@ impl LocalSource {
         stat: impl FnOnce() -> std::io::Result<Metadata>,
         errors: &Mutex<Vec<PathError>>,
     ) -> Option<Listed> {
-        if self.excludes.matches(path) {
+        if self.excludes.matches(path, false) {
             return None;
         }
         let soft_error = |message: String| report(errors, path, message);
         let metadata = stat().map_err(|e| soft_error(e.to_string())).ok()?;
+        if metadata.is_dir() && self.excludes.matches(path, true) {
+            return None;
+        }
         match listed_entry(path, name, &metadata) {
             Ok(Some(entry)) => Some(entry),
             Ok(None) if metadata.file_type().is_socket() => {
@@ -301,37 +311,62 @@ impl From<std::io::Error> for StoreError {
     }
 }
 
-/// Matches paths against the exclude patterns.
+/// The exclude patterns, and how a source path is named inside the checkpoint (what they
+/// are matched against).
 struct Excludes {
-    by_name: GlobSet,
-    by_path: GlobSet,
+    patterns: Patterns,
+    /// Each source path and the name its entries are below in the checkpoint: none for a
+    /// single directory, whose contents are the checkpoint's root.
+    roots: Vec<(PathBuf, Option<Vec<u8>>)>,
 }
 
 impl Excludes {
-    fn new(patterns: &[String]) -> Result<Self> {
-        let mut by_name = GlobSetBuilder::new();
-        let mut by_path = GlobSetBuilder::new();
-        for pattern in patterns {
-            let glob = Glob::new(pattern).map_err(|e| {
-                Error::InvalidInput(format!("bad exclude pattern {pattern:?}: {e}"))
-            })?;
-            if pattern.contains('/') {
-                by_path.add(glob);
-            } else {
-                by_name.add(glob);
-            }
-        }
-        let build = |b: GlobSetBuilder| b.build().map_err(|e| Error::InvalidInput(e.to_string()));
+    fn new(patterns: &[String], paths: &[PathBuf]) -> Result<Self> {
+        let contents_are_root =
+            matches!(paths, [single] if fs::symlink_metadata(single).is_ok_and(|m| m.is_dir()));
+        let roots = paths
+            .iter()
+            .map(|path| {
+                let name = (!contents_are_root).then(|| base_name(path));
+                (path.clone(), name)
+            })
+            .collect();
         Ok(Excludes {
-            by_name: build(by_name)?,
-            by_path: build(by_path)?,
+            patterns: Patterns::new(patterns, "exclude", false)?,
+            roots,
         })
     }
 
-    fn matches(&self, path: &Path) -> bool {
-        path.file_name()
-            .is_some_and(|name| self.by_name.is_match(name))
-            || self.by_path.is_match(path)
+    fn none() -> Self {
+        Excludes {
+            patterns: Patterns::new(&[], "exclude", false).expect("no patterns to refuse"),
+            roots: Vec::new(),
+        }
+    }
+
+    /// Whether `path`, a directory when `is_dir`, is left out. A pattern matches its path in
+    /// the checkpoint (`src/doc` below the backed-up directory), and an anchored one also
+    /// its absolute path.
+    fn matches(&self, path: &Path, is_dir: bool) -> bool {
+        if self.patterns.is_empty() {
+            return false;
+        }
+        let absolute = path.as_os_str().as_bytes();
+        let mut below_root = Vec::new();
+        for (root, name) in &self.roots {
+            if let Ok(rest) = path.strip_prefix(root) {
+                if let Some(name) = name {
+                    below_root.extend_from_slice(name);
+                    if !rest.as_os_str().is_empty() {
+                        below_root.push(b'/');
+                    }
+                }
+                below_root.extend_from_slice(rest.as_os_str().as_bytes());
+                break;
+            }
+        }
+        self.patterns
+            .matches_any(&below_root, Some(absolute), is_dir)
     }
 }
 
@@ -497,8 +532,13 @@ fn scan_ahead(
 /// Counts the files and bytes below directory `root` into `progress`, as a backup's scan
 /// ahead does, and marks the count final unless `stop` was set first.
 pub(crate) fn count_tree(root: &Path, progress: &Progress, threads: usize, stop: &AtomicBool) {
-    let no_excludes = Excludes::new(&[]).expect("no patterns, nothing to reject");
-    scan_ahead(&[root.to_owned()], &no_excludes, progress, threads, stop);
+    scan_ahead(
+        &[root.to_owned()],
+        &Excludes::none(),
+        progress,
+        threads,
+        stop,
+    );
 }
 
 /// Counts `path` when it is a file, or adds it to `subdirs` when it is a directory; `stat`
@@ -510,12 +550,15 @@ fn scan_ahead_visit(
     progress: &Progress,
     subdirs: &mut Vec<PathBuf>,
 ) {
-    if excludes.matches(&path) {
+    if excludes.matches(&path, false) {
         return;
     }
     let Ok(metadata) = stat() else {
         return;
     };
+    if metadata.is_dir() && excludes.matches(&path, true) {
+        return;
+    }
     if metadata.is_dir() {
         subdirs.push(path);
     } else if metadata.is_file() {

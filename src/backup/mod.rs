@@ -57,6 +57,8 @@ pub struct BackupOutcome {
     pub id: Option<CheckpointId>,
     pub checkpoint: Checkpoint,
     pub errors: Vec<PathError>,
+    /// The exclude patterns, as written, that matched nothing in the source.
+    pub unmatched_excludes: Vec<String>,
 }
 
 /// Backs up `options.paths` into `repo` and writes the checkpoint (unless a dry run).
@@ -81,7 +83,14 @@ where
 {
     let started = Started::now();
     let source = local::LocalSource::check(options)?;
-    back_up_opening(open, &source, &source.settings(options), started, progress)
+    let mut outcome = back_up_opening(open, &source, &source.settings(options), started, progress)?;
+    outcome.unmatched_excludes = source.unmatched_excludes();
+    for pattern in &outcome.unmatched_excludes {
+        tracing::warn!(
+            "exclude {pattern:?} matched nothing: a pattern with a `/` is relative to the backup root (`/build`, `src/gen`), one without matches a name anywhere (`*.o`); see docs/BACKUP.md"
+        );
+    }
+    Ok(outcome)
 }
 
 /// Where a backup reads from: what the engine asks of a local directory or a served one.
@@ -341,5 +350,6 @@ fn back_up<S: Source>(
         id: (!repo.is_dry_run()).then_some(id),
         checkpoint,
         errors,
+        unmatched_excludes: Vec::new(),
     })
 }

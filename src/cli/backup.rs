@@ -21,8 +21,9 @@ pub struct BackupArgs {
     /// Tag the checkpoint (repeatable)
     #[arg(long = "tag")]
     tags: Vec<String>,
-    /// Leave out paths matching this glob (repeatable); without `/` it matches names
-    #[arg(long = "exclude")]
+    /// Leave out what matches this pattern (repeatable): `*.o` a name anywhere, `/build` or
+    /// `src/gen` a path below the backup root, `cache/` directories only
+    #[arg(long = "exclude", value_name = "PATTERN")]
     excludes: Vec<String>,
     /// Scan and chunk, write nothing, report what would be added
     #[arg(long)]
@@ -100,6 +101,7 @@ pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
             // A count, as in the checkpoint's stats (`list --json`); the paths are `unreadable`.
             "errors": outcome.errors.len(),
             "unreadable": outcome.errors,
+            "unmatched_excludes": outcome.unmatched_excludes,
         }))?;
     } else {
         let seconds = stats.duration_ms as f64 / 1000.0;

@@ -45,18 +45,23 @@ fn mode_string(entry: &Entry) -> String {
     out
 }
 
+/// The kind of an entry as `--json` names it.
+pub(super) fn type_name(entry: &Entry) -> &'static str {
+    match entry.kind {
+        EntryKind::File(_) => "file",
+        EntryKind::Dir(_) => "dir",
+        EntryKind::Symlink(_) => "symlink",
+        EntryKind::Fifo => "fifo",
+        EntryKind::CharDevice(_) => "chardev",
+        EntryKind::BlockDevice(_) => "blockdev",
+    }
+}
+
 fn entry_json(path: &str, entry: &Entry) -> Value {
     let mut value = json!({
         "path": path,
         "name": entry.name_lossy(),
-        "type": match entry.kind {
-            EntryKind::File(_) => "file",
-            EntryKind::Dir(_) => "dir",
-            EntryKind::Symlink(_) => "symlink",
-            EntryKind::Fifo => "fifo",
-            EntryKind::CharDevice(_) => "chardev",
-            EntryKind::BlockDevice(_) => "blockdev",
-        },
+        "type": type_name(entry),
         "mode": entry.mode,
         "uid": entry.uid,
         "gid": entry.gid,

@@ -17,6 +17,7 @@ mod cat;
 mod check;
 mod diff;
 mod docs;
+mod find;
 mod forget;
 mod history;
 mod init;
@@ -143,6 +144,8 @@ enum Command {
     Ls(ls::LsArgs),
     /// Write a file from a checkpoint to stdout
     Cat(cat::CatArgs),
+    /// Find entries by name or path across checkpoints, without restoring anything
+    Find(find::FindArgs),
     /// Restore a checkpoint, or a path in it, into a directory
     Restore(restore::RestoreArgs),
     /// Verify the repository: structure, and with --read-data every blob
@@ -191,6 +194,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::List(args) => list::run(global, args),
         Command::Ls(args) => ls::run(global, args),
         Command::Cat(args) => cat::run(global, args),
+        Command::Find(args) => find::run(global, args),
         Command::Restore(args) => restore::run(global, args),
         Command::Check(args) => check::run(global, args),
         Command::Diff(args) => diff::run(global, args),
