@@ -58,6 +58,7 @@
 pub mod backup;
 pub mod check;
 pub mod diff;
+pub mod dump;
 pub mod find;
 pub mod history;
 #[cfg(feature = "mount")]

@@ -182,3 +182,126 @@ fn excludes_are_anchored_at_the_backup_root_and_one_that_matched_nothing_is_name
         serde_json::json!(["nowhere/"])
     );
 }
+
+/// Unpacks `archive` into `dir` with GNU tar, as root keeping owners, modes and xattrs.
+fn untar(archive: &Path, dir: &Path) -> std::process::Output {
+    fs::create_dir_all(dir).unwrap();
+    std::process::Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf"])
+        .arg(archive)
+        .arg("-C")
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+fn dump_to(sandbox: &Sandbox, repo: &str, reference: &str, file: &Path) -> std::process::Output {
+    sandbox
+        .cairn()
+        .args(["dump", "--repo", repo, reference])
+        .stdout(fs::File::create(file).unwrap())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn dump_writes_a_tar_that_gnu_tar_unpacks_into_the_tree_backed_up() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    make_tree(&source);
+    let repo = plain_repo(&sandbox);
+    backup(&sandbox, &repo, &[], &source);
+
+    // The whole checkpoint: its entries at the archive's top level.
+    let whole = sandbox.path("whole.tar");
+    let output = dump_to(&sandbox, &repo, "latest", &whole);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let unpacked = sandbox.path("whole");
+    let tar = untar(&whole, &unpacked);
+    assert!(tar.status.success(), "{}", stderr(&tar));
+    let mut expected = snapshot(&source);
+    let mut actual = snapshot(&unpacked);
+    // The root's own metadata is not an entry of the archive.
+    expected.remove(Path::new(""));
+    actual.remove(Path::new(""));
+    assert_eq!(actual, expected);
+
+    // One directory: named by its own name, itself first.
+    let one = sandbox.path("dir.tar");
+    assert!(
+        dump_to(&sandbox, &repo, "latest:dir/nested", &one)
+            .status
+            .success()
+    );
+    let listed = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&one)
+        .output()
+        .unwrap();
+    let names = String::from_utf8(listed.stdout).unwrap();
+    assert_eq!(
+        names.lines().collect::<Vec<_>>(),
+        [
+            "nested/",
+            "nested/deeper/",
+            "nested/deeper/small",
+            "nested/text.txt"
+        ]
+    );
+
+    // A file: its bytes; to a --target file, replaced once complete.
+    let bytes = sandbox
+        .cairn()
+        .args(["dump", "--repo", &repo, "latest:dir/big.bin"])
+        .output()
+        .unwrap();
+    assert_eq!(bytes.stdout, fs::read(source.join("dir/big.bin")).unwrap());
+    let target = sandbox.path("out.tar");
+    let t = target.to_str().unwrap();
+    sandbox.ok(&["dump", "--repo", &repo, "latest:dir", "--target", t]);
+    assert!(untar(&target, &sandbox.path("targeted")).status.success());
+    let mut dir = snapshot(&source.join("dir"));
+    // Its hard-link partner (hello.txt) is outside the directory dumped.
+    dir.get_mut(Path::new("hardlink")).unwrap().link_group = None;
+    assert_eq!(snapshot(&sandbox.path("targeted/dir")), dir);
+}
+
+#[test]
+fn a_dump_from_a_damaged_repository_fails_and_tar_sees_a_truncated_archive() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("a.bin"), pseudo_random(2_000_000, 4)).unwrap();
+    fs::write(source.join("b.txt"), "after the damage").unwrap();
+    let repo = plain_repo(&sandbox);
+    backup(&sandbox, &repo, &[], &source);
+    let mut packs: Vec<_> = walk_files(&sandbox.path("repo/data"));
+    packs.sort_by_key(|p| std::cmp::Reverse(fs::metadata(p).unwrap().len()));
+    let mut bytes = fs::read(&packs[0]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    fs::write(&packs[0], bytes).unwrap();
+
+    let archive = sandbox.path("damaged.tar");
+    let output = dump_to(&sandbox, &repo, "latest", &archive);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("error:"), "{}", stderr(&output));
+    let tar = untar(&archive, &sandbox.path("unpacked"));
+    assert!(!tar.status.success(), "tar took a damaged dump as whole");
+}
+
+/// Every regular file below `dir`.
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut open = vec![dir.to_owned()];
+    while let Some(dir) = open.pop() {
+        for entry in fs::read_dir(dir).unwrap().flatten() {
+            if entry.file_type().unwrap().is_dir() {
+                open.push(entry.path());
+            } else {
+                files.push(entry.path());
+            }
+        }
+    }
+    files
+}

@@ -3,7 +3,8 @@
 use super::{GlobalArgs, split_reference};
 use anyhow::{Result, bail};
 use cairn::readahead::ChunkStream;
-use cairn::tree::{EntryKind, find_entry, sized_file_chunks};
+use cairn::repo::Repository;
+use cairn::tree::{Content, EntryKind, find_entry, sized_file_chunks};
 use clap::Args;
 use std::io::Write;
 use std::process::ExitCode;
@@ -25,16 +26,26 @@ pub fn run(global: &GlobalArgs, args: CatArgs) -> Result<ExitCode> {
         bail!("{path:?} is not a regular file in checkpoint {reference}");
     };
     let mut out = std::io::stdout().lock();
-    // The chunks add up to the recorded size and each read is checked against its length,
-    // so what is written is the whole file or the command fails. They are read ahead,
-    // neighbours in a pack together, while stdout takes the ones before.
-    let chunks = sized_file_chunks(&repo, content, entry.size)?;
+    write_file(&repo, content, entry.size, &mut out)?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the bytes of a file (`content`, recorded as `size` bytes) to `out`. The chunks add
+/// up to the recorded size and each read is checked against its length, so what is written
+/// is the whole file or the command fails. They are read ahead, neighbours in a pack
+/// together, while `out` takes the ones before.
+pub(super) fn write_file(
+    repo: &Repository,
+    content: &Content,
+    size: u64,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let chunks = sized_file_chunks(repo, content, size)?;
     std::thread::scope(|scope| -> Result<()> {
-        for ((), chunk) in ChunkStream::new(&repo, scope, chunks.into_iter().map(|c| ((), c))) {
+        for ((), chunk) in ChunkStream::new(repo, scope, chunks.into_iter().map(|c| ((), c))) {
             out.write_all(&chunk?.bytes)?;
         }
         Ok(())
-    })?;
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    })
 }

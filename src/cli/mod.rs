@@ -17,6 +17,7 @@ mod cat;
 mod check;
 mod diff;
 mod docs;
+mod dump;
 mod find;
 mod forget;
 mod history;
@@ -144,6 +145,8 @@ enum Command {
     Ls(ls::LsArgs),
     /// Write a file from a checkpoint to stdout
     Cat(cat::CatArgs),
+    /// Write a checkpoint, or a directory in it, as a tar stream (a file as its bytes)
+    Dump(dump::DumpArgs),
     /// Find entries by name or path across checkpoints, without restoring anything
     Find(find::FindArgs),
     /// Restore a checkpoint, or a path in it, into a directory
@@ -194,6 +197,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::List(args) => list::run(global, args),
         Command::Ls(args) => ls::run(global, args),
         Command::Cat(args) => cat::run(global, args),
+        Command::Dump(args) => dump::run(global, args),
         Command::Find(args) => find::run(global, args),
         Command::Restore(args) => restore::run(global, args),
         Command::Check(args) => check::run(global, args),
