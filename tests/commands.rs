@@ -305,3 +305,115 @@ fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// Restores with `args` into a new directory; returns the sorted paths below it and stderr.
+fn restore_with(
+    sandbox: &Sandbox,
+    repo: &str,
+    reference: &str,
+    args: &[&str],
+) -> (Vec<String>, String) {
+    let target = sandbox.path(&format!(
+        "restored-{}",
+        args.join("-").replace(['/', '*'], "_")
+    ));
+    let mut all = vec![
+        "restore",
+        "--repo",
+        repo,
+        reference,
+        "--target",
+        target.to_str().unwrap(),
+    ];
+    all.extend(args);
+    let output = sandbox.run(&all);
+    assert!(output.status.success(), "{args:?}: {}", stderr(&output));
+    let mut paths: Vec<String> = entries_below(&target)
+        .iter()
+        .map(|p| {
+            p.strip_prefix(&target)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    paths.sort();
+    (paths, stderr(&output))
+}
+
+#[test]
+fn restore_includes_and_excludes_choose_entries_by_their_paths_in_the_checkpoint() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    for path in [
+        "docs/a.pdf",
+        "docs/b.txt",
+        "src/main.c",
+        "src/doc/c.pdf",
+        "build/out.o",
+        "build/sub/x.pdf",
+    ] {
+        write(&source, path, path, JAN_2021);
+    }
+    let repo = plain_repo(&sandbox);
+    backup(&sandbox, &repo, &[], &source);
+
+    let (pdfs, _) = restore_with(&sandbox, &repo, "latest", &["--include", "*.pdf"]);
+    assert_eq!(
+        pdfs,
+        [
+            "build",
+            "build/sub",
+            "build/sub/x.pdf",
+            "docs",
+            "docs/a.pdf",
+            "src",
+            "src/doc",
+            "src/doc/c.pdf"
+        ]
+    );
+    let (src, _) = restore_with(&sandbox, &repo, "latest", &["--include", "/src"]);
+    assert_eq!(src, ["src", "src/doc", "src/doc/c.pdf", "src/main.c"]);
+    let both = ["--include", "*.pdf", "--exclude", "build/"];
+    let (not_built, _) = restore_with(&sandbox, &repo, "latest", &both);
+    assert_eq!(
+        not_built,
+        ["docs", "docs/a.pdf", "src", "src/doc", "src/doc/c.pdf"]
+    );
+    let (no_pdfs, _) = restore_with(&sandbox, &repo, "latest", &["--exclude", "*.pdf"]);
+    assert_eq!(
+        no_pdfs,
+        [
+            "build",
+            "build/out.o",
+            "build/sub",
+            "docs",
+            "docs/b.txt",
+            "src",
+            "src/doc",
+            "src/main.c"
+        ]
+    );
+    // Below a path of the checkpoint, patterns still name paths in the checkpoint.
+    let (part, _) = restore_with(&sandbox, &repo, "latest:src", &["--include", "src/doc"]);
+    assert_eq!(part, ["doc", "doc/c.pdf"]);
+    let (nothing, warning) = restore_with(&sandbox, &repo, "latest", &["--include", "*.rs"]);
+    assert!(nothing.is_empty(), "{nothing:?}");
+    assert!(
+        warning.contains("include \"*.rs\" matched nothing"),
+        "{warning}"
+    );
+
+    let file = sandbox.path("one-file");
+    let refused = sandbox.run(&[
+        "restore",
+        "--repo",
+        &repo,
+        "latest:src/main.c",
+        "--target",
+        file.to_str().unwrap(),
+        "--include",
+        "x",
+    ]);
+    assert_fails(&refused, 1, "is not a directory");
+}

@@ -13,6 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  cairn restore latest --target /tmp/back                   everything
+  cairn restore latest:home/me/docs --target /tmp/docs      one directory
+  cairn restore latest --target /tmp/pdfs --include '*.pdf' the PDFs, where they were")]
 pub struct RestoreArgs {
     /// CKPT[:PATH] — a checkpoint reference and optionally a path in it
     reference: String,
@@ -25,6 +29,15 @@ pub struct RestoreArgs {
     /// Leave runs of zeros in files as holes (sparse files); without it files are written dense
     #[arg(long)]
     sparse: bool,
+    /// Restore only what matches this pattern, with the directories leading to it
+    /// (repeatable): `*.pdf` a name anywhere, `/home/me/docs` or `src/*.c` a path in the
+    /// checkpoint, as `cairn find` shows it; a matching directory comes back whole
+    #[arg(long = "include", value_name = "PATTERN")]
+    includes: Vec<String>,
+    /// Leave out what matches this pattern, and everything below it (repeatable; same forms
+    /// as --include)
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    excludes: Vec<String>,
     /// Print one JSON object instead of text
     #[arg(long)]
     json: bool,
@@ -51,6 +64,8 @@ pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
     let options = RestoreOptions {
         overwrite: args.overwrite,
         sparse: args.sparse,
+        includes: args.includes,
+        excludes: args.excludes,
         ..RestoreOptions::default()
     };
     let progress = Progress::default();

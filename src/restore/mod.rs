@@ -46,9 +46,11 @@ mod write;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, IoContext, Missing, PathError, Result};
+use crate::pattern::Patterns;
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::source::checkpoint::CheckpointSource;
+use crate::source::filtered::{Filtered, Selection};
 use crate::source::{OneEntry, TreeSource};
 use crate::space::SpaceFailure;
 use crate::sync::{SyncOptions, SyncReport};
@@ -80,6 +82,11 @@ pub struct RestoreOptions {
     pub threads: usize,
     /// Leave runs of zeros as holes (`--sparse`); otherwise files are written dense.
     pub sparse: bool,
+    /// Restore only what matches one of these patterns (`crate::pattern`, matched against
+    /// paths in the checkpoint), with the directories leading to it; everything when empty.
+    pub includes: Vec<String>,
+    /// Leave out what matches one of these patterns, and everything below it.
+    pub excludes: Vec<String>,
 }
 
 impl Default for RestoreOptions {
@@ -88,6 +95,8 @@ impl Default for RestoreOptions {
             overwrite: false,
             threads: SyncOptions::default().concurrency,
             sparse: false,
+            includes: Vec::new(),
+            excludes: Vec::new(),
         }
     }
 }
@@ -120,7 +129,38 @@ pub fn run(
             false => CheckpointSource::part(repo),
         };
         let own = Some(&node).filter(|n| !n.name.is_empty());
-        return into_dir(&source, *tree, own, target, &sync, progress, &mut |_| {});
+        if options.includes.is_empty() && options.excludes.is_empty() {
+            return into_dir(&source, *tree, own, target, &sync, progress, &mut |_| {});
+        }
+        let selection = Selection {
+            includes: Patterns::new(&options.includes, "--include", false)?,
+            excludes: Patterns::new(&options.excludes, "--exclude", false)?,
+        };
+        let prefix = match path.is_empty() {
+            true => Vec::new(),
+            false => format!("{path}/").into_bytes(),
+        };
+        let errors = Mutex::new(Vec::new());
+        let filtered = Filtered::new(&source, tree, &prefix, &selection, &errors)?;
+        let root = filtered.root(*tree, &prefix);
+        let report = into_dir(&filtered, root, own, target, &sync, progress, &mut |_| {})?;
+        let unmatched = [
+            ("include", selection.includes.unmatched()),
+            ("exclude", selection.excludes.unmatched()),
+        ];
+        for (what, patterns) in unmatched {
+            for pattern in patterns {
+                tracing::warn!(
+                    "{what} {pattern:?} matched nothing in the checkpoint: patterns are matched against paths in it as `cairn find` shows them"
+                );
+            }
+        }
+        return Ok(report);
+    }
+    if !(options.includes.is_empty() && options.excludes.is_empty()) {
+        return Err(Error::InvalidInput(format!(
+            "{path} is not a directory: --include and --exclude choose entries of a directory"
+        )));
     }
     let parent_path = path.rsplit_once('/').map_or("", |(parent, _)| parent);
     let EntryKind::Dir(parent) = find_entry(repo, record.root_entry(), parent_path)?.kind else {

@@ -5,6 +5,7 @@
 //! holds, which every source shares.
 
 pub mod checkpoint;
+pub mod filtered;
 pub mod local;
 #[cfg(feature = "client")]
 pub mod remote;
