@@ -2,7 +2,7 @@
 //! trees alone (see `cairn::find`). Each version of a match is one line, with the checkpoints
 //! that hold it.
 
-use super::{GlobalArgs, print_json};
+use super::GlobalArgs;
 use anyhow::{Context, Result};
 use cairn::checkpoint;
 use cairn::find::{FindOptions, find};
@@ -99,8 +99,14 @@ pub fn run(global: &GlobalArgs, args: FindArgs) -> Result<ExitCode> {
         modified_since: args.newest,
         modified_until: args.oldest,
     };
-    let mut rows = Vec::new();
-    let mut out = std::io::stdout().lock();
+    // Matches are written as they are found (a JSON array row by row), so memory does not
+    // grow with the output.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let writing = |e| cairn::error::Error::io("writing the matches", e);
+    if args.json {
+        out.write_all(b"[").map_err(writing)?;
+    }
+    let mut rows_written = 0u64;
     let stats = find(&load, &roots, &options, |found| {
         let path = String::from_utf8_lossy(&found.path).into_owned();
         let entry = &found.entry;
@@ -110,7 +116,7 @@ pub fn run(global: &GlobalArgs, args: FindArgs) -> Result<ExitCode> {
                 .iter()
                 .map(|&i| catalogue[i].id.to_hex())
                 .collect();
-            rows.push(json!({
+            let row = json!({
                 "path": path,
                 "type": super::ls::type_name(entry),
                 "mode": entry.mode,
@@ -119,8 +125,13 @@ pub fn run(global: &GlobalArgs, args: FindArgs) -> Result<ExitCode> {
                 "first": catalogue[found.checkpoints[0]].time,
                 "last": catalogue[*found.checkpoints.last().expect("a match is in a checkpoint")].time,
                 "checkpoints": ids,
-            }));
-            return Ok(());
+            });
+            let separator: &[u8] = if rows_written > 0 { b",\n" } else { b"\n" };
+            rows_written += 1;
+            return out
+                .write_all(separator)
+                .and_then(|()| serde_json::to_writer(&mut out, &row).map_err(std::io::Error::from))
+                .map_err(writing);
         }
         let ids = found
             .checkpoints
@@ -145,12 +156,12 @@ pub fn run(global: &GlobalArgs, args: FindArgs) -> Result<ExitCode> {
             timestamp::date_time(entry.mtime_ns),
             if entry.is_dir() { "/" } else { "" },
         )
-        .map_err(|e| cairn::error::Error::io("writing the matches", e))
+        .map_err(writing)
     })?;
-    drop(out);
     if args.json {
-        print_json(&rows)?;
+        out.write_all(b"\n]\n").map_err(writing)?;
     }
+    out.flush().map_err(writing)?;
     if stats.found == 0 {
         eprintln!(
             "nothing matched in {}",
