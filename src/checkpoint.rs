@@ -217,6 +217,79 @@ pub fn remove(repo: &Repository, id: &CheckpointId) -> Result<()> {
     repo.backend().delete(&object_name(id))
 }
 
+/// Refuses a tag that cannot name a directory in the mount (empty, or with `/` or NUL).
+pub(crate) fn check_tags(tags: &[String]) -> Result<()> {
+    match tags
+        .iter()
+        .find(|t| !crate::tree::is_valid_name(t.as_bytes()))
+    {
+        Some(tag) => Err(Error::InvalidInput(format!(
+            "tag {tag:?} is not usable: a tag must be non-empty and contain no `/` (it names a directory in the mount)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// How `retag` changes the tags of a checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TagChange {
+    /// Replace the tags with these (when `Some`; an empty list removes them all).
+    pub set: Option<Vec<String>>,
+    pub add: Vec<String>,
+    pub remove: Vec<String>,
+}
+
+impl TagChange {
+    fn apply(&self, tags: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = self.set.clone().unwrap_or_else(|| tags.to_vec());
+        for tag in &self.add {
+            if !out.contains(tag) {
+                out.push(tag.clone());
+            }
+        }
+        out.retain(|tag| !self.remove.contains(tag));
+        out
+    }
+}
+
+/// A checkpoint whose tags changed: its record is stored anew (a record's id is the hash of
+/// its contents) and the old one removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retagged {
+    pub old: CheckpointId,
+    pub new: CheckpointId,
+    pub tags: Vec<String>,
+}
+
+/// Changes the tags of checkpoints `ids` under the exclusive lock: each whose tags change is
+/// written again with them (time, tree, parent and statistics as they were) before its old
+/// record is removed, so an interruption leaves both, never neither. A checkpoint naming a
+/// retagged one as its parent keeps the old id there: the parent records what a backup
+/// compared against, and nothing resolves it. Every id is checked before anything changes.
+pub fn retag(repo: &Repository, ids: &[CheckpointId], change: &TagChange) -> Result<Vec<Retagged>> {
+    check_tags(change.set.as_deref().unwrap_or_default())?;
+    check_tags(&change.add)?;
+    let _lock = crate::repo::lock::acquire(repo, true, "tag")?;
+    let records = ids
+        .iter()
+        .map(|id| Ok((*id, load(repo, id)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut retagged = Vec::new();
+    for (old, mut record) in records {
+        let tags = change.apply(&record.tags);
+        if tags == record.tags {
+            continue;
+        }
+        record.tags = tags.clone();
+        let new = save(repo, &record)?;
+        if !repo.is_dry_run() {
+            remove(repo, &old)?;
+        }
+        retagged.push(Retagged { old, new, tags });
+    }
+    Ok(retagged)
+}
+
 /// Whether the repository holds checkpoint `id`.
 pub fn exists(repo: &Repository, id: &CheckpointId) -> Result<bool> {
     repo.backend().exists(&object_name(id))

@@ -417,3 +417,101 @@ fn restore_includes_and_excludes_choose_entries_by_their_paths_in_the_checkpoint
     ]);
     assert_fails(&refused, 1, "is not a directory");
 }
+
+fn listed(sandbox: &Sandbox, repo: &str) -> Vec<Value> {
+    let list = sandbox.ok(&["list", "--json", "--repo", repo]);
+    serde_json::from_str::<Value>(&list)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn tags_of(checkpoint: &Value) -> Vec<&str> {
+    checkpoint["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn tag_adds_removes_and_sets_tags_and_a_retagged_checkpoint_gets_a_new_id() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    write(&source, "file", "contents", JAN_2021);
+    let repo = plain_repo(&sandbox);
+    let first = backup(&sandbox, &repo, &["--tag", "daily"], &source)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    backup(&sandbox, &repo, &["--tag", "daily"], &source);
+
+    let changed = sandbox.ok(&["tag", "--json", "--repo", &repo, &first, "--add", "keep"]);
+    let changed: Value = serde_json::from_str(&changed).unwrap();
+    assert_eq!(changed[0]["old"], first.as_str());
+    let renamed = changed[0]["new"].as_str().unwrap().to_owned();
+    assert_ne!(renamed, first);
+    let list = listed(&sandbox, &repo);
+    assert_eq!(list.len(), 2);
+    assert_eq!(
+        list[0]["id"],
+        renamed.as_str(),
+        "the time and so the order are kept"
+    );
+    assert_eq!(tags_of(&list[0]), ["daily", "keep"]);
+    // The next checkpoint still names the one it was compared against.
+    assert_eq!(list[1]["parent"], first.as_str());
+    let restored = sandbox.path("restored");
+    sandbox.ok(&[
+        "restore",
+        "--repo",
+        &repo,
+        &renamed[..8],
+        "--target",
+        restored.to_str().unwrap(),
+    ]);
+    assert_eq!(fs::read(restored.join("file")).unwrap(), b"contents");
+
+    // Without ids: every checkpoint the filters let through.
+    let all = sandbox.run(&[
+        "tag", "--repo", &repo, "--tag", "daily", "--remove", "daily", "--add", "weekly",
+    ]);
+    assert!(
+        stderr(&all).contains("2 checkpoints retagged"),
+        "{}",
+        stderr(&all)
+    );
+    let list = listed(&sandbox, &repo);
+    assert_eq!(tags_of(&list[0]), ["keep", "weekly"]);
+    assert_eq!(tags_of(&list[1]), ["weekly"]);
+    let again = sandbox.run(&["tag", "--repo", &repo, "latest", "--add", "weekly"]);
+    assert!(
+        stderr(&again).contains("0 checkpoints retagged, 1 already as asked"),
+        "{}",
+        stderr(&again)
+    );
+    sandbox.ok(&["tag", "--repo", &repo, "latest", "--set", ""]);
+    assert!(tags_of(&listed(&sandbox, &repo)[1]).is_empty());
+    sandbox.ok(&["tag", "--repo", &repo, "latest", "--set", "a", "--set", "b"]);
+    assert_eq!(tags_of(&listed(&sandbox, &repo)[1]), ["a", "b"]);
+
+    assert_fails(
+        &sandbox.run(&["tag", "--repo", &repo, "latest", "--add", "a/b"]),
+        1,
+        "not usable",
+    );
+    assert_fails(
+        &sandbox.run(&["tag", "--repo", &repo, "latest"]),
+        1,
+        "nothing to change",
+    );
+    let both = sandbox.run(&["tag", "--repo", &repo, "latest", "--set", "x", "--add", "y"]);
+    assert_fails(&both, 2, "cannot be used with");
+    assert_eq!(
+        listed(&sandbox, &repo).len(),
+        2,
+        "no failed retag removed a checkpoint"
+    );
+}

@@ -86,15 +86,7 @@ impl LocalSource {
     /// Checks the inputs of a backup: usable tags, source paths that exist, and distinct
     /// base names when there are several.
     pub(super) fn check(options: &BackupOptions) -> Result<Self> {
-        if let Some(tag) = options
-            .tags
-            .iter()
-            .find(|t| !crate::tree::is_valid_name(t.as_bytes()))
-        {
-            return Err(Error::InvalidInput(format!(
-                "tag {tag:?} is not usable: a tag must be non-empty and contain no `/` (it names a directory in the mount)"
-            )));
-        }
+        crate::checkpoint::check_tags(&options.tags)?;
         if options.paths.is_empty() {
             return Err(Error::InvalidInput(
                 "nothing to back up: give at least one path".into(),

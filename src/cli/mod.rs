@@ -35,6 +35,7 @@ mod schedule;
 mod serve;
 mod stats;
 mod sync;
+mod tag;
 mod unlock;
 
 use anyhow::{Context, Result, bail};
@@ -166,6 +167,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Remove checkpoints by a retention policy (--keep-daily 7 ...)
     Forget(forget::ForgetArgs),
+    /// Add, remove or set the tags of existing checkpoints
+    Tag(tag::TagArgs),
     /// Delete the data no checkpoint needs any more
     Prune(prune::PruneArgs),
     /// Recover from damage: rebuild the index from the packs, or rewrite damaged checkpoints
@@ -207,6 +210,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sync(args) => sync::run(global, args),
         Command::Serve(args) => serve::run(global, args),
         Command::Forget(args) => forget::run(global, args),
+        Command::Tag(args) => tag::run(global, args),
         Command::Prune(args) => prune::run(global, args),
         Command::Repair(args) => repair::run(global, args),
         Command::Unlock(args) => unlock::run(global, args),
