@@ -403,7 +403,7 @@ mod tests {
     fn extended_records_count_their_own_length() {
         let mut records = Vec::new();
         push_record(&mut records, b"mtime", b"1.5");
-        assert_eq!(records, b"12 mtime=1.5\n");
+        assert_eq!(records, b"13 mtime=1.5\n");
         let mut long = Vec::new();
         push_record(&mut long, b"k", &[b'v'; 95]);
         assert_eq!(long.len(), 102);
