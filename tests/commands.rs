@@ -515,3 +515,151 @@ fn tag_adds_removes_and_sets_tags_and_a_retagged_checkpoint_gets_a_new_id() {
         "no failed retag removed a checkpoint"
     );
 }
+
+/// The paths `ls -r` lists in the newest checkpoint.
+fn listed_paths(sandbox: &Sandbox, repo: &str) -> Vec<String> {
+    let listing = sandbox.ok(&["ls", "-r", "--json", "--repo", repo, "latest"]);
+    let listing: Value = serde_json::from_str(&listing).unwrap();
+    json_strings(&listing, "path")
+        .iter()
+        .map(|p| p.to_string())
+        .collect()
+}
+
+#[test]
+fn exclude_files_and_cache_directories_are_left_out() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    for path in [
+        "keep.txt",
+        "debug.log",
+        "build/out",
+        "sub/build/kept",
+        "cache/data",
+        "fake/data",
+    ] {
+        write(&source, path, path, JAN_2021);
+    }
+    fs::write(
+        source.join("cache/CACHEDIR.TAG"),
+        "Signature: 8a477f597d28d172789f06886806bc55\n# a cache\n",
+    )
+    .unwrap();
+    fs::write(
+        source.join("fake/CACHEDIR.TAG"),
+        "Signature: something else\n",
+    )
+    .unwrap();
+    let list = sandbox.path("excludes.txt");
+    fs::write(&list, "# what to leave out\n\n*.log\r\n  /build  \n").unwrap();
+    let repo = plain_repo(&sandbox);
+    let args = ["--exclude-file", list.to_str().unwrap(), "--exclude-caches"];
+    let report = backup(&sandbox, &repo, &args, &source);
+    assert_eq!(report["unmatched_excludes"], serde_json::json!([]));
+    assert_eq!(
+        listed_paths(&sandbox, &repo),
+        [
+            "fake",
+            "fake/CACHEDIR.TAG",
+            "fake/data",
+            "keep.txt",
+            "sub",
+            "sub/build",
+            "sub/build/kept"
+        ]
+    );
+}
+
+#[test]
+fn files_from_backs_up_the_listed_paths_below_their_common_directory() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    for path in ["a/x.txt", "a/y.txt", "b/one", "b/deep/two", "c/other"] {
+        write(&source, path, path, JAN_2021);
+    }
+    let repo = plain_repo(&sandbox);
+    let list = sandbox.path("list.txt");
+    let root = source.to_str().unwrap();
+    fs::write(
+        &list,
+        format!("{root}/a/x.txt\n# a comment\n{root}/b\n\n{root}/missing\n"),
+    )
+    .unwrap();
+    let mut args = vec![
+        "backup",
+        "--json",
+        "--repo",
+        &repo,
+        "--files-from",
+        list.to_str().unwrap(),
+    ];
+    let output = sandbox.run(&args);
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "a listed path is missing: {}",
+        stderr(&output)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["errors"], 1);
+    let missing = report["unreadable"][0]["path"].as_str().unwrap();
+    assert!(missing.ends_with("source/missing"), "{report}");
+    assert_eq!(
+        listed_paths(&sandbox, &repo),
+        ["a", "a/x.txt", "b", "b/deep", "b/deep/two", "b/one"]
+    );
+    let list = sandbox.ok(&["list", "--json", "--repo", &repo]);
+    let list: Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(
+        list[0]["paths"],
+        serde_json::json!([root]),
+        "the common directory"
+    );
+
+    // NUL-separated, from stdin, beside a path given as an argument.
+    let nul_list = format!("{root}/c/other\0{root}/a/y.txt\0");
+    args = vec!["backup", "--repo", &repo, "-0", "--files-from", "-", root];
+    let mut child = sandbox
+        .cairn()
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(nul_list.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let everything = listed_paths(&sandbox, &repo);
+    assert_eq!(
+        everything.len(),
+        9,
+        "the root given backs up all: {everything:?}"
+    );
+}
+
+#[test]
+fn one_file_system_keeps_a_mount_point_empty() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    write(&source, "local.txt", "here", JAN_2021);
+    let _disk = SmallDisk::mount(&source.join("mnt"), 4).expect("the tests run as root");
+    write(&source, "mnt/elsewhere.txt", "there", JAN_2021);
+    let repo = plain_repo(&sandbox);
+    backup(&sandbox, &repo, &[], &source);
+    assert_eq!(
+        listed_paths(&sandbox, &repo),
+        ["local.txt", "mnt", "mnt/elsewhere.txt"]
+    );
+    let report = backup(&sandbox, &repo, &["--one-file-system"], &source);
+    assert_eq!(listed_paths(&sandbox, &repo), ["local.txt", "mnt"]);
+    assert_eq!(report["files"], 1);
+    backup(&sandbox, &repo, &["-x"], &source);
+    assert_eq!(listed_paths(&sandbox, &repo), ["local.txt", "mnt"]);
+}

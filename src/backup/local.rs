@@ -42,6 +42,16 @@ pub struct BackupOptions {
     /// Patterns of what to leave out (`crate::pattern`): a name anywhere (`*.o`), a path
     /// below the backup root (`/build`, `src/gen`), directories only (`cache/`).
     pub excludes: Vec<String>,
+    /// Leave out directories holding a `CACHEDIR.TAG` with the standard signature.
+    pub exclude_caches: bool,
+    /// Stay on the filesystem of each path: directories of other filesystems (mount
+    /// points) are kept, empty, as rsync's `--one-file-system` keeps them.
+    pub one_file_system: bool,
+    /// Paths chosen one by one (`--files-from`), together with `paths`: they are backed up
+    /// below their deepest common directory, which the checkpoint records as its path, with
+    /// the directories leading to them and everything below a chosen directory. One that
+    /// does not exist is reported like an unreadable file.
+    pub files_from: Vec<PathBuf>,
     pub host: String,
     /// The checkpoint whose stat cache to use; `None` picks the newest one of this host with
     /// the same paths.
@@ -61,6 +71,9 @@ impl BackupOptions {
             paths,
             tags: Vec::new(),
             excludes: Vec::new(),
+            exclude_caches: false,
+            one_file_system: false,
+            files_from: Vec::new(),
             host: crate::host_name(),
             parent: None,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -75,7 +88,9 @@ pub(super) struct LocalSource {
     /// Absolute and cleaned, as the checkpoint records them.
     paths: Vec<PathBuf>,
     identity: Identity,
-    excludes: Excludes,
+    selection: Selection,
+    /// Paths chosen with `files_from` that are not there.
+    missing: Vec<PathError>,
     /// The parent asked for, if any.
     parent: Option<CheckpointId>,
     read_limiter: Option<RateLimiter>,
@@ -87,30 +102,15 @@ impl LocalSource {
     /// base names when there are several.
     pub(super) fn check(options: &BackupOptions) -> Result<Self> {
         crate::checkpoint::check_tags(&options.tags)?;
-        if options.paths.is_empty() {
+        if options.paths.is_empty() && options.files_from.is_empty() {
             return Err(Error::InvalidInput(
                 "nothing to back up: give at least one path".into(),
             ));
         }
-        let mut paths = Vec::new();
-        for path in &options.paths {
-            let absolute = recorded_path(path)?;
-            fs::symlink_metadata(&absolute)
-                .map_err(|e| Error::io(format!("cannot back up {}", path.display()), e))?;
-            paths.push(absolute);
-        }
-        if options.paths.len() > 1 {
-            let mut names = HashSet::new();
-            for source in &paths {
-                let name = base_name(source);
-                if !crate::tree::is_valid_name(&name) || !names.insert(name) {
-                    return Err(Error::InvalidInput(format!(
-                        "{} cannot be one of several backup paths: each needs a distinct base name",
-                        source.display()
-                    )));
-                }
-            }
-        }
+        let (paths, listed, missing) = match options.files_from.is_empty() {
+            true => (checked_paths(&options.paths)?, None, Vec::new()),
+            false => chosen_paths(&options.paths, &options.files_from)?,
+        };
         let identity = Identity {
             host: options.host.clone(),
             paths: paths
@@ -120,7 +120,8 @@ impl LocalSource {
             pulled_from: None,
         };
         Ok(LocalSource {
-            excludes: Excludes::new(&options.excludes, &paths)?,
+            selection: Selection::new(options, &paths, listed)?,
+            missing,
             paths,
             identity,
             parent: options.parent,
@@ -134,7 +135,7 @@ impl LocalSource {
 
     /// The exclude patterns that have matched nothing so far.
     pub(super) fn unmatched_excludes(&self) -> Vec<String> {
-        let unmatched = self.excludes.patterns.unmatched();
+        let unmatched = self.selection.patterns.unmatched();
         unmatched.into_iter().map(str::to_owned).collect()
     }
 
@@ -160,12 +161,12 @@ impl LocalSource {
         stat: impl FnOnce() -> std::io::Result<Metadata>,
         errors: &Mutex<Vec<PathError>>,
     ) -> Option<Listed> {
-        if self.excludes.matches(path, false) {
+        if self.selection.leaves_out(path, None) {
             return None;
         }
         let soft_error = |message: String| report(errors, path, message);
         let metadata = stat().map_err(|e| soft_error(e.to_string())).ok()?;
-        if metadata.is_dir() && self.excludes.matches(path, true) {
+        if self.selection.leaves_out(path, Some(&metadata)) {
             return None;
         }
         match listed_entry(path, name, &metadata) {
@@ -202,6 +203,10 @@ impl Source for LocalSource {
     }
 
     fn root(&self, errors: &Mutex<Vec<PathError>>) -> Result<Root<PathBuf>> {
+        errors
+            .lock()
+            .expect("not poisoned")
+            .extend(self.missing.iter().cloned());
         // One directory: the checkpoint's root is its contents, and its own entry is kept
         // (the path given is backed up whatever the excludes say of it).
         if let [single] = self.paths.as_slice()
@@ -223,6 +228,9 @@ impl Source for LocalSource {
     }
 
     fn list(&self, dir: &PathBuf, errors: &Mutex<Vec<PathError>>) -> Result<Vec<Listed>> {
+        if self.selection.is_other_filesystem(dir) {
+            return Ok(Vec::new());
+        }
         let children = sorted_children(dir).unwrap_or_else(|e| {
             report(errors, dir, e.to_string());
             Vec::new()
@@ -249,7 +257,7 @@ impl Source for LocalSource {
     fn count_totals(&self, progress: &Progress, stop: &AtomicBool) {
         scan_ahead(
             &self.paths,
-            &self.excludes,
+            &self.selection,
             progress,
             self.scan_threads,
             stop,
@@ -303,63 +311,210 @@ impl From<std::io::Error> for StoreError {
     }
 }
 
-/// The exclude patterns, and how a source path is named inside the checkpoint (what they
-/// are matched against).
-struct Excludes {
+/// What of the source paths goes into the checkpoint: the exclude patterns (matched
+/// against a path as it is named inside the checkpoint), cache directories, other
+/// filesystems, and with `--files-from` only the paths chosen.
+struct Selection {
     patterns: Patterns,
-    /// Each source path and the name its entries are below in the checkpoint: none for a
-    /// single directory, whose contents are the checkpoint's root.
-    roots: Vec<(PathBuf, Option<Vec<u8>>)>,
+    /// Each source path, the name its entries are below in the checkpoint (none for a single
+    /// directory, whose contents are the checkpoint's root), and its filesystem.
+    roots: Vec<SourceRoot>,
+    exclude_caches: bool,
+    one_file_system: bool,
+    listed: Option<ChosenPaths>,
 }
 
-impl Excludes {
-    fn new(patterns: &[String], paths: &[PathBuf]) -> Result<Self> {
+struct SourceRoot {
+    path: PathBuf,
+    name: Option<Vec<u8>>,
+    device: u64,
+}
+
+/// The paths chosen one by one, and the directories leading to them.
+struct ChosenPaths {
+    chosen: HashSet<PathBuf>,
+    leading: HashSet<PathBuf>,
+}
+
+/// The first line of a cache directory's `CACHEDIR.TAG` (bford.info/cachedir).
+const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
+
+impl Selection {
+    fn new(
+        options: &BackupOptions,
+        paths: &[PathBuf],
+        listed: Option<ChosenPaths>,
+    ) -> Result<Self> {
         let contents_are_root =
             matches!(paths, [single] if fs::symlink_metadata(single).is_ok_and(|m| m.is_dir()));
         let roots = paths
             .iter()
-            .map(|path| {
-                let name = (!contents_are_root).then(|| base_name(path));
-                (path.clone(), name)
+            .map(|path| SourceRoot {
+                path: path.clone(),
+                name: (!contents_are_root).then(|| base_name(path)),
+                device: fs::symlink_metadata(path).map_or(0, |m| m.dev()),
             })
             .collect();
-        Ok(Excludes {
-            patterns: Patterns::new(patterns, "exclude", false)?,
+        Ok(Selection {
+            patterns: Patterns::new(&options.excludes, "exclude", false)?,
             roots,
+            exclude_caches: options.exclude_caches,
+            one_file_system: options.one_file_system,
+            listed,
         })
     }
 
-    fn none() -> Self {
-        Excludes {
+    fn everything() -> Self {
+        Selection {
             patterns: Patterns::new(&[], "exclude", false).expect("no patterns to refuse"),
             roots: Vec::new(),
+            exclude_caches: false,
+            one_file_system: false,
+            listed: None,
         }
     }
 
-    /// Whether `path`, a directory when `is_dir`, is left out. A pattern matches its path in
-    /// the checkpoint (`src/doc` below the backed-up directory), and an anchored one also
+    /// Whether `path` is left out: before its metadata is read (`None`) by what its path
+    /// says, after (`Some`) by what makes a directory one to leave out.
+    fn leaves_out(&self, path: &Path, metadata: Option<&Metadata>) -> bool {
+        match metadata {
+            None => {
+                self.listed.as_ref().is_some_and(|l| !l.keeps(path))
+                    || (!self.patterns.is_empty() && self.matches(path, false))
+            }
+            Some(metadata) => {
+                metadata.is_dir()
+                    && ((!self.patterns.is_empty() && self.matches(path, true))
+                        || (self.exclude_caches && is_cache_dir(path)))
+            }
+        }
+    }
+
+    /// Whether directory `dir` is on another filesystem than its source path, when the
+    /// backup stays on one: it is then kept empty.
+    fn is_other_filesystem(&self, dir: &Path) -> bool {
+        self.one_file_system
+            && self
+                .root_of(dir)
+                .is_some_and(|root| fs::symlink_metadata(dir).is_ok_and(|m| m.dev() != root.device))
+    }
+
+    fn root_of(&self, path: &Path) -> Option<&SourceRoot> {
+        self.roots.iter().find(|root| path.starts_with(&root.path))
+    }
+
+    /// Whether an exclude pattern matches `path` (a directory when `is_dir`) as the
+    /// checkpoint names it (`src/doc` below the backed-up directory), or an anchored one
     /// its absolute path.
     fn matches(&self, path: &Path, is_dir: bool) -> bool {
-        if self.patterns.is_empty() {
-            return false;
-        }
         let absolute = path.as_os_str().as_bytes();
         let mut below_root = Vec::new();
-        for (root, name) in &self.roots {
-            if let Ok(rest) = path.strip_prefix(root) {
-                if let Some(name) = name {
-                    below_root.extend_from_slice(name);
-                    if !rest.as_os_str().is_empty() {
-                        below_root.push(b'/');
-                    }
+        if let Some(root) = self.root_of(path) {
+            let rest = path.strip_prefix(&root.path).unwrap_or(path);
+            if let Some(name) = &root.name {
+                below_root.extend_from_slice(name);
+                if !rest.as_os_str().is_empty() {
+                    below_root.push(b'/');
                 }
-                below_root.extend_from_slice(rest.as_os_str().as_bytes());
-                break;
             }
+            below_root.extend_from_slice(rest.as_os_str().as_bytes());
         }
         self.patterns
             .matches_any(&below_root, Some(absolute), is_dir)
     }
+}
+
+impl ChosenPaths {
+    /// Whether `path` is chosen, below a chosen directory, or leads to a chosen path.
+    fn keeps(&self, path: &Path) -> bool {
+        self.leading.contains(path) || path.ancestors().any(|a| self.chosen.contains(a))
+    }
+}
+
+/// Whether directory `dir` holds a `CACHEDIR.TAG` that starts with the standard signature.
+fn is_cache_dir(dir: &Path) -> bool {
+    use std::io::Read;
+    let mut start = [0; CACHEDIR_SIGNATURE.len()];
+    fs::File::open(dir.join("CACHEDIR.TAG"))
+        .and_then(|mut tag| tag.read_exact(&mut start))
+        .is_ok_and(|()| start == CACHEDIR_SIGNATURE)
+}
+
+/// Absolute, cleaned source paths that exist, with distinct base names when there are
+/// several (each is an entry of the checkpoint's root).
+fn checked_paths(given: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for path in given {
+        let absolute = recorded_path(path)?;
+        fs::symlink_metadata(&absolute)
+            .map_err(|e| Error::io(format!("cannot back up {}", path.display()), e))?;
+        paths.push(absolute);
+    }
+    if paths.len() > 1 {
+        let mut names = HashSet::new();
+        for source in &paths {
+            let name = base_name(source);
+            if !crate::tree::is_valid_name(&name) || !names.insert(name) {
+                return Err(Error::InvalidInput(format!(
+                    "{} cannot be one of several backup paths: each needs a distinct base name",
+                    source.display()
+                )));
+            }
+        }
+    }
+    Ok(paths)
+}
+
+/// The deepest directory holding every path of `paths` and `files_from` (the checkpoint's
+/// one path), what is chosen below it, and the chosen paths that are not there.
+fn chosen_paths(
+    paths: &[PathBuf],
+    files_from: &[PathBuf],
+) -> Result<(Vec<PathBuf>, Option<ChosenPaths>, Vec<PathError>)> {
+    let mut chosen = HashSet::new();
+    let mut missing = Vec::new();
+    for path in paths.iter().chain(files_from) {
+        let absolute = recorded_path(path)?;
+        match fs::symlink_metadata(&absolute) {
+            Ok(_) => {
+                chosen.insert(absolute);
+            }
+            Err(e) => missing.push(PathError {
+                path: absolute,
+                message: format!("{e} (listed to back up)"),
+            }),
+        }
+    }
+    let mut common: Option<PathBuf> = None;
+    for path in &chosen {
+        common = Some(match common {
+            None => path.clone(),
+            Some(common) => common
+                .components()
+                .zip(path.components())
+                .take_while(|(a, b)| a == b)
+                .map(|(a, _)| a)
+                .collect(),
+        });
+    }
+    let Some(mut root) = common else {
+        return Err(Error::InvalidInput(format!(
+            "nothing to back up: none of the {} paths listed exists",
+            missing.len()
+        )));
+    };
+    if !fs::symlink_metadata(&root).is_ok_and(|m| m.is_dir()) {
+        root.pop();
+    }
+    let mut leading = HashSet::new();
+    for path in &chosen {
+        for ancestor in path.ancestors().skip(1) {
+            if ancestor == root || !leading.insert(ancestor.to_owned()) {
+                break;
+            }
+        }
+    }
+    Ok((vec![root], Some(ChosenPaths { chosen, leading }), missing))
 }
 
 fn open_source(path: &Path) -> std::io::Result<fs::File> {
@@ -491,7 +646,7 @@ pub(crate) fn recorded_path(path: &Path) -> Result<PathBuf> {
 /// early, without a final count, when `stop` is set.
 fn scan_ahead(
     paths: &[PathBuf],
-    excludes: &Excludes,
+    selection: &Selection,
     progress: &Progress,
     threads: usize,
     stop: &AtomicBool,
@@ -501,7 +656,7 @@ fn scan_ahead(
         scan_ahead_visit(
             path.clone(),
             || fs::symlink_metadata(path),
-            excludes,
+            selection,
             progress,
             &mut roots,
         );
@@ -511,7 +666,7 @@ fn scan_ahead(
         for (_, child) in sorted_children(&dir).unwrap_or_default() {
             if let Ok(child) = child {
                 let stat = || child.metadata();
-                scan_ahead_visit(child.path(), stat, excludes, progress, &mut subdirs);
+                scan_ahead_visit(child.path(), stat, selection, progress, &mut subdirs);
             }
         }
         subdirs
@@ -526,7 +681,7 @@ fn scan_ahead(
 pub(crate) fn count_tree(root: &Path, progress: &Progress, threads: usize, stop: &AtomicBool) {
     scan_ahead(
         &[root.to_owned()],
-        &Excludes::none(),
+        &Selection::everything(),
         progress,
         threads,
         stop,
@@ -538,20 +693,23 @@ pub(crate) fn count_tree(root: &Path, progress: &Progress, threads: usize, stop:
 fn scan_ahead_visit(
     path: PathBuf,
     stat: impl FnOnce() -> std::io::Result<Metadata>,
-    excludes: &Excludes,
+    selection: &Selection,
     progress: &Progress,
     subdirs: &mut Vec<PathBuf>,
 ) {
-    if excludes.matches(&path, false) {
+    if selection.leaves_out(&path, None) {
         return;
     }
     let Ok(metadata) = stat() else {
         return;
     };
-    if metadata.is_dir() && excludes.matches(&path, true) {
+    if selection.leaves_out(&path, Some(&metadata)) {
         return;
     }
     if metadata.is_dir() {
+        if selection.is_other_filesystem(&path) {
+            return;
+        }
         subdirs.push(path);
     } else if metadata.is_file() {
         progress.total_files.fetch_add(1, Ordering::Relaxed);

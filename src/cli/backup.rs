@@ -4,19 +4,21 @@
 //! kept for the next run.
 
 use super::{GlobalArgs, print_json, show_progress};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use cairn::backup::{self, BackupOptions, Progress};
 use clap::Args;
 use indicatif::HumanBytes;
 use serde_json::json;
-use std::path::PathBuf;
+use std::io::Read;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     /// Paths to back up
-    #[arg(required = true)]
+    #[arg(required_unless_present = "files_from")]
     paths: Vec<PathBuf>,
     /// Tag the checkpoint (repeatable)
     #[arg(long = "tag")]
@@ -25,6 +27,23 @@ pub struct BackupArgs {
     /// `src/gen` a path below the backup root, `cache/` directories only
     #[arg(long = "exclude", value_name = "PATTERN")]
     excludes: Vec<String>,
+    /// Read exclude patterns from FILE, one per line (blank lines and lines starting with
+    /// `#` are skipped; repeatable)
+    #[arg(long = "exclude-file", value_name = "FILE")]
+    exclude_files: Vec<PathBuf>,
+    /// Leave out directories holding a CACHEDIR.TAG file (bford.info/cachedir)
+    #[arg(long)]
+    exclude_caches: bool,
+    /// Do not cross filesystem boundaries: a mount point inside is kept, empty
+    #[arg(short = 'x', long)]
+    one_file_system: bool,
+    /// Back up the paths listed in FILE (one per line; `-` reads stdin), below their
+    /// deepest common directory, which the checkpoint records as its path
+    #[arg(long = "files-from", value_name = "FILE")]
+    files_from: Vec<PathBuf>,
+    /// The --files-from lists are separated by NUL bytes, not lines (`find -print0`)
+    #[arg(short = '0', long = "null", requires = "files_from")]
+    null: bool,
     /// Scan and chunk, write nothing, report what would be added
     #[arg(long)]
     dry_run: bool,
@@ -43,6 +62,25 @@ pub struct BackupArgs {
     limit_rate: Option<u64>,
 }
 
+/// The items of list file `file` (`-`: stdin), split at `separator`; lines lose a trailing
+/// carriage return.
+fn read_list(file: &Path, separator: u8) -> Result<Vec<Vec<u8>>> {
+    let bytes = if file == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::stdin().read_to_end(&mut bytes)?;
+        bytes
+    } else {
+        std::fs::read(file).with_context(|| format!("reading list {}", file.display()))?
+    };
+    Ok(bytes
+        .split(|&b| b == separator)
+        .map(|item| match separator {
+            b'\n' => item.strip_suffix(b"\r").unwrap_or(item).to_vec(),
+            _ => item.to_vec(),
+        })
+        .collect())
+}
+
 pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
     if args.low_priority {
         cairn::fs::throttle::lower_priority()?;
@@ -50,6 +88,25 @@ pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
     let mut options = BackupOptions::new(args.paths);
     options.tags = args.tags;
     options.excludes = args.excludes;
+    for file in &args.exclude_files {
+        options
+            .excludes
+            .extend(read_list(file, b'\n')?.into_iter().filter_map(|line| {
+                let line = String::from_utf8_lossy(&line).trim().to_owned();
+                (!line.is_empty() && !line.starts_with('#')).then_some(line)
+            }));
+    }
+    for file in &args.files_from {
+        let separator = if args.null { b'\0' } else { b'\n' };
+        options.files_from.extend(
+            read_list(file, separator)?
+                .into_iter()
+                .filter(|path| !path.is_empty() && (args.null || !path.starts_with(b"#")))
+                .map(|path| PathBuf::from(std::ffi::OsString::from_vec(path))),
+        );
+    }
+    options.exclude_caches = args.exclude_caches;
+    options.one_file_system = args.one_file_system;
     options.read_limit = args.limit_rate;
     options.one_read_at_a_time = args.low_priority;
     if let Some(host) = args.host {
