@@ -663,3 +663,94 @@ fn one_file_system_keeps_a_mount_point_empty() {
     backup(&sandbox, &repo, &["-x"], &source);
     assert_eq!(listed_paths(&sandbox, &repo), ["local.txt", "mnt"]);
 }
+
+/// Runs `cairn` with `args`, `input` on its stdin.
+fn with_stdin(sandbox: &Sandbox, args: &[&str], input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = sandbox
+        .cairn()
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let output = child.wait_with_output().unwrap();
+    let _ = writer.join().unwrap();
+    output
+}
+
+#[test]
+fn stdin_is_backed_up_as_one_named_file() {
+    let sandbox = Sandbox::new();
+    let repo = plain_repo(&sandbox);
+    let mut dump = pseudo_random(3_000_000, 8);
+    dump.extend_from_slice(&b"INSERT INTO t VALUES (1);\n".repeat(10_000));
+    let args = [
+        "backup",
+        "--json",
+        "--repo",
+        &repo,
+        "--stdin",
+        "--stdin-filename",
+        "db.sql",
+    ];
+    let output = with_stdin(&sandbox, &args, &dump);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let first: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(first["files"], 1);
+    assert_eq!(first["bytes"], dump.len());
+    let cat = sandbox
+        .cairn()
+        .args(["cat", "--repo", &repo, "latest:db.sql"])
+        .output()
+        .unwrap();
+    assert!(cat.stdout == dump, "cat gives back the input");
+    let list: Value =
+        serde_json::from_str(&sandbox.ok(&["list", "--json", "--repo", &repo])).unwrap();
+    assert_eq!(list[0]["paths"], serde_json::json!(["/db.sql"]));
+
+    // The same input again: its chunks are in the repository already.
+    let again = with_stdin(&sandbox, &args, &dump);
+    let again: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert!(again["added_bytes"].as_u64().unwrap() < 10_000, "{again}");
+    let default_name = with_stdin(&sandbox, &["backup", "--repo", &repo, "--stdin"], b"x");
+    assert!(default_name.status.success(), "{}", stderr(&default_name));
+    let cat = sandbox
+        .cairn()
+        .args(["cat", "--repo", &repo, "latest:stdin"])
+        .output()
+        .unwrap();
+    assert_eq!(cat.stdout, b"x");
+
+    let slash = [
+        "backup",
+        "--repo",
+        &repo,
+        "--stdin",
+        "--stdin-filename",
+        "a/b",
+    ];
+    assert_fails(&with_stdin(&sandbox, &slash, b"x"), 1, "cannot name a file");
+    let elsewhere = sandbox.path("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    let elsewhere = elsewhere.to_str().unwrap();
+    let both = ["backup", "--repo", &repo, "--stdin", elsewhere];
+    assert_fails(&with_stdin(&sandbox, &both, b"x"), 2, "cannot be used with");
+    let named = [
+        "backup",
+        "--repo",
+        &repo,
+        "--stdin-filename",
+        "x",
+        elsewhere,
+    ];
+    assert_fails(
+        &with_stdin(&sandbox, &named, b"x"),
+        2,
+        "cannot be used with",
+    );
+}

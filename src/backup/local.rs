@@ -300,7 +300,7 @@ fn report(errors: &Mutex<Vec<PathError>>, path: &Path, message: String) {
 }
 
 /// Why a local file could not be stored.
-enum StoreError {
+pub(super) enum StoreError {
     Read(std::io::Error),
     Repository(Error),
 }
@@ -557,7 +557,19 @@ fn store_file(
     buffer: &mut Vec<u8>,
     progress: &Progress,
 ) -> std::result::Result<(Content, u64), StoreError> {
-    let file = Throttled::new(open_source(path)?, read_limiter);
+    store_stream(sink, read_limiter, open_source(path)?, buffer, progress)
+}
+
+/// Reads, chunks and stores one stream of bytes (a file's, stdin's); returns its content
+/// and the bytes read.
+pub(super) fn store_stream(
+    sink: &BlobSink,
+    read_limiter: Option<&RateLimiter>,
+    stream: impl std::io::Read,
+    buffer: &mut Vec<u8>,
+    progress: &Progress,
+) -> std::result::Result<(Content, u64), StoreError> {
+    let file = Throttled::new(stream, read_limiter);
     let mut chunks = Vec::new();
     let read = sink
         .repo()

@@ -28,6 +28,7 @@
 mod local;
 #[cfg(feature = "client")]
 pub(crate) mod remote;
+mod stdin;
 mod trees;
 mod walk;
 
@@ -36,6 +37,7 @@ pub(crate) use local::count_tree;
 #[cfg(feature = "server")]
 pub(crate) use local::recorded_path;
 pub use local::{BackupOptions, clean_path};
+pub use stdin::run_stream;
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Error, PathError, Result};

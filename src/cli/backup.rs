@@ -18,8 +18,16 @@ use std::sync::atomic::Ordering;
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     /// Paths to back up
-    #[arg(required_unless_present = "files_from")]
+    #[arg(required_unless_present_any = ["files_from", "stdin", "stdin_filename"])]
     paths: Vec<PathBuf>,
+    /// Back up standard input as one file (a dump piped in: `pg_dump db | cairn backup
+    /// --stdin --stdin-filename db.sql`)
+    #[arg(long, conflicts_with_all = ["paths", "files_from"])]
+    stdin: bool,
+    /// The name of the file --stdin makes (the checkpoint's path is /NAME; default: stdin);
+    /// implies --stdin
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["paths", "files_from"])]
+    stdin_filename: Option<String>,
     /// Tag the checkpoint (repeatable)
     #[arg(long = "tag")]
     tags: Vec<String>,
@@ -122,7 +130,12 @@ pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
         if draw {
             scope.spawn(|| super::draw_run_progress("backup", "read", &progress, &done));
         }
-        let outcome = backup::run_opening(|| global.open_for(args.dry_run), &options, &progress);
+        let open = || global.open_for(args.dry_run);
+        let name = args.stdin_filename.as_deref().unwrap_or("stdin");
+        let outcome = match args.stdin || args.stdin_filename.is_some() {
+            true => backup::run_stream(open, std::io::stdin(), name, &options, &progress),
+            false => backup::run_opening(open, &options, &progress),
+        };
         done.store(true, Ordering::Relaxed);
         outcome
     });
