@@ -754,3 +754,54 @@ fn stdin_is_backed_up_as_one_named_file() {
         "cannot be used with",
     );
 }
+
+#[test]
+fn verbose_says_what_each_step_does_quiet_only_errors_and_no_colour_off_a_terminal() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    write(&source, "file", "contents", JAN_2021);
+    let repo = plain_repo(&sandbox);
+    let src = source.to_str().unwrap();
+    let first = sandbox.run(&["-v", "backup", "--repo", &repo, src]);
+    let said = stderr(&first);
+    assert!(said.contains("INFO opened repository"), "{said}");
+    assert!(said.contains("no parent checkpoint"), "{said}");
+    assert!(
+        !said.contains('\x1b'),
+        "no colour codes into a pipe: {said:?}"
+    );
+    let second = sandbox.run(&["backup", "--verbose", "--repo", &repo, src]);
+    assert!(
+        stderr(&second).contains("parent checkpoint"),
+        "{}",
+        stderr(&second)
+    );
+
+    let plain = sandbox.run(&["backup", "--repo", &repo, src, "--exclude", "nothing"]);
+    assert!(!stderr(&plain).contains("INFO"), "{}", stderr(&plain));
+    assert!(
+        stderr(&plain).contains("matched nothing"),
+        "{}",
+        stderr(&plain)
+    );
+    let quiet = sandbox.run(&["-q", "backup", "--repo", &repo, src, "--exclude", "nothing"]);
+    assert!(quiet.status.success());
+    assert!(
+        !stderr(&quiet).contains("matched nothing"),
+        "{}",
+        stderr(&quiet)
+    );
+    let overridden = sandbox
+        .cairn()
+        .env("CAIRN_LOG", "error")
+        .args(["-v", "backup", "--repo", &repo, src])
+        .output()
+        .unwrap();
+    assert!(
+        !stderr(&overridden).contains("INFO"),
+        "{}",
+        stderr(&overridden)
+    );
+    let both = sandbox.run(&["-v", "-q", "list", "--repo", &repo]);
+    assert_fails(&both, 2, "cannot be used with");
+}

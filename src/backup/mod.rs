@@ -268,6 +268,19 @@ fn back_up<S: Source>(
         Some((id, _)) => !repo.index().trusts_parent(id)?,
         None => false,
     };
+    match &parent {
+        Some((id, record)) => tracing::info!(
+            "parent checkpoint {} of {}: files with its size, mtime, ctime and inode are not read again{}",
+            id.short(),
+            record.time.get(..19).unwrap_or(&record.time),
+            if verify_reused {
+                " (their chunks are checked in the index)"
+            } else {
+                ""
+            }
+        ),
+        None => tracing::info!("no parent checkpoint of this source: every file is read"),
+    }
     let errors = Mutex::new(Vec::new());
     let root = source.root(&errors)?;
     let root_entry = match &root {
@@ -331,6 +344,14 @@ fn back_up<S: Source>(
         .store(stats.bytes_read, Ordering::Relaxed);
     stats.added_bytes = progress.added_bytes.load(Ordering::Relaxed);
     stats.duration_ms = started.at.elapsed().as_millis() as u64;
+    tracing::info!(
+        "walk done: files {}, directories {}, bytes read from the source {}, new blobs {} ({} bytes)",
+        stats.files,
+        stats.dirs,
+        stats.bytes_read,
+        stats.added_blobs,
+        stats.added_bytes
+    );
     let identity = source.identity();
     let checkpoint = Checkpoint {
         time: started.time,

@@ -124,7 +124,7 @@ pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
         cairn::interrupt::install()?;
     }
     let progress = Progress::default();
-    let draw = show_progress(args.json);
+    let draw = show_progress(global, args.json);
     let done = std::sync::atomic::AtomicBool::new(false);
     let outcome = std::thread::scope(|scope| {
         if draw {

@@ -64,7 +64,15 @@ pub struct Cli {
 
 /// Options every subcommand takes.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
+    /// Say more: -v logs what each step does (and sync lists each change, as rsync -v
+    /// does), -vv adds details; CAIRN_LOG (e.g. `debug`) overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Say less: no progress line and no warnings (summaries and errors still print)
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     /// The repository: a directory, the URL of a `cairn serve` (https://host:port/repo), or
     /// an S3 bucket (s3:https://host[:port]/bucket[/prefix]; credentials from AWS_* variables)
     #[arg(long, global = true, env = "CAIRN_REPO")]
@@ -186,6 +194,20 @@ enum Command {
     /// Measure the backup pipeline in memory on some files (the floor in scripts/bench.sh)
     #[command(hide = true)]
     PipelineSpeed(pipeline_speed::PipelineSpeedArgs),
+}
+
+impl Cli {
+    /// What is logged, unless CAIRN_LOG says otherwise: warnings, or by -q and -v.
+    pub fn log_filter(&self) -> &'static str {
+        // fuser logs routine events (such as a second unmount attempt) as warnings.
+        match (self.global.quiet, self.global.verbose) {
+            (true, _) => "error",
+            (false, 0) => "warn,fuser=error",
+            (false, 1) => "warn,cairn=info,fuser=error",
+            (false, 2) => "warn,cairn=debug",
+            (false, _) => "debug",
+        }
+    }
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -658,8 +680,8 @@ fn report_skipped(skipped: &[cairn::error::PathError]) -> Vec<String> {
 }
 
 /// Whether to draw progress: stderr is a terminal and the output is not JSON.
-fn show_progress(json: bool) -> bool {
-    !json && std::io::stderr().is_terminal()
+fn show_progress(global: &GlobalArgs, json: bool) -> bool {
+    !json && !global.quiet && std::io::stderr().is_terminal()
 }
 
 /// Prints `value` as pretty JSON on stdout.

@@ -124,7 +124,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> {
     let progress = Progress::default();
     let done = std::sync::atomic::AtomicBool::new(false);
     let report = std::thread::scope(|scope| {
-        if show_progress(args.json) {
+        if show_progress(global, args.json) {
             scope.spawn(|| super::draw_run_progress(&args.plan, "read", &progress, &done));
         }
         let report = plan::run(

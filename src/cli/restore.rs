@@ -71,7 +71,7 @@ pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
     let progress = Progress::default();
     let done = AtomicBool::new(false);
     let report = std::thread::scope(|scope| {
-        if show_progress(args.json) {
+        if show_progress(global, args.json) {
             scope.spawn(|| draw_progress(&progress, &done));
         }
         let report = restore::run(&repo, &record, path, &args.target, &options, &progress);

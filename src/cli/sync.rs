@@ -47,9 +47,6 @@ pub struct SyncArgs {
     /// count), then leave the rest, say so and exit 25; 0 removes nothing
     #[arg(long, value_name = "N")]
     max_delete: Option<u64>,
-    /// Into a directory: print each entry created, written, linked or deleted
-    #[arg(short, long, conflicts_with = "json")]
-    verbose: bool,
     /// Into a directory: print every change in rsync's itemized form (YXcstpoguax PATH)
     #[arg(short, long, conflicts_with = "json")]
     itemize_changes: bool,
@@ -87,10 +84,10 @@ pub fn run(global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode> {
     let progress = Progress::default();
     let done = AtomicBool::new(false);
     let report = std::thread::scope(|scope| {
-        if show_progress(args.json) {
+        if show_progress(global, args.json) {
             scope.spawn(|| super::draw_run_progress("sync", "received", &progress, &done));
         }
-        let listing = match (args.itemize_changes, args.verbose) {
+        let listing = match (args.itemize_changes, global.verbose > 0 && !args.json) {
             (true, _) => Listing::Itemized,
             (false, true) => Listing::Names,
             (false, false) => Listing::Quiet,

@@ -385,7 +385,20 @@ impl Repository {
         let chunker = Chunker::new(config.chunker, seed)?;
         let codec = Codec::new(master, config.compression_level);
         let index = BlobIndex::open(&repository_cache)?;
+        let synced = std::time::Instant::now();
         index.sync(backend.as_ref(), &codec)?;
+        tracing::info!(
+            "opened repository {} at {} (encryption: {:?}{}); index cache {} brought up to date in {:.1}s",
+            &config.id[..8.min(config.id.len())],
+            backend.location(),
+            config.encryption,
+            opened_key
+                .as_ref()
+                .map(|k| format!(", key {}", &k[..8.min(k.len())]))
+                .unwrap_or_default(),
+            repository_cache.display(),
+            synced.elapsed().as_secs_f64()
+        );
         let trees = tree_cache::TreeCache::in_dir(
             (backend.preferred_concurrency() > 1).then(|| repository_cache.join("trees")),
         );
