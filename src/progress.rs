@@ -2,6 +2,8 @@
 //! works: what the run covers, counted ahead of it, and what it has done so far. The ETA is
 //! the bytes still to do at the rate bytes get done.
 
+use std::fmt::Write;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 #[derive(Debug, Default)]
@@ -21,6 +23,8 @@ pub struct Progress {
     pub added_bytes: AtomicU64,
     /// Packs written (or, in a dry run, that would be written).
     pub added_packs: AtomicU64,
+    /// The file being worked on (the last one begun), for the display.
+    current: Mutex<String>,
 }
 
 impl Progress {
@@ -29,6 +33,18 @@ impl Progress {
         self.total_files.store(files, Ordering::Relaxed);
         self.total_bytes.store(bytes, Ordering::Relaxed);
         self.counted.store(true, Ordering::Relaxed);
+    }
+
+    /// Names the file being worked on now.
+    pub fn working_on(&self, file: impl std::fmt::Display) {
+        let mut current = self.current.lock().expect("not poisoned");
+        current.clear();
+        let _ = write!(current, "{file}");
+    }
+
+    /// The file being worked on, as last named.
+    pub fn current(&self) -> String {
+        self.current.lock().expect("not poisoned").clone()
     }
 
     /// Counts one file of `bytes` as done.

@@ -805,3 +805,48 @@ fn verbose_says_what_each_step_does_quiet_only_errors_and_no_colour_off_a_termin
     let both = sandbox.run(&["-v", "-q", "list", "--repo", &repo]);
     assert_fails(&both, 2, "cannot be used with");
 }
+
+#[test]
+fn the_progress_line_on_a_terminal_fits_its_width_and_names_the_file_being_read() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    random_files(&source, 3, 4_000_000, 12);
+    let repo = plain_repo(&sandbox);
+    // A terminal 60 columns wide, made by script(1); the backup reads at 8 MB/s, so the
+    // line is drawn several times.
+    let cairn = env!("CARGO_BIN_EXE_cairn");
+    let command = format!(
+        "stty cols 60; {cairn} backup --limit-rate 8M --repo {repo} {}",
+        source.display()
+    );
+    let output = std::process::Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env("CAIRN_CACHE_DIR", sandbox.path("cache"))
+        .env_remove("CAIRN_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let shown = String::from_utf8_lossy(&output.stdout);
+    let frames: Vec<String> = shown
+        .split(['\r', '\n'])
+        .map(|frame| frame.replace("\x1b[2K", ""))
+        .filter(|frame| frame.contains("backup  "))
+        .collect();
+    assert!(frames.len() >= 3, "{shown:?}");
+    for frame in &frames {
+        assert!(
+            frame.chars().count() <= 60,
+            "wider than the terminal: {frame:?}"
+        );
+        assert!(!frame.contains('\x1b'), "{frame:?}");
+    }
+    assert!(frames.iter().any(|f| f.contains("/3 files")), "{frames:?}");
+    assert!(
+        frames.iter().any(|f| f.contains("/source/f")),
+        "the current file: {frames:?}"
+    );
+}

@@ -273,6 +273,7 @@ impl Source for LocalSource {
         let limiter = self.read_limiter.as_ref();
         for job in jobs {
             // Once interrupted, the queued files are answered without being read.
+            progress.working_on(job.path.display());
             let result = match crate::interrupt::check() {
                 Ok(()) => store_file(sink, limiter, &job.path, &mut buffer, progress),
                 Err(e) => Err(StoreError::Repository(e)),
@@ -583,9 +584,9 @@ pub(super) fn store_stream(
                 id,
                 length: chunk.len() as u32,
             });
-            progress
-                .bytes_read
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            let length = chunk.len() as u64;
+            progress.bytes_read.fetch_add(length, Ordering::Relaxed);
+            progress.bytes_done.fetch_add(length, Ordering::Relaxed);
             Ok::<(), StoreError>(())
         })?;
     let content = file_content(sink, chunks).map_err(StoreError::Repository)?;

@@ -321,6 +321,7 @@ fn back_up<S: Source>(
                 errors: &errors,
                 parent_trees: &parent_trees,
                 verify_reused,
+                progress,
             };
             let walked = walker.walk(root, parent_root.clone());
             drop(walker);

@@ -180,6 +180,9 @@ impl Source for ServedSource<'_> {
                 .bytes_read
                 .store(self.source.received(), Ordering::Relaxed);
             for (job, result) in batch.into_iter().zip(results) {
+                if result.is_ok() {
+                    progress.bytes_done.fetch_add(job.size, Ordering::Relaxed);
+                }
                 let result = result.map_err(|e| match e {
                     PullError::Source(message) => FileError::Source(PathError {
                         path: shown(&job.path),

@@ -15,6 +15,7 @@ use crate::tree::{
 };
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
 /// One entry of a directory being built.
 pub(super) enum PendingEntry {
@@ -80,7 +81,8 @@ pub(super) fn run_tree_builder(
                 EntryKind::File(_) => {
                     stats.files += 1;
                     stats.bytes += entry.size;
-                    progress.file_done(entry.size);
+                    // Its bytes counted as done when it was read or found unchanged.
+                    progress.files_done.fetch_add(1, Ordering::Relaxed);
                 }
                 EntryKind::Dir(_) => stats.dirs += 1,
                 _ => {}

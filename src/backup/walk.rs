@@ -47,6 +47,8 @@ pub(super) struct Walker<'a, S: Source> {
     /// Whether a parent's chunk list must be found in the index before it is reused: unless
     /// the cache trusts the parent (`BlobIndex::trusts_parent`).
     pub verify_reused: bool,
+    /// Unchanged files count as done here; read ones as the workers read them.
+    pub progress: &'a crate::progress::Progress,
 }
 
 /// One directory of the walk.
@@ -128,6 +130,9 @@ impl<S: Source> Walker<'_, S> {
                         .filter(|content| self.is_indexed(content));
                     let pending = match reused {
                         Some(content) => {
+                            self.progress
+                                .bytes_done
+                                .fetch_add(entry.size, std::sync::atomic::Ordering::Relaxed);
                             PendingEntry::Ready(entry.with_kind(EntryKind::File(content)))
                         }
                         None => {

@@ -128,7 +128,7 @@ pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
     let done = std::sync::atomic::AtomicBool::new(false);
     let outcome = std::thread::scope(|scope| {
         if draw {
-            scope.spawn(|| super::draw_run_progress("backup", "read", &progress, &done));
+            scope.spawn(|| super::draw_progress("backup", &progress, &done));
         }
         let open = || global.open_for(args.dry_run);
         let name = args.stdin_filename.as_deref().unwrap_or("stdin");

@@ -28,6 +28,7 @@ mod ls;
 mod mount;
 mod pipeline_speed;
 mod plan;
+mod progress_line;
 mod prune;
 mod repair;
 mod restore;
@@ -573,62 +574,31 @@ impl FromCredentials {
     }
 }
 
-/// Draws a progress bar `NAME: [bar] bytes/total rate ETA message` on stderr, refreshed by
-/// `update` every 100 ms, until `done` is set; the message is cut to the terminal's width.
-fn draw_bytes_progress(
+/// Draws the progress of a backup, sync or restore on stderr until `done` is set: one line
+/// that fits the terminal (`progress_line`), redrawn in place, cleared at the end.
+fn draw_progress(
     name: &str,
-    done: &std::sync::atomic::AtomicBool,
-    update: impl Fn(&indicatif::ProgressBar),
-) {
-    let bar = indicatif::ProgressBar::new(0);
-    let template = format!(
-        "{{spinner}} {name}: [{{bar:25}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}} ETA {{eta}} {{wide_msg}}"
-    );
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(&template)
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    while !done.load(std::sync::atomic::Ordering::Relaxed) {
-        update(&bar);
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    bar.finish_and_clear();
-}
-
-/// Draws a backup's or a sync's progress until `done` is set: files and bytes done against
-/// the totals counted so far, bytes taken from the source (`read` names how) and bytes added.
-fn draw_run_progress(
-    name: &str,
-    read: &str,
     progress: &cairn::progress::Progress,
     done: &std::sync::atomic::AtomicBool,
 ) {
-    use std::sync::atomic::Ordering::Relaxed;
-    draw_bytes_progress(name, done, |bar| {
-        let counted = progress.counted.load(Relaxed);
-        let total_files = progress.total_files.load(Relaxed);
-        let files_done = progress.files_done.load(Relaxed);
-        match progress.total_bytes.load(Relaxed) {
-            // Nothing counted yet: no total, rather than a full bar.
-            0 if !counted => bar.unset_length(),
-            total => bar.set_length(total),
+    use std::io::Write;
+    const SPINNER: [char; 4] = ['|', '/', '-', '\\'];
+    let mut line = progress_line::ProgressLine::new();
+    let mut stderr = std::io::stderr();
+    for turn in 0.. {
+        if done.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
         }
-        bar.set_position(progress.bytes_done.load(Relaxed));
-        let files = match (files_done, total_files, counted) {
-            (0, 0, true) => String::new(),
-            (_, _, true) => format!("{files_done}/{total_files} files, "),
-            _ => format!("{files_done}/{total_files}+ files (counting), "),
-        };
-        let added = match progress.added_bytes.load(Relaxed) {
-            0 => String::new(),
-            added => format!(", {} added", indicatif::HumanBytes(added)),
-        };
-        bar.set_message(format!(
-            "{files}{} {read}{added}",
-            indicatif::HumanBytes(progress.bytes_read.load(Relaxed)),
-        ));
-    });
+        // Two columns for the spinner, one left free so the line never wraps.
+        let width = progress_line::terminal_width().saturating_sub(3);
+        let reading = progress_line::Reading::of(progress);
+        let text = line.render(name, &reading, std::time::Instant::now(), width);
+        let _ = write!(stderr, "\r\x1b[2K{} {text}", SPINNER[turn % SPINNER.len()]);
+        let _ = stderr.flush();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = write!(stderr, "\r\x1b[2K");
+    let _ = stderr.flush();
 }
 
 /// Reports a run that a signal stopped, with what it kept for the next one; exit 130.

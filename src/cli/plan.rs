@@ -125,7 +125,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> {
     let done = std::sync::atomic::AtomicBool::new(false);
     let report = std::thread::scope(|scope| {
         if show_progress(global, args.json) {
-            scope.spawn(|| super::draw_run_progress(&args.plan, "read", &progress, &done));
+            scope.spawn(|| super::draw_progress(&args.plan, &progress, &done));
         }
         let report = plan::run(
             &args.plan,

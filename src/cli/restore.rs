@@ -45,17 +45,6 @@ pub struct RestoreArgs {
     filters: super::FilterArgs,
 }
 
-fn draw_progress(progress: &Progress, done: &AtomicBool) {
-    super::draw_bytes_progress("restore", done, |bar| {
-        bar.set_length(progress.total_bytes.load(Ordering::Relaxed));
-        bar.set_position(progress.bytes_done.load(Ordering::Relaxed));
-        bar.set_message(super::counted(
-            progress.files_done.load(Ordering::Relaxed),
-            "file",
-        ));
-    });
-}
-
 pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let repo = global.open()?;
@@ -72,7 +61,7 @@ pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
     let done = AtomicBool::new(false);
     let report = std::thread::scope(|scope| {
         if show_progress(global, args.json) {
-            scope.spawn(|| draw_progress(&progress, &done));
+            scope.spawn(|| super::draw_progress("restore", &progress, &done));
         }
         let report = restore::run(&repo, &record, path, &args.target, &options, &progress);
         done.store(true, Ordering::Relaxed);

@@ -85,7 +85,7 @@ pub fn run(global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode> {
     let done = AtomicBool::new(false);
     let report = std::thread::scope(|scope| {
         if show_progress(global, args.json) {
-            scope.spawn(|| super::draw_run_progress("sync", "received", &progress, &done));
+            scope.spawn(|| super::draw_progress("sync", &progress, &done));
         }
         let listing = match (args.itemize_changes, global.verbose > 0 && !args.json) {
             (true, _) => Listing::Itemized,

@@ -422,6 +422,7 @@ impl Outcomes<'_> {
                         .bytes_read
                         .fetch_add(fetched, Ordering::Relaxed);
                 }
+                self.progress.working_on(job.shown().display());
                 self.progress
                     .file_done(job.entry.size.saturating_sub(counted));
             }
