@@ -4,12 +4,13 @@
 
 mod cli;
 
-use clap::Parser;
+use clap::FromArgMatches;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let matches = cli::command().get_matches();
+    let args = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // Colours only for a person at a terminal, and not when NO_COLOR asks for none.
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()

@@ -850,3 +850,23 @@ fn the_progress_line_on_a_terminal_fits_its_width_and_names_the_file_being_read(
         "the current file: {frames:?}"
     );
 }
+
+#[test]
+fn help_puts_global_options_apart_and_ends_with_examples_and_the_environment() {
+    let sandbox = Sandbox::new();
+    let help = sandbox.ok(&["backup", "--help"]);
+    let own = help
+        .find("--exclude-caches")
+        .expect("the command's options");
+    let global = help
+        .find("Global options:")
+        .expect("a heading for the global options");
+    let repo = help.find("--repo <REPO>").unwrap();
+    assert!(own < global && global < repo, "{help}");
+    let examples = help.find("Examples:\n  cairn backup").expect("examples");
+    let environment = help.find("Environment:\n  ").expect("the environment");
+    assert!(repo < examples && examples < environment, "{help}");
+    assert!(help[environment..].contains("CAIRN_PASSWORD "), "{help}");
+    let serve = sandbox.ok(&["serve", "--help"]);
+    assert!(serve.contains("CAIRN_SERVE_CLIENT_TIMEOUT"), "{serve}");
+}

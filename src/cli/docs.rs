@@ -3,7 +3,7 @@
 //! drift from what cairn accepts.
 
 use anyhow::{Context, Result};
-use clap::{Args, CommandFactory};
+use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -23,7 +23,7 @@ pub struct ManArgs {
 
 /// Prints the completion script of `shell` to stdout.
 pub fn completions(args: CompletionsArgs) -> Result<ExitCode> {
-    let mut command = super::Cli::command();
+    let mut command = super::command();
     // Made whole first: the generator panics on a write error, and a closed pipe (`| head`)
     // must end the run quietly like any other output.
     let mut script = Vec::new();
@@ -36,7 +36,7 @@ pub fn completions(args: CompletionsArgs) -> Result<ExitCode> {
 pub fn man(args: ManArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
-    clap_mangen::generate_to(super::Cli::command(), &args.dir)
+    clap_mangen::generate_to(super::command(), &args.dir)
         .with_context(|| format!("writing man pages into {}", args.dir.display()))?;
     eprintln!(
         "man pages written to {} (`man cairn-backup` finds them when the directory is on \

@@ -10,10 +10,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:
-  cairn dump latest > home.tar                 the whole newest checkpoint
-  cairn dump 1a2b3c4d:src/project | tar -x     one directory, unpacked here
-  cairn dump latest:etc/fstab                  one file's bytes")]
 pub struct DumpArgs {
     /// CKPT[:PATH] — a checkpoint reference (id, prefix or `latest`) and a path in it
     reference: String,

@@ -17,10 +17,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:
-  cairn find '*.pdf'                    every PDF, in every checkpoint
-  cairn find /etc/fstab --json          one path below the backup root, as JSON
-  cairn find -i 'report*' --newest 7d   modified in the last seven days, any case")]
 pub struct FindArgs {
     /// What to look for: `*.rs` a name anywhere, `/src/main.rs` or `src/*.c` a path below
     /// the checkpoint's root, `build/` directories only (any of the patterns)

@@ -20,6 +20,7 @@ mod docs;
 mod dump;
 mod find;
 mod forget;
+mod help;
 mod history;
 mod init;
 mod key;
@@ -210,6 +211,8 @@ impl Cli {
         }
     }
 }
+
+pub use help::command;
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let global = &cli.global;

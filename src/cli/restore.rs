@@ -13,10 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:
-  cairn restore latest --target /tmp/back                   everything
-  cairn restore latest:home/me/docs --target /tmp/docs      one directory
-  cairn restore latest --target /tmp/pdfs --include '*.pdf' the PDFs, where they were")]
 pub struct RestoreArgs {
     /// CKPT[:PATH] — a checkpoint reference and optionally a path in it
     reference: String,

@@ -9,10 +9,6 @@ use serde_json::json;
 use std::process::ExitCode;
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:
-  cairn tag latest --add keep                  mark the newest checkpoint
-  cairn tag --tag daily --remove daily --add weekly    every checkpoint tagged daily
-  cairn tag 1a2b3c4d --set release --set v2    replace its tags")]
 pub struct TagArgs {
     /// The checkpoints to change (ids, unique prefixes, or `latest`); without any, every
     /// checkpoint that --host, --path and --tag let through
