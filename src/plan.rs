@@ -80,6 +80,10 @@ pub struct Target {
     /// A PEM certificate (or CA) to trust for this target's server or store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
+    /// The SHA-256 fingerprint of this target's server certificate, pinned (as
+    /// `--tls-fingerprint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_fingerprint: Option<String>,
 }
 
 impl Config {

@@ -908,3 +908,93 @@ fn an_interrupted_pull_keeps_its_packs_says_so_and_the_rerun_pulls_only_the_rest
     let check = sandbox.run(&["check", "--read-data", "--repo", text(&repo)]);
     assert!(check.status.success(), "{}", stderr(&check));
 }
+
+#[test]
+fn a_self_signed_server_is_pinned_by_its_fingerprint_and_keeps_it_across_restarts() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    make_tree(&source);
+    let repo = sandbox.path("served");
+    let client = client_args(&sandbox);
+    sandbox.ok(&with(&["init", "--repo", text(&repo)], &client));
+    let keep = sandbox.path("tls");
+    let args = ["--tls-self-signed", "--tls-dir", text(&keep)];
+    let server = serve(&sandbox, &repo, &args);
+    assert!(
+        server.url.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+    let printed = server.printed("clients connect with --tls-fingerprint ");
+    let fingerprint = printed.rsplit(' ').next().unwrap().to_owned();
+    assert_eq!(fingerprint.len(), 32 * 3 - 1, "{printed}");
+    let url = server.url.clone();
+
+    // Pinned: the backup goes through; no CA is involved.
+    let pinned: Vec<String> = client
+        .iter()
+        .cloned()
+        .chain(["--tls-fingerprint".into(), fingerprint.clone()])
+        .collect();
+    sandbox.ok(&with(&["backup", "--repo", &url, text(&source)], &pinned));
+    let untrusted = sandbox.run(&with(&["list", "--repo", &url], &client));
+    assert!(!untrusted.status.success());
+    let mut other = fingerprint.clone().into_bytes();
+    other[0] = if other[0] == b'0' { b'1' } else { b'0' };
+    let other = String::from_utf8(other).unwrap();
+    let wrong = sandbox.run(&with(
+        &["list", "--repo", &url, "--tls-fingerprint", &other],
+        &client,
+    ));
+    assert_fails(&wrong, 1, "not the pinned");
+    let garbled = sandbox.run(&with(
+        &["list", "--repo", &url, "--tls-fingerprint", "AB:CD"],
+        &client,
+    ));
+    assert_fails(&garbled, 1, "is not a SHA-256 fingerprint");
+
+    // Started again, it presents the same certificate.
+    drop(server);
+    let again = serve(&sandbox, &repo, &args);
+    assert_eq!(
+        again.printed("clients connect with --tls-fingerprint "),
+        printed
+    );
+    let listed = sandbox.ok(&with(&["list", "--repo", &again.url], &pinned));
+    assert_eq!(listed.lines().count(), 2, "a heading and the checkpoint: {listed}");
+}
+
+#[test]
+fn a_ca_certificate_on_the_server_is_explained_with_a_recipe() {
+    let sandbox = Sandbox::new();
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_file, key_file) = (sandbox.path("cert.pem"), sandbox.path("key.pem"));
+    fs::write(&cert_file, cert.pem()).unwrap();
+    fs::write(&key_file, key.serialize_pem()).unwrap();
+    let repo = sandbox.path("served");
+    let client = client_args(&sandbox);
+    sandbox.ok(&with(&["init", "--repo", text(&repo)], &client));
+    let server = serve(
+        &sandbox,
+        &repo,
+        &["--tls-cert", text(&cert_file), "--tls-key", text(&key_file)],
+    );
+    let listed = sandbox.run(&with(
+        &["list", "--repo", &server.url, "--tls-ca", text(&cert_file)],
+        &client,
+    ));
+    assert_fails(&listed, 1, "marked as a CA certificate");
+    assert!(
+        stderr(&listed).contains("--tls-self-signed"),
+        "{}",
+        stderr(&listed)
+    );
+    assert!(
+        stderr(&listed).contains("basicConstraints=critical,CA:FALSE"),
+        "{}",
+        stderr(&listed)
+    );
+}

@@ -103,6 +103,16 @@ pub struct GlobalArgs {
     /// Trust this PEM certificate (or CA) for https:// servers, besides the public roots
     #[arg(long, global = true, env = "CAIRN_TLS_CA")]
     tls_ca: Option<PathBuf>,
+    /// Trust only the https:// server whose certificate has this SHA-256 fingerprint (what
+    /// `cairn serve --tls-self-signed` prints)
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_TLS_FINGERPRINT",
+        value_name = "SHA256",
+        conflicts_with = "tls_ca"
+    )]
+    tls_fingerprint: Option<String>,
     /// When the repository is locked by another run, wait up to this long (e.g. 10m, 2h)
     /// for it instead of failing
     #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -293,7 +303,10 @@ impl GlobalArgs {
         let served = location.to_str().is_some_and(is_url);
         let networked = served || location.to_str().is_some_and(is_s3);
         let options = StoreOptions {
-            ca_pem: if networked { self.extra_ca()? } else { None },
+            ca_pem: match (networked, location.to_str()) {
+                (true, Some(url)) => self.trusted_certificates(url)?,
+                _ => None,
+            },
             timeouts: self.timeouts(),
             token: if served { Some(self.token()?) } else { None },
             s3_virtual_host_style: self.s3_virtual_host_style,
@@ -309,8 +322,17 @@ impl GlobalArgs {
         Ok(open_store(location, &options)?)
     }
 
-    /// The PEM certificates of `--tls-ca`, if given.
-    fn extra_ca(&self) -> Result<Option<Vec<u8>>> {
+    /// The PEM certificates to trust for the server at `url` besides the public roots: the
+    /// one whose fingerprint `--tls-fingerprint` pins (fetched from the server), or those of
+    /// `--tls-ca`.
+    fn trusted_certificates(&self, url: &str) -> Result<Option<Vec<u8>>> {
+        if let Some(pinned) = &self.tls_fingerprint {
+            let pinned = cairn::net::pin::parse(pinned)?;
+            let wait = self.timeouts().connect;
+            return Ok(Some(cairn::net::pin::pinned_certificate(
+                url, &pinned, wait,
+            )?));
+        }
         self.tls_ca
             .as_ref()
             .map(|file| {
@@ -331,7 +353,7 @@ impl GlobalArgs {
         Ok(Remote::new(
             url,
             self.token()?,
-            self.extra_ca()?,
+            self.trusted_certificates(url)?,
             self.timeouts(),
         ))
     }

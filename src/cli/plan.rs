@@ -94,6 +94,8 @@ fn for_target(global: &GlobalArgs, target: &Target) -> GlobalArgs {
         key_file: target.key_file.clone(),
         token_file: target.token_file.clone(),
         tls_ca: target.tls_ca.clone().or_else(|| global.tls_ca.clone()),
+        tls_fingerprint: (target.tls_fingerprint.clone())
+            .or_else(|| global.tls_fingerprint.clone()),
         secrets_from_environment: false,
         ..global.clone()
     }

@@ -34,6 +34,19 @@ pub struct ServeArgs {
     /// PEM private key for HTTPS
     #[arg(long, requires = "tls_cert", value_name = "FILE")]
     tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a certificate made for this machine (kept in --tls-dir, made again
+    /// only when missing) and print its SHA-256 fingerprint, which clients pin with
+    /// --tls-fingerprint
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    tls_self_signed: bool,
+    /// Where --tls-self-signed keeps its certificate and key (default:
+    /// $XDG_CONFIG_HOME/cairn/serve-tls or ~/.config/cairn/serve-tls)
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Another name (or address) the certificate --tls-self-signed makes is for, besides
+    /// localhost, the host name and the machine's addresses (repeatable)
+    #[arg(long = "tls-name", value_name = "NAME")]
+    tls_names: Vec<String>,
     /// Allow plain HTTP on a non-loopback address (the token and data cross in clear)
     #[arg(long)]
     insecure_http: bool,
@@ -77,10 +90,28 @@ pub fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
     let listener = std::net::TcpListener::bind(&args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
-    let tls = args
-        .tls_cert
-        .zip(args.tls_key)
-        .map(|(cert_chain, key)| TlsFiles { cert_chain, key });
+    if !args.tls_self_signed && (args.tls_dir.is_some() || !args.tls_names.is_empty()) {
+        bail!(
+            "--tls-dir and --tls-name are for the certificate --tls-self-signed makes: add --tls-self-signed"
+        );
+    }
+    let mut pinned = None;
+    let tls = match args.tls_self_signed {
+        true => {
+            let dir = match args.tls_dir {
+                Some(dir) => dir,
+                None => config_home()?.join("cairn/serve-tls"),
+            };
+            let (files, fingerprint) =
+                cairn::net::server::self_signed::ensure(&dir, &args.tls_names)?;
+            pinned = Some(cairn::net::pin::show(&fingerprint));
+            Some(files)
+        }
+        false => args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert_chain, key)| TlsFiles { cert_chain, key }),
+    };
     if tls.is_none() && !address.ip().is_loopback() && !args.insecure_http {
         bail!(
             "{address} is not a loopback address: serve it with --tls-cert and --tls-key, or pass --insecure-http to send the token and data in clear"
@@ -111,6 +142,10 @@ pub fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
         // Whoever started the server may stop reading its output: never fail on that.
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on {scheme}://{address}");
+        if let Some(fingerprint) = &pinned {
+            let _ = writeln!(out, "certificate SHA-256 fingerprint {fingerprint}");
+            let _ = writeln!(out, "clients connect with --tls-fingerprint {fingerprint}");
+        }
         if serves_repo {
             let _ = writeln!(out, "repository at {scheme}://{address}/repo");
         }
@@ -120,4 +155,14 @@ pub fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
         let _ = out.flush();
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `$XDG_CONFIG_HOME`, or `~/.config`.
+fn config_home() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    let home = std::env::var_os("HOME")
+        .context("neither XDG_CONFIG_HOME nor HOME is set: give --tls-dir")?;
+    Ok(PathBuf::from(home).join(".config"))
 }

@@ -233,6 +233,13 @@ impl HttpClient {
         };
         let response = match sent {
             Ok(response) => response,
+            // A CA's certificate on the server: no retry mends it, the advice does.
+            Err(e) if e.to_string().contains("CaUsedAsEndEntity") => {
+                return Err(Failure::Final(Error::Network(format!(
+                    "{url}: {e}: {}",
+                    crate::net::pin::CA_AS_SERVER_ADVICE
+                ))));
+            }
             Err(ureq::Error::Timeout(phase)) => {
                 return Err(Failure::Transient(Error::Network(format!(
                     "{url}: timed out waiting for the server ({phase})"

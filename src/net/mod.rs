@@ -1,12 +1,15 @@
 //! cairn's network protocol, both sides: the client (`client`, every request a client makes
 //! goes through it; the `client` feature), what crosses (`wire`), and `cairn serve`
 //! (`server`: a repository's objects and live source directories; the `server` feature), with
-//! how long a client waits (`HttpTimeouts`, which the S3 store shares). A served repository
+//! how long a client waits (`HttpTimeouts`, which the S3 store shares), and certificate
+//! pinning (`pin`). A served repository
 //! is used as a `Backend` (`repo::http`); a served source as a tree source (`source::remote`)
 //! and a backup's source (`backup::remote`).
 
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "tls")]
+pub mod pin;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod wire;

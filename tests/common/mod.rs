@@ -610,6 +610,8 @@ pub struct Server {
     child: Child,
     /// The server's base URL, as it printed it (`http://127.0.0.1:PORT`).
     pub url: String,
+    /// The lines it printed after the first, as they come.
+    later: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -622,15 +624,37 @@ impl Server {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).unwrap();
         let url = line
             .trim()
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("serve printed {line:?}"))
             .to_owned();
-        Server { child, url }
+        let later = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = later.clone();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Server { child, url, later }
+    }
+
+    /// The first line after `listening on` that starts with `prefix`, once printed.
+    pub fn printed(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines = self.later.lock().unwrap().clone();
+            if let Some(line) = lines.iter().find(|l| l.starts_with(prefix)) {
+                return line.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve printed no {prefix:?}: {lines:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

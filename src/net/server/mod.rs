@@ -28,6 +28,7 @@
 //! and no symlink on the way, so nothing outside the served directory is reachable.
 
 mod objects;
+pub mod self_signed;
 mod source;
 
 pub(crate) use objects::parse_range;
