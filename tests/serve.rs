@@ -961,7 +961,11 @@ fn a_self_signed_server_is_pinned_by_its_fingerprint_and_keeps_it_across_restart
         printed
     );
     let listed = sandbox.ok(&with(&["list", "--repo", &again.url], &pinned));
-    assert_eq!(listed.lines().count(), 2, "a heading and the checkpoint: {listed}");
+    assert_eq!(
+        listed.lines().count(),
+        2,
+        "a heading and the checkpoint: {listed}"
+    );
 }
 
 #[test]

@@ -219,8 +219,8 @@ const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
                 "a repository over HTTPS",
             ),
             (
-                "cairn serve --listen 127.0.0.1:8080 --token-file t --source home=/home/me",
-                "a live directory to pull from",
+                "cairn serve --repo /backup/repo --listen 0.0.0.0:8443 --token-file t --tls-self-signed",
+                "with a certificate it makes; clients pin the fingerprint it prints",
             ),
         ],
     ),
