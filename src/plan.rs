@@ -41,6 +41,12 @@ pub struct Plan {
     /// Globs left out, as `cairn backup --exclude` takes them.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Leave out directories marked with a `CACHEDIR.TAG` (`--exclude-caches`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exclude_caches: bool,
+    /// Stay on each source's filesystem (`--one-file-system`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub one_file_system: bool,
     /// The repositories that keep the plan's checkpoints: the backup goes to the first that
     /// opens, and is copied into the others.
     pub targets: Vec<Target>,
@@ -282,6 +288,8 @@ pub fn run(
 ) -> Result<RunReport> {
     let mut options = BackupOptions::new(plan.sources.clone());
     options.excludes = plan.exclude.clone();
+    options.exclude_caches = plan.exclude_caches;
+    options.one_file_system = plan.one_file_system;
     options.tags = vec![Plan::tag(name)];
     options.read_limit = read_limit;
     options.one_read_at_a_time = plan.low_priority;
@@ -529,5 +537,16 @@ mod tests {
             config.plans["home"].targets[1].repo,
             "s3:https://garage.lan:3900/backups"
         );
+        assert!(!config.plans["home"].exclude_caches);
+
+        let inputs = text.replace(
+            "exclude = [\"*.tmp\"]",
+            "exclude = [\"*.tmp\"]\nexclude_caches = true\none_file_system = true",
+        );
+        let plan = Config::parse(&inputs, "cairn.toml").unwrap().plans["home"].clone();
+        assert!(plan.exclude_caches && plan.one_file_system);
+        // Stored as before when they are off: a record's bytes do not change.
+        let stored = serde_json::to_string(&config.plans["home"]).unwrap();
+        assert!(!stored.contains("exclude_caches"), "{stored}");
     }
 }
