@@ -6,6 +6,7 @@
 //! checkpoint a [`CheckpointFilter`] lets through (host, paths, tags; all of them by default).
 
 use crate::catalogue::Listing;
+pub use crate::catalogue::Summary;
 use crate::error::{Error, Missing, Result};
 use crate::id::{CheckpointId, TreeId};
 use crate::repo::Repository;

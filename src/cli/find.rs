@@ -129,20 +129,10 @@ pub fn run(global: &GlobalArgs, args: FindArgs) -> Result<ExitCode> {
                 .and_then(|()| serde_json::to_writer(&mut out, &row).map_err(std::io::Error::from))
                 .map_err(writing);
         }
-        let ids = found
-            .checkpoints
-            .iter()
-            .take(IDS_SHOWN)
-            .map(|&i| catalogue[i].id.short())
-            .collect::<Vec<_>>()
-            .join(" ");
-        let more = match found.checkpoints.len().saturating_sub(IDS_SHOWN) {
-            0 => String::new(),
-            more => format!(" and {more} more"),
-        };
+        let ids = super::short_ids(&catalogue, &found.checkpoints, IDS_SHOWN);
         writeln!(
             out,
-            "{} {:>10}  {}  {path}{}  in {ids}{more}",
+            "{} {:>10}  {}  {path}{}  in {ids}",
             entry.type_char(),
             if entry.is_file() {
                 HumanBytes(entry.size).to_string()

@@ -80,19 +80,9 @@ pub fn run(global: &GlobalArgs, args: HistoryArgs) -> Result<ExitCode> {
             ),
             None => String::new(),
         };
-        let ids = version
-            .checkpoints
-            .iter()
-            .take(IDS_SHOWN)
-            .map(|&i| catalogue[i].id.short())
-            .collect::<Vec<_>>()
-            .join(" ");
-        let more = match version.checkpoints.len().saturating_sub(IDS_SHOWN) {
-            0 => String::new(),
-            more => format!(" and {more} more"),
-        };
+        let ids = super::short_ids(&catalogue, &version.checkpoints, IDS_SHOWN);
         outln!(
-            "{}  {:<8} {detail}  in {ids}{more}",
+            "{}  {:<8} {detail}  in {ids}",
             time.get(..19).unwrap_or(time).replace('T', " "),
             format!("{:?}", version.change).to_lowercase(),
         );

@@ -679,6 +679,24 @@ fn show_progress(global: &GlobalArgs, json: bool) -> bool {
     !json && !global.quiet && std::io::stderr().is_terminal()
 }
 
+/// The short ids of the checkpoints at `indices` of `catalogue`, the first `shown` of them
+/// and how many more: `1a2b3c4d 5e6f7a8b and 3 more`.
+fn short_ids(
+    catalogue: &[std::sync::Arc<cairn::checkpoint::Summary>],
+    indices: &[usize],
+    shown: usize,
+) -> String {
+    let ids: Vec<String> = indices
+        .iter()
+        .take(shown)
+        .map(|&i| catalogue[i].id.short())
+        .collect();
+    match indices.len().saturating_sub(shown) {
+        0 => ids.join(" "),
+        more => format!("{} and {more} more", ids.join(" ")),
+    }
+}
+
 /// Prints `value` as pretty JSON on stdout.
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
     use std::io::Write;
