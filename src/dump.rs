@@ -283,6 +283,10 @@ impl<W: Write> ArchiveWriter<'_, W> {
     fn file_bytes(&mut self, bytes: &[u8]) -> Result<()> {
         let writing = |e| Error::io("writing to the archive", e);
         let length = bytes.len() as u64;
+        // Nothing to write, and the padding is written once, by the write that ends the file.
+        if length == 0 {
+            return Ok(());
+        }
         // sized_file_chunks checked that the chunks add up to the size in the header.
         debug_assert!(length <= self.file_left);
         self.file_left -= length;

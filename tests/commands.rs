@@ -67,6 +67,7 @@ fn find_reports_each_version_of_a_match_with_the_checkpoints_holding_it() {
     write(&source, "doc/Guide.txt", "read me", JAN_2021);
     write(&source, "doc/img/a.png", "png", JAN_2021);
     write(&source, "src/doc/inner.txt", "inner", JAN_2021);
+    write(&source, "esc\x1b[31mape.log", "escape", JAN_2021);
     let repo = plain_repo(&sandbox);
     let mut ids = vec![backup(&sandbox, &repo, &[], &source)["id"].to_string()];
     write(&source, "src/main.c", "int main(void);", JUNE_2025);
@@ -113,6 +114,10 @@ fn find_reports_each_version_of_a_match_with_the_checkpoints_holding_it() {
     assert!(lines[0].contains("src/main.c  in"), "{text}");
     assert!(lines[0].contains(&ids[0][..8]), "{text}");
     assert!(lines[1].contains("2025-06-01"), "{text}");
+
+    let escaped = sandbox.ok(&["find", "--repo", &repo, "*.log"]);
+    assert!(escaped.contains("esc?[31mape.log"), "{escaped:?}");
+    assert!(!escaped.contains('\x1b'), "{escaped:?}");
 
     let nothing = sandbox.run(&["find", "--repo", &repo, "*.rs"]);
     assert!(nothing.status.success());
@@ -181,6 +186,10 @@ fn excludes_are_anchored_at_the_backup_root_and_one_that_matched_nothing_is_name
         report["unmatched_excludes"],
         serde_json::json!(["nowhere/"])
     );
+    // A path given is backed up whatever the patterns say of its own name.
+    let given = source.join("top.o");
+    backup(&sandbox, &repo, &["--exclude", "*.o"], &given);
+    assert_eq!(listed_paths(&sandbox, &repo), ["top.o"]);
 }
 
 /// Unpacks `archive` into `dir` with GNU tar, as root keeping owners, modes and xattrs.
@@ -258,8 +267,13 @@ fn dump_writes_a_tar_that_gnu_tar_unpacks_into_the_tree_backed_up() {
     assert_eq!(bytes.stdout, fs::read(source.join("dir/big.bin")).unwrap());
     let target = sandbox.path("out.tar");
     let t = target.to_str().unwrap();
+    // A symlink planted where the partial file goes is replaced, not followed.
+    let victim = sandbox.path("victim");
+    fs::write(&victim, "keep me").unwrap();
+    std::os::unix::fs::symlink(&victim, sandbox.path(".out.tar.cairn-partial")).unwrap();
     sandbox.ok(&["dump", "--repo", &repo, "latest:dir", "--target", t]);
     assert!(untar(&target, &sandbox.path("targeted")).status.success());
+    assert_eq!(fs::read(&victim).unwrap(), b"keep me");
     let mut dir = snapshot(&source.join("dir"));
     // Its hard-link partner (hello.txt) is outside the directory dumped.
     dir.get_mut(Path::new("hardlink")).unwrap().link_group = None;
@@ -397,6 +411,17 @@ fn restore_includes_and_excludes_choose_entries_by_their_paths_in_the_checkpoint
     // Below a path of the checkpoint, patterns still name paths in the checkpoint.
     let (part, _) = restore_with(&sandbox, &repo, "latest:src", &["--include", "src/doc"]);
     assert_eq!(part, ["doc", "doc/c.pdf"]);
+    let (whole, _) = restore_with(
+        &sandbox,
+        &repo,
+        "latest:src/doc",
+        &["--include", "/src/doc"],
+    );
+    assert_eq!(
+        whole,
+        ["c.pdf"],
+        "the directory restored is itself included"
+    );
     let (nothing, warning) = restore_with(&sandbox, &repo, "latest", &["--include", "*.rs"]);
     assert!(nothing.is_empty(), "{nothing:?}");
     assert!(
@@ -550,11 +575,32 @@ fn exclude_files_and_cache_directories_are_left_out() {
         "Signature: something else\n",
     )
     .unwrap();
+    // A FIFO where a tag would be: looked at without opening it (an open would wait).
+    fs::create_dir_all(source.join("piped")).unwrap();
+    let fifo = source.join("piped/CACHEDIR.TAG");
+    let fifo = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: fifo is a valid path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
     let list = sandbox.path("excludes.txt");
     fs::write(&list, "# what to leave out\n\n*.log\r\n  /build  \n").unwrap();
     let repo = plain_repo(&sandbox);
     let args = ["--exclude-file", list.to_str().unwrap(), "--exclude-caches"];
-    let report = backup(&sandbox, &repo, &args, &source);
+    let mut command = sandbox.cairn();
+    command
+        .args(["backup", "--json", "--repo", &repo])
+        .args(args)
+        .arg(&source);
+    let bounded = run_bounded(&mut command, std::time::Duration::from_secs(60));
+    assert!(
+        !bounded.timed_out,
+        "the backup waited on a FIFO named CACHEDIR.TAG"
+    );
+    assert!(
+        bounded.output.status.success(),
+        "{}",
+        stderr(&bounded.output)
+    );
+    let report: Value = serde_json::from_slice(&bounded.output.stdout).unwrap();
     assert_eq!(report["unmatched_excludes"], serde_json::json!([]));
     assert_eq!(
         listed_paths(&sandbox, &repo),
@@ -563,6 +609,8 @@ fn exclude_files_and_cache_directories_are_left_out() {
             "fake/CACHEDIR.TAG",
             "fake/data",
             "keep.txt",
+            "piped",
+            "piped/CACHEDIR.TAG",
             "sub",
             "sub/build",
             "sub/build/kept"
@@ -662,6 +710,17 @@ fn one_file_system_keeps_a_mount_point_empty() {
     assert_eq!(report["files"], 1);
     backup(&sandbox, &repo, &["-x"], &source);
     assert_eq!(listed_paths(&sandbox, &repo), ["local.txt", "mnt"]);
+    // Chosen one by one, each path stays on its own filesystem, whichever that is.
+    let list = sandbox.path("list");
+    let chosen = format!("{0}/local.txt\n{0}/mnt/elsewhere.txt\n", source.display());
+    fs::write(&list, chosen).unwrap();
+    let list = list.to_str().unwrap();
+    sandbox.ok(&["backup", "--repo", &repo, "-x", "--files-from", list]);
+    let paths = listed_paths(&sandbox, &repo);
+    assert!(
+        paths.contains(&"mnt/elsewhere.txt".to_string()),
+        "{paths:?}"
+    );
 }
 
 /// Runs `cairn` with `args`, `input` on its stdin.
@@ -802,6 +861,14 @@ fn verbose_says_what_each_step_does_quiet_only_errors_and_no_colour_off_a_termin
         "{}",
         stderr(&overridden)
     );
+    let pinned_s3 = sandbox.run(&[
+        "list",
+        "--repo",
+        "s3:https://127.0.0.1:1/bucket",
+        "--tls-fingerprint",
+        &"ab".repeat(32),
+    ]);
+    assert_fails(&pinned_s3, 1, "pins a `cairn serve` certificate");
     let both = sandbox.run(&["-v", "-q", "list", "--repo", &repo]);
     assert_fails(&both, 2, "cannot be used with");
 }

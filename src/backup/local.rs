@@ -17,7 +17,7 @@ use crate::repo::pack::BlobKind;
 use crate::repo::writer::BlobSink;
 use crate::tree::{ChunkRef, Content, Listed};
 use crossbeam_channel::Receiver;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, Metadata};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -164,26 +164,53 @@ impl LocalSource {
         if self.selection.leaves_out(path, None) {
             return None;
         }
-        let soft_error = |message: String| report(errors, path, message);
-        let metadata = stat().map_err(|e| soft_error(e.to_string())).ok()?;
+        let metadata = stat()
+            .map_err(|e| report(errors, path, e.to_string()))
+            .ok()?;
         if self.selection.leaves_out(path, Some(&metadata)) {
             return None;
         }
-        match listed_entry(path, name, &metadata) {
-            Ok(Some(entry)) => Some(entry),
-            Ok(None) if metadata.file_type().is_socket() => {
-                let shown = path.display();
-                tracing::warn!("{shown}: skipping socket (sockets cannot be backed up)");
-                None
-            }
-            Ok(None) => {
-                soft_error("unknown file type".into());
-                None
-            }
-            Err(e) => {
-                soft_error(e.to_string());
-                None
-            }
+        listed_from(path, name, &metadata, errors)
+    }
+}
+
+/// The entry of `path`, named `name`, whatever the selection says (a path given to back
+/// up); `None` when it is unreadable (reported in `errors`) or a socket.
+fn read_entry(
+    path: &Path,
+    name: Vec<u8>,
+    stat: impl FnOnce() -> std::io::Result<Metadata>,
+    errors: &Mutex<Vec<PathError>>,
+) -> Option<Listed> {
+    let metadata = stat()
+        .map_err(|e| report(errors, path, e.to_string()))
+        .ok()?;
+    listed_from(path, name, &metadata, errors)
+}
+
+/// The entry of `path` as `metadata` describes it; `None` for a socket (skipped with a
+/// notice) or what cannot be read (reported in `errors`).
+fn listed_from(
+    path: &Path,
+    name: Vec<u8>,
+    metadata: &Metadata,
+    errors: &Mutex<Vec<PathError>>,
+) -> Option<Listed> {
+    let soft_error = |message: String| report(errors, path, message);
+    match listed_entry(path, name, metadata) {
+        Ok(Some(entry)) => Some(entry),
+        Ok(None) if metadata.file_type().is_socket() => {
+            let shown = path.display();
+            tracing::warn!("{shown}: skipping socket (sockets cannot be backed up)");
+            None
+        }
+        Ok(None) => {
+            soft_error("unknown file type".into());
+            None
+        }
+        Err(e) => {
+            soft_error(e.to_string());
+            None
         }
     }
 }
@@ -217,10 +244,11 @@ impl Source for LocalSource {
             let path = single.clone();
             return Ok(Root::Dir { path, entry });
         }
+        // The paths given are backed up whatever the excludes say of them.
         let mut entries = Vec::with_capacity(self.paths.len());
         for path in &self.paths {
             let stat = || fs::symlink_metadata(path);
-            if let Some(entry) = self.entry(path, base_name(path), stat, errors) {
+            if let Some(entry) = read_entry(path, base_name(path), stat, errors) {
                 entries.push((entry, path.clone()));
             }
         }
@@ -331,9 +359,10 @@ struct SourceRoot {
     device: u64,
 }
 
-/// The paths chosen one by one, and the directories leading to them.
+/// The paths chosen one by one (with the filesystem each is on), and the directories
+/// leading to them.
 struct ChosenPaths {
-    chosen: HashSet<PathBuf>,
+    chosen: HashMap<PathBuf, u64>,
     leading: HashSet<PathBuf>,
 }
 
@@ -394,10 +423,16 @@ impl Selection {
     /// Whether directory `dir` is on another filesystem than its source path, when the
     /// backup stays on one: it is then kept empty.
     fn is_other_filesystem(&self, dir: &Path) -> bool {
-        self.one_file_system
-            && self
-                .root_of(dir)
-                .is_some_and(|root| fs::symlink_metadata(dir).is_ok_and(|m| m.dev() != root.device))
+        if !self.one_file_system {
+            return false;
+        }
+        // With paths chosen one by one, each stays on its own filesystem, and the
+        // directories leading to them are crossed whatever theirs.
+        let device = match &self.listed {
+            Some(listed) => dir.ancestors().find_map(|a| listed.chosen.get(a).copied()),
+            None => self.root_of(dir).map(|root| root.device),
+        };
+        device.is_some_and(|device| fs::symlink_metadata(dir).is_ok_and(|m| m.dev() != device))
     }
 
     fn root_of(&self, path: &Path) -> Option<&SourceRoot> {
@@ -428,15 +463,23 @@ impl Selection {
 impl ChosenPaths {
     /// Whether `path` is chosen, below a chosen directory, or leads to a chosen path.
     fn keeps(&self, path: &Path) -> bool {
-        self.leading.contains(path) || path.ancestors().any(|a| self.chosen.contains(a))
+        self.leading.contains(path) || path.ancestors().any(|a| self.chosen.contains_key(a))
     }
 }
 
 /// Whether directory `dir` holds a `CACHEDIR.TAG` that starts with the standard signature.
+/// Only a regular file counts, opened without following a symlink or waiting on a FIFO.
 fn is_cache_dir(dir: &Path) -> bool {
     use std::io::Read;
+    let tag = dir.join("CACHEDIR.TAG");
+    if !fs::symlink_metadata(&tag).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
     let mut start = [0; CACHEDIR_SIGNATURE.len()];
-    fs::File::open(dir.join("CACHEDIR.TAG"))
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(tag)
         .and_then(|mut tag| tag.read_exact(&mut start))
         .is_ok_and(|()| start == CACHEDIR_SIGNATURE)
 }
@@ -472,13 +515,22 @@ fn chosen_paths(
     paths: &[PathBuf],
     files_from: &[PathBuf],
 ) -> Result<(Vec<PathBuf>, Option<ChosenPaths>, Vec<PathError>)> {
-    let mut chosen = HashSet::new();
+    let mut chosen = HashMap::new();
     let mut missing = Vec::new();
     for path in paths.iter().chain(files_from) {
-        let absolute = recorded_path(path)?;
+        let absolute = match recorded_path(path) {
+            Ok(absolute) => absolute,
+            Err(e) => {
+                missing.push(PathError {
+                    path: path.clone(),
+                    message: format!("{e} (listed to back up)"),
+                });
+                continue;
+            }
+        };
         match fs::symlink_metadata(&absolute) {
-            Ok(_) => {
-                chosen.insert(absolute);
+            Ok(metadata) => {
+                chosen.insert(absolute, metadata.dev());
             }
             Err(e) => missing.push(PathError {
                 path: absolute,
@@ -487,7 +539,7 @@ fn chosen_paths(
         }
     }
     let mut common: Option<PathBuf> = None;
-    for path in &chosen {
+    for path in chosen.keys() {
         common = Some(match common {
             None => path.clone(),
             Some(common) => common
@@ -508,7 +560,7 @@ fn chosen_paths(
         root.pop();
     }
     let mut leading = HashSet::new();
-    for path in &chosen {
+    for path in chosen.keys() {
         for ancestor in path.ancestors().skip(1) {
             if ancestor == root || !leading.insert(ancestor.to_owned()) {
                 break;
@@ -664,12 +716,13 @@ fn scan_ahead(
     threads: usize,
     stop: &AtomicBool,
 ) {
+    // The paths given are counted whatever the selection says of them, as they are backed up.
     let mut roots = Vec::new();
     for path in paths {
         scan_ahead_visit(
             path.clone(),
             || fs::symlink_metadata(path),
-            selection,
+            &Selection::everything(),
             progress,
             &mut roots,
         );

@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use cairn::tree::{EntryKind, find_entry};
 use clap::Args;
 use std::io::{IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -53,7 +54,13 @@ pub fn run(global: &GlobalArgs, args: DumpArgs) -> Result<ExitCode> {
         Some(target) => {
             let partial = partial_path(target);
             let written = (|| -> Result<()> {
-                let mut file = std::fs::File::create(&partial)
+                // A leftover (or a planted symlink) is removed, never followed.
+                let _ = std::fs::remove_file(&partial);
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&partial)
                     .with_context(|| format!("creating {}", partial.display()))?;
                 write(&mut file)?;
                 file.sync_all()?;

@@ -105,6 +105,7 @@ pub fn run(global: &GlobalArgs, args: FindArgs) -> Result<ExitCode> {
     let mut rows_written = 0u64;
     let stats = find(&load, &roots, &options, |found| {
         let path = String::from_utf8_lossy(&found.path).into_owned();
+        let shown = super::printable(&path);
         let entry = &found.entry;
         if args.json {
             let ids: Vec<String> = found
@@ -132,7 +133,7 @@ pub fn run(global: &GlobalArgs, args: FindArgs) -> Result<ExitCode> {
         let ids = super::short_ids(&catalogue, &found.checkpoints, IDS_SHOWN);
         writeln!(
             out,
-            "{} {:>10}  {}  {path}{}  in {ids}",
+            "{} {:>10}  {}  {shown}{}  in {ids}",
             entry.type_char(),
             if entry.is_file() {
                 HumanBytes(entry.size).to_string()

@@ -347,6 +347,8 @@ const ENVIRONMENT: &[(&str, &str)] = &[
 /// The command line with every command's examples and environment at the end of its help.
 pub fn command() -> Command {
     let mut cli = super::Cli::command();
+    // The global options are the top level's; each command reads their variables too.
+    let globals: Vec<clap::Arg> = cli.get_arguments().cloned().collect();
     for (name, examples) in EXAMPLES {
         cli = cli.mut_subcommand(*name, |command| {
             let mut text = String::from("Examples:\n");
@@ -354,17 +356,25 @@ pub fn command() -> Command {
                 text.push_str(&format!("  {line}\n      {what}\n"));
             }
             text.push_str("\nEnvironment:\n");
-            let own = command.get_arguments().filter_map(|arg| {
-                let variable = arg.get_env()?.to_str()?.to_owned();
-                Some((
-                    variable,
-                    format!("as --{}", arg.get_id().as_str().replace('_', "-")),
-                ))
-            });
+            let own = command
+                .get_arguments()
+                .chain(globals.iter())
+                .filter_map(|arg| {
+                    let variable = arg.get_env()?.to_str()?.to_owned();
+                    Some((
+                        variable,
+                        format!("as --{}", arg.get_id().as_str().replace('_', "-")),
+                    ))
+                });
             let common = ENVIRONMENT
                 .iter()
                 .map(|(v, what)| (v.to_string(), what.to_string()));
-            let variables: Vec<(String, String)> = own.chain(common).collect();
+            let mut variables: Vec<(String, String)> = common.collect();
+            for (variable, what) in own {
+                if !variables.iter().any(|(listed, _)| *listed == variable) {
+                    variables.push((variable, what));
+                }
+            }
             let width = variables.iter().map(|(v, _)| v.len()).max().unwrap_or(0);
             for (variable, what) in variables {
                 text.push_str(&format!("  {variable:<width$}  {what}\n"));

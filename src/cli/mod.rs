@@ -327,6 +327,11 @@ impl GlobalArgs {
     /// `--tls-ca`.
     fn trusted_certificates(&self, url: &str) -> Result<Option<Vec<u8>>> {
         if let Some(pinned) = &self.tls_fingerprint {
+            if is_s3(url) {
+                bail!(
+                    "--tls-fingerprint pins a `cairn serve` certificate; an S3 store's is trusted through a CA (--tls-ca for your own)"
+                );
+            }
             let pinned = cairn::net::pin::parse(pinned)?;
             let wait = self.timeouts().connect;
             return Ok(Some(cairn::net::pin::pinned_certificate(
@@ -677,6 +682,19 @@ fn report_skipped(skipped: &[cairn::error::PathError]) -> Vec<String> {
 /// Whether to draw progress: stderr is a terminal and the output is not JSON.
 fn show_progress(global: &GlobalArgs, json: bool) -> bool {
     !json && !global.quiet && std::io::stderr().is_terminal()
+}
+
+/// `text` with control characters (a terminal's escape sequences among them) shown as `?`:
+/// names from a repository or a source are printed for a person, never obeyed by the terminal.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.chars().any(char::is_control) {
+        false => std::borrow::Cow::Borrowed(text),
+        true => text
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect::<String>()
+            .into(),
+    }
 }
 
 /// The short ids of the checkpoints at `indices` of `catalogue`, the first `shown` of them

@@ -88,7 +88,8 @@ impl ProgressLine {
             HumanBytes(total)
         );
         if reading.counted && total > 0 {
-            bytes.push_str(&format!(" {:>3}%", reading.bytes_done * 100 / total));
+            let percent = u128::from(reading.bytes_done) * 100 / u128::from(total);
+            bytes.push_str(&format!(" {percent:>3}%"));
         }
         let eta = (reading.counted && now.duration_since(self.started) >= ETA_AFTER && rate > 0.0)
             .then(|| {
@@ -136,7 +137,7 @@ impl ProgressLine {
         let room = width.saturating_sub(line.chars().count() + 2);
         if room >= FILE_MIN && !reading.current.is_empty() {
             line.push_str("  ");
-            line.push_str(&tail(&reading.current, room));
+            line.push_str(&tail(&super::printable(&reading.current), room));
         }
         line
     }

@@ -60,8 +60,7 @@ pub fn pem(der: &[u8]) -> Vec<u8> {
     out.into_bytes()
 }
 
-/// Fetches the certificate of the server `url` (`https://host[:port]/…`, or an `s3:` URL)
-/// names, accepting it only when its fingerprint is `pinned`; returns it as PEM, to be
+/// Fetches the certificate of the server `url` (`https://host[:port]/…`) names, accepting it only when its fingerprint is `pinned`; returns it as PEM, to be
 /// trusted as the only root of the connections that follow.
 pub fn pinned_certificate(url: &str, pinned: &Fingerprint, timeout: Duration) -> Result<Vec<u8>> {
     let (host, port) = host_and_port(url)?;
@@ -85,12 +84,18 @@ pub fn pinned_certificate(url: &str, pinned: &Fingerprint, timeout: Duration) ->
             e,
         )
     };
-    let address = (host.as_str(), port)
+    let addresses: Vec<_> = (host.as_str(), port)
         .to_socket_addrs()
         .map_err(connecting)?
-        .next()
-        .ok_or_else(|| connecting(std::io::ErrorKind::NotFound.into()))?;
-    let mut socket = TcpStream::connect_timeout(&address, timeout).map_err(connecting)?;
+        .collect();
+    let mut tried = Err(connecting(std::io::ErrorKind::NotFound.into()));
+    for address in addresses {
+        tried = TcpStream::connect_timeout(&address, timeout).map_err(connecting);
+        if tried.is_ok() {
+            break;
+        }
+    }
+    let mut socket = tried?;
     socket.set_read_timeout(Some(timeout)).map_err(connecting)?;
     socket
         .set_write_timeout(Some(timeout))
@@ -116,10 +121,9 @@ pub fn pinned_certificate(url: &str, pinned: &Fingerprint, timeout: Duration) ->
     Ok(pem(&certificate))
 }
 
-/// The host and port of an `https://` URL (an `s3:` prefix allowed).
+/// The host and port of an `https://` URL.
 fn host_and_port(url: &str) -> Result<(String, u16)> {
-    let rest = url.strip_prefix("s3:").unwrap_or(url);
-    let Some(rest) = rest.strip_prefix("https://") else {
+    let Some(rest) = url.strip_prefix("https://") else {
         return Err(Error::InvalidInput(format!(
             "--tls-fingerprint pins the certificate of an https:// server; {url} is not one"
         )));
@@ -210,7 +214,8 @@ mod tests {
         let at = |url: &str| host_and_port(url).unwrap();
         assert_eq!(at("https://h:8443/repo"), ("h".into(), 8443));
         assert_eq!(at("https://h/repo"), ("h".into(), 443));
-        assert_eq!(at("s3:https://[::1]:9000/b"), ("::1".into(), 9000));
+        assert_eq!(at("https://[::1]:9000/b"), ("::1".into(), 9000));
+        assert!(host_and_port("s3:https://store/bucket").is_err());
         assert!(host_and_port("http://h/repo").is_err());
     }
 

@@ -26,6 +26,16 @@ pub struct Selection {
     pub excludes: Patterns,
 }
 
+impl Selection {
+    /// Whether everything below the directory at `prefix` (`dir/`, empty at the root) is
+    /// included: there are no includes, or the directory itself matches one (restoring a
+    /// directory that an include names brings it back whole).
+    fn takes_whole(&self, prefix: &[u8]) -> bool {
+        let own = prefix.strip_suffix(b"/").unwrap_or(prefix);
+        self.includes.is_empty() || (!own.is_empty() && self.includes.matches(own, true))
+    }
+}
+
 /// `source` with only the entries `selection` keeps.
 pub struct Filtered<'a, S: TreeSource> {
     source: &'a S,
@@ -74,8 +84,7 @@ impl<'a, S: TreeSource> Filtered<'a, S> {
             files: 0,
             bytes: 0,
         };
-        let no_includes = selection.includes.is_empty();
-        let mut open = vec![(root.clone(), prefix.to_vec(), no_includes)];
+        let mut open = vec![(root.clone(), prefix.to_vec(), selection.takes_whole(prefix))];
         while let Some((dir, prefix, included)) = open.pop() {
             crate::interrupt::check()?;
             for (entry, handle) in source.list(&dir, errors)? {
@@ -108,7 +117,7 @@ impl<'a, S: TreeSource> Filtered<'a, S> {
         FilteredDir {
             inner: root,
             prefix: prefix.into(),
-            included: self.selection.includes.is_empty(),
+            included: self.selection.takes_whole(prefix),
         }
     }
 
