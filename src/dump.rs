@@ -9,8 +9,8 @@
 //!
 //! The walk keeps its own stack (no recursion however deep the tree) and feeds the files'
 //! chunks to one read-ahead stream (`readahead::ChunkStream`), so the reads of the next files
-//! overlap the writing of this one; memory holds a window of chunks and the open
-//! directories, not the tree. Each chunk is checked against its id and its recorded length,
+//! overlap the writing of this one; memory holds a window of chunks, the open directories
+//! and at most `PENDING_MAX` entries waiting their turn, not the tree. Each chunk is checked against its id and its recorded length,
 //! and the chunks must add up to each file's recorded size: a damaged repository ends the
 //! stream with an error and without the end-of-archive blocks, so `tar` reports the archive
 //! as truncated instead of extracting a short file silently.
@@ -27,6 +27,10 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use tar::{EntryType, Header};
+
+/// Entries (directories, links, empty files) held before they are written when no file
+/// data comes between them.
+const PENDING_MAX: usize = 4096;
 
 /// What a dump wrote.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -72,24 +76,30 @@ fn write_archive<W: Write>(
         file_left: 0,
     };
     let walk = RefCell::new(Walk::new(repo, entry, name));
-    std::thread::scope(|scope| -> Result<()> {
-        let chunks = std::iter::from_fn(|| walk.borrow_mut().next_chunk());
-        for (headers, chunk) in ChunkStream::new(repo, scope, chunks) {
-            for item in headers {
-                writer.item(&item)?;
+    // Each stream of chunks runs until the walk ends or pauses with `PENDING_MAX` entries
+    // and no file data to read; those are written and the next stream goes on.
+    loop {
+        std::thread::scope(|scope| -> Result<()> {
+            let chunks = std::iter::from_fn(|| walk.borrow_mut().next_chunk());
+            for (headers, chunk) in ChunkStream::new(repo, scope, chunks) {
+                for item in headers {
+                    writer.item(&item)?;
+                }
+                writer.file_bytes(&chunk?.bytes)?;
             }
-            writer.file_bytes(&chunk?.bytes)?;
+            Ok(())
+        })?;
+        let mut walk = walk.borrow_mut();
+        if let Some(error) = walk.error.take() {
+            return Err(error);
         }
-        Ok(())
-    })?;
-    let mut walk = walk.into_inner();
-    if let Some(error) = walk.error.take() {
-        return Err(error);
+        for item in std::mem::take(&mut walk.pending) {
+            writer.item(&item)?;
+        }
+        if walk.open.is_empty() {
+            return Ok(writer.stats);
+        }
     }
-    for item in std::mem::take(&mut walk.pending) {
-        writer.item(&item)?;
-    }
-    Ok(writer.stats)
 }
 
 /// One archive entry to write: its path and entry, or for the second and later paths of a
@@ -157,7 +167,9 @@ impl<'a> Walk<'a> {
             if let Some(chunk) = self.chunks.next() {
                 return Some((std::mem::take(&mut self.pending), chunk));
             }
-            if self.error.is_some() {
+            // A pause: the caller writes what is pending and asks again, so directories,
+            // links and empty files without file data between them never pile up.
+            if self.error.is_some() || self.pending.len() >= PENDING_MAX {
                 return None;
             }
             let (entries, prefix) = self.open.last_mut()?;

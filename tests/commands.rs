@@ -278,6 +278,34 @@ fn dump_writes_a_tar_that_gnu_tar_unpacks_into_the_tree_backed_up() {
     // Its hard-link partner (hello.txt) is outside the directory dumped.
     dir.get_mut(Path::new("hardlink")).unwrap().link_group = None;
     assert_eq!(snapshot(&sandbox.path("targeted/dir")), dir);
+
+    // More entries without file data than a dump holds at once (empty files, links).
+    let many = sandbox.path("many");
+    for i in 0..5000 {
+        fs::write(many.join(format!("d{}", i % 7)).join(format!("e{i}")), "")
+            .or_else(|_| {
+                fs::create_dir_all(many.join(format!("d{}", i % 7)))?;
+                fs::write(many.join(format!("d{}", i % 7)).join(format!("e{i}")), "")
+            })
+            .unwrap();
+    }
+    std::os::unix::fs::symlink("d0/e0", many.join("link")).unwrap();
+    fs::write(many.join("last.bin"), pseudo_random(100_000, 3)).unwrap();
+    backup(&sandbox, &repo, &[], &many);
+    let archive = sandbox.path("many.tar");
+    assert!(
+        dump_to(&sandbox, &repo, "latest", &archive)
+            .status
+            .success()
+    );
+    let unpacked = sandbox.path("many-unpacked");
+    assert!(untar(&archive, &unpacked).status.success());
+    let mut expected = snapshot(&many);
+    let mut actual = snapshot(&unpacked);
+    expected.remove(Path::new(""));
+    actual.remove(Path::new(""));
+    assert_eq!(actual.len(), 5000 + 7 + 2);
+    assert_eq!(actual, expected);
 }
 
 #[test]
