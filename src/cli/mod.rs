@@ -684,6 +684,16 @@ fn show_progress(global: &GlobalArgs, json: bool) -> bool {
     !json && !global.quiet && std::io::stderr().is_terminal()
 }
 
+/// cairn's directory of configuration: `$XDG_CONFIG_HOME/cairn`, else `~/.config/cairn`;
+/// `unknown` says what to do when neither variable is set.
+fn config_dir(unknown: &str) -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir).join("cairn"));
+    }
+    let home = std::env::var_os("HOME").with_context(|| unknown.to_owned())?;
+    Ok(PathBuf::from(home).join(".config/cairn"))
+}
+
 /// `text` with control characters (a terminal's escape sequences among them) shown as `?`:
 /// names from a repository or a source are printed for a person, never obeyed by the terminal.
 fn printable(text: &str) -> std::borrow::Cow<'_, str> {

@@ -76,12 +76,8 @@ fn config_path(global: &GlobalArgs) -> Result<PathBuf> {
     if let Some(path) = &global.config {
         return Ok(path.clone());
     }
-    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir).join("cairn/cairn.toml"));
-    }
-    let home = std::env::var_os("HOME")
-        .context("cannot find the plans file: set HOME or CAIRN_CONFIG, or pass --config FILE")?;
-    Ok(PathBuf::from(home).join(".config/cairn/cairn.toml"))
+    let unknown = "cannot find the plans file: set HOME or CAIRN_CONFIG, or pass --config FILE";
+    Ok(super::config_dir(unknown)?.join("cairn.toml"))
 }
 
 /// The global options as they apply to one target: its location and the secrets the plan

@@ -100,7 +100,10 @@ pub fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
         true => {
             let dir = match args.tls_dir {
                 Some(dir) => dir,
-                None => config_home()?.join("cairn/serve-tls"),
+                None => {
+                    super::config_dir("neither XDG_CONFIG_HOME nor HOME is set: give --tls-dir")?
+                        .join("serve-tls")
+                }
             };
             let (files, fingerprint) =
                 cairn::net::server::self_signed::ensure(&dir, &args.tls_names)?;
@@ -155,14 +158,4 @@ pub fn run(global: &GlobalArgs, args: ServeArgs) -> Result<ExitCode> {
         let _ = out.flush();
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// `$XDG_CONFIG_HOME`, or `~/.config`.
-fn config_home() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir));
-    }
-    let home = std::env::var_os("HOME")
-        .context("neither XDG_CONFIG_HOME nor HOME is set: give --tls-dir")?;
-    Ok(PathBuf::from(home).join(".config"))
 }
