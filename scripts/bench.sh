@@ -561,7 +561,7 @@ add_size() {   # add_size TOOL STEP RUN REPO
     RES[$key]="${RES[$key]} $(du -sb "$4" 2>/dev/null | cut -f1 || echo 0)"
 }
 
-STEP_NAMES=(b1 b2 b3 rs mt mf)
+STEP_NAMES=(b1 b2 b3 rs mt mf bt)
 declare -A STEP_LABEL=(
     [b1]="1. backup A (first)"
     [b2]="2. backup A again (unchanged)"
@@ -569,12 +569,14 @@ declare -A STEP_LABEL=(
     [rs]="4. restore latest"
     [mt]="5a. mount: read latest with tar"
     [mf]="5b. mount: list latest with find"
+    [bt]="8. backup one large file (A as one tar)"
     [f_cp]="floor: cp -a tree (restore floor)"
     [f_tarc]="floor: read tree with tar (cold)"
     [f_tarw]="floor: read tree with tar (warm)"
     [f_find]="floor: list tree with find (cold)"
     [f_tarA]="floor: read version A with tar (cold)"
     [f_mem]="floor: in-memory pipeline (version A)"
+    [f_memtar]="floor: in-memory pipeline (A as one tar)"
     [fg]="6a. foreground job alone"
     [fg_low]="6b. foreground job during backup --low-priority"
     [fg_plain]="6c. foreground job during plain backup"
@@ -583,7 +585,7 @@ declare -A STEP_LABEL=(
     [ns_1pc]="7b. network sync: after 1% of files changed"
     [ns_1pc_rsync]="7b. network sync: after 1% of files changed"
 )
-FLOOR_STEPS=(f_cp f_tarc f_tarw f_find f_tarA f_mem)
+FLOOR_STEPS=(f_cp f_tarc f_tarw f_find f_tarA f_mem f_memtar)
 LOW_STEPS=(fg fg_low fg_plain)   # cairn only
 NET_STEPS=(ns_full ns_1pc)       # cairn against rsync (recorded under the tool "rsync" as *_rsync)
 
@@ -600,6 +602,15 @@ FG_CMD='tar cf - -C "$1" . | gzip -1 | wc -c >"$2"; s=("${PIPESTATUS[@]}"); [ "$
 # It reads A's drivers/ (~70% of the 6.1 kernel tree, ~900 MB), or all of A when there is none
 # (--quick, --data).
 if [ -d "$A/drivers" ]; then FG_DIR="$A/drivers"; else FG_DIR="$A"; fi
+
+# Row 8 backs up one large file, the kind users back up alone (VM images, database dumps,
+# archives): version A as one uncompressed tar, made once (untimed), alone in its directory.
+BIG_DIR="$WORK/one-large-file"
+make_big_file() {
+    [ -s "$BIG_DIR/A.tar" ] && return 0
+    mkdir -p "$BIG_DIR"
+    tar cf "$BIG_DIR/A.tar.part" -C "$A" . && mv "$BIG_DIR/A.tar.part" "$BIG_DIR/A.tar"
+}
 
 # ---------------------------------------------------------------------------------------------
 # The tools. Each gets a fresh repository and cache per run under $WORK/tools/<tool>; the
@@ -634,14 +645,16 @@ tool_init() {   # untimed
     esac
 }
 
-# backup_cmd TOOL N: the command for backup number N of $SRC, into the array CMD.
+# backup_cmd TOOL N [DIR]: the command for backup number N of DIR ($SRC by default), into
+# the array CMD.
 backup_cmd() {
+    local src="${3:-$SRC}"
     case "$1" in
-        cairn) CMD=("$CAIRN" backup --repo "$CAIRN_REPO" "$SRC") ;;
-        restic) CMD=(restic backup "$SRC") ;;
-        borg) CMD=(borg create --compression "zstd,3" "::s$2" "$SRC") ;;
-        rustic) CMD=(rustic backup "$SRC") ;;
-        bupstash) CMD=(bupstash put "step=s$2" "$SRC") ;;
+        cairn) CMD=("$CAIRN" backup --repo "$CAIRN_REPO" "$src") ;;
+        restic) CMD=(restic backup "$src") ;;
+        borg) CMD=(borg create --compression "zstd,3" "::s$2" "$src") ;;
+        rustic) CMD=(rustic backup "$src") ;;
+        bupstash) CMD=(bupstash put "step=s$2" "$src") ;;
     esac
 }
 
@@ -821,13 +834,51 @@ run_tool() {
     done
     [ "$run" != 1 ] || NOTES[$t]+="cache after the run: $(du -sb "$d/cache" | awk '{ printf "%.1f MiB", $1 / 1048576 }'). "
     rm -rf "$d"
+    run_big_file "$t" "$run"
+}
+
+# run_big_file TOOL RUN: row 8, the one large file backed up into a fresh repository and cache.
+run_big_file() {
+    local t=$1 run=$2 d="$WORK/tools/$1-large-file"
+    rm -rf "$d"
+    mkdir -p "$d/cache"
+    tool_env "$t" "$d"
+    if ! make_big_file >>"$LOG" 2>&1 || ! tool_init "$t" "$d" >>"$LOG" 2>&1; then
+        RES[$t|bt|$run]=FAILED
+        say "    $t ${STEP_LABEL[bt]}: FAILED (making the tar or init; see $LOG)"
+    else
+        backup_cmd "$t" 1 "$BIG_DIR"
+        timed "$t" bt "$run" "${CMD[@]}" || true
+        add_size "$t" bt "$run" "$d/repo"
+        say "    $t ${STEP_LABEL[bt]}: ${RES[$t|bt|$run]}"
+    fi
+    rm -rf "$d"
+}
+
+# pipeline_floor STEP RUN PATH: `cairn pipeline-speed` on PATH as floor STEP.
+pipeline_floor() {
+    local step=$1 run=$2 json="$WORK/pipeline-speed.json" secs
+    rm -f "$json"
+    # shellcheck disable=SC2016
+    if timed floor "$step" "$run" bash -c '"$1" pipeline-speed --json "$2" >"$3"' _ "$CAIRN" "$3" "$json"; then
+        cat "$json" >>"$LOG"
+        if secs="$(python3 -c 'import json, sys; print("%.3f" % json.load(open(sys.argv[1]))["seconds"])' "$json" 2>>"$LOG")"; then
+            RES[floor|$step|$run]="$secs $(awk '{ print $2, $3 }' <<<"${RES[floor|$step|$run]}")"
+            MEM_INFO[$step|$run]="$(python3 -c 'import json, sys; j = json.load(open(sys.argv[1]))
+print("%d files, %d bytes, %d chunks on %d threads: %.0f MiB/s" % (j["files"], j["bytes"], j["chunks"], j["threads"], j["mib_per_second"]))' "$json")"
+        else
+            RES[floor|$step|$run]=FAILED
+            say "    floor $step: FAILED (no \"seconds\" in the output of cairn pipeline-speed; see $LOG)"
+        fi
+    fi
+    rm -f "$json"
 }
 
 # run_floors RUN: the floors, on version B in $SRC (the tree that is restored and mounted),
 # and two on version A (what the first backup reads): a cold tar and the in-memory pipeline.
-declare -A MEM_INFO=()   # run -> what `cairn pipeline-speed` reported, for the notes
+declare -A MEM_INFO=()   # "step|run" -> what `cairn pipeline-speed` reported, for the notes
 run_floors() {
-    local run=$1 json secs
+    local run=$1
     log ""
     log "=== run $run: floors"
     sync_src "$B"
@@ -839,23 +890,15 @@ run_floors() {
     timed floor f_tarw "$run" --warm bash -c "$TAR_CMD" _ "$SRC" "$WORK/count" && COUNT[floor|f_tarw|$run]="$(cat "$WORK/count")"
     timed floor f_find "$run" bash -c "$FIND_CMD" _ "$SRC" "$WORK/count" && COUNT[floor|f_find|$run]="$(cat "$WORK/count")"
     timed floor f_tarA "$run" bash -c "$TAR_CMD" _ "$A" "$WORK/count" && COUNT[floor|f_tarA|$run]="$(cat "$WORK/count")"
-    # The in-memory pipeline on A: cairn loads the files in batches (untimed) and reports the
-    # pipeline's own time, which becomes the wall time; CPU and peak RSS are the whole command's.
-    json="$WORK/pipeline-speed.json"
-    rm -f "$json"
-    # shellcheck disable=SC2016
-    if timed floor f_mem "$run" bash -c '"$1" pipeline-speed --json "$2" >"$3"' _ "$CAIRN" "$A" "$json"; then
-        cat "$json" >>"$LOG"
-        if secs="$(python3 -c 'import json, sys; print("%.3f" % json.load(open(sys.argv[1]))["seconds"])' "$json" 2>>"$LOG")"; then
-            RES[floor|f_mem|$run]="$secs $(awk '{ print $2, $3 }' <<<"${RES[floor|f_mem|$run]}")"
-            MEM_INFO[$run]="$(python3 -c 'import json, sys; j = json.load(open(sys.argv[1]))
-print("%d files, %d bytes, %d chunks on %d threads: %.0f MiB/s" % (j["files"], j["bytes"], j["chunks"], j["threads"], j["mib_per_second"]))' "$json")"
-        else
-            RES[floor|f_mem|$run]=FAILED
-            say "    floor f_mem: FAILED (no \"seconds\" in the output of cairn pipeline-speed; see $LOG)"
-        fi
+    # The in-memory pipeline on A, and on A as one tar (row 8's file): cairn loads the files
+    # in batches (untimed) and reports the pipeline's own time, which becomes the wall time;
+    # CPU and peak RSS are the whole command's.
+    pipeline_floor f_mem "$run" "$A"
+    if make_big_file >>"$LOG" 2>&1; then
+        pipeline_floor f_memtar "$run" "$BIG_DIR/A.tar"
+    else
+        RES[floor|f_memtar|$run]=FAILED
     fi
-    rm -f "$json"
     local s
     for s in "${FLOOR_STEPS[@]}"; do say "    ${STEP_LABEL[$s]}: ${RES[floor|$s|$run]}"; done
 }
@@ -1493,6 +1536,21 @@ R_RS="$(ratio "$RS" "$FCP")"
 R_MT="$(ratio "$RS" "$MT")"
 S_LOW="$(slowdown "$FGL" "$FG0")"
 S_PLAIN="$(slowdown "$FGP" "$FG0")"
+BT="$(median cairn bt 1)"
+FMEMTAR="$(median floor f_memtar 1)"
+R_BT="$(ratio "$BT" "$FMEMTAR")"
+# repo_vs TOOL STEP: cairn's repository size after STEP divided by TOOL's (with the verdict
+# against 1.0 for bupstash, the target); wall_vs TOOL STEP LIMIT: the same for wall time against LIMIT.
+repo_vs() {
+    local v
+    v="$(ratio "$(median cairn "$2" 4)" "$(median "$1" "$2" 4)")"
+    if [ "$1" = bupstash ]; then echo "$v$(verdict "$v" le 1.0)"; else echo "$v"; fi
+}
+wall_vs() {
+    local v
+    v="$(ratio "$(median cairn "$2" 1)" "$(median "$1" "$2" 1)")"
+    echo "$v$(verdict "$v" le "$3")"
+}
 
 {
     echo "# cairn benchmark"
@@ -1536,12 +1594,23 @@ S_PLAIN="$(slowdown "$FGP" "$FG0")"
     echo "  - mount read vs restore throughput: rs wall / mt wall = $R_MT (target ≥ 0.7$(verdict "$R_MT" ge 0.7); same bytes, so the throughput ratio is the inverse wall ratio; $(fmt "$RS" 1 2) s / $(fmt "$MT" 1 2) s)"
     echo "  - foreground job during backup --low-priority: (6b/6a − 1) = $S_LOW (target < 10%$(verdict "$S_LOW" lt 10))"
     echo "  - foreground job during plain backup: (6c/6a − 1) = $S_PLAIN"
+    echo "  - one large file vs the in-memory pipeline on it: bt wall / f_memtar wall = $R_BT (target ≤ 1.15$(verdict "$R_BT" le 1.15); $(fmt "$BT" 1 2) s / $(fmt "$FMEMTAR" 1 2) s)"
+    for t in rustic bupstash; do
+        [ -n "${VERSION[$t]:-}" ] || continue
+        echo "  - one large file vs $t: cairn bt wall / $t bt wall = $(wall_vs "$t" bt 0.85) (target ≤ 0.85)"
+    done
+    for t in "${TOOLS[@]}"; do
+        [ "$t" = cairn ] && continue
+        echo "  - repository size vs $t: cairn / $t after b1 = $(repo_vs "$t" b1), after b3 = $(repo_vs "$t" b3), after bt = $(repo_vs "$t" bt) (target vs bupstash ≤ 1.0)"
+    done
     echo "- Reads (mount rows and floors): \`tar cf - -C DIR . | wc -c\` and \`find DIR/ | wc -l\`."
     echo "- Mount rows (5a, 5b): each read gets a fresh mount of the whole repository; mounting (until the latest snapshot is listable) is untimed."
     echo "  Wall is the reader's; CPU adds the FUSE daemon's CPU during the read; peak RSS is the larger of the reader's and the daemon's."
     echo "- Floors are measured on version B in $SRC, the tree that is restored and mounted, except the two on version A ($A), what the first backup reads."
     echo "- In-memory pipeline floor: \`cairn pipeline-speed --json A\` loads A's files into memory in batches and runs chunk+hash+compress+seal on all cores."
     echo "  Its wall time is the pipeline's alone and excludes loading the files; its CPU time (and peak RSS) is the whole command's and includes the loading."
+    echo "  The same on A as one tar (f_memtar): one file, cut on one thread and sealed on all."
+    echo "- Row 8: each tool backs up $BIG_DIR, holding only A as one uncompressed tar ($(stat -c %s "$BIG_DIR/A.tar" 2>/dev/null || echo ?) bytes), into a fresh repository and cache."
     if [ -n "${VERSION[cairn]:-}" ]; then
         echo "- Rows 6a-6c (cairn only): the foreground job \`tar cf - -C $FG_DIR . | gzip -1 | wc -c\` with a cold cache; wall, CPU and peak RSS are the job's."
         echo "  In 6b and 6c, \`cairn backup --low-priority\` (6b) or \`cairn backup\` (6c) of version B ($B) into a fresh repository starts right before the job;"
@@ -1572,7 +1641,7 @@ S_PLAIN="$(slowdown "$FGP" "$FG0")"
         line+="${NOTES[$t]:-}"
         [ -z "$line" ] || echo "- $t: $line"
     done
-    echo "- floor (run 1): tar of the source ${COUNT[floor|f_tarc|1]:-?} bytes, find ${COUNT[floor|f_find|1]:-?} entries; tar of A ${COUNT[floor|f_tarA|1]:-?} bytes; in-memory pipeline ${MEM_INFO[1]:-?}."
+    echo "- floor (run 1): tar of the source ${COUNT[floor|f_tarc|1]:-?} bytes, find ${COUNT[floor|f_find|1]:-?} entries; tar of A ${COUNT[floor|f_tarA|1]:-?} bytes; in-memory pipeline ${MEM_INFO[f_mem|1]:-?}; on A as one tar ${MEM_INFO[f_memtar|1]:-?}."
     echo "- Full log: $LOG"
 } >"$OUT"
 

@@ -138,9 +138,23 @@ impl Chunker {
     /// reused between calls; it grows to twice the maximum chunk size. Returns the bytes read.
     pub fn for_each_chunk<R: Read, E>(
         &self,
-        mut reader: R,
+        reader: R,
         buffer: &mut Vec<u8>,
         mut on_chunk: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<u64, E>
+    where
+        E: From<std::io::Error>,
+    {
+        self.for_each_marked_chunk(reader, buffer, |chunk, _| on_chunk(chunk))
+    }
+
+    /// Like [`Chunker::for_each_chunk`], telling `on_chunk` also whether the chunk is known
+    /// to be the stream's last (`true` once the reader has said it is at its end).
+    pub fn for_each_marked_chunk<R: Read, E>(
+        &self,
+        mut reader: R,
+        buffer: &mut Vec<u8>,
+        mut on_chunk: impl FnMut(&[u8], bool) -> Result<(), E>,
     ) -> Result<u64, E>
     where
         E: From<std::io::Error>,
@@ -169,7 +183,7 @@ impl Chunker {
                 return Ok(total);
             }
             let len = self.first_chunk_len(&buffer[start..end]);
-            on_chunk(&buffer[start..start + len])?;
+            on_chunk(&buffer[start..start + len], eof && start + len == end)?;
             start += len;
             total += len as u64;
         }
@@ -246,6 +260,25 @@ mod tests {
             }
             let in_memory: Vec<Vec<u8>> = chunker.chunks(&data).map(|c| c.to_vec()).collect();
             prop_assert_eq!(in_memory, chunks);
+        }
+
+        #[test]
+        fn only_the_last_chunk_is_marked_last(len in 0usize..100_000, seed: u64) {
+            let chunker = small_chunker();
+            let data = pseudo_random(len, seed);
+            let mut marks = Vec::new();
+            chunker
+                .for_each_marked_chunk::<_, std::io::Error>(&data[..], &mut Vec::new(), |_, last| {
+                    marks.push(last);
+                    Ok(())
+                })
+                .unwrap();
+            let (final_mark, earlier) = marks.split_last().map_or((false, &[][..]), |(l, e)| (*l, e));
+            prop_assert!(earlier.iter().all(|last| !last), "{:?}", marks);
+            // A stream shorter than the maximum chunk is read to its end before it is cut.
+            if len > 0 && len < 16384 {
+                prop_assert!(final_mark);
+            }
         }
 
         #[test]

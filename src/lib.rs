@@ -95,6 +95,7 @@ pub mod timestamp;
 
 // Internals.
 pub(crate) mod catalogue;
+pub(crate) mod chunk_pool;
 pub(crate) mod chunker;
 pub(crate) mod crypto;
 pub(crate) mod holes;

@@ -2,6 +2,7 @@
 //! seal) runs on given bytes in memory, with no file or repository I/O. Files are loaded in
 //! batches, untimed, so memory stays bounded; only the pipeline over each batch is timed.
 
+use crate::chunk_pool::with_chunk_pool;
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
@@ -72,29 +73,41 @@ pub fn measure(paths: &[PathBuf], threads: usize, level: i32) -> Result<Pipeline
     Ok(speed)
 }
 
-/// Chunks, hashes, compresses and seals every file of `batch`; returns the chunk count.
+/// Chunks, hashes, compresses and seals every file of `batch` as a backup does: `threads`
+/// readers each cut a file at a time, storing its last chunk themselves and handing the
+/// others to a pool of `threads` threads (`chunk_pool`). Returns the chunk count.
 fn run_pipeline(batch: &[Vec<u8>], chunker: &Chunker, codec: &Codec, threads: usize) -> u64 {
     let next = AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut chunks = 0u64;
-                    while let Some(data) = batch.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        for chunk in chunker.chunks(data) {
-                            std::hint::black_box(codec.id_of(chunk));
-                            std::hint::black_box(codec.encode(chunk, true));
-                            chunks += 1;
+    let seal = |chunk: &[u8]| {
+        std::hint::black_box(codec.id_of(chunk));
+        std::hint::black_box(codec.encode(chunk, true));
+        Ok(())
+    };
+    with_chunk_pool(threads, &seal, |pool| {
+        std::thread::scope(|scope| {
+            let readers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut chunks = 0u64;
+                        while let Some(data) = batch.get(next.fetch_add(1, Ordering::Relaxed)) {
+                            let mut stream = pool.stream();
+                            let mut cut = chunker.chunks(data).peekable();
+                            while let Some(chunk) = cut.next() {
+                                let last = cut.peek().is_none();
+                                stream.push(chunk, last).expect("sealing does not fail");
+                                chunks += 1;
+                            }
+                            stream.finish().expect("sealing does not fail");
                         }
-                    }
-                    chunks
+                        chunks
+                    })
                 })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("pipeline workers do not panic"))
-            .sum()
+                .collect();
+            readers
+                .into_iter()
+                .map(|r| r.join().expect("pipeline readers do not panic"))
+                .sum()
+        })
     })
 }
 

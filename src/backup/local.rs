@@ -13,9 +13,8 @@ use crate::id::CheckpointId;
 use crate::pattern::Patterns;
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::repo::pack::BlobKind;
 use crate::repo::writer::BlobSink;
-use crate::tree::{ChunkRef, Content, Listed};
+use crate::tree::{Content, Listed};
 use crossbeam_channel::Receiver;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, Metadata};
@@ -623,24 +622,19 @@ pub(super) fn store_stream(
     progress: &Progress,
 ) -> std::result::Result<(Content, u64), StoreError> {
     let file = Throttled::new(stream, read_limiter);
-    let mut chunks = Vec::new();
+    let mut chunks = sink.data_chunks();
     let read = sink
         .repo()
         .chunker()
-        .for_each_chunk(file, buffer, |chunk| {
+        .for_each_marked_chunk(file, buffer, |chunk, last| {
             crate::interrupt::check().map_err(StoreError::Repository)?;
-            let id = sink
-                .store(BlobKind::Data, chunk)
-                .map_err(StoreError::Repository)?;
-            chunks.push(ChunkRef {
-                id,
-                length: chunk.len() as u32,
-            });
+            chunks.push(chunk, last).map_err(StoreError::Repository)?;
             let length = chunk.len() as u64;
             progress.bytes_read.fetch_add(length, Ordering::Relaxed);
             progress.bytes_done.fetch_add(length, Ordering::Relaxed);
             Ok::<(), StoreError>(())
         })?;
+    let chunks = chunks.finish().map_err(StoreError::Repository)?;
     let content = file_content(sink, chunks).map_err(StoreError::Repository)?;
     Ok((content, read))
 }

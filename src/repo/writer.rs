@@ -7,10 +7,12 @@
 use super::Repository;
 use super::index::{IndexedPacks, encode_index_file};
 use super::pack::{BlobKind, PackBuilder, fetch_header, pack_id_of_object, pack_object_name};
+use crate::chunk_pool::{ChunkPool, OrderedChunks, with_chunk_pool};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::BlobId;
 use crate::progress::Progress;
 use crate::repo::objects::ObjectKind;
+use crate::tree::ChunkRef;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -78,11 +80,21 @@ pub struct BlobSink<'a> {
     repo: &'a Repository,
     flights: &'a Flights,
     packer: Sender<EncodedBlob>,
+    /// The threads storing data chunks of long streams (`None` in those threads' own sink).
+    chunk_pool: Option<&'a ChunkPool<'a, ChunkRef>>,
 }
 
 impl BlobSink<'_> {
     pub fn repo(&self) -> &Repository {
         self.repo
+    }
+
+    /// A new stream of data chunks (a file's) to store in order: every chunk but the last on
+    /// the run's chunk pool, so one long stream keeps every core busy.
+    pub(crate) fn data_chunks(&self) -> OrderedChunks<'_, ChunkRef> {
+        self.chunk_pool
+            .expect("only the chunk pool's own threads hold a sink without it")
+            .stream()
     }
 
     /// Stores blob `entry` of `pack` (read whole into `bytes`) again as it is stored, once it
@@ -245,13 +257,30 @@ pub fn with_blob_sink<T>(
     std::thread::scope(|scope| {
         let flights = &flights;
         let packer = scope.spawn(move || run_packer(repo, packer_rx, flights, progress));
-        let sink = BlobSink {
+        let pool_sink = BlobSink {
             repo,
             flights,
-            packer: packer_tx,
+            packer: packer_tx.clone(),
+            chunk_pool: None,
         };
-        let value = body(&sink);
-        drop(sink);
+        let store_chunk = move |chunk: &[u8]| {
+            let id = pool_sink.store(BlobKind::Data, chunk)?;
+            Ok(ChunkRef {
+                id,
+                length: chunk.len() as u32,
+            })
+        };
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let value = with_chunk_pool(cores, &store_chunk, |pool| {
+            let sink = BlobSink {
+                repo,
+                flights,
+                packer: packer_tx,
+                chunk_pool: Some(pool),
+            };
+            body(&sink)
+        });
+        drop(store_chunk);
         let blobs = packer.join().expect("the packer does not panic")?;
         // Every pack the run wrote is in an index file: nothing of it is left to recover.
         if let Some(mark) = mark {
