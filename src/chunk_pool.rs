@@ -106,6 +106,11 @@ impl<T> OrderedChunks<'_, T> {
         Ok(())
     }
 
+    /// Whether no chunk was pushed yet.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.results.is_empty()
+    }
+
     /// Waits for every chunk and returns what storing each gave, in the stream's order.
     pub(crate) fn finish(mut self) -> Result<Vec<T>> {
         self.reply = None;

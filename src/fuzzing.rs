@@ -11,7 +11,7 @@ use crate::net::wire::{
     BlobsRequest, ChunksRequest, ChunksResponse, FileRanges, TreeRecord, WireEntry,
 };
 use crate::repo::codec::Codec;
-use crate::repo::pack::{ENTRY_BYTES, PackEntry};
+use crate::repo::table::{CACHED_ENTRY_BYTES, Layout, read_cached_entry};
 
 /// A harness: arbitrary bytes in, nothing out.
 pub type Harness = fn(&[u8]);
@@ -40,13 +40,14 @@ fn location() -> String {
 }
 
 /// The codecs a hostile object meets: plaintext (whose parsers see the bytes as they are)
-/// and encrypted (whose MAC check sees them first).
-fn codecs() -> &'static [Codec; 2] {
+/// in each table layout (formats 2 and 3), and encrypted (whose MAC check sees them first).
+fn codecs() -> &'static [Codec; 3] {
     // Made once: a fresh key per input would cost every execution a key generation.
-    static CODECS: std::sync::OnceLock<[Codec; 2]> = std::sync::OnceLock::new();
+    static CODECS: std::sync::OnceLock<[Codec; 3]> = std::sync::OnceLock::new();
     CODECS.get_or_init(|| {
         [
-            Codec::new(None, 3),
+            Codec::new(None, 3).with_format(2),
+            Codec::new(None, 3).with_format(3),
             Codec::new(Some(crate::crypto::MasterKey::generate()), 3),
         ]
     })
@@ -77,13 +78,14 @@ pub fn pack_header(data: &[u8]) {
     }
 }
 
-/// One stored blob behind the pack entry that describes it (its first `ENTRY_BYTES`).
+/// One stored frame behind the pack entry of a blob in it, as the local cache records it
+/// (its first `CACHED_ENTRY_BYTES`).
 pub fn blob(data: &[u8]) {
-    let Some(entry) = data.get(..ENTRY_BYTES).and_then(PackEntry::read_from) else {
+    let Some(entry) = data.get(..CACHED_ENTRY_BYTES).and_then(read_cached_entry) else {
         return;
     };
     for codec in codecs() {
-        let _ = codec.decode_blob(&data[ENTRY_BYTES..], &entry, &location);
+        let _ = codec.decode_blob(&data[CACHED_ENTRY_BYTES..], &entry, &location);
     }
 }
 
@@ -99,7 +101,9 @@ pub fn chunk_list(data: &[u8]) {
 
 /// The plaintext of an index file.
 pub fn index_file(data: &[u8]) {
-    let _ = crate::repo::index::decode_index_file(data, &location);
+    for layout in [Layout::Entries, Layout::Frames] {
+        let _ = crate::repo::index::decode_index_file(data, layout, &location);
+    }
 }
 
 /// The plaintext of a checkpoint record.

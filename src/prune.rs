@@ -340,9 +340,9 @@ fn pack_use(
         for entry in &entries {
             if used.contains(&entry.id) && kept.insert(entry.id) {
                 usage.used.push(*entry);
-                usage.used_bytes += u64::from(entry.length);
+                usage.used_bytes += entry.stored_share();
             } else {
-                usage.unused_bytes += u64::from(entry.length);
+                usage.unused_bytes += entry.stored_share();
             }
         }
         usage.entries = entries;
@@ -364,13 +364,7 @@ mod tests {
     use crate::repo::pack::BlobKind;
 
     fn entry(blob: u8, offset: u32) -> PackEntry {
-        PackEntry {
-            id: BlobId([blob; 32]),
-            kind: BlobKind::Tree,
-            offset,
-            length: 10,
-            raw_length: 10,
-        }
+        PackEntry::alone(BlobId([blob; 32]), BlobKind::Tree, offset, 10, 10)
     }
 
     #[test]

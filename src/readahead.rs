@@ -351,6 +351,14 @@ fn stretches_of(packs: Vec<(PackId, Vec<Need>)>) -> Vec<Stretch> {
             let start = u64::from(need.at.entry.offset);
             let end = start + u64::from(need.at.entry.length);
             if let Some(stretch) = current.as_mut() {
+                // Blobs sharing a frame need its bytes once.
+                let last = stretch.needs.last().expect("a stretch holds a need");
+                if last.at.entry.offset == need.at.entry.offset
+                    && last.at.entry.length == need.at.entry.length
+                {
+                    stretch.needs.push(need);
+                    continue;
+                }
                 let stretch_end = stretch.offset + stretch.length;
                 // Blobs that overlap (an index no writer made) go to a request of their own.
                 let joins = start >= stretch_end
@@ -387,13 +395,29 @@ fn read_stretch<T>(
     let mut next = 0;
     let mut position = stretch.offset;
     let mut stored = Vec::new();
+    // The last frame read whole and where it starts: the blobs after the first in it are
+    // cut from it.
+    let mut frame: Option<(u64, Vec<u8>)> = None;
     let streamed = repo.backend().get_range_streamed(
         &stretch.name,
         stretch.offset,
         stretch.length,
         &mut |mut piece: &[u8]| {
-            while let Some(need) = needs.get(next).filter(|_| !piece.is_empty()) {
+            while let Some(need) = needs.get(next) {
                 let start = u64::from(need.at.entry.offset);
+                if let Some((_, bytes)) = frame.as_ref().filter(|(at, _)| *at == start) {
+                    hand_over(
+                        need,
+                        repo.decode_blob_at(&need.at, &need.id, bytes),
+                        tags,
+                        deliver,
+                    );
+                    next += 1;
+                    continue;
+                }
+                if piece.is_empty() {
+                    break;
+                }
                 if position < start {
                     let skipped = (start - position).min(piece.len() as u64) as usize;
                     piece = &piece[skipped..];
@@ -407,8 +431,10 @@ fn read_stretch<T>(
                 position += taken as u64;
                 if position == end {
                     let decoded = repo.decode_blob_at(&need.at, &need.id, &stored);
-                    stored.clear();
                     hand_over(need, decoded, tags, deliver);
+                    let mut spare = frame.replace((start, std::mem::take(&mut stored)));
+                    stored = spare.take().map(|(_, bytes)| bytes).unwrap_or_default();
+                    stored.clear();
                     next += 1;
                 }
             }

@@ -65,7 +65,7 @@ pub fn run(repo: &Repository) -> Result<(RepositoryStats, Vec<Stored>)> {
         for (_, entries) in read_index_file(repo.backend(), repo.codec(), &name)? {
             for entry in entries.iter().filter(|e| seen.insert(e.id)) {
                 stats.raw_bytes += u64::from(entry.raw_length);
-                stats.stored_bytes += u64::from(entry.length);
+                stats.stored_bytes += entry.stored_share();
             }
         }
     }

@@ -20,15 +20,46 @@ fn worked_example_of_format_md_holds() {
     let stored = codec.encode(b"hello", true);
     assert_eq!(stored, b"\x00hello");
 
+    // Format 3 (frames) and format 2 (entries) list the same pack differently.
+    for (version, pack_hex, index_len) in [
+        (
+            3,
+            "09df7b85d6d6750d87691eef5679d8e39910c23f0bc2b34f954f6f2a1f0a952d",
+            85,
+        ),
+        (
+            2,
+            "ba8fcb51c26eb1812aca97b14ee2e1f6aff58fbc70c500de4182467e90d2a6ca",
+            81,
+        ),
+    ] {
+        let codec = Codec::new(None, 3).with_format(version);
+        let mut pack = PackBuilder::default();
+        pack.add(blob, BlobKind::Data, &stored, 5);
+        let (pack_id, bytes, entries) = pack.finish(&codec);
+        assert_eq!(bytes.len(), 56);
+        assert_eq!(pack_id.to_hex(), pack_hex);
+        let index = encode_index_file(&[(pack_id, entries)], codec.layout());
+        assert_eq!(index.len(), index_len);
+    }
+
+    // Two blobs sharing one frame (format 3).
+    let world = codec.id_of(b"world");
+    let shared = codec.encode(b"helloworld", true);
+    assert_eq!(shared, b"\x00helloworld");
     let mut pack = PackBuilder::default();
-    pack.add(blob, BlobKind::Data, &stored, 5);
+    pack.add_frame(BlobKind::Data, &shared, &[(blob, 5), (BlobId(world), 5)]);
     let (pack_id, bytes, entries) = pack.finish(&codec);
-    assert_eq!(bytes.len(), 56);
+    assert_eq!(bytes.len(), 97);
     assert_eq!(
         pack_id.to_hex(),
-        "ba8fcb51c26eb1812aca97b14ee2e1f6aff58fbc70c500de4182467e90d2a6ca"
+        "fd0cd2a9f5a0c5f2e147b3e1579a96e6d0ae2739dc81edd8565e7892a79a1cf1"
     );
-    assert_eq!(encode_index_file(&[(pack_id, entries)]).len(), 81);
+    assert_eq!((entries[1].offset, entries[1].frame_at), (0, 5));
+    assert_eq!(
+        encode_index_file(&[(pack_id, entries)], codec.layout()).len(),
+        121
+    );
 
     let entry = Entry {
         name: b"hello.txt".to_vec(),

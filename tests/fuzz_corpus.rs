@@ -50,18 +50,18 @@ fn write_seed_corpus() {
     use cairn::tree::{Content, EntryKind, Tree};
 
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let repo = fixtures.join("v2-none/repo");
+    let repo = fixtures.join("v3-none/repo");
     let codec = Codec::new(None, 3);
     let location = || "seed".to_string();
     let mut seeds: Vec<(&str, Vec<u8>)> = Vec::new();
     for mode in ["none", "keyfile", "password"] {
         seeds.push((
             "config",
-            fs::read(fixtures.join(format!("v2-{mode}/repo/config"))).unwrap(),
+            fs::read(fixtures.join(format!("v3-{mode}/repo/config"))).unwrap(),
         ));
     }
-    seeds.push(("key", fs::read(fixtures.join("v2-keyfile/key")).unwrap()));
-    for key in inputs(&fixtures.join("v2-password/repo/keys")) {
+    seeds.push(("key", fs::read(fixtures.join("v3-keyfile/key")).unwrap()));
+    for key in inputs(&fixtures.join("v3-password/repo/keys")) {
         seeds.push(("key", fs::read(key).unwrap()));
     }
     let mut trees = Vec::new();
@@ -70,8 +70,7 @@ fn write_seed_corpus() {
             let bytes = fs::read(pack).unwrap();
             for entry in read_header(&bytes, &codec, &location).unwrap() {
                 let stored = &bytes[entry.offset as usize..][..entry.length as usize];
-                let mut framed = Vec::new();
-                entry.write_to(&mut framed);
+                let mut framed = cairn::repo::table::cached_entry(&entry);
                 framed.extend_from_slice(stored);
                 seeds.push(("blob", framed));
                 let plaintext = codec.decode_blob(stored, &entry, &location).unwrap();

@@ -569,7 +569,9 @@ fn repairs_stopped_at_any_write_or_delete_lose_nothing_and_resume() {
     let mut in_lost_pack = HashSet::new();
     for object in original.backend().list("index/").unwrap() {
         let plain = original.read_object_plaintext(&object.name).unwrap();
-        let packs = cairn::repo::index::decode_index_file(&plain, &|| object.name.clone()).unwrap();
+        let layout = original.codec().layout();
+        let packs =
+            cairn::repo::index::decode_index_file(&plain, layout, &|| object.name.clone()).unwrap();
         for (pack, entries) in packs {
             if pack == lost_pack {
                 in_lost_pack.extend(entries.iter().map(|e| e.id));

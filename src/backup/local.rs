@@ -13,8 +13,9 @@ use crate::id::CheckpointId;
 use crate::pattern::Patterns;
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::repo::writer::BlobSink;
-use crate::tree::{Content, Listed};
+use crate::repo::pack::BlobKind;
+use crate::repo::writer::{BlobSink, SharedFrame};
+use crate::tree::{ChunkRef, Content, Listed};
 use crossbeam_channel::Receiver;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, Metadata};
@@ -295,25 +296,55 @@ impl Source for LocalSource {
         read_ahead(file);
     }
 
-    fn store_files(&self, sink: &BlobSink, jobs: Receiver<FileJob<PathBuf>>, progress: &Progress) {
+    fn store_files(
+        &self,
+        sink: &BlobSink,
+        jobs: Receiver<Vec<FileJob<PathBuf>>>,
+        progress: &Progress,
+    ) {
         let mut buffer = Vec::new();
         let limiter = self.read_limiter.as_ref();
-        for job in jobs {
-            // Once interrupted, the queued files are answered without being read.
-            progress.working_on(job.path.display());
-            let result = match crate::interrupt::check() {
-                Ok(()) => store_file(sink, limiter, &job.path, &mut buffer, progress),
-                Err(e) => Err(StoreError::Repository(e)),
-            };
-            let result = result.map_err(|e| match e {
-                StoreError::Read(e) => FileError::Source(PathError {
-                    path: job.path,
-                    message: e.to_string(),
-                }),
-                StoreError::Repository(e) => FileError::Repository(e),
-            });
-            // The tree builder may have stopped after a fatal error; then nobody waits.
-            let _ = job.result.send(result);
+        for batch in jobs {
+            let mut frame = sink.shared_frame(BlobKind::Data);
+            let mut answers = Vec::with_capacity(batch.len());
+            for job in batch {
+                // Once interrupted, the queued files are answered without being read.
+                progress.working_on(job.path.display());
+                let result = match crate::interrupt::check() {
+                    Ok(()) => {
+                        let file = open_source(&job.path);
+                        file.map_err(StoreError::from).and_then(|file| {
+                            store_stream(
+                                sink,
+                                Some(&mut frame),
+                                limiter,
+                                file,
+                                &mut buffer,
+                                progress,
+                            )
+                        })
+                    }
+                    Err(e) => Err(StoreError::Repository(e)),
+                };
+                let result = result.map_err(|e| match e {
+                    StoreError::Read(e) => FileError::Source(PathError {
+                        path: job.path,
+                        message: e.to_string(),
+                    }),
+                    StoreError::Repository(e) => FileError::Repository(e),
+                });
+                answers.push((job.result, result));
+            }
+            // The files are answered once the frame holding their contents is queued.
+            let queued = frame.finish();
+            for (answer, result) in answers {
+                let result = match &queued {
+                    Ok(()) => result,
+                    Err(e) => Err(FileError::Repository(Error::duplicate(e))),
+                };
+                // The tree builder may have stopped after a fatal error; then nobody waits.
+                let _ = answer.send(result);
+            }
         }
     }
 }
@@ -601,21 +632,11 @@ fn read_ahead(path: &Path) {
     }
 }
 
-/// Reads, chunks and stores one file; returns its content and the bytes read.
-fn store_file(
-    sink: &BlobSink,
-    read_limiter: Option<&RateLimiter>,
-    path: &Path,
-    buffer: &mut Vec<u8>,
-    progress: &Progress,
-) -> std::result::Result<(Content, u64), StoreError> {
-    store_stream(sink, read_limiter, open_source(path)?, buffer, progress)
-}
-
 /// Reads, chunks and stores one stream of bytes (a file's, stdin's); returns its content
-/// and the bytes read.
+/// and the bytes read. A stream of one chunk goes into `frame`, when there is one.
 pub(super) fn store_stream(
     sink: &BlobSink,
+    mut frame: Option<&mut SharedFrame>,
     read_limiter: Option<&RateLimiter>,
     stream: impl std::io::Read,
     buffer: &mut Vec<u8>,
@@ -623,18 +644,27 @@ pub(super) fn store_stream(
 ) -> std::result::Result<(Content, u64), StoreError> {
     let file = Throttled::new(stream, read_limiter);
     let mut chunks = sink.data_chunks();
+    let mut only_chunk = None;
     let read = sink
         .repo()
         .chunker()
         .for_each_marked_chunk(file, buffer, |chunk, last| {
             crate::interrupt::check().map_err(StoreError::Repository)?;
-            chunks.push(chunk, last).map_err(StoreError::Repository)?;
+            match frame.as_deref_mut().filter(|_| last && chunks.is_empty()) {
+                Some(frame) => {
+                    let id = frame.add(chunk).map_err(StoreError::Repository)?;
+                    let length = chunk.len() as u32;
+                    only_chunk = Some(ChunkRef { id, length });
+                }
+                None => chunks.push(chunk, last).map_err(StoreError::Repository)?,
+            }
             let length = chunk.len() as u64;
             progress.bytes_read.fetch_add(length, Ordering::Relaxed);
             progress.bytes_done.fetch_add(length, Ordering::Relaxed);
             Ok::<(), StoreError>(())
         })?;
-    let chunks = chunks.finish().map_err(StoreError::Repository)?;
+    let mut chunks = chunks.finish().map_err(StoreError::Repository)?;
+    chunks.extend(only_chunk);
     let content = file_content(sink, chunks).map_err(StoreError::Repository)?;
     Ok((content, read))
 }

@@ -125,11 +125,12 @@ pub(crate) trait Source: Sync {
     fn read_ahead(&self, _file: &Self::Path) {}
 
     /// Stores the files `jobs` brings until it closes, answering each job: one call per
-    /// file worker thread.
+    /// file worker thread. Each message is a run of small files next to each other in the
+    /// walk (stored together, see `walk::Batch`) or one larger file.
     fn store_files(
         &self,
         sink: &BlobSink,
-        jobs: Receiver<FileJob<Self::Path>>,
+        jobs: Receiver<Vec<FileJob<Self::Path>>>,
         progress: &Progress,
     );
 
@@ -298,7 +299,7 @@ fn back_up<S: Source>(
                 let (trees, stop) = (&parent_trees, &walk_done);
                 scope.spawn(move || load_parent_trees_ahead(repo, root, trees, stop));
             }
-            let (file_tx, file_rx) = bounded::<FileJob<S::Path>>(walk::FILES_QUEUED);
+            let (file_tx, file_rx) = bounded::<Vec<FileJob<S::Path>>>(walk::FILES_QUEUED);
             let (read_ahead_tx, read_ahead_rx) = bounded::<S::Path>(walk::FILES_QUEUED);
             for _ in 0..settings.read_ahead_threads {
                 let files = read_ahead_rx.clone();
@@ -316,6 +317,7 @@ fn back_up<S: Source>(
                 repo,
                 source,
                 files: file_tx,
+                batch: Default::default(),
                 read_ahead: (settings.read_ahead_threads > 0).then_some(read_ahead_tx),
                 dirs: dir_tx,
                 errors: &errors,

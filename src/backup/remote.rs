@@ -153,14 +153,13 @@ impl Source for ServedSource<'_> {
     fn store_files(
         &self,
         sink: &BlobSink,
-        jobs: Receiver<FileJob<RemotePath>>,
+        jobs: Receiver<Vec<FileJob<RemotePath>>>,
         progress: &Progress,
     ) {
-        while let Ok(first) = jobs.recv() {
-            let mut batch = vec![first];
+        while let Ok(mut batch) = jobs.recv() {
             while batch.len() < FILES_PER_REQUEST {
                 match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
+                    Ok(more) => batch.extend(more),
                     Err(_) => break,
                 }
             }

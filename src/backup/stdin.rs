@@ -116,13 +116,14 @@ impl<R: Read + Send> Source for StdinSource<R> {
     /// Nothing to count: the input's length is known once it is read.
     fn count_totals(&self, _: &Progress, _: &AtomicBool) {}
 
-    fn store_files(&self, sink: &BlobSink, jobs: Receiver<FileJob<()>>, progress: &Progress) {
+    fn store_files(&self, sink: &BlobSink, jobs: Receiver<Vec<FileJob<()>>>, progress: &Progress) {
         let mut buffer = Vec::new();
-        for job in jobs {
+        for job in jobs.into_iter().flatten() {
             let input = self.input.lock().expect("not poisoned").take();
             let result = match input {
                 Some(input) => store_stream(
                     sink,
+                    None,
                     self.read_limiter.as_ref(),
                     input,
                     &mut buffer,

@@ -9,8 +9,9 @@ use super::{FileJob, Root, Source, abandoned};
 use crate::error::{PathError, Result};
 use crate::id::TreeId;
 use crate::repo::Repository;
+use crate::repo::writer::SHARED_FRAME_TARGET_BYTES;
 use crate::tree::{Content, Entry, EntryKind, Listed, ListedKind, Tree, load_tree};
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -34,11 +35,31 @@ impl Default for ParentTrees {
     }
 }
 
+/// Small files next to each other in the walk, on their way to one worker, which stores
+/// their contents in one shared frame: compressed together, small source files take far
+/// less room than each alone (docs/FORMAT.md §8).
+pub(super) struct Batch<P> {
+    jobs: Vec<FileJob<P>>,
+    bytes: u64,
+}
+
+impl<P> Default for Batch<P> {
+    fn default() -> Self {
+        Batch {
+            jobs: Vec::new(),
+            bytes: 0,
+        }
+    }
+}
+
 /// Walks a source and feeds the workers and the tree builder.
 pub(super) struct Walker<'a, S: Source> {
     pub repo: &'a Repository,
     pub source: &'a S,
-    pub files: Sender<FileJob<S::Path>>,
+    pub files: Sender<Vec<FileJob<S::Path>>>,
+    /// The small files gathered for the next batch. Sent once full, before the walker could
+    /// wait for the tree builder (which may be waiting for them), and at the end.
+    pub batch: std::cell::RefCell<Batch<S::Path>>,
     /// Files about to be read, for the read-ahead threads (`None`: no hints).
     pub read_ahead: Option<Sender<S::Path>>,
     pub dirs: Sender<PendingDir>,
@@ -49,6 +70,14 @@ pub(super) struct Walker<'a, S: Source> {
     pub verify_reused: bool,
     /// Unchanged files count as done here; read ones as the workers read them.
     pub progress: &'a crate::progress::Progress,
+}
+
+impl<S: Source> Drop for Walker<'_, S> {
+    /// A walk that stopped early still hands over the files it gathered: the tree builder
+    /// may be waiting for them, and the workers answer every job.
+    fn drop(&mut self) {
+        let _ = self.send_batch();
+    }
 }
 
 /// One directory of the walk.
@@ -96,17 +125,22 @@ impl<S: Source> Walker<'_, S> {
             let Some(entry) = level.entries.next() else {
                 let done = stack.pop().expect("the walk holds a level");
                 let (done_sender, receiver) = bounded(1);
-                self.dirs
-                    .send(PendingDir {
-                        entries: done.pending,
-                        done: done_sender,
-                    })
-                    .map_err(|_| abandoned())?;
+                let dir = PendingDir {
+                    entries: done.pending,
+                    done: done_sender,
+                };
+                if let Err(TrySendError::Full(dir)) = self.dirs.try_send(dir) {
+                    self.send_batch()?;
+                    self.dirs.send(dir).map_err(|_| abandoned())?;
+                }
                 match (done.own, stack.last_mut()) {
                     (Some(own), Some(parent)) => {
                         parent.pending.push(PendingEntry::Dir(own, receiver))
                     }
-                    _ => return Ok(receiver),
+                    _ => {
+                        self.send_batch()?;
+                        return Ok(receiver);
+                    }
                 }
                 continue;
             };
@@ -142,8 +176,7 @@ impl<S: Source> Walker<'_, S> {
                             }
                             let (result, receiver) = bounded(1);
                             let size = entry.size;
-                            let job = FileJob { path, size, result };
-                            self.files.send(job).map_err(|_| abandoned())?;
+                            self.hand_over(FileJob { path, size, result })?;
                             PendingEntry::File(entry, receiver)
                         }
                     };
@@ -151,6 +184,30 @@ impl<S: Source> Walker<'_, S> {
                 }
             }
         }
+    }
+
+    /// Gives a file to the workers: a small one into the batch, sent once it holds a
+    /// shared frame's worth; a larger one on its own.
+    fn hand_over(&self, job: FileJob<S::Path>) -> Result<()> {
+        if job.size >= u64::from(self.repo.chunker().params().min_bytes) {
+            return self.files.send(vec![job]).map_err(|_| abandoned());
+        }
+        let full = {
+            let mut batch = self.batch.borrow_mut();
+            batch.bytes += job.size;
+            batch.jobs.push(job);
+            batch.bytes >= SHARED_FRAME_TARGET_BYTES as u64
+        };
+        if full { self.send_batch() } else { Ok(()) }
+    }
+
+    /// Sends the small files gathered so far, if any.
+    fn send_batch(&self) -> Result<()> {
+        let jobs = std::mem::take(&mut *self.batch.borrow_mut()).jobs;
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        self.files.send(jobs).map_err(|_| abandoned())
     }
 
     /// Lists directory `dir` into a new level.

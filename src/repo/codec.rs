@@ -3,6 +3,10 @@
 //! XChaCha20-Poly1305 under a fresh random nonce. zstd is skipped when it does not shrink the
 //! data. Ids are BLAKE3 of the plaintext, keyed in encrypted repositories. Decoding checks the
 //! MAC; callers then check the id, so wrong bytes are reported, never returned (invariant 3).
+//! A blob shares its stored object (its frame) with other small blobs when its pack entry
+//! says so (format 3): the frame is decoded whole and the blob cut out of it; each thread
+//! keeps its last few decoded frames, so reading a frame's blobs one after another decodes
+//! it once.
 //!
 //! Every decoding is bounded before it allocates (invariant 7): a blob by the raw length its
 //! pack entry records, itself capped by the format's limit for the blob's kind, and any other
@@ -10,13 +14,19 @@
 //! past the bound, is refused without being decompressed further.
 
 use super::pack::PackEntry;
+use super::table::{Layout, MAX_SHARED_FRAME_BYTES};
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use std::cell::RefCell;
 use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const FLAG_RAW: u8 = 0;
 const FLAG_ZSTD: u8 = 1;
+
+/// How many zstd levels above the repository's a frame of several small blobs is compressed.
+pub const SHARED_FRAME_LEVEL_BOOST: i32 = 2;
 
 /// Bytes sealing adds to the framed bytes (nonce and tag).
 const SEAL_OVERHEAD_BYTES: u64 = 40;
@@ -28,7 +38,21 @@ thread_local! {
     /// One zstd decompression context per thread, reused for every blob.
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { RefCell::new(None) };
+    /// The frames of several blobs this thread decoded last, newest first.
+    static FRAMES: RefCell<Vec<(FrameKey, Arc<Vec<u8>>)>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Decoded frames of several blobs a thread keeps.
+const FRAMES_KEPT: usize = 4;
+
+/// The largest decoded frame a thread keeps (larger ones are decoded for each blob).
+const FRAME_KEPT_MAX_BYTES: u32 = 4 << 20;
+
+/// A decoded frame: which codec decoded it and the BLAKE3 of its stored bytes.
+type FrameKey = (u64, [u8; 32]);
+
+/// Tells one codec apart from another in the frames a thread keeps.
+static NEXT_CODEC: AtomicU64 = AtomicU64::new(0);
 
 fn compress(data: &[u8], level: i32) -> Vec<u8> {
     COMPRESSOR.with(|cell| {
@@ -79,14 +103,33 @@ fn decompress(payload: &[u8], max_bytes: u64) -> std::io::Result<Option<Vec<u8>>
 pub struct Codec {
     key: Option<MasterKey>,
     compression_level: i32,
+    layout: Layout,
+    /// This codec's own (and its clones') mark on the frames a thread keeps.
+    instance: u64,
 }
 
 impl Codec {
+    /// A codec of the repository format this build writes.
     pub fn new(key: Option<MasterKey>, compression_level: i32) -> Self {
         Codec {
             key,
             compression_level,
+            layout: Layout::of_format(super::config::FORMAT_VERSION),
+            instance: NEXT_CODEC.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// This codec for a repository of format `version`.
+    pub fn with_format(self, version: u32) -> Self {
+        Codec {
+            layout: Layout::of_format(version),
+            ..self
+        }
+    }
+
+    /// How the repository's pack headers and index files list blobs.
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     pub fn is_encrypted(&self) -> bool {
@@ -108,9 +151,21 @@ impl Codec {
 
     /// The stored form of `plaintext`; `compress` asks for zstd (used only if it shrinks).
     pub fn encode(&self, plaintext: &[u8], compress_it: bool) -> Vec<u8> {
+        self.encode_at(plaintext, compress_it, self.compression_level)
+    }
+
+    /// The stored form of a frame of several small blobs: compressed `SHARED_FRAME_LEVEL_BOOST`
+    /// levels above the repository's (at most 22). Small files of text gain most from a deeper
+    /// search, and compressing them together costs less than each alone did (PERFORMANCE.md).
+    pub fn encode_shared_frame(&self, plaintext: &[u8]) -> Vec<u8> {
+        let level = (self.compression_level + SHARED_FRAME_LEVEL_BOOST).min(22);
+        self.encode_at(plaintext, true, level)
+    }
+
+    fn encode_at(&self, plaintext: &[u8], compress_it: bool, level: i32) -> Vec<u8> {
         let mut framed = Vec::with_capacity(plaintext.len() + 1);
         let compressed = compress_it
-            .then(|| compress(plaintext, self.compression_level))
+            .then(|| compress(plaintext, level))
             .filter(|c| c.len() < plaintext.len());
         match compressed {
             Some(c) => {
@@ -128,20 +183,67 @@ impl Codec {
         }
     }
 
-    /// The plaintext of stored blob `entry`, checked against the raw length its entry records
-    /// (decompressing no further) and against its id (invariant 3).
+    /// The plaintext of blob `entry`, given its frame's stored bytes, checked against the raw
+    /// lengths its entry records (decompressing no further) and against its id (invariant 3).
     pub fn decode_blob(
         &self,
         stored: &[u8],
         entry: &PackEntry,
         location: &dyn Fn() -> String,
     ) -> Result<Vec<u8>> {
-        let framed = self.open(blob_sized(stored, entry, location)?, location)?;
-        let plaintext = unframe_blob(&framed, entry, location)?;
+        let stored = blob_sized(stored, entry, location)?;
+        let plaintext = match entry.is_alone() {
+            true => unframe_blob(&self.open(stored, location)?, entry, location)?,
+            false => {
+                let frame = self.shared_frame(stored, entry, location)?;
+                let at = entry.frame_at as usize;
+                frame[at..at + entry.raw_length as usize].to_vec()
+            }
+        };
         if self.id_of(&plaintext) != entry.id.0 {
             return Err(Error::corrupt(location(), "content does not match its id"));
         }
         Ok(plaintext)
+    }
+
+    /// The plaintext of the frame of several blobs that `stored` holds, exactly as long as
+    /// `entry` records: from this thread's last frames when it is among them.
+    fn shared_frame(
+        &self,
+        stored: &[u8],
+        entry: &PackEntry,
+        location: &dyn Fn() -> String,
+    ) -> Result<Arc<Vec<u8>>> {
+        let key = (self.instance, *blake3::hash(stored).as_bytes());
+        let kept = FRAMES.with(|frames| {
+            let mut frames = frames.borrow_mut();
+            let at = frames.iter().position(|(k, _)| *k == key)?;
+            let found = frames.remove(at);
+            frames.insert(0, found.clone());
+            Some(found.1)
+        });
+        if let Some(frame) = kept.filter(|f| f.len() == entry.frame_raw_length as usize) {
+            return Ok(frame);
+        }
+        let expected = u64::from(entry.frame_raw_length);
+        let frame = Arc::new(unframe(&self.open(stored, location)?, expected, location)?);
+        if frame.len() as u64 != expected {
+            return Err(Error::corrupt(
+                location(),
+                format!(
+                    "its frame holds {} bytes where its pack entry records {expected}",
+                    frame.len()
+                ),
+            ));
+        }
+        if entry.frame_raw_length <= FRAME_KEPT_MAX_BYTES {
+            FRAMES.with(|frames| {
+                let mut frames = frames.borrow_mut();
+                frames.truncate(FRAMES_KEPT - 1);
+                frames.insert(0, (key, frame.clone()));
+            });
+        }
+        Ok(frame)
     }
 
     /// The plaintext of a stored object that is not a blob, refused when it is larger than
@@ -155,9 +257,10 @@ impl Codec {
         unframe(&self.open(stored, location)?, max_bytes, location)
     }
 
-    /// Blob `entry`, stored by this codec, in the stored form of `to`: opened, checked like
-    /// `decode_blob`, and sealed under `to`'s key as it was compressed (nothing is compressed
-    /// again). `to` must give blobs the same ids.
+    /// Blob `entry`, stored by this codec, in the stored form of `to`, alone in its frame:
+    /// opened, checked like `decode_blob`, and sealed under `to`'s key as it was compressed
+    /// (nothing is compressed again), or encoded anew when it shared its frame. `to` must give
+    /// blobs the same ids.
     pub fn transcode_blob(
         &self,
         stored: &[u8],
@@ -165,6 +268,9 @@ impl Codec {
         to: &Codec,
         location: &dyn Fn() -> String,
     ) -> Result<Vec<u8>> {
+        if !entry.is_alone() {
+            return Ok(to.encode(&self.decode_blob(stored, entry, location)?, true));
+        }
         let framed = self.open(blob_sized(stored, entry, location)?, location)?;
         if self.id_of(&unframe_blob(&framed, entry, location)?) != entry.id.0 {
             return Err(Error::corrupt(location(), "content does not match its id"));
@@ -192,9 +298,10 @@ impl Codec {
 }
 
 /// Refuses blob `entry` when its recorded raw length is beyond the format's limit for its
-/// kind, or its stored length beyond what that raw length needs (zstd is used only when it
-/// shrinks), so neither a lying header nor a padded blob makes a reader allocate more. Cheap:
-/// readers call it before fetching the blob.
+/// kind (or its frame's beyond the limit of a frame of several blobs), when it does not lie
+/// inside its frame, or when its frame's stored length is beyond what the frame's raw length
+/// needs (zstd is used only when it shrinks), so neither a lying header nor a padded frame
+/// makes a reader allocate more. Cheap: readers call it before fetching the blob.
 pub fn check_blob_lengths(entry: &PackEntry, location: &dyn Fn() -> String) -> Result<()> {
     let limit = entry.kind.max_raw_length();
     if entry.raw_length > limit {
@@ -206,12 +313,34 @@ pub fn check_blob_lengths(entry: &PackEntry, location: &dyn Fn() -> String) -> R
             ),
         ));
     }
-    if u64::from(entry.length) > u64::from(entry.raw_length) + 1 + SEAL_OVERHEAD_BYTES {
+    let inside = entry
+        .frame_at
+        .checked_add(entry.raw_length)
+        .is_some_and(|end| end <= entry.frame_raw_length);
+    if !inside {
+        return Err(Error::corrupt(
+            location(),
+            format!(
+                "its pack entry puts {} bytes at {} of a frame of {}",
+                entry.raw_length, entry.frame_at, entry.frame_raw_length
+            ),
+        ));
+    }
+    if !entry.is_alone() && entry.frame_raw_length > MAX_SHARED_FRAME_BYTES {
+        return Err(Error::corrupt(
+            location(),
+            format!(
+                "its frame records {} bytes, more than the {MAX_SHARED_FRAME_BYTES} a frame of several blobs may hold",
+                entry.frame_raw_length
+            ),
+        ));
+    }
+    if u64::from(entry.length) > u64::from(entry.frame_raw_length) + 1 + SEAL_OVERHEAD_BYTES {
         return Err(Error::corrupt(
             location(),
             format!(
                 "{} stored bytes for {} bytes of content",
-                entry.length, entry.raw_length
+                entry.length, entry.frame_raw_length
             ),
         ));
     }
@@ -287,12 +416,21 @@ mod tests {
 
     /// The pack entry of `data` as a data blob stored in `stored_len` bytes.
     fn entry_of(codec: &Codec, data: &[u8], stored_len: usize) -> PackEntry {
+        PackEntry::alone(
+            BlobId(codec.id_of(data)),
+            BlobKind::Data,
+            0,
+            stored_len as u32,
+            data.len() as u32,
+        )
+    }
+
+    /// `entry`, alone in its frame, claiming `raw_length` bytes.
+    fn claiming(entry: PackEntry, raw_length: u32) -> PackEntry {
         PackEntry {
-            id: BlobId(codec.id_of(data)),
-            kind: BlobKind::Data,
-            offset: 0,
-            length: stored_len as u32,
-            raw_length: data.len() as u32,
+            raw_length,
+            frame_raw_length: raw_length,
+            ..entry
         }
     }
 
@@ -410,37 +548,100 @@ mod tests {
                 data
             );
             // Claiming 6 bytes: refused on the stored length alone, before decoding.
-            let tiny = PackEntry {
-                raw_length: 6,
-                ..honest
-            };
+            let tiny = claiming(honest, 6);
             let error = codec
                 .decode_blob(&stored, &tiny, &|| "t".into())
                 .unwrap_err();
             assert!(error.to_string().contains("stored bytes for 6"), "{error}");
             // Claiming as many bytes as are stored: decompression stops there.
-            let lying = PackEntry {
-                raw_length: stored.len() as u32,
-                ..honest
-            };
+            let lying = claiming(honest, stored.len() as u32);
             let error = codec
                 .decode_blob(&stored, &lying, &|| "t".into())
                 .unwrap_err();
             let bound = format!("more than {} bytes", stored.len());
             assert!(error.to_string().contains(&bound), "{error}");
-            let short = PackEntry {
-                raw_length: honest.raw_length + 1,
-                ..honest
-            };
+            let short = claiming(honest, honest.raw_length + 1);
             assert!(codec.decode_blob(&stored, &short, &|| "t".into()).is_err());
-            let beyond_the_format = PackEntry {
-                raw_length: BlobKind::Data.max_raw_length() + 1,
-                ..honest
-            };
+            let beyond_the_format = claiming(honest, BlobKind::Data.max_raw_length() + 1);
             let error = codec
                 .decode_blob(&stored, &beyond_the_format, &|| "t".into())
                 .unwrap_err();
             assert!(error.to_string().contains("may hold"), "{error}");
+        }
+    }
+
+    #[test]
+    fn blobs_sharing_a_frame_decode_from_it_and_nothing_outside_it() {
+        let blobs: [&[u8]; 3] = [b"first blob, ", b"second blob, ", b"third and last"];
+        let frame = blobs.concat();
+        for codec in codecs() {
+            let stored = codec.encode(&frame, true);
+            let mut at = 0;
+            let entries: Vec<PackEntry> = blobs
+                .iter()
+                .map(|blob| {
+                    let entry = PackEntry {
+                        frame_at: at,
+                        frame_raw_length: frame.len() as u32,
+                        ..entry_of(&codec, blob, stored.len())
+                    };
+                    at += blob.len() as u32;
+                    entry
+                })
+                .collect();
+            for _ in 0..2 {
+                for (entry, blob) in entries.iter().zip(blobs) {
+                    assert!(!entry.is_alone());
+                    let decoded = codec.decode_blob(&stored, entry, &|| "t".into());
+                    assert_eq!(decoded.unwrap(), blob);
+                }
+            }
+            let shifted = PackEntry {
+                frame_at: 1,
+                ..entries[0]
+            };
+            let error = codec.decode_blob(&stored, &shifted, &|| "t".into());
+            assert!(error.unwrap_err().to_string().contains("its id"));
+            let outside = PackEntry {
+                frame_at: frame.len() as u32 - 3,
+                ..entries[2]
+            };
+            let error = codec.decode_blob(&stored, &outside, &|| "t".into());
+            assert!(error.unwrap_err().to_string().contains("of a frame of"));
+            let longer_frame = PackEntry {
+                frame_raw_length: frame.len() as u32 + 1,
+                ..entries[1]
+            };
+            assert!(
+                codec
+                    .decode_blob(&stored, &longer_frame, &|| "t".into())
+                    .is_err()
+            );
+            let huge_frame = PackEntry {
+                frame_raw_length: MAX_SHARED_FRAME_BYTES + 1,
+                ..entries[1]
+            };
+            let error = codec.decode_blob(&stored, &huge_frame, &|| "t".into());
+            assert!(error.unwrap_err().to_string().contains("several blobs"));
+
+            let to = match &codec.key {
+                Some(key) => Codec::new(Some(key.generate_like()), 3),
+                None => Codec::new(None, 3),
+            };
+            let alone = codec
+                .transcode_blob(&stored, &entries[1], &to, &|| "t".into())
+                .unwrap();
+            let moved = PackEntry::alone(
+                entries[1].id,
+                BlobKind::Data,
+                0,
+                alone.len() as u32,
+                entries[1].raw_length,
+            );
+            assert_eq!(
+                to.decode_blob(&alone, &moved, &|| "t".into()).unwrap(),
+                blobs[1]
+            );
         }
     }
 

@@ -4,13 +4,14 @@
 //! the master key (`sealed_settings`), so whoever controls the storage cannot change them, nor
 //! turn the repository to `none`, without cairn noticing (invariant 8); the seal doubles as
 //! the key check that tells a wrong key apart from a corrupt object. Format 1 sealed only the
-//! repository id (`key_check`); such configs are still read.
+//! repository id (`key_check`); such configs are still read. Format 3 adds frames of several
+//! small blobs to packs, listed by frame in pack headers and index files (`repo::table`).
 
 pub use crate::chunker::ChunkerParams;
 use serde::{Deserialize, Serialize};
 
 /// The repository format version this build writes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest format version this build reads: format 1 has no `sealed_settings`.
 pub const FORMAT_VERSION_OLDEST: u32 = 1;
 

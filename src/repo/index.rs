@@ -11,7 +11,8 @@
 
 use super::backend::{Backend, create_private_dir};
 use super::codec::Codec;
-use super::pack::{ENTRY_BYTES, PackEntry, parse_entries};
+use super::pack::PackEntry;
+use super::table::{Layout, cached_entry, read_cached_entry};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{BlobId, CheckpointId, ID_BYTES, PackId};
 use crate::repo::objects::ObjectKind;
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Version of the cache's own layout; a cache with another version is rebuilt.
-const CACHE_SCHEMA_VERSION: u32 = 3;
+const CACHE_SCHEMA_VERSION: u32 = 4;
 
 /// The `meta` key of the checkpoint `BlobIndex::trusts_parent` names.
 const TRUSTED_PARENT_KEY: &str = "trusted_parent";
@@ -42,34 +43,40 @@ pub struct BlobLocation {
 /// The packs one index file lists, with their entries.
 pub type IndexedPacks = Vec<(PackId, Vec<PackEntry>)>;
 
-/// Encodes the plaintext of an index file: per pack its id, entry count (u32 LE) and entries.
-pub fn encode_index_file(packs: &[(PackId, Vec<PackEntry>)]) -> Vec<u8> {
+/// Encodes the plaintext of an index file in `layout`: per pack its id, the count of its
+/// table's entries (formats 1 and 2) or frames (format 3) as a u32 LE, and the table, each
+/// frame with its offset.
+pub fn encode_index_file(packs: &[(PackId, Vec<PackEntry>)], layout: Layout) -> Vec<u8> {
     let mut out = Vec::new();
     for (pack, entries) in packs {
         out.extend_from_slice(&pack.0);
-        let count = u32::try_from(entries.len()).expect("a pack holds far fewer than 2^32 blobs");
+        let count = match layout {
+            Layout::Entries => entries.len(),
+            Layout::Frames => entries.chunk_by(|a, b| a.offset == b.offset).count(),
+        };
+        let count = u32::try_from(count).expect("a pack holds far fewer than 2^32 blobs");
         out.extend_from_slice(&count.to_le_bytes());
-        for entry in entries {
-            entry.write_to(&mut out);
-        }
+        layout.encode(entries, true, &mut out);
     }
     out
 }
 
-/// Parses the plaintext of an index file.
-pub fn decode_index_file(mut bytes: &[u8], location: &dyn Fn() -> String) -> Result<IndexedPacks> {
+/// Parses the plaintext of an index file in `layout`.
+pub fn decode_index_file(
+    mut bytes: &[u8],
+    layout: Layout,
+    location: &dyn Fn() -> String,
+) -> Result<IndexedPacks> {
     let mut packs = Vec::new();
     while !bytes.is_empty() {
-        let truncated = || Error::corrupt(location(), "truncated index file");
         if bytes.len() < ID_BYTES + 4 {
-            return Err(truncated());
+            return Err(Error::corrupt(location(), "truncated index file"));
         }
         let pack = PackId::from_slice(&bytes[..ID_BYTES]).expect("32 bytes");
         let count = u32::from_le_bytes(bytes[ID_BYTES..ID_BYTES + 4].try_into().expect("4 bytes"));
-        let end = ID_BYTES + 4 + count as usize * ENTRY_BYTES;
-        let raw = bytes.get(ID_BYTES + 4..end).ok_or_else(truncated)?;
-        packs.push((pack, parse_entries(raw, location)?));
-        bytes = &bytes[end..];
+        let (entries, used) = layout.parse(&bytes[ID_BYTES + 4..], true, Some(count), location)?;
+        packs.push((pack, entries));
+        bytes = &bytes[ID_BYTES + 4 + used..];
     }
     Ok(packs)
 }
@@ -78,7 +85,7 @@ pub fn decode_index_file(mut bytes: &[u8], location: &dyn Fn() -> String) -> Res
 pub fn read_index_file(backend: &dyn Backend, codec: &Codec, name: &str) -> Result<IndexedPacks> {
     let location = || format!("index file {name}");
     let plaintext = codec.decode(&backend.get(name)?, MAX_INDEX_FILE_BYTES, &location)?;
-    decode_index_file(&plaintext, &location)
+    decode_index_file(&plaintext, codec.layout(), &location)
 }
 
 /// The local sled cache of every index file of one repository.
@@ -197,7 +204,7 @@ impl BlobIndex {
             entry_bytes.extend_from_slice(v.get(ID_BYTES..)?);
             Some(BlobLocation {
                 pack,
-                entry: PackEntry::read_from(&entry_bytes)?,
+                entry: read_cached_entry(&entry_bytes)?,
             })
         }))
     }
@@ -241,11 +248,8 @@ impl BlobIndex {
                 .insert(pack.0, &[])
                 .map_err(|e| cache_error(&self.path, e))?;
             for entry in entries {
-                let mut value = Vec::with_capacity(ENTRY_BYTES);
-                value.extend_from_slice(&pack.0);
-                let mut entry_bytes = Vec::with_capacity(ENTRY_BYTES);
-                entry.write_to(&mut entry_bytes);
-                value.extend_from_slice(&entry_bytes[ID_BYTES..]);
+                let mut value = pack.0.to_vec();
+                value.extend_from_slice(&cached_entry(entry)[ID_BYTES..]);
                 self.blobs
                     .insert(&entry.id.0[..], value)
                     .map_err(|e| cache_error(&self.path, e))?;
@@ -345,24 +349,38 @@ mod tests {
     use crate::repo::pack::BlobKind;
 
     fn entry(n: u8) -> PackEntry {
-        PackEntry {
-            id: BlobId([n; 32]),
-            kind: BlobKind::Data,
-            offset: n as u32 * 10,
-            length: 10,
-            raw_length: 20,
-        }
+        PackEntry::alone(BlobId([n; 32]), BlobKind::Data, n as u32 * 10, 10, 20)
     }
 
     #[test]
     fn index_files_round_trip() {
-        let packs = vec![
+        let shared = PackEntry {
+            frame_at: 20,
+            frame_raw_length: 25,
+            raw_length: 5,
+            ..entry(3)
+        };
+        let first = PackEntry {
+            frame_raw_length: 25,
+            ..entry(3)
+        };
+        let with_frames = vec![(PackId([3; 32]), vec![entry(1), first, shared])];
+        let alone = vec![
             (PackId([1; 32]), vec![entry(1), entry(2)]),
             (PackId([2; 32]), vec![]),
         ];
-        let bytes = encode_index_file(&packs);
-        assert_eq!(decode_index_file(&bytes, &|| "i".into()).unwrap(), packs);
-        assert!(decode_index_file(&bytes[..bytes.len() - 1], &|| "i".into()).is_err());
+        for (layout, packs) in [
+            (Layout::Entries, &alone),
+            (Layout::Frames, &alone),
+            (Layout::Frames, &with_frames),
+        ] {
+            let bytes = encode_index_file(packs, layout);
+            assert_eq!(
+                &decode_index_file(&bytes, layout, &|| "i".into()).unwrap(),
+                packs
+            );
+            assert!(decode_index_file(&bytes[..bytes.len() - 1], layout, &|| "i".into()).is_err());
+        }
     }
 
     #[test]
@@ -373,7 +391,10 @@ mod tests {
         let codec = Codec::new(None, 3);
         let packs = vec![(PackId([9; 32]), vec![entry(1)])];
         backend
-            .put("index/a", &codec.encode(&encode_index_file(&packs), true))
+            .put(
+                "index/a",
+                &codec.encode(&encode_index_file(&packs, codec.layout()), true),
+            )
             .unwrap();
 
         let index = BlobIndex::open(cache.path()).unwrap();

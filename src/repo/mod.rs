@@ -17,6 +17,7 @@ pub mod pack;
 pub(crate) mod remembered;
 #[cfg(feature = "s3")]
 pub mod s3;
+pub mod table;
 pub(crate) mod tree_cache;
 pub mod writer;
 
@@ -383,7 +384,8 @@ impl Repository {
         remembered.remember(&config.settings())?;
         let seed = master.as_ref().map_or(0, MasterKey::chunker_seed);
         let chunker = Chunker::new(config.chunker, seed)?;
-        let codec = Codec::new(master, config.compression_level);
+        let codec =
+            Codec::new(master, config.compression_level).with_format(config.cairn_repository);
         let index = BlobIndex::open(&repository_cache)?;
         let synced = std::time::Instant::now();
         index.sync(backend.as_ref(), &codec)?;
@@ -609,7 +611,10 @@ impl Repository {
         let location = self.locate(id)?;
         let stored = self.read_stored_blob(&location, id)?;
         let plaintext = self.decode_blob_at(&location, id, &stored)?;
-        self.keep_tree(id, &stored);
+        // The cache keeps a tree's own stored form, which a tree sharing its frame lacks.
+        if location.entry.is_alone() {
+            self.keep_tree(id, &stored);
+        }
         Ok(plaintext)
     }
 

@@ -6,15 +6,12 @@
 use super::backend::Backend;
 use super::codec::Codec;
 use crate::error::{Error, Result};
-use crate::id::{BlobId, ID_BYTES, PackId};
+use crate::id::{BlobId, PackId};
 use crate::repo::objects::ObjectKind;
 use serde::{Deserialize, Serialize};
 
 /// A pack is closed once it holds this many bytes.
 pub const PACK_TARGET_BYTES: usize = 16 * 1024 * 1024;
-
-/// Bytes of one entry in a pack header or index file.
-pub const ENTRY_BYTES: usize = ID_BYTES + 1 + 4 + 4 + 4;
 
 /// The largest tree blob: a directory of roughly 600,000 entries. Readers refuse a tree that
 /// claims more before reading it, so a hostile one costs at most this much memory (and its
@@ -44,7 +41,7 @@ pub enum BlobKind {
 }
 
 impl BlobKind {
-    fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         match self {
             BlobKind::Data => 0,
             BlobKind::Tree => 1,
@@ -63,7 +60,7 @@ impl BlobKind {
         }
     }
 
-    fn from_code(code: u8) -> Option<Self> {
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
         match code {
             0 => Some(BlobKind::Data),
             1 => Some(BlobKind::Tree),
@@ -73,37 +70,54 @@ impl BlobKind {
     }
 }
 
-/// Where one blob sits inside its pack.
+/// Where one blob sits inside its pack: in a frame, stored bytes `offset..offset + length` of
+/// the pack compressed and sealed as one object, whose plaintext holds this blob's at
+/// `frame_at..frame_at + raw_length` (docs/FORMAT.md §8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PackEntry {
     pub id: BlobId,
     pub kind: BlobKind,
+    /// Where the blob's frame starts in the pack.
     pub offset: u32,
-    /// Bytes as stored (encoded).
+    /// Bytes of the frame as stored (encoded).
     pub length: u32,
-    /// Bytes of the plaintext.
+    /// Bytes of the blob's plaintext.
     pub raw_length: u32,
+    /// Where the blob's plaintext starts in its frame's (0 for a blob alone in its frame).
+    pub frame_at: u32,
+    /// Bytes of the frame's plaintext (`raw_length` for a blob alone in its frame).
+    pub frame_raw_length: u32,
 }
 
 impl PackEntry {
-    pub fn write_to(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.id.0);
-        out.push(self.kind.code());
-        out.extend_from_slice(&self.offset.to_le_bytes());
-        out.extend_from_slice(&self.length.to_le_bytes());
-        out.extend_from_slice(&self.raw_length.to_le_bytes());
+    /// The entry of a blob stored alone in its frame.
+    pub fn alone(id: BlobId, kind: BlobKind, offset: u32, length: u32, raw_length: u32) -> Self {
+        PackEntry {
+            id,
+            kind,
+            offset,
+            length,
+            raw_length,
+            frame_at: 0,
+            frame_raw_length: raw_length,
+        }
     }
 
-    /// Parses one entry from exactly `ENTRY_BYTES` bytes.
-    pub fn read_from(bytes: &[u8]) -> Option<Self> {
-        let u32_at = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
-        Some(PackEntry {
-            id: BlobId::from_slice(bytes.get(..ID_BYTES)?)?,
-            kind: BlobKind::from_code(*bytes.get(ID_BYTES)?)?,
-            offset: u32_at(ID_BYTES + 1)?,
-            length: u32_at(ID_BYTES + 5)?,
-            raw_length: u32_at(ID_BYTES + 9)?,
-        })
+    /// Whether the blob's frame holds it alone.
+    pub fn is_alone(&self) -> bool {
+        self.frame_at == 0 && self.frame_raw_length == self.raw_length
+    }
+
+    /// The blob's share of its frame's stored bytes (all of them when alone, else in
+    /// proportion to its plaintext), so shares of a frame's blobs add up to its length.
+    pub fn stored_share(&self) -> u64 {
+        match self.is_alone() {
+            true => u64::from(self.length),
+            false => {
+                u64::from(self.length) * u64::from(self.raw_length)
+                    / u64::from(self.frame_raw_length).max(1)
+            }
+        }
     }
 }
 
@@ -134,38 +148,55 @@ impl PackBuilder {
         self.bytes.len() >= PACK_TARGET_BYTES
     }
 
+    /// Appends blob `id`, stored alone in its frame as `encoded`.
     pub fn add(&mut self, id: BlobId, kind: BlobKind, encoded: &[u8], raw_length: usize) {
+        let raw_length = u32::try_from(raw_length).expect("blobs stay far below 4 GiB");
+        self.add_frame(kind, encoded, &[(id, raw_length)]);
+    }
+
+    /// Appends one frame, stored as `encoded`, holding `blobs` (id and plaintext length) one
+    /// after another, all of `kind`.
+    pub fn add_frame(&mut self, kind: BlobKind, encoded: &[u8], blobs: &[(BlobId, u32)]) {
         if self.bytes.capacity() == 0 {
             self.bytes
                 .reserve(PACK_TARGET_BYTES + PACK_TARGET_BYTES / 2);
         }
-        self.entries.push(PackEntry {
-            id,
-            kind,
-            offset: u32::try_from(self.bytes.len()).expect("packs stay far below 4 GiB"),
-            length: u32::try_from(encoded.len()).expect("blobs stay far below 4 GiB"),
-            raw_length: u32::try_from(raw_length).expect("blobs stay far below 4 GiB"),
-        });
+        let offset = u32::try_from(self.bytes.len()).expect("packs stay far below 4 GiB");
+        let length = u32::try_from(encoded.len()).expect("frames stay far below 4 GiB");
+        let frame_raw_length = blobs.iter().map(|(_, raw)| raw).sum();
+        let mut frame_at = 0;
+        for &(id, raw_length) in blobs {
+            self.entries.push(PackEntry {
+                id,
+                kind,
+                offset,
+                length,
+                raw_length,
+                frame_at,
+                frame_raw_length,
+            });
+            frame_at += raw_length;
+        }
         self.bytes.extend_from_slice(encoded);
     }
 
-    /// Moves the blobs of `other` in after this pack's; `other` is empty afterwards.
+    /// Moves the frames of `other` in after this pack's; `other` is empty afterwards.
     pub fn take_from(&mut self, other: &mut PackBuilder) {
         let bytes = std::mem::take(&mut other.bytes);
-        for entry in std::mem::take(&mut other.entries) {
-            let start = entry.offset as usize;
-            let encoded = &bytes[start..start + entry.length as usize];
-            self.add(entry.id, entry.kind, encoded, entry.raw_length as usize);
+        let entries = std::mem::take(&mut other.entries);
+        for frame in entries.chunk_by(|a, b| a.offset == b.offset) {
+            let start = frame[0].offset as usize;
+            let encoded = &bytes[start..start + frame[0].length as usize];
+            let blobs: Vec<_> = frame.iter().map(|e| (e.id, e.raw_length)).collect();
+            self.add_frame(frame[0].kind, encoded, &blobs);
         }
     }
 
     /// Appends the header and returns the pack's id, bytes and entries; the builder is empty
     /// afterwards.
     pub fn finish(&mut self, codec: &Codec) -> (PackId, Vec<u8>, Vec<PackEntry>) {
-        let mut header = Vec::with_capacity(self.entries.len() * ENTRY_BYTES);
-        for entry in &self.entries {
-            entry.write_to(&mut header);
-        }
+        let mut header = Vec::new();
+        codec.layout().encode(&self.entries, false, &mut header);
         let encoded_header = codec.encode(&header, false);
         let mut bytes = std::mem::take(&mut self.bytes);
         bytes.extend_from_slice(&encoded_header);
@@ -174,22 +205,6 @@ impl PackBuilder {
         let id = PackId(*blake3::hash(&bytes).as_bytes());
         (id, bytes, std::mem::take(&mut self.entries))
     }
-}
-
-/// Parses a sequence of entries (a decoded pack header).
-pub fn parse_entries(bytes: &[u8], location: &dyn Fn() -> String) -> Result<Vec<PackEntry>> {
-    if !bytes.len().is_multiple_of(ENTRY_BYTES) {
-        return Err(Error::corrupt(
-            location(),
-            "header length is not a whole number of entries",
-        ));
-    }
-    bytes
-        .chunks_exact(ENTRY_BYTES)
-        .map(|raw| {
-            PackEntry::read_from(raw).ok_or_else(|| Error::corrupt(location(), "bad header entry"))
-        })
-        .collect()
 }
 
 /// Bytes of the trailer that gives the header's length.
@@ -213,7 +228,7 @@ fn decode_header(
     location: &dyn Fn() -> String,
 ) -> Result<Vec<PackEntry>> {
     let plaintext = codec.decode(encoded, MAX_HEADER_BYTES, location)?;
-    let entries = parse_entries(&plaintext, location)?;
+    let (entries, _) = codec.layout().parse(&plaintext, false, None, location)?;
     for entry in &entries {
         if entry.offset as usize + entry.length as usize > header_at {
             return Err(Error::corrupt(

@@ -7,6 +7,7 @@
 use super::Repository;
 use super::index::{IndexedPacks, encode_index_file};
 use super::pack::{BlobKind, PackBuilder, fetch_header, pack_id_of_object, pack_object_name};
+use super::table::Layout;
 use crate::chunk_pool::{ChunkPool, OrderedChunks, with_chunk_pool};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::BlobId;
@@ -30,12 +31,12 @@ const UPLOAD_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_mil
 /// Packs listed per index file when a whole fresh set of index files is written.
 const PACKS_PER_FRESH_INDEX_FILE: usize = 256;
 
-/// An encoded blob on its way to the packer.
-struct EncodedBlob {
-    id: BlobId,
+/// An encoded frame (one blob, or several small ones of one kind) on its way to the packer.
+struct EncodedFrame {
     kind: BlobKind,
     encoded: Vec<u8>,
-    raw_length: usize,
+    /// Its blobs, in order: id and plaintext length.
+    blobs: Vec<(BlobId, u32)>,
 }
 
 /// Where a blob of this run stands on its way to the packer.
@@ -79,12 +80,12 @@ pub enum Claim {
 pub struct BlobSink<'a> {
     repo: &'a Repository,
     flights: &'a Flights,
-    packer: Sender<EncodedBlob>,
+    packer: Sender<EncodedFrame>,
     /// The threads storing data chunks of long streams (`None` in those threads' own sink).
     chunk_pool: Option<&'a ChunkPool<'a, ChunkRef>>,
 }
 
-impl BlobSink<'_> {
+impl<'a> BlobSink<'a> {
     pub fn repo(&self) -> &Repository {
         self.repo
     }
@@ -97,9 +98,10 @@ impl BlobSink<'_> {
             .stream()
     }
 
-    /// Stores blob `entry` of `pack` (read whole into `bytes`) again as it is stored, once it
-    /// decodes to its id: how prune repacks and `repair packs` rescues. The inner error is the
-    /// blob's own (truncated or damaged; nothing is sent), the outer one the sink's.
+    /// Stores blob `entry` of `pack` (read whole into `bytes`) again, once it decodes to its
+    /// id: as it is stored when alone in its frame, encoded anew (alone) when it shared one.
+    /// How prune repacks and `repair packs` rescues. The inner error is the blob's own
+    /// (truncated or damaged; nothing is sent), the outer one the sink's.
     pub(crate) fn copy_stored(
         &self,
         pack: &crate::id::PackId,
@@ -114,15 +116,15 @@ impl BlobSink<'_> {
                 "lies past the end of its pack",
             )));
         };
-        if let Err(e) = self.repo.codec().decode_blob(stored, entry, &where_) {
-            return Ok(Err(e));
-        }
-        self.send_encoded(
-            entry.id,
-            entry.kind,
-            stored.to_vec(),
-            entry.raw_length as usize,
-        )?;
+        let plaintext = match self.repo.codec().decode_blob(stored, entry, &where_) {
+            Ok(plaintext) => plaintext,
+            Err(e) => return Ok(Err(e)),
+        };
+        let encoded = match entry.is_alone() {
+            true => stored.to_vec(),
+            false => self.repo.codec().encode(&plaintext, true),
+        };
+        self.send_encoded(entry.id, entry.kind, encoded, entry.raw_length as usize)?;
         Ok(Ok(()))
     }
 
@@ -188,19 +190,39 @@ impl BlobSink<'_> {
         encoded: Vec<u8>,
         raw_length: usize,
     ) -> Result<()> {
-        let blob = EncodedBlob {
-            id,
+        let raw_length = u32::try_from(raw_length).expect("blobs stay far below 4 GiB");
+        self.send_frame(EncodedFrame {
             kind,
             encoded,
-            raw_length,
-        };
-        if self.packer.send(blob).is_err() {
-            self.release(&[id]);
+            blobs: vec![(id, raw_length)],
+        })
+    }
+
+    /// Queues a frame of claimed blobs for the packer.
+    fn send_frame(&self, frame: EncodedFrame) -> Result<()> {
+        let ids: Vec<BlobId> = frame.blobs.iter().map(|(id, _)| *id).collect();
+        if self.packer.send(frame).is_err() {
+            self.release(&ids);
             return Err(Error::InvalidInput("the pack writer stopped".into()));
         }
-        self.flights.lock().insert(id, Flight::Queued);
+        let mut blobs = self.flights.lock();
+        for id in ids {
+            blobs.insert(id, Flight::Queued);
+        }
+        drop(blobs);
         self.flights.changed.notify_all();
         Ok(())
+    }
+
+    /// A frame to gather small blobs of `kind` in, which are compressed and sealed together
+    /// (format 3; in older formats each blob is stored alone).
+    pub(crate) fn shared_frame(&self, kind: BlobKind) -> SharedFrame<'_, 'a> {
+        SharedFrame {
+            sink: self,
+            kind,
+            plaintext: Vec::new(),
+            blobs: Vec::new(),
+        }
     }
 
     /// Stores `plaintext` unless the repository has it already; returns its id once it is
@@ -233,6 +255,81 @@ impl BlobSink<'_> {
                 }
             }
         }
+    }
+}
+
+/// Plaintext bytes a shared frame gathers before it is sent off: the frame is compressed as
+/// one, so small blobs share zstd's window, while reading one blob decodes at most this much.
+pub(crate) const SHARED_FRAME_TARGET_BYTES: usize = 1 << 20;
+
+/// Small blobs gathered into one frame (`BlobSink::shared_frame`). Each blob added is
+/// claimed; the frame is sent off once it holds `SHARED_FRAME_TARGET_BYTES`, before this
+/// thread waits for a blob another thread (or this frame) claimed, and at `finish`. Claims
+/// of a frame dropped unsent are released.
+pub(crate) struct SharedFrame<'s, 'a> {
+    sink: &'s BlobSink<'a>,
+    kind: BlobKind,
+    plaintext: Vec<u8>,
+    blobs: Vec<(BlobId, u32)>,
+}
+
+impl SharedFrame<'_, '_> {
+    /// Adds `plaintext` unless the repository has it or it is queued; returns its id. Once
+    /// it returns, the blob is in this frame or queued.
+    pub(crate) fn add(&mut self, plaintext: &[u8]) -> Result<BlobId> {
+        let repo = self.sink.repo;
+        if repo.codec().layout() == Layout::Entries || plaintext.len() >= SHARED_FRAME_TARGET_BYTES
+        {
+            return self.sink.store(self.kind, plaintext);
+        }
+        let id = BlobId(repo.codec().id_of(plaintext));
+        loop {
+            match self.sink.claim(&id)? {
+                Claim::Mine => {
+                    self.plaintext.extend_from_slice(plaintext);
+                    let length = u32::try_from(plaintext.len()).expect("a small blob");
+                    self.blobs.push((id, length));
+                    if self.plaintext.len() >= SHARED_FRAME_TARGET_BYTES {
+                        self.send_off()?;
+                    }
+                    return Ok(id);
+                }
+                Claim::Stored => return Ok(id),
+                Claim::Elsewhere => {
+                    // What this thread holds may be what the other one waits for.
+                    self.send_off()?;
+                    if self.sink.wait_queued(&id)? {
+                        return Ok(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the frame off: every blob added is queued once this returns.
+    pub(crate) fn finish(mut self) -> Result<()> {
+        self.send_off()
+    }
+
+    fn send_off(&mut self) -> Result<()> {
+        let blobs = std::mem::take(&mut self.blobs);
+        let plaintext = std::mem::take(&mut self.plaintext);
+        if blobs.is_empty() {
+            return Ok(());
+        }
+        let encoded = self.sink.repo.codec().encode_shared_frame(&plaintext);
+        self.sink.send_frame(EncodedFrame {
+            kind: self.kind,
+            encoded,
+            blobs,
+        })
+    }
+}
+
+impl Drop for SharedFrame<'_, '_> {
+    fn drop(&mut self) {
+        let ids: Vec<BlobId> = self.blobs.iter().map(|(id, _)| *id).collect();
+        self.sink.release(&ids);
     }
 }
 
@@ -295,7 +392,9 @@ fn encode_index_object(
     repo: &Repository,
     packs: &[(crate::id::PackId, Vec<super::pack::PackEntry>)],
 ) -> (String, Vec<u8>) {
-    let encoded = repo.codec().encode(&encode_index_file(packs), true);
+    let encoded = repo
+        .codec()
+        .encode(&encode_index_file(packs, repo.codec().layout()), true);
     let name = ObjectKind::Index.name(&blake3::hash(&encoded).to_hex());
     (name, encoded)
 }
@@ -666,14 +765,14 @@ impl<'scope, 'env> Packer<'scope, 'env> {
         Ok(())
     }
 
-    fn add(&mut self, blob: &EncodedBlob) -> Result<()> {
-        let metadata = blob.kind != BlobKind::Data;
+    fn add(&mut self, frame: &EncodedFrame) -> Result<()> {
+        let metadata = frame.kind != BlobKind::Data;
         let builder = if metadata {
             &mut self.metadata
         } else {
             &mut self.data
         };
-        builder.add(blob.id, blob.kind, &blob.encoded, blob.raw_length);
+        builder.add_frame(frame.kind, &frame.encoded, &frame.blobs);
         if builder.is_full() {
             if metadata {
                 self.send_off_metadata()?;
@@ -710,7 +809,7 @@ impl<'scope, 'env> Packer<'scope, 'env> {
 /// still under way finish before the error is returned.
 fn run_packer(
     repo: &Repository,
-    blobs: Receiver<EncodedBlob>,
+    blobs: Receiver<EncodedFrame>,
     flights: &Flights,
     progress: &Progress,
 ) -> Result<u64> {
@@ -730,9 +829,9 @@ fn run_packer(
         let mut count = 0u64;
         loop {
             match blobs.recv_timeout(UPLOAD_CHECK_INTERVAL) {
-                Ok(blob) => {
-                    packer.add(&blob)?;
-                    count += 1;
+                Ok(frame) => {
+                    packer.add(&frame)?;
+                    count += frame.blobs.len() as u64;
                 }
                 // While no blob comes, finished uploads are still taken in and indexed.
                 Err(RecvTimeoutError::Timeout) => packer.index_if_due()?,

@@ -115,7 +115,7 @@ impl CopyPlan {
 
     fn stored_bytes(&self) -> u64 {
         let blobs = self.data.iter().chain(&self.structure);
-        blobs.map(|(_, at)| at.entry.length as u64).sum()
+        blobs.map(|(_, at)| at.entry.stored_share()).sum()
     }
 }
 
@@ -280,35 +280,43 @@ fn copy_blobs(
     Ok(())
 }
 
-/// Reads claimed blobs in one request, checks and reseals them, and queues them; returns the
-/// bytes read.
+/// Reads claimed blobs in one request (blobs next to each other in one frame read it once),
+/// checks and reseals them, and queues them; returns the bytes read.
 fn move_claimed(
     from: &Repository,
     sink: &BlobSink,
     wanted: &[&(BlobId, BlobLocation)],
 ) -> Result<u64> {
-    let ranges: Vec<RangeRequest> = wanted
+    let frames: Vec<_> = wanted
+        .chunk_by(|(_, a), (_, b)| a.pack == b.pack && a.entry.offset == b.entry.offset)
+        .collect();
+    let ranges: Vec<RangeRequest> = frames
         .iter()
-        .map(|(_, at)| RangeRequest {
-            name: pack_object_name(&at.pack),
-            offset: at.entry.offset as u64,
-            length: at.entry.length as u64,
+        .map(|frame| {
+            let at = &frame[0].1;
+            RangeRequest {
+                name: pack_object_name(&at.pack),
+                offset: at.entry.offset as u64,
+                length: at.entry.length as u64,
+            }
         })
         .collect();
     let bytes: u64 = ranges.iter().map(|r| r.length).sum();
     let stored = from.backend().get_ranges(&ranges)?;
-    for ((id, at), (stored, range)) in wanted.iter().zip(stored.iter().zip(&ranges)) {
-        let location = || {
-            format!(
-                "{} blob {id} (in {})",
-                from.backend().location(),
-                range.name
-            )
-        };
-        let encoded =
-            from.codec()
-                .transcode_blob(stored, &at.entry, sink.repo().codec(), &location)?;
-        sink.send_encoded(*id, at.entry.kind, encoded, at.entry.raw_length as usize)?;
+    for (frame, (stored, range)) in frames.iter().zip(stored.iter().zip(&ranges)) {
+        for (id, at) in frame.iter().copied() {
+            let location = || {
+                format!(
+                    "{} blob {id} (in {})",
+                    from.backend().location(),
+                    range.name
+                )
+            };
+            let encoded =
+                from.codec()
+                    .transcode_blob(stored, &at.entry, sink.repo().codec(), &location)?;
+            sink.send_encoded(*id, at.entry.kind, encoded, at.entry.raw_length as usize)?;
+        }
     }
     Ok(bytes)
 }
