@@ -656,7 +656,14 @@ pub(super) fn store_stream(
                     let length = chunk.len() as u32;
                     only_chunk = Some(ChunkRef { id, length });
                 }
-                None => chunks.push(chunk, last).map_err(StoreError::Repository)?,
+                None => {
+                    // The pool's threads may wait for a blob the frame holds; this thread is
+                    // about to wait for them.
+                    if let Some(frame) = frame.as_deref_mut() {
+                        frame.send_off().map_err(StoreError::Repository)?;
+                    }
+                    chunks.push(chunk, last).map_err(StoreError::Repository)?
+                }
             }
             let length = chunk.len() as u64;
             progress.bytes_read.fetch_add(length, Ordering::Relaxed);
@@ -839,4 +846,60 @@ fn find_parent(
     found
         .map(|summary| Ok((summary.id, repo.catalogue().record(repo, &summary)?)))
         .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::writer::{tests::repository, with_blob_sink};
+
+    #[test]
+    fn a_stream_of_several_chunks_sends_its_batchs_frame_off_before_it_waits_for_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repository(dir.path());
+        // A stream whose first chunk is small enough for a shared frame.
+        let (data, first_chunk) = (1u64..)
+            .map(|seed| {
+                let mut state = seed;
+                let data: Vec<u8> = (0..(3 << 20))
+                    .map(|_| {
+                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        (state >> 56) as u8
+                    })
+                    .collect();
+                let first = repo.chunker().chunks(&data).next().unwrap().to_vec();
+                (data, first)
+            })
+            .find(|(_, first)| first.len() < crate::repo::writer::SHARED_FRAME_TARGET_BYTES)
+            .unwrap();
+        let (done, finished) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let stored = with_blob_sink(&repo, 4, &Progress::default(), |sink| {
+                // An earlier small file of the batch holds what the stream's first chunk is.
+                let mut frame = sink.shared_frame(BlobKind::Data);
+                frame.add(&first_chunk)?;
+                let (content, read) = store_stream(
+                    sink,
+                    Some(&mut frame),
+                    None,
+                    &data[..],
+                    &mut Vec::new(),
+                    &Progress::default(),
+                )
+                .map_err(|_| Error::InvalidInput("store_stream failed".into()))?;
+                frame.finish()?;
+                Ok((content, read))
+            });
+            let _ = done.send(stored.map(|((content, read), _)| (content, read)));
+        });
+        let (content, read) = finished
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the stream is stored without waiting for itself")
+            .unwrap();
+        assert_eq!(read, 3 << 20);
+        let Content::Chunks(chunks) = content else {
+            panic!("a few chunks are listed inline")
+        };
+        assert!(chunks.len() >= 2);
+    }
 }

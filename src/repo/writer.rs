@@ -311,7 +311,9 @@ impl SharedFrame<'_, '_> {
         self.send_off()
     }
 
-    fn send_off(&mut self) -> Result<()> {
+    /// Sends off what the frame holds so far (a new frame starts with the next blob): before
+    /// this thread waits for others, which may be waiting for a blob the frame holds.
+    pub(crate) fn send_off(&mut self) -> Result<()> {
         let blobs = std::mem::take(&mut self.blobs);
         let plaintext = std::mem::take(&mut self.plaintext);
         if blobs.is_empty() {
