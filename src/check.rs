@@ -171,12 +171,14 @@ impl Checker<'_> {
             }
             for entry in by_pack.remove(&pack).unwrap_or_default() {
                 self.report.blobs_read += 1;
-                let where_ = || format!("pack {pack} blob {}", entry.id);
                 let start = entry.offset as usize;
+                let location = BlobLocation { pack, entry };
+                // Through the repository, which decodes a frame once for all its blobs.
                 let verdict = match bytes.get(start..start + entry.length as usize) {
                     None => Err("lies past the end of the pack".to_owned()),
-                    Some(stored) => codec
-                        .decode_blob(stored, &entry, &where_)
+                    Some(stored) => self
+                        .repo
+                        .decode_blob_at(&location, &entry.id, stored)
                         .map(drop)
                         .map_err(|e| format!("{e}")),
                 };

@@ -4,9 +4,8 @@
 //! data. Ids are BLAKE3 of the plaintext, keyed in encrypted repositories. Decoding checks the
 //! MAC; callers then check the id, so wrong bytes are reported, never returned (invariant 3).
 //! A blob shares its stored object (its frame) with other small blobs when its pack entry
-//! says so (format 3): the frame is decoded whole and the blob cut out of it; each thread
-//! keeps its last few decoded frames, so reading a frame's blobs one after another decodes
-//! it once.
+//! says so (format 3): the frame is decoded whole and the blob cut out of it (the repository
+//! keeps decoded frames, so that their blobs are read from one decoding).
 //!
 //! Every decoding is bounded before it allocates (invariant 7): a blob by the raw length its
 //! pack entry records, itself capped by the format's limit for the blob's kind, and any other
@@ -19,14 +18,9 @@ use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use std::cell::RefCell;
 use std::io::Read;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 const FLAG_RAW: u8 = 0;
 const FLAG_ZSTD: u8 = 1;
-
-/// How many zstd levels above the repository's a frame of several small blobs is compressed.
-pub const SHARED_FRAME_LEVEL_BOOST: i32 = 2;
 
 /// Bytes sealing adds to the framed bytes (nonce and tag).
 const SEAL_OVERHEAD_BYTES: u64 = 40;
@@ -38,21 +32,7 @@ thread_local! {
     /// One zstd decompression context per thread, reused for every blob.
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { RefCell::new(None) };
-    /// The frames of several blobs this thread decoded last, newest first.
-    static FRAMES: RefCell<Vec<(FrameKey, Arc<Vec<u8>>)>> = const { RefCell::new(Vec::new()) };
 }
-
-/// Decoded frames of several blobs a thread keeps.
-const FRAMES_KEPT: usize = 4;
-
-/// The largest decoded frame a thread keeps (larger ones are decoded for each blob).
-const FRAME_KEPT_MAX_BYTES: u32 = 4 << 20;
-
-/// A decoded frame: which codec decoded it and the BLAKE3 of its stored bytes.
-type FrameKey = (u64, [u8; 32]);
-
-/// Tells one codec apart from another in the frames a thread keeps.
-static NEXT_CODEC: AtomicU64 = AtomicU64::new(0);
 
 fn compress(data: &[u8], level: i32) -> Vec<u8> {
     COMPRESSOR.with(|cell| {
@@ -104,8 +84,6 @@ pub struct Codec {
     key: Option<MasterKey>,
     compression_level: i32,
     layout: Layout,
-    /// This codec's own (and its clones') mark on the frames a thread keeps.
-    instance: u64,
 }
 
 impl Codec {
@@ -115,7 +93,6 @@ impl Codec {
             key,
             compression_level,
             layout: Layout::of_format(super::config::FORMAT_VERSION),
-            instance: NEXT_CODEC.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -151,21 +128,9 @@ impl Codec {
 
     /// The stored form of `plaintext`; `compress` asks for zstd (used only if it shrinks).
     pub fn encode(&self, plaintext: &[u8], compress_it: bool) -> Vec<u8> {
-        self.encode_at(plaintext, compress_it, self.compression_level)
-    }
-
-    /// The stored form of a frame of several small blobs: compressed `SHARED_FRAME_LEVEL_BOOST`
-    /// levels above the repository's (at most 22). Small files of text gain most from a deeper
-    /// search, and compressing them together costs less than each alone did (PERFORMANCE.md).
-    pub fn encode_shared_frame(&self, plaintext: &[u8]) -> Vec<u8> {
-        let level = (self.compression_level + SHARED_FRAME_LEVEL_BOOST).min(22);
-        self.encode_at(plaintext, true, level)
-    }
-
-    fn encode_at(&self, plaintext: &[u8], compress_it: bool, level: i32) -> Vec<u8> {
         let mut framed = Vec::with_capacity(plaintext.len() + 1);
         let compressed = compress_it
-            .then(|| compress(plaintext, level))
+            .then(|| compress(plaintext, self.compression_level))
             .filter(|c| c.len() < plaintext.len());
         match compressed {
             Some(c) => {
@@ -191,42 +156,34 @@ impl Codec {
         entry: &PackEntry,
         location: &dyn Fn() -> String,
     ) -> Result<Vec<u8>> {
-        let stored = blob_sized(stored, entry, location)?;
-        let plaintext = match entry.is_alone() {
-            true => unframe_blob(&self.open(stored, location)?, entry, location)?,
-            false => {
-                let frame = self.shared_frame(stored, entry, location)?;
-                let at = entry.frame_at as usize;
-                frame[at..at + entry.raw_length as usize].to_vec()
+        match entry.is_alone() {
+            true => {
+                let stored = blob_sized(stored, entry, location)?;
+                let plaintext = unframe_blob(&self.open(stored, location)?, entry, location)?;
+                self.checked(plaintext, entry, location)
             }
-        };
-        if self.id_of(&plaintext) != entry.id.0 {
-            return Err(Error::corrupt(location(), "content does not match its id"));
+            false => self.cut_blob(
+                &self.decode_frame(stored, entry, location)?,
+                entry,
+                location,
+            ),
         }
-        Ok(plaintext)
     }
 
-    /// The plaintext of the frame of several blobs that `stored` holds, exactly as long as
-    /// `entry` records: from this thread's last frames when it is among them.
-    fn shared_frame(
+    /// The plaintext of the frame that blob `entry` lies in, given its stored bytes: exactly
+    /// as long as the entry records, decompressing no further.
+    pub fn decode_frame(
         &self,
         stored: &[u8],
         entry: &PackEntry,
         location: &dyn Fn() -> String,
-    ) -> Result<Arc<Vec<u8>>> {
-        let key = (self.instance, *blake3::hash(stored).as_bytes());
-        let kept = FRAMES.with(|frames| {
-            let mut frames = frames.borrow_mut();
-            let at = frames.iter().position(|(k, _)| *k == key)?;
-            let found = frames.remove(at);
-            frames.insert(0, found.clone());
-            Some(found.1)
-        });
-        if let Some(frame) = kept.filter(|f| f.len() == entry.frame_raw_length as usize) {
-            return Ok(frame);
-        }
+    ) -> Result<Vec<u8>> {
         let expected = u64::from(entry.frame_raw_length);
-        let frame = Arc::new(unframe(&self.open(stored, location)?, expected, location)?);
+        let frame = unframe(
+            &self.open(blob_sized(stored, entry, location)?, location)?,
+            expected,
+            location,
+        )?;
         if frame.len() as u64 != expected {
             return Err(Error::corrupt(
                 location(),
@@ -236,14 +193,35 @@ impl Codec {
                 ),
             ));
         }
-        if entry.frame_raw_length <= FRAME_KEPT_MAX_BYTES {
-            FRAMES.with(|frames| {
-                let mut frames = frames.borrow_mut();
-                frames.truncate(FRAMES_KEPT - 1);
-                frames.insert(0, (key, frame.clone()));
-            });
-        }
         Ok(frame)
+    }
+
+    /// Blob `entry` cut out of its decoded `frame`, checked against its id.
+    pub fn cut_blob(
+        &self,
+        frame: &[u8],
+        entry: &PackEntry,
+        location: &dyn Fn() -> String,
+    ) -> Result<Vec<u8>> {
+        check_blob_lengths(entry, location)?;
+        let at = entry.frame_at as usize;
+        let plaintext = frame
+            .get(at..at + entry.raw_length as usize)
+            .ok_or_else(|| Error::corrupt(location(), "lies past the end of its frame"))?;
+        self.checked(plaintext.to_vec(), entry, location)
+    }
+
+    /// `plaintext`, once it matches blob `entry`'s id (invariant 3).
+    fn checked(
+        &self,
+        plaintext: Vec<u8>,
+        entry: &PackEntry,
+        location: &dyn Fn() -> String,
+    ) -> Result<Vec<u8>> {
+        if self.id_of(&plaintext) != entry.id.0 {
+            return Err(Error::corrupt(location(), "content does not match its id"));
+        }
+        Ok(plaintext)
     }
 
     /// The plaintext of a stored object that is not a blob, refused when it is larger than

@@ -24,7 +24,7 @@ pub mod writer;
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::crypto::{KeyFile, MasterKey, PasswordKey};
 use crate::error::{Error, ErrorKind, Missing, Result};
-use crate::id::BlobId;
+use crate::id::{BlobId, PackId};
 use backend::Backend;
 use codec::Codec;
 use config::{
@@ -112,6 +112,9 @@ pub struct Repository {
     catalogue: crate::catalogue::Catalogue,
     /// Trees kept locally for a repository a round trip away.
     trees: tree_cache::TreeCache,
+    /// Frames of several blobs decoded lately, by pack and offset: the blobs of one frame,
+    /// read by any thread, come from one read and one decoding.
+    frames: Frames,
     /// How long taking a lock waits for conflicting locks, in milliseconds.
     lock_wait_ms: std::sync::atomic::AtomicU64,
     /// The id of the `keys/<id>` object that opened the repository (password mode only).
@@ -120,6 +123,22 @@ pub struct Repository {
     cache_dir: std::path::PathBuf,
     /// Whether this is a dry run's view (see `into_dry_run`).
     dry_run: bool,
+}
+
+/// Decoded frames a repository keeps, weighed by their bytes.
+type Frames = quick_cache::sync::Cache<(PackId, u32), Arc<Vec<u8>>, FrameBytes>;
+
+/// Bytes of decoded frames a repository keeps: a few frames per thread of a restore or mount.
+const FRAMES_KEPT_BYTES: u64 = 64 << 20;
+
+/// Weighs a decoded frame by its bytes (and one, so that none weighs nothing).
+#[derive(Clone)]
+struct FrameBytes;
+
+impl quick_cache::Weighter<(PackId, u32), Arc<Vec<u8>>> for FrameBytes {
+    fn weight(&self, _: &(PackId, u32), frame: &Arc<Vec<u8>>) -> u64 {
+        frame.len() as u64 + 1
+    }
 }
 
 fn write_key_file(path: &Path, key_file: &KeyFile) -> Result<()> {
@@ -412,6 +431,7 @@ impl Repository {
             index,
             catalogue: crate::catalogue::Catalogue::in_dir(&repository_cache),
             trees,
+            frames: Frames::with_weighter(64, FRAMES_KEPT_BYTES, FrameBytes),
             lock_wait_ms: Default::default(),
             opened_key,
             cache_dir: repository_cache,
@@ -630,6 +650,10 @@ impl Repository {
 
     /// Reads blob `id` from `location` and checks it against its id.
     pub fn read_blob_at(&self, location: &BlobLocation, id: &BlobId) -> Result<Vec<u8>> {
+        if let Some(frame) = self.frames.get(&(location.pack, location.entry.offset)) {
+            let where_ = || format!("pack {} blob {}", location.pack, id);
+            return self.codec.cut_blob(&frame, &location.entry, &where_);
+        }
         let stored = self.read_stored_blob(location, id)?;
         self.decode_blob_at(location, id, &stored)
     }
@@ -659,7 +683,17 @@ impl Repository {
     ) -> Result<Vec<u8>> {
         let where_ = || format!("pack {} blob {}", location.pack, id);
         codec::check_blob_lengths(&location.entry, &where_)?;
-        self.codec.decode_blob(stored, &location.entry, &where_)
+        if location.entry.is_alone() {
+            return self.codec.decode_blob(stored, &location.entry, &where_);
+        }
+        let frame =
+            self.frames
+                .get_or_insert_with(&(location.pack, location.entry.offset), || {
+                    self.codec
+                        .decode_frame(stored, &location.entry, &where_)
+                        .map(Arc::new)
+                })?;
+        self.codec.cut_blob(&frame, &location.entry, &where_)
     }
 
     /// Encodes `value` as JSON and stores it under `name`, sealed when encrypted.

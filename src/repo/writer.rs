@@ -116,7 +116,11 @@ impl<'a> BlobSink<'a> {
                 "lies past the end of its pack",
             )));
         };
-        let plaintext = match self.repo.codec().decode_blob(stored, entry, &where_) {
+        let location = super::index::BlobLocation {
+            pack: *pack,
+            entry: *entry,
+        };
+        let plaintext = match self.repo.decode_blob_at(&location, &entry.id, stored) {
             Ok(plaintext) => plaintext,
             Err(e) => return Ok(Err(e)),
         };
@@ -260,7 +264,7 @@ impl<'a> BlobSink<'a> {
 
 /// Plaintext bytes a shared frame gathers before it is sent off: the frame is compressed as
 /// one, so small blobs share zstd's window, while reading one blob decodes at most this much.
-pub(crate) const SHARED_FRAME_TARGET_BYTES: usize = 1 << 20;
+pub(crate) const SHARED_FRAME_TARGET_BYTES: usize = 4 << 20;
 
 /// Small blobs gathered into one frame (`BlobSink::shared_frame`). Each blob added is
 /// claimed; the frame is sent off once it holds `SHARED_FRAME_TARGET_BYTES`, before this
@@ -319,7 +323,7 @@ impl SharedFrame<'_, '_> {
         if blobs.is_empty() {
             return Ok(());
         }
-        let encoded = self.sink.repo.codec().encode_shared_frame(&plaintext);
+        let encoded = self.sink.repo.codec().encode(&plaintext, true);
         self.sink.send_frame(EncodedFrame {
             kind: self.kind,
             encoded,

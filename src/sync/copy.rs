@@ -312,9 +312,20 @@ fn move_claimed(
                     range.name
                 )
             };
-            let encoded =
-                from.codec()
-                    .transcode_blob(stored, &at.entry, sink.repo().codec(), &location)?;
+            // A blob sharing its frame is cut out through the repository, which decodes the
+            // frame once for all of them, and stored alone.
+            let encoded = match at.entry.is_alone() {
+                true => from.codec().transcode_blob(
+                    stored,
+                    &at.entry,
+                    sink.repo().codec(),
+                    &location,
+                )?,
+                false => {
+                    let plaintext = from.decode_blob_at(at, id, stored)?;
+                    sink.repo().codec().encode(&plaintext, true)
+                }
+            };
             sink.send_encoded(*id, at.entry.kind, encoded, at.entry.raw_length as usize)?;
         }
     }
