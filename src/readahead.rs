@@ -53,7 +53,8 @@ struct Planned<T> {
 }
 
 /// A chunk read: its bytes, and the bytes it is stored as (what crossed from the backend
-/// for it, gaps read through aside).
+/// for it, gaps read through aside; its share of a frame it shares with others, so that the
+/// shares of a frame's chunks add up to the frame once).
 #[derive(Debug, Clone)]
 pub struct ReadChunk {
     pub bytes: Vec<u8>,
@@ -235,7 +236,7 @@ fn read_window<T>(repo: &Repository, window: Vec<Planned<T>>) -> Vec<Delivered<T
                 let read = decoded.expect("every located chunk is read");
                 let chunk = read.map(|bytes| ReadChunk {
                     bytes,
-                    stored_length: u64::from(at.entry.length),
+                    stored_length: at.entry.stored_share(),
                 });
                 (planned.tag, chunk)
             }
@@ -469,7 +470,7 @@ fn hand_over<T>(
 ) {
     let read = read.map(|bytes| ReadChunk {
         bytes,
-        stored_length: u64::from(need.at.entry.length),
+        stored_length: need.at.entry.stored_share(),
     });
     let Some((&last, others)) = need.places.split_last() else {
         return;

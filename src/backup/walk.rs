@@ -129,9 +129,14 @@ impl<S: Source> Walker<'_, S> {
                     entries: done.pending,
                     done: done_sender,
                 };
-                if let Err(TrySendError::Full(dir)) = self.dirs.try_send(dir) {
-                    self.send_batch()?;
-                    self.dirs.send(dir).map_err(|_| abandoned())?;
+                match self.dirs.try_send(dir) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(dir)) => {
+                        self.send_batch()?;
+                        self.dirs.send(dir).map_err(|_| abandoned())?;
+                    }
+                    // The tree builder stopped (a failure): so does the walk.
+                    Err(TrySendError::Disconnected(_)) => return Err(abandoned()),
                 }
                 match (done.own, stack.last_mut()) {
                     (Some(own), Some(parent)) => {

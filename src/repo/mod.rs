@@ -650,7 +650,10 @@ impl Repository {
 
     /// Reads blob `id` from `location` and checks it against its id.
     pub fn read_blob_at(&self, location: &BlobLocation, id: &BlobId) -> Result<Vec<u8>> {
-        if let Some(frame) = self.frames.get(&(location.pack, location.entry.offset)) {
+        let kept = (!location.entry.is_alone())
+            .then(|| self.frames.get(&(location.pack, location.entry.offset)))
+            .flatten();
+        if let Some(frame) = kept {
             let where_ = || format!("pack {} blob {}", location.pack, id);
             return self.codec.cut_blob(&frame, &location.entry, &where_);
         }
