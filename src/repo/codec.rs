@@ -49,15 +49,21 @@ fn compress(data: &[u8], level: i32) -> Vec<u8> {
     })
 }
 
-/// Decompresses one zstd frame, or `None` when it would give more than `max_bytes`. A frame
-/// that states its size (cairn's all do) is refused before anything is allocated when that
-/// size is too large, and otherwise decoded into one allocation by this thread's reused
-/// context; a frame without a size is streamed and cut off just past `max_bytes`.
-fn decompress(payload: &[u8], max_bytes: u64) -> std::io::Result<Option<Vec<u8>>> {
+/// Decompresses one zstd frame into `into` (whose bytes are dropped and whose room is
+/// reused), or `None` when it would give more than `max_bytes`. A frame that states its size
+/// (cairn's all do) is refused before anything is allocated when that size is too large, and
+/// otherwise decoded into one allocation by this thread's reused context; a frame without a
+/// size is streamed and cut off just past `max_bytes`.
+fn decompress(
+    payload: &[u8],
+    max_bytes: u64,
+    mut into: Vec<u8>,
+) -> std::io::Result<Option<Vec<u8>>> {
+    into.clear();
     let stated = zstd::zstd_safe::get_frame_content_size(payload)
         .ok()
         .flatten();
-    let out = match stated {
+    match stated {
         Some(size) if size > max_bytes => return Ok(None),
         Some(size) => DECOMPRESSOR.with(|cell| {
             let mut slot = cell.borrow_mut();
@@ -65,17 +71,14 @@ fn decompress(payload: &[u8], max_bytes: u64) -> std::io::Result<Option<Vec<u8>>
                 *slot = Some(zstd::bulk::Decompressor::new()?);
             }
             let decompressor = slot.as_mut().expect("set just above");
-            decompressor.decompress(payload, size as usize)
+            into.reserve_exact(size as usize);
+            decompressor.decompress_to_buffer(payload, &mut into)
         })?,
-        None => {
-            let mut out = Vec::new();
-            zstd::stream::Decoder::new(payload)?
-                .take(max_bytes + 1)
-                .read_to_end(&mut out)?;
-            out
-        }
+        None => zstd::stream::Decoder::new(payload)?
+            .take(max_bytes + 1)
+            .read_to_end(&mut into)?,
     };
-    Ok((out.len() as u64 <= max_bytes).then_some(out))
+    Ok((into.len() as u64 <= max_bytes).then_some(into))
 }
 
 /// Encodes and decodes objects for one repository.
@@ -163,7 +166,7 @@ impl Codec {
                 self.checked(plaintext, entry, location)
             }
             false => self.cut_blob(
-                &self.decode_frame(stored, entry, location)?,
+                &self.decode_frame(stored, entry, location, Vec::new())?,
                 entry,
                 location,
             ),
@@ -171,18 +174,20 @@ impl Codec {
     }
 
     /// The plaintext of the frame that blob `entry` lies in, given its stored bytes: exactly
-    /// as long as the entry records, decompressing no further.
+    /// as long as the entry records, decompressing no further, in `into` (its room reused).
     pub fn decode_frame(
         &self,
         stored: &[u8],
         entry: &PackEntry,
         location: &dyn Fn() -> String,
+        into: Vec<u8>,
     ) -> Result<Vec<u8>> {
         let expected = u64::from(entry.frame_raw_length);
         let frame = unframe(
             &self.open(blob_sized(stored, entry, location)?, location)?,
             expected,
             location,
+            into,
         )?;
         if frame.len() as u64 != expected {
             return Err(Error::corrupt(
@@ -232,7 +237,12 @@ impl Codec {
         max_bytes: u64,
         location: &dyn Fn() -> String,
     ) -> Result<Vec<u8>> {
-        unframe(&self.open(stored, location)?, max_bytes, location)
+        unframe(
+            &self.open(stored, location)?,
+            max_bytes,
+            location,
+            Vec::new(),
+        )
     }
 
     /// Blob `entry`, stored by this codec, in the stored form of `to`, alone in its frame:
@@ -352,7 +362,7 @@ fn unframe_blob(
     location: &dyn Fn() -> String,
 ) -> Result<Vec<u8>> {
     let expected = u64::from(entry.raw_length);
-    let plaintext = unframe(framed, expected, location)?;
+    let plaintext = unframe(framed, expected, location, Vec::new())?;
     if plaintext.len() as u64 != expected {
         return Err(Error::corrupt(
             location(),
@@ -365,17 +375,26 @@ fn unframe_blob(
     Ok(plaintext)
 }
 
-/// The plaintext of framed bytes, at most `max_bytes`: the flag says whether the payload is
-/// zstd.
-fn unframe(framed: &[u8], max_bytes: u64, location: &dyn Fn() -> String) -> Result<Vec<u8>> {
+/// The plaintext of framed bytes, at most `max_bytes`, in `into` (its room reused): the flag
+/// says whether the payload is zstd.
+fn unframe(
+    framed: &[u8],
+    max_bytes: u64,
+    location: &dyn Fn() -> String,
+    mut into: Vec<u8>,
+) -> Result<Vec<u8>> {
     let (flag, payload) = framed
         .split_first()
         .ok_or_else(|| Error::corrupt(location(), "empty object"))?;
     let too_large = || Error::corrupt(location(), format!("holds more than {max_bytes} bytes"));
     match *flag {
         FLAG_RAW if payload.len() as u64 > max_bytes => Err(too_large()),
-        FLAG_RAW => Ok(payload.to_vec()),
-        FLAG_ZSTD => decompress(payload, max_bytes)
+        FLAG_RAW => {
+            into.clear();
+            into.extend_from_slice(payload);
+            Ok(into)
+        }
+        FLAG_ZSTD => decompress(payload, max_bytes, into)
             .map_err(|e| Error::corrupt(location(), format!("zstd: {e}")))?
             .ok_or_else(too_large),
         other => Err(Error::corrupt(

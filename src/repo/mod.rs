@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod codec;
 pub mod config;
+pub(crate) mod frame_cache;
 #[cfg(feature = "client")]
 pub mod http;
 pub mod index;
@@ -24,7 +25,7 @@ pub mod writer;
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::crypto::{KeyFile, MasterKey, PasswordKey};
 use crate::error::{Error, ErrorKind, Missing, Result};
-use crate::id::{BlobId, PackId};
+use crate::id::BlobId;
 use backend::Backend;
 use codec::Codec;
 use config::{
@@ -38,6 +39,7 @@ use pack::pack_object_name;
 use remembered::RememberedSettings;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -114,7 +116,7 @@ pub struct Repository {
     trees: tree_cache::TreeCache,
     /// Frames of several blobs decoded lately, by pack and offset: the blobs of one frame,
     /// read by any thread, come from one read and one decoding.
-    frames: Frames,
+    frames: frame_cache::FrameCache,
     /// How long taking a lock waits for conflicting locks, in milliseconds.
     lock_wait_ms: std::sync::atomic::AtomicU64,
     /// The id of the `keys/<id>` object that opened the repository (password mode only).
@@ -125,21 +127,8 @@ pub struct Repository {
     dry_run: bool,
 }
 
-/// Decoded frames a repository keeps, weighed by their bytes.
-type Frames = quick_cache::sync::Cache<(PackId, u32), Arc<Vec<u8>>, FrameBytes>;
-
 /// Bytes of decoded frames a repository keeps: a few frames per thread of a restore or mount.
 const FRAMES_KEPT_BYTES: u64 = 64 << 20;
-
-/// Weighs a decoded frame by its bytes (and one, so that none weighs nothing).
-#[derive(Clone)]
-struct FrameBytes;
-
-impl quick_cache::Weighter<(PackId, u32), Arc<Vec<u8>>> for FrameBytes {
-    fn weight(&self, _: &(PackId, u32), frame: &Arc<Vec<u8>>) -> u64 {
-        frame.len() as u64 + 1
-    }
-}
 
 fn write_key_file(path: &Path, key_file: &KeyFile) -> Result<()> {
     use std::io::Write;
@@ -431,7 +420,7 @@ impl Repository {
             index,
             catalogue: crate::catalogue::Catalogue::in_dir(&repository_cache),
             trees,
-            frames: Frames::with_weighter(64, FRAMES_KEPT_BYTES, FrameBytes),
+            frames: frame_cache::FrameCache::new(FRAMES_KEPT_BYTES),
             lock_wait_ms: Default::default(),
             opened_key,
             cache_dir: repository_cache,
@@ -650,15 +639,35 @@ impl Repository {
 
     /// Reads blob `id` from `location` and checks it against its id.
     pub fn read_blob_at(&self, location: &BlobLocation, id: &BlobId) -> Result<Vec<u8>> {
-        let kept = (!location.entry.is_alone())
-            .then(|| self.frames.get(&(location.pack, location.entry.offset)))
-            .flatten();
-        if let Some(frame) = kept {
-            let where_ = || format!("pack {} blob {}", location.pack, id);
-            return self.codec.cut_blob(&frame, &location.entry, &where_);
+        if location.entry.is_alone() {
+            let stored = self.read_stored_blob(location, id)?;
+            return self.decode_blob_at(location, id, &stored);
         }
-        let stored = self.read_stored_blob(location, id)?;
-        self.decode_blob_at(location, id, &stored)
+        self.blob_of_frame(location, id, || {
+            self.read_stored_blob(location, id).map(Cow::Owned)
+        })
+    }
+
+    /// Blob `id` of the shared frame at `location`, cut from the frame kept decoded, or
+    /// else from the frame decoded from `stored` (its stored bytes, asked for only then; by
+    /// one thread, the others asking for the frame meanwhile waiting for it).
+    fn blob_of_frame<'a>(
+        &self,
+        location: &BlobLocation,
+        id: &BlobId,
+        stored: impl FnOnce() -> Result<Cow<'a, [u8]>>,
+    ) -> Result<Vec<u8>> {
+        let where_ = || format!("pack {} blob {}", location.pack, id);
+        codec::check_blob_lengths(&location.entry, &where_)?;
+        let frame = self.frames.get_or_decode(
+            (location.pack, location.entry.offset),
+            u64::from(location.entry.frame_raw_length),
+            |into| {
+                self.codec
+                    .decode_frame(&stored()?, &location.entry, &where_, into)
+            },
+        )?;
+        self.codec.cut_blob(&frame, &location.entry, &where_)
     }
 
     /// The bytes of blob `id` as stored at `location`, its lengths checked before they are
@@ -684,19 +693,12 @@ impl Repository {
         id: &BlobId,
         stored: &[u8],
     ) -> Result<Vec<u8>> {
+        if !location.entry.is_alone() {
+            return self.blob_of_frame(location, id, || Ok(Cow::Borrowed(stored)));
+        }
         let where_ = || format!("pack {} blob {}", location.pack, id);
         codec::check_blob_lengths(&location.entry, &where_)?;
-        if location.entry.is_alone() {
-            return self.codec.decode_blob(stored, &location.entry, &where_);
-        }
-        let frame =
-            self.frames
-                .get_or_insert_with(&(location.pack, location.entry.offset), || {
-                    self.codec
-                        .decode_frame(stored, &location.entry, &where_)
-                        .map(Arc::new)
-                })?;
-        self.codec.cut_blob(&frame, &location.entry, &where_)
+        self.codec.decode_blob(stored, &location.entry, &where_)
     }
 
     /// Encodes `value` as JSON and stores it under `name`, sealed when encrypted.
