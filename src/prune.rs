@@ -123,27 +123,41 @@ pub(crate) fn index_files(repo: &Repository) -> Result<Vec<(String, IndexedPacks
 }
 
 /// Every pack's entries, merged over the index files that list it: each pack once, in the
-/// order first listed, with its entries in listing order and each blob at each offset once.
-/// Linear in the entries: a set of what each pack already holds answers "seen?" at once.
+/// order first listed, with its frames in listing order, each frame (a pack and an offset)
+/// once and whole. Index files that list different blobs for one frame are refused (the
+/// frame could be neither kept whole nor rewritten): `cairn repair index` lists the packs
+/// afresh from their own headers. Linear in the entries.
 pub(crate) fn merge_listings<'a>(
     listings: impl IntoIterator<Item = &'a (PackId, Vec<PackEntry>)>,
-) -> Vec<(PackId, Vec<PackEntry>)> {
+) -> Result<Vec<(PackId, Vec<PackEntry>)>> {
     let mut merged: Vec<(PackId, Vec<PackEntry>)> = Vec::new();
     let mut position: HashMap<PackId, usize> = HashMap::new();
-    let mut seen: HashSet<(PackId, BlobId, u32)> = HashSet::new();
+    // Where each frame listed so far lies in its pack's merged entries.
+    let mut frames: HashMap<(PackId, u32), std::ops::Range<usize>> = HashMap::new();
     for (pack, entries) in listings {
         let i = *position.entry(*pack).or_insert_with(|| {
             merged.push((*pack, Vec::new()));
             merged.len() - 1
         });
         let into = &mut merged[i].1;
-        for entry in entries {
-            if seen.insert((*pack, entry.id, entry.offset)) {
-                into.push(*entry);
+        for frame in entries.chunk_by(|a, b| a.offset == b.offset) {
+            let offset = frame[0].offset;
+            if let Some(listed) = frames.get(&(*pack, offset)) {
+                if into[listed.clone()] != *frame {
+                    return Err(Error::corrupt(
+                        pack_object_name(pack),
+                        format!(
+                            "index files list different blobs at offset {offset}: run `cairn repair index`, which lists packs from their own headers"
+                        ),
+                    ));
+                }
+                continue;
             }
+            frames.insert((*pack, offset), into.len()..into.len() + frame.len());
+            into.extend_from_slice(frame);
         }
     }
-    merged
+    Ok(merged)
 }
 
 /// Prunes `repo` (which the caller has not locked): decides under the lock what to delete and
@@ -197,7 +211,7 @@ impl Plan {
             bytes_before: present.values().sum(),
             ..PruneReport::default()
         };
-        let listings = merge_listings(old_index_files.iter().flat_map(|(_, listed)| listed));
+        let listings = merge_listings(old_index_files.iter().flat_map(|(_, listed)| listed))?;
         let (packs, pack_order) = pack_use(listings, &used, &present)?;
         report.used_blobs = packs.values().map(|p| p.used.len() as u64).sum();
         report.used_bytes = packs.values().map(|p| p.used_bytes).sum();
@@ -377,7 +391,7 @@ mod tests {
             // at another offset are kept.
             (p, vec![entry(2, 10), entry(3, 20), entry(1, 30)]),
         ];
-        let merged = merge_listings(&listed);
+        let merged = merge_listings(&listed).unwrap();
         assert_eq!(
             merged,
             vec![
@@ -388,5 +402,37 @@ mod tests {
                 (q, vec![entry(1, 0)]),
             ]
         );
+    }
+
+    /// The entries of one shared frame at `offset` holding `blobs`, 10 bytes each.
+    fn frame(offset: u32, blobs: &[u8]) -> Vec<PackEntry> {
+        let frame_raw_length = 10 * blobs.len() as u32;
+        (0u32..)
+            .zip(blobs)
+            .map(|(i, &blob)| PackEntry {
+                frame_at: 10 * i,
+                frame_raw_length,
+                ..PackEntry::alone(BlobId([blob; 32]), BlobKind::Data, offset, 40, 10)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn listings_merge_whole_frames_and_refuse_two_frames_at_one_offset() {
+        use crate::repo::{index::encode_index_file, table::Layout};
+        let p = PackId([1; 32]);
+        // One frame holding one blob twice, listed twice: kept whole, once, and encodable
+        // (a merge by blob and offset kept one of the two, and encoding it panicked).
+        let twice = [(p, frame(0, &[1, 1])), (p, frame(0, &[1, 1]))];
+        let merged = merge_listings(&twice).unwrap();
+        assert_eq!(merged, vec![(p, frame(0, &[1, 1]))]);
+        encode_index_file(&merged, Layout::Frames);
+        // Two index files naming different frames at one offset: refused, naming the pack
+        // (a merge by blob and offset made one frame of both, and encoding it panicked).
+        let conflicting = [(p, frame(0, &[1, 2])), (p, frame(0, &[3, 4]))];
+        let error = merge_listings(&conflicting).unwrap_err();
+        assert_eq!(error.kind(), crate::error::ErrorKind::Corrupt);
+        assert!(error.to_string().contains(&pack_object_name(&p)), "{error}");
+        assert!(error.to_string().contains("cairn repair index"), "{error}");
     }
 }

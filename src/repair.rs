@@ -455,7 +455,7 @@ pub fn packs(repo: &Repository) -> Result<PackRepairReport> {
         ..PackRepairReport::default()
     };
     let old_index_files = index_files(repo)?;
-    let listings = merge_listings(old_index_files.iter().flat_map(|(_, listed)| listed));
+    let listings = merge_listings(old_index_files.iter().flat_map(|(_, listed)| listed))?;
     let present: HashMap<PackId, u64> = repo
         .backend()
         .list(ObjectKind::Pack.prefix())?
