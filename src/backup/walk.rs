@@ -17,6 +17,9 @@ use std::sync::{Arc, Mutex};
 
 /// Files the walker may queue ahead of the file workers.
 pub(super) const FILES_QUEUED: usize = 256;
+/// Files one batch holds at most, however small: a tree of empty files would otherwise go
+/// to one worker in batches of any length (bounded by bytes alone).
+const BATCH_FILES: usize = 1024;
 /// Threads decoding the parent checkpoint's trees ahead of the walker.
 const PARENT_TREE_THREADS: usize = 2;
 /// Parent trees decoded ahead of the walker at most.
@@ -192,7 +195,7 @@ impl<S: Source> Walker<'_, S> {
     }
 
     /// Gives a file to the workers: a small one into the batch, sent once it holds a
-    /// shared frame's worth; a larger one on its own.
+    /// shared frame's worth or `BATCH_FILES` files; a larger one on its own.
     fn hand_over(&self, job: FileJob<S::Path>) -> Result<()> {
         if job.size >= u64::from(self.repo.chunker().params().min_bytes) {
             return self.files.send(vec![job]).map_err(|_| abandoned());
@@ -201,7 +204,7 @@ impl<S: Source> Walker<'_, S> {
             let mut batch = self.batch.borrow_mut();
             batch.bytes += job.size;
             batch.jobs.push(job);
-            batch.bytes >= SHARED_FRAME_TARGET_BYTES as u64
+            batch.bytes >= SHARED_FRAME_TARGET_BYTES as u64 || batch.jobs.len() >= BATCH_FILES
         };
         if full { self.send_batch() } else { Ok(()) }
     }
@@ -375,7 +378,46 @@ pub(super) fn parallel_depth_first<T: Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backup::BackupOptions;
+    use crate::backup::local::LocalSource;
     use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn a_batch_holds_a_bounded_number_of_files_however_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = crate::repo::writer::tests::repository(dir.path());
+        let tree = dir.path().join("empty files");
+        std::fs::create_dir(&tree).unwrap();
+        let count = 2 * BATCH_FILES + 10;
+        for i in 0..count {
+            std::fs::write(tree.join(format!("{i:05}")), b"").unwrap();
+        }
+        let source = LocalSource::check(&BackupOptions::new(vec![tree.clone()])).unwrap();
+        let (files, batches) = crossbeam_channel::unbounded();
+        let (dirs, _built) = crossbeam_channel::unbounded();
+        let (errors, parent_trees, progress) = Default::default();
+        let walker = Walker {
+            repo: &repo,
+            source: &source,
+            files,
+            batch: Default::default(),
+            read_ahead: None,
+            dirs,
+            errors: &errors,
+            parent_trees: &parent_trees,
+            verify_reused: false,
+            progress: &progress,
+        };
+        let root = Root::Dir {
+            path: tree,
+            entry: None,
+        };
+        walker.walk(root, None).unwrap();
+        drop(walker);
+        let sizes: Vec<usize> = batches.try_iter().map(|jobs| jobs.len()).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), count);
+        assert_eq!(sizes, vec![BATCH_FILES, BATCH_FILES, 10]);
+    }
 
     #[test]
     fn parallel_depth_first_visits_every_node_once_and_stops_when_asked() {
