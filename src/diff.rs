@@ -295,31 +295,14 @@ fn metadata_differs(a: &Entry, b: &Entry) -> bool {
 mod tests {
     use super::*;
     use crate::backup::{self, BackupOptions, Progress};
-    use crate::repo::backend::{Backend, LocalBackend, ObjectInfo};
-    use crate::repo::config::EncryptionMode;
-    use crate::repo::layers::pass_through;
     use crate::repo::pack::pack_object_name;
-    use crate::repo::{InitOptions, Secret};
+    use crate::repo::writer::tests::{RecordingBackend, recording_repository};
     use crate::tree::find_entry;
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
     use std::path::{Path, PathBuf};
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use std::time::{Duration, SystemTime};
-
-    /// A local backend that records every ranged read (pack, offset): blob reads.
-    struct RecordingBackend {
-        inner: LocalBackend,
-        reads: Mutex<Vec<(String, u64)>>,
-    }
-
-    impl Backend for RecordingBackend {
-        pass_through!(location, get, put, list, delete, exists);
-        fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
-            self.reads.lock().unwrap().push((name.to_owned(), offset));
-            self.inner.get_range(name, offset, length)
-        }
-    }
 
     /// A source directory and an unencrypted repository to back it up into.
     struct Fixture {
@@ -334,18 +317,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let source = dir.path().join("source");
             fs::create_dir(&source).unwrap();
-            let local = LocalBackend::new(dir.path().join("repo"));
-            Repository::init(&local, InitOptions::new(EncryptionMode::None)).unwrap();
-            let backend = Arc::new(RecordingBackend {
-                inner: local,
-                reads: Mutex::new(Vec::new()),
-            });
-            let repo = Repository::open(
-                backend.clone(),
-                |_| Ok(Secret::None),
-                &dir.path().join("cache"),
-            )
-            .unwrap();
+            let (repo, backend) = recording_repository(dir.path());
             Fixture {
                 _dir: dir,
                 source,

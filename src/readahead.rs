@@ -30,7 +30,7 @@ use crate::repo::backend::RangeRequest;
 use crate::repo::index::BlobLocation;
 use crate::repo::pack::{PACK_TARGET_BYTES, pack_object_name};
 use crate::tree::{ChunkRef, locate_chunk};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{Scope, ScopedJoinHandle};
 
@@ -109,17 +109,24 @@ where
         }
     }
 
-    /// The next chunks, located, up to a window's bounds; empty when none are left.
+    /// The next chunks, located, up to a window's bounds; empty when none are left. A
+    /// frame several chunks share counts once, with each chunk's own bytes.
     fn next_window(&mut self) -> Vec<Planned<T>> {
         let mut window = Vec::new();
         let mut bytes = 0u64;
+        let mut frames = HashSet::new();
         while bytes < WINDOW_BYTES && window.len() < WINDOW_CHUNKS {
             let Some((tag, chunk)) = self.chunks.next() else {
                 break;
             };
             let location = locate_chunk(self.repo, &chunk);
             if let Ok(at) = &location {
-                bytes += u64::from(at.entry.length.max(at.entry.raw_length));
+                let (stored, raw) = (u64::from(at.entry.length), u64::from(at.entry.raw_length));
+                bytes += match at.entry.is_alone() {
+                    true => stored.max(raw),
+                    false if frames.insert((at.pack, at.entry.offset)) => stored + raw,
+                    false => raw,
+                };
             }
             window.push(Planned {
                 tag,
@@ -157,11 +164,13 @@ struct Span {
     members: Vec<usize>,
 }
 
-/// Groups the located chunks of `window` into spans of neighbours.
-fn spans_of<T>(window: &[Planned<T>]) -> Vec<Span> {
+/// Groups the located chunks of `window` that are to be read (`read[i]`) into spans of
+/// neighbours.
+fn spans_of<T>(window: &[Planned<T>], read: &[bool]) -> Vec<Span> {
     let mut located: Vec<(usize, &BlobLocation)> = window
         .iter()
         .enumerate()
+        .filter(|&(i, _)| read[i])
         .filter_map(|(i, planned)| planned.location.as_ref().ok().map(|at| (i, at)))
         .collect();
     located.sort_by_key(|(_, at)| (at.pack, at.entry.offset));
@@ -192,11 +201,21 @@ fn spans_of<T>(window: &[Planned<T>]) -> Vec<Span> {
     spans
 }
 
-/// Reads and decodes the chunks of `window`, in its order.
+/// Reads and decodes the chunks of `window`, in its order. Chunks of a frame the repository
+/// holds decoded are cut from it, not read again.
 fn read_window<T>(repo: &Repository, window: Vec<Planned<T>>) -> Vec<Delivered<T>> {
-    let spans = spans_of(&window);
+    let held: Vec<bool> = window
+        .iter()
+        .map(|planned| (planned.location.as_ref()).is_ok_and(|at| repo.holds_frame(at)))
+        .collect();
+    let read: Vec<bool> = held.iter().map(|held| !held).collect();
+    let spans = spans_of(&window, &read);
     let ranges: Vec<RangeRequest> = spans.iter().map(|span| span.range.clone()).collect();
     let mut decoded: Vec<Option<Result<Vec<u8>>>> = window.iter().map(|_| None).collect();
+    for (i, _) in held.iter().enumerate().filter(|(_, held)| **held) {
+        let (chunk, at) = located(&window[i]);
+        decoded[i] = Some(repo.read_blob_at(at, &chunk.id));
+    }
     match repo.backend().get_ranges(&ranges) {
         Ok(parts) => {
             for (span, part) in spans.iter().zip(&parts) {
@@ -530,7 +549,11 @@ mod tests {
                 location: locate_chunk(&repo, &chunk),
             })
             .collect();
-        assert_eq!(spans_of(&window).len(), 1, "one pack, one range");
+        assert_eq!(
+            spans_of(&window, &vec![true; window.len()]).len(),
+            1,
+            "one pack, one range"
+        );
         let got: Vec<(usize, Vec<u8>)> = std::thread::scope(|scope| {
             ChunkStream::new(&repo, scope, chunks.clone())
                 .map(|(tag, chunk)| (tag, chunk.unwrap().bytes))
@@ -541,5 +564,67 @@ mod tests {
             .map(|&(i, _)| (i, expected[i].clone()))
             .collect();
         assert_eq!(got, wanted);
+    }
+
+    #[test]
+    fn a_frame_counts_once_in_a_window_and_a_frame_held_decoded_is_not_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, backend) = crate::repo::writer::tests::recording_repository(dir.path());
+        let source = dir.path().join("source");
+        std::fs::create_dir(&source).unwrap();
+        // 400 small files of 4 KiB that do not compress: one shared frame of 1.6 MB.
+        let mut state = 1u64;
+        for i in 0..400 {
+            let bytes: Vec<u8> = (0..4096)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    (state >> 56) as u8
+                })
+                .collect();
+            std::fs::write(source.join(format!("f{i:03}")), bytes).unwrap();
+        }
+        let outcome = crate::backup::run(
+            &repo,
+            &BackupOptions::new(vec![source]),
+            &Progress::default(),
+        )
+        .unwrap();
+        let root = crate::tree::load_tree(&repo, &outcome.checkpoint.tree).unwrap();
+        let chunks: Vec<(usize, ChunkRef)> = root
+            .entries
+            .iter()
+            .enumerate()
+            .flat_map(|(i, entry)| {
+                let crate::tree::EntryKind::File(content) = &entry.kind else {
+                    panic!("only files");
+                };
+                let chunks = crate::tree::file_chunks(&repo, content).unwrap();
+                chunks.into_iter().map(move |chunk| (i, chunk))
+            })
+            .collect();
+        let first = locate_chunk(&repo, &chunks[0].1).unwrap();
+        assert!(!first.entry.is_alone() && first.entry.length > 1 << 20);
+        std::thread::scope(|scope| {
+            let mut stream = ChunkStream::new(&repo, scope, chunks.clone());
+            // Counted per chunk, the frame filled the window after five chunks.
+            let window = stream.next_window();
+            assert_eq!(window.len(), chunks.len(), "one window for the whole frame");
+            assert_eq!(spans_of(&window, &vec![true; window.len()]).len(), 1);
+            assert!(!repo.holds_frame(&first));
+            let read = read_window(&repo, window);
+            assert!(read.iter().all(|(_, chunk)| chunk.is_ok()));
+            assert!(repo.holds_frame(&first));
+        });
+        // Once the repository holds the frame decoded, a window reads nothing: the chunks
+        // are cut from it.
+        backend.reads.lock().unwrap().clear();
+        let got: Vec<Vec<u8>> = std::thread::scope(|scope| {
+            ChunkStream::new(&repo, scope, chunks.clone())
+                .map(|(_, chunk)| chunk.unwrap().bytes)
+                .collect()
+        });
+        assert_eq!(got.len(), 400);
+        assert!(got.iter().all(|bytes| bytes.len() == 4096));
+        assert_eq!(*backend.reads.lock().unwrap(), vec![]);
     }
 }

@@ -77,6 +77,20 @@ impl FrameCache {
         Ok(decoded)
     }
 
+    /// Whether frame `key` is kept decoded, or being decoded (a reader asking for it then
+    /// waits for that decoding rather than reading it).
+    pub(crate) fn holds(&self, key: FrameKey) -> bool {
+        let slots = self.slots.lock().expect("not poisoned");
+        slots.iter().rev().any(|slot| {
+            slot.key == key
+                && match slot.frame.try_lock() {
+                    Ok(frame) => frame.is_some(),
+                    Err(std::sync::TryLockError::WouldBlock) => true,
+                    Err(std::sync::TryLockError::Poisoned(_)) => false,
+                }
+        })
+    }
+
     /// The slot of frame `key` (its frame and its weight), made the most recently used; a
     /// new one for a frame not kept, for which the least recently used frames beyond the
     /// budget make room.

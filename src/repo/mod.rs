@@ -670,6 +670,12 @@ impl Repository {
         self.codec.cut_blob(&frame, &location.entry, &where_)
     }
 
+    /// Whether the shared frame at `location` is kept decoded (or being decoded), so that
+    /// `read_blob_at` cuts the blob out of it without a read.
+    pub fn holds_frame(&self, location: &BlobLocation) -> bool {
+        !location.entry.is_alone() && self.frames.holds((location.pack, location.entry.offset))
+    }
+
     /// The bytes of blob `id` as stored at `location`, its lengths checked before they are
     /// asked for.
     fn read_stored_blob(&self, location: &BlobLocation, id: &BlobId) -> Result<Vec<u8>> {

@@ -852,17 +852,44 @@ fn run_packer(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::repo::backend::LocalBackend;
+    use crate::repo::backend::{Backend, LocalBackend, ObjectInfo};
     use crate::repo::config::EncryptionMode;
+    use crate::repo::layers::pass_through;
     use crate::repo::{InitOptions, Secret};
     use std::sync::Arc;
     use std::time::Duration;
 
     /// An unencrypted repository in `dir`, for unit tests.
     pub(crate) fn repository(dir: &std::path::Path) -> Repository {
-        let backend = Arc::new(LocalBackend::new(dir.join("repo")));
-        Repository::init(backend.as_ref(), InitOptions::new(EncryptionMode::None)).unwrap();
-        Repository::open(backend, |_| Ok(Secret::None), &dir.join("cache")).unwrap()
+        recording_repository(dir).0
+    }
+
+    /// A local backend that records every ranged read (object, offset): blob reads.
+    pub(crate) struct RecordingBackend {
+        inner: LocalBackend,
+        pub(crate) reads: std::sync::Mutex<Vec<(String, u64)>>,
+    }
+
+    impl Backend for RecordingBackend {
+        pass_through!(location, get, put, list, delete, exists);
+        fn get_range(&self, name: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
+            self.reads.lock().unwrap().push((name.to_owned(), offset));
+            self.inner.get_range(name, offset, length)
+        }
+    }
+
+    /// An unencrypted repository in `dir` on a backend that records its blob reads.
+    pub(crate) fn recording_repository(
+        dir: &std::path::Path,
+    ) -> (Repository, Arc<RecordingBackend>) {
+        let inner = LocalBackend::new(dir.join("repo"));
+        Repository::init(&inner, InitOptions::new(EncryptionMode::None)).unwrap();
+        let backend = Arc::new(RecordingBackend {
+            inner,
+            reads: Default::default(),
+        });
+        let repo = Repository::open(backend.clone(), |_| Ok(Secret::None), &dir.join("cache"));
+        (repo.unwrap(), backend)
     }
 
     #[test]
