@@ -245,10 +245,11 @@ impl Codec {
         )
     }
 
-    /// Blob `entry`, stored by this codec, in the stored form of `to`, alone in its frame:
+    /// Blob `entry`, stored by this codec alone in its frame, in the stored form of `to`:
     /// opened, checked like `decode_blob`, and sealed under `to`'s key as it was compressed
-    /// (nothing is compressed again), or encoded anew when it shared its frame. `to` must give
-    /// blobs the same ids.
+    /// (nothing is compressed again). `to` must give blobs the same ids. A blob that shares
+    /// its frame is refused (its frame is not its own to move): `Repository::transcode_blob_at`
+    /// cuts it out of the decoded frame and encodes it anew.
     pub fn transcode_blob(
         &self,
         stored: &[u8],
@@ -256,9 +257,6 @@ impl Codec {
         to: &Codec,
         location: &dyn Fn() -> String,
     ) -> Result<Vec<u8>> {
-        if !entry.is_alone() {
-            return Ok(to.encode(&self.decode_blob(stored, entry, location)?, true));
-        }
         let framed = self.open(blob_sized(stored, entry, location)?, location)?;
         if self.id_of(&unframe_blob(&framed, entry, location)?) != entry.id.0 {
             return Err(Error::corrupt(location(), "content does not match its id"));
@@ -625,20 +623,8 @@ mod tests {
                 Some(key) => Codec::new(Some(key.generate_like()), 3),
                 None => Codec::new(None, 3),
             };
-            let alone = codec
-                .transcode_blob(&stored, &entries[1], &to, &|| "t".into())
-                .unwrap();
-            let moved = PackEntry::alone(
-                entries[1].id,
-                BlobKind::Data,
-                0,
-                alone.len() as u32,
-                entries[1].raw_length,
-            );
-            assert_eq!(
-                to.decode_blob(&alone, &moved, &|| "t".into()).unwrap(),
-                blobs[1]
-            );
+            let moved = codec.transcode_blob(&stored, &entries[1], &to, &|| "t".into());
+            assert!(moved.unwrap_err().to_string().contains("holds"));
         }
     }
 

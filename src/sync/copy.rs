@@ -199,15 +199,27 @@ pub fn run(
     Ok(report)
 }
 
-/// Blobs read in one request at most, and bytes.
-const BATCH_BLOBS: usize = 256;
+/// Frames read in one request at most, and their stored bytes.
+const BATCH_FRAMES: usize = 256;
 const BATCH_BYTES: u64 = 8 << 20;
 
-/// Consecutive runs of `blobs`, each read in one request.
+/// Consecutive runs of `blobs` (sorted by pack and offset), each read in one request: whole
+/// frames, each frame's stored bytes counted once however many of its blobs are copied.
 fn batches(blobs: &[(BlobId, BlobLocation)]) -> Vec<&[(BlobId, BlobLocation)]> {
-    super::runs(blobs, BATCH_BLOBS, BATCH_BYTES, |(_, at)| {
-        at.entry.length as u64
+    let frames: Vec<&[(BlobId, BlobLocation)]> = blobs
+        .chunk_by(|(_, a), (_, b)| a.pack == b.pack && a.entry.offset == b.entry.offset)
+        .collect();
+    let mut start = 0;
+    super::runs(&frames, BATCH_FRAMES, BATCH_BYTES, |frame| {
+        u64::from(frame[0].1.entry.length)
     })
+    .into_iter()
+    .map(|run| {
+        let length: usize = run.iter().map(|frame| frame.len()).sum();
+        start += length;
+        &blobs[start - length..start]
+    })
+    .collect()
 }
 
 /// Moves the data blobs on `threads` threads, each taking the next batch in turn.
@@ -303,31 +315,48 @@ fn move_claimed(
         .collect();
     let bytes: u64 = ranges.iter().map(|r| r.length).sum();
     let stored = from.backend().get_ranges(&ranges)?;
-    for (frame, (stored, range)) in frames.iter().zip(stored.iter().zip(&ranges)) {
+    for (frame, stored) in frames.iter().zip(&stored) {
         for (id, at) in frame.iter().copied() {
-            let location = || {
-                format!(
-                    "{} blob {id} (in {})",
-                    from.backend().location(),
-                    range.name
-                )
-            };
             // A blob sharing its frame is cut out through the repository, which decodes the
             // frame once for all of them, and stored alone.
-            let encoded = match at.entry.is_alone() {
-                true => from.codec().transcode_blob(
-                    stored,
-                    &at.entry,
-                    sink.repo().codec(),
-                    &location,
-                )?,
-                false => {
-                    let plaintext = from.decode_blob_at(at, id, stored)?;
-                    sink.repo().codec().encode(&plaintext, true)
-                }
-            };
+            let encoded = from.transcode_blob_at(at, id, stored, sink.repo().codec())?;
             sink.send_encoded(*id, at.entry.kind, encoded, at.entry.raw_length as usize)?;
         }
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::PackId;
+    use crate::repo::pack::{BlobKind, PackEntry};
+
+    /// A blob of `pack` in the frame at `offset`, `length` bytes stored, at `frame_at` in it.
+    fn blob(n: u16, offset: u32, length: u32, frame_at: u32) -> (BlobId, BlobLocation) {
+        let mut id = [0; 32];
+        id[..2].copy_from_slice(&n.to_le_bytes());
+        let entry = PackEntry {
+            frame_at,
+            frame_raw_length: 1 << 20,
+            ..PackEntry::alone(BlobId(id), BlobKind::Data, offset, length, 100)
+        };
+        let pack = PackId([1; 32]);
+        (entry.id, BlobLocation { pack, entry })
+    }
+
+    #[test]
+    fn a_batch_holds_whole_frames_each_counted_once() {
+        const MIB: u32 = 1 << 20;
+        let mut blobs: Vec<_> = (0..300)
+            .map(|n| blob(n, 0, 5 * MIB, 100 * u32::from(n)))
+            .collect();
+        blobs.extend((0..2).map(|n| blob(300 + n, 5 * MIB, 4 * MIB, 100 * u32::from(n))));
+        let (id, mut alone) = blob(302, 9 * MIB, 10, 0);
+        alone.entry = PackEntry::alone(id, BlobKind::Data, 9 * MIB, 10, 10);
+        blobs.push((id, alone));
+        let sizes: Vec<usize> = batches(&blobs).iter().map(|batch| batch.len()).collect();
+        // Counted per blob, each of the first frame's blobs weighed 5 MiB: 300 batches.
+        assert_eq!(sizes, vec![300, 3]);
+    }
 }
