@@ -22,7 +22,7 @@ use crate::repo::Repository;
 use crate::repo::index::{IndexedPacks, read_index_file};
 use crate::repo::lock::LockGuard;
 use crate::repo::objects::ObjectKind;
-use crate::repo::pack::{PackEntry, pack_id_of_object, pack_object_name};
+use crate::repo::pack::{BlobKind, PackEntry, pack_id_of_object, pack_object_name};
 use crate::repo::writer::{commit_pack_rewrite, packs_holding, with_blob_sink};
 use crate::tree::{Content, EntryKind, decode_chunk_list, load_tree};
 use serde::Serialize;
@@ -276,14 +276,16 @@ impl Plan {
         } = self;
         // (1) Repacked blobs into new packs, each checked against its id on the way.
         with_blob_sink(repo, 8, &Progress::default(), |sink| {
+            // Blobs that shared a frame share one again, with the others moved beside them.
+            let mut frame = sink.shared_frame(BlobKind::Data);
             for pack in &repack {
                 let name = pack_object_name(pack);
                 let bytes = repo.backend().get(&name)?;
                 for entry in &packs[pack].used {
-                    sink.copy_stored(pack, &bytes, entry)??;
+                    sink.copy_stored(pack, &bytes, entry, &mut frame)??;
                 }
             }
-            Ok(())
+            frame.finish()
         })?;
         // Where the repacked blobs landed. A new pack may have the very id of an old one (the
         // same blobs in the same order, unencrypted): it stays, whatever was decided for it.

@@ -36,7 +36,7 @@ use crate::repo::Repository;
 use crate::repo::index::IndexedPacks;
 use crate::repo::lock;
 use crate::repo::objects::ObjectKind;
-use crate::repo::pack::{fetch_header, pack_id_of_object, pack_object_name};
+use crate::repo::pack::{BlobKind, fetch_header, pack_id_of_object, pack_object_name};
 use crate::repo::writer::{
     BlobSink, commit_pack_rewrite, packs_holding, replace_index_files, with_blob_sink,
 };
@@ -466,6 +466,8 @@ pub fn packs(repo: &Repository) -> Result<PackRepairReport> {
     let mut replaced: Vec<PackId> = Vec::new();
     let mut kept: Vec<BlobId> = Vec::new();
     with_blob_sink(repo, 8, &Progress::default(), |sink| {
+        // Blobs that shared a frame share one again, with the others rescued beside them.
+        let mut frame = sink.shared_frame(BlobKind::Data);
         for (pack, entries) in listings {
             let name = pack_object_name(&pack);
             // Absent from the listing is asked again before the pack's blobs are dropped: a
@@ -492,7 +494,7 @@ pub fn packs(repo: &Repository) -> Result<PackRepairReport> {
                 blobs_dropped: 0,
             };
             for entry in &entries {
-                if sink.copy_stored(&pack, &bytes, entry)?.is_err() {
+                if sink.copy_stored(&pack, &bytes, entry, &mut frame)?.is_err() {
                     repaired.blobs_dropped += 1;
                     continue;
                 }
@@ -502,7 +504,7 @@ pub fn packs(repo: &Repository) -> Result<PackRepairReport> {
             report.damaged_packs.push(repaired);
             replaced.push(pack);
         }
-        Ok(())
+        frame.finish()
     })?;
     report.blobs_kept = report.damaged_packs.iter().map(|p| p.blobs_kept).sum();
     report.blobs_dropped = report.damaged_packs.iter().map(|p| p.blobs_dropped).sum();

@@ -121,12 +121,21 @@ fn small_files_share_frames_and_every_reader_cuts_each_one_out() {
     sandbox.ok(&["check", "--repo", text(&repo), "--read-data"]);
     assert_same_tree(&source, &restore(&sandbox, &repo, "latest", "after-prune"));
 
-    // A copy into another repository stores each blob alone, and restores the same.
+    // A copy into another repository keeps blobs that shared a frame in shared frames (it
+    // stored each alone, losing what compressing them together saved), and restores the same.
     let copy = sandbox.path("copy");
     sandbox.ok(&["init", "--repo", text(&copy), "--encryption", "none"]);
     sandbox.ok(&["sync", text(&repo), text(&copy)]);
     sandbox.ok(&["check", "--repo", text(&copy), "--read-data"]);
     assert_same_tree(&source, &restore(&sandbox, &copy, "latest", "from-copy"));
+    let shared_in = |repo: &Path| pack_entries(repo).iter().filter(|e| !e.is_alone()).count();
+    let (kept, copied) = (shared_in(&repo), shared_in(&copy));
+    assert!(kept >= 100, "the pruned repository shares frames: {kept}");
+    // (A frame of the copy may be cut where the source's was not, leaving a blob alone.)
+    assert!(
+        copied * 10 >= kept * 9,
+        "the copy shares frames as the source does: {copied} of {kept}"
+    );
 }
 
 #[test]

@@ -248,8 +248,8 @@ impl Codec {
     /// Blob `entry`, stored by this codec alone in its frame, in the stored form of `to`:
     /// opened, checked like `decode_blob`, and sealed under `to`'s key as it was compressed
     /// (nothing is compressed again). `to` must give blobs the same ids. A blob that shares
-    /// its frame is refused (its frame is not its own to move): `Repository::transcode_blob_at`
-    /// cuts it out of the decoded frame and encodes it anew.
+    /// its frame is refused (its frame is not its own to move): sync cuts such blobs out of
+    /// their decoded frame and gathers them into frames of the destination's.
     pub fn transcode_blob(
         &self,
         stored: &[u8],

@@ -670,24 +670,6 @@ impl Repository {
         self.codec.cut_blob(&frame, &location.entry, &where_)
     }
 
-    /// Blob `id`, stored at `location` as `stored`, checked and in the stored form of `to`
-    /// (which gives blobs the same ids), alone in its frame: resealed as it was compressed
-    /// when it is alone, or cut out of its decoded frame and encoded anew when it shares one.
-    pub fn transcode_blob_at(
-        &self,
-        location: &BlobLocation,
-        id: &BlobId,
-        stored: &[u8],
-        to: &Codec,
-    ) -> Result<Vec<u8>> {
-        if !location.entry.is_alone() {
-            return Ok(to.encode(&self.decode_blob_at(location, id, stored)?, true));
-        }
-        let where_ = || format!("pack {} blob {}", location.pack, id);
-        self.codec
-            .transcode_blob(stored, &location.entry, to, &where_)
-    }
-
     /// Whether the shared frame at `location` is kept decoded (or being decoded), so that
     /// `read_blob_at` cuts the blob out of it without a read.
     pub fn holds_frame(&self, location: &BlobLocation) -> bool {

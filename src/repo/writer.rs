@@ -99,14 +99,16 @@ impl<'a> BlobSink<'a> {
     }
 
     /// Stores blob `entry` of `pack` (read whole into `bytes`) again, once it decodes to its
-    /// id: as it is stored when alone in its frame, encoded anew (alone) when it shared one.
-    /// How prune repacks and `repair packs` rescues. The inner error is the blob's own
-    /// (truncated or damaged; nothing is sent), the outer one the sink's.
+    /// id: as it is stored when alone in its frame, or into `frame` with the blobs moved
+    /// before it when it shared one (the caller finishes the frame). How prune repacks and
+    /// `repair packs` rescues. The inner error is the blob's own (truncated or damaged;
+    /// nothing is sent), the outer one the sink's.
     pub(crate) fn copy_stored(
         &self,
         pack: &crate::id::PackId,
         bytes: &[u8],
         entry: &super::pack::PackEntry,
+        frame: &mut SharedFrame,
     ) -> Result<Result<()>> {
         let start = entry.offset as usize;
         let where_ = || format!("pack {pack} blob {}", entry.id);
@@ -124,11 +126,13 @@ impl<'a> BlobSink<'a> {
             Ok(plaintext) => plaintext,
             Err(e) => return Ok(Err(e)),
         };
-        let encoded = match entry.is_alone() {
-            true => stored.to_vec(),
-            false => self.repo.codec().encode(&plaintext, true),
-        };
-        self.send_encoded(entry.id, entry.kind, encoded, entry.raw_length as usize)?;
+        match entry.is_alone() {
+            true => {
+                let encoded = stored.to_vec();
+                self.send_encoded(entry.id, entry.kind, encoded, entry.raw_length as usize)?
+            }
+            false => frame.add_taken(entry.kind, entry.id, &plaintext)?,
+        }
         Ok(Ok(()))
     }
 
@@ -290,12 +294,7 @@ impl SharedFrame<'_, '_> {
         loop {
             match self.sink.claim(&id)? {
                 Claim::Mine => {
-                    self.plaintext.extend_from_slice(plaintext);
-                    let length = u32::try_from(plaintext.len()).expect("a small blob");
-                    self.blobs.push((id, length));
-                    if self.plaintext.len() >= SHARED_FRAME_TARGET_BYTES {
-                        self.send_off()?;
-                    }
+                    self.push(id, plaintext)?;
                     return Ok(id);
                 }
                 Claim::Stored => return Ok(id),
@@ -308,6 +307,36 @@ impl SharedFrame<'_, '_> {
                 }
             }
         }
+    }
+
+    /// Adds blob `id` of `kind`, which the caller has taken on already (a copy from another
+    /// repository claims a batch of blobs before it reads them; prune and `repair packs`
+    /// move blobs under the exclusive lock), of plaintext `plaintext`: how blobs that shared
+    /// a frame are moved without losing what compressing them together saved. A blob of
+    /// another kind than the frame's sends the frame off and starts one of its kind. Stored
+    /// alone where frames do not hold several blobs, or when it is large.
+    pub(crate) fn add_taken(&mut self, kind: BlobKind, id: BlobId, plaintext: &[u8]) -> Result<()> {
+        let codec = self.sink.repo.codec();
+        if codec.layout() == Layout::Entries || plaintext.len() >= SHARED_FRAME_TARGET_BYTES {
+            let encoded = codec.encode(plaintext, true);
+            return self.sink.send_encoded(id, kind, encoded, plaintext.len());
+        }
+        if kind != self.kind {
+            self.send_off()?;
+            self.kind = kind;
+        }
+        self.push(id, plaintext)
+    }
+
+    /// Puts claimed blob `id` into the frame, sent off once it holds its target.
+    fn push(&mut self, id: BlobId, plaintext: &[u8]) -> Result<()> {
+        self.plaintext.extend_from_slice(plaintext);
+        let length = u32::try_from(plaintext.len()).expect("a small blob");
+        self.blobs.push((id, length));
+        if self.plaintext.len() >= SHARED_FRAME_TARGET_BYTES {
+            self.send_off()?;
+        }
+        Ok(())
     }
 
     /// Sends the frame off: every blob added is queued once this returns.

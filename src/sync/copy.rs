@@ -19,7 +19,7 @@ use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::repo::backend::RangeRequest;
 use crate::repo::index::BlobLocation;
-use crate::repo::pack::pack_object_name;
+use crate::repo::pack::{BlobKind, pack_object_name};
 use crate::repo::writer::{BlobSink, Claim, recover_orphan_packs, with_blob_sink};
 use crate::tree::{Content, EntryKind, file_chunks, load_tree};
 use std::collections::HashSet;
@@ -293,7 +293,10 @@ fn copy_blobs(
 }
 
 /// Reads claimed blobs in one request (blobs next to each other in one frame read it once),
-/// checks and reseals them, and queues them; returns the bytes read.
+/// checks them and queues them; returns the bytes read. A blob alone in its frame is
+/// resealed as it was compressed; blobs that share a frame are cut out of it (decoded once,
+/// through the repository) and gathered into frames of the destination's, so a copy keeps
+/// what compressing small files together saved.
 fn move_claimed(
     from: &Repository,
     sink: &BlobSink,
@@ -315,14 +318,23 @@ fn move_claimed(
         .collect();
     let bytes: u64 = ranges.iter().map(|r| r.length).sum();
     let stored = from.backend().get_ranges(&ranges)?;
+    let mut shared = sink.shared_frame(BlobKind::Data);
     for (frame, stored) in frames.iter().zip(&stored) {
         for (id, at) in frame.iter().copied() {
-            // A blob sharing its frame is cut out through the repository, which decodes the
-            // frame once for all of them, and stored alone.
-            let encoded = from.transcode_blob_at(at, id, stored, sink.repo().codec())?;
-            sink.send_encoded(*id, at.entry.kind, encoded, at.entry.raw_length as usize)?;
+            if at.entry.is_alone() {
+                let location = || format!("pack {} blob {id}", at.pack);
+                let to = sink.repo().codec();
+                let encoded = from
+                    .codec()
+                    .transcode_blob(stored, &at.entry, to, &location)?;
+                sink.send_encoded(*id, at.entry.kind, encoded, at.entry.raw_length as usize)?;
+                continue;
+            }
+            let plaintext = from.decode_blob_at(at, id, stored)?;
+            shared.add_taken(at.entry.kind, *id, &plaintext)?;
         }
     }
+    shared.finish()?;
     Ok(bytes)
 }
 
