@@ -142,14 +142,26 @@ pub(crate) fn merge_listings<'a>(
         let into = &mut merged[i].1;
         for frame in entries.chunk_by(|a, b| a.offset == b.offset) {
             let offset = frame[0].offset;
+            let whole = frame.iter().try_fold(0u32, |at, entry| {
+                let same = entry.kind == frame[0].kind
+                    && entry.length == frame[0].length
+                    && entry.frame_raw_length == frame[0].frame_raw_length;
+                (same && entry.frame_at == at).then(|| at.checked_add(entry.raw_length))?
+            });
+            let conflict = |what: &str| {
+                Error::corrupt(
+                    pack_object_name(pack),
+                    format!(
+                        "index files list {what} at offset {offset}: run `cairn repair index`, which lists packs from their own headers"
+                    ),
+                )
+            };
+            if whole != Some(frame[0].frame_raw_length) {
+                return Err(conflict("a frame that is not whole"));
+            }
             if let Some(listed) = frames.get(&(*pack, offset)) {
                 if into[listed.clone()] != *frame {
-                    return Err(Error::corrupt(
-                        pack_object_name(pack),
-                        format!(
-                            "index files list different blobs at offset {offset}: run `cairn repair index`, which lists packs from their own headers"
-                        ),
-                    ));
+                    return Err(conflict("different blobs"));
                 }
                 continue;
             }
@@ -436,5 +448,10 @@ mod tests {
         assert_eq!(error.kind(), crate::error::ErrorKind::Corrupt);
         assert!(error.to_string().contains(&pack_object_name(&p)), "{error}");
         assert!(error.to_string().contains("cairn repair index"), "{error}");
+        // One index file listing one frame twice in a row: the two read as one frame that is
+        // not whole (joined, it made encoding panic), and are refused.
+        let repeated = [(p, [frame(0, &[1, 2]), frame(0, &[1, 2])].concat())];
+        let error = merge_listings(&repeated).unwrap_err();
+        assert!(error.to_string().contains("not whole"), "{error}");
     }
 }

@@ -464,7 +464,7 @@ pub fn packs(repo: &Repository) -> Result<PackRepairReport> {
         .collect();
     let mut intact: IndexedPacks = Vec::new();
     let mut replaced: Vec<PackId> = Vec::new();
-    let mut kept: Vec<BlobId> = Vec::new();
+    let mut kept: HashSet<BlobId> = HashSet::new();
     with_blob_sink(repo, 8, &Progress::default(), |sink| {
         // Blobs that shared a frame share one again, with the others rescued beside them.
         let mut frame = sink.shared_frame(BlobKind::Data);
@@ -494,11 +494,15 @@ pub fn packs(repo: &Repository) -> Result<PackRepairReport> {
                 blobs_dropped: 0,
             };
             for entry in &entries {
-                if sink.copy_stored(&pack, &bytes, entry, &mut frame)?.is_err() {
+                // A blob two damaged packs hold is rescued once: a second copy would lie in a
+                // new pack no index lists it in.
+                if !kept.contains(&entry.id)
+                    && sink.copy_stored(&pack, &bytes, entry, &mut frame)?.is_err()
+                {
                     repaired.blobs_dropped += 1;
                     continue;
                 }
-                kept.push(entry.id);
+                kept.insert(entry.id);
                 repaired.blobs_kept += 1;
             }
             report.damaged_packs.push(repaired);

@@ -15,7 +15,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Files the walker may queue ahead of the file workers.
+/// Jobs (a larger file, or a batch of small ones) the walker may queue ahead of the file
+/// workers.
 pub(super) const FILES_QUEUED: usize = 256;
 /// Files one batch holds at most, however small: a tree of empty files would otherwise go
 /// to one worker in batches of any length (bounded by bytes alone).

@@ -20,8 +20,11 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Buffers of dropped frames kept for the next decodings, at most.
+/// Buffers of dropped frames kept for the next decodings, at most (beside the budget).
 const SPARE_BUFFERS: usize = 2;
+
+/// Frames kept at most, however small: lookups scan the list.
+const FRAMES_KEPT: usize = 256;
 
 /// A frame is known by its pack and its offset in it.
 pub(crate) type FrameKey = (PackId, u32);
@@ -70,8 +73,7 @@ impl FrameCache {
         if let Some(decoded) = frame.as_ref() {
             return Ok(decoded.clone());
         }
-        let buffer = self.spare.lock().expect("not poisoned").pop();
-        let decoded = Arc::new(decode(buffer.unwrap_or_default())?);
+        let decoded = Arc::new(decode(self.spare_buffer(bytes))?);
         weight.store(decoded.capacity() as u64, Ordering::Relaxed);
         *frame = Some(decoded.clone());
         Ok(decoded)
@@ -116,12 +118,23 @@ impl FrameCache {
             .iter()
             .map(|slot| slot.bytes.load(Ordering::Relaxed))
             .sum();
-        while kept > self.capacity_bytes && slots.len() > 1 {
+        while (kept > self.capacity_bytes || slots.len() > FRAMES_KEPT) && slots.len() > 1 {
             let oldest = slots.pop_front().expect("more than one");
             kept -= oldest.bytes.load(Ordering::Relaxed);
             self.keep_buffer(oldest);
         }
         made
+    }
+
+    /// A kept buffer for a frame of `bytes`, when one has the room and not much more (a
+    /// small frame in a large buffer would weigh the buffer); else a new one.
+    fn spare_buffer(&self, bytes: u64) -> Vec<u8> {
+        let mut spare = self.spare.lock().expect("not poisoned");
+        let fits = |buffer: &Vec<u8>| (bytes..=2 * bytes).contains(&(buffer.capacity() as u64));
+        match spare.iter().position(fits) {
+            Some(at) => spare.swap_remove(at),
+            None => Vec::new(),
+        }
     }
 
     /// Keeps the buffer of a frame dropped from the cache for a later decoding, unless a
@@ -133,9 +146,10 @@ impl FrameCache {
         let decoded = frame.into_inner().ok().flatten();
         if let Some(buffer) = decoded.and_then(|decoded| Arc::try_unwrap(decoded).ok()) {
             let mut spare = self.spare.lock().expect("not poisoned");
-            if spare.len() < SPARE_BUFFERS {
-                spare.push(buffer);
+            if spare.len() == SPARE_BUFFERS {
+                spare.remove(0);
             }
+            spare.push(buffer);
         }
     }
 }
@@ -252,5 +266,33 @@ mod tests {
         // Frame 2 is dropped for frame 3 with no reader: frame 3 is decoded into its buffer.
         assert_eq!(*get(3), vec![3; 100]);
         assert_eq!(*given.lock().unwrap(), vec![0, 100]);
+    }
+
+    #[test]
+    fn small_frames_are_kept_to_a_count_and_a_buffer_goes_only_to_a_frame_of_its_size() {
+        let cache = FrameCache::new(1 << 30);
+        let decodings = AtomicUsize::new(0);
+        let given = Mutex::new(Vec::new());
+        let get = |n: u16, bytes: u64| {
+            let key = (PackId([1; 32]), u32::from(n));
+            cache
+                .get_or_decode(key, bytes, |buffer| {
+                    decodings.fetch_add(1, Ordering::Relaxed);
+                    given.lock().unwrap().push(buffer.capacity());
+                    Ok(vec![0; bytes as usize])
+                })
+                .unwrap()
+        };
+        for n in 0..=FRAMES_KEPT as u16 {
+            get(n, 1000);
+        }
+        // Frame 0 was dropped for the count, not the bytes, and leaves its buffer: too large
+        // for a frame of 10 bytes, given to one of 1,000.
+        get(0, 1000);
+        assert_eq!(decodings.load(Ordering::Relaxed), FRAMES_KEPT + 2);
+        given.lock().unwrap().clear();
+        get(1000, 10);
+        get(1001, 1000);
+        assert_eq!(*given.lock().unwrap(), vec![0, 1000]);
     }
 }

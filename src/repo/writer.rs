@@ -478,15 +478,21 @@ pub fn replace_index_files(
 }
 
 /// Where blobs just copied by a `BlobSink` landed: the new packs holding `ids`, with their
-/// entries, as the local index now knows them.
+/// entries, as the local index now knows them, in the order the packs hold them (a shared
+/// frame's blobs together, in frame order, though blobs moved alone between them were
+/// queued first) and each once.
 pub(crate) fn packs_holding<'a>(
     repo: &Repository,
     ids: impl IntoIterator<Item = &'a BlobId>,
 ) -> Result<HashMap<crate::id::PackId, Vec<super::pack::PackEntry>>> {
-    let mut packs: HashMap<_, Vec<_>> = HashMap::new();
+    let mut packs: HashMap<_, Vec<super::pack::PackEntry>> = HashMap::new();
     for id in ids {
         let location = repo.locate(id)?;
         packs.entry(location.pack).or_default().push(location.entry);
+    }
+    for entries in packs.values_mut() {
+        entries.sort_by_key(|entry| (entry.offset, entry.frame_at));
+        entries.dedup();
     }
     Ok(packs)
 }
@@ -919,6 +925,33 @@ pub(crate) mod tests {
         });
         let repo = Repository::open(backend.clone(), |_| Ok(Secret::None), &dir.join("cache"));
         (repo.unwrap(), backend)
+    }
+
+    #[test]
+    fn packs_holding_lists_a_frame_whole_though_a_blob_alone_was_queued_between_its_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repository(dir.path());
+        let codec = repo.codec();
+        let blobs: Vec<Vec<u8>> = (0..3u8).map(|n| vec![n; 1000]).collect();
+        let ids: Vec<BlobId> = blobs.iter().map(|b| BlobId(codec.id_of(b))).collect();
+        // How prune moves a frame's survivor, a lone chunk, then another frame's survivor:
+        // the lone chunk is queued first, the frame when it is finished.
+        with_blob_sink(&repo, 4, &Progress::default(), |sink| {
+            let mut frame = sink.shared_frame(BlobKind::Data);
+            frame.add_taken(BlobKind::Data, ids[0], &blobs[0])?;
+            let alone = codec.encode(&blobs[1], true);
+            sink.send_encoded(ids[1], BlobKind::Data, alone, blobs[1].len())?;
+            frame.add_taken(BlobKind::Data, ids[2], &blobs[2])?;
+            frame.finish()
+        })
+        .unwrap();
+        let packs = packs_holding(&repo, &ids).unwrap();
+        let listed: Vec<_> = packs.into_iter().collect();
+        let entries = &listed[0].1;
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[0].id, ids[1], "the lone chunk was written first");
+        // Listed in the order moved, the frame's blobs were apart, and encoding panicked.
+        crate::repo::index::encode_index_file(&listed, crate::repo::table::Layout::Frames);
     }
 
     #[test]

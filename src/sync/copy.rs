@@ -203,8 +203,9 @@ pub fn run(
 const BATCH_FRAMES: usize = 256;
 const BATCH_BYTES: u64 = 8 << 20;
 
-/// Consecutive runs of `blobs` (sorted by pack and offset), each read in one request: whole
-/// frames, each frame's stored bytes counted once however many of its blobs are copied.
+/// Consecutive runs of `blobs`, each read in one request: whole frames (the blobs of one
+/// frame lie next to each other in `blobs`), each frame's stored bytes counted once however
+/// many of its blobs are copied.
 fn batches(blobs: &[(BlobId, BlobLocation)]) -> Vec<&[(BlobId, BlobLocation)]> {
     let frames: Vec<&[(BlobId, BlobLocation)]> = blobs
         .chunk_by(|(_, a), (_, b)| a.pack == b.pack && a.entry.offset == b.entry.offset)
