@@ -510,34 +510,39 @@ mod tests {
     use super::*;
     use crate::backup::{BackupOptions, Progress};
 
-    #[test]
-    fn neighbours_in_a_pack_are_read_together_and_every_chunk_arrives_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = crate::repo::writer::tests::repository(dir.path());
-        let source = dir.path().join("source");
+    /// Backs `files` up into `repo` (from a directory in `dir`, file `i` named so that it
+    /// sorts `i`-th) and returns every file's chunks tagged with its number.
+    fn backed_up_chunks(
+        repo: &Repository,
+        dir: &std::path::Path,
+        files: &[Vec<u8>],
+    ) -> Vec<(usize, ChunkRef)> {
+        let source = dir.join("source");
         std::fs::create_dir(&source).unwrap();
-        let mut expected = Vec::new();
-        for i in 0..50u8 {
-            let bytes = vec![i; 100 + usize::from(i)];
-            std::fs::write(source.join(format!("f{i:02}")), &bytes).unwrap();
-            expected.push(bytes);
+        for (i, bytes) in files.iter().enumerate() {
+            std::fs::write(source.join(format!("f{i:05}")), bytes).unwrap();
         }
-        let outcome = crate::backup::run(
-            &repo,
-            &BackupOptions::new(vec![source]),
-            &Progress::default(),
-        )
-        .unwrap();
-        let root = crate::tree::load_tree(&repo, &outcome.checkpoint.tree).unwrap();
+        let options = BackupOptions::new(vec![source]);
+        let outcome = crate::backup::run(repo, &options, &Progress::default()).unwrap();
+        let root = crate::tree::load_tree(repo, &outcome.checkpoint.tree).unwrap();
         let mut chunks = Vec::new();
         for (i, entry) in root.entries.iter().enumerate() {
             let crate::tree::EntryKind::File(content) = &entry.kind else {
                 panic!("only files");
             };
-            for chunk in crate::tree::file_chunks(&repo, content).unwrap() {
+            for chunk in crate::tree::file_chunks(repo, content).unwrap() {
                 chunks.push((i, chunk));
             }
         }
+        chunks
+    }
+
+    #[test]
+    fn neighbours_in_a_pack_are_read_together_and_every_chunk_arrives_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = crate::repo::writer::tests::repository(dir.path());
+        let expected: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; 100 + usize::from(i)]).collect();
+        let mut chunks = backed_up_chunks(&repo, dir.path(), &expected);
         // Each file twice, the second time backwards: order is the caller's, not the pack's.
         let backwards: Vec<_> = chunks.iter().rev().copied().collect();
         chunks.extend(backwards);
@@ -570,38 +575,19 @@ mod tests {
     fn a_frame_counts_once_in_a_window_and_a_frame_held_decoded_is_not_read_again() {
         let dir = tempfile::tempdir().unwrap();
         let (repo, backend) = crate::repo::writer::tests::recording_repository(dir.path());
-        let source = dir.path().join("source");
-        std::fs::create_dir(&source).unwrap();
         // 400 small files of 4 KiB that do not compress: one shared frame of 1.6 MB.
         let mut state = 1u64;
-        for i in 0..400 {
-            let bytes: Vec<u8> = (0..4096)
-                .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
-                    (state >> 56) as u8
-                })
-                .collect();
-            std::fs::write(source.join(format!("f{i:03}")), bytes).unwrap();
-        }
-        let outcome = crate::backup::run(
-            &repo,
-            &BackupOptions::new(vec![source]),
-            &Progress::default(),
-        )
-        .unwrap();
-        let root = crate::tree::load_tree(&repo, &outcome.checkpoint.tree).unwrap();
-        let chunks: Vec<(usize, ChunkRef)> = root
-            .entries
-            .iter()
-            .enumerate()
-            .flat_map(|(i, entry)| {
-                let crate::tree::EntryKind::File(content) = &entry.kind else {
-                    panic!("only files");
-                };
-                let chunks = crate::tree::file_chunks(&repo, content).unwrap();
-                chunks.into_iter().map(move |chunk| (i, chunk))
+        let files: Vec<Vec<u8>> = (0..400)
+            .map(|_| {
+                (0..4096)
+                    .map(|_| {
+                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        (state >> 56) as u8
+                    })
+                    .collect()
             })
             .collect();
+        let chunks = backed_up_chunks(&repo, dir.path(), &files);
         let first = locate_chunk(&repo, &chunks[0].1).unwrap();
         assert!(!first.entry.is_alone() && first.entry.length > 1 << 20);
         std::thread::scope(|scope| {

@@ -164,18 +164,20 @@ mod tests {
         (PackId([n; 32]), u32::from(n))
     }
 
+    /// Frame `n`, 100 bytes of `n`, from `cache`, counting the decodings.
+    fn frame_of_100(cache: &FrameCache, decodings: &AtomicUsize, n: u8) -> DecodedFrame {
+        let decode = |_| {
+            decodings.fetch_add(1, Ordering::Relaxed);
+            Ok(vec![n; 100])
+        };
+        cache.get_or_decode(key(n), 100, decode).unwrap()
+    }
+
     #[test]
     fn the_least_recently_used_frames_go_first_and_a_frame_in_use_stays() {
         let cache = FrameCache::new(3 * 100);
         let decodings = AtomicUsize::new(0);
-        let get = |n: u8| {
-            cache
-                .get_or_decode(key(n), 100, |_| {
-                    decodings.fetch_add(1, Ordering::Relaxed);
-                    Ok(vec![n; 100])
-                })
-                .unwrap()
-        };
+        let get = |n: u8| frame_of_100(&cache, &decodings, n);
         // A scan over five frames, each read in a burst, with frame 0 read throughout: a
         // scan-resistant cache would keep the first frames and decode each new one again.
         for n in 1..=5 {
@@ -226,14 +228,7 @@ mod tests {
     fn a_frame_heavier_than_the_budget_is_still_kept_until_the_next() {
         let cache = FrameCache::new(10);
         let decodings = AtomicUsize::new(0);
-        let get = |n: u8| {
-            cache
-                .get_or_decode(key(n), 100, |_| {
-                    decodings.fetch_add(1, Ordering::Relaxed);
-                    Ok(vec![n; 100])
-                })
-                .unwrap()
-        };
+        let get = |n: u8| frame_of_100(&cache, &decodings, n);
         get(1);
         get(1);
         assert_eq!(decodings.load(Ordering::Relaxed), 1);
