@@ -323,6 +323,10 @@ fn move_claimed(
     for (frame, stored) in frames.iter().zip(&stored) {
         for (id, at) in frame.iter().copied() {
             if at.entry.is_alone() {
+                // What a tree or chunk list refers to is queued before it.
+                if at.entry.kind != BlobKind::Data {
+                    shared.send_off()?;
+                }
                 let location = || format!("pack {} blob {id}", at.pack);
                 let to = sink.repo().codec();
                 let encoded = from
