@@ -268,6 +268,25 @@ fn check_names_damage_and_restore_fails_loudly() {
         !target.join("b.bin").exists(),
         "a damaged file must not be left behind"
     );
+    // In JSON `errors` is a count, as backup's and list's are; the files are under `failed`.
+    let again = sandbox.path("restored-json");
+    let restore = sandbox.run(&with(
+        &[
+            "restore",
+            "latest",
+            "--json",
+            "--target",
+            again.to_str().unwrap(),
+        ],
+        &extra,
+    ));
+    assert_eq!(restore.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&restore.stdout).unwrap();
+    assert_eq!(report["errors"], 1, "{report}");
+    assert!(
+        report["failed"][0]["path"].to_string().contains("b.bin"),
+        "{report}"
+    );
     assert_eq!(
         fs::read(target.join("a.bin")).unwrap(),
         fs::read(source.join("a.bin")).unwrap()

@@ -121,6 +121,10 @@ fn a_repository_copy_moves_only_missing_blobs_and_restores_identically() {
         &[&["sync", &first_only, text(&copy)][..], &main, &from].concat(),
     );
     assert_eq!(one["checkpoints_copied"], 1, "{one}");
+    assert_eq!(
+        one["errors"], 0,
+        "a count, as backup's and list's are: {one}"
+    );
     let blobs_one = one["blobs_copied"].as_u64().unwrap();
     assert!(blobs_one > 5, "{one}");
     let dry = json(
@@ -133,6 +137,13 @@ fn a_repository_copy_moves_only_missing_blobs_and_restores_identically() {
         .concat(),
     );
     assert_eq!(dry["checkpoints_copied"], 1, "{dry}");
+    let said = sandbox.ok(&[
+        &["sync", "--dry-run", text(&t.repo), text(&copy)][..],
+        &main,
+        &from,
+    ]
+    .concat());
+    assert!(said.contains("1 checkpoint would be copied;"), "{said}");
     let rest = json(
         sandbox,
         &[&["sync", text(&t.repo), text(&copy)][..], &main, &from].concat(),

@@ -62,9 +62,9 @@ pub fn run(global: &GlobalArgs, args: CheckArgs) -> Result<ExitCode> {
         );
         if report.unlisted_packs > 0 {
             eprintln!(
-                "{} packs no index file lists were not read (left by a stopped run: the next \
-                 backup takes them back if whole, `cairn prune` deletes the rest)",
-                report.unlisted_packs
+                "{} no index file lists not read (left by a stopped run: the next backup takes \
+                 them back if whole, `cairn prune` deletes the rest)",
+                super::counted(report.unlisted_packs, "pack")
             );
         }
     }
@@ -73,10 +73,10 @@ pub fn run(global: &GlobalArgs, args: CheckArgs) -> Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!(
-            "the repository is damaged: {} problems, {} damaged blobs, {} checkpoints affected",
-            report.problems.len(),
-            report.damaged.len(),
-            report.affected_checkpoints.len()
+            "the repository is damaged: {}, {} damaged, {} affected",
+            super::counted(report.problems.len(), "problem"),
+            super::counted(report.damaged.len(), "blob"),
+            super::counted(report.affected_checkpoints.len(), "checkpoint")
         );
         print_next_steps(&report);
         Ok(ExitCode::FAILURE)

@@ -379,7 +379,18 @@ pub fn command() -> Command {
             for (variable, what) in variables {
                 text.push_str(&format!("  {variable:<width$}  {what}\n"));
             }
-            command.after_help(text.trim_end().to_owned())
+            let text = text.trim_end().to_owned();
+            // A group's commands (`key add`, `repair packs`) end with the group's examples,
+            // which show them.
+            let children: Vec<String> = command
+                .get_subcommands()
+                .map(|child| child.get_name().to_owned())
+                .collect();
+            let mut command = command.after_help(text.clone());
+            for child in children {
+                command = command.mut_subcommand(child, |child| child.after_help(text.clone()));
+            }
+            command
         });
     }
     cli
@@ -392,7 +403,11 @@ mod tests {
     #[test]
     fn every_command_has_examples_and_its_environment() {
         let cli = command();
-        for sub in cli.get_subcommands().filter(|c| !c.is_hide_set()) {
+        let commands = cli.get_subcommands().filter(|c| !c.is_hide_set());
+        // With a group's own commands (`key add`, `repair packs`, `plans init`).
+        let nested = commands.flat_map(|c| std::iter::once(c).chain(c.get_subcommands()));
+        let mut checked = 0;
+        for sub in nested.filter(|c| !c.is_hide_set() && c.get_name() != "help") {
             let help = sub
                 .get_after_help()
                 .map(|h| h.to_string())
@@ -402,7 +417,17 @@ mod tests {
                 "{}: {help}",
                 sub.get_name()
             );
+            let examples = (help.split("\n\nEnvironment:").next().unwrap_or_default())
+                .lines()
+                .filter(|line| line.starts_with("  ") && !line.starts_with("   "))
+                .count();
+            assert!((2..=3).contains(&examples), "{}: {help}", sub.get_name());
             assert!(help.contains("CAIRN_REPO"), "{}: {help}", sub.get_name());
+            checked += 1;
         }
+        assert!(
+            checked > cli.get_subcommands().count(),
+            "nested commands checked"
+        );
     }
 }

@@ -107,18 +107,18 @@ fn print_packs_report(report: &PackRepairReport) -> Result<()> {
     let would = if report.dry_run { "would be " } else { "" };
     for pack in &report.damaged_packs {
         outln!(
-            "pack {} ({}): {} blobs {would}kept, {} {would}dropped",
+            "pack {} ({}): {} {would}kept, {} {would}dropped",
             pack.name,
             pack.reason,
-            pack.blobs_kept,
+            super::counted(pack.blobs_kept, "blob"),
             pack.blobs_dropped
         );
     }
     outln!(
-        "{} packs read, {} damaged or missing; {} blobs {would}kept, {} {would}dropped from the index",
-        report.packs_read,
+        "{} read, {} damaged or missing; {} {would}kept, {} {would}dropped from the index",
+        super::counted(report.packs_read, "pack"),
         report.damaged_packs.len(),
-        report.blobs_kept,
+        super::counted(report.blobs_kept, "blob"),
         report.blobs_dropped
     );
     if report.blobs_dropped > 0 {
@@ -150,8 +150,8 @@ fn print_checkpoints_report(report: &CheckpointRepairReport) -> Result<()> {
     }
     let would = if report.dry_run { "would be " } else { "" };
     outln!(
-        "{} checkpoints checked, {} {would}repaired",
-        report.checkpoints_checked,
+        "{} checked, {} {would}repaired",
+        super::counted(report.checkpoints_checked, "checkpoint"),
         report.repaired.len()
     );
     Ok(())

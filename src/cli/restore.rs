@@ -75,7 +75,9 @@ pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
             "dirs": report.dirs,
             "bytes": bytes,
             "skipped": skipped,
-            "errors": report.errors,
+            // A count, as in backup's and list's; the files and why under `failed`.
+            "errors": report.errors.len(),
+            "failed": report.errors,
             "out_of_space": report.out_of_space,
         }))?;
     } else {

@@ -118,7 +118,11 @@ pub fn run(global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode> {
         eprintln!("warning: {}: {}", error.path.display(), error.message);
     }
     if args.json {
-        print_json(&report)?;
+        // `errors` a count, as in backup's and list's; the paths and why under `failed`.
+        let mut shown = serde_json::to_value(&report).expect("reports serialize");
+        shown["failed"] = shown["errors"].take();
+        shown["errors"] = report.errors.len().into();
+        print_json(&shown)?;
     } else {
         print_report(&report)?;
     }
@@ -223,18 +227,21 @@ fn print_report(report: &SyncReport) -> Result<()> {
     let would = if report.dry_run { "would be " } else { "" };
     if report.checkpoints_copied + report.blobs_copied + report.blobs_skipped > 0 {
         outln!(
-            "{} checkpoints {would}copied; {} blobs {would}copied, {} already there",
-            report.checkpoints_copied,
-            report.blobs_copied,
+            "{} {would}copied; {} {would}copied, {} already there",
+            super::counted(report.checkpoints_copied, "checkpoint"),
+            super::counted(report.blobs_copied, "blob"),
             report.blobs_skipped
         );
     }
     if report.files_written + report.files_unchanged + report.entries_deleted > 0 {
+        let deleted = match report.entries_deleted {
+            1 => "1 entry".to_owned(),
+            count => format!("{count} entries"),
+        };
         outln!(
-            "{} files {would}written, {} unchanged, {} entries {would}deleted; {} reused from the target",
-            report.files_written,
+            "{} {would}written, {} unchanged, {deleted} {would}deleted; {} reused from the target",
+            super::counted(report.files_written, "file"),
             report.files_unchanged,
-            report.entries_deleted,
             HumanBytes(report.bytes_reused)
         );
     }
