@@ -107,6 +107,15 @@ fn find_reports_each_version_of_a_match_with_the_checkpoints_holding_it() {
     assert_eq!(summary(&in_2025, &ids), ["src/main.c [1 2]"]);
     let latest = find_json(&sandbox, &repo, &["main.c", "-c", "latest"]);
     assert_eq!(summary(&latest, &ids), ["src/main.c [2]"]);
+    // --path keeps the checkpoints of one backed-up path, as list's does.
+    let backed_up = source.to_str().unwrap();
+    let of_source = find_json(&sandbox, &repo, &["main.c", "--path", backed_up]);
+    assert_eq!(
+        summary(&of_source, &ids),
+        ["src/main.c [0]", "src/main.c [1 2]"]
+    );
+    let elsewhere = sandbox.run(&["find", "--repo", &repo, "main.c", "--path", "/elsewhere"]);
+    assert!(elsewhere.stdout.is_empty(), "{}", stderr(&elsewhere));
 
     let text = sandbox.ok(&["find", "--repo", &repo, "main.c"]);
     let lines: Vec<&str> = text.lines().collect();

@@ -174,6 +174,15 @@ fn a_plan_with_an_unreachable_target_puts_each_run_in_the_others_and_keeps_what_
         "{shown}"
     );
     assert!(shown.contains("1 checkpoint, latest"), "{shown}");
+    // With its time, its age and its size.
+    let latest = shown
+        .lines()
+        .find(|line| line.contains(&format!("latest {short} ")))
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(
+        latest.contains(" ago, ") && latest.ends_with("B)"),
+        "{latest}"
+    );
     assert!(
         shown.contains("http://127.0.0.1:1/repo: unreadable"),
         "{shown}"
