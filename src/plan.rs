@@ -496,6 +496,8 @@ mod tests {
             sources = ["/home/me"]
             exclude = ["*.tmp"]
             keep = { last = 3, daily = 7 }
+            low_priority = true
+            limit_rate = "10M"
             [[plans.home.targets]]
             repo = "/mnt/usb/cairn"
             password_file = "/root/usb.pass"
@@ -507,6 +509,8 @@ mod tests {
         let plan = config.plan("home", "cairn.toml").unwrap();
         assert_eq!(plan.targets.len(), 2);
         assert_eq!(plan.keep.as_ref().unwrap().daily, 7);
+        assert!(plan.low_priority);
+        assert_eq!(plan.limit_rate.as_deref(), Some("10M"));
         assert_eq!(
             plan.targets[1].password_command.as_deref(),
             Some("pass show cairn")
