@@ -120,7 +120,8 @@ impl FrameCache {
             .sum();
         while (kept > self.capacity_bytes || slots.len() > FRAMES_KEPT) && slots.len() > 1 {
             let oldest = slots.pop_front().expect("more than one");
-            kept -= oldest.bytes.load(Ordering::Relaxed);
+            // A weight may have grown since the sum (a decoding finished meanwhile).
+            kept = kept.saturating_sub(oldest.bytes.load(Ordering::Relaxed));
             self.keep_buffer(oldest);
         }
         made
