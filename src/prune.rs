@@ -23,6 +23,7 @@ use crate::repo::index::{IndexedPacks, read_index_file};
 use crate::repo::lock::LockGuard;
 use crate::repo::objects::ObjectKind;
 use crate::repo::pack::{BlobKind, PackEntry, pack_id_of_object, pack_object_name};
+use crate::repo::table;
 use crate::repo::writer::{commit_pack_rewrite, packs_holding, with_blob_sink};
 use crate::tree::{Content, EntryKind, decode_chunk_list, load_tree};
 use serde::Serialize;
@@ -140,14 +141,8 @@ pub(crate) fn merge_listings<'a>(
             merged.len() - 1
         });
         let into = &mut merged[i].1;
-        for frame in entries.chunk_by(|a, b| a.offset == b.offset) {
+        for frame in table::frames(entries) {
             let offset = frame[0].offset;
-            let whole = frame.iter().try_fold(0u32, |at, entry| {
-                let same = entry.kind == frame[0].kind
-                    && entry.length == frame[0].length
-                    && entry.frame_raw_length == frame[0].frame_raw_length;
-                (same && entry.frame_at == at).then(|| at.checked_add(entry.raw_length))?
-            });
             let conflict = |what: &str| {
                 Error::corrupt(
                     pack_object_name(pack),
@@ -156,7 +151,7 @@ pub(crate) fn merge_listings<'a>(
                     ),
                 )
             };
-            if whole != Some(frame[0].frame_raw_length) {
+            if !table::is_whole_frame(frame) {
                 return Err(conflict("a frame that is not whole"));
             }
             if let Some(listed) = frames.get(&(*pack, offset)) {

@@ -164,13 +164,13 @@ struct Span {
     members: Vec<usize>,
 }
 
-/// Groups the located chunks of `window` that are to be read (`read[i]`) into spans of
-/// neighbours.
-fn spans_of<T>(window: &[Planned<T>], read: &[bool]) -> Vec<Span> {
+/// Groups the located chunks of `window` into spans of neighbours, but for those whose
+/// frame the repository holds decoded (`held[i]`), which need no read.
+fn spans_of<T>(window: &[Planned<T>], held: &[bool]) -> Vec<Span> {
     let mut located: Vec<(usize, &BlobLocation)> = window
         .iter()
         .enumerate()
-        .filter(|&(i, _)| read[i])
+        .filter(|&(i, _)| !held[i])
         .filter_map(|(i, planned)| planned.location.as_ref().ok().map(|at| (i, at)))
         .collect();
     located.sort_by_key(|(_, at)| (at.pack, at.entry.offset));
@@ -208,8 +208,7 @@ fn read_window<T>(repo: &Repository, window: Vec<Planned<T>>) -> Vec<Delivered<T
         .iter()
         .map(|planned| (planned.location.as_ref()).is_ok_and(|at| repo.holds_frame(at)))
         .collect();
-    let read: Vec<bool> = held.iter().map(|held| !held).collect();
-    let spans = spans_of(&window, &read);
+    let spans = spans_of(&window, &held);
     let ranges: Vec<RangeRequest> = spans.iter().map(|span| span.range.clone()).collect();
     let mut decoded: Vec<Option<Result<Vec<u8>>>> = window.iter().map(|_| None).collect();
     for (i, _) in held.iter().enumerate().filter(|(_, held)| **held) {
@@ -555,7 +554,7 @@ mod tests {
             })
             .collect();
         assert_eq!(
-            spans_of(&window, &vec![true; window.len()]).len(),
+            spans_of(&window, &vec![false; window.len()]).len(),
             1,
             "one pack, one range"
         );
@@ -595,7 +594,7 @@ mod tests {
             // Counted per chunk, the frame filled the window after five chunks.
             let window = stream.next_window();
             assert_eq!(window.len(), chunks.len(), "one window for the whole frame");
-            assert_eq!(spans_of(&window, &vec![true; window.len()]).len(), 1);
+            assert_eq!(spans_of(&window, &vec![false; window.len()]).len(), 1);
             assert!(!repo.holds_frame(&first));
             let read = read_window(&repo, window);
             assert!(read.iter().all(|(_, chunk)| chunk.is_ok()));

@@ -40,6 +40,13 @@ pub struct BlobLocation {
     pub entry: PackEntry,
 }
 
+impl BlobLocation {
+    /// Whether this blob and `other` lie in one frame (read and decoded once for both).
+    pub fn same_frame(&self, other: &BlobLocation) -> bool {
+        self.pack == other.pack && self.entry.offset == other.entry.offset
+    }
+}
+
 /// The packs one index file lists, with their entries.
 pub type IndexedPacks = Vec<(PackId, Vec<PackEntry>)>;
 
@@ -52,7 +59,7 @@ pub fn encode_index_file(packs: &[(PackId, Vec<PackEntry>)], layout: Layout) -> 
         out.extend_from_slice(&pack.0);
         let count = match layout {
             Layout::Entries => entries.len(),
-            Layout::Frames => entries.chunk_by(|a, b| a.offset == b.offset).count(),
+            Layout::Frames => super::table::frames(entries).count(),
         };
         let count = u32::try_from(count).expect("a pack holds far fewer than 2^32 blobs");
         out.extend_from_slice(&count.to_le_bytes());

@@ -184,7 +184,7 @@ impl PackBuilder {
     pub fn take_from(&mut self, other: &mut PackBuilder) {
         let bytes = std::mem::take(&mut other.bytes);
         let entries = std::mem::take(&mut other.entries);
-        for frame in entries.chunk_by(|a, b| a.offset == b.offset) {
+        for frame in super::table::frames(&entries) {
             let start = frame[0].offset as usize;
             let encoded = &bytes[start..start + frame[0].length as usize];
             let blobs: Vec<_> = frame.iter().map(|e| (e.id, e.raw_length)).collect();

@@ -14,6 +14,28 @@ use super::pack::{BlobKind, PackEntry};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, ID_BYTES};
 
+/// The frames of a table's entries (in pack order, a frame's blobs together): each run of
+/// entries at one offset.
+pub fn frames(entries: &[PackEntry]) -> impl Iterator<Item = &[PackEntry]> {
+    entries.chunk_by(|a, b| a.offset == b.offset)
+}
+
+/// Whether `frame` (entries at one offset) lists every blob of one frame, in order: one
+/// kind and stored length, each blob starting where the one before ends, up to the frame's
+/// recorded plaintext length.
+pub fn is_whole_frame(frame: &[PackEntry]) -> bool {
+    let Some(first) = frame.first() else {
+        return false;
+    };
+    let whole = frame.iter().try_fold(0u32, |at, entry| {
+        let same = entry.kind == first.kind
+            && entry.length == first.length
+            && entry.frame_raw_length == first.frame_raw_length;
+        (same && entry.frame_at == at).then(|| at.checked_add(entry.raw_length))?
+    });
+    whole == Some(first.frame_raw_length)
+}
+
 /// Bytes of one entry in the entries layout.
 pub const ENTRY_BYTES: usize = ID_BYTES + 1 + 4 + 4 + 4;
 
@@ -64,14 +86,10 @@ impl Layout {
                 }
             }
             Layout::Frames => {
-                for frame in entries.chunk_by(|a, b| a.offset == b.offset) {
+                for frame in frames(entries) {
                     let first = &frame[0];
-                    let whole = frame.iter().try_fold(0u32, |at, entry| {
-                        (entry.frame_at == at).then(|| at + entry.raw_length)
-                    });
-                    assert_eq!(
-                        whole,
-                        Some(first.frame_raw_length),
+                    assert!(
+                        is_whole_frame(frame),
                         "a table lists every blob of a frame, in order"
                     );
                     if offsets {

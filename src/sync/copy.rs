@@ -207,9 +207,8 @@ const BATCH_BYTES: u64 = 8 << 20;
 /// frame lie next to each other in `blobs`), each frame's stored bytes counted once however
 /// many of its blobs are copied.
 fn batches(blobs: &[(BlobId, BlobLocation)]) -> Vec<&[(BlobId, BlobLocation)]> {
-    let frames: Vec<&[(BlobId, BlobLocation)]> = blobs
-        .chunk_by(|(_, a), (_, b)| a.pack == b.pack && a.entry.offset == b.entry.offset)
-        .collect();
+    let frames: Vec<&[(BlobId, BlobLocation)]> =
+        blobs.chunk_by(|(_, a), (_, b)| a.same_frame(b)).collect();
     let mut start = 0;
     super::runs(&frames, BATCH_FRAMES, BATCH_BYTES, |frame| {
         u64::from(frame[0].1.entry.length)
@@ -303,9 +302,7 @@ fn move_claimed(
     sink: &BlobSink,
     wanted: &[&(BlobId, BlobLocation)],
 ) -> Result<u64> {
-    let frames: Vec<_> = wanted
-        .chunk_by(|(_, a), (_, b)| a.pack == b.pack && a.entry.offset == b.entry.offset)
-        .collect();
+    let frames: Vec<_> = wanted.chunk_by(|(_, a), (_, b)| a.same_frame(b)).collect();
     let ranges: Vec<RangeRequest> = frames
         .iter()
         .map(|frame| {
