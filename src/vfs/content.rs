@@ -3,9 +3,8 @@
 
 use super::Vfs;
 use super::namespace::NodeKind;
-use super::prefetch::Prefetch;
 use super::walk_ahead::WalkStart;
-use super::{Ino, PREFETCH_CHUNKS, VfsError, VfsResult};
+use super::{Ino, VfsError, VfsResult};
 use crate::error::Error;
 use crate::holes::seek;
 use crate::id::BlobId;
@@ -104,7 +103,7 @@ impl Vfs {
         Ok(seek(&index.ends, holes, offset, want_data))
     }
 
-    /// Chunk `i` of file `ino` from the walk ahead, when there is one and it holds the chunk;
+    /// Chunk `i` of file `ino` from the walk ahead or the chunk cache, when either holds it;
     /// `from` is where the read starts in the chunk, `through_end` says it reaches its end.
     /// A read of a chunk's start that the walk did not foresee, of a file's first chunk or of
     /// the one after a chunk just read, moves the walk there.
@@ -116,7 +115,7 @@ impl Vfs {
         from: usize,
         through_end: bool,
     ) -> Option<Arc<Vec<u8>>> {
-        let walk = self.walk.as_ref()?;
+        let walk = &self.walk;
         let chunk = &index.chunks[i];
         if let Some(data) = walk.take(&chunk.id, through_end) {
             return Some(data);
@@ -214,25 +213,6 @@ impl Vfs {
             pieces.push((data, from..to));
             position = start + to as u64;
             i += 1;
-        }
-        let first = index.ends.partition_point(|&e| e <= offset);
-        let at_chunk_start = index
-            .chunks
-            .get(first)
-            .is_some_and(|chunk| index.ends[first] - chunk.length as u64 == offset);
-        if self.walk.is_none() && at_chunk_start && first.is_multiple_of(PREFETCH_CHUNKS) {
-            // The chunks after `first` up to the next prefetch point, past what this read took.
-            let wanted: Vec<ChunkRef> = index
-                .chunks
-                .iter()
-                .take(first + 1 + PREFETCH_CHUNKS)
-                .skip(i.max(first + 1))
-                .filter(|next| !self.chunks.contains_key(&next.id))
-                .copied()
-                .collect();
-            if !wanted.is_empty() {
-                self.prefetch.try_push(Prefetch::Chunks(wanted));
-            }
         }
         self.note_read(ino);
         Ok(match pieces.len() {

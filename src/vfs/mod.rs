@@ -11,19 +11,18 @@
 //! Everything is loaded lazily: a directory's tree is read when it is first listed or looked
 //! up, a file's chunk list when it is first read. Decoded trees, chunk lists and chunks are
 //! kept in bounded caches. Reading ahead happens in the background: a listing decodes its
-//! subdirectories' trees, and the first read in a directory hands the files after it in
-//! listing order (a tree walker reads them next) to the kernel's page cache through the
-//! adapter's `PagePusher`. On a local disk those file starts are read one by one, and a
-//! read prefetches the next chunks of its file (the next eight at every eighth chunk); on a
-//! store a round trip away, `walk_ahead` reads the checkpoint in the walker's order ahead of
-//! it, pack by pack, and both come from there.
+//! subdirectories' trees; a read the view did not foresee starts `walk_ahead`, which reads
+//! the checkpoint in a tree walker's order ahead of it, pack by pack, and the starts of the
+//! files after a read one in listing order (a tree walker reads them next) go from the walk
+//! to the kernel's page cache through the adapter's `PagePusher`.
 //! The checkpoint catalogue is re-listed every few seconds, so checkpoints made while
 //! mounted appear; a `CheckpointFilter` (host, paths, tags) can narrow it. Hard-linked
 //! files of one checkpoint share one inode, so `cp -a` recreates the links.
 //!
 //! This file holds the `Vfs` and its public types; `namespace` the inodes, names, catalogue
 //! and listings; `content` a file's chunks and reads; `prefetch` the background reading
-//! ahead (with `walk_ahead` on a remote store and `work_queue` feeding its threads).
+//! ahead (with `walk_ahead` reading, and `work_queue` feeding the threads that hand file
+//! starts to the kernel and decode trees).
 
 use crate::checkpoint::CheckpointFilter;
 use crate::error::Error;
@@ -60,14 +59,10 @@ const CATALOGUE_TTL: Duration = Duration::from_secs(2);
 const CHUNK_CACHE_BYTES: u64 = 64 << 20;
 /// Decoded trees kept in memory.
 const TREE_CACHE_ITEMS: usize = 4096;
-/// Chunks read ahead of a sequential reader, in one coalesced read (`readahead`): asked for
-/// when the reader reaches the start of every this many-th chunk, so each chunk is asked for
-/// once.
-const PREFETCH_CHUNKS: usize = 8;
 /// Bytes of file starts asked for after one read, at most (the first is asked for whatever
 /// its size).
 const FILE_STARTS_BYTES: u64 = crate::readahead::WINDOW_BYTES;
-/// Background threads that prefetch chunks and trees.
+/// Background threads that hand file starts to the kernel and decode trees.
 const PREFETCH_THREADS: usize = 4;
 /// Files of a directory whose first chunk is fetched ahead of the reader, at most; more are
 /// asked for, in one coalesced read, once the reader is half way through those asked for.
@@ -171,11 +166,10 @@ pub struct Vfs {
     /// Set by the FUSE adapter: where prefetched file starts go.
     page_pusher: Arc<OnceLock<PagePusher>>,
     /// The files of recently listed directories, in listing order, with their first chunks
-    /// (a local disk: file by file, see `note_read`).
+    /// (see `note_read`).
     reading_orders: Cache<Ino, Arc<ReadingOrder>>,
-    /// On a store a round trip away, the walk that reads a checkpoint ahead of its reader;
-    /// `None` on a local disk, where reading file by file is enough.
-    walk: Option<Arc<WalkAhead>>,
+    /// The walk that reads a checkpoint ahead of its reader.
+    walk: Arc<WalkAhead>,
 }
 
 /// Offers decoded bytes of a file (inode, offset, bytes) to the kernel's page cache, so the
@@ -199,13 +193,10 @@ impl Vfs {
         let chunks = Arc::new(Cache::with_weighter(4096, CHUNK_CACHE_BYTES, ChunkWeight));
         let trees = Arc::new(Cache::new(TREE_CACHE_ITEMS));
         let page_pusher = Arc::new(OnceLock::<PagePusher>::new());
-        let remote = repo.backend().preferred_concurrency() > 1;
-        let walk =
-            remote.then(|| Arc::new(WalkAhead::new(repo.clone(), trees.clone(), chunks.clone())));
+        let walk = Arc::new(WalkAhead::new(repo.clone(), trees.clone(), chunks.clone()));
         let prefetch = Arc::new(WorkQueue::new(2 * PREFETCH_WINDOW_FILES));
         let prefetcher = Arc::new(Prefetcher {
             repo: repo.clone(),
-            chunks: chunks.clone(),
             trees: trees.clone(),
             page_pusher: page_pusher.clone(),
             walk: walk.clone(),

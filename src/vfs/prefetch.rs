@@ -1,9 +1,8 @@
-//! Reading ahead of a reader: the background threads that decode trees and fetch chunks
-//! and file starts, and the reading order of each listed directory that tells them which
-//! files a walker reads next.
+//! Reading ahead of a reader: the background threads that decode trees and hand the walk
+//! ahead's file starts to the kernel, and the reading order of each listed directory that
+//! tells them which files a walker reads next.
 
 use super::Vfs;
-use super::content::{ChunkCache, cached_chunk, trimmed};
 use super::namespace::NodeKind;
 use super::walk_ahead::WalkAhead;
 use super::{
@@ -11,21 +10,16 @@ use super::{
     cached_tree,
 };
 use crate::id::TreeId;
-use crate::readahead::ChunkStream;
 use crate::repo::Repository;
 use crate::tree::{ChunkRef, Content, EntryKind};
-use quick_cache::sync::GuardResult;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
-/// What the background threads fetch ahead of a reader.
+/// What the background threads do ahead of a reader.
 pub(super) enum Prefetch {
-    /// Chunks of a file, read together.
-    Chunks(Vec<ChunkRef>),
     Tree(TreeId),
-    /// The first chunk of a file, handed to the kernel's page cache when it takes it.
+    /// The first chunk of a file, handed from the walk ahead to the kernel's page cache when
+    /// the walk holds it and the kernel takes it.
     FileStart(Ino, ChunkRef),
 }
 
@@ -39,73 +33,23 @@ pub(super) struct ReadingOrder {
 /// What the prefetch threads read with and into.
 pub(super) struct Prefetcher {
     pub(super) repo: Arc<Repository>,
-    pub(super) chunks: Arc<ChunkCache>,
     pub(super) trees: Arc<TreeCache>,
     pub(super) page_pusher: Arc<OnceLock<PagePusher>>,
-    /// On a store a round trip away, the walk ahead: file starts come from it, never from a
-    /// request of their own.
-    pub(super) walk: Option<Arc<WalkAhead>>,
+    /// The walk ahead: file starts come from it, never from a read of their own.
+    pub(super) walk: Arc<WalkAhead>,
 }
 
 impl Prefetcher {
-    /// Serves one prefetch request. A file's first chunk goes to the kernel's page cache
-    /// when a pusher is set and the kernel takes it, and to the chunk cache otherwise.
+    /// Serves one prefetch request.
     pub(super) fn serve(&self, request: Prefetch) -> crate::error::Result<()> {
-        let repo = &self.repo;
         match request {
-            Prefetch::Chunks(wanted) => std::thread::scope(|scope| {
-                // Each chunk's place in the cache is held while it is read, so a reader
-                // asking for it waits for this read instead of making its own.
-                let mut held = HashMap::new();
-                let mut order = Vec::new();
-                for chunk in wanted {
-                    if let GuardResult::Guard(guard) = self
-                        .chunks
-                        .get_value_or_guard(&chunk.id, Some(Duration::ZERO))
-                    {
-                        held.insert(chunk.id, guard);
-                        order.push((chunk.id, chunk));
-                    }
-                }
-                for (id, read) in ChunkStream::new(repo, scope, order) {
-                    let guard = held.remove(&id);
-                    match read {
-                        Ok(read) => {
-                            if let Some(guard) = guard {
-                                let _ = guard.insert(trimmed(read.bytes));
-                            }
-                        }
-                        // The reader will ask for it, and be told what is wrong.
-                        Err(e) => tracing::debug!("prefetching chunk {id} failed: {e}"),
-                    }
-                }
-                Ok(())
-            }),
-            Prefetch::Tree(id) => cached_tree(&self.trees, repo, &id).map(drop),
+            Prefetch::Tree(id) => cached_tree(&self.trees, &self.repo, &id).map(drop),
             Prefetch::FileStart(ino, chunk) => {
-                let data = match &self.walk {
-                    Some(walk) => match walk.take_ahead(&chunk.id) {
-                        Some(data) => data,
-                        None => return Ok(()),
-                    },
-                    // A chunk being read elsewhere is left to that read: a reader of the
-                    // file then finds it in the chunk cache.
-                    None => match self
-                        .chunks
-                        .get_value_or_guard(&chunk.id, Some(Duration::ZERO))
-                    {
-                        GuardResult::Value(data) => data,
-                        GuardResult::Guard(_) => cached_chunk(repo, &chunk)?,
-                        GuardResult::Timeout => return Ok(()),
-                    },
-                };
                 // What the walk hands over is in the chunk cache already.
-                let taken = self
-                    .page_pusher
-                    .get()
-                    .is_some_and(|push| push(ino, 0, &data));
-                if !taken && self.walk.is_none() {
-                    self.chunks.insert(chunk.id, data);
+                if let (Some(data), Some(push)) =
+                    (self.walk.take_ahead(&chunk.id), self.page_pusher.get())
+                {
+                    push(ino, 0, &data);
                 }
                 Ok(())
             }
@@ -168,9 +112,9 @@ impl Vfs {
     }
 
     /// Notes that file `ino` was read. A read of a file the prefetcher was not asked for yet
-    /// asks it for the first chunks of the files after it in its directory: a walker reading
-    /// files one at a time (tar, cp -a) then finds them in the kernel's page cache or in
-    /// memory (small files are a single chunk), while a walk that only lists decodes nothing.
+    /// asks it to hand the walk ahead's starts of the files after it in its directory to the
+    /// kernel: a walker reading files one at a time (tar, cp -a) then finds them in the
+    /// kernel's page cache (small files are a single chunk).
     pub(super) fn note_read(&self, ino: Ino) {
         let place = {
             let nodes = self.nodes.read().expect("not poisoned");
@@ -188,17 +132,13 @@ impl Vfs {
     }
 
     /// Notes that the kernel holds every entry of directory `dir`'s listing (the reader has
-    /// listed it to its end). On a store a round trip away the walk ahead is likely to hold
-    /// the first files' starts already: they go to the kernel's page cache now, the first
-    /// few before the reader is answered, so a walker reading the directory's files next
-    /// finds them there. (A read of the first files would otherwise come before the
-    /// background pushed them: a tar of the kernel tree missed 6,200 of 78,000 files, now
-    /// 800.) On a local disk nothing is read until a file is, so a program that only lists
-    /// reads nothing.
+    /// listed it to its end). The walk ahead is likely to hold the first files' starts
+    /// already: they go to the kernel's page cache now, the first few before the reader is
+    /// answered, so a walker reading the directory's files next finds them there. (A read of
+    /// the first files would otherwise come before the background pushed them: a tar of the
+    /// kernel tree missed 6,200 of 78,000 files, now 800.) Nothing is read for it: a program
+    /// that only lists reads nothing.
     pub fn listing_taken(&self, dir: Ino) {
-        if self.walk.is_none() {
-            return;
-        }
         if let Some(order) = self.reading_orders.get(&dir)
             && order.requested.load(Ordering::Relaxed) == 0
         {

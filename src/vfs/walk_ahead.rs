@@ -1,5 +1,6 @@
-//! Reading a checkpoint's files ahead of a program that walks it, for a store a round trip
-//! away (S3, a served repository).
+//! Reading a checkpoint's files ahead of a program that walks it, on every store: most
+//! needed a round trip away (S3, a served repository), and on a local disk, where small files
+//! share frames, it decodes each frame once, off the reader's path.
 //!
 //! tar, `cp -a` and rsync read a tree one file at a time, depth first, in the order of its
 //! listings (names sorted, as trees hold them). On an object store a read per file is a
