@@ -39,19 +39,6 @@ fn write_small_files(root: &Path) {
     fs::write(root.join("large.bin"), pseudo_random(3 << 20, 7)).unwrap();
 }
 
-/// Every pack's entries, read from the packs themselves.
-fn pack_entries(repo: &Path) -> Vec<PackEntry> {
-    let codec = Codec::new(None, 3);
-    let mut entries = Vec::new();
-    for dir in fs::read_dir(repo.join("data")).unwrap() {
-        for pack in fs::read_dir(dir.unwrap().path()).unwrap() {
-            let bytes = fs::read(pack.unwrap().path()).unwrap();
-            entries.extend(read_header(&bytes, &codec, &|| "pack".into()).unwrap());
-        }
-    }
-    entries
-}
-
 fn restore(sandbox: &Sandbox, repo: &Path, checkpoint: &str, name: &str) -> PathBuf {
     let target = sandbox.path(name);
     sandbox.ok(&[

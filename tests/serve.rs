@@ -345,6 +345,40 @@ fn change_one_percent(root: &Path) {
     }
 }
 
+/// A pull from a served directory stores small files as a backup of the directory would:
+/// their chunks share frames (they were each stored alone).
+#[test]
+fn a_pull_stores_small_files_in_shared_frames() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    make_wide_tree(&source);
+    let server = serve_with(&sandbox, &["--source", &format!("home={}", text(&source))]);
+    let url = format!("{}/source/home", server.url);
+    let client = client_args(&sandbox);
+    let repo = sandbox.path("repo");
+    // The token only: a password given for a `none` repository is refused as a downgrade.
+    let token_only = &client[2..];
+    sandbox.ok(&["init", "--repo", text(&repo), "--encryption", "none"]);
+    sandbox.ok(&with(&["sync", &url, text(&repo)], token_only));
+
+    let shared = pack_entries(&repo)
+        .iter()
+        .filter(|entry| !entry.is_alone())
+        .count();
+    // make_wide_tree's 200 files of 20-60 KB are one chunk each.
+    assert!(shared >= 200, "{shared} blobs share frames");
+    let restored = sandbox.path("restored");
+    sandbox.ok(&[
+        "restore",
+        "--repo",
+        text(&repo),
+        "latest",
+        "--target",
+        text(&restored),
+    ]);
+    assert_same_tree(&source, &restored);
+}
+
 fn sync_json(sandbox: &Sandbox, args: &[&str], client: &[String]) -> serde_json::Value {
     let out = sandbox.ok(&with(&[&["sync", "--json"][..], args].concat(), client));
     serde_json::from_str(&out).unwrap()

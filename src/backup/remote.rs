@@ -224,8 +224,16 @@ const BYTES_PER_REQUEST: u64 = 8 << 20;
 
 type PullResult = std::result::Result<(Content, u64), PullError>;
 
-/// The chunks one file of a batch needs, with their offsets: (its index in the batch, chunks).
-type Missing = (usize, Vec<(u64, ChunkRef)>);
+/// The chunks one file of a batch needs.
+struct Missing {
+    /// The file's index in the batch.
+    file: usize,
+    /// The chunks, each with its offset in the file.
+    chunks: Vec<(u64, ChunkRef)>,
+    /// The file is this one chunk: it goes into a frame shared with other small files, as a
+    /// backup of a local directory stores it.
+    only_chunk: bool,
+}
 
 /// Stores a batch of changed files: their chunk lists from the server in one request, then
 /// the chunks the repository lacks, in as few requests as their size allows.
@@ -284,12 +292,16 @@ fn pull_files(
                 .planned
                 .fetch_add(missing.len() as u64, Ordering::Relaxed);
         } else if !missing.is_empty() {
-            wanted.push((i, missing));
+            wanted.push(Missing {
+                file: i,
+                only_chunk: chunks.len() == 1,
+                chunks: missing,
+            });
         }
     }
     // Requests of up to BYTES_PER_REQUEST. Once a chunk is claimed, other files count on it
     // being stored, so a request that fails fails the pull (run it again to resume).
-    let missing_bytes = |(_, chunks): &Missing| chunks.iter().map(|(_, c)| c.length as u64).sum();
+    let missing_bytes = |file: &Missing| file.chunks.iter().map(|(_, c)| c.length as u64).sum();
     let groups = crate::sync::runs(&wanted, usize::MAX, BYTES_PER_REQUEST, missing_bytes);
     let mut failed = None;
     for group in groups {
@@ -311,11 +323,11 @@ fn pull_files(
         if let Err(e) = outcome {
             failed.get_or_insert_with(|| e.to_string());
             let mut files = group.iter();
-            if let Some((first, _)) = files.next() {
-                results[*first] = Some(Err(PullError::Repository(e)));
+            if let Some(first) = files.next() {
+                results[first.file] = Some(Err(PullError::Repository(e)));
             }
-            for (i, _) in files {
-                results[*i] = Some(Err(PullError::Source("not fetched".into())));
+            for missing in files {
+                results[missing.file] = Some(Err(PullError::Source("not fetched".into())));
             }
         }
     }
@@ -355,7 +367,7 @@ fn pull_files(
 fn release_group(sink: &BlobSink, group: &[Missing]) {
     let claimed: Vec<BlobId> = group
         .iter()
-        .flat_map(|(_, chunks)| chunks.iter().map(|(_, c)| c.id))
+        .flat_map(|file| file.chunks.iter().map(|(_, c)| c.id))
         .collect();
     sink.release(&claimed);
 }
@@ -375,7 +387,12 @@ fn wait_or_store(
         match sink.claim(&chunk.id)? {
             Claim::Mine => {
                 let paths = [path.clone()];
-                return fetch_and_store(context, sink, &paths, &[(0, vec![(offset, chunk)])]);
+                let missing = Missing {
+                    file: 0,
+                    chunks: vec![(offset, chunk)],
+                    only_chunk: false,
+                };
+                return fetch_and_store(context, sink, &paths, &[missing]);
             }
             Claim::Stored => return Ok(()),
             Claim::Elsewhere => {}
@@ -384,7 +401,8 @@ fn wait_or_store(
 }
 
 /// Fetches the missing chunks of a group of files in one request and queues them for the
-/// packer; on failure, gives up their claims so other files can store them.
+/// packer, small files' only chunks in shared frames; on failure, gives up their claims so
+/// other files can store them.
 fn fetch_and_store(
     context: &ServedSource,
     sink: &BlobSink,
@@ -393,25 +411,26 @@ fn fetch_and_store(
 ) -> Result<()> {
     let wanted: Vec<(RemotePath, Vec<(u64, ChunkRef)>)> = group
         .iter()
-        .map(|(i, chunks)| (paths[*i].clone(), chunks.clone()))
+        .map(|file| (paths[file.file].clone(), file.chunks.clone()))
         .collect();
-    let parts = match context.source.fetch_files(&wanted) {
-        Ok(parts) => parts,
-        Err(e) => {
-            release_group(sink, group);
-            return Err(e);
-        }
-    };
-    for ((_, chunks), parts) in wanted.iter().zip(parts) {
-        for ((_, chunk), data) in chunks.iter().zip(parts) {
-            let encoded = sink.repo().codec().encode(&data, true);
-            if let Err(e) = sink.send_encoded(chunk.id, BlobKind::Data, encoded, data.len()) {
-                release_group(sink, group);
-                return Err(e);
+    let stored = context.source.fetch_files(&wanted).and_then(|parts| {
+        let mut frame = sink.shared_frame(BlobKind::Data);
+        for (file, parts) in group.iter().zip(parts) {
+            for ((_, chunk), data) in file.chunks.iter().zip(parts) {
+                if file.only_chunk {
+                    frame.add_taken(BlobKind::Data, chunk.id, &data)?;
+                } else {
+                    let encoded = sink.repo().codec().encode(&data, true);
+                    sink.send_encoded(chunk.id, BlobKind::Data, encoded, data.len())?;
+                }
             }
         }
+        frame.finish()
+    });
+    if stored.is_err() {
+        release_group(sink, group);
     }
-    Ok(())
+    stored
 }
 
 /// The checkpoint's host and path for a source URL `scheme://host[:port]/source/NAME`: the

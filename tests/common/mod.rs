@@ -16,6 +16,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Every pack's entries in the unencrypted repository at `repo`, read from the packs
+/// themselves.
+pub fn pack_entries(repo: &Path) -> Vec<cairn::repo::pack::PackEntry> {
+    let codec = cairn::repo::codec::Codec::new(None, 3);
+    let mut entries = Vec::new();
+    for dir in fs::read_dir(repo.join("data")).unwrap() {
+        for pack in fs::read_dir(dir.unwrap().path()).unwrap() {
+            let bytes = fs::read(pack.unwrap().path()).unwrap();
+            let header = cairn::repo::pack::read_header(&bytes, &codec, &|| "pack".into());
+            entries.extend(header.unwrap());
+        }
+    }
+    entries
+}
+
 /// A scratch area with a cache directory every command shares.
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
