@@ -287,6 +287,11 @@ impl WalkAhead {
         self.shared.release(state);
     }
 
+    /// Whether the walk holds chunk `id` or is reading it.
+    pub(super) fn holds(&self, id: &BlobId) -> bool {
+        self.shared.lock().held.contains_key(id)
+    }
+
     /// Chunk `id` for the reader when the walk holds it, waiting for it while the walk reads
     /// it; `None` when the walk does not have it. The reader is then at the chunk's place in
     /// the walk; `through_end` says it has read the chunk to its end, which uses it up.
