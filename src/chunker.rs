@@ -5,6 +5,7 @@
 //! chunk size per worker, whatever the size of the file.
 
 use crate::error::{Error, Result};
+use crate::fs::uncached::DIRECT_READ_ALIGN;
 use fastcdc::v2020::{Normalization, cut_gear, get_gear_with_seed, select_masks};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -135,7 +136,9 @@ impl Chunker {
     }
 
     /// Reads `reader` to its end and calls `on_chunk` with each chunk in order. `buffer` is
-    /// reused between calls; it grows to twice the maximum chunk size. Returns the bytes read.
+    /// reused between calls; it grows to twice the maximum chunk size and a page. Returns the
+    /// bytes read. Every read but a stream's last starts and ends on a page boundary in memory
+    /// (and so in the file), as reads around the page cache must (`fs::uncached`).
     pub fn for_each_chunk<R: Read, E>(
         &self,
         reader: R,
@@ -160,15 +163,20 @@ impl Chunker {
         E: From<std::io::Error>,
     {
         let max = self.params.max_bytes as usize;
-        buffer.resize(2 * max, 0);
+        let area_bytes = (2 * max).next_multiple_of(DIRECT_READ_ALIGN);
+        buffer.resize(area_bytes + DIRECT_READ_ALIGN, 0);
+        let aligned = buffer.as_ptr().align_offset(DIRECT_READ_ALIGN);
+        let area = &mut buffer[aligned..aligned + area_bytes];
         let (mut start, mut end, mut eof, mut total) = (0usize, 0usize, false, 0u64);
         loop {
             if !eof && end - start < max {
-                buffer.copy_within(start..end, 0);
-                end -= start;
-                start = 0;
-                while end < buffer.len() {
-                    match reader.read(&mut buffer[end..]) {
+                // What is left moves to end on a page boundary, where the next read starts.
+                let left = end - start;
+                let to = left.next_multiple_of(DIRECT_READ_ALIGN) - left;
+                area.copy_within(start..end, to);
+                (start, end) = (to, to + left);
+                while end < area.len() {
+                    match reader.read(&mut area[end..]) {
                         Ok(0) => {
                             eof = true;
                             break;
@@ -182,8 +190,8 @@ impl Chunker {
             if start == end {
                 return Ok(total);
             }
-            let len = self.first_chunk_len(&buffer[start..end]);
-            on_chunk(&buffer[start..start + len], eof && start + len == end)?;
+            let len = self.first_chunk_len(&area[start..end]);
+            on_chunk(&area[start..start + len], eof && start + len == end)?;
             start += len;
             total += len as u64;
         }
@@ -214,6 +222,51 @@ mod tests {
                 (state >> 33) as u8
             })
             .collect()
+    }
+
+    /// Hands out at most three pages per read and counts the reads before its end whose
+    /// buffer did not start and end on a page boundary (the one after the short last read
+    /// cannot).
+    struct PageReader<'a> {
+        data: &'a [u8],
+        unaligned_reads: usize,
+    }
+
+    impl Read for PageReader<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let page = DIRECT_READ_ALIGN;
+            let aligned =
+                (buf.as_ptr() as usize).is_multiple_of(page) && buf.len().is_multiple_of(page);
+            if !aligned && !self.data.is_empty() {
+                self.unaligned_reads += 1;
+            }
+            let n = buf.len().min(3 * page).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn reads_start_and_end_on_page_boundaries_and_cut_as_in_memory() {
+        let chunker = small_chunker();
+        let data = pseudo_random(300_000, 9);
+        let mut reader = PageReader {
+            data: &data,
+            unaligned_reads: 0,
+        };
+        let mut chunks = Vec::new();
+        let mut buffer = Vec::new();
+        chunker
+            .for_each_chunk(&mut reader, &mut buffer, |chunk| {
+                chunks.push(chunk.to_vec());
+                Ok::<_, std::io::Error>(())
+            })
+            .unwrap();
+        assert_eq!(reader.unaligned_reads, 0);
+        let in_memory: Vec<Vec<u8>> = chunker.chunks(&data).map(<[u8]>::to_vec).collect();
+        assert!(in_memory.len() > 20);
+        assert_eq!(chunks, in_memory);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! End-to-end tests of the commands people reach for once backups exist: `find` across
-//! checkpoints, and the backup inputs that choose what goes in (anchored excludes).
+//! checkpoints, the backup inputs that choose what goes in (anchored excludes), and how a
+//! backup reads a large file (around the page cache).
 
 mod common;
 
@@ -973,4 +974,78 @@ fn help_puts_global_options_apart_and_ends_with_examples_and_the_environment() {
     assert!(help[environment..].contains("CAIRN_PASSWORD "), "{help}");
     let serve = sandbox.ok(&["serve", "--help"]);
     assert!(serve.contains("CAIRN_SERVE_CLIENT_TIMEOUT"), "{serve}");
+}
+
+/// Pages of `path` in the page cache, and its pages, as `mincore` tells.
+fn cached_pages(path: &Path) -> (usize, usize) {
+    use std::os::fd::AsRawFd;
+    let file = fs::File::open(path).unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    let page = 4096;
+    let pages = len.div_ceil(page);
+    let mut resident = vec![0u8; pages];
+    // SAFETY: a private read-only mapping of the whole open file, checked, unmapped below;
+    // `resident` holds a byte per page of it, as mincore writes.
+    unsafe {
+        let map = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(map, libc::MAP_FAILED);
+        assert_eq!(libc::mincore(map, len, resident.as_mut_ptr()), 0);
+        libc::munmap(map, len);
+    }
+    (resident.iter().filter(|&&r| r & 1 == 1).count(), pages)
+}
+
+/// Writes `path` out and drops its pages from the page cache.
+fn evict(path: &Path) {
+    use std::os::fd::AsRawFd;
+    let file = fs::File::open(path).unwrap();
+    file.sync_all().unwrap();
+    // SAFETY: an advice on the whole of a descriptor this function holds open.
+    let advised = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(advised, 0);
+}
+
+/// A large file (a disk image, a dump) is read around the page cache: a backup leaves
+/// (almost) none of it cached, where reading it through the cache would leave it all, and it
+/// restores byte for byte, its size no multiple of a page; a small file beside it is read as
+/// before.
+#[test]
+fn a_large_file_is_read_around_the_page_cache_and_restores_whole() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    let large = source.join("disk.img");
+    let mut data = pseudo_random(12 << 20, 5);
+    data.extend((0..(8 << 20) + 1234).map(|i| (i % 251) as u8));
+    fs::write(&large, &data).unwrap();
+    fs::write(source.join("notes.txt"), b"a small file\n").unwrap();
+    evict(&large);
+    assert_eq!(
+        cached_pages(&large).0,
+        0,
+        "the test starts with nothing cached"
+    );
+
+    let repo = plain_repo(&sandbox);
+    sandbox.ok(&["backup", "--repo", &repo, source.to_str().unwrap()]);
+    let (cached, pages) = cached_pages(&large);
+    assert!(cached < pages / 20, "{cached} of {pages} pages cached");
+
+    let target = sandbox.path("target");
+    sandbox.ok(&[
+        "restore",
+        "--repo",
+        &repo,
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    assert_same_tree(&source, &target);
 }

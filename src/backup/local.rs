@@ -9,6 +9,7 @@ use crate::checkpoint::{self, Checkpoint, Series};
 use crate::error::{Error, PathError, Result};
 use crate::fs::meta::listed_entry;
 use crate::fs::throttle::{RateLimiter, Throttled};
+use crate::fs::uncached::Uncached;
 use crate::id::CheckpointId;
 use crate::pattern::Patterns;
 use crate::progress::Progress;
@@ -33,6 +34,10 @@ const READ_AHEAD_THREADS: usize = 4;
 const READ_AHEAD_BYTES: i64 = 2 << 20;
 /// Threads of the scan ahead: enough metadata reads in flight to keep a disk busy.
 const SCAN_AHEAD_THREADS: usize = 4;
+/// Files at least this large are read around the page cache (`fs::uncached`): streamed once,
+/// they gain nothing from it, and copying them out of it costs CPU the pipeline needs.
+/// Smaller ones are read through it, where the kernel's read-ahead overlaps their reads.
+const UNCACHED_MIN_BYTES: u64 = 16 << 20;
 
 /// Inputs of a backup.
 #[derive(Debug, Clone)]
@@ -292,8 +297,12 @@ impl Source for LocalSource {
         );
     }
 
-    fn read_ahead(&self, file: &PathBuf) {
-        read_ahead(file);
+    /// Files read around the page cache are left out: what the kernel read ahead into the
+    /// cache would be read again.
+    fn read_ahead(&self, file: &PathBuf, size: u64) {
+        if size < UNCACHED_MIN_BYTES {
+            read_ahead(file);
+        }
     }
 
     fn store_files(
@@ -314,11 +323,12 @@ impl Source for LocalSource {
                     Ok(()) => {
                         let file = open_source(&job.path);
                         file.map_err(StoreError::from).and_then(|file| {
+                            let large = job.size >= UNCACHED_MIN_BYTES;
                             store_stream(
                                 sink,
                                 Some(&mut frame),
                                 limiter,
-                                file,
+                                Uncached::new(file, large),
                                 &mut buffer,
                                 progress,
                             )

@@ -121,8 +121,9 @@ pub(crate) trait Source: Sync {
     /// done or `stop` is set.
     fn count_totals(&self, progress: &Progress, stop: &AtomicBool);
 
-    /// A hint that `file` will be read soon, given on the engine's read-ahead threads.
-    fn read_ahead(&self, _file: &Self::Path) {}
+    /// A hint that `file`, of `size` bytes, will be read soon, given on the engine's
+    /// read-ahead threads.
+    fn read_ahead(&self, _file: &Self::Path, _size: u64) {}
 
     /// Stores the files `jobs` brings until it closes, answering each job: one call per
     /// file worker thread. Each message is a run of small files next to each other in the
@@ -300,10 +301,14 @@ fn back_up<S: Source>(
                 scope.spawn(move || load_parent_trees_ahead(repo, root, trees, stop));
             }
             let (file_tx, file_rx) = bounded::<Vec<FileJob<S::Path>>>(walk::FILES_QUEUED);
-            let (read_ahead_tx, read_ahead_rx) = bounded::<S::Path>(walk::FILES_QUEUED);
+            let (read_ahead_tx, read_ahead_rx) = bounded::<(S::Path, u64)>(walk::FILES_QUEUED);
             for _ in 0..settings.read_ahead_threads {
                 let files = read_ahead_rx.clone();
-                scope.spawn(move || files.into_iter().for_each(|f| source.read_ahead(&f)));
+                scope.spawn(move || {
+                    files
+                        .into_iter()
+                        .for_each(|(f, size)| source.read_ahead(&f, size))
+                });
             }
             drop(read_ahead_rx);
             let (dir_tx, dir_rx) = bounded(1024);

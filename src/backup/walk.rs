@@ -65,7 +65,7 @@ pub(super) struct Walker<'a, S: Source> {
     /// wait for the tree builder (which may be waiting for them), and at the end.
     pub batch: std::cell::RefCell<Batch<S::Path>>,
     /// Files about to be read, for the read-ahead threads (`None`: no hints).
-    pub read_ahead: Option<Sender<S::Path>>,
+    pub read_ahead: Option<Sender<(S::Path, u64)>>,
     pub dirs: Sender<PendingDir>,
     pub errors: &'a Mutex<Vec<PathError>>,
     pub parent_trees: &'a ParentTrees,
@@ -181,7 +181,7 @@ impl<S: Source> Walker<'_, S> {
                         None => {
                             if let Some(read_ahead) = &self.read_ahead {
                                 // Dropped when the read-ahead threads are busy: only a hint.
-                                let _ = read_ahead.try_send(path.clone());
+                                let _ = read_ahead.try_send((path.clone(), entry.size));
                             }
                             let (result, receiver) = bounded(1);
                             let size = entry.size;
