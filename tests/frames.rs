@@ -9,7 +9,7 @@ use cairn::repo::codec::Codec;
 use cairn::repo::pack::{PackEntry, read_header};
 use common::*;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn text(path: &Path) -> &str {
     path.to_str().unwrap()
@@ -39,19 +39,6 @@ fn write_small_files(root: &Path) {
     fs::write(root.join("large.bin"), pseudo_random(3 << 20, 7)).unwrap();
 }
 
-fn restore(sandbox: &Sandbox, repo: &Path, checkpoint: &str, name: &str) -> PathBuf {
-    let target = sandbox.path(name);
-    sandbox.ok(&[
-        "restore",
-        "--repo",
-        text(repo),
-        checkpoint,
-        "--target",
-        text(&target),
-    ]);
-    target
-}
-
 #[test]
 fn small_files_share_frames_and_every_reader_cuts_each_one_out() {
     let sandbox = Sandbox::new();
@@ -73,7 +60,7 @@ fn small_files_share_frames_and_every_reader_cuts_each_one_out() {
     );
 
     // Restore, cat, check: each file is cut out of its frame and checked against its id.
-    assert_same_tree(&source, &restore(&sandbox, &repo, "latest", "restored"));
+    assert_same_tree(&source, &sandbox.restore(&repo, "latest", "restored"));
     let one = sandbox.ok(&["cat", "--repo", text(&repo), "latest:dir6/f31.rs"]);
     assert_eq!(
         one.as_bytes(),
@@ -106,7 +93,7 @@ fn small_files_share_frames_and_every_reader_cuts_each_one_out() {
     ]);
     sandbox.ok(&["prune", "--repo", text(&repo), "--max-unused", "0"]);
     sandbox.ok(&["check", "--repo", text(&repo), "--read-data"]);
-    assert_same_tree(&source, &restore(&sandbox, &repo, "latest", "after-prune"));
+    assert_same_tree(&source, &sandbox.restore(&repo, "latest", "after-prune"));
 
     // A copy into another repository keeps blobs that shared a frame in shared frames (it
     // stored each alone, losing what compressing them together saved), and restores the same.
@@ -114,7 +101,7 @@ fn small_files_share_frames_and_every_reader_cuts_each_one_out() {
     sandbox.ok(&["init", "--repo", text(&copy), "--encryption", "none"]);
     sandbox.ok(&["sync", text(&repo), text(&copy)]);
     sandbox.ok(&["check", "--repo", text(&copy), "--read-data"]);
-    assert_same_tree(&source, &restore(&sandbox, &copy, "latest", "from-copy"));
+    assert_same_tree(&source, &sandbox.restore(&copy, "latest", "from-copy"));
     let shared_in = |repo: &Path| pack_entries(repo).iter().filter(|e| !e.is_alone()).count();
     let (kept, copied) = (shared_in(&repo), shared_in(&copy));
     assert!(kept >= 100, "the pruned repository shares frames: {kept}");
@@ -147,5 +134,5 @@ fn a_format_2_repository_is_written_in_its_own_format() {
         }
     }
     sandbox.ok(&["check", "--repo", text(&repo), "--read-data"]);
-    assert_same_tree(&source, &restore(&sandbox, &repo, "latest", "restored"));
+    assert_same_tree(&source, &sandbox.restore(&repo, "latest", "restored"));
 }

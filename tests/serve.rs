@@ -334,6 +334,16 @@ fn make_wide_tree(root: &Path) -> u64 {
     total + 3_000_000 + 100_000
 }
 
+/// `make_wide_tree` at `<sandbox>/source`, served as the source `home`: the tree, its bytes,
+/// the server and the source's URL.
+fn served_wide_tree(sandbox: &Sandbox) -> (PathBuf, u64, Server, String) {
+    let source = sandbox.path("source");
+    let total = make_wide_tree(&source);
+    let server = serve_with(sandbox, &["--source", &format!("home={}", text(&source))]);
+    let url = format!("{}/source/home", server.url);
+    (source, total, server, url)
+}
+
 /// Changes 2 of the 200 files (1%): a few bytes in each.
 fn change_one_percent(root: &Path) {
     for i in [7u64, 123] {
@@ -350,10 +360,7 @@ fn change_one_percent(root: &Path) {
 #[test]
 fn a_pull_stores_small_files_in_shared_frames() {
     let sandbox = Sandbox::new();
-    let source = sandbox.path("source");
-    make_wide_tree(&source);
-    let server = serve_with(&sandbox, &["--source", &format!("home={}", text(&source))]);
-    let url = format!("{}/source/home", server.url);
+    let (source, _, _server, url) = served_wide_tree(&sandbox);
     let client = client_args(&sandbox);
     let repo = sandbox.path("repo");
     // The token only: a password given for a `none` repository is refused as a downgrade.
@@ -367,16 +374,7 @@ fn a_pull_stores_small_files_in_shared_frames() {
         .count();
     // make_wide_tree's 200 files of 20-60 KB are one chunk each.
     assert!(shared >= 200, "{shared} blobs share frames");
-    let restored = sandbox.path("restored");
-    sandbox.ok(&[
-        "restore",
-        "--repo",
-        text(&repo),
-        "latest",
-        "--target",
-        text(&restored),
-    ]);
-    assert_same_tree(&source, &restored);
+    assert_same_tree(&source, &sandbox.restore(&repo, "latest", "restored"));
 }
 
 fn sync_json(sandbox: &Sandbox, args: &[&str], client: &[String]) -> serde_json::Value {
@@ -388,10 +386,7 @@ fn sync_json(sandbox: &Sandbox, args: &[&str], client: &[String]) -> serde_json:
 fn a_served_directory_pulls_into_a_repository_and_a_directory_moving_only_changes() {
     let steps = Steps::new();
     let sandbox = Sandbox::new();
-    let source = sandbox.path("source");
-    let total = make_wide_tree(&source);
-    let server = serve_with(&sandbox, &["--source", &format!("home={}", text(&source))]);
-    let url = format!("{}/source/home", server.url);
+    let (source, total, server, url) = served_wide_tree(&sandbox);
     let client = client_args(&sandbox);
     let repo = sandbox.path("repo");
     sandbox.ok(&with(&["init", "--repo", text(&repo)], &client));
@@ -793,10 +788,7 @@ fn progress_has_a_total_and_reaches_it_for_served_local_and_checkpoint_sources()
 #[test]
 fn a_pulled_checkpoint_records_the_machine_and_path_of_its_source() {
     let sandbox = Sandbox::new();
-    let source = sandbox.path("source");
-    make_wide_tree(&source);
-    let server = serve_with(&sandbox, &["--source", &format!("home={}", text(&source))]);
-    let url = format!("{}/source/home", server.url);
+    let (source, _, _server, url) = served_wide_tree(&sandbox);
     let client = client_args(&sandbox);
     let repo = sandbox.path("repo");
     sandbox.ok(&with(&["init", "--repo", text(&repo)], &client));

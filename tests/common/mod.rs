@@ -123,6 +123,16 @@ impl Sandbox {
         command
     }
 
+    /// Restores `checkpoint` of the unencrypted repository `repo` to `<sandbox>/<name>`.
+    pub fn restore(&self, repo: &Path, checkpoint: &str, name: &str) -> PathBuf {
+        let target = self.path(name);
+        let (repo_arg, target_arg) = (repo.to_str().unwrap(), target.to_str().unwrap());
+        self.ok(&[
+            "restore", "--repo", repo_arg, checkpoint, "--target", target_arg,
+        ]);
+        target
+    }
+
     /// Initialises an unencrypted repository at `<sandbox>/repo` and backs `source` up into it.
     pub fn plain_repo_with_backup_of(&self, source: &Path) -> PathBuf {
         let repo = self.path("repo");
