@@ -2,7 +2,8 @@
 //! so an insertion in a large file changes only the chunks around it. Parameters are per
 //! repository; in encrypted repositories the gear table is keyed by a secret seed so chunk
 //! lengths do not reveal content. Streaming keeps one reusable buffer of twice the maximum
-//! chunk size per worker, whatever the size of the file.
+//! chunk size and a page per worker, whatever the size of the file, and reads into it on
+//! page boundaries (as reads around the page cache need).
 
 use crate::error::{Error, Result};
 use crate::fs::uncached::DIRECT_READ_ALIGN;
@@ -137,8 +138,9 @@ impl Chunker {
 
     /// Reads `reader` to its end and calls `on_chunk` with each chunk in order. `buffer` is
     /// reused between calls; it grows to twice the maximum chunk size and a page. Returns the
-    /// bytes read. Every read but a stream's last starts and ends on a page boundary in memory
-    /// (and so in the file), as reads around the page cache must (`fs::uncached`).
+    /// bytes read. Every read until a short one (the stream's end) starts and ends on a page
+    /// boundary in memory (and so in the file), as reads around the page cache must
+    /// (`fs::uncached`).
     pub fn for_each_chunk<R: Read, E>(
         &self,
         reader: R,

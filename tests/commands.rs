@@ -1012,10 +1012,19 @@ fn evict(path: &Path) {
     assert_eq!(advised, 0);
 }
 
+/// Whether `path` is on ext2-4 or XFS, where a large file is read around the page cache.
+fn on_ext4_or_xfs(path: &Path) -> bool {
+    let path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a plain C struct, filled in by statfs from a NUL-terminated path.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statfs(path.as_ptr(), &mut stat) }, 0);
+    [0xEF53, 0x5846_5342].contains(&(stat.f_type as u64))
+}
+
 /// A large file (a disk image, a dump) is read around the page cache: a backup leaves
 /// (almost) none of it cached, where reading it through the cache would leave it all, and it
-/// restores byte for byte, its size no multiple of a page; a small file beside it is read as
-/// before.
+/// restores byte for byte, its size no multiple of a page. (Where the sandbox is on another
+/// filesystem, only the restore is checked.)
 #[test]
 fn a_large_file_is_read_around_the_page_cache_and_restores_whole() {
     let sandbox = Sandbox::new();
@@ -1026,17 +1035,24 @@ fn a_large_file_is_read_around_the_page_cache_and_restores_whole() {
     data.extend((0..(8 << 20) + 1234).map(|i| (i % 251) as u8));
     fs::write(&large, &data).unwrap();
     fs::write(source.join("notes.txt"), b"a small file\n").unwrap();
-    evict(&large);
-    assert_eq!(
-        cached_pages(&large).0,
-        0,
-        "the test starts with nothing cached"
-    );
+    let around_the_cache = on_ext4_or_xfs(&source);
+    if around_the_cache {
+        evict(&large);
+        assert_eq!(
+            cached_pages(&large).0,
+            0,
+            "the test starts with nothing cached"
+        );
+    } else {
+        eprintln!("the sandbox is not on ext4 or XFS: only the restore is checked");
+    }
 
     let repo = plain_repo(&sandbox);
     sandbox.ok(&["backup", "--repo", &repo, source.to_str().unwrap()]);
-    let (cached, pages) = cached_pages(&large);
-    assert!(cached < pages / 20, "{cached} of {pages} pages cached");
+    if around_the_cache {
+        let (cached, pages) = cached_pages(&large);
+        assert!(cached < pages / 20, "{cached} of {pages} pages cached");
+    }
 
     let target = sandbox.path("target");
     sandbox.ok(&[

@@ -178,7 +178,7 @@ impl Vfs {
     /// A chunk's bytes. A chunk read whole in one request (most small files) is not worth
     /// caching; one that later requests will read more of is kept.
     pub(super) fn chunk(&self, chunk: &ChunkRef, read_whole: bool) -> VfsResult<Arc<Vec<u8>>> {
-        // A chunk being read ahead is waited for, not read again.
+        // A chunk another request thread is reading is waited for, not read again.
         Ok(match self.chunks.get_value_or_guard(&chunk.id, None) {
             GuardResult::Value(data) => data,
             GuardResult::Guard(guard) => {

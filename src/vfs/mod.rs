@@ -54,8 +54,9 @@ pub const ROOT_INO: Ino = 1;
 
 /// The catalogue of checkpoints is re-listed when older than this.
 const CATALOGUE_TTL: Duration = Duration::from_secs(2);
-/// Bytes of decoded chunks kept in memory: enough for every request thread and the
-/// prefetcher to hold the largest chunks; the kernel's page cache keeps file content beyond.
+/// Bytes of decoded chunks kept in memory (those a reader read part of, and those the walk
+/// ahead handed over): enough for every request thread to hold the largest chunks; the
+/// kernel's page cache keeps file content beyond.
 const CHUNK_CACHE_BYTES: u64 = 64 << 20;
 /// Decoded trees kept in memory.
 const TREE_CACHE_ITEMS: usize = 4096;
@@ -64,8 +65,8 @@ const TREE_CACHE_ITEMS: usize = 4096;
 const FILE_STARTS_BYTES: u64 = crate::readahead::WINDOW_BYTES;
 /// Background threads that hand file starts to the kernel and decode trees.
 const PREFETCH_THREADS: usize = 4;
-/// Files of a directory whose first chunk is fetched ahead of the reader, at most; more are
-/// asked for, in one coalesced read, once the reader is half way through those asked for.
+/// Files of a directory whose start is handed from the walk ahead to the kernel ahead of the
+/// reader, at most; more are asked for once the reader is half way through those asked for.
 const PREFETCH_WINDOW_FILES: usize = 64;
 /// Files of a fully listed directory whose starts go to the kernel before the listing's
 /// reader is answered (`Vfs::listing_taken`); the rest of the window follows in the

@@ -30,7 +30,7 @@ pub(super) struct ReadingOrder {
     requested: AtomicUsize,
 }
 
-/// What the prefetch threads read with and into.
+/// What the prefetch threads decode trees with and hand file starts from.
 pub(super) struct Prefetcher {
     pub(super) repo: Arc<Repository>,
     pub(super) trees: Arc<TreeCache>,
@@ -45,9 +45,10 @@ impl Prefetcher {
         match request {
             Prefetch::Tree(id) => cached_tree(&self.trees, &self.repo, &id).map(drop),
             Prefetch::FileStart(ino, chunk) => {
-                // What the walk hands over is in the chunk cache already.
-                if let (Some(data), Some(push)) =
-                    (self.walk.take_ahead(&chunk.id), self.page_pusher.get())
+                // Taken from the walk only when it can go to the kernel; what the walk hands
+                // over is in the chunk cache already.
+                if let Some(push) = self.page_pusher.get()
+                    && let Some(data) = self.walk.take_ahead(&chunk.id)
                 {
                     push(ino, 0, &data);
                 }

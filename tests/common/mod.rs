@@ -1,5 +1,6 @@
-//! Helpers shared by the integration tests: running the real `cairn` binary, generating
-//! source trees with every file type, and comparing two trees entry by entry.
+//! Helpers shared by the integration tests: running the real `cairn` binary (and restoring
+//! with it), generating source trees with every file type, comparing two trees entry by
+//! entry, and reading an unencrypted repository's pack headers.
 
 #![allow(dead_code)]
 
