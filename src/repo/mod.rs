@@ -128,7 +128,7 @@ pub struct Repository {
 }
 
 /// Bytes of decoded frames a repository keeps: a few frames per thread of a restore or mount.
-const FRAMES_KEPT_BYTES: u64 = 64 << 20;
+const FRAMES_KEPT_BYTES: u64 = 32 << 20;
 
 fn write_key_file(path: &Path, key_file: &KeyFile) -> Result<()> {
     use std::io::Write;
