@@ -160,8 +160,8 @@ impl Vfs {
         }
         let start = order.requested.fetch_max(end, Ordering::Relaxed).max(from);
         let nodes = self.nodes.read().expect("not poisoned");
-        // At most one read-ahead window of bytes in flight, however large the files' first
-        // chunks.
+        // At most one read-ahead window of bytes handed to the kernel per request, however
+        // large the files' first chunks.
         let mut bytes = 0u64;
         let batch: Vec<(Ino, ChunkRef)> = order
             .files
