@@ -2,10 +2,12 @@
 //! threads serves every reader of a run: a reader hands it each chunk of a stream and gets
 //! back, in the stream's order, what storing each gave. A stream's last chunk (a small file
 //! has only that one) is stored by the reader itself, so small files never wait on the pool
-//! and a large one keeps every core busy. The pool's queue is bounded: a run holds the chunks
-//! in flight in memory, never a whole file.
+//! and a large one keeps every core busy. A chunk goes to the pool as a range of the block it
+//! was read into, not a copy; the pool's queue is bounded, so a run holds the blocks of the
+//! chunks in flight, never a whole file.
 
 use crate::error::Result;
+use crate::read_blocks::Chunk;
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 
 /// How one chunk is stored: what the pool's threads and the readers both call.
@@ -17,7 +19,7 @@ type Answer<T> = (usize, Result<T>);
 /// One chunk on its way to the pool, and where its answer goes.
 struct Task<T> {
     index: usize,
-    chunk: Vec<u8>,
+    chunk: Chunk,
     reply: Sender<Answer<T>>,
 }
 
@@ -84,7 +86,7 @@ impl<T> OrderedChunks<'_, T> {
     /// Stores `chunk`, the stream's next: on this thread when it is the `last`, otherwise on
     /// the pool (waiting while the pool's queue is full). Fails with the first failure of a
     /// chunk stored so far.
-    pub(crate) fn push(&mut self, chunk: &[u8], last: bool) -> Result<()> {
+    pub(crate) fn push(&mut self, chunk: &Chunk, last: bool) -> Result<()> {
         let index = self.results.len();
         self.results.push(None);
         if last {
@@ -92,7 +94,7 @@ impl<T> OrderedChunks<'_, T> {
         } else {
             let task = Task {
                 index,
-                chunk: chunk.to_vec(),
+                chunk: chunk.clone(),
                 reply: self.reply.clone().expect("kept until finish"),
             };
             self.tasks
@@ -157,7 +159,7 @@ mod tests {
         let stored = with_chunk_pool(2, &store, |pool| {
             let mut stream = pool.stream();
             for i in 0..20u8 {
-                stream.push(&[i], i == 19).unwrap();
+                stream.push(&Chunk::in_memory(vec![i]), i == 19).unwrap();
             }
             stream.finish().unwrap()
         });
@@ -180,13 +182,13 @@ mod tests {
         let failed = with_chunk_pool(2, &store, |pool| {
             let mut stream = pool.stream();
             (0..10u8)
-                .try_for_each(|i| stream.push(&[i], i == 9))
+                .try_for_each(|i| stream.push(&Chunk::in_memory(vec![i]), i == 9))
                 .and_then(|()| stream.finish())
         });
         assert!(failed.unwrap_err().to_string().contains("chunk 7"));
         let small = with_chunk_pool(2, &store, |pool| {
             let mut stream = pool.stream();
-            stream.push(&[9], true).unwrap();
+            stream.push(&Chunk::in_memory(vec![9]), true).unwrap();
             stream.finish().unwrap()
         });
         assert_eq!(small, [9]);

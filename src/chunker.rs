@@ -1,17 +1,19 @@
 //! Content-defined chunking with FastCDC (2020). The same bytes always give the same chunks,
 //! so an insertion in a large file changes only the chunks around it. Parameters are per
 //! repository; in encrypted repositories the gear table is keyed by a secret seed so chunk
-//! lengths do not reveal content. Streaming keeps one reusable buffer of twice the maximum
-//! chunk size and a page per worker, whatever the size of the file, and reads into it on
-//! page boundaries (as reads around the page cache need).
+//! lengths do not reveal content. Streaming reads into blocks of twice the maximum chunk
+//! size (`read_blocks`), a few per worker whatever the size of the file, on page boundaries
+//! (as reads around the page cache need), one block ahead of the cutting.
 
 use crate::error::{Error, Result};
 use crate::fs::uncached::DIRECT_READ_ALIGN;
+use crate::read_blocks::{Block, Chunk, ReadBlocks, fill};
 use fastcdc::v2020::{Normalization, cut_gear, get_gear_with_seed, select_masks};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::io::Read;
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 
 /// The largest chunk any valid chunker configuration cuts (FastCDC's maximum `max_bytes`),
 /// and so the largest data blob a reader accepts.
@@ -98,8 +100,9 @@ impl Chunker {
         self.params
     }
 
-    /// Length of the first chunk of `data`, which must hold at least `max_bytes` unless it
-    /// is the end of the input.
+    /// Length of the first chunk of `data`. A length short of `data`'s is where the chunk
+    /// ends whatever follows (FastCDC decides each cut from the bytes before it); `data`'s
+    /// whole length is the chunk's only at `max_bytes` or at the end of the input.
     fn first_chunk_len(&self, data: &[u8]) -> usize {
         let (_, len) = cut_gear(
             data,
@@ -136,66 +139,100 @@ impl Chunker {
         })
     }
 
-    /// Reads `reader` to its end and calls `on_chunk` with each chunk in order. `buffer` is
-    /// reused between calls; it grows to twice the maximum chunk size and a page. Returns the
-    /// bytes read. Every read until a short one (the stream's end) starts and ends on a page
-    /// boundary in memory (and so in the file), as reads around the page cache must
-    /// (`fs::uncached`).
-    pub fn for_each_chunk<R: Read, E>(
+    /// Reads `reader` to its end and calls `on_chunk` with each chunk in order; returns the
+    /// bytes read. A stream longer than one block is read a block ahead on a thread of its
+    /// own while this one cuts, into `blocks` (kept for the caller's next stream). Every
+    /// read until a short one (the stream's end) starts and ends on a page boundary in
+    /// memory (and so in the file), as reads around the page cache must (`fs::uncached`).
+    pub fn for_each_chunk<R: Read + Send, E>(
         &self,
         reader: R,
-        buffer: &mut Vec<u8>,
+        blocks: &ReadBlocks,
         mut on_chunk: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<u64, E>
     where
         E: From<std::io::Error>,
     {
-        self.for_each_marked_chunk(reader, buffer, |chunk, _| on_chunk(chunk))
+        self.for_each_marked_chunk(reader, blocks, |chunk, _| on_chunk(chunk))
     }
 
-    /// Like [`Chunker::for_each_chunk`], telling `on_chunk` also whether the chunk is known
-    /// to be the stream's last (`true` once the reader has said it is at its end).
-    pub fn for_each_marked_chunk<R: Read, E>(
+    /// Like [`Chunker::for_each_chunk`], handing out each chunk as a range of its block
+    /// (which the chunk keeps) and telling `on_chunk` also whether it is known to be the
+    /// stream's last (`true` once the reader has said it is at its end).
+    pub fn for_each_marked_chunk<R: Read + Send, E>(
         &self,
         mut reader: R,
-        buffer: &mut Vec<u8>,
-        mut on_chunk: impl FnMut(&[u8], bool) -> Result<(), E>,
+        blocks: &ReadBlocks,
+        on_chunk: impl FnMut(&Chunk, bool) -> Result<(), E>,
     ) -> Result<u64, E>
     where
         E: From<std::io::Error>,
     {
-        let max = self.params.max_bytes as usize;
-        let area_bytes = (2 * max).next_multiple_of(DIRECT_READ_ALIGN);
-        buffer.resize(area_bytes + DIRECT_READ_ALIGN, 0);
-        let aligned = buffer.as_ptr().align_offset(DIRECT_READ_ALIGN);
-        let area = &mut buffer[aligned..aligned + area_bytes];
-        let (mut start, mut end, mut eof, mut total) = (0usize, 0usize, false, 0u64);
-        loop {
-            if !eof && end - start < max {
-                // What is left moves to end on a page boundary, where the next read starts.
-                let left = end - start;
-                let to = left.next_multiple_of(DIRECT_READ_ALIGN) - left;
-                area.copy_within(start..end, to);
-                (start, end) = (to, to + left);
-                while end < area.len() {
-                    match reader.read(&mut area[end..]) {
-                        Ok(0) => {
-                            eof = true;
-                            break;
-                        }
-                        Ok(n) => end += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e.into()),
+        // A block holds the unfinished chunk the one before ended with (shorter than the
+        // largest chunk), then what is read into it.
+        let carry = (self.params.max_bytes as usize).next_multiple_of(DIRECT_READ_ALIGN);
+        let block_len = 2 * carry;
+        let mut first = blocks.take(block_len);
+        let (read, eof) = fill(&mut reader, &mut first.area_mut()[carry..])?;
+        let first = (first, read, eof);
+        if eof {
+            return self.cut_blocks(first, carry, || unreachable!("read to its end"), on_chunk);
+        }
+        std::thread::scope(|scope| {
+            let (read_tx, read_rx) = crossbeam_channel::bounded(0);
+            scope.spawn(move || {
+                loop {
+                    let mut block = blocks.take(block_len);
+                    let read = fill(&mut reader, &mut block.area_mut()[carry..]);
+                    let more = matches!(read, Ok((_, false)));
+                    // The cutter stops listening when it fails.
+                    if read_tx.send((block, read)).is_err() || !more {
+                        break;
                     }
                 }
+            });
+            let next = || {
+                let (block, read) = read_rx.recv().expect("the reading thread sends to the end");
+                read.map(|(read, eof)| (block, read, eof))
+            };
+            self.cut_blocks(first, carry, next, on_chunk)
+        })
+    }
+
+    /// Cuts the blocks of one stream, the first given and each next one from `next` (with
+    /// the bytes read into it after `carry` and whether the stream ended there), into
+    /// chunks for `on_chunk`.
+    fn cut_blocks<E: From<std::io::Error>>(
+        &self,
+        (first, read, mut eof): (Block, usize, bool),
+        carry: usize,
+        mut next: impl FnMut() -> std::io::Result<(Block, usize, bool)>,
+        mut on_chunk: impl FnMut(&Chunk, bool) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let max = self.params.max_bytes as usize;
+        let mut block = Arc::new(first);
+        let (mut start, mut end, mut total) = (carry, carry + read, 0u64);
+        loop {
+            let available = &block.area()[start..end];
+            let len = self.first_chunk_len(available);
+            // A cut before the end of what was read is where it would be with more; one at
+            // the end is final only at the largest size or the stream's end. Taking the next
+            // block only when a chunk cannot be cut keeps what moves to it to part of a chunk.
+            if len < available.len() || available.len() >= max || eof {
+                if len == 0 {
+                    return Ok(total);
+                }
+                let chunk = Chunk::new(block.clone(), start..start + len);
+                on_chunk(&chunk, eof && start + len == end)?;
+                start += len;
+                total += len as u64;
+                continue;
             }
-            if start == end {
-                return Ok(total);
-            }
-            let len = self.first_chunk_len(&area[start..end]);
-            on_chunk(&area[start..start + len], eof && start + len == end)?;
-            start += len;
-            total += len as u64;
+            let (mut following, read, ended) = next()?;
+            let left = end - start;
+            following.area_mut()[carry - left..carry].copy_from_slice(available);
+            block = Arc::new(following);
+            (start, end, eof) = (carry - left, carry + read, ended);
         }
     }
 }
@@ -258,9 +295,8 @@ mod tests {
             unaligned_reads: 0,
         };
         let mut chunks = Vec::new();
-        let mut buffer = Vec::new();
         chunker
-            .for_each_chunk(&mut reader, &mut buffer, |chunk| {
+            .for_each_chunk(&mut reader, &ReadBlocks::default(), |chunk| {
                 chunks.push(chunk.to_vec());
                 Ok::<_, std::io::Error>(())
             })
@@ -292,14 +328,56 @@ mod tests {
 
     fn streamed(chunker: &Chunker, data: &[u8]) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        let mut buffer = Vec::new();
         chunker
-            .for_each_chunk::<_, std::io::Error>(data, &mut buffer, |c| {
+            .for_each_chunk::<_, std::io::Error>(data, &ReadBlocks::default(), |c| {
                 out.push(c.to_vec());
                 Ok(())
             })
             .unwrap();
         out
+    }
+
+    /// Reads `good` bytes, then fails.
+    struct FailingReader {
+        good: usize,
+    }
+
+    impl Read for FailingReader {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.good == 0 {
+                return Err(std::io::Error::other("the disk failed"));
+            }
+            let n = buf.len().min(self.good);
+            buf[..n].fill(7);
+            self.good -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_read_failing_ahead_of_the_cutting_or_a_cut_refused_ends_the_stream_with_its_error() {
+        let chunker = small_chunker();
+        let blocks = ReadBlocks::default();
+        // The first block reads whole; the failure comes on the thread reading ahead.
+        let mut cut = 0;
+        let failed = chunker.for_each_chunk(FailingReader { good: 100_000 }, &blocks, |c| {
+            cut += c.len();
+            Ok::<_, std::io::Error>(())
+        });
+        assert_eq!(failed.unwrap_err().to_string(), "the disk failed");
+        assert!((16384..100_000).contains(&cut), "{cut}");
+        // The cutter gives up while the thread still reads: it stops reading.
+        let data = pseudo_random(1 << 20, 3);
+        let mut chunks = 0;
+        let refused = chunker.for_each_chunk(&data[..], &blocks, |_| {
+            chunks += 1;
+            match chunks {
+                3 => Err(std::io::Error::other("interrupted")),
+                _ => Ok(()),
+            }
+        });
+        assert_eq!(refused.unwrap_err().to_string(), "interrupted");
+        assert_eq!(chunks, 3);
     }
 
     proptest! {
@@ -323,7 +401,7 @@ mod tests {
             let data = pseudo_random(len, seed);
             let mut marks = Vec::new();
             chunker
-                .for_each_marked_chunk::<_, std::io::Error>(&data[..], &mut Vec::new(), |_, last| {
+                .for_each_marked_chunk::<_, std::io::Error>(&data[..], &ReadBlocks::default(), |_, last| {
                     marks.push(last);
                     Ok(())
                 })

@@ -99,6 +99,7 @@ pub(crate) mod chunk_pool;
 pub(crate) mod chunker;
 pub(crate) mod crypto;
 pub(crate) mod holes;
+pub(crate) mod read_blocks;
 pub(crate) mod target;
 
 #[doc(hidden)]

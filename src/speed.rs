@@ -6,6 +6,7 @@ use crate::chunk_pool::with_chunk_pool;
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
+use crate::read_blocks::Chunk;
 use crate::repo::codec::Codec;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,7 +49,7 @@ pub fn measure(paths: &[PathBuf], threads: usize, level: i32) -> Result<Pipeline
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
     let mut elapsed = Duration::ZERO;
-    let mut run_batch = |batch: &mut Vec<Vec<u8>>, speed: &mut PipelineSpeed| {
+    let mut run_batch = |batch: &mut Vec<Chunk>, speed: &mut PipelineSpeed| {
         let started = Instant::now();
         speed.chunks += run_pipeline(batch, &chunker, &codec, threads);
         elapsed += started.elapsed();
@@ -61,7 +62,7 @@ pub fn measure(paths: &[PathBuf], threads: usize, level: i32) -> Result<Pipeline
             speed.files += 1;
             speed.bytes += data.len() as u64;
             batch_bytes += data.len() as u64;
-            batch.push(data);
+            batch.push(Chunk::in_memory(data));
             if batch_bytes >= BATCH_BYTES {
                 run_batch(&mut batch, &mut speed);
                 batch_bytes = 0;
@@ -75,8 +76,9 @@ pub fn measure(paths: &[PathBuf], threads: usize, level: i32) -> Result<Pipeline
 
 /// Chunks, hashes, compresses and seals every file of `batch` as a backup does: `threads`
 /// readers each cut a file at a time, storing its last chunk themselves and handing the
-/// others to a pool of `threads` threads (`chunk_pool`). Returns the chunk count.
-fn run_pipeline(batch: &[Vec<u8>], chunker: &Chunker, codec: &Codec, threads: usize) -> u64 {
+/// others (ranges of the file's bytes, as a backup hands ranges of its read blocks) to a
+/// pool of `threads` threads (`chunk_pool`). Returns the chunk count.
+fn run_pipeline(batch: &[Chunk], chunker: &Chunker, codec: &Codec, threads: usize) -> u64 {
     let next = AtomicUsize::new(0);
     let seal = |chunk: &[u8]| {
         std::hint::black_box(codec.id_of(chunk));
@@ -92,9 +94,12 @@ fn run_pipeline(batch: &[Vec<u8>], chunker: &Chunker, codec: &Codec, threads: us
                         while let Some(data) = batch.get(next.fetch_add(1, Ordering::Relaxed)) {
                             let mut stream = pool.stream();
                             let mut cut = chunker.chunks(data).peekable();
-                            while let Some(chunk) = cut.next() {
+                            let mut offset = 0;
+                            while let Some(piece) = cut.next() {
                                 let last = cut.peek().is_none();
-                                stream.push(chunk, last).expect("sealing does not fail");
+                                let chunk = data.part(offset..offset + piece.len());
+                                stream.push(&chunk, last).expect("sealing does not fail");
+                                offset += piece.len();
                                 chunks += 1;
                             }
                             stream.finish().expect("sealing does not fail");

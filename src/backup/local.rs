@@ -13,6 +13,7 @@ use crate::fs::uncached::Uncached;
 use crate::id::CheckpointId;
 use crate::pattern::Patterns;
 use crate::progress::Progress;
+use crate::read_blocks::ReadBlocks;
 use crate::repo::Repository;
 use crate::repo::pack::BlobKind;
 use crate::repo::writer::{BlobSink, SharedFrame};
@@ -311,7 +312,7 @@ impl Source for LocalSource {
         jobs: Receiver<Vec<FileJob<PathBuf>>>,
         progress: &Progress,
     ) {
-        let mut buffer = Vec::new();
+        let blocks = ReadBlocks::default();
         let limiter = self.read_limiter.as_ref();
         for batch in jobs {
             let mut frame = sink.shared_frame(BlobKind::Data);
@@ -329,7 +330,7 @@ impl Source for LocalSource {
                                 Some(&mut frame),
                                 limiter,
                                 Uncached::new(file, large),
-                                &mut buffer,
+                                &blocks,
                                 progress,
                             )
                         })
@@ -648,8 +649,8 @@ pub(super) fn store_stream(
     sink: &BlobSink,
     mut frame: Option<&mut SharedFrame>,
     read_limiter: Option<&RateLimiter>,
-    stream: impl std::io::Read,
-    buffer: &mut Vec<u8>,
+    stream: impl std::io::Read + Send,
+    blocks: &ReadBlocks,
     progress: &Progress,
 ) -> std::result::Result<(Content, u64), StoreError> {
     let file = Throttled::new(stream, read_limiter);
@@ -658,7 +659,7 @@ pub(super) fn store_stream(
     let read = sink
         .repo()
         .chunker()
-        .for_each_marked_chunk(file, buffer, |chunk, last| {
+        .for_each_marked_chunk(file, blocks, |chunk, last| {
             crate::interrupt::check().map_err(StoreError::Repository)?;
             match frame.as_deref_mut().filter(|_| last && chunks.is_empty()) {
                 Some(frame) => {
@@ -893,7 +894,7 @@ mod tests {
                     Some(&mut frame),
                     None,
                     &data[..],
-                    &mut Vec::new(),
+                    &ReadBlocks::default(),
                     &Progress::default(),
                 )
                 .map_err(|_| Error::InvalidInput("store_stream failed".into()))?;

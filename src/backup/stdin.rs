@@ -14,6 +14,7 @@ use crate::error::{Error, PathError, Result};
 use crate::fs::throttle::RateLimiter;
 use crate::id::CheckpointId;
 use crate::progress::Progress;
+use crate::read_blocks::ReadBlocks;
 use crate::repo::Repository;
 use crate::repo::writer::BlobSink;
 use crate::tree::{Listed, ListedKind};
@@ -117,7 +118,7 @@ impl<R: Read + Send> Source for StdinSource<R> {
     fn count_totals(&self, _: &Progress, _: &AtomicBool) {}
 
     fn store_files(&self, sink: &BlobSink, jobs: Receiver<Vec<FileJob<()>>>, progress: &Progress) {
-        let mut buffer = Vec::new();
+        let blocks = ReadBlocks::default();
         for job in jobs.into_iter().flatten() {
             let input = self.input.lock().expect("not poisoned").take();
             let result = match input {
@@ -126,7 +127,7 @@ impl<R: Read + Send> Source for StdinSource<R> {
                     None,
                     self.read_limiter.as_ref(),
                     input,
-                    &mut buffer,
+                    &blocks,
                     progress,
                 ),
                 None => Err(StoreError::Repository(Error::InvalidInput(

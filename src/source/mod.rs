@@ -15,6 +15,7 @@ use crate::error::{Error, PathError, Result};
 use crate::fs::sparse::write_sparse;
 use crate::id::BlobId;
 use crate::progress::Progress;
+use crate::read_blocks::ReadBlocks;
 use crate::repo::Repository;
 use crate::tree::{ChunkRef, Entry, Kind};
 use std::collections::{HashMap, HashSet};
@@ -156,9 +157,8 @@ fn start_rebuild(
         let wanted: HashSet<BlobId> = chunks.iter().map(|c| c.id).collect();
         let mut old_ids = Vec::new();
         let mut offset = 0u64;
-        let mut buffer = Vec::new();
         chunker
-            .for_each_chunk(old, &mut buffer, |chunk| {
+            .for_each_chunk(old, &ReadBlocks::default(), |chunk| {
                 let id = id_of(chunk);
                 if wanted.contains(&id) {
                     held.entry(id).or_insert((offset, chunk.len()));

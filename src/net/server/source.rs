@@ -10,6 +10,7 @@ use crate::net::wire::{
     BlobsRequest, ChunkSpec, ChunksRequest, ChunksResponse, MAX_BLOBS_BYTES, SourceAbout,
     TreeRecord, WireEntry, child_path, lean_entry, to_wire, write_record,
 };
+use crate::read_blocks::ReadBlocks;
 use crate::tree::{ChunkRef, Listed};
 use axum::Router;
 use axum::body::Bytes;
@@ -169,12 +170,12 @@ fn chunk_source_file(
     spec: &ChunkSpec,
     chunker: &crate::chunker::Chunker,
     rel: &[u8],
-    buffer: &mut Vec<u8>,
+    blocks: &ReadBlocks,
 ) -> crate::error::Result<Vec<ChunkRef>> {
     let file = open_source_file(root, rel)?;
     let mut chunks = Vec::new();
     chunker
-        .for_each_chunk(&file, buffer, |chunk| {
+        .for_each_chunk(&file, blocks, |chunk| {
             chunks.push(ChunkRef {
                 id: spec.id_of(chunk),
                 length: chunk.len() as u32,
@@ -191,12 +192,12 @@ fn chunk_source_files(
     request: &ChunksRequest,
 ) -> crate::error::Result<Vec<u8>> {
     let chunker = request.spec.chunker()?;
-    let mut buffer = Vec::new();
+    let blocks = ReadBlocks::default();
     let files = request
         .paths
         .iter()
         .map(|rel| {
-            chunk_source_file(root, &request.spec, &chunker, rel, &mut buffer)
+            chunk_source_file(root, &request.spec, &chunker, rel, &blocks)
                 .map_err(|e| e.to_string())
         })
         .collect();
