@@ -1021,12 +1021,13 @@ fn on_ext4_or_xfs(path: &Path) -> bool {
     [0xEF53, 0x5846_5342].contains(&(stat.f_type as u64))
 }
 
-/// A large file (a disk image, a dump) is read around the page cache: a backup leaves
-/// (almost) none of it cached, where reading it through the cache would leave it all, and it
-/// restores byte for byte, its size no multiple of a page. (Where the sandbox is on another
-/// filesystem, only the restore is checked.)
+/// A large file (a disk image, a dump) is read around the page cache and the packs holding
+/// it are written around it: a backup leaves (almost) none of either cached, where going
+/// through the cache would leave them all, and the file restores byte for byte, its size no
+/// multiple of a page. (Where the sandbox is on another filesystem, only the restore is
+/// checked.)
 #[test]
-fn a_large_file_is_read_around_the_page_cache_and_restores_whole() {
+fn a_large_file_is_read_and_its_packs_written_around_the_page_cache_and_it_restores_whole() {
     let sandbox = Sandbox::new();
     let source = sandbox.path("source");
     fs::create_dir_all(&source).unwrap();
@@ -1052,6 +1053,21 @@ fn a_large_file_is_read_around_the_page_cache_and_restores_whole() {
     if around_the_cache {
         let (cached, pages) = cached_pages(&large);
         assert!(cached < pages / 20, "{cached} of {pages} pages cached");
+        let (mut pack_cached, mut pack_pages) = (0, 0);
+        for dir in fs::read_dir(Path::new(&repo).join("data")).unwrap() {
+            for pack in fs::read_dir(dir.unwrap().path()).unwrap() {
+                let (cached, pages) = cached_pages(&pack.unwrap().path());
+                (pack_cached, pack_pages) = (pack_cached + cached, pack_pages + pages);
+            }
+        }
+        assert!(
+            pack_pages > (10 << 20) / 4096,
+            "{pack_pages} pages of packs"
+        );
+        assert!(
+            pack_cached < pack_pages / 20,
+            "{pack_cached} of {pack_pages} pages of packs cached"
+        );
     }
 
     let target = sandbox.path("target");

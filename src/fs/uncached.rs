@@ -12,6 +12,8 @@
 use std::fs::File;
 use std::io::{ErrorKind, Read, Result};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
 
 /// What reads through `O_DIRECT` are aligned to, in memory and in the file: a page, which
 /// every block device's logical block size divides.
@@ -51,6 +53,56 @@ impl Read for Uncached {
         }
         self.file.read(buf)
     }
+}
+
+/// Page-aligned memory kept for writes around the page cache (`O_DIRECT` writes from aligned
+/// memory only), so each write does not fault in fresh pages.
+#[derive(Default)]
+pub(crate) struct DirectWriteBuffers {
+    spare: Mutex<Vec<Vec<u8>>>,
+}
+
+impl DirectWriteBuffers {
+    /// Buffers kept: one per write under way at once (a local repository writes one pack at
+    /// a time).
+    const KEPT: usize = 2;
+
+    /// Runs `write` with a page-aligned copy of `data`.
+    fn with_aligned_copy<T>(&self, data: &[u8], write: impl FnOnce(&[u8]) -> T) -> T {
+        let spare = self.spare.lock().expect("not poisoned").pop();
+        let mut storage = spare.unwrap_or_default();
+        storage.resize(storage.len().max(data.len() + DIRECT_READ_ALIGN), 0);
+        let base = storage.as_ptr().align_offset(DIRECT_READ_ALIGN);
+        let aligned = &mut storage[base..base + data.len()];
+        aligned.copy_from_slice(data);
+        let written = write(aligned);
+        let mut spare = self.spare.lock().expect("not poisoned");
+        if spare.len() < Self::KEPT {
+            spare.push(storage);
+        }
+        written
+    }
+}
+
+/// Writes `data` at the start of `file` (new and empty, open for writing), its whole pages
+/// around the page cache when the filesystem is one of a local disk: the written pages
+/// neither cost a copy into the cache nor push out what other programs use. The last part
+/// page, or everything when the filesystem refuses, goes through the cache. The caller syncs.
+pub(crate) fn write_new_file(file: &File, data: &[u8], buffers: &DirectWriteBuffers) -> Result<()> {
+    let whole_pages = data.len() / DIRECT_READ_ALIGN * DIRECT_READ_ALIGN;
+    let mut through_cache = 0;
+    if whole_pages > 0 && on_local_disk(file) && set_direct(file, true).is_ok() {
+        let direct =
+            buffers.with_aligned_copy(&data[..whole_pages], |pages| file.write_all_at(pages, 0));
+        through_cache = match direct {
+            Ok(()) => whole_pages,
+            // Refused (this file or this filesystem after all): all again through the cache.
+            Err(e) if e.kind() == ErrorKind::InvalidInput => 0,
+            Err(e) => return Err(e),
+        };
+        set_direct(file, false)?;
+    }
+    file.write_all_at(&data[through_cache..], through_cache as u64)
 }
 
 /// Whether `file` is on one of `DIRECT_FILESYSTEMS`.
@@ -132,5 +184,33 @@ mod tests {
         if filesystem_of(&open()).is_some_and(|kind| DIRECT_FILESYSTEMS[..2].contains(&kind)) {
             assert!(!stayed_direct, "a refused read falls back");
         }
+    }
+
+    #[test]
+    fn a_new_file_is_written_whole_its_pages_around_the_cache_and_its_buffers_kept() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let buffers = DirectWriteBuffers::default();
+        let page = DIRECT_READ_ALIGN;
+        for len in [0, 100, page, 3 * page, 5 * page + 17, (1 << 20) + 1] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 13 + i / 4093) as u8).collect();
+            let path = dir.path().join(format!("file-{len}"));
+            let file = File::create_new(&path).unwrap();
+            write_new_file(&file, &data, &buffers).unwrap();
+            assert!(!set_direct_flag(&file), "the descriptor is left as it was");
+            drop(file);
+            assert_eq!(std::fs::read(&path).unwrap(), data, "{len} bytes");
+        }
+        let kept = buffers.spare.lock().unwrap().len();
+        assert_eq!(
+            kept,
+            usize::from(on_local_disk(&File::open(dir.path()).unwrap()))
+        );
+    }
+
+    /// Whether `O_DIRECT` is set on `file`.
+    fn set_direct_flag(file: &File) -> bool {
+        // SAFETY: fcntl reads the flags of a descriptor `file` keeps open.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        flags & libc::O_DIRECT != 0
     }
 }
