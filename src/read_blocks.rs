@@ -101,7 +101,7 @@ impl ReadBlocks {
         debug_assert!(len.is_multiple_of(DIRECT_READ_ALIGN));
         let storage = std::iter::from_fn(|| self.returned.try_recv().ok())
             .find(|storage| storage.len() == len + DIRECT_READ_ALIGN)
-            .unwrap_or_else(|| vec![0; len + DIRECT_READ_ALIGN]);
+            .unwrap_or_else(|| huge_page_storage(len));
         let base = storage.as_ptr().align_offset(DIRECT_READ_ALIGN);
         Block {
             storage,
@@ -110,6 +110,24 @@ impl ReadBlocks {
             returns: Some(self.returns.clone()),
         }
     }
+}
+
+/// Zeroed storage for a block of `len` bytes, its pages huge where the kernel can: a block
+/// is read into (the kernel pins each page of a read around the cache) and then read by
+/// the cutter and the chunk pool: with 4 KiB pages one large file took 4% longer to back up.
+fn huge_page_storage(len: usize) -> Vec<u8> {
+    let storage = vec![0u8; len + DIRECT_READ_ALIGN];
+    let base = storage.as_ptr().align_offset(DIRECT_READ_ALIGN);
+    // SAFETY: an advice on page-aligned memory the vector owns and has not touched yet. A
+    // kernel without huge pages refuses it, and the pages stay small.
+    unsafe {
+        libc::madvise(
+            storage.as_ptr().add(base).cast_mut().cast(),
+            len,
+            libc::MADV_HUGEPAGE,
+        )
+    };
+    storage
 }
 
 /// Reads from `reader` until `area` is full or the stream ends; returns the bytes read and
