@@ -137,6 +137,8 @@ pub fn pack_id_of_object(name: &str) -> Option<PackId> {
 pub struct PackBuilder {
     bytes: Vec<u8>,
     entries: Vec<PackEntry>,
+    /// A stored pack's memory, for the next pack to fill.
+    spare: Vec<u8>,
 }
 
 impl PackBuilder {
@@ -158,6 +160,7 @@ impl PackBuilder {
     /// after another, all of `kind`.
     pub fn add_frame(&mut self, kind: BlobKind, encoded: &[u8], blobs: &[(BlobId, u32)]) {
         if self.bytes.capacity() == 0 {
+            self.bytes = std::mem::take(&mut self.spare);
             self.bytes
                 .reserve(PACK_TARGET_BYTES + PACK_TARGET_BYTES / 2);
         }
@@ -189,6 +192,15 @@ impl PackBuilder {
             let encoded = &bytes[start..start + frame[0].length as usize];
             let blobs: Vec<_> = frame.iter().map(|e| (e.id, e.raw_length)).collect();
             self.add_frame(frame[0].kind, encoded, &blobs);
+        }
+    }
+
+    /// Keeps `bytes` (a finished pack's, stored) for the next pack to fill: its pages are the
+    /// process's already, where fresh memory faults each one in.
+    pub fn reuse(&mut self, mut bytes: Vec<u8>) {
+        bytes.clear();
+        if bytes.capacity() > self.spare.capacity() {
+            self.spare = bytes;
         }
     }
 
@@ -280,6 +292,38 @@ pub fn fetch_header(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_next_pack_fills_a_stored_packs_memory_and_starts_empty() {
+        let codec = Codec::new(None, 3);
+        let mut builder = PackBuilder::default();
+        let add = |builder: &mut PackBuilder, blob: &[u8]| {
+            builder.add(
+                BlobId(codec.id_of(blob)),
+                BlobKind::Data,
+                &codec.encode(blob, true),
+                blob.len(),
+            )
+        };
+        add(&mut builder, b"first pack");
+        let (_, stored, _) = builder.finish(&codec);
+        let memory = stored.as_ptr();
+        add(
+            &mut builder,
+            b"second pack, filled while the first is stored",
+        );
+        builder.reuse(stored);
+        let (_, second, _) = builder.finish(&codec);
+        add(&mut builder, b"third pack");
+        let (_, third, entries) = builder.finish(&codec);
+        assert_eq!(third.as_ptr(), memory);
+        assert_eq!(
+            read_header(&third, &codec, &|| "p".into()).unwrap(),
+            entries
+        );
+        assert_eq!(entries[0].offset, 0);
+        assert_ne!(second.as_ptr(), memory);
+    }
 
     proptest! {
         #[test]

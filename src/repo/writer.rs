@@ -694,7 +694,8 @@ struct PackInFlight<'scope> {
     id: crate::id::PackId,
     entries: Vec<super::pack::PackEntry>,
     bytes: u64,
-    upload: std::thread::ScopedJoinHandle<'scope, Result<()>>,
+    /// Gives the pack's bytes back once stored, for the next pack to fill.
+    upload: std::thread::ScopedJoinHandle<'scope, Result<Vec<u8>>>,
 }
 
 /// The packer's state: a pack of file chunks and the metadata blobs (trees and chunk lists)
@@ -725,7 +726,7 @@ impl<'scope, 'env> Packer<'scope, 'env> {
         let backend = self.repo.backend();
         let upload = self
             .scope
-            .spawn(move || backend.put(&pack_object_name(&id), &bytes));
+            .spawn(move || backend.put(&pack_object_name(&id), &bytes).map(|()| bytes));
         self.in_flight.push_back(PackInFlight {
             id,
             entries,
@@ -740,7 +741,8 @@ impl<'scope, 'env> Packer<'scope, 'env> {
         let Some(pack) = self.in_flight.pop_front() else {
             return Ok(());
         };
-        pack.upload.join().expect("uploads do not panic")?;
+        let bytes = pack.upload.join().expect("uploads do not panic")?;
+        self.data.reuse(bytes);
         self.progress
             .added_bytes
             .fetch_add(pack.bytes, Ordering::Relaxed);
