@@ -171,8 +171,7 @@ impl Chunker {
         // A block holds the unfinished chunk the one before ended with (shorter than the
         // largest chunk), then what is read into it.
         let carry = (self.params.max_bytes as usize).next_multiple_of(DIRECT_READ_ALIGN);
-        let block_len = 2 * carry;
-        let mut first = blocks.take(block_len);
+        let mut first = blocks.take(carry, carry);
         let (read, eof) = fill(&mut reader, &mut first.area_mut()[carry..])?;
         let first = (first, read, eof);
         if eof {
@@ -182,7 +181,7 @@ impl Chunker {
             let (read_tx, read_rx) = crossbeam_channel::bounded(0);
             scope.spawn(move || {
                 loop {
-                    let mut block = blocks.take(block_len);
+                    let mut block = blocks.take(carry, carry);
                     let read = fill(&mut reader, &mut block.area_mut()[carry..]);
                     let more = matches!(read, Ok((_, false)));
                     // The cutter stops listening when it fails.

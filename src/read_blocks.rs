@@ -96,12 +96,16 @@ impl Default for ReadBlocks {
 }
 
 impl ReadBlocks {
-    /// A block of `len` bytes (a multiple of the page size): one that came back, or a new one.
-    pub(crate) fn take(&self, len: usize) -> Block {
-        debug_assert!(len.is_multiple_of(DIRECT_READ_ALIGN));
+    /// A block of `carry` bytes for the unfinished chunk of the block before, then `read`
+    /// bytes to read into (both multiples of the page size): one that came back, or a new
+    /// one.
+    pub(crate) fn take(&self, carry: usize, read: usize) -> Block {
+        debug_assert!(carry.is_multiple_of(DIRECT_READ_ALIGN));
+        debug_assert!(read.is_multiple_of(DIRECT_READ_ALIGN));
+        let len = carry + read;
         let storage = std::iter::from_fn(|| self.returned.try_recv().ok())
             .find(|storage| storage.len() == len + DIRECT_READ_ALIGN)
-            .unwrap_or_else(|| huge_page_storage(len));
+            .unwrap_or_else(|| new_storage(carry, read));
         let base = storage.as_ptr().align_offset(DIRECT_READ_ALIGN);
         Block {
             storage,
@@ -112,18 +116,19 @@ impl ReadBlocks {
     }
 }
 
-/// Zeroed storage for a block of `len` bytes, its pages huge where the kernel can: a block
-/// is read into (the kernel pins each page of a read around the cache) and then read by
-/// the cutter and the chunk pool: with 4 KiB pages one large file took 4% longer to back up.
-fn huge_page_storage(len: usize) -> Vec<u8> {
-    let storage = vec![0u8; len + DIRECT_READ_ALIGN];
+/// Zeroed storage for a block, the part read into in huge pages where the kernel can: the
+/// kernel pins each page of a read around the cache, and the cutter and the chunk pool read
+/// them after (with 4 KiB pages one large file took 4% longer to back up). The part for an
+/// unfinished chunk keeps small pages: only as much of it as such chunks fill is resident.
+fn new_storage(carry: usize, read: usize) -> Vec<u8> {
+    let storage = vec![0u8; carry + read + DIRECT_READ_ALIGN];
     let base = storage.as_ptr().align_offset(DIRECT_READ_ALIGN);
     // SAFETY: an advice on page-aligned memory the vector owns and has not touched yet. A
     // kernel without huge pages refuses it, and the pages stay small.
     unsafe {
         libc::madvise(
-            storage.as_ptr().add(base).cast_mut().cast(),
-            len,
+            storage.as_ptr().add(base + carry).cast_mut().cast(),
+            read,
             libc::MADV_HUGEPAGE,
         )
     };
@@ -153,7 +158,7 @@ mod tests {
     #[test]
     fn a_block_comes_back_once_no_chunk_holds_it_and_is_taken_again() {
         let blocks = ReadBlocks::default();
-        let mut block = blocks.take(2 * DIRECT_READ_ALIGN);
+        let mut block = blocks.take(DIRECT_READ_ALIGN, DIRECT_READ_ALIGN);
         assert!(
             block
                 .area()
@@ -171,6 +176,12 @@ mod tests {
         assert!(blocks.returned.is_empty(), "a chunk still holds the block");
         drop(chunk);
         assert_eq!(blocks.returned.len(), 1);
-        assert_eq!(blocks.take(2 * DIRECT_READ_ALIGN).area().as_ptr(), first);
+        assert_eq!(
+            blocks
+                .take(DIRECT_READ_ALIGN, DIRECT_READ_ALIGN)
+                .area()
+                .as_ptr(),
+            first
+        );
     }
 }

@@ -8,4 +8,4 @@ pub(crate) mod beneath;
 pub(crate) mod meta;
 pub(crate) mod sparse;
 pub mod throttle;
-pub(crate) mod uncached;
+pub mod uncached;

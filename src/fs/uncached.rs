@@ -1,10 +1,12 @@
-//! Reading a large source file around the page cache (`O_DIRECT`): the bytes go from the disk
-//! straight into the reader's buffer, so a backup of a disk image or a database dump neither
-//! pays for copying each page out of the cache (a quarter of the CPU of backing up a 1.36 GB
-//! file just read from disk) nor pushes what other programs use out of it. Reads must start
-//! and end on block boundaries in memory and in the file (the chunker reads that way,
-//! `Chunker::for_each_marked_chunk`); a read the filesystem refuses falls back to reading
-//! through the cache from where the file is. Only filesystems on a local disk are read this
+//! Reading a large source file, and writing a pack, around the page cache (`O_DIRECT`). On
+//! reading, the bytes go from the disk straight into the reader's buffer, so a backup of a
+//! disk image or a database dump neither pays for copying each page out of the cache (a
+//! quarter of the CPU of backing up a 1.36 GB file just read from disk) nor pushes what other
+//! programs use out of it; a pack, built in page-aligned memory (`AlignedBytes`), goes from
+//! there to the disk the same way. Reads must start and end on block boundaries in memory
+//! and in the file (the chunker reads that way, `Chunker::for_each_marked_chunk`); a read the
+//! filesystem refuses falls back to reading through the cache from where the file is, a
+//! refused write is written again through it. Only filesystems on a local disk are used this
 //! way: a network or userspace filesystem (NFS, FUSE) needs the kernel's read-ahead, which
 //! `O_DIRECT` gives up. A file being written has its dirty pages written out before a direct
 //! read of them, which the writer then need not do later.
@@ -13,7 +15,6 @@ use std::fs::File;
 use std::io::{ErrorKind, Read, Result};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::sync::Mutex;
 
 /// What reads through `O_DIRECT` are aligned to, in memory and in the file: a page, which
 /// every block device's logical block size divides.
@@ -55,46 +56,65 @@ impl Read for Uncached {
     }
 }
 
-/// Page-aligned memory kept for writes around the page cache (`O_DIRECT` writes from aligned
-/// memory only), so each write does not fault in fresh pages.
+/// Bytes in page-aligned memory, which a write around the page cache can take as they are
+/// (`O_DIRECT` writes from aligned memory only): what a pack is built in.
 #[derive(Default)]
-pub(crate) struct DirectWriteBuffers {
-    spare: Mutex<Vec<Vec<u8>>>,
+pub struct AlignedBytes {
+    storage: Vec<u8>,
+    /// Where the aligned bytes start in `storage`.
+    base: usize,
+    len: usize,
 }
 
-impl DirectWriteBuffers {
-    /// Buffers kept: one per write under way at once (a local repository writes one pack at
-    /// a time).
-    const KEPT: usize = 2;
+impl AlignedBytes {
+    /// How many bytes fit without moving.
+    pub(crate) fn capacity(&self) -> usize {
+        self.storage.len().saturating_sub(self.base)
+    }
 
-    /// Runs `write` with a page-aligned copy of `data`.
-    fn with_aligned_copy<T>(&self, data: &[u8], write: impl FnOnce(&[u8]) -> T) -> T {
-        let spare = self.spare.lock().expect("not poisoned").pop();
-        let mut storage = spare.unwrap_or_default();
-        storage.resize(storage.len().max(data.len() + DIRECT_READ_ALIGN), 0);
-        let base = storage.as_ptr().align_offset(DIRECT_READ_ALIGN);
-        let aligned = &mut storage[base..base + data.len()];
-        aligned.copy_from_slice(data);
-        let written = write(aligned);
-        let mut spare = self.spare.lock().expect("not poisoned");
-        if spare.len() < Self::KEPT {
-            spare.push(storage);
+    /// Makes room for `additional` more bytes, moving them once to larger memory when needed.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        let needed = self.len + additional;
+        if needed <= self.capacity() {
+            return;
         }
-        written
+        let mut storage = vec![0u8; needed.max(2 * self.capacity()) + DIRECT_READ_ALIGN];
+        let base = storage.as_ptr().align_offset(DIRECT_READ_ALIGN);
+        storage[base..base + self.len].copy_from_slice(self);
+        (self.storage, self.base) = (storage, base);
+    }
+
+    pub(crate) fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.reserve(bytes.len());
+        let end = self.base + self.len;
+        self.storage[end..end + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.len = 0;
     }
 }
 
-/// Writes `data` at the start of `file` (new and empty, open for writing), its whole pages
-/// around the page cache when the filesystem is one of a local disk: the written pages
-/// neither cost a copy into the cache nor push out what other programs use. The last part
-/// page, or everything when the filesystem refuses, goes through the cache. The caller syncs.
-pub(crate) fn write_new_file(file: &File, data: &[u8], buffers: &DirectWriteBuffers) -> Result<()> {
+impl std::ops::Deref for AlignedBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.storage[self.base..self.base + self.len]
+    }
+}
+
+/// Writes `data` at the start of `file` (new and empty, open for writing); when `data` lies
+/// in page-aligned memory (`AlignedBytes`) and the filesystem is one of a local disk, its
+/// whole pages go around the page cache: they neither cost a copy into the cache nor push
+/// out what other programs use. The last part page, or everything when the filesystem
+/// refuses, goes through the cache. The caller syncs.
+pub(crate) fn write_new_file(file: &File, data: &[u8]) -> Result<()> {
     let whole_pages = data.len() / DIRECT_READ_ALIGN * DIRECT_READ_ALIGN;
+    let aligned = data.as_ptr().addr().is_multiple_of(DIRECT_READ_ALIGN);
     let mut through_cache = 0;
-    if whole_pages > 0 && on_local_disk(file) && set_direct(file, true).is_ok() {
-        let direct =
-            buffers.with_aligned_copy(&data[..whole_pages], |pages| file.write_all_at(pages, 0));
-        through_cache = match direct {
+    if whole_pages > 0 && aligned && on_local_disk(file) && set_direct(file, true).is_ok() {
+        through_cache = match file.write_all_at(&data[..whole_pages], 0) {
             Ok(()) => whole_pages,
             // Refused (this file or this filesystem after all): all again through the cache.
             Err(e) if e.kind() == ErrorKind::InvalidInput => 0,
@@ -187,28 +207,31 @@ mod tests {
     }
 
     #[test]
-    fn a_new_file_is_written_whole_its_pages_around_the_cache_and_its_buffers_kept() {
+    fn a_new_file_is_written_whole_from_aligned_bytes_or_not_and_left_as_it_was() {
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
-        let buffers = DirectWriteBuffers::default();
         let page = DIRECT_READ_ALIGN;
         for len in [0, 100, page, 3 * page, 5 * page + 17, (1 << 20) + 1] {
             let data: Vec<u8> = (0..len).map(|i| (i * 13 + i / 4093) as u8).collect();
-            let path = dir.path().join(format!("file-{len}"));
-            let file = File::create_new(&path).unwrap();
-            write_new_file(&file, &data, &buffers).unwrap();
-            assert!(!set_direct_flag(&file), "the descriptor is left as it was");
-            drop(file);
-            assert_eq!(std::fs::read(&path).unwrap(), data, "{len} bytes");
+            let mut aligned = AlignedBytes::default();
+            // Grown in steps, so the bytes move to larger memory on the way.
+            for part in data.chunks(1000) {
+                aligned.extend_from_slice(part);
+            }
+            assert_eq!(&*aligned, &data[..]);
+            let unaligned = &[&[0u8][..], &data].concat()[1..];
+            for (name, bytes) in [("aligned", &*aligned), ("unaligned", unaligned)] {
+                let path = dir.path().join(format!("{name}-{len}"));
+                let file = File::create_new(&path).unwrap();
+                write_new_file(&file, bytes).unwrap();
+                assert!(!direct_flag(&file), "the descriptor is left as it was");
+                drop(file);
+                assert_eq!(std::fs::read(&path).unwrap(), data, "{name}, {len} bytes");
+            }
         }
-        let kept = buffers.spare.lock().unwrap().len();
-        assert_eq!(
-            kept,
-            usize::from(on_local_disk(&File::open(dir.path()).unwrap()))
-        );
     }
 
     /// Whether `O_DIRECT` is set on `file`.
-    fn set_direct_flag(file: &File) -> bool {
+    fn direct_flag(file: &File) -> bool {
         // SAFETY: fcntl reads the flags of a descriptor `file` keeps open.
         let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
         flags & libc::O_DIRECT != 0

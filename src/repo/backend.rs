@@ -9,7 +9,7 @@
 //! links the temporary file instead of renaming it, so it never replaces an object.
 
 use crate::error::{Error, IoContext, Missing, Result};
-use crate::fs::uncached::{DirectWriteBuffers, write_new_file};
+use crate::fs::uncached::write_new_file;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
@@ -190,9 +190,9 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
 /// valid until the object is deleted.
 const OPEN_FILES_KEPT: usize = 64;
 
-/// Objects this large (packs) are written around the page cache (`fs::uncached`): a
-/// backup's packs are not read again soon, and copying them into the cache was a twentieth
-/// of the CPU of backing up one large file.
+/// Objects this large (packs, built in page-aligned memory) are written around the page
+/// cache (`fs::uncached`): a backup's packs are not read again soon, and copying them into
+/// the cache was a twentieth of the CPU of backing up one large file.
 const UNCACHED_WRITE_MIN_BYTES: usize = 1 << 20;
 
 /// A repository in a local directory.
@@ -201,8 +201,6 @@ pub struct LocalBackend {
     open_files: quick_cache::sync::Cache<String, Arc<fs::File>>,
     /// Decided at the first write, from the root directory (created private if missing).
     modes: OnceLock<CreationModes>,
-    /// For objects written around the page cache.
-    direct_writes: DirectWriteBuffers,
 }
 
 impl LocalBackend {
@@ -211,7 +209,6 @@ impl LocalBackend {
             root: root.into(),
             open_files: quick_cache::sync::Cache::new(OPEN_FILES_KEPT),
             modes: OnceLock::new(),
-            direct_writes: DirectWriteBuffers::default(),
         }
     }
 
@@ -328,7 +325,7 @@ impl LocalBackend {
                 .mode(modes.file)
                 .open(&temp)?;
             if data.len() >= UNCACHED_WRITE_MIN_BYTES {
-                write_new_file(&file, data, &self.direct_writes)?;
+                write_new_file(&file, data)?;
             } else {
                 (&file).write_all(data)?;
             }

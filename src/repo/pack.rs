@@ -6,6 +6,7 @@
 use super::backend::Backend;
 use super::codec::Codec;
 use crate::error::{Error, Result};
+use crate::fs::uncached::AlignedBytes;
 use crate::id::{BlobId, PackId};
 use crate::repo::objects::ObjectKind;
 use serde::{Deserialize, Serialize};
@@ -135,10 +136,11 @@ pub fn pack_id_of_object(name: &str) -> Option<PackId> {
 /// A pack being filled.
 #[derive(Default)]
 pub struct PackBuilder {
-    bytes: Vec<u8>,
+    /// Page-aligned, so a local repository writes the pack around the page cache.
+    bytes: AlignedBytes,
     entries: Vec<PackEntry>,
     /// A stored pack's memory, for the next pack to fill.
-    spare: Vec<u8>,
+    spare: AlignedBytes,
 }
 
 impl PackBuilder {
@@ -197,7 +199,7 @@ impl PackBuilder {
 
     /// Keeps `bytes` (a finished pack's, stored) for the next pack to fill: its pages are the
     /// process's already, where fresh memory faults each one in.
-    pub fn reuse(&mut self, mut bytes: Vec<u8>) {
+    pub fn reuse(&mut self, mut bytes: AlignedBytes) {
         bytes.clear();
         if bytes.capacity() > self.spare.capacity() {
             self.spare = bytes;
@@ -206,7 +208,7 @@ impl PackBuilder {
 
     /// Appends the header and returns the pack's id, bytes and entries; the builder is empty
     /// afterwards.
-    pub fn finish(&mut self, codec: &Codec) -> (PackId, Vec<u8>, Vec<PackEntry>) {
+    pub fn finish(&mut self, codec: &Codec) -> (PackId, AlignedBytes, Vec<PackEntry>) {
         let mut header = Vec::new();
         codec.layout().encode(&self.entries, false, &mut header);
         let encoded_header = codec.encode(&header, false);

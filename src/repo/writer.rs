@@ -695,7 +695,7 @@ struct PackInFlight<'scope> {
     entries: Vec<super::pack::PackEntry>,
     bytes: u64,
     /// Gives the pack's bytes back once stored, for the next pack to fill.
-    upload: std::thread::ScopedJoinHandle<'scope, Result<Vec<u8>>>,
+    upload: std::thread::ScopedJoinHandle<'scope, Result<crate::fs::uncached::AlignedBytes>>,
 }
 
 /// The packer's state: a pack of file chunks and the metadata blobs (trees and chunk lists)

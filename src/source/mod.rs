@@ -134,6 +134,11 @@ pub struct Rebuild {
     reused: u64,
 }
 
+thread_local! {
+    /// The blocks the old files a thread reads are read into, kept for its next one.
+    static OLD_FILE_BLOCKS: ReadBlocks = ReadBlocks::default();
+}
+
 /// Starts writing the file of `entry`, whose chunks are `chunks`, into `out`: every chunk
 /// `old` already holds (chunked with `chunker`, named by `id_of`) is copied from it. `None`
 /// when `old` holds exactly these chunks: nothing is written.
@@ -157,15 +162,17 @@ fn start_rebuild(
         let wanted: HashSet<BlobId> = chunks.iter().map(|c| c.id).collect();
         let mut old_ids = Vec::new();
         let mut offset = 0u64;
-        chunker
-            .for_each_chunk(old, &ReadBlocks::default(), |chunk| {
-                let id = id_of(chunk);
-                if wanted.contains(&id) {
-                    held.entry(id).or_insert((offset, chunk.len()));
-                }
-                old_ids.push(id);
-                offset += chunk.len() as u64;
-                Ok::<(), std::io::Error>(())
+        OLD_FILE_BLOCKS
+            .with(|blocks| {
+                chunker.for_each_chunk(old, blocks, |chunk| {
+                    let id = id_of(chunk);
+                    if wanted.contains(&id) {
+                        held.entry(id).or_insert((offset, chunk.len()));
+                    }
+                    old_ids.push(id);
+                    offset += chunk.len() as u64;
+                    Ok::<(), std::io::Error>(())
+                })
             })
             .map_err(|e| Error::io("reading the file in the target", e))?;
         if old_ids.len() == chunks.len() && old_ids.iter().zip(chunks).all(|(a, b)| *a == b.id) {
