@@ -46,7 +46,7 @@ pub(crate) const MAX_BYTES_RANGE: RangeInclusive<u32> = 16 * 1024..=16 * 1024 * 
 
 impl ChunkerParams {
     /// Refuses sizes that are unordered, odd, or outside cairn's bounds. The upper bounds are
-    /// FastCDC's and keep a worker's buffer small; the lower ones are cairn's own: a config
+    /// FastCDC's and keep a worker's read blocks small; the lower ones are cairn's own: a config
     /// from hostile storage must not make every file thousands of tiny blobs, each with its
     /// index entry, cache entry and seal (invariant 7).
     pub fn validate(&self) -> Result<()> {
