@@ -155,14 +155,12 @@ impl KdfParams {
         let params =
             argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
                 .map_err(|e| invalid(format!("argon2 parameters: {e}")))?;
-        let argon = argon2::Argon2::new(
-            argon2::Algorithm::Argon2id,
-            argon2::Version::V0x13,
-            params.clone(),
-        );
+        let memory = argon2_memory(&params);
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut out = [0u8; 32];
         argon
-            .hash_password_into_with_memory(password, &salt, &mut out, argon2_memory(&params))
+            .hash_password_into_with_memory(password, &salt, &mut out, memory)
             .map_err(|e| invalid(format!("argon2: {e}")))?;
         Ok(out)
     }
@@ -175,17 +173,8 @@ fn argon2_memory(params: &argon2::Params) -> Vec<argon2::Block> {
     let blocks = params.block_count();
     let mut memory = Vec::<argon2::Block>::with_capacity(blocks);
     let bytes = blocks * std::mem::size_of::<argon2::Block>();
-    let start = memory.as_ptr().cast::<u8>();
-    let skip = start.align_offset(4096).min(bytes);
-    // SAFETY: an advice on page-aligned memory the vector owns and has not touched yet. A
-    // kernel without huge pages refuses it, and the pages stay small.
-    unsafe {
-        libc::madvise(
-            start.add(skip).cast_mut().cast(),
-            (bytes - skip) / 4096 * 4096,
-            libc::MADV_HUGEPAGE,
-        )
-    };
+    // SAFETY: the vector's allocation holds `blocks` blocks; advised before they are written.
+    unsafe { crate::fs::uncached::advise_huge_pages(memory.as_ptr().cast(), bytes) };
     memory.resize(blocks, argon2::Block::default());
     memory
 }

@@ -4,7 +4,7 @@
 //! block. A chunk is a range of its block, not a copy: the chunk pool's threads store it
 //! straight from there, and the block is used again once no chunk holds it.
 
-use crate::fs::uncached::DIRECT_READ_ALIGN;
+use crate::fs::uncached::{DIRECT_READ_ALIGN, advise_huge_pages};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use std::io::Read;
 use std::ops::{Deref, Range};
@@ -123,15 +123,8 @@ impl ReadBlocks {
 fn new_storage(carry: usize, read: usize) -> Vec<u8> {
     let storage = vec![0u8; carry + read + DIRECT_READ_ALIGN];
     let base = storage.as_ptr().align_offset(DIRECT_READ_ALIGN);
-    // SAFETY: an advice on page-aligned memory the vector owns and has not touched yet. A
-    // kernel without huge pages refuses it, and the pages stay small.
-    unsafe {
-        libc::madvise(
-            storage.as_ptr().add(base + carry).cast_mut().cast(),
-            read,
-            libc::MADV_HUGEPAGE,
-        )
-    };
+    // SAFETY: the part read into lies in the vector's storage.
+    unsafe { advise_huge_pages(storage[base + carry..].as_ptr(), read) };
     storage
 }
 

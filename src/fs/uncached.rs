@@ -104,6 +104,27 @@ impl std::ops::Deref for AlignedBytes {
     }
 }
 
+/// Asks the kernel for huge pages over the whole pages of `len` bytes at `start`, memory
+/// read in large stretches or at random (read blocks, argon2's), where 4 KiB pages cost page
+/// faults, pinned pages and TLB misses. A kernel without huge pages refuses it and the pages
+/// stay small.
+///
+/// # Safety
+/// `start..start + len` must lie in one allocation the caller owns.
+pub(crate) unsafe fn advise_huge_pages(start: *const u8, len: usize) {
+    let skip = start.align_offset(DIRECT_READ_ALIGN).min(len);
+    let whole_pages = (len - skip) / DIRECT_READ_ALIGN * DIRECT_READ_ALIGN;
+    // SAFETY: a page-aligned range inside the caller's allocation; the advice changes no
+    // byte of it.
+    unsafe {
+        libc::madvise(
+            start.add(skip).cast_mut().cast(),
+            whole_pages,
+            libc::MADV_HUGEPAGE,
+        )
+    };
+}
+
 /// Writes `data` at the start of `file` (new and empty, open for writing); when `data` lies
 /// in page-aligned memory (`AlignedBytes`) and the filesystem is one of a local disk, its
 /// whole pages go around the page cache: they neither cost a copy into the cache nor push
