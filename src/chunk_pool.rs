@@ -159,7 +159,7 @@ mod tests {
         let stored = with_chunk_pool(2, &store, |pool| {
             let mut stream = pool.stream();
             for i in 0..20u8 {
-                stream.push(&Chunk::in_memory(vec![i]), i == 19).unwrap();
+                stream.push(&Chunk::in_memory(&[i]), i == 19).unwrap();
             }
             stream.finish().unwrap()
         });
@@ -182,13 +182,13 @@ mod tests {
         let failed = with_chunk_pool(2, &store, |pool| {
             let mut stream = pool.stream();
             (0..10u8)
-                .try_for_each(|i| stream.push(&Chunk::in_memory(vec![i]), i == 9))
+                .try_for_each(|i| stream.push(&Chunk::in_memory(&[i]), i == 9))
                 .and_then(|()| stream.finish())
         });
         assert!(failed.unwrap_err().to_string().contains("chunk 7"));
         let small = with_chunk_pool(2, &store, |pool| {
             let mut stream = pool.stream();
-            stream.push(&Chunk::in_memory(vec![9]), true).unwrap();
+            stream.push(&Chunk::in_memory(&[9]), true).unwrap();
             stream.finish().unwrap()
         });
         assert_eq!(small, [9]);

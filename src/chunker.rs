@@ -6,7 +6,7 @@
 //! (as reads around the page cache need), one block ahead of the cutting.
 
 use crate::error::{Error, Result};
-use crate::fs::uncached::DIRECT_READ_ALIGN;
+use crate::fs::uncached::DIRECT_IO_ALIGN;
 use crate::read_blocks::{Block, Chunk, ReadBlocks, fill};
 use fastcdc::v2020::{Normalization, cut_gear, get_gear_with_seed, select_masks};
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,7 @@ use std::borrow::Cow;
 use std::io::Read;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The largest chunk any valid chunker configuration cuts (FastCDC's maximum `max_bytes`),
 /// and so the largest data blob a reader accepts.
@@ -170,16 +171,19 @@ impl Chunker {
     {
         // A block holds the unfinished chunk the one before ended with (shorter than the
         // largest chunk), then what is read into it.
-        let carry = (self.params.max_bytes as usize).next_multiple_of(DIRECT_READ_ALIGN);
+        let carry = (self.params.max_bytes as usize).next_multiple_of(DIRECT_IO_ALIGN);
         let mut first = blocks.take(carry, carry);
         let (read, eof) = fill(&mut reader, &mut first.area_mut()[carry..])?;
         let first = (first, read, eof);
         if eof {
             return self.cut_blocks(first, carry, || unreachable!("read to its end"), on_chunk);
         }
+        let cutting_stopped = AtomicBool::new(false);
+        let stopped = &cutting_stopped;
         std::thread::scope(|scope| {
             let (read_tx, read_rx) = crossbeam_channel::bounded(0);
-            scope.spawn(move || {
+            let mut reading = Some(scope.spawn(move || {
+                let mut reader = UntilCuttingStops { reader, stopped };
                 loop {
                     let mut block = blocks.take(carry, carry);
                     let read = fill(&mut reader, &mut block.area_mut()[carry..]);
@@ -189,12 +193,18 @@ impl Chunker {
                         break;
                     }
                 }
-            });
-            let next = || {
-                let (block, read) = read_rx.recv().expect("the reading thread sends to the end");
-                read.map(|(read, eof)| (block, read, eof))
+            }));
+            let next = || match read_rx.recv() {
+                Ok((block, read)) => read.map(|(read, eof)| (block, read, eof)),
+                // The reading thread sends to the stream's end or failure, unless it panicked.
+                Err(_) => match reading.take().expect("joined once").join() {
+                    Err(panic) => std::panic::resume_unwind(panic),
+                    Ok(()) => unreachable!("the reading thread sends to the stream's end"),
+                },
             };
-            self.cut_blocks(first, carry, next, on_chunk)
+            let cut = self.cut_blocks(first, carry, next, on_chunk);
+            stopped.store(true, Ordering::Relaxed);
+            cut
         })
     }
 
@@ -236,6 +246,23 @@ impl Chunker {
     }
 }
 
+/// The stream as the thread reading ahead sees it: failing once the cutting has stopped, so
+/// that thread ends within a read instead of first filling its block from a slow or
+/// throttled stream.
+struct UntilCuttingStops<'a, R> {
+    reader: R,
+    stopped: &'a AtomicBool,
+}
+
+impl<R: Read> Read for UntilCuttingStops<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("the cutting stopped"));
+        }
+        self.reader.read(buf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,7 +299,7 @@ mod tests {
 
     impl Read for PageReader<'_> {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            let page = DIRECT_READ_ALIGN;
+            let page = DIRECT_IO_ALIGN;
             let aligned =
                 (buf.as_ptr() as usize).is_multiple_of(page) && buf.len().is_multiple_of(page);
             if !aligned && !self.data.is_empty() {
@@ -377,6 +404,87 @@ mod tests {
         });
         assert_eq!(refused.unwrap_err().to_string(), "interrupted");
         assert_eq!(chunks, 3);
+    }
+
+    #[test]
+    fn a_panic_on_the_thread_reading_ahead_is_the_callers_panic() {
+        /// Reads `good` bytes, then panics.
+        struct PanickingReader {
+            good: usize,
+        }
+        impl Read for PanickingReader {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                assert!(self.good > 0, "the reader's own panic");
+                let n = buf.len().min(self.good);
+                buf[..n].fill(1);
+                self.good -= n;
+                Ok(n)
+            }
+        }
+        let chunker = small_chunker();
+        let blocks = ReadBlocks::default();
+        let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            chunker.for_each_chunk(PanickingReader { good: 100_000 }, &blocks, |_| {
+                Ok::<_, std::io::Error>(())
+            })
+        }))
+        .unwrap_err();
+        assert_eq!(
+            panic.downcast_ref::<&str>(),
+            Some(&"the reader's own panic")
+        );
+    }
+
+    /// An endless stream of zeros, a page per read, whose reads past `held_back` bytes wait
+    /// until `released` and then take a millisecond each; counts the reads after release.
+    struct HeldBackReader<'a> {
+        served: usize,
+        held_back: usize,
+        released: &'a AtomicBool,
+        reads_after_release: &'a std::sync::atomic::AtomicUsize,
+    }
+
+    impl Read for HeldBackReader<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.served >= self.held_back {
+                while !self.released.load(Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                self.reads_after_release.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let n = buf.len().min(DIRECT_IO_ALIGN);
+            buf[..n].fill(0);
+            self.served += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn the_thread_reading_ahead_stops_within_a_read_once_the_cutting_stops() {
+        let chunker = Chunker::new(ChunkerParams::default(), 7).unwrap();
+        let block_read = ChunkerParams::default().max_bytes as usize;
+        let released = AtomicBool::new(false);
+        let reads_after_release = std::sync::atomic::AtomicUsize::new(0);
+        let reader = HeldBackReader {
+            served: 0,
+            held_back: block_read,
+            released: &released,
+            reads_after_release: &reads_after_release,
+        };
+        // The first block is read whole; the thread reading the next one waits until the
+        // cutter gives up on the first chunk.
+        let refused = chunker.for_each_chunk(reader, &ReadBlocks::default(), |_| {
+            released.store(true, Ordering::Relaxed);
+            Err(std::io::Error::other("interrupted"))
+        });
+        assert_eq!(refused.unwrap_err().to_string(), "interrupted");
+        let reads = reads_after_release.load(Ordering::Relaxed);
+        let pages_per_block = block_read / DIRECT_IO_ALIGN;
+        assert!(
+            reads < pages_per_block / 2,
+            "{reads} reads of {pages_per_block} after the cutting stopped"
+        );
     }
 
     proptest! {

@@ -4,38 +4,38 @@
 //! block. A chunk is a range of its block, not a copy: the chunk pool's threads store it
 //! straight from there, and the block is used again once no chunk holds it.
 
-use crate::fs::uncached::{DIRECT_READ_ALIGN, advise_huge_pages};
-use crossbeam_channel::{Receiver, Sender, unbounded};
+use crate::fs::uncached::{AlignedBytes, DIRECT_IO_ALIGN, advise_huge_pages};
+use crossbeam_channel::{Receiver, Sender, bounded};
 use std::io::Read;
 use std::ops::{Deref, Range};
 use std::sync::Arc;
 
+/// How many blocks that came back a reader keeps for its next ones: one read ahead, one
+/// being cut and those the chunk pool still stores chunks from; any more are freed.
+const KEPT_BLOCKS: usize = 4;
+
 /// A page-aligned buffer a stream was read into.
 pub(crate) struct Block {
-    storage: Vec<u8>,
-    /// Where the aligned area starts in `storage`.
-    base: usize,
-    /// The aligned area's length.
-    len: usize,
-    /// Where `storage` goes once nothing holds the block (none for bytes held in memory).
-    returns: Option<Sender<Vec<u8>>>,
+    bytes: AlignedBytes,
+    /// Where the bytes go once nothing holds the block (none for bytes held in memory).
+    returns: Option<Sender<AlignedBytes>>,
 }
 
 impl Block {
     pub(crate) fn area(&self) -> &[u8] {
-        &self.storage[self.base..self.base + self.len]
+        &self.bytes
     }
 
     pub(crate) fn area_mut(&mut self) -> &mut [u8] {
-        &mut self.storage[self.base..self.base + self.len]
+        &mut self.bytes
     }
 }
 
 impl Drop for Block {
     fn drop(&mut self) {
         if let Some(returns) = &self.returns {
-            // The blocks' owner may be gone; then the buffer is freed.
-            let _ = returns.send(std::mem::take(&mut self.storage));
+            // Freed when the reader keeps enough blocks already, or is gone.
+            let _ = returns.try_send(std::mem::take(&mut self.bytes));
         }
     }
 }
@@ -49,20 +49,22 @@ pub struct Chunk {
 
 impl Chunk {
     pub(crate) fn new(block: Arc<Block>, range: Range<usize>) -> Self {
-        assert!(range.end <= block.len, "a chunk lies inside its block");
+        assert!(
+            range.end <= block.area().len(),
+            "a chunk lies inside its block"
+        );
         Chunk { block, range }
     }
 
-    /// All of `bytes`, as one chunk held in memory.
-    pub fn in_memory(bytes: Vec<u8>) -> Self {
-        let len = bytes.len();
+    /// A copy of `bytes`, as one chunk held in memory.
+    pub fn in_memory(bytes: &[u8]) -> Self {
+        let mut copy = AlignedBytes::default();
+        copy.extend_from_slice(bytes);
         let block = Block {
-            storage: bytes,
-            base: 0,
-            len,
+            bytes: copy,
             returns: None,
         };
-        Chunk::new(Arc::new(block), 0..len)
+        Chunk::new(Arc::new(block), 0..bytes.len())
     }
 
     /// The part `range` of this chunk, sharing its bytes.
@@ -82,15 +84,15 @@ impl Deref for Chunk {
 }
 
 /// The blocks one reader of streams reads into, kept from stream to stream: a block that
-/// nothing holds any more comes back here.
+/// nothing holds any more comes back here (up to `KEPT_BLOCKS` of them).
 pub struct ReadBlocks {
-    returns: Sender<Vec<u8>>,
-    returned: Receiver<Vec<u8>>,
+    returns: Sender<AlignedBytes>,
+    returned: Receiver<AlignedBytes>,
 }
 
 impl Default for ReadBlocks {
     fn default() -> Self {
-        let (returns, returned) = unbounded();
+        let (returns, returned) = bounded(KEPT_BLOCKS);
         ReadBlocks { returns, returned }
     }
 }
@@ -98,34 +100,29 @@ impl Default for ReadBlocks {
 impl ReadBlocks {
     /// A block of `carry` bytes for the unfinished chunk of the block before, then `read`
     /// bytes to read into (both multiples of the page size): one that came back, or a new
-    /// one.
+    /// one. Blocks that came back in another size are freed on the way.
     pub(crate) fn take(&self, carry: usize, read: usize) -> Block {
-        debug_assert!(carry.is_multiple_of(DIRECT_READ_ALIGN));
-        debug_assert!(read.is_multiple_of(DIRECT_READ_ALIGN));
-        let len = carry + read;
-        let storage = std::iter::from_fn(|| self.returned.try_recv().ok())
-            .find(|storage| storage.len() == len + DIRECT_READ_ALIGN)
-            .unwrap_or_else(|| new_storage(carry, read));
-        let base = storage.as_ptr().align_offset(DIRECT_READ_ALIGN);
+        debug_assert!(carry.is_multiple_of(DIRECT_IO_ALIGN));
+        debug_assert!(read.is_multiple_of(DIRECT_IO_ALIGN));
+        let bytes = std::iter::from_fn(|| self.returned.try_recv().ok())
+            .find(|bytes| bytes.len() == carry + read)
+            .unwrap_or_else(|| new_block_bytes(carry, read));
         Block {
-            storage,
-            base,
-            len,
+            bytes,
             returns: Some(self.returns.clone()),
         }
     }
 }
 
-/// Zeroed storage for a block, the part read into in huge pages where the kernel can: the
+/// Zeroed bytes for a block, the part read into in huge pages where the kernel can: the
 /// kernel pins each page of a read around the cache, and the cutter and the chunk pool read
 /// them after (with 4 KiB pages one large file took 4% longer to back up). The part for an
 /// unfinished chunk keeps small pages: only as much of it as such chunks fill is resident.
-fn new_storage(carry: usize, read: usize) -> Vec<u8> {
-    let storage = vec![0u8; carry + read + DIRECT_READ_ALIGN];
-    let base = storage.as_ptr().align_offset(DIRECT_READ_ALIGN);
-    // SAFETY: the part read into lies in the vector's storage.
-    unsafe { advise_huge_pages(storage[base + carry..].as_ptr(), read) };
-    storage
+fn new_block_bytes(carry: usize, read: usize) -> AlignedBytes {
+    let bytes = AlignedBytes::zeroed(carry + read);
+    // SAFETY: the part read into lies in the bytes' storage.
+    unsafe { advise_huge_pages(bytes[carry..].as_ptr(), read) };
+    bytes
 }
 
 /// Reads from `reader` until `area` is full or the stream ends; returns the bytes read and
@@ -151,14 +148,8 @@ mod tests {
     #[test]
     fn a_block_comes_back_once_no_chunk_holds_it_and_is_taken_again() {
         let blocks = ReadBlocks::default();
-        let mut block = blocks.take(DIRECT_READ_ALIGN, DIRECT_READ_ALIGN);
-        assert!(
-            block
-                .area()
-                .as_ptr()
-                .addr()
-                .is_multiple_of(DIRECT_READ_ALIGN)
-        );
+        let mut block = blocks.take(DIRECT_IO_ALIGN, DIRECT_IO_ALIGN);
+        assert!(block.area().as_ptr().addr().is_multiple_of(DIRECT_IO_ALIGN));
         block.area_mut()[..3].copy_from_slice(b"abc");
         let first = block.area().as_ptr();
         let block = Arc::new(block);
@@ -171,10 +162,20 @@ mod tests {
         assert_eq!(blocks.returned.len(), 1);
         assert_eq!(
             blocks
-                .take(DIRECT_READ_ALIGN, DIRECT_READ_ALIGN)
+                .take(DIRECT_IO_ALIGN, DIRECT_IO_ALIGN)
                 .area()
                 .as_ptr(),
             first
         );
+    }
+
+    #[test]
+    fn a_reader_keeps_a_few_blocks_that_came_back_and_frees_the_rest() {
+        let blocks = ReadBlocks::default();
+        let taken: Vec<Block> = (0..KEPT_BLOCKS + 3)
+            .map(|_| blocks.take(DIRECT_IO_ALIGN, DIRECT_IO_ALIGN))
+            .collect();
+        drop(taken);
+        assert_eq!(blocks.returned.len(), KEPT_BLOCKS);
     }
 }

@@ -62,7 +62,7 @@ pub fn measure(paths: &[PathBuf], threads: usize, level: i32) -> Result<Pipeline
             speed.files += 1;
             speed.bytes += data.len() as u64;
             batch_bytes += data.len() as u64;
-            batch.push(Chunk::in_memory(data));
+            batch.push(Chunk::in_memory(&data));
             if batch_bytes >= BATCH_BYTES {
                 run_batch(&mut batch, &mut speed);
                 batch_bytes = 0;

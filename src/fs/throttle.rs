@@ -3,6 +3,7 @@
 //! (`--limit-rate`), with the parsing of rates such as `20M`.
 
 use crate::error::{Error, Result};
+use crate::fs::uncached::DIRECT_IO_ALIGN;
 use std::io::Read;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -87,11 +88,18 @@ impl<'a, R> Throttled<'a, R> {
 }
 
 impl<R: Read> Read for Throttled<'_, R> {
+    /// Reads at most what the limiter allows in a burst (in whole pages, so reads around the
+    /// page cache stay aligned): one read never sleeps long, and a reader asked to stop
+    /// stops within a burst.
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let read = self.inner.read(buf)?;
-        if let Some(limiter) = self.limiter {
-            limiter.take(read as u64);
-        }
+        let Some(limiter) = self.limiter else {
+            return self.inner.read(buf);
+        };
+        let allowed = (limiter.bytes_per_second as f64 * BURST.as_secs_f64()) as usize;
+        let allowed = (allowed / DIRECT_IO_ALIGN * DIRECT_IO_ALIGN).max(DIRECT_IO_ALIGN);
+        let len = buf.len().min(allowed);
+        let read = self.inner.read(&mut buf[..len])?;
+        limiter.take(read as u64);
         Ok(read)
     }
 }
@@ -171,5 +179,17 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn a_throttled_read_takes_at_most_a_bursts_worth_in_whole_pages() {
+        let limiter = RateLimiter::new(1 << 20);
+        let data = vec![7u8; 1 << 20];
+        let mut reader = Throttled::new(&data[..], Some(&limiter));
+        let mut buf = vec![0u8; 1 << 20];
+        let read = reader.read(&mut buf).unwrap();
+        assert_eq!(read, 25 * 4096, "a tenth of a second at 1 MiB/s, in pages");
+        let mut unlimited = Throttled::new(&data[..], None);
+        assert_eq!(unlimited.read(&mut buf).unwrap(), 1 << 20);
     }
 }

@@ -16,9 +16,9 @@ use std::io::{ErrorKind, Read, Result};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
-/// What reads through `O_DIRECT` are aligned to, in memory and in the file: a page, which
-/// every block device's logical block size divides.
-pub(crate) const DIRECT_READ_ALIGN: usize = 4096;
+/// What reads and writes through `O_DIRECT` are aligned to, in memory and in the file: a
+/// page, which every block device's logical block size divides.
+pub(crate) const DIRECT_IO_ALIGN: usize = 4096;
 
 /// Filesystems on a local disk whose `O_DIRECT` reads go to the disk as asked: ext2-4, XFS,
 /// btrfs, F2FS (`statfs` magic numbers).
@@ -67,6 +67,13 @@ pub struct AlignedBytes {
 }
 
 impl AlignedBytes {
+    /// `len` zero bytes.
+    pub(crate) fn zeroed(len: usize) -> Self {
+        let storage = vec![0u8; len + DIRECT_IO_ALIGN];
+        let base = storage.as_ptr().align_offset(DIRECT_IO_ALIGN);
+        AlignedBytes { storage, base, len }
+    }
+
     /// How many bytes fit without moving.
     pub(crate) fn capacity(&self) -> usize {
         self.storage.len().saturating_sub(self.base)
@@ -78,10 +85,10 @@ impl AlignedBytes {
         if needed <= self.capacity() {
             return;
         }
-        let mut storage = vec![0u8; needed.max(2 * self.capacity()) + DIRECT_READ_ALIGN];
-        let base = storage.as_ptr().align_offset(DIRECT_READ_ALIGN);
-        storage[base..base + self.len].copy_from_slice(self);
-        (self.storage, self.base) = (storage, base);
+        let mut larger = AlignedBytes::zeroed(needed.max(2 * self.capacity()));
+        larger[..self.len].copy_from_slice(self);
+        larger.len = self.len;
+        *self = larger;
     }
 
     pub(crate) fn extend_from_slice(&mut self, bytes: &[u8]) {
@@ -104,6 +111,12 @@ impl std::ops::Deref for AlignedBytes {
     }
 }
 
+impl std::ops::DerefMut for AlignedBytes {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.storage[self.base..self.base + self.len]
+    }
+}
+
 /// Asks the kernel for huge pages over the whole pages of `len` bytes at `start`, memory
 /// read in large stretches or at random (read blocks, argon2's), where 4 KiB pages cost page
 /// faults, pinned pages and TLB misses. A kernel without huge pages refuses it and the pages
@@ -112,8 +125,8 @@ impl std::ops::Deref for AlignedBytes {
 /// # Safety
 /// `start..start + len` must lie in one allocation the caller owns.
 pub(crate) unsafe fn advise_huge_pages(start: *const u8, len: usize) {
-    let skip = start.align_offset(DIRECT_READ_ALIGN).min(len);
-    let whole_pages = (len - skip) / DIRECT_READ_ALIGN * DIRECT_READ_ALIGN;
+    let skip = start.align_offset(DIRECT_IO_ALIGN).min(len);
+    let whole_pages = (len - skip) / DIRECT_IO_ALIGN * DIRECT_IO_ALIGN;
     // SAFETY: a page-aligned range inside the caller's allocation; the advice changes no
     // byte of it.
     unsafe {
@@ -131,19 +144,19 @@ pub(crate) unsafe fn advise_huge_pages(start: *const u8, len: usize) {
 /// out what other programs use. The last part page, or everything when the filesystem
 /// refuses, goes through the cache. The caller syncs.
 pub(crate) fn write_new_file(file: &File, data: &[u8]) -> Result<()> {
-    let whole_pages = data.len() / DIRECT_READ_ALIGN * DIRECT_READ_ALIGN;
-    let aligned = data.as_ptr().addr().is_multiple_of(DIRECT_READ_ALIGN);
-    let mut through_cache = 0;
+    let whole_pages = data.len() / DIRECT_IO_ALIGN * DIRECT_IO_ALIGN;
+    let aligned = data.as_ptr().addr().is_multiple_of(DIRECT_IO_ALIGN);
+    let mut cached_from = 0;
     if whole_pages > 0 && aligned && on_local_disk(file) && set_direct(file, true).is_ok() {
-        through_cache = match file.write_all_at(&data[..whole_pages], 0) {
+        cached_from = match file.write_all_at(&data[..whole_pages], 0) {
             Ok(()) => whole_pages,
             // Refused (this file or this filesystem after all): all again through the cache.
-            Err(e) if e.kind() == ErrorKind::InvalidInput => 0,
+            Err(e) if matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::Unsupported) => 0,
             Err(e) => return Err(e),
         };
         set_direct(file, false)?;
     }
-    file.write_all_at(&data[through_cache..], through_cache as u64)
+    file.write_all_at(&data[cached_from..], cached_from as u64)
 }
 
 /// Whether `file` is on one of `DIRECT_FILESYSTEMS`.
@@ -187,8 +200,8 @@ mod tests {
     /// Reads `path` whole through `Uncached` into buffers at `misalign` bytes past a page.
     fn read_all(path: &std::path::Path, misalign: usize) -> (Vec<u8>, bool) {
         let mut reader = Uncached::new(File::open(path).unwrap(), true);
-        let mut storage = vec![0u8; (1 << 20) + 2 * DIRECT_READ_ALIGN];
-        let base = storage.as_ptr().align_offset(DIRECT_READ_ALIGN) + misalign;
+        let mut storage = vec![0u8; (1 << 20) + 2 * DIRECT_IO_ALIGN];
+        let base = storage.as_ptr().align_offset(DIRECT_IO_ALIGN) + misalign;
         let buffer = &mut storage[base..base + (1 << 20)];
         let mut read = Vec::new();
         loop {
@@ -230,7 +243,7 @@ mod tests {
     #[test]
     fn a_new_file_is_written_whole_from_aligned_bytes_or_not_and_left_as_it_was() {
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
-        let page = DIRECT_READ_ALIGN;
+        let page = DIRECT_IO_ALIGN;
         for len in [0, 100, page, 3 * page, 5 * page + 17, (1 << 20) + 1] {
             let data: Vec<u8> = (0..len).map(|i| (i * 13 + i / 4093) as u8).collect();
             let mut aligned = AlignedBytes::default();
