@@ -36,7 +36,7 @@ fn main() -> ExitCode {
             if broken_pipe {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", cli::printable(&format!("{error:#}")));
             ExitCode::FAILURE
         }
     }

@@ -1,6 +1,7 @@
 //! End-to-end tests of the commands people reach for once backups exist: `find` across
-//! checkpoints, the backup inputs that choose what goes in (anchored excludes), and how a
-//! backup reads a large file (around the page cache).
+//! checkpoints, the backup inputs that choose what goes in (anchored excludes), how a
+//! backup reads a large file (around the page cache), and names that would drive a terminal
+//! printed harmless.
 
 mod common;
 
@@ -57,6 +58,66 @@ fn summary(found: &[Value], ids: &[String]) -> Vec<String> {
             format!("{} [{}]", m["path"].as_str().unwrap(), holders.join(" "))
         })
         .collect()
+}
+
+#[test]
+fn names_with_control_characters_print_as_question_marks_in_text_output() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    write(&source, "red\x1b[31mfile", "red", JAN_2021);
+    std::os::unix::fs::symlink("to\x1b]0;title\x07", source.join("link\r")).unwrap();
+    let repo = plain_repo(&sandbox);
+    let first = backup(&sandbox, &repo, &[], &source)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    write(&source, "green\x1b[32mfile", "green", JAN_2026);
+    let locked = source.join("locked\x1b[5m");
+    fs::write(&locked, "locked").unwrap();
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
+    // Root reads everything, so the backup that cannot read `locked` runs unprivileged.
+    let mut command = match running_as_root() {
+        true => sandbox.cairn_as_nobody(&[Path::new(&repo), &source]),
+        false => sandbox.cairn(),
+    };
+    let warned = command
+        .args(["backup", "--repo", &repo])
+        .arg(&source)
+        .output()
+        .unwrap();
+    assert_eq!(warned.status.code(), Some(3), "{}", stderr(&warned));
+    let missing = sandbox.run(&["ls", "--repo", &repo, "latest:gone\x1b[31m"]);
+    assert!(!missing.status.success());
+    let copy = sandbox.path("copy");
+    let contents = format!("{}/", source.display());
+    let said = [
+        ("backup's warning", stderr(&warned), "locked?[5m"),
+        (
+            "ls",
+            sandbox.ok(&["ls", "-r", "--repo", &repo, "latest"]),
+            "link? -> to?]0;title?",
+        ),
+        (
+            "diff",
+            sandbox.ok(&["diff", "--repo", &repo, &first, "latest"]),
+            "+ green?[32mfile",
+        ),
+        (
+            "sync -i",
+            sandbox.ok(&["sync", "-i", &contents, copy.to_str().unwrap()]),
+            "red?[31mfile",
+        ),
+        ("an error", stderr(&missing), "gone?[31m"),
+    ];
+    for (what, text, shown) in said {
+        assert!(text.contains(shown), "{what} shows {shown:?}: {text:?}");
+        let control = text.chars().find(|&c| c.is_control() && c != '\n');
+        assert_eq!(control, None, "{what} prints a control character: {text:?}");
+    }
+    // JSON keeps names exact.
+    let listed = sandbox.ok(&["ls", "--json", "--repo", &repo, "latest"]);
+    assert!(listed.contains("red\\u001b[31mfile"), "{listed}");
 }
 
 #[test]

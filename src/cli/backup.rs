@@ -146,7 +146,7 @@ pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
         outcome => outcome?,
     };
     for error in &outcome.errors {
-        eprintln!(
+        errln!(
             "warning: {}: {} (not in the checkpoint)",
             error.path.display(),
             error.message
@@ -178,7 +178,7 @@ pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
         if let Some(id) = outcome.id {
             outln!("{id}");
         }
-        eprintln!(
+        errln!(
             "{} {}, {}, {}: read {}, {} {} to the repository, in {seconds:.1}s",
             if args.dry_run {
                 "dry run:"
@@ -196,7 +196,7 @@ pub fn run(global: &GlobalArgs, args: BackupArgs) -> Result<ExitCode> {
     if outcome.errors.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!(
+        errln!(
             "{} could not be read: not in the checkpoint",
             super::counted(outcome.errors.len(), "path")
         );

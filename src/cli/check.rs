@@ -49,7 +49,7 @@ pub fn run(global: &GlobalArgs, args: CheckArgs) -> Result<ExitCode> {
         }))?;
     } else {
         print_summary(&report)?;
-        eprintln!(
+        errln!(
             "checked {}, {}, {}{}",
             super::counted(report.checkpoints, "checkpoint"),
             super::counted(report.trees, "tree"),
@@ -61,7 +61,7 @@ pub fn run(global: &GlobalArgs, args: CheckArgs) -> Result<ExitCode> {
             }
         );
         if report.unlisted_packs > 0 {
-            eprintln!(
+            errln!(
                 "{} no index file lists not read (left by a stopped run: the next backup takes \
                  them back if whole, `cairn prune` deletes the rest)",
                 super::counted(report.unlisted_packs, "pack")
@@ -69,10 +69,10 @@ pub fn run(global: &GlobalArgs, args: CheckArgs) -> Result<ExitCode> {
         }
     }
     if report.is_sound() {
-        eprintln!("no problems found");
+        errln!("no problems found");
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!(
+        errln!(
             "the repository is damaged: {}, {} damaged, {} affected",
             super::counted(report.problems.len(), "problem"),
             super::counted(report.damaged.len(), "blob"),
@@ -148,9 +148,9 @@ fn print_capped<T>(
 
 /// Ends a failed check with the commands to run next.
 fn print_next_steps(report: &CheckReport) {
-    eprintln!("next:");
+    errln!("next:");
     if report.mismatched_packs > 0 || report.damaged.iter().any(|d| d.pack.is_some()) {
-        eprintln!(
+        errln!(
             "  cairn repair packs      drops the damaged blobs from the index and keeps every readable one"
         );
     }
@@ -162,16 +162,16 @@ fn print_next_steps(report: &CheckReport) {
             .collect();
         paths.sort_unstable();
         paths.dedup();
-        eprintln!(
+        errln!(
             "  cairn backup {}   back up the affected paths again: a backup stores the content the index lacks, which heals every checkpoint that needs it",
             paths.join(" ")
         );
-        eprintln!(
+        errln!(
             "  cairn repair checkpoints   if the sources no longer hold that content, drops what cannot be read from the affected checkpoints"
         );
     }
     if report.damaged.is_empty() && report.mismatched_packs == 0 {
-        eprintln!(
+        errln!(
             "  cairn repair index      rebuilds the index files from the packs when index files are damaged"
         );
     }

@@ -50,9 +50,10 @@ pub fn run(global: &GlobalArgs, args: DiffArgs) -> Result<ExitCode> {
             ChangeKind::Modified => modified += 1,
         }
         let slash = if change.is_dir { "/" } else { "" };
-        writeln!(out, "{} {}{slash}", marker(change), change.path)?;
+        let path = super::printable(&change.path);
+        writeln!(out, "{} {path}{slash}", marker(change))?;
     }
     out.flush()?;
-    eprintln!("{added} added, {removed} removed, {modified} modified");
+    errln!("{added} added, {removed} removed, {modified} modified");
     Ok(ExitCode::SUCCESS)
 }

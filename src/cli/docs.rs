@@ -38,7 +38,7 @@ pub fn man(args: ManArgs) -> Result<ExitCode> {
         .with_context(|| format!("creating {}", args.dir.display()))?;
     clap_mangen::generate_to(super::command(), &args.dir)
         .with_context(|| format!("writing man pages into {}", args.dir.display()))?;
-    eprintln!(
+    errln!(
         "man pages written to {} (`man cairn-backup` finds them when the directory is on \
          MANPATH, as ~/.local/share/man/man1 is)",
         args.dir.display()

@@ -150,7 +150,7 @@ pub fn run(global: &GlobalArgs, args: FindArgs) -> Result<ExitCode> {
     }
     out.flush().map_err(writing)?;
     if stats.found == 0 {
-        eprintln!(
+        errln!(
             "nothing matched in {}",
             super::counted(catalogue.len(), "checkpoint")
         );

@@ -73,20 +73,20 @@ pub fn run(global: &GlobalArgs, args: InitArgs) -> Result<ExitCode> {
         EncryptionMode::None => {}
     }
     let config = Repository::init(backend.as_ref(), options)?;
-    eprintln!(
+    errln!(
         "created cairn repository {} at {} (encryption: {encryption})",
         &config.id[..8],
         path.display()
     );
     match encryption {
         EncryptionMode::Password => {
-            eprintln!("remember the password: without it the backups cannot be read")
+            errln!("remember the password: without it the backups cannot be read")
         }
-        EncryptionMode::Keyfile => eprintln!(
+        EncryptionMode::Keyfile => errln!(
             "key written to {}: keep a copy somewhere safe; without it the backups cannot be read",
             global.key_file.as_ref().expect("checked above").display()
         ),
-        EncryptionMode::None => eprintln!("warning: the repository is not encrypted"),
+        EncryptionMode::None => errln!("warning: the repository is not encrypted"),
     }
     Ok(ExitCode::SUCCESS)
 }

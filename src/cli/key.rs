@@ -132,7 +132,7 @@ fn list(repo: &Repository, json: bool) -> Result<ExitCode> {
         );
     }
     let noun = if all.len() == 1 { "key" } else { "keys" };
-    eprintln!("{} {noun}; * marks the one your password opened", all.len());
+    errln!("{} {noun}; * marks the one your password opened", all.len());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -140,7 +140,7 @@ fn add(repo: &Repository, new_password: &NewPasswordArgs) -> Result<ExitCode> {
     let password = new_password.read()?;
     let id = repo.add_password(&password)?;
     outln!("{id}");
-    eprintln!(
+    errln!(
         "added key {}: the new password opens repository {} too",
         keys::short_key_id(&id),
         repo.backend().location()
@@ -155,7 +155,7 @@ fn passwd(repo: &Repository, new_password: &NewPasswordArgs, dry_run: bool) -> R
         .to_owned();
     let password = new_password.read()?;
     if dry_run {
-        eprintln!(
+        errln!(
             "dry run: would add a key for the new password, then remove key {} (the current \
              password's); nothing was changed",
             keys::short_key_id(&old)
@@ -177,7 +177,7 @@ fn passwd(repo: &Repository, new_password: &NewPasswordArgs, dry_run: bool) -> R
         )
     })?;
     outln!("{added}");
-    eprintln!(
+    errln!(
         "password changed: key {} replaces key {}; the old password no longer opens repository {}",
         keys::short_key_id(&added),
         keys::short_key_id(&old),
@@ -190,14 +190,14 @@ fn remove(repo: &Repository, id: &str, dry_run: bool) -> Result<ExitCode> {
     let plan = repo.plan_key_removal(id)?;
     let key = plan.key();
     if dry_run {
-        eprintln!(
+        errln!(
             "dry run: would remove key {}; nothing was changed",
             describe(key)
         );
         return Ok(ExitCode::SUCCESS);
     }
     repo.remove_key(&plan)?;
-    eprintln!("removed key {}", describe(key));
+    errln!("removed key {}", describe(key));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -62,6 +62,6 @@ pub fn run(global: &GlobalArgs, args: ListArgs) -> Result<ExitCode> {
             c.paths.join(" ")
         );
     }
-    eprintln!("{}", super::counted(all.len(), "checkpoint"));
+    errln!("{}", super::counted(all.len(), "checkpoint"));
     Ok(ExitCode::SUCCESS)
 }

@@ -118,15 +118,15 @@ impl Lister<'_> {
             EntryKind::Symlink(t) => format!(" -> {}", String::from_utf8_lossy(t)),
             _ => String::new(),
         };
-        writeln!(
-            self.out,
+        let line = format!(
             "{} {:<8} {:<8} {:>12} {} {path}{target}",
             mode_string(entry),
             owner,
             group,
             entry.size,
             timestamp::date_time(entry.mtime_ns)
-        )?;
+        );
+        writeln!(self.out, "{}", super::printable(&line))?;
         Ok(())
     }
 }

@@ -4,12 +4,20 @@
 //! appears only on a terminal and only for a password-mode repository.
 
 /// `println!` for command output that returns a failed write (a closed pipe, a full disk) as
-/// an error instead of panicking; `main` exits quietly when it was a closed pipe.
+/// an error instead of panicking; `main` exits quietly when it was a closed pipe. The line
+/// is `printable`: names in it never reach the terminal as control characters.
 macro_rules! outln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($arg)*)?
+        writeln!(std::io::stdout().lock(), "{}", crate::cli::printable(&format!($($arg)*)))?
     }};
+}
+
+/// `eprintln!` for what cairn tells a person, `printable` like `outln!`.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        eprintln!("{}", crate::cli::printable(&format!($($arg)*)))
+    };
 }
 
 mod backup;
@@ -634,7 +642,7 @@ fn draw_progress(
 /// Reports a run that a signal stopped, with what it kept for the next one; exit 130.
 fn interrupted(what: &str, progress: &cairn::progress::Progress) -> ExitCode {
     use std::sync::atomic::Ordering::Relaxed;
-    eprintln!(
+    errln!(
         "interrupted: {} in {} packs kept; run the {what} again to continue",
         indicatif::HumanBytes(progress.added_bytes.load(Relaxed)),
         progress.added_packs.load(Relaxed)
@@ -674,7 +682,7 @@ fn report_skipped(skipped: &[cairn::error::PathError]) -> Vec<String> {
         .map(|s| format!("{} ({})", s.path.display(), s.message))
         .collect();
     for line in &lines {
-        eprintln!("skipped: {line}");
+        errln!("skipped: {line}");
     }
     lines
 }
@@ -696,7 +704,8 @@ fn config_dir(unknown: &str) -> Result<PathBuf> {
 
 /// `text` with control characters (a terminal's escape sequences among them) shown as `?`:
 /// names from a repository or a source are printed for a person, never obeyed by the terminal.
-fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+/// All text output goes through it (`outln!`, `errln!`, the listings); JSON output is exact.
+pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     match text.chars().any(char::is_control) {
         false => std::borrow::Cow::Borrowed(text),
         true => text
@@ -796,7 +805,7 @@ fn resolve_checkpoint(repo: &Repository, reference: &str, filters: &FilterArgs) 
     let labels: std::collections::HashSet<_> = catalogue.iter().map(|s| &s.label).collect();
     let series: std::collections::BTreeSet<_> = labels.iter().map(|l| l.series()).collect();
     if series.len() > 1 {
-        eprintln!(
+        errln!(
             "note: latest is {} of {} {}, the newest of {} series; --host, --path or --tag choose another",
             found.id.short(),
             found.record.host,

@@ -51,15 +51,15 @@ pub fn run(global: &GlobalArgs, args: MountArgs) -> Result<ExitCode> {
         if signals.forever().next().is_some()
             && let Err(e) = unmounter.unmount()
         {
-            eprintln!("error: {e:#}");
+            errln!("error: {e:#}");
         }
     });
-    eprintln!(
+    errln!(
         "mounted at {}: browse checkpoints/, latest, tags/ and history/; unmount with `fusermount3 -u {}` or Ctrl-C",
         args.mountpoint.display(),
         args.mountpoint.display()
     );
     mounted.run()?;
-    eprintln!("unmounted {}", args.mountpoint.display());
+    errln!("unmounted {}", args.mountpoint.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -146,7 +146,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> Result<ExitCode> {
     };
     let unreadable = report.backup.as_ref().map_or(&[][..], |b| &b.errors[..]);
     for error in unreadable {
-        eprintln!(
+        errln!(
             "warning: {}: {} (not in the checkpoint)",
             error.path.display(),
             error.message
@@ -186,14 +186,14 @@ fn print_run_summary(name: &str, report: &plan::RunReport) -> Result<()> {
     match report.checkpoint {
         Some(id) => {
             outln!("{id}");
-            eprintln!(
+            errln!(
                 "plan {name}: checkpoint {} in {} of {} targets",
                 id.short(),
                 report.held_by(),
                 report.targets.len()
             );
         }
-        None => eprintln!("plan {name}: no checkpoint was made"),
+        None => errln!("plan {name}: no checkpoint was made"),
     }
     for target in &report.targets {
         let mut what = match (&target.copied, target.backed_up_here) {
@@ -217,12 +217,12 @@ fn print_run_summary(name: &str, report: &plan::RunReport) -> Result<()> {
             "lacks"
         };
         match &target.error {
-            Some(error) => eprintln!(
+            Some(error) => errln!(
                 "  {state} {}: {what}{}failed: {error}",
                 target.repo,
                 if what.is_empty() { "" } else { "; " }
             ),
-            None => eprintln!("  {state} {}: {what}", target.repo),
+            None => errln!("  {state} {}: {what}", target.repo),
         }
     }
     Ok(())
@@ -323,7 +323,7 @@ fn recover(global: &GlobalArgs, write: bool) -> Result<ExitCode> {
     let repo = global.open()?;
     let (kept, unreadable) = plan::stored(&repo)?;
     for error in &unreadable {
-        eprintln!("warning: {error}");
+        errln!("warning: {error}");
     }
     if kept.is_empty() {
         bail!(
@@ -333,7 +333,7 @@ fn recover(global: &GlobalArgs, write: bool) -> Result<ExitCode> {
         );
     }
     for stored in kept.values() {
-        eprintln!(
+        errln!(
             "plan {}: stored {} from {}",
             stored.name,
             stored.time.get(..19).unwrap_or(&stored.time),
@@ -348,7 +348,9 @@ fn recover(global: &GlobalArgs, write: bool) -> Result<ExitCode> {
     };
     let text = toml::to_string(&config).context("writing the plans as TOML")?;
     if !write {
-        outln!("{}", text.trim_end());
+        // TOML writes control characters in strings as escapes, so the text prints as is.
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), "{}", text.trim_end())?;
         return Ok(ExitCode::SUCCESS);
     }
     let path = config_path(global)?;
@@ -369,7 +371,7 @@ fn recover(global: &GlobalArgs, write: bool) -> Result<ExitCode> {
         })?;
     std::io::Write::write_all(&mut file, text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("plans written to {}", path.display());
+    errln!("plans written to {}", path.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -384,12 +386,12 @@ fn init(global: &GlobalArgs, name: &str) -> Result<ExitCode> {
         match init_target(&args, target, model.as_ref()) {
             Ok((repo, created)) => {
                 if let Err(e) = plan::store(&repo, name, plan) {
-                    eprintln!(
+                    errln!(
                         "warning: {}: could not keep the plan there: {e}",
                         target.repo
                     );
                 }
-                eprintln!(
+                errln!(
                     "  {}: {}",
                     target.repo,
                     if created {
@@ -402,7 +404,7 @@ fn init(global: &GlobalArgs, name: &str) -> Result<ExitCode> {
             }
             Err(e) => {
                 failed += 1;
-                eprintln!("  {}: failed: {e:#}", target.repo);
+                errln!("  {}: failed: {e:#}", target.repo);
             }
         }
     }

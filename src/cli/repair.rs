@@ -67,7 +67,7 @@ pub fn run(global: &GlobalArgs, args: RepairArgs) -> Result<ExitCode> {
                 print_checkpoints_report(&report)?;
             }
             if !report.unreadable_checkpoints.is_empty() {
-                eprintln!(
+                errln!(
                     "{} checkpoint records cannot be read and were left as they are",
                     report.unreadable_checkpoints.len()
                 );
@@ -95,7 +95,7 @@ fn print_index_report(report: &IndexRepairReport) -> Result<()> {
         report.index_files_deleted
     );
     if !report.unreadable_packs.is_empty() {
-        eprintln!(
+        errln!(
             "unreadable packs are left out of the index (a later prune deletes them; move them \
              out of the repository to keep them); `cairn repair checkpoints` drops what needed them"
         );
@@ -122,7 +122,7 @@ fn print_packs_report(report: &PackRepairReport) -> Result<()> {
         report.blobs_dropped
     );
     if report.blobs_dropped > 0 {
-        eprintln!(
+        errln!(
             "next: back up the affected paths again (`cairn check` names them) to store the dropped \
              content anew, which heals every checkpoint that needs it; if the sources no longer \
              hold it, `cairn repair checkpoints` drops what cannot be read"

@@ -67,7 +67,7 @@ pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
     let bytes = progress.bytes_done.load(Ordering::Relaxed);
     let skipped = super::report_skipped(&report.skipped);
     for error in &report.errors {
-        eprintln!("error: {}: {}", error.path.display(), error.message);
+        errln!("error: {}: {}", error.path.display(), error.message);
     }
     if args.json {
         print_json(&json!({
@@ -81,7 +81,7 @@ pub fn run(global: &GlobalArgs, args: RestoreArgs) -> Result<ExitCode> {
             "out_of_space": report.out_of_space,
         }))?;
     } else {
-        eprintln!(
+        errln!(
             "restored {}, {}, {} into {} in {:.1}s",
             super::counted(files, "file"),
             super::counted(report.dirs, "dir"),

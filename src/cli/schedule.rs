@@ -64,11 +64,11 @@ pub fn run(global: &GlobalArgs, args: ScheduleArgs) -> Result<ExitCode> {
             let marker = format!("# {unit}");
             if args.remove {
                 edit_crontab(&marker, None)?;
-                eprintln!("removed the crontab line of plan {}", args.plan);
+                errln!("removed the crontab line of plan {}", args.plan);
             } else {
                 let line = format!("{} {} {marker}", cron_times(when)?, command.for_cron());
                 edit_crontab(&marker, Some(&line))?;
-                eprintln!(
+                errln!(
                     "plan {} runs {when} from cron; its output goes to syslog \
                      (`journalctl -t {unit}`)",
                     args.plan
@@ -257,7 +257,7 @@ impl Systemd {
         self.write(&format!("{unit}.service"), &service)?;
         self.write(&format!("{unit}.timer"), &timer)?;
         match &self.systemctl {
-            None => eprintln!(
+            None => errln!(
                 "wrote {unit}.service and {unit}.timer into {}: enable them with \
                  `systemctl enable --now {unit}.timer`",
                 self.dir.display()
@@ -265,7 +265,7 @@ impl Systemd {
             Some(scope) => {
                 systemctl(scope, &["daemon-reload"])?;
                 systemctl(scope, &["enable", "--now", &format!("{unit}.timer")])?;
-                eprintln!(
+                errln!(
                     "plan {plan} runs {when} ({unit}.timer); its output: `journalctl {}-u {unit}`",
                     if scope.is_empty() { "" } else { "--user " }
                 );
@@ -289,7 +289,7 @@ impl Systemd {
         if let Some(scope) = &self.systemctl {
             systemctl(scope, &["daemon-reload"])?;
         }
-        eprintln!("removed {unit}.timer and {unit}.service");
+        errln!("removed {unit}.timer and {unit}.service");
         Ok(())
     }
 

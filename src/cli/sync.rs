@@ -115,7 +115,7 @@ pub fn run(global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode> {
     };
     super::report_skipped(&report.skipped);
     for error in &report.errors {
-        eprintln!("warning: {}: {}", error.path.display(), error.message);
+        errln!("warning: {}: {}", error.path.display(), error.message);
     }
     if args.json {
         // `errors` a count, as in backup's and list's; the paths and why under `failed`.
@@ -138,7 +138,7 @@ pub fn run(global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode> {
         ));
     }
     if report.deletions_skipped > 0 {
-        eprintln!(
+        errln!(
             "warning: deletions stopped at the --max-delete limit of {}: {} entries the \
              source lacks were left in place; run again with a higher limit to remove them",
             args.max_delete.unwrap_or_default(),
@@ -179,7 +179,7 @@ impl Listing {
                 Listing::Names if change.is_named_by_verbose() => change.name(prefix),
                 Listing::Quiet | Listing::Names => return,
             };
-            let _ = writeln!(std::io::stdout().lock(), "{line}");
+            let _ = writeln!(std::io::stdout().lock(), "{}", super::printable(&line));
         }
     }
 }

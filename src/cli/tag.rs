@@ -74,7 +74,7 @@ pub fn run(global: &GlobalArgs, args: TagArgs) -> Result<ExitCode> {
                 r.tags.join(",")
             );
         }
-        eprintln!(
+        errln!(
             "{} retagged, {} already as asked",
             super::counted(retagged.len(), "checkpoint"),
             ids.len() - retagged.len()
