@@ -202,8 +202,16 @@ impl Chunker {
                     Ok(()) => unreachable!("the reading thread sends to the stream's end"),
                 },
             };
+            // Set however the cutting ends, a panic in `on_chunk` among the ways.
+            let cutting_ended = SetWhenDropped(stopped);
             let cut = self.cut_blocks(first, carry, next, on_chunk);
-            stopped.store(true, Ordering::Relaxed);
+            // The reading thread fails its next read, or finds no one listening, and ends;
+            // a panic of its own is the caller's, whatever the cutting returned.
+            drop(cutting_ended);
+            drop(read_rx);
+            if let Some(Err(panic)) = reading.take().map(|thread| thread.join()) {
+                std::panic::resume_unwind(panic);
+            }
             cut
         })
     }
@@ -243,6 +251,15 @@ impl Chunker {
             block = Arc::new(following);
             (start, end, eof) = (carry - left, carry + read, ended);
         }
+    }
+}
+
+/// Sets its flag when dropped, by a return or by unwinding.
+struct SetWhenDropped<'a>(&'a AtomicBool);
+
+impl Drop for SetWhenDropped<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -435,22 +452,44 @@ mod tests {
         );
     }
 
-    /// An endless stream of zeros, a page per read, whose reads past `held_back` bytes wait
-    /// until `released` and then take a millisecond each; counts the reads after release.
+    /// Where a test holds the thread reading ahead: it waits (`waiting`) at its first read
+    /// past the first block until `released`, then counts its reads.
+    #[derive(Default)]
+    struct Gate {
+        waiting: AtomicBool,
+        released: AtomicBool,
+        reads_after_release: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Gate {
+        /// Releases the reader once it waits, as a cutter that gives up on the first chunk.
+        fn release_once_waiting(&self) {
+            while !self.waiting.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            self.released.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// An endless stream of zeros, a page per read, held at `gate` past the first block of
+    /// the default chunker; after release each read takes a millisecond, or panics.
     struct HeldBackReader<'a> {
         served: usize,
-        held_back: usize,
-        released: &'a AtomicBool,
-        reads_after_release: &'a std::sync::atomic::AtomicUsize,
+        gate: &'a Gate,
+        panics_after_release: bool,
     }
 
     impl Read for HeldBackReader<'_> {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            if self.served >= self.held_back {
-                while !self.released.load(Ordering::Relaxed) {
+            if self.served >= ChunkerParams::default().max_bytes as usize {
+                self.gate.waiting.store(true, Ordering::Relaxed);
+                while !self.gate.released.load(Ordering::Relaxed) {
                     std::thread::sleep(std::time::Duration::from_millis(1));
                 }
-                self.reads_after_release.fetch_add(1, Ordering::Relaxed);
+                assert!(!self.panics_after_release, "the reader's own panic");
+                self.gate
+                    .reads_after_release
+                    .fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
             let n = buf.len().min(DIRECT_IO_ALIGN);
@@ -460,30 +499,62 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_thread_reading_ahead_stops_within_a_read_once_the_cutting_stops() {
+    /// Cuts a held-back stream whose cutter gives up on the first chunk with `give_up` (an
+    /// error returned or a panic); returns what the cutting returned, or its panic.
+    fn cut_held_back(
+        gate: &Gate,
+        panics_after_release: bool,
+        give_up: impl Fn() -> std::io::Error,
+    ) -> std::thread::Result<std::io::Result<u64>> {
         let chunker = Chunker::new(ChunkerParams::default(), 7).unwrap();
-        let block_read = ChunkerParams::default().max_bytes as usize;
-        let released = AtomicBool::new(false);
-        let reads_after_release = std::sync::atomic::AtomicUsize::new(0);
         let reader = HeldBackReader {
             served: 0,
-            held_back: block_read,
-            released: &released,
-            reads_after_release: &reads_after_release,
+            gate,
+            panics_after_release,
         };
-        // The first block is read whole; the thread reading the next one waits until the
-        // cutter gives up on the first chunk.
-        let refused = chunker.for_each_chunk(reader, &ReadBlocks::default(), |_| {
-            released.store(true, Ordering::Relaxed);
-            Err(std::io::Error::other("interrupted"))
-        });
-        assert_eq!(refused.unwrap_err().to_string(), "interrupted");
-        let reads = reads_after_release.load(Ordering::Relaxed);
-        let pages_per_block = block_read / DIRECT_IO_ALIGN;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            chunker.for_each_chunk(reader, &ReadBlocks::default(), |_| {
+                gate.release_once_waiting();
+                Err(give_up())
+            })
+        }))
+    }
+
+    /// Fewer than half a block's reads after the release: the thread reading ahead stopped
+    /// within a read, instead of filling its block first.
+    fn assert_reading_stopped_early(gate: &Gate) {
+        let reads = gate.reads_after_release.load(Ordering::Relaxed);
+        let pages_per_block = ChunkerParams::default().max_bytes as usize / DIRECT_IO_ALIGN;
         assert!(
             reads < pages_per_block / 2,
             "{reads} reads of {pages_per_block} after the cutting stopped"
+        );
+    }
+
+    #[test]
+    fn the_thread_reading_ahead_stops_within_a_read_once_the_cutting_stops() {
+        let gate = Gate::default();
+        let refused = cut_held_back(&gate, false, || std::io::Error::other("interrupted"));
+        assert_eq!(refused.unwrap().unwrap_err().to_string(), "interrupted");
+        assert_reading_stopped_early(&gate);
+    }
+
+    #[test]
+    fn a_panic_while_cutting_stops_the_thread_reading_ahead_within_a_read() {
+        let gate = Gate::default();
+        let panic = cut_held_back(&gate, false, || panic!("the cutter's panic")).unwrap_err();
+        assert_eq!(panic.downcast_ref::<&str>(), Some(&"the cutter's panic"));
+        assert_reading_stopped_early(&gate);
+    }
+
+    #[test]
+    fn a_reading_panic_after_the_cutting_failed_is_still_the_callers_panic() {
+        let gate = Gate::default();
+        let panic = cut_held_back(&gate, true, || std::io::Error::other("interrupted"));
+        let panic = panic.unwrap_err();
+        assert_eq!(
+            panic.downcast_ref::<&str>(),
+            Some(&"the reader's own panic")
         );
     }
 

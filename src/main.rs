@@ -19,7 +19,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(args.log_filter())),
         )
         .with_ansi(colour)
-        .with_writer(std::io::stderr)
+        .with_writer(|| PrintableLog(std::io::stderr()))
         .without_time()
         .with_target(false)
         .init();
@@ -36,8 +36,34 @@ fn main() -> ExitCode {
             if broken_pipe {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {}", cli::printable(&format!("{error:#}")));
+            // Some causes span lines (a TOML error points at its line and column).
+            eprintln!("error: {}", cli::printable_lines(&format!("{error:#}")));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// stderr for log lines: one event per write, its control characters shown as `?` (a name
+/// in a warning cannot drive the terminal or forge a line) but for the line's end and the
+/// escapes of its colours (the logger escapes those that come with names itself).
+struct PrintableLog(std::io::Stderr);
+
+impl std::io::Write for PrintableLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let last = buf.len().saturating_sub(1);
+        let shown: Vec<u8> = (buf.iter().enumerate())
+            .map(|(i, &byte)| match byte {
+                b'\n' if i == last => byte,
+                0x1b => byte,
+                0..0x20 | 0x7f => b'?',
+                _ => byte,
+            })
+            .collect();
+        self.0.write_all(&shown)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }

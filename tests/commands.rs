@@ -67,6 +67,9 @@ fn names_with_control_characters_print_as_question_marks_in_text_output() {
     let source = sandbox.path("source");
     write(&source, "red\x1b[31mfile", "red", JAN_2021);
     std::os::unix::fs::symlink("to\x1b]0;title\x07", source.join("link\r")).unwrap();
+    // Skipped with a warning from the log.
+    let _socket =
+        std::os::unix::net::UnixListener::bind(source.join("sock\x1b[5m\rx\x0e")).unwrap();
     let repo = plain_repo(&sandbox);
     let first = backup(&sandbox, &repo, &[], &source)["id"]
         .as_str()
@@ -93,6 +96,7 @@ fn names_with_control_characters_print_as_question_marks_in_text_output() {
     let contents = format!("{}/", source.display());
     let said = [
         ("backup's warning", stderr(&warned), "locked?[5m"),
+        ("the log's warning", stderr(&warned), "skipping socket"),
         (
             "ls",
             sandbox.ok(&["ls", "-r", "--repo", &repo, "latest"]),

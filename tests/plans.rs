@@ -253,6 +253,12 @@ fn a_plans_file_with_a_misspelt_key_or_an_unknown_plan_is_refused_by_name() {
     fs::write(&config, misspelt).unwrap();
     let refused = sandbox.run(&["--config", text(&config), "run", "home"]);
     assert_fails(&refused, 1, "excludes");
+    // The parser's pointer at the place keeps its own lines.
+    let said = stderr(&refused);
+    assert!(
+        said.lines().any(|line| line.trim_end().ends_with('^')),
+        "{said}"
+    );
     let missing = sandbox.run(&["--config", text(&sandbox.path("nowhere.toml")), "status"]);
     assert_fails(&missing, 1, "nowhere.toml");
 }

@@ -716,6 +716,12 @@ pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// `text` line by line, each `printable`: for text whose lines are its own (a TOML error's
+/// pointer at the place, plans as TOML) around names it may hold.
+pub(crate) fn printable_lines(text: &str) -> String {
+    text.lines().map(printable).collect::<Vec<_>>().join("\n")
+}
+
 /// The short ids of the checkpoints at `indices` of `catalogue`, the first `shown` of them
 /// and how many more: `1a2b3c4d 5e6f7a8b and 3 more`.
 fn short_ids(

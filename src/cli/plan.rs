@@ -3,7 +3,7 @@
 //! 0 when every target holds the new checkpoint, 3 when some do (or files could not be
 //! read), 1 when none does; 130 when interrupted.
 
-use super::{GlobalArgs, counted, print_json, show_progress};
+use super::{GlobalArgs, counted, print_json, printable_lines, show_progress};
 use anyhow::{Context, Result, bail};
 use cairn::error::Missing;
 use cairn::plan::{self, Config, Target};
@@ -348,9 +348,13 @@ fn recover(global: &GlobalArgs, write: bool) -> Result<ExitCode> {
     };
     let text = toml::to_string(&config).context("writing the plans as TOML")?;
     if !write {
-        // TOML writes control characters in strings as escapes, so the text prints as is.
+        // Line by line: TOML escapes most control characters in strings, not all.
         use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), "{}", text.trim_end())?;
+        writeln!(
+            std::io::stdout().lock(),
+            "{}",
+            printable_lines(text.trim_end())
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     let path = config_path(global)?;

@@ -90,7 +90,8 @@ impl<'a, R> Throttled<'a, R> {
 impl<R: Read> Read for Throttled<'_, R> {
     /// Reads at most what the limiter allows in a burst (in whole pages, so reads around the
     /// page cache stay aligned): one read never sleeps long, and a reader asked to stop
-    /// stops within a burst.
+    /// stops within a burst. Under 40 KiB/s a burst is less than a page and a read still
+    /// takes one page, sleeping up to a page's time (4 s at 1 KiB/s).
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let Some(limiter) = self.limiter else {
             return self.inner.read(buf);
