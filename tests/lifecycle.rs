@@ -177,6 +177,32 @@ fn wait_for_a_lock(repo: &Path) {
 }
 
 #[test]
+fn a_command_that_reads_holds_a_shared_lock_that_a_prune_waits_for() {
+    let sandbox = Sandbox::new();
+    let source = sandbox.path("source");
+    fs::create_dir_all(&source).unwrap();
+    let big = pseudo_random(8_000_000, 21);
+    fs::write(source.join("big"), &big).unwrap();
+    let repo = sandbox.plain_repo_with_backup_of(&source);
+    // `cat` into a pipe nobody reads yet stops once the pipe is full, its lock held.
+    let cat = sandbox
+        .cairn()
+        .args(["cat", "--repo", text(&repo), "latest:big"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_a_lock(&repo);
+    let refused = sandbox.run(&["prune", "--repo", text(&repo)]);
+    assert_fails(&refused, 1, "locked by cat");
+    let read = cat.wait_with_output().unwrap();
+    assert!(read.status.success(), "{}", stderr(&read));
+    assert!(read.stdout == big, "cat gave {} bytes", read.stdout.len());
+    // The lock goes with the command.
+    sandbox.ok(&["prune", "--repo", text(&repo)]);
+}
+
+#[test]
 fn backups_run_together_a_prune_waits_for_them_and_unlock_removes_only_stale_locks() {
     let steps = Steps::new();
     let sandbox = Sandbox::new();

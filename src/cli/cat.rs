@@ -18,7 +18,7 @@ pub struct CatArgs {
 }
 
 pub fn run(global: &GlobalArgs, args: CatArgs) -> Result<ExitCode> {
-    let repo = global.open()?;
+    let (repo, _lock) = global.open_to_read("cat")?;
     let (reference, path) = split_reference(&args.reference);
     let record = super::resolve_checkpoint(&repo, reference, &args.filters)?.record;
     let entry = find_entry(&repo, record.root_entry(), path)?;

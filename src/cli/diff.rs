@@ -33,7 +33,7 @@ fn marker(change: &Change) -> char {
 }
 
 pub fn run(global: &GlobalArgs, args: DiffArgs) -> Result<ExitCode> {
-    let repo = global.open()?;
+    let (repo, _lock) = global.open_to_read("diff")?;
     let a = super::resolve_checkpoint(&repo, &args.a, &args.filters)?.record;
     let b = super::resolve_checkpoint(&repo, &args.b, &args.filters)?.record;
     let changes = diff_checkpoints(&repo, &a, &b)?;

@@ -27,7 +27,7 @@ pub fn run(global: &GlobalArgs, args: DumpArgs) -> Result<ExitCode> {
             "cairn dump writes an archive: redirect stdout to a file or a pipe (`> out.tar`, `| tar -x`), or give --target FILE"
         );
     }
-    let repo = global.open()?;
+    let (repo, _lock) = global.open_to_read("dump")?;
     let (reference, path) = split_reference(&args.reference);
     let record = super::resolve_checkpoint(&repo, reference, &args.filters)?.record;
     let entry = find_entry(&repo, record.root_entry(), path)?;

@@ -68,7 +68,7 @@ fn point_in_time(text: &str) -> std::result::Result<i128, String> {
 }
 
 pub fn run(global: &GlobalArgs, args: FindArgs) -> Result<ExitCode> {
-    let repo = global.open()?;
+    let (repo, _lock) = global.open_to_read("find")?;
     let patterns = Patterns::new(&args.patterns, "find", args.ignore_case)?;
     let filter = args.filters.filter()?;
     let mut catalogue = checkpoint::list_shared(&repo)?;

@@ -27,7 +27,7 @@ pub struct HistoryArgs {
 const IDS_SHOWN: usize = 8;
 
 pub fn run(global: &GlobalArgs, args: HistoryArgs) -> Result<ExitCode> {
-    let repo = global.open()?;
+    let (repo, _lock) = global.open_to_read("history")?;
     let filter = args.filters.filter()?;
     let mut catalogue = checkpoint::list_shared(&repo)?;
     catalogue.retain(|summary| filter.matches_label(&summary.label));

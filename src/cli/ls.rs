@@ -132,7 +132,7 @@ impl Lister<'_> {
 }
 
 pub fn run(global: &GlobalArgs, args: LsArgs) -> Result<ExitCode> {
-    let repo = global.open()?;
+    let (repo, _lock) = global.open_to_read("ls")?;
     let (reference, path) = split_reference(&args.reference);
     let record = super::resolve_checkpoint(&repo, reference, &args.filters)?.record;
     let entry = find_entry(&repo, record.root_entry(), path)?;

@@ -55,6 +55,7 @@ use cairn::net::client::Remote;
 use cairn::repo::backend::Backend;
 use cairn::repo::config::EncryptionMode;
 use cairn::repo::layers::RetryPolicy;
+use cairn::repo::lock::LockGuard;
 use cairn::repo::{Repository, Secret, StoreOptions, is_s3, is_url, open_store};
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
@@ -426,6 +427,15 @@ impl GlobalArgs {
     /// Opens `--repo`, asking for its secret only if it needs one.
     fn open(&self) -> Result<Repository> {
         self.open_at(self.repo_path()?, self.credentials())
+    }
+
+    /// Opens the repository for a command that only reads it (`ls`, `cat`, ...), with a shared
+    /// lock held as long as the guard: a prune or forget waits for the command (or it for
+    /// them, with `--retry-lock`) instead of deleting what it reads.
+    fn open_to_read(&self, command: &str) -> Result<(Repository, Option<LockGuard>)> {
+        let repo = self.open()?;
+        let lock = cairn::repo::lock::acquire_for_reading(&repo, command)?;
+        Ok((repo, lock))
     }
 
     /// Opens the repository, as a dry run sees it when `dry_run` (nothing written is kept).

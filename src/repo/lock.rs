@@ -1,8 +1,8 @@
 //! Repository locks: `locks/<random id>` objects saying who is working on the repository.
-//! Backups, syncs, restores and mounts take a shared lock; a command that deletes data
-//! (forget, prune, repair) takes an exclusive one. A conflicting run fails with `Locked`,
-//! naming the holder, or first waits as long as the repository handle allows
-//! (`Repository::wait_for_locks`, the command line's `--retry-lock`).
+//! Backups, syncs, restores, mounts and the commands that only read take a shared lock; a
+//! command that deletes data (forget, prune, repair) takes an exclusive one. A conflicting
+//! run fails with `Locked`, naming the holder, or first waits as long as the repository
+//! handle allows (`Repository::wait_for_locks`, the command line's `--retry-lock`).
 //!
 //! A held lock is rewritten every few minutes, so a lock older than `STALE_AFTER` belongs to
 //! a run that is gone or hung; so does a lock of this host whose process is dead. Stale
