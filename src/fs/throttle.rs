@@ -3,7 +3,7 @@
 //! (`--limit-rate`), with the parsing of rates such as `20M`.
 
 use crate::error::{Error, Result};
-use crate::fs::uncached::DIRECT_IO_ALIGN;
+use crate::fs::uncached::{DIRECT_IO_ALIGN, whole_pages};
 use std::io::Read;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -97,7 +97,7 @@ impl<R: Read> Read for Throttled<'_, R> {
             return self.inner.read(buf);
         };
         let allowed = (limiter.bytes_per_second as f64 * BURST.as_secs_f64()) as usize;
-        let allowed = (allowed / DIRECT_IO_ALIGN * DIRECT_IO_ALIGN).max(DIRECT_IO_ALIGN);
+        let allowed = whole_pages(allowed).max(DIRECT_IO_ALIGN);
         let len = buf.len().min(allowed);
         let read = self.inner.read(&mut buf[..len])?;
         limiter.take(read as u64);

@@ -20,6 +20,11 @@ use std::os::unix::fs::FileExt;
 /// page, which every block device's logical block size divides.
 pub(crate) const DIRECT_IO_ALIGN: usize = 4096;
 
+/// `len` rounded down to whole pages of `DIRECT_IO_ALIGN`.
+pub(crate) fn whole_pages(len: usize) -> usize {
+    len / DIRECT_IO_ALIGN * DIRECT_IO_ALIGN
+}
+
 /// Filesystems on a local disk whose `O_DIRECT` reads go to the disk as asked: ext2-4, XFS,
 /// btrfs, F2FS (`statfs` magic numbers).
 const DIRECT_FILESYSTEMS: [u64; 4] = [0xEF53, 0x5846_5342, 0x9123_683E, 0xF2F5_2010];
@@ -126,7 +131,7 @@ impl std::ops::DerefMut for AlignedBytes {
 /// `start..start + len` must lie in one allocation the caller owns.
 pub(crate) unsafe fn advise_huge_pages(start: *const u8, len: usize) {
     let skip = start.align_offset(DIRECT_IO_ALIGN).min(len);
-    let whole_pages = (len - skip) / DIRECT_IO_ALIGN * DIRECT_IO_ALIGN;
+    let whole_pages = whole_pages(len - skip);
     // SAFETY: a page-aligned range inside the caller's allocation; the advice changes no
     // byte of it.
     unsafe {
@@ -144,7 +149,7 @@ pub(crate) unsafe fn advise_huge_pages(start: *const u8, len: usize) {
 /// out what other programs use. The last part page, or everything when the filesystem
 /// refuses, goes through the cache. The caller syncs.
 pub(crate) fn write_new_file(file: &File, data: &[u8]) -> Result<()> {
-    let whole_pages = data.len() / DIRECT_IO_ALIGN * DIRECT_IO_ALIGN;
+    let whole_pages = whole_pages(data.len());
     let aligned = data.as_ptr().addr().is_multiple_of(DIRECT_IO_ALIGN);
     let mut cached_from = 0;
     if whole_pages > 0 && aligned && on_local_disk(file) && set_direct(file, true).is_ok() {
